@@ -1,0 +1,436 @@
+//! The `Order` aggregate (`ev.order.<id>`): placed → paid → in service → completed, or cancelled /
+//! refunded. It holds the price fixed when the order was placed, so later price changes of the
+//! counselor never touch an existing order.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::{Fen, Timestamp, EVENT_VERSION};
+
+/// Shortest and longest order, in minutes (MyChat's web client offers 30/60/90/120; the demo
+/// books 10).
+pub const MIN_DURATION_MINUTES: i64 = 10;
+/// See [`MIN_DURATION_MINUTES`].
+pub const MAX_DURATION_MINUTES: i64 = 180;
+
+/// Order status, with MyChat's wire codes (contract a.6): 0 pending payment, 1 paid, 2 completed,
+/// 3 cancelled, 4 refunded. `Absent` is the state before `OrderPlaced`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderStatus {
+    #[default]
+    Absent,
+    Pending,
+    Paid,
+    Completed,
+    Cancelled,
+    Refunded,
+}
+
+impl OrderStatus {
+    /// The wire code of contract a.6 (`Absent` has none and maps to -1).
+    pub fn code(self) -> i16 {
+        match self {
+            Self::Absent => -1,
+            Self::Pending => 0,
+            Self::Paid => 1,
+            Self::Completed => 2,
+            Self::Cancelled => 3,
+            Self::Refunded => 4,
+        }
+    }
+}
+
+/// The `Order` aggregate's state.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    pub status: OrderStatus,
+    pub order_no: String,
+    pub user_id: i64,
+    pub counselor_id: i64,
+    pub duration_minutes: i64,
+    /// Fixed at placement, fen per minute.
+    pub price_per_minute: Fen,
+    /// `duration_minutes × price_per_minute`, fen; what the user prepays.
+    pub amount: Fen,
+    pub payment_id: Option<i64>,
+    pub session_id: Option<i64>,
+}
+
+/// Commands on an `Order`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OrderCommand {
+    /// Places a new order. Refused on an existing order, a duration outside
+    /// [`MIN_DURATION_MINUTES`]..=[`MAX_DURATION_MINUTES`] or a non-positive price.
+    Place {
+        order_no: String,
+        user_id: i64,
+        counselor_id: i64,
+        duration_minutes: i64,
+        price_per_minute: Fen,
+        schedule_time: Option<Timestamp>,
+        notes: String,
+        placed_at: Timestamp,
+    },
+    /// Records that a captured payment paid the order. Idempotent for the same payment; refused
+    /// for another payment once paid, or when the amount differs from the order's.
+    MarkPaid {
+        payment_id: i64,
+        amount: Fen,
+        paid_at: Timestamp,
+    },
+    /// Records that the chat session for this order started (idempotent per session).
+    StartService {
+        session_id: i64,
+        started_at: Timestamp,
+    },
+    /// Completes the order after its session was billed (idempotent).
+    Complete {
+        session_id: i64,
+        completed_at: Timestamp,
+    },
+}
+
+/// Events of an `Order`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OrderEvent {
+    OrderPlaced {
+        order_no: String,
+        user_id: i64,
+        counselor_id: i64,
+        duration_minutes: i64,
+        price_per_minute: Fen,
+        amount: Fen,
+        schedule_time: Option<Timestamp>,
+        notes: String,
+        placed_at: Timestamp,
+    },
+    OrderPaid {
+        payment_id: i64,
+        amount: Fen,
+        paid_at: Timestamp,
+    },
+    OrderServiceStarted {
+        session_id: i64,
+        started_at: Timestamp,
+    },
+    OrderCompleted {
+        session_id: i64,
+        completed_at: Timestamp,
+    },
+}
+
+impl DomainEvent for OrderEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::OrderPlaced { .. } => "OrderPlaced",
+            Self::OrderPaid { .. } => "OrderPaid",
+            Self::OrderServiceStarted { .. } => "OrderServiceStarted",
+            Self::OrderCompleted { .. } => "OrderCompleted",
+        }
+        .to_string()
+    }
+    fn event_version(&self) -> String {
+        EVENT_VERSION.to_string()
+    }
+}
+
+/// Why an order command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    #[error("order already exists")]
+    AlreadyPlaced,
+    #[error("order not found")]
+    NotFound,
+    #[error("duration must be between {MIN_DURATION_MINUTES} and {MAX_DURATION_MINUTES} minutes")]
+    InvalidDuration,
+    #[error("price per minute must be positive")]
+    InvalidPrice,
+    #[error("order is not awaiting payment (status {0:?})")]
+    NotPending(OrderStatus),
+    #[error("order is not paid (status {0:?})")]
+    NotPaid(OrderStatus),
+    #[error("order is already paid by another payment")]
+    PaidByAnotherPayment,
+    #[error("amount {paid} does not match the order's amount {expected}")]
+    AmountMismatch { expected: Fen, paid: Fen },
+    #[error("order already has another session")]
+    OtherSession,
+}
+
+impl Aggregate for Order {
+    const TYPE: &'static str = "order";
+    type Command = OrderCommand;
+    type Event = OrderEvent;
+    type Error = OrderError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: OrderCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), OrderError> {
+        match command {
+            OrderCommand::Place {
+                order_no,
+                user_id,
+                counselor_id,
+                duration_minutes,
+                price_per_minute,
+                schedule_time,
+                notes,
+                placed_at,
+            } => {
+                if self.status != OrderStatus::Absent {
+                    return Err(OrderError::AlreadyPlaced);
+                }
+                if !(MIN_DURATION_MINUTES..=MAX_DURATION_MINUTES).contains(&duration_minutes) {
+                    return Err(OrderError::InvalidDuration);
+                }
+                if price_per_minute <= 0 {
+                    return Err(OrderError::InvalidPrice);
+                }
+                let amount = duration_minutes * price_per_minute;
+                let event = OrderEvent::OrderPlaced {
+                    order_no,
+                    user_id,
+                    counselor_id,
+                    duration_minutes,
+                    price_per_minute,
+                    amount,
+                    schedule_time,
+                    notes,
+                    placed_at,
+                };
+                sink.write(event, self).await;
+            }
+            OrderCommand::MarkPaid {
+                payment_id,
+                amount,
+                paid_at,
+            } => match self.status {
+                OrderStatus::Absent => return Err(OrderError::NotFound),
+                OrderStatus::Pending => {
+                    if amount != self.amount {
+                        return Err(OrderError::AmountMismatch {
+                            expected: self.amount,
+                            paid: amount,
+                        });
+                    }
+                    sink.write(
+                        OrderEvent::OrderPaid {
+                            payment_id,
+                            amount,
+                            paid_at,
+                        },
+                        self,
+                    )
+                    .await;
+                }
+                _ if self.payment_id == Some(payment_id) => {}
+                OrderStatus::Paid | OrderStatus::Completed => {
+                    return Err(OrderError::PaidByAnotherPayment)
+                }
+                status => return Err(OrderError::NotPending(status)),
+            },
+            OrderCommand::StartService {
+                session_id,
+                started_at,
+            } => {
+                if self.session_id == Some(session_id) {
+                    return Ok(());
+                }
+                if self.status != OrderStatus::Paid {
+                    return Err(OrderError::NotPaid(self.status));
+                }
+                if self.session_id.is_some() {
+                    return Err(OrderError::OtherSession);
+                }
+                sink.write(
+                    OrderEvent::OrderServiceStarted {
+                        session_id,
+                        started_at,
+                    },
+                    self,
+                )
+                .await;
+            }
+            OrderCommand::Complete {
+                session_id,
+                completed_at,
+            } => {
+                if self.status == OrderStatus::Completed {
+                    return Ok(());
+                }
+                if self.status != OrderStatus::Paid {
+                    return Err(OrderError::NotPaid(self.status));
+                }
+                sink.write(
+                    OrderEvent::OrderCompleted {
+                        session_id,
+                        completed_at,
+                    },
+                    self,
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: OrderEvent) {
+        match event {
+            OrderEvent::OrderPlaced {
+                order_no,
+                user_id,
+                counselor_id,
+                duration_minutes,
+                price_per_minute,
+                amount,
+                ..
+            } => {
+                self.status = OrderStatus::Pending;
+                self.order_no = order_no;
+                self.user_id = user_id;
+                self.counselor_id = counselor_id;
+                self.duration_minutes = duration_minutes;
+                self.price_per_minute = price_per_minute;
+                self.amount = amount;
+            }
+            OrderEvent::OrderPaid { payment_id, .. } => {
+                self.status = OrderStatus::Paid;
+                self.payment_id = Some(payment_id);
+            }
+            OrderEvent::OrderServiceStarted { session_id, .. } => {
+                self.session_id = Some(session_id)
+            }
+            OrderEvent::OrderCompleted { .. } => self.status = OrderStatus::Completed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+
+    fn at() -> Timestamp {
+        chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    fn placed() -> OrderEvent {
+        OrderEvent::OrderPlaced {
+            order_no: "ORD1".into(),
+            user_id: 7,
+            counselor_id: 3,
+            duration_minutes: 10,
+            price_per_minute: 500,
+            amount: 5_000,
+            schedule_time: None,
+            notes: String::new(),
+            placed_at: at(),
+        }
+    }
+
+    fn place(duration_minutes: i64, price_per_minute: Fen) -> OrderCommand {
+        OrderCommand::Place {
+            order_no: "ORD1".into(),
+            user_id: 7,
+            counselor_id: 3,
+            duration_minutes,
+            price_per_minute,
+            schedule_time: None,
+            notes: String::new(),
+            placed_at: at(),
+        }
+    }
+
+    #[test]
+    fn placing_an_order_prepays_duration_times_price() {
+        TestFramework::<Order>::with(())
+            .given_no_previous_events()
+            .when(place(10, 500))
+            .then_expect_events(vec![placed()]);
+    }
+
+    #[test]
+    fn an_order_cannot_be_placed_twice() {
+        TestFramework::<Order>::with(())
+            .given(vec![placed()])
+            .when(place(10, 500))
+            .then_expect_error(OrderError::AlreadyPlaced);
+    }
+
+    #[test]
+    fn a_duration_out_of_range_or_a_zero_price_is_refused() {
+        TestFramework::<Order>::with(())
+            .given_no_previous_events()
+            .when(place(0, 500))
+            .then_expect_error(OrderError::InvalidDuration);
+        TestFramework::<Order>::with(())
+            .given_no_previous_events()
+            .when(place(10, 0))
+            .then_expect_error(OrderError::InvalidPrice);
+    }
+
+    #[test]
+    fn paying_with_the_exact_amount_marks_the_order_paid_once() {
+        let paid = OrderEvent::OrderPaid {
+            payment_id: 1,
+            amount: 5_000,
+            paid_at: at(),
+        };
+        TestFramework::<Order>::with(())
+            .given(vec![placed()])
+            .when(OrderCommand::MarkPaid {
+                payment_id: 1,
+                amount: 5_000,
+                paid_at: at(),
+            })
+            .then_expect_events(vec![paid.clone()]);
+        // The same payment again is a no-op; another payment is refused.
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid.clone()])
+            .when(OrderCommand::MarkPaid {
+                payment_id: 1,
+                amount: 5_000,
+                paid_at: at(),
+            })
+            .then_expect_events(vec![]);
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid])
+            .when(OrderCommand::MarkPaid {
+                payment_id: 2,
+                amount: 5_000,
+                paid_at: at(),
+            })
+            .then_expect_error(OrderError::PaidByAnotherPayment);
+    }
+
+    #[test]
+    fn a_wrong_amount_does_not_pay_the_order() {
+        TestFramework::<Order>::with(())
+            .given(vec![placed()])
+            .when(OrderCommand::MarkPaid {
+                payment_id: 1,
+                amount: 4_999,
+                paid_at: at(),
+            })
+            .then_expect_error(OrderError::AmountMismatch {
+                expected: 5_000,
+                paid: 4_999,
+            });
+    }
+
+    #[test]
+    fn service_starts_only_on_a_paid_order() {
+        TestFramework::<Order>::with(())
+            .given(vec![placed()])
+            .when(OrderCommand::StartService {
+                session_id: 1,
+                started_at: at(),
+            })
+            .then_expect_error(OrderError::NotPaid(OrderStatus::Pending));
+    }
+}
