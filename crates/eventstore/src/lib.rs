@@ -1,1 +1,24 @@
-//! stub
+//! mychat's event store: a [`cqrs_es::EventStore`] on NATS JetStream, and everything that reads
+//! the log.
+//!
+//! - [`streams`]: the `EVENTS` and `CHAT` streams (subjects, retention, `deny_delete`,
+//!   `deny_purge`, direct get, duplicate window).
+//! - [`envelope`]: the stored form of a commit. One command's events are one JetStream message on
+//!   `ev.<aggregate_type>.<aggregate_id>`, so they are atomic by construction; each event carries
+//!   the envelope of DESIGN.md §3 (aggregate type / id / sequence, event type / version, command,
+//!   correlation and causation ids, actor, UTC time).
+//! - [`store`]: [`JetStreamEventStore`], the cqrs-es store. A commit is conditional on the
+//!   subject's last stream sequence (`Nats-Expected-Last-Subject-Sequence`) and deduplicated by the
+//!   command id (`Nats-Msg-Id`); aggregates load with direct gets, never with a consumer.
+//! - [`bus`]: [`CommandBus`], which runs a command (load → handle → commit) and reports the commit's
+//!   stream sequence, retrying once on a conflict.
+
+pub mod bus;
+pub mod envelope;
+pub mod store;
+pub mod streams;
+
+pub use bus::{CommandBus, CommandError, CommandMeta, Committed};
+pub use envelope::{Actor, Commit, RecordedEvent, StoredEvent};
+pub use store::{JetStreamAggregateContext, JetStreamEventStore};
+pub use streams::{ensure_streams, StreamSettings, CHAT_STREAM, EVENTS_STREAM};

@@ -1,0 +1,166 @@
+//! A real `nats-server` with JetStream, configured by the project's `nats.conf`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::{free_port, wait_for_port, workspace_root};
+
+/// Where and how to run nats-server.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Client port on 127.0.0.1 (0 = a free one).
+    pub port: u16,
+    /// JetStream store directory.
+    pub store_dir: PathBuf,
+    /// The config file (default: the workspace's `nats.conf`).
+    pub config: PathBuf,
+    /// Where the server's log goes (default: `<store_dir>/../nats.log`).
+    pub log_file: Option<PathBuf>,
+}
+
+/// A running nats-server child process; killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    options: NatsOptions,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// The nats-server binary to run.
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    for candidate in [".tools/bin/nats-server", ".tools/py/bin/nats-server"] {
+        let p = workspace_root().join(candidate);
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("nats-server")
+}
+
+impl NatsServer {
+    /// Starts a fresh server on a free port with a temporary store.
+    ///
+    /// # Errors
+    /// When nats-server cannot be started or does not listen within 10 s.
+    pub fn start() -> anyhow::Result<Self> {
+        let temp = tempfile::Builder::new().prefix("mychat-nats").tempdir()?;
+        let mut server = Self::start_with(NatsOptions {
+            port: 0,
+            store_dir: temp.path().join("jetstream"),
+            config: workspace_root().join("nats.conf"),
+            log_file: Some(temp.path().join("nats.log")),
+        })?;
+        server._temp = Some(temp);
+        Ok(server)
+    }
+
+    /// Starts a server with explicit options (used by `mychat up` for its persistent store).
+    ///
+    /// # Errors
+    /// When nats-server cannot be started or does not listen within 10 s.
+    pub fn start_with(mut options: NatsOptions) -> anyhow::Result<Self> {
+        if options.port == 0 {
+            options.port = free_port();
+        }
+        std::fs::create_dir_all(&options.store_dir)?;
+        let mut server = Self {
+            child: None,
+            options,
+            _temp: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let o = &self.options;
+        let log = o
+            .log_file
+            .clone()
+            .unwrap_or_else(|| o.store_dir.with_extension("log"));
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.arg("-c")
+            .arg(&o.config)
+            .args(["-a", "127.0.0.1", "-p", &o.port.to_string(), "-sd"])
+            .arg(&o.store_dir)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", nats_server_bin().display()))?;
+        self.child = Some(child);
+        wait_for_port(o.port, Duration::from_secs(10))
+            .with_context(|| format!("nats-server did not start; see {}", log.display()))
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.options.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.options.port
+    }
+
+    /// The JetStream store directory.
+    pub fn store_dir(&self) -> &Path {
+        &self.options.store_dir
+    }
+
+    /// Stops the server gracefully (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server with SIGKILL (a crash), without waiting for a clean shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    ///
+    /// # Errors
+    /// As [`NatsServer::start`].
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// A client connection.
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        Ok(async_nats::connect(self.url()).await?)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
