@@ -248,3 +248,11 @@ impl fmt::Debug for Upcasters {
         write!(f, "Upcasters({})", self.0.len())
     }
 }
+
+impl StoredEvent {
+    /// The event's position in the log as one number: `stream_sequence × 1024 + index`. Read-model
+    /// rows store the position of the last event applied and refuse older ones.
+    pub fn position(&self) -> i64 {
+        (self.stream_sequence as i64) * 1024 + self.index as i64
+    }
+}

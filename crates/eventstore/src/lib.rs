@@ -14,6 +14,7 @@
 //!   stream sequence, retrying once on a conflict.
 
 pub mod bus;
+pub mod chat;
 pub mod envelope;
 pub mod store;
 pub mod streams;

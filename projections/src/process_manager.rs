@@ -1,0 +1,114 @@
+//! The process manager: follows money events and issues the commands they imply.
+//!
+//! | event | commands (command id) |
+//! |---|---|
+//! | `PaymentCaptured` | `Order::MarkPaid` (`pm:order-paid:<payment>`) |
+//! | `SessionStarted` | `Order::StartService` (`pm:order-service:<session>`) |
+//! | `SessionBilled` | `CounselorAccount::CreditEarnings` (`pm:credit:<session>`), `UserWallet::Credit` of the unused prepaid amount (`pm:refund:<session>`), `Order::Complete` (`pm:complete:<order>`) |
+//!
+//! Each command id is derived from the triggering event, and each command is idempotent in its
+//! aggregate too (a session is credited once, a refund reference once), so re-processing after a
+//! crash — the checkpoint moves only after the commands were committed — changes nothing.
+
+use async_trait::async_trait;
+use domain::{
+    AccountCommand, CounselorAccount, CreditReason, Order, OrderCommand, PaymentEvent, SessionEvent,
+    UserWallet, WalletCommand,
+};
+use eventstore::envelope::{StoredEvent, Upcasters};
+use eventstore::{Actor, CommandBus, CommandError, CommandMeta};
+use sqlx::PgConnection;
+
+use crate::runtime::{LogMessage, Projection};
+
+/// The money process manager. Its checkpoint is `process_manager`.
+pub struct ProcessManager {
+    pub bus: CommandBus,
+}
+
+fn meta_for(event: &StoredEvent, command_id: String) -> CommandMeta {
+    CommandMeta {
+        command_id,
+        correlation_id: event.correlation_id.clone(),
+        causation_id: Some(format!("{}:{}", event.stream_sequence, event.index)),
+        actor: Actor::system(),
+    }
+}
+
+/// A business rejection is final (retrying cannot change it): log it and go on. An
+/// infrastructure failure or an exhausted conflict retry fails the batch, to be retried.
+fn settle<E: std::error::Error>(what: &str, result: Result<eventstore::Committed<impl Sized>, CommandError<E>>) -> anyhow::Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(CommandError::Rejected(e)) => {
+            tracing::warn!(command = what, error = %e, "process manager command refused");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("{what}: {e}")),
+    }
+}
+
+#[async_trait]
+impl Projection for ProcessManager {
+    fn name(&self) -> &'static str {
+        "process_manager"
+    }
+    fn subjects(&self) -> Vec<String> {
+        vec!["ev.payment.>".into(), "ev.session.>".into()]
+    }
+    async fn apply(&self, _tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
+        for e in message.events(&Upcasters::default())? {
+            match e.aggregate_type.as_str() {
+                "payment" => {
+                    if let PaymentEvent::PaymentCaptured { order_id, amount, captured_at, .. } = e.decode()? {
+                        let payment_id = e.aggregate_id_i64().unwrap_or_default();
+                        let cmd = OrderCommand::MarkPaid { payment_id, amount, paid_at: captured_at };
+                        let meta = meta_for(&e, format!("pm:order-paid:{payment_id}"));
+                        settle("order-paid", self.bus.execute::<Order>(&order_id.to_string(), cmd, &meta).await)?;
+                    }
+                }
+                "session" => match e.decode()? {
+                    SessionEvent::SessionStarted { order_id, started_at, .. } => {
+                        let session_id = e.aggregate_id_i64().unwrap_or_default();
+                        let cmd = OrderCommand::StartService { session_id, started_at };
+                        let meta = meta_for(&e, format!("pm:order-service:{session_id}"));
+                        settle("order-service", self.bus.execute::<Order>(&order_id.to_string(), cmd, &meta).await)?;
+                    }
+                    SessionEvent::SessionBilled {
+                        order_id, user_id, counselor_id, counselor_fee, refund, billed_at, ..
+                    } => {
+                        let session_id = e.aggregate_id_i64().unwrap_or_default();
+                        let credit = AccountCommand::CreditEarnings {
+                            counselor_id,
+                            session_id,
+                            order_id,
+                            amount: counselor_fee,
+                            at: billed_at,
+                        };
+                        let meta = meta_for(&e, format!("pm:credit:{session_id}"));
+                        settle(
+                            "credit",
+                            self.bus.execute::<CounselorAccount>(&counselor_id.to_string(), credit, &meta).await,
+                        )?;
+                        if refund > 0 {
+                            let cmd = WalletCommand::Credit {
+                                user_id,
+                                amount: refund,
+                                reason: CreditReason::SessionRefund { session_id, order_id },
+                                at: billed_at,
+                            };
+                            let meta = meta_for(&e, format!("pm:refund:{session_id}"));
+                            settle("refund", self.bus.execute::<UserWallet>(&user_id.to_string(), cmd, &meta).await)?;
+                        }
+                        let cmd = OrderCommand::Complete { session_id, completed_at: billed_at };
+                        let meta = meta_for(&e, format!("pm:complete:{order_id}"));
+                        settle("complete", self.bus.execute::<Order>(&order_id.to_string(), cmd, &meta).await)?;
+                    }
+                    SessionEvent::SessionEnded { .. } => {}
+                },
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
