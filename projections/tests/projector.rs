@@ -1,0 +1,137 @@
+//! The projector runtime against real nats-server and Postgres.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::{Order, OrderCommand};
+use eventstore::envelope::Upcasters;
+use eventstore::{ensure_streams, Actor, CommandBus, CommandMeta, StreamSettings};
+use projections::runtime::checkpoint;
+use projections::{LogMessage, Projection, Projector, ProjectorSettings, MIGRATOR};
+use sqlx::PgConnection;
+use testkit::{NatsServer, Postgres};
+use tokio_util::sync::CancellationToken;
+
+/// Records every message it applies (slowly, so a batch is in flight when the worker dies).
+struct Recorder;
+
+#[async_trait]
+impl Projection for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    fn subjects(&self) -> Vec<String> {
+        vec!["ev.order.>".into()]
+    }
+    async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO recorded (seq) VALUES ($1)")
+            .bind(message.stream_sequence as i64)
+            .execute(&mut *tx)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        Ok(())
+    }
+}
+
+async fn place(bus: &CommandBus, id: i64) {
+    let cmd = OrderCommand::Place {
+        order_no: format!("ORD{id}"),
+        user_id: 7,
+        counselor_id: 3,
+        duration_minutes: 10,
+        price_per_minute: 500,
+        schedule_time: None,
+        notes: String::new(),
+        placed_at: chrono::Utc::now(),
+    };
+    bus.execute::<Order>(&id.to_string(), cmd, &CommandMeta::new(Actor::user(7))).await.unwrap();
+}
+
+async fn wait_for_checkpoint(pool: &sqlx::PgPool, name: &str, target: u64) {
+    for _ in 0..600 {
+        if checkpoint(pool, name).await.unwrap() >= target {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} never reached {target}");
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_batch_applies_no_event_twice() {
+    let nats = NatsServer::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    MIGRATOR.run(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE recorded (seq BIGINT NOT NULL)").execute(&pool).await.unwrap();
+    let client = nats.connect().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_streams(&js, &StreamSettings::default()).await.unwrap();
+    let bus = CommandBus::new(js, Upcasters::default());
+    for id in 1..=300 {
+        place(&bus, id).await;
+    }
+
+    let projector = Projector {
+        pool: pool.clone(),
+        nats: client.clone(),
+        projection: Arc::new(Recorder),
+        settings: ProjectorSettings { batch_size: 50, linger: Duration::from_millis(5) },
+    };
+    // Kill the worker three times while batches are in flight.
+    for _ in 0..3 {
+        let worker = tokio::spawn(projector.clone().run(CancellationToken::new()));
+        tokio::time::sleep(Duration::from_millis(230)).await;
+        worker.abort();
+        let _ = worker.await;
+    }
+    let before_finish = checkpoint(&pool, "recorder").await.unwrap();
+    assert!(before_finish < 300, "the kills must land mid-log (checkpoint {before_finish})");
+
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(projector.clone().run(shutdown.clone()));
+    wait_for_checkpoint(&pool, "recorder", 300).await;
+    shutdown.cancel();
+    worker.await.unwrap();
+
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT seq) FROM recorded").fetch_one(&pool).await.unwrap();
+    assert_eq!((rows, distinct), (300, 300), "every event applied exactly once");
+}
+
+#[tokio::test]
+async fn two_workers_on_one_projection_build_the_same_read_model_as_one() {
+    let nats = NatsServer::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    MIGRATOR.run(&pool).await.unwrap();
+    let client = nats.connect().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_streams(&js, &StreamSettings::default()).await.unwrap();
+    let bus = CommandBus::new(js, Upcasters::default());
+    for id in 1..=100 {
+        place(&bus, id).await;
+    }
+    let shutdown = CancellationToken::new();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let projector = Projector {
+            pool: pool.clone(),
+            nats: client.clone(),
+            projection: Arc::new(projections::read_models::Orders),
+            settings: ProjectorSettings { batch_size: 7, linger: Duration::from_millis(1) },
+        };
+        workers.push(tokio::spawn(projector.run(shutdown.clone())));
+    }
+    wait_for_checkpoint(&pool, "orders", 100).await;
+    shutdown.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (count, amount): (i64, i64) = sqlx::query_as("SELECT count(*), sum(amount_fen)::bigint FROM orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((count, amount), (100, 100 * 5_000));
+}
