@@ -1,1 +1,155 @@
-//! stub
+//! mychat's HTTP APIs: the user API (:8080) and the admin API (:8081), on axum.
+//!
+//! Reads come from the Postgres read models; writes become commands on the event-sourced
+//! aggregates ([`eventstore::CommandBus`]), answered once the commit is durable in JetStream and,
+//! where the client reads it back next, once the read model shows it ([`AppState::settle`]).
+//! Every body is MyChat's `{code, msg, data}` envelope (contract a.3); errors are [`ApiError`].
+
+pub mod admin;
+pub mod auth;
+pub mod chat;
+pub mod error;
+pub mod finance;
+pub mod money;
+pub mod orders;
+pub mod payments;
+pub mod seed;
+pub mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, Method};
+use axum::routing::get;
+use axum::{Json, Router};
+use eventstore::CommandBus;
+use projections::CheckpointWatch;
+use serde::Serialize;
+use sqlx::PgPool;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+pub use auth::{AuthAdmin, AuthUser, JwtKeys};
+pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+
+/// Settings the handlers need.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// The user API's public base URL (`http://127.0.0.1:8080`): the sandbox cashier's `pay_url`
+    /// and the sandbox provider's notify URL are built from it.
+    pub public_url: String,
+    /// The sandbox provider's HMAC-SHA256 key (signs and verifies its callbacks).
+    pub sandbox_secret: String,
+    /// How long a command handler waits for the read model the client reads next.
+    pub settle_timeout: Duration,
+}
+
+/// Everything a handler needs. Cheap to clone (all `Arc`s and pools).
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub bus: CommandBus,
+    pub nats: async_nats::Client,
+    pub jwt: Arc<JwtKeys>,
+    pub watch: CheckpointWatch,
+    pub settings: Arc<ApiSettings>,
+}
+
+impl AppState {
+    /// Waits (up to `settings.settle_timeout`) until projection `name` has applied stream
+    /// sequence `seq`, so that the client's next read shows its write. `None` (a no-op command)
+    /// returns at once. Lag is logged, not an error: the write is already durable.
+    pub async fn settle(&self, name: &str, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            if !self.watch.wait_for(name, seq, self.settings.settle_timeout).await {
+                tracing::warn!(projection = name, seq, "read model lags behind the write");
+            }
+        }
+    }
+}
+
+/// MyChat's success envelope: `{code: 200, msg: "success", data}`.
+pub fn ok<T: Serialize>(data: T) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "code": 200, "msg": "success", "data": data }))
+}
+
+/// MyChat's success envelope without data: `{code: 200, msg}`.
+pub fn ok_msg(msg: &str) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "code": 200, "msg": msg }))
+}
+
+/// `GET /health`: `{status: "ok"}` (no envelope, as MyChat's). 
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// CORS as MyChat's clients need it (contract a.1): any origin, the usual headers and methods.
+pub fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            header::ORIGIN,
+            header::CACHE_CONTROL,
+            header::HeaderName::from_static("x-requested-with"),
+            header::HeaderName::from_static("idempotency-key"),
+        ])
+}
+
+/// The user API (:8080).
+pub fn user_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .merge(users::router())
+        .merge(orders::router())
+        .merge(payments::router())
+        .merge(chat::router())
+        .merge(finance::router())
+        .layer(TraceLayer::new_for_http())
+        .layer(cors())
+        .with_state(state)
+}
+
+/// The admin API (:8081).
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .merge(admin::router())
+        .layer(TraceLayer::new_for_http())
+        .layer(cors())
+        .with_state(state)
+}
+
+/// Page and page size from MyChat's query parameters: `page` ≥ 1 (default 1), `page_size` in
+/// 1..=100 (default `default_size`).
+///
+/// # Errors
+/// 400 naming `page` or `page_size` when out of range.
+pub fn paging(page: Option<i64>, page_size: Option<i64>, default_size: i64) -> Result<(i64, i64), ApiError> {
+    let page = page.unwrap_or(1);
+    let size = page_size.unwrap_or(default_size);
+    if page < 1 {
+        return Err(ApiError::field("page", "must be at least 1"));
+    }
+    if !(1..=100).contains(&size) {
+        return Err(ApiError::field("page_size", "must be between 1 and 100"));
+    }
+    Ok((size, (page - 1) * size))
+}
+
+/// Deserialises an optional number that MyChat's clients may send as `""` (meaning "no filter").
+pub fn empty_as_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s: Option<String> = serde::Deserialize::deserialize(d)?;
+    match s.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}

@@ -83,6 +83,10 @@ impl CommandMeta {
 /// What a successful command did.
 #[derive(Debug, Clone)]
 pub struct Committed<E> {
+    /// The aggregate the events belong to. For a duplicate command id this is the aggregate the
+    /// *first* attempt wrote to, which may differ from the one asked for (a retried create that
+    /// allocated a new id).
+    pub aggregate_id: String,
     /// The stream sequence of the commit; `None` when the command emitted no event (a no-op).
     pub stream_sequence: Option<u64>,
     /// The events committed (or, for a duplicate, the ones the first attempt committed).
@@ -188,6 +192,7 @@ impl CommandBus {
             let events = sink.collect().await;
             if events.is_empty() {
                 return Ok(Committed {
+                    aggregate_id: id.to_string(),
                     stream_sequence: None,
                     events,
                     duplicate: false,
@@ -200,7 +205,9 @@ impl CommandBus {
                         .and_then(|e| e.metadata.get(META_STREAM_SEQUENCE))
                         .and_then(|s| s.parse().ok());
                     let duplicate = first.is_some_and(|e| e.metadata.contains_key(META_DUPLICATE));
+                    let aggregate_id = first.map_or_else(|| id.to_string(), |e| e.aggregate_id.clone());
                     return Ok(Committed {
+                        aggregate_id,
                         stream_sequence,
                         events: envelopes.into_iter().map(|e| e.payload).collect(),
                         duplicate,

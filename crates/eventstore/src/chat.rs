@@ -33,3 +33,42 @@ pub struct ChatMessage {
     pub client_msg_id: String,
     pub sent_at: DateTime<Utc>,
 }
+
+/// Why a chat record was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("encoding: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("publishing to CHAT: {0}")]
+    Publish(#[from] async_nats::jetstream::context::PublishError),
+}
+
+/// Where an appended record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The record's stream sequence in `CHAT` (the message id).
+    pub seq: u64,
+    /// True when the client message id was already stored (a resend): `seq` is the first copy's.
+    pub duplicate: bool,
+}
+
+/// Appends a message to `CHAT` on `chat.<session_id>` with `Nats-Msg-Id` = the client message
+/// id, and returns once it is durably stored. The caller checks that the sender is a participant
+/// of an active session first.
+///
+/// # Errors
+/// When JetStream does not acknowledge the message.
+pub async fn append_message(
+    js: &async_nats::jetstream::Context,
+    message: &ChatMessage,
+) -> Result<Appended, AppendError> {
+    let body = serde_json::to_vec(&ChatRecord::Message(message.clone()))?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, message.client_msg_id.as_str());
+    headers.insert("Mychat-Record", "message");
+    let ack = js
+        .publish_with_headers(chat_subject(message.session_id), headers, body.into())
+        .await?
+        .await?;
+    Ok(Appended { seq: ack.sequence, duplicate: ack.duplicate })
+}

@@ -1,0 +1,316 @@
+//! Chat sessions over HTTP: start (either participant, on a paid order), find by order, history,
+//! the HTTP fallback for sending, and end (which bills).
+//!
+//! A session's id is its order's id (one session per order; the `ChatSession` aggregate holds it).
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use domain::{ChatSession, EndReason, Order, OrderStatus, SessionCommand, SessionEvent, SessionStatus};
+use eventstore::chat::{append_message, ChatMessage};
+use eventstore::Actor;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::money::yuan;
+use crate::orders::request_meta;
+use crate::{ok, paging, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, AppState, AuthUser};
+
+/// The user-API routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/chat/start/{order_id}", post(start))
+        .route("/api/chat/session/{order_id}/start", post(start))
+        .route("/api/chat/order/{order_id}/session", get(session_by_order))
+        .route("/api/chat/messages/{session_id}", get(messages))
+        .route("/api/chat/session/{session_id}/messages", get(messages))
+        .route("/api/chat/session/{session_id}/message", post(send_message))
+        .route("/api/chat/end/{session_id}", post(end))
+        .route("/api/chat/session/{session_id}/end", post(end))
+}
+
+/// The users-table id of counselor `counselor_id` (the counselor's login).
+pub async fn counselor_user_id(state: &AppState, counselor_id: i64) -> Result<Option<i64>, ApiError> {
+    Ok(sqlx::query_scalar::<_, Option<i64>>("SELECT user_id FROM counselors WHERE id = $1")
+        .bind(counselor_id)
+        .fetch_optional(&state.db)
+        .await?
+        .flatten())
+}
+
+/// `POST /api/chat/start/:order_id` → `{session_id}`. Either participant may start the session of
+/// a paid order; starting again returns the same session.
+pub async fn start(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    ApiPath(order_id): ApiPath<i64>,
+) -> ApiResult<Json<Value>> {
+    let (order, version) = state.bus.load::<Order>(&order_id.to_string()).await?;
+    if version == 0 {
+        return Err(ApiError::not_found("order"));
+    }
+    let counselor_user = counselor_user_id(&state, order.counselor_id).await?;
+    if order.user_id != user.user_id && counselor_user != Some(user.user_id) {
+        return Err(ApiError::forbidden("not a participant of this order"));
+    }
+    if order.status != OrderStatus::Paid {
+        return Err(ApiError::bad_request(format!("order is not paid (status {})", order.status.code())));
+    }
+    let command = SessionCommand::Start {
+        order_id,
+        user_id: order.user_id,
+        counselor_id: order.counselor_id,
+        counselor_user_id: counselor_user.unwrap_or_default(),
+        price_per_minute: order.price_per_minute,
+        prepaid_minutes: order.duration_minutes,
+        started_at: Utc::now(),
+    };
+    let meta = request_meta(&headers, Actor::user(user.user_id));
+    let committed = state.bus.execute::<ChatSession>(&order_id.to_string(), command, &meta).await?;
+    state.settle("chat_sessions", committed.stream_sequence).await;
+    Ok(ok(json!({ "session_id": order_id })))
+}
+
+/// Loads a session the caller takes part in (404 unknown, 403 not a participant).
+async fn participant_session(state: &AppState, user: &AuthUser, session_id: i64) -> Result<ChatSession, ApiError> {
+    let (session, version) = state.bus.load::<ChatSession>(&session_id.to_string()).await?;
+    if version == 0 {
+        return Err(ApiError::not_found("session"));
+    }
+    if !session.is_participant(user.user_id) {
+        return Err(ApiError::forbidden("not a participant of this session"));
+    }
+    Ok(session)
+}
+
+/// `GET /api/chat/order/:order_id/session` → `{session_id, status}`; 404 until it exists.
+pub async fn session_by_order(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(order_id): ApiPath<i64>,
+) -> ApiResult<Json<Value>> {
+    let row = sqlx::query("SELECT id, status, user_id, counselor_user_id FROM chat_sessions WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("session"))?;
+    if row.get::<i64, _>("user_id") != user.user_id && row.get::<i64, _>("counselor_user_id") != user.user_id {
+        return Err(ApiError::forbidden("not a participant of this session"));
+    }
+    Ok(ok(json!({ "session_id": row.get::<i64, _>("id"), "status": row.get::<i16, _>("status") })))
+}
+
+/// `GET /api/chat/messages/:session_id` query.
+#[derive(Debug, Deserialize)]
+pub struct MessagesQuery {
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    pub page: Option<i64>,
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    pub page_size: Option<i64>,
+}
+
+/// `GET /api/chat/messages/:session_id` → `{messages, total}`, oldest first. Each message carries
+/// `sender{id, username, avatar}` and `session{id, duration, start_time, counselor{name}}`, where
+/// `session.duration` is the **prepaid minutes** (the web client counts down from it; contract f.7).
+pub async fn messages(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(session_id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<MessagesQuery>,
+) -> ApiResult<Json<Value>> {
+    let (limit, offset) = paging(q.page, q.page_size, 20)?;
+    let session = participant_session(&state, &user, session_id).await?;
+    let counselor_name: String = sqlx::query_scalar("SELECT name FROM counselors WHERE id = $1")
+        .bind(session.counselor_id)
+        .fetch_optional(&state.db)
+        .await?
+        .unwrap_or_default();
+    let session_json = json!({
+        "id": session_id,
+        "order_id": session.order_id,
+        "status": session.status.code(),
+        "duration": session.prepaid_minutes,
+        "start_time": session.started_at,
+        "price": yuan(session.price_per_minute),
+        "counselor": { "id": session.counselor_id, "name": counselor_name },
+    });
+    let rows = sqlx::query(
+        "SELECT m.*, u.username, u.avatar FROM chat_messages m LEFT JOIN users u ON u.id = m.sender_id \
+         WHERE m.session_id = $1 ORDER BY m.id LIMIT $2 OFFSET $3",
+    )
+    .bind(session_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&state.db)
+    .await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_messages WHERE session_id = $1")
+        .bind(session_id)
+        .fetch_one(&state.db)
+        .await?;
+    let messages: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let sender_id: i64 = r.get("sender_id");
+            json!({
+                "id": r.get::<i64, _>("id"),
+                "seq": r.get::<i64, _>("id"),
+                "session_id": session_id,
+                "sender_id": sender_id,
+                "sender_type": r.get::<String, _>("sender_type"),
+                "content_type": r.get::<String, _>("content_type"),
+                "content": r.get::<String, _>("content"),
+                "file_url": r.get::<String, _>("file_url"),
+                "client_msg_id": r.get::<String, _>("client_msg_id"),
+                "is_read": r.get::<bool, _>("is_read"),
+                "read_time": r.get::<Option<DateTime<Utc>>, _>("read_time"),
+                "created_at": r.get::<DateTime<Utc>, _>("created_at"),
+                "sender": {
+                    "id": sender_id,
+                    "username": r.get::<Option<String>, _>("username").unwrap_or_default(),
+                    "avatar": r.get::<Option<String>, _>("avatar").unwrap_or_default(),
+                },
+                "session": session_json,
+            })
+        })
+        .collect();
+    Ok(ok(json!({ "messages": messages, "total": total, "session": session_json })))
+}
+
+/// `POST /api/chat/session/:session_id/message` body (the web client's fallback, contract #39).
+#[derive(Debug, Deserialize)]
+pub struct SendMessage {
+    pub content: String,
+    #[serde(default)]
+    pub sender_type: String,
+    #[serde(default)]
+    pub content_type: String,
+    #[serde(default)]
+    pub file_url: String,
+    /// The client's message id; a resend with the same id is stored once.
+    #[serde(default)]
+    pub client_msg_id: String,
+}
+
+/// Validates and builds a chat message from `sender` into `session` (shared with the gateway).
+///
+/// # Errors
+/// 400 naming the field; 403 when the session has ended or the sender is not a participant.
+pub fn build_message(
+    session_id: i64,
+    session: &ChatSession,
+    sender_id: i64,
+    content: String,
+    content_type: &str,
+    file_url: String,
+    client_msg_id: String,
+) -> Result<ChatMessage, ApiError> {
+    if !session.is_participant(sender_id) {
+        return Err(ApiError::forbidden("not a participant of this session"));
+    }
+    if session.status != SessionStatus::Active {
+        return Err(ApiError::forbidden("session has ended"));
+    }
+    let content_type = if content_type.is_empty() { "text" } else { content_type };
+    if !matches!(content_type, "text" | "image" | "file") {
+        return Err(ApiError::field("content_type", "one of text, image, file"));
+    }
+    if content.trim().is_empty() && file_url.is_empty() {
+        return Err(ApiError::field("content", "must not be empty"));
+    }
+    if content.chars().count() > 5000 {
+        return Err(ApiError::field("content", "at most 5000 characters"));
+    }
+    if client_msg_id.len() > 100 {
+        return Err(ApiError::field("client_msg_id", "at most 100 characters"));
+    }
+    let sender_type = if sender_id == session.user_id { "user" } else { "counselor" };
+    Ok(ChatMessage {
+        session_id,
+        sender_id,
+        sender_type: sender_type.into(),
+        content_type: content_type.into(),
+        content,
+        file_url,
+        client_msg_id: if client_msg_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { client_msg_id },
+        sent_at: Utc::now(),
+    })
+}
+
+/// `POST /api/chat/session/:session_id/message` → the stored message `{id, seq, …}`. The session
+/// must be active and the caller a participant.
+pub async fn send_message(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(session_id): ApiPath<i64>,
+    ApiJson(req): ApiJson<SendMessage>,
+) -> ApiResult<Json<Value>> {
+    let session = participant_session(&state, &user, session_id).await?;
+    let message = build_message(
+        session_id,
+        &session,
+        user.user_id,
+        req.content,
+        &req.content_type,
+        req.file_url,
+        req.client_msg_id,
+    )?;
+    let appended = append_message(state.bus.jetstream(), &message).await.map_err(anyhow::Error::from)?;
+    state.settle("chat_messages", Some(appended.seq)).await;
+    Ok(ok(json!({
+        "id": appended.seq,
+        "seq": appended.seq,
+        "session_id": session_id,
+        "sender_id": message.sender_id,
+        "sender_type": message.sender_type,
+        "content_type": message.content_type,
+        "content": message.content,
+        "file_url": message.file_url,
+        "client_msg_id": message.client_msg_id,
+        "created_at": message.sent_at,
+    })))
+}
+
+/// `POST /api/chat/end/:session_id` → `{duration, billing}`: either participant ends the session,
+/// which bills it (once). The counselor's share and the user's refund follow through the process
+/// manager.
+pub async fn end(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    ApiPath(session_id): ApiPath<i64>,
+) -> ApiResult<Json<Value>> {
+    participant_session(&state, &user, session_id).await?;
+    let command = SessionCommand::End { ended_by: user.user_id, reason: EndReason::Participant, ended_at: Utc::now() };
+    let meta = request_meta(&headers, Actor::user(user.user_id));
+    let committed = state.bus.execute::<ChatSession>(&session_id.to_string(), command, &meta).await?;
+    state.settle("chat_sessions", committed.stream_sequence).await;
+    let mut out = json!({ "session_id": session_id });
+    for event in &committed.events {
+        match event {
+            SessionEvent::SessionEnded { duration_seconds, .. } => out["duration"] = json!(duration_seconds),
+            SessionEvent::SessionBilled {
+                billed_minutes, price_per_minute, amount, platform_fee, counselor_fee, refund, duration_seconds, ..
+            } => {
+                out["billing"] = json!({
+                    "duration": duration_seconds,
+                    "duration_minutes": billed_minutes,
+                    "price_per_minute": yuan(*price_per_minute),
+                    "total_amount": yuan(*amount),
+                    "total_amount_fen": amount,
+                    "platform_fee": yuan(*platform_fee),
+                    "platform_fee_fen": platform_fee,
+                    "counselor_fee": yuan(*counselor_fee),
+                    "counselor_fee_fen": counselor_fee,
+                    "refund": yuan(*refund),
+                    "refund_fen": refund,
+                });
+            }
+            SessionEvent::SessionStarted { .. } => {}
+        }
+    }
+    Ok(ok(out))
+}
