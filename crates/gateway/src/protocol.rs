@@ -1,0 +1,104 @@
+//! The frame protocol (contract §d), both dialects.
+//!
+//! Client frames are JSON text: Go's `{type, session_id, data}` or the web client's
+//! `{type, payload}` (no `session_id`: the socket's bound session is meant). Server frames carry
+//! their object under both `data` and `payload`, so either client reads them.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Largest client frame accepted, in bytes.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// A frame from a client, either dialect.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ClientFrame {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub session_id: Option<i64>,
+    #[serde(default)]
+    pub data: Option<Value>,
+    #[serde(default)]
+    pub payload: Option<Value>,
+    /// The client's message id (also accepted inside `data` / `payload` as `id` or
+    /// `client_msg_id`).
+    #[serde(default)]
+    pub id: Option<Value>,
+}
+
+impl ClientFrame {
+    /// Parses a text frame.
+    ///
+    /// # Errors
+    /// A message for the client's `error` frame.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_FRAME_BYTES {
+            return Err(format!("frame larger than {MAX_FRAME_BYTES} bytes"));
+        }
+        serde_json::from_str(text).map_err(|e| format!("malformed frame: {e}"))
+    }
+
+    /// The body: `data`, else `payload` (the web dialect), else `{}`.
+    pub fn body(&self) -> Value {
+        self.data.clone().or_else(|| self.payload.clone()).unwrap_or_else(|| json!({}))
+    }
+
+    /// A string field of the body.
+    pub fn field(&self, name: &str) -> String {
+        match self.body().get(name) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// The client's message id, if it sent one.
+    pub fn client_msg_id(&self) -> String {
+        let from_body = |key| match self.body().get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => String::new(),
+        };
+        match &self.id {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => {
+                let id = from_body("client_msg_id");
+                if id.is_empty() { from_body("id") } else { id }
+            }
+        }
+    }
+}
+
+/// A server frame: `{type, session_id, data, payload}`.
+pub fn frame(kind: &str, session_id: i64, data: Value) -> String {
+    json!({ "type": kind, "session_id": session_id, "data": data, "payload": data }).to_string()
+}
+
+/// An `error` frame.
+pub fn error_frame(session_id: i64, message: &str) -> String {
+    frame("error", session_id, json!({ "error": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_dialects_parse_to_the_same_message() {
+        let go = ClientFrame::parse(r#"{"type":"message","session_id":3,"data":{"content":"hi","id":"m1"}}"#).unwrap();
+        let web = ClientFrame::parse(r#"{"type":"message","payload":{"content_type":"text","content":"hi","client_msg_id":"m1"}}"#).unwrap();
+        assert_eq!((go.field("content"), go.client_msg_id()), ("hi".into(), "m1".into()));
+        assert_eq!((web.field("content"), web.client_msg_id()), ("hi".into(), "m1".into()));
+        assert_eq!(go.session_id, Some(3));
+        assert_eq!(web.session_id, None);
+    }
+
+    #[test]
+    fn bad_frames_are_refused_with_a_reason() {
+        assert!(ClientFrame::parse("{not json").is_err());
+        assert!(ClientFrame::parse(r#"{"session_id":1}"#).is_err());
+        assert!(ClientFrame::parse(&"x".repeat(MAX_FRAME_BYTES + 1)).is_err());
+    }
+}
