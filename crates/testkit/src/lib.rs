@@ -8,8 +8,8 @@
 //! then `$PATH`. PostgreSQL: `$PG_BIN_DIR`, then `/usr/lib/postgresql/<newest>/bin`, then `$PATH`.
 //! PostgreSQL refuses to run as root, so when the uid is 0 the server runs as the `postgres` user.
 
-mod nats;
-mod postgres;
+pub mod nats;
+pub mod postgres;
 
 pub use nats::{NatsOptions, NatsServer};
 pub use postgres::{Postgres, PostgresOptions};

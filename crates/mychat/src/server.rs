@@ -1,0 +1,261 @@
+//! Running mychat: the embedded infrastructure of `mychat up`, and serving each part.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use eventstore::envelope::Upcasters;
+use eventstore::{ensure_streams, CommandBus, StreamSettings};
+use projections::{CheckpointWatch, Projector, ProjectorSettings};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::Settings;
+
+/// A part of mychat that `mychat serve` can run on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The user API.
+    Api,
+    /// The admin API.
+    Admin,
+    /// The WebSocket gateway.
+    Gateway,
+    /// The projector workers and the process manager.
+    Projectors,
+    /// Everything above.
+    All,
+}
+
+/// Logs: JSON in production, pretty on a terminal; `RUST_LOG` filters.
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn,tower_http=warn".into());
+    let json = match format {
+        "json" => true,
+        "pretty" => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+/// Connected infrastructure.
+struct Infra {
+    nats: async_nats::Client,
+    pool: PgPool,
+    bus: CommandBus,
+}
+
+async fn connect(settings: &Settings, nats_url: &str, database_url: &str) -> anyhow::Result<Infra> {
+    let nats = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(32)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(database_url)
+        .await
+        .with_context(|| format!("connecting to Postgres at {database_url}"))?;
+    let js = async_nats::jetstream::new(nats.clone());
+    ensure_streams(&js, &StreamSettings { replicas: settings.stream_replicas, ..Default::default() })
+        .await
+        .context("creating the streams")?;
+    let bus = CommandBus::new(js, Upcasters::default());
+    Ok(Infra { nats, pool, bus })
+}
+
+fn default_nats_url(settings: &Settings) -> String {
+    settings.nats_url.clone().unwrap_or_else(|| format!("nats://127.0.0.1:{}", settings.nats_port))
+}
+
+fn default_database_url(settings: &Settings) -> String {
+    settings
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("postgres://{}@127.0.0.1:{}/mychat", testkit::postgres::PG_USER, settings.pg_port))
+}
+
+/// `mychat migrate`.
+pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    let pool = PgPool::connect(&default_database_url(&settings)).await?;
+    projections::MIGRATOR.run(&pool).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// `mychat up`: embedded servers (when no URLs are configured), migrations, streams, demo data,
+/// and every part, until Ctrl-C / SIGTERM.
+pub async fn up(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    std::fs::create_dir_all(&settings.data_dir)?;
+    let data_dir = settings.data_dir.canonicalize()?;
+
+    let mut nats_server = None;
+    if settings.nats_url.is_none() {
+        let config = data_dir.join("nats.conf");
+        std::fs::write(&config, include_str!("../../../nats.conf"))?;
+        let options = testkit::NatsOptions {
+            port: settings.nats_port,
+            store_dir: data_dir.join("nats"),
+            config,
+            log_file: Some(data_dir.join("nats.log")),
+        };
+        let server = tokio::task::spawn_blocking(move || testkit::NatsServer::start_with(options)).await??;
+        tracing::info!(url = server.url(), store = %data_dir.join("nats").display(), "embedded nats-server started");
+        nats_server = Some(server);
+    }
+    let mut pg_server = None;
+    if settings.database_url.is_none() {
+        let options = testkit::PostgresOptions { port: settings.pg_port, data_dir: data_dir.join("pg"), ephemeral: false };
+        let server = tokio::task::spawn_blocking(move || testkit::Postgres::start_with(options)).await??;
+        server.ensure_database("mychat").await?;
+        tracing::info!(port = server.port(), data = %data_dir.join("pg").display(), "embedded PostgreSQL started");
+        pg_server = Some(server);
+    }
+
+    let result = async {
+        let infra = connect(&settings, &default_nats_url(&settings), &default_database_url(&settings)).await?;
+        projections::MIGRATOR.run(&infra.pool).await.context("migrating")?;
+        api::seed::seed_demo(&infra.pool).await.context("seeding demo data")?;
+        if api::seed::default_admin_password_unchanged(&infra.pool).await {
+            tracing::warn!("the administrator `admin` still has the default password `admin123`: change it");
+        }
+        run_parts(&settings, infra, Part::All, None, shutdown.clone()).await
+    }
+    .await;
+
+    if let Some(mut s) = pg_server.take() {
+        tokio::task::spawn_blocking(move || s.stop()).await?;
+    }
+    if let Some(mut s) = nats_server.take() {
+        tokio::task::spawn_blocking(move || s.stop()).await?;
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// `mychat serve <part>`.
+pub async fn serve(settings: Settings, part: Part, addr: Option<SocketAddr>) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    let infra = connect(&settings, &default_nats_url(&settings), &default_database_url(&settings)).await?;
+    projections::MIGRATOR.run(&infra.pool).await.context("migrating")?;
+    run_parts(&settings, infra, part, addr, shutdown).await
+}
+
+async fn run_parts(
+    settings: &Settings,
+    infra: Infra,
+    part: Part,
+    addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let jwt = Arc::new(api::JwtKeys::new(
+        settings.secret(&settings.jwt_secret, "jwt.secret")?.as_bytes(),
+        settings.token_ttl_seconds,
+    ));
+    let watch = CheckpointWatch::start(infra.nats.clone(), infra.pool.clone()).await?;
+    let state = api::AppState {
+        db: infra.pool.clone(),
+        bus: infra.bus.clone(),
+        nats: infra.nats.clone(),
+        jwt: jwt.clone(),
+        watch,
+        settings: Arc::new(api::ApiSettings {
+            public_url: settings.public_url(),
+            sandbox_secret: settings.secret(&settings.sandbox_secret, "sandbox.secret")?,
+            settle_timeout: Duration::from_secs(3),
+        }),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let wants = |p: Part| part == Part::All || part == p;
+
+    if wants(Part::Projectors) {
+        let mut all = projections::read_models();
+        all.push(Arc::new(projections::process_manager::ProcessManager { bus: infra.bus.clone() }));
+        for projection in all {
+            let projector = Projector {
+                pool: infra.pool.clone(),
+                nats: infra.nats.clone(),
+                projection,
+                settings: ProjectorSettings::default(),
+            };
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                projector.run(token).await;
+                Ok(())
+            });
+        }
+        tracing::info!("projectors started");
+    }
+    if wants(Part::Api) {
+        let app = api::user_router(state.clone());
+        tasks.spawn(serve_http("user API", addr.unwrap_or(settings.user_addr), app, shutdown.clone()));
+    }
+    if wants(Part::Admin) {
+        let app = api::admin_router(state.clone());
+        tasks.spawn(serve_http("admin API", addr.unwrap_or(settings.admin_addr), app, shutdown.clone()));
+    }
+    if wants(Part::Gateway) {
+        let hub = Arc::new(gateway::Hub::default());
+        let js = infra.bus.jetstream().clone();
+        tokio::spawn(hub.clone().run_chat_fanout(js.clone(), shutdown.clone()));
+        tokio::spawn(hub.clone().run_session_events(js, shutdown.clone()));
+        let app = gateway::router(gateway::GatewayState { bus: infra.bus.clone(), jwt, hub });
+        tasks.spawn(serve_http("gateway", addr.unwrap_or(settings.ws_addr), app, shutdown.clone()));
+    }
+
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            tracing::error!(error = format!("{e:#}"), "a part failed; stopping");
+            first_error.get_or_insert(e);
+            shutdown.cancel();
+        }
+    }
+    infra.nats.flush().await.ok();
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn serve_http(name: &'static str, addr: SocketAddr, app: axum::Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{name}: binding {addr}"))?;
+    tracing::info!(%addr, "{name} listening");
+    let stop = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    tokio::select! {
+        r = server => r.with_context(|| format!("{name} failed"))?,
+        // Upgraded sockets do not end on their own: give connections 5 s to drain.
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(Duration::from_secs(5)).await } => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Configuration: defaults, then `mychat.toml` (if present), then `MYCHAT_*` environment variables
+//! (figment). One typed struct.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// mychat's settings. Every field can be set in `mychat.toml` or as `MYCHAT_<FIELD>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// NATS server URL. Unset under `mychat up`: an embedded nats-server is started.
+    pub nats_url: Option<String>,
+    /// Postgres URL. Unset under `mychat up`: an embedded PostgreSQL is started.
+    pub database_url: Option<String>,
+    /// Where the embedded servers keep their data, and the generated secrets.
+    pub data_dir: PathBuf,
+    /// User API listen address (default 127.0.0.1:8080).
+    pub user_addr: SocketAddr,
+    /// Admin API listen address (default 127.0.0.1:8081).
+    pub admin_addr: SocketAddr,
+    /// WebSocket gateway listen address (default 127.0.0.1:8082).
+    pub ws_addr: SocketAddr,
+    /// The user API's public URL (sandbox `pay_url` and notify URL); default `http://<user_addr>`.
+    pub public_url: Option<String>,
+    /// Embedded nats-server client port.
+    pub nats_port: u16,
+    /// Embedded PostgreSQL port.
+    pub pg_port: u16,
+    /// HS256 key for tokens; unset: generated once into `<data_dir>/jwt.secret`.
+    pub jwt_secret: Option<String>,
+    /// Access-token lifetime in seconds (default 24 h: MyChat's clients have no refresh flow).
+    pub token_ttl_seconds: i64,
+    /// The sandbox payment provider's key; unset: generated into `<data_dir>/sandbox.secret`.
+    pub sandbox_secret: Option<String>,
+    /// Stream replicas (1 single node, 3 on a cluster).
+    pub stream_replicas: usize,
+    /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
+    pub log_format: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            nats_url: None,
+            database_url: None,
+            data_dir: PathBuf::from(".data"),
+            user_addr: "127.0.0.1:8080".parse().expect("addr"),
+            admin_addr: "127.0.0.1:8081".parse().expect("addr"),
+            ws_addr: "127.0.0.1:8082".parse().expect("addr"),
+            public_url: None,
+            nats_port: 4222,
+            pg_port: 55432,
+            jwt_secret: None,
+            token_ttl_seconds: 24 * 3600,
+            sandbox_secret: None,
+            stream_replicas: 1,
+            log_format: "auto".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults → `mychat.toml` → `MYCHAT_*`.
+    ///
+    /// # Errors
+    /// When a value has the wrong type (the error names it).
+    pub fn load() -> anyhow::Result<Self> {
+        Ok(Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file("mychat.toml"))
+            .merge(Env::prefixed("MYCHAT_"))
+            .extract()?)
+    }
+
+    /// The user API's public URL.
+    pub fn public_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.user_addr))
+    }
+
+    /// A secret from the settings, else from `<data_dir>/<file>`, generated there on first use.
+    ///
+    /// # Errors
+    /// When the file cannot be read or written.
+    pub fn secret(&self, configured: &Option<String>, file: &str) -> anyhow::Result<String> {
+        if let Some(s) = configured {
+            return Ok(s.clone());
+        }
+        let path = self.data_dir.join(file);
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            if !s.trim().is_empty() {
+                return Ok(s.trim().to_string());
+            }
+        }
+        std::fs::create_dir_all(&self.data_dir)?;
+        let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        std::fs::write(&path, &secret)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(secret)
+    }
+}
