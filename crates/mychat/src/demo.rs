@@ -189,14 +189,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     expect_frame(&mut user_ws, "join_success").await?;
     expect_frame(&mut counselor_ws, "join_success").await?;
     // The web client's dialect: {type, payload}, no session_id.
-    let hello = json!({ "type": "message", "payload": { "content_type": "text", "content": "你好，我最近睡不好。", "client_msg_id": "demo-u-1" } });
+    let hello = json!({ "type": "message", "payload": { "content_type": "text", "content": "你好，我最近睡不好。", "client_msg_id": format!("demo-u-{session_id}") } });
     user_ws.send(Message::Text(hello.to_string().into())).await?;
     let ack = expect_frame(&mut user_ws, "ack").await?;
     let got = expect_frame(&mut counselor_ws, "message").await?;
     ensure!(got["payload"]["content"] == "你好，我最近睡不好。" && got["data"]["sender_id"] == user_id, "counselor got {got}");
     step(7, format!("user → counselor: stored at CHAT seq {}, delivered", ack["data"]["seq"]));
     // Go's dialect: {type, session_id, data}.
-    let reply = json!({ "type": "message", "session_id": session_id, "data": { "content": "你好，我们慢慢聊。", "id": "demo-c-1" } });
+    let reply = json!({ "type": "message", "session_id": session_id, "data": { "content": "你好，我们慢慢聊。", "id": format!("demo-c-{session_id}") } });
     counselor_ws.send(Message::Text(reply.to_string().into())).await?;
     let ack = expect_frame(&mut counselor_ws, "ack").await?;
     let got = expect_frame(&mut user_ws, "message").await?;
