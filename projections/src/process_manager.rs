@@ -12,8 +12,8 @@
 
 use async_trait::async_trait;
 use domain::{
-    AccountCommand, CounselorAccount, CreditReason, Order, OrderCommand, PaymentEvent, SessionEvent,
-    UserWallet, WalletCommand,
+    AccountCommand, CounselorAccount, CreditReason, Order, OrderCommand, PaymentEvent,
+    SessionEvent, UserWallet, WalletCommand,
 };
 use eventstore::envelope::{StoredEvent, Upcasters};
 use eventstore::{Actor, CommandBus, CommandError, CommandMeta};
@@ -37,7 +37,10 @@ fn meta_for(event: &StoredEvent, command_id: String) -> CommandMeta {
 
 /// A business rejection is final (retrying cannot change it): log it and go on. An
 /// infrastructure failure or an exhausted conflict retry fails the batch, to be retried.
-fn settle<E: std::error::Error>(what: &str, result: Result<eventstore::Committed<impl Sized>, CommandError<E>>) -> anyhow::Result<()> {
+fn settle<E: std::error::Error>(
+    what: &str,
+    result: Result<eventstore::Committed<impl Sized>, CommandError<E>>,
+) -> anyhow::Result<()> {
     match result {
         Ok(_) => Ok(()),
         Err(CommandError::Rejected(e)) => {
@@ -60,22 +63,55 @@ impl Projection for ProcessManager {
         for e in message.events(&Upcasters::default())? {
             match e.aggregate_type.as_str() {
                 "payment" => {
-                    if let PaymentEvent::PaymentCaptured { order_id, amount, captured_at, .. } = e.decode()? {
+                    if let PaymentEvent::PaymentCaptured {
+                        order_id,
+                        amount,
+                        captured_at,
+                        ..
+                    } = e.decode()?
+                    {
                         let payment_id = e.aggregate_id_i64().unwrap_or_default();
-                        let cmd = OrderCommand::MarkPaid { payment_id, amount, paid_at: captured_at };
+                        let cmd = OrderCommand::MarkPaid {
+                            payment_id,
+                            amount,
+                            paid_at: captured_at,
+                        };
                         let meta = meta_for(&e, format!("pm:order-paid:{payment_id}"));
-                        settle("order-paid", self.bus.execute::<Order>(&order_id.to_string(), cmd, &meta).await)?;
+                        settle(
+                            "order-paid",
+                            self.bus
+                                .execute::<Order>(&order_id.to_string(), cmd, &meta)
+                                .await,
+                        )?;
                     }
                 }
                 "session" => match e.decode()? {
-                    SessionEvent::SessionStarted { order_id, started_at, .. } => {
+                    SessionEvent::SessionStarted {
+                        order_id,
+                        started_at,
+                        ..
+                    } => {
                         let session_id = e.aggregate_id_i64().unwrap_or_default();
-                        let cmd = OrderCommand::StartService { session_id, started_at };
+                        let cmd = OrderCommand::StartService {
+                            session_id,
+                            started_at,
+                        };
                         let meta = meta_for(&e, format!("pm:order-service:{session_id}"));
-                        settle("order-service", self.bus.execute::<Order>(&order_id.to_string(), cmd, &meta).await)?;
+                        settle(
+                            "order-service",
+                            self.bus
+                                .execute::<Order>(&order_id.to_string(), cmd, &meta)
+                                .await,
+                        )?;
                     }
                     SessionEvent::SessionBilled {
-                        order_id, user_id, counselor_id, counselor_fee, refund, billed_at, ..
+                        order_id,
+                        user_id,
+                        counselor_id,
+                        counselor_fee,
+                        refund,
+                        billed_at,
+                        ..
                     } => {
                         let session_id = e.aggregate_id_i64().unwrap_or_default();
                         let credit = AccountCommand::CreditEarnings {
@@ -88,21 +124,43 @@ impl Projection for ProcessManager {
                         let meta = meta_for(&e, format!("pm:credit:{session_id}"));
                         settle(
                             "credit",
-                            self.bus.execute::<CounselorAccount>(&counselor_id.to_string(), credit, &meta).await,
+                            self.bus
+                                .execute::<CounselorAccount>(
+                                    &counselor_id.to_string(),
+                                    credit,
+                                    &meta,
+                                )
+                                .await,
                         )?;
                         if refund > 0 {
                             let cmd = WalletCommand::Credit {
                                 user_id,
                                 amount: refund,
-                                reason: CreditReason::SessionRefund { session_id, order_id },
+                                reason: CreditReason::SessionRefund {
+                                    session_id,
+                                    order_id,
+                                },
                                 at: billed_at,
                             };
                             let meta = meta_for(&e, format!("pm:refund:{session_id}"));
-                            settle("refund", self.bus.execute::<UserWallet>(&user_id.to_string(), cmd, &meta).await)?;
+                            settle(
+                                "refund",
+                                self.bus
+                                    .execute::<UserWallet>(&user_id.to_string(), cmd, &meta)
+                                    .await,
+                            )?;
                         }
-                        let cmd = OrderCommand::Complete { session_id, completed_at: billed_at };
+                        let cmd = OrderCommand::Complete {
+                            session_id,
+                            completed_at: billed_at,
+                        };
                         let meta = meta_for(&e, format!("pm:complete:{order_id}"));
-                        settle("complete", self.bus.execute::<Order>(&order_id.to_string(), cmd, &meta).await)?;
+                        settle(
+                            "complete",
+                            self.bus
+                                .execute::<Order>(&order_id.to_string(), cmd, &meta)
+                                .await,
+                        )?;
                     }
                     SessionEvent::SessionEnded { .. } => {}
                 },

@@ -14,13 +14,18 @@ use crate::runtime::{LogMessage, Projection};
 
 /// Decodes each event of an `EVENTS` message as `E`. An event no upcaster turns into an `E` (an
 /// unknown type or version) is an error that names it: the projection stops there.
-fn decode_events<E: serde::de::DeserializeOwned>(message: &LogMessage) -> anyhow::Result<Vec<(StoredEvent, E)>> {
+fn decode_events<E: serde::de::DeserializeOwned>(
+    message: &LogMessage,
+) -> anyhow::Result<Vec<(StoredEvent, E)>> {
     message
         .events(&Upcasters::default())?
         .into_iter()
         .map(|stored| {
             let event: E = stored.decode().with_context(|| {
-                format!("unknown event {} v{} on {}", stored.event_type, stored.event_version, message.subject)
+                format!(
+                    "unknown event {} v{} on {}",
+                    stored.event_type, stored.event_version, message.subject
+                )
             })?;
             Ok((stored, event))
         })
@@ -28,7 +33,9 @@ fn decode_events<E: serde::de::DeserializeOwned>(message: &LogMessage) -> anyhow
 }
 
 fn id(stored: &StoredEvent) -> anyhow::Result<i64> {
-    stored.aggregate_id_i64().with_context(|| format!("aggregate id {} is not a number", stored.aggregate_id))
+    stored
+        .aggregate_id_i64()
+        .with_context(|| format!("aggregate id {} is not a number", stored.aggregate_id))
 }
 
 /// `orders`: one row per order.
@@ -77,7 +84,11 @@ impl Projection for Orders {
                     .execute(&mut *tx)
                     .await?;
                 }
-                OrderEvent::OrderPaid { payment_id, paid_at, .. } => {
+                OrderEvent::OrderPaid {
+                    payment_id,
+                    paid_at,
+                    ..
+                } => {
                     sqlx::query(
                         "UPDATE orders SET status = 1, payment_id = $2, pay_time = $3, updated_at = $4, \
                          last_position = $5 WHERE id = $1 AND last_position < $5",
@@ -161,7 +172,11 @@ impl Projection for Payments {
                     .execute(&mut *tx)
                     .await?;
                 }
-                PaymentEvent::PaymentCaptured { provider_txn_id, captured_at, .. } => {
+                PaymentEvent::PaymentCaptured {
+                    provider_txn_id,
+                    captured_at,
+                    ..
+                } => {
                     sqlx::query(
                         "UPDATE payments SET status = 1, transaction_id = $2, pay_time = $3, updated_at = $4, \
                          last_position = $5 WHERE id = $1 AND last_position < $5",
@@ -223,7 +238,11 @@ impl Projection for Sessions {
                     .execute(&mut *tx)
                     .await?;
                 }
-                SessionEvent::SessionEnded { ended_at, duration_seconds, .. } => {
+                SessionEvent::SessionEnded {
+                    ended_at,
+                    duration_seconds,
+                    ..
+                } => {
                     sqlx::query(
                         "UPDATE chat_sessions SET status = 2, end_time = $2, duration = $3, updated_at = $4, \
                          last_position = $5 WHERE id = $1 AND last_position < $5",
@@ -441,15 +460,18 @@ impl Projection for Withdrawals {
                     continue;
                 }
                 AccountEvent::EarningsCredited { .. } => continue,
-                AccountEvent::WithdrawalApproved { withdrawal_id, at, .. } => {
-                    (withdrawal_id, 1i16, None, Some(at), None, at)
-                }
-                AccountEvent::WithdrawalRejected { withdrawal_id, reason, at, .. } => {
-                    (withdrawal_id, 2, Some(reason), Some(at), None, at)
-                }
-                AccountEvent::WithdrawalTransferred { withdrawal_id, at, .. } => {
-                    (withdrawal_id, 3, None, None, Some(at), at)
-                }
+                AccountEvent::WithdrawalApproved {
+                    withdrawal_id, at, ..
+                } => (withdrawal_id, 1i16, None, Some(at), None, at),
+                AccountEvent::WithdrawalRejected {
+                    withdrawal_id,
+                    reason,
+                    at,
+                    ..
+                } => (withdrawal_id, 2, Some(reason), Some(at), None, at),
+                AccountEvent::WithdrawalTransferred {
+                    withdrawal_id, at, ..
+                } => (withdrawal_id, 3, None, None, Some(at), at),
             };
             sqlx::query(
                 "UPDATE withdrawals SET status = $2, rejected_reason = COALESCE($3, rejected_reason), \
@@ -485,7 +507,13 @@ impl Projection for Wallets {
         for (e, event) in decode_events::<WalletEvent>(message)? {
             let e = &e;
             match event {
-                WalletEvent::WalletCredited { user_id, amount, reason, balance_after, at } => {
+                WalletEvent::WalletCredited {
+                    user_id,
+                    amount,
+                    reason,
+                    balance_after,
+                    at,
+                } => {
                     sqlx::query(
                         "INSERT INTO user_wallets (user_id, balance_fen, updated_at, last_position) \
                          VALUES ($1,$2,$3,$4) ON CONFLICT (user_id) DO UPDATE SET \
@@ -500,9 +528,11 @@ impl Projection for Wallets {
                     .execute(&mut *tx)
                     .await?;
                     let (kind, description, order_id) = match reason {
-                        CreditReason::SessionRefund { order_id, .. } => {
-                            ("refund", format!("订单 {order_id} 未使用时长退款"), Some(order_id))
-                        }
+                        CreditReason::SessionRefund { order_id, .. } => (
+                            "refund",
+                            format!("订单 {order_id} 未使用时长退款"),
+                            Some(order_id),
+                        ),
                     };
                     sqlx::query(
                         "INSERT INTO wallet_transactions (stream_seq, idx, user_id, type, amount_fen, \

@@ -40,9 +40,17 @@ impl LogMessage {
     /// # Errors
     /// When the body is not a commit.
     pub fn events(&self, upcasters: &Upcasters) -> anyhow::Result<Vec<StoredEvent>> {
-        let commit = Commit::decode(&self.payload)
-            .with_context(|| format!("decoding the commit at stream sequence {}", self.stream_sequence))?;
-        Ok(commit.into_stored(self.stream_sequence).into_iter().map(|e| upcasters.upcast(e)).collect())
+        let commit = Commit::decode(&self.payload).with_context(|| {
+            format!(
+                "decoding the commit at stream sequence {}",
+                self.stream_sequence
+            )
+        })?;
+        Ok(commit
+            .into_stored(self.stream_sequence)
+            .into_iter()
+            .map(|e| upcasters.upcast(e))
+            .collect())
     }
 }
 
@@ -73,7 +81,10 @@ pub struct ProjectorSettings {
 
 impl Default for ProjectorSettings {
     fn default() -> Self {
-        Self { batch_size: 500, linger: Duration::from_millis(2) }
+        Self {
+            batch_size: 500,
+            linger: Duration::from_millis(2),
+        }
     }
 }
 
@@ -95,10 +106,11 @@ pub async fn checkpoint(pool: &PgPool, name: &str) -> anyhow::Result<u64> {
         .bind(name)
         .execute(pool)
         .await?;
-    let position: i64 = sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
-        .bind(name)
-        .fetch_one(pool)
-        .await?;
+    let position: i64 =
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_one(pool)
+            .await?;
     Ok(position as u64)
 }
 
@@ -118,7 +130,12 @@ impl Projector {
                 Ok(()) => return,
                 Err(e) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::error!(projection = name, error = format!("{e:#}"), ?delay, "projector failed; retrying from its checkpoint");
+                    tracing::error!(
+                        projection = name,
+                        error = format!("{e:#}"),
+                        ?delay,
+                        "projector failed; retrying from its checkpoint"
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => return,
@@ -136,7 +153,9 @@ impl Projector {
         let deliver_policy = if position == 0 {
             DeliverPolicy::All
         } else {
-            DeliverPolicy::ByStartSequence { start_sequence: position + 1 }
+            DeliverPolicy::ByStartSequence {
+                start_sequence: position + 1,
+            }
         };
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
@@ -152,7 +171,9 @@ impl Projector {
                 m = messages.next() => m,
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            let Some(first) = first else { anyhow::bail!("consumer ended") };
+            let Some(first) = first else {
+                anyhow::bail!("consumer ended")
+            };
             let mut batch = vec![to_log_message(first?)?];
             while batch.len() < self.settings.batch_size {
                 match tokio::time::timeout(self.settings.linger, messages.next()).await {
@@ -161,7 +182,10 @@ impl Projector {
                 }
             }
             position = self.apply_batch(position, &batch).await?;
-            let _ = self.nats.publish(checkpoint_subject(name), position.to_string().into()).await;
+            let _ = self
+                .nats
+                .publish(checkpoint_subject(name), position.to_string().into())
+                .await;
         }
     }
 
@@ -170,12 +194,15 @@ impl Projector {
         let name = self.projection.name();
         let mut tx = self.pool.begin().await?;
         for message in batch {
-            self.projection.apply(&mut tx, message).await.with_context(|| {
-                format!(
-                    "projection {name}: the message at stream sequence {} ({}) failed to apply",
-                    message.stream_sequence, message.subject
-                )
-            })?;
+            self.projection
+                .apply(&mut tx, message)
+                .await
+                .with_context(|| {
+                    format!(
+                        "projection {name}: the message at stream sequence {} ({}) failed to apply",
+                        message.stream_sequence, message.subject
+                    )
+                })?;
         }
         let last = batch.last().map_or(position, |m| m.stream_sequence);
         let moved = sqlx::query(
@@ -190,7 +217,9 @@ impl Projector {
         .rows_affected();
         if moved != 1 {
             tx.rollback().await?;
-            anyhow::bail!("projection {name}: checkpoint moved under this worker (another worker is active)");
+            anyhow::bail!(
+                "projection {name}: checkpoint moved under this worker (another worker is active)"
+            );
         }
         tx.commit().await?;
         Ok(last)
@@ -200,7 +229,13 @@ impl Projector {
 fn to_log_message(m: jetstream::Message) -> anyhow::Result<LogMessage> {
     let info = m.info().map_err(|e| anyhow::anyhow!("message info: {e}"))?;
     let stream_sequence = info.stream_sequence;
-    let time = DateTime::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond())
-        .unwrap_or_default();
-    Ok(LogMessage { stream_sequence, subject: m.subject.to_string(), time, payload: m.payload.clone() })
+    let time =
+        DateTime::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond())
+            .unwrap_or_default();
+    Ok(LogMessage {
+        stream_sequence,
+        subject: m.subject.to_string(),
+        time,
+        payload: m.payload.clone(),
+    })
 }

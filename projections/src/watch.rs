@@ -30,15 +30,25 @@ impl CheckpointWatch {
         let (tx, rx) = watch::channel(Arc::new(HashMap::new()));
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                let Some(name) = msg.subject.as_str().strip_prefix("mychat.checkpoint.") else { continue };
-                let Ok(pos) = std::str::from_utf8(&msg.payload).unwrap_or("").parse::<u64>() else { continue };
+                let Some(name) = msg.subject.as_str().strip_prefix("mychat.checkpoint.") else {
+                    continue;
+                };
+                let Ok(pos) = std::str::from_utf8(&msg.payload)
+                    .unwrap_or("")
+                    .parse::<u64>()
+                else {
+                    continue;
+                };
                 tx.send_modify(|m| {
                     let entry = Arc::make_mut(m).entry(name.to_string()).or_insert(0);
                     *entry = (*entry).max(pos);
                 });
             }
         });
-        Ok(Self { pool, positions: rx })
+        Ok(Self {
+            pool,
+            positions: rx,
+        })
     }
 
     async fn stored(&self, name: &str) -> u64 {

@@ -45,7 +45,9 @@ async fn place(bus: &CommandBus, id: i64) {
         notes: String::new(),
         placed_at: chrono::Utc::now(),
     };
-    bus.execute::<Order>(&id.to_string(), cmd, &CommandMeta::new(Actor::user(7))).await.unwrap();
+    bus.execute::<Order>(&id.to_string(), cmd, &CommandMeta::new(Actor::user(7)))
+        .await
+        .unwrap();
 }
 
 async fn wait_for_checkpoint(pool: &sqlx::PgPool, name: &str, target: u64) {
@@ -64,10 +66,15 @@ async fn a_worker_killed_mid_batch_applies_no_event_twice() {
     let pg = Postgres::start().unwrap();
     let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
     MIGRATOR.run(&pool).await.unwrap();
-    sqlx::query("CREATE TABLE recorded (seq BIGINT NOT NULL)").execute(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE recorded (seq BIGINT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
     let client = nats.connect().await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    ensure_streams(&js, &StreamSettings::default()).await.unwrap();
+    ensure_streams(&js, &StreamSettings::default())
+        .await
+        .unwrap();
     let bus = CommandBus::new(js, Upcasters::default());
     for id in 1..=300 {
         place(&bus, id).await;
@@ -77,7 +84,10 @@ async fn a_worker_killed_mid_batch_applies_no_event_twice() {
         pool: pool.clone(),
         nats: client.clone(),
         projection: Arc::new(Recorder),
-        settings: ProjectorSettings { batch_size: 50, linger: Duration::from_millis(5) },
+        settings: ProjectorSettings {
+            batch_size: 50,
+            linger: Duration::from_millis(5),
+        },
     };
     // Kill the worker three times while batches are in flight.
     for _ in 0..3 {
@@ -87,7 +97,10 @@ async fn a_worker_killed_mid_batch_applies_no_event_twice() {
         let _ = worker.await;
     }
     let before_finish = checkpoint(&pool, "recorder").await.unwrap();
-    assert!(before_finish < 300, "the kills must land mid-log (checkpoint {before_finish})");
+    assert!(
+        before_finish < 300,
+        "the kills must land mid-log (checkpoint {before_finish})"
+    );
 
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(projector.clone().run(shutdown.clone()));
@@ -96,8 +109,15 @@ async fn a_worker_killed_mid_batch_applies_no_event_twice() {
     worker.await.unwrap();
 
     let (rows, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT seq) FROM recorded").fetch_one(&pool).await.unwrap();
-    assert_eq!((rows, distinct), (300, 300), "every event applied exactly once");
+        sqlx::query_as("SELECT count(*), count(DISTINCT seq) FROM recorded")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (rows, distinct),
+        (300, 300),
+        "every event applied exactly once"
+    );
 }
 
 #[tokio::test]
@@ -108,7 +128,9 @@ async fn two_workers_on_one_projection_build_the_same_read_model_as_one() {
     MIGRATOR.run(&pool).await.unwrap();
     let client = nats.connect().await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    ensure_streams(&js, &StreamSettings::default()).await.unwrap();
+    ensure_streams(&js, &StreamSettings::default())
+        .await
+        .unwrap();
     let bus = CommandBus::new(js, Upcasters::default());
     for id in 1..=100 {
         place(&bus, id).await;
@@ -120,7 +142,10 @@ async fn two_workers_on_one_projection_build_the_same_read_model_as_one() {
             pool: pool.clone(),
             nats: client.clone(),
             projection: Arc::new(projections::read_models::Orders),
-            settings: ProjectorSettings { batch_size: 7, linger: Duration::from_millis(1) },
+            settings: ProjectorSettings {
+                batch_size: 7,
+                linger: Duration::from_millis(1),
+            },
         };
         workers.push(tokio::spawn(projector.run(shutdown.clone())));
     }
@@ -129,9 +154,10 @@ async fn two_workers_on_one_projection_build_the_same_read_model_as_one() {
     for w in workers {
         w.await.unwrap();
     }
-    let (count, amount): (i64, i64) = sqlx::query_as("SELECT count(*), sum(amount_fen)::bigint FROM orders")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (count, amount): (i64, i64) =
+        sqlx::query_as("SELECT count(*), sum(amount_fen)::bigint FROM orders")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!((count, amount), (100, 100 * 5_000));
 }

@@ -34,7 +34,10 @@ pub struct AdminLogin {
 
 /// `POST /api/admin/login` (and `/api/admin2/login`) → `{token, user, admin}` with the
 /// administrator `{id, username, real_name, email, phone, avatar, role}`; 401 / 403.
-pub async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<AdminLogin>) -> ApiResult<Json<Value>> {
+pub async fn login(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<AdminLogin>,
+) -> ApiResult<Json<Value>> {
     if req.username.is_empty() {
         return Err(ApiError::field("username", "required"));
     }
@@ -53,7 +56,10 @@ pub async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<AdminLog
         return Err(ApiError::forbidden("administrator disabled"));
     }
     let id: i64 = row.get("id");
-    sqlx::query("UPDATE administrators SET last_login = now() WHERE id = $1").bind(id).execute(&state.db).await?;
+    sqlx::query("UPDATE administrators SET last_login = now() WHERE id = $1")
+        .bind(id)
+        .execute(&state.db)
+        .await?;
     let token = state.jwt.issue(id, &req.username, KIND_ADMIN)?;
     let admin = json!({
         "id": id,
@@ -77,7 +83,10 @@ async fn withdrawal_owner(state: &AppState, id: i64) -> Result<i64, ApiError> {
 }
 
 async fn withdrawal_record(state: &AppState, id: i64) -> Result<Value, ApiError> {
-    let row = sqlx::query("SELECT * FROM withdrawals WHERE id = $1").bind(id).fetch_one(&state.db).await?;
+    let row = sqlx::query("SELECT * FROM withdrawals WHERE id = $1")
+        .bind(id)
+        .fetch_one(&state.db)
+        .await?;
     Ok(withdrawal_json(&row))
 }
 
@@ -106,16 +115,26 @@ pub async fn approve(
 ) -> ApiResult<Json<Value>> {
     // The body is optional: none means "approve".
     let req = if body.iter().all(u8::is_ascii_whitespace) {
-        ApproveRequest { approved: true, rejected_reason: String::new() }
+        ApproveRequest {
+            approved: true,
+            rejected_reason: String::new(),
+        }
     } else {
         crate::error::parse_json::<ApproveRequest>(&body)?
     };
     if !req.approved && req.rejected_reason.trim().is_empty() {
-        return Err(ApiError::field("rejected_reason", "required when rejecting"));
+        return Err(ApiError::field(
+            "rejected_reason",
+            "required when rejecting",
+        ));
     }
     let counselor_id = withdrawal_owner(&state, id).await?;
     let command = if req.approved {
-        AccountCommand::ApproveWithdrawal { withdrawal_id: id, admin_id: admin.admin_id, at: Utc::now() }
+        AccountCommand::ApproveWithdrawal {
+            withdrawal_id: id,
+            admin_id: admin.admin_id,
+            at: Utc::now(),
+        }
     } else {
         AccountCommand::RejectWithdrawal {
             withdrawal_id: id,
@@ -125,7 +144,10 @@ pub async fn approve(
         }
     };
     let meta = request_meta(&headers, Actor::admin(admin.admin_id));
-    let committed = state.bus.execute::<CounselorAccount>(&counselor_id.to_string(), command, &meta).await?;
+    let committed = state
+        .bus
+        .execute::<CounselorAccount>(&counselor_id.to_string(), command, &meta)
+        .await?;
     state.settle("withdrawals", committed.stream_sequence).await;
     Ok(ok(withdrawal_record(&state, id).await?))
 }
@@ -139,9 +161,16 @@ pub async fn transfer(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<Value>> {
     let counselor_id = withdrawal_owner(&state, id).await?;
-    let command = AccountCommand::TransferWithdrawal { withdrawal_id: id, admin_id: admin.admin_id, at: Utc::now() };
+    let command = AccountCommand::TransferWithdrawal {
+        withdrawal_id: id,
+        admin_id: admin.admin_id,
+        at: Utc::now(),
+    };
     let meta = request_meta(&headers, Actor::admin(admin.admin_id));
-    let committed = state.bus.execute::<CounselorAccount>(&counselor_id.to_string(), command, &meta).await?;
+    let committed = state
+        .bus
+        .execute::<CounselorAccount>(&counselor_id.to_string(), command, &meta)
+        .await?;
     state.settle("withdrawals", committed.stream_sequence).await;
     Ok(ok(withdrawal_record(&state, id).await?))
 }

@@ -5,7 +5,9 @@
 //! `kind` (`user` or `admin`) so that a user token is refused on admin routes, and `jti`.
 //! Lifetime: 24 h by default (the MyChat clients have no refresh flow).
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -69,7 +71,11 @@ impl JwtKeys {
             nbf: now - 5,
             jti: uuid::Uuid::new_v4().to_string(),
         };
-        Ok(encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
+        Ok(encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
     }
 
     /// Verifies a token's signature (HS256 only: `alg: none` and other algorithms are refused),
@@ -108,7 +114,11 @@ pub async fn verify_password(password: &str, hash: &str) -> bool {
     let (password, hash) = (password.to_string(), hash.to_string());
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await
@@ -140,7 +150,8 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+        let token =
+            bearer_token(parts).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
         let claims = state.jwt.verify(&token)?;
         if claims.kind != KIND_USER {
             return Err(ApiError::forbidden("a user token is required"));
@@ -151,7 +162,10 @@ impl FromRequestParts<AppState> for AuthUser {
                 .fetch_optional(&state.db)
                 .await?;
         match status {
-            Some(1) => Ok(Self { user_id: claims.user_id, username: claims.username }),
+            Some(1) => Ok(Self {
+                user_id: claims.user_id,
+                username: claims.username,
+            }),
             Some(_) => Err(ApiError::forbidden("account disabled")),
             None => Err(ApiError::unauthorized("unknown user")),
         }
@@ -171,7 +185,8 @@ impl FromRequestParts<AppState> for AuthAdmin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+        let token =
+            bearer_token(parts).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
         let claims = state.jwt.verify(&token)?;
         if claims.kind != KIND_ADMIN {
             return Err(ApiError::forbidden("an administrator token is required"));
@@ -182,7 +197,11 @@ impl FromRequestParts<AppState> for AuthAdmin {
                 .fetch_optional(&state.db)
                 .await?;
         match row {
-            Some((1, role)) => Ok(Self { admin_id: claims.user_id, username: claims.username, role }),
+            Some((1, role)) => Ok(Self {
+                admin_id: claims.user_id,
+                username: claims.username,
+                role,
+            }),
             Some(_) => Err(ApiError::forbidden("administrator disabled")),
             None => Err(ApiError::unauthorized("unknown administrator")),
         }

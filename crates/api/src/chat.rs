@@ -8,7 +8,9 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use domain::{ChatSession, EndReason, Order, OrderStatus, SessionCommand, SessionEvent, SessionStatus};
+use domain::{
+    ChatSession, EndReason, Order, OrderStatus, SessionCommand, SessionEvent, SessionStatus,
+};
 use eventstore::chat::{append_message, ChatMessage};
 use eventstore::Actor;
 use serde::Deserialize;
@@ -33,12 +35,17 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The users-table id of counselor `counselor_id` (the counselor's login).
-pub async fn counselor_user_id(state: &AppState, counselor_id: i64) -> Result<Option<i64>, ApiError> {
-    Ok(sqlx::query_scalar::<_, Option<i64>>("SELECT user_id FROM counselors WHERE id = $1")
-        .bind(counselor_id)
-        .fetch_optional(&state.db)
-        .await?
-        .flatten())
+pub async fn counselor_user_id(
+    state: &AppState,
+    counselor_id: i64,
+) -> Result<Option<i64>, ApiError> {
+    Ok(
+        sqlx::query_scalar::<_, Option<i64>>("SELECT user_id FROM counselors WHERE id = $1")
+            .bind(counselor_id)
+            .fetch_optional(&state.db)
+            .await?
+            .flatten(),
+    )
 }
 
 /// `POST /api/chat/start/:order_id` → `{session_id}`. Either participant may start the session of
@@ -58,7 +65,10 @@ pub async fn start(
         return Err(ApiError::forbidden("not a participant of this order"));
     }
     if order.status != OrderStatus::Paid {
-        return Err(ApiError::bad_request(format!("order is not paid (status {})", order.status.code())));
+        return Err(ApiError::bad_request(format!(
+            "order is not paid (status {})",
+            order.status.code()
+        )));
     }
     let command = SessionCommand::Start {
         order_id,
@@ -70,14 +80,26 @@ pub async fn start(
         started_at: Utc::now(),
     };
     let meta = request_meta(&headers, Actor::user(user.user_id));
-    let committed = state.bus.execute::<ChatSession>(&order_id.to_string(), command, &meta).await?;
-    state.settle("chat_sessions", committed.stream_sequence).await;
+    let committed = state
+        .bus
+        .execute::<ChatSession>(&order_id.to_string(), command, &meta)
+        .await?;
+    state
+        .settle("chat_sessions", committed.stream_sequence)
+        .await;
     Ok(ok(json!({ "session_id": order_id })))
 }
 
 /// Loads a session the caller takes part in (404 unknown, 403 not a participant).
-async fn participant_session(state: &AppState, user: &AuthUser, session_id: i64) -> Result<ChatSession, ApiError> {
-    let (session, version) = state.bus.load::<ChatSession>(&session_id.to_string()).await?;
+async fn participant_session(
+    state: &AppState,
+    user: &AuthUser,
+    session_id: i64,
+) -> Result<ChatSession, ApiError> {
+    let (session, version) = state
+        .bus
+        .load::<ChatSession>(&session_id.to_string())
+        .await?;
     if version == 0 {
         return Err(ApiError::not_found("session"));
     }
@@ -93,15 +115,21 @@ pub async fn session_by_order(
     user: AuthUser,
     ApiPath(order_id): ApiPath<i64>,
 ) -> ApiResult<Json<Value>> {
-    let row = sqlx::query("SELECT id, status, user_id, counselor_user_id FROM chat_sessions WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&state.db)
-        .await?
-        .ok_or_else(|| ApiError::not_found("session"))?;
-    if row.get::<i64, _>("user_id") != user.user_id && row.get::<i64, _>("counselor_user_id") != user.user_id {
+    let row = sqlx::query(
+        "SELECT id, status, user_id, counselor_user_id FROM chat_sessions WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("session"))?;
+    if row.get::<i64, _>("user_id") != user.user_id
+        && row.get::<i64, _>("counselor_user_id") != user.user_id
+    {
         return Err(ApiError::forbidden("not a participant of this session"));
     }
-    Ok(ok(json!({ "session_id": row.get::<i64, _>("id"), "status": row.get::<i16, _>("status") })))
+    Ok(ok(
+        json!({ "session_id": row.get::<i64, _>("id"), "status": row.get::<i16, _>("status") }),
+    ))
 }
 
 /// `GET /api/chat/messages/:session_id` query.
@@ -177,7 +205,9 @@ pub async fn messages(
             })
         })
         .collect();
-    Ok(ok(json!({ "messages": messages, "total": total, "session": session_json })))
+    Ok(ok(
+        json!({ "messages": messages, "total": total, "session": session_json }),
+    ))
 }
 
 /// `POST /api/chat/session/:session_id/message` body (the web client's fallback, contract #39).
@@ -214,7 +244,11 @@ pub fn build_message(
     if session.status != SessionStatus::Active {
         return Err(ApiError::forbidden("session has ended"));
     }
-    let content_type = if content_type.is_empty() { "text" } else { content_type };
+    let content_type = if content_type.is_empty() {
+        "text"
+    } else {
+        content_type
+    };
     if !matches!(content_type, "text" | "image" | "file") {
         return Err(ApiError::field("content_type", "one of text, image, file"));
     }
@@ -227,7 +261,11 @@ pub fn build_message(
     if client_msg_id.len() > 100 {
         return Err(ApiError::field("client_msg_id", "at most 100 characters"));
     }
-    let sender_type = if sender_id == session.user_id { "user" } else { "counselor" };
+    let sender_type = if sender_id == session.user_id {
+        "user"
+    } else {
+        "counselor"
+    };
     Ok(ChatMessage {
         session_id,
         sender_id,
@@ -235,7 +273,11 @@ pub fn build_message(
         content_type: content_type.into(),
         content,
         file_url,
-        client_msg_id: if client_msg_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { client_msg_id },
+        client_msg_id: if client_msg_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            client_msg_id
+        },
         sent_at: Utc::now(),
     })
 }
@@ -258,7 +300,9 @@ pub async fn send_message(
         req.file_url,
         req.client_msg_id,
     )?;
-    let appended = append_message(state.bus.jetstream(), &message).await.map_err(anyhow::Error::from)?;
+    let appended = append_message(state.bus.jetstream(), &message)
+        .await
+        .map_err(anyhow::Error::from)?;
     state.settle("chat_messages", Some(appended.seq)).await;
     Ok(ok(json!({
         "id": appended.seq,
@@ -284,16 +328,34 @@ pub async fn end(
     ApiPath(session_id): ApiPath<i64>,
 ) -> ApiResult<Json<Value>> {
     participant_session(&state, &user, session_id).await?;
-    let command = SessionCommand::End { ended_by: user.user_id, reason: EndReason::Participant, ended_at: Utc::now() };
+    let command = SessionCommand::End {
+        ended_by: user.user_id,
+        reason: EndReason::Participant,
+        ended_at: Utc::now(),
+    };
     let meta = request_meta(&headers, Actor::user(user.user_id));
-    let committed = state.bus.execute::<ChatSession>(&session_id.to_string(), command, &meta).await?;
-    state.settle("chat_sessions", committed.stream_sequence).await;
+    let committed = state
+        .bus
+        .execute::<ChatSession>(&session_id.to_string(), command, &meta)
+        .await?;
+    state
+        .settle("chat_sessions", committed.stream_sequence)
+        .await;
     let mut out = json!({ "session_id": session_id });
     for event in &committed.events {
         match event {
-            SessionEvent::SessionEnded { duration_seconds, .. } => out["duration"] = json!(duration_seconds),
+            SessionEvent::SessionEnded {
+                duration_seconds, ..
+            } => out["duration"] = json!(duration_seconds),
             SessionEvent::SessionBilled {
-                billed_minutes, price_per_minute, amount, platform_fee, counselor_fee, refund, duration_seconds, ..
+                billed_minutes,
+                price_per_minute,
+                amount,
+                platform_fee,
+                counselor_fee,
+                refund,
+                duration_seconds,
+                ..
             } => {
                 out["billing"] = json!({
                     "duration": duration_seconds,

@@ -32,7 +32,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with `status` and a message for the client.
     pub fn new(status: StatusCode, msg: impl Into<String>) -> Self {
-        Self { status, msg: msg.into(), errors: Vec::new(), source: None }
+        Self {
+            status,
+            msg: msg.into(),
+            errors: Vec::new(),
+            source: None,
+        }
     }
     /// 400 naming one invalid field.
     pub fn field(field: &str, message: impl Into<String>) -> Self {
@@ -40,7 +45,10 @@ impl ApiError {
         Self {
             status: StatusCode::BAD_REQUEST,
             msg: format!("{field}: {message}"),
-            errors: vec![FieldError { field: field.to_string(), message }],
+            errors: vec![FieldError {
+                field: field.to_string(),
+                message,
+            }],
             source: None,
         }
     }
@@ -84,7 +92,11 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Some(source) = &self.source {
-            tracing::error!(status = self.status.as_u16(), error = format!("{source:#}"), "request failed");
+            tracing::error!(
+                status = self.status.as_u16(),
+                error = format!("{source:#}"),
+                "request failed"
+            );
         }
         let code = self.status.as_u16();
         let title = self.status.canonical_reason().unwrap_or("Error");
@@ -164,7 +176,9 @@ impl<E: Rejection> From<CommandError<E>> for ApiError {
     fn from(e: CommandError<E>) -> Self {
         match e {
             CommandError::Rejected(e) => Self::new(e.status(), e.to_string()),
-            CommandError::Conflict => Self::conflict("the resource was changed concurrently; retry"),
+            CommandError::Conflict => {
+                Self::conflict("the resource was changed concurrently; retry")
+            }
             CommandError::Store(s) => Self::internal(anyhow::anyhow!(s).context("event store")),
         }
     }
@@ -174,7 +188,10 @@ impl<E: Rejection> From<CommandError<E>> for ApiError {
 fn field_error(path: String, inner: &serde_json::Error) -> FieldError {
     let text = inner.to_string();
     let message = text.split(" at line ").next().unwrap_or(&text).to_string();
-    let field = match message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+    let field = match message
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
         Some(name) if path == "." || path.is_empty() => name.to_string(),
         Some(name) => format!("{path}.{name}"),
         None if path == "." => String::new(),

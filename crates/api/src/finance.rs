@@ -115,7 +115,9 @@ pub async fn withdraw(
     let bank_account = bank_field("bank_account", &req.bank_account)?;
     let account_name = bank_field("account_name", &req.account_name)?;
     let counselor_id = caller_counselor(&state, &user).await?;
-    let withdrawal_id: i64 = sqlx::query_scalar("SELECT nextval('withdrawal_ids')").fetch_one(&state.db).await?;
+    let withdrawal_id: i64 = sqlx::query_scalar("SELECT nextval('withdrawal_ids')")
+        .fetch_one(&state.db)
+        .await?;
     let command = AccountCommand::RequestWithdrawal {
         counselor_id,
         withdrawal_id,
@@ -126,7 +128,10 @@ pub async fn withdraw(
         at: Utc::now(),
     };
     let meta = request_meta(&headers, Actor::user(user.user_id));
-    let committed = state.bus.execute::<CounselorAccount>(&counselor_id.to_string(), command, &meta).await?;
+    let committed = state
+        .bus
+        .execute::<CounselorAccount>(&counselor_id.to_string(), command, &meta)
+        .await?;
     state.settle("withdrawals", committed.stream_sequence).await;
     let withdrawal_id = match committed.events.first() {
         Some(domain::AccountEvent::WithdrawalRequested { withdrawal_id, .. }) => *withdrawal_id,
@@ -138,7 +143,9 @@ pub async fn withdraw(
         .await?;
     Ok(ok(match row {
         Some(r) => withdrawal_json(&r),
-        None => json!({ "id": withdrawal_id, "counselor_id": counselor_id, "amount": yuan(amount), "status": 0 }),
+        None => {
+            json!({ "id": withdrawal_id, "counselor_id": counselor_id, "amount": yuan(amount), "status": 0 })
+        }
     }))
 }
 

@@ -61,7 +61,11 @@ impl AppState {
     /// returns at once. Lag is logged, not an error: the write is already durable.
     pub async fn settle(&self, name: &str, seq: Option<u64>) {
         if let Some(seq) = seq {
-            if !self.watch.wait_for(name, seq, self.settings.settle_timeout).await {
+            if !self
+                .watch
+                .wait_for(name, seq, self.settings.settle_timeout)
+                .await
+            {
                 tracing::warn!(projection = name, seq, "read model lags behind the write");
             }
         }
@@ -78,7 +82,7 @@ pub fn ok_msg(msg: &str) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "code": 200, "msg": msg }))
 }
 
-/// `GET /health`: `{status: "ok"}` (no envelope, as MyChat's). 
+/// `GET /health`: `{status: "ok"}` (no envelope, as MyChat's).
 pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
@@ -87,7 +91,14 @@ pub async fn health() -> Json<serde_json::Value> {
 pub fn cors() -> CorsLayer {
     CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+        ])
         .allow_headers([
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
@@ -128,7 +139,11 @@ pub fn admin_router(state: AppState) -> Router {
 ///
 /// # Errors
 /// 400 naming `page` or `page_size` when out of range.
-pub fn paging(page: Option<i64>, page_size: Option<i64>, default_size: i64) -> Result<(i64, i64), ApiError> {
+pub fn paging(
+    page: Option<i64>,
+    page_size: Option<i64>,
+    default_size: i64,
+) -> Result<(i64, i64), ApiError> {
     let page = page.unwrap_or(1);
     let size = page_size.unwrap_or(default_size);
     if page < 1 {

@@ -83,8 +83,13 @@ pub async fn create(
     if req.counselor_id <= 0 {
         return Err(ApiError::field("counselor_id", "must be a positive id"));
     }
-    if !(domain::order::MIN_DURATION_MINUTES..=domain::order::MAX_DURATION_MINUTES).contains(&req.duration) {
-        return Err(ApiError::field("duration", "must be between 10 and 180 minutes"));
+    if !(domain::order::MIN_DURATION_MINUTES..=domain::order::MAX_DURATION_MINUTES)
+        .contains(&req.duration)
+    {
+        return Err(ApiError::field(
+            "duration",
+            "must be between 10 and 180 minutes",
+        ));
     }
     if req.notes.chars().count() > 500 {
         return Err(ApiError::field("notes", "at most 500 characters"));
@@ -99,9 +104,13 @@ pub async fn create(
         return Err(ApiError::bad_request("counselor is not available"));
     }
     if counselor.get::<Option<i64>, _>("user_id") == Some(user.user_id) {
-        return Err(ApiError::bad_request("a counselor cannot order a session with themself"));
+        return Err(ApiError::bad_request(
+            "a counselor cannot order a session with themself",
+        ));
     }
-    let id: i64 = sqlx::query_scalar("SELECT nextval('order_ids')").fetch_one(&state.db).await?;
+    let id: i64 = sqlx::query_scalar("SELECT nextval('order_ids')")
+        .fetch_one(&state.db)
+        .await?;
     let now = Utc::now();
     let order_no = format!("ORD{}{}{id}", now.timestamp(), user.user_id);
     let command = OrderCommand::Place {
@@ -115,13 +124,25 @@ pub async fn create(
         placed_at: now,
     };
     let meta = request_meta(&headers, Actor::user(user.user_id));
-    let committed = state.bus.execute::<Order>(&id.to_string(), command, &meta).await?;
+    let committed = state
+        .bus
+        .execute::<Order>(&id.to_string(), command, &meta)
+        .await?;
     state.settle("orders", committed.stream_sequence).await;
     // A retried Idempotency-Key answers with the order its first attempt placed.
-    let id: i64 = committed.aggregate_id.parse().map_err(|_| anyhow::anyhow!("order id {}", committed.aggregate_id))?;
+    let id: i64 = committed
+        .aggregate_id
+        .parse()
+        .map_err(|_| anyhow::anyhow!("order id {}", committed.aggregate_id))?;
     let (order_no, amount) = match committed.events.first() {
-        Some(domain::OrderEvent::OrderPlaced { order_no, amount, .. }) => (order_no.clone(), *amount),
-        _ => return Err(ApiError::internal(anyhow::anyhow!("order {id}: no OrderPlaced"))),
+        Some(domain::OrderEvent::OrderPlaced {
+            order_no, amount, ..
+        }) => (order_no.clone(), *amount),
+        _ => {
+            return Err(ApiError::internal(anyhow::anyhow!(
+                "order {id}: no OrderPlaced"
+            )))
+        }
     };
     Ok(ok(json!({
         "order_id": id,
@@ -179,7 +200,11 @@ pub fn order_json(row: &sqlx::postgres::PgRow) -> Value {
 }
 
 /// `GET /api/order/:id` → the order; only its user or its counselor may read it (403 otherwise).
-pub async fn get_one(State(state): State<AppState>, user: AuthUser, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<Value>> {
+pub async fn get_one(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<Value>> {
     let row = sqlx::query(&format!("{ORDER_SELECT} WHERE o.id = $1"))
         .bind(id)
         .fetch_optional(&state.db)
@@ -205,7 +230,11 @@ pub struct ListQuery {
 
 /// `GET /api/order/list` → `{orders, total}`: the caller's orders, newest first, optionally by
 /// `status` (0–4).
-pub async fn list(State(state): State<AppState>, user: AuthUser, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Value>> {
     let (limit, offset) = paging(q.page, q.page_size, 10)?;
     if let Some(s) = q.status {
         if !(0..=4).contains(&s) {
@@ -240,8 +269,14 @@ mod tests {
     #[test]
     fn every_schedule_time_form_of_the_contract_parses_to_the_same_instant() {
         let expected = parse_schedule_time("2026-01-20T15:00:00+08:00").unwrap();
-        assert_eq!(parse_schedule_time("2026-01-20T15:00:00").unwrap(), expected);
-        assert_eq!(parse_schedule_time("2026-01-20 15:00:00").unwrap(), expected);
+        assert_eq!(
+            parse_schedule_time("2026-01-20T15:00:00").unwrap(),
+            expected
+        );
+        assert_eq!(
+            parse_schedule_time("2026-01-20 15:00:00").unwrap(),
+            expected
+        );
         assert_eq!(
             parse_schedule_time("2026-01-20").unwrap(),
             parse_schedule_time("2026-01-20T00:00:00+08:00").unwrap()

@@ -7,9 +7,9 @@
 //! payment) before capturing the payment. The order becomes paid through the process manager
 //! (`PaymentCaptured` → `Order::MarkPaid`).
 //!
-//! Signature: `Sandbox-Signature: hex(HMAC-SHA256(sandbox_secret, timestamp + "\n" + nonce + "\n"
-//! + body + "\n"))` with `Sandbox-Timestamp` (unix seconds, within 5 minutes) and `Sandbox-Nonce`,
-//! the same string-to-sign as WeChat Pay API v3.
+//! Signature: `Sandbox-Signature` = hex HMAC-SHA256 with the sandbox secret over
+//! `timestamp\nnonce\nbody\n` (the same string-to-sign as WeChat Pay API v3), with
+//! `Sandbox-Timestamp` (unix seconds, within 5 minutes) and `Sandbox-Nonce`.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -66,10 +66,16 @@ pub async fn create(
     ApiJson(req): ApiJson<CreatePayment>,
 ) -> ApiResult<Json<Value>> {
     if !matches!(req.payment_method.as_str(), "sandbox" | "wechat" | "alipay") {
-        return Err(ApiError::field("payment_method", "one of sandbox, wechat, alipay"));
+        return Err(ApiError::field(
+            "payment_method",
+            "one of sandbox, wechat, alipay",
+        ));
     }
     if !matches!(req.trade_type.as_str(), "NATIVE" | "H5" | "JSAPI" | "APP") {
-        return Err(ApiError::field("trade_type", "one of NATIVE, H5, JSAPI, APP"));
+        return Err(ApiError::field(
+            "trade_type",
+            "one of NATIVE, H5, JSAPI, APP",
+        ));
     }
     if req.order_id <= 0 {
         return Err(ApiError::field("order_id", "must be a positive id"));
@@ -82,9 +88,14 @@ pub async fn create(
         return Err(ApiError::forbidden("not your order"));
     }
     if order.status != OrderStatus::Pending {
-        return Err(ApiError::bad_request(format!("order is not awaiting payment (status {})", order.status.code())));
+        return Err(ApiError::bad_request(format!(
+            "order is not awaiting payment (status {})",
+            order.status.code()
+        )));
     }
-    let id: i64 = sqlx::query_scalar("SELECT nextval('payment_ids')").fetch_one(&state.db).await?;
+    let id: i64 = sqlx::query_scalar("SELECT nextval('payment_ids')")
+        .fetch_one(&state.db)
+        .await?;
     let now = Utc::now();
     let payment_no = format!("PAY{}{id}", now.timestamp_nanos_opt().unwrap_or_default());
     let command = PaymentCommand::Create {
@@ -97,12 +108,16 @@ pub async fn create(
         created_at: now,
     };
     let meta = request_meta(&headers, Actor::user(user.user_id));
-    let committed = state.bus.execute::<Payment>(&id.to_string(), command, &meta).await?;
+    let committed = state
+        .bus
+        .execute::<Payment>(&id.to_string(), command, &meta)
+        .await?;
     state.settle("payments", committed.stream_sequence).await;
     let (id, payment_no) = match committed.events.first() {
-        Some(domain::PaymentEvent::PaymentCreated { payment_no, .. }) => {
-            (committed.aggregate_id.parse::<i64>().unwrap_or(id), payment_no.clone())
-        }
+        Some(domain::PaymentEvent::PaymentCreated { payment_no, .. }) => (
+            committed.aggregate_id.parse::<i64>().unwrap_or(id),
+            payment_no.clone(),
+        ),
         _ => (id, payment_no),
     };
     Ok(ok(json!({
@@ -150,8 +165,17 @@ pub fn sandbox_sign(secret: &str, timestamp: &str, nonce: &str, body: &[u8]) -> 
 }
 
 fn sandbox_verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let (timestamp, nonce, signature) = (get("sandbox-timestamp"), get("sandbox-nonce"), get("sandbox-signature"));
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let (timestamp, nonce, signature) = (
+        get("sandbox-timestamp"),
+        get("sandbox-nonce"),
+        get("sandbox-signature"),
+    );
     if timestamp.is_empty() || nonce.is_empty() || signature.is_empty() {
         return Err("missing signature headers");
     }
@@ -162,7 +186,8 @@ fn sandbox_verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), 
     let signature = hex::decode(signature).map_err(|_| "bad signature encoding")?;
     let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(&sandbox_message(timestamp, nonce, body));
-    mac.verify_slice(&signature).map_err(|_| "signature mismatch")
+    mac.verify_slice(&signature)
+        .map_err(|_| "signature mismatch")
 }
 
 fn provider_reply(status: StatusCode, code: &str, message: &str) -> Response {
@@ -172,7 +197,11 @@ fn provider_reply(status: StatusCode, code: &str, message: &str) -> Response {
 /// `POST /api/payment/sandbox/callback`: the sandbox provider's notification. Verified (signature,
 /// freshness), then the payment is captured (the amount must match; a repeat is a no-op). Replies
 /// as WeChat Pay v3 does: 200 `{code: "SUCCESS"}`, or 4xx `{code: "FAIL", message}` when refused.
-pub async fn sandbox_callback(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn sandbox_callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(why) = sandbox_verify(&state.settings.sandbox_secret, &headers, &body) {
         tracing::warn!(why, "sandbox notification refused");
         return provider_reply(StatusCode::UNAUTHORIZED, "FAIL", why);
@@ -202,9 +231,15 @@ pub async fn sandbox_callback(State(state): State<AppState>, headers: HeaderMap,
     };
     let mut meta = eventstore::CommandMeta::new(Actor::system());
     meta.command_id = format!("sandbox:{}:{}", notify.payment_no, notify.transaction_id);
-    match state.bus.execute::<Payment>(&id.to_string(), command, &meta).await {
+    match state
+        .bus
+        .execute::<Payment>(&id.to_string(), command, &meta)
+        .await
+    {
         Ok(_) => provider_reply(StatusCode::OK, "SUCCESS", "OK"),
-        Err(eventstore::CommandError::Rejected(e)) => provider_reply(StatusCode::BAD_REQUEST, "FAIL", &e.to_string()),
+        Err(eventstore::CommandError::Rejected(e)) => {
+            provider_reply(StatusCode::BAD_REQUEST, "FAIL", &e.to_string())
+        }
         Err(e) => ApiError::from(e).into_response(),
     }
 }
@@ -212,7 +247,10 @@ pub async fn sandbox_callback(State(state): State<AppState>, headers: HeaderMap,
 /// `GET /sandbox/cashier/{payment_no}`: the sandbox provider's cashier page. Opening it pays:
 /// the provider signs a notification and posts it to mychat's notify URL, then the page says
 /// whether mychat accepted it.
-pub async fn sandbox_cashier(State(state): State<AppState>, ApiPath(payment_no): ApiPath<String>) -> ApiResult<Response> {
+pub async fn sandbox_cashier(
+    State(state): State<AppState>,
+    ApiPath(payment_no): ApiPath<String>,
+) -> ApiResult<Response> {
     let row = sqlx::query("SELECT amount_fen, status FROM payments WHERE payment_no = $1")
         .bind(&payment_no)
         .fetch_optional(&state.db)
@@ -244,10 +282,18 @@ pub async fn sandbox_cashier(State(state): State<AppState>, ApiPath(payment_no):
     let html = format!(
         "<!doctype html><meta charset=utf-8><title>Sandbox cashier</title>\
          <h1>{}</h1><p>payment {payment_no}: ¥{:.2}</p>",
-        if accepted { "支付成功 Payment complete" } else { "支付失败 Payment refused" },
+        if accepted {
+            "支付成功 Payment complete"
+        } else {
+            "支付失败 Payment refused"
+        },
         amount as f64 / 100.0
     );
-    let status = if accepted { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+    let status = if accepted {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
     Ok((status, Html(html)).into_response())
 }
 
@@ -257,7 +303,8 @@ mod tests {
 
     #[test]
     fn a_signed_notification_verifies_and_an_altered_one_does_not() {
-        let body = br#"{"payment_no":"PAY1","transaction_id":"T","amount":5000,"trade_state":"SUCCESS"}"#;
+        let body =
+            br#"{"payment_no":"PAY1","transaction_id":"T","amount":5000,"trade_state":"SUCCESS"}"#;
         let ts = Utc::now().timestamp().to_string();
         let sig = sandbox_sign("k", &ts, "n", body);
         let mut headers = HeaderMap::new();

@@ -8,9 +8,21 @@ use crate::auth::hash_password;
 
 /// A seeded counselor: login, display name, title, specialty, price in fen per minute.
 pub const COUNSELORS: [(&str, &str, &str, &str, i64); 3] = [
-    ("counselor1", "林晓", "国家二级心理咨询师", "情感咨询,婚姻家庭", 500),
+    (
+        "counselor1",
+        "林晓",
+        "国家二级心理咨询师",
+        "情感咨询,婚姻家庭",
+        500,
+    ),
     ("counselor2", "王静", "心理治疗师", "焦虑抑郁,睡眠障碍", 800),
-    ("counselor3", "陈默", "临床心理学家", "职场发展,人际关系", 1200),
+    (
+        "counselor3",
+        "陈默",
+        "临床心理学家",
+        "职场发展,人际关系",
+        1200,
+    ),
 ];
 /// The seeded counselors' password.
 pub const COUNSELOR_PASSWORD: &str = "counselor123";
@@ -69,12 +81,13 @@ pub async fn seed_demo(pool: &PgPool) -> anyhow::Result<()> {
 
 /// True while the seeded administrator still has the default password.
 pub async fn default_admin_password_unchanged(pool: &PgPool) -> bool {
-    let hash: Option<String> = sqlx::query_scalar("SELECT password_hash FROM administrators WHERE username = $1")
-        .bind(DEFAULT_ADMIN.0)
-        .fetch_optional(pool)
-        .await
-        .ok()
-        .flatten();
+    let hash: Option<String> =
+        sqlx::query_scalar("SELECT password_hash FROM administrators WHERE username = $1")
+            .bind(DEFAULT_ADMIN.0)
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten();
     match hash {
         Some(h) => crate::auth::verify_password(DEFAULT_ADMIN.1, &h).await,
         None => false,

@@ -35,7 +35,10 @@ pub struct RegisterRequest {
 fn validate_register(r: &RegisterRequest) -> Result<(), ApiError> {
     let len = r.username.chars().count();
     if !(3..=50).contains(&len) || r.username.trim() != r.username {
-        return Err(ApiError::field("username", "3 to 50 characters, no surrounding spaces"));
+        return Err(ApiError::field(
+            "username",
+            "3 to 50 characters, no surrounding spaces",
+        ));
     }
     if r.password.chars().count() < 6 || r.password.len() > 128 {
         return Err(ApiError::field("password", "6 to 128 characters"));
@@ -46,14 +49,18 @@ fn validate_register(r: &RegisterRequest) -> Result<(), ApiError> {
             return Err(ApiError::field("email", "not an email address"));
         }
     }
-    if !r.phone.is_empty() && (r.phone.len() != 11 || !r.phone.bytes().all(|b| b.is_ascii_digit())) {
+    if !r.phone.is_empty() && (r.phone.len() != 11 || !r.phone.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err(ApiError::field("phone", "must be 11 digits"));
     }
     Ok(())
 }
 
 /// `POST /api/register` → `{user_id, username}`; 400 when the username is taken.
-pub async fn register(State(state): State<AppState>, ApiJson(req): ApiJson<RegisterRequest>) -> ApiResult<Json<Value>> {
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> ApiResult<Json<Value>> {
     validate_register(&req)?;
     let hash = hash_password(&req.password).await?;
     let id: Option<i64> = sqlx::query_scalar(
@@ -79,7 +86,10 @@ pub struct LoginRequest {
 
 /// `POST /api/login` → `{token, user: {user_id, username, email, is_counselor, counselor_id}}`;
 /// 401 on bad credentials, 403 for a disabled account. A counselor logs in here too.
-pub async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<Value>> {
+pub async fn login(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> ApiResult<Json<Value>> {
     if req.username.is_empty() {
         return Err(ApiError::field("username", "required"));
     }
@@ -148,7 +158,8 @@ pub async fn user_info(State(state): State<AppState>, user: AuthUser) -> ApiResu
     })))
 }
 
-const COUNSELOR_COLUMNS: &str = "c.id, c.user_id, c.name, c.title, c.avatar, c.bio, c.specialty, c.price_fen, \
+const COUNSELOR_COLUMNS: &str =
+    "c.id, c.user_id, c.name, c.title, c.avatar, c.bio, c.specialty, c.price_fen, \
      c.years_exp, c.rating, c.status, c.created_at, c.updated_at, \
      (SELECT count(*) FROM orders o WHERE o.counselor_id = c.id AND o.status = 2) AS service_count";
 
@@ -205,14 +216,25 @@ pub async fn counselor_list(
         "price" => "c.price_fen",
         "service_count" => "service_count",
         "created_at" => "c.created_at",
-        _ => return Err(ApiError::field("sort_by", "one of rating, price, service_count, created_at")),
+        _ => {
+            return Err(ApiError::field(
+                "sort_by",
+                "one of rating, price, service_count, created_at",
+            ))
+        }
     };
     let order = match q.sort_order.as_str() {
         "" | "desc" => "DESC",
         "asc" => "ASC",
         _ => return Err(ApiError::field("sort_order", "asc or desc")),
     };
-    let pattern = format!("%{}%", q.keyword.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+    let pattern = format!(
+        "%{}%",
+        q.keyword
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
     let filter = "c.status = 1 AND ($1 = '%%' OR c.name ILIKE $1 OR c.specialty ILIKE $1 OR c.title ILIKE $1)";
     let rows = sqlx::query(&format!(
         "SELECT {COUNSELOR_COLUMNS} FROM counselors c WHERE {filter} ORDER BY {sort} {order}, c.id LIMIT $2 OFFSET $3"
@@ -222,20 +244,26 @@ pub async fn counselor_list(
     .bind(offset)
     .fetch_all(&state.db)
     .await?;
-    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM counselors c WHERE {filter}"))
-        .bind(&pattern)
-        .fetch_one(&state.db)
-        .await?;
+    let total: i64 =
+        sqlx::query_scalar(&format!("SELECT count(*) FROM counselors c WHERE {filter}"))
+            .bind(&pattern)
+            .fetch_one(&state.db)
+            .await?;
     let counselors: Vec<Value> = rows.iter().map(counselor_json).collect();
     Ok(ok(json!({ "counselors": counselors, "total": total })))
 }
 
 /// `GET /api/counselor/:id` → the counselor; 404 when unknown.
-pub async fn counselor_detail(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<Value>> {
-    let row = sqlx::query(&format!("SELECT {COUNSELOR_COLUMNS} FROM counselors c WHERE c.id = $1"))
-        .bind(id)
-        .fetch_optional(&state.db)
-        .await?
-        .ok_or_else(|| ApiError::not_found("counselor"))?;
+pub async fn counselor_detail(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<Value>> {
+    let row = sqlx::query(&format!(
+        "SELECT {COUNSELOR_COLUMNS} FROM counselors c WHERE c.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("counselor"))?;
     Ok(ok(counselor_json(&row)))
 }

@@ -205,7 +205,8 @@ impl CommandBus {
                         .and_then(|e| e.metadata.get(META_STREAM_SEQUENCE))
                         .and_then(|s| s.parse().ok());
                     let duplicate = first.is_some_and(|e| e.metadata.contains_key(META_DUPLICATE));
-                    let aggregate_id = first.map_or_else(|| id.to_string(), |e| e.aggregate_id.clone());
+                    let aggregate_id =
+                        first.map_or_else(|| id.to_string(), |e| e.aggregate_id.clone());
                     return Ok(Committed {
                         aggregate_id,
                         stream_sequence,

@@ -55,7 +55,10 @@ pub struct Appended {
 /// The `Nats-Msg-Id` of a message: the client's message id scoped to the session and the sender
 /// (JetStream deduplicates across the whole stream, and clients pick their ids independently).
 pub fn message_dedup_id(message: &ChatMessage) -> String {
-    format!("{}:{}:{}", message.session_id, message.sender_id, message.client_msg_id)
+    format!(
+        "{}:{}:{}",
+        message.session_id, message.sender_id, message.client_msg_id
+    )
 }
 
 /// Appends a message to `CHAT` on `chat.<session_id>` with `Nats-Msg-Id` =
@@ -70,11 +73,17 @@ pub async fn append_message(
 ) -> Result<Appended, AppendError> {
     let body = serde_json::to_vec(&ChatRecord::Message(message.clone()))?;
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, message_dedup_id(message).as_str());
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        message_dedup_id(message).as_str(),
+    );
     headers.insert("Mychat-Record", "message");
     let ack = js
         .publish_with_headers(chat_subject(message.session_id), headers, body.into())
         .await?
         .await?;
-    Ok(Appended { seq: ack.sequence, duplicate: ack.duplicate })
+    Ok(Appended {
+        seq: ack.sequence,
+        duplicate: ack.duplicate,
+    })
 }

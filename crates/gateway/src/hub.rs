@@ -82,12 +82,22 @@ impl Hub {
 
     /// The sockets bound to a session.
     fn room(&self, session_id: i64) -> Vec<Arc<Conn>> {
-        self.rooms.lock().expect("hub lock").get(&session_id).cloned().unwrap_or_default()
+        self.rooms
+            .lock()
+            .expect("hub lock")
+            .get(&session_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Sockets currently bound to any session on this node.
     pub fn bound_sockets(&self) -> usize {
-        self.rooms.lock().expect("hub lock").values().map(Vec::len).sum()
+        self.rooms
+            .lock()
+            .expect("hub lock")
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     fn route_chat(&self, seq: u64, record: ChatRecord) {
@@ -108,7 +118,11 @@ impl Hub {
                 });
                 let text = frame("message", m.session_id, data);
                 for conn in self.room(m.session_id) {
-                    let own = conn.sent.lock().expect("sent lock").remove(&m.client_msg_id);
+                    let own = conn
+                        .sent
+                        .lock()
+                        .expect("sent lock")
+                        .remove(&m.client_msg_id);
                     if !own {
                         conn.send(text.clone());
                     }
@@ -117,13 +131,25 @@ impl Hub {
         }
     }
 
-    fn route_session_event(&self, session_id: i64, event: SessionEvent, ended_by: &mut HashMap<i64, i64>) {
+    fn route_session_event(
+        &self,
+        session_id: i64,
+        event: SessionEvent,
+        ended_by: &mut HashMap<i64, i64>,
+    ) {
         match event {
             SessionEvent::SessionEnded { ended_by: by, .. } => {
                 ended_by.insert(session_id, by);
             }
             SessionEvent::SessionBilled {
-                duration_seconds, billed_minutes, price_per_minute, amount, platform_fee, counselor_fee, refund, ..
+                duration_seconds,
+                billed_minutes,
+                price_per_minute,
+                amount,
+                platform_fee,
+                counselor_fee,
+                refund,
+                ..
             } => {
                 let yuan = |f: i64| f as f64 / 100.0;
                 let billing = frame(
@@ -144,7 +170,12 @@ impl Hub {
                     session_id,
                     json!({ "session_id": session_id, "ended_by": ended_by.remove(&session_id).unwrap_or(0) }),
                 );
-                let room = self.rooms.lock().expect("hub lock").remove(&session_id).unwrap_or_default();
+                let room = self
+                    .rooms
+                    .lock()
+                    .expect("hub lock")
+                    .remove(&session_id)
+                    .unwrap_or_default();
                 for conn in room {
                     conn.send(billing.clone());
                     conn.send(end.clone());
@@ -155,33 +186,55 @@ impl Hub {
     }
 
     /// Runs the node's `CHAT` consumer until `shutdown`: one ordered consumer, new messages only.
-    pub async fn run_chat_fanout(self: Arc<Self>, js: async_nats::jetstream::Context, shutdown: CancellationToken) {
-        self.run_consumer(js, eventstore::CHAT_STREAM, "chat.>", shutdown, |hub, msg, _| {
-            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
-            match serde_json::from_slice::<ChatRecord>(&msg.payload) {
-                Ok(record) => hub.route_chat(seq, record),
-                Err(e) => tracing::warn!(seq, error = %e, "undecodable chat record"),
-            }
-        })
+    pub async fn run_chat_fanout(
+        self: Arc<Self>,
+        js: async_nats::jetstream::Context,
+        shutdown: CancellationToken,
+    ) {
+        self.run_consumer(
+            js,
+            eventstore::CHAT_STREAM,
+            "chat.>",
+            shutdown,
+            |hub, msg, _| {
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+                match serde_json::from_slice::<ChatRecord>(&msg.payload) {
+                    Ok(record) => hub.route_chat(seq, record),
+                    Err(e) => tracing::warn!(seq, error = %e, "undecodable chat record"),
+                }
+            },
+        )
         .await
     }
 
     /// Runs the node's session-event consumer (`ev.session.>`) until `shutdown`.
-    pub async fn run_session_events(self: Arc<Self>, js: async_nats::jetstream::Context, shutdown: CancellationToken) {
-        self.run_consumer(js, eventstore::EVENTS_STREAM, "ev.session.>", shutdown, |hub, msg, ended_by| {
-            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
-            let Ok(commit) = Commit::decode(&msg.payload) else {
-                tracing::warn!(seq, "undecodable commit");
-                return;
-            };
-            for stored in commit.into_stored(seq) {
-                let stored = Upcasters::default().upcast(stored);
-                let (Some(id), Ok(event)) = (stored.aggregate_id_i64(), stored.decode::<SessionEvent>()) else {
-                    continue;
+    pub async fn run_session_events(
+        self: Arc<Self>,
+        js: async_nats::jetstream::Context,
+        shutdown: CancellationToken,
+    ) {
+        self.run_consumer(
+            js,
+            eventstore::EVENTS_STREAM,
+            "ev.session.>",
+            shutdown,
+            |hub, msg, ended_by| {
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+                let Ok(commit) = Commit::decode(&msg.payload) else {
+                    tracing::warn!(seq, "undecodable commit");
+                    return;
                 };
-                hub.route_session_event(id, event, ended_by);
-            }
-        })
+                for stored in commit.into_stored(seq) {
+                    let stored = Upcasters::default().upcast(stored);
+                    let (Some(id), Ok(event)) =
+                        (stored.aggregate_id_i64(), stored.decode::<SessionEvent>())
+                    else {
+                        continue;
+                    };
+                    hub.route_session_event(id, event, ended_by);
+                }
+            },
+        )
         .await
     }
 
@@ -204,7 +257,9 @@ impl Hub {
             let deliver_policy = if last_seq == 0 {
                 DeliverPolicy::New
             } else {
-                DeliverPolicy::ByStartSequence { start_sequence: last_seq + 1 }
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: last_seq + 1,
+                }
             };
             let result: anyhow::Result<()> = async {
                 let consumer = js
@@ -234,7 +289,12 @@ impl Hub {
             .await;
             if let Err(e) = result {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(stream, error = format!("{e:#}"), ?delay, "fan-out consumer failed; restarting");
+                tracing::warn!(
+                    stream,
+                    error = format!("{e:#}"),
+                    ?delay,
+                    "fan-out consumer failed; restarting"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return,

@@ -41,7 +41,10 @@ impl ClientFrame {
 
     /// The body: `data`, else `payload` (the web dialect), else `{}`.
     pub fn body(&self) -> Value {
-        self.data.clone().or_else(|| self.payload.clone()).unwrap_or_else(|| json!({}))
+        self.data
+            .clone()
+            .or_else(|| self.payload.clone())
+            .unwrap_or_else(|| json!({}))
     }
 
     /// A string field of the body.
@@ -65,7 +68,11 @@ impl ClientFrame {
             Some(Value::Number(n)) => n.to_string(),
             _ => {
                 let id = from_body("client_msg_id");
-                if id.is_empty() { from_body("id") } else { id }
+                if id.is_empty() {
+                    from_body("id")
+                } else {
+                    id
+                }
             }
         }
     }
@@ -87,10 +94,19 @@ mod tests {
 
     #[test]
     fn both_dialects_parse_to_the_same_message() {
-        let go = ClientFrame::parse(r#"{"type":"message","session_id":3,"data":{"content":"hi","id":"m1"}}"#).unwrap();
+        let go = ClientFrame::parse(
+            r#"{"type":"message","session_id":3,"data":{"content":"hi","id":"m1"}}"#,
+        )
+        .unwrap();
         let web = ClientFrame::parse(r#"{"type":"message","payload":{"content_type":"text","content":"hi","client_msg_id":"m1"}}"#).unwrap();
-        assert_eq!((go.field("content"), go.client_msg_id()), ("hi".into(), "m1".into()));
-        assert_eq!((web.field("content"), web.client_msg_id()), ("hi".into(), "m1".into()));
+        assert_eq!(
+            (go.field("content"), go.client_msg_id()),
+            ("hi".into(), "m1".into())
+        );
+        assert_eq!(
+            (web.field("content"), web.client_msg_id()),
+            ("hi".into(), "m1".into())
+        );
         assert_eq!(go.session_id, Some(3));
         assert_eq!(web.session_id, None);
     }

@@ -31,19 +31,34 @@ fn refuse(status: StatusCode, msg: &str) -> Response {
 }
 
 /// Authenticates a handshake: `?token=` or `Authorization: Bearer` (a user token).
-fn authenticate(state: &GatewayState, uri: &Uri, headers: &HeaderMap) -> Result<i64, Response> {
+fn authenticate(
+    state: &GatewayState,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<i64, (StatusCode, String)> {
     let from_header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
     let from_query = uri.query().and_then(|q| {
-        q.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == "token").map(|(_, v)| v.to_string())
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| v.to_string())
     });
-    let token = from_query.or(from_header).ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "missing token"))?;
-    let claims = state.jwt.verify(&token).map_err(|e| refuse(StatusCode::UNAUTHORIZED, &e.msg))?;
+    let token = from_query
+        .or(from_header)
+        .ok_or((StatusCode::UNAUTHORIZED, "missing token".to_string()))?;
+    let claims = state
+        .jwt
+        .verify(&token)
+        .map_err(|e| (StatusCode::UNAUTHORIZED, e.msg))?;
     if claims.kind != api::auth::KIND_USER {
-        return Err(refuse(StatusCode::UNAUTHORIZED, "a user token is required"));
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "a user token is required".to_string(),
+        ));
     }
     Ok(claims.user_id)
 }
@@ -62,20 +77,30 @@ pub async fn ws_chat(
     };
     let user_id = match authenticate(&state, &uri, &headers) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err((status, msg)) => return refuse(status, &msg),
     };
     upgrade(ws, state, user_id, Some(session_id))
 }
 
 /// `GET /ws?token=…`: a user socket; it binds to a session with a `join` frame.
-pub async fn ws_any(State(state): State<GatewayState>, uri: Uri, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn ws_any(
+    State(state): State<GatewayState>,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     match authenticate(&state, &uri, &headers) {
         Ok(user_id) => upgrade(ws, state, user_id, None),
-        Err(r) => r,
+        Err((status, msg)) => refuse(status, &msg),
     }
 }
 
-fn upgrade(ws: WebSocketUpgrade, state: GatewayState, user_id: i64, session_id: Option<i64>) -> Response {
+fn upgrade(
+    ws: WebSocketUpgrade,
+    state: GatewayState,
+    user_id: i64,
+    session_id: Option<i64>,
+) -> Response {
     ws.max_message_size(MAX_FRAME_BYTES)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
@@ -128,7 +153,11 @@ async fn run(state: GatewayState, socket: WebSocket, user_id: i64, session_id: O
         }
     });
 
-    let mut s = Socket { state, conn, bound: None };
+    let mut s = Socket {
+        state,
+        conn,
+        bound: None,
+    };
     if let Some(id) = session_id {
         s.bind(id).await;
     }
@@ -139,7 +168,10 @@ async fn run(state: GatewayState, socket: WebSocket, user_id: i64, session_id: O
         };
         match next {
             Some(Ok(Message::Text(text))) => s.handle(text.as_str()).await,
-            Some(Ok(Message::Binary(_))) => s.conn.send(error_frame(0, "binary frames are not supported; send JSON text")),
+            Some(Ok(Message::Binary(_))) => s.conn.send(error_frame(
+                0,
+                "binary frames are not supported; send JSON text",
+            )),
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
             Some(Ok(_)) => {}
         }
@@ -157,7 +189,12 @@ impl Socket {
     }
 
     async fn load(&self, session_id: i64) -> Result<ChatSession, String> {
-        match self.state.bus.load::<ChatSession>(&session_id.to_string()).await {
+        match self
+            .state
+            .bus
+            .load::<ChatSession>(&session_id.to_string())
+            .await
+        {
             Ok((_, 0)) => Err("session not found".into()),
             Ok((session, _)) if !session.is_participant(self.conn.user_id) => {
                 Err("not a participant of this session".into())
@@ -174,13 +211,19 @@ impl Socket {
     async fn bind(&mut self, session_id: i64) {
         match self.load(session_id).await {
             Err(e) => self.error(session_id, &e),
-            Ok(session) if session.status != SessionStatus::Active => self.error(session_id, "session has ended"),
+            Ok(session) if session.status != SessionStatus::Active => {
+                self.error(session_id, "session has ended")
+            }
             Ok(session) => {
                 if let Some(old) = self.bound.replace(session_id) {
                     self.state.hub.leave(old, self.conn.id);
                 }
                 self.state.hub.join(session_id, self.conn.clone());
-                self.conn.send(frame("join_success", session_id, json!({ "session_id": session_id, "status": session.status.code() })));
+                self.conn.send(frame(
+                    "join_success",
+                    session_id,
+                    json!({ "session_id": session_id, "status": session.status.code() }),
+                ));
             }
         }
     }
@@ -192,7 +235,11 @@ impl Socket {
         };
         let session_id = frame_in.session_id.filter(|id| *id != 0).or(self.bound);
         match frame_in.kind.as_str() {
-            "ping" => self.conn.send(frame("pong", 0, json!({ "timestamp": Utc::now().timestamp() }))),
+            "ping" => self.conn.send(frame(
+                "pong",
+                0,
+                json!({ "timestamp": Utc::now().timestamp() }),
+            )),
             "join" => match session_id {
                 Some(id) => self.bind(id).await,
                 None => self.error(0, "join needs a session_id"),
@@ -206,7 +253,10 @@ impl Socket {
                 None => self.error(0, "leave needs a session_id"),
             },
             "typing" | "typing_stop" | "read" => {}
-            other => self.error(session_id.unwrap_or(0), &format!("unknown frame type `{other}`")),
+            other => self.error(
+                session_id.unwrap_or(0),
+                &format!("unknown frame type `{other}`"),
+            ),
         }
     }
 
@@ -256,9 +306,18 @@ impl Socket {
         if let Err(e) = self.load(session_id).await {
             return self.error(session_id, &e);
         }
-        let command = SessionCommand::End { ended_by: self.conn.user_id, reason: EndReason::Participant, ended_at: Utc::now() };
+        let command = SessionCommand::End {
+            ended_by: self.conn.user_id,
+            reason: EndReason::Participant,
+            ended_at: Utc::now(),
+        };
         let meta = CommandMeta::new(Actor::user(self.conn.user_id));
-        if let Err(e) = self.state.bus.execute::<ChatSession>(&session_id.to_string(), command, &meta).await {
+        if let Err(e) = self
+            .state
+            .bus
+            .execute::<ChatSession>(&session_id.to_string(), command, &meta)
+            .await
+        {
             self.error(session_id, &e.to_string());
         }
     }

@@ -39,7 +39,9 @@ pub fn init_tracing(format: &str) {
         "pretty" => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -52,7 +54,8 @@ fn shutdown_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -84,22 +87,34 @@ async fn connect(settings: &Settings, nats_url: &str, database_url: &str) -> any
         .await
         .with_context(|| format!("connecting to Postgres at {database_url}"))?;
     let js = async_nats::jetstream::new(nats.clone());
-    ensure_streams(&js, &StreamSettings { replicas: settings.stream_replicas, ..Default::default() })
-        .await
-        .context("creating the streams")?;
+    ensure_streams(
+        &js,
+        &StreamSettings {
+            replicas: settings.stream_replicas,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("creating the streams")?;
     let bus = CommandBus::new(js, Upcasters::default());
     Ok(Infra { nats, pool, bus })
 }
 
 fn default_nats_url(settings: &Settings) -> String {
-    settings.nats_url.clone().unwrap_or_else(|| format!("nats://127.0.0.1:{}", settings.nats_port))
+    settings
+        .nats_url
+        .clone()
+        .unwrap_or_else(|| format!("nats://127.0.0.1:{}", settings.nats_port))
 }
 
 fn default_database_url(settings: &Settings) -> String {
-    settings
-        .database_url
-        .clone()
-        .unwrap_or_else(|| format!("postgres://{}@127.0.0.1:{}/mychat", testkit::postgres::PG_USER, settings.pg_port))
+    settings.database_url.clone().unwrap_or_else(|| {
+        format!(
+            "postgres://{}@127.0.0.1:{}/mychat",
+            testkit::postgres::PG_USER,
+            settings.pg_port
+        )
+    })
 }
 
 /// `mychat migrate`.
@@ -127,25 +142,43 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
             config,
             log_file: Some(data_dir.join("nats.log")),
         };
-        let server = tokio::task::spawn_blocking(move || testkit::NatsServer::start_with(options)).await??;
+        let server =
+            tokio::task::spawn_blocking(move || testkit::NatsServer::start_with(options)).await??;
         tracing::info!(url = server.url(), store = %data_dir.join("nats").display(), "embedded nats-server started");
         nats_server = Some(server);
     }
     let mut pg_server = None;
     if settings.database_url.is_none() {
-        let options = testkit::PostgresOptions { port: settings.pg_port, data_dir: data_dir.join("pg"), ephemeral: false };
-        let server = tokio::task::spawn_blocking(move || testkit::Postgres::start_with(options)).await??;
+        let options = testkit::PostgresOptions {
+            port: settings.pg_port,
+            data_dir: data_dir.join("pg"),
+            ephemeral: false,
+        };
+        let server =
+            tokio::task::spawn_blocking(move || testkit::Postgres::start_with(options)).await??;
         server.ensure_database("mychat").await?;
         tracing::info!(port = server.port(), data = %data_dir.join("pg").display(), "embedded PostgreSQL started");
         pg_server = Some(server);
     }
 
     let result = async {
-        let infra = connect(&settings, &default_nats_url(&settings), &default_database_url(&settings)).await?;
-        projections::MIGRATOR.run(&infra.pool).await.context("migrating")?;
-        api::seed::seed_demo(&infra.pool).await.context("seeding demo data")?;
+        let infra = connect(
+            &settings,
+            &default_nats_url(&settings),
+            &default_database_url(&settings),
+        )
+        .await?;
+        projections::MIGRATOR
+            .run(&infra.pool)
+            .await
+            .context("migrating")?;
+        api::seed::seed_demo(&infra.pool)
+            .await
+            .context("seeding demo data")?;
         if api::seed::default_admin_password_unchanged(&infra.pool).await {
-            tracing::warn!("the administrator `admin` still has the default password `admin123`: change it");
+            tracing::warn!(
+                "the administrator `admin` still has the default password `admin123`: change it"
+            );
         }
         run_parts(&settings, infra, Part::All, None, shutdown.clone()).await
     }
@@ -164,8 +197,16 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
 /// `mychat serve <part>`.
 pub async fn serve(settings: Settings, part: Part, addr: Option<SocketAddr>) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
-    let infra = connect(&settings, &default_nats_url(&settings), &default_database_url(&settings)).await?;
-    projections::MIGRATOR.run(&infra.pool).await.context("migrating")?;
+    let infra = connect(
+        &settings,
+        &default_nats_url(&settings),
+        &default_database_url(&settings),
+    )
+    .await?;
+    projections::MIGRATOR
+        .run(&infra.pool)
+        .await
+        .context("migrating")?;
     run_parts(&settings, infra, part, addr, shutdown).await
 }
 
@@ -177,7 +218,9 @@ async fn run_parts(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let jwt = Arc::new(api::JwtKeys::new(
-        settings.secret(&settings.jwt_secret, "jwt.secret")?.as_bytes(),
+        settings
+            .secret(&settings.jwt_secret, "jwt.secret")?
+            .as_bytes(),
         settings.token_ttl_seconds,
     ));
     let watch = CheckpointWatch::start(infra.nats.clone(), infra.pool.clone()).await?;
@@ -198,7 +241,9 @@ async fn run_parts(
 
     if wants(Part::Projectors) {
         let mut all = projections::read_models();
-        all.push(Arc::new(projections::process_manager::ProcessManager { bus: infra.bus.clone() }));
+        all.push(Arc::new(projections::process_manager::ProcessManager {
+            bus: infra.bus.clone(),
+        }));
         for projection in all {
             let projector = Projector {
                 pool: infra.pool.clone(),
@@ -216,19 +261,38 @@ async fn run_parts(
     }
     if wants(Part::Api) {
         let app = api::user_router(state.clone());
-        tasks.spawn(serve_http("user API", addr.unwrap_or(settings.user_addr), app, shutdown.clone()));
+        tasks.spawn(serve_http(
+            "user API",
+            addr.unwrap_or(settings.user_addr),
+            app,
+            shutdown.clone(),
+        ));
     }
     if wants(Part::Admin) {
         let app = api::admin_router(state.clone());
-        tasks.spawn(serve_http("admin API", addr.unwrap_or(settings.admin_addr), app, shutdown.clone()));
+        tasks.spawn(serve_http(
+            "admin API",
+            addr.unwrap_or(settings.admin_addr),
+            app,
+            shutdown.clone(),
+        ));
     }
     if wants(Part::Gateway) {
         let hub = Arc::new(gateway::Hub::default());
         let js = infra.bus.jetstream().clone();
         tokio::spawn(hub.clone().run_chat_fanout(js.clone(), shutdown.clone()));
         tokio::spawn(hub.clone().run_session_events(js, shutdown.clone()));
-        let app = gateway::router(gateway::GatewayState { bus: infra.bus.clone(), jwt, hub });
-        tasks.spawn(serve_http("gateway", addr.unwrap_or(settings.ws_addr), app, shutdown.clone()));
+        let app = gateway::router(gateway::GatewayState {
+            bus: infra.bus.clone(),
+            jwt,
+            hub,
+        });
+        tasks.spawn(serve_http(
+            "gateway",
+            addr.unwrap_or(settings.ws_addr),
+            app,
+            shutdown.clone(),
+        ));
     }
 
     let mut first_error = None;
@@ -247,11 +311,19 @@ async fn run_parts(
     }
 }
 
-async fn serve_http(name: &'static str, addr: SocketAddr, app: axum::Router, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{name}: binding {addr}"))?;
+async fn serve_http(
+    name: &'static str,
+    addr: SocketAddr,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{name}: binding {addr}"))?;
     tracing::info!(%addr, "{name} listening");
     let stop = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
     tokio::select! {
         r = server => r.with_context(|| format!("{name} failed"))?,
         // Upgraded sockets do not end on their own: give connections 5 s to drain.

@@ -76,7 +76,9 @@ impl Settings {
 
     /// The user API's public URL.
     pub fn public_url(&self) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.user_addr))
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.user_addr))
     }
 
     /// A secret from the settings, else from `<data_dir>/<file>`, generated there on first use.
@@ -94,7 +96,11 @@ impl Settings {
             }
         }
         std::fs::create_dir_all(&self.data_dir)?;
-        let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let secret = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
         std::fs::write(&path, &secret)?;
         #[cfg(unix)]
         {
