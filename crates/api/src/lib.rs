@@ -14,6 +14,7 @@ pub mod money;
 pub mod orders;
 pub mod payments;
 pub mod seed;
+pub mod swagger;
 pub mod users;
 
 use std::sync::Arc;
