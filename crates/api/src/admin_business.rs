@@ -15,7 +15,9 @@ use eventstore::Actor;
 use serde_json::{json, Value};
 use sqlx::{Postgres, QueryBuilder};
 
-use crate::admin_common::{count, json_rows, list_envelope, parse, Body, Caller, Q};
+use axum::response::Response;
+
+use crate::admin_common::{count, json_rows, list_envelope, parse, with_event, Body, Caller, Q};
 use crate::orders::request_meta;
 use crate::{ok, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, AppState};
 
@@ -93,7 +95,7 @@ pub async fn change_order_status(
     headers: HeaderMap,
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let b = Body::new(body)?;
     let code = b
         .int("status")?
@@ -113,8 +115,11 @@ pub async fn change_order_status(
         .await?;
     state.settle("orders", committed.stream_sequence).await;
     let sql = format!("{ORDER_SELECT} WHERE o.id = $1) t");
-    Ok(ok(
-        crate::admin_common::one(&state, &sql, id, "order").await?
+    let order = crate::admin_common::one(&state, &sql, id, "order").await?;
+    Ok(with_event(
+        ok(order),
+        eventstore::EVENTS_STREAM,
+        committed.stream_sequence,
     ))
 }
 
@@ -291,7 +296,7 @@ pub async fn delete_session(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(session_id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM chat_sessions WHERE id = $1)")
             .bind(session_id)
@@ -308,9 +313,8 @@ pub async fn delete_session(
         "admin deleted the session's messages".into(),
     )
     .await?;
-    Ok(ok(
-        json!({ "session_id": session_id, "redaction_seq": seq }),
-    ))
+    let body = ok(json!({ "session_id": session_id, "redaction_seq": seq }));
+    Ok(with_event(body, eventstore::CHAT_STREAM, Some(seq)))
 }
 
 /// `DELETE /api/admin/chat/messages/:id`: redacts one message → `{message_id, redaction_seq}`.
@@ -318,7 +322,7 @@ pub async fn delete_message(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let session: Option<i64> =
         sqlx::query_scalar("SELECT session_id FROM chat_messages WHERE id = $1")
             .bind(id)
@@ -333,7 +337,8 @@ pub async fn delete_message(
         "admin deleted the message".into(),
     )
     .await?;
-    Ok(ok(json!({ "message_id": id, "redaction_seq": seq })))
+    let body = ok(json!({ "message_id": id, "redaction_seq": seq }));
+    Ok(with_event(body, eventstore::CHAT_STREAM, Some(seq)))
 }
 
 // ---- dashboard ---------------------------------------------------------------------------------

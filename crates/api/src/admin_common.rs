@@ -366,3 +366,28 @@ pub fn list_envelope(key: &str, list: Vec<Value>, total: i64, extra: Value) -> a
     root.insert("data".into(), Value::Object(data));
     axum::Json(Value::Object(root))
 }
+
+/// The event an admin command committed: its stream and stream sequence. A handler attaches it
+/// to its response ([`with_event`]); the RBAC guard's audit row then points at that event (the
+/// event carries the actor in its envelope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef {
+    /// `EVENTS` or `CHAT`.
+    pub stream: &'static str,
+    pub seq: u64,
+}
+
+/// `body` as a response carrying the [`EventRef`] of the committed event, if any (`None` = the
+/// command was a no-op).
+pub fn with_event(
+    body: axum::Json<Value>,
+    stream: &'static str,
+    seq: Option<u64>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = body.into_response();
+    if let Some(seq) = seq {
+        response.extensions_mut().insert(EventRef { stream, seq });
+    }
+    response
+}

@@ -95,11 +95,8 @@ fn items_json(kind: Kind, b: &Body, required: bool) -> Result<Option<String>, Ap
         if !obj.get("type").is_some_and(Value::is_string) {
             return Err(ApiError::field(&format!("items[{i}].type"), "required"));
         }
-        if matches!(kind, Kind::Form)
-            && !obj
-                .get("field")
-                .is_some_and(|f| f.as_str().is_some_and(|s| !s.is_empty()))
-        {
+        let field = obj.get("field").and_then(Value::as_str).unwrap_or_default();
+        if matches!(kind, Kind::Form) && field.is_empty() {
             return Err(ApiError::field(&format!("items[{i}].field"), "required"));
         }
     }

@@ -14,7 +14,9 @@
 //! 4. The handler runs with a [`Caller`] in the request extensions.
 //! 5. Audit log: after a successful (2xx) change (any method but GET/HEAD/OPTIONS) a row is
 //!    written to `admin_logs` with operator, action, module, target path, IP, user agent,
-//!    request body (passwords masked) and time, before the response is returned.
+//!    request body (passwords masked) and time, before the response is returned. For an
+//!    event-sourced change the row points at the committed event (`event_stream`, `event_seq`:
+//!    the handler attaches an [`EventRef`]); the event itself carries the actor.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use axum::routing::{on, MethodFilter};
 use axum::Router;
 use serde_json::Value;
 
-use crate::admin_common::Caller;
+use crate::admin_common::{Caller, EventRef};
 use crate::auth::{bearer_token, KIND_ADMIN};
 use crate::{ApiError, AppState};
 
@@ -185,7 +187,9 @@ pub async fn guard(
     let response = next.run(req).await;
     let status = response.status();
     if status.is_success() {
+        let event = response.extensions().get::<EventRef>().copied();
         let entry = AuditEntry {
+            event,
             caller: &caller,
             rule,
             target: &path,
@@ -257,6 +261,7 @@ pub async fn role_permissions(state: &AppState, code: &str) -> Result<Vec<String
 }
 
 struct AuditEntry<'a> {
+    event: Option<EventRef>,
     caller: &'a Caller,
     rule: &'a Rule,
     target: &'a str,
@@ -311,7 +316,7 @@ async fn audit(state: &AppState, e: AuditEntry<'_>) -> Result<(), sqlx::Error> {
         .unwrap_or("");
     sqlx::query(
         "INSERT INTO admin_logs (admin_id, operator, action, module, target, description, ip_address, \
-         user_agent, request_data, status) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+         user_agent, request_data, status, event_stream, event_seq) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
     )
     .bind(e.caller.admin_id)
     .bind(&e.caller.username)
@@ -323,6 +328,8 @@ async fn audit(state: &AppState, e: AuditEntry<'_>) -> Result<(), sqlx::Error> {
     .bind(ua)
     .bind(request_data)
     .bind(i32::from(e.status))
+    .bind(e.event.map(|r| r.stream).unwrap_or_default())
+    .bind(e.event.map(|r| r.seq as i64))
     .execute(&state.db)
     .await?;
     Ok(())

@@ -241,7 +241,7 @@ pub async fn logs(State(state): State<AppState>, ApiQuery(q): Params) -> ApiResu
     };
     let mut qb = QueryBuilder::new(
         "SELECT to_jsonb(t)::text FROM (SELECT id, admin_id, operator, action, module, target, description, ip_address, \
-         user_agent, request_data, '' AS response, status, created_at FROM admin_logs",
+         user_agent, request_data, '' AS response, status, event_stream, event_seq, created_at FROM admin_logs",
     );
     filter(&mut qb);
     qb.push(" ORDER BY id DESC LIMIT ")

@@ -9,6 +9,8 @@
 //! - `online_kick_mute_broadcast`: presence, broadcast, mute/unmute and kick through NATS on a
 //!   live socket.
 
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1045,6 +1047,27 @@ async fn admin_flows() {
     assert_eq!(entry["ip_address"], "203.0.113.7");
     assert_eq!(entry["user_agent"], "admin-api-test/1.0");
     assert!(entry["created_at"].is_string());
+    // The row points at the committed event, whose envelope names the administrator.
+    assert_eq!(entry["event_stream"], "EVENTS");
+    let events = app
+        .bus
+        .jetstream()
+        .get_stream(eventstore::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let event = events
+        .get_raw_message(entry["event_seq"].as_u64().unwrap())
+        .await
+        .unwrap();
+    let actor = event
+        .headers
+        .get(eventstore::envelope::HDR_ACTOR)
+        .map(|v| v.to_string());
+    assert!(
+        actor.as_deref().is_some_and(|a| a.contains("admin")),
+        "actor header: {actor:?}"
+    );
+    assert!(String::from_utf8_lossy(&event.payload).contains("OrderStatusChangedByAdmin"));
     let created = list
         .iter()
         .find(|l| l["action"] == "POST /api/admin2/administrators")
@@ -1104,8 +1127,8 @@ async fn next_frame(ws: &mut Ws, kind: &str) -> Value {
 #[tokio::test]
 async fn online_kick_mute_broadcast() {
     let app = start().await;
-    let t = app.super_token().await;
-    let t = Some(t.as_str());
+    let token = app.super_token().await;
+    let t = Some(token.as_str());
     let demo = app.user_id("demo").await;
     let counselor_user = app.user_id("counselor1").await;
     let start = SessionCommand::Start {
@@ -1250,11 +1273,8 @@ async fn online_kick_mute_broadcast() {
     })
     .await;
     assert_eq!(closed, Ok(true), "the kicked socket is closed");
-    let db = app.db.clone();
-    let _ = db;
     let admin = app.admin.clone();
     let http = app.http.clone();
-    let token = t.unwrap().to_string();
     app.eventually("the kicked user to be offline", || {
         let (admin, http, token) = (admin.clone(), http.clone(), token.clone());
         async move {
