@@ -55,6 +55,12 @@ pub async fn logout(_caller: Caller) -> Json<Value> {
     ok_msg("logged out")
 }
 
+/// `GET /api/test` → `{code: 200, msg}`: a liveness probe the old admin backend had (contract
+/// c.1 #17).
+pub async fn test_route() -> Json<Value> {
+    ok_msg("admin API is running")
+}
+
 /// `POST /api/admin2/password` body `{old_password, new_password ≥ 6}`; 400 on a wrong old
 /// password.
 pub async fn change_password(

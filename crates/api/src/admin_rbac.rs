@@ -140,7 +140,12 @@ pub fn router(state: &AppState) -> Router<AppState> {
             }),
         )
         .merge(crate::swagger::swagger_ui("/api-docs/openapi.json"))
+        // `POST /api/admin/upload/file` accepts 10 MB files (axum's default limit is 2 MB).
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
+
+/// The largest request body the admin API reads: a 10 MB upload plus its multipart framing.
+pub const MAX_BODY: usize = 11 * 1024 * 1024;
 
 type GuardState = (AppState, Arc<HashMap<(Method, &'static str), Rule>>);
 
@@ -177,7 +182,7 @@ pub async fn guard(
         return next.run(Request::from_parts(parts, body)).await;
     }
     // Buffer the body so that the audit row can record it (uploads: only their size).
-    let bytes = match axum::body::to_bytes(body, 16 * 1024 * 1024).await {
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => return ApiError::bad_request("request body too large").into_response(),
     };

@@ -34,6 +34,14 @@ pub fn register() -> Reg {
         )
         .at(
             get.clone(),
+            "/api/test",
+            Public,
+            "auth",
+            "Liveness probe of the old admin backend",
+            ppl::test_route,
+        )
+        .at(
+            get.clone(),
             "/api/admin2/info",
             Me,
             "auth",

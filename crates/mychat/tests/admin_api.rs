@@ -423,8 +423,8 @@ async fn wait_checkpoint(app: &App, name: &str, seq: u64) {
 #[tokio::test]
 async fn admin_flows() {
     let app = start().await;
-    let t = app.super_token().await;
-    let t = Some(t.as_str());
+    let token = app.super_token().await;
+    let t = Some(token.as_str());
 
     // super_admin is also "admin" for the client, and holds every code.
     let (_, b) = app
@@ -999,6 +999,85 @@ async fn admin_flows() {
         .unwrap();
     assert_eq!(served.status(), 200);
     assert_eq!(served.bytes().await.unwrap().len(), 7);
+
+    // Applications: reject needs a reason; approve creates the counselor linked to the applicant
+    // and records the reviewer; a reviewed application cannot be reviewed again.
+    let app_id: i64 = sqlx::query_scalar(
+        "INSERT INTO counselor_applications (user_id, name, phone, title, specialty) VALUES ($1, '赵敏', '13900000000', '心理治疗师', '情绪管理') RETURNING id",
+    )
+    .bind(demo)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let review = format!("/api/admin/counselor/applications/{app_id}/review");
+    let (s, b) = app
+        .call(Method::PUT, &review, t, Some(json!({"status": 2})))
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b["msg"].as_str().unwrap().contains("reject_reason"));
+    let (s, b) = app
+        .call(Method::PUT, &review, t, Some(json!({"status": 1})))
+        .await;
+    assert_eq!(
+        (
+            s,
+            b["data"]["status"].clone(),
+            b["data"]["reviewer"]["username"].clone()
+        ),
+        (200, json!(1), json!("admin")),
+        "{b}"
+    );
+    let linked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM counselors WHERE user_id = $1 AND name = '赵敏'")
+            .bind(demo)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(linked, 1);
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            &review,
+            t,
+            Some(json!({"status": 2, "reject_reason": "x"})),
+        )
+        .await;
+    assert_eq!(s, 400, "not pending any more");
+    let (_, b) = app
+        .call(
+            Method::GET,
+            "/api/admin/counselor/applications?status=1",
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(b["data"]["list"][0]["id"], app_id);
+
+    // A 3 MB file is accepted by the file upload (≤ 10 MB), refused by the image upload (≤ 2 MB).
+    let big = || {
+        reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(vec![7u8; 3 * 1024 * 1024]).file_name("report.pdf"),
+        )
+    };
+    let resp = app
+        .http
+        .post(format!("{}/api/admin/upload/file", app.admin))
+        .bearer_auth(&token)
+        .multipart(big())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = app
+        .http
+        .post(format!("{}/api/admin/upload/image", app.admin))
+        .bearer_auth(&token)
+        .multipart(big())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
 
     // Configs: root list, duplicate key, system config protected.
     let (_, cfg) = app
