@@ -166,6 +166,17 @@ pub async fn list_admins(
     Ok(list_envelope("administrators", list, total, json!({})))
 }
 
+/// Checks that role `code` exists and that the caller may hand it out: only a `super_admin` may
+/// grant `super_admin` (no privilege escalation through `admin:add` / `admin:edit`).
+async fn grantable_role(state: &AppState, caller: &Caller, code: &str) -> Result<(), ApiError> {
+    if code == SUPER_ADMIN && caller.role != SUPER_ADMIN {
+        return Err(ApiError::forbidden(
+            "only a super_admin may grant super_admin",
+        ));
+    }
+    role_exists(state, code).await
+}
+
 async fn role_exists(state: &AppState, code: &str) -> Result<(), ApiError> {
     let found: Option<i64> = sqlx::query_scalar("SELECT id FROM roles WHERE code = $1")
         .bind(code)
@@ -177,9 +188,11 @@ async fn role_exists(state: &AppState, code: &str) -> Result<(), ApiError> {
 }
 
 /// `POST /api/admin2/administrators` body `{username 3–50, password ≥ 6, real_name, email,
-/// phone, avatar, role, status 0|1}` → the Administrator; 400 on a duplicate username.
+/// phone, avatar, role, status 0|1}` → the Administrator; 400 on a duplicate username or an
+/// unknown role; 403 when a non-super-admin grants `super_admin`.
 pub async fn create_admin(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Json<Value>> {
     let b = Body::new(body)?;
@@ -190,7 +203,7 @@ pub async fn create_admin(
     let real_name = b.required("real_name")?;
     check_len("real_name", &real_name, 1, 50)?;
     let role = b.required("role")?;
-    role_exists(&state, &role).await?;
+    grantable_role(&state, &caller, &role).await?;
     let status = b.status01("status")?.unwrap_or(1);
     let mut cols = vec![
         ("username", Bind::Text(username)),
@@ -219,6 +232,11 @@ async fn admin_target(
         .fetch_optional(&state.db)
         .await?;
     let role = role.ok_or_else(|| ApiError::not_found("administrator"))?;
+    if role == SUPER_ADMIN && caller.role != SUPER_ADMIN {
+        return Err(ApiError::forbidden(
+            "only a super_admin may change a super_admin",
+        ));
+    }
     if !self_ok && id == caller.admin_id {
         return Err(ApiError::bad_request(
             "you cannot do this to your own account",
@@ -254,7 +272,7 @@ pub async fn update_admin(
         ],
     )?;
     if let Some(r) = b.str("role")? {
-        role_exists(&state, &r).await?;
+        grantable_role(&state, &caller, &r).await?;
         sets.push(("role", Bind::Text(r)));
     }
     if let Some(s) = b.status01("status")? {

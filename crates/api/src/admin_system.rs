@@ -213,7 +213,7 @@ pub async fn logs(State(state): State<AppState>, ApiQuery(q): Params) -> ApiResu
     let date = |name: &str| -> Result<Option<chrono::NaiveDate>, ApiError> {
         q.str(name)
             .map(|s| {
-                chrono::NaiveDate::parse_from_str(&s[..s.len().min(10)], "%Y-%m-%d")
+                chrono::NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d")
                     .map_err(|_| ApiError::field(name, "must be YYYY-MM-DD"))
             })
             .transpose()

@@ -531,6 +531,44 @@ async fn admin_flows() {
     assert_eq!(s, 400);
     assert!(b["msg"].as_str().unwrap().contains("status"));
 
+    // No privilege escalation: an administrator with admin:add / admin:edit (role `admin_ops`)
+    // cannot grant super_admin or change the super admin.
+    app.role(
+        "admin_ops",
+        &["admin:view".into(), "admin:add".into(), "admin:edit".into()],
+    )
+    .await;
+    let ops = app.admin_with_role("opsadmin", "admin_ops").await;
+    let (s, _) = app.call(Method::POST, "/api/admin2/administrators", Some(&ops), Some(json!({"username": "sneaky", "password": "secret1", "real_name": "S", "role": "super_admin"}))).await;
+    assert_eq!(s, 403);
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            &format!("/api/admin2/administrators/{aid}"),
+            Some(&ops),
+            Some(json!({"role": "super_admin"})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            "/api/admin2/administrators/1",
+            Some(&ops),
+            Some(json!({"real_name": "x"})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            &format!("/api/admin2/administrators/{aid}"),
+            Some(&ops),
+            Some(json!({"real_name": "Ops Two"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+
     // List keys: both the server's key and the client's.
     let (_, b) = app
         .call(
