@@ -42,7 +42,7 @@ pub fn message_subject(user_id: i64) -> String {
 }
 
 /// How long a requester collects replies from gateway nodes.
-pub const COLLECT_WINDOW: Duration = Duration::from_millis(300);
+pub const COLLECT_WINDOW: Duration = Duration::from_millis(500);
 
 /// One socket of a node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 struct App {
     admin: String,
     ws: String,
+    ws2: String,
     db: PgPool,
     bus: CommandBus,
     nats: async_nats::Client,
@@ -103,34 +104,31 @@ async fn start() -> App {
         }),
     };
     let admin = serve(api::admin_router(state), shutdown.clone()).await;
-    let hub = Arc::new(gateway::Hub::default());
-    tokio::spawn(
-        hub.clone()
-            .run_chat_fanout(bus.jetstream().clone(), shutdown.clone()),
-    );
-    tokio::spawn(
-        hub.clone()
-            .run_session_events(bus.jetstream().clone(), shutdown.clone()),
-    );
-    tokio::spawn(gateway::admin_bus::run(
-        nats.clone(),
-        hub.clone(),
-        shutdown.clone(),
-    ));
-    let ws = serve(
-        gateway::router(gateway::GatewayState {
+    // Two gateway nodes: the admin API reaches sockets on either through NATS.
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let hub = Arc::new(gateway::Hub::default());
+        let js = bus.jetstream().clone();
+        tokio::spawn(hub.clone().run_chat_fanout(js.clone(), shutdown.clone()));
+        tokio::spawn(hub.clone().run_session_events(js, shutdown.clone()));
+        tokio::spawn(gateway::admin_bus::run(
+            nats.clone(),
+            hub.clone(),
+            shutdown.clone(),
+        ));
+        let router = gateway::router(gateway::GatewayState {
             bus: bus.clone(),
             jwt: jwt.clone(),
             hub,
-        }),
-        shutdown.clone(),
-    )
-    .await;
+        });
+        nodes.push(serve(router, shutdown.clone()).await);
+    }
     // Give the gateway's admin subscriptions a moment to be registered.
     tokio::time::sleep(Duration::from_millis(300)).await;
     App {
         admin: format!("http://{admin}"),
-        ws: format!("ws://{ws}"),
+        ws: format!("ws://{}", nodes[0]),
+        ws2: format!("ws://{}", nodes[1]),
         db,
         bus,
         nats,
@@ -1299,6 +1297,86 @@ async fn online_kick_mute_broadcast() {
         .call(Method::GET, "/api/admin/online/users", t, None)
         .await;
     assert_eq!(b["data"]["count"], 1);
+
+    // The counselor joins through the other gateway node: both are seen, and a broadcast reaches
+    // both nodes.
+    let url2 = format!(
+        "{}/ws/chat/42?token={}",
+        app.ws2,
+        app.user_token(counselor_user)
+    );
+    let (mut ws2, _) = tokio_tungstenite::connect_async(url2).await.unwrap();
+    next_frame(&mut ws2, "join_success").await;
+    let (_, b) = app
+        .call(Method::GET, "/admin/online/statistics", t, None)
+        .await;
+    assert_eq!(
+        (
+            b["data"]["total_online"].clone(),
+            b["data"]["counselor_online"].clone(),
+            b["data"]["user_online"].clone()
+        ),
+        (json!(2), json!(1), json!(1)),
+        "{b}"
+    );
+    let (s, b) = app
+        .call(
+            Method::POST,
+            "/api/admin/broadcast",
+            t,
+            Some(json!({"content": "两个节点"})),
+        )
+        .await;
+    assert_eq!(
+        (
+            s,
+            b["data"]["delivered"].clone(),
+            b["data"]["nodes"].clone()
+        ),
+        (200, json!(2), json!(2)),
+        "{b}"
+    );
+    assert_eq!(
+        next_frame(&mut ws2, "system_message").await["data"]["content"],
+        "两个节点"
+    );
+    assert_eq!(
+        next_frame(&mut ws, "system_message").await["data"]["content"],
+        "两个节点"
+    );
+    // Kick the counselor on the second node; the user on the first stays.
+    let (s, _) = app
+        .call(
+            Method::POST,
+            &format!("/api/admin/online/users/{counselor_user}/kick"),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    next_frame(&mut ws2, "force_logout").await;
+    while let Some(Ok(m)) = ws2.next().await {
+        if matches!(m, Message::Close(_)) {
+            break;
+        }
+    }
+    let (admin, http, bearer) = (app.admin.clone(), app.http.clone(), token.clone());
+    app.eventually("the kicked counselor to be offline", || {
+        let (admin, http, bearer) = (admin.clone(), http.clone(), bearer.clone());
+        async move {
+            let b: Value = http
+                .get(format!("{admin}/api/admin/online/statistics"))
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            b["data"]["total_online"] == 1
+        }
+    })
+    .await;
 
     // Broadcast reaches the socket through NATS.
     let (s, b) = app
