@@ -184,7 +184,13 @@ pub async fn guard(
     // Buffer the body so that the audit row can record it (uploads: only their size).
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
-        Err(_) => return ApiError::bad_request("request body too large").into_response(),
+        Err(_) => {
+            return ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {MAX_BODY} bytes"),
+            )
+            .into_response()
+        }
     };
     let headers = parts.headers.clone();
     let path = parts.uri.path().to_string();
