@@ -124,6 +124,18 @@ impl Projection for Orders {
                     .execute(&mut *tx)
                     .await?;
                 }
+                OrderEvent::OrderStatusChangedByAdmin { to, .. } => {
+                    sqlx::query(
+                        "UPDATE orders SET status = $2, updated_at = $3, last_position = $4 \
+                         WHERE id = $1 AND last_position < $4",
+                    )
+                    .bind(order)
+                    .bind(to.code())
+                    .bind(at)
+                    .bind(pos)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
         }
         Ok(())
@@ -364,6 +376,21 @@ impl Projection for Messages {
                 .bind(m.sent_at)
                 .execute(&mut *tx)
                 .await?;
+            }
+            ChatRecord::Redaction(r) => {
+                // The text disappears from the read model; the fact stays in `CHAT` (issue 4).
+                let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                    "UPDATE chat_messages SET content = '', file_url = '', content_type = 'redacted' WHERE session_id = ",
+                );
+                q.push_bind(r.session_id);
+                q.push(" AND id < ")
+                    .push_bind(message.stream_sequence as i64);
+                if !r.message_ids.is_empty() {
+                    q.push(" AND id = ANY(")
+                        .push_bind(r.message_ids.clone())
+                        .push(")");
+                }
+                q.build().execute(&mut *tx).await?;
             }
         }
         Ok(())

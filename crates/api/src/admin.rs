@@ -112,7 +112,7 @@ pub async fn approve(
     headers: HeaderMap,
     ApiPath(id): ApiPath<i64>,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     // The body is optional: none means "approve".
     let req = if body.iter().all(u8::is_ascii_whitespace) {
         ApproveRequest {
@@ -149,7 +149,12 @@ pub async fn approve(
         .execute::<CounselorAccount>(&counselor_id.to_string(), command, &meta)
         .await?;
     state.settle("withdrawals", committed.stream_sequence).await;
-    Ok(ok(withdrawal_record(&state, id).await?))
+    // Issue 4: the audit row points at the committed event.
+    Ok(crate::admin_common::with_event(
+        ok(withdrawal_record(&state, id).await?),
+        eventstore::EVENTS_STREAM,
+        committed.stream_sequence,
+    ))
 }
 
 /// `POST /api/admin/withdraw/:id/transfer` → the withdrawal record; the withdrawal must be
@@ -159,7 +164,7 @@ pub async fn transfer(
     admin: AuthAdmin,
     headers: HeaderMap,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::response::Response> {
     let counselor_id = withdrawal_owner(&state, id).await?;
     let command = AccountCommand::TransferWithdrawal {
         withdrawal_id: id,
@@ -172,5 +177,10 @@ pub async fn transfer(
         .execute::<CounselorAccount>(&counselor_id.to_string(), command, &meta)
         .await?;
     state.settle("withdrawals", committed.stream_sequence).await;
-    Ok(ok(withdrawal_record(&state, id).await?))
+    // Issue 4: the audit row points at the committed event.
+    Ok(crate::admin_common::with_event(
+        ok(withdrawal_record(&state, id).await?),
+        eventstore::EVENTS_STREAM,
+        committed.stream_sequence,
+    ))
 }

@@ -6,6 +6,17 @@
 //! Every body is MyChat's `{code, msg, data}` envelope (contract a.3); errors are [`ApiError`].
 
 pub mod admin;
+pub mod admin_bus;
+pub mod admin_business;
+pub mod admin_common;
+pub mod admin_finance;
+pub mod admin_lowcode;
+pub mod admin_online;
+pub mod admin_openapi;
+pub mod admin_people;
+pub mod admin_rbac;
+pub mod admin_routes;
+pub mod admin_system;
 pub mod auth;
 pub mod chat;
 pub mod error;
@@ -129,7 +140,8 @@ pub fn user_router(state: AppState) -> Router {
 pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
-        .merge(admin::router())
+        // Issue 4: every admin route behind the RBAC guard (admin::router's routes included).
+        .merge(admin_rbac::router(&state))
         .layer(TraceLayer::new_for_http())
         .layer(cors())
         .with_state(state)

@@ -39,6 +39,18 @@ impl OrderStatus {
             Self::Refunded => 4,
         }
     }
+
+    /// The status of wire code `code` (contract a.6: 0–4); `None` for any other number.
+    pub fn from_code(code: i64) -> Option<Self> {
+        Some(match code {
+            0 => Self::Pending,
+            1 => Self::Paid,
+            2 => Self::Completed,
+            3 => Self::Cancelled,
+            4 => Self::Refunded,
+            _ => return None,
+        })
+    }
 }
 
 /// The `Order` aggregate's state.
@@ -89,6 +101,15 @@ pub enum OrderCommand {
         session_id: i64,
         completed_at: Timestamp,
     },
+    /// An administrator sets the status (admin API `PUT /api/admin/orders/:id/status`, contract
+    /// c.4 #38; issue 4). Any of the five statuses may be set on an existing order (an override:
+    /// it moves no money). Setting the current status is a no-op. Refused on an unknown order.
+    ChangeStatusByAdmin {
+        status: OrderStatus,
+        admin_id: i64,
+        reason: String,
+        at: Timestamp,
+    },
 }
 
 /// Events of an `Order`.
@@ -118,6 +139,14 @@ pub enum OrderEvent {
         session_id: i64,
         completed_at: Timestamp,
     },
+    /// An administrator changed the status from `from` to `to` (issue 4).
+    OrderStatusChangedByAdmin {
+        from: OrderStatus,
+        to: OrderStatus,
+        admin_id: i64,
+        reason: String,
+        at: Timestamp,
+    },
 }
 
 impl DomainEvent for OrderEvent {
@@ -127,6 +156,7 @@ impl DomainEvent for OrderEvent {
             Self::OrderPaid { .. } => "OrderPaid",
             Self::OrderServiceStarted { .. } => "OrderServiceStarted",
             Self::OrderCompleted { .. } => "OrderCompleted",
+            Self::OrderStatusChangedByAdmin { .. } => "OrderStatusChangedByAdmin",
         }
         .to_string()
     }
@@ -156,6 +186,8 @@ pub enum OrderError {
     AmountMismatch { expected: Fen, paid: Fen },
     #[error("order already has another session")]
     OtherSession,
+    #[error("an order cannot be set to that status")]
+    InvalidStatus,
 }
 
 impl Aggregate for Order {
@@ -275,6 +307,33 @@ impl Aggregate for Order {
                 )
                 .await;
             }
+            OrderCommand::ChangeStatusByAdmin {
+                status,
+                admin_id,
+                reason,
+                at,
+            } => {
+                if self.status == OrderStatus::Absent {
+                    return Err(OrderError::NotFound);
+                }
+                if status == OrderStatus::Absent {
+                    return Err(OrderError::InvalidStatus);
+                }
+                if status == self.status {
+                    return Ok(());
+                }
+                sink.write(
+                    OrderEvent::OrderStatusChangedByAdmin {
+                        from: self.status,
+                        to: status,
+                        admin_id,
+                        reason,
+                        at,
+                    },
+                    self,
+                )
+                .await;
+            }
         }
         Ok(())
     }
@@ -306,6 +365,7 @@ impl Aggregate for Order {
                 self.session_id = Some(session_id)
             }
             OrderEvent::OrderCompleted { .. } => self.status = OrderStatus::Completed,
+            OrderEvent::OrderStatusChangedByAdmin { to, .. } => self.status = to,
         }
     }
 }
@@ -421,6 +481,61 @@ mod tests {
                 expected: 5_000,
                 paid: 4_999,
             });
+    }
+
+    #[test]
+    fn an_admin_sets_any_status_including_zero_on_an_existing_order() {
+        let changed = OrderEvent::OrderStatusChangedByAdmin {
+            from: OrderStatus::Pending,
+            to: OrderStatus::Cancelled,
+            admin_id: 1,
+            reason: String::new(),
+            at: at(),
+        };
+        TestFramework::<Order>::with(())
+            .given(vec![placed()])
+            .when(OrderCommand::ChangeStatusByAdmin {
+                status: OrderStatus::Cancelled,
+                admin_id: 1,
+                reason: String::new(),
+                at: at(),
+            })
+            .then_expect_events(vec![changed.clone()]);
+        // Back to pending (wire code 0) is applied too.
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), changed])
+            .when(OrderCommand::ChangeStatusByAdmin {
+                status: OrderStatus::from_code(0).unwrap(),
+                admin_id: 1,
+                reason: String::new(),
+                at: at(),
+            })
+            .then_expect_events(vec![OrderEvent::OrderStatusChangedByAdmin {
+                from: OrderStatus::Cancelled,
+                to: OrderStatus::Pending,
+                admin_id: 1,
+                reason: String::new(),
+                at: at(),
+            }]);
+        // The same status is a no-op; an unknown order is refused.
+        TestFramework::<Order>::with(())
+            .given(vec![placed()])
+            .when(OrderCommand::ChangeStatusByAdmin {
+                status: OrderStatus::Pending,
+                admin_id: 1,
+                reason: String::new(),
+                at: at(),
+            })
+            .then_expect_events(vec![]);
+        TestFramework::<Order>::with(())
+            .given_no_previous_events()
+            .when(OrderCommand::ChangeStatusByAdmin {
+                status: OrderStatus::Paid,
+                admin_id: 1,
+                reason: String::new(),
+                at: at(),
+            })
+            .then_expect_error(OrderError::NotFound);
     }
 
     #[test]

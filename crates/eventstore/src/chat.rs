@@ -15,6 +15,41 @@ pub fn chat_subject(session_id: i64) -> String {
 pub enum ChatRecord {
     /// A message sent by a participant.
     Message(ChatMessage),
+    /// An administrator redacted messages of a session (issue 4): read models blank their text;
+    /// the messages, the redaction and who did it stay in the log.
+    Redaction(Redaction),
+}
+
+/// Messages redacted by an administrator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Redaction {
+    pub session_id: i64,
+    /// The redacted messages' ids (`CHAT` stream sequences); empty = every message of the
+    /// session up to this record.
+    pub message_ids: Vec<i64>,
+    /// The administrator (administrators-table id).
+    pub admin_id: i64,
+    pub reason: String,
+    pub redacted_at: DateTime<Utc>,
+}
+
+/// Appends a [`Redaction`] to `CHAT` on `chat.<session_id>` and returns its stream sequence once
+/// stored.
+///
+/// # Errors
+/// When JetStream does not acknowledge the record.
+pub async fn append_redaction(
+    js: &async_nats::jetstream::Context,
+    redaction: &Redaction,
+) -> Result<u64, AppendError> {
+    let body = serde_json::to_vec(&ChatRecord::Redaction(redaction.clone()))?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Mychat-Record", "redaction");
+    let ack = js
+        .publish_with_headers(chat_subject(redaction.session_id), headers, body.into())
+        .await?
+        .await?;
+    Ok(ack.sequence)
 }
 
 /// A chat message as stored (contract b.2 ChatMessage, without the read-model fields).

@@ -52,6 +52,10 @@ impl Conn {
 pub struct Hub {
     rooms: Mutex<HashMap<i64, Vec<Arc<Conn>>>>,
     next_id: AtomicU64,
+    /// Users muted by an administrator (kept in step through NATS, see `admin_bus`).
+    muted: Mutex<HashSet<i64>>,
+    /// When each bound socket (by connection id) joined (admin presence, issue 4).
+    joined_at: Mutex<HashMap<u64, chrono::DateTime<chrono::Utc>>>,
 }
 
 impl Hub {
@@ -65,6 +69,11 @@ impl Hub {
         let mut rooms = self.rooms.lock().expect("hub lock");
         let room = rooms.entry(session_id).or_default();
         if !room.iter().any(|c| c.id == conn.id) {
+            self.joined_at
+                .lock()
+                .expect("hub lock")
+                .entry(conn.id)
+                .or_insert_with(chrono::Utc::now);
             room.push(conn);
         }
     }
@@ -74,6 +83,7 @@ impl Hub {
         let mut rooms = self.rooms.lock().expect("hub lock");
         if let Some(room) = rooms.get_mut(&session_id) {
             room.retain(|c| c.id != conn_id);
+            self.joined_at.lock().expect("hub lock").remove(&conn_id);
             if room.is_empty() {
                 rooms.remove(&session_id);
             }
@@ -128,7 +138,51 @@ impl Hub {
                     }
                 }
             }
+            ChatRecord::Redaction(r) => {
+                let text = frame(
+                    "message_revoked",
+                    r.session_id,
+                    json!({ "seq": seq, "session_id": r.session_id, "message_ids": r.message_ids, "reason": r.reason }),
+                );
+                for conn in self.room(r.session_id) {
+                    conn.send(text.clone());
+                }
+            }
         }
+    }
+
+    /// Every socket bound on this node with its session id (the admin presence source, issue 4).
+    pub fn connections(&self) -> Vec<(i64, Arc<Conn>)> {
+        self.rooms
+            .lock()
+            .expect("hub lock")
+            .iter()
+            .flat_map(|(session, conns)| conns.iter().map(move |c| (*session, c.clone())))
+            .collect()
+    }
+
+    /// When connection `conn_id` joined a session on this node.
+    pub fn joined_at(&self, conn_id: u64) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.joined_at
+            .lock()
+            .expect("hub lock")
+            .get(&conn_id)
+            .copied()
+    }
+
+    /// Mutes or unmutes a user on this node (admin `mute`, issue 4).
+    pub fn set_muted(&self, user_id: i64, muted: bool) {
+        let mut set = self.muted.lock().expect("mute lock");
+        if muted {
+            set.insert(user_id);
+        } else {
+            set.remove(&user_id);
+        }
+    }
+
+    /// True when an administrator muted this user: their messages are refused with an error frame.
+    pub fn is_muted(&self, user_id: i64) -> bool {
+        self.muted.lock().expect("mute lock").contains(&user_id)
     }
 
     fn route_session_event(

@@ -10,6 +10,7 @@
 //! - Session ends arrive the same way (`SessionBilled` in `EVENTS`) and become `billing` and
 //!   `session_end` frames to both sides.
 
+pub mod admin_bus;
 pub mod hub;
 pub mod protocol;
 pub mod socket;

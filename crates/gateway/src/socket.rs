@@ -263,6 +263,9 @@ impl Socket {
     /// Stores a message in `CHAT`, then acks it to the sender with its stream sequence. Nothing is
     /// stored when the sender is not a participant or the session is not active.
     async fn message(&mut self, session_id: i64, f: &ClientFrame) {
+        if self.state.hub.is_muted(self.conn.user_id) {
+            return self.error(session_id, "you are muted by an administrator");
+        }
         let session = match self.load(session_id).await {
             Ok(s) => s,
             Err(e) => return self.error(session_id, &e),

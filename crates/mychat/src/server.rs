@@ -282,6 +282,12 @@ async fn run_parts(
         let js = infra.bus.jetstream().clone();
         tokio::spawn(hub.clone().run_chat_fanout(js.clone(), shutdown.clone()));
         tokio::spawn(hub.clone().run_session_events(js, shutdown.clone()));
+        // Issue 4: admin presence / kick / mute / broadcast over core NATS.
+        tokio::spawn(gateway::admin_bus::run(
+            infra.nats.clone(),
+            hub.clone(),
+            shutdown.clone(),
+        ));
         let app = gateway::router(gateway::GatewayState {
             bus: infra.bus.clone(),
             jwt,
