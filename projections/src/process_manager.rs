@@ -4,6 +4,9 @@
 //! |---|---|
 //! | `PaymentCaptured` | `Order::MarkPaid` (`pm:order-paid:<payment>`) |
 //! | `SessionStarted` | `Order::StartService` (`pm:order-service:<session>`) |
+//! | `RechargeCaptured` | `UserWallet::Credit` with `CreditReason::Recharge` (`pm:recharge:<payment>`) |
+//! | `OrderCancelled` with a refund | `Payment::Refund` of the prepaid amount, refund no `cancel-<order>` (`pm:cancel-refund:<order>`) |
+//! | `PaymentRefunded` of an order payment | `Order::MarkRefunded` (`pm:order-refunded:<payment>:<refund_no>`) |
 //! | `SessionBilled` | `CounselorAccount::CreditEarnings` (`pm:credit:<session>`), `UserWallet::Credit` of the unused prepaid amount (`pm:refund:<session>`), `Order::Complete` (`pm:complete:<order>`) |
 //!
 //! Each command id is derived from the triggering event, and each command is idempotent in its
@@ -12,8 +15,8 @@
 
 use async_trait::async_trait;
 use domain::{
-    AccountCommand, CounselorAccount, CreditReason, Order, OrderCommand, PaymentEvent,
-    SessionEvent, UserWallet, WalletCommand,
+    AccountCommand, CounselorAccount, CreditReason, Order, OrderCommand, OrderEvent, Payment,
+    PaymentCommand, PaymentEvent, SessionEvent, UserWallet, WalletCommand,
 };
 use eventstore::envelope::{StoredEvent, Upcasters};
 use eventstore::{Actor, CommandBus, CommandError, CommandMeta};
@@ -57,19 +60,22 @@ impl Projection for ProcessManager {
         "process_manager"
     }
     fn subjects(&self) -> Vec<String> {
-        vec!["ev.payment.>".into(), "ev.session.>".into()]
+        vec![
+            "ev.payment.>".into(),
+            "ev.session.>".into(),
+            "ev.order.>".into(),
+        ]
     }
     async fn apply(&self, _tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
         for e in message.events(&Upcasters::default())? {
             match e.aggregate_type.as_str() {
-                "payment" => {
-                    if let PaymentEvent::PaymentCaptured {
+                "payment" => match e.decode()? {
+                    PaymentEvent::PaymentCaptured {
                         order_id,
                         amount,
                         captured_at,
                         ..
-                    } = e.decode()?
-                    {
+                    } => {
                         let payment_id = e.aggregate_id_i64().unwrap_or_default();
                         let cmd = OrderCommand::MarkPaid {
                             payment_id,
@@ -83,6 +89,82 @@ impl Projection for ProcessManager {
                                 .execute::<Order>(&order_id.to_string(), cmd, &meta)
                                 .await,
                         )?;
+                    }
+                    PaymentEvent::RechargeCaptured {
+                        user_id,
+                        amount,
+                        captured_at,
+                        ..
+                    } => {
+                        let payment_id = e.aggregate_id_i64().unwrap_or_default();
+                        let cmd = WalletCommand::Credit {
+                            user_id,
+                            amount,
+                            reason: CreditReason::Recharge { payment_id },
+                            at: captured_at,
+                        };
+                        let meta = meta_for(&e, format!("pm:recharge:{payment_id}"));
+                        settle(
+                            "recharge",
+                            self.bus
+                                .execute::<UserWallet>(&user_id.to_string(), cmd, &meta)
+                                .await,
+                        )?;
+                    }
+                    PaymentEvent::PaymentRefunded {
+                        order_id,
+                        refund_no,
+                        amount,
+                        refunded_at,
+                        ..
+                    } if order_id > 0 => {
+                        let payment_id = e.aggregate_id_i64().unwrap_or_default();
+                        let meta =
+                            meta_for(&e, format!("pm:order-refunded:{payment_id}:{refund_no}"));
+                        let cmd = OrderCommand::MarkRefunded {
+                            payment_id,
+                            refund_no,
+                            amount,
+                            refunded_at,
+                        };
+                        settle(
+                            "order-refunded",
+                            self.bus
+                                .execute::<Order>(&order_id.to_string(), cmd, &meta)
+                                .await,
+                        )?;
+                    }
+                    _ => {}
+                },
+                "order" => {
+                    if let OrderEvent::OrderCancelled {
+                        payment_id: Some(payment_id),
+                        refund_amount,
+                        reason,
+                        cancelled_at,
+                        ..
+                    } = e.decode()?
+                    {
+                        if refund_amount > 0 {
+                            let order_id = e.aggregate_id_i64().unwrap_or_default();
+                            let cmd = PaymentCommand::Refund {
+                                refund_no: format!("cancel-{order_id}"),
+                                amount: refund_amount,
+                                reason: if reason.is_empty() {
+                                    "order cancelled".into()
+                                } else {
+                                    reason
+                                },
+                                refunded_at: cancelled_at,
+                            };
+                            let meta = meta_for(&e, format!("pm:cancel-refund:{order_id}"));
+                            settle(
+                                "cancel-refund",
+                                self.bus
+                                    .execute::<Payment>(&payment_id.to_string(), cmd, &meta)
+                                    .await,
+                            )?;
+                        }
                     }
                 }
                 "session" => match e.decode()? {
