@@ -459,3 +459,357 @@ async fn recharge_goes_through_a_payment_and_credits_the_wallet_once() {
     assert_eq!(r.data()["payments"][0]["purpose"], json!("recharge"));
     assert_eq!(r.data()["payments"][0]["status"], json!(1));
 }
+
+#[tokio::test]
+async fn orders_payments_cancel_and_refunds() {
+    let app = spawn_app().await;
+    let (counselor, counselor_token) = app.counselor("tina").await;
+    let (_, token, _) = app.user("alice").await;
+    let (_, other, _) = app.user("mallory").await;
+
+    // every schedule_time form of the contract
+    for form in ["2026-12-01T10:00:00+08:00", "2026-12-01T10:00:00", "2026-12-01 10:00:00", "2026-12-01"] {
+        let r = app
+            .post("/api/order/create", &token, json!({"counselor_id": counselor, "duration": 60, "schedule_time": form}))
+            .await;
+        assert_eq!(r.status, 200, "{form}: {}", r.body);
+        assert_eq!(r.data()["amount"], json!(300.0));
+        assert!(r.data()["create_at"].is_string());
+    }
+    let r = app.get("/api/order/list?status=0&page=1&page_size=10", &token).await;
+    assert_eq!(r.data()["total"], json!(4));
+    let unpaid = r.data()["orders"][0]["id"].as_i64().unwrap();
+
+    // validate and timeline
+    let r = app.get(&format!("/api/order/{unpaid}/validate"), &token).await;
+    assert_eq!((r.data()["can_pay"].clone(), r.data()["can_chat"].clone()), (json!(true), json!(false)));
+
+    // cancel an unpaid order: status 3, nothing to refund
+    let r = app.post(&format!("/api/order/{unpaid}/cancel"), &token, json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.data()["refund_amount"], json!(0.0));
+    app.wait_order_status(&token, unpaid, 3).await;
+    let r = app.get(&format!("/api/order/{unpaid}/timeline"), &token).await;
+    let types: Vec<&str> = r.data()["timeline"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, vec!["OrderPlaced", "OrderCancelled"]);
+
+    // cancel a paid order: the whole amount goes back to the payment, the order becomes 4
+    let paid = app.paid_order(&token, counselor).await;
+    let payment_id = app.get(&format!("/api/order/{paid}"), &token).await.data()["payment_id"].as_i64().unwrap();
+    let r = app.post(&format!("/api/order/{paid}/cancel"), &token, json!({})).await;
+    assert_eq!(r.data()["refund_amount"], json!(150.0));
+    app.wait_order_status(&token, paid, 4).await;
+    let r = app.get(&format!("/api/payment/{payment_id}"), &token).await;
+    assert_eq!(r.data()["status"], json!(3));
+    assert_eq!(r.data()["refunded_amount"], json!(150.0));
+    let r = app.get(&format!("/api/order/{paid}/timeline"), &token).await;
+    let types: Vec<&str> = r.data()["timeline"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, vec!["OrderPlaced", "OrderPaid", "OrderCancelled", "OrderRefunded"]);
+
+    // partial refunds up to the captured amount
+    let paid2 = app.paid_order(&token, counselor).await;
+    let pay2 = app.get(&format!("/api/order/{paid2}"), &token).await.data()["payment_id"].as_i64().unwrap();
+    let r = app.post("/api/payment/refund", &token, json!({"payment_id": pay2, "refund_amount": 100, "refund_reason": "partial"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.data()["total_refunded"], json!(100.0));
+    let r = app.post("/api/payment/refund", &token, json!({"payment_id": pay2, "refund_amount": 50.01})).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["msg"].as_str().unwrap().contains("exceeds"));
+    let r = app.post("/api/payment/refund", &token, json!({"payment_id": pay2, "refund_amount": 50})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.data()["total_refunded"], json!(150.0));
+    app.wait_order_status(&token, paid2, 4).await;
+
+    // payment list and get
+    let r = app.get("/api/payment/list?status=3", &token).await;
+    assert_eq!(r.data()["total"], json!(2));
+    assert_eq!(app.get("/api/payment/list?payment_method=alipay", &token).await.data()["total"], json!(0));
+
+    // the counselor's view and status change
+    let r = app.get("/api/counselor/orders?status=4", &counselor_token).await;
+    assert_eq!(r.data()["total"], json!(2));
+    let paid3 = app.paid_order(&token, counselor).await;
+    let r = app.send("PUT", &format!("/api/order/{paid3}/status"), Some(&counselor_token), Some(json!({"status": 2}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    app.wait_order_status(&token, paid3, 2).await;
+    let r = app.get(&format!("/api/order/{paid3}/validate"), &token).await;
+    assert_eq!(r.data()["can_review"], json!(true));
+
+    let pending = app.order(&token, counselor, 30).await;
+    let t = Some(token.as_str());
+    let o = Some(other.as_str());
+    let c = Some(counselor_token.as_str());
+    assert_refusals(
+        &app,
+        vec![
+            ("POST", "/api/order/create".into(), t, Some(json!({"duration": 60, "schedule_time": "2026-12-01"})), 400, "counselor_id"),
+            ("POST", "/api/order/create".into(), t, Some(json!({"counselor_id": counselor, "duration": 5, "schedule_time": "2026-12-01"})), 400, "duration"),
+            ("POST", "/api/order/create".into(), t, Some(json!({"counselor_id": counselor, "duration": "60", "schedule_time": "2026-12-01"})), 400, "duration"),
+            ("POST", "/api/order/create".into(), t, Some(json!({"counselor_id": counselor, "duration": 60, "schedule_time": "tomorrow"})), 400, "schedule_time"),
+            ("POST", "/api/order/create".into(), t, Some(json!({"counselor_id": 999, "duration": 60, "schedule_time": "2026-12-01"})), 404, "counselor"),
+            ("POST", "/api/order/create".into(), None, Some(json!({"counselor_id": counselor, "duration": 60, "schedule_time": "2026-12-01"})), 401, "token"),
+            ("GET", format!("/api/order/{pending}"), o, None, 403, "not your order"),
+            ("GET", "/api/order/99999".into(), t, None, 404, "order"),
+            ("GET", "/api/order/list?status=9".into(), t, None, 400, "status"),
+            ("PUT", format!("/api/order/{pending}/status"), t, Some(json!({"status": 2})), 403, "counselor"),
+            ("PUT", format!("/api/order/{pending}/status"), c, Some(json!({"status": 1})), 400, "status"),
+            ("PUT", format!("/api/order/{pending}/status"), c, Some(json!({"status": 7})), 400, "status"),
+            ("PUT", format!("/api/order/{pending}/status"), c, Some(json!({})), 400, "status"),
+            ("POST", format!("/api/order/{pending}/cancel"), o, None, 403, "not your order"),
+            ("POST", format!("/api/order/{unpaid}/cancel"), t, None, 400, "cannot be cancelled"),
+            ("POST", format!("/api/order/{paid3}/cancel"), t, None, 400, "cannot be cancelled"),
+            ("GET", format!("/api/order/{pending}/validate"), o, None, 403, "not your order"),
+            ("GET", format!("/api/order/{pending}/timeline"), o, None, 403, "not your order"),
+            ("GET", "/api/order/99999/timeline".into(), t, None, 404, "order"),
+            ("GET", "/api/counselor/orders".into(), t, None, 403, "not a counselor"),
+            ("GET", "/api/counselor/orders?page_size=0".into(), c, None, 400, "page_size"),
+            ("POST", "/api/payment/create".into(), t, Some(json!({"order_id": pending, "payment_method": "paypal", "trade_type": "NATIVE"})), 400, "payment_method"),
+            ("POST", "/api/payment/create".into(), t, Some(json!({"order_id": pending, "payment_method": "wechat", "trade_type": "POS"})), 400, "trade_type"),
+            ("POST", "/api/payment/create".into(), o, Some(json!({"order_id": pending, "payment_method": "wechat", "trade_type": "NATIVE"})), 403, "not your order"),
+            ("POST", "/api/payment/create".into(), t, Some(json!({"order_id": paid3, "payment_method": "wechat", "trade_type": "NATIVE"})), 400, "not awaiting payment"),
+            ("GET", format!("/api/payment/{payment_id}"), o, None, 403, "not your payment"),
+            ("GET", "/api/payment/99999".into(), t, None, 404, "payment"),
+            ("GET", "/api/payment/list?status=8".into(), t, None, 400, "status"),
+            ("POST", "/api/payment/refund".into(), t, Some(json!({"payment_id": payment_id})), 400, "refund_amount"),
+            ("POST", "/api/payment/refund".into(), t, Some(json!({"payment_id": payment_id, "refund_amount": -1})), 400, "refund_amount"),
+            ("POST", "/api/payment/refund".into(), t, Some(json!({"payment_id": payment_id, "refund_amount": 0.01})), 400, "exceeds"),
+            ("POST", "/api/payment/refund".into(), o, Some(json!({"payment_id": payment_id, "refund_amount": 1})), 403, "not your payment"),
+            ("POST", "/api/payment/refund".into(), t, Some(json!({"payment_id": 99999, "refund_amount": 1})), 404, "payment"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_first_response_and_refuses_another_body() {
+    let app = spawn_app().await;
+    let (counselor, _) = app.counselor("tina").await;
+    let (_, token, _) = app.user("alice").await;
+    let body = json!({"counselor_id": counselor, "duration": 30, "schedule_time": "2026-12-01"});
+    let send = |b: Value| {
+        app.http
+            .post(format!("{}/api/order/create", app.url))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "order-1")
+            .json(&b)
+            .send()
+    };
+    let first = send(body.clone()).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let again = send(body.clone()).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first, again, "the repeat returns the first response");
+    let other = send(json!({"counselor_id": counselor, "duration": 60, "schedule_time": "2026-12-01"}))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 422);
+    let r = app.get("/api/order/list", &token).await;
+    assert_eq!(r.data()["total"], json!(1), "one order for one key");
+    // another user may use the same key
+    let (_, bob, _) = app.user("bob").await;
+    let r = app
+        .http
+        .post(format!("{}/api/order/create", app.url))
+        .bearer_auth(&bob)
+        .header("Idempotency-Key", "order-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    // a malformed key is refused
+    let r = app
+        .http
+        .post(format!("{}/api/order/create", app.url))
+        .bearer_auth(&bob)
+        .header("Idempotency-Key", "")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+// ---- providers ----------------------------------------------------------------------------
+
+fn wechat_notification(app: &TestApp, payment_no: &str, txn: &str, total: i64, mchid: &str) -> Vec<u8> {
+    let transaction = json!({
+        "mchid": mchid, "appid": APPID, "out_trade_no": payment_no, "transaction_id": txn,
+        "trade_type": "NATIVE", "trade_state": "SUCCESS", "trade_state_desc": "支付成功",
+        "bank_type": "OTHERS", "success_time": "2026-11-22T10:00:00+08:00",
+        "payer": { "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o" },
+        "amount": { "total": total, "payer_total": total, "currency": "CNY", "payer_currency": "CNY" }
+    });
+    let nonce = "fdasflkja484";
+    let aad = "transaction";
+    let cipher = Aes256Gcm::new_from_slice(WECHAT_KEY).unwrap();
+    let ciphertext = cipher
+        .encrypt(Nonce::from_slice(nonce.as_bytes()), Payload { msg: transaction.to_string().as_bytes(), aad: aad.as_bytes() })
+        .unwrap();
+    let _ = app;
+    serde_json::to_vec(&json!({
+        "id": format!("EV-{txn}"), "create_time": "2026-11-22T10:00:00+08:00",
+        "resource_type": "encrypt-resource", "event_type": "TRANSACTION.SUCCESS", "summary": "支付成功",
+        "resource": { "original_type": "transaction", "algorithm": "AEAD_AES_256_GCM",
+            "ciphertext": B64.encode(ciphertext), "associated_data": aad, "nonce": nonce }
+    }))
+    .unwrap()
+}
+
+async fn post_wechat(app: &TestApp, body: &[u8], signed_body: &[u8], serial: &str, timestamp: i64, key: &SigningKey<Sha256>) -> u16 {
+    let nonce = "5K8264ILTKCH16CQ2502SI8ZNMTM67VS";
+    let mut message = format!("{timestamp}\n{nonce}\n").into_bytes();
+    message.extend_from_slice(signed_body);
+    message.push(b'\n');
+    let signature = B64.encode(key.sign(&message).to_bytes());
+    app.http
+        .post(format!("{}/api/payment/wechat/callback", app.url))
+        .header("content-type", "application/json")
+        .header("Wechatpay-Timestamp", timestamp.to_string())
+        .header("Wechatpay-Nonce", nonce)
+        .header("Wechatpay-Signature", signature)
+        .header("Wechatpay-Serial", serial)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn wechat_pay_v3_callbacks_are_verified_and_applied_once() {
+    let app = spawn_app().await;
+    let (counselor, _) = app.counselor("tina").await;
+    let (_, token, _) = app.user("alice").await;
+    let order = app.order(&token, counselor, 30).await;
+    let (payment, payment_no, _) = app.payment(&token, order, "wechat").await;
+    let now = chrono::Utc::now().timestamp();
+    let key = &app.wechat_key;
+    let (other_key, _) = rsa_key();
+    let before = app.events_in_log().await;
+
+    // forged signature (another key), altered body, wrong serial, stale timestamp, wrong amount,
+    // unknown order, another merchant: all refused, nothing changes
+    let good = wechat_notification(&app, &payment_no, "4200000001", 15_000, MCHID);
+    assert_eq!(post_wechat(&app, &good, &good, WECHAT_SERIAL, now, &other_key).await, 401, "forged signature");
+    let altered = wechat_notification(&app, &payment_no, "4200000009", 15_000, MCHID);
+    assert_eq!(post_wechat(&app, &altered, &good, WECHAT_SERIAL, now, key).await, 401, "altered body");
+    assert_eq!(post_wechat(&app, &good, &good, "0000", now, key).await, 401, "wrong serial");
+    assert_eq!(post_wechat(&app, &good, &good, WECHAT_SERIAL, now - 3600, key).await, 401, "stale");
+    let cheap = wechat_notification(&app, &payment_no, "4200000002", 1, MCHID);
+    assert_eq!(post_wechat(&app, &cheap, &cheap, WECHAT_SERIAL, now, key).await, 400, "wrong amount");
+    let unknown = wechat_notification(&app, "PAY-NOPE", "4200000003", 15_000, MCHID);
+    assert_eq!(post_wechat(&app, &unknown, &unknown, WECHAT_SERIAL, now, key).await, 404, "unknown order");
+    let merchant = wechat_notification(&app, &payment_no, "4200000004", 15_000, "1900000999");
+    assert_eq!(post_wechat(&app, &merchant, &merchant, WECHAT_SERIAL, now, key).await, 401, "other merchant");
+    let mut bad_cipher: Value = serde_json::from_slice(&good).unwrap();
+    bad_cipher["resource"]["ciphertext"] = json!(B64.encode(b"not the real ciphertext at all!!"));
+    let bad_cipher = serde_json::to_vec(&bad_cipher).unwrap();
+    assert_eq!(post_wechat(&app, &bad_cipher, &bad_cipher, WECHAT_SERIAL, now, key).await, 401, "undecryptable");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.events_in_log().await, before);
+    assert_eq!(app.payment_status(payment).await, 0);
+
+    // valid: captured, the order becomes paid
+    assert_eq!(post_wechat(&app, &good, &good, WECHAT_SERIAL, now, key).await, 200);
+    app.wait_order_status(&token, order, 1).await;
+    let after = app.events_in_log().await;
+    // duplicate (providers retry): applied once
+    assert_eq!(post_wechat(&app, &good, &good, WECHAT_SERIAL, now, key).await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.events_in_log().await, after, "a duplicate callback adds no event");
+    let r = app.get(&format!("/api/payment/{payment}"), &token).await;
+    assert_eq!(r.data()["transaction_id"], json!("4200000001"));
+    assert_eq!(r.data()["status"], json!(1));
+}
+
+fn alipay_form(params: &[(&str, String)], key: &SigningKey<Sha256>) -> String {
+    let owned: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let signing = api::providers::alipay::signing_string(&owned);
+    let sign = B64.encode(key.sign(signing.as_bytes()).to_bytes());
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in &owned {
+        form.append_pair(k, v);
+    }
+    form.append_pair("sign", &sign);
+    form.append_pair("sign_type", "RSA2");
+    form.finish()
+}
+
+fn alipay_params(payment_no: &str, trade_no: &str, total: &str, app_id: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("gmt_create", "2026-11-22 10:00:00".into()),
+        ("charset", "utf-8".into()),
+        ("seller_email", "shop@example.com".into()),
+        ("notify_time", "2026-11-22 10:00:01".into()),
+        ("subject", "咨询订单".into()),
+        ("buyer_id", "2088102177846880".into()),
+        ("version", "1.0".into()),
+        ("notify_id", format!("ac05099524730693a8b330c5ecf72da{trade_no}")),
+        ("notify_type", "trade_status_sync".into()),
+        ("out_trade_no", payment_no.into()),
+        ("total_amount", total.into()),
+        ("trade_status", "TRADE_SUCCESS".into()),
+        ("trade_no", trade_no.into()),
+        ("auth_app_id", app_id.into()),
+        ("receipt_amount", total.into()),
+        ("app_id", app_id.into()),
+    ]
+}
+
+async fn post_alipay(app: &TestApp, form: String) -> String {
+    app.http
+        .post(format!("{}/api/payment/alipay/callback", app.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn alipay_rsa2_notifications_are_verified_and_applied_once() {
+    let app = spawn_app().await;
+    let (counselor, _) = app.counselor("tina").await;
+    let (_, token, _) = app.user("alice").await;
+    let order = app.order(&token, counselor, 30).await;
+    let (payment, payment_no, _) = app.payment(&token, order, "alipay").await;
+    let key = &app.alipay_key;
+    let (other_key, _) = rsa_key();
+    let before = app.events_in_log().await;
+
+    let good = alipay_params(&payment_no, "2026112222001", "150.00", ALIPAY_APP);
+    assert_eq!(post_alipay(&app, alipay_form(&good, &other_key)).await, "fail", "forged");
+    let altered = alipay_form(&good, key).replace("150.00", "1.00");
+    assert_eq!(post_alipay(&app, altered).await, "fail", "altered body");
+    let cheap = alipay_params(&payment_no, "2026112222002", "1.00", ALIPAY_APP);
+    assert_eq!(post_alipay(&app, alipay_form(&cheap, key)).await, "fail", "wrong amount");
+    let unknown = alipay_params("PAY-NOPE", "2026112222003", "150.00", ALIPAY_APP);
+    assert_eq!(post_alipay(&app, alipay_form(&unknown, key)).await, "fail", "unknown order");
+    let other_app = alipay_params(&payment_no, "2026112222004", "150.00", "2021999999999999");
+    assert_eq!(post_alipay(&app, alipay_form(&other_app, key)).await, "fail", "other app_id");
+    let unsigned = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(good.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    assert_eq!(post_alipay(&app, unsigned).await, "fail", "unsigned");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(app.events_in_log().await, before);
+    assert_eq!(app.payment_status(payment).await, 0);
+
+    assert_eq!(post_alipay(&app, alipay_form(&good, key)).await, "success");
+    app.wait_order_status(&token, order, 1).await;
+    let after = app.events_in_log().await;
+    assert_eq!(post_alipay(&app, alipay_form(&good, key)).await, "success", "duplicate");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.events_in_log().await, after, "a duplicate notification adds no event");
+    let r = app.get(&format!("/api/payment/{payment}"), &token).await;
+    assert_eq!(r.data()["transaction_id"], json!("2026112222001"));
+}
