@@ -813,3 +813,291 @@ async fn alipay_rsa2_notifications_are_verified_and_applied_once() {
     let r = app.get(&format!("/api/payment/{payment}"), &token).await;
     assert_eq!(r.data()["transaction_id"], json!("2026112222001"));
 }
+
+#[tokio::test]
+async fn chat_billing_reviews_and_notifications() {
+    let app = spawn_app().await;
+    let (counselor, counselor_token) = app.counselor("tina").await;
+    let (_, token, _) = app.user("alice").await;
+    let (_, other, _) = app.user("mallory").await;
+    let order = app.paid_order(&token, counselor).await;
+
+    // chat: the user starts, sends over HTTP, reads history with sender, ends (billed)
+    let r = app.post(&format!("/api/chat/start/{order}"), &token, json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let session = r.data()["session_id"].as_i64().unwrap();
+    let r = app.get(&format!("/api/chat/order/{order}/session"), &token).await;
+    assert_eq!(r.data()["session_id"], json!(session));
+    let r = app
+        .post(&format!("/api/chat/session/{session}/message"), &token, json!({"content": "你好", "sender_type": "user", "content_type": "text"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = app.get(&format!("/api/chat/messages/{session}?page=1&page_size=100"), &counselor_token).await;
+    assert_eq!(r.data()["messages"][0]["sender"]["username"], json!("alice"));
+    assert_eq!(r.data()["messages"][0]["session"]["counselor"]["name"], json!("tina 老师"));
+    let r = app.get("/api/chat/sessions", &counselor_token).await;
+    assert_eq!(r.data()["total"], json!(1));
+    assert_eq!(r.data()["sessions"][0]["status"], json!(1));
+    let r = app.post(&format!("/api/chat/end/{session}"), &token, json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    app.wait_order_status(&token, order, 2).await;
+    let r = app.get("/api/chat/billings", &token).await;
+    assert_eq!(r.data()["total"], json!(1));
+    assert_eq!(r.data()["billings"][0]["total_amount"], json!(5.0));
+    let r = app.get("/api/chat/counselor/billings", &counselor_token).await;
+    assert_eq!(r.data()["billings"][0]["counselor_fee"], json!(3.5));
+    let r = app.get("/api/chat/counselor/account", &counselor_token).await;
+    assert_eq!(r.data()["balance"], json!(3.5));
+
+    // review: one per completed order
+    let r = app
+        .post("/api/counselor/review", &token, json!({"counselor_id": counselor, "order_id": order, "rating": 5, "comment": "很有帮助", "is_anonymous": false}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut reviews = json!(null);
+    for _ in 0..100 {
+        reviews = app.send("GET", &format!("/api/counselor/{counselor}/reviews"), None, None).await.body;
+        if reviews["data"]["total"] == json!(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(reviews["data"]["reviews"][0]["user"]["username"], json!("alice"));
+    assert_eq!(reviews["data"]["reviews"][0]["comment"], json!("很有帮助"));
+    let r = app.send("GET", &format!("/api/counselor/{counselor}"), None, None).await;
+    assert_eq!(r.data()["review_count"], json!(1));
+    assert_eq!(r.data()["service_count"], json!(1));
+    let r = app.get(&format!("/api/order/{order}"), &token).await;
+    assert_eq!(r.data()["has_review"], json!(true));
+
+    // notifications from events: paid, session started (both), session ended, earnings
+    let mut list = json!(null);
+    for _ in 0..100 {
+        list = app.get("/api/notification/list", &token).await.body;
+        if list["data"]["total"].as_i64() >= Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let titles: Vec<&str> = list["data"]["notifications"].as_array().unwrap().iter().map(|n| n["title"].as_str().unwrap()).collect();
+    assert!(titles.contains(&"订单已支付") && titles.contains(&"咨询已开始") && titles.contains(&"咨询已结束"), "{titles:?}");
+    assert_eq!(list["data"]["unread_count"], json!(3));
+    let first = list["data"]["notifications"][0]["id"].as_i64().unwrap();
+    let second = list["data"]["notifications"][1]["id"].as_i64().unwrap();
+    assert_eq!(app.post(&format!("/api/notification/{first}/read"), &token, json!({})).await.status, 200);
+    let r = app.get("/api/notification/list?is_read=true", &token).await;
+    assert_eq!((r.data()["total"].clone(), r.data()["unread_count"].clone()), (json!(1), json!(2)));
+    assert_eq!(app.send("DELETE", &format!("/api/notification/{second}"), Some(&token), None).await.status, 200);
+    assert_eq!(app.post("/api/notification/read-all", &token, json!({})).await.status, 200);
+    let r = app.get("/api/notification/list", &token).await;
+    assert_eq!((r.data()["total"].clone(), r.data()["unread_count"].clone()), (json!(2), json!(0)));
+    let counselor_notes = app.get("/api/notification/list?type=chat", &counselor_token).await;
+    assert!(counselor_notes.data()["total"].as_i64().unwrap() >= 1);
+
+    let other_order = app.paid_order(&token, counselor).await;
+    let t = Some(token.as_str());
+    let o = Some(other.as_str());
+    assert_refusals(
+        &app,
+        vec![
+            ("POST", format!("/api/chat/start/{other_order}"), o, None, 403, "participant"),
+            ("POST", "/api/chat/start/99999".into(), t, None, 404, "order"),
+            ("GET", format!("/api/chat/order/{order}/session"), o, None, 403, "participant"),
+            ("GET", format!("/api/chat/order/{other_order}/session"), t, None, 404, "session"),
+            ("POST", format!("/api/chat/session/{session}/message"), t, Some(json!({"content": "late"})), 403, "ended"),
+            ("POST", format!("/api/chat/session/{session}/message"), o, Some(json!({"content": "hi"})), 403, "participant"),
+            ("POST", format!("/api/chat/session/{session}/message"), t, Some(json!({})), 400, "content"),
+            ("GET", format!("/api/chat/messages/{session}"), o, None, 403, "participant"),
+            ("GET", format!("/api/chat/messages/{session}?page_size=500"), t, None, 400, "page_size"),
+            ("POST", format!("/api/chat/end/{session}"), o, None, 403, "participant"),
+            ("GET", "/api/chat/sessions?status=7".into(), t, None, 400, "status"),
+            ("GET", "/api/chat/billings?page=-1".into(), t, None, 400, "page"),
+            ("GET", "/api/chat/counselor/billings".into(), t, None, 403, "not a counselor"),
+            ("GET", "/api/chat/counselor/account".into(), t, None, 403, "not a counselor"),
+            ("POST", "/api/chat/counselor/withdraw".into(), t, Some(json!({"amount": 1, "bank_name": "b", "bank_account": "1", "account_name": "a"})), 403, "not a counselor"),
+            ("POST", "/api/chat/counselor/withdraw".into(), Some(&counselor_token), Some(json!({"amount": 1000, "bank_name": "b", "bank_account": "1", "account_name": "a"})), 400, "balance"),
+            ("POST", "/api/chat/counselor/withdraw".into(), Some(&counselor_token), Some(json!({"amount": 1, "bank_account": "1", "account_name": "a"})), 400, "bank_name"),
+            ("GET", "/api/chat/counselor/withdraws".into(), t, None, 403, "not a counselor"),
+            ("POST", "/api/counselor/review".into(), t, Some(json!({"order_id": order, "rating": 4, "comment": "again"})), 400, "already reviewed"),
+            ("POST", "/api/counselor/review".into(), t, Some(json!({"order_id": other_order, "rating": 4, "comment": "early"})), 400, "completed"),
+            ("POST", "/api/counselor/review".into(), o, Some(json!({"order_id": order, "rating": 4, "comment": "not mine"})), 403, "not your order"),
+            ("POST", "/api/counselor/review".into(), t, Some(json!({"order_id": order, "rating": 6, "comment": "x"})), 400, "rating"),
+            ("POST", "/api/counselor/review".into(), t, Some(json!({"order_id": order, "rating": 5, "comment": "  "})), 400, "comment"),
+            ("POST", "/api/counselor/review".into(), t, Some(json!({"order_id": order, "counselor_id": 999, "rating": 5, "comment": "x"})), 400, "counselor_id"),
+            ("GET", "/api/counselor/999/reviews".into(), None, None, 404, "counselor"),
+            ("POST", format!("/api/notification/{first}/read"), o, None, 403, "not your notification"),
+            ("DELETE", format!("/api/notification/{first}"), o, None, 403, "not your notification"),
+            ("DELETE", format!("/api/notification/{second}"), t, None, 404, "notification"),
+            ("GET", "/api/notification/list?type=spam".into(), t, None, 400, "type"),
+        ],
+    )
+    .await;
+    // a withdrawal within the balance works
+    let r = app
+        .post("/api/chat/counselor/withdraw", &counselor_token, json!({"amount": 3, "bank_name": "招商银行", "bank_account": "6225", "account_name": "Tina"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(app.get("/api/chat/counselor/withdraws", &counselor_token).await.data()["total"], json!(1));
+}
+
+/// A small valid PNG (1×1) and a JPEG header: enough for content sniffing.
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13, b'I', b'H', b'D', b'R', 0, 0, 0, 1,
+    0, 0, 0, 1, 8, 6, 0, 0, 0, 0x1F, 0x15, 0xC4, 0x89, 0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE,
+    0x42, 0x60, 0x82,
+];
+
+async fn upload(app: &TestApp, path: &str, token: &str, name: &str, bytes: &[u8], fields: &[(&str, &str)]) -> Reply {
+    let boundary = "XyZmychatBoundary";
+    let mut body = Vec::new();
+    for (k, v) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes());
+    }
+    if !name.is_empty() {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let res = app
+        .http
+        .post(format!("{}{path}", app.url))
+        .bearer_auth(token)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    Reply { status, body: res.json().await.unwrap_or(Value::Null) }
+}
+
+#[tokio::test]
+async fn files_avatars_and_counselor_applications() {
+    let app = spawn_app().await;
+    let (_, token, _) = app.user("alice").await;
+    let (_, other, _) = app.user("mallory").await;
+    let (admin_id, admin, _) = app.user("root").await;
+    sqlx::query("UPDATE users SET is_admin = TRUE WHERE id = $1").bind(admin_id).execute(&app.pool).await.unwrap();
+
+    // general upload, get, served back, delete
+    let r = upload(&app, "/api/upload", &token, "../../etc/passwd.png", PNG, &[("file_type", "image"), ("relation_type", "chat")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let file_id = r.data()["id"].as_i64().unwrap();
+    let url = r.data()["file_url"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&format!("{}/uploads/image/", app.url)), "{url}");
+    assert_eq!(r.data()["mime_type"], json!("image/png"));
+    let served = app.http.get(&url).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.bytes().await.unwrap().as_ref(), PNG);
+    let r = app.get(&format!("/api/file/{file_id}"), &token).await;
+    assert_eq!(r.data()["original_name"], json!("../../etc/passwd.png"));
+    assert!(app.upload_dir.path().join(r.data()["file_path"].as_str().unwrap()).exists());
+    assert_eq!(app.get(&format!("/api/file/{file_id}"), &other).await.status, 403);
+    assert_eq!(app.send("DELETE", &format!("/api/file/{file_id}"), Some(&other), None).await.status, 403);
+    assert_eq!(app.send("DELETE", &format!("/api/file/{file_id}"), Some(&token), None).await.status, 200);
+    assert_eq!(app.get(&format!("/api/file/{file_id}"), &token).await.status, 404);
+    assert_eq!(app.http.get(&url).send().await.unwrap().status(), 404);
+
+    // avatar: sets the user's avatar
+    let r = upload(&app, "/api/upload/avatar", &token, "me.png", PNG, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let avatar = r.data()["url"].clone();
+    assert_eq!(app.get("/api/user/info", &token).await.data()["avatar"], avatar);
+
+    // upload refusals: type by content, size limits, fields
+    let script = b"#!/bin/sh\nrm -rf /\n";
+    let r = upload(&app, "/api/upload/avatar", &token, "evil.png", script, &[]).await;
+    assert_eq!((r.status, r.body["msg"].as_str().unwrap().contains("file")), (400, true), "{}", r.body);
+    let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
+    let r = upload(&app, "/api/upload/avatar", &token, "a.gif", gif, &[]).await;
+    assert_eq!(r.status, 400, "a GIF is not a JPEG/PNG avatar");
+    let mut big = PNG.to_vec();
+    big.resize(2 * 1024 * 1024 + 10, 0);
+    let r = upload(&app, "/api/upload/avatar", &token, "big.png", &big, &[]).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["msg"].as_str().unwrap().contains("2 MB"));
+    let r = upload(&app, "/api/upload", &token, "", PNG, &[]).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body["msg"].as_str().unwrap().contains("file"));
+    let r = upload(&app, "/api/upload", &token, "a.png", PNG, &[("file_type", "weapon")]).await;
+    assert!(r.status == 400 && r.body["msg"].as_str().unwrap().contains("file_type"), "{}", r.body);
+    let r = upload(&app, "/api/upload", &token, "a.png", PNG, &[("relation_id", "x")]).await;
+    assert!(r.status == 400 && r.body["msg"].as_str().unwrap().contains("relation_id"), "{}", r.body);
+    let mut huge = PNG.to_vec();
+    huge.resize(10 * 1024 * 1024 + 10, 0);
+    assert_eq!(upload(&app, "/api/upload", &token, "h.png", &huge, &[]).await.status, 400);
+    let r = upload(&app, "/api/counselor/upload-certificate", &token, "c.png", PNG, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let certificate = r.data()["url"].as_str().unwrap().to_string();
+
+    // applications: apply, my application, admin list and review
+    let application = json!({
+        "name": "Alice", "gender": "女", "phone": "13800138000", "email": "alice@example.com",
+        "title": "国家二级心理咨询师", "years_exp": 5, "bio": "…", "specialty": "情感咨询,焦虑抑郁",
+        "certificate_img1": certificate, "certificate_img2": "", "certificate_img3": ""
+    });
+    assert_eq!(app.get("/api/counselor/my-application", &token).await.data(), &json!(null));
+    let r = app.post("/api/counselor/application", &token, application.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let app_id = r.data()["id"].as_i64().unwrap();
+    assert_eq!(app.post("/api/counselor/application", &token, application.clone()).await.status, 403);
+    assert_eq!(app.get("/api/counselor/my-application", &token).await.data()["status"], json!(0));
+    let r = app.get("/api/counselor/applications?status=0", &admin).await;
+    assert_eq!((r.data()["total"].clone(), r.data()["page"].clone()), (json!(1), json!(1)));
+    let r = app.send("PUT", &format!("/api/counselor/application/{app_id}/review"), Some(&admin), Some(json!({"status": 1}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let counselor_id = r.data()["counselor_id"].as_i64().unwrap();
+    let r = app.send("GET", &format!("/api/counselor/{counselor_id}"), None, None).await;
+    assert_eq!((r.data()["name"].clone(), r.data()["price"].clone()), (json!("Alice"), json!(5.0)));
+    assert_eq!(app.get("/api/chat/counselor/account", &token).await.status, 200, "alice is a counselor now");
+    let r = app.get("/api/notification/list?type=system", &token).await;
+    assert_eq!(r.data()["notifications"][0]["title"], json!("咨询师申请已通过"));
+    assert_eq!(app.post("/api/counselor/application", &token, application.clone()).await.status, 403);
+
+    // a rejected applicant may apply again
+    let r = app.post("/api/counselor/application", &other, application.clone()).await;
+    let other_app = r.data()["id"].as_i64().unwrap();
+    let r = app.send("PUT", &format!("/api/counselor/application/{other_app}/review"), Some(&admin), Some(json!({"status": 2, "reject_reason": "证书不清晰"}))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(app.post("/api/counselor/application", &other, application.clone()).await.status, 200);
+
+    let t = Some(token.as_str());
+    let o = Some(other.as_str());
+    let a = Some(admin.as_str());
+    let with = |k: &str, v: Value| {
+        let mut b = application.clone();
+        b[k] = v;
+        Some(b)
+    };
+    assert_refusals(
+        &app,
+        vec![
+            ("POST", "/api/counselor/application".into(), a, with("name", json!("")), 400, "name"),
+            ("POST", "/api/counselor/application".into(), a, with("phone", json!("123")), 400, "phone"),
+            ("POST", "/api/counselor/application".into(), a, with("email", json!("bad")), 400, "email"),
+            ("POST", "/api/counselor/application".into(), a, with("title", json!("")), 400, "title"),
+            ("POST", "/api/counselor/application".into(), a, with("specialty", json!("")), 400, "specialty"),
+            ("POST", "/api/counselor/application".into(), a, with("years_exp", json!(-1)), 400, "years_exp"),
+            ("POST", "/api/counselor/application".into(), a, with("years_exp", json!("five")), 400, "years_exp"),
+            ("POST", "/api/counselor/application".into(), a, with("gender", json!("x")), 400, "gender"),
+            ("POST", "/api/counselor/application".into(), a, with("certificate_img1", json!("")), 400, "certificate"),
+            ("POST", "/api/counselor/application".into(), t, Some(application.clone()), 403, "already a counselor"),
+            ("POST", "/api/counselor/application".into(), None, Some(application.clone()), 401, "token"),
+            ("GET", "/api/counselor/my-application".into(), None, None, 401, "token"),
+            ("GET", "/api/counselor/applications".into(), o, None, 403, "administrators only"),
+            ("GET", "/api/counselor/applications?status=5".into(), a, None, 400, "status"),
+            ("PUT", format!("/api/counselor/application/{app_id}/review"), o, Some(json!({"status": 1})), 403, "administrators only"),
+            ("PUT", format!("/api/counselor/application/{app_id}/review"), a, Some(json!({"status": 1})), 400, "not pending"),
+            ("PUT", format!("/api/counselor/application/{other_app}/review"), a, Some(json!({"status": 3})), 400, "status"),
+            ("PUT", format!("/api/counselor/application/{other_app}/review"), a, Some(json!({"status": 2})), 400, "reject_reason"),
+            ("PUT", "/api/counselor/application/99999/review".into(), a, Some(json!({"status": 1})), 404, "application"),
+            ("GET", "/api/file/99999".into(), t, None, 404, "file"),
+            ("DELETE", "/api/file/99999".into(), t, None, 404, "file"),
+            ("POST", "/api/upload".into(), None, None, 401, "token"),
+        ],
+    )
+    .await;
+}
