@@ -78,7 +78,9 @@ async fn spawn_app_with(limits: LoginLimits) -> TestApp {
     MIGRATOR.run(&pool).await.unwrap();
     let client = nats.connect().await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    ensure_streams(&js, &StreamSettings::default()).await.unwrap();
+    ensure_streams(&js, &StreamSettings::default())
+        .await
+        .unwrap();
     let bus = CommandBus::new(js.clone(), Upcasters::default());
     let stop = CancellationToken::new();
     let mut all = projections::read_models();
@@ -103,7 +105,10 @@ async fn spawn_app_with(limits: LoginLimits) -> TestApp {
         db: pool.clone(),
         bus,
         nats: client,
-        jwt: Arc::new(api::JwtKeys::new(b"test-secret-test-secret-test-secret!", 3600)),
+        jwt: Arc::new(api::JwtKeys::new(
+            b"test-secret-test-secret-test-secret!",
+            3600,
+        )),
         watch,
         settings: Arc::new(api::ApiSettings {
             public_url: url.clone(),
@@ -165,7 +170,13 @@ impl Reply {
 }
 
 impl TestApp {
-    async fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = self
             .http
             .request(method.parse().unwrap(), format!("{}{path}", self.url));
@@ -193,11 +204,21 @@ impl TestApp {
     /// Registers and logs in `name`; returns (user id, token, refresh token).
     async fn user(&self, name: &str) -> (i64, String, String) {
         let r = self
-            .send("POST", "/api/register", None, Some(json!({"username": name, "password": "secret123"})))
+            .send(
+                "POST",
+                "/api/register",
+                None,
+                Some(json!({"username": name, "password": "secret123"})),
+            )
             .await;
         assert_eq!(r.status, 200, "register {name}: {}", r.body);
         let r = self
-            .send("POST", "/api/login", None, Some(json!({"username": name, "password": "secret123"})))
+            .send(
+                "POST",
+                "/api/login",
+                None,
+                Some(json!({"username": name, "password": "secret123"})),
+            )
             .await;
         assert_eq!(r.status, 200, "login {name}: {}", r.body);
         (
@@ -293,7 +314,14 @@ impl TestApp {
 
 /// One row of a refusal table: method, path, token, body, expected status, text the message
 /// must contain (the field or the problem).
-type Refusal<'a> = (&'a str, String, Option<&'a str>, Option<Value>, u16, &'a str);
+type Refusal<'a> = (
+    &'a str,
+    String,
+    Option<&'a str>,
+    Option<Value>,
+    u16,
+    &'a str,
+);
 
 async fn assert_refusals(app: &TestApp, table: Vec<Refusal<'_>>) {
     let before = app.events_in_log().await;
@@ -304,7 +332,12 @@ async fn assert_refusals(app: &TestApp, table: Vec<Refusal<'_>>) {
             "{method} {path} {body:?}: expected {status}, got {} {}",
             r.status, r.body
         );
-        assert_eq!(r.body["code"].as_u64(), Some(u64::from(status)), "{method} {path}: {}", r.body);
+        assert_eq!(
+            r.body["code"].as_u64(),
+            Some(u64::from(status)),
+            "{method} {path}: {}",
+            r.body
+        );
         let msg = r.body["msg"].as_str().unwrap_or_default();
         assert!(
             msg.contains(needle),
@@ -312,7 +345,11 @@ async fn assert_refusals(app: &TestApp, table: Vec<Refusal<'_>>) {
         );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(app.events_in_log().await, before, "a refused request changed the log");
+    assert_eq!(
+        app.events_in_log().await,
+        before,
+        "a refused request changed the log"
+    );
 }
 
 #[tokio::test]
@@ -329,63 +366,150 @@ async fn accounts_refresh_rotation_revocation_and_login_limits() {
     assert_eq!(info.data()["user_id"], json!(uid));
     assert_eq!(info.data()["balance"], json!(0.0));
     let r = app
-        .send("PUT", "/api/user/profile", Some(&token), Some(json!({"email": "a@example.com", "phone": "13800138000"})))
+        .send(
+            "PUT",
+            "/api/user/profile",
+            Some(&token),
+            Some(json!({"email": "a@example.com", "phone": "13800138000"})),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let info = app.get("/api/user/info", &token).await;
     assert_eq!(info.data()["phone"], json!("13800138000"));
 
     // refresh rotates: the new refresh works once, the old one is refused and revokes its family
-    let r = app.send("POST", "/api/token/refresh", None, Some(json!({"refresh_token": refresh}))).await;
+    let r = app
+        .send(
+            "POST",
+            "/api/token/refresh",
+            None,
+            Some(json!({"refresh_token": refresh})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let refresh2 = r.data()["refresh_token"].as_str().unwrap().to_string();
     let token2 = r.data()["token"].as_str().unwrap().to_string();
     assert_eq!(app.get("/api/user/info", &token2).await.status, 200);
-    let r = app.send("POST", "/api/token/refresh", None, Some(json!({"refresh_token": refresh}))).await;
+    let r = app
+        .send(
+            "POST",
+            "/api/token/refresh",
+            None,
+            Some(json!({"refresh_token": refresh})),
+        )
+        .await;
     assert_eq!(r.status, 401, "a rotated refresh token is refused");
-    let r = app.send("POST", "/api/token/refresh", None, Some(json!({"token": refresh2}))).await;
+    let r = app
+        .send(
+            "POST",
+            "/api/token/refresh",
+            None,
+            Some(json!({"token": refresh2})),
+        )
+        .await;
     assert_eq!(r.status, 401, "re-use revoked the whole family: {}", r.body);
 
     // password change revokes every earlier token and returns a fresh pair
     let (_, bob, bob_refresh) = app.user("bob").await;
-    let r = app.post("/api/user/password", &bob, json!({"old_password": "secret123", "new_password": "newsecret"})).await;
+    let r = app
+        .post(
+            "/api/user/password",
+            &bob,
+            json!({"old_password": "secret123", "new_password": "newsecret"}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let bob_new = r.data()["token"].as_str().unwrap().to_string();
     assert_eq!(app.get("/api/user/info", &bob).await.status, 401);
     assert_eq!(app.get("/api/user/info", &bob_new).await.status, 200);
-    let r = app.send("POST", "/api/token/refresh", None, Some(json!({"refresh_token": bob_refresh}))).await;
+    let r = app
+        .send(
+            "POST",
+            "/api/token/refresh",
+            None,
+            Some(json!({"refresh_token": bob_refresh})),
+        )
+        .await;
     assert_eq!(r.status, 401);
-    let r = app.send("POST", "/api/login", None, Some(json!({"username": "bob", "password": "newsecret"}))).await;
+    let r = app
+        .send(
+            "POST",
+            "/api/login",
+            None,
+            Some(json!({"username": "bob", "password": "newsecret"})),
+        )
+        .await;
     assert_eq!(r.status, 200);
 
     // logout revokes the access token and the refresh tokens
     let (_, carol, carol_refresh) = app.user("carol").await;
     assert_eq!(app.post("/api/logout", &carol, json!({})).await.status, 200);
     assert_eq!(app.get("/api/user/info", &carol).await.status, 401);
-    let r = app.send("POST", "/api/token/refresh", None, Some(json!({"refresh_token": carol_refresh}))).await;
+    let r = app
+        .send(
+            "POST",
+            "/api/token/refresh",
+            None,
+            Some(json!({"refresh_token": carol_refresh})),
+        )
+        .await;
     assert_eq!(r.status, 401);
 
     // a disabled user is refused at login and with an existing token
     let (dave_id, dave, _) = app.user("dave").await;
-    sqlx::query("UPDATE users SET status = 0 WHERE id = $1").bind(dave_id).execute(&app.pool).await.unwrap();
+    sqlx::query("UPDATE users SET status = 0 WHERE id = $1")
+        .bind(dave_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(app.get("/api/user/info", &dave).await.status, 403);
-    let r = app.send("POST", "/api/login", None, Some(json!({"username": "dave", "password": "secret123"}))).await;
+    let r = app
+        .send(
+            "POST",
+            "/api/login",
+            None,
+            Some(json!({"username": "dave", "password": "secret123"})),
+        )
+        .await;
     assert_eq!(r.status, 403);
 
     // login is rate-limited per account (3 a minute here; alice used 1)
     app.user("erin").await;
     let mut codes = Vec::new();
     for _ in 0..3 {
-        let r = app.send("POST", "/api/login", None, Some(json!({"username": "erin", "password": "wrong"}))).await;
+        let r = app
+            .send(
+                "POST",
+                "/api/login",
+                None,
+                Some(json!({"username": "erin", "password": "wrong"})),
+            )
+            .await;
         codes.push(r.status);
     }
-    assert_eq!(codes, vec![401, 401, 429], "the 4th attempt in a minute is refused");
-    let r = app.send("POST", "/api/login", None, Some(json!({"username": "erin", "password": "secret123"}))).await;
+    assert_eq!(
+        codes,
+        vec![401, 401, 429],
+        "the 4th attempt in a minute is refused"
+    );
+    let r = app
+        .send(
+            "POST",
+            "/api/login",
+            None,
+            Some(json!({"username": "erin", "password": "secret123"})),
+        )
+        .await;
     assert_eq!(r.status, 429, "even with the right password");
-    assert!(r.body["msg"].as_str().unwrap().contains("too many login attempts"));
+    assert!(r.body["msg"]
+        .as_str()
+        .unwrap()
+        .contains("too many login attempts"));
 
     // transactions list (empty here) and its refusals
-    let r = app.get("/api/user/transactions?page=1&page_size=20", &token2).await;
+    let r = app
+        .get("/api/user/transactions?page=1&page_size=20", &token2)
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.data()["total"], json!(0));
 
@@ -398,33 +522,215 @@ async fn accounts_refresh_rotation_revocation_and_login_limits() {
     assert_refusals(
         &app,
         vec![
-            ("POST", "/api/register".into(), None, Some(json!({"username": "ab", "password": "secret123"})), 400, "username"),
-            ("POST", "/api/register".into(), None, Some(json!({"username": "alice", "password": "secret123"})), 400, "username"),
-            ("POST", "/api/register".into(), None, Some(json!({"username": "frank", "password": "123"})), 400, "password"),
-            ("POST", "/api/register".into(), None, Some(json!({"username": "frank", "password": "secret123", "email": "nope"})), 400, "email"),
-            ("POST", "/api/register".into(), None, Some(json!({"username": 5, "password": "secret123"})), 400, "username"),
-            ("POST", "/api/login".into(), None, Some(json!({"username": "alice"})), 400, "password"),
-            ("POST", "/api/login".into(), None, Some(json!({"username": "nobody", "password": "secret123"})), 401, "wrong"),
-            ("POST", "/api/token/refresh".into(), None, Some(json!({})), 400, "refresh_token"),
-            ("POST", "/api/token/refresh".into(), None, Some(json!({"refresh_token": "rt_forged"})), 401, "invalid"),
+            (
+                "POST",
+                "/api/register".into(),
+                None,
+                Some(json!({"username": "ab", "password": "secret123"})),
+                400,
+                "username",
+            ),
+            (
+                "POST",
+                "/api/register".into(),
+                None,
+                Some(json!({"username": "alice", "password": "secret123"})),
+                400,
+                "username",
+            ),
+            (
+                "POST",
+                "/api/register".into(),
+                None,
+                Some(json!({"username": "frank", "password": "123"})),
+                400,
+                "password",
+            ),
+            (
+                "POST",
+                "/api/register".into(),
+                None,
+                Some(json!({"username": "frank", "password": "secret123", "email": "nope"})),
+                400,
+                "email",
+            ),
+            (
+                "POST",
+                "/api/register".into(),
+                None,
+                Some(json!({"username": 5, "password": "secret123"})),
+                400,
+                "username",
+            ),
+            (
+                "POST",
+                "/api/login".into(),
+                None,
+                Some(json!({"username": "alice"})),
+                400,
+                "password",
+            ),
+            (
+                "POST",
+                "/api/login".into(),
+                None,
+                Some(json!({"username": "nobody", "password": "secret123"})),
+                401,
+                "wrong",
+            ),
+            (
+                "POST",
+                "/api/token/refresh".into(),
+                None,
+                Some(json!({})),
+                400,
+                "refresh_token",
+            ),
+            (
+                "POST",
+                "/api/token/refresh".into(),
+                None,
+                Some(json!({"refresh_token": "rt_forged"})),
+                401,
+                "invalid",
+            ),
             ("POST", "/api/logout".into(), None, None, 401, "token"),
-            ("GET", "/api/user/info".into(), None, None, 401, "missing bearer token"),
-            ("GET", "/api/user/info".into(), Some(&tampered), None, 401, "invalid token"),
-            ("GET", "/api/user/info".into(), Some(&expired), None, 401, "invalid token"),
-            ("PUT", "/api/user/profile".into(), t, Some(json!({})), 400, "nothing to update"),
-            ("PUT", "/api/user/profile".into(), t, Some(json!({"email": "x@"})), 400, "email"),
-            ("PUT", "/api/user/profile".into(), t, Some(json!({"phone": "12345"})), 400, "phone"),
-            ("POST", "/api/user/password".into(), t, Some(json!({"old_password": "bad", "new_password": "secret456"})), 400, "old_password"),
-            ("POST", "/api/user/password".into(), t, Some(json!({"old_password": "secret123", "new_password": "1"})), 400, "new_password"),
-            ("POST", "/api/user/recharge".into(), t, Some(json!({"amount": 0})), 400, "amount"),
-            ("POST", "/api/user/recharge".into(), t, Some(json!({"amount": 1.234})), 400, "amount"),
-            ("POST", "/api/user/recharge".into(), t, Some(json!({"amount": "ten"})), 400, "amount"),
-            ("POST", "/api/user/recharge".into(), t, Some(json!({"amount": 10, "payment_method": "cash"})), 400, "payment_method"),
-            ("GET", "/api/user/transactions?page_size=101".into(), t, None, 400, "page_size"),
-            ("GET", "/api/user/transactions?type=gift".into(), t, None, 400, "type"),
-            ("GET", "/api/counselor/list?sort_by=age".into(), None, None, 400, "sort_by"),
-            ("GET", "/api/counselor/list?page=0".into(), None, None, 400, "page"),
-            ("GET", "/api/counselor/999".into(), None, None, 404, "counselor"),
+            (
+                "GET",
+                "/api/user/info".into(),
+                None,
+                None,
+                401,
+                "missing bearer token",
+            ),
+            (
+                "GET",
+                "/api/user/info".into(),
+                Some(&tampered),
+                None,
+                401,
+                "invalid token",
+            ),
+            (
+                "GET",
+                "/api/user/info".into(),
+                Some(&expired),
+                None,
+                401,
+                "invalid token",
+            ),
+            (
+                "PUT",
+                "/api/user/profile".into(),
+                t,
+                Some(json!({})),
+                400,
+                "nothing to update",
+            ),
+            (
+                "PUT",
+                "/api/user/profile".into(),
+                t,
+                Some(json!({"email": "x@"})),
+                400,
+                "email",
+            ),
+            (
+                "PUT",
+                "/api/user/profile".into(),
+                t,
+                Some(json!({"phone": "12345"})),
+                400,
+                "phone",
+            ),
+            (
+                "POST",
+                "/api/user/password".into(),
+                t,
+                Some(json!({"old_password": "bad", "new_password": "secret456"})),
+                400,
+                "old_password",
+            ),
+            (
+                "POST",
+                "/api/user/password".into(),
+                t,
+                Some(json!({"old_password": "secret123", "new_password": "1"})),
+                400,
+                "new_password",
+            ),
+            (
+                "POST",
+                "/api/user/recharge".into(),
+                t,
+                Some(json!({"amount": 0})),
+                400,
+                "amount",
+            ),
+            (
+                "POST",
+                "/api/user/recharge".into(),
+                t,
+                Some(json!({"amount": 1.234})),
+                400,
+                "amount",
+            ),
+            (
+                "POST",
+                "/api/user/recharge".into(),
+                t,
+                Some(json!({"amount": "ten"})),
+                400,
+                "amount",
+            ),
+            (
+                "POST",
+                "/api/user/recharge".into(),
+                t,
+                Some(json!({"amount": 10, "payment_method": "cash"})),
+                400,
+                "payment_method",
+            ),
+            (
+                "GET",
+                "/api/user/transactions?page_size=101".into(),
+                t,
+                None,
+                400,
+                "page_size",
+            ),
+            (
+                "GET",
+                "/api/user/transactions?type=gift".into(),
+                t,
+                None,
+                400,
+                "type",
+            ),
+            (
+                "GET",
+                "/api/counselor/list?sort_by=age".into(),
+                None,
+                None,
+                400,
+                "sort_by",
+            ),
+            (
+                "GET",
+                "/api/counselor/list?page=0".into(),
+                None,
+                None,
+                400,
+                "page",
+            ),
+            (
+                "GET",
+                "/api/counselor/999".into(),
+                None,
+                None,
+                404,
+                "counselor",
+            ),
             ("GET", "/api/counselor/abc".into(), None, None, 400, ""),
         ],
     )
@@ -435,9 +741,15 @@ async fn accounts_refresh_rotation_revocation_and_login_limits() {
 async fn recharge_goes_through_a_payment_and_credits_the_wallet_once() {
     let app = spawn_app().await;
     let (_, token, _) = app.user("alice").await;
-    let r = app.post("/api/user/recharge", &token, json!({"amount": 100.5})).await;
+    let r = app
+        .post("/api/user/recharge", &token, json!({"amount": 100.5}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.data()["balance"], json!(0.0), "nothing is credited before the payment");
+    assert_eq!(
+        r.data()["balance"],
+        json!(0.0),
+        "nothing is credited before the payment"
+    );
     let pay_url = r.data()["pay_url"].as_str().unwrap().to_string();
     assert_eq!(app.http.get(&pay_url).send().await.unwrap().status(), 200);
     // opening the cashier again is a second provider transaction for a captured payment: refused
@@ -451,7 +763,9 @@ async fn recharge_goes_through_a_payment_and_credits_the_wallet_once() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(balance, json!(100.5));
-    let r = app.get("/api/user/transactions?type=recharge", &token).await;
+    let r = app
+        .get("/api/user/transactions?type=recharge", &token)
+        .await;
     assert_eq!(r.data()["total"], json!(1));
     assert_eq!(r.data()["transactions"][0]["amount"], json!(100.5));
     assert_eq!(r.data()["transactions"][0]["type"], json!("recharge"));
@@ -468,54 +782,118 @@ async fn orders_payments_cancel_and_refunds() {
     let (_, other, _) = app.user("mallory").await;
 
     // every schedule_time form of the contract
-    for form in ["2026-12-01T10:00:00+08:00", "2026-12-01T10:00:00", "2026-12-01 10:00:00", "2026-12-01"] {
+    for form in [
+        "2026-12-01T10:00:00+08:00",
+        "2026-12-01T10:00:00",
+        "2026-12-01 10:00:00",
+        "2026-12-01",
+    ] {
         let r = app
-            .post("/api/order/create", &token, json!({"counselor_id": counselor, "duration": 60, "schedule_time": form}))
+            .post(
+                "/api/order/create",
+                &token,
+                json!({"counselor_id": counselor, "duration": 60, "schedule_time": form}),
+            )
             .await;
         assert_eq!(r.status, 200, "{form}: {}", r.body);
         assert_eq!(r.data()["amount"], json!(300.0));
         assert!(r.data()["create_at"].is_string());
     }
-    let r = app.get("/api/order/list?status=0&page=1&page_size=10", &token).await;
+    let r = app
+        .get("/api/order/list?status=0&page=1&page_size=10", &token)
+        .await;
     assert_eq!(r.data()["total"], json!(4));
     let unpaid = r.data()["orders"][0]["id"].as_i64().unwrap();
 
     // validate and timeline
-    let r = app.get(&format!("/api/order/{unpaid}/validate"), &token).await;
-    assert_eq!((r.data()["can_pay"].clone(), r.data()["can_chat"].clone()), (json!(true), json!(false)));
+    let r = app
+        .get(&format!("/api/order/{unpaid}/validate"), &token)
+        .await;
+    assert_eq!(
+        (r.data()["can_pay"].clone(), r.data()["can_chat"].clone()),
+        (json!(true), json!(false))
+    );
 
     // cancel an unpaid order: status 3, nothing to refund
-    let r = app.post(&format!("/api/order/{unpaid}/cancel"), &token, json!({})).await;
+    let r = app
+        .post(&format!("/api/order/{unpaid}/cancel"), &token, json!({}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.data()["refund_amount"], json!(0.0));
     app.wait_order_status(&token, unpaid, 3).await;
-    let r = app.get(&format!("/api/order/{unpaid}/timeline"), &token).await;
-    let types: Vec<&str> = r.data()["timeline"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let r = app
+        .get(&format!("/api/order/{unpaid}/timeline"), &token)
+        .await;
+    let types: Vec<&str> = r.data()["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
     assert_eq!(types, vec!["OrderPlaced", "OrderCancelled"]);
 
     // cancel a paid order: the whole amount goes back to the payment, the order becomes 4
     let paid = app.paid_order(&token, counselor).await;
-    let payment_id = app.get(&format!("/api/order/{paid}"), &token).await.data()["payment_id"].as_i64().unwrap();
-    let r = app.post(&format!("/api/order/{paid}/cancel"), &token, json!({})).await;
+    let payment_id = app.get(&format!("/api/order/{paid}"), &token).await.data()["payment_id"]
+        .as_i64()
+        .unwrap();
+    let r = app
+        .post(&format!("/api/order/{paid}/cancel"), &token, json!({}))
+        .await;
     assert_eq!(r.data()["refund_amount"], json!(150.0));
     app.wait_order_status(&token, paid, 4).await;
     let r = app.get(&format!("/api/payment/{payment_id}"), &token).await;
     assert_eq!(r.data()["status"], json!(3));
     assert_eq!(r.data()["refunded_amount"], json!(150.0));
-    let r = app.get(&format!("/api/order/{paid}/timeline"), &token).await;
-    let types: Vec<&str> = r.data()["timeline"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(types, vec!["OrderPlaced", "OrderPaid", "OrderCancelled", "OrderRefunded"]);
+    let r = app
+        .get(&format!("/api/order/{paid}/timeline"), &token)
+        .await;
+    let types: Vec<&str> = r.data()["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            "OrderPlaced",
+            "OrderPaid",
+            "OrderCancelled",
+            "OrderRefunded"
+        ]
+    );
 
     // partial refunds up to the captured amount
     let paid2 = app.paid_order(&token, counselor).await;
-    let pay2 = app.get(&format!("/api/order/{paid2}"), &token).await.data()["payment_id"].as_i64().unwrap();
-    let r = app.post("/api/payment/refund", &token, json!({"payment_id": pay2, "refund_amount": 100, "refund_reason": "partial"})).await;
+    let pay2 = app.get(&format!("/api/order/{paid2}"), &token).await.data()["payment_id"]
+        .as_i64()
+        .unwrap();
+    let r = app
+        .post(
+            "/api/payment/refund",
+            &token,
+            json!({"payment_id": pay2, "refund_amount": 100, "refund_reason": "partial"}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.data()["total_refunded"], json!(100.0));
-    let r = app.post("/api/payment/refund", &token, json!({"payment_id": pay2, "refund_amount": 50.01})).await;
+    let r = app
+        .post(
+            "/api/payment/refund",
+            &token,
+            json!({"payment_id": pay2, "refund_amount": 50.01}),
+        )
+        .await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body["msg"].as_str().unwrap().contains("exceeds"));
-    let r = app.post("/api/payment/refund", &token, json!({"payment_id": pay2, "refund_amount": 50})).await;
+    let r = app
+        .post(
+            "/api/payment/refund",
+            &token,
+            json!({"payment_id": pay2, "refund_amount": 50}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.data()["total_refunded"], json!(150.0));
     app.wait_order_status(&token, paid2, 4).await;
@@ -523,16 +901,32 @@ async fn orders_payments_cancel_and_refunds() {
     // payment list and get
     let r = app.get("/api/payment/list?status=3", &token).await;
     assert_eq!(r.data()["total"], json!(2));
-    assert_eq!(app.get("/api/payment/list?payment_method=alipay", &token).await.data()["total"], json!(0));
+    assert_eq!(
+        app.get("/api/payment/list?payment_method=alipay", &token)
+            .await
+            .data()["total"],
+        json!(0)
+    );
 
     // the counselor's view and status change
-    let r = app.get("/api/counselor/orders?status=4", &counselor_token).await;
+    let r = app
+        .get("/api/counselor/orders?status=4", &counselor_token)
+        .await;
     assert_eq!(r.data()["total"], json!(2));
     let paid3 = app.paid_order(&token, counselor).await;
-    let r = app.send("PUT", &format!("/api/order/{paid3}/status"), Some(&counselor_token), Some(json!({"status": 2}))).await;
+    let r = app
+        .send(
+            "PUT",
+            &format!("/api/order/{paid3}/status"),
+            Some(&counselor_token),
+            Some(json!({"status": 2})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     app.wait_order_status(&token, paid3, 2).await;
-    let r = app.get(&format!("/api/order/{paid3}/validate"), &token).await;
+    let r = app
+        .get(&format!("/api/order/{paid3}/validate"), &token)
+        .await;
     assert_eq!(r.data()["can_review"], json!(true));
 
     let pending = app.order(&token, counselor, 30).await;
@@ -602,9 +996,10 @@ async fn idempotency_key_replays_the_first_response_and_refuses_another_body() {
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
     assert_eq!(first, again, "the repeat returns the first response");
-    let other = send(json!({"counselor_id": counselor, "duration": 60, "schedule_time": "2026-12-01"}))
-        .await
-        .unwrap();
+    let other =
+        send(json!({"counselor_id": counselor, "duration": 60, "schedule_time": "2026-12-01"}))
+            .await
+            .unwrap();
     assert_eq!(other.status(), 422);
     let r = app.get("/api/order/list", &token).await;
     assert_eq!(r.data()["total"], json!(1), "one order for one key");
@@ -636,7 +1031,13 @@ async fn idempotency_key_replays_the_first_response_and_refuses_another_body() {
 
 // ---- providers ----------------------------------------------------------------------------
 
-fn wechat_notification(app: &TestApp, payment_no: &str, txn: &str, total: i64, mchid: &str) -> Vec<u8> {
+fn wechat_notification(
+    app: &TestApp,
+    payment_no: &str,
+    txn: &str,
+    total: i64,
+    mchid: &str,
+) -> Vec<u8> {
     let transaction = json!({
         "mchid": mchid, "appid": APPID, "out_trade_no": payment_no, "transaction_id": txn,
         "trade_type": "NATIVE", "trade_state": "SUCCESS", "trade_state_desc": "支付成功",
@@ -648,7 +1049,13 @@ fn wechat_notification(app: &TestApp, payment_no: &str, txn: &str, total: i64, m
     let aad = "transaction";
     let cipher = Aes256Gcm::new_from_slice(WECHAT_KEY).unwrap();
     let ciphertext = cipher
-        .encrypt(Nonce::from_slice(nonce.as_bytes()), Payload { msg: transaction.to_string().as_bytes(), aad: aad.as_bytes() })
+        .encrypt(
+            Nonce::from_slice(nonce.as_bytes()),
+            Payload {
+                msg: transaction.to_string().as_bytes(),
+                aad: aad.as_bytes(),
+            },
+        )
         .unwrap();
     let _ = app;
     serde_json::to_vec(&json!({
@@ -660,7 +1067,14 @@ fn wechat_notification(app: &TestApp, payment_no: &str, txn: &str, total: i64, m
     .unwrap()
 }
 
-async fn post_wechat(app: &TestApp, body: &[u8], signed_body: &[u8], serial: &str, timestamp: i64, key: &SigningKey<Sha256>) -> u16 {
+async fn post_wechat(
+    app: &TestApp,
+    body: &[u8],
+    signed_body: &[u8],
+    serial: &str,
+    timestamp: i64,
+    key: &SigningKey<Sha256>,
+) -> u16 {
     let nonce = "5K8264ILTKCH16CQ2502SI8ZNMTM67VS";
     let mut message = format!("{timestamp}\n{nonce}\n").into_bytes();
     message.extend_from_slice(signed_body);
@@ -696,40 +1110,85 @@ async fn wechat_pay_v3_callbacks_are_verified_and_applied_once() {
     // forged signature (another key), altered body, wrong serial, stale timestamp, wrong amount,
     // unknown order, another merchant: all refused, nothing changes
     let good = wechat_notification(&app, &payment_no, "4200000001", 15_000, MCHID);
-    assert_eq!(post_wechat(&app, &good, &good, WECHAT_SERIAL, now, &other_key).await, 401, "forged signature");
+    assert_eq!(
+        post_wechat(&app, &good, &good, WECHAT_SERIAL, now, &other_key).await,
+        401,
+        "forged signature"
+    );
     let altered = wechat_notification(&app, &payment_no, "4200000009", 15_000, MCHID);
-    assert_eq!(post_wechat(&app, &altered, &good, WECHAT_SERIAL, now, key).await, 401, "altered body");
-    assert_eq!(post_wechat(&app, &good, &good, "0000", now, key).await, 401, "wrong serial");
-    assert_eq!(post_wechat(&app, &good, &good, WECHAT_SERIAL, now - 3600, key).await, 401, "stale");
+    assert_eq!(
+        post_wechat(&app, &altered, &good, WECHAT_SERIAL, now, key).await,
+        401,
+        "altered body"
+    );
+    assert_eq!(
+        post_wechat(&app, &good, &good, "0000", now, key).await,
+        401,
+        "wrong serial"
+    );
+    assert_eq!(
+        post_wechat(&app, &good, &good, WECHAT_SERIAL, now - 3600, key).await,
+        401,
+        "stale"
+    );
     let cheap = wechat_notification(&app, &payment_no, "4200000002", 1, MCHID);
-    assert_eq!(post_wechat(&app, &cheap, &cheap, WECHAT_SERIAL, now, key).await, 400, "wrong amount");
+    assert_eq!(
+        post_wechat(&app, &cheap, &cheap, WECHAT_SERIAL, now, key).await,
+        400,
+        "wrong amount"
+    );
     let unknown = wechat_notification(&app, "PAY-NOPE", "4200000003", 15_000, MCHID);
-    assert_eq!(post_wechat(&app, &unknown, &unknown, WECHAT_SERIAL, now, key).await, 404, "unknown order");
+    assert_eq!(
+        post_wechat(&app, &unknown, &unknown, WECHAT_SERIAL, now, key).await,
+        404,
+        "unknown order"
+    );
     let merchant = wechat_notification(&app, &payment_no, "4200000004", 15_000, "1900000999");
-    assert_eq!(post_wechat(&app, &merchant, &merchant, WECHAT_SERIAL, now, key).await, 401, "other merchant");
+    assert_eq!(
+        post_wechat(&app, &merchant, &merchant, WECHAT_SERIAL, now, key).await,
+        401,
+        "other merchant"
+    );
     let mut bad_cipher: Value = serde_json::from_slice(&good).unwrap();
     bad_cipher["resource"]["ciphertext"] = json!(B64.encode(b"not the real ciphertext at all!!"));
     let bad_cipher = serde_json::to_vec(&bad_cipher).unwrap();
-    assert_eq!(post_wechat(&app, &bad_cipher, &bad_cipher, WECHAT_SERIAL, now, key).await, 401, "undecryptable");
+    assert_eq!(
+        post_wechat(&app, &bad_cipher, &bad_cipher, WECHAT_SERIAL, now, key).await,
+        401,
+        "undecryptable"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(app.events_in_log().await, before);
     assert_eq!(app.payment_status(payment).await, 0);
 
     // valid: captured, the order becomes paid
-    assert_eq!(post_wechat(&app, &good, &good, WECHAT_SERIAL, now, key).await, 200);
+    assert_eq!(
+        post_wechat(&app, &good, &good, WECHAT_SERIAL, now, key).await,
+        200
+    );
     app.wait_order_status(&token, order, 1).await;
     let after = app.events_in_log().await;
     // duplicate (providers retry): applied once
-    assert_eq!(post_wechat(&app, &good, &good, WECHAT_SERIAL, now, key).await, 200);
+    assert_eq!(
+        post_wechat(&app, &good, &good, WECHAT_SERIAL, now, key).await,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.events_in_log().await, after, "a duplicate callback adds no event");
+    assert_eq!(
+        app.events_in_log().await,
+        after,
+        "a duplicate callback adds no event"
+    );
     let r = app.get(&format!("/api/payment/{payment}"), &token).await;
     assert_eq!(r.data()["transaction_id"], json!("4200000001"));
     assert_eq!(r.data()["status"], json!(1));
 }
 
 fn alipay_form(params: &[(&str, String)], key: &SigningKey<Sha256>) -> String {
-    let owned: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let owned: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     let signing = api::providers::alipay::signing_string(&owned);
     let sign = B64.encode(key.sign(signing.as_bytes()).to_bytes());
     let mut form = form_urlencoded::Serializer::new(String::new());
@@ -741,7 +1200,12 @@ fn alipay_form(params: &[(&str, String)], key: &SigningKey<Sha256>) -> String {
     form.finish()
 }
 
-fn alipay_params(payment_no: &str, trade_no: &str, total: &str, app_id: &str) -> Vec<(&'static str, String)> {
+fn alipay_params(
+    payment_no: &str,
+    trade_no: &str,
+    total: &str,
+    app_id: &str,
+) -> Vec<(&'static str, String)> {
     vec![
         ("gmt_create", "2026-11-22 10:00:00".into()),
         ("charset", "utf-8".into()),
@@ -750,7 +1214,10 @@ fn alipay_params(payment_no: &str, trade_no: &str, total: &str, app_id: &str) ->
         ("subject", "咨询订单".into()),
         ("buyer_id", "2088102177846880".into()),
         ("version", "1.0".into()),
-        ("notify_id", format!("ac05099524730693a8b330c5ecf72da{trade_no}")),
+        (
+            "notify_id",
+            format!("ac05099524730693a8b330c5ecf72da{trade_no}"),
+        ),
         ("notify_type", "trade_status_sync".into()),
         ("out_trade_no", payment_no.into()),
         ("total_amount", total.into()),
@@ -787,15 +1254,31 @@ async fn alipay_rsa2_notifications_are_verified_and_applied_once() {
     let before = app.events_in_log().await;
 
     let good = alipay_params(&payment_no, "2026112222001", "150.00", ALIPAY_APP);
-    assert_eq!(post_alipay(&app, alipay_form(&good, &other_key)).await, "fail", "forged");
+    assert_eq!(
+        post_alipay(&app, alipay_form(&good, &other_key)).await,
+        "fail",
+        "forged"
+    );
     let altered = alipay_form(&good, key).replace("150.00", "1.00");
     assert_eq!(post_alipay(&app, altered).await, "fail", "altered body");
     let cheap = alipay_params(&payment_no, "2026112222002", "1.00", ALIPAY_APP);
-    assert_eq!(post_alipay(&app, alipay_form(&cheap, key)).await, "fail", "wrong amount");
+    assert_eq!(
+        post_alipay(&app, alipay_form(&cheap, key)).await,
+        "fail",
+        "wrong amount"
+    );
     let unknown = alipay_params("PAY-NOPE", "2026112222003", "150.00", ALIPAY_APP);
-    assert_eq!(post_alipay(&app, alipay_form(&unknown, key)).await, "fail", "unknown order");
+    assert_eq!(
+        post_alipay(&app, alipay_form(&unknown, key)).await,
+        "fail",
+        "unknown order"
+    );
     let other_app = alipay_params(&payment_no, "2026112222004", "150.00", "2021999999999999");
-    assert_eq!(post_alipay(&app, alipay_form(&other_app, key)).await, "fail", "other app_id");
+    assert_eq!(
+        post_alipay(&app, alipay_form(&other_app, key)).await,
+        "fail",
+        "other app_id"
+    );
     let unsigned = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(good.iter().map(|(k, v)| (*k, v.as_str())))
         .finish();
@@ -807,9 +1290,17 @@ async fn alipay_rsa2_notifications_are_verified_and_applied_once() {
     assert_eq!(post_alipay(&app, alipay_form(&good, key)).await, "success");
     app.wait_order_status(&token, order, 1).await;
     let after = app.events_in_log().await;
-    assert_eq!(post_alipay(&app, alipay_form(&good, key)).await, "success", "duplicate");
+    assert_eq!(
+        post_alipay(&app, alipay_form(&good, key)).await,
+        "success",
+        "duplicate"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.events_in_log().await, after, "a duplicate notification adds no event");
+    assert_eq!(
+        app.events_in_log().await,
+        after,
+        "a duplicate notification adds no event"
+    );
     let r = app.get(&format!("/api/payment/{payment}"), &token).await;
     assert_eq!(r.data()["transaction_id"], json!("2026112222001"));
 }
@@ -823,30 +1314,55 @@ async fn chat_billing_reviews_and_notifications() {
     let order = app.paid_order(&token, counselor).await;
 
     // chat: the user starts, sends over HTTP, reads history with sender, ends (billed)
-    let r = app.post(&format!("/api/chat/start/{order}"), &token, json!({})).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let session = r.data()["session_id"].as_i64().unwrap();
-    let r = app.get(&format!("/api/chat/order/{order}/session"), &token).await;
-    assert_eq!(r.data()["session_id"], json!(session));
     let r = app
-        .post(&format!("/api/chat/session/{session}/message"), &token, json!({"content": "你好", "sender_type": "user", "content_type": "text"}))
+        .post(&format!("/api/chat/start/{order}"), &token, json!({}))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = app.get(&format!("/api/chat/messages/{session}?page=1&page_size=100"), &counselor_token).await;
-    assert_eq!(r.data()["messages"][0]["sender"]["username"], json!("alice"));
-    assert_eq!(r.data()["messages"][0]["session"]["counselor"]["name"], json!("tina 老师"));
+    let session = r.data()["session_id"].as_i64().unwrap();
+    let r = app
+        .get(&format!("/api/chat/order/{order}/session"), &token)
+        .await;
+    assert_eq!(r.data()["session_id"], json!(session));
+    let r = app
+        .post(
+            &format!("/api/chat/session/{session}/message"),
+            &token,
+            json!({"content": "你好", "sender_type": "user", "content_type": "text"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = app
+        .get(
+            &format!("/api/chat/messages/{session}?page=1&page_size=100"),
+            &counselor_token,
+        )
+        .await;
+    assert_eq!(
+        r.data()["messages"][0]["sender"]["username"],
+        json!("alice")
+    );
+    assert_eq!(
+        r.data()["messages"][0]["session"]["counselor"]["name"],
+        json!("tina 老师")
+    );
     let r = app.get("/api/chat/sessions", &counselor_token).await;
     assert_eq!(r.data()["total"], json!(1));
     assert_eq!(r.data()["sessions"][0]["status"], json!(1));
-    let r = app.post(&format!("/api/chat/end/{session}"), &token, json!({})).await;
+    let r = app
+        .post(&format!("/api/chat/end/{session}"), &token, json!({}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     app.wait_order_status(&token, order, 2).await;
     let r = app.get("/api/chat/billings", &token).await;
     assert_eq!(r.data()["total"], json!(1));
     assert_eq!(r.data()["billings"][0]["total_amount"], json!(5.0));
-    let r = app.get("/api/chat/counselor/billings", &counselor_token).await;
+    let r = app
+        .get("/api/chat/counselor/billings", &counselor_token)
+        .await;
     assert_eq!(r.data()["billings"][0]["counselor_fee"], json!(3.5));
-    let r = app.get("/api/chat/counselor/account", &counselor_token).await;
+    let r = app
+        .get("/api/chat/counselor/account", &counselor_token)
+        .await;
     assert_eq!(r.data()["balance"], json!(3.5));
 
     // review: one per completed order
@@ -856,15 +1372,28 @@ async fn chat_billing_reviews_and_notifications() {
     assert_eq!(r.status, 200, "{}", r.body);
     let mut reviews = json!(null);
     for _ in 0..100 {
-        reviews = app.send("GET", &format!("/api/counselor/{counselor}/reviews"), None, None).await.body;
+        reviews = app
+            .send(
+                "GET",
+                &format!("/api/counselor/{counselor}/reviews"),
+                None,
+                None,
+            )
+            .await
+            .body;
         if reviews["data"]["total"] == json!(1) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(reviews["data"]["reviews"][0]["user"]["username"], json!("alice"));
+    assert_eq!(
+        reviews["data"]["reviews"][0]["user"]["username"],
+        json!("alice")
+    );
     assert_eq!(reviews["data"]["reviews"][0]["comment"], json!("很有帮助"));
-    let r = app.send("GET", &format!("/api/counselor/{counselor}"), None, None).await;
+    let r = app
+        .send("GET", &format!("/api/counselor/{counselor}"), None, None)
+        .await;
     assert_eq!(r.data()["review_count"], json!(1));
     assert_eq!(r.data()["service_count"], json!(1));
     let r = app.get(&format!("/api/order/{order}"), &token).await;
@@ -879,19 +1408,61 @@ async fn chat_billing_reviews_and_notifications() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let titles: Vec<&str> = list["data"]["notifications"].as_array().unwrap().iter().map(|n| n["title"].as_str().unwrap()).collect();
-    assert!(titles.contains(&"订单已支付") && titles.contains(&"咨询已开始") && titles.contains(&"咨询已结束"), "{titles:?}");
+    let titles: Vec<&str> = list["data"]["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["title"].as_str().unwrap())
+        .collect();
+    assert!(
+        titles.contains(&"订单已支付")
+            && titles.contains(&"咨询已开始")
+            && titles.contains(&"咨询已结束"),
+        "{titles:?}"
+    );
     assert_eq!(list["data"]["unread_count"], json!(3));
     let first = list["data"]["notifications"][0]["id"].as_i64().unwrap();
     let second = list["data"]["notifications"][1]["id"].as_i64().unwrap();
-    assert_eq!(app.post(&format!("/api/notification/{first}/read"), &token, json!({})).await.status, 200);
+    assert_eq!(
+        app.post(
+            &format!("/api/notification/{first}/read"),
+            &token,
+            json!({})
+        )
+        .await
+        .status,
+        200
+    );
     let r = app.get("/api/notification/list?is_read=true", &token).await;
-    assert_eq!((r.data()["total"].clone(), r.data()["unread_count"].clone()), (json!(1), json!(2)));
-    assert_eq!(app.send("DELETE", &format!("/api/notification/{second}"), Some(&token), None).await.status, 200);
-    assert_eq!(app.post("/api/notification/read-all", &token, json!({})).await.status, 200);
+    assert_eq!(
+        (r.data()["total"].clone(), r.data()["unread_count"].clone()),
+        (json!(1), json!(2))
+    );
+    assert_eq!(
+        app.send(
+            "DELETE",
+            &format!("/api/notification/{second}"),
+            Some(&token),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        app.post("/api/notification/read-all", &token, json!({}))
+            .await
+            .status,
+        200
+    );
     let r = app.get("/api/notification/list", &token).await;
-    assert_eq!((r.data()["total"].clone(), r.data()["unread_count"].clone()), (json!(2), json!(0)));
-    let counselor_notes = app.get("/api/notification/list?type=chat", &counselor_token).await;
+    assert_eq!(
+        (r.data()["total"].clone(), r.data()["unread_count"].clone()),
+        (json!(2), json!(0))
+    );
+    let counselor_notes = app
+        .get("/api/notification/list?type=chat", &counselor_token)
+        .await;
     assert!(counselor_notes.data()["total"].as_i64().unwrap() >= 1);
 
     let other_order = app.paid_order(&token, counselor).await;
@@ -937,21 +1508,36 @@ async fn chat_billing_reviews_and_notifications() {
         .post("/api/chat/counselor/withdraw", &counselor_token, json!({"amount": 3, "bank_name": "招商银行", "bank_account": "6225", "account_name": "Tina"}))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(app.get("/api/chat/counselor/withdraws", &counselor_token).await.data()["total"], json!(1));
+    assert_eq!(
+        app.get("/api/chat/counselor/withdraws", &counselor_token)
+            .await
+            .data()["total"],
+        json!(1)
+    );
 }
 
 /// A small valid PNG (1×1) and a JPEG header: enough for content sniffing.
 const PNG: &[u8] = &[
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13, b'I', b'H', b'D', b'R', 0, 0, 0, 1,
-    0, 0, 0, 1, 8, 6, 0, 0, 0, 0x1F, 0x15, 0xC4, 0x89, 0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE,
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13, b'I', b'H', b'D', b'R', 0, 0, 0,
+    1, 0, 0, 0, 1, 8, 6, 0, 0, 0, 0x1F, 0x15, 0xC4, 0x89, 0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE,
     0x42, 0x60, 0x82,
 ];
 
-async fn upload(app: &TestApp, path: &str, token: &str, name: &str, bytes: &[u8], fields: &[(&str, &str)]) -> Reply {
+async fn upload(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    name: &str,
+    bytes: &[u8],
+    fields: &[(&str, &str)],
+) -> Reply {
     let boundary = "XyZmychatBoundary";
     let mut body = Vec::new();
     for (k, v) in fields {
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
     }
     if !name.is_empty() {
         body.extend_from_slice(
@@ -965,13 +1551,19 @@ async fn upload(app: &TestApp, path: &str, token: &str, name: &str, bytes: &[u8]
         .http
         .post(format!("{}{path}", app.url))
         .bearer_auth(token)
-        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
         .body(body)
         .send()
         .await
         .unwrap();
     let status = res.status().as_u16();
-    Reply { status, body: res.json().await.unwrap_or(Value::Null) }
+    Reply {
+        status,
+        body: res.json().await.unwrap_or(Value::Null),
+    }
 }
 
 #[tokio::test]
@@ -980,37 +1572,94 @@ async fn files_avatars_and_counselor_applications() {
     let (_, token, _) = app.user("alice").await;
     let (_, other, _) = app.user("mallory").await;
     let (admin_id, admin, _) = app.user("root").await;
-    sqlx::query("UPDATE users SET is_admin = TRUE WHERE id = $1").bind(admin_id).execute(&app.pool).await.unwrap();
+    sqlx::query("UPDATE users SET is_admin = TRUE WHERE id = $1")
+        .bind(admin_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
 
     // general upload, get, served back, delete
-    let r = upload(&app, "/api/upload", &token, "../../etc/passwd.png", PNG, &[("file_type", "image"), ("relation_type", "chat")]).await;
+    let r = upload(
+        &app,
+        "/api/upload",
+        &token,
+        "../../etc/passwd.png",
+        PNG,
+        &[("file_type", "image"), ("relation_type", "chat")],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let file_id = r.data()["id"].as_i64().unwrap();
     let url = r.data()["file_url"].as_str().unwrap().to_string();
-    assert!(url.starts_with(&format!("{}/uploads/image/", app.url)), "{url}");
+    assert!(
+        url.starts_with(&format!("{}/uploads/image/", app.url)),
+        "{url}"
+    );
     assert_eq!(r.data()["mime_type"], json!("image/png"));
     let served = app.http.get(&url).send().await.unwrap();
     assert_eq!(served.status(), 200);
     assert_eq!(served.bytes().await.unwrap().as_ref(), PNG);
     let r = app.get(&format!("/api/file/{file_id}"), &token).await;
     assert_eq!(r.data()["original_name"], json!("../../etc/passwd.png"));
-    assert!(app.upload_dir.path().join(r.data()["file_path"].as_str().unwrap()).exists());
-    assert_eq!(app.get(&format!("/api/file/{file_id}"), &other).await.status, 403);
-    assert_eq!(app.send("DELETE", &format!("/api/file/{file_id}"), Some(&other), None).await.status, 403);
-    assert_eq!(app.send("DELETE", &format!("/api/file/{file_id}"), Some(&token), None).await.status, 200);
-    assert_eq!(app.get(&format!("/api/file/{file_id}"), &token).await.status, 404);
+    assert!(app
+        .upload_dir
+        .path()
+        .join(r.data()["file_path"].as_str().unwrap())
+        .exists());
+    assert_eq!(
+        app.get(&format!("/api/file/{file_id}"), &other)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        app.send(
+            "DELETE",
+            &format!("/api/file/{file_id}"),
+            Some(&other),
+            None
+        )
+        .await
+        .status,
+        403
+    );
+    assert_eq!(
+        app.send(
+            "DELETE",
+            &format!("/api/file/{file_id}"),
+            Some(&token),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        app.get(&format!("/api/file/{file_id}"), &token)
+            .await
+            .status,
+        404
+    );
     assert_eq!(app.http.get(&url).send().await.unwrap().status(), 404);
 
     // avatar: sets the user's avatar
     let r = upload(&app, "/api/upload/avatar", &token, "me.png", PNG, &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let avatar = r.data()["url"].clone();
-    assert_eq!(app.get("/api/user/info", &token).await.data()["avatar"], avatar);
+    assert_eq!(
+        app.get("/api/user/info", &token).await.data()["avatar"],
+        avatar
+    );
 
     // upload refusals: type by content, size limits, fields
     let script = b"#!/bin/sh\nrm -rf /\n";
     let r = upload(&app, "/api/upload/avatar", &token, "evil.png", script, &[]).await;
-    assert_eq!((r.status, r.body["msg"].as_str().unwrap().contains("file")), (400, true), "{}", r.body);
+    assert_eq!(
+        (r.status, r.body["msg"].as_str().unwrap().contains("file")),
+        (400, true),
+        "{}",
+        r.body
+    );
     let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
     let r = upload(&app, "/api/upload/avatar", &token, "a.gif", gif, &[]).await;
     assert_eq!(r.status, 400, "a GIF is not a JPEG/PNG avatar");
@@ -1022,14 +1671,51 @@ async fn files_avatars_and_counselor_applications() {
     let r = upload(&app, "/api/upload", &token, "", PNG, &[]).await;
     assert_eq!(r.status, 400);
     assert!(r.body["msg"].as_str().unwrap().contains("file"));
-    let r = upload(&app, "/api/upload", &token, "a.png", PNG, &[("file_type", "weapon")]).await;
-    assert!(r.status == 400 && r.body["msg"].as_str().unwrap().contains("file_type"), "{}", r.body);
-    let r = upload(&app, "/api/upload", &token, "a.png", PNG, &[("relation_id", "x")]).await;
-    assert!(r.status == 400 && r.body["msg"].as_str().unwrap().contains("relation_id"), "{}", r.body);
+    let r = upload(
+        &app,
+        "/api/upload",
+        &token,
+        "a.png",
+        PNG,
+        &[("file_type", "weapon")],
+    )
+    .await;
+    assert!(
+        r.status == 400 && r.body["msg"].as_str().unwrap().contains("file_type"),
+        "{}",
+        r.body
+    );
+    let r = upload(
+        &app,
+        "/api/upload",
+        &token,
+        "a.png",
+        PNG,
+        &[("relation_id", "x")],
+    )
+    .await;
+    assert!(
+        r.status == 400 && r.body["msg"].as_str().unwrap().contains("relation_id"),
+        "{}",
+        r.body
+    );
     let mut huge = PNG.to_vec();
     huge.resize(10 * 1024 * 1024 + 10, 0);
-    assert_eq!(upload(&app, "/api/upload", &token, "h.png", &huge, &[]).await.status, 400);
-    let r = upload(&app, "/api/counselor/upload-certificate", &token, "c.png", PNG, &[]).await;
+    assert_eq!(
+        upload(&app, "/api/upload", &token, "h.png", &huge, &[])
+            .await
+            .status,
+        400
+    );
+    let r = upload(
+        &app,
+        "/api/counselor/upload-certificate",
+        &token,
+        "c.png",
+        PNG,
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let certificate = r.data()["url"].as_str().unwrap().to_string();
 
@@ -1039,30 +1725,90 @@ async fn files_avatars_and_counselor_applications() {
         "title": "国家二级心理咨询师", "years_exp": 5, "bio": "…", "specialty": "情感咨询,焦虑抑郁",
         "certificate_img1": certificate, "certificate_img2": "", "certificate_img3": ""
     });
-    assert_eq!(app.get("/api/counselor/my-application", &token).await.data(), &json!(null));
-    let r = app.post("/api/counselor/application", &token, application.clone()).await;
+    assert_eq!(
+        app.get("/api/counselor/my-application", &token)
+            .await
+            .data(),
+        &json!(null)
+    );
+    let r = app
+        .post("/api/counselor/application", &token, application.clone())
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let app_id = r.data()["id"].as_i64().unwrap();
-    assert_eq!(app.post("/api/counselor/application", &token, application.clone()).await.status, 403);
-    assert_eq!(app.get("/api/counselor/my-application", &token).await.data()["status"], json!(0));
-    let r = app.get("/api/counselor/applications?status=0", &admin).await;
-    assert_eq!((r.data()["total"].clone(), r.data()["page"].clone()), (json!(1), json!(1)));
-    let r = app.send("PUT", &format!("/api/counselor/application/{app_id}/review"), Some(&admin), Some(json!({"status": 1}))).await;
+    assert_eq!(
+        app.post("/api/counselor/application", &token, application.clone())
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        app.get("/api/counselor/my-application", &token)
+            .await
+            .data()["status"],
+        json!(0)
+    );
+    let r = app
+        .get("/api/counselor/applications?status=0", &admin)
+        .await;
+    assert_eq!(
+        (r.data()["total"].clone(), r.data()["page"].clone()),
+        (json!(1), json!(1))
+    );
+    let r = app
+        .send(
+            "PUT",
+            &format!("/api/counselor/application/{app_id}/review"),
+            Some(&admin),
+            Some(json!({"status": 1})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let counselor_id = r.data()["counselor_id"].as_i64().unwrap();
-    let r = app.send("GET", &format!("/api/counselor/{counselor_id}"), None, None).await;
-    assert_eq!((r.data()["name"].clone(), r.data()["price"].clone()), (json!("Alice"), json!(5.0)));
-    assert_eq!(app.get("/api/chat/counselor/account", &token).await.status, 200, "alice is a counselor now");
+    let r = app
+        .send("GET", &format!("/api/counselor/{counselor_id}"), None, None)
+        .await;
+    assert_eq!(
+        (r.data()["name"].clone(), r.data()["price"].clone()),
+        (json!("Alice"), json!(5.0))
+    );
+    assert_eq!(
+        app.get("/api/chat/counselor/account", &token).await.status,
+        200,
+        "alice is a counselor now"
+    );
     let r = app.get("/api/notification/list?type=system", &token).await;
-    assert_eq!(r.data()["notifications"][0]["title"], json!("咨询师申请已通过"));
-    assert_eq!(app.post("/api/counselor/application", &token, application.clone()).await.status, 403);
+    assert_eq!(
+        r.data()["notifications"][0]["title"],
+        json!("咨询师申请已通过")
+    );
+    assert_eq!(
+        app.post("/api/counselor/application", &token, application.clone())
+            .await
+            .status,
+        403
+    );
 
     // a rejected applicant may apply again
-    let r = app.post("/api/counselor/application", &other, application.clone()).await;
+    let r = app
+        .post("/api/counselor/application", &other, application.clone())
+        .await;
     let other_app = r.data()["id"].as_i64().unwrap();
-    let r = app.send("PUT", &format!("/api/counselor/application/{other_app}/review"), Some(&admin), Some(json!({"status": 2, "reject_reason": "证书不清晰"}))).await;
+    let r = app
+        .send(
+            "PUT",
+            &format!("/api/counselor/application/{other_app}/review"),
+            Some(&admin),
+            Some(json!({"status": 2, "reject_reason": "证书不清晰"})),
+        )
+        .await;
     assert_eq!(r.status, 200);
-    assert_eq!(app.post("/api/counselor/application", &other, application.clone()).await.status, 200);
+    assert_eq!(
+        app.post("/api/counselor/application", &other, application.clone())
+            .await
+            .status,
+        200
+    );
 
     let t = Some(token.as_str());
     let o = Some(other.as_str());
@@ -1075,29 +1821,272 @@ async fn files_avatars_and_counselor_applications() {
     assert_refusals(
         &app,
         vec![
-            ("POST", "/api/counselor/application".into(), a, with("name", json!("")), 400, "name"),
-            ("POST", "/api/counselor/application".into(), a, with("phone", json!("123")), 400, "phone"),
-            ("POST", "/api/counselor/application".into(), a, with("email", json!("bad")), 400, "email"),
-            ("POST", "/api/counselor/application".into(), a, with("title", json!("")), 400, "title"),
-            ("POST", "/api/counselor/application".into(), a, with("specialty", json!("")), 400, "specialty"),
-            ("POST", "/api/counselor/application".into(), a, with("years_exp", json!(-1)), 400, "years_exp"),
-            ("POST", "/api/counselor/application".into(), a, with("years_exp", json!("five")), 400, "years_exp"),
-            ("POST", "/api/counselor/application".into(), a, with("gender", json!("x")), 400, "gender"),
-            ("POST", "/api/counselor/application".into(), a, with("certificate_img1", json!("")), 400, "certificate"),
-            ("POST", "/api/counselor/application".into(), t, Some(application.clone()), 403, "already a counselor"),
-            ("POST", "/api/counselor/application".into(), None, Some(application.clone()), 401, "token"),
-            ("GET", "/api/counselor/my-application".into(), None, None, 401, "token"),
-            ("GET", "/api/counselor/applications".into(), o, None, 403, "administrators only"),
-            ("GET", "/api/counselor/applications?status=5".into(), a, None, 400, "status"),
-            ("PUT", format!("/api/counselor/application/{app_id}/review"), o, Some(json!({"status": 1})), 403, "administrators only"),
-            ("PUT", format!("/api/counselor/application/{app_id}/review"), a, Some(json!({"status": 1})), 400, "not pending"),
-            ("PUT", format!("/api/counselor/application/{other_app}/review"), a, Some(json!({"status": 3})), 400, "status"),
-            ("PUT", format!("/api/counselor/application/{other_app}/review"), a, Some(json!({"status": 2})), 400, "reject_reason"),
-            ("PUT", "/api/counselor/application/99999/review".into(), a, Some(json!({"status": 1})), 404, "application"),
+            (
+                "POST",
+                "/api/counselor/application".into(),
+                a,
+                with("name", json!("")),
+                400,
+                "name",
+            ),
+            (
+                "POST",
+                "/api/counselor/application".into(),
+                a,
+                with("phone", json!("123")),
+                400,
+                "phone",
+            ),
+            (
+                "POST",
+                "/api/counselor/application".into(),
+                a,
+                with("email", json!("bad")),
+                400,
+                "email",
+            ),
+            (
+                "POST",
+                "/api/counselor/application".into(),
+                a,
+                with("title", json!("")),
+                400,
+                "title",
+            ),
+            (
+                "POST",
+                "/api/counselor/application".into(),
+                a,
+                with("specialty", json!("")),
+                400,
+                "specialty",
+            ),
+            (
+                "POST",
+                "/api/counselor/application".into(),
+                a,
+                with("years_exp", json!(-1)),
+                400,
+                "years_exp",
+            ),
+            (
+                "POST",
+                "/api/counselor/application".into(),
+                a,
+                with("years_exp", json!("five")),
+                400,
+                "years_exp",
+            ),
+            (
+                "POST",
+                "/api/counselor/application".into(),
+                a,
+                with("gender", json!("x")),
+                400,
+                "gender",
+            ),
+            (
+                "POST",
+                "/api/counselor/application".into(),
+                a,
+                with("certificate_img1", json!("")),
+                400,
+                "certificate",
+            ),
+            (
+                "POST",
+                "/api/counselor/application".into(),
+                t,
+                Some(application.clone()),
+                403,
+                "already a counselor",
+            ),
+            (
+                "POST",
+                "/api/counselor/application".into(),
+                None,
+                Some(application.clone()),
+                401,
+                "token",
+            ),
+            (
+                "GET",
+                "/api/counselor/my-application".into(),
+                None,
+                None,
+                401,
+                "token",
+            ),
+            (
+                "GET",
+                "/api/counselor/applications".into(),
+                o,
+                None,
+                403,
+                "administrators only",
+            ),
+            (
+                "GET",
+                "/api/counselor/applications?status=5".into(),
+                a,
+                None,
+                400,
+                "status",
+            ),
+            (
+                "PUT",
+                format!("/api/counselor/application/{app_id}/review"),
+                o,
+                Some(json!({"status": 1})),
+                403,
+                "administrators only",
+            ),
+            (
+                "PUT",
+                format!("/api/counselor/application/{app_id}/review"),
+                a,
+                Some(json!({"status": 1})),
+                400,
+                "not pending",
+            ),
+            (
+                "PUT",
+                format!("/api/counselor/application/{other_app}/review"),
+                a,
+                Some(json!({"status": 3})),
+                400,
+                "status",
+            ),
+            (
+                "PUT",
+                format!("/api/counselor/application/{other_app}/review"),
+                a,
+                Some(json!({"status": 2})),
+                400,
+                "reject_reason",
+            ),
+            (
+                "PUT",
+                "/api/counselor/application/99999/review".into(),
+                a,
+                Some(json!({"status": 1})),
+                404,
+                "application",
+            ),
             ("GET", "/api/file/99999".into(), t, None, 404, "file"),
             ("DELETE", "/api/file/99999".into(), t, None, 404, "file"),
             ("POST", "/api/upload".into(), None, None, 401, "token"),
         ],
     )
     .await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_every_listed_route_is_served() {
+    let app = spawn_app().await;
+    let (_, token, _) = app.user("alice").await;
+    let doc = app
+        .send("GET", "/api-docs/openapi.json", None, None)
+        .await
+        .body;
+    assert_eq!(doc["info"]["title"], json!("mychat user API"));
+    // contract b.1 and seed 001's user routes
+    let contract = [
+        "POST /api/register",
+        "POST /api/login",
+        "POST /api/token/refresh",
+        "GET /api/user/info",
+        "PUT /api/user/profile",
+        "POST /api/user/password",
+        "POST /api/upload/avatar",
+        "POST /api/user/recharge",
+        "GET /api/user/transactions",
+        "GET /api/counselor/list",
+        "GET /api/counselor/{id}",
+        "GET /api/counselor/{id}/reviews",
+        "POST /api/counselor/review",
+        "POST /api/counselor/application",
+        "GET /api/counselor/my-application",
+        "GET /api/counselor/applications",
+        "PUT /api/counselor/application/{id}/review",
+        "POST /api/counselor/upload-certificate",
+        "POST /api/order/create",
+        "GET /api/order/list",
+        "GET /api/order/{id}",
+        "PUT /api/order/{id}/status",
+        "POST /api/order/{id}/cancel",
+        "GET /api/counselor/orders",
+        "GET /api/order/{id}/validate",
+        "GET /api/order/{id}/timeline",
+        "POST /api/payment/create",
+        "GET /api/payment/{id}",
+        "GET /api/payment/list",
+        "POST /api/payment/refund",
+        "POST /api/payment/wechat/callback",
+        "POST /api/payment/alipay/callback",
+        "GET /api/notification/list",
+        "POST /api/notification/{id}/read",
+        "POST /api/notification/read-all",
+        "DELETE /api/notification/{id}",
+        "POST /api/chat/start/{order_id}",
+        "GET /api/chat/order/{order_id}/session",
+        "POST /api/chat/session/{session_id}/message",
+        "GET /api/chat/messages/{session_id}",
+        "POST /api/chat/end/{session_id}",
+        "GET /api/chat/sessions",
+        "POST /api/chat/session/{order_id}/start",
+        "GET /api/chat/session/{session_id}/messages",
+        "POST /api/chat/session/{session_id}/end",
+        "GET /api/chat/billings",
+        "GET /api/chat/counselor/billings",
+        "GET /api/chat/counselor/account",
+        "POST /api/chat/counselor/withdraw",
+        "GET /api/chat/counselor/withdraws",
+        "POST /api/upload",
+        "GET /api/file/{id}",
+        "DELETE /api/file/{id}",
+        "GET /health",
+        "GET /swagger",
+    ];
+    for route in contract {
+        let (method, path) = route.split_once(' ').unwrap();
+        assert!(
+            doc["paths"][path][method.to_lowercase()].is_object(),
+            "{route} is not documented"
+        );
+    }
+    // every documented route answers (no router 404/405)
+    for r in api::openapi::ROUTES {
+        let path = r
+            .path
+            .replace("{payment_no}", "PAY0")
+            .replace("{path}", "nothing.png");
+        let path = path
+            .split('/')
+            .map(|s| if s.starts_with('{') { "1" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        let res = app
+            .http
+            .request(r.method.parse().unwrap(), format!("{}{path}", app.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body = res.text().await.unwrap();
+        assert_ne!(status, 405, "{} {path}", r.method);
+        assert!(
+            !(status == 404 && body.is_empty() && !path.starts_with("/uploads")),
+            "{} {path} is not routed",
+            r.method
+        );
+    }
+    let swagger = app
+        .http
+        .get(format!("{}/swagger", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(swagger.status(), 200);
 }
