@@ -197,11 +197,24 @@ fn provider_reply(status: StatusCode, code: &str, message: &str) -> Response {
 /// `POST /api/payment/sandbox/callback`: the sandbox provider's notification. Verified (signature,
 /// freshness), then the payment is captured (the amount must match; a repeat is a no-op). Replies
 /// as WeChat Pay v3 does: 200 `{code: "SUCCESS"}`, or 4xx `{code: "FAIL", message}` when refused.
+///
+/// Issue 3: refused (403) when `sandbox_payments` is off, and for a `wechat` / `alipay` payment
+/// whose real provider is configured — those are paid only through the provider's verified
+/// notification.
 pub async fn sandbox_callback(
     State(state): State<AppState>,
+    api: Option<axum::Extension<std::sync::Arc<crate::user_config::UserApi>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let api = api.map(|axum::Extension(a)| a);
+    if api.as_ref().is_some_and(|a| !a.config.sandbox_payments) {
+        return provider_reply(
+            StatusCode::FORBIDDEN,
+            "FAIL",
+            "the sandbox provider is disabled",
+        );
+    }
     if let Err(why) = sandbox_verify(&state.settings.sandbox_secret, &headers, &body) {
         tracing::warn!(why, "sandbox notification refused");
         return provider_reply(StatusCode::UNAUTHORIZED, "FAIL", why);
@@ -213,17 +226,30 @@ pub async fn sandbox_callback(
     if notify.trade_state != "SUCCESS" {
         return provider_reply(StatusCode::OK, "SUCCESS", "not a payment; ignored");
     }
-    let id: Option<i64> = match sqlx::query_scalar("SELECT id FROM payments WHERE payment_no = $1")
-        .bind(&notify.payment_no)
-        .fetch_optional(&state.db)
-        .await
-    {
-        Ok(id) => id,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let Some(id) = id else {
+    let row: Option<(i64, String)> =
+        match sqlx::query_as("SELECT id, payment_method FROM payments WHERE payment_no = $1")
+            .bind(&notify.payment_no)
+            .fetch_optional(&state.db)
+            .await
+        {
+            Ok(row) => row,
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+    let Some((id, method)) = row else {
         return provider_reply(StatusCode::NOT_FOUND, "FAIL", "unknown payment");
     };
+    let real_provider = api.as_ref().is_some_and(|a| match method.as_str() {
+        "wechat" => a.config.wechat.is_some(),
+        "alipay" => a.config.alipay.is_some(),
+        _ => false,
+    });
+    if real_provider {
+        return provider_reply(
+            StatusCode::FORBIDDEN,
+            "FAIL",
+            "this payment is confirmed only by its provider's notification",
+        );
+    }
     let command = PaymentCommand::Capture {
         provider_txn_id: notify.transaction_id.clone(),
         amount: notify.amount,

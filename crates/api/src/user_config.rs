@@ -7,7 +7,8 @@
 //! `MYCHAT_UPLOAD_DIR` (default `.data/uploads`),
 //! `MYCHAT_WECHAT_MCHID`, `MYCHAT_WECHAT_APPID`, `MYCHAT_WECHAT_APIV3_KEY` (32 bytes),
 //! `MYCHAT_WECHAT_PLATFORM_SERIAL`, `MYCHAT_WECHAT_PLATFORM_PUBLIC_KEY` (PEM text or a path),
-//! `MYCHAT_ALIPAY_APP_ID`, `MYCHAT_ALIPAY_PUBLIC_KEY` (PEM text or a path).
+//! `MYCHAT_ALIPAY_APP_ID`, `MYCHAT_ALIPAY_PUBLIC_KEY` (PEM text or a path),
+//! `MYCHAT_SANDBOX_PAYMENTS` (`false` disables the sandbox provider).
 //! Without a provider's settings its callback refuses every notification (the demo pays through
 //! the sandbox provider).
 
@@ -48,6 +49,10 @@ pub struct UserApiConfig {
     pub login_limits: LoginLimits,
     /// Refresh-token lifetime, seconds (default 30 days).
     pub refresh_ttl_seconds: i64,
+    /// Whether the sandbox provider may capture payments (default true; `MYCHAT_SANDBOX_PAYMENTS=false`
+    /// turns it off in production). It never captures a `wechat` / `alipay` payment whose real
+    /// provider is configured.
+    pub sandbox_payments: bool,
 }
 
 impl UserApiConfig {
@@ -59,6 +64,7 @@ impl UserApiConfig {
             alipay: None,
             login_limits: LoginLimits::default(),
             refresh_ttl_seconds: 30 * 24 * 3600,
+            sandbox_payments: true,
         }
     }
 
@@ -80,6 +86,9 @@ impl UserApiConfig {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(".data/uploads")),
         );
+        if var("MYCHAT_SANDBOX_PAYMENTS").is_some_and(|v| v == "false" || v == "0") {
+            config.sandbox_payments = false;
+        }
         if let (Some(mchid), Some(appid), Some(key), Some(serial), Some(public)) = (
             var("MYCHAT_WECHAT_MCHID"),
             var("MYCHAT_WECHAT_APPID"),

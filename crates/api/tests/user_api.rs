@@ -1101,7 +1101,9 @@ async fn wechat_pay_v3_callbacks_are_verified_and_applied_once() {
     let (counselor, _) = app.counselor("tina").await;
     let (_, token, _) = app.user("alice").await;
     let order = app.order(&token, counselor, 30).await;
-    let (payment, payment_no, _) = app.payment(&token, order, "wechat").await;
+    let (payment, payment_no, pay_url) = app.payment(&token, order, "wechat").await;
+    // with WeChat Pay configured, the sandbox cashier cannot pay a wechat payment
+    assert_eq!(app.http.get(&pay_url).send().await.unwrap().status(), 502);
     let now = chrono::Utc::now().timestamp();
     let key = &app.wechat_key;
     let (other_key, _) = rsa_key();
