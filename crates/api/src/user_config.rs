@@ -149,6 +149,13 @@ impl UserApi {
                 format!("too many login attempts for this {what}; retry in {wait} s"),
             )
         };
+        // Keys are client-chosen: forget the idle ones before the maps grow large.
+        if self.login_by_account.len() > 100_000 {
+            self.login_by_account.retain_recent();
+        }
+        if self.login_by_ip.len() > 100_000 {
+            self.login_by_ip.retain_recent();
+        }
         self.login_by_ip
             .check_key(&ip.to_string())
             .map_err(|n| refuse("address", n))?;

@@ -1467,6 +1467,48 @@ async fn chat_billing_reviews_and_notifications() {
         .await;
     assert!(counselor_notes.data()["total"].as_i64().unwrap() >= 1);
 
+    // the counselor list: keyword, sort by service_count, paging
+    let r = app.send("GET", "/api/counselor/list?keyword=tina&sort_by=service_count&sort_order=desc&page=1&page_size=4", None, None).await;
+    assert_eq!(r.data()["total"], json!(1));
+    assert_eq!(r.data()["counselors"][0]["service_count"], json!(1));
+    assert_eq!(r.data()["counselors"][0]["review_count"], json!(1));
+    let r = app
+        .send("GET", "/api/counselor/list?keyword=nobody", None, None)
+        .await;
+    assert_eq!(r.data()["total"], json!(0));
+
+    // seed 001's aliases: start, messages, end
+    let third = app.paid_order(&token, counselor).await;
+    let r = app
+        .post(
+            &format!("/api/chat/session/{third}/start"),
+            &counselor_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = app
+        .post(
+            &format!("/api/chat/session/{third}/message"),
+            &counselor_token,
+            json!({"content": "您好"}),
+        )
+        .await;
+    assert_eq!(r.data()["sender_type"], json!("counselor"));
+    let r = app
+        .get(&format!("/api/chat/session/{third}/messages"), &token)
+        .await;
+    assert_eq!(r.data()["total"], json!(1));
+    let r = app
+        .post(
+            &format!("/api/chat/session/{third}/end"),
+            &counselor_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.data()["billing"]["total_amount"].is_number());
+
     let other_order = app.paid_order(&token, counselor).await;
     let t = Some(token.as_str());
     let o = Some(other.as_str());
@@ -1502,6 +1544,16 @@ async fn chat_billing_reviews_and_notifications() {
             ("DELETE", format!("/api/notification/{first}"), o, None, 403, "not your notification"),
             ("DELETE", format!("/api/notification/{second}"), t, None, 404, "notification"),
             ("GET", "/api/notification/list?type=spam".into(), t, None, 400, "type"),
+            ("GET", "/api/notification/list?page_size=1000".into(), t, None, 400, "page_size"),
+            ("POST", "/api/notification/read-all".into(), None, None, 401, "token"),
+            ("POST", "/api/notification/99999/read".into(), t, None, 404, "notification"),
+            ("GET", "/api/chat/sessions".into(), None, None, 401, "token"),
+            ("GET", "/api/chat/billings".into(), None, None, 401, "token"),
+            ("POST", format!("/api/chat/session/{other_order}/start"), o, None, 403, "participant"),
+            ("GET", format!("/api/chat/session/{session}/messages"), o, None, 403, "participant"),
+            ("POST", format!("/api/chat/session/{session}/end"), t, None, 400, ""),
+            ("GET", "/api/counselor/abc/reviews".into(), None, None, 400, ""),
+            ("GET", format!("/api/counselor/{counselor}/reviews?page_size=0"), None, None, 400, "page_size"),
         ],
     )
     .await;
