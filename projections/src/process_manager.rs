@@ -2,7 +2,7 @@
 //!
 //! | event | commands (command id) |
 //! |---|---|
-//! | `PaymentCaptured` | `Order::MarkPaid` (`pm:order-paid:<payment>`) |
+//! | `PaymentCaptured` | `Order::MarkPaid` (`pm:order-paid:<payment>`); when the order refuses it (paid by another payment, cancelled), `Payment::Refund` of the whole amount, refund no `orphan-<payment>` (`pm:orphan-refund:<payment>`) |
 //! | `SessionStarted` | `Order::StartService` (`pm:order-service:<session>`) |
 //! | `RechargeCaptured` | `UserWallet::Credit` with `CreditReason::Recharge` (`pm:recharge:<payment>`) |
 //! | `OrderCancelled` with a refund | `Payment::Refund` of the prepaid amount, refund no `cancel-<order>` (`pm:cancel-refund:<order>`) |
@@ -15,8 +15,8 @@
 
 use async_trait::async_trait;
 use domain::{
-    AccountCommand, CounselorAccount, CreditReason, Order, OrderCommand, OrderEvent, Payment,
-    PaymentCommand, PaymentEvent, SessionEvent, UserWallet, WalletCommand,
+    AccountCommand, CounselorAccount, CreditReason, Order, OrderCommand, OrderError, OrderEvent,
+    Payment, PaymentCommand, PaymentEvent, SessionEvent, UserWallet, WalletCommand,
 };
 use eventstore::envelope::{StoredEvent, Upcasters};
 use eventstore::{Actor, CommandBus, CommandError, CommandMeta};
@@ -83,12 +83,36 @@ impl Projection for ProcessManager {
                             paid_at: captured_at,
                         };
                         let meta = meta_for(&e, format!("pm:order-paid:{payment_id}"));
-                        settle(
-                            "order-paid",
-                            self.bus
-                                .execute::<Order>(&order_id.to_string(), cmd, &meta)
-                                .await,
-                        )?;
+                        let result = self
+                            .bus
+                            .execute::<Order>(&order_id.to_string(), cmd, &meta)
+                            .await;
+                        // Captured money the order cannot take (paid by another payment,
+                        // cancelled meanwhile) goes straight back.
+                        let orphan = matches!(
+                            &result,
+                            Err(CommandError::Rejected(
+                                OrderError::PaidByAnotherPayment
+                                    | OrderError::NotPending(_)
+                                    | OrderError::AmountMismatch { .. }
+                            ))
+                        );
+                        settle("order-paid", result)?;
+                        if orphan {
+                            let cmd = PaymentCommand::Refund {
+                                refund_no: format!("orphan-{payment_id}"),
+                                amount,
+                                reason: "the order was already paid or closed".into(),
+                                refunded_at: captured_at,
+                            };
+                            let meta = meta_for(&e, format!("pm:orphan-refund:{payment_id}"));
+                            settle(
+                                "orphan-refund",
+                                self.bus
+                                    .execute::<Payment>(&payment_id.to_string(), cmd, &meta)
+                                    .await,
+                            )?;
+                        }
                     }
                     PaymentEvent::RechargeCaptured {
                         user_id,
@@ -117,7 +141,7 @@ impl Projection for ProcessManager {
                         amount,
                         refunded_at,
                         ..
-                    } if order_id > 0 => {
+                    } if order_id > 0 && !refund_no.starts_with("orphan-") => {
                         let payment_id = e.aggregate_id_i64().unwrap_or_default();
                         let meta =
                             meta_for(&e, format!("pm:order-refunded:{payment_id}:{refund_no}"));

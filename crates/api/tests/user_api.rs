@@ -864,6 +864,32 @@ async fn orders_payments_cancel_and_refunds() {
         ]
     );
 
+    // two payments captured for one order: the second is refunded in full by the process manager
+    let twice = app.order(&token, counselor, 30).await;
+    let (first_pay, _, first_url) = app.payment(&token, twice, "sandbox").await;
+    let (second_pay, _, second_url) = app.payment(&token, twice, "sandbox").await;
+    assert_eq!(app.http.get(&first_url).send().await.unwrap().status(), 200);
+    app.wait_order_status(&token, twice, 1).await;
+    assert_eq!(
+        app.http.get(&second_url).send().await.unwrap().status(),
+        200
+    );
+    let mut status = 0;
+    for _ in 0..200 {
+        status = app.payment_status(second_pay).await;
+        if status == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, 3, "the orphan capture is refunded");
+    assert_eq!(app.payment_status(first_pay).await, 1);
+    let r = app.get(&format!("/api/order/{twice}"), &token).await;
+    assert_eq!(
+        (r.data()["status"].clone(), r.data()["payment_id"].clone()),
+        (json!(1), json!(first_pay))
+    );
+
     // partial refunds up to the captured amount
     let paid2 = app.paid_order(&token, counselor).await;
     let pay2 = app.get(&format!("/api/order/{paid2}"), &token).await.data()["payment_id"]
@@ -900,7 +926,7 @@ async fn orders_payments_cancel_and_refunds() {
 
     // payment list and get
     let r = app.get("/api/payment/list?status=3", &token).await;
-    assert_eq!(r.data()["total"], json!(2));
+    assert_eq!(r.data()["total"], json!(3), "cancel refund, orphan refund, partial refunds");
     assert_eq!(
         app.get("/api/payment/list?payment_method=alipay", &token)
             .await
