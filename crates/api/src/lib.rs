@@ -163,7 +163,13 @@ pub fn user_router_with(state: AppState, config: user_config::UserApiConfig) -> 
             state.clone(),
             idempotency::layer,
         ))
-        .layer(axum::Extension(user_config::UserApi::new(config)))
+        .layer(axum::Extension(
+            user_config::UserApi::with_sandbox(config.clone(), &state.settings.sandbox_secret)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = format!("{e:#}"), "sandbox providers unavailable");
+                    user_config::UserApi::new(config)
+                }),
+        ))
         .layer(TraceLayer::new_for_http())
         .layer(cors())
         .with_state(state)

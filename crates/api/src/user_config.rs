@@ -9,8 +9,8 @@
 //! `MYCHAT_WECHAT_PLATFORM_SERIAL`, `MYCHAT_WECHAT_PLATFORM_PUBLIC_KEY` (PEM text or a path),
 //! `MYCHAT_ALIPAY_APP_ID`, `MYCHAT_ALIPAY_PUBLIC_KEY` (PEM text or a path),
 //! `MYCHAT_SANDBOX_PAYMENTS` (`false` disables the sandbox provider).
-//! Without a provider's settings its callback refuses every notification (the demo pays through
-//! the sandbox provider).
+//! Without a provider's settings (and with the sandbox on) the provider runs in sandbox mode
+//! ([`crate::providers::sandbox`]).
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -116,6 +116,8 @@ impl UserApiConfig {
 /// The running user API's extras: its config and its rate limiters.
 pub struct UserApi {
     pub config: UserApiConfig,
+    /// The sandbox's signing side of `wechat` / `alipay` running in sandbox mode.
+    pub sandbox: crate::providers::sandbox::SandboxProviders,
     /// Login attempts per username.
     pub login_by_account: DefaultKeyedRateLimiter<String>,
     /// Login attempts per client IP.
@@ -125,8 +127,50 @@ pub struct UserApi {
 impl UserApi {
     /// The limiters of `config.login_limits` (governor's GCRA, in memory per node).
     pub fn new(config: UserApiConfig) -> Arc<Self> {
+        Self::build(
+            config,
+            crate::providers::sandbox::SandboxProviders {
+                wechat: None,
+                alipay: None,
+            },
+        )
+    }
+
+    /// Like [`UserApi::new`], and when the sandbox provider is on, `wechat` / `alipay` without
+    /// real keys run in sandbox mode with keys derived from `sandbox_secret`
+    /// ([`crate::providers::sandbox`]).
+    ///
+    /// # Errors
+    /// Only if key generation fails.
+    pub fn with_sandbox(
+        mut config: UserApiConfig,
+        sandbox_secret: &str,
+    ) -> anyhow::Result<Arc<Self>> {
+        use crate::providers::sandbox;
+        let mut providers = sandbox::SandboxProviders {
+            wechat: None,
+            alipay: None,
+        };
+        if config.sandbox_payments && config.wechat.is_none() {
+            let (verify, signer, key) = sandbox::wechat(sandbox_secret)?;
+            config.wechat = Some(verify);
+            providers.wechat = Some((signer, key));
+        }
+        if config.sandbox_payments && config.alipay.is_none() {
+            let (verify, signer) = sandbox::alipay(sandbox_secret)?;
+            config.alipay = Some(verify);
+            providers.alipay = Some(signer);
+        }
+        Ok(Self::build(config, providers))
+    }
+
+    fn build(
+        config: UserApiConfig,
+        sandbox: crate::providers::sandbox::SandboxProviders,
+    ) -> Arc<Self> {
         let quota = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).expect("non-zero"));
         Arc::new(Self {
+            sandbox,
             login_by_account: RateLimiter::keyed(quota(config.login_limits.per_account_per_minute)),
             login_by_ip: RateLimiter::keyed(quota(config.login_limits.per_ip_per_minute)),
             config,

@@ -68,6 +68,22 @@ async fn spawn_app() -> TestApp {
 }
 
 async fn spawn_app_with(limits: LoginLimits) -> TestApp {
+    spawn(limits, true).await
+}
+
+/// An app whose `wechat` and `alipay` run in sandbox mode (no provider keys configured).
+async fn spawn_sandbox_app() -> TestApp {
+    spawn(
+        LoginLimits {
+            per_account_per_minute: 1000,
+            per_ip_per_minute: 10_000,
+        },
+        false,
+    )
+    .await
+}
+
+async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
     let nats = testkit::NatsServer::start().unwrap();
     let pg = testkit::Postgres::start().unwrap();
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -132,6 +148,10 @@ async fn spawn_app_with(limits: LoginLimits) -> TestApp {
         .unwrap(),
     );
     config.alipay = Some(AlipayConfig::new(ALIPAY_APP.into(), &alipay_pem).unwrap());
+    if !real_providers {
+        config.wechat = None;
+        config.alipay = None;
+    }
     let app = api::user_router_with(state, config);
     let shutdown = stop.clone();
     tokio::spawn(async move {
@@ -926,7 +946,11 @@ async fn orders_payments_cancel_and_refunds() {
 
     // payment list and get
     let r = app.get("/api/payment/list?status=3", &token).await;
-    assert_eq!(r.data()["total"], json!(3), "cancel refund, orphan refund, partial refunds");
+    assert_eq!(
+        r.data()["total"],
+        json!(3),
+        "cancel refund, orphan refund, partial refunds"
+    );
     assert_eq!(
         app.get("/api/payment/list?payment_method=alipay", &token)
             .await
@@ -2169,4 +2193,54 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_is_served
         .await
         .unwrap();
     assert_eq!(swagger.status(), 200);
+}
+
+#[tokio::test]
+async fn in_sandbox_mode_the_cashier_pays_wechat_and_alipay_with_provider_format_signed_notifications(
+) {
+    let app = spawn_sandbox_app().await;
+    let (counselor, _) = app.counselor("tina").await;
+    let (_, token, _) = app.user("alice").await;
+    for (method, prefix) in [("wechat", "SBXWX"), ("alipay", "SBXALI")] {
+        let order = app.order(&token, counselor, 30).await;
+        let (payment, _, pay_url) = app.payment(&token, order, method).await;
+        assert_eq!(
+            app.http.get(&pay_url).send().await.unwrap().status(),
+            200,
+            "{method}"
+        );
+        app.wait_order_status(&token, order, 1).await;
+        let r = app.get(&format!("/api/payment/{payment}"), &token).await;
+        assert!(
+            r.data()["transaction_id"]
+                .as_str()
+                .unwrap()
+                .starts_with(prefix),
+            "{}",
+            r.body
+        );
+        // the sandbox's own (HMAC) format cannot pay a provider payment
+        let order = app.order(&token, counselor, 30).await;
+        let (_, payment_no, _) = app.payment(&token, order, method).await;
+        let body = serde_json::to_vec(&json!({"payment_no": payment_no, "transaction_id": "X", "amount": 15000, "trade_state": "SUCCESS"})).unwrap();
+        let ts = chrono::Utc::now().timestamp().to_string();
+        let sig = api::payments::sandbox_sign("sandbox-test-secret", &ts, "n", &body);
+        let res = app
+            .http
+            .post(format!("{}/api/payment/sandbox/callback", app.url))
+            .header("sandbox-timestamp", ts)
+            .header("sandbox-nonce", "n")
+            .header("sandbox-signature", sig)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{method}");
+    }
+    // a notification signed with another key is still refused in sandbox mode
+    let order = app.order(&token, counselor, 30).await;
+    let (_, payment_no, _) = app.payment(&token, order, "alipay").await;
+    let (stranger, _) = rsa_key();
+    let form = api::providers::sandbox::alipay_notification(&stranger, &payment_no, "T1", 15_000);
+    assert_eq!(post_alipay(&app, form).await, "fail");
 }

@@ -3,6 +3,7 @@
 //! [`capture`], which applies a verified notification to the `Payment` aggregate exactly once.
 
 pub mod alipay;
+pub mod sandbox;
 pub mod wechat;
 
 use chrono::Utc;
