@@ -6,6 +6,7 @@
 //! re-delivery never applies an event twice. Read-model rows also remember the position of the
 //! last event applied and refuse older ones.
 
+pub mod notifications;
 pub mod process_manager;
 pub mod read_models;
 pub mod runtime;
@@ -30,5 +31,6 @@ pub fn read_models() -> Vec<Arc<dyn Projection>> {
         Arc::new(read_models::Accounts),
         Arc::new(read_models::Withdrawals),
         Arc::new(read_models::Wallets),
+        Arc::new(notifications::Notifications),
     ]
 }

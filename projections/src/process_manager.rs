@@ -2,8 +2,11 @@
 //!
 //! | event | commands (command id) |
 //! |---|---|
-//! | `PaymentCaptured` | `Order::MarkPaid` (`pm:order-paid:<payment>`) |
+//! | `PaymentCaptured` | `Order::MarkPaid` (`pm:order-paid:<payment>`); when the order refuses it (paid by another payment, cancelled), `Payment::Refund` of the whole amount, refund no `orphan-<payment>` (`pm:orphan-refund:<payment>`) |
 //! | `SessionStarted` | `Order::StartService` (`pm:order-service:<session>`) |
+//! | `RechargeCaptured` | `UserWallet::Credit` with `CreditReason::Recharge` (`pm:recharge:<payment>`) |
+//! | `OrderCancelled` with a refund | `Payment::Refund` of the prepaid amount, refund no `cancel-<order>` (`pm:cancel-refund:<order>`) |
+//! | `PaymentRefunded` of an order payment | `Order::MarkRefunded` (`pm:order-refunded:<payment>:<refund_no>`) |
 //! | `SessionBilled` | `CounselorAccount::CreditEarnings` (`pm:credit:<session>`), `UserWallet::Credit` of the unused prepaid amount (`pm:refund:<session>`), `Order::Complete` (`pm:complete:<order>`) |
 //!
 //! Each command id is derived from the triggering event, and each command is idempotent in its
@@ -12,8 +15,8 @@
 
 use async_trait::async_trait;
 use domain::{
-    AccountCommand, CounselorAccount, CreditReason, Order, OrderCommand, PaymentEvent,
-    SessionEvent, UserWallet, WalletCommand,
+    AccountCommand, CounselorAccount, CreditReason, Order, OrderCommand, OrderError, OrderEvent,
+    Payment, PaymentCommand, PaymentEvent, SessionEvent, UserWallet, WalletCommand,
 };
 use eventstore::envelope::{StoredEvent, Upcasters};
 use eventstore::{Actor, CommandBus, CommandError, CommandMeta};
@@ -57,19 +60,22 @@ impl Projection for ProcessManager {
         "process_manager"
     }
     fn subjects(&self) -> Vec<String> {
-        vec!["ev.payment.>".into(), "ev.session.>".into()]
+        vec![
+            "ev.payment.>".into(),
+            "ev.session.>".into(),
+            "ev.order.>".into(),
+        ]
     }
     async fn apply(&self, _tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
         for e in message.events(&Upcasters::default())? {
             match e.aggregate_type.as_str() {
-                "payment" => {
-                    if let PaymentEvent::PaymentCaptured {
+                "payment" => match e.decode()? {
+                    PaymentEvent::PaymentCaptured {
                         order_id,
                         amount,
                         captured_at,
                         ..
-                    } = e.decode()?
-                    {
+                    } => {
                         let payment_id = e.aggregate_id_i64().unwrap_or_default();
                         let cmd = OrderCommand::MarkPaid {
                             payment_id,
@@ -77,12 +83,112 @@ impl Projection for ProcessManager {
                             paid_at: captured_at,
                         };
                         let meta = meta_for(&e, format!("pm:order-paid:{payment_id}"));
+                        let result = self
+                            .bus
+                            .execute::<Order>(&order_id.to_string(), cmd, &meta)
+                            .await;
+                        // Captured money the order cannot take (paid by another payment,
+                        // cancelled meanwhile) goes straight back.
+                        let orphan = matches!(
+                            &result,
+                            Err(CommandError::Rejected(
+                                OrderError::PaidByAnotherPayment
+                                    | OrderError::NotPending(_)
+                                    | OrderError::AmountMismatch { .. }
+                            ))
+                        );
+                        settle("order-paid", result)?;
+                        if orphan {
+                            let cmd = PaymentCommand::Refund {
+                                refund_no: format!("orphan-{payment_id}"),
+                                amount,
+                                reason: "the order was already paid or closed".into(),
+                                refunded_at: captured_at,
+                            };
+                            let meta = meta_for(&e, format!("pm:orphan-refund:{payment_id}"));
+                            settle(
+                                "orphan-refund",
+                                self.bus
+                                    .execute::<Payment>(&payment_id.to_string(), cmd, &meta)
+                                    .await,
+                            )?;
+                        }
+                    }
+                    PaymentEvent::RechargeCaptured {
+                        user_id,
+                        amount,
+                        captured_at,
+                        ..
+                    } => {
+                        let payment_id = e.aggregate_id_i64().unwrap_or_default();
+                        let cmd = WalletCommand::Credit {
+                            user_id,
+                            amount,
+                            reason: CreditReason::Recharge { payment_id },
+                            at: captured_at,
+                        };
+                        let meta = meta_for(&e, format!("pm:recharge:{payment_id}"));
                         settle(
-                            "order-paid",
+                            "recharge",
+                            self.bus
+                                .execute::<UserWallet>(&user_id.to_string(), cmd, &meta)
+                                .await,
+                        )?;
+                    }
+                    PaymentEvent::PaymentRefunded {
+                        order_id,
+                        refund_no,
+                        amount,
+                        refunded_at,
+                        ..
+                    } if order_id > 0 && !refund_no.starts_with("orphan-") => {
+                        let payment_id = e.aggregate_id_i64().unwrap_or_default();
+                        let meta =
+                            meta_for(&e, format!("pm:order-refunded:{payment_id}:{refund_no}"));
+                        let cmd = OrderCommand::MarkRefunded {
+                            payment_id,
+                            refund_no,
+                            amount,
+                            refunded_at,
+                        };
+                        settle(
+                            "order-refunded",
                             self.bus
                                 .execute::<Order>(&order_id.to_string(), cmd, &meta)
                                 .await,
                         )?;
+                    }
+                    _ => {}
+                },
+                "order" => {
+                    if let OrderEvent::OrderCancelled {
+                        payment_id: Some(payment_id),
+                        refund_amount,
+                        reason,
+                        cancelled_at,
+                        ..
+                    } = e.decode()?
+                    {
+                        if refund_amount > 0 {
+                            let order_id = e.aggregate_id_i64().unwrap_or_default();
+                            let cmd = PaymentCommand::Refund {
+                                refund_no: format!("cancel-{order_id}"),
+                                amount: refund_amount,
+                                reason: if reason.is_empty() {
+                                    "order cancelled".into()
+                                } else {
+                                    reason
+                                },
+                                refunded_at: cancelled_at,
+                            };
+                            let meta = meta_for(&e, format!("pm:cancel-refund:{order_id}"));
+                            settle(
+                                "cancel-refund",
+                                self.bus
+                                    .execute::<Payment>(&payment_id.to_string(), cmd, &meta)
+                                    .await,
+                            )?;
+                        }
                     }
                 }
                 "session" => match e.decode()? {

@@ -136,6 +136,63 @@ impl Projection for Orders {
                     .execute(&mut *tx)
                     .await?;
                 }
+                OrderEvent::OrderCancelled { .. } => {
+                    sqlx::query(
+                        "UPDATE orders SET status = 3, updated_at = $2, last_position = $3 \
+                         WHERE id = $1 AND last_position < $3",
+                    )
+                    .bind(order)
+                    .bind(at)
+                    .bind(pos)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                OrderEvent::OrderRefunded { amount, .. } => {
+                    sqlx::query(
+                        "UPDATE orders SET status = 4, refunded_fen = refunded_fen + $2, updated_at = $3, \
+                         last_position = $4 WHERE id = $1 AND last_position < $4",
+                    )
+                    .bind(order)
+                    .bind(amount)
+                    .bind(at)
+                    .bind(pos)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                OrderEvent::OrderReviewed {
+                    user_id,
+                    counselor_id,
+                    rating,
+                    comment,
+                    is_anonymous,
+                    reviewed_at,
+                } => {
+                    let done = sqlx::query(
+                        "UPDATE orders SET has_review = TRUE, updated_at = $2, last_position = $3 \
+                         WHERE id = $1 AND last_position < $3",
+                    )
+                    .bind(order)
+                    .bind(at)
+                    .bind(pos)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() > 0 {
+                        sqlx::query(
+                            "INSERT INTO reviews (order_id, user_id, counselor_id, rating, comment, \
+                             is_anonymous, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$7) \
+                             ON CONFLICT (order_id) DO NOTHING",
+                        )
+                        .bind(order)
+                        .bind(user_id)
+                        .bind(counselor_id)
+                        .bind(rating)
+                        .bind(comment)
+                        .bind(is_anonymous)
+                        .bind(reviewed_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
             }
         }
         Ok(())
@@ -184,13 +241,54 @@ impl Projection for Payments {
                     .execute(&mut *tx)
                     .await?;
                 }
+                PaymentEvent::RechargePaymentCreated {
+                    payment_no,
+                    user_id,
+                    amount,
+                    method,
+                    trade_type,
+                    created_at,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO payments (id, payment_no, order_id, user_id, payment_method, trade_type, \
+                         amount_fen, status, purpose, created_at, updated_at, last_position) \
+                         VALUES ($1,$2,0,$3,$4,$5,$6,0,'recharge',$7,$7,$8) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(payment)
+                    .bind(payment_no)
+                    .bind(user_id)
+                    .bind(method)
+                    .bind(trade_type)
+                    .bind(amount)
+                    .bind(created_at)
+                    .bind(pos)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                PaymentEvent::PaymentRefunded { total_refunded, .. } => {
+                    sqlx::query(
+                        "UPDATE payments SET status = 3, refunded_fen = $2, updated_at = $3, \
+                         last_position = $4 WHERE id = $1 AND last_position < $4",
+                    )
+                    .bind(payment)
+                    .bind(total_refunded)
+                    .bind(at)
+                    .bind(pos)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 PaymentEvent::PaymentCaptured {
+                    provider_txn_id,
+                    captured_at,
+                    ..
+                }
+                | PaymentEvent::RechargeCaptured {
                     provider_txn_id,
                     captured_at,
                     ..
                 } => {
                     sqlx::query(
-                        "UPDATE payments SET status = 1, transaction_id = $2, pay_time = $3, updated_at = $4, \
+                        "UPDATE payments SET status = 1, transaction_id = $2, pay_time = $3, notify_time = $4, updated_at = $4, \
                          last_position = $5 WHERE id = $1 AND last_position < $5",
                     )
                     .bind(payment)
@@ -560,6 +658,9 @@ impl Projection for Wallets {
                             format!("订单 {order_id} 未使用时长退款"),
                             Some(order_id),
                         ),
+                        CreditReason::Recharge { payment_id } => {
+                            ("recharge", format!("充值（支付 {payment_id}）"), None)
+                        }
                     };
                     sqlx::query(
                         "INSERT INTO wallet_transactions (stream_seq, idx, user_id, type, amount_fen, \

@@ -61,7 +61,20 @@ impl JwtKeys {
     /// # Errors
     /// Only if signing fails (it does not for HS256).
     pub fn issue(&self, user_id: i64, username: &str, kind: &str) -> anyhow::Result<String> {
-        let now = chrono::Utc::now().timestamp();
+        self.issue_at(user_id, username, kind, chrono::Utc::now().timestamp())
+    }
+
+    /// Issues a token whose `iat` is `now` (unix seconds).
+    ///
+    /// # Errors
+    /// Only if signing fails (it does not for HS256).
+    pub fn issue_at(
+        &self,
+        user_id: i64,
+        username: &str,
+        kind: &str,
+        now: i64,
+    ) -> anyhow::Result<String> {
         let claims = Claims {
             user_id,
             username: username.to_string(),
@@ -139,11 +152,16 @@ pub fn bearer_token(parts: &Parts) -> Option<String> {
     })
 }
 
-/// A caller holding a valid user token whose account is enabled (`status = 1`).
+/// A caller holding a valid user token whose account is enabled (`status = 1`) and that was not
+/// revoked (logout: `revoked_tokens`; password change: `users.tokens_valid_after`).
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     pub user_id: i64,
     pub username: String,
+    /// The token's id (`jti`).
+    pub jti: String,
+    /// The token's expiry, unix seconds.
+    pub expires_at: i64,
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -156,15 +174,28 @@ impl FromRequestParts<AppState> for AuthUser {
         if claims.kind != KIND_USER {
             return Err(ApiError::forbidden("a user token is required"));
         }
-        let status: Option<i16> =
-            sqlx::query_scalar("SELECT status FROM users WHERE id = $1 AND deleted_at IS NULL")
-                .bind(claims.user_id)
-                .fetch_optional(&state.db)
-                .await?;
+        let row: Option<(i16, bool)> = sqlx::query_as(
+            "SELECT status, (tokens_valid_after IS NOT NULL \
+               AND to_timestamp($2) <= tokens_valid_after) \
+               OR EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $3) \
+             FROM users WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(claims.user_id)
+        .bind(claims.iat as f64)
+        .bind(&claims.jti)
+        .fetch_optional(&state.db)
+        .await?;
+        let status = match row {
+            Some((_, true)) => return Err(ApiError::unauthorized("token revoked")),
+            Some((status, false)) => Some(status),
+            None => None,
+        };
         match status {
             Some(1) => Ok(Self {
                 user_id: claims.user_id,
                 username: claims.username,
+                jti: claims.jti,
+                expires_at: claims.exp,
             }),
             Some(_) => Err(ApiError::forbidden("account disabled")),
             None => Err(ApiError::unauthorized("unknown user")),

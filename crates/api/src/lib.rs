@@ -5,6 +5,7 @@
 //! where the client reads it back next, once the read model shows it ([`AppState::settle`]).
 //! Every body is MyChat's `{code, msg, data}` envelope (contract a.3); errors are [`ApiError`].
 
+pub mod accounts;
 pub mod admin;
 pub mod admin_bus;
 pub mod admin_business;
@@ -17,15 +18,26 @@ pub mod admin_people;
 pub mod admin_rbac;
 pub mod admin_routes;
 pub mod admin_system;
+pub mod applications;
 pub mod auth;
 pub mod chat;
+pub mod chat_lists;
 pub mod error;
+pub mod files;
 pub mod finance;
+pub mod idempotency;
 pub mod money;
+pub mod notifications;
+pub mod openapi;
+pub mod order_actions;
 pub mod orders;
+pub mod payment_queries;
 pub mod payments;
+pub mod providers;
+pub mod reviews;
 pub mod seed;
 pub mod swagger;
+pub mod user_config;
 pub mod users;
 
 use std::sync::Arc;
@@ -122,8 +134,24 @@ pub fn cors() -> CorsLayer {
         ])
 }
 
-/// The user API (:8080).
+/// The user API (:8080), configured from the environment ([`user_config::UserApiConfig::from_env`];
+/// a provider whose keys cannot be read is left unconfigured, with an error logged).
 pub fn user_router(state: AppState) -> Router {
+    let config = user_config::UserApiConfig::from_env().unwrap_or_else(|e| {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "payment provider settings ignored"
+        );
+        user_config::UserApiConfig::new(std::path::PathBuf::from(".data/uploads"))
+    });
+    user_router_with(state, config)
+}
+
+/// The user API (:8080) with explicit issue-3 settings: every route of contract b.1 and seed
+/// 001, `Idempotency-Key` on state-changing requests, `/uploads/...`, the OpenAPI document at
+/// `/api-docs/openapi.json` and Swagger UI at `/swagger`.
+pub fn user_router_with(state: AppState, config: user_config::UserApiConfig) -> Router {
+    let uploads = tower_http::services::ServeDir::new(&config.upload_dir);
     Router::new()
         .route("/health", get(health))
         .merge(users::router())
@@ -131,6 +159,28 @@ pub fn user_router(state: AppState) -> Router {
         .merge(payments::router())
         .merge(chat::router())
         .merge(finance::router())
+        .merge(accounts::router())
+        .merge(order_actions::router())
+        .merge(payment_queries::router())
+        .merge(reviews::router())
+        .merge(applications::router())
+        .merge(notifications::router())
+        .merge(chat_lists::router())
+        .merge(files::router())
+        .merge(openapi::router())
+        .merge(swagger::swagger_ui(openapi::SPEC_URL))
+        .nest_service("/uploads", uploads)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ))
+        .layer(axum::Extension(
+            user_config::UserApi::with_sandbox(config.clone(), &state.settings.sandbox_secret)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = format!("{e:#}"), "sandbox providers unavailable");
+                    user_config::UserApi::new(config)
+                }),
+        ))
         .layer(TraceLayer::new_for_http())
         .layer(cors())
         .with_state(state)

@@ -178,7 +178,7 @@ pub fn order_json(row: &sqlx::postgres::PgRow) -> Value {
         "pay_time": row.get::<Option<DateTime<Utc>>, _>("pay_time"),
         "payment_id": row.get::<Option<i64>, _>("payment_id"),
         "session_id": row.get::<Option<i64>, _>("session_id"),
-        "has_review": false,
+        "has_review": row.try_get::<bool, _>("has_review").unwrap_or(false),
         "created_at": row.get::<DateTime<Utc>, _>("created_at"),
         "updated_at": row.get::<DateTime<Utc>, _>("updated_at"),
         "user": {

@@ -197,11 +197,24 @@ fn provider_reply(status: StatusCode, code: &str, message: &str) -> Response {
 /// `POST /api/payment/sandbox/callback`: the sandbox provider's notification. Verified (signature,
 /// freshness), then the payment is captured (the amount must match; a repeat is a no-op). Replies
 /// as WeChat Pay v3 does: 200 `{code: "SUCCESS"}`, or 4xx `{code: "FAIL", message}` when refused.
+///
+/// Issue 3: refused (403) when `sandbox_payments` is off, and for a `wechat` / `alipay` payment
+/// whose real provider is configured — those are paid only through the provider's verified
+/// notification.
 pub async fn sandbox_callback(
     State(state): State<AppState>,
+    api: Option<axum::Extension<std::sync::Arc<crate::user_config::UserApi>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let api = api.map(|axum::Extension(a)| a);
+    if api.as_ref().is_some_and(|a| !a.config.sandbox_payments) {
+        return provider_reply(
+            StatusCode::FORBIDDEN,
+            "FAIL",
+            "the sandbox provider is disabled",
+        );
+    }
     if let Err(why) = sandbox_verify(&state.settings.sandbox_secret, &headers, &body) {
         tracing::warn!(why, "sandbox notification refused");
         return provider_reply(StatusCode::UNAUTHORIZED, "FAIL", why);
@@ -213,17 +226,30 @@ pub async fn sandbox_callback(
     if notify.trade_state != "SUCCESS" {
         return provider_reply(StatusCode::OK, "SUCCESS", "not a payment; ignored");
     }
-    let id: Option<i64> = match sqlx::query_scalar("SELECT id FROM payments WHERE payment_no = $1")
-        .bind(&notify.payment_no)
-        .fetch_optional(&state.db)
-        .await
-    {
-        Ok(id) => id,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let Some(id) = id else {
+    let row: Option<(i64, String)> =
+        match sqlx::query_as("SELECT id, payment_method FROM payments WHERE payment_no = $1")
+            .bind(&notify.payment_no)
+            .fetch_optional(&state.db)
+            .await
+        {
+            Ok(row) => row,
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+    let Some((id, method)) = row else {
         return provider_reply(StatusCode::NOT_FOUND, "FAIL", "unknown payment");
     };
+    let real_provider = api.as_ref().is_some_and(|a| match method.as_str() {
+        "wechat" => a.config.wechat.is_some(),
+        "alipay" => a.config.alipay.is_some(),
+        _ => false,
+    });
+    if real_provider {
+        return provider_reply(
+            StatusCode::FORBIDDEN,
+            "FAIL",
+            "this payment is confirmed only by its provider's notification",
+        );
+    }
     let command = PaymentCommand::Capture {
         provider_txn_id: notify.transaction_id.clone(),
         amount: notify.amount,
@@ -247,16 +273,98 @@ pub async fn sandbox_callback(
 /// `GET /sandbox/cashier/{payment_no}`: the sandbox provider's cashier page. Opening it pays:
 /// the provider signs a notification and posts it to mychat's notify URL, then the page says
 /// whether mychat accepted it.
+///
+/// Issue 3: a `wechat` / `alipay` payment whose provider runs in sandbox mode is paid with that
+/// provider's own notification format, signed with the sandbox keys, posted to the provider's
+/// real callback route ([`crate::providers::sandbox`]).
 pub async fn sandbox_cashier(
     State(state): State<AppState>,
+    api: Option<axum::Extension<std::sync::Arc<crate::user_config::UserApi>>>,
     ApiPath(payment_no): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let row = sqlx::query("SELECT amount_fen, status FROM payments WHERE payment_no = $1")
-        .bind(&payment_no)
-        .fetch_optional(&state.db)
-        .await?
-        .ok_or_else(|| ApiError::not_found("payment"))?;
+    let row = sqlx::query(
+        "SELECT amount_fen, status, payment_method FROM payments WHERE payment_no = $1",
+    )
+    .bind(&payment_no)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("payment"))?;
     let amount: i64 = row.get("amount_fen");
+    let method: String = row.get("payment_method");
+    if let Some(axum::Extension(api)) = &api {
+        let provider_reply = match (method.as_str(), &api.sandbox.wechat, &api.sandbox.alipay) {
+            ("wechat", Some((signer, key)), _) => {
+                let txn = format!(
+                    "SBXWX{}",
+                    Utc::now().timestamp_nanos_opt().unwrap_or_default()
+                );
+                let (headers, body) = crate::providers::sandbox::wechat_notification(
+                    signer,
+                    key,
+                    &payment_no,
+                    &txn,
+                    amount,
+                )?;
+                let mut req = reqwest::Client::new()
+                    .post(format!(
+                        "{}/api/payment/wechat/callback",
+                        state.settings.public_url
+                    ))
+                    .header("content-type", "application/json")
+                    .body(body);
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                let reply = req
+                    .send()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("sandbox WeChat Pay: {e}"))?;
+                Some(reply.status().is_success())
+            }
+            ("alipay", _, Some(signer)) => {
+                let trade = format!(
+                    "SBXALI{}",
+                    Utc::now().timestamp_nanos_opt().unwrap_or_default()
+                );
+                let form = crate::providers::sandbox::alipay_notification(
+                    signer,
+                    &payment_no,
+                    &trade,
+                    amount,
+                );
+                let reply = reqwest::Client::new()
+                    .post(format!(
+                        "{}/api/payment/alipay/callback",
+                        state.settings.public_url
+                    ))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(form)
+                    .send()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("sandbox Alipay: {e}"))?;
+                Some(reply.text().await.unwrap_or_default() == "success")
+            }
+            _ => None,
+        };
+        if let Some(accepted) = provider_reply {
+            let html = format!(
+                "<!doctype html><meta charset=utf-8><title>Sandbox cashier</title>\
+                 <h1>{}</h1><p>{method} payment {payment_no}: ¥{:.2}</p>",
+                if accepted {
+                    "支付成功 Payment complete"
+                } else {
+                    "支付失败 Payment refused"
+                },
+                amount as f64 / 100.0
+            );
+            let status = if accepted {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            return Ok((status, Html(html)).into_response());
+        }
+    }
     let notify = SandboxNotify {
         payment_no: payment_no.clone(),
         transaction_id: format!("SBX{}", uuid::Uuid::new_v4().simple()),

@@ -86,8 +86,13 @@ pub struct LoginRequest {
 
 /// `POST /api/login` → `{token, user: {user_id, username, email, is_counselor, counselor_id}}`;
 /// 401 on bad credentials, 403 for a disabled account. A counselor logs in here too.
+///
+/// Rate-limited per username and per client IP (issue 3; governor GCRA, 429 with
+/// `Retry-After`), and answers a `refresh_token` beside the access token.
 pub async fn login(
     State(state): State<AppState>,
+    axum::Extension(api): axum::Extension<std::sync::Arc<crate::user_config::UserApi>>,
+    client: crate::user_config::ClientIp,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<Value>> {
     if req.username.is_empty() {
@@ -96,6 +101,7 @@ pub async fn login(
     if req.password.is_empty() {
         return Err(ApiError::field("password", "required"));
     }
+    api.check_login(&req.username, &client.0)?;
     let row = sqlx::query(
         "SELECT u.id, u.password_hash, u.email, u.status, c.id AS counselor_id FROM users u \
          LEFT JOIN counselors c ON c.user_id = u.id WHERE u.username = $1 AND u.deleted_at IS NULL",
@@ -115,8 +121,12 @@ pub async fn login(
     let id: i64 = row.get("id");
     let counselor_id: Option<i64> = row.get("counselor_id");
     let token = state.jwt.issue(id, &req.username, KIND_USER)?;
+    let refresh_token =
+        crate::accounts::issue_refresh(&state.db, id, None, api.config.refresh_ttl_seconds).await?;
     Ok(ok(json!({
         "token": token,
+        "refresh_token": refresh_token,
+        "expires_in": state.jwt.ttl_seconds,
         "user": {
             "user_id": id,
             "id": id,
@@ -161,7 +171,8 @@ pub async fn user_info(State(state): State<AppState>, user: AuthUser) -> ApiResu
 const COUNSELOR_COLUMNS: &str =
     "c.id, c.user_id, c.name, c.title, c.avatar, c.bio, c.specialty, c.price_fen, \
      c.years_exp, c.rating, c.status, c.created_at, c.updated_at, \
-     (SELECT count(*) FROM orders o WHERE o.counselor_id = c.id AND o.status = 2) AS service_count";
+     (SELECT count(*) FROM orders o WHERE o.counselor_id = c.id AND o.status = 2) AS service_count, \
+     (SELECT count(*) FROM reviews r WHERE r.counselor_id = c.id AND r.is_visible) AS review_count";
 
 /// A counselor as the MyChat clients read it (contract b.2), `price` in yuan per minute.
 pub fn counselor_json(row: &sqlx::postgres::PgRow) -> Value {
@@ -182,7 +193,7 @@ pub fn counselor_json(row: &sqlx::postgres::PgRow) -> Value {
         "rating": rating,
         "status": row.get::<i16, _>("status"),
         "service_count": service_count,
-        "review_count": 0,
+        "review_count": row.try_get::<i64, _>("review_count").unwrap_or(0),
         "is_recommended": rating >= 4.5 && service_count >= 5,
         "created_at": row.get::<chrono::DateTime<chrono::Utc>, _>("created_at"),
         "updated_at": row.get::<chrono::DateTime<chrono::Utc>, _>("updated_at"),

@@ -67,6 +67,12 @@ pub struct Order {
     pub amount: Fen,
     pub payment_id: Option<i64>,
     pub session_id: Option<i64>,
+    /// Whether the order's one review was written (issue 3).
+    #[serde(default)]
+    pub reviewed: bool,
+    /// Fen refunded to the user so far (issue 3).
+    #[serde(default)]
+    pub refunded: Fen,
 }
 
 /// Commands on an `Order`.
@@ -110,6 +116,31 @@ pub enum OrderCommand {
         reason: String,
         at: Timestamp,
     },
+    /// Cancels the order (contract b.1 #25, intended behaviour): allowed while awaiting payment,
+    /// or once paid as long as the service has not started, in which case the whole prepaid
+    /// amount is to be refunded to the payment it came from (`OrderCancelled::refund_amount`).
+    /// Refused otherwise ([`OrderError::NotCancellable`], [`OrderError::ServiceStarted`]).
+    Cancel {
+        cancelled_by: i64,
+        reason: String,
+        cancelled_at: Timestamp,
+    },
+    /// Records that `amount` fen of the order's payment went back to the user (after
+    /// `PaymentRefunded`). Idempotent per `refund_no`. Refused on an order that was never paid.
+    MarkRefunded {
+        payment_id: i64,
+        refund_no: String,
+        amount: Fen,
+        refunded_at: Timestamp,
+    },
+    /// The user's one review of a completed order (contract b.1 #15): `rating` 1..=5.
+    Review {
+        user_id: i64,
+        rating: i16,
+        comment: String,
+        is_anonymous: bool,
+        reviewed_at: Timestamp,
+    },
 }
 
 /// Events of an `Order`.
@@ -147,6 +178,34 @@ pub enum OrderEvent {
         reason: String,
         at: Timestamp,
     },
+    /// The order was cancelled. `refund_amount` (fen) is what must go back to `payment_id`
+    /// (0 and `None` for an unpaid order). The money moves with `PaymentRefunded`.
+    OrderCancelled {
+        user_id: i64,
+        counselor_id: i64,
+        cancelled_by: i64,
+        reason: String,
+        payment_id: Option<i64>,
+        refund_amount: Fen,
+        cancelled_at: Timestamp,
+    },
+    /// `amount` fen of `payment_id` went back to the user (`refund_no` names the refund).
+    OrderRefunded {
+        user_id: i64,
+        payment_id: i64,
+        refund_no: String,
+        amount: Fen,
+        refunded_at: Timestamp,
+    },
+    /// The order's one review.
+    OrderReviewed {
+        user_id: i64,
+        counselor_id: i64,
+        rating: i16,
+        comment: String,
+        is_anonymous: bool,
+        reviewed_at: Timestamp,
+    },
 }
 
 impl DomainEvent for OrderEvent {
@@ -157,6 +216,9 @@ impl DomainEvent for OrderEvent {
             Self::OrderServiceStarted { .. } => "OrderServiceStarted",
             Self::OrderCompleted { .. } => "OrderCompleted",
             Self::OrderStatusChangedByAdmin { .. } => "OrderStatusChangedByAdmin",
+            Self::OrderCancelled { .. } => "OrderCancelled",
+            Self::OrderRefunded { .. } => "OrderRefunded",
+            Self::OrderReviewed { .. } => "OrderReviewed",
         }
         .to_string()
     }
@@ -188,6 +250,20 @@ pub enum OrderError {
     OtherSession,
     #[error("an order cannot be set to that status")]
     InvalidStatus,
+    #[error("order cannot be cancelled (status {0:?})")]
+    NotCancellable(OrderStatus),
+    #[error("order cannot be cancelled: its chat session has started")]
+    ServiceStarted,
+    #[error("only a completed order can be reviewed (status {0:?})")]
+    NotCompleted(OrderStatus),
+    #[error("order already reviewed")]
+    AlreadyReviewed,
+    #[error("only the order's user may do this")]
+    NotYourOrder,
+    #[error("rating must be between 1 and 5")]
+    InvalidRating,
+    #[error("refund amount must be positive")]
+    InvalidRefund,
 }
 
 impl Aggregate for Order {
@@ -334,6 +410,98 @@ impl Aggregate for Order {
                 )
                 .await;
             }
+            OrderCommand::Cancel {
+                cancelled_by,
+                reason,
+                cancelled_at,
+            } => {
+                let (payment_id, refund_amount) = match self.status {
+                    OrderStatus::Pending => (None, 0),
+                    OrderStatus::Paid if self.session_id.is_some() => {
+                        return Err(OrderError::ServiceStarted)
+                    }
+                    OrderStatus::Paid => (self.payment_id, self.amount),
+                    OrderStatus::Absent => return Err(OrderError::NotFound),
+                    status => return Err(OrderError::NotCancellable(status)),
+                };
+                sink.write(
+                    OrderEvent::OrderCancelled {
+                        user_id: self.user_id,
+                        counselor_id: self.counselor_id,
+                        cancelled_by,
+                        reason,
+                        payment_id,
+                        refund_amount,
+                        cancelled_at,
+                    },
+                    self,
+                )
+                .await;
+            }
+            OrderCommand::MarkRefunded {
+                payment_id,
+                refund_no,
+                amount,
+                refunded_at,
+            } => {
+                if amount <= 0 {
+                    return Err(OrderError::InvalidRefund);
+                }
+                match self.status {
+                    OrderStatus::Absent => return Err(OrderError::NotFound),
+                    OrderStatus::Pending => return Err(OrderError::NotPaid(self.status)),
+                    _ if self.payment_id != Some(payment_id) => {
+                        return Err(OrderError::PaidByAnotherPayment)
+                    }
+                    _ => {}
+                }
+                sink.write(
+                    OrderEvent::OrderRefunded {
+                        user_id: self.user_id,
+                        payment_id,
+                        refund_no,
+                        amount,
+                        refunded_at,
+                    },
+                    self,
+                )
+                .await;
+            }
+            OrderCommand::Review {
+                user_id,
+                rating,
+                comment,
+                is_anonymous,
+                reviewed_at,
+            } => {
+                if self.status == OrderStatus::Absent {
+                    return Err(OrderError::NotFound);
+                }
+                if user_id != self.user_id {
+                    return Err(OrderError::NotYourOrder);
+                }
+                if self.reviewed {
+                    return Err(OrderError::AlreadyReviewed);
+                }
+                if self.status != OrderStatus::Completed {
+                    return Err(OrderError::NotCompleted(self.status));
+                }
+                if !(1..=5).contains(&rating) {
+                    return Err(OrderError::InvalidRating);
+                }
+                sink.write(
+                    OrderEvent::OrderReviewed {
+                        user_id,
+                        counselor_id: self.counselor_id,
+                        rating,
+                        comment,
+                        is_anonymous,
+                        reviewed_at,
+                    },
+                    self,
+                )
+                .await;
+            }
         }
         Ok(())
     }
@@ -366,6 +534,12 @@ impl Aggregate for Order {
             }
             OrderEvent::OrderCompleted { .. } => self.status = OrderStatus::Completed,
             OrderEvent::OrderStatusChangedByAdmin { to, .. } => self.status = to,
+            OrderEvent::OrderCancelled { .. } => self.status = OrderStatus::Cancelled,
+            OrderEvent::OrderRefunded { amount, .. } => {
+                self.status = OrderStatus::Refunded;
+                self.refunded += amount;
+            }
+            OrderEvent::OrderReviewed { .. } => self.reviewed = true,
         }
     }
 }
@@ -547,5 +721,153 @@ mod tests {
                 started_at: at(),
             })
             .then_expect_error(OrderError::NotPaid(OrderStatus::Pending));
+    }
+
+    fn paid() -> OrderEvent {
+        OrderEvent::OrderPaid {
+            payment_id: 1,
+            amount: 5_000,
+            paid_at: at(),
+        }
+    }
+
+    fn cancel() -> OrderCommand {
+        OrderCommand::Cancel {
+            cancelled_by: 7,
+            reason: String::new(),
+            cancelled_at: at(),
+        }
+    }
+
+    #[test]
+    fn cancelling_an_unpaid_order_refunds_nothing() {
+        TestFramework::<Order>::with(())
+            .given(vec![placed()])
+            .when(cancel())
+            .then_expect_events(vec![OrderEvent::OrderCancelled {
+                user_id: 7,
+                counselor_id: 3,
+                cancelled_by: 7,
+                reason: String::new(),
+                payment_id: None,
+                refund_amount: 0,
+                cancelled_at: at(),
+            }]);
+    }
+
+    #[test]
+    fn cancelling_a_paid_order_refunds_the_whole_payment() {
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid()])
+            .when(cancel())
+            .then_expect_events(vec![OrderEvent::OrderCancelled {
+                user_id: 7,
+                counselor_id: 3,
+                cancelled_by: 7,
+                reason: String::new(),
+                payment_id: Some(1),
+                refund_amount: 5_000,
+                cancelled_at: at(),
+            }]);
+    }
+
+    #[test]
+    fn an_order_in_service_or_completed_cannot_be_cancelled() {
+        let started = OrderEvent::OrderServiceStarted {
+            session_id: 1,
+            started_at: at(),
+        };
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid(), started.clone()])
+            .when(cancel())
+            .then_expect_error(OrderError::ServiceStarted);
+        let completed = OrderEvent::OrderCompleted {
+            session_id: 1,
+            completed_at: at(),
+        };
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid(), started, completed])
+            .when(cancel())
+            .then_expect_error(OrderError::NotCancellable(OrderStatus::Completed));
+    }
+
+    #[test]
+    fn a_refund_is_recorded_only_for_the_payment_that_paid() {
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid()])
+            .when(OrderCommand::MarkRefunded {
+                payment_id: 1,
+                refund_no: "R1".into(),
+                amount: 100,
+                refunded_at: at(),
+            })
+            .then_expect_events(vec![OrderEvent::OrderRefunded {
+                user_id: 7,
+                payment_id: 1,
+                refund_no: "R1".into(),
+                amount: 100,
+                refunded_at: at(),
+            }]);
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid()])
+            .when(OrderCommand::MarkRefunded {
+                payment_id: 2,
+                refund_no: "R1".into(),
+                amount: 100,
+                refunded_at: at(),
+            })
+            .then_expect_error(OrderError::PaidByAnotherPayment);
+    }
+
+    fn review(user_id: i64, rating: i16) -> OrderCommand {
+        OrderCommand::Review {
+            user_id,
+            rating,
+            comment: "good".into(),
+            is_anonymous: false,
+            reviewed_at: at(),
+        }
+    }
+
+    #[test]
+    fn a_completed_order_is_reviewed_once_by_its_user() {
+        let completed = vec![
+            placed(),
+            paid(),
+            OrderEvent::OrderCompleted {
+                session_id: 1,
+                completed_at: at(),
+            },
+        ];
+        let reviewed = OrderEvent::OrderReviewed {
+            user_id: 7,
+            counselor_id: 3,
+            rating: 5,
+            comment: "good".into(),
+            is_anonymous: false,
+            reviewed_at: at(),
+        };
+        TestFramework::<Order>::with(())
+            .given(completed.clone())
+            .when(review(7, 5))
+            .then_expect_events(vec![reviewed.clone()]);
+        let mut twice = completed.clone();
+        twice.push(reviewed);
+        TestFramework::<Order>::with(())
+            .given(twice)
+            .when(review(7, 4))
+            .then_expect_error(OrderError::AlreadyReviewed);
+        TestFramework::<Order>::with(())
+            .given(completed.clone())
+            .when(review(8, 5))
+            .then_expect_error(OrderError::NotYourOrder);
+        TestFramework::<Order>::with(())
+            .given(completed)
+            .when(review(7, 6))
+            .then_expect_error(OrderError::InvalidRating);
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid()])
+            .when(review(7, 5))
+            .then_expect_error(OrderError::NotCompleted(OrderStatus::Paid));
     }
 }

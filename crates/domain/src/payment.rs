@@ -16,6 +16,8 @@ pub enum PaymentStatus {
     Absent,
     Pending,
     Paid,
+    /// Some or all of the captured amount went back (issue 3; wire code 3).
+    Refunded,
 }
 
 impl PaymentStatus {
@@ -25,6 +27,7 @@ impl PaymentStatus {
             Self::Absent => -1,
             Self::Pending => 0,
             Self::Paid => 1,
+            Self::Refunded => 3,
         }
     }
 }
@@ -39,6 +42,15 @@ pub struct Payment {
     pub amount: Fen,
     pub method: String,
     pub provider_txn_id: Option<String>,
+    /// A wallet recharge rather than an order's payment (issue 3).
+    #[serde(default)]
+    pub recharge: bool,
+    /// Fen refunded so far; never above `amount`.
+    #[serde(default)]
+    pub refunded: Fen,
+    /// Refund numbers already applied (a repeat is a no-op).
+    #[serde(default)]
+    pub refund_nos: Vec<String>,
 }
 
 /// Commands on a `Payment`.
@@ -62,6 +74,25 @@ pub enum PaymentCommand {
         amount: Fen,
         captured_at: Timestamp,
     },
+    /// Creates a payment that recharges `user_id`'s wallet by `amount` fen once captured
+    /// (contract b.1 #10, intended: through a payment, not a free credit).
+    CreateRecharge {
+        payment_no: String,
+        user_id: i64,
+        amount: Fen,
+        method: String,
+        trade_type: String,
+        created_at: Timestamp,
+    },
+    /// Refunds `amount` fen of a captured order payment (contract b.1 #30): the refunds of a
+    /// payment never exceed its captured amount; `refund_no` again is a no-op. Recharges are not
+    /// refundable (the wallet money may already be spent).
+    Refund {
+        refund_no: String,
+        amount: Fen,
+        reason: String,
+        refunded_at: Timestamp,
+    },
 }
 
 /// Events of a `Payment`.
@@ -84,6 +115,36 @@ pub enum PaymentEvent {
         amount: Fen,
         captured_at: Timestamp,
     },
+    /// A recharge payment was created (`PaymentCreated`'s twin without an order).
+    RechargePaymentCreated {
+        payment_no: String,
+        user_id: i64,
+        amount: Fen,
+        method: String,
+        trade_type: String,
+        created_at: Timestamp,
+    },
+    /// A recharge payment was captured: `amount` fen arrived from the provider for `user_id`'s
+    /// wallet (the process manager credits it).
+    RechargeCaptured {
+        user_id: i64,
+        method: String,
+        provider_txn_id: String,
+        amount: Fen,
+        captured_at: Timestamp,
+    },
+    /// `amount` fen of an order payment went back to the user through the provider;
+    /// `total_refunded` (fen) is the payment's refunded sum after this one.
+    PaymentRefunded {
+        order_id: i64,
+        user_id: i64,
+        method: String,
+        refund_no: String,
+        amount: Fen,
+        total_refunded: Fen,
+        reason: String,
+        refunded_at: Timestamp,
+    },
 }
 
 impl DomainEvent for PaymentEvent {
@@ -91,6 +152,9 @@ impl DomainEvent for PaymentEvent {
         match self {
             Self::PaymentCreated { .. } => "PaymentCreated",
             Self::PaymentCaptured { .. } => "PaymentCaptured",
+            Self::RechargePaymentCreated { .. } => "RechargePaymentCreated",
+            Self::RechargeCaptured { .. } => "RechargeCaptured",
+            Self::PaymentRefunded { .. } => "PaymentRefunded",
         }
         .to_string()
     }
@@ -112,6 +176,12 @@ pub enum PaymentError {
     AmountMismatch { expected: Fen, paid: Fen },
     #[error("payment already captured by another provider transaction")]
     CapturedByAnotherTransaction,
+    #[error("payment is not captured")]
+    NotCaptured,
+    #[error("refund of {requested} exceeds the refundable {refundable}")]
+    RefundExceedsCaptured { refundable: Fen, requested: Fen },
+    #[error("a recharge cannot be refunded")]
+    RechargeNotRefundable,
 }
 
 impl Aggregate for Payment {
@@ -160,14 +230,28 @@ impl Aggregate for Payment {
                 captured_at,
             } => match self.status {
                 PaymentStatus::Absent => return Err(PaymentError::NotFound),
-                PaymentStatus::Paid if self.provider_txn_id.as_ref() == Some(&provider_txn_id) => {}
-                PaymentStatus::Paid => return Err(PaymentError::CapturedByAnotherTransaction),
+                PaymentStatus::Paid | PaymentStatus::Refunded
+                    if self.provider_txn_id.as_ref() == Some(&provider_txn_id) => {}
+                PaymentStatus::Paid | PaymentStatus::Refunded => {
+                    return Err(PaymentError::CapturedByAnotherTransaction)
+                }
                 PaymentStatus::Pending => {
                     if amount != self.amount {
                         return Err(PaymentError::AmountMismatch {
                             expected: self.amount,
                             paid: amount,
                         });
+                    }
+                    if self.recharge {
+                        let event = PaymentEvent::RechargeCaptured {
+                            user_id: self.user_id,
+                            method: self.method.clone(),
+                            provider_txn_id,
+                            amount,
+                            captured_at,
+                        };
+                        sink.write(event, self).await;
+                        return Ok(());
                     }
                     let event = PaymentEvent::PaymentCaptured {
                         order_id: self.order_id,
@@ -180,6 +264,69 @@ impl Aggregate for Payment {
                     sink.write(event, self).await;
                 }
             },
+            PaymentCommand::CreateRecharge {
+                payment_no,
+                user_id,
+                amount,
+                method,
+                trade_type,
+                created_at,
+            } => {
+                if self.status != PaymentStatus::Absent {
+                    return Err(PaymentError::AlreadyCreated);
+                }
+                if amount <= 0 {
+                    return Err(PaymentError::InvalidAmount);
+                }
+                let event = PaymentEvent::RechargePaymentCreated {
+                    payment_no,
+                    user_id,
+                    amount,
+                    method,
+                    trade_type,
+                    created_at,
+                };
+                sink.write(event, self).await;
+            }
+            PaymentCommand::Refund {
+                refund_no,
+                amount,
+                reason,
+                refunded_at,
+            } => {
+                match self.status {
+                    PaymentStatus::Absent => return Err(PaymentError::NotFound),
+                    PaymentStatus::Pending => return Err(PaymentError::NotCaptured),
+                    PaymentStatus::Paid | PaymentStatus::Refunded => {}
+                }
+                if self.refund_nos.contains(&refund_no) {
+                    return Ok(());
+                }
+                if self.recharge {
+                    return Err(PaymentError::RechargeNotRefundable);
+                }
+                if amount <= 0 {
+                    return Err(PaymentError::InvalidAmount);
+                }
+                let refundable = self.amount - self.refunded;
+                if amount > refundable {
+                    return Err(PaymentError::RefundExceedsCaptured {
+                        refundable,
+                        requested: amount,
+                    });
+                }
+                let event = PaymentEvent::PaymentRefunded {
+                    order_id: self.order_id,
+                    user_id: self.user_id,
+                    method: self.method.clone(),
+                    refund_no,
+                    amount,
+                    total_refunded: self.refunded + amount,
+                    reason,
+                    refunded_at,
+                };
+                sink.write(event, self).await;
+            }
         }
         Ok(())
     }
@@ -203,9 +350,35 @@ impl Aggregate for Payment {
             }
             PaymentEvent::PaymentCaptured {
                 provider_txn_id, ..
+            }
+            | PaymentEvent::RechargeCaptured {
+                provider_txn_id, ..
             } => {
                 self.status = PaymentStatus::Paid;
                 self.provider_txn_id = Some(provider_txn_id);
+            }
+            PaymentEvent::RechargePaymentCreated {
+                payment_no,
+                user_id,
+                amount,
+                method,
+                ..
+            } => {
+                self.status = PaymentStatus::Pending;
+                self.payment_no = payment_no;
+                self.user_id = user_id;
+                self.amount = amount;
+                self.method = method;
+                self.recharge = true;
+            }
+            PaymentEvent::PaymentRefunded {
+                refund_no,
+                total_refunded,
+                ..
+            } => {
+                self.status = PaymentStatus::Refunded;
+                self.refunded = total_refunded;
+                self.refund_nos.push(refund_no);
             }
         }
     }
@@ -296,5 +469,86 @@ mod tests {
                 created_at: at(),
             })
             .then_expect_error(PaymentError::InvalidAmount);
+    }
+
+    fn refund(no: &str, amount: Fen) -> PaymentCommand {
+        PaymentCommand::Refund {
+            refund_no: no.into(),
+            amount,
+            reason: String::new(),
+            refunded_at: at(),
+        }
+    }
+
+    fn refunded(no: &str, amount: Fen, total: Fen) -> PaymentEvent {
+        PaymentEvent::PaymentRefunded {
+            order_id: 1,
+            user_id: 7,
+            method: "sandbox".into(),
+            refund_no: no.into(),
+            amount,
+            total_refunded: total,
+            reason: String::new(),
+            refunded_at: at(),
+        }
+    }
+
+    #[test]
+    fn refunds_never_exceed_the_captured_amount() {
+        TestFramework::<Payment>::with(())
+            .given(vec![created(), captured()])
+            .when(refund("R1", 3_000))
+            .then_expect_events(vec![refunded("R1", 3_000, 3_000)]);
+        TestFramework::<Payment>::with(())
+            .given(vec![created(), captured(), refunded("R1", 3_000, 3_000)])
+            .when(refund("R2", 2_001))
+            .then_expect_error(PaymentError::RefundExceedsCaptured {
+                refundable: 2_000,
+                requested: 2_001,
+            });
+        TestFramework::<Payment>::with(())
+            .given(vec![created(), captured(), refunded("R1", 3_000, 3_000)])
+            .when(refund("R2", 2_000))
+            .then_expect_events(vec![refunded("R2", 2_000, 5_000)]);
+        // The same refund number again is a no-op.
+        TestFramework::<Payment>::with(())
+            .given(vec![created(), captured(), refunded("R1", 3_000, 3_000)])
+            .when(refund("R1", 3_000))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn an_uncaptured_payment_cannot_be_refunded() {
+        TestFramework::<Payment>::with(())
+            .given(vec![created()])
+            .when(refund("R1", 1))
+            .then_expect_error(PaymentError::NotCaptured);
+    }
+
+    #[test]
+    fn a_captured_recharge_credits_through_recharge_captured_and_is_not_refundable() {
+        let created = PaymentEvent::RechargePaymentCreated {
+            payment_no: "PAY2".into(),
+            user_id: 7,
+            amount: 10_000,
+            method: "sandbox".into(),
+            trade_type: "NATIVE".into(),
+            created_at: at(),
+        };
+        let captured = PaymentEvent::RechargeCaptured {
+            user_id: 7,
+            method: "sandbox".into(),
+            provider_txn_id: "T9".into(),
+            amount: 10_000,
+            captured_at: at(),
+        };
+        TestFramework::<Payment>::with(())
+            .given(vec![created.clone()])
+            .when(capture("T9", 10_000))
+            .then_expect_events(vec![captured.clone()]);
+        TestFramework::<Payment>::with(())
+            .given(vec![created, captured])
+            .when(refund("R1", 1))
+            .then_expect_error(PaymentError::RechargeNotRefundable);
     }
 }

@@ -17,6 +17,8 @@ use crate::{Fen, Timestamp, EVENT_VERSION};
 pub enum CreditReason {
     /// Unused prepaid minutes of a billed session.
     SessionRefund { session_id: i64, order_id: i64 },
+    /// A captured recharge payment (issue 3).
+    Recharge { payment_id: i64 },
 }
 
 impl CreditReason {
@@ -24,6 +26,7 @@ impl CreditReason {
     pub fn reference(&self) -> String {
         match self {
             Self::SessionRefund { session_id, .. } => format!("session-refund:{session_id}"),
+            Self::Recharge { payment_id } => format!("recharge:{payment_id}"),
         }
     }
 }

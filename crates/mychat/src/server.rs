@@ -260,7 +260,11 @@ async fn run_parts(
         tracing::info!("projectors started");
     }
     if wants(Part::Api) {
-        let app = api::user_router(state.clone());
+        let mut user_config = api::user_config::UserApiConfig::from_env()?;
+        if std::env::var_os("MYCHAT_UPLOAD_DIR").is_none() {
+            user_config.upload_dir = settings.data_dir.join("uploads");
+        }
+        let app = api::user_router_with(state.clone(), user_config);
         tasks.spawn(serve_http(
             "user API",
             addr.unwrap_or(settings.user_addr),
@@ -328,8 +332,11 @@ async fn serve_http(
         .with_context(|| format!("{name}: binding {addr}"))?;
     tracing::info!(%addr, "{name} listening");
     let stop = shutdown.clone();
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await });
     tokio::select! {
         r = server => r.with_context(|| format!("{name} failed"))?,
         // Upgraded sockets do not end on their own: give connections 5 s to drain.

@@ -1,0 +1,233 @@
+//! Settings of the complete user API (issue 3) that the skeleton's [`crate::ApiSettings`] does not
+//! carry: where uploads live, the payment providers' verification keys, the login rate limits
+//! and the refresh-token lifetime. Handlers reach it as `Extension<Arc<UserApiConfig>>`, added by
+//! [`crate::user_router_with`].
+//!
+//! [`UserApiConfig::from_env`] reads (all optional):
+//! `MYCHAT_UPLOAD_DIR` (default `.data/uploads`),
+//! `MYCHAT_WECHAT_MCHID`, `MYCHAT_WECHAT_APPID`, `MYCHAT_WECHAT_APIV3_KEY` (32 bytes),
+//! `MYCHAT_WECHAT_PLATFORM_SERIAL`, `MYCHAT_WECHAT_PLATFORM_PUBLIC_KEY` (PEM text or a path),
+//! `MYCHAT_ALIPAY_APP_ID`, `MYCHAT_ALIPAY_PUBLIC_KEY` (PEM text or a path),
+//! `MYCHAT_SANDBOX_PAYMENTS` (`false` disables the sandbox provider).
+//! Without a provider's settings (and with the sandbox on) the provider runs in sandbox mode
+//! ([`crate::providers::sandbox`]).
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::providers::alipay::AlipayConfig;
+use crate::providers::wechat::WechatConfig;
+
+/// Login attempts allowed per minute (burst = the same number).
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    /// Per username.
+    pub per_account_per_minute: u32,
+    /// Per client IP address.
+    pub per_ip_per_minute: u32,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        Self {
+            per_account_per_minute: 10,
+            per_ip_per_minute: 60,
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct UserApiConfig {
+    /// Directory that `/uploads/...` is served from.
+    pub upload_dir: PathBuf,
+    pub wechat: Option<WechatConfig>,
+    pub alipay: Option<AlipayConfig>,
+    pub login_limits: LoginLimits,
+    /// Refresh-token lifetime, seconds (default 30 days).
+    pub refresh_ttl_seconds: i64,
+    /// Whether the sandbox provider may capture payments (default true; `MYCHAT_SANDBOX_PAYMENTS=false`
+    /// turns it off in production). It never captures a `wechat` / `alipay` payment whose real
+    /// provider is configured.
+    pub sandbox_payments: bool,
+}
+
+impl UserApiConfig {
+    /// Defaults with `upload_dir`.
+    pub fn new(upload_dir: PathBuf) -> Self {
+        Self {
+            upload_dir,
+            wechat: None,
+            alipay: None,
+            login_limits: LoginLimits::default(),
+            refresh_ttl_seconds: 30 * 24 * 3600,
+            sandbox_payments: true,
+        }
+    }
+
+    /// From the environment (see the module documentation).
+    ///
+    /// # Errors
+    /// When a provider key is set but cannot be read or parsed.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let pem = |v: String| -> anyhow::Result<String> {
+            if v.contains("-----BEGIN") {
+                Ok(v)
+            } else {
+                Ok(std::fs::read_to_string(&v)?)
+            }
+        };
+        let mut config = Self::new(
+            var("MYCHAT_UPLOAD_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".data/uploads")),
+        );
+        if var("MYCHAT_SANDBOX_PAYMENTS").is_some_and(|v| v == "false" || v == "0") {
+            config.sandbox_payments = false;
+        }
+        if let (Some(mchid), Some(appid), Some(key), Some(serial), Some(public)) = (
+            var("MYCHAT_WECHAT_MCHID"),
+            var("MYCHAT_WECHAT_APPID"),
+            var("MYCHAT_WECHAT_APIV3_KEY"),
+            var("MYCHAT_WECHAT_PLATFORM_SERIAL"),
+            var("MYCHAT_WECHAT_PLATFORM_PUBLIC_KEY"),
+        ) {
+            config.wechat = Some(WechatConfig::new(
+                mchid,
+                appid,
+                key.as_bytes(),
+                serial,
+                &pem(public)?,
+            )?);
+        }
+        if let (Some(app_id), Some(public)) =
+            (var("MYCHAT_ALIPAY_APP_ID"), var("MYCHAT_ALIPAY_PUBLIC_KEY"))
+        {
+            config.alipay = Some(AlipayConfig::new(app_id, &pem(public)?)?);
+        }
+        Ok(config)
+    }
+}
+
+/// The running user API's extras: its config and its rate limiters.
+pub struct UserApi {
+    pub config: UserApiConfig,
+    /// The sandbox's signing side of `wechat` / `alipay` running in sandbox mode.
+    pub sandbox: crate::providers::sandbox::SandboxProviders,
+    /// Login attempts per username.
+    pub login_by_account: DefaultKeyedRateLimiter<String>,
+    /// Login attempts per client IP.
+    pub login_by_ip: DefaultKeyedRateLimiter<String>,
+}
+
+impl UserApi {
+    /// The limiters of `config.login_limits` (governor's GCRA, in memory per node).
+    pub fn new(config: UserApiConfig) -> Arc<Self> {
+        Self::build(
+            config,
+            crate::providers::sandbox::SandboxProviders {
+                wechat: None,
+                alipay: None,
+            },
+        )
+    }
+
+    /// Like [`UserApi::new`], and when the sandbox provider is on, `wechat` / `alipay` without
+    /// real keys run in sandbox mode with keys derived from `sandbox_secret`
+    /// ([`crate::providers::sandbox`]).
+    ///
+    /// # Errors
+    /// Only if key generation fails.
+    pub fn with_sandbox(
+        mut config: UserApiConfig,
+        sandbox_secret: &str,
+    ) -> anyhow::Result<Arc<Self>> {
+        use crate::providers::sandbox;
+        let mut providers = sandbox::SandboxProviders {
+            wechat: None,
+            alipay: None,
+        };
+        if config.sandbox_payments && config.wechat.is_none() {
+            let (verify, signer, key) = sandbox::wechat(sandbox_secret)?;
+            config.wechat = Some(verify);
+            providers.wechat = Some((signer, key));
+        }
+        if config.sandbox_payments && config.alipay.is_none() {
+            let (verify, signer) = sandbox::alipay(sandbox_secret)?;
+            config.alipay = Some(verify);
+            providers.alipay = Some(signer);
+        }
+        Ok(Self::build(config, providers))
+    }
+
+    fn build(
+        config: UserApiConfig,
+        sandbox: crate::providers::sandbox::SandboxProviders,
+    ) -> Arc<Self> {
+        let quota = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).expect("non-zero"));
+        Arc::new(Self {
+            sandbox,
+            login_by_account: RateLimiter::keyed(quota(config.login_limits.per_account_per_minute)),
+            login_by_ip: RateLimiter::keyed(quota(config.login_limits.per_ip_per_minute)),
+            config,
+        })
+    }
+}
+
+impl UserApi {
+    /// Counts one login attempt for `username` from `ip`.
+    ///
+    /// # Errors
+    /// 429 with the wait, naming which limit was hit.
+    pub fn check_login(&self, username: &str, ip: &str) -> Result<(), crate::ApiError> {
+        use governor::clock::{Clock, DefaultClock};
+        let clock = DefaultClock::default();
+        let refuse = |what: &str, not_until: governor::NotUntil<governor::clock::QuantaInstant>| {
+            let wait = not_until.wait_time_from(clock.now()).as_secs().max(1);
+            crate::ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!("too many login attempts for this {what}; retry in {wait} s"),
+            )
+        };
+        // Keys are client-chosen: forget the idle ones before the maps grow large.
+        if self.login_by_account.len() > 100_000 {
+            self.login_by_account.retain_recent();
+        }
+        if self.login_by_ip.len() > 100_000 {
+            self.login_by_ip.retain_recent();
+        }
+        self.login_by_ip
+            .check_key(&ip.to_string())
+            .map_err(|n| refuse("address", n))?;
+        self.login_by_account
+            .check_key(&username.to_lowercase())
+            .map_err(|n| refuse("account", n))?;
+        Ok(())
+    }
+}
+
+/// The client's IP address: the TCP peer (`ConnectInfo`), `unknown` when the server was not
+/// started with connect info. Forwarding headers are not trusted (they are client-controlled).
+#[derive(Debug, Clone)]
+pub struct ClientIp(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_else(|| "unknown".into()),
+        ))
+    }
+}

@@ -1,0 +1,263 @@
+//! `notifications`: the per-user notifications of contract b.1 #33–#36, produced from events so
+//! that a replay rebuilds them (issue 3).
+//!
+//! | event | recipient | `type` / `level` |
+//! |---|---|---|
+//! | `PaymentCaptured` | the user | `payment` / `success` |
+//! | `RechargeCaptured` | the user | `payment` / `success` |
+//! | `PaymentRefunded` | the user | `payment` / `info` |
+//! | `OrderCancelled` | the user | `order` / `warning` |
+//! | `SessionStarted` | user and counselor | `chat` / `info` |
+//! | `SessionBilled` | the user | `chat` / `info` |
+//! | `EarningsCredited` | the counselor's user | `chat` / `success` |
+//! | `WithdrawalApproved` / `Rejected` / `Transferred` | the counselor's user | `system` |
+//!
+//! Each row's `source` is `<event position>:<recipient>`, unique, so an event applied twice adds
+//! nothing. Read / deleted state is the user's: a rebuild from position 0 restores deleted
+//! notifications as unread (documented in `docs/architecture.md`, issue 3).
+
+use async_trait::async_trait;
+use domain::{AccountEvent, OrderEvent, PaymentEvent, SessionEvent};
+use eventstore::envelope::{StoredEvent, Upcasters};
+use serde_json::json;
+use sqlx::PgConnection;
+
+use crate::runtime::{LogMessage, Projection};
+
+/// The notifications projector. Checkpoint name `notifications`.
+pub struct Notifications;
+
+/// Who receives a notification: a users.id, or the user behind a counselors.id.
+enum To {
+    User(i64),
+    Counselor(i64),
+}
+
+struct Note {
+    to: To,
+    kind: &'static str,
+    level: &'static str,
+    title: String,
+    content: String,
+    extra: serde_json::Value,
+}
+
+fn yuan(fen: i64) -> String {
+    format!("{}.{:02}", fen / 100, (fen % 100).abs())
+}
+
+fn notes_for(e: &StoredEvent) -> anyhow::Result<Vec<Note>> {
+    let id = e.aggregate_id_i64().unwrap_or_default();
+    let note = |to, kind, level, title: &str, content: String, extra| Note {
+        to,
+        kind,
+        level,
+        title: title.to_string(),
+        content,
+        extra,
+    };
+    Ok(match e.aggregate_type.as_str() {
+        "payment" => match e.decode::<PaymentEvent>()? {
+            PaymentEvent::PaymentCaptured {
+                order_id,
+                user_id,
+                amount,
+                ..
+            } => vec![note(
+                To::User(user_id),
+                "payment",
+                "success",
+                "订单已支付",
+                format!("订单 {order_id} 已支付 ¥{}", yuan(amount)),
+                json!({ "order_id": order_id, "payment_id": id }),
+            )],
+            PaymentEvent::RechargeCaptured {
+                user_id, amount, ..
+            } => vec![note(
+                To::User(user_id),
+                "payment",
+                "success",
+                "充值成功",
+                format!("余额已充值 ¥{}", yuan(amount)),
+                json!({ "payment_id": id }),
+            )],
+            PaymentEvent::PaymentRefunded {
+                order_id,
+                user_id,
+                amount,
+                ..
+            } => vec![note(
+                To::User(user_id),
+                "payment",
+                "info",
+                "退款成功",
+                format!("订单 {order_id} 已退款 ¥{}", yuan(amount)),
+                json!({ "order_id": order_id, "payment_id": id }),
+            )],
+            _ => vec![],
+        },
+        "order" => match e.decode::<OrderEvent>()? {
+            OrderEvent::OrderCancelled {
+                user_id,
+                refund_amount,
+                ..
+            } => vec![note(
+                To::User(user_id),
+                "order",
+                "warning",
+                "订单已取消",
+                if refund_amount > 0 {
+                    format!("订单 {id} 已取消，¥{} 将原路退回", yuan(refund_amount))
+                } else {
+                    format!("订单 {id} 已取消")
+                },
+                json!({ "order_id": id }),
+            )],
+            _ => vec![],
+        },
+        "session" => match e.decode::<SessionEvent>()? {
+            SessionEvent::SessionStarted {
+                order_id,
+                user_id,
+                counselor_user_id,
+                ..
+            } => {
+                let extra = json!({ "order_id": order_id, "session_id": id });
+                vec![
+                    note(
+                        To::User(user_id),
+                        "chat",
+                        "info",
+                        "咨询已开始",
+                        format!("订单 {order_id} 的咨询会话已开始"),
+                        extra.clone(),
+                    ),
+                    note(
+                        To::User(counselor_user_id),
+                        "chat",
+                        "info",
+                        "咨询已开始",
+                        format!("订单 {order_id} 的咨询会话已开始"),
+                        extra,
+                    ),
+                ]
+            }
+            SessionEvent::SessionBilled {
+                order_id,
+                user_id,
+                billed_minutes,
+                amount,
+                refund,
+                ..
+            } => vec![note(
+                To::User(user_id),
+                "chat",
+                "info",
+                "咨询已结束",
+                format!(
+                    "本次咨询 {billed_minutes} 分钟，计费 ¥{}，退回余额 ¥{}",
+                    yuan(amount),
+                    yuan(refund)
+                ),
+                json!({ "order_id": order_id, "session_id": id }),
+            )],
+            _ => vec![],
+        },
+        "account" => match e.decode::<AccountEvent>()? {
+            AccountEvent::EarningsCredited {
+                session_id, amount, ..
+            } => vec![note(
+                To::Counselor(id),
+                "chat",
+                "success",
+                "咨询收入到账",
+                format!("会话 {session_id} 收入 ¥{}", yuan(amount)),
+                json!({ "session_id": session_id }),
+            )],
+            AccountEvent::WithdrawalApproved {
+                withdrawal_id,
+                amount,
+                ..
+            } => vec![note(
+                To::Counselor(id),
+                "system",
+                "success",
+                "提现已通过",
+                format!("提现 ¥{} 已审核通过", yuan(amount)),
+                json!({ "withdrawal_id": withdrawal_id }),
+            )],
+            AccountEvent::WithdrawalRejected {
+                withdrawal_id,
+                amount,
+                reason,
+                ..
+            } => vec![note(
+                To::Counselor(id),
+                "system",
+                "warning",
+                "提现被拒绝",
+                format!("提现 ¥{} 被拒绝：{reason}", yuan(amount)),
+                json!({ "withdrawal_id": withdrawal_id }),
+            )],
+            AccountEvent::WithdrawalTransferred {
+                withdrawal_id,
+                amount,
+                ..
+            } => vec![note(
+                To::Counselor(id),
+                "system",
+                "success",
+                "提现已打款",
+                format!("提现 ¥{} 已打款", yuan(amount)),
+                json!({ "withdrawal_id": withdrawal_id }),
+            )],
+            _ => vec![],
+        },
+        _ => vec![],
+    })
+}
+
+#[async_trait]
+impl Projection for Notifications {
+    fn name(&self) -> &'static str {
+        "notifications"
+    }
+    fn subjects(&self) -> Vec<String> {
+        vec![
+            "ev.payment.>".into(),
+            "ev.order.>".into(),
+            "ev.session.>".into(),
+            "ev.account.>".into(),
+        ]
+    }
+    async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
+        for e in message.events(&Upcasters::default())? {
+            for (n, note) in notes_for(&e)?.into_iter().enumerate() {
+                let source = format!("{}:{n}", e.position());
+                let (user_sql, who) = match note.to {
+                    To::User(u) => ("SELECT $1::bigint WHERE $1 > 0", u),
+                    To::Counselor(c) => (
+                        "SELECT user_id FROM counselors WHERE id = $1 AND user_id IS NOT NULL",
+                        c,
+                    ),
+                };
+                sqlx::query(&format!(
+                    "INSERT INTO notifications (user_id, type, level, title, content, extra_data, source, created_at) \
+                     SELECT u, $2, $3, $4, $5, $6, $7, $8 FROM ({user_sql}) AS r(u) \
+                     ON CONFLICT (source) DO NOTHING"
+                ))
+                .bind(who)
+                .bind(note.kind)
+                .bind(note.level)
+                .bind(note.title)
+                .bind(note.content)
+                .bind(note.extra.to_string())
+                .bind(source)
+                .bind(e.recorded_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
