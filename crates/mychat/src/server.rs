@@ -278,20 +278,33 @@ async fn run_parts(
         ));
     }
     if wants(Part::Gateway) {
-        let hub = Arc::new(gateway::Hub::default());
-        let js = infra.bus.jetstream().clone();
-        tokio::spawn(hub.clone().run_chat_fanout(js.clone(), shutdown.clone()));
-        tokio::spawn(hub.clone().run_session_events(js, shutdown.clone()));
-        let app = gateway::router(gateway::GatewayState {
-            bus: infra.bus.clone(),
+        // The node's own shutdown: on SIGTERM it first closes its sockets with 1012 ("reconnect
+        // elsewhere") and waits for them to drain, then stops serving.
+        let node_stop = CancellationToken::new();
+        let state = gateway::start_node(
+            infra.nats.clone(),
+            infra.bus.clone(),
+            infra.pool.clone(),
             jwt,
-            hub,
+            settings.gateway_config(),
+            node_stop.clone(),
+        )
+        .await?;
+        let hub = state.hub.clone();
+        let app = gateway::router(state);
+        let http_stop = CancellationToken::new();
+        let (outer, inner) = (shutdown.clone(), http_stop.clone());
+        tokio::spawn(async move {
+            outer.cancelled().await;
+            hub.drain().await;
+            node_stop.cancel();
+            inner.cancel();
         });
         tasks.spawn(serve_http(
             "gateway",
             addr.unwrap_or(settings.ws_addr),
             app,
-            shutdown.clone(),
+            http_stop,
         ));
     }
 
