@@ -24,6 +24,9 @@ use crate::hub::{own_key, Conn, Hub, CLOSE_POLICY};
 use crate::protocol::{error_frame, frame, ClientFrame, MAX_FRAME_BYTES};
 use crate::GatewayState;
 
+/// How long the writer tries to get the close frame out (to a slow client, after its backlog).
+const CLOSE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn refuse(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({ "error": msg }))).into_response()
 }
@@ -220,31 +223,29 @@ async fn run(state: GatewayState, socket: WebSocket, user_id: i64, opening: Open
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(ping_every);
         ping.tick().await;
+        let closing = writer_conn.close.clone();
         loop {
-            tokio::select! {
+            let out = tokio::select! {
                 biased;
-                _ = writer_conn.close.cancelled() => {
-                    let (code, reason) = writer_conn.close_reason();
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
-                        .await;
-                    break;
-                }
+                _ = closing.cancelled() => break,
                 next = rx.recv() => match next {
-                    Some(text) => {
-                        if sink.send(Message::Text(text.into())).await.is_err() {
-                            break;
-                        }
-                    }
+                    Some(text) => Message::Text(text.into()),
                     None => break,
                 },
-                _ = ping.tick() => {
-                    if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
-                        break;
-                    }
-                }
+                _ = ping.tick() => Message::Ping(Vec::new().into()),
+            };
+            // A write blocked on a client that does not read must not outlive the close.
+            tokio::select! {
+                r = sink.send(out) => if r.is_err() { return; },
+                _ = closing.cancelled() => break,
             }
         }
+        let (code, reason) = writer_conn.close_reason();
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(frame)).await;
     });
 
     let mut s = Socket {
@@ -296,9 +297,10 @@ async fn run(state: GatewayState, socket: WebSocket, user_id: i64, opening: Open
             Some(Ok(_)) => {}
         }
     }
-    s.state.hub.disconnect(&s.conn, s.bound);
     close.cancel();
     let _ = writer.await;
+    // Only now (the close frame is out) does the socket stop counting: a draining node waits.
+    s.state.hub.disconnect(&s.conn, s.bound);
 }
 
 impl Socket {
