@@ -223,7 +223,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     let jwt = api::JwtKeys::new(SECRET.as_bytes(), 3600);
 
     // Baselines first, at the same rate.
-    let base_rate = args.rate.max(1000);
+    let base_rate = if args.rate == 0 { 1000 } else { args.rate };
     let (core, jsl) = baselines(&client, base_rate, Duration::from_secs(3)).await?;
     println!(
         "baseline core NATS pub→sub: p50 {:.3} ms, p99 {:.3} ms ({} msgs); JetStream pub→consumer: p50 {:.3} ms, p99 {:.3} ms ({} msgs)",
@@ -248,7 +248,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         .env("MYCHAT_DATA_DIR", dir.path().join("data"))
         .env("MYCHAT_LOG_FORMAT", "json")
         .env("MYCHAT_GATEWAY_FRAMES_PER_SECOND", "100000")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("MYCHAT_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
@@ -318,7 +318,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         })
         .filter(|(i, _, _)| pairs == 0 || *i < pairs * 2)
         .collect();
-    let senders: Vec<Option<mpsc::Sender<String>>> = futures::stream::iter(specs)
+    let sockets: Vec<(usize, mpsc::Sender<String>)> = futures::stream::iter(specs)
         .map(|(i, user, sid)| {
             let token = jwt.issue(user, "bench", "user");
             let latencies = latencies.clone();
@@ -355,6 +355,9 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                             m = ws.next() => match m {
                                 Some(Ok(Message::Text(t))) => {
                                     if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                                        if std::env::var_os("MYCHAT_BENCH_DEBUG").is_some() {
+                                            eprintln!("socket {i}: {v}");
+                                        }
                                         if v["type"] == "message" {
                                             if let Some(at) = v["data"]["content"].as_str().and_then(|s| s.parse::<u64>().ok()) {
                                                 let now = epoch.elapsed().as_micros() as u64;
@@ -370,7 +373,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                         }
                     }
                 });
-                Ok::<_, anyhow::Error>(if i % 2 == 0 { Some(tx) } else { None })
+                Ok::<_, anyhow::Error>((i, tx))
             }
         })
         .buffer_unordered(args.connect_concurrency.max(1))
@@ -387,7 +390,12 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         args.sockets
     );
 
-    let senders: Vec<mpsc::Sender<String>> = senders.into_iter().flatten().collect();
+    // Every socket keeps its queue (a closed queue ends its task); the users' sockets send.
+    let senders: Vec<mpsc::Sender<String>> = sockets
+        .iter()
+        .filter(|(i, _)| *i % 2 == 0)
+        .map(|(_, tx)| tx.clone())
+        .collect();
     let mut sent = 0;
     let mut rejected = 0u64;
     if args.rate > 0 && !senders.is_empty() {
@@ -449,6 +457,13 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             "rss_kib_per_socket": (per_socket * 10.0).round() / 10.0,
         })
     );
+    if std::env::var_os("MYCHAT_BENCH_DEBUG").is_some() {
+        eprintln!(
+            "gateway log:\n{}",
+            std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+        );
+    }
+    drop(sockets);
     drop(gateway);
     Ok(())
 }
