@@ -16,7 +16,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "gateway-test-secret-0123456789abcdef0123456789";
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Node {
     child: Child,
@@ -82,7 +83,10 @@ async fn cluster() -> Cluster {
 impl Cluster {
     /// Starts a gateway node process with extra `MYCHAT_*` settings.
     async fn node(&self, extra: &[(&str, &str)]) -> Node {
-        let dir = tempfile::Builder::new().prefix("mychat-gw").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("mychat-gw")
+            .tempdir()
+            .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let port = testkit::free_port();
         let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
@@ -108,14 +112,20 @@ impl Cluster {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "node did not start: {}", node.log());
+            assert!(
+                Instant::now() < deadline,
+                "node did not start: {}",
+                node.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         node
     }
 
     fn token(&self, user_id: i64) -> String {
-        self.jwt.issue(user_id, &format!("u{user_id}"), "user").unwrap()
+        self.jwt
+            .issue(user_id, &format!("u{user_id}"), "user")
+            .unwrap()
     }
 
     /// Starts session `sid` between user `user` and counselor login `counselor_user`.
@@ -267,45 +277,83 @@ async fn both_dialects_cross_two_nodes_with_acks_dedup_typing_reads_and_revokes(
     assert_eq!(ack["data"]["client_msg_id"], "w1");
     let got = expect(&mut counselor, "message").await;
     assert_eq!(got["data"]["seq"].as_u64(), Some(seq));
-    assert_eq!(got["payload"]["content"], "hello", "web clients read `payload`");
+    assert_eq!(
+        got["payload"]["content"], "hello",
+        "web clients read `payload`"
+    );
     assert_eq!(got["data"]["sender_type"], "user");
-    assert_eq!(expect(&mut phone, "message").await["data"]["seq"].as_u64(), Some(seq));
+    assert_eq!(
+        expect(&mut phone, "message").await["data"]["seq"].as_u64(),
+        Some(seq)
+    );
 
     // A resend with the same client id is stored once and not delivered again.
-    send(&mut user, json!({"type":"message","payload":{"content":"hello","client_msg_id":"w1"}})).await;
+    send(
+        &mut user,
+        json!({"type":"message","payload":{"content":"hello","client_msg_id":"w1"}}),
+    )
+    .await;
     let again = expect(&mut user, "ack").await;
     assert_eq!(again["data"]["seq"].as_u64(), Some(seq));
     assert_eq!(again["data"]["duplicate"], true);
 
     // Go dialect back.
-    send(&mut counselor, json!({"type":"message","session_id":101,"data":{"content":"hi there","id":"g1"}})).await;
+    send(
+        &mut counselor,
+        json!({"type":"message","session_id":101,"data":{"content":"hi there","id":"g1"}}),
+    )
+    .await;
     let ack2 = expect(&mut counselor, "ack").await;
     let seq2 = ack2["data"]["seq"].as_u64().unwrap();
     let m = expect(&mut user, "message").await;
-    assert_eq!(m["data"]["seq"].as_u64(), Some(seq2), "no second copy of w1 came first");
+    assert_eq!(
+        m["data"]["seq"].as_u64(),
+        Some(seq2),
+        "no second copy of w1 came first"
+    );
     assert_eq!(m["data"]["sender_type"], "counselor");
 
     // Typing over core NATS, across nodes, to the other side only.
     send(&mut counselor, json!({"type":"typing","session_id":101})).await;
     let t = expect(&mut user, "typing").await;
     assert_eq!(t["data"]["user_id"], 2);
-    send(&mut user, json!({"type":"typing","payload":{"is_typing":false}})).await;
+    send(
+        &mut user,
+        json!({"type":"typing","payload":{"is_typing":false}}),
+    )
+    .await;
     expect(&mut counselor, "typing_stop").await;
 
     // Read receipts: only the recipient; stored and fanned out.
-    send(&mut counselor, json!({"type":"read","session_id":101,"data":{"message_id":seq2}})).await;
+    send(
+        &mut counselor,
+        json!({"type":"read","session_id":101,"data":{"message_id":seq2}}),
+    )
+    .await;
     let e = expect(&mut counselor, "error").await;
     assert!(e["data"]["error"].as_str().unwrap().contains("recipient"));
-    send(&mut user, json!({"type":"read","payload":{"message_id":seq2}})).await;
+    send(
+        &mut user,
+        json!({"type":"read","payload":{"message_id":seq2}}),
+    )
+    .await;
     expect(&mut user, "ack").await;
     let r = expect(&mut counselor, "message_read").await;
     assert_eq!(r["data"]["message_id"].as_u64(), Some(seq2));
     assert_eq!(r["data"]["read_by"], 1);
 
     // Revokes: only the sender.
-    send(&mut counselor, json!({"type":"revoke","session_id":101,"data":{"message_id":seq}})).await;
+    send(
+        &mut counselor,
+        json!({"type":"revoke","session_id":101,"data":{"message_id":seq}}),
+    )
+    .await;
     expect(&mut counselor, "error").await;
-    send(&mut user, json!({"type":"revoke","payload":{"message_id":seq}})).await;
+    send(
+        &mut user,
+        json!({"type":"revoke","payload":{"message_id":seq}}),
+    )
+    .await;
     expect(&mut user, "ack").await;
     let rv = expect(&mut counselor, "message_revoked").await;
     assert_eq!(rv["data"]["message_id"].as_u64(), Some(seq));
@@ -314,11 +362,17 @@ async fn both_dialects_cross_two_nodes_with_acks_dedup_typing_reads_and_revokes(
     let before = c.chat_records(101).await.len();
     user.send(Message::Text("{not json".into())).await.unwrap();
     expect(&mut user, "error").await;
-    user.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    user.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
     expect(&mut user, "error").await;
     send(&mut user, json!({"type":"nonsense"})).await;
     expect(&mut user, "error").await;
-    send(&mut user, json!({"type":"message","session_id":102,"data":{"content":"intrude"}})).await;
+    send(
+        &mut user,
+        json!({"type":"message","session_id":102,"data":{"content":"intrude"}}),
+    )
+    .await;
     let e = expect(&mut user, "error").await;
     assert!(e["data"]["error"].as_str().unwrap().contains("participant"));
     send(&mut user, json!({"type":"ping"})).await;
@@ -326,9 +380,11 @@ async fn both_dialects_cross_two_nodes_with_acks_dedup_typing_reads_and_revokes(
     assert_eq!(c.chat_records(101).await.len(), before);
     assert!(c.chat_records(102).await.is_empty());
     // Handshake refusals are plain HTTP.
-    assert!(tokio_tungstenite::connect_async(format!("{}/ws/chat/101?token=forged", a.ws()))
-        .await
-        .is_err());
+    assert!(
+        tokio_tungstenite::connect_async(format!("{}/ws/chat/101?token=forged", a.ws()))
+            .await
+            .is_err()
+    );
 
     // The stored records: one message per client id, then the read and the revoke.
     let kinds: Vec<String> = c
@@ -337,18 +393,37 @@ async fn both_dialects_cross_two_nodes_with_acks_dedup_typing_reads_and_revokes(
         .iter()
         .map(|r| r["kind"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(kinds, ["message", "message", "message_read", "message_revoked"]);
+    assert_eq!(
+        kinds,
+        ["message", "message", "message_read", "message_revoked"]
+    );
 
     // Admin reach on any node: a broadcast on `notify.all`, a kick on `notify.<user_id>`.
     let admin = c.nats.connect().await.unwrap();
     admin
-        .publish("notify.all", json!({"type":"system_message","data":{"content":"maintenance"}}).to_string().into())
+        .publish(
+            "notify.all",
+            json!({"type":"system_message","data":{"content":"maintenance"}})
+                .to_string()
+                .into(),
+        )
         .await
         .unwrap();
-    assert_eq!(expect(&mut counselor, "system_message").await["data"]["content"], "maintenance");
-    assert_eq!(expect(&mut user, "system_message").await["data"]["content"], "maintenance");
+    assert_eq!(
+        expect(&mut counselor, "system_message").await["data"]["content"],
+        "maintenance"
+    );
+    assert_eq!(
+        expect(&mut user, "system_message").await["data"]["content"],
+        "maintenance"
+    );
     admin
-        .publish("notify.1", json!({"type":"force_logout","data":{"reason":"policy"},"close":"kicked by admin"}).to_string().into())
+        .publish(
+            "notify.1",
+            json!({"type":"force_logout","data":{"reason":"policy"},"close":"kicked by admin"})
+                .to_string()
+                .into(),
+        )
         .await
         .unwrap();
     expect(&mut phone, "force_logout").await;
@@ -370,7 +445,11 @@ async fn resume_after_a_disconnect_gets_every_missed_message_once_then_the_live_
     let mut sent = Vec::new();
     for i in 0..3 {
         send(&mut counselor, json!({"type":"message","session_id":201,"data":{"content":format!("m{i}"),"id":format!("c{i}")}})).await;
-        sent.push(expect(&mut counselor, "ack").await["data"]["seq"].as_u64().unwrap());
+        sent.push(
+            expect(&mut counselor, "ack").await["data"]["seq"]
+                .as_u64()
+                .unwrap(),
+        );
     }
     let mut last = 0;
     for s in &sent {
@@ -385,20 +464,35 @@ async fn resume_after_a_disconnect_gets_every_missed_message_once_then_the_live_
     let mut missed = Vec::new();
     for i in 3..8 {
         send(&mut counselor, json!({"type":"message","session_id":201,"data":{"content":format!("m{i}"),"id":format!("c{i}")}})).await;
-        missed.push(expect(&mut counselor, "ack").await["data"]["seq"].as_u64().unwrap());
+        missed.push(
+            expect(&mut counselor, "ack").await["data"]["seq"]
+                .as_u64()
+                .unwrap(),
+        );
     }
 
     // Reconnect on the other node with ?after_seq=, while the counselor keeps sending.
-    let mut user = connect(&format!("{}/ws/chat/201?token={}&after_seq={last}", b.ws(), c.token(11))).await;
+    let mut user = connect(&format!(
+        "{}/ws/chat/201?token={}&after_seq={last}",
+        b.ws(),
+        c.token(11)
+    ))
+    .await;
     let mut live = Vec::new();
     for i in 8..12 {
         send(&mut counselor, json!({"type":"message","session_id":201,"data":{"content":format!("m{i}"),"id":format!("c{i}")}})).await;
-        live.push(expect(&mut counselor, "ack").await["data"]["seq"].as_u64().unwrap());
+        live.push(
+            expect(&mut counselor, "ack").await["data"]["seq"]
+                .as_u64()
+                .unwrap(),
+        );
     }
     let mut got = Vec::new();
     let mut resumed = None;
     while got.len() < missed.len() + live.len() {
-        let f = next(&mut user, Duration::from_secs(10)).await.expect("a frame");
+        let f = next(&mut user, Duration::from_secs(10))
+            .await
+            .expect("a frame");
         match f["type"].as_str().unwrap() {
             "message" => got.push(f["data"]["seq"].as_u64().unwrap()),
             "resumed" => resumed = Some(f),
@@ -410,14 +504,23 @@ async fn resume_after_a_disconnect_gets_every_missed_message_once_then_the_live_
     let mut expected = missed.clone();
     expected.extend(&live);
     assert_eq!(got, expected, "no gap, no duplicate, in order");
-    assert!(next(&mut user, Duration::from_millis(500)).await.is_none(), "nothing more");
+    assert!(
+        next(&mut user, Duration::from_millis(500)).await.is_none(),
+        "nothing more"
+    );
 
     // The `resume` frame on a plain socket does the same.
     let mut other = connect(&format!("{}/ws?token={}", a.ws(), c.token(11))).await;
-    send(&mut other, json!({"type":"resume","session_id":201,"data":{"after_seq":missed[2]}})).await;
+    send(
+        &mut other,
+        json!({"type":"resume","session_id":201,"data":{"after_seq":missed[2]}}),
+    )
+    .await;
     let mut again = Vec::new();
     loop {
-        let f = next(&mut other, Duration::from_secs(10)).await.expect("a frame");
+        let f = next(&mut other, Duration::from_secs(10))
+            .await
+            .expect("a frame");
         match f["type"].as_str().unwrap() {
             "message" => again.push(f["data"]["seq"].as_u64().unwrap()),
             "resumed" => break,
@@ -431,10 +534,12 @@ async fn resume_after_a_disconnect_gets_every_missed_message_once_then_the_live_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_spans_nodes_expires_when_a_node_is_killed_and_drains_on_sigterm() {
     let c = cluster().await;
-    sqlx::query("INSERT INTO users (id, username, password_hash) VALUES (21, 'c21', 'x'), (22, 'c22', 'x')")
-        .execute(&c.db)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO users (id, username, password_hash) VALUES (21, 'c21', 'x'), (22, 'c22', 'x')",
+    )
+    .execute(&c.db)
+    .await
+    .unwrap();
     sqlx::query("INSERT INTO counselors (id, user_id, name, price_fen) VALUES (5, 21, 'Counselor Five', 500), (6, 22, 'Counselor Six', 500)")
         .execute(&c.db)
         .await
@@ -442,17 +547,32 @@ async fn presence_spans_nodes_expires_when_a_node_is_killed_and_drains_on_sigter
     let (a, b, d) = (c.node(&[]).await, c.node(&[]).await, c.node(&[]).await);
 
     // The counselor's own socket: id check, then `connected`.
-    let refused = tokio_tungstenite::connect_async(format!("{}/ws/counselor/6?token={}", b.ws(), c.token(21))).await;
-    assert!(refused.is_err(), "someone else's counselor socket is refused");
+    let refused = tokio_tungstenite::connect_async(format!(
+        "{}/ws/counselor/6?token={}",
+        b.ws(),
+        c.token(21)
+    ))
+    .await;
+    assert!(
+        refused.is_err(),
+        "someone else's counselor socket is refused"
+    );
     let mut five = connect(&format!("{}/ws/counselor/5?token={}", b.ws(), c.token(21))).await;
-    assert_eq!(expect(&mut five, "connected").await["data"]["counselor_id"], 5);
+    assert_eq!(
+        expect(&mut five, "connected").await["data"]["counselor_id"],
+        5
+    );
     let mut six = connect(&format!("{}/ws/counselor/6?token={}", d.ws(), c.token(22))).await;
     expect(&mut six, "connected").await;
 
     // Seen online from node A (neither socket is there).
     let deadline = Instant::now() + Duration::from_secs(5);
     while online(&a).await != vec![21, 22] {
-        assert!(Instant::now() < deadline, "not online: {:?}", online(&a).await);
+        assert!(
+            Instant::now() < deadline,
+            "not online: {:?}",
+            online(&a).await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -460,7 +580,11 @@ async fn presence_spans_nodes_expires_when_a_node_is_killed_and_drains_on_sigter
     b.signal(nix::sys::signal::Signal::SIGKILL);
     let killed = Instant::now();
     while online(&a).await != vec![22] {
-        assert!(killed.elapsed() < Duration::from_secs(5), "still online: {:?}", online(&a).await);
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "still online: {:?}",
+            online(&a).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -493,7 +617,9 @@ async fn a_slow_client_is_closed_while_a_fast_one_gets_everything() {
     let reader = tokio::spawn(async move {
         let mut seqs = Vec::new();
         while seqs.len() < n {
-            let f = next(&mut fast, Duration::from_secs(30)).await.expect("fast client starved");
+            let f = next(&mut fast, Duration::from_secs(30))
+                .await
+                .expect("fast client starved");
             if f["type"] == "message" {
                 seqs.push(f["data"]["seq"].as_u64().unwrap());
             }
@@ -525,11 +651,17 @@ async fn a_slow_client_is_closed_while_a_fast_one_gets_everything() {
         ack.await.unwrap();
     }
     let seqs = reader.await.unwrap();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, no duplicate");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicate"
+    );
     // The slow client (which never read) was closed with a reason, after what was buffered.
     let (code, frames) = until_close(&mut slow, Duration::from_secs(20)).await;
     assert_eq!(code, Some(4008), "closed as too slow");
-    assert!(frames < n, "the slow client did not get everything ({frames})");
+    assert!(
+        frames < n,
+        "the slow client did not get everything ({frames})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,11 +698,18 @@ async fn the_prepaid_time_ends_the_session_once_across_two_nodes_with_a_warning(
     assert_eq!(bills, 1, "{events:?}");
     assert!(events.iter().any(|e| matches!(
         e,
-        SessionEvent::SessionEnded { reason: domain::EndReason::PrepaidTimeUsed, .. }
+        SessionEvent::SessionEnded {
+            reason: domain::EndReason::PrepaidTimeUsed,
+            ..
+        }
     )));
     // A message into the ended session is refused and not stored.
     let mut late = connect(&format!("{}/ws?token={}", a.ws(), c.token(41))).await;
-    send(&mut late, json!({"type":"message","session_id":401,"data":{"content":"late"}})).await;
+    send(
+        &mut late,
+        json!({"type":"message","session_id":401,"data":{"content":"late"}}),
+    )
+    .await;
     expect(&mut late, "error").await;
     assert!(c.chat_records(401).await.is_empty());
     drop((a, b));

@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use domain::{ChatSession, EndReason, SessionCommand, SessionEvent};
 use eventstore::chat::ChatRecord;
 use eventstore::envelope::Upcasters;
-use eventstore::{Actor, Commit, CommandBus, CommandError, CommandMeta};
+use eventstore::{Actor, CommandBus, CommandError, CommandMeta, Commit};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -477,8 +477,7 @@ impl Hub {
 
     /// Users bound to `session_id` on any live node.
     pub fn present_in(&self, session_id: i64) -> HashSet<i64> {
-        let mut present: HashSet<i64> =
-            self.room(session_id).iter().map(|c| c.user_id).collect();
+        let mut present: HashSet<i64> = self.room(session_id).iter().map(|c| c.user_id).collect();
         let now = now_ms();
         for p in self.remote.lock().expect("hub lock").values() {
             if p.is_live(now) {
@@ -931,8 +930,8 @@ impl Hub {
     /// session (every node may send it; the aggregate bills once, repeats are dropped by
     /// `Nats-Msg-Id` or refused as already ended).
     pub async fn run_lifecycle(self: Arc<Self>, shutdown: CancellationToken) {
-        let period = (self.config.minute / 8)
-            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let period =
+            (self.config.minute / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
@@ -1109,7 +1108,12 @@ pub async fn end_session(bus: &CommandBus, sid: i64, reason: EndReason, ended_at
         .execute::<ChatSession>(&sid.to_string(), command, &meta)
         .await
     {
-        Ok(c) => tracing::info!(session_id = sid, ?reason, duplicate = c.duplicate, "session ended by the gateway"),
+        Ok(c) => tracing::info!(
+            session_id = sid,
+            ?reason,
+            duplicate = c.duplicate,
+            "session ended by the gateway"
+        ),
         Err(CommandError::Rejected(e)) => {
             tracing::debug!(session_id = sid, error = %e, "auto-end refused (already ended)")
         }

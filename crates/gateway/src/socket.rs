@@ -407,8 +407,8 @@ impl Socket {
                 }
             }
             (
-                kind @ ("join" | "message" | "leave" | "typing" | "typing_stop" | "read"
-                | "revoke" | "resume"),
+                kind @ ("join" | "message" | "leave" | "typing" | "typing_stop" | "read" | "revoke"
+                | "resume"),
                 None,
             ) => self.error(0, &need(kind)),
             (other, _) => self.error(
@@ -442,7 +442,11 @@ impl Socket {
         };
         let id = message.client_msg_id.clone();
         let own = own_key(self.conn.user_id, &id);
-        self.conn.sent.lock().expect("sent lock").insert(own.clone());
+        self.conn
+            .sent
+            .lock()
+            .expect("sent lock")
+            .insert(own.clone());
         match append_message(self.state.bus.jetstream(), &message).await {
             Ok(appended) => {
                 if appended.duplicate {

@@ -209,7 +209,10 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         args.sockets,
         args.rate,
         args.duration,
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 
     let nats = tokio::task::spawn_blocking(testkit::NatsServer::start).await??;
@@ -248,7 +251,10 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         .env("MYCHAT_DATA_DIR", dir.path().join("data"))
         .env("MYCHAT_LOG_FORMAT", "json")
         .env("MYCHAT_GATEWAY_FRAMES_PER_SECOND", "100000")
-        .env("RUST_LOG", std::env::var("MYCHAT_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("MYCHAT_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
@@ -297,7 +303,10 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         .into_iter()
         .collect::<anyhow::Result<Vec<()>>>()?;
     if pairs > 0 {
-        println!("{pairs} sessions started in {:.1} s", started.elapsed().as_secs_f64());
+        println!(
+            "{pairs} sessions started in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
     }
 
     // Open the sockets.
@@ -312,7 +321,11 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                 (i, 3_000_000 + i as i64, None)
             } else {
                 let sid = (i / 2) as i64 + 1;
-                let user = if i % 2 == 0 { 1_000_000 + sid } else { 2_000_000 + sid };
+                let user = if i % 2 == 0 {
+                    1_000_000 + sid
+                } else {
+                    2_000_000 + sid
+                };
                 (i, user, Some(sid))
             }
         })
@@ -421,7 +434,11 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     let mut lat = std::mem::take(&mut *latencies.lock().expect("lock"));
     lat.sort_unstable();
     let got = delivered.load(Ordering::Relaxed);
-    let ratio = if sent == 0 { 1.0 } else { got as f64 / sent as f64 };
+    let ratio = if sent == 0 {
+        1.0
+    } else {
+        got as f64 / sent as f64
+    };
     if args.rate > 0 {
         println!(
             "gateway end to end: sent {sent} (client queue full: {rejected}), delivered {got} ({:.4}); p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms; RSS at end {rss_end} KiB",
@@ -437,7 +454,13 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             percentile(&jsl, 0.99)
         );
     }
-    let round = |x: f64| if x.is_nan() { Value::Null } else { json!((x * 1000.0).round() / 1000.0) };
+    let round = |x: f64| {
+        if x.is_nan() {
+            Value::Null
+        } else {
+            json!((x * 1000.0).round() / 1000.0)
+        }
+    };
     println!(
         "{}",
         json!({

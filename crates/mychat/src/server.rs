@@ -298,6 +298,8 @@ async fn run_parts(
             outer.cancelled().await;
             hub.drain().await;
             node_stop.cancel();
+            // Let the presence writer delete the node's key (its users go offline at once).
+            tokio::time::sleep(Duration::from_millis(300)).await;
             inner.cancel();
         });
         tasks.spawn(serve_http(

@@ -96,11 +96,16 @@ impl Settings {
     pub fn gateway_config(&self) -> gateway::GatewayConfig {
         let defaults = gateway::GatewayConfig::default();
         gateway::GatewayConfig {
-            node_id: self.gateway_node_id.clone().unwrap_or(defaults.node_id.clone()),
+            node_id: self
+                .gateway_node_id
+                .clone()
+                .unwrap_or(defaults.node_id.clone()),
             send_queue: self.gateway_send_queue,
             minute: std::time::Duration::from_millis(self.gateway_minute_ms.max(1)),
             inactivity_timeout: std::time::Duration::from_secs(self.gateway_inactivity_seconds),
-            presence_timeout: std::time::Duration::from_millis(self.gateway_presence_timeout_ms.max(100)),
+            presence_timeout: std::time::Duration::from_millis(
+                self.gateway_presence_timeout_ms.max(100),
+            ),
             frames_per_second: self.gateway_frames_per_second,
             burst: (self.gateway_frames_per_second * 3.0).max(defaults.burst),
             ..defaults
