@@ -375,6 +375,10 @@ async fn both_dialects_cross_two_nodes_with_acks_dedup_typing_reads_and_revokes(
     .await;
     let e = expect(&mut user, "error").await;
     assert!(e["data"]["error"].as_str().unwrap().contains("participant"));
+    let oversize = json!({"type":"message","payload":{"content":"x".repeat(100_000)}});
+    send(&mut user, oversize).await;
+    let e = expect(&mut user, "error").await;
+    assert!(e["data"]["error"].as_str().unwrap().contains("larger"));
     send(&mut user, json!({"type":"ping"})).await;
     expect(&mut user, "pong").await;
     assert_eq!(c.chat_records(101).await.len(), before);
@@ -429,6 +433,26 @@ async fn both_dialects_cross_two_nodes_with_acks_dedup_typing_reads_and_revokes(
     expect(&mut phone, "force_logout").await;
     let (code, _) = until_close(&mut phone, Duration::from_secs(5)).await;
     assert_eq!(code, Some(4001));
+    // Every socket of the user, on every node.
+    expect(&mut user, "force_logout").await;
+    let (code, _) = until_close(&mut user, Duration::from_secs(5)).await;
+    assert_eq!(code, Some(4001));
+
+    // A flood from one socket is closed with a reason; the others keep working.
+    let mut flood = connect(&format!("{}/ws?token={}", a.ws(), c.token(1))).await;
+    for _ in 0..200 {
+        if flood
+            .send(Message::Text(r#"{"type":"ping"}"#.into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (code, _) = until_close(&mut flood, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(1008));
+    send(&mut counselor, json!({"type":"ping"})).await;
+    expect(&mut counselor, "pong").await;
     drop((a, b));
 }
 

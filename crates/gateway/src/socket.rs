@@ -24,6 +24,9 @@ use crate::hub::{own_key, Conn, Hub, CLOSE_POLICY};
 use crate::protocol::{error_frame, frame, ClientFrame, MAX_FRAME_BYTES};
 use crate::GatewayState;
 
+/// Largest frame the codec reads at all; frames above [`MAX_FRAME_BYTES`] get an `error` frame.
+const MAX_READ_BYTES: usize = 1024 * 1024;
+
 /// How long the writer tries to get the close frame out (to a slow client, after its backlog).
 const CLOSE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -178,8 +181,10 @@ pub async fn ws_counselor(
 
 fn upgrade(ws: WebSocketUpgrade, state: GatewayState, user_id: i64, opening: Opening) -> Response {
     // Small buffers: an idle socket should cost a few KiB (issue 5).
-    ws.max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
+    // Frames up to 1 MiB are read and refused with an `error` frame (the socket keeps
+    // working); beyond that the codec closes the socket (1009).
+    ws.max_message_size(MAX_READ_BYTES)
+        .max_frame_size(MAX_READ_BYTES)
         .read_buffer_size(2 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| run(state, socket, user_id, opening))
