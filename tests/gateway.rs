@@ -552,7 +552,31 @@ async fn resume_after_a_disconnect_gets_every_missed_message_once_then_the_live_
         }
     }
     assert_eq!(again, expected[3..].to_vec());
-    drop((a, b));
+
+    // More missed than a node replays: `recovered: false` (the client reloads from REST), and
+    // the live tail still follows.
+    let small = c.node(&[("MYCHAT_GATEWAY_MAX_REPLAY", "2")]).await;
+    let mut third = connect(&format!(
+        "{}/ws/chat/201?token={}&after_seq={last}",
+        small.ws(),
+        c.token(11)
+    ))
+    .await;
+    let resumed = expect(&mut third, "resumed").await;
+    assert_eq!(resumed["data"]["recovered"], false);
+    send(
+        &mut counselor,
+        json!({"type":"message","session_id":201,"data":{"content":"tail","id":"tail"}}),
+    )
+    .await;
+    let tail = expect(&mut counselor, "ack").await["data"]["seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        expect(&mut third, "message").await["data"]["seq"].as_u64(),
+        Some(tail)
+    );
+    drop((a, b, small));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,9 @@ pub struct Settings {
     pub gateway_send_queue: usize,
     /// Gateway: sustained client frames per second per socket before it is closed (20).
     pub gateway_frames_per_second: f64,
+    /// Gateway: at most this many records are replayed on a resume (1000); beyond it the client
+    /// is told `recovered: false` and reloads from REST.
+    pub gateway_max_replay: usize,
 }
 
 impl Default for Settings {
@@ -76,6 +79,7 @@ impl Default for Settings {
             gateway_presence_timeout_ms: 15_000,
             gateway_send_queue: 256,
             gateway_frames_per_second: 20.0,
+            gateway_max_replay: 1000,
         }
     }
 }
@@ -108,6 +112,7 @@ impl Settings {
             ),
             frames_per_second: self.gateway_frames_per_second,
             burst: (self.gateway_frames_per_second * 3.0).max(defaults.burst),
+            max_replay: self.gateway_max_replay,
             ..defaults
         }
     }
