@@ -762,3 +762,41 @@ async fn the_prepaid_time_ends_the_session_once_across_two_nodes_with_a_warning(
     assert!(c.chat_records(401).await.is_empty());
     drop((a, b));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inactive_session_is_ended_and_billed_once_after_the_timeout() {
+    let c = cluster().await;
+    let a = c.node(&[("MYCHAT_GATEWAY_INACTIVITY_SECONDS", "2")]).await;
+    c.session(501, 51, 52, 30).await;
+    let mut user = connect(&format!("{}/ws/chat/501?token={}", a.ws(), c.token(51))).await;
+    expect(&mut user, "join_success").await;
+    // A message is activity: it pushes the timeout back.
+    send(
+        &mut user,
+        json!({"type":"message","payload":{"content":"anyone?"}}),
+    )
+    .await;
+    expect(&mut user, "ack").await;
+    let quiet = Instant::now();
+    expect(&mut user, "billing").await;
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(1500),
+        "ended too early"
+    );
+    expect(&mut user, "session_end").await;
+    let events = c.session_events(501).await;
+    assert!(events.iter().any(|e| matches!(
+        e,
+        SessionEvent::SessionEnded {
+            reason: domain::EndReason::Inactivity,
+            ..
+        }
+    )));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, SessionEvent::SessionBilled { .. }))
+            .count(),
+        1
+    );
+}
