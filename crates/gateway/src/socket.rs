@@ -21,10 +21,11 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{own_key, Conn, Hub, CLOSE_POLICY};
-use crate::protocol::{error_frame, frame, ClientFrame, MAX_FRAME_BYTES};
+use crate::protocol::{error_frame, frame, ClientFrame};
 use crate::GatewayState;
 
-/// Largest frame the codec reads at all; frames above [`MAX_FRAME_BYTES`] get an `error` frame.
+/// Largest frame the codec reads at all; frames above [`crate::protocol::MAX_FRAME_BYTES`] get
+/// an `error` frame.
 const MAX_READ_BYTES: usize = 1024 * 1024;
 
 /// How long the writer tries to get the close frame out (to a slow client, after its backlog).

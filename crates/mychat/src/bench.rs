@@ -41,6 +41,10 @@ pub struct WsArgs {
     /// Concurrent connection attempts while opening the sockets.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Run the bench's nats-server without `sync_interval: always` (lazy fsync), to separate the
+    /// gateway's own cost from the per-message fsync. Not how mychat runs in production.
+    #[arg(long)]
+    pub lazy_fsync: bool,
 }
 
 const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
@@ -215,7 +219,34 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             .join(" ")
     );
 
-    let nats = tokio::task::spawn_blocking(testkit::NatsServer::start).await??;
+    let nats_dir = tempfile::Builder::new()
+        .prefix("mychat-bench-nats")
+        .tempdir()?;
+    let mut conf = include_str!("../../../nats.conf").to_string();
+    if args.lazy_fsync {
+        conf = conf
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("sync_interval"))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    std::fs::write(nats_dir.path().join("nats.conf"), conf)?;
+    let options = testkit::NatsOptions {
+        port: 0,
+        store_dir: nats_dir.path().join("jetstream"),
+        config: nats_dir.path().join("nats.conf"),
+        log_file: Some(nats_dir.path().join("nats.log")),
+    };
+    let nats =
+        tokio::task::spawn_blocking(move || testkit::NatsServer::start_with(options)).await??;
+    println!(
+        "nats-server fsync: {}",
+        if args.lazy_fsync {
+            "lazy (--lazy-fsync)"
+        } else {
+            "sync_interval: always (as in production)"
+        }
+    );
     let pg = tokio::task::spawn_blocking(testkit::Postgres::start).await??;
     let db = sqlx::PgPool::connect(&pg.url()).await?;
     projections::MIGRATOR.run(&db).await?;
@@ -478,6 +509,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             "js_baseline_p99_ms": round(percentile(&jsl, 0.99)),
             "delivered_ratio": (ratio * 10000.0).round() / 10000.0,
             "rss_kib_per_socket": (per_socket * 10.0).round() / 10.0,
+            "fsync": if args.lazy_fsync { "lazy" } else { "always" },
         })
     );
     if std::env::var_os("MYCHAT_BENCH_DEBUG").is_some() {
