@@ -513,7 +513,7 @@ async fn resume_after_a_disconnect_gets_every_missed_message_once_then_the_live_
     }
     let mut got = Vec::new();
     let mut resumed = None;
-    while got.len() < missed.len() + live.len() {
+    while got.len() < missed.len() + live.len() || resumed.is_none() {
         let f = next(&mut user, Duration::from_secs(10))
             .await
             .expect("a frame");
