@@ -8,7 +8,9 @@
 //! recipient socket), delivered/sent, and the gateway's resident memory per socket. In the same
 //! run it measures the raw baselines: core NATS publish → subscriber, and JetStream publish
 //! (fsynced) → ordered consumer. `--rate 0` opens idle sockets only (memory per idle socket).
-//! The last line printed is one JSON object with the figures.
+//! The last line printed is one JSON object with the figures. `MYCHAT_BENCH_DEBUG=1` prints
+//! every frame the bench sockets receive and the gateway's log (`MYCHAT_BENCH_GATEWAY_LOG` sets
+//! its `RUST_LOG`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
