@@ -490,6 +490,29 @@ impl Projection for Messages {
                 }
                 q.build().execute(&mut *tx).await?;
             }
+            // Issue 5: read receipts and revocations are records of the same stream.
+            ChatRecord::MessageRead(r) => {
+                sqlx::query(
+                    "UPDATE chat_messages SET is_read = TRUE, read_time = COALESCE(read_time, $3) \
+                     WHERE id = $1 AND session_id = $2",
+                )
+                .bind(r.message_seq as i64)
+                .bind(r.session_id)
+                .bind(r.read_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            ChatRecord::MessageRevoked(r) => {
+                sqlx::query(
+                    "UPDATE chat_messages SET revoked_at = COALESCE(revoked_at, $3) \
+                     WHERE id = $1 AND session_id = $2",
+                )
+                .bind(r.message_seq as i64)
+                .bind(r.session_id)
+                .bind(r.revoked_at)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         Ok(())
     }

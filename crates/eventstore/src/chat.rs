@@ -18,6 +18,45 @@ pub enum ChatRecord {
     /// An administrator redacted messages of a session (issue 4): read models blank their text;
     /// the messages, the redaction and who did it stay in the log.
     Redaction(Redaction),
+    /// The recipient read a message (issue 5). Stored once per message and reader.
+    MessageRead(ReadReceipt),
+    /// The sender revoked (withdrew) one of their messages (issue 5). Stored once per message.
+    MessageRevoked(Revocation),
+}
+
+impl ChatRecord {
+    /// The session the record belongs to.
+    pub fn session_id(&self) -> i64 {
+        match self {
+            Self::Message(m) => m.session_id,
+            Self::MessageRead(r) => r.session_id,
+            Self::MessageRevoked(r) => r.session_id,
+            Self::Redaction(r) => r.session_id,
+        }
+    }
+}
+
+/// A read receipt: `read_by` has read message `message_seq` (the message's `CHAT` stream
+/// sequence) of session `session_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadReceipt {
+    pub session_id: i64,
+    /// The read message's stream sequence in `CHAT`.
+    pub message_seq: u64,
+    /// The reader's users-table id (never the message's sender).
+    pub read_by: i64,
+    pub read_at: DateTime<Utc>,
+}
+
+/// A revocation: the sender withdrew message `message_seq` of session `session_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub session_id: i64,
+    /// The revoked message's stream sequence in `CHAT`.
+    pub message_seq: u64,
+    /// The message's sender (only the sender may revoke).
+    pub revoked_by: i64,
+    pub revoked_at: DateTime<Utc>,
 }
 
 /// Messages redacted by an administrator.
@@ -121,4 +160,45 @@ pub async fn append_message(
         seq: ack.sequence,
         duplicate: ack.duplicate,
     })
+}
+
+/// Appends any record to `CHAT` on `chat.<session_id>` with `Nats-Msg-Id` = `dedup_id`, and returns
+/// once it is durably stored (a repeat of `dedup_id` within the duplicate window returns the first
+/// copy's sequence with `duplicate: true`).
+///
+/// # Errors
+/// When JetStream does not acknowledge the record.
+pub async fn append_record(
+    js: &async_nats::jetstream::Context,
+    record: &ChatRecord,
+    dedup_id: &str,
+) -> Result<Appended, AppendError> {
+    let body = serde_json::to_vec(record)?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, dedup_id);
+    let kind = match record {
+        ChatRecord::Message(_) => "message",
+        ChatRecord::MessageRead(_) => "message_read",
+        ChatRecord::MessageRevoked(_) => "message_revoked",
+        ChatRecord::Redaction(_) => "redaction",
+    };
+    headers.insert("Mychat-Record", kind);
+    let ack = js
+        .publish_with_headers(chat_subject(record.session_id()), headers, body.into())
+        .await?
+        .await?;
+    Ok(Appended {
+        seq: ack.sequence,
+        duplicate: ack.duplicate,
+    })
+}
+
+/// The `Nats-Msg-Id` of a read receipt: one per message and reader.
+pub fn read_dedup_id(r: &ReadReceipt) -> String {
+    format!("read:{}:{}:{}", r.session_id, r.message_seq, r.read_by)
+}
+
+/// The `Nats-Msg-Id` of a revocation: one per message.
+pub fn revoke_dedup_id(r: &Revocation) -> String {
+    format!("revoke:{}:{}", r.session_id, r.message_seq)
 }

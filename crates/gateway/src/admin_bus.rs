@@ -2,8 +2,8 @@
 //! node answers presence requests with its sockets and acts on kick / mute / admin message /
 //! broadcast requests for the sockets it holds, then replies with how many it acted on.
 //!
-//! Presence source: the sockets bound to a session in the node's [`Hub`] (a socket that has not
-//! joined a session yet is not listed). Mutes are held per node in the hub, loaded at start from
+//! Presence source: every socket of the node's [`Hub`] (`session_id` 0 when not bound to a
+//! session). Mutes are held per node in the hub, loaded at start from
 //! the admin API (`mychat.admin.mutes`) and kept in step by `mychat.gateway.mute.<user_id>`.
 
 use std::sync::Arc;
@@ -99,7 +99,7 @@ fn handle(node: &str, hub: &Hub, msg: &async_nats::Message) -> Option<Vec<u8>> {
                 user_id: c.user_id,
                 session_id,
                 conn_id: c.id,
-                connected_at: hub.joined_at(c.id),
+                connected_at: Some(c.connected_at),
                 muted: hub.is_muted(c.user_id),
             })
             .collect();

@@ -1,81 +1,320 @@
-//! The node's routing table and its two stream consumers.
+//! The node's routing table, its stream consumers and subscriptions, presence state and session
+//! timers.
 //!
-//! Sockets bound to a session are kept per session id. The node reads `CHAT` and `ev.session.>`
-//! with **one ordered consumer each, for the whole node** (never one per socket), and routes each
-//! record to the sockets of its session.
+//! Sockets are kept per session (rooms) and per user. The node reads `CHAT` and `ev.session.>`
+//! with **one ordered consumer each, for the whole node** (never one per socket), subscribes once
+//! to `typing.>` and `notify.>` (core NATS), and routes each record to its local sockets.
+//!
+//! Core-NATS subjects (JSON payloads):
+//! - `typing.<session_id>`: `{user_id, kind: "typing"|"typing_stop"}`; ephemeral, never stored.
+//! - `notify.<user_id>` and `notify.all`: `{type, data, close?, mute_until?}`: a frame `type` with
+//!   `data` to every socket of the user (or every socket); with `close` (a reason) the sockets are
+//!   closed after the frame (admin kick: `type: "force_logout"`); with `mute_until` (unix
+//!   seconds) the user's `message` frames are refused until then (admin mute).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use backon::BackoffBuilder;
-use domain::SessionEvent;
+use chrono::{DateTime, Utc};
+use domain::{ChatSession, EndReason, SessionCommand, SessionEvent};
 use eventstore::chat::ChatRecord;
 use eventstore::envelope::Upcasters;
-use eventstore::Commit;
+use eventstore::{Actor, CommandBus, CommandError, CommandMeta, Commit};
 use futures::StreamExt;
-use serde_json::json;
-use tokio::sync::mpsc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::presence::NodePresence;
 use crate::protocol::frame;
+use crate::GatewayConfig;
 
-/// Frames a socket may have queued before it is considered too slow and closed.
-pub const SEND_QUEUE: usize = 256;
+/// Close code for a socket closed by the server for being too slow (its send queue filled up).
+pub const CLOSE_SLOW: u16 = 4008;
+/// Close code sent on shutdown: "service restart", reconnect elsewhere (RFC 6455 1012).
+pub const CLOSE_RESTART: u16 = 1012;
+/// Close code for a policy violation (flooding).
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code of an admin kick.
+pub const CLOSE_KICKED: u16 = 4001;
+
+/// A socket's position in one session's record sequence.
+#[derive(Default)]
+struct Cursor {
+    /// The highest `CHAT` sequence delivered (or acked) to the socket for this session.
+    hwm: u64,
+    /// While a resume replays history, live records wait here (in stream order).
+    pending: Option<Vec<(u64, String, Option<String>)>>,
+}
 
 /// One connected socket, as the hub sees it.
 pub struct Conn {
     pub id: u64,
     pub user_id: i64,
-    /// The socket's outbound queue (bounded: [`SEND_QUEUE`]).
-    pub tx: mpsc::Sender<String>,
-    /// Cancelled to close the socket (slow consumer, shutdown); the reason goes in the close frame.
+    tx: mpsc::Sender<String>,
+    /// Cancelled to close the socket; the reason is in [`Conn::close_reason`].
     pub close: CancellationToken,
+    close_reason: Mutex<Option<(u16, String)>>,
     /// Client message ids this socket sent and has not yet seen come back from the stream: its
     /// own messages are acked to it, not echoed.
     pub sent: Mutex<HashSet<String>>,
+    cursors: Mutex<HashMap<i64, Cursor>>,
+    started: Mutex<HashSet<i64>>,
+    /// When the socket connected (the admin's online list shows it).
+    pub connected_at: DateTime<Utc>,
 }
 
 impl Conn {
-    /// Queues a frame; a full queue closes the socket (it can reconnect and reload).
+    /// A connection with an outbound queue of `queue` frames; returns the queue's receiver.
+    pub fn new(id: u64, user_id: i64, queue: usize) -> (Arc<Self>, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let conn = Arc::new(Self {
+            id,
+            user_id,
+            tx,
+            close: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            sent: Mutex::new(HashSet::new()),
+            cursors: Mutex::new(HashMap::new()),
+            started: Mutex::new(HashSet::new()),
+            connected_at: Utc::now(),
+        });
+        (conn, rx)
+    }
+
+    /// Queues a frame; a full queue closes the socket with [`CLOSE_SLOW`] (it can reconnect and
+    /// resume from its last sequence, so nothing is lost silently).
     pub fn send(&self, text: String) {
-        if self.tx.try_send(text).is_err() {
-            self.close.cancel();
+        if self.close.is_cancelled() {
+            return;
         }
+        if self.tx.try_send(text).is_err() {
+            self.close_with(
+                CLOSE_SLOW,
+                "too slow: send queue full; reconnect and resume from your last seq",
+            );
+        }
+    }
+
+    /// Queues a frame, waiting up to 5 s for room (replays, which may exceed the queue).
+    pub async fn send_wait(&self, text: String) -> bool {
+        match tokio::time::timeout(Duration::from_secs(5), self.tx.send(text)).await {
+            Ok(Ok(())) => true,
+            _ => {
+                self.close_with(CLOSE_SLOW, "too slow during resume; reconnect and resume");
+                false
+            }
+        }
+    }
+
+    /// Closes the socket with a close frame `code` / `reason` (the first reason wins).
+    pub fn close_with(&self, code: u16, reason: &str) {
+        let mut r = self.close_reason.lock().expect("close lock");
+        if r.is_none() {
+            *r = Some((code, reason.to_string()));
+        }
+        drop(r);
+        self.close.cancel();
+    }
+
+    /// Why the socket is being closed (default: 1000, normal).
+    pub fn close_reason(&self) -> (u16, String) {
+        self.close_reason
+            .lock()
+            .expect("close lock")
+            .clone()
+            .unwrap_or((1000, String::new()))
+    }
+
+    /// Delivers a record of session `session_id` at stream sequence `seq`: at most once per
+    /// sequence (a high-water mark), held back while a resume replays, and not echoed to the
+    /// socket that sent it (`own` = the record's client message id).
+    pub fn deliver(&self, session_id: i64, seq: u64, text: &str, own: Option<&str>) {
+        let mut cursors = self.cursors.lock().expect("cursor lock");
+        let cursor = cursors.entry(session_id).or_default();
+        if let Some(pending) = cursor.pending.as_mut() {
+            pending.push((seq, text.to_string(), own.map(str::to_string)));
+            return;
+        }
+        if seq <= cursor.hwm {
+            return;
+        }
+        cursor.hwm = seq;
+        drop(cursors);
+        if let Some(id) = own {
+            if self.sent.lock().expect("sent lock").remove(id) {
+                return;
+            }
+        }
+        self.send(text.to_string());
+    }
+
+    /// Starts a replay for `session_id` after `after_seq`: live records are held back.
+    pub fn begin_replay(&self, session_id: i64, after_seq: u64) {
+        let mut cursors = self.cursors.lock().expect("cursor lock");
+        let cursor = cursors.entry(session_id).or_default();
+        cursor.hwm = cursor.hwm.max(after_seq);
+        cursor.pending.get_or_insert_with(Vec::new);
+    }
+
+    /// True if a replayed record at `seq` is new to the socket (and records it as had).
+    pub fn take_replayed(&self, session_id: i64, seq: u64) -> bool {
+        let mut cursors = self.cursors.lock().expect("cursor lock");
+        let cursor = cursors.entry(session_id).or_default();
+        if seq <= cursor.hwm {
+            return false;
+        }
+        cursor.hwm = seq;
+        true
+    }
+
+    /// Ends a replay: the held-back live records newer than the replay are delivered in order.
+    pub fn end_replay(&self, session_id: i64) {
+        let pending = {
+            let mut cursors = self.cursors.lock().expect("cursor lock");
+            let cursor = cursors.entry(session_id).or_default();
+            cursor.pending.take().unwrap_or_default()
+        };
+        for (seq, text, own) in pending {
+            self.deliver(session_id, seq, &text, own.as_deref());
+        }
+    }
+
+    /// The highest sequence the socket has of `session_id`.
+    pub fn hwm(&self, session_id: i64) -> u64 {
+        self.cursors
+            .lock()
+            .expect("cursor lock")
+            .get(&session_id)
+            .map_or(0, |c| c.hwm)
     }
 }
 
-/// The node's sockets by session.
-#[derive(Default)]
+/// An active session as the node knows it from `ev.session.>`.
+#[derive(Debug, Clone)]
+struct Active {
+    user_id: i64,
+    counselor_user_id: i64,
+    price_per_minute: i64,
+    prepaid_minutes: i64,
+    started_at: DateTime<Utc>,
+    /// The last message or app-level activity seen, unix seconds.
+    last_activity: i64,
+    warned: bool,
+    /// When this node last asked to end it (retried after 5 s if the end has not arrived).
+    ending_at: Option<std::time::Instant>,
+}
+
+/// The node's sockets, sessions and presence view.
 pub struct Hub {
+    config: GatewayConfig,
+    bus: CommandBus,
+    nats: async_nats::Client,
     rooms: Mutex<HashMap<i64, Vec<Arc<Conn>>>>,
+    users: Mutex<HashMap<i64, Vec<Arc<Conn>>>>,
     next_id: AtomicU64,
-    /// Users muted by an administrator (kept in step through NATS, see `admin_bus`).
-    muted: Mutex<HashSet<i64>>,
-    /// When each bound socket (by connection id) joined (admin presence, issue 4).
-    joined_at: Mutex<HashMap<u64, chrono::DateTime<chrono::Utc>>>,
+    active: Mutex<HashMap<i64, Active>>,
+    sessions_caught_up: AtomicBool,
+    ended_by: Mutex<HashMap<i64, i64>>,
+    local_activity: Mutex<HashMap<i64, i64>>,
+    remote: Mutex<HashMap<String, NodePresence>>,
+    muted: Mutex<HashMap<i64, i64>>,
+    presence_dirty: Notify,
+    draining: AtomicBool,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
 }
 
 impl Hub {
-    /// A new connection id.
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    /// A hub for one node.
+    pub fn new(config: GatewayConfig, bus: CommandBus, nats: async_nats::Client) -> Self {
+        Self {
+            config,
+            bus,
+            nats,
+            rooms: Mutex::default(),
+            users: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            active: Mutex::default(),
+            sessions_caught_up: AtomicBool::new(false),
+            ended_by: Mutex::default(),
+            local_activity: Mutex::default(),
+            remote: Mutex::default(),
+            muted: Mutex::default(),
+            presence_dirty: Notify::new(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The node's id.
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// The NATS client (core subjects: typing).
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    /// True once the node is shutting down (new sockets are refused).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Registers a new socket of `user_id`; returns it and its outbound queue.
+    pub fn connect(&self, user_id: i64) -> (Arc<Conn>, mpsc::Receiver<String>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (conn, rx) = Conn::new(id, user_id, self.config.send_queue);
+        self.users
+            .lock()
+            .expect("hub lock")
+            .entry(user_id)
+            .or_default()
+            .push(conn.clone());
+        self.presence_dirty.notify_one();
+        (conn, rx)
+    }
+
+    /// Forgets a socket (and unbinds it from `session`).
+    pub fn disconnect(&self, conn: &Conn, session: Option<i64>) {
+        if let Some(s) = session {
+            self.leave(s, conn.id);
+        }
+        let mut users = self.users.lock().expect("hub lock");
+        if let Some(list) = users.get_mut(&conn.user_id) {
+            list.retain(|c| c.id != conn.id);
+            if list.is_empty() {
+                users.remove(&conn.user_id);
+            }
+        }
+        drop(users);
+        self.presence_dirty.notify_one();
     }
 
     /// Binds a socket to a session.
     pub fn join(&self, session_id: i64, conn: Arc<Conn>) {
-        let mut rooms = self.rooms.lock().expect("hub lock");
-        let room = rooms.entry(session_id).or_default();
-        if !room.iter().any(|c| c.id == conn.id) {
-            self.joined_at
-                .lock()
-                .expect("hub lock")
-                .entry(conn.id)
-                .or_insert_with(chrono::Utc::now);
-            room.push(conn);
+        {
+            let mut rooms = self.rooms.lock().expect("hub lock");
+            let room = rooms.entry(session_id).or_default();
+            if !room.iter().any(|c| c.id == conn.id) {
+                room.push(conn);
+            }
         }
+        self.touch(session_id);
+        self.presence_dirty.notify_one();
+        self.check_session_start(session_id);
     }
 
     /// Unbinds a socket.
@@ -83,14 +322,26 @@ impl Hub {
         let mut rooms = self.rooms.lock().expect("hub lock");
         if let Some(room) = rooms.get_mut(&session_id) {
             room.retain(|c| c.id != conn_id);
-            self.joined_at.lock().expect("hub lock").remove(&conn_id);
             if room.is_empty() {
                 rooms.remove(&session_id);
             }
         }
+        drop(rooms);
+        self.presence_dirty.notify_one();
     }
 
-    /// The sockets bound to a session.
+    /// Records app-level activity in a session (a `ping` or a join) for the inactivity timeout.
+    pub fn touch(&self, session_id: i64) {
+        let now = Utc::now().timestamp();
+        self.local_activity
+            .lock()
+            .expect("hub lock")
+            .insert(session_id, now);
+        if let Some(a) = self.active.lock().expect("hub lock").get_mut(&session_id) {
+            a.last_activity = a.last_activity.max(now);
+        }
+    }
+
     fn room(&self, session_id: i64) -> Vec<Arc<Conn>> {
         self.rooms
             .lock()
@@ -98,6 +349,25 @@ impl Hub {
             .get(&session_id)
             .cloned()
             .unwrap_or_default()
+    }
+
+    fn user_conns(&self, user_id: i64) -> Vec<Arc<Conn>> {
+        self.users
+            .lock()
+            .expect("hub lock")
+            .get(&user_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Sockets open on this node.
+    pub fn socket_count(&self) -> usize {
+        self.users
+            .lock()
+            .expect("hub lock")
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     /// Sockets currently bound to any session on this node.
@@ -110,7 +380,231 @@ impl Hub {
             .sum()
     }
 
-    fn route_chat(&self, seq: u64, record: ChatRecord) {
+    /// Every socket of this node with the session it is bound to (0 when unbound): the admin
+    /// bus's presence answer.
+    pub fn connections(&self) -> Vec<(i64, Arc<Conn>)> {
+        let bound: HashMap<u64, i64> = self
+            .rooms
+            .lock()
+            .expect("hub lock")
+            .iter()
+            .flat_map(|(sid, conns)| conns.iter().map(move |c| (c.id, *sid)))
+            .collect();
+        self.users
+            .lock()
+            .expect("hub lock")
+            .values()
+            .flatten()
+            .map(|c| (bound.get(&c.id).copied().unwrap_or(0), c.clone()))
+            .collect()
+    }
+
+    /// Sets or lifts an admin mute on `user_id` (indefinite until lifted).
+    pub fn set_muted(&self, user_id: i64, muted: bool) {
+        let mut m = self.muted.lock().expect("hub lock");
+        if muted {
+            m.insert(user_id, i64::MAX);
+        } else {
+            m.remove(&user_id);
+        }
+    }
+
+    /// True while an admin mute holds for `user_id`.
+    pub fn is_muted(&self, user_id: i64) -> bool {
+        self.muted
+            .lock()
+            .expect("hub lock")
+            .get(&user_id)
+            .is_some_and(|until| *until > Utc::now().timestamp())
+    }
+
+    // ---- presence -------------------------------------------------------------------------
+
+    /// Resolves when the node's sockets changed (the presence writer waits on it).
+    pub async fn presence_changed(&self) {
+        self.presence_dirty.notified().await;
+    }
+
+    /// This node's presence entry, now.
+    pub fn local_presence(&self) -> NodePresence {
+        let users: Vec<i64> = self
+            .users
+            .lock()
+            .expect("hub lock")
+            .keys()
+            .copied()
+            .collect();
+        let rooms = self
+            .rooms
+            .lock()
+            .expect("hub lock")
+            .iter()
+            .map(|(sid, conns)| {
+                let mut ids: Vec<i64> = conns.iter().map(|c| c.user_id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                (*sid, ids)
+            })
+            .collect();
+        let activity = self
+            .local_activity
+            .lock()
+            .expect("hub lock")
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        NodePresence {
+            node_id: self.config.node_id.clone(),
+            at_ms: now_ms(),
+            timeout_ms: self.config.presence_timeout.as_millis() as i64,
+            users,
+            rooms,
+            activity,
+        }
+    }
+
+    /// Another node's presence entry changed (`None`: deleted).
+    pub fn presence_remote(&self, node: String, entry: Option<NodePresence>) {
+        let sessions: Vec<i64> = entry
+            .as_ref()
+            .map(|p| p.rooms.keys().copied().collect())
+            .unwrap_or_default();
+        if let Some(p) = &entry {
+            let mut active = self.active.lock().expect("hub lock");
+            for (sid, at) in &p.activity {
+                if let Some(a) = active.get_mut(sid) {
+                    a.last_activity = a.last_activity.max(*at);
+                }
+            }
+        }
+        {
+            let mut remote = self.remote.lock().expect("hub lock");
+            match entry {
+                Some(p) => remote.insert(node, p),
+                None => remote.remove(&node),
+            };
+        }
+        for sid in sessions {
+            self.check_session_start(sid);
+        }
+    }
+
+    /// Users with a socket on any live node (this one included).
+    pub fn online_users(&self) -> HashSet<i64> {
+        let mut online: HashSet<i64> = self
+            .users
+            .lock()
+            .expect("hub lock")
+            .keys()
+            .copied()
+            .collect();
+        let now = now_ms();
+        for p in self.remote.lock().expect("hub lock").values() {
+            if p.is_live(now) {
+                online.extend(p.users.iter().copied());
+            }
+        }
+        online
+    }
+
+    /// Users bound to `session_id` on any live node.
+    pub fn present_in(&self, session_id: i64) -> HashSet<i64> {
+        let mut present: HashSet<i64> = self.room(session_id).iter().map(|c| c.user_id).collect();
+        let now = now_ms();
+        for p in self.remote.lock().expect("hub lock").values() {
+            if p.is_live(now) {
+                if let Some(ids) = p.rooms.get(&session_id) {
+                    present.extend(ids.iter().copied());
+                }
+            }
+        }
+        present
+    }
+
+    /// Sends `session_start` to this node's sockets of `session_id` that have not had it, once
+    /// both the user and the counselor are present (on any node).
+    fn check_session_start(&self, session_id: i64) {
+        let room = self.room(session_id);
+        if room.is_empty() {
+            return;
+        }
+        let Some(a) = self
+            .active
+            .lock()
+            .expect("hub lock")
+            .get(&session_id)
+            .cloned()
+        else {
+            return;
+        };
+        let present = self.present_in(session_id);
+        if !(present.contains(&a.user_id) && present.contains(&a.counselor_user_id)) {
+            return;
+        }
+        let text = frame(
+            "session_start",
+            session_id,
+            json!({
+                "session_id": session_id,
+                "start_time": a.started_at,
+                "price": a.price_per_minute as f64 / 100.0,
+                "prepaid_minutes": a.prepaid_minutes,
+                "ends_at": a.started_at + self.prepaid_span(&a),
+            }),
+        );
+        for conn in room {
+            if conn.started.lock().expect("lock").insert(session_id) {
+                conn.send(text.clone());
+            }
+        }
+    }
+
+    fn prepaid_span(&self, a: &Active) -> chrono::Duration {
+        chrono::Duration::from_std(self.config.minute * a.prepaid_minutes.max(0) as u32)
+            .unwrap_or_default()
+    }
+
+    /// Registers what a socket learnt by loading the aggregate (in case this node has not read
+    /// the session's start from the stream yet).
+    pub fn note_session(&self, session_id: i64, s: &ChatSession) {
+        if s.status != domain::SessionStatus::Active {
+            return;
+        }
+        let mut active = self.active.lock().expect("hub lock");
+        active.entry(session_id).or_insert_with(|| Active {
+            user_id: s.user_id,
+            counselor_user_id: s.counselor_user_id,
+            price_per_minute: s.price_per_minute,
+            prepaid_minutes: s.prepaid_minutes,
+            started_at: s.started_at.unwrap_or_else(Utc::now),
+            last_activity: s.started_at.unwrap_or_else(Utc::now).timestamp(),
+            warned: false,
+            ending_at: None,
+        });
+    }
+
+    /// The session as the node's table of active sessions knows it (from `ev.session.>`), so
+    /// that a message does not load the aggregate; `None` when the node does not know it.
+    pub fn cached_session(&self, session_id: i64) -> Option<ChatSession> {
+        let active = self.active.lock().expect("hub lock");
+        let a = active.get(&session_id)?;
+        Some(ChatSession {
+            status: domain::SessionStatus::Active,
+            order_id: session_id,
+            user_id: a.user_id,
+            counselor_id: 0,
+            counselor_user_id: a.counselor_user_id,
+            price_per_minute: a.price_per_minute,
+            prepaid_minutes: a.prepaid_minutes,
+            prepaid_amount: a.price_per_minute * a.prepaid_minutes,
+            started_at: Some(a.started_at),
+        })
+    }
+
+    // ---- routing --------------------------------------------------------------------------
+
+    /// The frame of a `CHAT` record at `seq`, and its own-message id (for messages).
+    pub fn record_frame(seq: u64, record: &ChatRecord) -> (String, Option<String>) {
         match record {
             ChatRecord::Message(m) => {
                 let data = json!({
@@ -126,76 +620,85 @@ impl Hub {
                     "client_msg_id": m.client_msg_id,
                     "created_at": m.sent_at,
                 });
-                let text = frame("message", m.session_id, data);
-                for conn in self.room(m.session_id) {
-                    let own = conn
-                        .sent
-                        .lock()
-                        .expect("sent lock")
-                        .remove(&m.client_msg_id);
-                    if !own {
-                        conn.send(text.clone());
-                    }
-                }
+                (
+                    frame("message", m.session_id, data),
+                    Some(own_key(m.sender_id, &m.client_msg_id)),
+                )
             }
-            ChatRecord::Redaction(r) => {
-                let text = frame(
+            ChatRecord::MessageRead(r) => (
+                frame(
+                    "message_read",
+                    r.session_id,
+                    json!({ "seq": seq, "message_id": r.message_seq, "read_by": r.read_by, "read_at": r.read_at }),
+                ),
+                None,
+            ),
+            ChatRecord::MessageRevoked(r) => (
+                frame(
                     "message_revoked",
                     r.session_id,
-                    json!({ "seq": seq, "session_id": r.session_id, "message_ids": r.message_ids, "reason": r.reason }),
+                    json!({ "seq": seq, "message_id": r.message_seq, "revoked_by": r.revoked_by, "revoked_at": r.revoked_at }),
+                ),
+                None,
+            ),
+            // An administrator's redaction (issue 4) reaches clients as a revoke of those messages.
+            ChatRecord::Redaction(r) => (
+                frame(
+                    "message_revoked",
+                    r.session_id,
+                    json!({ "seq": seq, "session_id": r.session_id, "message_ids": r.message_ids, "reason": r.reason, "redacted": true }),
+                ),
+                None,
+            ),
+        }
+    }
+
+    fn route_chat(&self, seq: u64, record: ChatRecord, stored_at: i64) {
+        let session_id = record.session_id();
+        if let Some(a) = self.active.lock().expect("hub lock").get_mut(&session_id) {
+            a.last_activity = a.last_activity.max(stored_at);
+        }
+        let (text, own) = Self::record_frame(seq, &record);
+        for conn in self.room(session_id) {
+            conn.deliver(session_id, seq, &text, own.as_deref());
+        }
+    }
+
+    fn route_session_event(&self, session_id: i64, event: SessionEvent, live: bool) {
+        match event {
+            SessionEvent::SessionStarted {
+                user_id,
+                counselor_user_id,
+                price_per_minute,
+                prepaid_minutes,
+                started_at,
+                ..
+            } => {
+                self.active.lock().expect("hub lock").insert(
+                    session_id,
+                    Active {
+                        user_id,
+                        counselor_user_id,
+                        price_per_minute,
+                        prepaid_minutes,
+                        started_at,
+                        last_activity: started_at.timestamp(),
+                        warned: false,
+                        ending_at: None,
+                    },
                 );
-                for conn in self.room(r.session_id) {
-                    conn.send(text.clone());
+                if live {
+                    self.check_session_start(session_id);
                 }
             }
-        }
-    }
-
-    /// Every socket bound on this node with its session id (the admin presence source, issue 4).
-    pub fn connections(&self) -> Vec<(i64, Arc<Conn>)> {
-        self.rooms
-            .lock()
-            .expect("hub lock")
-            .iter()
-            .flat_map(|(session, conns)| conns.iter().map(move |c| (*session, c.clone())))
-            .collect()
-    }
-
-    /// When connection `conn_id` joined a session on this node.
-    pub fn joined_at(&self, conn_id: u64) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.joined_at
-            .lock()
-            .expect("hub lock")
-            .get(&conn_id)
-            .copied()
-    }
-
-    /// Mutes or unmutes a user on this node (admin `mute`, issue 4).
-    pub fn set_muted(&self, user_id: i64, muted: bool) {
-        let mut set = self.muted.lock().expect("mute lock");
-        if muted {
-            set.insert(user_id);
-        } else {
-            set.remove(&user_id);
-        }
-    }
-
-    /// True when an administrator muted this user: their messages are refused with an error frame.
-    pub fn is_muted(&self, user_id: i64) -> bool {
-        self.muted.lock().expect("mute lock").contains(&user_id)
-    }
-
-    fn route_session_event(
-        &self,
-        session_id: i64,
-        event: SessionEvent,
-        ended_by: &mut HashMap<i64, i64>,
-    ) {
-        match event {
             SessionEvent::SessionEnded { ended_by: by, .. } => {
-                ended_by.insert(session_id, by);
+                self.ended_by
+                    .lock()
+                    .expect("hub lock")
+                    .insert(session_id, by);
             }
             SessionEvent::SessionBilled {
+                user_id,
                 duration_seconds,
                 billed_minutes,
                 price_per_minute,
@@ -205,41 +708,150 @@ impl Hub {
                 refund,
                 ..
             } => {
+                let active = self.active.lock().expect("hub lock").remove(&session_id);
+                let ended_by = self
+                    .ended_by
+                    .lock()
+                    .expect("hub lock")
+                    .remove(&session_id)
+                    .unwrap_or(0);
+                self.local_activity
+                    .lock()
+                    .expect("hub lock")
+                    .remove(&session_id);
+                if !live {
+                    return;
+                }
                 let yuan = |f: i64| f as f64 / 100.0;
                 let billing = frame(
                     "billing",
                     session_id,
                     json!({
+                        "session_id": session_id,
                         "duration": duration_seconds,
                         "duration_minutes": billed_minutes,
                         "price_per_minute": yuan(price_per_minute),
                         "total_amount": yuan(amount),
+                        "total_amount_fen": amount,
                         "platform_fee": yuan(platform_fee),
                         "counselor_fee": yuan(counselor_fee),
                         "refund": yuan(refund),
+                        "refund_fen": refund,
                     }),
                 );
                 let end = frame(
                     "session_end",
                     session_id,
-                    json!({ "session_id": session_id, "ended_by": ended_by.remove(&session_id).unwrap_or(0) }),
+                    json!({ "session_id": session_id, "ended_by": ended_by }),
                 );
-                let room = self
+                // Both sides: the room, plus any other socket of either participant.
+                let mut targets: Vec<Arc<Conn>> = self
                     .rooms
                     .lock()
                     .expect("hub lock")
                     .remove(&session_id)
                     .unwrap_or_default();
-                for conn in room {
-                    conn.send(billing.clone());
-                    conn.send(end.clone());
+                let mut participants = vec![user_id];
+                if let Some(a) = active {
+                    participants.push(a.counselor_user_id);
                 }
+                for uid in participants {
+                    targets.extend(self.user_conns(uid));
+                }
+                let mut seen = HashSet::new();
+                for conn in targets {
+                    if seen.insert(conn.id) {
+                        conn.send(billing.clone());
+                        conn.send(end.clone());
+                    }
+                }
+                self.presence_dirty.notify_one();
             }
-            SessionEvent::SessionStarted { .. } => {}
         }
     }
 
-    /// Runs the node's `CHAT` consumer until `shutdown`: one ordered consumer, new messages only.
+    /// Routes a core-NATS typing indicator to the session's other local sockets.
+    fn route_typing(&self, session_id: i64, payload: &[u8]) {
+        #[derive(Deserialize)]
+        struct Typing {
+            user_id: i64,
+            kind: String,
+        }
+        let Ok(t) = serde_json::from_slice::<Typing>(payload) else {
+            return;
+        };
+        let kind = if t.kind == "typing_stop" {
+            "typing_stop"
+        } else {
+            "typing"
+        };
+        let text = frame(
+            kind,
+            session_id,
+            json!({ "user_id": t.user_id, "is_typing": kind == "typing" }),
+        );
+        for conn in self.room(session_id) {
+            if conn.user_id != t.user_id {
+                conn.send(text.clone());
+            }
+        }
+    }
+
+    /// Routes a `notify.<user_id>` / `notify.all` message.
+    fn route_notify(&self, target: &str, payload: &[u8]) {
+        #[derive(Deserialize)]
+        struct Notice {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            data: Value,
+            #[serde(default)]
+            close: Option<String>,
+            #[serde(default)]
+            mute_until: Option<i64>,
+        }
+        let n = match serde_json::from_slice::<Notice>(payload) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, target, "undecodable notify message");
+                return;
+            }
+        };
+        let conns: Vec<Arc<Conn>> = if target == "all" {
+            self.users
+                .lock()
+                .expect("hub lock")
+                .values()
+                .flatten()
+                .cloned()
+                .collect()
+        } else {
+            let Ok(user_id) = target.parse::<i64>() else {
+                return;
+            };
+            if let Some(until) = n.mute_until {
+                self.muted.lock().expect("hub lock").insert(user_id, until);
+            }
+            self.user_conns(user_id)
+        };
+        let text = json!({ "type": n.kind, "data": n.data, "payload": n.data }).to_string();
+        for conn in conns {
+            conn.send(text.clone());
+            if let Some(reason) = &n.close {
+                let conn = conn.clone();
+                let reason = reason.clone();
+                // Let the frame go out first.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    conn.close_with(CLOSE_KICKED, &reason);
+                });
+            }
+        }
+    }
+
+    // ---- node tasks -------------------------------------------------------------------------
+
+    /// Runs the node's `CHAT` consumer until `shutdown`: one ordered consumer, new records only.
     pub async fn run_chat_fanout(
         self: Arc<Self>,
         js: async_nats::jetstream::Context,
@@ -249,11 +861,16 @@ impl Hub {
             js,
             eventstore::CHAT_STREAM,
             "chat.>",
+            DeliverPolicy::New,
             shutdown,
             |hub, msg, _| {
-                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+                let info = msg.info().ok();
+                let seq = info.as_ref().map(|i| i.stream_sequence).unwrap_or_default();
+                let at = info
+                    .map(|i| i.published.unix_timestamp())
+                    .unwrap_or_else(|| Utc::now().timestamp());
                 match serde_json::from_slice::<ChatRecord>(&msg.payload) {
-                    Ok(record) => hub.route_chat(seq, record),
+                    Ok(record) => hub.route_chat(seq, record, at),
                     Err(e) => tracing::warn!(seq, error = %e, "undecodable chat record"),
                 }
             },
@@ -261,19 +878,33 @@ impl Hub {
         .await
     }
 
-    /// Runs the node's session-event consumer (`ev.session.>`) until `shutdown`.
+    /// Runs the node's session-event consumer (`ev.session.>`) until `shutdown`. It reads from
+    /// the start to learn the active sessions (for the timers); frames go out only for events
+    /// after the stream's last sequence at start.
     pub async fn run_session_events(
         self: Arc<Self>,
         js: async_nats::jetstream::Context,
         shutdown: CancellationToken,
     ) {
+        let head = match js.get_stream(eventstore::EVENTS_STREAM).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
+            Err(_) => 0,
+        };
+        if head == 0 {
+            self.sessions_caught_up.store(true, Ordering::Relaxed);
+        }
         self.run_consumer(
             js,
             eventstore::EVENTS_STREAM,
             "ev.session.>",
+            DeliverPolicy::All,
             shutdown,
-            |hub, msg, ended_by| {
-                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+            move |hub, msg, _| {
+                let info = msg.info().ok();
+                let seq = info.as_ref().map(|i| i.stream_sequence).unwrap_or_default();
+                if info.is_some_and(|i| i.pending == 0) || seq >= head {
+                    hub.sessions_caught_up.store(true, Ordering::Relaxed);
+                }
                 let Ok(commit) = Commit::decode(&msg.payload) else {
                     tracing::warn!(seq, "undecodable commit");
                     return;
@@ -285,11 +916,147 @@ impl Hub {
                     else {
                         continue;
                     };
-                    hub.route_session_event(id, event, ended_by);
+                    hub.route_session_event(id, event, seq > head);
                 }
             },
         )
         .await
+    }
+
+    /// Routes `typing.<session_id>` until `shutdown`.
+    pub async fn run_typing(
+        self: Arc<Self>,
+        mut sub: async_nats::Subscriber,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                m = sub.next() => match m {
+                    Some(m) => {
+                        if let Some(Ok(sid)) = m.subject.as_str().strip_prefix("typing.").map(str::parse::<i64>) {
+                            self.route_typing(sid, &m.payload);
+                        }
+                    }
+                    None => return,
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Routes `notify.<user_id>` / `notify.all` until `shutdown`.
+    pub async fn run_notify(
+        self: Arc<Self>,
+        mut sub: async_nats::Subscriber,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                m = sub.next() => match m {
+                    Some(m) => {
+                        if let Some(target) = m.subject.as_str().strip_prefix("notify.") {
+                            self.route_notify(target, &m.payload);
+                        }
+                    }
+                    None => return,
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// The session timers, until `shutdown`: one minute before the prepaid time runs out the
+    /// session's sockets get a `system_message` warning; at the prepaid time, or after the
+    /// inactivity timeout, the node ends the session with a command whose id is derived from the
+    /// session (every node may send it; the aggregate bills once, repeats are dropped by
+    /// `Nats-Msg-Id` or refused as already ended).
+    pub async fn run_lifecycle(self: Arc<Self>, shutdown: CancellationToken) {
+        let period =
+            (self.config.minute / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if !self.sessions_caught_up.load(Ordering::Relaxed) {
+                continue;
+            }
+            let now = Utc::now();
+            let mut to_end = Vec::new();
+            let mut to_warn = Vec::new();
+            {
+                let mut active = self.active.lock().expect("hub lock");
+                for (sid, a) in active.iter_mut() {
+                    let span = self.prepaid_span(a);
+                    let end_at = a.started_at + span;
+                    let minute = chrono::Duration::from_std(self.config.minute).unwrap_or_default();
+                    if !a.warned && now >= end_at - minute && now < end_at {
+                        a.warned = true;
+                        to_warn.push((*sid, (end_at - now).num_seconds().max(0)));
+                    }
+                    let retry = a
+                        .ending_at
+                        .is_none_or(|t| t.elapsed() > Duration::from_secs(5));
+                    if !retry {
+                        continue;
+                    }
+                    if now >= end_at {
+                        a.ending_at = Some(std::time::Instant::now());
+                        to_end.push((*sid, EndReason::PrepaidTimeUsed, end_at));
+                    } else if now.timestamp() - a.last_activity
+                        >= self.config.inactivity_timeout.as_secs() as i64
+                    {
+                        a.ending_at = Some(std::time::Instant::now());
+                        to_end.push((*sid, EndReason::Inactivity, now));
+                    }
+                }
+            }
+            for (sid, remaining) in to_warn {
+                let text = frame(
+                    "system_message",
+                    sid,
+                    json!({
+                        "session_id": sid,
+                        "kind": "session_ending",
+                        "remaining_seconds": remaining,
+                        "content": "会话将在一分钟后结束",
+                        "created_at": now,
+                    }),
+                );
+                for conn in self.room(sid) {
+                    conn.send(text.clone());
+                }
+            }
+            for (sid, reason, ended_at) in to_end {
+                let bus = self.bus.clone();
+                tokio::spawn(async move { end_session(&bus, sid, reason, ended_at).await });
+            }
+        }
+    }
+
+    /// Closes every socket with [`CLOSE_RESTART`] ("reconnect elsewhere") and waits up to the
+    /// grace period for them to go.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let conns: Vec<Arc<Conn>> = self
+            .users
+            .lock()
+            .expect("hub lock")
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        for conn in &conns {
+            conn.close_with(
+                CLOSE_RESTART,
+                "server shutting down; reconnect (to another node) and resume",
+            );
+        }
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+        while self.socket_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn run_consumer(
@@ -297,19 +1064,19 @@ impl Hub {
         js: async_nats::jetstream::Context,
         stream: &str,
         subject: &str,
+        start: DeliverPolicy,
         shutdown: CancellationToken,
-        route: impl Fn(&Hub, &async_nats::jetstream::Message, &mut HashMap<i64, i64>),
+        route: impl Fn(&Hub, &async_nats::jetstream::Message, &mut ()),
     ) {
         let mut backoff = backon::ExponentialBuilder::default()
             .with_max_delay(Duration::from_secs(5))
             .without_max_times()
             .build();
-        let mut state = HashMap::new();
         // After a reconnect, continue right after the last record routed: no gap.
         let mut last_seq = 0u64;
         while !shutdown.is_cancelled() {
             let deliver_policy = if last_seq == 0 {
-                DeliverPolicy::New
+                start
             } else {
                 DeliverPolicy::ByStartSequence {
                     start_sequence: last_seq + 1,
@@ -331,7 +1098,7 @@ impl Hub {
                         m = messages.next() => match m {
                             Some(Ok(m)) => {
                                 last_seq = m.info().map(|i| i.stream_sequence).unwrap_or(last_seq);
-                                route(&self, &m, &mut state);
+                                route(&self, &m, &mut ());
                             }
                             Some(Err(e)) => return Err(e.into()),
                             None => anyhow::bail!("consumer ended"),
@@ -355,5 +1122,42 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+/// The own-message key of a sender's client message id.
+pub fn own_key(sender_id: i64, client_msg_id: &str) -> String {
+    format!("{sender_id}:{client_msg_id}")
+}
+
+/// Ends session `sid` for `reason` as the system, with a command id derived from the session and
+/// the reason: `auto-end:<reason>:<sid>`. Refusals (already ended) are expected and ignored.
+pub async fn end_session(bus: &CommandBus, sid: i64, reason: EndReason, ended_at: DateTime<Utc>) {
+    let tag = match reason {
+        EndReason::PrepaidTimeUsed => "prepaid",
+        EndReason::Inactivity => "inactive",
+        EndReason::Participant => "participant",
+    };
+    let mut meta = CommandMeta::new(Actor::system());
+    meta.command_id = format!("auto-end:{tag}:{sid}");
+    let command = SessionCommand::End {
+        ended_by: 0,
+        reason,
+        ended_at,
+    };
+    match bus
+        .execute::<ChatSession>(&sid.to_string(), command, &meta)
+        .await
+    {
+        Ok(c) => tracing::info!(
+            session_id = sid,
+            ?reason,
+            duplicate = c.duplicate,
+            "session ended by the gateway"
+        ),
+        Err(CommandError::Rejected(e)) => {
+            tracing::debug!(session_id = sid, error = %e, "auto-end refused (already ended)")
+        }
+        Err(e) => tracing::warn!(session_id = sid, error = %e, "auto-end failed; will retry"),
     }
 }

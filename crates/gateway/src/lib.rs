@@ -2,26 +2,85 @@
 //! the fan-out **from the stream**.
 //!
 //! - A message a participant sends is appended to `CHAT` (`chat.<session_id>`, `Nats-Msg-Id` =
-//!   the client's message id) and acknowledged to the sender with its stream sequence only once
-//!   JetStream has stored it.
+//!   the client's message id scoped to session and sender) and acknowledged to the sender with its
+//!   stream sequence only once JetStream has stored it. Read receipts and revocations are records
+//!   of the same stream.
 //! - Delivery never takes an in-process shortcut: each node runs **one** ordered consumer of
-//!   `CHAT` and one of `ev.session.>` for the whole node, and routes what they read to the local
-//!   sockets bound to that session. Any node can serve any socket.
-//! - Session ends arrive the same way (`SessionBilled` in `EVENTS`) and become `billing` and
-//!   `session_end` frames to both sides.
+//!   `CHAT` and one of `ev.session.>` for the whole node, one core-NATS subscription each for
+//!   `typing.>` and `notify.>`, and routes what they read to its local sockets. Any node can
+//!   serve any socket.
+//! - Resume: a socket that sends `resume {session_id, after_seq}` (or connects with
+//!   `?after_seq=`) gets exactly the records after that sequence, read from `CHAT` with direct
+//!   gets, then the live tail (a per-socket high-water mark drops what it already has).
+//! - Presence ([`presence`]): each node keeps one key in the `presence` KV bucket, refreshed on
+//!   change and on a heartbeat; a crashed node's key goes stale after the presence timeout.
+//! - Session lifecycle ([`hub`]): `session_start` when both sides are present, `billing` then
+//!   `session_end` from `SessionBilled`, auto-end at the prepaid time (warned one minute before)
+//!   and after the inactivity timeout, as commands on the `ChatSession` aggregate with derived
+//!   command ids, so several nodes bill once.
 
 pub mod admin_bus;
 pub mod hub;
+pub mod presence;
 pub mod protocol;
 pub mod socket;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
+use axum::extract::State;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use eventstore::CommandBus;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 pub use hub::Hub;
+
+/// Tunables of a gateway node. Defaults follow the contract (d.6, d.7) where it has a number.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// This node's id (the key of its presence entry). Default: a fresh UUID.
+    pub node_id: String,
+    /// Frames a socket may have queued before it is closed as too slow (contract d.7: 256).
+    pub send_queue: usize,
+    /// Length of a billed minute. 60 s; shorter only in tests (prepaid auto-end runs in seconds).
+    pub minute: Duration,
+    /// A session with no message and no app-level `ping` for this long is ended (contract d.6:
+    /// 30 min).
+    pub inactivity_timeout: Duration,
+    /// A node whose presence entry is older than this is considered gone (its sockets offline).
+    pub presence_timeout: Duration,
+    /// Interval of the server's WebSocket ping control frames (contract d.7: 54 s).
+    pub ping_interval: Duration,
+    /// Sustained client frames per second per socket; a socket above it (after `burst`) is closed.
+    pub frames_per_second: f64,
+    /// Frames a socket may send at once above the sustained rate.
+    pub burst: f64,
+    /// At most this many records are replayed on a resume; beyond it `recovered: false`.
+    pub max_replay: usize,
+    /// How long a shutting-down node waits for its sockets to drain.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            node_id: uuid::Uuid::new_v4().simple().to_string(),
+            send_queue: 256,
+            minute: Duration::from_secs(60),
+            inactivity_timeout: Duration::from_secs(30 * 60),
+            presence_timeout: Duration::from_secs(15),
+            ping_interval: Duration::from_secs(30),
+            frames_per_second: 20.0,
+            burst: 60.0,
+            max_replay: 1000,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
 
 /// What the gateway's handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -29,14 +88,122 @@ pub struct GatewayState {
     pub bus: CommandBus,
     pub jwt: Arc<api::JwtKeys>,
     pub hub: Arc<Hub>,
+    pub db: PgPool,
+    pub nats: async_nats::Client,
 }
 
-/// The gateway's routes: `/ws/chat/{session_id}`, `/ws`, `/health`.
+/// The gateway's routes: `/ws`, `/ws/chat/{session_id}`, `/ws/counselor/{id}`, `/ws/stats`,
+/// `/ws/counselors/online`, `/health`.
 pub fn router(state: GatewayState) -> Router {
     Router::new()
         .route("/health", get(api::health))
         .route("/ws", get(socket::ws_any))
         .route("/ws/chat/{session_id}", get(socket::ws_chat))
+        .route("/ws/counselor/{id}", get(socket::ws_counselor))
+        .route("/ws/stats", get(stats))
+        .route("/ws/counselors/online", get(counselors_online))
         .layer(api::cors())
         .with_state(state)
+}
+
+/// Starts a gateway node's background work (the `CHAT` and `ev.session.>` consumers, the
+/// `typing.>` and `notify.>` subscriptions, presence, session timers) and returns its state.
+/// Everything stops when `shutdown` is cancelled; [`Hub::drain`] then closes the sockets.
+///
+/// # Errors
+/// When the presence bucket cannot be created or a subscription fails.
+pub async fn start_node(
+    nats: async_nats::Client,
+    bus: CommandBus,
+    db: PgPool,
+    jwt: Arc<api::JwtKeys>,
+    config: GatewayConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<GatewayState> {
+    let js = bus.jetstream().clone();
+    let kv = presence::bucket(&js, config.presence_timeout)
+        .await
+        .context("creating the presence bucket")?;
+    let hub = Arc::new(Hub::new(config, bus.clone(), nats.clone()));
+    let typing = nats.subscribe("typing.>").await.context("typing.>")?;
+    let notify = nats.subscribe("notify.>").await.context("notify.>")?;
+    tokio::spawn(hub.clone().run_chat_fanout(js.clone(), shutdown.clone()));
+    tokio::spawn(hub.clone().run_session_events(js.clone(), shutdown.clone()));
+    tokio::spawn(hub.clone().run_typing(typing, shutdown.clone()));
+    tokio::spawn(hub.clone().run_notify(notify, shutdown.clone()));
+    tokio::spawn(hub.clone().run_lifecycle(shutdown.clone()));
+    tokio::spawn(presence::run(hub.clone(), kv, shutdown.clone()));
+    // Issue 4: the admin API's presence / kick / mute / message / broadcast requests.
+    {
+        let (nats, hub, shutdown) = (nats.clone(), hub.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = admin_bus::run(nats, hub, shutdown).await {
+                tracing::error!(error = format!("{e:#}"), "admin bus stopped");
+            }
+        });
+    }
+    Ok(GatewayState {
+        bus,
+        jwt,
+        hub,
+        db,
+        nats,
+    })
+}
+
+/// `GET /ws/stats` → `{code:200, msg, data:{active_sessions, total_duration (minutes),
+/// total_amount (yuan)}}` from the `chat_sessions` read model (contract d.1).
+pub async fn stats(State(state): State<GatewayState>) -> Json<Value> {
+    let row: Result<(i64, i64, i64), _> = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 1), COALESCE(sum(duration), 0)::BIGINT, \
+         COALESCE(sum(total_amount_fen), 0)::BIGINT FROM chat_sessions",
+    )
+    .fetch_one(&state.db)
+    .await;
+    match row {
+        Ok((active, seconds, fen)) => Json(json!({
+            "code": 200,
+            "msg": "success",
+            "data": {
+                "active_sessions": active,
+                "total_duration": seconds / 60,
+                "total_amount": fen as f64 / 100.0,
+                "online_users": state.hub.online_users().len(),
+                "node_sockets": state.hub.socket_count(),
+            }
+        })),
+        Err(e) => {
+            tracing::error!(error = %e, "ws stats");
+            Json(json!({ "code": 500, "msg": "stats unavailable" }))
+        }
+    }
+}
+
+/// `GET /ws/counselors/online` → `{code:200, msg, data:{counselors:[{id, user_id, name}],
+/// count}}`: the counselors whose login has a socket on any live node (presence).
+pub async fn counselors_online(State(state): State<GatewayState>) -> Json<Value> {
+    let online: Vec<i64> = state.hub.online_users().into_iter().collect();
+    let rows: Result<Vec<(i64, Option<i64>, String)>, _> = sqlx::query_as(
+        "SELECT id, user_id, name FROM counselors WHERE user_id = ANY($1) ORDER BY id",
+    )
+    .bind(&online)
+    .fetch_all(&state.db)
+    .await;
+    match rows {
+        Ok(rows) => {
+            let counselors: Vec<Value> = rows
+                .into_iter()
+                .map(|(id, user_id, name)| json!({ "id": id, "user_id": user_id, "name": name, "online": true }))
+                .collect();
+            Json(json!({
+                "code": 200,
+                "msg": "success",
+                "data": { "count": counselors.len(), "counselors": counselors }
+            }))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "counselors online");
+            Json(json!({ "code": 500, "msg": "presence unavailable" }))
+        }
+    }
 }

@@ -1,9 +1,8 @@
 //! One socket: the handshake, the reader loop (client frames), the writer task (queued frames,
-//! heartbeats).
+//! heartbeats, the close frame).
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
@@ -12,42 +11,59 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use domain::{ChatSession, EndReason, SessionCommand, SessionStatus};
-use eventstore::chat::append_message;
+use eventstore::chat::{
+    append_message, append_record, chat_subject, read_dedup_id, revoke_dedup_id, ChatRecord,
+    ReadReceipt, Revocation,
+};
 use eventstore::{Actor, CommandMeta};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Conn, SEND_QUEUE};
-use crate::protocol::{error_frame, frame, ClientFrame, MAX_FRAME_BYTES};
+use crate::hub::{own_key, Conn, Hub, CLOSE_POLICY};
+use crate::protocol::{error_frame, frame, ClientFrame};
 use crate::GatewayState;
 
-/// Interval of the server's WebSocket ping control frames (contract d.7: 54 s; shorter here).
-pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Largest frame the codec reads at all; frames above [`crate::protocol::MAX_FRAME_BYTES`] get
+/// an `error` frame.
+const MAX_READ_BYTES: usize = 1024 * 1024;
+
+/// How long the writer tries to get the close frame out (to a slow client, after its backlog).
+const CLOSE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn refuse(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({ "error": msg }))).into_response()
 }
 
-/// Authenticates a handshake: `?token=` or `Authorization: Bearer` (a user token).
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    uri.query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    })
+}
+
+/// Authenticates a handshake: `?token=` or `Authorization: Bearer` (a user token). Refusals are
+/// plain HTTP before the upgrade with `{"error": msg}` (contract d.1); a draining node answers 503.
 fn authenticate(
     state: &GatewayState,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<i64, (StatusCode, String)> {
+    if state.hub.is_draining() {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node shutting down; connect to another node".into(),
+        ));
+    }
     let from_header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    let from_query = uri.query().and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "token")
-            .map(|(_, v)| v.to_string())
-    });
-    let token = from_query
+    let token = query_param(uri, "token")
+        .filter(|t| !t.is_empty())
         .or(from_header)
         .ok_or((StatusCode::UNAUTHORIZED, "missing token".to_string()))?;
     let claims = state
@@ -63,8 +79,17 @@ fn authenticate(
     Ok(claims.user_id)
 }
 
-/// `GET /ws/chat/{session_id}?token=…`: a socket bound to that session on connect (when the
-/// caller is a participant of an active session), as MyChat's web client expects (contract d.5).
+/// What a socket does right after the upgrade.
+#[derive(Default)]
+struct Opening {
+    session: Option<i64>,
+    after_seq: Option<u64>,
+    greeting: Option<String>,
+}
+
+/// `GET /ws/chat/{session_id}?token=…[&after_seq=N]`: a socket bound to that session on connect
+/// (when the caller is a participant of an active session), as MyChat's web client expects
+/// (contract d.5); with `after_seq` it resumes from that sequence first.
 pub async fn ws_chat(
     State(state): State<GatewayState>,
     Path(session_id): Path<String>,
@@ -75,14 +100,28 @@ pub async fn ws_chat(
     let Ok(session_id) = session_id.parse::<i64>() else {
         return refuse(StatusCode::BAD_REQUEST, "bad session id");
     };
+    let after_seq = match query_param(&uri, "after_seq").map(|s| s.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return refuse(StatusCode::BAD_REQUEST, "after_seq must be a sequence"),
+    };
     let user_id = match authenticate(&state, &uri, &headers) {
         Ok(id) => id,
         Err((status, msg)) => return refuse(status, &msg),
     };
-    upgrade(ws, state, user_id, Some(session_id))
+    upgrade(
+        ws,
+        state,
+        user_id,
+        Opening {
+            session: Some(session_id),
+            after_seq,
+            greeting: None,
+        },
+    )
 }
 
-/// `GET /ws?token=…`: a user socket; it binds to a session with a `join` frame.
+/// `GET /ws?token=…`: a user socket; it binds to a session with a `join` (or `resume`) frame.
 pub async fn ws_any(
     State(state): State<GatewayState>,
     uri: Uri,
@@ -90,21 +129,89 @@ pub async fn ws_any(
     ws: WebSocketUpgrade,
 ) -> Response {
     match authenticate(&state, &uri, &headers) {
-        Ok(user_id) => upgrade(ws, state, user_id, None),
+        Ok(user_id) => upgrade(ws, state, user_id, Opening::default()),
         Err((status, msg)) => refuse(status, &msg),
     }
 }
 
-fn upgrade(
+/// `GET /ws/counselor/{id}?token=…`: the counselor's own socket; requires `counselors.id = {id}`
+/// and `counselors.user_id = token user` (403 otherwise, 400 bad id); sends `connected
+/// {counselor_id, timestamp}` on open (contract d.1).
+pub async fn ws_counselor(
+    State(state): State<GatewayState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
-    state: GatewayState,
-    user_id: i64,
-    session_id: Option<i64>,
 ) -> Response {
-    ws.max_message_size(MAX_FRAME_BYTES)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
-        .on_upgrade(move |socket| run(state, socket, user_id, session_id))
+    let Ok(counselor_id) = id.parse::<i64>() else {
+        return refuse(StatusCode::BAD_REQUEST, "bad counselor id");
+    };
+    let user_id = match authenticate(&state, &uri, &headers) {
+        Ok(id) => id,
+        Err((status, msg)) => return refuse(status, &msg),
+    };
+    let owner: Result<Option<Option<i64>>, _> =
+        sqlx::query_scalar("SELECT user_id FROM counselors WHERE id = $1")
+            .bind(counselor_id)
+            .fetch_optional(&state.db)
+            .await;
+    match owner {
+        Ok(Some(Some(owner))) if owner == user_id => {}
+        Ok(_) => return refuse(StatusCode::FORBIDDEN, "not this counselor's account"),
+        Err(e) => {
+            tracing::error!(error = %e, "counselor lookup");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
+        }
+    }
+    let greeting = frame(
+        "connected",
+        0,
+        json!({ "counselor_id": counselor_id, "timestamp": Utc::now().timestamp() }),
+    );
+    upgrade(
+        ws,
+        state,
+        user_id,
+        Opening {
+            greeting: Some(greeting),
+            ..Default::default()
+        },
+    )
+}
+
+fn upgrade(ws: WebSocketUpgrade, state: GatewayState, user_id: i64, opening: Opening) -> Response {
+    // Small buffers: an idle socket should cost a few KiB (issue 5).
+    // Frames up to 1 MiB are read and refused with an `error` frame (the socket keeps
+    // working); beyond that the codec closes the socket (1009).
+    ws.max_message_size(MAX_READ_BYTES)
+        .max_frame_size(MAX_READ_BYTES)
+        .read_buffer_size(2 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| run(state, socket, user_id, opening))
+}
+
+/// A token bucket: `rate` frames per second sustained, `burst` at once.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct Socket {
@@ -113,44 +220,38 @@ struct Socket {
     bound: Option<i64>,
 }
 
-async fn run(state: GatewayState, socket: WebSocket, user_id: i64, session_id: Option<i64>) {
+async fn run(state: GatewayState, socket: WebSocket, user_id: i64, opening: Opening) {
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<String>(SEND_QUEUE);
-    let close = CancellationToken::new();
-    let conn = Arc::new(Conn {
-        id: state.hub.next_conn_id(),
-        user_id,
-        tx,
-        close: close.clone(),
-        sent: Mutex::new(HashSet::new()),
-    });
-    let writer_close = close.clone();
+    let (conn, mut rx) = state.hub.connect(user_id);
+    let close = conn.close.clone();
+    let ping_every = state.hub.config().ping_interval;
+    let writer_conn = conn.clone();
     let writer = tokio::spawn(async move {
-        let mut ping = tokio::time::interval(PING_INTERVAL);
+        let mut ping = tokio::time::interval(ping_every);
         ping.tick().await;
+        let closing = writer_conn.close.clone();
         loop {
-            tokio::select! {
+            let out = tokio::select! {
+                biased;
+                _ = closing.cancelled() => break,
                 next = rx.recv() => match next {
-                    Some(text) => {
-                        if sink.send(Message::Text(text.into())).await.is_err() {
-                            break;
-                        }
-                    }
+                    Some(text) => Message::Text(text.into()),
                     None => break,
                 },
-                _ = ping.tick() => {
-                    if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
-                        break;
-                    }
-                }
-                _ = writer_close.cancelled() => {
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame { code: 4000, reason: "closed by server (slow consumer or shutdown); reconnect".into() })))
-                        .await;
-                    break;
-                }
+                _ = ping.tick() => Message::Ping(Vec::new().into()),
+            };
+            // A write blocked on a client that does not read must not outlive the close.
+            tokio::select! {
+                r = sink.send(out) => if r.is_err() { return; },
+                _ = closing.cancelled() => break,
             }
         }
+        let (code, reason) = writer_conn.close_reason();
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(frame)).await;
     });
 
     let mut s = Socket {
@@ -158,29 +259,54 @@ async fn run(state: GatewayState, socket: WebSocket, user_id: i64, session_id: O
         conn,
         bound: None,
     };
-    if let Some(id) = session_id {
-        s.bind(id).await;
+    if let Some(g) = opening.greeting {
+        s.conn.send(g);
     }
+    if let Some(id) = opening.session {
+        match opening.after_seq {
+            Some(after) => s.resume(id, after).await,
+            None => {
+                s.bind(id).await;
+            }
+        }
+    }
+    let config = s.state.hub.config().clone();
+    let mut limit = RateLimit {
+        tokens: config.burst,
+        rate: config.frames_per_second,
+        burst: config.burst,
+        at: Instant::now(),
+    };
     loop {
         let next = tokio::select! {
             m = stream.next() => m,
             _ = close.cancelled() => break,
         };
+        let counted = matches!(next, Some(Ok(Message::Text(_) | Message::Binary(_))));
+        if counted && !limit.allow() {
+            s.conn
+                .close_with(CLOSE_POLICY, "rate limit exceeded: too many frames");
+            break;
+        }
         match next {
             Some(Ok(Message::Text(text))) => s.handle(text.as_str()).await,
             Some(Ok(Message::Binary(_))) => s.conn.send(error_frame(
                 0,
                 "binary frames are not supported; send JSON text",
             )),
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Err(e)) => {
+                // Oversize frames end here (the codec refuses them): say why.
+                s.conn.close_with(1009, &format!("bad frame: {e}"));
+                break;
+            }
             Some(Ok(_)) => {}
         }
     }
-    if let Some(id) = s.bound {
-        s.state.hub.leave(id, s.conn.id);
-    }
     close.cancel();
     let _ = writer.await;
+    // Only now (the close frame is out) does the socket stop counting: a draining node waits.
+    s.state.hub.disconnect(&s.conn, s.bound);
 }
 
 impl Socket {
@@ -188,7 +314,16 @@ impl Socket {
         self.conn.send(error_frame(session_id, message));
     }
 
+    /// The session, from the node's table of active sessions when it has it, else loaded from
+    /// the log; refused unless the socket's user takes part in it.
     async fn load(&self, session_id: i64) -> Result<ChatSession, String> {
+        if let Some(s) = self.state.hub.cached_session(session_id) {
+            return if s.is_participant(self.conn.user_id) {
+                Ok(s)
+            } else {
+                Err("not a participant of this session".into())
+            };
+        }
         match self
             .state
             .bus
@@ -199,7 +334,10 @@ impl Socket {
             Ok((session, _)) if !session.is_participant(self.conn.user_id) => {
                 Err("not a participant of this session".into())
             }
-            Ok((session, _)) => Ok(session),
+            Ok((session, _)) => {
+                self.state.hub.note_session(session_id, &session);
+                Ok(session)
+            }
             Err(e) => {
                 tracing::error!(error = %e, session_id, "loading a session");
                 Err("temporarily unavailable".into())
@@ -207,23 +345,36 @@ impl Socket {
         }
     }
 
-    /// Binds the socket to a session it takes part in; an ended session is reported and not bound.
-    async fn bind(&mut self, session_id: i64) {
+    /// Binds the socket to a session it takes part in. An ended session is reported with a
+    /// `session_end` frame and not bound (DESIGN §6: told, and sent nothing else).
+    async fn bind(&mut self, session_id: i64) -> bool {
         match self.load(session_id).await {
-            Err(e) => self.error(session_id, &e),
+            Err(e) => {
+                self.error(session_id, &e);
+                false
+            }
             Ok(session) if session.status != SessionStatus::Active => {
-                self.error(session_id, "session has ended")
+                self.conn.send(frame(
+                    "session_end",
+                    session_id,
+                    json!({ "session_id": session_id, "ended_by": 0, "already_ended": true }),
+                ));
+                false
             }
             Ok(session) => {
+                if self.bound == Some(session_id) {
+                    return true;
+                }
                 if let Some(old) = self.bound.replace(session_id) {
                     self.state.hub.leave(old, self.conn.id);
                 }
-                self.state.hub.join(session_id, self.conn.clone());
                 self.conn.send(frame(
                     "join_success",
                     session_id,
                     json!({ "session_id": session_id, "status": session.status.code() }),
                 ));
+                self.state.hub.join(session_id, self.conn.clone());
+                true
             }
         }
     }
@@ -234,26 +385,39 @@ impl Socket {
             Err(e) => return self.error(0, &e),
         };
         let session_id = frame_in.session_id.filter(|id| *id != 0).or(self.bound);
-        match frame_in.kind.as_str() {
-            "ping" => self.conn.send(frame(
-                "pong",
-                0,
-                json!({ "timestamp": Utc::now().timestamp() }),
-            )),
-            "join" => match session_id {
-                Some(id) => self.bind(id).await,
-                None => self.error(0, "join needs a session_id"),
-            },
-            "message" => match session_id {
-                Some(id) => self.message(id, &frame_in).await,
-                None => self.error(0, "message needs a session_id"),
-            },
-            "leave" => match session_id {
-                Some(id) => self.leave(id).await,
-                None => self.error(0, "leave needs a session_id"),
-            },
-            "typing" | "typing_stop" | "read" => {}
-            other => self.error(
+        let need = |name: &str| format!("{name} needs a session_id");
+        match (frame_in.kind.as_str(), session_id) {
+            ("ping", _) => {
+                if let Some(id) = self.bound {
+                    self.state.hub.touch(id);
+                }
+                self.conn.send(frame(
+                    "pong",
+                    0,
+                    json!({ "timestamp": Utc::now().timestamp() }),
+                ))
+            }
+            ("join", Some(id)) => {
+                self.bind(id).await;
+            }
+            ("message", Some(id)) => self.message(id, &frame_in).await,
+            ("leave", Some(id)) => self.leave(id).await,
+            ("typing" | "typing_stop", Some(id)) => self.typing(id, &frame_in).await,
+            ("read", Some(id)) => self.read(id, &frame_in).await,
+            ("revoke", Some(id)) => self.revoke(id, &frame_in).await,
+            ("resume", Some(id)) => {
+                let after = frame_in.body().get("after_seq").and_then(|v| v.as_u64());
+                match after {
+                    Some(after) => self.resume(id, after).await,
+                    None => self.error(id, "resume needs after_seq (a sequence number)"),
+                }
+            }
+            (
+                kind @ ("join" | "message" | "leave" | "typing" | "typing_stop" | "read" | "revoke"
+                | "resume"),
+                None,
+            ) => self.error(0, &need(kind)),
+            (other, _) => self.error(
                 session_id.unwrap_or(0),
                 &format!("unknown frame type `{other}`"),
             ),
@@ -261,10 +425,10 @@ impl Socket {
     }
 
     /// Stores a message in `CHAT`, then acks it to the sender with its stream sequence. Nothing is
-    /// stored when the sender is not a participant or the session is not active.
+    /// stored when the sender is muted, not a participant, or the session is not active.
     async fn message(&mut self, session_id: i64, f: &ClientFrame) {
         if self.state.hub.is_muted(self.conn.user_id) {
-            return self.error(session_id, "you are muted by an administrator");
+            return self.error(session_id, "you are muted");
         }
         let session = match self.load(session_id).await {
             Ok(s) => s,
@@ -283,11 +447,16 @@ impl Socket {
             Err(e) => return self.error(session_id, &e.msg),
         };
         let id = message.client_msg_id.clone();
-        self.conn.sent.lock().expect("sent lock").insert(id.clone());
+        let own = own_key(self.conn.user_id, &id);
+        self.conn
+            .sent
+            .lock()
+            .expect("sent lock")
+            .insert(own.clone());
         match append_message(self.state.bus.jetstream(), &message).await {
             Ok(appended) => {
                 if appended.duplicate {
-                    self.conn.sent.lock().expect("sent lock").remove(&id);
+                    self.conn.sent.lock().expect("sent lock").remove(&own);
                 }
                 self.conn.send(frame(
                     "ack",
@@ -296,11 +465,216 @@ impl Socket {
                 ));
             }
             Err(e) => {
-                self.conn.sent.lock().expect("sent lock").remove(&id);
+                self.conn.sent.lock().expect("sent lock").remove(&own);
                 tracing::error!(error = %e, session_id, "storing a chat message");
                 self.error(session_id, "message not stored; retry with the same id");
             }
         }
+    }
+
+    /// The stored message `seq` of `session_id`, if it is one.
+    async fn stored_message(
+        &self,
+        session_id: i64,
+        seq: u64,
+    ) -> Result<eventstore::chat::ChatMessage, String> {
+        let stream = self
+            .state
+            .bus
+            .jetstream()
+            .get_stream(eventstore::CHAT_STREAM)
+            .await
+            .map_err(|_| "temporarily unavailable".to_string())?;
+        let raw = stream
+            .direct_get(seq)
+            .await
+            .map_err(|_| format!("message {seq} not found"))?;
+        match serde_json::from_slice::<ChatRecord>(&raw.payload) {
+            Ok(ChatRecord::Message(m)) if m.session_id == session_id => Ok(m),
+            _ => Err(format!("message {seq} not found in this session")),
+        }
+    }
+
+    fn message_seq(&self, f: &ClientFrame) -> Option<u64> {
+        let body = f.body();
+        match body.get("message_id").or_else(|| body.get("seq")) {
+            Some(serde_json::Value::Number(n)) => n.as_u64(),
+            Some(serde_json::Value::String(s)) => s.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// `read {message_id}`: only the recipient may mark a message read; stored once per message
+    /// and reader; everyone in the session gets `message_read` from the stream.
+    async fn read(&mut self, session_id: i64, f: &ClientFrame) {
+        let Some(seq) = self.message_seq(f) else {
+            return self.error(session_id, "read needs message_id (the message's seq)");
+        };
+        if let Err(e) = self.load(session_id).await {
+            return self.error(session_id, &e);
+        }
+        let message = match self.stored_message(session_id, seq).await {
+            Ok(m) => m,
+            Err(e) => return self.error(session_id, &e),
+        };
+        if message.sender_id == self.conn.user_id {
+            return self.error(session_id, "only the recipient can mark a message read");
+        }
+        let receipt = ReadReceipt {
+            session_id,
+            message_seq: seq,
+            read_by: self.conn.user_id,
+            read_at: Utc::now(),
+        };
+        let record = ChatRecord::MessageRead(receipt.clone());
+        self.store(session_id, &record, &read_dedup_id(&receipt), "read")
+            .await;
+    }
+
+    /// `revoke {message_id}`: only the sender may revoke, once.
+    async fn revoke(&mut self, session_id: i64, f: &ClientFrame) {
+        let Some(seq) = self.message_seq(f) else {
+            return self.error(session_id, "revoke needs message_id (the message's seq)");
+        };
+        let session = match self.load(session_id).await {
+            Ok(s) => s,
+            Err(e) => return self.error(session_id, &e),
+        };
+        if session.status != SessionStatus::Active {
+            return self.error(session_id, "session has ended");
+        }
+        let message = match self.stored_message(session_id, seq).await {
+            Ok(m) => m,
+            Err(e) => return self.error(session_id, &e),
+        };
+        if message.sender_id != self.conn.user_id {
+            return self.error(session_id, "only the sender can revoke a message");
+        }
+        let revocation = Revocation {
+            session_id,
+            message_seq: seq,
+            revoked_by: self.conn.user_id,
+            revoked_at: Utc::now(),
+        };
+        let record = ChatRecord::MessageRevoked(revocation.clone());
+        self.store(session_id, &record, &revoke_dedup_id(&revocation), "revoke")
+            .await;
+    }
+
+    async fn store(&self, session_id: i64, record: &ChatRecord, dedup: &str, what: &str) {
+        match append_record(self.state.bus.jetstream(), record, dedup).await {
+            Ok(a) => self.conn.send(frame(
+                "ack",
+                session_id,
+                json!({ "kind": what, "seq": a.seq, "duplicate": a.duplicate }),
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, session_id, "storing a chat record");
+                self.error(session_id, &format!("{what} not stored; retry"));
+            }
+        }
+    }
+
+    /// Typing indicators: core NATS `typing.<session_id>`, never stored. The web dialect's
+    /// `{"type":"typing","payload":{"is_typing":false}}` means `typing_stop`.
+    async fn typing(&mut self, session_id: i64, f: &ClientFrame) {
+        if let Err(e) = self.load(session_id).await {
+            return self.error(session_id, &e);
+        }
+        let stop = f.kind == "typing_stop"
+            || f.body().get("is_typing").and_then(|v| v.as_bool()) == Some(false);
+        let payload = json!({
+            "user_id": self.conn.user_id,
+            "kind": if stop { "typing_stop" } else { "typing" },
+        });
+        if let Err(e) = self
+            .state
+            .nats
+            .publish(format!("typing.{session_id}"), payload.to_string().into())
+            .await
+        {
+            tracing::warn!(error = %e, "publishing typing");
+        }
+    }
+
+    /// Replays `session_id`'s records after `after_seq` from `CHAT` (direct gets on
+    /// `chat.<session_id>`), then the live tail: records arriving meanwhile are held and
+    /// delivered after, each sequence once. Ends with `resumed {session_id, after_seq, replayed,
+    /// last_seq, recovered}`; `recovered: false` when the stream no longer holds all of them (or
+    /// more than the replay limit): the client reloads from REST.
+    async fn resume(&mut self, session_id: i64, after_seq: u64) {
+        // Hold live records back *before* joining the room, so none slips past the replay.
+        self.conn.begin_replay(session_id, after_seq);
+        if !self.bind(session_id).await {
+            self.conn.end_replay(session_id);
+            return;
+        }
+        let outcome = self.replay(session_id, after_seq).await;
+        let (replayed, recovered) = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, session_id, "resume");
+                (0, false)
+            }
+        };
+        let done = frame(
+            "resumed",
+            session_id,
+            json!({
+                "session_id": session_id,
+                "after_seq": after_seq,
+                "replayed": replayed,
+                "last_seq": self.conn.hwm(session_id),
+                "recovered": recovered,
+            }),
+        );
+        self.conn.send_wait(done).await;
+        self.conn.end_replay(session_id);
+    }
+
+    async fn replay(&self, session_id: i64, after_seq: u64) -> anyhow::Result<(usize, bool)> {
+        let mut stream = self
+            .state
+            .bus
+            .jetstream()
+            .get_stream(eventstore::CHAT_STREAM)
+            .await?;
+        let first = stream.info().await?.state.first_sequence;
+        let mut recovered = after_seq + 1 >= first;
+        let subject = chat_subject(session_id);
+        let max = self.state.hub.config().max_replay;
+        let mut next = after_seq + 1;
+        let mut replayed = 0;
+        loop {
+            let raw = match stream
+                .direct_get_next_for_subject(subject.as_str(), Some(next))
+                .await
+            {
+                Ok(raw) => raw,
+                Err(e)
+                    if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound =>
+                {
+                    break
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if replayed >= max {
+                recovered = false;
+                break;
+            }
+            next = raw.sequence + 1;
+            let Ok(record) = serde_json::from_slice::<ChatRecord>(&raw.payload) else {
+                continue;
+            };
+            if self.conn.take_replayed(session_id, raw.sequence) {
+                let (text, _) = Hub::record_frame(raw.sequence, &record);
+                if !self.conn.send_wait(text).await {
+                    anyhow::bail!("socket too slow during replay");
+                }
+                replayed += 1;
+            }
+        }
+        Ok((replayed, recovered))
     }
 
     /// Ends (and bills) the session; both sides then get `billing` and `session_end` from the
@@ -324,4 +698,10 @@ impl Socket {
             self.error(session_id, &e.to_string());
         }
     }
+}
+
+/// Used by `mychat serve` to stop a node: drain its sockets once `shutdown` fires.
+pub async fn drain_on(hub: Arc<Hub>, shutdown: CancellationToken) {
+    shutdown.cancelled().await;
+    hub.drain().await;
 }

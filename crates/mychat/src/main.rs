@@ -7,7 +7,9 @@
 //! - `mychat serve <api|admin|gateway|projectors|all>`: one part, against existing servers.
 //! - `mychat migrate`: applies the Postgres migrations.
 //! - `mychat demo`: plays the whole story against a running `mychat up`.
+//! - `mychat bench ws`: the gateway load benchmark (issue 5).
 
+mod bench;
 mod demo;
 mod server;
 mod settings;
@@ -40,6 +42,18 @@ enum Command {
     /// Play the whole story (register → order → pay → chat → bill → withdraw) against a running
     /// mychat, over HTTP and WebSocket. Exits non-zero on any failure.
     Demo(demo::DemoArgs),
+    /// Benchmarks (not tests): they print their figures next to a raw baseline measured in the
+    /// same run; the last line is one JSON object.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The WebSocket gateway under load: sockets, end-to-end latency, memory per socket.
+    Ws(bench::WsArgs),
 }
 
 #[tokio::main]
@@ -52,7 +66,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if !matches!(cli.command, Command::Demo(_)) {
+    if !matches!(cli.command, Command::Demo(_) | Command::Bench { .. }) {
         server::init_tracing(&settings.log_format);
     }
     let result = match cli.command {
@@ -60,6 +74,9 @@ async fn main() -> std::process::ExitCode {
         Command::Serve { part, addr } => server::serve(settings, part, addr).await,
         Command::Migrate => server::migrate(settings).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench {
+            which: BenchCommand::Ws(args),
+        } => bench::ws(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

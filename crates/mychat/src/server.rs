@@ -282,26 +282,35 @@ async fn run_parts(
         ));
     }
     if wants(Part::Gateway) {
-        let hub = Arc::new(gateway::Hub::default());
-        let js = infra.bus.jetstream().clone();
-        tokio::spawn(hub.clone().run_chat_fanout(js.clone(), shutdown.clone()));
-        tokio::spawn(hub.clone().run_session_events(js, shutdown.clone()));
-        // Issue 4: admin presence / kick / mute / broadcast over core NATS.
-        tokio::spawn(gateway::admin_bus::run(
+        // The node's own shutdown: on SIGTERM it first closes its sockets with 1012 ("reconnect
+        // elsewhere") and waits for them to drain, then stops serving.
+        let node_stop = CancellationToken::new();
+        let state = gateway::start_node(
             infra.nats.clone(),
-            hub.clone(),
-            shutdown.clone(),
-        ));
-        let app = gateway::router(gateway::GatewayState {
-            bus: infra.bus.clone(),
+            infra.bus.clone(),
+            infra.pool.clone(),
             jwt,
-            hub,
+            settings.gateway_config(),
+            node_stop.clone(),
+        )
+        .await?;
+        let hub = state.hub.clone();
+        let app = gateway::router(state);
+        let http_stop = CancellationToken::new();
+        let (outer, inner) = (shutdown.clone(), http_stop.clone());
+        tokio::spawn(async move {
+            outer.cancelled().await;
+            hub.drain().await;
+            node_stop.cancel();
+            // Let the presence writer delete the node's key (its users go offline at once).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            inner.cancel();
         });
         tasks.spawn(serve_http(
             "gateway",
             addr.unwrap_or(settings.ws_addr),
             app,
-            shutdown.clone(),
+            http_stop,
         ));
     }
 

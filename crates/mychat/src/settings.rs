@@ -39,6 +39,21 @@ pub struct Settings {
     pub stream_replicas: usize,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
+    /// Gateway: this node's id in presence (default: a fresh id per process).
+    pub gateway_node_id: Option<String>,
+    /// Gateway: length of a billed minute in milliseconds (60000; shorter only for tests).
+    pub gateway_minute_ms: u64,
+    /// Gateway: a session with no message and no `ping` for this many seconds is ended (1800).
+    pub gateway_inactivity_seconds: u64,
+    /// Gateway: a node whose presence heartbeat is older than this many milliseconds is gone.
+    pub gateway_presence_timeout_ms: u64,
+    /// Gateway: frames a socket may have queued before it is closed as too slow (256).
+    pub gateway_send_queue: usize,
+    /// Gateway: sustained client frames per second per socket before it is closed (20).
+    pub gateway_frames_per_second: f64,
+    /// Gateway: at most this many records are replayed on a resume (1000); beyond it the client
+    /// is told `recovered: false` and reloads from REST.
+    pub gateway_max_replay: usize,
 }
 
 impl Default for Settings {
@@ -58,6 +73,13 @@ impl Default for Settings {
             sandbox_secret: None,
             stream_replicas: 1,
             log_format: "auto".into(),
+            gateway_node_id: None,
+            gateway_minute_ms: 60_000,
+            gateway_inactivity_seconds: 30 * 60,
+            gateway_presence_timeout_ms: 15_000,
+            gateway_send_queue: 256,
+            gateway_frames_per_second: 20.0,
+            gateway_max_replay: 1000,
         }
     }
 }
@@ -72,6 +94,27 @@ impl Settings {
             .merge(Toml::file("mychat.toml"))
             .merge(Env::prefixed("MYCHAT_"))
             .extract()?)
+    }
+
+    /// The gateway node's configuration.
+    pub fn gateway_config(&self) -> gateway::GatewayConfig {
+        let defaults = gateway::GatewayConfig::default();
+        gateway::GatewayConfig {
+            node_id: self
+                .gateway_node_id
+                .clone()
+                .unwrap_or(defaults.node_id.clone()),
+            send_queue: self.gateway_send_queue,
+            minute: std::time::Duration::from_millis(self.gateway_minute_ms.max(1)),
+            inactivity_timeout: std::time::Duration::from_secs(self.gateway_inactivity_seconds),
+            presence_timeout: std::time::Duration::from_millis(
+                self.gateway_presence_timeout_ms.max(100),
+            ),
+            frames_per_second: self.gateway_frames_per_second,
+            burst: (self.gateway_frames_per_second * 3.0).max(defaults.burst),
+            max_replay: self.gateway_max_replay,
+            ..defaults
+        }
     }
 
     /// The user API's public URL.

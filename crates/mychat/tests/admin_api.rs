@@ -107,20 +107,20 @@ async fn start() -> App {
     // Two gateway nodes: the admin API reaches sockets on either through NATS.
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let hub = Arc::new(gateway::Hub::default());
-        let js = bus.jetstream().clone();
-        tokio::spawn(hub.clone().run_chat_fanout(js.clone(), shutdown.clone()));
-        tokio::spawn(hub.clone().run_session_events(js, shutdown.clone()));
-        tokio::spawn(gateway::admin_bus::run(
+        let state = gateway::start_node(
             nats.clone(),
-            hub.clone(),
+            bus.clone(),
+            db.clone(),
+            jwt.clone(),
+            gateway::GatewayConfig {
+                node_id: uuid::Uuid::new_v4().to_string(),
+                ..Default::default()
+            },
             shutdown.clone(),
-        ));
-        let router = gateway::router(gateway::GatewayState {
-            bus: bus.clone(),
-            jwt: jwt.clone(),
-            hub,
-        });
+        )
+        .await
+        .unwrap();
+        let router = gateway::router(state);
         nodes.push(serve(router, shutdown.clone()).await);
     }
     // Give the gateway's admin subscriptions a moment to be registered.

@@ -1,0 +1,802 @@
+//! The realtime gateway over real sockets (issue 5): gateway nodes are `mychat serve gateway`
+//! processes against a real nats-server and PostgreSQL (testkit, free ports). Sessions are started
+//! with commands on the `ChatSession` aggregate; tokens are signed with the nodes' secret.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cqrs_es::EventStore;
+use domain::{ChatSession, SessionCommand, SessionEvent};
+use eventstore::envelope::Upcasters;
+use eventstore::{Actor, CommandBus, CommandMeta};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "gateway-test-secret-0123456789abcdef0123456789";
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Node {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+    fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cluster {
+    nats: testkit::NatsServer,
+    pg: testkit::Postgres,
+    bus: CommandBus,
+    jwt: api::JwtKeys,
+    db: sqlx::PgPool,
+}
+
+async fn cluster() -> Cluster {
+    let nats = tokio::task::spawn_blocking(testkit::NatsServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let pg = tokio::task::spawn_blocking(testkit::Postgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let db = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    projections::MIGRATOR.run(&db).await.unwrap();
+    let client = nats.connect().await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    eventstore::ensure_streams(&js, &Default::default())
+        .await
+        .unwrap();
+    Cluster {
+        bus: CommandBus::new(js, Upcasters::default()),
+        jwt: api::JwtKeys::new(SECRET.as_bytes(), 3600),
+        nats,
+        pg,
+        db,
+    }
+}
+
+impl Cluster {
+    /// Starts a gateway node process with extra `MYCHAT_*` settings.
+    async fn node(&self, extra: &[(&str, &str)]) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("mychat-gw")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let port = testkit::free_port();
+        let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mychat"));
+        cmd.args(["serve", "gateway", "--addr", &format!("127.0.0.1:{port}")])
+            .env("MYCHAT_NATS_URL", self.nats.url())
+            .env("MYCHAT_DATABASE_URL", self.pg.url())
+            .env("MYCHAT_JWT_SECRET", SECRET)
+            .env("MYCHAT_SANDBOX_SECRET", "sandbox")
+            .env("MYCHAT_DATA_DIR", dir.path().join("data"))
+            .env("MYCHAT_LOG_FORMAT", "json")
+            .env("MYCHAT_GATEWAY_PRESENCE_TIMEOUT_MS", "1500")
+            .env("RUST_LOG", "info,async_nats=warn,sqlx=warn");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let node = Node { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/health", node.http())).await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not start: {}",
+                node.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node
+    }
+
+    fn token(&self, user_id: i64) -> String {
+        self.jwt
+            .issue(user_id, &format!("u{user_id}"), "user")
+            .unwrap()
+    }
+
+    /// Starts session `sid` between user `user` and counselor login `counselor_user`.
+    async fn session(&self, sid: i64, user: i64, counselor_user: i64, prepaid_minutes: i64) {
+        self.bus
+            .execute::<ChatSession>(
+                &sid.to_string(),
+                SessionCommand::Start {
+                    order_id: sid,
+                    user_id: user,
+                    counselor_id: counselor_user,
+                    counselor_user_id: counselor_user,
+                    price_per_minute: 500,
+                    prepaid_minutes,
+                    started_at: chrono::Utc::now(),
+                },
+                &CommandMeta::new(Actor::user(user)),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn session_events(&self, sid: i64) -> Vec<SessionEvent> {
+        let store = self.bus.store::<ChatSession>().await.unwrap();
+        store
+            .load_events(&sid.to_string())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.payload)
+            .collect()
+    }
+
+    async fn chat_records(&self, sid: i64) -> Vec<Value> {
+        let stream = self
+            .bus
+            .jetstream()
+            .get_stream(eventstore::CHAT_STREAM)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let mut next = 1;
+        while let Ok(m) = stream
+            .direct_get_next_for_subject(format!("chat.{sid}"), Some(next))
+            .await
+        {
+            next = m.sequence + 1;
+            out.push(serde_json::from_slice(&m.payload).unwrap());
+        }
+        out
+    }
+}
+
+async fn connect(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// The next text frame (as JSON) within `wait`; `None` on timeout. Panics on close.
+async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, ws.next()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
+            Ok(Some(Ok(Message::Close(c)))) => panic!("socket closed: {c:?}"),
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+/// The next frame of type `kind`, skipping others (within 10 s).
+async fn expect(ws: &mut Ws, kind: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| panic!("no `{kind}` frame"));
+        let f = next(ws, left)
+            .await
+            .unwrap_or_else(|| panic!("no `{kind}` frame"));
+        if f["type"] == kind {
+            return f;
+        }
+    }
+}
+
+/// Reads until the socket closes; returns the close code and the text frames seen before.
+async fn until_close(ws: &mut Ws, wait: Duration) -> (Option<u16>, usize) {
+    let deadline = Instant::now() + wait;
+    let mut frames = 0;
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("socket not closed in time");
+        match tokio::time::timeout(left, ws.next()).await {
+            Err(_) => panic!("socket not closed in time"),
+            Ok(Some(Ok(Message::Close(c)))) => return (c.map(|c| u16::from(c.code)), frames),
+            Ok(Some(Ok(Message::Text(_)))) => frames += 1,
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => return (None, frames),
+        }
+    }
+}
+
+async fn online(node: &Node) -> Vec<i64> {
+    let v: Value = reqwest::get(format!("{}/ws/counselors/online", node.http()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"]["counselors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["user_id"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_dialects_cross_two_nodes_with_acks_dedup_typing_reads_and_revokes() {
+    let c = cluster().await;
+    let (a, b) = (c.node(&[]).await, c.node(&[]).await);
+    c.session(101, 1, 2, 30).await;
+    c.session(102, 3, 4, 30).await;
+
+    // The user (web dialect) on node A, bound on connect; the counselor (Go dialect) on node B.
+    let mut user = connect(&format!("{}/ws/chat/101?token={}", a.ws(), c.token(1))).await;
+    expect(&mut user, "join_success").await;
+    let mut counselor = connect(&format!("{}/ws?token={}", b.ws(), c.token(2))).await;
+    send(&mut counselor, json!({"type":"join","session_id":101})).await;
+    expect(&mut counselor, "join_success").await;
+    // Both present (across nodes): both get session_start.
+    expect(&mut user, "session_start").await;
+    expect(&mut counselor, "session_start").await;
+    // The user's second socket (phone), on node B.
+    let mut phone = connect(&format!("{}/ws/chat/101?token={}", b.ws(), c.token(1))).await;
+    expect(&mut phone, "join_success").await;
+
+    send(&mut user, json!({"type":"message","payload":{"content_type":"text","content":"hello","client_msg_id":"w1"}})).await;
+    let ack = expect(&mut user, "ack").await;
+    let seq = ack["data"]["seq"].as_u64().unwrap();
+    assert_eq!(ack["data"]["client_msg_id"], "w1");
+    let got = expect(&mut counselor, "message").await;
+    assert_eq!(got["data"]["seq"].as_u64(), Some(seq));
+    assert_eq!(
+        got["payload"]["content"], "hello",
+        "web clients read `payload`"
+    );
+    assert_eq!(got["data"]["sender_type"], "user");
+    assert_eq!(
+        expect(&mut phone, "message").await["data"]["seq"].as_u64(),
+        Some(seq)
+    );
+
+    // A resend with the same client id is stored once and not delivered again.
+    send(
+        &mut user,
+        json!({"type":"message","payload":{"content":"hello","client_msg_id":"w1"}}),
+    )
+    .await;
+    let again = expect(&mut user, "ack").await;
+    assert_eq!(again["data"]["seq"].as_u64(), Some(seq));
+    assert_eq!(again["data"]["duplicate"], true);
+
+    // Go dialect back.
+    send(
+        &mut counselor,
+        json!({"type":"message","session_id":101,"data":{"content":"hi there","id":"g1"}}),
+    )
+    .await;
+    let ack2 = expect(&mut counselor, "ack").await;
+    let seq2 = ack2["data"]["seq"].as_u64().unwrap();
+    let m = expect(&mut user, "message").await;
+    assert_eq!(
+        m["data"]["seq"].as_u64(),
+        Some(seq2),
+        "no second copy of w1 came first"
+    );
+    assert_eq!(m["data"]["sender_type"], "counselor");
+
+    // Typing over core NATS, across nodes, to the other side only.
+    send(&mut counselor, json!({"type":"typing","session_id":101})).await;
+    let t = expect(&mut user, "typing").await;
+    assert_eq!(t["data"]["user_id"], 2);
+    send(
+        &mut user,
+        json!({"type":"typing","payload":{"is_typing":false}}),
+    )
+    .await;
+    expect(&mut counselor, "typing_stop").await;
+
+    // Read receipts: only the recipient; stored and fanned out.
+    send(
+        &mut counselor,
+        json!({"type":"read","session_id":101,"data":{"message_id":seq2}}),
+    )
+    .await;
+    let e = expect(&mut counselor, "error").await;
+    assert!(e["data"]["error"].as_str().unwrap().contains("recipient"));
+    send(
+        &mut user,
+        json!({"type":"read","payload":{"message_id":seq2}}),
+    )
+    .await;
+    expect(&mut user, "ack").await;
+    let r = expect(&mut counselor, "message_read").await;
+    assert_eq!(r["data"]["message_id"].as_u64(), Some(seq2));
+    assert_eq!(r["data"]["read_by"], 1);
+
+    // Revokes: only the sender.
+    send(
+        &mut counselor,
+        json!({"type":"revoke","session_id":101,"data":{"message_id":seq}}),
+    )
+    .await;
+    expect(&mut counselor, "error").await;
+    send(
+        &mut user,
+        json!({"type":"revoke","payload":{"message_id":seq}}),
+    )
+    .await;
+    expect(&mut user, "ack").await;
+    let rv = expect(&mut counselor, "message_revoked").await;
+    assert_eq!(rv["data"]["message_id"].as_u64(), Some(seq));
+
+    // Bad input: an error frame each, the socket keeps working, nothing stored.
+    let before = c.chat_records(101).await.len();
+    user.send(Message::Text("{not json".into())).await.unwrap();
+    expect(&mut user, "error").await;
+    user.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    expect(&mut user, "error").await;
+    send(&mut user, json!({"type":"nonsense"})).await;
+    expect(&mut user, "error").await;
+    send(
+        &mut user,
+        json!({"type":"message","session_id":102,"data":{"content":"intrude"}}),
+    )
+    .await;
+    let e = expect(&mut user, "error").await;
+    assert!(e["data"]["error"].as_str().unwrap().contains("participant"));
+    let oversize = json!({"type":"message","payload":{"content":"x".repeat(100_000)}});
+    send(&mut user, oversize).await;
+    let e = expect(&mut user, "error").await;
+    assert!(e["data"]["error"].as_str().unwrap().contains("larger"));
+    send(&mut user, json!({"type":"ping"})).await;
+    expect(&mut user, "pong").await;
+    assert_eq!(c.chat_records(101).await.len(), before);
+    assert!(c.chat_records(102).await.is_empty());
+    // Handshake refusals are plain HTTP.
+    assert!(
+        tokio_tungstenite::connect_async(format!("{}/ws/chat/101?token=forged", a.ws()))
+            .await
+            .is_err()
+    );
+
+    // The stored records: one message per client id, then the read and the revoke.
+    let kinds: Vec<String> = c
+        .chat_records(101)
+        .await
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["message", "message", "message_read", "message_revoked"]
+    );
+
+    // Admin reach on any node: a broadcast on `notify.all`, a kick on `notify.<user_id>`.
+    let admin = c.nats.connect().await.unwrap();
+    admin
+        .publish(
+            "notify.all",
+            json!({"type":"system_message","data":{"content":"maintenance"}})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        expect(&mut counselor, "system_message").await["data"]["content"],
+        "maintenance"
+    );
+    assert_eq!(
+        expect(&mut user, "system_message").await["data"]["content"],
+        "maintenance"
+    );
+    admin
+        .publish(
+            "notify.1",
+            json!({"type":"force_logout","data":{"reason":"policy"},"close":"kicked by admin"})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    expect(&mut phone, "force_logout").await;
+    let (code, _) = until_close(&mut phone, Duration::from_secs(5)).await;
+    assert_eq!(code, Some(4001));
+    // Every socket of the user, on every node.
+    expect(&mut user, "force_logout").await;
+    let (code, _) = until_close(&mut user, Duration::from_secs(5)).await;
+    assert_eq!(code, Some(4001));
+
+    // A flood from one socket is closed with a reason; the others keep working.
+    let mut flood = connect(&format!("{}/ws?token={}", a.ws(), c.token(1))).await;
+    for _ in 0..200 {
+        if flood
+            .send(Message::Text(r#"{"type":"ping"}"#.into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (code, _) = until_close(&mut flood, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(1008));
+    send(&mut counselor, json!({"type":"ping"})).await;
+    expect(&mut counselor, "pong").await;
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_a_disconnect_gets_every_missed_message_once_then_the_live_tail() {
+    let c = cluster().await;
+    let (a, b) = (c.node(&[]).await, c.node(&[]).await);
+    c.session(201, 11, 12, 30).await;
+    let mut counselor = connect(&format!("{}/ws/chat/201?token={}", b.ws(), c.token(12))).await;
+    expect(&mut counselor, "join_success").await;
+    let mut user = connect(&format!("{}/ws/chat/201?token={}", a.ws(), c.token(11))).await;
+    expect(&mut user, "join_success").await;
+
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        send(&mut counselor, json!({"type":"message","session_id":201,"data":{"content":format!("m{i}"),"id":format!("c{i}")}})).await;
+        sent.push(
+            expect(&mut counselor, "ack").await["data"]["seq"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    let mut last = 0;
+    for s in &sent {
+        let m = expect(&mut user, "message").await;
+        assert_eq!(m["data"]["seq"].as_u64(), Some(*s));
+        last = *s;
+    }
+    user.close(None).await.unwrap();
+    drop(user);
+
+    // Sent while the user is away.
+    let mut missed = Vec::new();
+    for i in 3..8 {
+        send(&mut counselor, json!({"type":"message","session_id":201,"data":{"content":format!("m{i}"),"id":format!("c{i}")}})).await;
+        missed.push(
+            expect(&mut counselor, "ack").await["data"]["seq"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+
+    // Reconnect on the other node with ?after_seq=, while the counselor keeps sending.
+    let mut user = connect(&format!(
+        "{}/ws/chat/201?token={}&after_seq={last}",
+        b.ws(),
+        c.token(11)
+    ))
+    .await;
+    let mut live = Vec::new();
+    for i in 8..12 {
+        send(&mut counselor, json!({"type":"message","session_id":201,"data":{"content":format!("m{i}"),"id":format!("c{i}")}})).await;
+        live.push(
+            expect(&mut counselor, "ack").await["data"]["seq"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    let mut got = Vec::new();
+    let mut resumed = None;
+    while got.len() < missed.len() + live.len() || resumed.is_none() {
+        let f = next(&mut user, Duration::from_secs(10))
+            .await
+            .expect("a frame");
+        match f["type"].as_str().unwrap() {
+            "message" => got.push(f["data"]["seq"].as_u64().unwrap()),
+            "resumed" => resumed = Some(f),
+            _ => {}
+        }
+    }
+    let resumed = resumed.expect("resumed frame");
+    assert_eq!(resumed["data"]["recovered"], true);
+    let mut expected = missed.clone();
+    expected.extend(&live);
+    assert_eq!(got, expected, "no gap, no duplicate, in order");
+    assert!(
+        next(&mut user, Duration::from_millis(500)).await.is_none(),
+        "nothing more"
+    );
+
+    // The `resume` frame on a plain socket does the same.
+    let mut other = connect(&format!("{}/ws?token={}", a.ws(), c.token(11))).await;
+    send(
+        &mut other,
+        json!({"type":"resume","session_id":201,"data":{"after_seq":missed[2]}}),
+    )
+    .await;
+    let mut again = Vec::new();
+    loop {
+        let f = next(&mut other, Duration::from_secs(10))
+            .await
+            .expect("a frame");
+        match f["type"].as_str().unwrap() {
+            "message" => again.push(f["data"]["seq"].as_u64().unwrap()),
+            "resumed" => break,
+            _ => {}
+        }
+    }
+    assert_eq!(again, expected[3..].to_vec());
+
+    // More missed than a node replays: `recovered: false` (the client reloads from REST), and
+    // the live tail still follows.
+    let small = c.node(&[("MYCHAT_GATEWAY_MAX_REPLAY", "2")]).await;
+    let mut third = connect(&format!(
+        "{}/ws/chat/201?token={}&after_seq={last}",
+        small.ws(),
+        c.token(11)
+    ))
+    .await;
+    let resumed = expect(&mut third, "resumed").await;
+    assert_eq!(resumed["data"]["recovered"], false);
+    send(
+        &mut counselor,
+        json!({"type":"message","session_id":201,"data":{"content":"tail","id":"tail"}}),
+    )
+    .await;
+    let tail = expect(&mut counselor, "ack").await["data"]["seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        expect(&mut third, "message").await["data"]["seq"].as_u64(),
+        Some(tail)
+    );
+    drop((a, b, small));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_nodes_expires_when_a_node_is_killed_and_drains_on_sigterm() {
+    let c = cluster().await;
+    sqlx::query(
+        "INSERT INTO users (id, username, password_hash) VALUES (21, 'c21', 'x'), (22, 'c22', 'x')",
+    )
+    .execute(&c.db)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO counselors (id, user_id, name, price_fen) VALUES (5, 21, 'Counselor Five', 500), (6, 22, 'Counselor Six', 500)")
+        .execute(&c.db)
+        .await
+        .unwrap();
+    let (a, b, d) = (c.node(&[]).await, c.node(&[]).await, c.node(&[]).await);
+
+    // The counselor's own socket: id check, then `connected`.
+    let refused = tokio_tungstenite::connect_async(format!(
+        "{}/ws/counselor/6?token={}",
+        b.ws(),
+        c.token(21)
+    ))
+    .await;
+    assert!(
+        refused.is_err(),
+        "someone else's counselor socket is refused"
+    );
+    let mut five = connect(&format!("{}/ws/counselor/5?token={}", b.ws(), c.token(21))).await;
+    assert_eq!(
+        expect(&mut five, "connected").await["data"]["counselor_id"],
+        5
+    );
+    let mut six = connect(&format!("{}/ws/counselor/6?token={}", d.ws(), c.token(22))).await;
+    expect(&mut six, "connected").await;
+
+    // Seen online from node A (neither socket is there).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while online(&a).await != vec![21, 22] {
+        assert!(
+            Instant::now() < deadline,
+            "not online: {:?}",
+            online(&a).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Node B crashes: counselor 5 goes offline within the presence timeout (1.5 s).
+    b.signal(nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    while online(&a).await != vec![22] {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "still online: {:?}",
+            online(&a).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Node D is stopped: its socket is told to reconnect elsewhere (1012), presence goes at once.
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, _) = until_close(&mut six, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(1012));
+    let stopped = Instant::now();
+    while !online(&a).await.is_empty() {
+        assert!(stopped.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((a, b, d));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_closed_while_a_fast_one_gets_everything() {
+    let c = cluster().await;
+    let a = c.node(&[]).await;
+    c.session(301, 31, 32, 30).await;
+    let mut slow = connect(&format!("{}/ws/chat/301?token={}", a.ws(), c.token(31))).await;
+    expect(&mut slow, "join_success").await;
+    let mut fast = connect(&format!("{}/ws/chat/301?token={}", a.ws(), c.token(32))).await;
+    expect(&mut fast, "join_success").await;
+
+    // Big messages, appended straight to CHAT (pipelined): the node fans them out.
+    let js = c.bus.jetstream().clone();
+    let body = "慢".repeat(5000);
+    let n = 1500;
+    let reader = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while seqs.len() < n {
+            let f = next(&mut fast, Duration::from_secs(30))
+                .await
+                .expect("fast client starved");
+            if f["type"] == "message" {
+                seqs.push(f["data"]["seq"].as_u64().unwrap());
+            }
+        }
+        seqs
+    });
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let m = eventstore::chat::ChatMessage {
+            session_id: 301,
+            sender_id: 31,
+            sender_type: "user".into(),
+            content_type: "text".into(),
+            content: body.clone(),
+            file_url: String::new(),
+            client_msg_id: format!("big{i}"),
+            sent_at: chrono::Utc::now(),
+        };
+        let payload = serde_json::to_vec(&eventstore::chat::ChatRecord::Message(m)).unwrap();
+        acks.push(js.publish("chat.301", payload.into()).await.unwrap());
+        // Pipelined in batches: a burst, not a flood that no reader could follow.
+        if acks.len() == 50 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let seqs = reader.await.unwrap();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicate"
+    );
+    // The slow client (which never read) was closed with a reason, after what was buffered.
+    let (code, frames) = until_close(&mut slow, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(4008), "closed as too slow");
+    assert!(
+        frames < n,
+        "the slow client did not get everything ({frames})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prepaid_time_ends_the_session_once_across_two_nodes_with_a_warning() {
+    let c = cluster().await;
+    // A "minute" of one second: 3 prepaid minutes run out after 3 s.
+    let fast_minute = [("MYCHAT_GATEWAY_MINUTE_MS", "1000")];
+    let (a, b) = (c.node(&fast_minute).await, c.node(&fast_minute).await);
+    c.session(401, 41, 42, 3).await;
+    let mut user = connect(&format!("{}/ws/chat/401?token={}", a.ws(), c.token(41))).await;
+    expect(&mut user, "join_success").await;
+    let mut counselor = connect(&format!("{}/ws/chat/401?token={}", b.ws(), c.token(42))).await;
+    expect(&mut counselor, "join_success").await;
+
+    for ws in [&mut user, &mut counselor] {
+        let w = expect(ws, "system_message").await;
+        assert_eq!(w["data"]["kind"], "session_ending");
+        let bill = expect(ws, "billing").await;
+        assert_eq!(bill["data"]["session_id"], 401);
+        let end = expect(ws, "session_end").await;
+        assert_eq!(end["data"]["ended_by"], 0);
+    }
+    // Nothing more: in particular no second bill.
+    for ws in [&mut user, &mut counselor] {
+        while let Some(f) = next(ws, Duration::from_millis(1500)).await {
+            assert_ne!(f["type"], "billing", "billed twice: {f}");
+        }
+    }
+    let events = c.session_events(401).await;
+    let bills = events
+        .iter()
+        .filter(|e| matches!(e, SessionEvent::SessionBilled { .. }))
+        .count();
+    assert_eq!(bills, 1, "{events:?}");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        SessionEvent::SessionEnded {
+            reason: domain::EndReason::PrepaidTimeUsed,
+            ..
+        }
+    )));
+    // A message into the ended session is refused and not stored.
+    let mut late = connect(&format!("{}/ws?token={}", a.ws(), c.token(41))).await;
+    send(
+        &mut late,
+        json!({"type":"message","session_id":401,"data":{"content":"late"}}),
+    )
+    .await;
+    expect(&mut late, "error").await;
+    assert!(c.chat_records(401).await.is_empty());
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inactive_session_is_ended_and_billed_once_after_the_timeout() {
+    let c = cluster().await;
+    let a = c.node(&[("MYCHAT_GATEWAY_INACTIVITY_SECONDS", "2")]).await;
+    c.session(501, 51, 52, 30).await;
+    let mut user = connect(&format!("{}/ws/chat/501?token={}", a.ws(), c.token(51))).await;
+    expect(&mut user, "join_success").await;
+    // A message is activity: it pushes the timeout back.
+    send(
+        &mut user,
+        json!({"type":"message","payload":{"content":"anyone?"}}),
+    )
+    .await;
+    expect(&mut user, "ack").await;
+    let quiet = Instant::now();
+    expect(&mut user, "billing").await;
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(1500),
+        "ended too early"
+    );
+    expect(&mut user, "session_end").await;
+    let events = c.session_events(501).await;
+    assert!(events.iter().any(|e| matches!(
+        e,
+        SessionEvent::SessionEnded {
+            reason: domain::EndReason::Inactivity,
+            ..
+        }
+    )));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, SessionEvent::SessionBilled { .. }))
+            .count(),
+        1
+    );
+}
