@@ -46,6 +46,9 @@ impl Projection for Orders {
     fn name(&self) -> &'static str {
         "orders"
     }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["orders"]
+    }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.order.>".into()]
     }
@@ -138,6 +141,9 @@ impl Projection for Payments {
     fn name(&self) -> &'static str {
         "payments"
     }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["payments"]
+    }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.payment.>".into()]
     }
@@ -202,6 +208,9 @@ pub struct Sessions;
 impl Projection for Sessions {
     fn name(&self) -> &'static str {
         "chat_sessions"
+    }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["chat_sessions"]
     }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.session.>".into()]
@@ -281,6 +290,9 @@ impl Projection for Billings {
     fn name(&self) -> &'static str {
         "chat_billings"
     }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["chat_billings"]
+    }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.session.>".into()]
     }
@@ -337,6 +349,9 @@ impl Projection for Messages {
     fn name(&self) -> &'static str {
         "chat_messages"
     }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["chat_messages"]
+    }
     fn stream(&self) -> &'static str {
         eventstore::CHAT_STREAM
     }
@@ -377,6 +392,9 @@ pub struct Accounts;
 impl Projection for Accounts {
     fn name(&self) -> &'static str {
         "counselor_accounts"
+    }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["counselor_accounts"]
     }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.account.>".into()]
@@ -424,6 +442,9 @@ pub struct Withdrawals;
 impl Projection for Withdrawals {
     fn name(&self) -> &'static str {
         "withdrawals"
+    }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["withdrawals"]
     }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.account.>".into()]
@@ -499,6 +520,9 @@ pub struct Wallets;
 impl Projection for Wallets {
     fn name(&self) -> &'static str {
         "user_wallets"
+    }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["user_wallets", "wallet_transactions"]
     }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.wallet.>".into()]

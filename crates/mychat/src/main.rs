@@ -7,8 +7,11 @@
 //! - `mychat serve <api|admin|gateway|projectors|all>`: one part, against existing servers.
 //! - `mychat migrate`: applies the Postgres migrations.
 //! - `mychat demo`: plays the whole story against a running `mychat up`.
+//! - `mychat projections status|skip|rebuild`, `mychat audit replay|diff|events`,
+//!   `mychat finance reconcile`: operator commands (issue 6, `ops`).
 
 mod demo;
+mod ops;
 mod server;
 mod settings;
 
@@ -40,6 +43,15 @@ enum Command {
     /// Play the whole story (register → order → pay → chat → bill → withdraw) against a running
     /// mychat, over HTTP and WebSocket. Exits non-zero on any failure.
     Demo(demo::DemoArgs),
+    /// Projection operations: status, skip a poison event, blue/green rebuild.
+    #[command(subcommand)]
+    Projections(ops::ProjectionsCommand),
+    /// Audit: point-in-time replay into `audit_<stamp>`, row diff, an aggregate's events.
+    #[command(subcommand)]
+    Audit(ops::AuditCommand),
+    /// Finance: reconcile the ledger and read models against the event log.
+    #[command(subcommand)]
+    Finance(ops::FinanceCommand),
 }
 
 #[tokio::main]
@@ -60,6 +72,9 @@ async fn main() -> std::process::ExitCode {
         Command::Serve { part, addr } => server::serve(settings, part, addr).await,
         Command::Migrate => server::migrate(settings).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Projections(cmd) => ops::projections_command(settings, cmd).await,
+        Command::Audit(cmd) => ops::audit_command(settings, cmd).await,
+        Command::Finance(cmd) => ops::finance_command(settings, cmd).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

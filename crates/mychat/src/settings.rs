@@ -39,6 +39,8 @@ pub struct Settings {
     pub stream_replicas: usize,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
+    /// Where the projectors serve `/metrics` (projection lag; default 127.0.0.1:8083).
+    pub metrics_addr: SocketAddr,
 }
 
 impl Default for Settings {
@@ -58,6 +60,7 @@ impl Default for Settings {
             sandbox_secret: None,
             stream_replicas: 1,
             log_format: "auto".into(),
+            metrics_addr: "127.0.0.1:8083".parse().expect("addr"),
         }
     }
 }
