@@ -675,6 +675,27 @@ impl Projector {
                         "projection {name}: checkpoint moved during a failed batch"
                     )));
                 }
+                Err(BatchError::Poison {
+                    stream_sequence,
+                    subject,
+                    cause,
+                }) => {
+                    // Apply what precedes the poison event, so the checkpoint stops right
+                    // before it.
+                    let before: Vec<LogMessage> = batch
+                        .iter()
+                        .take_while(|m| m.stream_sequence < stream_sequence)
+                        .cloned()
+                        .collect();
+                    if !before.is_empty() {
+                        self.apply_batch(position, &before, &skips).await?;
+                    }
+                    return Err(BatchError::Poison {
+                        stream_sequence,
+                        subject,
+                        cause,
+                    });
+                }
                 Err(e) => return Err(e),
             };
             let _ = self
