@@ -86,7 +86,19 @@ pub fn base() -> DateTime<Utc> {
 /// Order `id` is placed, paid through a provider, chatted `used` minutes and ended: the process
 /// manager marks it paid, credits the counselor, refunds the rest and completes it.
 pub async fn order_story(bus: &CommandBus, id: i64, user: i64, counselor: i64, minutes: i64, used: i64) {
-    let price = 100 + id;
+    order_story_priced(bus, id, user, counselor, minutes, used, 100 + id).await;
+}
+
+/// [`order_story`] at `price` fen per minute.
+pub async fn order_story_priced(
+    bus: &CommandBus,
+    id: i64,
+    user: i64,
+    counselor: i64,
+    minutes: i64,
+    used: i64,
+    price: i64,
+) {
     let t = base() + chrono::Duration::minutes(id * 200);
     bus.execute::<Order>(
         &id.to_string(),
