@@ -10,6 +10,7 @@
 //! - `mychat projections status|skip|rebuild`, `mychat audit replay|diff|events`,
 //!   `mychat finance reconcile`: operator commands (issue 6, `ops`).
 
+mod bench;
 mod demo;
 mod ops;
 mod server;
@@ -52,6 +53,9 @@ enum Command {
     /// Finance: reconcile the ledger and read models against the event log.
     #[command(subcommand)]
     Finance(ops::FinanceCommand),
+    /// Benchmarks on throwaway servers (not a test); the last line is JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[tokio::main]
@@ -75,6 +79,7 @@ async fn main() -> std::process::ExitCode {
         Command::Projections(cmd) => ops::projections_command(settings, cmd).await,
         Command::Audit(cmd) => ops::audit_command(settings, cmd).await,
         Command::Finance(cmd) => ops::finance_command(settings, cmd).await,
+        Command::Bench(cmd) => bench::run(cmd).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
