@@ -174,14 +174,24 @@ async fn after_the_demo_reconcile_rebuild_and_audit_replay_hold() {
         .unwrap();
     assert_eq!(ledger["state"], "running", "{statuses}");
     assert_eq!(ledger["lag_events"], 0, "{statuses}");
-    let metrics = reqwest::get(&up.metrics).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(&up.metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains("mychat_projection_lag_events{projection=\"ledger\"} 0"),
         "{metrics}"
     );
 
     // An aggregate's history.
-    let out = up.run(&["audit", "events", "--aggregate", &format!("order:{order_id}")]);
+    let out = up.run(&[
+        "audit",
+        "events",
+        "--aggregate",
+        &format!("order:{order_id}"),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let history: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -193,9 +203,17 @@ async fn after_the_demo_reconcile_rebuild_and_audit_replay_hold() {
         .collect();
     assert_eq!(
         types,
-        ["OrderPlaced", "OrderPaid", "OrderServiceStarted", "OrderCompleted"]
+        [
+            "OrderPlaced",
+            "OrderPaid",
+            "OrderServiceStarted",
+            "OrderCompleted"
+        ]
     );
-    assert!(history[1]["command_id"].as_str().unwrap().starts_with("pm:"));
+    assert!(history[1]["command_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("pm:"));
 
     // A replay of now, then rebuild --all: every read model as it was.
     let js = async_nats::jetstream::new(async_nats::connect(&up.nats_url).await.unwrap());
@@ -256,7 +274,8 @@ async fn after_the_demo_reconcile_rebuild_and_audit_replay_hold() {
     assert!(
         diff_lines
             .lines()
-            .any(|l| l.starts_with(&format!("orders [id={order_id}]:")) && l.contains(" status: 1 ≠ 2;")),
+            .any(|l| l.starts_with(&format!("orders [id={order_id}]:"))
+                && l.contains(" status: 1 ≠ 2;")),
         "{}",
         text(&out)
     );
@@ -265,31 +284,36 @@ async fn after_the_demo_reconcile_rebuild_and_audit_replay_hold() {
     assert!(out.status.success(), "{}", text(&out));
 
     // A hand-edited balance: reconcile and diff exit non-zero naming the row.
-    sqlx::query("UPDATE counselor_accounts SET balance_fen = balance_fen + 100 WHERE counselor_id = $1")
-        .bind(counselor_id)
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE counselor_accounts SET balance_fen = balance_fen + 100 WHERE counselor_id = $1",
+    )
+    .bind(counselor_id)
+    .execute(&pool)
+    .await
+    .unwrap();
     let out = up.run(&["finance", "reconcile"]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains(&format!("counselor_accounts counselor_id={counselor_id} balance_fen")),
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "counselor_accounts counselor_id={counselor_id} balance_fen"
+        )),
         "{}",
         text(&out)
     );
     let out = up.run(&["audit", "diff", &now_schema]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains(&format!("counselor_accounts [counselor_id={counselor_id}]: balance_fen")),
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "counselor_accounts [counselor_id={counselor_id}]: balance_fen"
+        )),
         "{}",
         text(&out)
     );
     // Bad input: a clear error, exit non-zero.
     let out = up.run(&["audit", "replay", "--at", "yesterday"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("neither a stream sequence nor an RFC 3339 time"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("neither a stream sequence nor an RFC 3339 time"));
     let out = up.run(&["projections", "skip", "orders", "3", "--reason", ""]);
     assert!(!out.status.success());
 }
@@ -387,7 +411,11 @@ async fn sigkilled_projector_processes_end_equal_to_a_fresh_replay() {
         .unwrap()
         .state
         .last_sequence;
-    let out = mychat(&nats.url(), &pg.url(), &["audit", "replay", "--at", &head.to_string()]);
+    let out = mychat(
+        &nats.url(),
+        &pg.url(),
+        &["audit", "replay", "--at", &head.to_string()],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let schema = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let out = mychat(&nats.url(), &pg.url(), &["audit", "diff", &schema]);

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use async_nats::jetstream;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
-use eventstore::{Commit, CommandBus, CommandMeta};
+use eventstore::{CommandBus, CommandMeta, Commit};
 use serde::{Deserialize, Serialize};
 
 /// The `ProjectionControl` aggregate (`ev.projection.<name>`): the skips decided so far.
@@ -155,9 +155,7 @@ pub async fn skip_events(js: &jetstream::Context, projection: &str) -> anyhow::R
                     });
                 }
             }
-            Err(e)
-                if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound =>
-            {
+            Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
                 return Ok(skips)
             }
             Err(e) => return Err(e.into()),

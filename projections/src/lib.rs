@@ -9,11 +9,11 @@
 pub mod control;
 pub mod ledger;
 pub mod process_manager;
+pub mod read_models;
 pub mod rebuild;
 pub mod reconcile;
-pub mod status;
-pub mod read_models;
 pub mod runtime;
+pub mod status;
 pub mod watch;
 
 use std::sync::Arc;

@@ -25,8 +25,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::runtime::{
-    apply_in_tx, checkpoint_in, load_skips, prepare_schema, schema_ident, spawn_reader,
-    Projection, LIVE_SCHEMA,
+    apply_in_tx, checkpoint_in, load_skips, prepare_schema, schema_ident, spawn_reader, Projection,
+    LIVE_SCHEMA,
 };
 
 /// Progress of a replay, for a terminal bar or log lines.
@@ -202,10 +202,12 @@ pub async fn rebuild(
             ))
             .execute(&mut *tx)
             .await?;
-            sqlx::query("SELECT position FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE")
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "SELECT position FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE",
+            )
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
             // Catch up with what arrived during the replay, inside the swap.
             let mut position = checkpoint_in(pool, &shadow, name).await?;
             let mut caught_up = 0u64;
@@ -219,9 +221,16 @@ pub async fn rebuild(
             );
             while let Some(batch) = reader.recv().await {
                 let batch = batch?;
-                position = apply_in_tx(&mut tx, projection.as_ref(), &shadow, position, &batch, &skips)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("projection {name} into {shadow}: {e}"))?;
+                position = apply_in_tx(
+                    &mut tx,
+                    projection.as_ref(),
+                    &shadow,
+                    position,
+                    &batch,
+                    &skips,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("projection {name} into {shadow}: {e}"))?;
                 caught_up += batch.len() as u64;
             }
             for table in &tables {
@@ -250,7 +259,12 @@ pub async fn rebuild(
                 break position;
             }
             Err(e) if attempt < 5 && crate::runtime::is_transient(&e) => {
-                tracing::warn!(projection = name, error = format!("{e:#}"), attempt, "swap failed; retrying");
+                tracing::warn!(
+                    projection = name,
+                    error = format!("{e:#}"),
+                    attempt,
+                    "swap failed; retrying"
+                );
             }
             Err(e) => return Err(e.context(format!("swapping {shadow} into public"))),
         }
@@ -259,7 +273,13 @@ pub async fn rebuild(
         .execute(pool)
         .await?;
     let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(projection = name, events, seconds, position, "rebuilt and swapped in");
+    tracing::info!(
+        projection = name,
+        events,
+        seconds,
+        position,
+        "rebuilt and swapped in"
+    );
     Ok(RebuildReport {
         projection: name.to_string(),
         version: projection.version(),
@@ -295,7 +315,11 @@ impl std::str::FromStr for AuditPoint {
 ///
 /// # Errors
 /// On a NATS error.
-pub async fn sequence_at(js: &jetstream::Context, stream: &str, at: DateTime<Utc>) -> anyhow::Result<u64> {
+pub async fn sequence_at(
+    js: &jetstream::Context,
+    stream: &str,
+    at: DateTime<Utc>,
+) -> anyhow::Result<u64> {
     let mut s = js.get_stream(stream).await?;
     let last = s.info().await?.state.last_sequence;
     let nanos = at.timestamp_nanos_opt().context("time out of range")? as i128 + 1;
@@ -314,7 +338,10 @@ pub async fn sequence_at(js: &jetstream::Context, stream: &str, at: DateTime<Utc
         .await
         .context("reading the first message after the time")?
         .context("consumer ended")??;
-    let seq = first.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+    let seq = first
+        .info()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .stream_sequence;
     Ok(seq.saturating_sub(1))
 }
 
@@ -351,12 +378,16 @@ pub async fn audit_replay(
     let head = events.info().await?.state.last_sequence;
     let (schema, events_upto, time) = match at {
         AuditPoint::Sequence(seq) => {
-            anyhow::ensure!(seq <= head, "stream sequence {seq} is past the head of EVENTS ({head})");
+            anyhow::ensure!(
+                seq <= head,
+                "stream sequence {seq} is past the head of EVENTS ({head})"
+            );
             let time = if seq == 0 {
                 DateTime::<Utc>::MIN_UTC
             } else {
                 let m = events.direct_get(seq).await?;
-                DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond()).unwrap_or_default()
+                DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
+                    .unwrap_or_default()
             };
             (format!("audit_seq{seq}"), seq, time)
         }
@@ -369,7 +400,11 @@ pub async fn audit_replay(
     let chat_upto = sequence_at(&js, eventstore::CHAT_STREAM, time).await?;
     let s = schema_ident(&schema)?;
     for p in projections {
-        anyhow::ensure!(!p.tables().is_empty(), "projection {} writes no tables: it cannot be replayed", p.name());
+        anyhow::ensure!(
+            !p.tables().is_empty(),
+            "projection {} writes no tables: it cannot be replayed",
+            p.name()
+        );
     }
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
         .execute(pool)
@@ -393,7 +428,11 @@ pub async fn audit_replay(
     .await?;
     let mut applied = Vec::new();
     for p in projections {
-        let upto = if p.stream() == eventstore::CHAT_STREAM { chat_upto } else { events_upto };
+        let upto = if p.stream() == eventstore::CHAT_STREAM {
+            chat_upto
+        } else {
+            events_upto
+        };
         let n = replay_into(pool, nats, p.as_ref(), &schema, Some(upto), progress).await?;
         applied.push((p.name().to_string(), n));
     }

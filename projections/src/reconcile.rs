@@ -313,8 +313,9 @@ impl Books {
                     if let Some(w) = self.withdrawals.get_mut(&withdrawal_id) {
                         w.status = "approved";
                     } else {
-                        self.broken
-                            .push(format!("{where_}: withdrawal {withdrawal_id} never requested"));
+                        self.broken.push(format!(
+                            "{where_}: withdrawal {withdrawal_id} never requested"
+                        ));
                     }
                 }
                 Ok(AccountEvent::WithdrawalRejected {
@@ -327,9 +328,9 @@ impl Books {
                     total("withdrawals_rejected", amount);
                     match self.withdrawals.get_mut(&withdrawal_id) {
                         Some(w) => w.status = "rejected",
-                        None => self
-                            .broken
-                            .push(format!("{where_}: withdrawal {withdrawal_id} never requested")),
+                        None => self.broken.push(format!(
+                            "{where_}: withdrawal {withdrawal_id} never requested"
+                        )),
                     }
                 }
                 Ok(AccountEvent::WithdrawalTransferred {
@@ -343,9 +344,9 @@ impl Books {
                     total("withdrawals_transferred", amount);
                     match self.withdrawals.get_mut(&withdrawal_id) {
                         Some(w) => w.status = "transferred",
-                        None => self
-                            .broken
-                            .push(format!("{where_}: withdrawal {withdrawal_id} never requested")),
+                        None => self.broken.push(format!(
+                            "{where_}: withdrawal {withdrawal_id} never requested"
+                        )),
                     }
                 }
                 Err(err) => self.broken.push(undecodable(err)),
@@ -456,9 +457,9 @@ pub async fn reconcile(
     // Rules on the fold.
     for (account, balance) in &report.closing {
         if *balance < 0 {
-            report
-                .differences
-                .push(format!("log: account {account} is negative ({balance} fen)"));
+            report.differences.push(format!(
+                "log: account {account} is negative ({balance} fen)"
+            ));
         }
     }
     let mut txns: HashMap<(String, String), Vec<i64>> = HashMap::new();
@@ -514,7 +515,11 @@ pub async fn reconcile(
     }
     for (order, paid) in &books.orders_paid {
         for (payment, _) in paid {
-            if books.payments.get(payment).is_none_or(|p| p.captures.is_empty()) {
+            if books
+                .payments
+                .get(payment)
+                .is_none_or(|p| p.captures.is_empty())
+            {
                 report.differences.push(format!(
                     "order {order} marked paid by payment {payment}, which was never captured"
                 ));
@@ -556,14 +561,17 @@ pub async fn reconcile(
                     *report.matched.entry("sessions".into()).or_default() += 1;
                 }
             }
-            many => report.differences.push(format!(
-                "session {session}: billed {} times",
-                many.len()
-            )),
+            many => report
+                .differences
+                .push(format!("session {session}: billed {} times", many.len())),
         }
     }
     for session in books.refunds.keys().chain(books.earnings.keys()) {
-        if books.sessions.get(session).is_none_or(|f| f.bills.is_empty()) {
+        if books
+            .sessions
+            .get(session)
+            .is_none_or(|f| f.bills.is_empty())
+        {
             report
                 .differences
                 .push(format!("session {session}: credited but never billed"));
@@ -618,9 +626,10 @@ pub async fn reconcile(
             other => other,
         };
         if !table_exists(pool, &options.schema, table).await? {
-            report
-                .notes
-                .push(format!("{}.{table} does not exist: not compared", options.schema));
+            report.notes.push(format!(
+                "{}.{table} does not exist: not compared",
+                options.schema
+            ));
             continue;
         }
         loop {
@@ -667,9 +676,10 @@ pub async fn reconcile(
         .fetch_one(pool)
         .await?;
         if total.unwrap_or(0) != 0 {
-            report
-                .differences
-                .push(format!("ledger_postings: the postings sum to {} fen, not 0", total.unwrap_or(0)));
+            report.differences.push(format!(
+                "ledger_postings: the postings sum to {} fen, not 0",
+                total.unwrap_or(0)
+            ));
         }
         let unbalanced: Vec<(i64, i32, i64)> = sqlx::query_as(&format!(
             "SELECT stream_seq, idx, sum(amount_fen)::bigint FROM {s}.ledger_postings WHERE stream_seq <= $1 \
@@ -805,13 +815,15 @@ pub fn render(report: &Report) -> String {
         report.schema,
         report.from_sequence,
         report.to_sequence,
-        report
-            .from_time
-            .map_or("-".to_string(), |t| t.to_rfc3339()),
+        report.from_time.map_or("-".to_string(), |t| t.to_rfc3339()),
         report.to_time.map_or("-".to_string(), |t| t.to_rfc3339()),
         report.events_folded
     );
-    let _ = writeln!(out, "\n{:<40} {:>14} {:>14}", "account", "opening", "closing");
+    let _ = writeln!(
+        out,
+        "\n{:<40} {:>14} {:>14}",
+        "account", "opening", "closing"
+    );
     let accounts: std::collections::BTreeSet<&String> =
         report.opening.keys().chain(report.closing.keys()).collect();
     for a in accounts {
@@ -845,7 +857,11 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(
         out,
         "\n{}",
-        if report.ok() { "RECONCILED" } else { "DIFFERENCES FOUND" }
+        if report.ok() {
+            "RECONCILED"
+        } else {
+            "DIFFERENCES FOUND"
+        }
     );
     out
 }
@@ -855,4 +871,3 @@ pub fn yuan(fen: i64) -> String {
     let sign = if fen < 0 { "-" } else { "" };
     format!("{sign}{}.{:02}", fen.abs() / 100, fen.abs() % 100)
 }
-

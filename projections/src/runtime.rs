@@ -127,7 +127,10 @@ pub fn schema_ident(schema: &str) -> anyhow::Result<String> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !schema.starts_with(|c: char| c.is_ascii_digit());
-    anyhow::ensure!(ok, "{schema:?} is not a valid schema name ([a-z_][a-z0-9_]*)");
+    anyhow::ensure!(
+        ok,
+        "{schema:?} is not a valid schema name ([a-z_][a-z0-9_]*)"
+    );
     Ok(format!("\"{schema}\""))
 }
 
@@ -266,19 +269,22 @@ impl From<sqlx::Error> for BatchError {
 /// 40 (transaction rollback: serialization failure, deadlock), 53 (resources), 55 (lock not
 /// available) or 57 (operator intervention: shutdown, restart).
 pub fn is_transient(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| match cause.downcast_ref::<sqlx::Error>() {
-        Some(sqlx::Error::Database(db)) => db
-            .code()
-            .is_some_and(|c| ["08", "40", "53", "55", "57"].iter().any(|p| c.starts_with(p))),
-        Some(
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_),
-        ) => true,
-        _ => false,
-    })
+    e.chain()
+        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
+                ["08", "40", "53", "55", "57"]
+                    .iter()
+                    .any(|p| c.starts_with(p))
+            }),
+            Some(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_),
+            ) => true,
+            _ => false,
+        })
 }
 
 /// Applies `batch` inside `tx` into `schema` and moves `name`'s checkpoint there from
@@ -658,8 +664,10 @@ impl Projector {
             while batch.len() < self.settings.batch_size {
                 match tokio::time::timeout(self.settings.linger, messages.next()).await {
                     Ok(Some(m)) => batch.push(
-                        to_log_message(m.map_err(|e| BatchError::Transient(anyhow::anyhow!("{e}")))?)
-                            .map_err(BatchError::Transient)?,
+                        to_log_message(
+                            m.map_err(|e| BatchError::Transient(anyhow::anyhow!("{e}")))?,
+                        )
+                        .map_err(BatchError::Transient)?,
                     ),
                     Ok(None) | Err(_) => break,
                 }

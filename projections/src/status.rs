@@ -8,6 +8,12 @@ use sqlx::PgPool;
 
 use crate::runtime::{checkpoint, Projection};
 
+/// A `projection_status` row: state, poison sequence, error, worker.
+type StatusRow = (String, Option<i64>, Option<String>, Option<String>);
+
+/// A gauge: name, help, and how to read it from a status.
+type Metric = (&'static str, &'static str, fn(&ProjectionStatus) -> f64);
+
 /// One projection's state.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectionStatus {
@@ -51,7 +57,7 @@ pub async fn status(
                 .bind(name)
                 .fetch_one(pool)
                 .await?;
-        let row: Option<(String, Option<i64>, Option<String>, Option<String>)> = sqlx::query_as(
+        let row: Option<StatusRow> = sqlx::query_as(
             "SELECT state, poison_seq, error, worker FROM projection_status WHERE name = $1",
         )
         .bind(name)
@@ -80,7 +86,7 @@ pub async fn status(
 pub fn prometheus(statuses: &[ProjectionStatus]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let metrics: [(&str, &str, fn(&ProjectionStatus) -> f64); 5] = [
+    let metrics: [Metric; 5] = [
         (
             "mychat_projection_checkpoint",
             "Last stream sequence applied.",

@@ -13,7 +13,15 @@ async fn the_ledger_reconciles_with_the_log_and_tampering_is_caught_by_reconcile
     let shutdown = CancellationToken::new();
     start_projectors(&env, &shutdown);
     for id in 1..=9 {
-        order_story(&env.bus, id, 100 + id % 3, 1 + id % 2, 10 + (id % 3) * 10, 1 + id % 7).await;
+        order_story(
+            &env.bus,
+            id,
+            100 + id % 3,
+            1 + id % 2,
+            10 + (id % 3) * 10,
+            1 + id % 7,
+        )
+        .await;
     }
     wait_for_balance(&env.bus, 1, 500).await;
     wait_for_balance(&env.bus, 2, 500).await;
@@ -53,10 +61,12 @@ async fn the_ledger_reconciles_with_the_log_and_tampering_is_caught_by_reconcile
     assert!(diffs.is_empty(), "{diffs:#?}");
 
     // Hand-edited rows are named by reconcile and by audit diff.
-    sqlx::query("UPDATE counselor_accounts SET balance_fen = balance_fen + 1 WHERE counselor_id = 1")
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE counselor_accounts SET balance_fen = balance_fen + 1 WHERE counselor_id = 1",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
     sqlx::query(
         "UPDATE ledger_balances SET balance_fen = balance_fen - 7 WHERE account = 'platform:revenue'",
     )
@@ -66,31 +76,52 @@ async fn the_ledger_reconciles_with_the_log_and_tampering_is_caught_by_reconcile
     let report = reconcile_once(&env, "public").await;
     assert!(!report.ok());
     let text = report.differences.join("\n");
-    assert!(text.contains("counselor_accounts counselor_id=1 balance_fen"), "{text}");
-    assert!(text.contains("ledger_balances account=platform:revenue"), "{text}");
+    assert!(
+        text.contains("counselor_accounts counselor_id=1 balance_fen"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ledger_balances account=platform:revenue"),
+        "{text}"
+    );
     let diffs = fresh_replay_diff(&env).await;
     let named: Vec<String> = diffs.iter().map(|d| d.to_string()).collect();
     assert_eq!(diffs.len(), 2, "{named:#?}");
-    assert!(named.iter().any(|d| d.starts_with("counselor_accounts [counselor_id=1]") && d.contains("balance_fen")), "{named:#?}");
-    assert!(named.iter().any(|d| d.starts_with("ledger_balances [account=\"platform:revenue\"]")), "{named:#?}");
+    assert!(
+        named
+            .iter()
+            .any(|d| d.starts_with("counselor_accounts [counselor_id=1]")
+                && d.contains("balance_fen")),
+        "{named:#?}"
+    );
+    assert!(
+        named
+            .iter()
+            .any(|d| d.starts_with("ledger_balances [account=\"platform:revenue\"]")),
+        "{named:#?}"
+    );
 
     // The audit schema reconciles on its own.
     let audit = &diffs[0];
     let _ = audit;
-    let schemas: Vec<String> = sqlx::query_scalar(
-        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'audit_%'",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
+    let schemas: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'audit_%'")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(schemas.len(), 1);
     assert!(reconcile_once(&env, &schemas[0]).await.ok());
 
     // A blue/green rebuild of everything (live workers running) repairs the tampering.
     for p in projections::read_models() {
-        projections::rebuild::rebuild(&env.pool, &env.client, p, &projections::rebuild::LogProgress)
-            .await
-            .unwrap();
+        projections::rebuild::rebuild(
+            &env.pool,
+            &env.client,
+            p,
+            &projections::rebuild::LogProgress,
+        )
+        .await
+        .unwrap();
     }
     assert!(reconcile_once(&env, "public").await.ok());
     let diffs = fresh_replay_diff(&env).await;
@@ -156,10 +187,17 @@ async fn audit_replay_at_a_sequence_shows_the_state_then() {
     .unwrap();
     assert_eq!(wallet_then, 6 * 101);
     assert!(reconcile_once(&env, &report.schema).await.ok());
-    let diffs = projections::rebuild::diff(&env.pool, &report.schema, "public", &projections::read_models())
-        .await
-        .unwrap();
-    assert!(diffs.iter().any(|d| d.table == "orders" && d.key == "id=2" && d.left.is_none()));
+    let diffs = projections::rebuild::diff(
+        &env.pool,
+        &report.schema,
+        "public",
+        &projections::read_models(),
+    )
+    .await
+    .unwrap();
+    assert!(diffs
+        .iter()
+        .any(|d| d.table == "orders" && d.key == "id=2" && d.left.is_none()));
     // The same moment by time.
     let time_report = projections::rebuild::audit_replay(
         &env.pool,
@@ -203,7 +241,10 @@ async fn an_unknown_event_type_is_refused_by_the_ledger() {
         payload: serde_json::json!({"PaymentRefunded": {"amount": 100}}),
     };
     let err = ledger::postings(&stored).unwrap_err();
-    assert!(format!("{err:#}").contains("no posting rule for payment PaymentRefunded v1.0"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("no posting rule for payment PaymentRefunded v1.0"),
+        "{err:#}"
+    );
     let mut other = stored.clone();
     other.aggregate_type = "voucher".into();
     assert!(ledger::postings(&other).is_err());

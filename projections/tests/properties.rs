@@ -40,20 +40,29 @@ struct Story {
 }
 
 fn story() -> impl Strategy<Value = Story> {
-    (10i64..=60, 1i64..=1000, 0usize..3, 1i64..=3, 1i64..=2, 0i64..=100, 0u8..=3).prop_flat_map(
-        |(minutes, price, method, user, counselor, withdraw_percent, outcome)| {
-            (1i64..=minutes).prop_map(move |used| Story {
-                minutes,
-                used,
-                price,
-                method,
-                user,
-                counselor,
-                withdraw_percent,
-                outcome,
-            })
-        },
+    (
+        10i64..=60,
+        1i64..=1000,
+        0usize..3,
+        1i64..=3,
+        1i64..=2,
+        0i64..=100,
+        0u8..=3,
     )
+        .prop_flat_map(
+            |(minutes, price, method, user, counselor, withdraw_percent, outcome)| {
+                (1i64..=minutes).prop_map(move |used| Story {
+                    minutes,
+                    used,
+                    price,
+                    method,
+                    user,
+                    counselor,
+                    withdraw_percent,
+                    outcome,
+                })
+            },
+        )
 }
 
 fn stored(seq: u64, aggregate_type: &str, id: i64, payload: serde_json::Value) -> StoredEvent {
@@ -92,39 +101,120 @@ fn history(stories: &[Story]) -> Vec<StoredEvent> {
         let id = i as i64 + 1;
         let prepaid = s.minutes * s.price;
         let method = ["sandbox", "wechat", "alipay"][s.method];
-        next(&mut out, "payment", id, serde_json::to_value(PaymentEvent::PaymentCaptured {
-            order_id: id, user_id: s.user, method: method.into(), provider_txn_id: format!("T{id}"), amount: prepaid, captured_at: base(),
-        }).unwrap());
+        next(
+            &mut out,
+            "payment",
+            id,
+            serde_json::to_value(PaymentEvent::PaymentCaptured {
+                order_id: id,
+                user_id: s.user,
+                method: method.into(),
+                provider_txn_id: format!("T{id}"),
+                amount: prepaid,
+                captured_at: base(),
+            })
+            .unwrap(),
+        );
         let amount = s.used * s.price;
         let (platform_fee, counselor_fee) = split_platform_fee(amount);
-        next(&mut out, "session", id, serde_json::to_value(SessionEvent::SessionBilled {
-            order_id: id, user_id: s.user, counselor_id: s.counselor, duration_seconds: s.used * 60, billed_minutes: s.used,
-            price_per_minute: s.price, amount, platform_fee, counselor_fee, prepaid_amount: prepaid, refund: prepaid - amount, billed_at: base(),
-        }).unwrap());
-        next(&mut out, "account", s.counselor, serde_json::to_value(AccountEvent::EarningsCredited {
-            counselor_id: s.counselor, session_id: id, order_id: id, amount: counselor_fee, at: base(),
-        }).unwrap());
+        next(
+            &mut out,
+            "session",
+            id,
+            serde_json::to_value(SessionEvent::SessionBilled {
+                order_id: id,
+                user_id: s.user,
+                counselor_id: s.counselor,
+                duration_seconds: s.used * 60,
+                billed_minutes: s.used,
+                price_per_minute: s.price,
+                amount,
+                platform_fee,
+                counselor_fee,
+                prepaid_amount: prepaid,
+                refund: prepaid - amount,
+                billed_at: base(),
+            })
+            .unwrap(),
+        );
+        next(
+            &mut out,
+            "account",
+            s.counselor,
+            serde_json::to_value(AccountEvent::EarningsCredited {
+                counselor_id: s.counselor,
+                session_id: id,
+                order_id: id,
+                amount: counselor_fee,
+                at: base(),
+            })
+            .unwrap(),
+        );
         *payable.entry(s.counselor).or_default() += counselor_fee;
         if prepaid > amount {
-            next(&mut out, "wallet", s.user, serde_json::to_value(WalletEvent::WalletCredited {
-                user_id: s.user, amount: prepaid - amount, reason: CreditReason::SessionRefund { session_id: id, order_id: id }, balance_after: 0, at: base(),
-            }).unwrap());
+            next(
+                &mut out,
+                "wallet",
+                s.user,
+                serde_json::to_value(WalletEvent::WalletCredited {
+                    user_id: s.user,
+                    amount: prepaid - amount,
+                    reason: CreditReason::SessionRefund {
+                        session_id: id,
+                        order_id: id,
+                    },
+                    balance_after: 0,
+                    at: base(),
+                })
+                .unwrap(),
+            );
         }
         let w = payable[&s.counselor] * s.withdraw_percent / 100;
         if s.outcome > 0 && w > 0 {
             *payable.get_mut(&s.counselor).unwrap() -= w;
-            next(&mut out, "account", s.counselor, serde_json::to_value(AccountEvent::WithdrawalRequested {
-                counselor_id: s.counselor, withdrawal_id: id, amount: w, bank_name: "B".into(), bank_account: "1".into(), account_name: "C".into(), at: base(),
-            }).unwrap());
+            next(
+                &mut out,
+                "account",
+                s.counselor,
+                serde_json::to_value(AccountEvent::WithdrawalRequested {
+                    counselor_id: s.counselor,
+                    withdrawal_id: id,
+                    amount: w,
+                    bank_name: "B".into(),
+                    bank_account: "1".into(),
+                    account_name: "C".into(),
+                    at: base(),
+                })
+                .unwrap(),
+            );
             match s.outcome {
-                1 => next(&mut out, "account", s.counselor, serde_json::to_value(AccountEvent::WithdrawalTransferred {
-                    withdrawal_id: id, amount: w, admin_id: 1, at: base(),
-                }).unwrap()),
+                1 => next(
+                    &mut out,
+                    "account",
+                    s.counselor,
+                    serde_json::to_value(AccountEvent::WithdrawalTransferred {
+                        withdrawal_id: id,
+                        amount: w,
+                        admin_id: 1,
+                        at: base(),
+                    })
+                    .unwrap(),
+                ),
                 2 => {
                     *payable.get_mut(&s.counselor).unwrap() += w;
-                    next(&mut out, "account", s.counselor, serde_json::to_value(AccountEvent::WithdrawalRejected {
-                        withdrawal_id: id, amount: w, admin_id: 1, reason: "r".into(), at: base(),
-                    }).unwrap());
+                    next(
+                        &mut out,
+                        "account",
+                        s.counselor,
+                        serde_json::to_value(AccountEvent::WithdrawalRejected {
+                            withdrawal_id: id,
+                            amount: w,
+                            admin_id: 1,
+                            reason: "r".into(),
+                            at: base(),
+                        })
+                        .unwrap(),
+                    );
                 }
                 _ => {}
             }
@@ -180,7 +270,16 @@ fn random_histories_reconcile_and_replay_equal_live() {
             rt.block_on(async {
                 for s in &stories {
                     let id = ids.fetch_add(1, Ordering::SeqCst);
-                    order_story_priced(&env.bus, id, s.user, s.counselor, s.minutes, s.used, s.price).await;
+                    order_story_priced(
+                        &env.bus,
+                        id,
+                        s.user,
+                        s.counselor,
+                        s.minutes,
+                        s.used,
+                        s.price,
+                    )
+                    .await;
                     if s.outcome > 0 {
                         // Withdraw a share of what the account holds once it is credited.
                         let (_, counselor_fee) = split_platform_fee(s.used * s.price);

@@ -103,21 +103,33 @@ async fn a_poison_event_stops_the_projection_until_an_operator_skips_it() {
         .await
         .unwrap();
     assert_eq!(picked, 3);
-    let statuses = projections::status::status(&env.pool, &env.client, &[Arc::new(Picky { poison: 4 }) as Arc<dyn Projection>])
-        .await
-        .unwrap();
+    let statuses = projections::status::status(
+        &env.pool,
+        &env.client,
+        &[Arc::new(Picky { poison: 4 }) as Arc<dyn Projection>],
+    )
+    .await
+    .unwrap();
     assert_eq!(statuses[0].lag_events, 7);
-    assert!(projections::status::prometheus(&statuses).contains("mychat_projection_stopped{projection=\"picky\"} 1"));
+    assert!(projections::status::prometheus(&statuses)
+        .contains("mychat_projection_stopped{projection=\"picky\"} 1"));
 
     // The operator's decision goes into the log; the worker resumes past it.
     let meta = eventstore::CommandMeta::new(eventstore::Actor::system());
-    assert!(projections::control::skip(&env.bus, "picky", 4, " ", &meta).await.is_err(), "a reason is required");
+    assert!(
+        projections::control::skip(&env.bus, "picky", 4, " ", &meta)
+            .await
+            .is_err(),
+        "a reason is required"
+    );
     let at = projections::control::skip(&env.bus, "picky", 4, "corrupt test order", &meta)
         .await
         .unwrap();
     assert!(at.is_some());
     let js = async_nats::jetstream::new(env.client.clone());
-    let skips = projections::control::skip_events(&js, "picky").await.unwrap();
+    let skips = projections::control::skip_events(&js, "picky")
+        .await
+        .unwrap();
     assert_eq!(skips.len(), 1);
     assert_eq!(skips[0].reason, "corrupt test order");
     wait_for("the projection to pass the skipped message", || async {
@@ -129,10 +141,11 @@ async fn a_poison_event_stops_the_projection_until_an_operator_skips_it() {
         .await
         .unwrap();
     assert_eq!(seqs, vec![1, 2, 3, 5, 6, 7, 8, 9, 10]);
-    let state: String = sqlx::query_scalar("SELECT state FROM projection_status WHERE name = 'picky'")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM projection_status WHERE name = 'picky'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(state, "running");
     shutdown.cancel();
 }
@@ -152,12 +165,11 @@ async fn one_worker_is_active_and_a_standby_takes_over_when_it_dies() {
     .await;
     let b = start(&env, Arc::new(projections::read_models::Orders), &stop_b);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let holders: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    let holders: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(holders, 1, "exactly one active worker");
     // The active worker dies (its task and its lock connection are dropped).
     a.abort();
@@ -233,10 +245,11 @@ async fn a_changed_projection_version_rebuilds_on_start() {
     let shutdown = CancellationToken::new();
     start(&env, Arc::new(projections::read_models::Orders), &shutdown);
     wait_for("the rebuild to swap in", || async {
-        let v: i32 = sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE name = 'orders'")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+        let v: i32 =
+            sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE name = 'orders'")
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
         v == 1
     })
     .await;

@@ -88,35 +88,193 @@ fn story(
     let (platform_fee, counselor_fee) = split_platform_fee(amount);
     let method = ["sandbox", "wechat", "alipay"][(id % 3) as usize].to_string();
     let mut out = vec![
-        commit("order", id, 1, vec![OrderEvent::OrderPlaced { order_no: format!("ORD{id}"), user_id: user, counselor_id: counselor, duration_minutes: minutes, price_per_minute: price, amount: prepaid, schedule_time: None, notes: String::new(), placed_at: t }]),
-        commit("payment", id, 1, vec![PaymentEvent::PaymentCreated { payment_no: format!("PAY{id}"), order_id: id, user_id: user, amount: prepaid, method: method.clone(), trade_type: "NATIVE".into(), created_at: t }]),
-        commit("payment", id, 2, vec![PaymentEvent::PaymentCaptured { order_id: id, user_id: user, method, provider_txn_id: format!("TXN{id}"), amount: prepaid, captured_at: t }]),
-        commit("order", id, 2, vec![OrderEvent::OrderPaid { payment_id: id, amount: prepaid, paid_at: t }]),
-        commit("session", id, 1, vec![SessionEvent::SessionStarted { order_id: id, user_id: user, counselor_id: counselor, counselor_user_id: 1000 + counselor, price_per_minute: price, prepaid_minutes: minutes, prepaid_amount: prepaid, started_at: t }]),
-        commit("order", id, 3, vec![OrderEvent::OrderServiceStarted { session_id: id, started_at: t }]),
-        commit("session", id, 2, vec![
-            SessionEvent::SessionEnded { ended_by: user, reason: EndReason::Participant, ended_at: t, duration_seconds: used * 60 },
-            SessionEvent::SessionBilled { order_id: id, user_id: user, counselor_id: counselor, duration_seconds: used * 60, billed_minutes: used, price_per_minute: price, amount, platform_fee, counselor_fee, prepaid_amount: prepaid, refund: prepaid - amount, billed_at: t },
-        ]),
+        commit(
+            "order",
+            id,
+            1,
+            vec![OrderEvent::OrderPlaced {
+                order_no: format!("ORD{id}"),
+                user_id: user,
+                counselor_id: counselor,
+                duration_minutes: minutes,
+                price_per_minute: price,
+                amount: prepaid,
+                schedule_time: None,
+                notes: String::new(),
+                placed_at: t,
+            }],
+        ),
+        commit(
+            "payment",
+            id,
+            1,
+            vec![PaymentEvent::PaymentCreated {
+                payment_no: format!("PAY{id}"),
+                order_id: id,
+                user_id: user,
+                amount: prepaid,
+                method: method.clone(),
+                trade_type: "NATIVE".into(),
+                created_at: t,
+            }],
+        ),
+        commit(
+            "payment",
+            id,
+            2,
+            vec![PaymentEvent::PaymentCaptured {
+                order_id: id,
+                user_id: user,
+                method,
+                provider_txn_id: format!("TXN{id}"),
+                amount: prepaid,
+                captured_at: t,
+            }],
+        ),
+        commit(
+            "order",
+            id,
+            2,
+            vec![OrderEvent::OrderPaid {
+                payment_id: id,
+                amount: prepaid,
+                paid_at: t,
+            }],
+        ),
+        commit(
+            "session",
+            id,
+            1,
+            vec![SessionEvent::SessionStarted {
+                order_id: id,
+                user_id: user,
+                counselor_id: counselor,
+                counselor_user_id: 1000 + counselor,
+                price_per_minute: price,
+                prepaid_minutes: minutes,
+                prepaid_amount: prepaid,
+                started_at: t,
+            }],
+        ),
+        commit(
+            "order",
+            id,
+            3,
+            vec![OrderEvent::OrderServiceStarted {
+                session_id: id,
+                started_at: t,
+            }],
+        ),
+        commit(
+            "session",
+            id,
+            2,
+            vec![
+                SessionEvent::SessionEnded {
+                    ended_by: user,
+                    reason: EndReason::Participant,
+                    ended_at: t,
+                    duration_seconds: used * 60,
+                },
+                SessionEvent::SessionBilled {
+                    order_id: id,
+                    user_id: user,
+                    counselor_id: counselor,
+                    duration_seconds: used * 60,
+                    billed_minutes: used,
+                    price_per_minute: price,
+                    amount,
+                    platform_fee,
+                    counselor_fee,
+                    prepaid_amount: prepaid,
+                    refund: prepaid - amount,
+                    billed_at: t,
+                },
+            ],
+        ),
     ];
     let a = account_seq.entry(counselor).or_insert(0);
     *a += 1;
-    out.push(commit("account", counselor, *a, vec![AccountEvent::EarningsCredited { counselor_id: counselor, session_id: id, order_id: id, amount: counselor_fee, at: t }]));
+    out.push(commit(
+        "account",
+        counselor,
+        *a,
+        vec![AccountEvent::EarningsCredited {
+            counselor_id: counselor,
+            session_id: id,
+            order_id: id,
+            amount: counselor_fee,
+            at: t,
+        }],
+    ));
     if prepaid > amount {
         let w = wallets.entry(user).or_insert((0, 0));
         w.0 += 1;
         w.1 += prepaid - amount;
-        out.push(commit("wallet", user, w.0, vec![WalletEvent::WalletCredited { user_id: user, amount: prepaid - amount, reason: CreditReason::SessionRefund { session_id: id, order_id: id }, balance_after: w.1, at: t }]));
+        out.push(commit(
+            "wallet",
+            user,
+            w.0,
+            vec![WalletEvent::WalletCredited {
+                user_id: user,
+                amount: prepaid - amount,
+                reason: CreditReason::SessionRefund {
+                    session_id: id,
+                    order_id: id,
+                },
+                balance_after: w.1,
+                at: t,
+            }],
+        ));
     }
-    out.push(commit("order", id, 4, vec![OrderEvent::OrderCompleted { session_id: id, completed_at: t }]));
+    out.push(commit(
+        "order",
+        id,
+        4,
+        vec![OrderEvent::OrderCompleted {
+            session_id: id,
+            completed_at: t,
+        }],
+    ));
     if id % 10 == 0 && counselor_fee > 1 {
         let w = counselor_fee / 2;
         let a = account_seq.entry(counselor).or_insert(0);
-        out.push(commit("account", counselor, *a + 1, vec![
-            AccountEvent::WithdrawalRequested { counselor_id: counselor, withdrawal_id: id, amount: w, bank_name: "B".into(), bank_account: "1".into(), account_name: "C".into(), at: t },
-        ]));
-        out.push(commit("account", counselor, *a + 2, vec![AccountEvent::WithdrawalApproved { withdrawal_id: id, amount: w, admin_id: 1, at: t }]));
-        out.push(commit("account", counselor, *a + 3, vec![AccountEvent::WithdrawalTransferred { withdrawal_id: id, amount: w, admin_id: 1, at: t }]));
+        out.push(commit(
+            "account",
+            counselor,
+            *a + 1,
+            vec![AccountEvent::WithdrawalRequested {
+                counselor_id: counselor,
+                withdrawal_id: id,
+                amount: w,
+                bank_name: "B".into(),
+                bank_account: "1".into(),
+                account_name: "C".into(),
+                at: t,
+            }],
+        ));
+        out.push(commit(
+            "account",
+            counselor,
+            *a + 2,
+            vec![AccountEvent::WithdrawalApproved {
+                withdrawal_id: id,
+                amount: w,
+                admin_id: 1,
+                at: t,
+            }],
+        ));
+        out.push(commit(
+            "account",
+            counselor,
+            *a + 3,
+            vec![AccountEvent::WithdrawalTransferred {
+                withdrawal_id: id,
+                amount: w,
+                admin_id: 1,
+                at: t,
+            }],
+        ));
         *a += 3;
     }
     out
@@ -161,7 +319,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         ack.await?;
     }
     let build_s = started.elapsed().as_secs_f64();
-    eprintln!("log: {events} events in {messages} messages ({id} order stories) written in {build_s:.1}s");
+    eprintln!(
+        "log: {events} events in {messages} messages ({id} order stories) written in {build_s:.1}s"
+    );
 
     // Baseline 1: an ordered-consumer read of the whole log.
     let started = Instant::now();
@@ -174,14 +334,19 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let mut read = 0u64;
     let mut payloads: Vec<(i64, String, Vec<u8>)> = Vec::with_capacity(messages as usize);
     while read < messages {
-        let m = stream.next().await.ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
+        let m = stream
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
         read += 1;
         payloads.push((read as i64, m.subject.to_string(), m.payload.to_vec()));
     }
     drop(stream);
     let read_s = started.elapsed().as_secs_f64();
     let raw_read_eps = messages as f64 / read_s;
-    eprintln!("raw ordered-consumer read: {messages} messages in {read_s:.2}s = {raw_read_eps:.0}/s");
+    eprintln!(
+        "raw ordered-consumer read: {messages} messages in {read_s:.2}s = {raw_read_eps:.0}/s"
+    );
 
     // Baseline 2: a batched Postgres insert of one row per message.
     sqlx::query("CREATE TABLE bench_raw (seq BIGINT PRIMARY KEY, subject TEXT NOT NULL, body JSONB NOT NULL)")
@@ -211,15 +376,25 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let mut by_projection = serde_json::Map::new();
     let mut lowest = f64::MAX;
     for p in projections::read_models() {
-        let r = projections::rebuild::rebuild(&pool, &nats, p, &projections::rebuild::LogProgress).await?;
+        let r = projections::rebuild::rebuild(&pool, &nats, p, &projections::rebuild::LogProgress)
+            .await?;
         let eps = r.events as f64 / r.seconds;
-        eprintln!("rebuild {:<20} {:>9} messages in {:>7.2}s = {:>8.0}/s", r.projection, r.events, r.seconds, eps);
+        eprintln!(
+            "rebuild {:<20} {:>9} messages in {:>7.2}s = {:>8.0}/s",
+            r.projection, r.events, r.seconds, eps
+        );
         lowest = lowest.min(eps);
         by_projection.insert(r.projection, json!(eps.round()));
     }
 
     // Audit replay of everything, and reconcile.
-    let head = js.get_stream(eventstore::EVENTS_STREAM).await?.info().await?.state.last_sequence;
+    let head = js
+        .get_stream(eventstore::EVENTS_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
     let report = projections::rebuild::audit_replay(
         &pool,
         &nats,
@@ -230,15 +405,28 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     .await?;
     eprintln!("audit replay of every read model: {:.2}s", report.seconds);
     let started = Instant::now();
-    let reconciled = projections::reconcile::reconcile(&pool, &nats, &projections::reconcile::ReconcileOptions::default()).await?;
+    let reconciled = projections::reconcile::reconcile(
+        &pool,
+        &nats,
+        &projections::reconcile::ReconcileOptions::default(),
+    )
+    .await?;
     let reconcile_s = started.elapsed().as_secs_f64();
     eprintln!(
         "finance reconcile: {:.2}s ({} events folded, {})",
         reconcile_s,
         reconciled.events_folded,
-        if reconciled.ok() { "reconciled" } else { "DIFFERENCES" }
+        if reconciled.ok() {
+            "reconciled"
+        } else {
+            "DIFFERENCES"
+        }
     );
-    anyhow::ensure!(reconciled.ok(), "the benchmark log does not reconcile:\n{}", projections::reconcile::render(&reconciled));
+    anyhow::ensure!(
+        reconciled.ok(),
+        "the benchmark log does not reconcile:\n{}",
+        projections::reconcile::render(&reconciled)
+    );
     let lower = raw_read_eps.min(raw_insert_rps);
     eprintln!(
         "lowest rebuild {lowest:.0}/s = {:.0}% of the lower raw baseline ({lower:.0}/s)",

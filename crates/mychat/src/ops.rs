@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use axum::routing::get;
 use clap::Subcommand;
-use eventstore::{Actor, Commit, CommandMeta};
+use eventstore::{Actor, CommandMeta, Commit};
 use projections::rebuild::{AuditPoint, LogProgress, Progress};
 use projections::Projection;
 use sqlx::PgPool;
@@ -196,7 +196,10 @@ pub fn metrics_router(pool: PgPool, nats: async_nats::Client) -> axum::Router {
 }
 
 /// `mychat projections …`.
-pub async fn projections_command(settings: Settings, cmd: ProjectionsCommand) -> anyhow::Result<()> {
+pub async fn projections_command(
+    settings: Settings,
+    cmd: ProjectionsCommand,
+) -> anyhow::Result<()> {
     let (nats, pool, bus) = crate::server::connect_configured(&settings).await?;
     match cmd {
         ProjectionsCommand::Status { json } => {
@@ -248,9 +251,8 @@ pub async fn projections_command(settings: Settings, cmd: ProjectionsCommand) ->
             let progress = progress();
             let mut reports = Vec::new();
             for p in targets {
-                reports.push(
-                    projections::rebuild::rebuild(&pool, &nats, p, progress.as_ref()).await?,
-                );
+                reports
+                    .push(projections::rebuild::rebuild(&pool, &nats, p, progress.as_ref()).await?);
             }
             for r in &reports {
                 println!(
@@ -296,10 +298,16 @@ pub async fn audit_command(settings: Settings, cmd: AuditCommand) -> anyhow::Res
                 for d in &diffs {
                     println!("{d}");
                 }
-                println!("{} difference(s) between {schema} and {against}", diffs.len());
+                println!(
+                    "{} difference(s) between {schema} and {against}",
+                    diffs.len()
+                );
             }
             if !diffs.is_empty() {
-                anyhow::bail!("{} row(s) differ between {schema} and {against}", diffs.len());
+                anyhow::bail!(
+                    "{} row(s) differ between {schema} and {against}",
+                    diffs.len()
+                );
             }
         }
         AuditCommand::Events { aggregate } => {

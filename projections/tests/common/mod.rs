@@ -85,7 +85,14 @@ pub fn base() -> DateTime<Utc> {
 
 /// Order `id` is placed, paid through a provider, chatted `used` minutes and ended: the process
 /// manager marks it paid, credits the counselor, refunds the rest and completes it.
-pub async fn order_story(bus: &CommandBus, id: i64, user: i64, counselor: i64, minutes: i64, used: i64) {
+pub async fn order_story(
+    bus: &CommandBus,
+    id: i64,
+    user: i64,
+    counselor: i64,
+    minutes: i64,
+    used: i64,
+) {
     order_story_priced(bus, id, user, counselor, minutes, used, 100 + id).await;
 }
 
@@ -187,7 +194,13 @@ pub async fn wait_for_balance(bus: &CommandBus, counselor: i64, amount: i64) {
     panic!("counselor {counselor} never had {amount} fen");
 }
 
-pub async fn withdraw(bus: &CommandBus, counselor: i64, withdrawal: i64, amount: i64, outcome: &str) {
+pub async fn withdraw(
+    bus: &CommandBus,
+    counselor: i64,
+    withdrawal: i64,
+    amount: i64,
+    outcome: &str,
+) {
     let t = base() + chrono::Duration::days(30);
     let id = counselor.to_string();
     bus.execute::<CounselorAccount>(
@@ -306,17 +319,23 @@ pub async fn fresh_replay_diff(env: &Env) -> Vec<projections::rebuild::RowDiff> 
     )
     .await
     .unwrap();
-    projections::rebuild::diff(&env.pool, &report.schema, "public", &projections::read_models())
-        .await
-        .unwrap()
+    projections::rebuild::diff(
+        &env.pool,
+        &report.schema,
+        "public",
+        &projections::read_models(),
+    )
+    .await
+    .unwrap()
 }
 
 pub async fn wait_caught_up(env: &Env) {
     let js = async_nats::jetstream::new(env.client.clone());
     for _ in 0..300 {
-        let statuses = projections::status::status(&env.pool, &env.client, &projections::read_models())
-            .await
-            .unwrap();
+        let statuses =
+            projections::status::status(&env.pool, &env.client, &projections::read_models())
+                .await
+                .unwrap();
         if statuses.iter().all(|s| s.lag_events == 0) {
             return;
         }
