@@ -6,10 +6,15 @@
 //! re-delivery never applies an event twice. Read-model rows also remember the position of the
 //! last event applied and refuse older ones.
 
+pub mod control;
+pub mod ledger;
 pub mod notifications;
 pub mod process_manager;
 pub mod read_models;
+pub mod rebuild;
+pub mod reconcile;
 pub mod runtime;
+pub mod status;
 pub mod watch;
 
 use std::sync::Arc;
@@ -20,7 +25,8 @@ pub use watch::CheckpointWatch;
 /// The migrations of every read-model and reference table (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Every read-model projection, in a stable order.
+/// Every read-model projection (the ledger included), in a stable order. These are the ones
+/// `mychat projections rebuild --all` and `mychat audit replay` build.
 pub fn read_models() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(read_models::Orders),
@@ -32,5 +38,11 @@ pub fn read_models() -> Vec<Arc<dyn Projection>> {
         Arc::new(read_models::Withdrawals),
         Arc::new(read_models::Wallets),
         Arc::new(notifications::Notifications),
+        Arc::new(ledger::Ledger),
     ]
+}
+
+/// The read-model projection called `name`.
+pub fn read_model(name: &str) -> Option<Arc<dyn Projection>> {
+    read_models().into_iter().find(|p| p.name() == name)
 }

@@ -46,6 +46,9 @@ impl Projection for Orders {
     fn name(&self) -> &'static str {
         "orders"
     }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["orders"]
+    }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.order.>".into()]
     }
@@ -207,6 +210,9 @@ impl Projection for Payments {
     fn name(&self) -> &'static str {
         "payments"
     }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["payments"]
+    }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.payment.>".into()]
     }
@@ -313,6 +319,9 @@ impl Projection for Sessions {
     fn name(&self) -> &'static str {
         "chat_sessions"
     }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["chat_sessions"]
+    }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.session.>".into()]
     }
@@ -391,6 +400,9 @@ impl Projection for Billings {
     fn name(&self) -> &'static str {
         "chat_billings"
     }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["chat_billings"]
+    }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.session.>".into()]
     }
@@ -446,6 +458,9 @@ pub struct Messages;
 impl Projection for Messages {
     fn name(&self) -> &'static str {
         "chat_messages"
+    }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["chat_messages"]
     }
     fn stream(&self) -> &'static str {
         eventstore::CHAT_STREAM
@@ -526,6 +541,9 @@ impl Projection for Accounts {
     fn name(&self) -> &'static str {
         "counselor_accounts"
     }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["counselor_accounts"]
+    }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.account.>".into()]
     }
@@ -572,6 +590,9 @@ pub struct Withdrawals;
 impl Projection for Withdrawals {
     fn name(&self) -> &'static str {
         "withdrawals"
+    }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["withdrawals"]
     }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.account.>".into()]
@@ -647,6 +668,9 @@ pub struct Wallets;
 impl Projection for Wallets {
     fn name(&self) -> &'static str {
         "user_wallets"
+    }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["user_wallets", "wallet_transactions"]
     }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.wallet.>".into()]

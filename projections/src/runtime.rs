@@ -65,6 +65,17 @@ pub trait Projection: Send + Sync + 'static {
     }
     /// The subjects it needs (e.g. `ev.order.>`).
     fn subjects(&self) -> Vec<String>;
+    /// The version of its code. Bump it when `apply` changes what it writes: the projectors then
+    /// rebuild it blue/green on start ([`crate::rebuild`]).
+    fn version(&self) -> i32 {
+        1
+    }
+    /// The tables it writes (created by `migrations/` in `public`). Rebuilds and audit replays
+    /// create the same tables (`LIKE public.<table> INCLUDING ALL`) in their own schema; empty
+    /// for a projection that writes no table (the process manager), which cannot be replayed.
+    fn tables(&self) -> Vec<&'static str> {
+        vec![]
+    }
     /// Applies one message inside the batch's transaction. An error aborts the whole batch (and
     /// its checkpoint); the projection stops at that message until the cause is fixed.
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()>;
@@ -77,6 +88,9 @@ pub struct ProjectorSettings {
     pub batch_size: usize,
     /// How long a batch waits for one more message before it is applied.
     pub linger: Duration,
+    /// The Postgres schema the projection writes into (`public` for the live read models).
+    /// Each batch's transaction runs with `SET LOCAL search_path TO <schema>, public`.
+    pub schema: String,
 }
 
 impl Default for ProjectorSettings {
@@ -84,6 +98,7 @@ impl Default for ProjectorSettings {
         Self {
             batch_size: 500,
             linger: Duration::from_millis(2),
+            schema: LIVE_SCHEMA.to_string(),
         }
     }
 }
@@ -97,27 +112,346 @@ pub struct Projector {
     pub settings: ProjectorSettings,
 }
 
+/// The schema of the live read models.
+pub const LIVE_SCHEMA: &str = "public";
+
+/// `schema` quoted as an identifier, after checking it is a plain lower-case name
+/// (`[a-z_][a-z0-9_]*`, at most 63 bytes).
+///
+/// # Errors
+/// Any other name (schemas come from the command line).
+pub fn schema_ident(schema: &str) -> anyhow::Result<String> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    anyhow::ensure!(
+        ok,
+        "{schema:?} is not a valid schema name ([a-z_][a-z0-9_]*)"
+    );
+    Ok(format!("\"{schema}\""))
+}
+
 /// The checkpoint of `name` (0 when it has never run), creating its row.
 ///
 /// # Errors
 /// On a database error.
 pub async fn checkpoint(pool: &PgPool, name: &str) -> anyhow::Result<u64> {
-    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(name)
-        .execute(pool)
-        .await?;
-    let position: i64 =
-        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
-            .bind(name)
-            .fetch_one(pool)
-            .await?;
+    checkpoint_in(pool, LIVE_SCHEMA, name).await
+}
+
+/// The checkpoint of `name` in `schema`'s `projection_checkpoints` (0 when it has never run),
+/// creating its row.
+///
+/// # Errors
+/// On a database error or an invalid schema name.
+pub async fn checkpoint_in(pool: &PgPool, schema: &str, name: &str) -> anyhow::Result<u64> {
+    let s = schema_ident(schema)?;
+    sqlx::query(&format!(
+        "INSERT INTO {s}.projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING"
+    ))
+    .bind(name)
+    .execute(pool)
+    .await?;
+    let position: i64 = sqlx::query_scalar(&format!(
+        "SELECT position FROM {s}.projection_checkpoints WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_one(pool)
+    .await?;
     Ok(position as u64)
 }
 
+/// Creates `schema` with a `projection_checkpoints` table and every table of `projections`, each
+/// `LIKE public.<table> INCLUDING ALL` (same columns, defaults, constraints and indexes; the
+/// indexes keep the live names, so a swapped-in table is indistinguishable from a migrated one).
+///
+/// # Errors
+/// On a database error or an invalid schema name.
+pub async fn prepare_schema(
+    pool: &PgPool,
+    schema: &str,
+    projections: &[Arc<dyn Projection>],
+) -> anyhow::Result<()> {
+    let s = schema_ident(schema)?;
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {s}"))
+        .execute(&mut *tx)
+        .await?;
+    let mut tables = vec!["projection_checkpoints"];
+    for p in projections {
+        tables.extend(p.tables());
+    }
+    for table in tables {
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {s}.{table} (LIKE public.{table} INCLUDING ALL)"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        // Give the copied indexes the live names (LIKE names them after their columns).
+        let live: Vec<(String, String)> = sqlx::query_as(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = $1",
+        )
+        .bind(table)
+        .fetch_all(&mut *tx)
+        .await?;
+        let copied: Vec<(String, String)> = sqlx::query_as(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $2 AND tablename = $1",
+        )
+        .bind(table)
+        .bind(schema)
+        .fetch_all(&mut *tx)
+        .await?;
+        let shape = |name: &str, def: &str, sch: &str| {
+            def.replacen(&format!(" {name} ON {sch}.{table} "), " ON ", 1)
+        };
+        for (name, def) in &live {
+            let want = shape(name, def, "public");
+            if let Some((copied_name, _)) = copied
+                .iter()
+                .find(|(n, d)| n != name && shape(n, d, schema) == want)
+            {
+                sqlx::query(&format!(
+                    "ALTER INDEX {s}.\"{copied_name}\" RENAME TO \"{name}\""
+                ))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Why a batch was not applied.
+#[derive(Debug)]
+pub enum BatchError {
+    /// The message at `stream_sequence` fails to apply: the projection stops there until an
+    /// operator fixes the cause or skips it (`mychat projections skip`).
+    Poison {
+        stream_sequence: u64,
+        subject: String,
+        cause: anyhow::Error,
+    },
+    /// Postgres or NATS unavailable, a serialization failure, or the checkpoint moved under this
+    /// worker: retried from the checkpoint.
+    Transient(anyhow::Error),
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Poison {
+                stream_sequence,
+                subject,
+                cause,
+            } => write!(
+                f,
+                "poison event at stream sequence {stream_sequence} ({subject}): {cause:#}"
+            ),
+            Self::Transient(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for BatchError {}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Transient(e.into())
+    }
+}
+
+/// Whether an error comes from the infrastructure (retry) rather than from the event (poison):
+/// a lost or refused connection, a pool timeout, or a Postgres error of class 08 (connection),
+/// 40 (transaction rollback: serialization failure, deadlock), 53 (resources), 55 (lock not
+/// available) or 57 (operator intervention: shutdown, restart).
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => db.code().is_some_and(|c| {
+                ["08", "40", "53", "55", "57"]
+                    .iter()
+                    .any(|p| c.starts_with(p))
+            }),
+            Some(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_),
+            ) => true,
+            _ => false,
+        })
+}
+
+/// Applies `batch` inside `tx` into `schema` and moves `name`'s checkpoint there from
+/// `position` to the batch's last stream sequence with a compare-and-set. Messages whose stream
+/// sequence is in `skips` are not applied (an operator's recorded decision).
+///
+/// # Errors
+/// [`BatchError::Poison`] naming the message that fails to apply (the transaction is then
+/// unusable: roll it back); [`BatchError::Transient`] otherwise.
+pub async fn apply_in_tx(
+    tx: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+    position: u64,
+    batch: &[LogMessage],
+    skips: &std::collections::BTreeSet<u64>,
+) -> Result<u64, BatchError> {
+    let name = projection.name();
+    let s = schema_ident(schema).map_err(BatchError::Transient)?;
+    sqlx::query(&format!("SET LOCAL search_path TO {s}, public"))
+        .execute(&mut *tx)
+        .await?;
+    for message in batch {
+        if skips.contains(&message.stream_sequence) {
+            tracing::warn!(
+                projection = name,
+                stream_sequence = message.stream_sequence,
+                "skipping the message by the operator's recorded decision"
+            );
+            continue;
+        }
+        if let Err(cause) = projection.apply(&mut *tx, message).await {
+            if is_transient(&cause) {
+                return Err(BatchError::Transient(cause));
+            }
+            return Err(BatchError::Poison {
+                stream_sequence: message.stream_sequence,
+                subject: message.subject.clone(),
+                cause,
+            });
+        }
+    }
+    let last = batch.last().map_or(position, |m| m.stream_sequence);
+    let moved = sqlx::query(&format!(
+        "UPDATE {s}.projection_checkpoints SET position = $2, version = $4, updated_at = now() \
+         WHERE name = $1 AND position = $3"
+    ))
+    .bind(name)
+    .bind(last as i64)
+    .bind(position as i64)
+    .bind(projection.version())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved != 1 {
+        return Err(BatchError::Transient(anyhow::anyhow!(
+            "projection {name}: checkpoint moved under this worker (another worker is active)"
+        )));
+    }
+    sqlx::query("SET LOCAL search_path TO public")
+        .execute(&mut *tx)
+        .await?;
+    Ok(last)
+}
+
+/// The stream sequences an operator decided to skip for `projection`: the
+/// `ProjectionEventSkipped` events on `ev.projection.<name>` ([`crate::control`]).
+///
+/// # Errors
+/// On a NATS error.
+pub async fn load_skips(
+    js: &jetstream::Context,
+    projection: &str,
+) -> anyhow::Result<std::collections::BTreeSet<u64>> {
+    let mut skips = std::collections::BTreeSet::new();
+    for event in crate::control::skip_events(js, projection).await? {
+        skips.insert(event.stream_sequence);
+    }
+    Ok(skips)
+}
+
+/// Reads `projection`'s messages from `from + 1` with an ordered consumer in a background task
+/// and sends them in batches of at most `batch_size`, until the consumer has nothing pending
+/// (the head when it was created) or the next message is past `upto`; then the channel closes.
+/// Reading overlaps with applying (the channel holds 4 batches).
+pub fn spawn_reader(
+    js: jetstream::Context,
+    stream: &'static str,
+    subjects: Vec<String>,
+    from: u64,
+    upto: Option<u64>,
+    batch_size: usize,
+) -> tokio::sync::mpsc::Receiver<anyhow::Result<Vec<LogMessage>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let read = async {
+            if upto.is_some_and(|u| u <= from) {
+                return Ok(());
+            }
+            let stream = js.get_stream(stream).await?;
+            let deliver_policy = if from == 0 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: from + 1,
+                }
+            };
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subjects: subjects,
+                    deliver_policy,
+                    ..Default::default()
+                })
+                .await?;
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(());
+            }
+            let mut messages = consumer.messages().await?;
+            let mut batch = Vec::with_capacity(batch_size);
+            loop {
+                let Some(m) = messages.next().await else {
+                    anyhow::bail!("consumer ended")
+                };
+                let m = m?;
+                let pending = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
+                let message = to_log_message(m)?;
+                if upto.is_some_and(|u| message.stream_sequence > u) {
+                    break;
+                }
+                let last = message.stream_sequence;
+                batch.push(message);
+                if batch.len() >= batch_size
+                    && tx.send(Ok(std::mem::take(&mut batch))).await.is_err()
+                {
+                    return Ok(());
+                }
+                if pending == 0 || upto.is_some_and(|u| last >= u) {
+                    break;
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.send(Ok(batch)).await;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = read.await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    rx
+}
+
+/// The advisory-lock key of `name` in `schema`: `hashtextextended('mychat.projection:<name>@<schema>', 0)`.
+fn lock_key(name: &str, schema: &str) -> String {
+    format!("mychat.projection:{name}@{schema}")
+}
+
 impl Projector {
-    /// Runs until `shutdown` is cancelled. Failures (NATS or Postgres unavailable, a message
-    /// that fails to apply) are logged with the stream sequence and retried with backoff from
-    /// the last checkpoint; nothing is ever skipped.
+    /// Runs until `shutdown` is cancelled.
+    ///
+    /// Only one worker per projection and schema is active: it holds a Postgres session advisory
+    /// lock on a dedicated connection; standbys try to take it every second, so a standby takes
+    /// over within about a second of the active worker's death (its connection closes).
+    /// Infrastructure failures are retried with backoff from the last checkpoint. A poison
+    /// event stops the projection: it is recorded in `projection_status` (sequence and cause)
+    /// and the worker waits until an operator skips it (`mychat projections skip`), checking
+    /// every 2 s. Nothing is ever skipped silently.
     pub async fn run(self, shutdown: CancellationToken) {
         let name = self.projection.name();
         let mut backoff = backon::ExponentialBuilder::default()
@@ -126,9 +460,47 @@ impl Projector {
             .without_max_times()
             .build();
         while !shutdown.is_cancelled() {
-            match self.run_once(&shutdown).await {
+            let Some(lock) = self.acquire(&shutdown).await else {
+                return;
+            };
+            match self.run_active(lock, &shutdown).await {
                 Ok(()) => return,
-                Err(e) => {
+                Err(BatchError::Poison {
+                    stream_sequence,
+                    subject,
+                    cause,
+                }) => {
+                    let error = format!("{cause:#}");
+                    tracing::error!(
+                        projection = name,
+                        stream_sequence,
+                        subject,
+                        error,
+                        "poison event: the projection is stopped until the cause is fixed or \
+                         an operator skips it (mychat projections skip {name} {stream_sequence} --reason …)"
+                    );
+                    let _ = self
+                        .set_status("stopped", Some(stream_sequence), Some(&error))
+                        .await;
+                    // Wait for a skip decision (or a fix: retry every 30 s).
+                    let js = jetstream::new(self.nats.clone());
+                    let mut waited = Duration::ZERO;
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                        waited += Duration::from_secs(2);
+                        if load_skips(&js, name)
+                            .await
+                            .is_ok_and(|s| s.contains(&stream_sequence))
+                            || waited >= Duration::from_secs(30)
+                        {
+                            break;
+                        }
+                    }
+                }
+                Err(BatchError::Transient(e)) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                     tracing::error!(
                         projection = name,
@@ -145,11 +517,113 @@ impl Projector {
         }
     }
 
-    async fn run_once(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    /// Takes the projection's advisory lock (waiting as a standby), or `None` on shutdown.
+    async fn acquire(&self, shutdown: &CancellationToken) -> Option<PgConnection> {
+        let key = lock_key(self.projection.name(), &self.settings.schema);
+        let mut announced = false;
+        loop {
+            let attempt = async {
+                let mut conn = self.pool.acquire().await?.detach();
+                let got: bool =
+                    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                        .bind(&key)
+                        .fetch_one(&mut conn)
+                        .await?;
+                anyhow::Ok(got.then_some(conn))
+            };
+            match attempt.await {
+                Ok(Some(conn)) => {
+                    tracing::info!(projection = self.projection.name(), "active worker");
+                    return Some(conn);
+                }
+                Ok(None) if !announced => {
+                    announced = true;
+                    tracing::info!(
+                        projection = self.projection.name(),
+                        "standby: another worker is active"
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    projection = self.projection.name(),
+                    error = format!("{e:#}"),
+                    "cannot take the projection lock"
+                ),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    async fn set_status(
+        &self,
+        state: &str,
+        poison_seq: Option<u64>,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
+        if self.settings.schema != LIVE_SCHEMA {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO projection_status (name, state, poison_seq, error, worker, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (name) DO UPDATE SET state = $2, \
+             poison_seq = $3, error = $4, worker = $5, updated_at = now()",
+        )
+        .bind(self.projection.name())
+        .bind(state)
+        .bind(poison_seq.map(|s| s as i64))
+        .bind(error)
+        .bind(format!("pid {}", std::process::id()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn run_active(
+        &self,
+        mut lock: PgConnection,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BatchError> {
         let name = self.projection.name();
-        let mut position = checkpoint(&self.pool, name).await?;
+        let schema = self.settings.schema.clone();
         let js = jetstream::new(self.nats.clone());
-        let stream = js.get_stream(self.projection.stream()).await?;
+        // A changed version in the code: rebuild blue/green before going live.
+        if schema == LIVE_SCHEMA && !self.projection.tables().is_empty() {
+            let stored: Option<(i64, i32)> = sqlx::query_as(
+                "SELECT position, version FROM projection_checkpoints WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some((position, version)) = stored {
+                if position > 0 && version != self.projection.version() {
+                    tracing::info!(
+                        projection = name,
+                        from_version = version,
+                        to_version = self.projection.version(),
+                        "projection version changed: rebuilding blue/green"
+                    );
+                    crate::rebuild::rebuild(
+                        &self.pool,
+                        &self.nats,
+                        self.projection.clone(),
+                        &crate::rebuild::LogProgress,
+                    )
+                    .await
+                    .map_err(BatchError::Transient)?;
+                }
+            }
+        }
+        let mut position = checkpoint_in(&self.pool, &schema, name)
+            .await
+            .map_err(BatchError::Transient)?;
+        let skips = load_skips(&js, name).await.map_err(BatchError::Transient)?;
+        let stream = js
+            .get_stream(self.projection.stream())
+            .await
+            .map_err(|e| BatchError::Transient(e.into()))?;
         let deliver_policy = if position == 0 {
             DeliverPolicy::All
         } else {
@@ -163,25 +637,75 @@ impl Projector {
                 deliver_policy,
                 ..Default::default()
             })
-            .await?;
-        let mut messages = consumer.messages().await?;
-        tracing::info!(projection = name, position, "projector started");
+            .await
+            .map_err(|e| BatchError::Transient(e.into()))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| BatchError::Transient(e.into()))?;
+        let _ = self.set_status("running", None, None).await;
+        tracing::info!(projection = name, position, schema, "projector started");
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         loop {
             let first = tokio::select! {
                 m = messages.next() => m,
+                _ = heartbeat.tick() => {
+                    // Still the active worker? (The lock dies with its connection.)
+                    sqlx::query("SELECT 1").execute(&mut lock).await?;
+                    continue;
+                }
                 _ = shutdown.cancelled() => return Ok(()),
             };
             let Some(first) = first else {
-                anyhow::bail!("consumer ended")
+                return Err(BatchError::Transient(anyhow::anyhow!("consumer ended")));
             };
-            let mut batch = vec![to_log_message(first?)?];
+            let first = first.map_err(|e| BatchError::Transient(anyhow::anyhow!("{e}")))?;
+            let mut batch = vec![to_log_message(first).map_err(BatchError::Transient)?];
             while batch.len() < self.settings.batch_size {
                 match tokio::time::timeout(self.settings.linger, messages.next()).await {
-                    Ok(Some(m)) => batch.push(to_log_message(m?)?),
+                    Ok(Some(m)) => batch.push(
+                        to_log_message(
+                            m.map_err(|e| BatchError::Transient(anyhow::anyhow!("{e}")))?,
+                        )
+                        .map_err(BatchError::Transient)?,
+                    ),
                     Ok(None) | Err(_) => break,
                 }
             }
-            position = self.apply_batch(position, &batch).await?;
+            position = match self.apply_batch(position, &batch, &skips).await {
+                Ok(p) => p,
+                Err(BatchError::Poison { .. })
+                    if checkpoint_in(&self.pool, &schema, name).await.ok() != Some(position) =>
+                {
+                    // The checkpoint moved (a rebuild swapped the tables, or another worker):
+                    // not this event's fault.
+                    return Err(BatchError::Transient(anyhow::anyhow!(
+                        "projection {name}: checkpoint moved during a failed batch"
+                    )));
+                }
+                Err(BatchError::Poison {
+                    stream_sequence,
+                    subject,
+                    cause,
+                }) => {
+                    // Apply what precedes the poison event, so the checkpoint stops right
+                    // before it.
+                    let before: Vec<LogMessage> = batch
+                        .iter()
+                        .take_while(|m| m.stream_sequence < stream_sequence)
+                        .cloned()
+                        .collect();
+                    if !before.is_empty() {
+                        self.apply_batch(position, &before, &skips).await?;
+                    }
+                    return Err(BatchError::Poison {
+                        stream_sequence,
+                        subject,
+                        cause,
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             let _ = self
                 .nats
                 .publish(checkpoint_subject(name), position.to_string().into())
@@ -190,43 +714,28 @@ impl Projector {
     }
 
     #[tracing::instrument(skip_all, fields(projection = self.projection.name(), from = position, count = batch.len()))]
-    async fn apply_batch(&self, position: u64, batch: &[LogMessage]) -> anyhow::Result<u64> {
-        let name = self.projection.name();
+    async fn apply_batch(
+        &self,
+        position: u64,
+        batch: &[LogMessage],
+        skips: &std::collections::BTreeSet<u64>,
+    ) -> Result<u64, BatchError> {
         let mut tx = self.pool.begin().await?;
-        for message in batch {
-            self.projection
-                .apply(&mut tx, message)
-                .await
-                .with_context(|| {
-                    format!(
-                        "projection {name}: the message at stream sequence {} ({}) failed to apply",
-                        message.stream_sequence, message.subject
-                    )
-                })?;
-        }
-        let last = batch.last().map_or(position, |m| m.stream_sequence);
-        let moved = sqlx::query(
-            "UPDATE projection_checkpoints SET position = $2, updated_at = now() \
-             WHERE name = $1 AND position = $3",
+        let last = apply_in_tx(
+            &mut tx,
+            self.projection.as_ref(),
+            &self.settings.schema,
+            position,
+            batch,
+            skips,
         )
-        .bind(name)
-        .bind(last as i64)
-        .bind(position as i64)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved != 1 {
-            tx.rollback().await?;
-            anyhow::bail!(
-                "projection {name}: checkpoint moved under this worker (another worker is active)"
-            );
-        }
+        .await?;
         tx.commit().await?;
         Ok(last)
     }
 }
 
-fn to_log_message(m: jetstream::Message) -> anyhow::Result<LogMessage> {
+pub(crate) fn to_log_message(m: jetstream::Message) -> anyhow::Result<LogMessage> {
     let info = m.info().map_err(|e| anyhow::anyhow!("message info: {e}"))?;
     let stream_sequence = info.stream_sequence;
     let time =

@@ -87,6 +87,7 @@ async fn a_worker_killed_mid_batch_applies_no_event_twice() {
         settings: ProjectorSettings {
             batch_size: 50,
             linger: Duration::from_millis(5),
+            ..Default::default()
         },
     };
     // Kill the worker three times while batches are in flight.
@@ -145,6 +146,7 @@ async fn two_workers_on_one_projection_build_the_same_read_model_as_one() {
             settings: ProjectorSettings {
                 batch_size: 7,
                 linger: Duration::from_millis(1),
+                ..Default::default()
             },
         };
         workers.push(tokio::spawn(projector.run(shutdown.clone())));

@@ -8,9 +8,13 @@
 //! - `mychat migrate`: applies the Postgres migrations.
 //! - `mychat demo`: plays the whole story against a running `mychat up`.
 //! - `mychat bench ws`: the gateway load benchmark (issue 5).
+//! - `mychat projections status|skip|rebuild`, `mychat audit replay|diff|events`,
+//!   `mychat finance reconcile`: operator commands (issue 6, `ops`).
 
 mod bench;
+mod bench_ws;
 mod demo;
+mod ops;
 mod server;
 mod settings;
 
@@ -42,18 +46,18 @@ enum Command {
     /// Play the whole story (register → order → pay → chat → bill → withdraw) against a running
     /// mychat, over HTTP and WebSocket. Exits non-zero on any failure.
     Demo(demo::DemoArgs),
-    /// Benchmarks (not tests): they print their figures next to a raw baseline measured in the
-    /// same run; the last line is one JSON object.
-    Bench {
-        #[command(subcommand)]
-        which: BenchCommand,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// The WebSocket gateway under load: sockets, end-to-end latency, memory per socket.
-    Ws(bench::WsArgs),
+    /// Projection operations: status, skip a poison event, blue/green rebuild.
+    #[command(subcommand)]
+    Projections(ops::ProjectionsCommand),
+    /// Audit: point-in-time replay into `audit_<stamp>`, row diff, an aggregate's events.
+    #[command(subcommand)]
+    Audit(ops::AuditCommand),
+    /// Finance: reconcile the ledger and read models against the event log.
+    #[command(subcommand)]
+    Finance(ops::FinanceCommand),
+    /// Benchmarks on throwaway servers (not a test); the last line is JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[tokio::main]
@@ -74,9 +78,10 @@ async fn main() -> std::process::ExitCode {
         Command::Serve { part, addr } => server::serve(settings, part, addr).await,
         Command::Migrate => server::migrate(settings).await,
         Command::Demo(args) => demo::run(args).await,
-        Command::Bench {
-            which: BenchCommand::Ws(args),
-        } => bench::ws(args).await,
+        Command::Projections(cmd) => ops::projections_command(settings, cmd).await,
+        Command::Audit(cmd) => ops::audit_command(settings, cmd).await,
+        Command::Finance(cmd) => ops::finance_command(settings, cmd).await,
+        Command::Bench(cmd) => bench::run(cmd).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

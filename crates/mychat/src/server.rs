@@ -117,6 +117,24 @@ fn default_database_url(settings: &Settings) -> String {
     })
 }
 
+/// Connects to the configured NATS and Postgres (or `mychat up`'s embedded defaults), creates
+/// the streams and applies the migrations: for the operator commands.
+pub(crate) async fn connect_configured(
+    settings: &Settings,
+) -> anyhow::Result<(async_nats::Client, PgPool, CommandBus)> {
+    let infra = connect(
+        settings,
+        &default_nats_url(settings),
+        &default_database_url(settings),
+    )
+    .await?;
+    projections::MIGRATOR
+        .run(&infra.pool)
+        .await
+        .context("migrating")?;
+    Ok((infra.nats, infra.pool, infra.bus))
+}
+
 /// `mychat migrate`.
 pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
     let pool = PgPool::connect(&default_database_url(&settings)).await?;
@@ -258,6 +276,19 @@ async fn run_parts(
             });
         }
         tracing::info!("projectors started");
+        // /metrics: projection lag. Not fatal when the address is taken.
+        let app = crate::ops::metrics_router(infra.pool.clone(), infra.nats.clone());
+        let metrics_addr = if part == Part::Projectors {
+            addr.unwrap_or(settings.metrics_addr)
+        } else {
+            settings.metrics_addr
+        };
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_http("metrics", metrics_addr, app, token).await {
+                tracing::error!(error = format!("{e:#}"), "metrics not served");
+            }
+        });
     }
     if wants(Part::Api) {
         let mut user_config = api::user_config::UserApiConfig::from_env()?;

@@ -54,6 +54,8 @@ pub struct Settings {
     /// Gateway: at most this many records are replayed on a resume (1000); beyond it the client
     /// is told `recovered: false` and reloads from REST.
     pub gateway_max_replay: usize,
+    /// Where the projectors serve `/metrics` (projection lag; default 127.0.0.1:8083).
+    pub metrics_addr: SocketAddr,
 }
 
 impl Default for Settings {
@@ -80,6 +82,7 @@ impl Default for Settings {
             gateway_send_queue: 256,
             gateway_frames_per_second: 20.0,
             gateway_max_replay: 1000,
+            metrics_addr: "127.0.0.1:8083".parse().expect("addr"),
         }
     }
 }

@@ -1,0 +1,526 @@
+//! `mychat bench ws`: a load benchmark of the WebSocket gateway (issue 5). Not a test.
+//!
+//! It starts its own nats-server and PostgreSQL (testkit, free loopback ports) and one gateway
+//! node as a child process (`mychat serve gateway`), opens `--sockets` sockets from several
+//! `127.0.0.x` source addresses (one address has only ~28k ephemeral ports), pairs them into
+//! sessions, sends `--rate` messages per second for `--duration` seconds, and measures the
+//! end-to-end latency (sender socket → gateway → `CHAT` (fsynced) → the node's consumer →
+//! recipient socket), delivered/sent, and the gateway's resident memory per socket. In the same
+//! run it measures the raw baselines: core NATS publish → subscriber, and JetStream publish
+//! (fsynced) → ordered consumer. `--rate 0` opens idle sockets only (memory per idle socket).
+//! The last line printed is one JSON object with the figures. `MYCHAT_BENCH_DEBUG=1` prints
+//! every frame the bench sockets receive and the gateway's log (`MYCHAT_BENCH_GATEWAY_LOG` sets
+//! its `RUST_LOG`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use domain::{ChatSession, SessionCommand};
+use eventstore::envelope::Upcasters;
+use eventstore::{Actor, CommandBus, CommandMeta};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+/// `mychat bench ws` arguments.
+#[derive(Debug, clap::Args)]
+pub struct WsArgs {
+    /// Sockets to open (paired into sessions: one user, one counselor each).
+    #[arg(long, default_value_t = 10_000)]
+    pub sockets: usize,
+    /// Messages per second over all sessions (0: idle sockets only, memory measurement).
+    #[arg(long, default_value_t = 5_000)]
+    pub rate: u64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Loopback source addresses to spread the client sockets over (127.0.0.1 .. 127.0.0.N).
+    #[arg(long, default_value_t = 8)]
+    pub sources: u8,
+    /// Concurrent connection attempts while opening the sockets.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Run the bench's nats-server without `sync_interval: always` (lazy fsync), to separate the
+    /// gateway's own cost from the per-message fsync. Not how mychat runs in production.
+    #[arg(long)]
+    pub lazy_fsync: bool,
+}
+
+const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
+
+/// Raises the soft open-files limit to the hard limit; returns the new soft limit.
+fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) => {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+            getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(s, _)| s)
+        }
+        Err(_) => 0,
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+struct Gateway {
+    child: std::process::Child,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends at `rate` per second for `duration`, calling `send(i)`; returns how many were sent.
+async fn paced(rate: u64, duration: Duration, mut send: impl FnMut(u64) -> bool) -> u64 {
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while start.elapsed() < duration {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            if send(sent) {
+                sent += 1;
+            } else {
+                break;
+            }
+        }
+    }
+    sent
+}
+
+/// Raw baselines at `rate` for `duration`: core NATS publish → subscriber, and JetStream
+/// publish → ordered consumer. Latencies in microseconds, sorted.
+async fn baselines(
+    client: &async_nats::Client,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
+    let epoch = Instant::now();
+    // Core NATS.
+    let mut sub = client.subscribe("bench.core").await?;
+    let core = Arc::new(Mutex::new(Vec::new()));
+    let sink = core.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let t: u64 = std::str::from_utf8(&m.payload)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let now = epoch.elapsed().as_micros() as u64;
+            sink.lock().expect("lock").push(now.saturating_sub(t));
+        }
+    });
+    let c = client.clone();
+    paced(rate, duration, |_| {
+        let c = c.clone();
+        let t = epoch.elapsed().as_micros() as u64;
+        tokio::spawn(async move { c.publish("bench.core", t.to_string().into()).await });
+        true
+    })
+    .await;
+    client.flush().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reader.abort();
+
+    // JetStream (the same store settings as CHAT: file storage, fsync per nats.conf).
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "BENCH".into(),
+            subjects: vec!["bench.js".into()],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let jsl = Arc::new(Mutex::new(Vec::new()));
+    let sink = jsl.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(m)) = messages.next().await {
+            let t: u64 = std::str::from_utf8(&m.payload)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let now = epoch.elapsed().as_micros() as u64;
+            sink.lock().expect("lock").push(now.saturating_sub(t));
+        }
+    });
+    let js2 = js.clone();
+    paced(rate, duration, |_| {
+        let js = js2.clone();
+        let t = epoch.elapsed().as_micros() as u64;
+        tokio::spawn(async move {
+            if let Ok(ack) = js.publish("bench.js", t.to_string().into()).await {
+                let _ = ack.await;
+            }
+        });
+        true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    reader.abort();
+    let mut core = std::mem::take(&mut *core.lock().expect("lock"));
+    let mut jsl = std::mem::take(&mut *jsl.lock().expect("lock"));
+    core.sort_unstable();
+    jsl.sort_unstable();
+    Ok((core, jsl))
+}
+
+/// `mychat bench ws`.
+pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
+    let nofile = raise_nofile();
+    let max_sockets = nofile.saturating_sub(200) as usize;
+    if args.sockets > max_sockets {
+        anyhow::bail!(
+            "--sockets {} exceeds what the open-files limit allows ({nofile}; the gateway child \
+             has the same limit): at most {max_sockets}",
+            args.sockets
+        );
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "bench ws: {} sockets, {} msg/s, {} s; open-files limit {nofile}; load average {}",
+        args.sockets,
+        args.rate,
+        args.duration,
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+
+    let nats_dir = tempfile::Builder::new()
+        .prefix("mychat-bench-nats")
+        .tempdir()?;
+    let mut conf = include_str!("../../../nats.conf").to_string();
+    if args.lazy_fsync {
+        conf = conf
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("sync_interval"))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    std::fs::write(nats_dir.path().join("nats.conf"), conf)?;
+    let options = testkit::NatsOptions {
+        port: 0,
+        store_dir: nats_dir.path().join("jetstream"),
+        config: nats_dir.path().join("nats.conf"),
+        log_file: Some(nats_dir.path().join("nats.log")),
+    };
+    let nats =
+        tokio::task::spawn_blocking(move || testkit::NatsServer::start_with(options)).await??;
+    println!(
+        "nats-server fsync: {}",
+        if args.lazy_fsync {
+            "lazy (--lazy-fsync)"
+        } else {
+            "sync_interval: always (as in production)"
+        }
+    );
+    let pg = tokio::task::spawn_blocking(testkit::Postgres::start).await??;
+    let db = sqlx::PgPool::connect(&pg.url()).await?;
+    projections::MIGRATOR.run(&db).await?;
+    let client = nats.connect().await?;
+    let js = async_nats::jetstream::new(client.clone());
+    eventstore::ensure_streams(&js, &Default::default()).await?;
+    let bus = CommandBus::new(js, Upcasters::default());
+    let jwt = api::JwtKeys::new(SECRET.as_bytes(), 3600);
+
+    // Baselines first, at the same rate.
+    let base_rate = if args.rate == 0 { 1000 } else { args.rate };
+    let (core, jsl) = baselines(&client, base_rate, Duration::from_secs(3)).await?;
+    println!(
+        "baseline core NATS pub→sub: p50 {:.3} ms, p99 {:.3} ms ({} msgs); JetStream pub→consumer: p50 {:.3} ms, p99 {:.3} ms ({} msgs)",
+        percentile(&core, 0.5),
+        percentile(&core, 0.99),
+        core.len(),
+        percentile(&jsl, 0.5),
+        percentile(&jsl, 0.99),
+        jsl.len()
+    );
+
+    // The gateway node, a child process.
+    let dir = tempfile::Builder::new().prefix("mychat-bench").tempdir()?;
+    let port = testkit::free_port();
+    let log = std::fs::File::create(dir.path().join("gateway.log"))?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "gateway", "--addr", &format!("127.0.0.1:{port}")])
+        .env("MYCHAT_NATS_URL", nats.url())
+        .env("MYCHAT_DATABASE_URL", pg.url())
+        .env("MYCHAT_JWT_SECRET", SECRET)
+        .env("MYCHAT_SANDBOX_SECRET", "bench")
+        .env("MYCHAT_DATA_DIR", dir.path().join("data"))
+        .env("MYCHAT_LOG_FORMAT", "json")
+        .env("MYCHAT_GATEWAY_FRAMES_PER_SECOND", "100000")
+        .env(
+            "RUST_LOG",
+            std::env::var("MYCHAT_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting the gateway")?;
+    let gateway = Gateway { child };
+    let pid = gateway.child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(Instant::now() < deadline, "gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = rss_kib(pid);
+
+    // Sessions: one per pair of sockets.
+    let pairs = if args.rate == 0 { 0 } else { args.sockets / 2 };
+    let started = Instant::now();
+    futures::stream::iter(1..=pairs as i64)
+        .map(|sid| {
+            let bus = bus.clone();
+            async move {
+                bus.execute::<ChatSession>(
+                    &sid.to_string(),
+                    SessionCommand::Start {
+                        order_id: sid,
+                        user_id: 1_000_000 + sid,
+                        counselor_id: sid,
+                        counselor_user_id: 2_000_000 + sid,
+                        price_per_minute: 100,
+                        prepaid_minutes: 600,
+                        started_at: chrono::Utc::now(),
+                    },
+                    &CommandMeta::new(Actor::system()),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
+    if pairs > 0 {
+        println!(
+            "{pairs} sessions started in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    // Open the sockets.
+    let epoch = Instant::now();
+    let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let opened = Instant::now();
+    let sources = args.sources.max(1);
+    let specs: Vec<(usize, i64, Option<i64>)> = (0..args.sockets)
+        .map(|i| {
+            if pairs == 0 {
+                (i, 3_000_000 + i as i64, None)
+            } else {
+                let sid = (i / 2) as i64 + 1;
+                let user = if i % 2 == 0 {
+                    1_000_000 + sid
+                } else {
+                    2_000_000 + sid
+                };
+                (i, user, Some(sid))
+            }
+        })
+        .filter(|(i, _, _)| pairs == 0 || *i < pairs * 2)
+        .collect();
+    let sockets: Vec<(usize, mpsc::Sender<String>)> = futures::stream::iter(specs)
+        .map(|(i, user, sid)| {
+            let token = jwt.issue(user, "bench", "user");
+            let latencies = latencies.clone();
+            let delivered = delivered.clone();
+            async move {
+                let token = token?;
+                let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % sources as usize) as u8);
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind((source, 0).into())?;
+                let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+                let url = match sid {
+                    Some(sid) => format!("ws://127.0.0.1:{port}/ws/chat/{sid}?token={token}"),
+                    None => format!("ws://127.0.0.1:{port}/ws?token={token}"),
+                };
+                let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+                if sid.is_some() {
+                    // Wait for join_success.
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Text(t))) if t.contains("join_success") => break,
+                            Some(Ok(_)) => {}
+                            _ => anyhow::bail!("socket {i} closed before join_success"),
+                        }
+                    }
+                }
+                let (tx, mut rx) = mpsc::channel::<String>(64);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            out = rx.recv() => match out {
+                                Some(text) => { if ws.send(Message::Text(text.into())).await.is_err() { break; } }
+                                None => break,
+                            },
+                            m = ws.next() => match m {
+                                Some(Ok(Message::Text(t))) => {
+                                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                                        if std::env::var_os("MYCHAT_BENCH_DEBUG").is_some() {
+                                            eprintln!("socket {i}: {v}");
+                                        }
+                                        if v["type"] == "message" {
+                                            if let Some(at) = v["data"]["content"].as_str().and_then(|s| s.parse::<u64>().ok()) {
+                                                let now = epoch.elapsed().as_micros() as u64;
+                                                latencies.lock().expect("lock").push(now.saturating_sub(at));
+                                                delivered.fetch_add(1, Ordering::Relaxed);
+                                            }
+                                        }
+                                    }
+                                }
+                                Some(Ok(_)) => {}
+                                _ => break,
+                            },
+                        }
+                    }
+                });
+                Ok::<_, anyhow::Error>((i, tx))
+            }
+        })
+        .buffer_unordered(args.connect_concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let open_secs = opened.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rss_after = rss_kib(pid);
+    let per_socket = rss_after.saturating_sub(rss_before) as f64 / args.sockets.max(1) as f64;
+    println!(
+        "{} sockets open in {open_secs:.1} s; gateway RSS {rss_before} KiB → {rss_after} KiB: {per_socket:.1} KiB per socket",
+        args.sockets
+    );
+
+    // Every socket keeps its queue (a closed queue ends its task); the users' sockets send.
+    let senders: Vec<mpsc::Sender<String>> = sockets
+        .iter()
+        .filter(|(i, _)| *i % 2 == 0)
+        .map(|(_, tx)| tx.clone())
+        .collect();
+    let mut sent = 0;
+    let mut rejected = 0u64;
+    if args.rate > 0 && !senders.is_empty() {
+        let n = senders.len();
+        sent = paced(args.rate, Duration::from_secs(args.duration), |i| {
+            let at = epoch.elapsed().as_micros() as u64;
+            let frame = json!({"type":"message","payload":{"content": at.to_string(), "client_msg_id": format!("b{i}")}}).to_string();
+            if senders[(i as usize) % n].try_send(frame).is_err() {
+                rejected += 1;
+            }
+            true
+        })
+        .await;
+        // Stragglers.
+        let wait = Instant::now();
+        while delivered.load(Ordering::Relaxed) < sent - rejected
+            && wait.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let rss_end = rss_kib(pid);
+    let mut lat = std::mem::take(&mut *latencies.lock().expect("lock"));
+    lat.sort_unstable();
+    let got = delivered.load(Ordering::Relaxed);
+    let ratio = if sent == 0 {
+        1.0
+    } else {
+        got as f64 / sent as f64
+    };
+    if args.rate > 0 {
+        println!(
+            "gateway end to end: sent {sent} (client queue full: {rejected}), delivered {got} ({:.4}); p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms; RSS at end {rss_end} KiB",
+            ratio,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.95),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        );
+        println!(
+            "baseline (same run, {base_rate} msg/s): core NATS p99 {:.3} ms, JetStream p99 {:.3} ms",
+            percentile(&core, 0.99),
+            percentile(&jsl, 0.99)
+        );
+    }
+    let round = |x: f64| {
+        if x.is_nan() {
+            Value::Null
+        } else {
+            json!((x * 1000.0).round() / 1000.0)
+        }
+    };
+    println!(
+        "{}",
+        json!({
+            "bench": "ws",
+            "sockets": args.sockets,
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "sent": sent,
+            "delivered": got,
+            "p50_ms": round(percentile(&lat, 0.5)),
+            "p95_ms": round(percentile(&lat, 0.95)),
+            "p99_ms": round(percentile(&lat, 0.99)),
+            "baseline_p50_ms": round(percentile(&core, 0.5)),
+            "baseline_p99_ms": round(percentile(&core, 0.99)),
+            "js_baseline_p99_ms": round(percentile(&jsl, 0.99)),
+            "delivered_ratio": (ratio * 10000.0).round() / 10000.0,
+            "rss_kib_per_socket": (per_socket * 10.0).round() / 10.0,
+            "fsync": if args.lazy_fsync { "lazy" } else { "always" },
+        })
+    );
+    if std::env::var_os("MYCHAT_BENCH_DEBUG").is_some() {
+        eprintln!(
+            "gateway log:\n{}",
+            std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+        );
+    }
+    drop(sockets);
+    drop(gateway);
+    Ok(())
+}

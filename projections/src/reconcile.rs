@@ -1,0 +1,910 @@
+//! Finance reconciliation: folds the raw `EVENTS` log **on its own** (no read model, and not the
+//! ledger's posting code) into balances and matches, then compares them with the ledger and the
+//! money read models of a schema (`public`, or an audit schema).
+//!
+//! Checks (issue 6):
+//! - the ledger matches the fold to the fen, account by account (from `ledger_postings` up to
+//!   the period's end, and, for a whole-log run, the `ledger_balances` table too);
+//! - every captured payment is captured once, by a provider transaction used once, and matched by
+//!   the order it paid (same amount);
+//! - every session is billed at most once, billed amount + refund = prepaid amount, and the
+//!   refund and the counselor's earnings are each credited exactly once;
+//! - every withdrawal is pending, approved, rejected or transferred, and none is open longer
+//!   than `stuck_after`;
+//! - the postings sum to zero (in total and per event) and no balance is negative;
+//! - `counselor_accounts` and `user_wallets` equal the fold (whole-log runs).
+//!
+//! Any difference or unmatched item makes the report fail (`mychat finance reconcile` exits 1).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::{DateTime, Utc};
+use domain::{AccountEvent, CreditReason, OrderEvent, PaymentEvent, SessionEvent, WalletEvent};
+use eventstore::envelope::{StoredEvent, Upcasters};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::ledger::{self, normal_balance};
+use crate::rebuild::{sequence_at, AuditPoint};
+use crate::runtime::{checkpoint_in, schema_ident, spawn_reader, LIVE_SCHEMA};
+
+/// What to reconcile.
+#[derive(Debug, Clone)]
+pub struct ReconcileOptions {
+    /// The schema whose ledger and read models are checked (`public` or `audit_…`).
+    pub schema: String,
+    /// The period's start (exclusive; default: the beginning of the log).
+    pub from: Option<AuditPoint>,
+    /// The period's end (inclusive; default: the head, or an audit schema's moment).
+    pub to: Option<AuditPoint>,
+    /// A withdrawal open (pending or approved) longer than this is stuck.
+    pub stuck_after: Duration,
+    /// How long to wait for the projections to catch up with the period's end.
+    pub wait: Duration,
+}
+
+impl Default for ReconcileOptions {
+    fn default() -> Self {
+        Self {
+            schema: LIVE_SCHEMA.into(),
+            from: None,
+            to: None,
+            stuck_after: Duration::from_secs(72 * 3600),
+            wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The reconciliation report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub schema: String,
+    /// Stream sequences: the period is (`from_sequence`, `to_sequence`].
+    pub from_sequence: u64,
+    pub to_sequence: u64,
+    pub from_time: Option<DateTime<Utc>>,
+    pub to_time: Option<DateTime<Utc>>,
+    pub events_folded: u64,
+    /// Balances on each account's normal side, in fen, at the period's start and end (fold).
+    pub opening: BTreeMap<String, i64>,
+    pub closing: BTreeMap<String, i64>,
+    /// Totals by category within the period, in fen.
+    pub totals: BTreeMap<String, i64>,
+    /// Matched items by kind (payments, sessions, withdrawals).
+    pub matched: BTreeMap<String, u64>,
+    /// Items without their counterpart.
+    pub unmatched: Vec<String>,
+    /// Differences between the fold and the ledger / read models, and broken rules.
+    pub differences: Vec<String>,
+    /// Checks that could not run (e.g. a table missing from an audit schema).
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// No difference and nothing unmatched.
+    pub fn ok(&self) -> bool {
+        self.differences.is_empty() && self.unmatched.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct PaymentFacts {
+    order_id: i64,
+    amount: i64,
+    captures: Vec<(String, String, i64)>, // (method, provider txn, amount)
+}
+
+#[derive(Default)]
+struct SessionFacts {
+    prepaid_amount: Option<i64>,
+    ended: bool,
+    bills: Vec<(i64, i64, i64, i64)>, // (amount, refund, prepaid, counselor_fee)
+}
+
+struct WithdrawalFacts {
+    counselor: i64,
+    amount: i64,
+    status: &'static str,
+    requested_at: DateTime<Utc>,
+}
+
+/// The fold of the log: balances by entity, and the facts the matches need.
+#[derive(Default)]
+struct Books {
+    provider: BTreeMap<String, i64>,
+    prepaid: BTreeMap<i64, i64>,
+    wallet: BTreeMap<i64, i64>,
+    recharge: BTreeMap<i64, i64>,
+    pending: BTreeMap<i64, i64>,
+    payable: BTreeMap<i64, i64>,
+    in_transit: BTreeMap<i64, i64>,
+    income: BTreeMap<i64, i64>,
+    withdrawn: BTreeMap<i64, i64>,
+    revenue: i64,
+    payouts: i64,
+    payments: HashMap<i64, PaymentFacts>,
+    orders_paid: HashMap<i64, Vec<(i64, i64)>>, // order → (payment, amount)
+    orders_amount: HashMap<i64, i64>,
+    sessions: HashMap<i64, SessionFacts>,
+    refunds: HashMap<i64, Vec<i64>>,
+    earnings: HashMap<i64, Vec<i64>>,
+    withdrawals: BTreeMap<i64, WithdrawalFacts>,
+    last_seq_by_type: HashMap<String, u64>,
+    broken: Vec<String>,
+}
+
+fn add(map: &mut BTreeMap<i64, i64>, k: i64, v: i64) {
+    *map.entry(k).or_default() += v;
+}
+
+impl Books {
+    /// Balances on each account's normal side, named as in the ledger's chart of accounts.
+    fn balances(&self) -> BTreeMap<String, i64> {
+        let mut b = BTreeMap::new();
+        for (m, v) in &self.provider {
+            b.insert(ledger::provider_clearing(m), *v);
+        }
+        for (u, v) in &self.prepaid {
+            b.insert(ledger::user_prepaid(*u), *v);
+        }
+        for (u, v) in &self.wallet {
+            b.insert(ledger::user_balance(*u), *v);
+        }
+        for (u, v) in &self.recharge {
+            b.insert(ledger::user_recharge(*u), *v);
+        }
+        for (c, v) in &self.pending {
+            b.insert(ledger::counselor_pending(*c), *v);
+        }
+        for (c, v) in &self.payable {
+            b.insert(ledger::counselor_payable(*c), *v);
+        }
+        for (c, v) in &self.in_transit {
+            b.insert(ledger::counselor_in_transit(*c), *v);
+        }
+        if self.revenue != 0 || !self.sessions.is_empty() {
+            b.insert(ledger::PLATFORM_REVENUE.into(), self.revenue);
+        }
+        if self.payouts != 0 {
+            b.insert(ledger::PLATFORM_PAYOUTS.into(), self.payouts);
+        }
+        b
+    }
+
+    fn fold(&mut self, e: &StoredEvent, totals: &mut BTreeMap<String, i64>, in_period: bool) {
+        let mut total = |k: &str, v: i64| {
+            if in_period {
+                *totals.entry(k.to_string()).or_default() += v;
+            }
+        };
+        self.last_seq_by_type
+            .insert(e.aggregate_type.clone(), e.stream_sequence);
+        let id = e.aggregate_id_i64().unwrap_or_default();
+        let where_ = format!(
+            "{} {}:{} at stream sequence {}",
+            e.event_type, e.aggregate_type, e.aggregate_id, e.stream_sequence
+        );
+        let undecodable = |err: serde_json::Error| format!("undecodable {where_}: {err}");
+        match e.aggregate_type.as_str() {
+            "order" => match e.decode::<OrderEvent>() {
+                Ok(OrderEvent::OrderPlaced { amount, .. }) => {
+                    self.orders_amount.insert(id, amount);
+                }
+                Ok(OrderEvent::OrderPaid {
+                    payment_id, amount, ..
+                }) => self
+                    .orders_paid
+                    .entry(id)
+                    .or_default()
+                    .push((payment_id, amount)),
+                Ok(
+                    OrderEvent::OrderServiceStarted { .. }
+                    | OrderEvent::OrderCompleted { .. }
+                    | OrderEvent::OrderCancelled { .. }
+                    | OrderEvent::OrderRefunded { .. }
+                    | OrderEvent::OrderReviewed { .. }
+                    | OrderEvent::OrderStatusChangedByAdmin { .. },
+                ) => {}
+                Err(err) => self.broken.push(undecodable(err)),
+            },
+            "payment" => match e.decode::<PaymentEvent>() {
+                Ok(PaymentEvent::PaymentCreated {
+                    order_id, amount, ..
+                }) => {
+                    let p = self.payments.entry(id).or_default();
+                    p.order_id = order_id;
+                    p.amount = amount;
+                }
+                Ok(PaymentEvent::PaymentCaptured {
+                    order_id,
+                    user_id,
+                    method,
+                    provider_txn_id,
+                    amount,
+                    ..
+                }) => {
+                    *self.provider.entry(method.clone()).or_default() += amount;
+                    add(&mut self.prepaid, user_id, amount);
+                    total("captured", amount);
+                    let p = self.payments.entry(id).or_default();
+                    p.order_id = order_id;
+                    p.captures.push((method, provider_txn_id, amount));
+                }
+                Ok(PaymentEvent::RechargePaymentCreated { .. }) => {}
+                Ok(PaymentEvent::RechargeCaptured {
+                    user_id,
+                    method,
+                    amount,
+                    ..
+                }) => {
+                    *self.provider.entry(method).or_default() += amount;
+                    add(&mut self.recharge, user_id, amount);
+                    total("recharges_captured", amount);
+                }
+                Ok(PaymentEvent::PaymentRefunded {
+                    user_id,
+                    method,
+                    amount,
+                    ..
+                }) => {
+                    *self.provider.entry(method).or_default() -= amount;
+                    add(&mut self.prepaid, user_id, -amount);
+                    total("payments_refunded", amount);
+                }
+                Err(err) => self.broken.push(undecodable(err)),
+            },
+            "session" => match e.decode::<SessionEvent>() {
+                Ok(SessionEvent::SessionStarted { prepaid_amount, .. }) => {
+                    self.sessions.entry(id).or_default().prepaid_amount = Some(prepaid_amount);
+                }
+                Ok(SessionEvent::SessionEnded { .. }) => {
+                    self.sessions.entry(id).or_default().ended = true;
+                }
+                Ok(SessionEvent::SessionBilled {
+                    user_id,
+                    counselor_id,
+                    amount,
+                    platform_fee,
+                    counselor_fee,
+                    prepaid_amount,
+                    refund,
+                    ..
+                }) => {
+                    add(&mut self.prepaid, user_id, -amount);
+                    self.revenue += platform_fee;
+                    add(&mut self.pending, counselor_id, counselor_fee);
+                    total("billed", amount);
+                    total("platform_fees", platform_fee);
+                    total("counselor_fees", counselor_fee);
+                    if platform_fee + counselor_fee != amount {
+                        self.broken.push(format!(
+                            "{where_}: platform fee {platform_fee} + counselor fee {counselor_fee} ≠ amount {amount}"
+                        ));
+                    }
+                    self.sessions.entry(id).or_default().bills.push((
+                        amount,
+                        refund,
+                        prepaid_amount,
+                        counselor_fee,
+                    ));
+                }
+                Err(err) => self.broken.push(undecodable(err)),
+            },
+            "wallet" => match e.decode::<WalletEvent>() {
+                Ok(WalletEvent::WalletCredited {
+                    user_id,
+                    amount,
+                    reason,
+                    ..
+                }) => match reason {
+                    CreditReason::SessionRefund { session_id, .. } => {
+                        add(&mut self.prepaid, user_id, -amount);
+                        add(&mut self.wallet, user_id, amount);
+                        total("refunds_credited", amount);
+                        self.refunds.entry(session_id).or_default().push(amount);
+                    }
+                    CreditReason::Recharge { .. } => {
+                        add(&mut self.recharge, user_id, -amount);
+                        add(&mut self.wallet, user_id, amount);
+                        total("recharges_credited", amount);
+                    }
+                },
+                Err(err) => self.broken.push(undecodable(err)),
+            },
+            "account" => match e.decode::<AccountEvent>() {
+                Ok(AccountEvent::EarningsCredited {
+                    counselor_id,
+                    session_id,
+                    amount,
+                    ..
+                }) => {
+                    add(&mut self.pending, counselor_id, -amount);
+                    add(&mut self.payable, counselor_id, amount);
+                    add(&mut self.income, counselor_id, amount);
+                    total("earnings_credited", amount);
+                    self.earnings.entry(session_id).or_default().push(amount);
+                }
+                Ok(AccountEvent::WithdrawalRequested {
+                    counselor_id,
+                    withdrawal_id,
+                    amount,
+                    at,
+                    ..
+                }) => {
+                    add(&mut self.payable, counselor_id, -amount);
+                    add(&mut self.in_transit, counselor_id, amount);
+                    total("withdrawals_requested", amount);
+                    self.withdrawals.insert(
+                        withdrawal_id,
+                        WithdrawalFacts {
+                            counselor: counselor_id,
+                            amount,
+                            status: "pending",
+                            requested_at: at,
+                        },
+                    );
+                }
+                Ok(AccountEvent::WithdrawalApproved { withdrawal_id, .. }) => {
+                    if let Some(w) = self.withdrawals.get_mut(&withdrawal_id) {
+                        w.status = "approved";
+                    } else {
+                        self.broken.push(format!(
+                            "{where_}: withdrawal {withdrawal_id} never requested"
+                        ));
+                    }
+                }
+                Ok(AccountEvent::WithdrawalRejected {
+                    withdrawal_id,
+                    amount,
+                    ..
+                }) => {
+                    add(&mut self.in_transit, id, -amount);
+                    add(&mut self.payable, id, amount);
+                    total("withdrawals_rejected", amount);
+                    match self.withdrawals.get_mut(&withdrawal_id) {
+                        Some(w) => w.status = "rejected",
+                        None => self.broken.push(format!(
+                            "{where_}: withdrawal {withdrawal_id} never requested"
+                        )),
+                    }
+                }
+                Ok(AccountEvent::WithdrawalTransferred {
+                    withdrawal_id,
+                    amount,
+                    ..
+                }) => {
+                    add(&mut self.in_transit, id, -amount);
+                    add(&mut self.withdrawn, id, amount);
+                    self.payouts += amount;
+                    total("withdrawals_transferred", amount);
+                    match self.withdrawals.get_mut(&withdrawal_id) {
+                        Some(w) => w.status = "transferred",
+                        None => self.broken.push(format!(
+                            "{where_}: withdrawal {withdrawal_id} never requested"
+                        )),
+                    }
+                }
+                Err(err) => self.broken.push(undecodable(err)),
+            },
+            // Operators' decisions about projections: no money.
+            "projection" => {}
+            other => self.broken.push(format!(
+                "{where_}: unknown aggregate type {other:?}: reconciliation has no rule for it"
+            )),
+        }
+    }
+}
+
+async fn table_exists(pool: &PgPool, schema: &str, table: &str) -> anyhow::Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2)",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_one(pool)
+    .await?)
+}
+
+async fn resolve(js: &jetstream::Context, point: AuditPoint) -> anyhow::Result<u64> {
+    Ok(match point {
+        AuditPoint::Sequence(s) => s,
+        AuditPoint::Time(t) => sequence_at(js, eventstore::EVENTS_STREAM, t).await?,
+    })
+}
+
+/// Runs the reconciliation (module docs).
+///
+/// # Errors
+/// Infrastructure failures only; findings are in the [`Report`].
+pub async fn reconcile(
+    pool: &PgPool,
+    nats: &async_nats::Client,
+    options: &ReconcileOptions,
+) -> anyhow::Result<Report> {
+    let js = jetstream::new(nats.clone());
+    let s = schema_ident(&options.schema)?;
+    let mut events_stream = js.get_stream(eventstore::EVENTS_STREAM).await?;
+    let head = events_stream.info().await?.state.last_sequence;
+    let audit_upto: Option<u64> = if options.schema != LIVE_SCHEMA
+        && table_exists(pool, &options.schema, "audit_meta").await?
+    {
+        let upto: i64 = sqlx::query_scalar(&format!("SELECT events_upto FROM {s}.audit_meta"))
+            .fetch_one(pool)
+            .await?;
+        Some(upto as u64)
+    } else {
+        None
+    };
+    let coverage = audit_upto.unwrap_or(head);
+    let to = match options.to {
+        Some(p) => resolve(&js, p).await?.min(coverage),
+        None => coverage,
+    };
+    let from = match options.from {
+        Some(p) => resolve(&js, p).await?.min(to),
+        None => 0,
+    };
+    let whole = to == coverage;
+    let mut report = Report {
+        schema: options.schema.clone(),
+        from_sequence: from,
+        to_sequence: to,
+        ..Default::default()
+    };
+
+    // The fold.
+    let mut books = Books::default();
+    let upcasters = Upcasters::default();
+    let mut reader = spawn_reader(
+        js.clone(),
+        eventstore::EVENTS_STREAM,
+        vec!["ev.>".into()],
+        0,
+        Some(to),
+        1000,
+    );
+    let mut last_time = None;
+    while let Some(batch) = reader.recv().await {
+        for message in batch? {
+            if message.stream_sequence == from + 1 || (from == 0 && report.from_time.is_none()) {
+                report.opening = books.balances();
+                report.from_time = Some(message.time);
+            }
+            last_time = Some(message.time);
+            match message.events(&upcasters) {
+                Ok(events) => {
+                    for e in &events {
+                        books.fold(e, &mut report.totals, message.stream_sequence > from);
+                        report.events_folded += 1;
+                    }
+                }
+                Err(err) => books.broken.push(format!("{err:#}")),
+            }
+        }
+    }
+    if report.from_time.is_none() {
+        report.opening = books.balances();
+    }
+    report.to_time = last_time;
+    report.closing = books.balances();
+    report.differences.append(&mut books.broken);
+
+    // Rules on the fold.
+    for (account, balance) in &report.closing {
+        if *balance < 0 {
+            report.differences.push(format!(
+                "log: account {account} is negative ({balance} fen)"
+            ));
+        }
+    }
+    let mut txns: HashMap<(String, String), Vec<i64>> = HashMap::new();
+    for (payment, p) in &books.payments {
+        for (method, txn, _) in &p.captures {
+            txns.entry((method.clone(), txn.clone()))
+                .or_default()
+                .push(*payment);
+        }
+        match p.captures.len() {
+            0 => continue,
+            1 => {}
+            n => report
+                .differences
+                .push(format!("payment {payment}: captured {n} times")),
+        }
+        let captured = p.captures[0].2;
+        let paid = books.orders_paid.get(&p.order_id);
+        match paid.map(|v| v.as_slice()) {
+            Some([(by, amount)]) if *by == *payment && *amount == captured => {
+                *report.matched.entry("payments".into()).or_default() += 1;
+            }
+            Some([(by, amount)]) => report.differences.push(format!(
+                "payment {payment} ({captured} fen) captured, but order {} was paid by payment {by} ({amount} fen)",
+                p.order_id
+            )),
+            Some(many) if many.len() > 1 => report.differences.push(format!(
+                "order {}: marked paid {} times",
+                p.order_id,
+                many.len()
+            )),
+            _ => report.unmatched.push(format!(
+                "payment {payment} captured ({captured} fen) but order {} is not marked paid",
+                p.order_id
+            )),
+        }
+        if let Some(amount) = books.orders_amount.get(&p.order_id) {
+            if *amount != captured {
+                report.differences.push(format!(
+                    "payment {payment}: captured {captured} fen for order {} of {amount} fen",
+                    p.order_id
+                ));
+            }
+        }
+    }
+    for ((method, txn), payments) in &txns {
+        if payments.len() > 1 {
+            report.differences.push(format!(
+                "provider {method} transaction {txn} confirms {} payments {payments:?}",
+                payments.len()
+            ));
+        }
+    }
+    for (order, paid) in &books.orders_paid {
+        for (payment, _) in paid {
+            if books
+                .payments
+                .get(payment)
+                .is_none_or(|p| p.captures.is_empty())
+            {
+                report.differences.push(format!(
+                    "order {order} marked paid by payment {payment}, which was never captured"
+                ));
+            }
+        }
+    }
+    let mut sessions: Vec<_> = books.sessions.iter().collect();
+    sessions.sort_by_key(|(id, _)| **id);
+    for (session, f) in sessions {
+        match f.bills.as_slice() {
+            [] if f.ended => report
+                .differences
+                .push(format!("session {session}: ended but never billed")),
+            [] => {}
+            [(amount, refund, prepaid, counselor_fee)] => {
+                let mut ok = true;
+                if amount + refund != *prepaid || f.prepaid_amount.is_some_and(|p| p != *prepaid) {
+                    ok = false;
+                    report.differences.push(format!(
+                        "session {session}: billed {amount} + refund {refund} ≠ prepaid {}",
+                        f.prepaid_amount.unwrap_or(*prepaid)
+                    ));
+                }
+                let credited = books.refunds.get(session).cloned().unwrap_or_default();
+                if *refund > 0 && credited != vec![*refund] {
+                    ok = false;
+                    report.unmatched.push(format!(
+                        "session {session}: refund {refund} fen credited {credited:?}"
+                    ));
+                }
+                let earned = books.earnings.get(session).cloned().unwrap_or_default();
+                if *counselor_fee > 0 && earned != vec![*counselor_fee] {
+                    ok = false;
+                    report.unmatched.push(format!(
+                        "session {session}: counselor fee {counselor_fee} fen credited {earned:?}"
+                    ));
+                }
+                if ok {
+                    *report.matched.entry("sessions".into()).or_default() += 1;
+                }
+            }
+            many => report
+                .differences
+                .push(format!("session {session}: billed {} times", many.len())),
+        }
+    }
+    for session in books.refunds.keys().chain(books.earnings.keys()) {
+        if books
+            .sessions
+            .get(session)
+            .is_none_or(|f| f.bills.is_empty())
+        {
+            report
+                .differences
+                .push(format!("session {session}: credited but never billed"));
+        }
+    }
+    let now = if whole && audit_upto.is_none() {
+        Utc::now()
+    } else {
+        last_time.unwrap_or_else(Utc::now)
+    };
+    for (id, w) in &books.withdrawals {
+        let open = matches!(w.status, "pending" | "approved");
+        let age = now - w.requested_at;
+        if open && age.to_std().unwrap_or_default() > options.stuck_after {
+            report.differences.push(format!(
+                "withdrawal {id} (counselor {}, {} fen) stuck {} for {}s",
+                w.counselor,
+                w.amount,
+                w.status,
+                age.num_seconds()
+            ));
+        } else {
+            *report
+                .matched
+                .entry(format!("withdrawals_{}", w.status))
+                .or_default() += 1;
+        }
+    }
+
+    // Wait for the projections to cover the period, then compare.
+    let required = |types: &[&str]| {
+        types
+            .iter()
+            .filter_map(|t| books.last_seq_by_type.get(*t))
+            .max()
+            .copied()
+            .unwrap_or(0)
+    };
+    let checks: [(&str, u64); 3] = [
+        (
+            "ledger",
+            required(&["order", "payment", "session", "wallet", "account"]),
+        ),
+        ("counselor_accounts", required(&["account"])),
+        ("user_wallets", required(&["wallet"])),
+    ];
+    let deadline = tokio::time::Instant::now() + options.wait;
+    let mut usable = BTreeMap::new();
+    for (name, need) in checks {
+        let table = match name {
+            "ledger" => "ledger_postings",
+            other => other,
+        };
+        if !table_exists(pool, &options.schema, table).await? {
+            report.notes.push(format!(
+                "{}.{table} does not exist: not compared",
+                options.schema
+            ));
+            continue;
+        }
+        loop {
+            let at = checkpoint_in(pool, &options.schema, name).await?;
+            if at >= need {
+                usable.insert(name, true);
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                report.differences.push(format!(
+                    "projection {name} in {} is behind the log: checkpoint {at} < {need}",
+                    options.schema
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    if usable.contains_key("ledger") {
+        let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT account, sum(amount_fen)::bigint FROM {s}.ledger_postings WHERE stream_seq <= $1 GROUP BY account"
+        ))
+        .bind(to as i64)
+        .fetch_all(pool)
+        .await?;
+        let ledger: BTreeMap<String, i64> = rows
+            .into_iter()
+            .map(|(a, v)| {
+                let b = normal_balance(&a, v);
+                (a, b)
+            })
+            .collect();
+        compare(
+            &mut report.differences,
+            "ledger_postings",
+            &report.closing,
+            &ledger,
+        );
+        let total: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT sum(amount_fen)::bigint FROM {s}.ledger_postings WHERE stream_seq <= $1"
+        ))
+        .bind(to as i64)
+        .fetch_one(pool)
+        .await?;
+        if total.unwrap_or(0) != 0 {
+            report.differences.push(format!(
+                "ledger_postings: the postings sum to {} fen, not 0",
+                total.unwrap_or(0)
+            ));
+        }
+        let unbalanced: Vec<(i64, i32, i64)> = sqlx::query_as(&format!(
+            "SELECT stream_seq, idx, sum(amount_fen)::bigint FROM {s}.ledger_postings WHERE stream_seq <= $1 \
+             GROUP BY stream_seq, idx HAVING sum(amount_fen) <> 0 LIMIT 20"
+        ))
+        .bind(to as i64)
+        .fetch_all(pool)
+        .await?;
+        for (seq, idx, sum) in unbalanced {
+            report.differences.push(format!(
+                "ledger_postings: the postings of the event at stream sequence {seq} index {idx} sum to {sum} fen"
+            ));
+        }
+        if whole {
+            let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+                "SELECT account, balance_fen FROM {s}.ledger_balances"
+            ))
+            .fetch_all(pool)
+            .await?;
+            let balances: BTreeMap<String, i64> = rows
+                .into_iter()
+                .map(|(a, v)| {
+                    let b = normal_balance(&a, v);
+                    (a, b)
+                })
+                .collect();
+            compare(
+                &mut report.differences,
+                "ledger_balances",
+                &report.closing,
+                &balances,
+            );
+        }
+    }
+    if whole && usable.contains_key("counselor_accounts") {
+        let rows: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(&format!(
+            "SELECT counselor_id, total_income_fen, balance_fen, frozen_fen, withdrawn_fen FROM {s}.counselor_accounts"
+        ))
+        .fetch_all(pool)
+        .await?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (c, income, balance, frozen, withdrawn) in rows {
+            seen.insert(c);
+            let get = |m: &BTreeMap<i64, i64>| m.get(&c).copied().unwrap_or(0);
+            for (column, read, log) in [
+                ("total_income_fen", income, get(&books.income)),
+                ("balance_fen", balance, get(&books.payable)),
+                ("frozen_fen", frozen, get(&books.in_transit)),
+                ("withdrawn_fen", withdrawn, get(&books.withdrawn)),
+            ] {
+                if read != log {
+                    report.differences.push(format!(
+                        "counselor_accounts counselor_id={c} {column}: read model {read} ≠ log {log}"
+                    ));
+                }
+            }
+        }
+        for c in books.payable.keys().chain(books.income.keys()) {
+            if !seen.contains(c) {
+                report
+                    .differences
+                    .push(format!("counselor_accounts counselor_id={c}: missing"));
+            }
+        }
+    }
+    if whole && usable.contains_key("user_wallets") {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(&format!(
+            "SELECT user_id, balance_fen FROM {s}.user_wallets"
+        ))
+        .fetch_all(pool)
+        .await?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (u, balance) in rows {
+            seen.insert(u);
+            let log = books.wallet.get(&u).copied().unwrap_or(0);
+            if balance != log {
+                report.differences.push(format!(
+                    "user_wallets user_id={u} balance_fen: read model {balance} ≠ log {log}"
+                ));
+            }
+        }
+        for u in books.wallet.keys() {
+            if !seen.contains(u) {
+                report
+                    .differences
+                    .push(format!("user_wallets user_id={u}: missing"));
+            }
+        }
+    }
+    if !whole {
+        report.notes.push(format!(
+            "the period ends at {to} before {coverage}: ledger_balances and the read models were not compared"
+        ));
+    }
+    Ok(report)
+}
+
+fn compare(
+    differences: &mut Vec<String>,
+    table: &str,
+    log: &BTreeMap<String, i64>,
+    model: &BTreeMap<String, i64>,
+) {
+    for (account, want) in log {
+        let got = model.get(account).copied().unwrap_or(0);
+        if got != *want {
+            differences.push(format!(
+                "{table} account={account}: ledger {got} ≠ log {want} (normal-side fen)"
+            ));
+        }
+    }
+    for (account, got) in model {
+        if !log.contains_key(account) && *got != 0 {
+            differences.push(format!(
+                "{table} account={account}: ledger {got} but the log has no such account"
+            ));
+        }
+    }
+    for (account, got) in model {
+        if *got < 0 {
+            differences.push(format!("{table} account={account} is negative ({got} fen)"));
+        }
+    }
+}
+
+/// The report as a plain-text table.
+pub fn render(report: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "finance reconcile — schema {}, stream sequences ({}, {}], {} … {}, {} events folded",
+        report.schema,
+        report.from_sequence,
+        report.to_sequence,
+        report.from_time.map_or("-".to_string(), |t| t.to_rfc3339()),
+        report.to_time.map_or("-".to_string(), |t| t.to_rfc3339()),
+        report.events_folded
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<40} {:>14} {:>14}",
+        "account", "opening", "closing"
+    );
+    let accounts: std::collections::BTreeSet<&String> =
+        report.opening.keys().chain(report.closing.keys()).collect();
+    for a in accounts {
+        let _ = writeln!(
+            out,
+            "{:<40} {:>14} {:>14}",
+            a,
+            crate::reconcile::yuan(report.opening.get(a).copied().unwrap_or(0)),
+            crate::reconcile::yuan(report.closing.get(a).copied().unwrap_or(0))
+        );
+    }
+    let _ = writeln!(out, "\n{:<40} {:>14}", "category (period)", "total");
+    for (k, v) in &report.totals {
+        let _ = writeln!(out, "{:<40} {:>14}", k, yuan(*v));
+    }
+    let _ = writeln!(out, "\nmatched:");
+    for (k, v) in &report.matched {
+        let _ = writeln!(out, "  {k}: {v}");
+    }
+    let _ = writeln!(out, "unmatched: {}", report.unmatched.len());
+    for u in &report.unmatched {
+        let _ = writeln!(out, "  {u}");
+    }
+    let _ = writeln!(out, "differences: {}", report.differences.len());
+    for d in &report.differences {
+        let _ = writeln!(out, "  {d}");
+    }
+    for n in &report.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    let _ = writeln!(
+        out,
+        "\n{}",
+        if report.ok() {
+            "RECONCILED"
+        } else {
+            "DIFFERENCES FOUND"
+        }
+    );
+    out
+}
+
+/// Fen as yuan text (`12345` → `123.45`).
+pub fn yuan(fen: i64) -> String {
+    let sign = if fen < 0 { "-" } else { "" };
+    format!("{sign}{}.{:02}", fen.abs() / 100, fen.abs() % 100)
+}

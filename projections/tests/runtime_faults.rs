@@ -1,0 +1,267 @@
+//! The hardened runtime: one active worker with takeover, poison events stop the projection
+//! until an operator's skip is in the log, Postgres restarts, and a version change rebuilds.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::*;
+use projections::runtime::checkpoint;
+use projections::{LogMessage, Projection};
+use sqlx::PgConnection;
+use tokio_util::sync::CancellationToken;
+
+async fn wait_for<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn place(env: &Env, id: i64) {
+    env.bus
+        .execute::<domain::Order>(
+            &id.to_string(),
+            domain::OrderCommand::Place {
+                order_no: format!("ORD{id}"),
+                user_id: 7,
+                counselor_id: 3,
+                duration_minutes: 10,
+                price_per_minute: 500,
+                schedule_time: None,
+                notes: String::new(),
+                placed_at: base(),
+            },
+            &eventstore::CommandMeta::new(eventstore::Actor::user(7)),
+        )
+        .await
+        .unwrap();
+}
+
+/// Records the orders it sees, and fails on one stream sequence.
+struct Picky {
+    poison: u64,
+}
+
+#[async_trait]
+impl Projection for Picky {
+    fn name(&self) -> &'static str {
+        "picky"
+    }
+    fn subjects(&self) -> Vec<String> {
+        vec!["ev.order.>".into()]
+    }
+    async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            message.stream_sequence != self.poison,
+            "cannot make sense of this order"
+        );
+        sqlx::query("INSERT INTO picked (seq) VALUES ($1)")
+            .bind(message.stream_sequence as i64)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_poison_event_stops_the_projection_until_an_operator_skips_it() {
+    let env = env().await;
+    sqlx::query("CREATE TABLE picked (seq BIGINT PRIMARY KEY)")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    for id in 1..=10 {
+        place(&env, id).await;
+    }
+    let shutdown = CancellationToken::new();
+    start(&env, Arc::new(Picky { poison: 4 }), &shutdown);
+    wait_for("the projection to stop", || async {
+        let row: Option<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT state, poison_seq, error FROM projection_status WHERE name = 'picky'",
+        )
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap();
+        matches!(row, Some((s, Some(4), Some(e))) if s == "stopped" && e.contains("cannot make sense"))
+    })
+    .await;
+    // Stopped at the message before it; nothing after it was applied.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(checkpoint(&env.pool, "picky").await.unwrap(), 3);
+    let picked: i64 = sqlx::query_scalar("SELECT count(*) FROM picked")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(picked, 3);
+    let statuses = projections::status::status(
+        &env.pool,
+        &env.client,
+        &[Arc::new(Picky { poison: 4 }) as Arc<dyn Projection>],
+    )
+    .await
+    .unwrap();
+    assert_eq!(statuses[0].lag_events, 7);
+    assert!(projections::status::prometheus(&statuses)
+        .contains("mychat_projection_stopped{projection=\"picky\"} 1"));
+
+    // The operator's decision goes into the log; the worker resumes past it.
+    let meta = eventstore::CommandMeta::new(eventstore::Actor::system());
+    assert!(
+        projections::control::skip(&env.bus, "picky", 4, " ", &meta)
+            .await
+            .is_err(),
+        "a reason is required"
+    );
+    let at = projections::control::skip(&env.bus, "picky", 4, "corrupt test order", &meta)
+        .await
+        .unwrap();
+    assert!(at.is_some());
+    let js = async_nats::jetstream::new(env.client.clone());
+    let skips = projections::control::skip_events(&js, "picky")
+        .await
+        .unwrap();
+    assert_eq!(skips.len(), 1);
+    assert_eq!(skips[0].reason, "corrupt test order");
+    wait_for("the projection to pass the skipped message", || async {
+        checkpoint(&env.pool, "picky").await.unwrap() == 10
+    })
+    .await;
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM picked ORDER BY seq")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(seqs, vec![1, 2, 3, 5, 6, 7, 8, 9, 10]);
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM projection_status WHERE name = 'picky'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "running");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn one_worker_is_active_and_a_standby_takes_over_when_it_dies() {
+    let env = env().await;
+    for id in 1..=20 {
+        place(&env, id).await;
+    }
+    let stop_a = CancellationToken::new();
+    let stop_b = CancellationToken::new();
+    let a = start(&env, Arc::new(projections::read_models::Orders), &stop_a);
+    wait_for("worker A to catch up", || async {
+        checkpoint(&env.pool, "orders").await.unwrap() == 20
+    })
+    .await;
+    let b = start(&env, Arc::new(projections::read_models::Orders), &stop_b);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let holders: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(holders, 1, "exactly one active worker");
+    // The active worker dies (its task and its lock connection are dropped).
+    a.abort();
+    let _ = a.await;
+    for id in 21..=40 {
+        place(&env, id).await;
+    }
+    wait_for("the standby to take over", || async {
+        checkpoint(&env.pool, "orders").await.unwrap() == 40
+    })
+    .await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 40);
+    stop_a.cancel();
+    stop_b.cancel();
+    b.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_while_projecting_ends_equal_to_a_fresh_replay() {
+    let mut env = env().await;
+    let shutdown = CancellationToken::new();
+    start_projectors(&env, &shutdown);
+    for id in 1..=4 {
+        order_story(&env.bus, id, 100 + id % 2, 1 + id % 2, 10, 1 + id).await;
+    }
+    let bus = env.bus.clone();
+    let writer = tokio::spawn(async move {
+        for id in 5..=8 {
+            order_story(&bus, id, 100 + id % 2, 1 + id % 2, 10, 1 + id).await;
+        }
+    });
+    tokio::task::block_in_place(|| env.pg.restart().unwrap());
+    writer.await.unwrap();
+    reconcile_until_ok(&env, "public").await;
+    wait_caught_up(&env).await;
+    let diffs = fresh_replay_diff(&env).await;
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 2")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(orders, 8);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_changed_projection_version_rebuilds_on_start() {
+    let env = env().await;
+    for id in 1..=15 {
+        place(&env, id).await;
+    }
+    let shutdown = CancellationToken::new();
+    let worker = start(&env, Arc::new(projections::read_models::Orders), &shutdown);
+    wait_for("orders to catch up", || async {
+        checkpoint(&env.pool, "orders").await.unwrap() == 15
+    })
+    .await;
+    shutdown.cancel();
+    worker.await.unwrap();
+    // Rows built by an "older version" (stored version 0), one of them wrong.
+    sqlx::query("UPDATE projection_checkpoints SET version = 0 WHERE name = 'orders'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE orders SET notes = 'old code' WHERE id = 3")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    start(&env, Arc::new(projections::read_models::Orders), &shutdown);
+    wait_for("the rebuild to swap in", || async {
+        let v: i32 =
+            sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE name = 'orders'")
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+        v == 1
+    })
+    .await;
+    let notes: String = sqlx::query_scalar("SELECT notes FROM orders WHERE id = 3")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(notes, "");
+    place(&env, 16).await;
+    wait_for("the live worker to continue", || async {
+        checkpoint(&env.pool, "orders").await.unwrap() == 16
+    })
+    .await;
+    shutdown.cancel();
+}
