@@ -136,8 +136,8 @@ async fn read_log(url: &str) -> Vec<(u64, String, serde_json::Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_on_few_aggregates_every_outcome_matches_the_log() {
-    const CLIENTS: usize = 48;
-    const COMMANDS: usize = 40;
+    const CLIENTS: usize = 24;
+    const COMMANDS: usize = 30;
     const AGGREGATES: u64 = 5;
 
     let server = NatsServer::start().unwrap();

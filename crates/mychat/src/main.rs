@@ -8,6 +8,7 @@
 //! - `mychat migrate`: applies the Postgres migrations.
 //! - `mychat demo`: plays the whole story against a running `mychat up`.
 
+mod bench;
 mod demo;
 mod server;
 mod settings;
@@ -40,6 +41,16 @@ enum Command {
     /// Play the whole story (register → order → pay → chat → bill → withdraw) against a running
     /// mychat, over HTTP and WebSocket. Exits non-zero on any failure.
     Demo(demo::DemoArgs),
+    /// Benchmarks (against servers it starts itself on free ports).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The command path: raw JetStream baselines, the event store (group commit) at 1/16/64/256
+    /// committers, and `POST /api/order/create` over HTTP. Last line: JSON.
+    Commands(bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -52,7 +63,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if !matches!(cli.command, Command::Demo(_)) {
+    if !matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
         server::init_tracing(&settings.log_format);
     }
     let result = match cli.command {
@@ -60,6 +71,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve { part, addr } => server::serve(settings, part, addr).await,
         Command::Migrate => server::migrate(settings).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(BenchCommand::Commands(args)) => bench::commands(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

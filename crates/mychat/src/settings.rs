@@ -39,6 +39,9 @@ pub struct Settings {
     pub stream_replicas: usize,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
+    /// The command bus: group commit bounds and the aggregate cache (issue 7; `[bus]` and
+    /// `[bus.group_commit]` in `mychat.toml`, see `eventstore::BusSettings`).
+    pub bus: eventstore::BusSettings,
 }
 
 impl Default for Settings {
@@ -58,6 +61,7 @@ impl Default for Settings {
             sandbox_secret: None,
             stream_replicas: 1,
             log_format: "auto".into(),
+            bus: eventstore::BusSettings::default(),
         }
     }
 }
