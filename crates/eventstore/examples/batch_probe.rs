@@ -6,11 +6,7 @@ use async_nats::header::{NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 
-async fn batch(
-    client: &async_nats::Client,
-    id: &str,
-    msgs: &[(&str, Option<u64>, Option<&str>)],
-) {
+async fn batch(client: &async_nats::Client, id: &str, msgs: &[(&str, Option<u64>, Option<&str>)]) {
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(format!("{inbox}.>")).await.unwrap();
     for (i, (subject, exp, msg_id)) in msgs.iter().enumerate() {
@@ -57,22 +53,86 @@ async fn main() -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(client.clone());
     eventstore::ensure_streams(&js, &Default::default()).await?;
     println!("A: all good");
-    batch(&client, "A", &[("ev.t.a", Some(0), Some("ca")), ("ev.t.b", Some(0), Some("cb")), ("ev.t.c", Some(0), Some("cc"))]).await;
+    batch(
+        &client,
+        "A",
+        &[
+            ("ev.t.a", Some(0), Some("ca")),
+            ("ev.t.b", Some(0), Some("cb")),
+            ("ev.t.c", Some(0), Some("cc")),
+        ],
+    )
+    .await;
     println!("B: message 2 wrong expected seq");
-    batch(&client, "B", &[("ev.t.d", Some(0), Some("cd")), ("ev.t.a", Some(0), Some("ca2")), ("ev.t.e", Some(0), Some("ce"))]).await;
+    batch(
+        &client,
+        "B",
+        &[
+            ("ev.t.d", Some(0), Some("cd")),
+            ("ev.t.a", Some(0), Some("ca2")),
+            ("ev.t.e", Some(0), Some("ce")),
+        ],
+    )
+    .await;
     println!("B2: message 3 (commit) wrong expected seq");
-    batch(&client, "B2", &[("ev.t.d", Some(0), Some("cd")), ("ev.t.e", Some(0), Some("ce")), ("ev.t.a", Some(0), Some("ca2"))]).await;
+    batch(
+        &client,
+        "B2",
+        &[
+            ("ev.t.d", Some(0), Some("cd")),
+            ("ev.t.e", Some(0), Some("ce")),
+            ("ev.t.a", Some(0), Some("ca2")),
+        ],
+    )
+    .await;
     println!("C: message 2 Msg-Id already stored (right expected seq)");
-    batch(&client, "C", &[("ev.t.f", Some(0), Some("cf")), ("ev.t.a", Some(1), Some("cb")), ("ev.t.g", Some(0), Some("cg"))]).await;
+    batch(
+        &client,
+        "C",
+        &[
+            ("ev.t.f", Some(0), Some("cf")),
+            ("ev.t.a", Some(1), Some("cb")),
+            ("ev.t.g", Some(0), Some("cg")),
+        ],
+    )
+    .await;
     println!("C2: message 2 Msg-Id already stored, no expected seq");
-    batch(&client, "C2", &[("ev.t.f", Some(0), Some("cf")), ("ev.t.z", None, Some("cb")), ("ev.t.g", Some(0), Some("cg"))]).await;
+    batch(
+        &client,
+        "C2",
+        &[
+            ("ev.t.f", Some(0), Some("cf")),
+            ("ev.t.z", None, Some("cb")),
+            ("ev.t.g", Some(0), Some("cg")),
+        ],
+    )
+    .await;
     println!("D: same Msg-Id twice inside the batch");
-    batch(&client, "D", &[("ev.t.h", Some(0), Some("dup")), ("ev.t.i", Some(0), Some("dup"))]).await;
+    batch(
+        &client,
+        "D",
+        &[
+            ("ev.t.h", Some(0), Some("dup")),
+            ("ev.t.i", Some(0), Some("dup")),
+        ],
+    )
+    .await;
     println!("E: same subject twice in batch, expected 0 and then 0");
-    batch(&client, "E", &[("ev.t.j", Some(0), Some("cj1")), ("ev.t.j", Some(0), Some("cj2"))]).await;
+    batch(
+        &client,
+        "E",
+        &[
+            ("ev.t.j", Some(0), Some("cj1")),
+            ("ev.t.j", Some(0), Some("cj2")),
+        ],
+    )
+    .await;
     println!("F: batch of one");
     batch(&client, "F", &[("ev.t.k", Some(0), Some("ck"))]).await;
     let info = js.get_stream("EVENTS").await?.info().await?.state.clone();
-    println!("stream state: messages {} last {}", info.messages, info.last_sequence);
+    println!(
+        "stream state: messages {} last {}",
+        info.messages, info.last_sequence
+    );
     Ok(())
 }

@@ -610,9 +610,7 @@ async fn write_batch(
                 }
             }
             let outcomes = futures::future::join_all(
-                stale
-                    .iter()
-                    .map(|job| resolve_stale(&stream, &job.commit)),
+                stale.iter().map(|job| resolve_stale(&stream, &job.commit)),
             )
             .await;
             settled.extend(stale.into_iter().zip(outcomes));

@@ -23,7 +23,7 @@ pub mod store;
 pub mod streams;
 
 pub use bus::{BusSettings, CommandBus, CommandError, CommandMeta, Committed};
-pub use group::{CommitOutcome, GroupCommitSettings, GroupCommitter, PendingCommit};
 pub use envelope::{Actor, Commit, RecordedEvent, StoredEvent};
+pub use group::{CommitOutcome, GroupCommitSettings, GroupCommitter, PendingCommit};
 pub use store::{JetStreamAggregateContext, JetStreamEventStore};
 pub use streams::{ensure_streams, StreamSettings, CHAT_STREAM, EVENTS_STREAM};

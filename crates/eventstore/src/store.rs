@@ -199,11 +199,13 @@ impl<A: Aggregate> JetStreamEventStore<A> {
                 .map_err(store_error)?;
             let mut got = 0;
             loop {
-                let message =
-                    tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut replies))
-                        .await
-                        .map_err(|_| load_error("timed out reading the aggregate"))?
-                        .ok_or_else(|| load_error("direct get subscription closed"))?;
+                let message = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    futures::StreamExt::next(&mut replies),
+                )
+                .await
+                .map_err(|_| load_error("timed out reading the aggregate"))?
+                .ok_or_else(|| load_error("direct get subscription closed"))?;
                 match message.status.map(|s| s.as_u16()) {
                     Some(404) => return Ok(commits),
                     Some(204) => break,
@@ -279,7 +281,6 @@ impl<A: Aggregate> JetStreamEventStore<A> {
             })
             .collect()
     }
-
 }
 
 fn envelope_metadata(stored: &StoredEvent, duplicate: bool) -> HashMap<String, String> {
@@ -399,7 +400,11 @@ pub fn pending_commit<E: std::error::Error>(
 ) -> Result<PendingCommit, AggregateError<E>> {
     let body =
         serde_json::to_vec(commit).map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?;
-    let event_types: Vec<&str> = commit.events.iter().map(|e| e.event_type.as_str()).collect();
+    let event_types: Vec<&str> = commit
+        .events
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
     let mut headers = HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,

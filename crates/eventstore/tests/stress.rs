@@ -233,7 +233,12 @@ async fn concurrent_clients_on_few_aggregates_every_outcome_matches_the_log() {
     }
     // Every command id is in the log at most once.
     for (id, commits) in &by_command {
-        assert_eq!(commits.len(), 1, "command {id} stored {} times", commits.len());
+        assert_eq!(
+            commits.len(),
+            1,
+            "command {id} stored {} times",
+            commits.len()
+        );
     }
     let (mut stored, mut duplicates, mut conflicts) = (0, 0, 0);
     let mut acked = HashSet::new();
@@ -272,7 +277,10 @@ async fn concurrent_clients_on_few_aggregates_every_outcome_matches_the_log() {
     }
     // Nothing in the log that was not acknowledged.
     for id in by_command.keys() {
-        assert!(acked.contains(id), "{id} is in the log but was never acknowledged");
+        assert!(
+            acked.contains(id),
+            "{id} is in the log but was never acknowledged"
+        );
     }
     // Per aggregate: sequences 1..k without gaps or repeats, totals consistent.
     for (subject, events) in &per_aggregate {
@@ -289,7 +297,13 @@ async fn concurrent_clients_on_few_aggregates_every_outcome_matches_the_log() {
     assert_eq!(total_events, stored);
     let committer = buses[1].committer().await.unwrap().unwrap();
     let (_, batches, _, _, _) = committer.stats().snapshot();
-    let a = buses[0].committer().await.unwrap().unwrap().stats().snapshot();
+    let a = buses[0]
+        .committer()
+        .await
+        .unwrap()
+        .unwrap()
+        .stats()
+        .snapshot();
     let hits = buses[1]
         .cache_stats()
         .hits
@@ -379,10 +393,19 @@ async fn a_failed_check_in_a_batch_fails_only_its_own_commit() {
             commit.command_id
         );
     }
-    let info = js.get_stream("EVENTS").await.unwrap().get_info().await.unwrap();
+    let info = js
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
     assert_eq!(info.state.messages, 1 + 23);
     let (_, batches, _, failed, _) = committer.stats().snapshot();
-    assert!(batches >= 1 && failed >= 1, "batches {batches}, failed {failed}");
+    assert!(
+        batches >= 1 && failed >= 1,
+        "batches {batches}, failed {failed}"
+    );
 }
 
 #[tokio::test]

@@ -135,10 +135,14 @@ async fn raw_batch100(client: &async_nats::Client, d: Duration) -> anyhow::Resul
             h.insert(NATS_BATCH_SEQUENCE, i.to_string().as_str());
             let subject = format!("raw.batch.{}", i % 64);
             if i < 100 {
-                client.publish_with_headers(subject, h, body.clone()).await?;
+                client
+                    .publish_with_headers(subject, h, body.clone())
+                    .await?;
             } else {
                 h.insert(NATS_BATCH_COMMIT, "1");
-                let reply = client.request_with_headers(subject, h, body.clone()).await?;
+                let reply = client
+                    .request_with_headers(subject, h, body.clone())
+                    .await?;
                 let ack: Value = serde_json::from_slice(&reply.payload)?;
                 anyhow::ensure!(ack.get("error").is_none(), "batch failed: {ack}");
             }
@@ -194,7 +198,8 @@ async fn store_stage(
                 i += 1;
                 // A cheap deterministic spread: every 10th step of a per-task counter is shared.
                 let shared = contention > 0.0
-                    && ((i as u64 * 7919 + c as u64 * 104_729) % 1000) < (contention * 1000.0) as u64;
+                    && ((i as u64 * 7919 + c as u64 * 104_729) % 1000)
+                        < (contention * 1000.0) as u64;
                 let account = if shared {
                     format!("{run}00{}", i % 4)
                 } else {
@@ -235,6 +240,100 @@ async fn store_stage(
         all,
         errors.load(Ordering::Relaxed),
     )
+}
+
+/// `committers` tasks placing new orders (`Order::Place` on a fresh aggregate each time: a cold
+/// load that finds nothing, then a commit), the command `POST /api/order/create` runs.
+async fn place_stage(bus: &CommandBus, committers: usize, d: Duration) -> Figures {
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(1_000_000_000));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..committers {
+        let (bus, stop, next) = (bus.clone(), stop.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut micros = Vec::new();
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let command = domain::OrderCommand::Place {
+                    order_no: format!("BENCH{id}"),
+                    user_id: 1,
+                    counselor_id: 1,
+                    duration_minutes: 30,
+                    price_per_minute: 500,
+                    schedule_time: None,
+                    notes: String::new(),
+                    placed_at: chrono::Utc::now(),
+                };
+                let t = Instant::now();
+                match bus
+                    .execute::<domain::Order>(
+                        &id.to_string(),
+                        command,
+                        &CommandMeta::new(Actor::user(1)),
+                    )
+                    .await
+                {
+                    Ok(_) => micros.push(t.elapsed().as_micros() as u64),
+                    Err(_) => errors += 1,
+                }
+            }
+            (micros, errors)
+        }));
+    }
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (m, e) = t.await.unwrap_or_default();
+        all.extend(m);
+        errors += e;
+    }
+    let n = all.len() as u64;
+    figures(n, start.elapsed(), all, errors)
+}
+
+/// The two Postgres statements `POST /api/order/create` runs before its command (the counselor's
+/// price and status, a new order id), from `clients` tasks.
+async fn pg_stage(pool: &sqlx::PgPool, clients: usize, d: Duration) -> Figures {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut micros = Vec::new();
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let a =
+                    sqlx::query("SELECT price_fen, status, user_id FROM counselors WHERE id = $1")
+                        .bind(1i64)
+                        .fetch_optional(&pool)
+                        .await;
+                let b: Result<i64, _> = sqlx::query_scalar("SELECT nextval('order_ids')")
+                    .fetch_one(&pool)
+                    .await;
+                if a.is_ok() && b.is_ok() {
+                    micros.push(t.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
+                }
+            }
+            (micros, errors)
+        }));
+    }
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (m, e) = t.await.unwrap_or_default();
+        all.extend(m);
+        errors += e;
+    }
+    let n = all.len() as u64;
+    figures(n, start.elapsed(), all, errors)
 }
 
 async fn post(
@@ -423,6 +522,7 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             ..Settings::default()
         };
         let infra = server::connect(&settings, &nats.url(), &pg.url_for("mychat")).await?;
+        let (stage_bus, stage_pool) = (infra.bus.clone(), infra.pool.clone());
         projections::MIGRATOR.run(&infra.pool).await?;
         api::seed::seed_demo(&infra.pool).await?;
         let shutdown = CancellationToken::new();
@@ -436,12 +536,7 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         };
         let probe = reqwest::Client::new();
         let ready = Instant::now();
-        while probe
-            .get(format!("{api_url}/health"))
-            .send()
-            .await
-            .is_err()
-        {
+        while probe.get(format!("{api_url}/health")).send().await.is_err() {
             anyhow::ensure!(
                 ready.elapsed() < Duration::from_secs(30),
                 "the API did not start"
@@ -456,13 +551,30 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         );
         let h = http_stage(&api_url, (args.http_clients / 8).max(1), d).await?;
         line(
-            &format!("HTTP order/create, {} clients", (args.http_clients / 8).max(1)),
+            &format!(
+                "HTTP order/create, {} clients",
+                (args.http_clients / 8).max(1)
+            ),
             &h,
             raw_seq,
         );
         http_half = Some(h);
         shutdown.cancel();
         let _ = runner.await;
+        // Where an order/create spends its time, stage by stage (after the API stopped, so that
+        // the projectors do not pick up these orders).
+        let place = place_stage(&stage_bus, args.http_clients, d).await;
+        line(
+            &format!("  stage: Order::Place, {} committers", args.http_clients),
+            &place,
+            raw_seq,
+        );
+        let pg_figures = pg_stage(&stage_pool, args.http_clients, d).await;
+        line(
+            &format!("  stage: its 2 SQL reads, {} clients", args.http_clients),
+            &pg_figures,
+            raw_seq,
+        );
     }
 
     println!(

@@ -73,7 +73,11 @@ pub(crate) struct Infra {
     pub(crate) bus: CommandBus,
 }
 
-pub(crate) async fn connect(settings: &Settings, nats_url: &str, database_url: &str) -> anyhow::Result<Infra> {
+pub(crate) async fn connect(
+    settings: &Settings,
+    nats_url: &str,
+    database_url: &str,
+) -> anyhow::Result<Infra> {
     let nats = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
