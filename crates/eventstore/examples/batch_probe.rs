@@ -129,10 +129,63 @@ async fn main() -> anyhow::Result<()> {
     .await;
     println!("F: batch of one");
     batch(&client, "F", &[("ev.t.k", Some(0), Some("ck"))]).await;
+    for n in [2, 10, 50] {
+        for with_reply in [false, true] {
+            println!(
+                "batch of {n}, replies on intermediates {with_reply}: {:.2} ms per batch",
+                time_batches(&client, n, with_reply).await
+            );
+        }
+    }
+    let t = std::time::Instant::now();
+    for i in 0..100 {
+        js.publish(format!("ev.single.{i}"), "x".into())
+            .await?
+            .await?;
+    }
+    println!(
+        "plain publish: {:.2} ms each",
+        t.elapsed().as_secs_f64() * 10.0
+    );
     let info = js.get_stream("EVENTS").await?.info().await?.state.clone();
     println!(
         "stream state: messages {} last {}",
         info.messages, info.last_sequence
     );
     Ok(())
+}
+
+/// Times sequential atomic batches of `n` (intermediate messages with or without a reply subject).
+pub async fn time_batches(client: &async_nats::Client, n: usize, with_reply: bool) -> f64 {
+    let start = std::time::Instant::now();
+    let rounds = 30;
+    for r in 0..rounds {
+        let id = format!("t{n}{with_reply}{r}");
+        for i in 1..=n {
+            let mut h = HeaderMap::new();
+            h.insert(NATS_BATCH_ID, id.as_str());
+            h.insert(NATS_BATCH_SEQUENCE, i.to_string().as_str());
+            let subject = format!("ev.time.{i}");
+            if i < n {
+                if with_reply {
+                    client
+                        .publish_with_reply_and_headers(subject, client.new_inbox(), h, "x".into())
+                        .await
+                        .unwrap();
+                } else {
+                    client
+                        .publish_with_headers(subject, h, "x".into())
+                        .await
+                        .unwrap();
+                }
+            } else {
+                h.insert(NATS_BATCH_COMMIT, "1");
+                client
+                    .request_with_headers(subject, h, "x".into())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    start.elapsed().as_secs_f64() * 1000.0 / rounds as f64
 }

@@ -89,6 +89,14 @@ async fn bus(server: &NatsServer, settings: BusSettings) -> CommandBus {
     CommandBus::with_settings(js, Upcasters::default(), settings)
 }
 
+/// Batches from two commits on, so that this test's small groups are batched.
+fn small_batches() -> GroupCommitSettings {
+    GroupCommitSettings {
+        min_batch: 2,
+        ..Default::default()
+    }
+}
+
 #[derive(Debug)]
 enum Outcome {
     Stored { seq: u64, n: i64 },
@@ -148,11 +156,19 @@ async fn concurrent_clients_on_few_aggregates_every_outcome_matches_the_log() {
             &server,
             BusSettings {
                 max_attempts: 1,
+                group_commit: Some(small_batches()),
                 ..Default::default()
             },
         )
         .await,
-        bus(&server, BusSettings::default()).await,
+        bus(
+            &server,
+            BusSettings {
+                group_commit: Some(small_batches()),
+                ..Default::default()
+            },
+        )
+        .await,
         bus(
             &server,
             BusSettings {

@@ -467,13 +467,19 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     let raw_pipe = raw_pipelined(&raw_js, d).await?;
     println!("raw pipelined (256 in flight)      {raw_pipe:>9.0}/s");
     let raw_batch = raw_batch100(&raw_client, d).await?;
-    println!("raw atomic batches of 100          {raw_batch:>9.0} msg/s");
+    println!(
+        "raw atomic batches of 100          {raw_batch:>9.0} msg/s  ({:.2} ms per batch)",
+        100_000.0 / raw_batch
+    );
 
     // 2. The event store.
     let client = nats.connect().await?;
     let js = jetstream::new(client);
     ensure_streams(&js, &StreamSettings::default()).await?;
-    let bus = CommandBus::with_settings(js.clone(), Upcasters::default(), BusSettings::default());
+    // The bus settings come from the configuration (`[bus]`, `[bus.group_commit]` in mychat.toml).
+    let bus_settings: BusSettings = Settings::load()?.bus;
+    println!("bus settings: {}", serde_json::to_string(&bus_settings)?);
+    let bus = CommandBus::with_settings(js.clone(), Upcasters::default(), bus_settings);
     let mut store_64 = Figures::default();
     for (run, committers) in [(1u64, 1usize), (2, 16), (3, 64), (4, 256)] {
         let f = store_stage(&bus, run, committers, 0.0, None, d).await;
@@ -513,6 +519,7 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             Ok(format!("127.0.0.1:{}", testkit::free_port()).parse()?)
         };
         let settings = Settings {
+            bus: bus.settings().clone(),
             nats_url: Some(nats.url()),
             database_url: Some(pg.url_for("mychat")),
             data_dir: data.path().to_path_buf(),
