@@ -1,12 +1,19 @@
 //! [`CommandBus`]: runs commands against aggregates on the `EVENTS` stream.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_nats::jetstream;
 use cqrs_es::{Aggregate, AggregateError, EventStore};
 
 use crate::envelope::{Actor, Upcasters};
-use crate::store::{JetStreamEventStore, META_DUPLICATE, META_STREAM_SEQUENCE};
+use crate::group::{CommitOutcome, GroupCommitSettings, GroupCommitter};
+use crate::store::{
+    new_commit, pending_commit, JetStreamAggregateContext, JetStreamEventStore, META_DUPLICATE,
+    META_STREAM_SEQUENCE,
+};
+use crate::streams::EVENTS_STREAM;
 
 /// How many times a command is attempted when its commit conflicts with a concurrent one
 /// (each attempt reloads the aggregate and handles the command again).
@@ -119,18 +126,100 @@ impl<E: std::error::Error> From<AggregateError<E>> for CommandError<E> {
     }
 }
 
-/// Runs commands: load the aggregate (direct gets), handle the command, commit its events
-/// conditionally; on a conflict, reload and retry (up to [`MAX_ATTEMPTS`]). Cheap to clone.
+/// How a [`CommandBus`] commits and caches. Defaults: group commit with
+/// [`GroupCommitSettings::default`], 10 000 cached aggregates, [`MAX_ATTEMPTS`] attempts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct BusSettings {
+    /// Group commit bounds (`None`: one plain publish per commit, the pre-issue-7 path).
+    pub group_commit: Option<GroupCommitSettings>,
+    /// Aggregates kept in memory (LRU, by count; 0 = no cache).
+    pub cache_capacity: usize,
+    /// Attempts of a command whose commit conflicts (each reloads and handles again). A
+    /// conflict caused by a stale cache entry does not count.
+    pub max_attempts: usize,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            group_commit: Some(GroupCommitSettings::default()),
+            cache_capacity: 10_000,
+            max_attempts: MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// An aggregate kept in memory: its state (serialized with serde_json, the same form cqrs-es
+/// snapshots use, so that `execute` needs no `Clone` or `'static` bound), the aggregate sequence
+/// of its last event, and the stream sequence of its last commit (what the next commit expects).
+struct CachedAggregate {
+    state: Vec<u8>,
+    version: usize,
+    last_stream_sequence: u64,
+}
+
+type AggregateCache = Mutex<lru::LruCache<(&'static str, String), CachedAggregate>>;
+
+/// Counters of the aggregate cache.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Commands that found their aggregate in memory.
+    pub hits: std::sync::atomic::AtomicU64,
+    /// Commands that loaded their aggregate from the log.
+    pub misses: std::sync::atomic::AtomicU64,
+    /// Cached aggregates found stale by the expected-sequence check (reloaded, retried).
+    pub stale: std::sync::atomic::AtomicU64,
+}
+
+struct BusInner {
+    settings: BusSettings,
+    committer: OnceLock<GroupCommitter>,
+    cache: Option<AggregateCache>,
+    cache_stats: CacheStats,
+}
+
+/// Runs commands: load the aggregate (from the in-memory LRU cache, else with direct gets),
+/// handle the command, commit its events conditionally through the group committer; on a
+/// conflict, reload and retry (up to [`BusSettings::max_attempts`]). Cheap to clone: clones share
+/// the committer and the cache.
 #[derive(Clone)]
 pub struct CommandBus {
     js: jetstream::Context,
     upcasters: Upcasters,
+    inner: Arc<BusInner>,
 }
 
 impl CommandBus {
-    /// A bus on `js`'s `EVENTS` stream.
+    /// A bus on `js`'s `EVENTS` stream with [`BusSettings::default`].
     pub fn new(js: jetstream::Context, upcasters: Upcasters) -> Self {
-        Self { js, upcasters }
+        Self::with_settings(js, upcasters, BusSettings::default())
+    }
+
+    /// A bus on `js`'s `EVENTS` stream. The group committer starts on first use (on the tokio
+    /// runtime of that call).
+    pub fn with_settings(
+        js: jetstream::Context,
+        upcasters: Upcasters,
+        settings: BusSettings,
+    ) -> Self {
+        let cache = NonZeroUsize::new(settings.cache_capacity)
+            .map(|capacity| Mutex::new(lru::LruCache::new(capacity)));
+        Self {
+            js,
+            upcasters,
+            inner: Arc::new(BusInner {
+                settings,
+                committer: OnceLock::new(),
+                cache,
+                cache_stats: CacheStats::default(),
+            }),
+        }
+    }
+
+    /// The bus's settings.
+    pub fn settings(&self) -> &BusSettings {
+        &self.inner.settings
     }
 
     /// The JetStream context.
@@ -138,15 +227,51 @@ impl CommandBus {
         &self.js
     }
 
-    /// The cqrs-es store for aggregate `A`.
+    /// The group committer, when group commit is on (started on first call).
+    ///
+    /// # Errors
+    /// When the `EVENTS` stream cannot be reached.
+    pub async fn committer(&self) -> anyhow::Result<Option<GroupCommitter>> {
+        let Some(settings) = &self.inner.settings.group_commit else {
+            return Ok(None);
+        };
+        if let Some(c) = self.inner.committer.get() {
+            return Ok(Some(c.clone()));
+        }
+        let stream = self.js.get_stream_no_info(EVENTS_STREAM).await?;
+        let c = self
+            .inner
+            .committer
+            .get_or_init(|| GroupCommitter::start(self.js.client(), stream, settings.clone()));
+        Ok(Some(c.clone()))
+    }
+
+    /// The aggregate cache's counters.
+    pub fn cache_stats(&self) -> &CacheStats {
+        &self.inner.cache_stats
+    }
+
+    /// Forgets every cached aggregate.
+    pub fn clear_cache(&self) {
+        if let Some(cache) = &self.inner.cache {
+            cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    /// The cqrs-es store for aggregate `A` (committing through the group committer).
     ///
     /// # Errors
     /// When the `EVENTS` stream cannot be reached.
     pub async fn store<A: Aggregate>(&self) -> anyhow::Result<JetStreamEventStore<A>> {
-        JetStreamEventStore::new(self.js.clone(), self.upcasters.clone()).await
+        let store = JetStreamEventStore::new(self.js.clone(), self.upcasters.clone()).await?;
+        Ok(match self.committer().await? {
+            Some(c) => store.with_committer(c),
+            None => store,
+        })
     }
 
-    /// The current state of aggregate `A` `id` and its aggregate sequence (0 = never written).
+    /// The current state of aggregate `A` `id` and its aggregate sequence (0 = never written),
+    /// read from the log.
     ///
     /// # Errors
     /// [`CommandError::Store`] when the log cannot be read.
@@ -159,7 +284,53 @@ impl CommandBus {
         Ok((context.aggregate, context.version))
     }
 
+    /// Takes aggregate `A` `id` out of the cache (concurrent commands on it load from the log
+    /// meanwhile; the newest version goes back after a commit): `(serialized state, aggregate
+    /// sequence, stream sequence of the last commit)`.
+    fn take_cached<A: Aggregate>(&self, id: &str) -> Option<(Vec<u8>, usize, u64)> {
+        let cache = self.inner.cache.as_ref()?;
+        let entry = cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop(&(A::TYPE, id.to_string()))?;
+        Some((entry.state, entry.version, entry.last_stream_sequence))
+    }
+
+    /// Puts aggregate `A` `id` (serialized) in the cache unless a newer version is there.
+    fn put_cached<A: Aggregate>(
+        &self,
+        id: &str,
+        state: Vec<u8>,
+        version: usize,
+        last_stream_sequence: u64,
+    ) {
+        let Some(cache) = &self.inner.cache else {
+            return;
+        };
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (A::TYPE, id.to_string());
+        if let Some(existing) = cache.peek(&key) {
+            if existing.last_stream_sequence >= last_stream_sequence {
+                return;
+            }
+        }
+        cache.put(
+            key,
+            CachedAggregate {
+                state,
+                version,
+                last_stream_sequence,
+            },
+        );
+    }
+
     /// Executes `command` on aggregate `A` `id`.
+    ///
+    /// The aggregate comes from the cache when it is there (nothing is read from the log; the
+    /// expected-sequence check at commit catches a stale entry, and then the aggregate is
+    /// brought up to date from the log and the command handled again, without using up an
+    /// attempt), else from the log with batched direct gets. After a conflict, the aggregate is
+    /// caught up from the state it was handled on (only the newer commits are read).
     ///
     /// # Errors
     /// [`CommandError::Rejected`] with the aggregate's error, [`CommandError::Conflict`] when
@@ -175,22 +346,68 @@ impl CommandBus {
         A: Aggregate<Services = ()>,
         A::Command: Clone,
     {
+        use std::sync::atomic::Ordering::Relaxed;
         let store = self
             .store::<A>()
             .await
             .map_err(|e| CommandError::Store(e.to_string()))?;
+        let stats = &self.inner.cache_stats;
+        let max_attempts = self.inner.settings.max_attempts.max(1);
         let mut attempt = 0;
+        // The state to start from: (serialized aggregate, aggregate sequence, stream sequence),
+        // and whether it comes straight from the cache (unverified).
+        let mut base = self.take_cached::<A>(id);
+        let mut base_is_cached = base.is_some();
+        if base_is_cached {
+            stats.hits.fetch_add(1, Relaxed);
+        } else {
+            stats.misses.fetch_add(1, Relaxed);
+        }
         loop {
-            attempt += 1;
-            let mut context = store.load_aggregate(id).await?;
+            let decoded = base.take().and_then(|(bytes, version, last)| {
+                let aggregate = serde_json::from_slice::<A>(&bytes).ok()?;
+                Some((bytes, version, last, aggregate))
+            });
+            let (pre_state, mut aggregate, version, last_stream_sequence) = match decoded {
+                Some((bytes, version, last, aggregate)) if base_is_cached => {
+                    (bytes, aggregate, version, last)
+                }
+                other => {
+                    attempt += 1;
+                    let context = match other {
+                        Some((_, version, last, aggregate)) => {
+                            store
+                                .catch_up(JetStreamAggregateContext {
+                                    aggregate_id: id.to_string(),
+                                    aggregate,
+                                    version,
+                                    last_stream_sequence: last,
+                                })
+                                .await?
+                        }
+                        None => store.load_aggregate(id).await?,
+                    };
+                    let bytes = serde_json::to_vec(&context.aggregate)
+                        .map_err(|e| CommandError::Store(e.to_string()))?;
+                    (
+                        bytes,
+                        context.aggregate,
+                        context.version,
+                        context.last_stream_sequence,
+                    )
+                }
+            };
             let sink = cqrs_es::event_sink::EventSink::default();
-            context
-                .aggregate
-                .handle(command.clone(), &(), &sink)
-                .await
-                .map_err(CommandError::Rejected)?;
+            // `EventSink::write` applies each event to the aggregate as it is emitted.
+            let handled = aggregate.handle(command.clone(), &(), &sink).await;
             let events = sink.collect().await;
+            if let Err(e) = handled {
+                // The state before handling is still good: keep it cached.
+                self.put_cached::<A>(id, pre_state, version, last_stream_sequence);
+                return Err(CommandError::Rejected(e));
+            }
             if events.is_empty() {
+                self.put_cached::<A>(id, pre_state, version, last_stream_sequence);
                 return Ok(Committed {
                     aggregate_id: id.to_string(),
                     stream_sequence: None,
@@ -198,27 +415,55 @@ impl CommandBus {
                     duplicate: false,
                 });
             }
-            match store.commit(events, context, meta.to_map()).await {
-                Ok(envelopes) => {
+            let commit = new_commit::<A>(&events, id, version, meta)?;
+            let pending = pending_commit::<A::Error>(&commit, last_stream_sequence)?;
+            match store.write(pending).await {
+                Ok(CommitOutcome::Stored { sequence }) => {
+                    if let Ok(bytes) = serde_json::to_vec(&aggregate) {
+                        self.put_cached::<A>(id, bytes, version + events.len(), sequence);
+                    }
+                    return Ok(Committed {
+                        aggregate_id: id.to_string(),
+                        stream_sequence: Some(sequence),
+                        events,
+                        duplicate: false,
+                    });
+                }
+                Ok(CommitOutcome::Duplicate { sequence }) => {
+                    let envelopes = store.stored_envelopes(sequence, true).await?;
                     let first = envelopes.first();
-                    let stream_sequence = first
-                        .and_then(|e| e.metadata.get(META_STREAM_SEQUENCE))
-                        .and_then(|s| s.parse().ok());
-                    let duplicate = first.is_some_and(|e| e.metadata.contains_key(META_DUPLICATE));
                     let aggregate_id =
                         first.map_or_else(|| id.to_string(), |e| e.aggregate_id.clone());
+                    debug_assert!(first.is_none_or(|e| e.metadata.contains_key(META_DUPLICATE)));
+                    let stream_sequence = first
+                        .and_then(|e| e.metadata.get(META_STREAM_SEQUENCE))
+                        .and_then(|s| s.parse().ok())
+                        .or(Some(sequence));
                     return Ok(Committed {
                         aggregate_id,
                         stream_sequence,
                         events: envelopes.into_iter().map(|e| e.payload).collect(),
-                        duplicate,
+                        duplicate: true,
                     });
                 }
-                Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
-                    tracing::debug!(attempt, "conflict; reloading");
+                Ok(CommitOutcome::Conflict) => {
+                    // Catch up from the state the command was handled on.
+                    base = Some((pre_state, version, last_stream_sequence));
+                    if base_is_cached {
+                        stats.stale.fetch_add(1, Relaxed);
+                        tracing::debug!("stale cached aggregate; catching up");
+                        base_is_cached = false;
+                        continue;
+                    }
+                    if attempt >= max_attempts {
+                        return Err(CommandError::Conflict);
+                    }
+                    tracing::debug!(attempt, "conflict; catching up");
                     tokio::task::yield_now().await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    return Err(CommandError::Store(e.to_string()));
+                }
             }
         }
     }

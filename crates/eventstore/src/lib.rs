@@ -11,15 +11,19 @@
 //!   subject's last stream sequence (`Nats-Expected-Last-Subject-Sequence`) and deduplicated by the
 //!   command id (`Nats-Msg-Id`); aggregates load with direct gets, never with a consumer.
 //! - [`bus`]: [`CommandBus`], which runs a command (load → handle → commit) and reports the commit's
-//!   stream sequence, retrying once on a conflict.
+//!   stream sequence, retrying on a conflict; it keeps recently used aggregates in an LRU cache.
+//! - [`group`]: [`GroupCommitter`], group commit: concurrent commits written as one atomic batch
+//!   (one fsync), each with its own outcome (issue 7).
 
 pub mod bus;
 pub mod chat;
 pub mod envelope;
+pub mod group;
 pub mod store;
 pub mod streams;
 
-pub use bus::{CommandBus, CommandError, CommandMeta, Committed};
+pub use bus::{BusSettings, CommandBus, CommandError, CommandMeta, Committed};
 pub use envelope::{Actor, Commit, RecordedEvent, StoredEvent};
+pub use group::{CommitOutcome, GroupCommitSettings, GroupCommitter, PendingCommit};
 pub use store::{JetStreamAggregateContext, JetStreamEventStore};
 pub use streams::{ensure_streams, StreamSettings, CHAT_STREAM, EVENTS_STREAM};

@@ -28,6 +28,9 @@ use serde_json::json;
 /// `mychat bench …`.
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
+    /// The command path: raw JetStream baselines, the event store (group commit) at 1/16/64/256
+    /// committers, and `POST /api/order/create` over HTTP (issue 7).
+    Commands(crate::bench_commands::BenchArgs),
     /// The WebSocket gateway under load: sockets, end-to-end latency, memory per socket (issue 5).
     Ws(crate::bench_ws::WsArgs),
     /// Rebuild, audit replay and reconcile throughput against the raw baselines.
@@ -289,6 +292,7 @@ fn story(
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let target = match cmd {
         BenchCommand::Ws(args) => return crate::bench_ws::ws(args).await,
+        BenchCommand::Commands(args) => return crate::bench_commands::commands(args).await,
         BenchCommand::Projections { events } => events,
     };
     let nats_server = tokio::task::spawn_blocking(testkit::NatsServer::start).await??;

@@ -12,6 +12,7 @@
 //!   `mychat finance reconcile`: operator commands (issue 6, `ops`).
 
 mod bench;
+mod bench_commands;
 mod bench_ws;
 mod demo;
 mod ops;
@@ -70,7 +71,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if !matches!(cli.command, Command::Demo(_) | Command::Bench { .. }) {
+    if !matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
         server::init_tracing(&settings.log_format);
     }
     let result = match cli.command {

@@ -67,13 +67,17 @@ fn shutdown_signal() -> CancellationToken {
 }
 
 /// Connected infrastructure.
-struct Infra {
-    nats: async_nats::Client,
-    pool: PgPool,
-    bus: CommandBus,
+pub(crate) struct Infra {
+    pub(crate) nats: async_nats::Client,
+    pub(crate) pool: PgPool,
+    pub(crate) bus: CommandBus,
 }
 
-async fn connect(settings: &Settings, nats_url: &str, database_url: &str) -> anyhow::Result<Infra> {
+pub(crate) async fn connect(
+    settings: &Settings,
+    nats_url: &str,
+    database_url: &str,
+) -> anyhow::Result<Infra> {
     let nats = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
@@ -96,7 +100,7 @@ async fn connect(settings: &Settings, nats_url: &str, database_url: &str) -> any
     )
     .await
     .context("creating the streams")?;
-    let bus = CommandBus::new(js, Upcasters::default());
+    let bus = CommandBus::with_settings(js, Upcasters::default(), settings.bus.clone());
     Ok(Infra { nats, pool, bus })
 }
 
@@ -228,7 +232,7 @@ pub async fn serve(settings: Settings, part: Part, addr: Option<SocketAddr>) -> 
     run_parts(&settings, infra, part, addr, shutdown).await
 }
 
-async fn run_parts(
+pub(crate) async fn run_parts(
     settings: &Settings,
     infra: Infra,
     part: Part,

@@ -56,6 +56,9 @@ pub struct Settings {
     pub gateway_max_replay: usize,
     /// Where the projectors serve `/metrics` (projection lag; default 127.0.0.1:8083).
     pub metrics_addr: SocketAddr,
+    /// The command bus: group commit bounds and the aggregate cache (issue 7; `[bus]` and
+    /// `[bus.group_commit]` in `mychat.toml`, see `eventstore::BusSettings`).
+    pub bus: eventstore::BusSettings,
 }
 
 impl Default for Settings {
@@ -83,6 +86,7 @@ impl Default for Settings {
             gateway_frames_per_second: 20.0,
             gateway_max_replay: 1000,
             metrics_addr: "127.0.0.1:8083".parse().expect("addr"),
+            bus: eventstore::BusSettings::default(),
         }
     }
 }

@@ -1,0 +1,606 @@
+//! `mychat bench commands`: the command path's throughput and latency against a real nats-server
+//! started with the project's `nats.conf` (`sync_interval: always`), next to the raw JetStream
+//! baselines measured in the same run (issue 7). Prints one line per stage and, last, one JSON
+//! object with the figures.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::header::{NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE};
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use domain::{AccountCommand, CounselorAccount};
+use eventstore::envelope::Upcasters;
+use eventstore::{ensure_streams, Actor, BusSettings, CommandBus, CommandMeta, StreamSettings};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::server::{self, Part};
+use crate::settings::Settings;
+
+/// `mychat bench commands` options.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Seconds per stage.
+    #[arg(long, default_value_t = 4.0)]
+    pub seconds: f64,
+    /// Skip the HTTP stage (it starts PostgreSQL and the whole API in-process).
+    #[arg(long)]
+    pub skip_http: bool,
+    /// Concurrent HTTP clients (keep-alive connections).
+    #[arg(long, default_value_t = 64)]
+    pub http_clients: usize,
+}
+
+/// Latency figures of one stage.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn figures(count: u64, elapsed: Duration, mut micros: Vec<u64>, errors: u64) -> Figures {
+    micros.sort_unstable();
+    Figures {
+        per_second: count as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&micros, 0.50),
+        p99_ms: percentile(&micros, 0.99),
+        errors,
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+const BODY_BYTES: usize = 200;
+
+async fn raw_stream(js: &jetstream::Context) -> anyhow::Result<()> {
+    js.create_stream(stream::Config {
+        name: "RAWBENCH".into(),
+        subjects: vec!["raw.>".into()],
+        storage: stream::StorageType::File,
+        allow_atomic_publish: true,
+        ..Default::default()
+    })
+    .await
+    .context("creating the RAWBENCH stream")?;
+    Ok(())
+}
+
+/// Sequential publish-and-await: messages/s.
+async fn raw_sequential(js: &jetstream::Context, d: Duration) -> anyhow::Result<f64> {
+    let body = bytes::Bytes::from(vec![b'x'; BODY_BYTES]);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < d {
+        js.publish(format!("raw.seq.{}", n % 64), body.clone())
+            .await?
+            .await?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Pipelined publishes, up to 256 acks outstanding: messages/s.
+async fn raw_pipelined(js: &jetstream::Context, d: Duration) -> anyhow::Result<f64> {
+    let body = bytes::Bytes::from(vec![b'x'; BODY_BYTES]);
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut acks = FuturesUnordered::new();
+    while start.elapsed() < d {
+        while acks.len() < 256 {
+            let ack = js
+                .publish(format!("raw.pipe.{}", n % 64), body.clone())
+                .await?;
+            acks.push(async move { ack.await });
+            n += 1;
+        }
+        acks.next().await.context("an ack")??;
+    }
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Atomic batches of 100, one after the other: messages/s.
+async fn raw_batch100(client: &async_nats::Client, d: Duration) -> anyhow::Result<f64> {
+    let body = bytes::Bytes::from(vec![b'x'; BODY_BYTES]);
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut batch = 0u64;
+    while start.elapsed() < d {
+        batch += 1;
+        let id = format!("bench-{batch}");
+        for i in 1..=100u64 {
+            let mut h = HeaderMap::new();
+            h.insert(NATS_BATCH_ID, id.as_str());
+            h.insert(NATS_BATCH_SEQUENCE, i.to_string().as_str());
+            let subject = format!("raw.batch.{}", i % 64);
+            if i < 100 {
+                client
+                    .publish_with_headers(subject, h, body.clone())
+                    .await?;
+            } else {
+                h.insert(NATS_BATCH_COMMIT, "1");
+                let reply = client
+                    .request_with_headers(subject, h, body.clone())
+                    .await?;
+                let ack: Value = serde_json::from_slice(&reply.payload)?;
+                anyhow::ensure!(ack.get("error").is_none(), "batch failed: {ack}");
+            }
+        }
+        n += 100;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn credit(account: i64, session: i64) -> AccountCommand {
+    AccountCommand::CreditEarnings {
+        counselor_id: account,
+        session_id: session,
+        order_id: session,
+        amount: 700,
+        at: chrono::Utc::now(),
+    }
+}
+
+/// `committers` tasks, each crediting its own counselor account (a distinct aggregate); with
+/// `contention` (0..1) of the commands going to one of 4 shared accounts instead. With
+/// `rate_per_second`, commands are issued open-loop at that total rate.
+async fn store_stage(
+    bus: &CommandBus,
+    run: u64,
+    committers: usize,
+    contention: f64,
+    rate_per_second: Option<f64>,
+    d: Duration,
+) -> Figures {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..committers {
+        let bus = bus.clone();
+        let stop = stop.clone();
+        let count = count.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut micros = Vec::new();
+            let mut i = 0i64;
+            let mut interval = rate_per_second.map(|r| {
+                let mut t = tokio::time::interval(Duration::from_secs_f64(committers as f64 / r));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(t) = &mut interval {
+                    t.tick().await;
+                }
+                i += 1;
+                // A cheap deterministic spread: every 10th step of a per-task counter is shared.
+                let shared = contention > 0.0
+                    && ((i as u64 * 7919 + c as u64 * 104_729) % 1000)
+                        < (contention * 1000.0) as u64;
+                let account = if shared {
+                    format!("{run}00{}", i % 4)
+                } else {
+                    format!("{run}{c:04}")
+                };
+                let session = (c as i64) * 10_000_000 + i;
+                let t = Instant::now();
+                match bus
+                    .execute::<CounselorAccount>(
+                        &account,
+                        credit(account.parse().unwrap_or(0), session),
+                        &CommandMeta::new(Actor::system()),
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        micros.push(t.elapsed().as_micros() as u64);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            micros
+        }));
+    }
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let elapsed = start.elapsed();
+    figures(
+        count.load(Ordering::Relaxed),
+        elapsed,
+        all,
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+/// `committers` tasks placing new orders (`Order::Place` on a fresh aggregate each time: a cold
+/// load that finds nothing, then a commit), the command `POST /api/order/create` runs.
+async fn place_stage(bus: &CommandBus, committers: usize, d: Duration) -> Figures {
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(1_000_000_000));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..committers {
+        let (bus, stop, next) = (bus.clone(), stop.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut micros = Vec::new();
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let command = domain::OrderCommand::Place {
+                    order_no: format!("BENCH{id}"),
+                    user_id: 1,
+                    counselor_id: 1,
+                    duration_minutes: 30,
+                    price_per_minute: 500,
+                    schedule_time: None,
+                    notes: String::new(),
+                    placed_at: chrono::Utc::now(),
+                };
+                let t = Instant::now();
+                match bus
+                    .execute::<domain::Order>(
+                        &id.to_string(),
+                        command,
+                        &CommandMeta::new(Actor::user(1)),
+                    )
+                    .await
+                {
+                    Ok(_) => micros.push(t.elapsed().as_micros() as u64),
+                    Err(_) => errors += 1,
+                }
+            }
+            (micros, errors)
+        }));
+    }
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (m, e) = t.await.unwrap_or_default();
+        all.extend(m);
+        errors += e;
+    }
+    let n = all.len() as u64;
+    figures(n, start.elapsed(), all, errors)
+}
+
+/// The two Postgres statements `POST /api/order/create` runs before its command (the counselor's
+/// price and status, a new order id), from `clients` tasks.
+async fn pg_stage(pool: &sqlx::PgPool, clients: usize, d: Duration) -> Figures {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut micros = Vec::new();
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let a =
+                    sqlx::query("SELECT price_fen, status, user_id FROM counselors WHERE id = $1")
+                        .bind(1i64)
+                        .fetch_optional(&pool)
+                        .await;
+                let b: Result<i64, _> = sqlx::query_scalar("SELECT nextval('order_ids')")
+                    .fetch_one(&pool)
+                    .await;
+                if a.is_ok() && b.is_ok() {
+                    micros.push(t.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
+                }
+            }
+            (micros, errors)
+        }));
+    }
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (m, e) = t.await.unwrap_or_default();
+        all.extend(m);
+        errors += e;
+    }
+    let n = all.len() as u64;
+    figures(n, start.elapsed(), all, errors)
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let mut req = http.post(url).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let v: Value = resp.json().await?;
+    anyhow::ensure!(
+        status.is_success() && (v["code"] == 0 || v["code"] == 200),
+        "{url}: {status} {v}"
+    );
+    Ok(v["data"].clone())
+}
+
+/// `POST /api/order/create` from `clients` keep-alive connections for `d`.
+async fn http_stage(api: &str, clients: usize, d: Duration) -> anyhow::Result<Figures> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let login = post(
+        &http,
+        &format!("{api}/api/login"),
+        None,
+        json!({ "username": "demo", "password": "demo123" }),
+    )
+    .await?;
+    let token = login["token"].as_str().context("token")?.to_string();
+    let clogin = post(
+        &http,
+        &format!("{api}/api/login"),
+        None,
+        json!({ "username": "counselor1", "password": "counselor123" }),
+    )
+    .await?;
+    let counselor_id = clogin["user"]["counselor_id"]
+        .as_i64()
+        .context("counselor1 has no counselor profile")?;
+    let schedule = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00"))
+        .format("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string();
+    let body = json!({ "counselor_id": counselor_id, "duration": 30, "schedule_time": schedule, "notes": "bench" });
+    let url = format!("{api}/api/order/create");
+    // Warm the connections.
+    post(&http, &url, Some(&token), body.clone()).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, url, token, body, stop, errors) = (
+            http.clone(),
+            url.clone(),
+            token.clone(),
+            body.clone(),
+            stop.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut micros = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match post(&http, &url, Some(&token), body.clone()).await {
+                    Ok(_) => micros.push(t.elapsed().as_micros() as u64),
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("first HTTP error: {e:#}");
+                        }
+                    }
+                }
+            }
+            micros
+        }));
+    }
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let n = all.len() as u64;
+    Ok(figures(
+        n,
+        start.elapsed(),
+        all,
+        errors.load(Ordering::Relaxed),
+    ))
+}
+
+fn line(name: &str, f: &Figures, raw_seq: f64) {
+    println!(
+        "{name:<34} {:>9.0}/s  ({:>5.1}× raw_seq)  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+        f.per_second,
+        f.per_second / raw_seq,
+        f.p50_ms,
+        f.p99_ms,
+        f.errors
+    );
+}
+
+/// Runs the benchmark and prints its figures; the last line is JSON.
+///
+/// # Errors
+/// When a server cannot be started or a baseline fails.
+pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
+    let d = Duration::from_secs_f64(args.seconds);
+    let nats = testkit::NatsServer::start().context("starting nats-server")?;
+    println!(
+        "mychat bench commands: nats-server with nats.conf (sync_interval: always), {} s per stage, \
+         {} cpus, load average {}",
+        args.seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
+
+    // 1. Raw baselines, on their own stream, with their own connection.
+    let raw_client = nats.connect().await?;
+    let raw_js = jetstream::new(raw_client.clone());
+    raw_stream(&raw_js).await?;
+    let raw_seq = raw_sequential(&raw_js, d).await?;
+    println!("raw sequential publish-and-await   {raw_seq:>9.0}/s");
+    let raw_pipe = raw_pipelined(&raw_js, d).await?;
+    println!("raw pipelined (256 in flight)      {raw_pipe:>9.0}/s");
+    let raw_batch = raw_batch100(&raw_client, d).await?;
+    println!(
+        "raw atomic batches of 100          {raw_batch:>9.0} msg/s  ({:.2} ms per batch)",
+        100_000.0 / raw_batch
+    );
+
+    // 2. The event store.
+    let client = nats.connect().await?;
+    let js = jetstream::new(client);
+    ensure_streams(&js, &StreamSettings::default()).await?;
+    // The bus settings come from the configuration (`[bus]`, `[bus.group_commit]` in mychat.toml).
+    let bus_settings: BusSettings = Settings::load()?.bus;
+    println!("bus settings: {}", serde_json::to_string(&bus_settings)?);
+    let bus = CommandBus::with_settings(js.clone(), Upcasters::default(), bus_settings);
+    let mut store_64 = Figures::default();
+    for (run, committers) in [(1u64, 1usize), (2, 16), (3, 64), (4, 256)] {
+        let f = store_stage(&bus, run, committers, 0.0, None, d).await;
+        line(&format!("store, {committers} committers"), &f, raw_seq);
+        if committers == 64 {
+            store_64 = f;
+        }
+    }
+    let contended = store_stage(&bus, 5, 64, 0.10, None, d).await;
+    line("store, 64 committers, 10% contended", &contended, raw_seq);
+    let half = store_stage(&bus, 6, 64, 0.0, Some(store_64.per_second / 2.0), d).await;
+    line("store, 64 committers at half max", &half, raw_seq);
+    if let Some(c) = bus.committer().await? {
+        let (single, batches, batched, failed, stale) = c.stats().snapshot();
+        println!(
+            "group commit: {single} single writes, {batches} batches carrying {batched} commits \
+             (mean {:.1}), {failed} batches failed a check, {stale} stale commits caught early",
+            batched as f64 / batches.max(1) as f64
+        );
+    }
+    let cache = bus.cache_stats();
+    println!(
+        "aggregate cache: {} hits, {} misses, {} stale",
+        cache.hits.load(Ordering::Relaxed),
+        cache.misses.load(Ordering::Relaxed),
+        cache.stale.load(Ordering::Relaxed)
+    );
+
+    // 3. HTTP.
+    let mut http = Figures::default();
+    let mut http_half = None;
+    if !args.skip_http {
+        let pg = testkit::Postgres::start().context("starting PostgreSQL")?;
+        pg.ensure_database("mychat").await?;
+        let data = tempfile::Builder::new().prefix("mychat-bench").tempdir()?;
+        let free = || -> anyhow::Result<std::net::SocketAddr> {
+            Ok(format!("127.0.0.1:{}", testkit::free_port()).parse()?)
+        };
+        let settings = Settings {
+            bus: bus.settings().clone(),
+            nats_url: Some(nats.url()),
+            database_url: Some(pg.url_for("mychat")),
+            data_dir: data.path().to_path_buf(),
+            user_addr: free()?,
+            admin_addr: free()?,
+            ws_addr: free()?,
+            ..Settings::default()
+        };
+        let infra = server::connect(&settings, &nats.url(), &pg.url_for("mychat")).await?;
+        let (stage_bus, stage_pool) = (infra.bus.clone(), infra.pool.clone());
+        projections::MIGRATOR.run(&infra.pool).await?;
+        api::seed::seed_demo(&infra.pool).await?;
+        let shutdown = CancellationToken::new();
+        let api_url = format!("http://{}", settings.user_addr);
+        let runner = {
+            let settings = settings.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                server::run_parts(&settings, infra, Part::All, None, shutdown).await
+            })
+        };
+        let probe = reqwest::Client::new();
+        let ready = Instant::now();
+        while probe.get(format!("{api_url}/health")).send().await.is_err() {
+            anyhow::ensure!(
+                ready.elapsed() < Duration::from_secs(30),
+                "the API did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        http = http_stage(&api_url, args.http_clients, d).await?;
+        line(
+            &format!("HTTP order/create, {} clients", args.http_clients),
+            &http,
+            raw_seq,
+        );
+        let h = http_stage(&api_url, (args.http_clients / 8).max(1), d).await?;
+        line(
+            &format!(
+                "HTTP order/create, {} clients",
+                (args.http_clients / 8).max(1)
+            ),
+            &h,
+            raw_seq,
+        );
+        http_half = Some(h);
+        shutdown.cancel();
+        let _ = runner.await;
+        // Where an order/create spends its time, stage by stage (after the API stopped, so that
+        // the projectors do not pick up these orders).
+        let place = place_stage(&stage_bus, args.http_clients, d).await;
+        line(
+            &format!("  stage: Order::Place, {} committers", args.http_clients),
+            &place,
+            raw_seq,
+        );
+        let pg_figures = pg_stage(&stage_pool, args.http_clients, d).await;
+        line(
+            &format!("  stage: its 2 SQL reads, {} clients", args.http_clients),
+            &pg_figures,
+            raw_seq,
+        );
+    }
+
+    println!(
+        "{}",
+        json!({
+            "bench": "commands",
+            "raw_seq_ps": raw_seq.round(),
+            "raw_pipelined_ps": raw_pipe.round(),
+            "raw_batch100_ps": raw_batch.round(),
+            "store_ps_64": store_64.per_second.round(),
+            "store_p99_ms_64": store_64.p99_ms,
+            "store_p50_ms_64": store_64.p50_ms,
+            "store_ps_64_contended": contended.per_second.round(),
+            "store_p99_ms_64_half_load": half.p99_ms,
+            "http_ps_64": http.per_second.round(),
+            "http_p99_ms_64": http.p99_ms,
+            "http_p99_ms_8": http_half.map(|h| h.p99_ms),
+            "load_average": load_average(),
+        })
+    );
+    Ok(())
+}
