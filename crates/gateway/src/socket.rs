@@ -455,7 +455,10 @@ impl Socket {
             .insert(own.clone());
         match append_message(self.state.bus.jetstream(), &message).await {
             Ok(appended) => {
-                if appended.duplicate {
+                // A resend: drop the own-key again only if the first copy already came back
+                // through the stream (otherwise that delivery still has to find it, or the
+                // sender would get its own message echoed).
+                if appended.duplicate && self.conn.hwm(session_id) >= appended.seq {
                     self.conn.sent.lock().expect("sent lock").remove(&own);
                 }
                 self.conn.send(frame(
