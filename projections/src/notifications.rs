@@ -222,6 +222,9 @@ impl Projection for Notifications {
     fn name(&self) -> &'static str {
         "notifications"
     }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["notifications"]
+    }
     fn subjects(&self) -> Vec<String> {
         vec![
             "ev.payment.>".into(),
@@ -234,6 +237,10 @@ impl Projection for Notifications {
         for e in message.events(&Upcasters::default())? {
             for (n, note) in notes_for(&e)?.into_iter().enumerate() {
                 let source = format!("{}:{n}", e.position());
+                // A notification's id is derived from its event (position × 8 + n), so a
+                // rebuild or an audit replay reproduces the same ids; notifications written
+                // outside the log (application reviews) take negative ids from the sequence.
+                let id = e.position() * 8 + n as i64;
                 let (user_sql, who) = match note.to {
                     To::User(u) => ("SELECT $1::bigint WHERE $1 > 0", u),
                     To::Counselor(c) => (
@@ -242,8 +249,8 @@ impl Projection for Notifications {
                     ),
                 };
                 sqlx::query(&format!(
-                    "INSERT INTO notifications (user_id, type, level, title, content, extra_data, source, created_at) \
-                     SELECT u, $2, $3, $4, $5, $6, $7, $8 FROM ({user_sql}) AS r(u) \
+                    "INSERT INTO notifications (id, user_id, type, level, title, content, extra_data, source, created_at) \
+                     SELECT $9, u, $2, $3, $4, $5, $6, $7, $8 FROM ({user_sql}) AS r(u) \
                      ON CONFLICT (source) DO NOTHING"
                 ))
                 .bind(who)
@@ -254,6 +261,7 @@ impl Projection for Notifications {
                 .bind(note.extra.to_string())
                 .bind(source)
                 .bind(e.recorded_at)
+                .bind(id)
                 .execute(&mut *tx)
                 .await?;
             }
