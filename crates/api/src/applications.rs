@@ -190,15 +190,7 @@ async fn require_admin(state: &AppState, user: &AuthUser) -> Result<(), ApiError
 }
 
 /// `GET /api/counselor/applications` query.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub page: Option<i64>,
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub page_size: Option<i64>,
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub status: Option<i16>,
-}
+pub type ListQuery = crate::PageQuery;
 
 /// `GET /api/counselor/applications` → `{list, total, page, page_size}` (this route's own
 /// shape, contract a.3); `users.is_admin` only (403).

@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
 
@@ -22,15 +21,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Paging query of the lists here (`status` only for sessions).
-#[derive(Debug, Deserialize)]
-pub struct PageQuery {
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub page: Option<i64>,
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub page_size: Option<i64>,
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub status: Option<i16>,
-}
+pub type PageQuery = crate::PageQuery;
 
 /// `GET /api/chat/sessions` → `{sessions, total}`: sessions where the caller is the user or the
 /// counselor, newest first, with `order`, `user` and `counselor`; `duration` in seconds.

@@ -150,15 +150,7 @@ pub async fn withdraw(
 }
 
 /// `GET /api/chat/counselor/withdraws` query.
-#[derive(Debug, Deserialize)]
-pub struct WithdrawsQuery {
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub page: Option<i64>,
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub page_size: Option<i64>,
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub status: Option<i16>,
-}
+pub type WithdrawsQuery = crate::PageQuery;
 
 /// `GET /api/chat/counselor/withdraws` → `{withdraws, total}`, newest first.
 pub async fn withdraws(

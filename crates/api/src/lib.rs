@@ -218,6 +218,18 @@ pub fn paging(
     Ok((size, (page - 1) * size))
 }
 
+/// MyChat's paged list query: `page` (1-based), `page_size` and an optional `status` filter;
+/// each may be sent as `""`, meaning "default" / "no filter" (contract a.3).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct PageQuery {
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    pub page: Option<i64>,
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    pub page_size: Option<i64>,
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    pub status: Option<i16>,
+}
+
 /// Deserialises an optional number that MyChat's clients may send as `""` (meaning "no filter").
 pub fn empty_as_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where

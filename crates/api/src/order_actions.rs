@@ -213,15 +213,7 @@ pub async fn timeline(
 }
 
 /// `GET /api/counselor/orders` query.
-#[derive(Debug, Deserialize)]
-pub struct CounselorOrdersQuery {
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub page: Option<i64>,
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub page_size: Option<i64>,
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub status: Option<i16>,
-}
+pub type CounselorOrdersQuery = crate::PageQuery;
 
 /// `GET /api/counselor/orders` → `{orders, total}`: orders of the caller's counselor profile
 /// (looked up by `counselors.user_id`, the intended rule); 403 "not a counselor".

@@ -218,15 +218,7 @@ pub async fn get_one(
 }
 
 /// `GET /api/order/list` query.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub page: Option<i64>,
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub page_size: Option<i64>,
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub status: Option<i16>,
-}
+pub type ListQuery = crate::PageQuery;
 
 /// `GET /api/order/list` → `{orders, total}`: the caller's orders, newest first, optionally by
 /// `status` (0–4).
