@@ -3,90 +3,16 @@
 //! WebSocket; then every kind of bad input of the skeleton is refused with a clear 4xx (or an
 //! error frame) and leaves the log exactly as it was.
 
-use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
+#[path = "support/up.rs"]
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use support::{log_of, start_up, Up};
 use tokio_tungstenite::tungstenite::Message;
-
-struct Up {
-    child: Child,
-    api: String,
-    admin: String,
-    ws: String,
-    nats_url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-    }
-}
-
-fn start_up() -> Up {
-    let dir = tempfile::Builder::new()
-        .prefix("mychat-e2e")
-        .tempdir()
-        .unwrap();
-    // The embedded PostgreSQL runs as the `postgres` user when we are root: it must reach its dir.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = testkit::free_port;
-    let (user, admin, ws, nats, pg) = (port(), port(), port(), port(), port());
-    let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mychat"))
-        .arg("up")
-        .env_remove("MYCHAT_NATS_URL")
-        .env_remove("MYCHAT_DATABASE_URL")
-        .env("MYCHAT_DATA_DIR", dir.path().join("data"))
-        .env("MYCHAT_USER_ADDR", format!("127.0.0.1:{user}"))
-        .env("MYCHAT_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
-        .env("MYCHAT_WS_ADDR", format!("127.0.0.1:{ws}"))
-        .env("MYCHAT_NATS_PORT", nats.to_string())
-        .env("MYCHAT_PG_PORT", pg.to_string())
-        .env("MYCHAT_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let up = Up {
-        child,
-        api: format!("http://127.0.0.1:{user}"),
-        admin: format!("http://127.0.0.1:{admin}"),
-        ws: format!("ws://127.0.0.1:{ws}"),
-        nats_url: format!("nats://127.0.0.1:{nats}"),
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for p in [user, admin, ws] {
-        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mychat up did not listen on {p}; log: {}",
-                log_of(&up)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    up
-}
-
-fn log_of(up: &Up) -> String {
-    std::fs::read_to_string(up._dir.path().join("up.log")).unwrap_or_default()
-}
 
 fn run_demo(up: &Up) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mychat"))

@@ -9,91 +9,14 @@
 //! 2. Real `mychat serve projectors` child processes, two at a time on one database, SIGKILLed
 //!    while they project: the read models end equal to a fresh replay.
 
-use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Output, Stdio};
+#[path = "support/up.rs"]
+mod support;
+
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-struct Up {
-    child: Child,
-    api: String,
-    admin: String,
-    ws: String,
-    nats_url: String,
-    database_url: String,
-    metrics: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-    }
-}
-
-fn start_up() -> Up {
-    let dir = tempfile::Builder::new()
-        .prefix("mychat-e2e6")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = testkit::free_port;
-    let (user, admin, ws, nats, pg, metrics) = (port(), port(), port(), port(), port(), port());
-    let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mychat"))
-        .arg("up")
-        .env_remove("MYCHAT_NATS_URL")
-        .env_remove("MYCHAT_DATABASE_URL")
-        .env("MYCHAT_DATA_DIR", dir.path().join("data"))
-        .env("MYCHAT_USER_ADDR", format!("127.0.0.1:{user}"))
-        .env("MYCHAT_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
-        .env("MYCHAT_WS_ADDR", format!("127.0.0.1:{ws}"))
-        .env("MYCHAT_METRICS_ADDR", format!("127.0.0.1:{metrics}"))
-        .env("MYCHAT_NATS_PORT", nats.to_string())
-        .env("MYCHAT_PG_PORT", pg.to_string())
-        .env("MYCHAT_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let up = Up {
-        child,
-        api: format!("http://127.0.0.1:{user}"),
-        admin: format!("http://127.0.0.1:{admin}"),
-        ws: format!("ws://127.0.0.1:{ws}"),
-        nats_url: format!("nats://127.0.0.1:{nats}"),
-        database_url: format!(
-            "postgres://{}@127.0.0.1:{pg}/mychat",
-            testkit::postgres::PG_USER
-        ),
-        metrics: format!("http://127.0.0.1:{metrics}/metrics"),
-        dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for p in [user, admin, ws, metrics] {
-        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mychat up did not listen on {p}; log: {}",
-                std::fs::read_to_string(up.dir.path().join("up.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    up
-}
+use support::{start_up, Up};
 
 /// Runs `mychat <args>` against the servers at `nats_url` / `database_url`.
 fn mychat(nats_url: &str, database_url: &str, args: &[&str]) -> Output {
