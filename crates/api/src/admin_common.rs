@@ -304,6 +304,36 @@ pub async fn json_rows(
     Ok(rows.iter().map(|s| parse(s)).collect())
 }
 
+/// One page of a filtered list and the filter's total, with the same `filter` for both:
+/// `SELECT to_jsonb(t)::text FROM (SELECT <cols> FROM <from> … ORDER BY <order_by> LIMIT … OFFSET …) t`
+/// and `SELECT count(*) FROM <from> …`. `filter` appends the `WHERE` clause and its binds.
+///
+/// # Errors
+/// On a database error.
+pub async fn page_and_total(
+    state: &AppState,
+    cols: &str,
+    from: &str,
+    filter: impl Fn(&mut QueryBuilder<'_, Postgres>),
+    order_by: &str,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Value>, i64), ApiError> {
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT to_jsonb(t)::text FROM (SELECT {cols} FROM {from}"
+    ));
+    filter(&mut qb);
+    qb.push(format!(" ORDER BY {order_by} LIMIT "))
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset)
+        .push(") t");
+    let list = json_rows(state, qb).await?;
+    let mut cq = QueryBuilder::new(format!("SELECT count(*) FROM {from}"));
+    filter(&mut cq);
+    Ok((list, count(state, cq).await?))
+}
+
 /// Runs a `SELECT count(*)` built by `qb`.
 ///
 /// # Errors

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::admin_common::{
-    check_len, count, insert_row, json_rows, list_envelope, one, scrub, update_row, Bind, Body,
-    Caller, Q,
+    check_len, count, insert_row, json_rows, list_envelope, one, page_and_total, scrub, update_row,
+    Bind, Body, Caller, Q,
 };
 use crate::admin_rbac::{role_permissions, SUPER_ADMIN};
 use crate::auth::{hash_password, verify_password};
@@ -150,19 +150,16 @@ pub async fn list_admins(
             qb.push(" AND status = ").push_bind(s as i16);
         }
     };
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT to_jsonb(t)::text FROM (SELECT {ADMIN_COLS} FROM administrators"
-    ));
-    filter(&mut qb);
-    qb.push(" ORDER BY id LIMIT ")
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset)
-        .push(") t");
-    let list = json_rows(&state, qb).await?;
-    let mut cq = QueryBuilder::new("SELECT count(*) FROM administrators");
-    filter(&mut cq);
-    let total = count(&state, cq).await?;
+    let (list, total) = page_and_total(
+        &state,
+        ADMIN_COLS,
+        "administrators",
+        filter,
+        "id",
+        limit,
+        offset,
+    )
+    .await?;
     Ok(list_envelope("administrators", list, total, json!({})))
 }
 
@@ -375,19 +372,8 @@ pub async fn list_users(
             qb.push(" AND status = ").push_bind(s as i16);
         }
     };
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT to_jsonb(t)::text FROM (SELECT {USER_COLS} FROM users"
-    ));
-    filter(&mut qb);
-    qb.push(" ORDER BY id DESC LIMIT ")
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset)
-        .push(") t");
-    let list = json_rows(&state, qb).await?;
-    let mut cq = QueryBuilder::new("SELECT count(*) FROM users");
-    filter(&mut cq);
-    let total = count(&state, cq).await?;
+    let (list, total) =
+        page_and_total(&state, USER_COLS, "users", filter, "id DESC", limit, offset).await?;
     Ok(list_envelope("users", list, total, json!({})))
 }
 

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::admin_common::{
-    check_len, count, insert_row, json_rows, list_envelope, one, update_row, Bind, Body, Q,
+    check_len, count, insert_row, json_rows, list_envelope, one, page_and_total, update_row, Bind,
+    Body, Q,
 };
 use crate::admin_rbac::SUPER_ADMIN;
 use crate::{ok, ok_msg, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, AppState};
@@ -36,17 +37,16 @@ pub async fn list_configs(
             qb.push(" AND category = ").push_bind(c.clone());
         }
     };
-    let mut qb = QueryBuilder::new("SELECT to_jsonb(t)::text FROM (SELECT * FROM system_configs");
-    filter(&mut qb);
-    qb.push(" ORDER BY sort, id LIMIT ")
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset)
-        .push(") t");
-    let list = json_rows(&state, qb).await?;
-    let mut cq = QueryBuilder::new("SELECT count(*) FROM system_configs");
-    filter(&mut cq);
-    let total = count(&state, cq).await?;
+    let (list, total) = page_and_total(
+        &state,
+        "*",
+        "system_configs",
+        filter,
+        "sort, id",
+        limit,
+        offset,
+    )
+    .await?;
     Ok(list_envelope("configs", list, total, json!({})))
 }
 
@@ -239,20 +239,17 @@ pub async fn logs(State(state): State<AppState>, ApiQuery(q): Params) -> ApiResu
                 .push("::date + 1");
         }
     };
-    let mut qb = QueryBuilder::new(
-        "SELECT to_jsonb(t)::text FROM (SELECT id, admin_id, operator, action, module, target, description, ip_address, \
-         user_agent, request_data, '' AS response, status, event_stream, event_seq, created_at FROM admin_logs",
-    );
-    filter(&mut qb);
-    qb.push(" ORDER BY id DESC LIMIT ")
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset)
-        .push(") t");
-    let list = json_rows(&state, qb).await?;
-    let mut cq = QueryBuilder::new("SELECT count(*) FROM admin_logs");
-    filter(&mut cq);
-    let total = count(&state, cq).await?;
+    let (list, total) = page_and_total(
+        &state,
+        "id, admin_id, operator, action, module, target, description, ip_address, \
+         user_agent, request_data, '' AS response, status, event_stream, event_seq, created_at",
+        "admin_logs",
+        filter,
+        "id DESC",
+        limit,
+        offset,
+    )
+    .await?;
     Ok(list_envelope("logs", list, total, json!({})))
 }
 
@@ -630,17 +627,16 @@ pub async fn list_permissions(
             qb.push(" OR code ILIKE ").push_bind(n.clone()).push(")");
         }
     };
-    let mut qb = QueryBuilder::new("SELECT to_jsonb(t)::text FROM (SELECT * FROM permissions");
-    filter(&mut qb);
-    qb.push(" ORDER BY sort, id LIMIT ")
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset)
-        .push(") t");
-    let list = json_rows(&state, qb).await?;
-    let mut cq = QueryBuilder::new("SELECT count(*) FROM permissions");
-    filter(&mut cq);
-    let total = count(&state, cq).await?;
+    let (list, total) = page_and_total(
+        &state,
+        "*",
+        "permissions",
+        filter,
+        "sort, id",
+        limit,
+        offset,
+    )
+    .await?;
     Ok(list_envelope("permissions", list, total, json!({})))
 }
 

@@ -184,6 +184,19 @@ pub enum PaymentError {
     RechargeNotRefundable,
 }
 
+impl Payment {
+    /// A new payment (order or recharge) must not exist yet and must be for a positive amount.
+    fn check_new(&self, amount: Fen) -> Result<(), PaymentError> {
+        if self.status != PaymentStatus::Absent {
+            return Err(PaymentError::AlreadyCreated);
+        }
+        if amount <= 0 {
+            return Err(PaymentError::InvalidAmount);
+        }
+        Ok(())
+    }
+}
+
 impl Aggregate for Payment {
     const TYPE: &'static str = "payment";
     type Command = PaymentCommand;
@@ -207,12 +220,7 @@ impl Aggregate for Payment {
                 trade_type,
                 created_at,
             } => {
-                if self.status != PaymentStatus::Absent {
-                    return Err(PaymentError::AlreadyCreated);
-                }
-                if amount <= 0 {
-                    return Err(PaymentError::InvalidAmount);
-                }
+                self.check_new(amount)?;
                 let event = PaymentEvent::PaymentCreated {
                     payment_no,
                     order_id,
@@ -272,12 +280,7 @@ impl Aggregate for Payment {
                 trade_type,
                 created_at,
             } => {
-                if self.status != PaymentStatus::Absent {
-                    return Err(PaymentError::AlreadyCreated);
-                }
-                if amount <= 0 {
-                    return Err(PaymentError::InvalidAmount);
-                }
+                self.check_new(amount)?;
                 let event = PaymentEvent::RechargePaymentCreated {
                     payment_no,
                     user_id,
