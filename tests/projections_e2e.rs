@@ -206,7 +206,115 @@ async fn after_the_demo_reconcile_rebuild_and_audit_replay_hold() {
     let out = up.run(&["finance", "reconcile", "--schema", &mid_schema]);
     assert!(out.status.success(), "{}", text(&out));
 
-    // A hand-edited balance: reconcile and diff exit non-zero naming the row.
+    // The API's money figures are the ledger's (after order → pay → chat → bill → withdraw).
+    let ledger = |account: String| {
+        let pool = pool.clone();
+        async move {
+            let signed: i64 = sqlx::query_scalar(
+                "SELECT COALESCE((SELECT balance_fen FROM ledger_balances WHERE account = $1), 0)",
+            )
+            .bind(&account)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            -signed // user and counselor accounts are credit accounts
+        }
+    };
+    let user_id = summary["user_id"].as_i64().unwrap();
+    let user_balance = ledger(format!("user:{user_id}:balance")).await;
+    let payable = ledger(format!("counselor:{counselor_id}:payable")).await;
+    let in_transit = ledger(format!("counselor:{counselor_id}:in_transit")).await;
+    assert_eq!(summary["user_balance_fen"].as_i64(), Some(user_balance));
+    assert_eq!(user_balance, summary["refund_fen"].as_i64().unwrap());
+    assert_eq!(summary["counselor_balance_fen"].as_i64(), Some(payable));
+    assert_eq!(in_transit, 0);
+    let http = reqwest::Client::new();
+    let data = |v: Value| {
+        assert_eq!(v["code"], 200, "{v}");
+        v["data"].clone()
+    };
+    let login = data(
+        http.post(format!("{}/api/login", up.api))
+            .json(&serde_json::json!({ "username": summary["username"], "password": "demo-password-1" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    let user_token = login["token"].as_str().unwrap().to_string();
+    let admin_login = data(
+        http.post(format!("{}/api/admin/login", up.admin))
+            .json(&serde_json::json!({ "username": "admin", "password": "admin123" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    let admin_token = admin_login["token"].as_str().unwrap().to_string();
+    let get = |url: String, token: String| {
+        let http = http.clone();
+        async move {
+            let v: Value = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(v["code"], 200, "{v}");
+            v
+        }
+    };
+    let api_figures = || async {
+        let info = get(format!("{}/api/user/info", up.api), user_token.clone()).await;
+        let account = get(
+            format!("{}/api/admin/finance/accounts/{counselor_id}", up.admin),
+            admin_token.clone(),
+        )
+        .await;
+        let stats = get(
+            format!("{}/api/admin/finance/stats", up.admin),
+            admin_token.clone(),
+        )
+        .await;
+        (
+            info["data"]["balance_fen"].as_i64().unwrap(),
+            account["data"]["account"]["balance_fen"].as_i64().unwrap(),
+            account["data"]["account"]["withdrawn_fen"].as_i64().unwrap(),
+            account["data"]["account"]["total_income_fen"].as_i64().unwrap(),
+            (stats["data"]["total_counselor_balance"].as_f64().unwrap() * 100.0).round() as i64,
+            (stats["data"]["total_withdrawn"].as_f64().unwrap() * 100.0).round() as i64,
+        )
+    };
+    let all_payable: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(-sum(balance_fen), 0)::bigint FROM ledger_balances WHERE account LIKE 'counselor:%:payable'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let payouts = ledger("platform:payouts".to_string()).await;
+    let before = api_figures().await;
+    assert_eq!(
+        before,
+        (
+            user_balance,
+            payable,
+            summary["counselor_withdrawn_fen"].as_i64().unwrap(),
+            summary["counselor_total_income_fen"].as_i64().unwrap(),
+            all_payable,
+            payouts,
+        )
+    );
+    assert!(payouts >= summary["withdrawn_fen"].as_i64().unwrap());
+
+    // A hand-edited balance: reconcile and diff exit non-zero naming the row, and the API,
+    // which reads the ledger, does not move.
     sqlx::query(
         "UPDATE counselor_accounts SET balance_fen = balance_fen + 100 WHERE counselor_id = $1",
     )
@@ -214,6 +322,12 @@ async fn after_the_demo_reconcile_rebuild_and_audit_replay_hold() {
     .execute(&pool)
     .await
     .unwrap();
+    sqlx::query("UPDATE user_wallets SET balance_fen = balance_fen + 12345 WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(api_figures().await, before, "the API reads the ledger");
     let out = up.run(&["finance", "reconcile"]);
     assert!(!out.status.success());
     assert!(

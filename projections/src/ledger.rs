@@ -340,6 +340,76 @@ impl Projection for Ledger {
     fn subjects(&self) -> Vec<String> {
         LEDGER_SUBJECTS.iter().map(|s| s.to_string()).collect()
     }
+    /// The whole batch in one statement: every posting line of the batch in one `UNNEST`
+    /// insert, and the balances of the lines actually inserted (a re-delivered event adds
+    /// nothing) summed per account in one upsert; `updated_at` is the time of the account's
+    /// last posting in stream order, as [`Projection::apply`] leaves it.
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[LogMessage],
+    ) -> anyhow::Result<()> {
+        let upcasters = Upcasters::default();
+        let mut seqs: Vec<i64> = Vec::new();
+        let mut idxs: Vec<i32> = Vec::new();
+        let mut line_numbers: Vec<i32> = Vec::new();
+        let mut accounts: Vec<String> = Vec::new();
+        let mut amounts: Vec<i64> = Vec::new();
+        let mut types: Vec<String> = Vec::new();
+        let mut aggregates: Vec<String> = Vec::new();
+        let mut times: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
+        for message in messages {
+            for stored in message.events(&upcasters)? {
+                let lines = postings(&stored)?;
+                let sum: i64 = lines.iter().map(|p| p.amount).sum();
+                anyhow::ensure!(
+                    sum == 0,
+                    "postings of {} at {} do not balance ({sum})",
+                    stored.event_type,
+                    stored.stream_sequence
+                );
+                let aggregate = format!("{}:{}", stored.aggregate_type, stored.aggregate_id);
+                for (n, p) in lines.into_iter().enumerate() {
+                    seqs.push(stored.stream_sequence as i64);
+                    idxs.push(stored.index as i32);
+                    line_numbers.push(n as i32);
+                    accounts.push(p.account);
+                    amounts.push(p.amount);
+                    types.push(stored.event_type.clone());
+                    aggregates.push(aggregate.clone());
+                    times.push(stored.recorded_at);
+                }
+            }
+        }
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "WITH ins AS (INSERT INTO ledger_postings (stream_seq, idx, line, account, amount_fen, \
+             event_type, aggregate, recorded_at) \
+             SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::bigint[], \
+             $6::text[], $7::text[], $8::timestamptz[]) ON CONFLICT DO NOTHING \
+             RETURNING stream_seq, idx, account, amount_fen, recorded_at) \
+             INSERT INTO ledger_balances (account, balance_fen, updated_at) \
+             SELECT account, sum(amount_fen), \
+             (array_agg(recorded_at ORDER BY stream_seq DESC, idx DESC))[1] \
+             FROM ins GROUP BY account \
+             ON CONFLICT (account) DO UPDATE SET \
+             balance_fen = ledger_balances.balance_fen + EXCLUDED.balance_fen, \
+             updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&seqs)
+        .bind(&idxs)
+        .bind(&line_numbers)
+        .bind(&accounts)
+        .bind(&amounts)
+        .bind(&types)
+        .bind(&aggregates)
+        .bind(&times)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
         for stored in message.events(&Upcasters::default())? {
             let lines = postings(&stored)?;

@@ -233,6 +233,73 @@ impl Projection for Notifications {
             "ev.account.>".into(),
         ]
     }
+    /// Every notification of the batch in one `UNNEST` insert; a counselor recipient is
+    /// resolved to its user in the same statement, as [`Projection::apply`] does.
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[LogMessage],
+    ) -> anyhow::Result<()> {
+        let upcasters = Upcasters::default();
+        let mut n_ = (
+            Vec::<i64>::new(),
+            Vec::<i64>::new(),
+            Vec::<bool>::new(),
+            Vec::<&'static str>::new(),
+            Vec::<&'static str>::new(),
+            Vec::<String>::new(),
+            Vec::<String>::new(),
+            Vec::<String>::new(),
+            Vec::<String>::new(),
+            Vec::<chrono::DateTime<chrono::Utc>>::new(),
+        );
+        for message in messages {
+            for e in message.events(&upcasters)? {
+                for (n, note) in notes_for(&e)?.into_iter().enumerate() {
+                    let (who, counselor) = match note.to {
+                        To::User(u) => (u, false),
+                        To::Counselor(c) => (c, true),
+                    };
+                    n_.0.push(e.position() * 8 + n as i64);
+                    n_.1.push(who);
+                    n_.2.push(counselor);
+                    n_.3.push(note.kind);
+                    n_.4.push(note.level);
+                    n_.5.push(note.title);
+                    n_.6.push(note.content);
+                    n_.7.push(note.extra.to_string());
+                    n_.8.push(format!("{}:{n}", e.position()));
+                    n_.9.push(e.recorded_at);
+                }
+            }
+        }
+        if n_.0.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO notifications (id, user_id, type, level, title, content, extra_data, source, created_at) \
+             SELECT id, u, k, l, ti, co, ex, so, at FROM (SELECT t.*, CASE WHEN t.c \
+             THEN (SELECT user_id FROM counselors WHERE counselors.id = t.who) \
+             ELSE t.who END AS u FROM unnest($1::bigint[], $2::bigint[], $3::bool[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[]) \
+             AS t(id, who, c, k, l, ti, co, ex, so, at)) r \
+             WHERE u IS NOT NULL AND (c OR u > 0) ORDER BY id \
+             ON CONFLICT (source) DO NOTHING",
+        )
+        .bind(&n_.0)
+        .bind(&n_.1)
+        .bind(&n_.2)
+        .bind(&n_.3)
+        .bind(&n_.4)
+        .bind(&n_.5)
+        .bind(&n_.6)
+        .bind(&n_.7)
+        .bind(&n_.8)
+        .bind(&n_.9)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
         for e in message.events(&Upcasters::default())? {
             for (n, note) in notes_for(&e)?.into_iter().enumerate() {

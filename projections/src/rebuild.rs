@@ -29,6 +29,11 @@ use crate::runtime::{
     LIVE_SCHEMA,
 };
 
+/// Most messages a rebuild or an audit replay applies in one transaction (each projection's
+/// [`Projection::apply_batch`] turns a batch into a few multi-row statements, so larger batches
+/// mean fewer round trips; the live projectors use smaller ones for latency).
+pub const REPLAY_BATCH: usize = 2000;
+
 /// Progress of a replay, for a terminal bar or log lines.
 pub trait Progress: Send + Sync {
     /// Replaying `projection`: about `total` messages to apply.
@@ -128,7 +133,7 @@ pub async fn replay_into(
         projection.subjects(),
         position,
         upto,
-        1000,
+        REPLAY_BATCH,
     );
     let mut applied = 0u64;
     while let Some(batch) = reader.recv().await {
@@ -217,7 +222,7 @@ pub async fn rebuild(
                 projection.subjects(),
                 position,
                 None,
-                1000,
+                REPLAY_BATCH,
             );
             while let Some(batch) = reader.recv().await {
                 let batch = batch?;
@@ -426,16 +431,20 @@ pub async fn audit_replay(
     .bind(&names)
     .execute(pool)
     .await?;
-    let mut applied = Vec::new();
-    for p in projections {
+    // The projections replay concurrently: each has its own reader, checkpoint and tables.
+    let applied = futures::future::try_join_all(projections.iter().map(|p| {
         let upto = if p.stream() == eventstore::CHAT_STREAM {
             chat_upto
         } else {
             events_upto
         };
-        let n = replay_into(pool, nats, p.as_ref(), &schema, Some(upto), progress).await?;
-        applied.push((p.name().to_string(), n));
-    }
+        let schema = &schema;
+        async move {
+            let n = replay_into(pool, nats, p.as_ref(), schema, Some(upto), progress).await?;
+            anyhow::Ok((p.name().to_string(), n))
+        }
+    }))
+    .await?;
     Ok(AuditReport {
         schema,
         events_upto,

@@ -79,6 +79,46 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies one message inside the batch's transaction. An error aborts the whole batch (and
     /// its checkpoint); the projection stops at that message until the cause is fixed.
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()>;
+    /// Applies a whole batch of messages, in stream order, inside the batch's transaction, with
+    /// the same result as [`Projection::apply`] on each message in turn (the default does
+    /// exactly that). Read models override it with multi-row statements (a few SQL round trips
+    /// per batch instead of one or more per message).
+    ///
+    /// An error need not name the message: the runtime rolls the batch back to a savepoint and
+    /// re-applies it message by message with [`Projection::apply`] to find the poison event
+    /// ([`apply_in_tx`]).
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[LogMessage],
+    ) -> anyhow::Result<()> {
+        for message in messages {
+            self.apply(&mut *tx, message).await.context(FailedAt {
+                stream_sequence: message.stream_sequence,
+                subject: message.subject.clone(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The context the default [`Projection::apply_batch`] puts on a message's error: the runtime
+/// then knows the poison event without applying the batch again.
+#[derive(Debug, Clone)]
+pub struct FailedAt {
+    /// The stream sequence of the message that failed.
+    pub stream_sequence: u64,
+    pub subject: String,
+}
+
+impl std::fmt::Display for FailedAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "applying stream sequence {} ({})",
+            self.stream_sequence, self.subject
+        )
+    }
 }
 
 /// Runtime settings.
@@ -307,25 +347,26 @@ pub async fn apply_in_tx(
     sqlx::query(&format!("SET LOCAL search_path TO {s}, public"))
         .execute(&mut *tx)
         .await?;
-    for message in batch {
-        if skips.contains(&message.stream_sequence) {
+    let skipped = batch.iter().any(|m| skips.contains(&m.stream_sequence));
+    let kept: std::borrow::Cow<'_, [LogMessage]> = if skipped {
+        for m in batch.iter().filter(|m| skips.contains(&m.stream_sequence)) {
             tracing::warn!(
                 projection = name,
-                stream_sequence = message.stream_sequence,
+                stream_sequence = m.stream_sequence,
                 "skipping the message by the operator's recorded decision"
             );
-            continue;
         }
-        if let Err(cause) = projection.apply(&mut *tx, message).await {
-            if is_transient(&cause) {
-                return Err(BatchError::Transient(cause));
-            }
-            return Err(BatchError::Poison {
-                stream_sequence: message.stream_sequence,
-                subject: message.subject.clone(),
-                cause,
-            });
-        }
+        batch
+            .iter()
+            .filter(|m| !skips.contains(&m.stream_sequence))
+            .cloned()
+            .collect::<Vec<_>>()
+            .into()
+    } else {
+        batch.into()
+    };
+    if !kept.is_empty() {
+        apply_messages(tx, projection, &kept).await?;
     }
     let last = batch.last().map_or(position, |m| m.stream_sequence);
     let moved = sqlx::query(&format!(
@@ -348,6 +389,61 @@ pub async fn apply_in_tx(
         .execute(&mut *tx)
         .await?;
     Ok(last)
+}
+
+/// Applies `messages` with [`Projection::apply_batch`] behind a savepoint. When the batch fails
+/// for a reason other than the infrastructure, it is rolled back to the savepoint and applied
+/// again message by message with [`Projection::apply`]: the first message that fails is the
+/// poison event, named by its own stream sequence and cause. (If every message then applies,
+/// the batched code was at fault: the message-by-message result stands, and a warning is logged.)
+async fn apply_messages(
+    tx: &mut PgConnection,
+    projection: &dyn Projection,
+    messages: &[LogMessage],
+) -> Result<(), BatchError> {
+    let name = projection.name();
+    sqlx::query("SAVEPOINT mychat_batch")
+        .execute(&mut *tx)
+        .await?;
+    let cause = match projection.apply_batch(&mut *tx, messages).await {
+        Ok(()) => return Ok(()),
+        Err(cause) if is_transient(&cause) => return Err(BatchError::Transient(cause)),
+        Err(cause) => match cause.downcast_ref::<FailedAt>().cloned() {
+            // Applied message by message already: the failing message is known.
+            Some(at) => {
+                return Err(BatchError::Poison {
+                    stream_sequence: at.stream_sequence,
+                    subject: at.subject,
+                    cause,
+                })
+            }
+            None => cause,
+        },
+    };
+    sqlx::query("ROLLBACK TO SAVEPOINT mychat_batch")
+        .execute(&mut *tx)
+        .await?;
+    for message in messages {
+        if let Err(cause) = projection.apply(&mut *tx, message).await {
+            if is_transient(&cause) {
+                return Err(BatchError::Transient(cause));
+            }
+            return Err(BatchError::Poison {
+                stream_sequence: message.stream_sequence,
+                subject: message.subject.clone(),
+                cause,
+            });
+        }
+    }
+    tracing::warn!(
+        projection = name,
+        first = messages.first().map(|m| m.stream_sequence),
+        last = messages.last().map(|m| m.stream_sequence),
+        error = format!("{cause:#}"),
+        "the batched apply failed but every message applied on its own; kept the \
+         message-by-message result"
+    );
+    Ok(())
 }
 
 /// The stream sequences an operator decided to skip for `projection`: the

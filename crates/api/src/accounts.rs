@@ -390,12 +390,7 @@ pub async fn recharge(
         Some(domain::PaymentEvent::RechargePaymentCreated { payment_no, .. }) => payment_no.clone(),
         _ => payment_no,
     };
-    let balance: i64 = sqlx::query_scalar(
-        "SELECT COALESCE((SELECT balance_fen FROM user_wallets WHERE user_id = $1), 0)",
-    )
-    .bind(user.user_id)
-    .fetch_one(&state.db)
-    .await?;
+    let balance = crate::ledger_reads::user_balance(&state.db, user.user_id).await?;
     Ok(ok(json!({
         "payment_id": id,
         "payment_no": payment_no,

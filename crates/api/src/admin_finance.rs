@@ -1,7 +1,8 @@
 //! Admin API (issue 4): finance screens (contract c.5 #48–#56). **Every finance query is in this
-//! module** so that it can be repointed to the ledger (issue 6) in one place. Today they read the
-//! read models: `chat_billings` (settled sessions: revenue, platform commission, counselor
-//! earnings), `counselor_accounts` and `withdrawals`. Amounts are yuan JSON numbers.
+//! module** so that it can be repointed to the ledger (issue 6) in one place. The statistics
+//! (`/finance/stats`) and the counselor accounts (list, detail, account report) read the ledger
+//! ([`crate::ledger_reads`]); the revenue series and the income / withdraw reports group the
+//! `chat_billings` and `withdrawals` read models by day. Amounts are yuan JSON numbers.
 //! Approve / reject / transfer are commands on the `CounselorAccount` aggregate
 //! ([`crate::admin::approve`], [`crate::admin::transfer`]).
 
@@ -99,8 +100,13 @@ fn range(q: &Q, default_days: i64) -> Result<(NaiveDate, NaiveDate), ApiError> {
 /// `GET /api/admin/finance/stats?start_date&end_date` → `{total_revenue, total_withdrawn,
 /// total_commission, total_counselor_earning, total_counselor_balance, pending_withdraws,
 /// pending_withdraw_amount, approved_withdraws, today_revenue, today_orders}` in `data` and at
-/// the root (the reports view reads the root, #52). Revenue = billed sessions; commission = the
-/// platform fee actually charged.
+/// the root (the reports view reads the root, #52). The money figures come from the ledger
+/// (issue 6): revenue = the `SessionBilled` debits of users' prepaid accounts in the period,
+/// commission = its credits to `platform:revenue`, counselor earning = its credits to
+/// `counselor:<id>:pending`, withdrawn = the balance of `platform:payouts`, counselor balance =
+/// the sum of `counselor:<id>:payable`; the withdrawal counts and the pending amount are
+/// statuses of the `withdrawals` read model (the ledger holds requested and approved
+/// withdrawals together in `in_transit`).
 pub async fn finance_stats(
     State(state): State<AppState>,
     ApiQuery(q): Params,
@@ -109,15 +115,15 @@ pub async fn finance_stats(
     let (start, end) = range(&q, 3650)?;
     let row: String = sqlx::query_scalar(
         "SELECT jsonb_build_object(\
-           'total_revenue', (SELECT COALESCE(sum(total_amount_fen), 0) FROM chat_billings WHERE created_at >= $1::date AND created_at < $2::date) / 100.0, \
-           'total_commission', (SELECT COALESCE(sum(platform_fee_fen), 0) FROM chat_billings WHERE created_at >= $1::date AND created_at < $2::date) / 100.0, \
-           'total_counselor_earning', (SELECT COALESCE(sum(counselor_fee_fen), 0) FROM chat_billings WHERE created_at >= $1::date AND created_at < $2::date) / 100.0, \
-           'total_withdrawn', (SELECT COALESCE(sum(withdrawn_fen), 0) FROM counselor_accounts) / 100.0, \
-           'total_counselor_balance', (SELECT COALESCE(sum(balance_fen), 0) FROM counselor_accounts) / 100.0, \
+           'total_revenue', (SELECT COALESCE(sum(amount_fen), 0) FROM ledger_postings WHERE event_type = 'SessionBilled' AND amount_fen > 0 AND recorded_at >= $1::date AND recorded_at < $2::date) / 100.0, \
+           'total_commission', (SELECT COALESCE(-sum(amount_fen), 0) FROM ledger_postings WHERE event_type = 'SessionBilled' AND account = 'platform:revenue' AND recorded_at >= $1::date AND recorded_at < $2::date) / 100.0, \
+           'total_counselor_earning', (SELECT COALESCE(-sum(amount_fen), 0) FROM ledger_postings WHERE event_type = 'SessionBilled' AND account LIKE 'counselor:%' AND recorded_at >= $1::date AND recorded_at < $2::date) / 100.0, \
+           'total_withdrawn', (SELECT COALESCE(-sum(balance_fen), 0) FROM ledger_balances WHERE account = 'platform:payouts') / 100.0, \
+           'total_counselor_balance', (SELECT COALESCE(-sum(balance_fen), 0) FROM ledger_balances WHERE account LIKE 'counselor:%:payable') / 100.0, \
            'pending_withdraws', (SELECT count(*) FROM withdrawals WHERE status = 0), \
            'pending_withdraw_amount', (SELECT COALESCE(sum(amount_fen), 0) FROM withdrawals WHERE status = 0) / 100.0, \
            'approved_withdraws', (SELECT count(*) FROM withdrawals WHERE status IN (1, 3)), \
-           'today_revenue', (SELECT COALESCE(sum(total_amount_fen), 0) FROM chat_billings WHERE created_at >= date_trunc('day', now())) / 100.0, \
+           'today_revenue', (SELECT COALESCE(sum(amount_fen), 0) FROM ledger_postings WHERE event_type = 'SessionBilled' AND amount_fen > 0 AND recorded_at >= date_trunc('day', now())) / 100.0, \
            'today_orders', (SELECT count(*) FROM orders WHERE created_at >= date_trunc('day', now())) \
          )::text",
     )
@@ -188,10 +194,14 @@ pub async fn reports(State(state): State<AppState>, ApiQuery(q): Params) -> ApiR
         "account" => "SELECT COALESCE(jsonb_agg(to_jsonb(r) ORDER BY r.counselor_id), '[]')::text FROM \
             (SELECT a.counselor_id, COALESCE(c.name, '') AS counselor_name, a.total_income_fen / 100.0 AS total_income, \
              a.balance_fen / 100.0 AS balance, a.withdrawn_fen / 100.0 AS withdrawn, a.frozen_fen / 100.0 AS frozen_amount \
-             FROM counselor_accounts a LEFT JOIN counselors c ON c.id = a.counselor_id WHERE $1::date IS NOT NULL AND $2::date IS NOT NULL) r",
+             FROM counselor_accounts_ledger a LEFT JOIN counselors c ON c.id = a.counselor_id WHERE $1::date IS NOT NULL AND $2::date IS NOT NULL) r",
         _ => return Err(ApiError::field("type", "must be income, withdraw or account")),
     };
-    let records: String = sqlx::query_scalar(sql)
+    let sql = sql.replace(
+        "counselor_accounts_ledger a",
+        &format!("{} a", crate::ledger_reads::COUNSELOR_ACCOUNTS_SQL),
+    );
+    let records: String = sqlx::query_scalar(&sql)
         .bind(start)
         .bind(end)
         .fetch_one(&state.db)
@@ -208,7 +218,7 @@ const ACCOUNT_SELECT: &str = "SELECT to_jsonb(t)::text FROM (SELECT a.counselor_
      a.total_income_fen / 100.0 AS total_income, a.withdrawn_fen / 100.0 AS withdrawn, a.balance_fen / 100.0 AS balance, \
      a.frozen_fen / 100.0 AS frozen_amount, a.created_at, a.updated_at, \
      jsonb_build_object('id', COALESCE(c.id, 0), 'name', COALESCE(c.name, ''), 'avatar', COALESCE(c.avatar, '')) AS counselor \
-     FROM counselor_accounts a LEFT JOIN counselors c ON c.id = a.counselor_id";
+     FROM ";
 
 /// `GET /api/admin/finance/accounts?page&page_size&counselor_id` → `{accounts, list, total}`.
 pub async fn accounts(
@@ -224,7 +234,12 @@ pub async fn accounts(
             qb.push(" AND a.counselor_id = ").push_bind(c);
         }
     };
-    let mut qb = QueryBuilder::new(ACCOUNT_SELECT);
+    // The accounts as the ledger has them (issue 6), with the read model's column names.
+    let from = format!(
+        "{} a LEFT JOIN counselors c ON c.id = a.counselor_id",
+        crate::ledger_reads::COUNSELOR_ACCOUNTS_SQL
+    );
+    let mut qb = QueryBuilder::new(format!("{ACCOUNT_SELECT}{from}"));
     filter(&mut qb);
     qb.push(" ORDER BY a.counselor_id LIMIT ")
         .push_bind(limit)
@@ -232,7 +247,10 @@ pub async fn accounts(
         .push_bind(offset)
         .push(") t");
     let list = json_rows(&state, qb).await?;
-    let mut cq = QueryBuilder::new("SELECT count(*) FROM counselor_accounts a");
+    let mut cq = QueryBuilder::new(format!(
+        "SELECT count(*) FROM {} a",
+        crate::ledger_reads::COUNSELOR_ACCOUNTS_SQL
+    ));
     filter(&mut cq);
     let total = count(&state, cq).await?;
     Ok(list_envelope("accounts", list, total, json!({})))

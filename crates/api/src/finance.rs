@@ -32,27 +32,23 @@ pub async fn caller_counselor(state: &AppState, user: &AuthUser) -> Result<i64, 
         .ok_or_else(|| ApiError::forbidden("not a counselor"))
 }
 
-/// A counselor account (contract c.9), amounts in yuan with `_fen` twins.
+/// A counselor account (contract c.9), amounts in yuan with `_fen` twins, read from the ledger
+/// ([`crate::ledger_reads::counselor_account`]).
 pub async fn account_json(state: &AppState, counselor_id: i64) -> Result<Value, ApiError> {
-    let row = sqlx::query("SELECT * FROM counselor_accounts WHERE counselor_id = $1")
-        .bind(counselor_id)
-        .fetch_optional(&state.db)
-        .await?;
-    let get = |col: &str| row.as_ref().map_or(0, |r| r.get::<i64, _>(col));
-    let at = |col: &str| row.as_ref().map(|r| r.get::<DateTime<Utc>, _>(col));
+    let a = crate::ledger_reads::counselor_account(&state.db, counselor_id).await?;
     Ok(json!({
         "id": counselor_id,
         "counselor_id": counselor_id,
-        "total_income": yuan(get("total_income_fen")),
-        "total_income_fen": get("total_income_fen"),
-        "balance": yuan(get("balance_fen")),
-        "balance_fen": get("balance_fen"),
-        "frozen_amount": yuan(get("frozen_fen")),
-        "frozen_amount_fen": get("frozen_fen"),
-        "withdrawn": yuan(get("withdrawn_fen")),
-        "withdrawn_fen": get("withdrawn_fen"),
-        "created_at": at("created_at"),
-        "updated_at": at("updated_at"),
+        "total_income": yuan(a.total_income),
+        "total_income_fen": a.total_income,
+        "balance": yuan(a.balance),
+        "balance_fen": a.balance,
+        "frozen_amount": yuan(a.frozen),
+        "frozen_amount_fen": a.frozen,
+        "withdrawn": yuan(a.withdrawn),
+        "withdrawn_fen": a.withdrawn,
+        "created_at": a.created_at,
+        "updated_at": a.updated_at,
     }))
 }
 

@@ -26,6 +26,7 @@ pub mod error;
 pub mod files;
 pub mod finance;
 pub mod idempotency;
+pub mod ledger_reads;
 pub mod money;
 pub mod notifications;
 pub mod openapi;

@@ -139,18 +139,17 @@ pub async fn login(
 }
 
 /// `GET /api/user/info` → `{id, user_id, username, email, phone, avatar, balance, balance_fen,
-/// status, is_counselor, counselor_id}`; `balance` in yuan from the wallet read model.
+/// status, is_counselor, counselor_id}`; `balance` in yuan from the ledger (`user:<id>:balance`).
 pub async fn user_info(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
     let row = sqlx::query(
         "SELECT u.id, u.username, u.email, u.phone, u.avatar, u.status, u.created_at, \
-         COALESCE(w.balance_fen, 0) AS balance_fen, c.id AS counselor_id FROM users u \
-         LEFT JOIN user_wallets w ON w.user_id = u.id LEFT JOIN counselors c ON c.user_id = u.id \
+         c.id AS counselor_id FROM users u LEFT JOIN counselors c ON c.user_id = u.id \
          WHERE u.id = $1",
     )
     .bind(user.user_id)
     .fetch_one(&state.db)
     .await?;
-    let balance: i64 = row.get("balance_fen");
+    let balance = crate::ledger_reads::user_balance(&state.db, user.user_id).await?;
     let counselor_id: Option<i64> = row.get("counselor_id");
     Ok(ok(json!({
         "id": user.user_id,

@@ -100,14 +100,16 @@ pub enum FinanceCommand {
     },
 }
 
-/// A progress bar on a terminal (events/s, ETA), log lines otherwise.
+/// Progress bars on a terminal (one per projection: an audit replay runs them concurrently;
+/// events/s, ETA), log lines otherwise.
 struct BarProgress {
-    bar: Mutex<Option<indicatif::ProgressBar>>,
+    multi: indicatif::MultiProgress,
+    bars: Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
 }
 
 impl Progress for BarProgress {
     fn start(&self, projection: &str, total: u64) {
-        let bar = indicatif::ProgressBar::new(total);
+        let bar = self.multi.add(indicatif::ProgressBar::new(total));
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{prefix:>20} [{bar:40}] {pos}/{len} {per_sec} ETA {eta}",
@@ -116,28 +118,46 @@ impl Progress for BarProgress {
             .progress_chars("=> "),
         );
         bar.set_prefix(projection.to_string());
-        *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar);
+        self.bars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(projection.to_string(), bar);
     }
-    fn advance(&self, _: &str, applied: u64, _: u64) {
-        if let Some(bar) = &*self.bar.lock().unwrap_or_else(|e| e.into_inner()) {
+    fn advance(&self, projection: &str, applied: u64, _: u64) {
+        if let Some(bar) = self
+            .bars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(projection)
+        {
             bar.set_position(applied);
         }
     }
     fn finish(&self, projection: &str, applied: u64, seconds: f64) {
-        if let Some(bar) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            bar.finish();
-        }
-        eprintln!(
+        let bar = self
+            .bars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(projection);
+        let line = format!(
             "{projection}: {applied} messages in {seconds:.2}s ({:.0}/s)",
             applied as f64 / seconds.max(1e-9)
         );
+        match bar {
+            Some(bar) => {
+                bar.finish_and_clear();
+                let _ = self.multi.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
     }
 }
 
 fn progress() -> Box<dyn Progress> {
     if std::io::stderr().is_terminal() {
         Box::new(BarProgress {
-            bar: Mutex::new(None),
+            multi: indicatif::MultiProgress::new(),
+            bars: Mutex::new(Default::default()),
         })
     } else {
         Box::new(LogProgress)
