@@ -265,3 +265,70 @@ async fn a_changed_projection_version_rebuilds_on_start() {
     .await;
     shutdown.cancel();
 }
+
+/// Applies a batch as one multi-row insert into a table that refuses one stream sequence (a
+/// `CHECK` constraint): the batch fails without saying which message is at fault.
+struct PickyBatch;
+
+#[async_trait]
+impl Projection for PickyBatch {
+    fn name(&self) -> &'static str {
+        "picky_batch"
+    }
+    fn subjects(&self) -> Vec<String> {
+        vec!["ev.order.>".into()]
+    }
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[LogMessage],
+    ) -> anyhow::Result<()> {
+        let seqs: Vec<i64> = messages.iter().map(|m| m.stream_sequence as i64).collect();
+        sqlx::query("INSERT INTO picked_batch (seq) SELECT * FROM unnest($1::bigint[])")
+            .bind(&seqs)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+    async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO picked_batch (seq) VALUES ($1)")
+            .bind(message.stream_sequence as i64)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_poison_event_inside_a_batched_apply_is_pinpointed_by_its_sequence() {
+    let env = env().await;
+    sqlx::query("CREATE TABLE picked_batch (seq BIGINT PRIMARY KEY CHECK (seq <> 6))")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    for id in 1..=10 {
+        place(&env, id).await;
+    }
+    let shutdown = CancellationToken::new();
+    start(&env, Arc::new(PickyBatch), &shutdown);
+    wait_for("the projection to stop", || async {
+        let row: Option<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT state, poison_seq, error FROM projection_status WHERE name = 'picky_batch'",
+        )
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap();
+        matches!(row, Some((s, Some(6), Some(e))) if s == "stopped" && e.contains("picked_batch_seq_check"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The messages before it are applied (the failed batch was rolled back and re-applied one
+    // by one), nothing after it.
+    assert_eq!(checkpoint(&env.pool, "picky_batch").await.unwrap(), 5);
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM picked_batch ORDER BY seq")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    shutdown.cancel();
+}

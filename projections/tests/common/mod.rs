@@ -319,14 +319,17 @@ pub async fn fresh_replay_diff(env: &Env) -> Vec<projections::rebuild::RowDiff> 
     )
     .await
     .unwrap();
-    projections::rebuild::diff(
+    let mut diffs = projections::rebuild::diff(
         &env.pool,
         &report.schema,
         "public",
         &projections::read_models(),
     )
     .await
-    .unwrap()
+    .unwrap();
+    // The batched replay equals one applied message by message.
+    diffs.extend(one_by_one_diff(env, &report.schema).await);
+    diffs
 }
 
 pub async fn wait_caught_up(env: &Env) {
@@ -343,4 +346,65 @@ pub async fn wait_caught_up(env: &Env) {
     }
     let _ = js;
     panic!("projections never caught up");
+}
+
+/// A read model applied strictly message by message: it delegates everything but
+/// `apply_batch`, so the runtime's default loops over [`Projection::apply`].
+pub struct OneByOne(pub Arc<dyn Projection>);
+
+#[async_trait::async_trait]
+impl Projection for OneByOne {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn stream(&self) -> &'static str {
+        self.0.stream()
+    }
+    fn subjects(&self) -> Vec<String> {
+        self.0.subjects()
+    }
+    fn version(&self) -> i32 {
+        self.0.version()
+    }
+    fn tables(&self) -> Vec<&'static str> {
+        self.0.tables()
+    }
+    async fn apply(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        message: &projections::LogMessage,
+    ) -> anyhow::Result<()> {
+        self.0.apply(tx, message).await
+    }
+}
+
+/// Replays every read model message by message ([`OneByOne`]) into `onebyone` (re-created) and
+/// diffs it against `against` (e.g. a batched audit replay).
+pub async fn one_by_one_diff(env: &Env, against: &str) -> Vec<projections::rebuild::RowDiff> {
+    let models: Vec<Arc<dyn Projection>> = projections::read_models()
+        .into_iter()
+        .map(|p| Arc::new(OneByOne(p)) as Arc<dyn Projection>)
+        .collect();
+    sqlx::query("DROP SCHEMA IF EXISTS onebyone CASCADE")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    projections::runtime::prepare_schema(&env.pool, "onebyone", &models)
+        .await
+        .unwrap();
+    for p in &models {
+        projections::rebuild::replay_into(
+            &env.pool,
+            &env.client,
+            p.as_ref(),
+            "onebyone",
+            None,
+            &projections::rebuild::LogProgress,
+        )
+        .await
+        .unwrap();
+    }
+    projections::rebuild::diff(&env.pool, "onebyone", against, &models)
+        .await
+        .unwrap()
 }
