@@ -462,6 +462,39 @@ pub async fn load_skips(
     Ok(skips)
 }
 
+/// Whether a NATS subject filter (`*` one token, `>` the rest) matches `subject`.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// How a projection reads its subjects: `(the consumer's filter, the subjects to keep client
+/// side)`. One subject is filtered by the server. Several (the ledger's five aggregate types,
+/// the notifications' four) are read unfiltered and kept client side: measured on
+/// nats-server 2.15 with one subject per aggregate, an ordered consumer with several
+/// wildcard filters delivers ~4k messages/s, a single-filter or unfiltered one > 100k/s.
+pub fn read_filter(subjects: Vec<String>) -> (Vec<String>, Option<Vec<String>>) {
+    if subjects.len() > 1 {
+        (Vec::new(), Some(subjects))
+    } else {
+        (subjects, None)
+    }
+}
+
+fn keeps(keep: &Option<Vec<String>>, subject: &str) -> bool {
+    keep.as_ref()
+        .is_none_or(|k| k.iter().any(|f| subject_matches(f, subject)))
+}
+
 /// Reads `projection`'s messages from `from + 1` with an ordered consumer in a background task
 /// and sends them in batches of at most `batch_size`, until the consumer has nothing pending
 /// (the head when it was created) or the next message is past `upto`; then the channel closes.
@@ -488,9 +521,10 @@ pub fn spawn_reader(
                     start_sequence: from + 1,
                 }
             };
+            let (filter_subjects, keep) = read_filter(subjects);
             let consumer = stream
                 .create_consumer(pull::OrderedConfig {
-                    filter_subjects: subjects,
+                    filter_subjects,
                     deliver_policy,
                     ..Default::default()
                 })
@@ -511,11 +545,13 @@ pub fn spawn_reader(
                     break;
                 }
                 let last = message.stream_sequence;
-                batch.push(message);
-                if batch.len() >= batch_size
-                    && tx.send(Ok(std::mem::take(&mut batch))).await.is_err()
-                {
-                    return Ok(());
+                if keeps(&keep, &message.subject) {
+                    batch.push(message);
+                    if batch.len() >= batch_size
+                        && tx.send(Ok(std::mem::take(&mut batch))).await.is_err()
+                    {
+                        return Ok(());
+                    }
                 }
                 if pending == 0 || upto.is_some_and(|u| last >= u) {
                     break;
@@ -727,9 +763,10 @@ impl Projector {
                 start_sequence: position + 1,
             }
         };
+        let (filter_subjects, keep) = read_filter(self.projection.subjects());
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
-                filter_subjects: self.projection.subjects(),
+                filter_subjects,
                 deliver_policy,
                 ..Default::default()
             })
@@ -756,15 +793,22 @@ impl Projector {
                 return Err(BatchError::Transient(anyhow::anyhow!("consumer ended")));
             };
             let first = first.map_err(|e| BatchError::Transient(anyhow::anyhow!("{e}")))?;
-            let mut batch = vec![to_log_message(first).map_err(BatchError::Transient)?];
+            let first = to_log_message(first).map_err(BatchError::Transient)?;
+            if !keeps(&keep, &first.subject) {
+                continue;
+            }
+            let mut batch = vec![first];
             while batch.len() < self.settings.batch_size {
                 match tokio::time::timeout(self.settings.linger, messages.next()).await {
-                    Ok(Some(m)) => batch.push(
-                        to_log_message(
+                    Ok(Some(m)) => {
+                        let m = to_log_message(
                             m.map_err(|e| BatchError::Transient(anyhow::anyhow!("{e}")))?,
                         )
-                        .map_err(BatchError::Transient)?,
-                    ),
+                        .map_err(BatchError::Transient)?;
+                        if keeps(&keep, &m.subject) {
+                            batch.push(m);
+                        }
+                    }
                     Ok(None) | Err(_) => break,
                 }
             }
@@ -843,4 +887,22 @@ pub(crate) fn to_log_message(m: jetstream::Message) -> anyhow::Result<LogMessage
         time,
         payload: m.payload.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn subject_filters_match_as_nats_does() {
+        assert!(subject_matches("ev.order.>", "ev.order.12"));
+        assert!(subject_matches("ev.order.>", "ev.order.12.x"));
+        assert!(!subject_matches("ev.order.>", "ev.order"));
+        assert!(!subject_matches("ev.order.>", "ev.orders.1"));
+        assert!(subject_matches("ev.*.1", "ev.order.1"));
+        assert!(!subject_matches("ev.*.1", "ev.order.2"));
+        assert!(subject_matches("chat.>", "chat.5"));
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+    }
 }
