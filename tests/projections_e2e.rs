@@ -286,8 +286,12 @@ async fn after_the_demo_reconcile_rebuild_and_audit_replay_hold() {
         (
             info["data"]["balance_fen"].as_i64().unwrap(),
             account["data"]["account"]["balance_fen"].as_i64().unwrap(),
-            account["data"]["account"]["withdrawn_fen"].as_i64().unwrap(),
-            account["data"]["account"]["total_income_fen"].as_i64().unwrap(),
+            account["data"]["account"]["withdrawn_fen"]
+                .as_i64()
+                .unwrap(),
+            account["data"]["account"]["total_income_fen"]
+                .as_i64()
+                .unwrap(),
             (stats["data"]["total_counselor_balance"].as_f64().unwrap() * 100.0).round() as i64,
             (stats["data"]["total_withdrawn"].as_f64().unwrap() * 100.0).round() as i64,
         )

@@ -1138,9 +1138,10 @@ impl Projection for Messages {
         }
         let mut run = Run::default();
         for message in messages {
-            let record: ChatRecord = serde_json::from_slice(&message.payload).with_context(|| {
-                format!("undecodable chat record at {}", message.stream_sequence)
-            })?;
+            let record: ChatRecord =
+                serde_json::from_slice(&message.payload).with_context(|| {
+                    format!("undecodable chat record at {}", message.stream_sequence)
+                })?;
             match record {
                 ChatRecord::Message(m) => {
                     run.id.push(message.stream_sequence as i64);

@@ -68,6 +68,16 @@ pub const COUNSELOR_ACCOUNTS_SQL: &str = "(SELECT c.counselor_id, \
      FROM ledger_balances WHERE account LIKE 'counselor:%:payable' OR account LIKE 'counselor:%:in_transit' \
      GROUP BY 1) c)";
 
+/// `(payable, in_transit, income postings, transferred postings, first, last)`.
+type AccountRow = (
+    Option<i64>,
+    Option<i64>,
+    i64,
+    i64,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
 /// One counselor's account from the ledger (all zero when it has no posting yet).
 ///
 /// # Errors
@@ -78,14 +88,7 @@ pub async fn counselor_account(
 ) -> Result<CounselorAccount, sqlx::Error> {
     let payable = ledger::counselor_payable(counselor_id);
     let in_transit = ledger::counselor_in_transit(counselor_id);
-    let row: (
-        Option<i64>,
-        Option<i64>,
-        i64,
-        i64,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-    ) = sqlx::query_as(
+    let row: AccountRow = sqlx::query_as(
         "SELECT (SELECT balance_fen FROM ledger_balances WHERE account = $1), \
          (SELECT balance_fen FROM ledger_balances WHERE account = $2), \
          COALESCE((SELECT sum(amount_fen) FROM ledger_postings WHERE account = $1 \
