@@ -150,6 +150,92 @@ pub async fn replay_into(
     Ok(applied)
 }
 
+/// Replays `projections` (all on `EVENTS`) into `schema` up to `upto` from **one** reader of
+/// the stream: each batch read is handed to every projection, which keeps its own subjects past
+/// its own checkpoint and applies them in its own transactions, concurrently with the others.
+/// The log is delivered once instead of once per projection. Returns the messages applied per
+/// projection.
+///
+/// # Errors
+/// A poison event (naming the projection, its stream sequence and cause), or a failure.
+pub async fn replay_shared(
+    pool: &PgPool,
+    nats: &async_nats::Client,
+    projections: &[Arc<dyn Projection>],
+    schema: &str,
+    upto: u64,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<(String, u64)>> {
+    if projections.is_empty() {
+        return Ok(Vec::new());
+    }
+    let js = jetstream::new(nats.clone());
+    let mut lanes = Vec::new();
+    let mut senders = Vec::new();
+    for p in projections {
+        let position = checkpoint_in(pool, schema, p.name()).await?;
+        let skips = load_skips(&js, p.name()).await?;
+        let (total, _) = lag(&js, p.as_ref(), position).await?;
+        progress.start(p.name(), total.min(upto.saturating_sub(position)));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Arc<Vec<crate::runtime::LogMessage>>>(4);
+        senders.push(tx);
+        lanes.push((p.clone(), position, skips, rx));
+    }
+    let from = lanes.iter().map(|l| l.1).min().unwrap_or(0);
+    let mut reader = spawn_reader(
+        js,
+        eventstore::EVENTS_STREAM,
+        Vec::new(),
+        from,
+        Some(upto),
+        2 * REPLAY_BATCH,
+    );
+    let distribute = async move {
+        while let Some(batch) = reader.recv().await {
+            let batch = Arc::new(batch?);
+            for tx in &senders {
+                // A closed lane failed: its error is reported by the join below.
+                let _ = tx.send(batch.clone()).await;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let apply = futures::future::try_join_all(lanes.into_iter().map(
+        |(p, mut position, skips, mut rx)| async move {
+            let name = p.name();
+            let started = Instant::now();
+            let subjects = p.subjects();
+            let mut applied = 0u64;
+            while let Some(batch) = rx.recv().await {
+                let mine: Vec<crate::runtime::LogMessage> = batch
+                    .iter()
+                    .filter(|m| {
+                        m.stream_sequence > position
+                            && subjects
+                                .iter()
+                                .any(|f| crate::runtime::subject_matches(f, &m.subject))
+                    })
+                    .cloned()
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let mut tx = pool.begin().await?;
+                position = apply_in_tx(&mut tx, p.as_ref(), schema, position, &mine, &skips)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("projection {name} into {schema}: {e}"))?;
+                tx.commit().await?;
+                applied += mine.len() as u64;
+                progress.advance(name, applied, position);
+            }
+            progress.finish(name, applied, started.elapsed().as_secs_f64());
+            anyhow::Ok((name.to_string(), applied))
+        },
+    ));
+    let ((), applied) = futures::future::try_join(distribute, apply).await?;
+    Ok(applied)
+}
+
 /// What a rebuild did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RebuildReport {
@@ -431,20 +517,39 @@ pub async fn audit_replay(
     .bind(&names)
     .execute(pool)
     .await?;
-    // The projections replay concurrently: each has its own reader, checkpoint and tables.
-    let applied = futures::future::try_join_all(projections.iter().map(|p| {
-        let upto = if p.stream() == eventstore::CHAT_STREAM {
-            chat_upto
-        } else {
-            events_upto
-        };
-        let schema = &schema;
-        async move {
-            let n = replay_into(pool, nats, p.as_ref(), schema, Some(upto), progress).await?;
+    // The projections replay concurrently: the `EVENTS` ones from one shared reader, the
+    // `CHAT` ones each with its own.
+    let (events_ps, chat_ps): (Vec<_>, Vec<_>) = projections
+        .iter()
+        .cloned()
+        .partition(|p| p.stream() == eventstore::EVENTS_STREAM);
+    let schema_ref = &schema;
+    let (shared, chat) = futures::future::try_join(
+        replay_shared(pool, nats, &events_ps, schema_ref, events_upto, progress),
+        futures::future::try_join_all(chat_ps.iter().map(|p| async move {
+            let n = replay_into(
+                pool,
+                nats,
+                p.as_ref(),
+                schema_ref,
+                Some(chat_upto),
+                progress,
+            )
+            .await?;
             anyhow::Ok((p.name().to_string(), n))
-        }
-    }))
+        })),
+    )
     .await?;
+    let applied: Vec<(String, u64)> = projections
+        .iter()
+        .filter_map(|p| {
+            shared
+                .iter()
+                .chain(chat.iter())
+                .find(|(n, _)| n == p.name())
+                .cloned()
+        })
+        .collect();
     Ok(AuditReport {
         schema,
         events_upto,
