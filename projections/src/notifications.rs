@@ -57,7 +57,7 @@ fn notes_for(e: &StoredEvent) -> anyhow::Result<Vec<Note>> {
         extra,
     };
     Ok(match e.aggregate_type.as_str() {
-        "payment" => match e.decode::<PaymentEvent>()? {
+        "payment" => match crate::runtime::decode::<PaymentEvent>(&e)? {
             PaymentEvent::PaymentCaptured {
                 order_id,
                 user_id,
@@ -96,7 +96,7 @@ fn notes_for(e: &StoredEvent) -> anyhow::Result<Vec<Note>> {
             )],
             _ => vec![],
         },
-        "order" => match e.decode::<OrderEvent>()? {
+        "order" => match crate::runtime::decode::<OrderEvent>(&e)? {
             OrderEvent::OrderCancelled {
                 user_id,
                 refund_amount,
@@ -115,7 +115,7 @@ fn notes_for(e: &StoredEvent) -> anyhow::Result<Vec<Note>> {
             )],
             _ => vec![],
         },
-        "session" => match e.decode::<SessionEvent>()? {
+        "session" => match crate::runtime::decode::<SessionEvent>(&e)? {
             SessionEvent::SessionStarted {
                 order_id,
                 user_id,
@@ -163,7 +163,7 @@ fn notes_for(e: &StoredEvent) -> anyhow::Result<Vec<Note>> {
             )],
             _ => vec![],
         },
-        "account" => match e.decode::<AccountEvent>()? {
+        "account" => match crate::runtime::decode::<AccountEvent>(&e)? {
             AccountEvent::EarningsCredited {
                 session_id, amount, ..
             } => vec![note(

@@ -21,7 +21,7 @@ fn decode_events<E: serde::de::DeserializeOwned>(
         .events(&Upcasters::default())?
         .into_iter()
         .map(|stored| {
-            let event: E = stored.decode().with_context(|| {
+            let event: E = crate::runtime::decode(&stored).with_context(|| {
                 format!(
                     "unknown event {} v{} on {}",
                     stored.event_type, stored.event_version, message.subject
