@@ -239,7 +239,7 @@ pub fn postings(stored: &StoredEvent) -> anyhow::Result<Vec<Posting>> {
             .with_context(|| format!("aggregate id {} is not a number", stored.aggregate_id))
     };
     Ok(match stored.aggregate_type.as_str() {
-        "order" => match crate::runtime::decode::<OrderEvent>(&stored).with_context(refuse)? {
+        "order" => match crate::runtime::decode::<OrderEvent>(stored).with_context(refuse)? {
             OrderEvent::OrderPlaced { .. }
             | OrderEvent::OrderPaid { .. }
             | OrderEvent::OrderServiceStarted { .. }
@@ -249,7 +249,7 @@ pub fn postings(stored: &StoredEvent) -> anyhow::Result<Vec<Posting>> {
             | OrderEvent::OrderReviewed { .. }
             | OrderEvent::OrderStatusChangedByAdmin { .. } => vec![],
         },
-        "payment" => match crate::runtime::decode::<PaymentEvent>(&stored).with_context(refuse)? {
+        "payment" => match crate::runtime::decode::<PaymentEvent>(stored).with_context(refuse)? {
             PaymentEvent::PaymentCreated { .. } | PaymentEvent::RechargePaymentCreated { .. } => {
                 vec![]
             }
@@ -272,7 +272,7 @@ pub fn postings(stored: &StoredEvent) -> anyhow::Result<Vec<Posting>> {
                 ..
             } => payment_captured(&method, user_id, amount),
         },
-        "session" => match crate::runtime::decode::<SessionEvent>(&stored).with_context(refuse)? {
+        "session" => match crate::runtime::decode::<SessionEvent>(stored).with_context(refuse)? {
             SessionEvent::SessionStarted { .. } | SessionEvent::SessionEnded { .. } => vec![],
             SessionEvent::SessionBilled {
                 user_id,
@@ -283,7 +283,7 @@ pub fn postings(stored: &StoredEvent) -> anyhow::Result<Vec<Posting>> {
                 ..
             } => session_billed(user_id, counselor_id, amount, platform_fee, counselor_fee),
         },
-        "wallet" => match crate::runtime::decode::<WalletEvent>(&stored).with_context(refuse)? {
+        "wallet" => match crate::runtime::decode::<WalletEvent>(stored).with_context(refuse)? {
             WalletEvent::WalletCredited {
                 user_id,
                 amount,
@@ -291,7 +291,7 @@ pub fn postings(stored: &StoredEvent) -> anyhow::Result<Vec<Posting>> {
                 ..
             } => wallet_credited(user_id, amount, &reason),
         },
-        "account" => match crate::runtime::decode::<AccountEvent>(&stored).with_context(refuse)? {
+        "account" => match crate::runtime::decode::<AccountEvent>(stored).with_context(refuse)? {
             AccountEvent::EarningsCredited {
                 counselor_id,
                 amount,

@@ -57,7 +57,7 @@ fn notes_for(e: &StoredEvent) -> anyhow::Result<Vec<Note>> {
         extra,
     };
     Ok(match e.aggregate_type.as_str() {
-        "payment" => match crate::runtime::decode::<PaymentEvent>(&e)? {
+        "payment" => match crate::runtime::decode::<PaymentEvent>(e)? {
             PaymentEvent::PaymentCaptured {
                 order_id,
                 user_id,
@@ -96,7 +96,7 @@ fn notes_for(e: &StoredEvent) -> anyhow::Result<Vec<Note>> {
             )],
             _ => vec![],
         },
-        "order" => match crate::runtime::decode::<OrderEvent>(&e)? {
+        "order" => match crate::runtime::decode::<OrderEvent>(e)? {
             OrderEvent::OrderCancelled {
                 user_id,
                 refund_amount,
@@ -115,7 +115,7 @@ fn notes_for(e: &StoredEvent) -> anyhow::Result<Vec<Note>> {
             )],
             _ => vec![],
         },
-        "session" => match crate::runtime::decode::<SessionEvent>(&e)? {
+        "session" => match crate::runtime::decode::<SessionEvent>(e)? {
             SessionEvent::SessionStarted {
                 order_id,
                 user_id,
@@ -163,7 +163,7 @@ fn notes_for(e: &StoredEvent) -> anyhow::Result<Vec<Note>> {
             )],
             _ => vec![],
         },
-        "account" => match crate::runtime::decode::<AccountEvent>(&e)? {
+        "account" => match crate::runtime::decode::<AccountEvent>(e)? {
             AccountEvent::EarningsCredited {
                 session_id, amount, ..
             } => vec![note(

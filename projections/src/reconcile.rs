@@ -188,7 +188,7 @@ impl Books {
         );
         let undecodable = |err: serde_json::Error| format!("undecodable {where_}: {err}");
         match e.aggregate_type.as_str() {
-            "order" => match crate::runtime::decode::<OrderEvent>(&e) {
+            "order" => match crate::runtime::decode::<OrderEvent>(e) {
                 Ok(OrderEvent::OrderPlaced { amount, .. }) => {
                     self.orders_amount.insert(id, amount);
                 }
@@ -209,7 +209,7 @@ impl Books {
                 ) => {}
                 Err(err) => self.broken.push(undecodable(err)),
             },
-            "payment" => match crate::runtime::decode::<PaymentEvent>(&e) {
+            "payment" => match crate::runtime::decode::<PaymentEvent>(e) {
                 Ok(PaymentEvent::PaymentCreated {
                     order_id, amount, ..
                 }) => {
@@ -255,7 +255,7 @@ impl Books {
                 }
                 Err(err) => self.broken.push(undecodable(err)),
             },
-            "session" => match crate::runtime::decode::<SessionEvent>(&e) {
+            "session" => match crate::runtime::decode::<SessionEvent>(e) {
                 Ok(SessionEvent::SessionStarted { prepaid_amount, .. }) => {
                     self.sessions.entry(id).or_default().prepaid_amount = Some(prepaid_amount);
                 }
@@ -292,7 +292,7 @@ impl Books {
                 }
                 Err(err) => self.broken.push(undecodable(err)),
             },
-            "wallet" => match crate::runtime::decode::<WalletEvent>(&e) {
+            "wallet" => match crate::runtime::decode::<WalletEvent>(e) {
                 Ok(WalletEvent::WalletCredited {
                     user_id,
                     amount,
@@ -313,7 +313,7 @@ impl Books {
                 },
                 Err(err) => self.broken.push(undecodable(err)),
             },
-            "account" => match crate::runtime::decode::<AccountEvent>(&e) {
+            "account" => match crate::runtime::decode::<AccountEvent>(e) {
                 Ok(AccountEvent::EarningsCredited {
                     counselor_id,
                     session_id,
