@@ -63,6 +63,9 @@ pub struct GatewayConfig {
     pub max_replay: usize,
     /// How long a shutting-down node waits for its sockets to drain.
     pub shutdown_grace: Duration,
+    /// Group commit of the node's `CHAT` appends (issue 5: many sockets' messages in one atomic
+    /// batch; [`eventstore::chat::ChatCommitter`]).
+    pub chat_commit: eventstore::GroupCommitSettings,
 }
 
 impl Default for GatewayConfig {
@@ -78,6 +81,7 @@ impl Default for GatewayConfig {
             burst: 60.0,
             max_replay: 1000,
             shutdown_grace: Duration::from_secs(5),
+            chat_commit: eventstore::GroupCommitSettings::default(),
         }
     }
 }
