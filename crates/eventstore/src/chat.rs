@@ -242,6 +242,10 @@ pub struct ChatCommitStats {
     pub failed_batches: AtomicU64,
     /// Appends answered from another append of the same dedup id in flight (no write of their own).
     pub coalesced: AtomicU64,
+    /// Writes (a batch, or a group of concurrent plain publishes) that completed.
+    pub writes: AtomicU64,
+    /// Their summed round trips (send → last ack), microseconds.
+    pub write_micros: AtomicU64,
 }
 
 impl ChatCommitStats {
@@ -254,6 +258,12 @@ impl ChatCommitStats {
             self.failed_batches.load(Ordering::Relaxed),
             self.coalesced.load(Ordering::Relaxed),
         )
+    }
+
+    /// The mean round trip of a write (a batch or a group of plain publishes), milliseconds.
+    pub fn mean_write_ms(&self) -> f64 {
+        let n = self.writes.load(Ordering::Relaxed).max(1);
+        self.write_micros.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0
     }
 }
 
@@ -471,6 +481,20 @@ impl ChatWorker {
     }
 
     fn write(&mut self, group: Vec<ChatJob>) -> ChatWrite {
+        let stats = self.stats.clone();
+        let started = std::time::Instant::now();
+        let write = self.write_group(group);
+        Box::pin(async move {
+            let settled = write.await;
+            stats.writes.fetch_add(1, Ordering::Relaxed);
+            stats
+                .write_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            settled
+        })
+    }
+
+    fn write_group(&mut self, group: Vec<ChatJob>) -> ChatWrite {
         let client = self.client.clone();
         let stats = self.stats.clone();
         let timeout = self.settings.ack_timeout;

@@ -156,7 +156,9 @@ pub async fn start_node(
 }
 
 /// `GET /ws/stats` → `{code:200, msg, data:{active_sessions, total_duration (minutes),
-/// total_amount (yuan)}}` from the `chat_sessions` read model (contract d.1).
+/// total_amount (yuan)}}` from the `chat_sessions` read model (contract d.1); also this node's
+/// `online_users`, `node_sockets` and `chat_commit` (its group committer's counters: writes,
+/// batches, mean write round trip in ms).
 pub async fn stats(State(state): State<GatewayState>) -> Json<Value> {
     let row: Result<(i64, i64, i64), _> = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 1), COALESCE(sum(duration), 0)::BIGINT, \
@@ -164,6 +166,16 @@ pub async fn stats(State(state): State<GatewayState>) -> Json<Value> {
     )
     .fetch_one(&state.db)
     .await;
+    let commit = state.hub.chat().stats();
+    let (singles, batches, batched, failed, coalesced) = commit.snapshot();
+    let chat_commit = json!({
+        "single_writes": singles,
+        "batches": batches,
+        "batched_records": batched,
+        "failed_batches": failed,
+        "coalesced": coalesced,
+        "mean_write_ms": (commit.mean_write_ms() * 1000.0).round() / 1000.0,
+    });
     match row {
         Ok((active, seconds, fen)) => Json(json!({
             "code": 200,
@@ -174,6 +186,7 @@ pub async fn stats(State(state): State<GatewayState>) -> Json<Value> {
                 "total_amount": fen as f64 / 100.0,
                 "online_users": state.hub.online_users().len(),
                 "node_sockets": state.hub.socket_count(),
+                "chat_commit": chat_commit,
             }
         })),
         Err(e) => {

@@ -75,6 +75,33 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime, fields 14 and 15 of proc(5); clock ticks of 1/100 s on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The pid of this process's child named `comm`, if any.
+fn child_pid(comm: &str) -> Option<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(')')?;
+        let name = head.split_once('(')?.1;
+        let ppid = rest.split_whitespace().nth(1)?;
+        (name == comm && ppid == me).then_some(pid)
+    })
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -345,6 +372,10 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     // Open the sockets.
     let epoch = Instant::now();
     let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+    // Sender side: when message `b{i}` was sent, and how long until its `ack` (stored).
+    let slots = (args.rate * (args.duration + 1)) as usize + 1;
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..slots).map(|_| AtomicU64::new(0)).collect());
+    let ack_latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
     let delivered = Arc::new(AtomicU64::new(0));
     let opened = Instant::now();
     let sources = args.sources.max(1);
@@ -369,6 +400,8 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             let token = jwt.issue(user, "bench", "user");
             let latencies = latencies.clone();
             let delivered = delivered.clone();
+            let sent_at = sent_at.clone();
+            let ack_latencies = ack_latencies.clone();
             async move {
                 let token = token?;
                 let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % sources as usize) as u8);
@@ -403,6 +436,13 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                                     if let Ok(v) = serde_json::from_str::<Value>(&t) {
                                         if std::env::var_os("MYCHAT_BENCH_DEBUG").is_some() {
                                             eprintln!("socket {i}: {v}");
+                                        }
+                                        if v["type"] == "ack" {
+                                            let slot = v["data"]["client_msg_id"].as_str().and_then(|s| s.strip_prefix('b')).and_then(|s| s.parse::<usize>().ok());
+                                            if let Some(at) = slot.and_then(|i| sent_at.get(i)).map(|a| a.load(Ordering::Relaxed)) {
+                                                let now = epoch.elapsed().as_micros() as u64;
+                                                ack_latencies.lock().expect("lock").push(now.saturating_sub(at));
+                                            }
                                         }
                                         if v["type"] == "message" {
                                             if let Some(at) = v["data"]["content"].as_str().and_then(|s| s.parse::<u64>().ok()) {
@@ -444,10 +484,20 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         .collect();
     let mut sent = 0;
     let mut rejected = 0u64;
+    let nats_pid = child_pid("nats-server");
+    let cpu_at_start = (
+        cpu_secs(std::process::id()),
+        cpu_secs(pid),
+        nats_pid.map_or(0.0, cpu_secs),
+    );
+    let sending = Instant::now();
     if args.rate > 0 && !senders.is_empty() {
         let n = senders.len();
         sent = paced(args.rate, Duration::from_secs(args.duration), |i| {
             let at = epoch.elapsed().as_micros() as u64;
+            if let Some(slot) = sent_at.get(i as usize) {
+                slot.store(at, Ordering::Relaxed);
+            }
             let frame = json!({"type":"message","payload":{"content": at.to_string(), "client_msg_id": format!("b{i}")}}).to_string();
             if senders[(i as usize) % n].try_send(frame).is_err() {
                 rejected += 1;
@@ -464,8 +514,19 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         }
     }
     let rss_end = rss_kib(pid);
+    let wall = sending.elapsed().as_secs_f64();
+    let cpu = |now: f64, then: f64| (now - then) / wall.max(0.001);
+    let cpu_bench = cpu(cpu_secs(std::process::id()), cpu_at_start.0);
+    let cpu_gateway = cpu(cpu_secs(pid), cpu_at_start.1);
+    let cpu_nats = cpu(nats_pid.map_or(0.0, cpu_secs), cpu_at_start.2);
     let mut lat = std::mem::take(&mut *latencies.lock().expect("lock"));
     lat.sort_unstable();
+    let mut acks = std::mem::take(&mut *ack_latencies.lock().expect("lock"));
+    acks.sort_unstable();
+    let gateway_stats: Value = match reqwest::get(format!("http://127.0.0.1:{port}/ws/stats")).await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
     let got = delivered.load(Ordering::Relaxed);
     let ratio = if sent == 0 {
         1.0
@@ -480,6 +541,18 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             percentile(&lat, 0.95),
             percentile(&lat, 0.99),
             lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        );
+        println!(
+            "sender → ack (stored in CHAT): {} acks; p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms",
+            acks.len(),
+            percentile(&acks, 0.5),
+            percentile(&acks, 0.95),
+            percentile(&acks, 0.99),
+        );
+        println!(
+            "CPU while sending (cores, of {} on the machine): bench clients {cpu_bench:.2}, gateway {cpu_gateway:.2}, nats-server {cpu_nats:.2}; gateway group commit: {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            gateway_stats["data"]["chat_commit"]
         );
         println!(
             "baseline (same run, {base_rate} msg/s): core NATS p99 {:.3} ms, JetStream p99 {:.3} ms",
@@ -511,6 +584,11 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             "js_baseline_p99_ms": round(percentile(&jsl, 0.99)),
             "delivered_ratio": (ratio * 10000.0).round() / 10000.0,
             "rss_kib_per_socket": (per_socket * 10.0).round() / 10.0,
+            "ack_p50_ms": round(percentile(&acks, 0.5)),
+            "ack_p99_ms": round(percentile(&acks, 0.99)),
+            "cpu_cores": {"bench": round(cpu_bench), "gateway": round(cpu_gateway), "nats": round(cpu_nats)},
+            "chat_commit": gateway_stats["data"]["chat_commit"],
+            "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
             "fsync": if args.lazy_fsync { "lazy" } else { "always" },
         })
     );
