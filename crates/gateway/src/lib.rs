@@ -64,7 +64,8 @@ pub struct GatewayConfig {
     /// How long a shutting-down node waits for its sockets to drain.
     pub shutdown_grace: Duration,
     /// Group commit of the node's `CHAT` appends (issue 5: many sockets' messages in one atomic
-    /// batch; [`eventstore::chat::ChatCommitter`]).
+    /// batch; [`eventstore::chat::ChatCommitter`]). Default: batches of 8 to 1000 records, 2
+    /// writes in flight.
     pub chat_commit: eventstore::GroupCommitSettings,
 }
 
@@ -81,7 +82,12 @@ impl Default for GatewayConfig {
             burst: 60.0,
             max_replay: 1000,
             shutdown_grace: Duration::from_secs(5),
-            chat_commit: eventstore::GroupCommitSettings::default(),
+            chat_commit: eventstore::GroupCommitSettings {
+                // nats-server's limit per atomic batch: the more a batch carries, the fewer
+                // staged batch stores the server creates (a busy node's batches fill up).
+                max_batch: 1000,
+                ..Default::default()
+            },
         }
     }
 }
