@@ -23,13 +23,17 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_default()
             .trim()
     );
-    for (max_batch, min_batch, in_flight) in [
+    for (round, (max_batch, min_batch, in_flight)) in [
+        (1000, 8, 2),
+        (1000, 8, 3),
+        (1000, 8, 4),
+        (1000, 2, 2),
+        (1000, 16, 2),
         (256, 8, 2),
-        (256, 8, 4),
-        (256, 8, 8),
-        (64, 8, 8),
-        (256, 2, 16),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let committer = ChatCommitter::start(
             client.clone(),
             GroupCommitSettings {
@@ -50,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
             while sent < due {
                 sent += 1;
                 let (c, lat) = (committer.clone(), lat.clone());
-                let tag = format!("{max_batch}-{in_flight}-{sent}");
+                let tag = format!("r{round}-{sent}");
                 tasks.push(tokio::spawn(async move {
                     let m = ChatMessage {
                         session_id: (sent % 5000) as i64,
