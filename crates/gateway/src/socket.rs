@@ -1,5 +1,5 @@
-//! One socket: the handshake, the reader loop (client frames), the writer task (queued frames,
-//! heartbeats, the close frame).
+//! One socket, one task: the handshake, then a loop that reads client frames, writes the
+//! socket's queued frames, sends heartbeats, and finally the close frame.
 
 use std::sync::Arc;
 use std::time::Instant;
