@@ -272,6 +272,7 @@ async fn run(state: GatewayState, mut socket: WebSocket, user_id: i64, opening: 
     let conn = state.hub.connect(user_id);
     let ping_every = state.hub.config().ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Utf8Bytes> = Vec::new();
     let mut s = Socket {
         state,
