@@ -193,3 +193,38 @@ async fn chat_appends_share_batches_and_resends_are_stored_once() {
         assert_eq!(first[client_id], seqs[0], "{id} acked at its sequence");
     }
 }
+
+/// The gateway's default batch bound (1,000 records) is within what nats-server accepts in one
+/// atomic batch: 1,001 concurrent appends with one write in flight go as one plain publish and
+/// one batch of 1,000, none refused.
+#[tokio::test]
+async fn a_batch_of_a_thousand_records_is_accepted() {
+    let server = NatsServer::start().unwrap();
+    let client = server.connect().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_streams(&js, &Default::default()).await.unwrap();
+    let committer = ChatCommitter::start(
+        client,
+        GroupCommitSettings {
+            max_batch: 1000,
+            max_in_flight: 1,
+            ..Default::default()
+        },
+    );
+    let appends: Vec<ChatMessage> = (0..1001i64)
+        .map(|i| message(i % 50 + 1, 7, &format!("k{i}")))
+        .collect();
+    let results =
+        futures::future::join_all(appends.iter().map(|m| committer.append_message(m))).await;
+    let mut seqs: Vec<u64> = results.into_iter().map(|r| r.unwrap().seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 1001, "every record at its own sequence");
+    let (singles, batches, batched, failed, _) = committer.stats().snapshot();
+    assert_eq!(failed, 0, "no batch refused");
+    assert_eq!(batched + singles, 1001);
+    assert!(
+        batched >= 900,
+        "{batches} batches carried {batched} records"
+    );
+}
