@@ -2,6 +2,7 @@
 //! processes against a real nats-server and PostgreSQL (testkit, free ports). Sessions are started
 //! with commands on the `ChatSession` aggregate; tokens are signed with the nodes' secret.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -799,4 +800,151 @@ async fn an_inactive_session_is_ended_and_billed_once_after_the_timeout() {
             .count(),
         1
     );
+}
+
+/// Group commit through the gateway (issue 5): many sockets' messages share the node's atomic
+/// batches, and a resend is still stored once and acked with the first copy's sequence, whether
+/// it was stored through this node's committer, through another node (an atomic batch holding it
+/// is refused whole by nats-server and written again record by record), or races its twin from
+/// another socket of the same user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resends_through_the_batched_chat_path_are_stored_once() {
+    let c = cluster().await;
+    // One write in flight and batches from 2 records: concurrent appends are batched.
+    let batched = [(
+        "MYCHAT_GATEWAY_CHAT_COMMIT",
+        "{min_batch=2,max_in_flight=1}",
+    )];
+    let (a, b) = (c.node(&batched).await, c.node(&batched).await);
+    let n = 8i64;
+    for k in 0..n {
+        c.session(200 + k, 11 + k, 21 + k, 30).await;
+    }
+    let chat = |node: &Node, k: i64| {
+        format!(
+            "{}/ws/chat/{}?token={}",
+            node.ws(),
+            200 + k,
+            c.token(11 + k)
+        )
+    };
+    // Originals o0..o2 of every user, stored through node B.
+    let mut first: HashMap<(i64, String), u64> = HashMap::new();
+    for k in 0..n {
+        let mut ws = connect(&chat(&b, k)).await;
+        expect(&mut ws, "join_success").await;
+        for j in 0..3 {
+            let id = format!("o{j}");
+            send(
+                &mut ws,
+                json!({"type":"message","payload":{"content":"first","client_msg_id":id}}),
+            )
+            .await;
+            let ack = expect(&mut ws, "ack").await;
+            assert_eq!(ack["data"]["duplicate"], false);
+            first.insert((k, id), ack["data"]["seq"].as_u64().unwrap());
+        }
+    }
+    // Node A: every user's socket sends at once: new messages, resends of what node B stored,
+    // and resends of its own new messages; user 0 has a second socket racing the same ids.
+    let mut sockets = Vec::new();
+    for k in 0..n {
+        let mut ws = connect(&chat(&a, k)).await;
+        expect(&mut ws, "join_success").await;
+        sockets.push((k, ws));
+    }
+    let mut twin = connect(&chat(&a, 0)).await;
+    expect(&mut twin, "join_success").await;
+    let script = ["n0", "o1", "n1", "n2", "o2", "n0", "n3", "o0", "n1"];
+    for (_, ws) in &mut sockets {
+        for id in script {
+            send(
+                ws,
+                json!({"type":"message","payload":{"content":"second","client_msg_id":id}}),
+            )
+            .await;
+        }
+    }
+    for j in 0..4 {
+        send(
+            &mut twin,
+            json!({"type":"message","payload":{"content":"twin","client_msg_id":format!("t{j}")}}),
+        )
+        .await;
+        send(
+            &mut sockets[0].1,
+            json!({"type":"message","payload":{"content":"twin","client_msg_id":format!("t{j}")}}),
+        )
+        .await;
+    }
+    // Acks come back in each socket's frame order.
+    let mut twin_acks: HashMap<String, Vec<(u64, bool)>> = HashMap::new();
+    for (k, ws) in &mut sockets {
+        let extra = if *k == 0 { 4 } else { 0 };
+        for i in 0..script.len() + extra {
+            let ack = expect(ws, "ack").await;
+            let id = ack["data"]["client_msg_id"].as_str().unwrap().to_string();
+            let seq = ack["data"]["seq"].as_u64().unwrap();
+            let duplicate = ack["data"]["duplicate"].as_bool().unwrap();
+            if i >= script.len() {
+                twin_acks.entry(id).or_default().push((seq, duplicate));
+                continue;
+            }
+            assert_eq!(id, script[i]);
+            match first.get(&(*k, id.clone())) {
+                Some(&s) => {
+                    assert!(duplicate, "user {k}: resend of {id} is a duplicate");
+                    assert_eq!(seq, s, "user {k}: resend of {id} acked with the first seq");
+                }
+                None => {
+                    assert!(!duplicate, "user {k}: {id} is new");
+                    first.insert((*k, id), seq);
+                }
+            }
+        }
+    }
+    for _ in 0..4 {
+        let ack = expect(&mut twin, "ack").await;
+        let id = ack["data"]["client_msg_id"].as_str().unwrap().to_string();
+        twin_acks.entry(id).or_default().push((
+            ack["data"]["seq"].as_u64().unwrap(),
+            ack["data"]["duplicate"].as_bool().unwrap(),
+        ));
+    }
+    for (id, acks) in &twin_acks {
+        assert_eq!(acks.len(), 2, "{id}: both sockets acked");
+        assert_eq!(acks[0].0, acks[1].0, "{id}: one sequence for both copies");
+        assert_eq!(
+            acks.iter().filter(|(_, d)| !*d).count(),
+            1,
+            "{id}: exactly one copy stored"
+        );
+    }
+    // The log: every client message id of every session exactly once.
+    for k in 0..n {
+        let mut count: HashMap<String, usize> = HashMap::new();
+        for r in c.chat_records(200 + k).await {
+            if r["kind"] == "message" {
+                *count
+                    .entry(r["client_msg_id"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+        let expected = if k == 0 { 3 + 4 + 4 } else { 3 + 4 };
+        assert_eq!(count.len(), expected, "session {}: {count:?}", 200 + k);
+        assert!(count.values().all(|&c| c == 1), "stored once: {count:?}");
+    }
+    let stats: Value = reqwest::get(format!("{}/ws/stats", a.http()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let commit = &stats["data"]["chat_commit"];
+    eprintln!("node A group commit: {commit}");
+    assert!(
+        commit["batches"].as_u64().unwrap() >= 1,
+        "concurrent appends shared a batch: {commit}"
+    );
+    drop((a, b));
 }

@@ -127,6 +127,31 @@ async fn main() -> anyhow::Result<()> {
         ],
     )
     .await;
+    println!("G (issue 5): a plain publish repeating a Msg-Id stored by batch A");
+    let ack = js
+        .publish_with_headers(
+            "ev.t.zz",
+            {
+                let mut h = HeaderMap::new();
+                h.insert(async_nats::header::NATS_MESSAGE_ID, "ca");
+                h
+            },
+            "x".into(),
+        )
+        .await?
+        .await?;
+    println!("  G ack: seq {} duplicate {}", ack.sequence, ack.duplicate);
+    println!("H (issue 5): batch without expected sequences, one subject three times");
+    batch(
+        &client,
+        "H",
+        &[
+            ("ev.t.h1", None, Some("h1")),
+            ("ev.t.h1", None, Some("h2")),
+            ("ev.t.h1", None, Some("h3")),
+        ],
+    )
+    .await;
     println!("F: batch of one");
     batch(&client, "F", &[("ev.t.k", Some(0), Some("ck"))]).await;
     for n in [2, 10, 50] {

@@ -201,23 +201,23 @@ impl std::fmt::Debug for GroupCommitter {
 }
 
 #[derive(Debug, Deserialize)]
-struct AckJson {
+pub(crate) struct AckJson {
     #[serde(default)]
-    error: Option<ApiErrorJson>,
+    pub(crate) error: Option<ApiErrorJson>,
     #[serde(default)]
-    seq: u64,
+    pub(crate) seq: u64,
     #[serde(default)]
-    duplicate: bool,
+    pub(crate) duplicate: bool,
     #[serde(default)]
-    count: Option<u64>,
+    pub(crate) count: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
-struct ApiErrorJson {
+pub(crate) struct ApiErrorJson {
     #[serde(default)]
-    err_code: u64,
+    pub(crate) err_code: u64,
     #[serde(default)]
-    description: String,
+    pub(crate) description: String,
 }
 
 enum WriteResult {
@@ -447,7 +447,7 @@ fn headers_for(commit: &PendingCommit) -> HeaderMap {
     headers
 }
 
-async fn request(
+pub(crate) async fn request(
     client: &Client,
     subject: &str,
     headers: HeaderMap,

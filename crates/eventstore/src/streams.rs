@@ -49,7 +49,8 @@ pub fn events_config(settings: &StreamSettings) -> stream::Config {
     }
 }
 
-/// The `CHAT` stream's configuration: file storage, retention by age.
+/// The `CHAT` stream's configuration: file storage, retention by age, atomic batches allowed
+/// (the gateway's group commit of chat records, issue 5: [`crate::chat::ChatCommitter`]).
 pub fn chat_config(settings: &StreamSettings) -> stream::Config {
     stream::Config {
         name: CHAT_STREAM.to_string(),
@@ -61,6 +62,7 @@ pub fn chat_config(settings: &StreamSettings) -> stream::Config {
         deny_delete: true,
         deny_purge: true,
         allow_direct: true,
+        allow_atomic_publish: true,
         ..Default::default()
     }
 }

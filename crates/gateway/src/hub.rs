@@ -18,16 +18,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use axum::extract::ws::Utf8Bytes;
 use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use domain::{ChatSession, EndReason, SessionCommand, SessionEvent};
-use eventstore::chat::ChatRecord;
+use eventstore::chat::{ChatCommitter, ChatRecord};
 use eventstore::envelope::Upcasters;
 use eventstore::{Actor, CommandBus, CommandError, CommandMeta, Commit};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::presence::NodePresence;
@@ -46,69 +47,133 @@ pub const CLOSE_KICKED: u16 = 4001;
 /// A socket's position in one session's record sequence.
 #[derive(Default)]
 struct Cursor {
+    session_id: i64,
     /// The highest `CHAT` sequence delivered (or acked) to the socket for this session.
     hwm: u64,
     /// While a resume replays history, live records wait here (in stream order).
-    pending: Option<Vec<(u64, String, Option<String>)>>,
+    pending: Option<Vec<(u64, Utf8Bytes, Option<String>)>>,
 }
 
-/// One connected socket, as the hub sees it.
+/// A socket's outbound queue: frames waiting for the socket's task to write them. Allocated
+/// lazily (an idle socket holds an empty `VecDeque`, no buffer), bounded by
+/// [`crate::GatewayConfig::send_queue`].
+#[derive(Default)]
+struct Outbox {
+    frames: std::collections::VecDeque<Utf8Bytes>,
+    /// `send_wait` is waiting for room.
+    want_room: bool,
+}
+
+/// One connected socket, as the hub sees it. Frames are queued with [`Conn::send`] from any task
+/// (the node's consumers, admin requests); the socket's own task writes them.
 pub struct Conn {
     pub id: u64,
     pub user_id: i64,
-    tx: mpsc::Sender<String>,
+    capacity: usize,
+    outbox: Mutex<Outbox>,
+    /// Wakes the socket's task: frames are queued (or the socket is closing).
+    ready: Notify,
+    /// Wakes a `send_wait`: the task took frames from a full queue.
+    room: Notify,
     /// Cancelled to close the socket; the reason is in [`Conn::close_reason`].
     pub close: CancellationToken,
     close_reason: Mutex<Option<(u16, String)>>,
     /// Client message ids this socket sent and has not yet seen come back from the stream: its
     /// own messages are acked to it, not echoed.
     pub sent: Mutex<HashSet<String>>,
-    cursors: Mutex<HashMap<i64, Cursor>>,
-    started: Mutex<HashSet<i64>>,
+    /// Per session (a socket is in one or two at a time: a small list, not a map).
+    cursors: Mutex<Vec<Cursor>>,
+    /// Sessions whose `session_start` the socket has had.
+    started: Mutex<Vec<i64>>,
     /// When the socket connected (the admin's online list shows it).
     pub connected_at: DateTime<Utc>,
 }
 
 impl Conn {
-    /// A connection with an outbound queue of `queue` frames; returns the queue's receiver.
-    pub fn new(id: u64, user_id: i64, queue: usize) -> (Arc<Self>, mpsc::Receiver<String>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let conn = Arc::new(Self {
+    /// A connection whose outbound queue holds at most `queue` frames.
+    pub fn new(id: u64, user_id: i64, queue: usize) -> Arc<Self> {
+        Arc::new(Self {
             id,
             user_id,
-            tx,
+            capacity: queue.max(1),
+            outbox: Mutex::default(),
+            ready: Notify::new(),
+            room: Notify::new(),
             close: CancellationToken::new(),
             close_reason: Mutex::new(None),
             sent: Mutex::new(HashSet::new()),
-            cursors: Mutex::new(HashMap::new()),
-            started: Mutex::new(HashSet::new()),
+            cursors: Mutex::default(),
+            started: Mutex::default(),
             connected_at: Utc::now(),
-        });
-        (conn, rx)
+        })
     }
 
     /// Queues a frame; a full queue closes the socket with [`CLOSE_SLOW`] (it can reconnect and
-    /// resume from its last sequence, so nothing is lost silently).
-    pub fn send(&self, text: String) {
+    /// resume from its last sequence, so nothing is lost silently). Frames are shared, not
+    /// copied: a record fanned out to many sockets is encoded once.
+    pub fn send(&self, text: impl Into<Utf8Bytes>) {
         if self.close.is_cancelled() {
             return;
         }
-        if self.tx.try_send(text).is_err() {
+        let mut out = self.outbox.lock().expect("outbox lock");
+        if out.frames.len() >= self.capacity {
+            drop(out);
             self.close_with(
                 CLOSE_SLOW,
                 "too slow: send queue full; reconnect and resume from your last seq",
             );
+            return;
+        }
+        out.frames.push_back(text.into());
+        drop(out);
+        self.ready.notify_one();
+    }
+
+    /// Queues a frame, waiting up to 5 s for room (replays, which may exceed the queue). Only the
+    /// socket's own task calls it (while it keeps writing).
+    pub async fn send_wait(&self, text: impl Into<Utf8Bytes>) -> bool {
+        let text = text.into();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.close.is_cancelled() {
+                return false;
+            }
+            {
+                let mut out = self.outbox.lock().expect("outbox lock");
+                if out.frames.len() < self.capacity {
+                    out.frames.push_back(text);
+                    drop(out);
+                    self.ready.notify_one();
+                    return true;
+                }
+                out.want_room = true;
+            }
+            if tokio::time::timeout_at(deadline, self.room.notified())
+                .await
+                .is_err()
+            {
+                self.close_with(CLOSE_SLOW, "too slow during resume; reconnect and resume");
+                return false;
+            }
         }
     }
 
-    /// Queues a frame, waiting up to 5 s for room (replays, which may exceed the queue).
-    pub async fn send_wait(&self, text: String) -> bool {
-        match tokio::time::timeout(Duration::from_secs(5), self.tx.send(text)).await {
-            Ok(Ok(())) => true,
-            _ => {
-                self.close_with(CLOSE_SLOW, "too slow during resume; reconnect and resume");
-                false
-            }
+    /// Resolves when frames may be queued (or the socket is closing).
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Takes the queued frames (oldest first) into `into`.
+    pub fn take_frames(&self, into: &mut Vec<Utf8Bytes>) {
+        let mut out = self.outbox.lock().expect("outbox lock");
+        into.extend(out.frames.drain(..));
+        // Give a burst's buffer back.
+        if out.frames.capacity() > 16 {
+            out.frames = Default::default();
+        }
+        if std::mem::take(&mut out.want_room) {
+            drop(out);
+            self.room.notify_one();
         }
     }
 
@@ -131,55 +196,71 @@ impl Conn {
             .unwrap_or((1000, String::new()))
     }
 
+    fn with_cursor<R>(&self, session_id: i64, f: impl FnOnce(&mut Cursor) -> R) -> R {
+        let mut cursors = self.cursors.lock().expect("cursor lock");
+        let i = match cursors.iter().position(|c| c.session_id == session_id) {
+            Some(i) => i,
+            None => {
+                cursors.push(Cursor {
+                    session_id,
+                    ..Default::default()
+                });
+                cursors.len() - 1
+            }
+        };
+        f(&mut cursors[i])
+    }
+
     /// Delivers a record of session `session_id` at stream sequence `seq`: at most once per
     /// sequence (a high-water mark), held back while a resume replays, and not echoed to the
     /// socket that sent it (`own` = the record's client message id).
-    pub fn deliver(&self, session_id: i64, seq: u64, text: &str, own: Option<&str>) {
-        let mut cursors = self.cursors.lock().expect("cursor lock");
-        let cursor = cursors.entry(session_id).or_default();
-        if let Some(pending) = cursor.pending.as_mut() {
-            pending.push((seq, text.to_string(), own.map(str::to_string)));
+    pub fn deliver(&self, session_id: i64, seq: u64, text: &Utf8Bytes, own: Option<&str>) {
+        let fresh = self.with_cursor(session_id, |cursor| {
+            if let Some(pending) = cursor.pending.as_mut() {
+                pending.push((seq, text.clone(), own.map(str::to_string)));
+                return false;
+            }
+            if seq <= cursor.hwm {
+                return false;
+            }
+            cursor.hwm = seq;
+            true
+        });
+        if !fresh {
             return;
         }
-        if seq <= cursor.hwm {
-            return;
-        }
-        cursor.hwm = seq;
-        drop(cursors);
         if let Some(id) = own {
             if self.sent.lock().expect("sent lock").remove(id) {
                 return;
             }
         }
-        self.send(text.to_string());
+        self.send(text.clone());
     }
 
     /// Starts a replay for `session_id` after `after_seq`: live records are held back.
     pub fn begin_replay(&self, session_id: i64, after_seq: u64) {
-        let mut cursors = self.cursors.lock().expect("cursor lock");
-        let cursor = cursors.entry(session_id).or_default();
-        cursor.hwm = cursor.hwm.max(after_seq);
-        cursor.pending.get_or_insert_with(Vec::new);
+        self.with_cursor(session_id, |cursor| {
+            cursor.hwm = cursor.hwm.max(after_seq);
+            cursor.pending.get_or_insert_with(Vec::new);
+        });
     }
 
     /// True if a replayed record at `seq` is new to the socket (and records it as had).
     pub fn take_replayed(&self, session_id: i64, seq: u64) -> bool {
-        let mut cursors = self.cursors.lock().expect("cursor lock");
-        let cursor = cursors.entry(session_id).or_default();
-        if seq <= cursor.hwm {
-            return false;
-        }
-        cursor.hwm = seq;
-        true
+        self.with_cursor(session_id, |cursor| {
+            if seq <= cursor.hwm {
+                return false;
+            }
+            cursor.hwm = seq;
+            true
+        })
     }
 
     /// Ends a replay: the held-back live records newer than the replay are delivered in order.
     pub fn end_replay(&self, session_id: i64) {
-        let pending = {
-            let mut cursors = self.cursors.lock().expect("cursor lock");
-            let cursor = cursors.entry(session_id).or_default();
+        let pending = self.with_cursor(session_id, |cursor| {
             cursor.pending.take().unwrap_or_default()
-        };
+        });
         for (seq, text, own) in pending {
             self.deliver(session_id, seq, &text, own.as_deref());
         }
@@ -190,7 +271,8 @@ impl Conn {
         self.cursors
             .lock()
             .expect("cursor lock")
-            .get(&session_id)
+            .iter()
+            .find(|c| c.session_id == session_id)
             .map_or(0, |c| c.hwm)
     }
 }
@@ -226,6 +308,8 @@ pub struct Hub {
     muted: Mutex<HashMap<i64, i64>>,
     presence_dirty: Notify,
     draining: AtomicBool,
+    /// The node's group committer of `CHAT` appends (started on first use).
+    chat: std::sync::OnceLock<ChatCommitter>,
 }
 
 fn now_ms() -> i64 {
@@ -250,7 +334,19 @@ impl Hub {
             muted: Mutex::default(),
             presence_dirty: Notify::new(),
             draining: AtomicBool::new(false),
+            chat: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The node's group committer of `CHAT` records: every socket's messages, read receipts and
+    /// revocations go through it, so concurrent appends share one atomic batch (one fsync).
+    pub fn chat(&self) -> &ChatCommitter {
+        self.chat.get_or_init(|| {
+            ChatCommitter::start(
+                self.bus.jetstream().client(),
+                self.config.chat_commit.clone(),
+            )
+        })
     }
 
     /// The node's configuration.
@@ -274,9 +370,9 @@ impl Hub {
     }
 
     /// Registers a new socket of `user_id`; returns it and its outbound queue.
-    pub fn connect(&self, user_id: i64) -> (Arc<Conn>, mpsc::Receiver<String>) {
+    pub fn connect(&self, user_id: i64) -> Arc<Conn> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (conn, rx) = Conn::new(id, user_id, self.config.send_queue);
+        let conn = Conn::new(id, user_id, self.config.send_queue);
         self.users
             .lock()
             .expect("hub lock")
@@ -284,7 +380,7 @@ impl Hub {
             .or_default()
             .push(conn.clone());
         self.presence_dirty.notify_one();
-        (conn, rx)
+        conn
     }
 
     /// Forgets a socket (and unbinds it from `session`).
@@ -552,8 +648,12 @@ impl Hub {
                 "ends_at": a.started_at + self.prepaid_span(&a),
             }),
         );
+        let text = Utf8Bytes::from(text);
         for conn in room {
-            if conn.started.lock().expect("lock").insert(session_id) {
+            let mut started = conn.started.lock().expect("lock");
+            if !started.contains(&session_id) {
+                started.push(session_id);
+                drop(started);
                 conn.send(text.clone());
             }
         }
@@ -659,6 +759,8 @@ impl Hub {
             a.last_activity = a.last_activity.max(stored_at);
         }
         let (text, own) = Self::record_frame(seq, &record);
+        // Encoded once; every socket's queue shares the same bytes.
+        let text = Utf8Bytes::from(text);
         for conn in self.room(session_id) {
             conn.deliver(session_id, seq, &text, own.as_deref());
         }
@@ -758,6 +860,7 @@ impl Hub {
                 for uid in participants {
                     targets.extend(self.user_conns(uid));
                 }
+                let (billing, end) = (Utf8Bytes::from(billing), Utf8Bytes::from(end));
                 let mut seen = HashSet::new();
                 for conn in targets {
                     if seen.insert(conn.id) {
@@ -790,6 +893,7 @@ impl Hub {
             session_id,
             json!({ "user_id": t.user_id, "is_typing": kind == "typing" }),
         );
+        let text = Utf8Bytes::from(text);
         for conn in self.room(session_id) {
             if conn.user_id != t.user_id {
                 conn.send(text.clone());
@@ -834,7 +938,9 @@ impl Hub {
             }
             self.user_conns(user_id)
         };
-        let text = json!({ "type": n.kind, "data": n.data, "payload": n.data }).to_string();
+        let text = Utf8Bytes::from(
+            json!({ "type": n.kind, "data": n.data, "payload": n.data }).to_string(),
+        );
         for conn in conns {
             conn.send(text.clone());
             if let Some(reason) = &n.close {
@@ -1024,6 +1130,7 @@ impl Hub {
                         "created_at": now,
                     }),
                 );
+                let text = Utf8Bytes::from(text);
                 for conn in self.room(sid) {
                     conn.send(text.clone());
                 }

@@ -47,9 +47,18 @@ impl ClientFrame {
             .unwrap_or_else(|| json!({}))
     }
 
+    /// The body without copying it (`Null` when there is none).
+    fn body_ref(&self) -> &Value {
+        static NULL: Value = Value::Null;
+        self.data
+            .as_ref()
+            .or(self.payload.as_ref())
+            .unwrap_or(&NULL)
+    }
+
     /// A string field of the body.
     pub fn field(&self, name: &str) -> String {
-        match self.body().get(name) {
+        match self.body_ref().get(name) {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             _ => String::new(),
@@ -58,7 +67,7 @@ impl ClientFrame {
 
     /// The client's message id, if it sent one.
     pub fn client_msg_id(&self) -> String {
-        let from_body = |key| match self.body().get(key) {
+        let from_body = |key| match self.body_ref().get(key) {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             _ => String::new(),

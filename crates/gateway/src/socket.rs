@@ -1,10 +1,10 @@
-//! One socket: the handshake, the reader loop (client frames), the writer task (queued frames,
-//! heartbeats, the close frame).
+//! One socket, one task: the handshake, then a loop that reads client frames, writes the
+//! socket's queued frames, sends heartbeats, and finally the close frame.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -12,11 +12,10 @@ use axum::Json;
 use chrono::Utc;
 use domain::{ChatSession, EndReason, SessionCommand, SessionStatus};
 use eventstore::chat::{
-    append_message, append_record, chat_subject, read_dedup_id, revoke_dedup_id, ChatRecord,
-    ReadReceipt, Revocation,
+    chat_subject, read_dedup_id, revoke_dedup_id, ChatRecord, ReadReceipt, Revocation,
 };
 use eventstore::{Actor, CommandMeta};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +29,9 @@ const MAX_READ_BYTES: usize = 1024 * 1024;
 
 /// How long the writer tries to get the close frame out (to a slow client, after its backlog).
 const CLOSE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn refuse(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({ "error": msg }))).into_response()
@@ -220,56 +222,63 @@ struct Socket {
     bound: Option<i64>,
 }
 
-async fn run(state: GatewayState, socket: WebSocket, user_id: i64, opening: Opening) {
-    let (mut sink, mut stream) = socket.split();
-    let (conn, mut rx) = state.hub.connect(user_id);
-    let close = conn.close.clone();
-    let ping_every = state.hub.config().ping_interval;
-    let writer_conn = conn.clone();
-    let writer = tokio::spawn(async move {
-        let mut ping = tokio::time::interval(ping_every);
-        ping.tick().await;
-        let closing = writer_conn.close.clone();
-        loop {
-            let out = tokio::select! {
-                biased;
-                _ = closing.cancelled() => break,
-                next = rx.recv() => match next {
-                    Some(text) => Message::Text(text.into()),
-                    None => break,
-                },
-                _ = ping.tick() => Message::Ping(Vec::new().into()),
-            };
-            // A write blocked on a client that does not read must not outlive the close.
-            tokio::select! {
-                r = sink.send(out) => if r.is_err() { return; },
-                _ = closing.cancelled() => break,
-            }
+/// Writes every queued frame of `conn` to the socket. False when the socket is gone (a write
+/// failed, or the socket is closing while a write to a client that does not read was blocked).
+async fn flush(socket: &mut WebSocket, conn: &Conn, batch: &mut Vec<Utf8Bytes>) -> bool {
+    conn.take_frames(batch);
+    if batch.is_empty() {
+        return true;
+    }
+    let write = async {
+        for text in batch.drain(..) {
+            socket.feed(Message::Text(text)).await?;
         }
-        let (code, reason) = writer_conn.close_reason();
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(frame)).await;
-    });
+        socket.flush().await
+    };
+    let ok = tokio::select! {
+        r = write => r.is_ok(),
+        _ = conn.close.cancelled() => false,
+    };
+    batch.clear();
+    if batch.capacity() > 16 {
+        *batch = Vec::new();
+    }
+    ok
+}
 
+/// Runs `work` (the handling of one client frame, which may wait on JetStream or on room in the
+/// queue) while still writing the socket's queued frames. False when the socket is gone.
+async fn drive(
+    socket: &mut WebSocket,
+    conn: &Conn,
+    batch: &mut Vec<Utf8Bytes>,
+    work: impl std::future::Future<Output = ()>,
+) -> bool {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut work => return flush(socket, conn, batch).await,
+            _ = conn.ready() => if !flush(socket, conn, batch).await { return false; },
+            _ = conn.close.cancelled() => return false,
+        }
+    }
+}
+
+/// One socket, one task: it reads client frames, writes queued frames and heartbeats, and closes.
+/// The handling of a client frame is boxed, so an idle socket's task stays small (issue 5:
+/// memory per idle socket).
+async fn run(state: GatewayState, mut socket: WebSocket, user_id: i64, opening: Opening) {
+    let conn = state.hub.connect(user_id);
+    let ping_every = state.hub.config().ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch: Vec<Utf8Bytes> = Vec::new();
     let mut s = Socket {
         state,
-        conn,
+        conn: conn.clone(),
         bound: None,
     };
-    if let Some(g) = opening.greeting {
-        s.conn.send(g);
-    }
-    if let Some(id) = opening.session {
-        match opening.after_seq {
-            Some(after) => s.resume(id, after).await,
-            None => {
-                s.bind(id).await;
-            }
-        }
-    }
     let config = s.state.hub.config().clone();
     let mut limit = RateLimit {
         tokens: config.burst,
@@ -277,34 +286,77 @@ async fn run(state: GatewayState, socket: WebSocket, user_id: i64, opening: Open
         burst: config.burst,
         at: Instant::now(),
     };
-    loop {
-        let next = tokio::select! {
-            m = stream.next() => m,
-            _ = close.cancelled() => break,
-        };
-        let counted = matches!(next, Some(Ok(Message::Text(_) | Message::Binary(_))));
-        if counted && !limit.allow() {
-            s.conn
-                .close_with(CLOSE_POLICY, "rate limit exceeded: too many frames");
-            break;
-        }
-        match next {
-            Some(Ok(Message::Text(text))) => s.handle(text.as_str()).await,
-            Some(Ok(Message::Binary(_))) => s.conn.send(error_frame(
-                0,
-                "binary frames are not supported; send JSON text",
-            )),
-            Some(Ok(Message::Close(_))) | None => break,
-            Some(Err(e)) => {
-                // Oversize frames end here (the codec refuses them): say why.
-                s.conn.close_with(1009, &format!("bad frame: {e}"));
-                break;
+    let mut alive = true;
+    if let Some(g) = opening.greeting {
+        s.conn.send(g);
+    }
+    if let Some(id) = opening.session {
+        let open = Box::pin(async {
+            match opening.after_seq {
+                Some(after) => s.resume(id, after).await,
+                None => {
+                    s.bind(id).await;
+                }
             }
-            Some(Ok(_)) => {}
+        });
+        alive = drive(&mut socket, &conn, &mut batch, open).await;
+    }
+    while alive {
+        tokio::select! {
+            biased;
+            _ = conn.close.cancelled() => break,
+            _ = conn.ready() => alive = flush(&mut socket, &conn, &mut batch).await,
+            _ = ping.tick() => {
+                alive = tokio::select! {
+                    r = socket.send(Message::Ping(Default::default())) => r.is_ok(),
+                    _ = conn.close.cancelled() => false,
+                };
+            }
+            next = socket.recv() => {
+                let counted = matches!(next, Some(Ok(Message::Text(_) | Message::Binary(_))));
+                if counted && !limit.allow() {
+                    conn.close_with(CLOSE_POLICY, "rate limit exceeded: too many frames");
+                    break;
+                }
+                match next {
+                    Some(Ok(Message::Text(text))) => {
+                        let work = Box::pin(s.handle(text));
+                        alive = drive(&mut socket, &conn, &mut batch, work).await;
+                    }
+                    Some(Ok(Message::Binary(_))) => s.conn.send(error_frame(
+                        0,
+                        "binary frames are not supported; send JSON text",
+                    )),
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        // Oversize frames end here (the codec refuses them): say why.
+                        conn.close_with(1009, &format!("bad frame: {e}"));
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
         }
     }
-    close.cancel();
-    let _ = writer.await;
+    conn.close.cancel();
+    let (code, reason) = conn.close_reason();
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.send(frame)).await {
+        // The closing handshake: read (and drop) what the client still sends until its close
+        // frame, so that the connection is not reset with unread data (the client would lose
+        // the close frame and its reason).
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+            while let Some(Ok(m)) = socket.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     // Only now (the close frame is out) does the socket stop counting: a draining node waits.
     s.state.hub.disconnect(&s.conn, s.bound);
 }
@@ -379,8 +431,8 @@ impl Socket {
         }
     }
 
-    async fn handle(&mut self, text: &str) {
-        let frame_in = match ClientFrame::parse(text) {
+    async fn handle(&mut self, text: Utf8Bytes) {
+        let frame_in = match ClientFrame::parse(text.as_str()) {
             Ok(f) => f,
             Err(e) => return self.error(0, &e),
         };
@@ -453,7 +505,7 @@ impl Socket {
             .lock()
             .expect("sent lock")
             .insert(own.clone());
-        match append_message(self.state.bus.jetstream(), &message).await {
+        match self.state.hub.chat().append_message(&message).await {
             Ok(appended) => {
                 // A resend: drop the own-key again only if the first copy already came back
                 // through the stream (otherwise that delivery still has to find it, or the
@@ -565,7 +617,7 @@ impl Socket {
     }
 
     async fn store(&self, session_id: i64, record: &ChatRecord, dedup: &str, what: &str) {
-        match append_record(self.state.bus.jetstream(), record, dedup).await {
+        match self.state.hub.chat().append_record(record, dedup).await {
             Ok(a) => self.conn.send(frame(
                 "ack",
                 session_id,

@@ -47,6 +47,76 @@ pub struct WsArgs {
     /// gateway's own cost from the per-message fsync. Not how mychat runs in production.
     #[arg(long)]
     pub lazy_fsync: bool,
+    /// Gateway nodes (child processes `mychat serve gateway`); socket `i` connects to node
+    /// `i mod nodes`, so with 2 nodes every message crosses from one node to the other. Memory
+    /// per socket is the RSS growth summed over the nodes.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Internal (the idle run's client child processes): `PORTS:FIRST:COUNT` opens sockets
+    /// `FIRST..FIRST+COUNT` to the comma-separated ports, prints `opened`, and holds them until
+    /// its stdin closes.
+    #[arg(long, hide = true)]
+    pub worker: Option<String>,
+}
+
+/// The bench clients' WebSocket buffers: small, so that 10 000+ client sockets fit in memory
+/// (tungstenite's default is 128 KiB each).
+fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+/// Opens an idle `/ws` socket for socket number `i` (user `3_000_000 + i`) to `port` from
+/// `127.0.0.(1 + i mod sources)`.
+async fn open_idle(
+    i: usize,
+    port: u16,
+    sources: u8,
+    token: String,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % sources.max(1) as usize) as u8);
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+    let url = format!("ws://127.0.0.1:{port}/ws?token={token}");
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(client_config())).await?;
+    Ok(ws)
+}
+
+/// `--worker PORTS:FIRST:COUNT`: a client child process of the idle run.
+async fn worker(spec: &str, args: &WsArgs) -> anyhow::Result<()> {
+    raise_nofile();
+    let mut parts = spec.split(':');
+    let (Some(ports), Some(first), Some(count)) = (parts.next(), parts.next(), parts.next()) else {
+        anyhow::bail!("--worker PORTS:FIRST:COUNT");
+    };
+    let ports: Vec<u16> = ports.split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let (first, count): (usize, usize) = (first.parse()?, count.parse()?);
+    let jwt = api::JwtKeys::new(SECRET.as_bytes(), 3600);
+    let sockets = futures::stream::iter(first..first + count)
+        .map(|i| {
+            let token = jwt.issue(3_000_000 + i as i64, "bench", "user");
+            let port = ports[i % ports.len()];
+            async move { open_idle(i, port, args.sources, token?).await }
+        })
+        .buffer_unordered(args.connect_concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    println!("opened {}", sockets.len());
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    // Hold the sockets until the parent closes our stdin.
+    tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    })
+    .await?;
+    drop(sockets);
+    Ok(())
 }
 
 const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
@@ -73,6 +143,38 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime, fields 14 and 15 of proc(5); clock ticks of 1/100 s on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The pid of this process's child named `comm`, if any.
+fn child_pid(comm: &str) -> Option<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(')')?;
+        let name = head.split_once('(')?.1;
+        let ppid = rest.split_whitespace().nth(1)?;
+        (name == comm && ppid == me).then_some(pid)
+    })
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -200,12 +302,19 @@ async fn baselines(
 
 /// `mychat bench ws`.
 pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
+    if let Some(spec) = &args.worker {
+        return worker(spec, &args).await;
+    }
     let nofile = raise_nofile();
     let max_sockets = nofile.saturating_sub(200) as usize;
-    if args.sockets > max_sockets {
+    let nodes = args.nodes.max(1);
+    // Idle runs open their sockets from client child processes when one process cannot hold
+    // them all (or over several nodes); loaded runs open them in this process.
+    let use_workers = args.rate == 0 && (args.sockets > max_sockets || nodes > 1);
+    if args.sockets.div_ceil(nodes) > max_sockets || (!use_workers && args.sockets > max_sockets) {
         anyhow::bail!(
-            "--sockets {} exceeds what the open-files limit allows ({nofile}; the gateway child \
-             has the same limit): at most {max_sockets}",
+            "--sockets {} exceeds what the open-files limit allows ({nofile} per process): at \
+             most {max_sockets} per gateway node (use --nodes) and, under load, in this process",
             args.sockets
         );
     }
@@ -271,39 +380,48 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         jsl.len()
     );
 
-    // The gateway node, a child process.
+    // The gateway nodes, child processes.
     let dir = tempfile::Builder::new().prefix("mychat-bench").tempdir()?;
-    let port = testkit::free_port();
-    let log = std::fs::File::create(dir.path().join("gateway.log"))?;
-    let child = std::process::Command::new(std::env::current_exe()?)
-        .args(["serve", "gateway", "--addr", &format!("127.0.0.1:{port}")])
-        .env("MYCHAT_NATS_URL", nats.url())
-        .env("MYCHAT_DATABASE_URL", pg.url())
-        .env("MYCHAT_JWT_SECRET", SECRET)
-        .env("MYCHAT_SANDBOX_SECRET", "bench")
-        .env("MYCHAT_DATA_DIR", dir.path().join("data"))
-        .env("MYCHAT_LOG_FORMAT", "json")
-        .env("MYCHAT_GATEWAY_FRAMES_PER_SECOND", "100000")
-        .env(
-            "RUST_LOG",
-            std::env::var("MYCHAT_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("starting the gateway")?;
-    let gateway = Gateway { child };
-    let pid = gateway.child.id();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut gateways = Vec::new();
+    let mut ports = Vec::new();
+    for n in 0..nodes {
+        let port = testkit::free_port();
+        let log = std::fs::File::create(dir.path().join(format!("gateway-{n}.log")))?;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["serve", "gateway", "--addr", &format!("127.0.0.1:{port}")])
+            .env("MYCHAT_NATS_URL", nats.url())
+            .env("MYCHAT_DATABASE_URL", pg.url())
+            .env("MYCHAT_JWT_SECRET", SECRET)
+            .env("MYCHAT_SANDBOX_SECRET", "bench")
+            .env("MYCHAT_DATA_DIR", dir.path().join(format!("data-{n}")))
+            .env("MYCHAT_LOG_FORMAT", "json")
+            .env("MYCHAT_GATEWAY_FRAMES_PER_SECOND", "100000")
+            .env(
+                "RUST_LOG",
+                std::env::var("MYCHAT_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the gateway")?;
+        gateways.push(Gateway { child });
+        ports.push(port);
+    }
+    let pids: Vec<u32> = gateways.iter().map(|g| g.child.id()).collect();
+    for &port in &ports {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "gateway did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_before = rss_kib(pid);
+    let rss_all = || pids.iter().map(|&p| rss_kib(p)).sum::<u64>();
+    let cpu_all = || pids.iter().map(|&p| cpu_secs(p)).sum::<f64>();
+    let rss_before = rss_all();
 
     // Sessions: one per pair of sockets.
     let pairs = if args.rate == 0 { 0 } else { args.sockets / 2 };
@@ -345,10 +463,64 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     // Open the sockets.
     let epoch = Instant::now();
     let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+    // Sender side: when message `b{i}` was sent, and how long until its `ack` (stored).
+    let slots = (args.rate * (args.duration + 1)) as usize + 1;
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..slots).map(|_| AtomicU64::new(0)).collect());
+    let ack_latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
     let delivered = Arc::new(AtomicU64::new(0));
     let opened = Instant::now();
     let sources = args.sources.max(1);
+    let mut workers = Vec::new();
+    if use_workers {
+        // Client child processes, each under the open-files limit.
+        let per = max_sockets.min(args.sockets.div_ceil(args.sockets.div_ceil(max_sockets)));
+        let list = ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut first = 0;
+        while first < args.sockets {
+            let count = per.min(args.sockets - first);
+            let child = std::process::Command::new(std::env::current_exe()?)
+                .args([
+                    "bench",
+                    "ws",
+                    "--worker",
+                    &format!("{list}:{first}:{count}"),
+                    "--sources",
+                    &sources.to_string(),
+                    "--connect-concurrency",
+                    &args.connect_concurrency.to_string(),
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .context("starting a client process")?;
+            workers.push(Gateway { child });
+            first += count;
+        }
+        for w in &mut workers {
+            let out = w.child.stdout.take().context("worker stdout")?;
+            let line = tokio::task::spawn_blocking(move || {
+                let mut line = String::new();
+                let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+                line
+            })
+            .await?;
+            anyhow::ensure!(
+                line.starts_with("opened"),
+                "a client process failed to open its sockets"
+            );
+        }
+        println!(
+            "{} idle sockets opened by {} client processes over {nodes} gateway nodes",
+            args.sockets,
+            workers.len()
+        );
+    }
     let specs: Vec<(usize, i64, Option<i64>)> = (0..args.sockets)
+        .filter(|_| !use_workers)
         .map(|i| {
             if pairs == 0 {
                 (i, 3_000_000 + i as i64, None)
@@ -367,8 +539,11 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     let sockets: Vec<(usize, mpsc::Sender<String>)> = futures::stream::iter(specs)
         .map(|(i, user, sid)| {
             let token = jwt.issue(user, "bench", "user");
+            let port = ports[i % ports.len()];
             let latencies = latencies.clone();
             let delivered = delivered.clone();
+            let sent_at = sent_at.clone();
+            let ack_latencies = ack_latencies.clone();
             async move {
                 let token = token?;
                 let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % sources as usize) as u8);
@@ -379,7 +554,9 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                     Some(sid) => format!("ws://127.0.0.1:{port}/ws/chat/{sid}?token={token}"),
                     None => format!("ws://127.0.0.1:{port}/ws?token={token}"),
                 };
-                let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+                let (mut ws, _) =
+                    tokio_tungstenite::client_async_with_config(url, stream, Some(client_config()))
+                        .await?;
                 if sid.is_some() {
                     // Wait for join_success.
                     loop {
@@ -403,6 +580,13 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                                     if let Ok(v) = serde_json::from_str::<Value>(&t) {
                                         if std::env::var_os("MYCHAT_BENCH_DEBUG").is_some() {
                                             eprintln!("socket {i}: {v}");
+                                        }
+                                        if v["type"] == "ack" {
+                                            let slot = v["data"]["client_msg_id"].as_str().and_then(|s| s.strip_prefix('b')).and_then(|s| s.parse::<usize>().ok());
+                                            if let Some(at) = slot.and_then(|i| sent_at.get(i)).map(|a| a.load(Ordering::Relaxed)) {
+                                                let now = epoch.elapsed().as_micros() as u64;
+                                                ack_latencies.lock().expect("lock").push(now.saturating_sub(at));
+                                            }
                                         }
                                         if v["type"] == "message" {
                                             if let Some(at) = v["data"]["content"].as_str().and_then(|s| s.parse::<u64>().ok()) {
@@ -429,11 +613,12 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let open_secs = opened.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let rss_after = rss_kib(pid);
+    let rss_after = rss_all();
     let per_socket = rss_after.saturating_sub(rss_before) as f64 / args.sockets.max(1) as f64;
     println!(
-        "{} sockets open in {open_secs:.1} s; gateway RSS {rss_before} KiB → {rss_after} KiB: {per_socket:.1} KiB per socket",
-        args.sockets
+        "{} sockets open in {open_secs:.1} s; gateway RSS ({nodes} node{}) {rss_before} KiB → {rss_after} KiB: {per_socket:.1} KiB per socket",
+        args.sockets,
+        if nodes == 1 { "" } else { "s, summed" }
     );
 
     // Every socket keeps its queue (a closed queue ends its task); the users' sockets send.
@@ -444,10 +629,20 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         .collect();
     let mut sent = 0;
     let mut rejected = 0u64;
+    let nats_pid = child_pid("nats-server");
+    let cpu_at_start = (
+        cpu_secs(std::process::id()),
+        cpu_all(),
+        nats_pid.map_or(0.0, cpu_secs),
+    );
+    let sending = Instant::now();
     if args.rate > 0 && !senders.is_empty() {
         let n = senders.len();
         sent = paced(args.rate, Duration::from_secs(args.duration), |i| {
             let at = epoch.elapsed().as_micros() as u64;
+            if let Some(slot) = sent_at.get(i as usize) {
+                slot.store(at, Ordering::Relaxed);
+            }
             let frame = json!({"type":"message","payload":{"content": at.to_string(), "client_msg_id": format!("b{i}")}}).to_string();
             if senders[(i as usize) % n].try_send(frame).is_err() {
                 rejected += 1;
@@ -463,9 +658,25 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let rss_end = rss_kib(pid);
+    let rss_end = rss_all();
+    let wall = sending.elapsed().as_secs_f64();
+    let cpu = |now: f64, then: f64| (now - then) / wall.max(0.001);
+    let cpu_bench = cpu(cpu_secs(std::process::id()), cpu_at_start.0);
+    let cpu_gateway = cpu(cpu_all(), cpu_at_start.1);
+    let cpu_nats = cpu(nats_pid.map_or(0.0, cpu_secs), cpu_at_start.2);
     let mut lat = std::mem::take(&mut *latencies.lock().expect("lock"));
     lat.sort_unstable();
+    let mut acks = std::mem::take(&mut *ack_latencies.lock().expect("lock"));
+    acks.sort_unstable();
+    let mut commit_stats = Vec::new();
+    for port in &ports {
+        let v: Value = match reqwest::get(format!("http://127.0.0.1:{port}/ws/stats")).await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        commit_stats.push(v["data"]["chat_commit"].clone());
+    }
+    let commit_stats = Value::Array(commit_stats);
     let got = delivered.load(Ordering::Relaxed);
     let ratio = if sent == 0 {
         1.0
@@ -480,6 +691,18 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             percentile(&lat, 0.95),
             percentile(&lat, 0.99),
             lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        );
+        println!(
+            "sender → ack (stored in CHAT): {} acks; p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms",
+            acks.len(),
+            percentile(&acks, 0.5),
+            percentile(&acks, 0.95),
+            percentile(&acks, 0.99),
+        );
+        println!(
+            "CPU while sending (cores, of {} on the machine): bench clients {cpu_bench:.2}, gateway {cpu_gateway:.2}, nats-server {cpu_nats:.2}; gateway group commit (per node): {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            commit_stats
         );
         println!(
             "baseline (same run, {base_rate} msg/s): core NATS p99 {:.3} ms, JetStream p99 {:.3} ms",
@@ -511,16 +734,23 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             "js_baseline_p99_ms": round(percentile(&jsl, 0.99)),
             "delivered_ratio": (ratio * 10000.0).round() / 10000.0,
             "rss_kib_per_socket": (per_socket * 10.0).round() / 10.0,
+            "ack_p50_ms": round(percentile(&acks, 0.5)),
+            "ack_p99_ms": round(percentile(&acks, 0.99)),
+            "cpu_cores": {"bench": round(cpu_bench), "gateway": round(cpu_gateway), "nats": round(cpu_nats)},
+            "nodes": nodes,
+            "chat_commit": commit_stats,
+            "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
             "fsync": if args.lazy_fsync { "lazy" } else { "always" },
         })
     );
     if std::env::var_os("MYCHAT_BENCH_DEBUG").is_some() {
         eprintln!(
             "gateway log:\n{}",
-            std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+            std::fs::read_to_string(dir.path().join("gateway-0.log")).unwrap_or_default()
         );
     }
     drop(sockets);
-    drop(gateway);
+    drop(workers);
+    drop(gateways);
     Ok(())
 }

@@ -54,6 +54,9 @@ pub struct Settings {
     /// Gateway: at most this many records are replayed on a resume (1000); beyond it the client
     /// is told `recovered: false` and reloads from REST.
     pub gateway_max_replay: usize,
+    /// Gateway: group commit of chat appends (issue 5; `[gateway_chat_commit]` in `mychat.toml`,
+    /// fields of `eventstore::GroupCommitSettings`; default batches of 8 to 1000, 2 in flight).
+    pub gateway_chat_commit: eventstore::GroupCommitSettings,
     /// Where the projectors serve `/metrics` (projection lag; default 127.0.0.1:8083).
     pub metrics_addr: SocketAddr,
     /// The command bus: group commit bounds and the aggregate cache (issue 7; `[bus]` and
@@ -85,6 +88,7 @@ impl Default for Settings {
             gateway_send_queue: 256,
             gateway_frames_per_second: 20.0,
             gateway_max_replay: 1000,
+            gateway_chat_commit: gateway::GatewayConfig::default().chat_commit,
             metrics_addr: "127.0.0.1:8083".parse().expect("addr"),
             bus: eventstore::BusSettings::default(),
         }
@@ -120,6 +124,7 @@ impl Settings {
             frames_per_second: self.gateway_frames_per_second,
             burst: (self.gateway_frames_per_second * 3.0).max(defaults.burst),
             max_replay: self.gateway_max_replay,
+            chat_commit: self.gateway_chat_commit.clone(),
             ..defaults
         }
     }
