@@ -63,6 +63,8 @@ pub struct GatewayConfig {
     pub max_replay: usize,
     /// How long a shutting-down node waits for its sockets to drain.
     pub shutdown_grace: Duration,
+    /// Replicas of the presence KV bucket (1 on a single nats-server, 3 on a cluster; issue 8).
+    pub kv_replicas: usize,
 }
 
 impl Default for GatewayConfig {
@@ -78,6 +80,7 @@ impl Default for GatewayConfig {
             burst: 60.0,
             max_replay: 1000,
             shutdown_grace: Duration::from_secs(5),
+            kv_replicas: 1,
         }
     }
 }
@@ -121,7 +124,7 @@ pub async fn start_node(
     shutdown: CancellationToken,
 ) -> anyhow::Result<GatewayState> {
     let js = bus.jetstream().clone();
-    let kv = presence::bucket(&js, config.presence_timeout)
+    let kv = presence::bucket(&js, config.presence_timeout, config.kv_replicas)
         .await
         .context("creating the presence bucket")?;
     let hub = Arc::new(Hub::new(config, bus.clone(), nats.clone()));
