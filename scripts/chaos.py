@@ -256,8 +256,10 @@ class Env:
             "MYCHAT_WS_ADDR": f"127.0.0.1:{p['up_ws']}",
             "MYCHAT_METRICS_ADDR": f"127.0.0.1:{p['m_up']}",
         }), self.logs, port=p["up_api"])
-        seed.start()
-        seed.stop()
+        try:
+            seed.start()
+        finally:
+            seed.stop()
         a, b = [0, 1, 2], [1, 2, 0]
         m_a = {"MYCHAT_METRICS_ADDR": f"127.0.0.1:{p['m_a']}"}
         m_b = {"MYCHAT_METRICS_ADDR": f"127.0.0.1:{p['m_b']}"}
@@ -353,6 +355,35 @@ class Reader:
             return counts, last
         finally:
             await nc.close()
+
+    async def privileges_denied(self):
+        """The services' NATS user may not delete or purge a stream, delete a stored message,
+        nor read the system account: returns the operations that were (wrongly) allowed."""
+        nc = await nats.connect(
+            servers=[f"nats://127.0.0.1:{p}" for p in self.env.nats_ports],
+            user="mychat", password=SECRETS["MYCHAT_NATS_PASSWORD"], connect_timeout=5,
+            error_cb=quiet)
+        allowed = []
+        try:
+            js = nc.jetstream(timeout=2)
+            for name, op in [
+                ("delete EVENTS", lambda: js.delete_stream("EVENTS")),
+                ("purge CHAT", lambda: js.purge_stream("CHAT")),
+                ("delete EVENTS message 1", lambda: js.delete_msg("EVENTS", 1)),
+            ]:
+                try:
+                    await op()
+                    allowed.append(name)
+                except Exception:
+                    pass
+            try:
+                await nc.request("$SYS.REQ.SERVER.PING", b"", timeout=1)
+                allowed.append("system account request")
+            except Exception:
+                pass
+        finally:
+            await nc.close()
+        return allowed
 
     def query(self, sql, params=()):
         with psycopg.connect(self.env.database_url, connect_timeout=5) as conn:
@@ -537,6 +568,10 @@ class Load:
             except Exception:
                 gw = 1 - gw  # reconnect elsewhere, as a client behind a load balancer would
                 await asyncio.sleep(0.5)
+
+
+async def quiet(_error):
+    """An error callback that drops the expected permission violations."""
 
 
 def is_settled(status):
@@ -808,22 +843,38 @@ async def run_scenario(env, reader, load, n, title, fault, totals):
 
 async def main():
     started = time.time()
-    tmp = tempfile.mkdtemp(prefix="mychat-chaos-")
-    env = Env(tmp)
+    # Free ports are picked, then bound by the children: another process may take one in
+    # between (a shared machine). Such a start is retried on fresh ports.
+    for attempt in range(1, 4):
+        tmp = tempfile.mkdtemp(prefix="mychat-chaos-")
+        env = Env(tmp)
+        try:
+            log(f"workdir {tmp}")
+            env.start_infra()
+            env.start_mychat()
+            break
+        except RuntimeError as e:
+            log(f"start failed (attempt {attempt}): {e}")
+            env.stop_all()
+            if attempt == 3:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     totals = {"acked": 0, "lost": 0, "duplicated": 0, "diverged": 0}
     results = []
     load = None
     ok = False
     try:
-        log(f"workdir {tmp}")
-        env.start_infra()
         log(f"nats cluster on {env.nats_ports} (routes {env.route_ports}), postgres on {env.pg_port}")
-        env.start_mychat()
         reader = Reader(env)
         leader, replicas = await reader.stream_leader()
         log(f"mychat nodes up; EVENTS R{replicas}, leader {leader}")
         if replicas != 3:
             raise RuntimeError(f"EVENTS has {replicas} replicas, not 3")
+        allowed = await reader.privileges_denied()
+        if allowed:
+            raise RuntimeError(f"the mychat NATS user may: {allowed}")
+        log("least privilege: the mychat user may not delete/purge streams, delete messages, "
+            "or reach $SYS")
         load = Load(env)
         await load.setup()
         log(f"{len(load.users)} users, {len(load.sessions)} chat sessions")
