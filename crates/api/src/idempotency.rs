@@ -8,7 +8,8 @@
 //!   in which case the key is released so that a retry can run;
 //! - same key, same request: the stored response is returned (header `Idempotent-Replayed: true`)
 //!   and nothing runs again;
-//! - same key, another request: 422; same key while the first is still running: 409.
+//! - same key, another request: 422; same key while the first is still running: 409 (a claim
+//!   left by a process that died mid-request may be taken again after 60 s).
 //!
 //! Keys expire after 24 hours. Commands also get the key as their command id
 //! ([`crate::orders::request_meta`]), so a retry racing past this layer is still applied once.
@@ -21,6 +22,11 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use crate::{ApiError, AppState};
+
+/// A claim still running after this many seconds belongs to a process that died mid-request: a
+/// retry may claim it again. Safe because the command id (`idem:<actor>:<key>`) is the
+/// `Nats-Msg-Id`, and JetStream drops a repeat within its 10-minute duplicate window, far longer.
+const STALE_CLAIM_SECONDS: f64 = 60.0;
 
 /// Largest request body hashed (larger requests are refused by the routes' own limits first).
 const MAX_BODY: usize = 13 * 1024 * 1024;
@@ -100,11 +106,13 @@ async fn run(
         "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) \
          ON CONFLICT (scope, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, status = NULL, \
          body = NULL, created_at = now() WHERE idempotency_keys.created_at < now() - interval '24 hours' \
+         OR (idempotency_keys.status IS NULL AND idempotency_keys.created_at < now() - $4 * interval '1 second') \
          RETURNING 1",
     )
     .bind(&scope)
     .bind(&key)
     .bind(&hash)
+    .bind(STALE_CLAIM_SECONDS)
     .fetch_optional(&state.db)
     .await?;
     if claimed.is_none() {
@@ -138,25 +146,43 @@ async fn run(
         return Ok(response);
     }
 
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    // The claimed request runs to completion in its own task: a client that disconnects (or
+    // times out) does not cancel it half-way, so its key is always answered or released, and a
+    // retry with the same key settles it (issue 8, found by scripts/chaos).
+    let state = state.clone();
+    tokio::spawn(async move {
+        let request = Request::from_parts(parts, Body::from(bytes));
+        finish(&state, &scope, &key, request, next).await
+    })
+    .await
+    .map_err(|e| ApiError::internal(anyhow::anyhow!("request task: {e}")))?
+}
+
+/// Runs a claimed request and stores its response (or releases the key on a 5xx).
+async fn finish(
+    state: &AppState,
+    scope: &str,
+    key: &str,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let response = next.run(request).await;
     let (parts, body) = response.into_parts();
     let body = to_bytes(body, usize::MAX)
         .await
         .map_err(|e| anyhow::anyhow!("buffering the response: {e}"))?;
     if parts.status.is_server_error() {
         sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
-            .bind(&scope)
-            .bind(&key)
+            .bind(scope)
+            .bind(key)
             .execute(&state.db)
             .await?;
     } else {
         sqlx::query(
             "UPDATE idempotency_keys SET status = $3, body = $4 WHERE scope = $1 AND key = $2",
         )
-        .bind(&scope)
-        .bind(&key)
+        .bind(scope)
+        .bind(key)
         .bind(parts.status.as_u16() as i16)
         .bind(body.to_vec())
         .execute(&state.db)

@@ -1079,6 +1079,54 @@ async fn idempotency_key_replays_the_first_response_and_refuses_another_body() {
     assert_eq!(r.status(), 400);
 }
 
+/// Issue 8: a claim whose request never finished (its process died mid-request) blocks retries
+/// with 409 only for a while; after 60 s a retry with the same key runs (the command id keeps
+/// it exactly-once in the log). A fresh unfinished claim still answers 409.
+#[tokio::test]
+async fn idempotency_claim_left_by_a_dead_process_is_taken_again() {
+    use sha2::Digest as _;
+    let app = spawn_app().await;
+    let (counselor, _) = app.counselor("tina").await;
+    let (user_id, token, _) = app.user("alice").await;
+    let body = json!({"counselor_id": counselor, "duration": 30, "schedule_time": "2026-12-01"})
+        .to_string();
+    let path = "/api/order/create";
+    let hash = hex::encode(sha2::Sha256::digest(
+        format!("POST\n{path}\n{body}").as_bytes(),
+    ));
+    let claim = |key: &'static str, age_seconds: i64| {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) \
+             VALUES ($1, $2, $3, now() - $4 * interval '1 second')",
+        )
+        .bind(format!("user:{user_id}"))
+        .bind(key)
+        .bind(&hash)
+        .bind(age_seconds as f64)
+        .execute(&app.pool)
+    };
+    claim("fresh", 1).await.unwrap();
+    claim("stale", 120).await.unwrap();
+    let send = |key: &'static str| {
+        app.http
+            .post(format!("{}{path}", app.url))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", key)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    let r = send("fresh").await.unwrap();
+    assert_eq!(r.status(), 409, "a request with this key is still running");
+    let r = send("stale").await.unwrap();
+    assert_eq!(r.status(), 200, "the dead claim is taken again");
+    let again = send("stale").await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let r = app.get("/api/order/list", &token).await;
+    assert_eq!(r.data()["total"], json!(1), "one order for the retried key");
+}
+
 // ---- providers ----------------------------------------------------------------------------
 
 fn wechat_notification(

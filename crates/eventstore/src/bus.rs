@@ -177,6 +177,37 @@ struct BusInner {
     committer: OnceLock<GroupCommitter>,
     cache: Option<AggregateCache>,
     cache_stats: CacheStats,
+    locks: AggregateLocks,
+}
+
+/// One async lock per aggregate with a command running in this process (issue 8): commands on
+/// the same aggregate run one after another in a process, so a burst on one hot aggregate (the
+/// withdrawal attack: 1,000 requests on one counselor account) loads it once and commits from
+/// the warm cache instead of every request reloading it and losing the optimistic-concurrency
+/// race. Between processes the expected-sequence check still decides. An entry is removed when
+/// its last holder leaves.
+type AggregateLocks = std::sync::Mutex<
+    std::collections::HashMap<(&'static str, String), Arc<tokio::sync::Mutex<()>>>,
+>;
+
+/// Holds an aggregate's lock; removes the map entry on drop when nobody else waits for it.
+struct AggregateGuard<'a> {
+    locks: &'a AggregateLocks,
+    key: (&'static str, String),
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for AggregateGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.lock().expect("aggregate locks");
+        drop(self.guard.take());
+        if let Some(entry) = map.get(&self.key) {
+            // Only the map's own reference is left: no holder, no waiter.
+            if Arc::strong_count(entry) == 1 {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Runs commands: load the aggregate (from the in-memory LRU cache, else with direct gets),
@@ -213,6 +244,7 @@ impl CommandBus {
                 committer: OnceLock::new(),
                 cache,
                 cache_stats: CacheStats::default(),
+                locks: AggregateLocks::default(),
             }),
         }
     }
@@ -324,13 +356,29 @@ impl CommandBus {
         );
     }
 
+    /// Waits for this process's lock of aggregate `(aggregate_type, id)`.
+    async fn lock_aggregate(&self, aggregate_type: &'static str, id: &str) -> AggregateGuard<'_> {
+        let key = (aggregate_type, id.to_string());
+        let lock = {
+            let mut map = self.inner.locks.lock().expect("aggregate locks");
+            map.entry(key.clone()).or_default().clone()
+        };
+        let guard = lock.lock_owned().await;
+        AggregateGuard {
+            locks: &self.inner.locks,
+            key,
+            guard: Some(guard),
+        }
+    }
+
     /// Executes `command` on aggregate `A` `id`.
     ///
     /// The aggregate comes from the cache when it is there (nothing is read from the log; the
     /// expected-sequence check at commit catches a stale entry, and then the aggregate is
     /// brought up to date from the log and the command handled again, without using up an
     /// attempt), else from the log with batched direct gets. After a conflict, the aggregate is
-    /// caught up from the state it was handled on (only the newer commits are read).
+    /// caught up from the state it was handled on (only the newer commits are read). Commands
+    /// on one aggregate run one at a time in this process (a per-aggregate lock, issue 8).
     ///
     /// # Errors
     /// [`CommandError::Rejected`] with the aggregate's error, [`CommandError::Conflict`] when
@@ -351,6 +399,7 @@ impl CommandBus {
             .store::<A>()
             .await
             .map_err(|e| CommandError::Store(e.to_string()))?;
+        let _aggregate_lock = self.lock_aggregate(A::TYPE, id).await;
         let stats = &self.inner.cache_stats;
         let max_attempts = self.inner.settings.max_attempts.max(1);
         let mut attempt = 0;

@@ -67,6 +67,8 @@ pub struct GatewayConfig {
     /// batch; [`eventstore::chat::ChatCommitter`]). Default: batches of 8 to 1000 records, 2
     /// writes in flight.
     pub chat_commit: eventstore::GroupCommitSettings,
+    /// Replicas of the presence KV bucket (1 on a single nats-server, 3 on a cluster; issue 8).
+    pub kv_replicas: usize,
 }
 
 impl Default for GatewayConfig {
@@ -88,6 +90,7 @@ impl Default for GatewayConfig {
                 max_batch: 1000,
                 ..Default::default()
             },
+            kv_replicas: 1,
         }
     }
 }
@@ -131,7 +134,7 @@ pub async fn start_node(
     shutdown: CancellationToken,
 ) -> anyhow::Result<GatewayState> {
     let js = bus.jetstream().clone();
-    let kv = presence::bucket(&js, config.presence_timeout)
+    let kv = presence::bucket(&js, config.presence_timeout, config.kv_replicas)
         .await
         .context("creating the presence bucket")?;
     let hub = Arc::new(Hub::new(config, bus.clone(), nats.clone()));

@@ -53,11 +53,16 @@ pub fn key(node_id: &str) -> String {
     format!("node.{node_id}")
 }
 
-/// Creates (or opens) the presence bucket.
+/// Creates (or opens) the presence bucket, with `replicas` replicas (1 on a single server, 3 on a
+/// cluster).
 ///
 /// # Errors
 /// When JetStream refuses the bucket.
-pub async fn bucket(js: &jetstream::Context, timeout: Duration) -> anyhow::Result<kv::Store> {
+pub async fn bucket(
+    js: &jetstream::Context,
+    timeout: Duration,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
     if let Ok(store) = js.get_key_value(BUCKET).await {
         return Ok(store);
     }
@@ -68,6 +73,7 @@ pub async fn bucket(js: &jetstream::Context, timeout: Duration) -> anyhow::Resul
             history: 1,
             max_age: timeout * 2,
             storage: jetstream::stream::StorageType::Memory,
+            num_replicas: replicas.max(1),
             ..Default::default()
         })
         .await?)

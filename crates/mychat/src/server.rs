@@ -78,10 +78,20 @@ pub(crate) async fn connect(
     nats_url: &str,
     database_url: &str,
 ) -> anyhow::Result<Infra> {
-    let nats = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let (Some(user), Some(password)) = (&settings.nats_user, &settings.nats_password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    let nats = options
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .connect(nats_url)
+        .connect(
+            nats_url
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>(),
+        )
         .await
         .with_context(|| format!("connecting to NATS at {nats_url}"))?;
     let pool = PgPoolOptions::new()

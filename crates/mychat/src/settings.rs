@@ -11,8 +11,14 @@ use serde::{Deserialize, Serialize};
 /// mychat's settings. Every field can be set in `mychat.toml` or as `MYCHAT_<FIELD>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
-    /// NATS server URL. Unset under `mychat up`: an embedded nats-server is started.
+    /// NATS server URL. Unset under `mychat up`: an embedded nats-server is started. Several
+    /// servers of a cluster may be given comma-separated (`nats://n1:4222,nats://n2:4222`).
     pub nats_url: Option<String>,
+    /// NATS user (with `nats_password`): the `mychat` user of the `MYCHAT` account in
+    /// `nats-cluster.conf`. Unset: no credentials (the single-node `nats.conf` has no accounts).
+    pub nats_user: Option<String>,
+    /// NATS password of `nats_user`.
+    pub nats_password: Option<String>,
     /// Postgres URL. Unset under `mychat up`: an embedded PostgreSQL is started.
     pub database_url: Option<String>,
     /// Where the embedded servers keep their data, and the generated secrets.
@@ -35,7 +41,9 @@ pub struct Settings {
     pub token_ttl_seconds: i64,
     /// The sandbox payment provider's key; unset: generated into `<data_dir>/sandbox.secret`.
     pub sandbox_secret: Option<String>,
-    /// Stream replicas (1 single node, 3 on a cluster).
+    /// Replicas of the streams (`EVENTS`, `CHAT`) and of the presence KV bucket that mychat
+    /// creates: 1 on a single nats-server, 3 on a cluster (R3; `MYCHAT_STREAM_REPLICAS=3`).
+    /// Applied to existing streams too (JetStream can scale a stream's replicas up or down).
     pub stream_replicas: usize,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
@@ -68,6 +76,8 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             nats_url: None,
+            nats_user: None,
+            nats_password: None,
             database_url: None,
             data_dir: PathBuf::from(".data"),
             user_addr: "127.0.0.1:8080".parse().expect("addr"),
@@ -125,6 +135,7 @@ impl Settings {
             burst: (self.gateway_frames_per_second * 3.0).max(defaults.burst),
             max_replay: self.gateway_max_replay,
             chat_commit: self.gateway_chat_commit.clone(),
+            kv_replicas: self.stream_replicas,
             ..defaults
         }
     }
