@@ -316,10 +316,32 @@ pub async fn apply_in_tx(
             );
             continue;
         }
-        if let Err(cause) = projection.apply(&mut *tx, message).await {
+        // Issue 8: the event's correlation id on its log span (read from the commit only when
+        // debug logs of the projectors are on, or when the message fails).
+        let span = tracing::info_span!(
+            "apply",
+            projection = name,
+            stream_sequence = message.stream_sequence,
+            correlation_id = tracing::field::Empty,
+        );
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            if let Some(id) = correlation_of(message) {
+                span.record("correlation_id", id.as_str());
+            }
+            span.in_scope(|| tracing::debug!(subject = %message.subject, "applying"));
+        }
+        let applied = {
+            use tracing::Instrument as _;
+            projection.apply(&mut *tx, message).instrument(span.clone()).await
+        };
+        if let Err(cause) = applied {
             if is_transient(&cause) {
                 return Err(BatchError::Transient(cause));
             }
+            if let Some(id) = correlation_of(message) {
+                span.record("correlation_id", id.as_str());
+            }
+            span.in_scope(|| tracing::warn!(error = format!("{cause:#}"), "the message fails to apply"));
             return Err(BatchError::Poison {
                 stream_sequence: message.stream_sequence,
                 subject: message.subject.clone(),
@@ -747,4 +769,15 @@ pub(crate) fn to_log_message(m: jetstream::Message) -> anyhow::Result<LogMessage
         time,
         payload: m.payload.clone(),
     })
+}
+
+/// The correlation id of an `EVENTS` commit (`None` for other messages).
+pub fn correlation_of(message: &LogMessage) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        correlation_id: Option<String>,
+    }
+    serde_json::from_slice::<Only>(&message.payload)
+        .ok()
+        .and_then(|o| o.correlation_id)
 }

@@ -22,6 +22,10 @@ pub struct Caller {
     pub role: String,
     /// The role's enabled permission codes (every code for `super_admin`).
     pub permissions: Vec<String>,
+    /// The token's id (`jti`): revoked on logout (issue 8).
+    pub jti: String,
+    /// The token's expiry, unix seconds.
+    pub expires_at: i64,
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -49,10 +49,18 @@ pub async fn permissions(State(state): State<AppState>, caller: Caller) -> ApiRe
     Ok(ok(json!({ "permissions": codes, "roles": roles })))
 }
 
-/// `POST /api/admin2/logout` (also `/api/admin/logout`): tokens are stateless, the client drops
-/// it; the logout is recorded in the audit log.
-pub async fn logout(_caller: Caller) -> Json<Value> {
-    ok_msg("logged out")
+/// `POST /api/admin2/logout` (also `/api/admin/logout`): the presented token is revoked (issue
+/// 8: `revoked_tokens`, checked by every admin route); the logout is recorded in the audit log.
+pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    sqlx::query(
+        "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, to_timestamp($2)) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&caller.jti)
+    .bind(caller.expires_at as f64)
+    .execute(&state.db)
+    .await?;
+    Ok(ok_msg("logged out"))
 }
 
 /// `GET /api/test` → `{code: 200, msg}`: a liveness probe the old admin backend had (contract
@@ -80,11 +88,16 @@ pub async fn change_password(
         return Err(ApiError::field("old_password", "wrong password"));
     }
     let hash = hash_password(&new).await?;
-    sqlx::query("UPDATE administrators SET password_hash = $2, updated_at = now() WHERE id = $1")
-        .bind(caller.admin_id)
-        .bind(hash)
-        .execute(&state.db)
-        .await?;
+    // Issue 8: every token issued at or before this second is revoked (tokens carry `iat` in
+    // whole seconds); the administrator logs in again.
+    sqlx::query(
+        "UPDATE administrators SET password_hash = $2, updated_at = now(), \
+         tokens_valid_after = to_timestamp(floor(extract(epoch FROM now()))) WHERE id = $1",
+    )
+    .bind(caller.admin_id)
+    .bind(hash)
+    .execute(&state.db)
+    .await?;
     Ok(ok_msg("password changed"))
 }
 

@@ -28,6 +28,7 @@ pub mod finance;
 pub mod idempotency;
 pub mod money;
 pub mod notifications;
+pub mod observe;
 pub mod openapi;
 pub mod order_actions;
 pub mod orders;
@@ -111,10 +112,46 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// CORS as MyChat's clients need it (contract a.1): any origin, the usual headers and methods.
+/// The CORS origins allowed (issue 8): `MYCHAT_CORS_ORIGINS`, a comma-separated list of origins
+/// (`https://chat.example.com,https://admin.example.com`); unset, empty or `*` means any origin,
+/// as MyChat's clients need it (contract a.1). Read once per process.
+pub fn cors_origins() -> Option<Vec<axum::http::HeaderValue>> {
+    static ORIGINS: std::sync::OnceLock<Option<Vec<axum::http::HeaderValue>>> =
+        std::sync::OnceLock::new();
+    ORIGINS
+        .get_or_init(|| {
+            let raw = std::env::var("MYCHAT_CORS_ORIGINS").unwrap_or_default();
+            let list: Vec<axum::http::HeaderValue> = raw
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty() && *o != "*")
+                .filter_map(|o| match axum::http::HeaderValue::from_str(o) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        tracing::error!(origin = o, "MYCHAT_CORS_ORIGINS: not a header value; ignored");
+                        None
+                    }
+                })
+                .collect();
+            if raw.split(',').any(|o| o.trim() == "*") || list.is_empty() {
+                None
+            } else {
+                Some(list)
+            }
+        })
+        .clone()
+}
+
+/// CORS as MyChat's clients need it (contract a.1): the usual headers and methods, from the
+/// origins of [`cors_origins`] (any origin by default). A request from another origin gets no
+/// `Access-Control-Allow-Origin`, so the browser refuses the response.
 pub fn cors() -> CorsLayer {
+    let origins = match cors_origins() {
+        Some(list) => tower_http::cors::AllowOrigin::list(list),
+        None => tower_http::cors::AllowOrigin::from(Any),
+    };
     CorsLayer::new()
-        .allow_origin(Any)
+        .allow_origin(origins)
         .allow_methods([
             Method::GET,
             Method::POST,
@@ -131,7 +168,9 @@ pub fn cors() -> CorsLayer {
             header::CACHE_CONTROL,
             header::HeaderName::from_static("x-requested-with"),
             header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static("x-request-id"),
         ])
+        .expose_headers([header::HeaderName::from_static("x-request-id")])
 }
 
 /// The user API (:8080), configured from the environment ([`user_config::UserApiConfig::from_env`];
@@ -152,7 +191,7 @@ pub fn user_router(state: AppState) -> Router {
 /// `/api-docs/openapi.json` and Swagger UI at `/swagger`.
 pub fn user_router_with(state: AppState, config: user_config::UserApiConfig) -> Router {
     let uploads = tower_http::services::ServeDir::new(&config.upload_dir);
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
         .merge(users::router())
         .merge(orders::router())
@@ -183,18 +222,26 @@ pub fn user_router_with(state: AppState, config: user_config::UserApiConfig) -> 
         ))
         .layer(TraceLayer::new_for_http())
         .layer(cors())
-        .with_state(state)
+        .with_state(state);
+    // Issue 8: request id, HTTP metrics, `/metrics`, security headers.
+    observe::wrap("user_api", router)
 }
 
 /// The admin API (:8081).
 pub fn admin_router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
         // Issue 4: every admin route behind the RBAC guard (admin::router's routes included).
         .merge(admin_rbac::router(&state))
+        // Issue 8: the admin login is rate-limited like the user login.
+        .layer(axum::Extension(admin::AdminLoginLimiter::new(
+            user_config::LoginLimits::default(),
+        )))
         .layer(TraceLayer::new_for_http())
         .layer(cors())
-        .with_state(state)
+        .with_state(state);
+    // Issue 8: request id, HTTP metrics, `/metrics`, security headers.
+    observe::wrap("admin_api", router)
 }
 
 /// Page and page size from MyChat's query parameters: `page` ≥ 1 (default 1), `page_size` in

@@ -239,6 +239,8 @@ pub(crate) async fn run_parts(
     addr: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Issue 8: one Prometheus recorder for the process; every service's `/metrics` renders it.
+    api::observe::install_recorder();
     let jwt = Arc::new(api::JwtKeys::new(
         settings
             .secret(&settings.jwt_secret, "jwt.secret")?
