@@ -425,3 +425,14 @@ pub fn with_event(
     }
     response
 }
+
+/// An `ILIKE` pattern matching `text` anywhere, literally: `%`, `_` and `\` in the text are
+/// escaped (issue 8: a search for `%` finds a literal `%`, not every row).
+pub fn contains_pattern(text: &str) -> String {
+    format!(
+        "%{}%",
+        text.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    )
+}

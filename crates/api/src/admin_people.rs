@@ -149,7 +149,7 @@ pub async fn list_admins(
 ) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let (limit, offset, ..) = q.paging(20)?;
-    let keyword = q.str("keyword").map(|k| format!("%{k}%"));
+    let keyword = q.str("keyword").map(crate::admin_common::contains_pattern);
     let status = q.int("status")?;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
@@ -372,7 +372,7 @@ pub async fn list_users(
 ) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let (limit, offset, ..) = q.paging(20)?;
-    let keyword = q.str("keyword").map(|k| format!("%{k}%"));
+    let keyword = q.str("keyword").map(crate::admin_common::contains_pattern);
     let status = q.int("status")?;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE deleted_at IS NULL");
@@ -507,7 +507,7 @@ pub async fn list_counselors(
 ) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let (limit, offset, ..) = q.paging(20)?;
-    let keyword = q.str("keyword").map(|k| format!("%{k}%"));
+    let keyword = q.str("keyword").map(crate::admin_common::contains_pattern);
     let status = q.int("status")?;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
@@ -656,7 +656,7 @@ pub async fn list_applications(
 ) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let (limit, offset, page, size) = q.paging(20)?;
-    let keyword = q.str("keyword").map(|k| format!("%{k}%"));
+    let keyword = q.str("keyword").map(crate::admin_common::contains_pattern);
     let status = q.int("status")?;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");

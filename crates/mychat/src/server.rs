@@ -199,7 +199,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
             .context("seeding demo data")?;
         if api::seed::default_admin_password_unchanged(&infra.pool).await {
             tracing::warn!(
-                "the administrator `admin` still has the default password `admin123`: change it"
+                "the administrator `admin` still has the seeded default password (see the README): change it"
             );
         }
         run_parts(&settings, infra, Part::All, None, shutdown.clone()).await
