@@ -845,7 +845,7 @@ async fn store_upload(
 pub async fn upload_image(
     State(state): State<AppState>,
     caller: Caller,
-    multipart: Multipart,
+    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
 ) -> ApiResult<Json<Value>> {
     let data = store_upload(&state, Some(caller.admin_id), multipart, true).await?;
     Ok(Json(
@@ -858,7 +858,7 @@ pub async fn upload_image(
 pub async fn upload_file(
     State(state): State<AppState>,
     caller: Caller,
-    multipart: Multipart,
+    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
 ) -> ApiResult<Json<Value>> {
     Ok(ok(store_upload(
         &state,
@@ -873,7 +873,7 @@ pub async fn upload_file(
 /// token (contract c.2 #22, f.5): public, images ≤ 2 MB only.
 pub async fn upload_public(
     State(state): State<AppState>,
-    multipart: Multipart,
+    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
 ) -> ApiResult<Json<Value>> {
     let data = store_upload(&state, None, multipart, true).await?;
     Ok(Json(

@@ -276,6 +276,21 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// A multipart body; a request that is not one (no or a bad boundary) is an [`ApiError`] 400
+/// rather than axum's plain-text rejection (issue 8, found by schemathesis).
+pub struct ApiMultipart(pub axum::extract::Multipart);
+
+impl<S: Send + Sync> FromRequest<S> for ApiMultipart {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Multipart::from_request(req, state)
+            .await
+            .map(ApiMultipart)
+            .map_err(|e| ApiError::new(e.status(), format!("a multipart/form-data body is required: {}", e.body_text())))
+    }
+}
+
 /// Query-string parameters; a bad one is a 400.
 #[derive(Debug, Clone, Copy, Default, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]

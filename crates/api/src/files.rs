@@ -208,7 +208,7 @@ pub async fn upload(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
-    multipart: Multipart,
+    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
 ) -> ApiResult<Json<Value>> {
     let received = receive(multipart).await?;
     let field = |n: &str| {
@@ -279,7 +279,7 @@ pub async fn avatar(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
-    multipart: Multipart,
+    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
 ) -> ApiResult<Json<Value>> {
     let received = receive(multipart).await?;
     if received.bytes.len() > MAX_AVATAR {
@@ -313,7 +313,7 @@ pub async fn certificate(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
-    multipart: Multipart,
+    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
 ) -> ApiResult<Json<Value>> {
     let received = receive(multipart).await?;
     if received.bytes.len() > MAX_CERTIFICATE {

@@ -190,7 +190,12 @@ pub fn user_router(state: AppState) -> Router {
 /// 001, `Idempotency-Key` on state-changing requests, `/uploads/...`, the OpenAPI document at
 /// `/api-docs/openapi.json` and Swagger UI at `/swagger`.
 pub fn user_router_with(state: AppState, config: user_config::UserApiConfig) -> Router {
-    let uploads = tower_http::services::ServeDir::new(&config.upload_dir);
+    // Issue 8: a missing file is an `ApiError` 404 (not an empty body).
+    let uploads = tower_http::services::ServeDir::new(&config.upload_dir).not_found_service(
+        axum::handler::HandlerWithoutStateExt::into_service(|| async {
+            ApiError::not_found("file")
+        }),
+    );
     let router = Router::new()
         .route("/health", get(health))
         .merge(users::router())
@@ -244,11 +249,15 @@ pub fn admin_router(state: AppState) -> Router {
     observe::wrap("admin_api", router)
 }
 
+/// The largest row offset a page may start at (10 million rows).
+pub const MAX_OFFSET: i64 = 10_000_000;
+
 /// Page and page size from MyChat's query parameters: `page` ≥ 1 (default 1), `page_size` in
 /// 1..=100 (default `default_size`).
 ///
 /// # Errors
-/// 400 naming `page` or `page_size` when out of range.
+/// 400 naming `page` or `page_size` when out of range (`page` too, when the page would start
+/// beyond [`MAX_OFFSET`]).
 pub fn paging(
     page: Option<i64>,
     page_size: Option<i64>,
@@ -262,7 +271,13 @@ pub fn paging(
     if !(1..=100).contains(&size) {
         return Err(ApiError::field("page_size", "must be between 1 and 100"));
     }
-    Ok((size, (page - 1) * size))
+    // Issue 8 (found by schemathesis): a huge page overflowed `(page - 1) * size` (a panic in
+    // debug builds, a negative OFFSET and a 500 in release).
+    let offset = (page - 1)
+        .checked_mul(size)
+        .filter(|o| *o <= MAX_OFFSET)
+        .ok_or_else(|| ApiError::field("page", "too large"))?;
+    Ok((size, offset))
 }
 
 /// MyChat's paged list query: `page` (1-based), `page_size` and an optional `status` filter;
@@ -288,5 +303,37 @@ where
     match s.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
         Some(v) => v.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod issue8_tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_page_is_a_400_not_an_overflow() {
+        // Found by schemathesis: `page=9223372036854775806` overflowed the offset.
+        assert_eq!(paging(Some(i64::MAX), Some(100), 20).unwrap_err().status, 400);
+        assert_eq!(paging(Some(i64::MAX - 1), None, 20).unwrap_err().status, 400);
+        assert_eq!(paging(Some(100_002), Some(100), 20).unwrap_err().status, 400);
+        assert_eq!(paging(Some(3), Some(10), 20).unwrap(), (10, 20));
+    }
+
+    #[test]
+    fn nul_escapes_are_found_and_escaped_backslashes_are_not() {
+        use crate::error::has_nul_escape;
+        assert!(has_nul_escape(br#"{"a":"x\u0000y"}"#));
+        assert!(has_nul_escape(br#"{"a":"\\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"a":"\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"a":"\u00001"}"#.split_at(9).0));
+        assert!(!has_nul_escape(br#"{"a":"\u0001"}"#));
+        assert!(!has_nul_escape(b"\\"));
+    }
+
+    #[test]
+    fn like_patterns_match_literally() {
+        use crate::admin_common::contains_pattern;
+        assert_eq!(contains_pattern("a%b_c\\d"), "%a\\%b\\_c\\\\d%");
+        assert_eq!(contains_pattern("plain"), "%plain%");
     }
 }
