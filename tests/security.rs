@@ -121,7 +121,10 @@ async fn admin_login(admin: &str, password: &str) -> String {
 }
 
 async fn register(api: &str, prefix: &str) -> (String, String, i64) {
-    let username = format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let username = format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
     let password = "sec-password-1";
     let r = post(
         &format!("{api}/api/register"),
@@ -357,10 +360,7 @@ fn hostile_input_is_refused_or_stored_verbatim() {
         brute_force(&up).await;
     });
     let log = log_of(&up);
-    assert!(
-        !log.contains("panicked"),
-        "no panic in the services: {log}"
-    );
+    assert!(!log.contains("panicked"), "no panic in the services: {log}");
 }
 
 /// Forged and revoked tokens on the user API, the admin API and the gateway handshake.
@@ -379,7 +379,10 @@ async fn tokens(up: &Up) {
     // A token signed with the configured secret by hand is accepted (so the forgeries below
     // differ from a good token only in what they test).
     let now = chrono::Utc::now().timestamp();
-    let handmade = sign(&claims(user_id, &username, "user", now, now + 600), JWT_SECRET);
+    let handmade = sign(
+        &claims(user_id, &username, "user", now, now + 600),
+        JWT_SECRET,
+    );
     assert_eq!(get(&info, Some(&handmade)).await.status, 200);
 
     for (what, forged) in forged_tokens(&token, user_id, &username, "user") {
@@ -423,13 +426,22 @@ async fn tokens(up: &Up) {
     let fresh = r.body["data"]["token"].as_str().unwrap().to_string();
     assert_eq!(get(&info, Some(&second)).await.status, 401);
     assert_eq!(get(&info, Some(&handmade)).await.status, 401);
-    assert_eq!(ws_handshake(ws, &second).await, 401, "gateway after password change");
+    assert_eq!(
+        ws_handshake(ws, &second).await,
+        401,
+        "gateway after password change"
+    );
     assert_eq!(get(&info, Some(&fresh)).await.status, 200);
     assert_eq!(ws_handshake(ws, &fresh).await, 101);
 
     // Admin: logout revokes the token; a password change revokes every earlier one.
     let other_admin = admin_login(admin, "admin123").await;
-    let r = post(&format!("{admin}/api/admin2/logout"), Some(&admin_token), json!({})).await;
+    let r = post(
+        &format!("{admin}/api/admin2/logout"),
+        Some(&admin_token),
+        json!({}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = get(&users, Some(&admin_token)).await;
     assert_eq!(r.status, 401, "admin token after logout: {}", r.body);
@@ -489,8 +501,8 @@ async fn refresh_reuse(up: &Up) {
 
 fn png(len: usize) -> Vec<u8> {
     let mut bytes = vec![
-        0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0x0D, b'I', b'H', b'D', b'R', 0, 0,
-        0, 1, 0, 0, 0, 1, 8, 2, 0, 0, 0, 0x90, 0x77, 0x53, 0xDE,
+        0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0x0D, b'I', b'H', b'D', b'R', 0,
+        0, 0, 1, 0, 0, 0, 1, 8, 2, 0, 0, 0, 0x90, 0x77, 0x53, 0xDE,
     ];
     bytes.resize(len.max(bytes.len()), 0);
     bytes
@@ -615,7 +627,11 @@ async fn traversal_and_uploads(up: &Up) {
             r.body
         );
     }
-    assert_eq!(stored_files(up), files, "nothing stored by a refused upload");
+    assert_eq!(
+        stored_files(up),
+        files,
+        "nothing stored by a refused upload"
+    );
 }
 
 async fn injection(up: &Up, demo: &Value) {
@@ -672,7 +688,10 @@ async fn injection(up: &Up, demo: &Value) {
         }
     }
     // A JSON injection by type: objects and arrays where text is expected are 400s.
-    for bad in [json!({ "avatar": { "$ne": null } }), json!({ "avatar": ["a"] })] {
+    for bad in [
+        json!({ "avatar": { "$ne": null } }),
+        json!({ "avatar": ["a"] }),
+    ] {
         let r = send(
             Method::PUT,
             &format!("{api}/api/user/profile"),
@@ -717,7 +736,8 @@ async fn injection(up: &Up, demo: &Value) {
     assert_eq!(r.status().as_u16(), 400, "NUL in notes");
 
     // Reviews: the demo user's completed order.
-    let (demo_token, _, _) = login(api, demo["username"].as_str().unwrap(), "demo-password-1").await;
+    let (demo_token, _, _) =
+        login(api, demo["username"].as_str().unwrap(), "demo-password-1").await;
     let comment = payloads[0];
     let r = post(
         &format!("{api}/api/counselor/review"),
@@ -727,11 +747,7 @@ async fn injection(up: &Up, demo: &Value) {
     .await;
     assert_eq!(r.status, 200, "review: {}", r.body);
     wait_for("the review in the read model", || async {
-        let r = get(
-            &format!("{api}/api/counselor/{counselor_id}/reviews"),
-            None,
-        )
-        .await;
+        let r = get(&format!("{api}/api/counselor/{counselor_id}/reviews"), None).await;
         holds_string(&r.body, comment)
     })
     .await;
@@ -770,10 +786,7 @@ async fn injection(up: &Up, demo: &Value) {
         .await
         .unwrap();
     let e = frame_of(&mut socket, "error").await;
-    assert!(
-        e["data"]["error"].as_str().unwrap().contains("NUL"),
-        "{e}"
-    );
+    assert!(e["data"]["error"].as_str().unwrap().contains("NUL"), "{e}");
     socket
         .send(Message::Text(json!({ "type": "ping" }).to_string().into()))
         .await
@@ -797,7 +810,11 @@ async fn injection(up: &Up, demo: &Value) {
     let search = |q: String| {
         let t = admin_token.clone();
         async move {
-            get(&format!("{admin}/api/admin/chat/messages/search?{q}"), Some(&t)).await
+            get(
+                &format!("{admin}/api/admin/chat/messages/search?{q}"),
+                Some(&t),
+            )
+            .await
         }
     };
     for p in payloads {
@@ -823,7 +840,11 @@ async fn injection(up: &Up, demo: &Value) {
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.body["data"]["total"], 0, "no username holds `%`: {}", r.body);
+    assert_eq!(
+        r.body["data"]["total"], 0,
+        "no username holds `%`: {}",
+        r.body
+    );
 
     let admin_lists = [
         "/api/admin/users",
@@ -837,7 +858,15 @@ async fn injection(up: &Up, demo: &Value) {
     ];
     for list in admin_lists {
         for p in payloads {
-            for param in ["keyword", "status", "page", "page_size", "operator", "action", "start_date"] {
+            for param in [
+                "keyword",
+                "status",
+                "page",
+                "page_size",
+                "operator",
+                "action",
+                "start_date",
+            ] {
                 let url = format!("{admin}{list}?{param}={}", urlencode(p));
                 let r = get(&url, Some(&admin_token)).await;
                 assert!(
@@ -858,7 +887,12 @@ async fn injection(up: &Up, demo: &Value) {
         );
     }
     let r = get(&format!("{api}/api/counselor/list?keyword=a%00b"), None).await;
-    assert!(r.status < 500, "counselor list NUL: {} {}", r.status, r.body);
+    assert!(
+        r.status < 500,
+        "counselor list NUL: {} {}",
+        r.status,
+        r.body
+    );
 
     // Nothing else changed: the same users, the other user's profile untouched, every order of
     // the injections still there with its own notes.
@@ -866,14 +900,25 @@ async fn injection(up: &Up, demo: &Value) {
     let other_after = get(&format!("{api}/api/user/info"), Some(&other_token))
         .await
         .body;
-    assert_eq!(other_after["data"]["avatar"], other_before["data"]["avatar"]);
-    assert_eq!(other_after["data"]["status"], other_before["data"]["status"]);
+    assert_eq!(
+        other_after["data"]["avatar"],
+        other_before["data"]["avatar"]
+    );
+    assert_eq!(
+        other_after["data"]["status"],
+        other_before["data"]["status"]
+    );
     for (id, p) in orders.iter().zip(payloads) {
         let o = get(&format!("{api}/api/order/{id}"), Some(&token)).await;
         assert_eq!(o.body["data"]["notes"], p);
     }
     // And no projection stopped on anything above.
-    let metrics = reqwest::get(&up.metrics).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(&up.metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for line in metrics.lines() {
         if line.starts_with("mychat_projection_stopped{") {
             assert!(line.ends_with(" 0"), "a projection stopped: {line}");
@@ -921,7 +966,14 @@ async fn odd_input(up: &Up) {
         assert_eq!(r.body["errors"][0]["field"], "page", "{}", r.body);
     }
     // Not a multipart body: a JSON 400, not axum's plain text.
-    let r = send(Method::POST, &format!("{api}/api/upload"), Some(&token), None, &[]).await;
+    let r = send(
+        Method::POST,
+        &format!("{api}/api/upload"),
+        Some(&token),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.body["code"], 400, "{}", r.body);
     // A missing upload: a JSON 404.
@@ -929,12 +981,21 @@ async fn odd_input(up: &Up) {
     assert_eq!(r.status, 404);
     assert_eq!(r.body["code"], 404, "{}", r.body);
     // The documented error shape is the served one: `errors` is an array of {field, message}.
-    let doc = get(&format!("{api}/api-docs/openapi.json"), None).await.body;
-    assert_eq!(doc["components"]["schemas"]["ApiError"]["properties"]["errors"]["type"], "array");
+    let doc = get(&format!("{api}/api-docs/openapi.json"), None)
+        .await
+        .body;
+    assert_eq!(
+        doc["components"]["schemas"]["ApiError"]["properties"]["errors"]["type"],
+        "array"
+    );
 }
 
 async fn cors_and_headers(up: &Up) {
-    for (service, base) in [("user API", &up.api), ("admin API", &up.admin), ("gateway", &up.ws.replace("ws://", "http://"))] {
+    for (service, base) in [
+        ("user API", &up.api),
+        ("admin API", &up.admin),
+        ("gateway", &up.ws.replace("ws://", "http://")),
+    ] {
         let url = format!("{base}/health");
         // The allowed origin gets the CORS headers, on a preflight and on the request itself.
         let pre = send(
@@ -945,7 +1006,10 @@ async fn cors_and_headers(up: &Up) {
             &[
                 ("origin", ALLOWED_ORIGIN),
                 ("access-control-request-method", "POST"),
-                ("access-control-request-headers", "authorization,content-type"),
+                (
+                    "access-control-request-headers",
+                    "authorization,content-type",
+                ),
             ],
         )
         .await;
@@ -966,7 +1030,11 @@ async fn cors_and_headers(up: &Up) {
             "{service}"
         );
         // Another origin gets none.
-        for evil in ["https://evil.example", "https://allowed.example.evil.com", "null"] {
+        for evil in [
+            "https://evil.example",
+            "https://allowed.example.evil.com",
+            "null",
+        ] {
             let pre = send(
                 Method::OPTIONS,
                 &url,
@@ -1004,7 +1072,9 @@ async fn cors_and_headers(up: &Up) {
     // Uploaded files are served with nosniff too (no content sniffing of user bytes).
     let r = get(&format!("{}/uploads/none.png", up.api), None).await;
     assert_eq!(
-        r.headers.get("x-content-type-options").map(|v| v.to_str().unwrap()),
+        r.headers
+            .get("x-content-type-options")
+            .map(|v| v.to_str().unwrap()),
         Some("nosniff")
     );
 }
@@ -1030,7 +1100,10 @@ async fn brute_force(up: &Up) {
     assert!(attempt <= 10, "limited after {attempt} attempts");
     assert_eq!(r.body["code"], 429);
     assert!(
-        r.body["msg"].as_str().unwrap().contains("too many login attempts"),
+        r.body["msg"]
+            .as_str()
+            .unwrap()
+            .contains("too many login attempts"),
         "{}",
         r.body
     );
@@ -1059,7 +1132,10 @@ async fn brute_force(up: &Up) {
     }
     let (attempt, r) = limited.expect("admin login brute force is rate-limited");
     assert!(attempt <= 10, "admin limited after {attempt} attempts");
-    assert!(r.body["msg"].as_str().unwrap().contains("too many login attempts"));
+    assert!(r.body["msg"]
+        .as_str()
+        .unwrap()
+        .contains("too many login attempts"));
 }
 
 #[test]
@@ -1079,7 +1155,9 @@ fn a_demo_run_logs_no_secret_and_the_request_id_flows_everywhere() {
     // Every log of the run: mychat's, and the embedded servers' beside it.
     let mut logs = log_of(&up);
     for entry in walk(up.dir.path()) {
-        if entry.extension().is_some_and(|e| e == "log") || entry.to_string_lossy().contains("/log/") {
+        if entry.extension().is_some_and(|e| e == "log")
+            || entry.to_string_lossy().contains("/log/")
+        {
             logs.push_str(&std::fs::read_to_string(&entry).unwrap_or_default());
         }
     }
@@ -1159,8 +1237,18 @@ async fn correlation_and_metrics(up: &Up, demo: &Value) -> (Vec<String>, String)
     assert!(!r.headers.get("x-request-id").unwrap().is_empty());
     // A hostile one (too long) is replaced.
     let long = "x".repeat(300);
-    let r = send(Method::GET, &format!("{api}/health"), None, None, &[("x-request-id", &long)]).await;
-    assert_ne!(r.headers.get("x-request-id").unwrap().to_str().unwrap(), long);
+    let r = send(
+        Method::GET,
+        &format!("{api}/health"),
+        None,
+        None,
+        &[("x-request-id", &long)],
+    )
+    .await;
+    assert_ne!(
+        r.headers.get("x-request-id").unwrap().to_str().unwrap(),
+        long
+    );
 
     // The envelope, read straight from JetStream.
     let js = async_nats::jetstream::new(async_nats::connect(&up.nats_url).await.unwrap());
@@ -1173,11 +1261,16 @@ async fn correlation_and_metrics(up: &Up, demo: &Value) -> (Vec<String>, String)
     assert_eq!(commit["correlation_id"], request_id, "{commit}");
 
     // The projector applied it under a span carrying the id.
-    wait_for("the projector's log line with the correlation id", || async {
-        log_of(up).lines().any(|l| {
-            l.contains(&request_id) && l.contains("\"applying\"") && l.contains("correlation_id")
-        })
-    })
+    wait_for(
+        "the projector's log line with the correlation id",
+        || async {
+            log_of(up).lines().any(|l| {
+                l.contains(&request_id)
+                    && l.contains("\"applying\"")
+                    && l.contains("correlation_id")
+            })
+        },
+    )
     .await;
 
     // A session event caused by a request reaches the sockets under the request's id: the user
@@ -1195,7 +1288,10 @@ async fn correlation_and_metrics(up: &Up, demo: &Value) -> (Vec<String>, String)
             .await
             .unwrap();
     let f = json!({ "type": "message", "session_id": session, "data": { "content": "hello", "id": "corr-1" } });
-    user_socket.send(Message::Text(f.to_string().into())).await.unwrap();
+    user_socket
+        .send(Message::Text(f.to_string().into()))
+        .await
+        .unwrap();
     frame_of(&mut user_socket, "ack").await;
     frame_of(&mut counselor_socket, "message").await;
 
@@ -1213,11 +1309,14 @@ async fn correlation_and_metrics(up: &Up, demo: &Value) -> (Vec<String>, String)
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     frame_of(&mut counselor_socket, "session_end").await;
-    wait_for("the gateway's fan-out log line with the correlation id", || async {
-        log_of(up).lines().any(|l| {
-            l.contains(&end_id) && l.contains("session event to sockets")
-        })
-    })
+    wait_for(
+        "the gateway's fan-out log line with the correlation id",
+        || async {
+            log_of(up)
+                .lines()
+                .any(|l| l.contains(&end_id) && l.contains("session event to sockets"))
+        },
+    )
     .await;
 
     // The metrics: every name with samples.
@@ -1242,21 +1341,37 @@ async fn correlation_and_metrics(up: &Up, demo: &Value) -> (Vec<String>, String)
     assert!(value(&user_m, "mychat_jetstream_publish_seconds_count{") > 0.0);
     assert!(value(&admin_m, "mychat_http_request_duration_seconds_count{") > 0.0);
     assert!(admin_m.contains("service=\"admin_api\""), "{admin_m}");
-    assert!(value(&gateway_m, "mychat_gateway_sockets") >= 2.0, "{gateway_m}");
+    assert!(
+        value(&gateway_m, "mychat_gateway_sockets") >= 2.0,
+        "{gateway_m}"
+    );
     assert!(
         value(&gateway_m, "mychat_gateway_fanout_seconds_count{") > 0.0,
         "{gateway_m}"
     );
-    assert!(projector_m.contains("mychat_projection_lag_events{"), "{projector_m}");
+    assert!(
+        projector_m.contains("mychat_projection_lag_events{"),
+        "{projector_m}"
+    );
     assert!(projector_m.contains("mychat_projection_lag_seconds{"));
     assert!(value(&projector_m, "mychat_projection_checkpoint{") > 0.0);
 
     // Tokens end up revoked; the logout and refresh paths run too (their tokens must not be
     // logged either).
-    let r = post(&format!("{api}/api/token/refresh"), None, json!({ "refresh_token": refresh })).await;
+    let r = post(
+        &format!("{api}/api/token/refresh"),
+        None,
+        json!({ "refresh_token": refresh }),
+    )
+    .await;
     assert_eq!(r.status, 200);
     tokens.push(r.body["data"]["token"].as_str().unwrap().to_string());
-    tokens.push(r.body["data"]["refresh_token"].as_str().unwrap().to_string());
+    tokens.push(
+        r.body["data"]["refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
     let admin_token = admin_login(&up.admin, "admin123").await;
     tokens.push(admin_token);
     (tokens, request_id)

@@ -332,7 +332,10 @@ pub async fn apply_in_tx(
         }
         let applied = {
             use tracing::Instrument as _;
-            projection.apply(&mut *tx, message).instrument(span.clone()).await
+            projection
+                .apply(&mut *tx, message)
+                .instrument(span.clone())
+                .await
         };
         if let Err(cause) = applied {
             if is_transient(&cause) {
@@ -341,7 +344,9 @@ pub async fn apply_in_tx(
             if let Some(id) = correlation_of(message) {
                 span.record("correlation_id", id.as_str());
             }
-            span.in_scope(|| tracing::warn!(error = format!("{cause:#}"), "the message fails to apply"));
+            span.in_scope(|| {
+                tracing::warn!(error = format!("{cause:#}"), "the message fails to apply")
+            });
             return Err(BatchError::Poison {
                 stream_sequence: message.stream_sequence,
                 subject: message.subject.clone(),

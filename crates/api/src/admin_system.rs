@@ -760,7 +760,8 @@ pub async fn list_menus(
     let q = Q(q);
     let mut qb = QueryBuilder::new("SELECT to_jsonb(m)::text FROM menus m");
     if let Some(n) = q.str("name") {
-        qb.push(" WHERE name ILIKE ").push_bind(crate::admin_common::contains_pattern(n));
+        qb.push(" WHERE name ILIKE ")
+            .push_bind(crate::admin_common::contains_pattern(n));
     }
     qb.push(" ORDER BY sort, id");
     let rows = json_rows(&state, qb).await?;

@@ -287,7 +287,12 @@ impl<S: Send + Sync> FromRequest<S> for ApiMultipart {
         axum::extract::Multipart::from_request(req, state)
             .await
             .map(ApiMultipart)
-            .map_err(|e| ApiError::new(e.status(), format!("a multipart/form-data body is required: {}", e.body_text())))
+            .map_err(|e| {
+                ApiError::new(
+                    e.status(),
+                    format!("a multipart/form-data body is required: {}", e.body_text()),
+                )
+            })
     }
 }
 

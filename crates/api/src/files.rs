@@ -90,7 +90,10 @@ async fn receive(mut multipart: Multipart) -> Result<Received, ApiError> {
 /// 400 (naming `field` when given).
 fn multipart_error(field: Option<&str>, e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return too_large(&format!("{} MB in all", (MAX_FILE + 2 * 1024 * 1024) / (1024 * 1024)));
+        return too_large(&format!(
+            "{} MB in all",
+            (MAX_FILE + 2 * 1024 * 1024) / (1024 * 1024)
+        ));
     }
     match field {
         Some(f) => ApiError::field(f, format!("could not be read: {e}")),

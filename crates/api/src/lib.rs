@@ -128,7 +128,10 @@ pub fn cors_origins() -> Option<Vec<axum::http::HeaderValue>> {
                 .filter_map(|o| match axum::http::HeaderValue::from_str(o) {
                     Ok(v) => Some(v),
                     Err(_) => {
-                        tracing::error!(origin = o, "MYCHAT_CORS_ORIGINS: not a header value; ignored");
+                        tracing::error!(
+                            origin = o,
+                            "MYCHAT_CORS_ORIGINS: not a header value; ignored"
+                        );
                         None
                     }
                 })
@@ -313,9 +316,18 @@ mod issue8_tests {
     #[test]
     fn a_huge_page_is_a_400_not_an_overflow() {
         // Found by schemathesis: `page=9223372036854775806` overflowed the offset.
-        assert_eq!(paging(Some(i64::MAX), Some(100), 20).unwrap_err().status, 400);
-        assert_eq!(paging(Some(i64::MAX - 1), None, 20).unwrap_err().status, 400);
-        assert_eq!(paging(Some(100_002), Some(100), 20).unwrap_err().status, 400);
+        assert_eq!(
+            paging(Some(i64::MAX), Some(100), 20).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            paging(Some(i64::MAX - 1), None, 20).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            paging(Some(100_002), Some(100), 20).unwrap_err().status,
+            400
+        );
         assert_eq!(paging(Some(3), Some(10), 20).unwrap(), (10, 20));
     }
 

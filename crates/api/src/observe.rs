@@ -70,7 +70,10 @@ pub fn install_recorder() -> &'static PrometheusHandle {
 /// The metrics of this process in the Prometheus text format (empty before
 /// [`install_recorder`]).
 pub fn render() -> String {
-    RECORDER.get().map(PrometheusHandle::render).unwrap_or_default()
+    RECORDER
+        .get()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
 }
 
 /// `GET /metrics` → the Prometheus text of this process.
@@ -167,7 +170,10 @@ pub fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> 
 /// Wraps a service's router with everything of this module: `/metrics`, the security headers,
 /// the HTTP metrics (as `service`) and the request id (outermost, so that every log line and
 /// every response of the service carries it).
-pub fn wrap<S: Clone + Send + Sync + 'static>(service: &'static str, router: Router<S>) -> Router<S> {
+pub fn wrap<S: Clone + Send + Sync + 'static>(
+    service: &'static str,
+    router: Router<S>,
+) -> Router<S> {
     let router = router.merge(metrics_router());
     security_headers(router)
         .layer(axum::middleware::from_fn_with_state(service, http_metrics))

@@ -398,26 +398,28 @@ pub fn document() -> OpenApi {
                 );
         } else {
             op = op
-            .response(
-                "200",
-                ResponseBuilder::new()
-                    .description("Success: MyChat's envelope {code: 200, msg, data}")
-                    .content(
-                        "application/json",
-                        ContentBuilder::new().schema(Some(envelope(r.data))).build(),
-                    ),
-            )
-            .response(
-                "4XX",
-                ResponseBuilder::new()
-                    .description("Refused: {code, msg} naming the problem, with RFC 9457 members")
-                    .content(
-                        "application/problem+json",
-                        ContentBuilder::new()
-                            .schema(Some(Ref::from_schema_name("ApiError")))
-                            .build(),
-                    ),
-            );
+                .response(
+                    "200",
+                    ResponseBuilder::new()
+                        .description("Success: MyChat's envelope {code: 200, msg, data}")
+                        .content(
+                            "application/json",
+                            ContentBuilder::new().schema(Some(envelope(r.data))).build(),
+                        ),
+                )
+                .response(
+                    "4XX",
+                    ResponseBuilder::new()
+                        .description(
+                            "Refused: {code, msg} naming the problem, with RFC 9457 members",
+                        )
+                        .content(
+                            "application/problem+json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ApiError")))
+                                .build(),
+                        ),
+                );
         }
         if r.auth {
             op = op.security(SecurityRequirement::new("bearer", Vec::<String>::new()));

@@ -39,7 +39,10 @@ tokio::task_local! {
 /// Runs `future` with `correlation_id` as the ambient correlation id: every [`CommandMeta::new`]
 /// inside it (on the same task) takes it (issue 8: the HTTP request id flows into the envelope
 /// of every event the request causes).
-pub async fn with_correlation<F: std::future::Future>(correlation_id: String, future: F) -> F::Output {
+pub async fn with_correlation<F: std::future::Future>(
+    correlation_id: String,
+    future: F,
+) -> F::Output {
     CORRELATION_ID.scope(correlation_id, future).await
 }
 

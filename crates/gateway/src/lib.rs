@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::State;
-use axum::routing::get;
 use axum::response::IntoResponse as _;
+use axum::routing::get;
 use axum::{Json, Router};
 use eventstore::CommandBus;
 use serde_json::{json, Value};

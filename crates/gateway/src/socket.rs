@@ -81,7 +81,10 @@ async fn authenticate(
     if let Err(e) = api::auth::check_user_token(&state.db, &claims).await {
         if e.status.is_server_error() {
             tracing::error!(error = %e.msg, "token check");
-            return Err((StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable".into()));
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily unavailable".into(),
+            ));
         }
         return Err((e.status, e.msg));
     }
