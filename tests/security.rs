@@ -662,6 +662,8 @@ async fn injection(up: &Up, demo: &Value) {
     // Profile fields (avatar is free text; email / phone are validated).
     let (username, password, _) = register(api, "inj").await;
     let (token, _, _) = login(api, &username, &password).await;
+    let (app_user, app_password, _) = register(api, "app").await;
+    let (app_token, _, _) = login(api, &app_user, &app_password).await;
     let total_before = users_total(admin_token.clone()).await;
     for p in payloads {
         let r = send(
@@ -805,6 +807,75 @@ async fn injection(up: &Up, demo: &Value) {
     )
     .await;
     assert!(r.status < 500, "{}", r.body);
+
+    // A counselor application's free text.
+    let r = post(
+        &format!("{api}/api/counselor/application"),
+        Some(&app_token),
+        json!({ "name": payloads[0], "title": payloads[1], "bio": payloads[5],
+                "specialty": payloads[4], "phone": "13800138000", "gender": "女",
+                "email": "a@b.example", "certificate_img1": payloads[6] }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "application: {}", r.body);
+    let mine = get(
+        &format!("{api}/api/counselor/my-application"),
+        Some(&app_token),
+    )
+    .await;
+    for (field, p) in [
+        ("name", 0),
+        ("title", 1),
+        ("bio", 5),
+        ("specialty", 4),
+        ("certificate_img1", 6),
+    ] {
+        assert_eq!(
+            mine.body["data"][field], payloads[p],
+            "application {field}: {}",
+            mine.body
+        );
+    }
+    // A withdrawal's bank fields (accepted or refused for the balance, never a 5xx).
+    let (ctoken, _, _) = login(api, "counselor1", "counselor123").await;
+    for p in payloads {
+        let r = post(
+            &format!("{api}/api/chat/counselor/withdraw"),
+            Some(&ctoken),
+            json!({ "amount": 0.01, "bank_name": p, "bank_account": p, "account_name": p }),
+        )
+        .await;
+        assert!(
+            r.status == 200 || r.status == 400,
+            "withdraw {p:?}: {} {}",
+            r.status,
+            r.body
+        );
+        if r.status == 200 {
+            let list = get(
+                &format!("{api}/api/chat/counselor/withdraws?page_size=100"),
+                Some(&ctoken),
+            )
+            .await;
+            assert!(
+                holds_string(&list.body, p),
+                "withdrawal bank fields verbatim: {p:?}"
+            );
+        }
+    }
+    // An administrator's profile.
+    for p in payloads {
+        let r = send(
+            Method::PUT,
+            &format!("{admin}/api/admin2/profile"),
+            Some(&admin_token),
+            Some(json!({ "real_name": p })),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200, "admin real_name {p:?}: {}", r.body);
+        assert!(holds_string(&r.body, p), "{}", r.body);
+    }
 
     // Chat search and admin search / filter parameters: never a 5xx; a quote matches literally.
     let search = |q: String| {

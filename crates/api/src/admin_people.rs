@@ -807,10 +807,12 @@ async fn store_upload(
             .map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?;
         let max = if images_only { MAX_IMAGE } else { MAX_FILE };
         if bytes.is_empty() || bytes.len() > max {
-            return Err(ApiError::field(
-                "file",
-                format!("must be 1 byte to {max} bytes"),
-            ));
+            let mut e = ApiError::field("file", format!("must be 1 byte to {max} bytes"));
+            if !bytes.is_empty() {
+                // Issue 8: oversize is 413 Payload Too Large.
+                e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
+            }
+            return Err(e);
         }
         let safe: String = original
             .chars()

@@ -1770,7 +1770,8 @@ async fn files_avatars_and_counselor_applications() {
     let mut big = PNG.to_vec();
     big.resize(2 * 1024 * 1024 + 10, 0);
     let r = upload(&app, "/api/upload/avatar", &token, "big.png", &big, &[]).await;
-    assert_eq!(r.status, 400, "{}", r.body);
+    // Issue 8: an oversize upload is 413 Payload Too Large (naming `file`).
+    assert_eq!(r.status, 413, "{}", r.body);
     assert!(r.body["msg"].as_str().unwrap().contains("2 MB"));
     let r = upload(&app, "/api/upload", &token, "", PNG, &[]).await;
     assert_eq!(r.status, 400);
@@ -1809,7 +1810,8 @@ async fn files_avatars_and_counselor_applications() {
         upload(&app, "/api/upload", &token, "h.png", &huge, &[])
             .await
             .status,
-        400
+        413,
+        "issue 8: oversize is 413"
     );
     let r = upload(
         &app,
