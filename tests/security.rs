@@ -1047,6 +1047,11 @@ async fn odd_input(up: &Up) {
     .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.body["code"], 400, "{}", r.body);
+    // A path longer than PATH_MAX under /uploads made ServeDir answer 500 (schemathesis).
+    let r = get(&format!("{api}/uploads/{}", "a/".repeat(3000)), None).await;
+    assert_eq!(r.status, 414, "{}", r.body);
+    let r = get(&format!("{api}/uploads/{}", "a".repeat(300)), None).await;
+    assert_eq!(r.status, 404, "{}", r.body);
     // A missing upload: a JSON 404.
     let r = get(&format!("{api}/uploads/0"), None).await;
     assert_eq!(r.status, 404);

@@ -404,3 +404,32 @@ pub async fn remove(
         .await?;
     Ok(crate::ok_msg("deleted"))
 }
+
+/// Longest `/uploads/...` path served, bytes (stored paths are `<kind>/<uid>/<name>`, < 200).
+pub const MAX_UPLOAD_PATH: usize = 1024;
+
+/// Guards `/uploads/...` (issue 8, found by schemathesis): a path over [`MAX_UPLOAD_PATH`] is a
+/// 414 (a path longer than the OS's `PATH_MAX` made `ServeDir` answer 500), and any other error
+/// `ServeDir` meets reading a path is logged and answered as a 404 `ApiError`.
+pub async fn uploads_guard(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if request.uri().path().len() > MAX_UPLOAD_PATH {
+        return ApiError::new(
+            axum::http::StatusCode::URI_TOO_LONG,
+            format!("path longer than {MAX_UPLOAD_PATH} bytes"),
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    if response.status().is_server_error() {
+        tracing::error!(
+            status = response.status().as_u16(),
+            "serving an upload failed"
+        );
+        return ApiError::not_found("file").into_response();
+    }
+    response
+}

@@ -216,7 +216,12 @@ pub fn user_router_with(state: AppState, config: user_config::UserApiConfig) -> 
         .merge(files::router())
         .merge(openapi::router())
         .merge(swagger::swagger_ui(openapi::SPEC_URL))
-        .nest_service("/uploads", uploads)
+        .nest_service(
+            "/uploads",
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(files::uploads_guard))
+                .service(uploads),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,
