@@ -67,6 +67,15 @@ async fn cluster() -> Cluster {
         .unwrap();
     let db = sqlx::PgPool::connect(&pg.url()).await.unwrap();
     projections::MIGRATOR.run(&db).await.unwrap();
+    // Issue 8: the handshake checks the token's account (exists, enabled, not revoked), so the
+    // users the tests hand tokens to exist.
+    sqlx::query(
+        "INSERT INTO users (id, username, password_hash) \
+         SELECT n, 'u' || n, 'x' FROM generate_series(1, 60) n WHERE n NOT IN (21, 22)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
     let client = nats.connect().await.unwrap();
     let js = async_nats::jetstream::new(client);
     eventstore::ensure_streams(&js, &Default::default())

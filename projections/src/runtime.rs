@@ -416,6 +416,19 @@ async fn apply_messages(
     sqlx::query("SAVEPOINT mychat_batch")
         .execute(&mut *tx)
         .await?;
+    // Issue 8: each event's correlation id in the projector's log (read from the commit only
+    // when debug logs of the projectors are on, or when a message fails).
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for message in messages {
+            tracing::debug!(
+                projection = name,
+                stream_sequence = message.stream_sequence,
+                subject = %message.subject,
+                correlation_id = correlation_of(message).unwrap_or_default(),
+                "applying"
+            );
+        }
+    }
     let cause = match projection.apply_batch(&mut *tx, messages).await {
         Ok(()) => return Ok(()),
         Err(cause) if is_transient(&cause) => return Err(BatchError::Transient(cause)),
@@ -439,6 +452,13 @@ async fn apply_messages(
             if is_transient(&cause) {
                 return Err(BatchError::Transient(cause));
             }
+            tracing::warn!(
+                projection = name,
+                stream_sequence = message.stream_sequence,
+                correlation_id = correlation_of(message).unwrap_or_default(),
+                error = format!("{cause:#}"),
+                "the message fails to apply"
+            );
             return Err(BatchError::Poison {
                 stream_sequence: message.stream_sequence,
                 subject: message.subject.clone(),
@@ -898,6 +918,17 @@ pub(crate) fn to_log_message(m: jetstream::Message) -> anyhow::Result<LogMessage
         time,
         payload: m.payload.clone(),
     })
+}
+
+/// The correlation id of an `EVENTS` commit (`None` for other messages).
+pub fn correlation_of(message: &LogMessage) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        correlation_id: Option<String>,
+    }
+    serde_json::from_slice::<Only>(&message.payload)
+        .ok()
+        .and_then(|o| o.correlation_id)
 }
 
 #[cfg(test)]

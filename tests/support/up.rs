@@ -35,6 +35,12 @@ impl Drop for Up {
 }
 
 pub fn start_up() -> Up {
+    start_up_with(&[])
+}
+
+/// [`start_up`] with extra environment variables for the `mychat up` child (issue 8: e.g.
+/// `MYCHAT_CORS_ORIGINS`, `RUST_LOG`).
+pub fn start_up_with(env: &[(&str, &str)]) -> Up {
     let dir = tempfile::Builder::new()
         .prefix("mychat-e2e")
         .tempdir()
@@ -55,6 +61,7 @@ pub fn start_up() -> Up {
         .env("MYCHAT_NATS_PORT", nats.to_string())
         .env("MYCHAT_PG_PORT", pg.to_string())
         .env("MYCHAT_LOG_FORMAT", "json")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

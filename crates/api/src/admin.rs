@@ -34,8 +34,13 @@ pub struct AdminLogin {
 
 /// `POST /api/admin/login` (and `/api/admin2/login`) → `{token, user, admin}` with the
 /// administrator `{id, username, real_name, email, phone, avatar, role}`; 401 / 403.
+///
+/// Rate-limited per username and per client IP like the user login (issue 8; the limiter is the
+/// admin router's [`AdminLoginLimiter`]): 429 with the wait.
 pub async fn login(
     State(state): State<AppState>,
+    limiter: Option<axum::Extension<AdminLoginLimiter>>,
+    client: crate::user_config::ClientIp,
     ApiJson(req): ApiJson<AdminLogin>,
 ) -> ApiResult<Json<Value>> {
     if req.username.is_empty() {
@@ -43,6 +48,9 @@ pub async fn login(
     }
     if req.password.is_empty() {
         return Err(ApiError::field("password", "required"));
+    }
+    if let Some(axum::Extension(limiter)) = limiter {
+        limiter.0.check_login(&req.username, &client.0)?;
     }
     let row = sqlx::query("SELECT * FROM administrators WHERE username = $1")
         .bind(&req.username)
@@ -183,4 +191,19 @@ pub async fn transfer(
         eventstore::EVENTS_STREAM,
         committed.stream_sequence,
     ))
+}
+
+/// The admin login's rate limiters (issue 8): the user login's GCRA limiters
+/// ([`crate::user_config::UserApi::check_login`], default 10 attempts a minute per username, 60
+/// per client IP), one set per admin router.
+#[derive(Clone)]
+pub struct AdminLoginLimiter(pub std::sync::Arc<crate::user_config::UserApi>);
+
+impl AdminLoginLimiter {
+    /// Limiters with `limits`.
+    pub fn new(limits: crate::user_config::LoginLimits) -> Self {
+        let mut config = crate::user_config::UserApiConfig::new(std::path::PathBuf::new());
+        config.login_limits = limits;
+        Self(crate::user_config::UserApi::new(config))
+    }
 }

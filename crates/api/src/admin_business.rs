@@ -39,7 +39,7 @@ pub async fn list_orders(
     let q = Q(q);
     let (limit, offset, ..) = q.paging(20)?;
     let status = q.int("status")?;
-    let keyword = q.str("keyword").map(|k| format!("%{k}%"));
+    let keyword = q.str("keyword").map(crate::admin_common::contains_pattern);
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
         if let Some(s) = status {
@@ -143,7 +143,7 @@ pub async fn list_sessions(
     let q = Q(q);
     let (limit, offset, ..) = q.paging(20)?;
     let status = q.int("status")?;
-    let keyword = q.str("keyword").map(|k| format!("%{k}%"));
+    let keyword = q.str("keyword").map(crate::admin_common::contains_pattern);
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
         if let Some(s) = status {
@@ -239,7 +239,7 @@ pub async fn search_messages(
         .ok_or_else(|| ApiError::field("keyword", "required"))?
         .to_string();
     let (limit, offset, ..) = q.paging(20)?;
-    let like = format!("%{keyword}%");
+    let like = crate::admin_common::contains_pattern(&keyword);
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE m.content_type <> 'redacted' AND (to_tsvector('simple', m.content) @@ plainto_tsquery('simple', ");
         qb.push_bind(keyword.clone());

@@ -22,6 +22,10 @@ pub struct Caller {
     pub role: String,
     /// The role's enabled permission codes (every code for `super_admin`).
     pub permissions: Vec<String>,
+    /// The token's id (`jti`): revoked on logout (issue 8).
+    pub jti: String,
+    /// The token's expiry, unix seconds.
+    pub expires_at: i64,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -420,4 +424,15 @@ pub fn with_event(
         response.extensions_mut().insert(EventRef { stream, seq });
     }
     response
+}
+
+/// An `ILIKE` pattern matching `text` anywhere, literally: `%`, `_` and `\` in the text are
+/// escaped (issue 8: a search for `%` finds a literal `%`, not every row).
+pub fn contains_pattern(text: &str) -> String {
+    format!(
+        "%{}%",
+        text.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    )
 }

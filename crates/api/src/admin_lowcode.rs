@@ -46,7 +46,7 @@ impl Kind {
 
 async fn list(state: &AppState, kind: Kind, q: Q) -> ApiResult<Json<Value>> {
     let (limit, offset, ..) = q.paging(20)?;
-    let title = q.str("title").map(|s| format!("%{s}%"));
+    let title = q.str("title").map(crate::admin_common::contains_pattern);
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
         if let Some(t) = &title {

@@ -30,7 +30,11 @@ fn envelope() -> ContentBuilder {
         ObjectBuilder::new()
             .property("code", ObjectBuilder::new().schema_type(Type::Integer))
             .property("msg", ObjectBuilder::new().schema_type(Type::String))
-            .property("data", ObjectBuilder::new())
+            // An object, a bare array (trees, rankings) or null, depending on the route.
+            .property(
+                "data",
+                ObjectBuilder::new().schema_type(utoipa::openapi::schema::SchemaType::AnyValue),
+            )
             .required("code")
             .required("msg"),
     ))

@@ -49,10 +49,18 @@ pub async fn permissions(State(state): State<AppState>, caller: Caller) -> ApiRe
     Ok(ok(json!({ "permissions": codes, "roles": roles })))
 }
 
-/// `POST /api/admin2/logout` (also `/api/admin/logout`): tokens are stateless, the client drops
-/// it; the logout is recorded in the audit log.
-pub async fn logout(_caller: Caller) -> Json<Value> {
-    ok_msg("logged out")
+/// `POST /api/admin2/logout` (also `/api/admin/logout`): the presented token is revoked (issue
+/// 8: `revoked_tokens`, checked by every admin route); the logout is recorded in the audit log.
+pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    sqlx::query(
+        "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, to_timestamp($2)) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&caller.jti)
+    .bind(caller.expires_at as f64)
+    .execute(&state.db)
+    .await?;
+    Ok(ok_msg("logged out"))
 }
 
 /// `GET /api/test` → `{code: 200, msg}`: a liveness probe the old admin backend had (contract
@@ -80,11 +88,16 @@ pub async fn change_password(
         return Err(ApiError::field("old_password", "wrong password"));
     }
     let hash = hash_password(&new).await?;
-    sqlx::query("UPDATE administrators SET password_hash = $2, updated_at = now() WHERE id = $1")
-        .bind(caller.admin_id)
-        .bind(hash)
-        .execute(&state.db)
-        .await?;
+    // Issue 8: every token issued at or before this second is revoked (tokens carry `iat` in
+    // whole seconds); the administrator logs in again.
+    sqlx::query(
+        "UPDATE administrators SET password_hash = $2, updated_at = now(), \
+         tokens_valid_after = to_timestamp(floor(extract(epoch FROM now()))) WHERE id = $1",
+    )
+    .bind(caller.admin_id)
+    .bind(hash)
+    .execute(&state.db)
+    .await?;
     Ok(ok_msg("password changed"))
 }
 
@@ -136,7 +149,7 @@ pub async fn list_admins(
 ) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let (limit, offset, ..) = q.paging(20)?;
-    let keyword = q.str("keyword").map(|k| format!("%{k}%"));
+    let keyword = q.str("keyword").map(crate::admin_common::contains_pattern);
     let status = q.int("status")?;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
@@ -359,7 +372,7 @@ pub async fn list_users(
 ) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let (limit, offset, ..) = q.paging(20)?;
-    let keyword = q.str("keyword").map(|k| format!("%{k}%"));
+    let keyword = q.str("keyword").map(crate::admin_common::contains_pattern);
     let status = q.int("status")?;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE deleted_at IS NULL");
@@ -494,7 +507,7 @@ pub async fn list_counselors(
 ) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let (limit, offset, ..) = q.paging(20)?;
-    let keyword = q.str("keyword").map(|k| format!("%{k}%"));
+    let keyword = q.str("keyword").map(crate::admin_common::contains_pattern);
     let status = q.int("status")?;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
@@ -643,7 +656,7 @@ pub async fn list_applications(
 ) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let (limit, offset, page, size) = q.paging(20)?;
-    let keyword = q.str("keyword").map(|k| format!("%{k}%"));
+    let keyword = q.str("keyword").map(crate::admin_common::contains_pattern);
     let status = q.int("status")?;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
@@ -794,10 +807,12 @@ async fn store_upload(
             .map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?;
         let max = if images_only { MAX_IMAGE } else { MAX_FILE };
         if bytes.is_empty() || bytes.len() > max {
-            return Err(ApiError::field(
-                "file",
-                format!("must be 1 byte to {max} bytes"),
-            ));
+            let mut e = ApiError::field("file", format!("must be 1 byte to {max} bytes"));
+            if !bytes.is_empty() {
+                // Issue 8: oversize is 413 Payload Too Large.
+                e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
+            }
+            return Err(e);
         }
         let safe: String = original
             .chars()
@@ -832,7 +847,7 @@ async fn store_upload(
 pub async fn upload_image(
     State(state): State<AppState>,
     caller: Caller,
-    multipart: Multipart,
+    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
 ) -> ApiResult<Json<Value>> {
     let data = store_upload(&state, Some(caller.admin_id), multipart, true).await?;
     Ok(Json(
@@ -845,7 +860,7 @@ pub async fn upload_image(
 pub async fn upload_file(
     State(state): State<AppState>,
     caller: Caller,
-    multipart: Multipart,
+    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
 ) -> ApiResult<Json<Value>> {
     Ok(ok(store_upload(
         &state,
@@ -860,7 +875,7 @@ pub async fn upload_file(
 /// token (contract c.2 #22, f.5): public, images ≤ 2 MB only.
 pub async fn upload_public(
     State(state): State<AppState>,
-    multipart: Multipart,
+    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
 ) -> ApiResult<Json<Value>> {
     let data = store_upload(&state, None, multipart, true).await?;
     Ok(Json(

@@ -230,13 +230,24 @@ pub async fn authenticate(
     if claims.kind != KIND_ADMIN {
         return Err(ApiError::forbidden("an administrator token is required"));
     }
-    let row: Option<(i16, String, String)> =
-        sqlx::query_as("SELECT status, role, username FROM administrators WHERE id = $1")
-            .bind(claims.user_id)
-            .fetch_optional(&state.db)
-            .await?;
-    let (status, role, username) =
+    // Issue 8: revoked on logout (`revoked_tokens`) or by a password change
+    // (`administrators.tokens_valid_after`).
+    let row: Option<(i16, String, String, bool)> = sqlx::query_as(
+        "SELECT status, role, username, (tokens_valid_after IS NOT NULL \
+           AND to_timestamp($2) <= tokens_valid_after) \
+           OR EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $3) \
+         FROM administrators WHERE id = $1",
+    )
+    .bind(claims.user_id)
+    .bind(claims.iat as f64)
+    .bind(&claims.jti)
+    .fetch_optional(&state.db)
+    .await?;
+    let (status, role, username, revoked) =
         row.ok_or_else(|| ApiError::unauthorized("unknown administrator"))?;
+    if revoked {
+        return Err(ApiError::unauthorized("token revoked"));
+    }
     if status != 1 {
         return Err(ApiError::forbidden("administrator disabled"));
     }
@@ -246,6 +257,8 @@ pub async fn authenticate(
         username,
         role,
         permissions,
+        jti: claims.jti,
+        expires_at: claims.exp,
     })
 }
 

@@ -208,8 +208,8 @@ pub async fn delete_config(
 pub async fn logs(State(state): State<AppState>, ApiQuery(q): Params) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let (limit, offset, ..) = q.paging(20)?;
-    let operator = q.str("operator").map(|s| format!("%{s}%"));
-    let action = q.str("action").map(|s| format!("%{s}%"));
+    let operator = q.str("operator").map(crate::admin_common::contains_pattern);
+    let action = q.str("action").map(crate::admin_common::contains_pattern);
     let date = |name: &str| -> Result<Option<chrono::NaiveDate>, ApiError> {
         q.str(name)
             .map(|s| {
@@ -263,7 +263,7 @@ pub async fn list_roles(
 ) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let (limit, offset, ..) = q.paging(20)?;
-    let name = q.str("name").map(|s| format!("%{s}%"));
+    let name = q.str("name").map(crate::admin_common::contains_pattern);
     let status = q.int("status")?.filter(|s| *s >= 0);
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
@@ -619,7 +619,7 @@ pub async fn list_permissions(
 ) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let (limit, offset, ..) = q.paging(20)?;
-    let name = q.str("name").map(|s| format!("%{s}%"));
+    let name = q.str("name").map(crate::admin_common::contains_pattern);
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
         if let Some(n) = &name {
@@ -760,7 +760,8 @@ pub async fn list_menus(
     let q = Q(q);
     let mut qb = QueryBuilder::new("SELECT to_jsonb(m)::text FROM menus m");
     if let Some(n) = q.str("name") {
-        qb.push(" WHERE name ILIKE ").push_bind(format!("%{n}%"));
+        qb.push(" WHERE name ILIKE ")
+            .push_bind(crate::admin_common::contains_pattern(n));
     }
     qb.push(" ORDER BY sort, id");
     let rows = json_rows(&state, qb).await?;

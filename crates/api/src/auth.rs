@@ -174,32 +174,39 @@ impl FromRequestParts<AppState> for AuthUser {
         if claims.kind != KIND_USER {
             return Err(ApiError::forbidden("a user token is required"));
         }
-        let row: Option<(i16, bool)> = sqlx::query_as(
-            "SELECT status, (tokens_valid_after IS NOT NULL \
-               AND to_timestamp($2) <= tokens_valid_after) \
-               OR EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $3) \
-             FROM users WHERE id = $1 AND deleted_at IS NULL",
-        )
-        .bind(claims.user_id)
-        .bind(claims.iat as f64)
-        .bind(&claims.jti)
-        .fetch_optional(&state.db)
-        .await?;
-        let status = match row {
-            Some((_, true)) => return Err(ApiError::unauthorized("token revoked")),
-            Some((status, false)) => Some(status),
-            None => None,
-        };
-        match status {
-            Some(1) => Ok(Self {
-                user_id: claims.user_id,
-                username: claims.username,
-                jti: claims.jti,
-                expires_at: claims.exp,
-            }),
-            Some(_) => Err(ApiError::forbidden("account disabled")),
-            None => Err(ApiError::unauthorized("unknown user")),
-        }
+        check_user_token(&state.db, &claims).await?;
+        Ok(Self {
+            user_id: claims.user_id,
+            username: claims.username,
+            jti: claims.jti,
+            expires_at: claims.exp,
+        })
+    }
+}
+
+/// Checks that a verified user token is still good: not revoked (logout: `revoked_tokens`;
+/// password change: `users.tokens_valid_after`) and its account exists and is enabled. The user
+/// API's extractor and the gateway's handshake (issue 8) both use it.
+///
+/// # Errors
+/// 401 `token revoked` / `unknown user`, 403 `account disabled`, 500 on a database error.
+pub async fn check_user_token(db: &sqlx::PgPool, claims: &Claims) -> Result<(), ApiError> {
+    let row: Option<(i16, bool)> = sqlx::query_as(
+        "SELECT status, (tokens_valid_after IS NOT NULL \
+           AND to_timestamp($2) <= tokens_valid_after) \
+           OR EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $3) \
+         FROM users WHERE id = $1 AND deleted_at IS NULL",
+    )
+    .bind(claims.user_id)
+    .bind(claims.iat as f64)
+    .bind(&claims.jti)
+    .fetch_optional(db)
+    .await?;
+    match row {
+        Some((_, true)) => Err(ApiError::unauthorized("token revoked")),
+        Some((1, false)) => Ok(()),
+        Some(_) => Err(ApiError::forbidden("account disabled")),
+        None => Err(ApiError::unauthorized("unknown user")),
     }
 }
 

@@ -52,7 +52,7 @@ async fn receive(mut multipart: Multipart) -> Result<Received, ApiError> {
     while let Some(field) = multipart
         .next_field()
         .await
-        .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?
+        .map_err(|e| multipart_error(None, e))?
     {
         let name = field.name().unwrap_or_default().to_string();
         if name == "file" {
@@ -60,7 +60,7 @@ async fn receive(mut multipart: Multipart) -> Result<Received, ApiError> {
             let data = field
                 .bytes()
                 .await
-                .map_err(|e| ApiError::field("file", format!("could not be read: {e}")))?;
+                .map_err(|e| multipart_error(Some("file"), e))?;
             bytes = Some(data.to_vec());
         } else {
             let text = field
@@ -84,6 +84,28 @@ async fn receive(mut multipart: Multipart) -> Result<Received, ApiError> {
             .collect(),
         fields,
     })
+}
+
+/// A multipart body that could not be read: 413 when it is over the body limit (issue 8), else
+/// 400 (naming `field` when given).
+fn multipart_error(field: Option<&str>, e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large(&format!(
+            "{} MB in all",
+            (MAX_FILE + 2 * 1024 * 1024) / (1024 * 1024)
+        ));
+    }
+    match field {
+        Some(f) => ApiError::field(f, format!("could not be read: {e}")),
+        None => ApiError::bad_request(format!("malformed multipart body: {e}")),
+    }
+}
+
+/// 413 naming `file`: the upload is larger than `limit` (issue 8; nothing is stored).
+fn too_large(limit: &str) -> ApiError {
+    let mut e = ApiError::field("file", format!("larger than {limit}"));
+    e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
+    e
 }
 
 /// The sniffed MIME type and extension of `bytes`, if it is one of `allowed`.
@@ -189,7 +211,7 @@ pub async fn upload(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
-    multipart: Multipart,
+    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
 ) -> ApiResult<Json<Value>> {
     let received = receive(multipart).await?;
     let field = |n: &str| {
@@ -224,7 +246,7 @@ pub async fn upload(
         return Err(ApiError::field("relation_type", "at most 50 characters"));
     }
     if received.bytes.len() > MAX_FILE {
-        return Err(ApiError::field("file", "larger than 10 MB"));
+        return Err(too_large("10 MB"));
     }
     let (mime, ext) = sniff(&received.bytes, GENERAL)?;
     let dir = format!("{file_type}/{}", user.user_id);
@@ -260,11 +282,11 @@ pub async fn avatar(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
-    multipart: Multipart,
+    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
 ) -> ApiResult<Json<Value>> {
     let received = receive(multipart).await?;
     if received.bytes.len() > MAX_AVATAR {
-        return Err(ApiError::field("file", "larger than 2 MB"));
+        return Err(too_large("2 MB"));
     }
     let (mime, ext) = sniff(&received.bytes, IMAGES)?;
     let stored = store(
@@ -294,11 +316,11 @@ pub async fn certificate(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
-    multipart: Multipart,
+    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
 ) -> ApiResult<Json<Value>> {
     let received = receive(multipart).await?;
     if received.bytes.len() > MAX_CERTIFICATE {
-        return Err(ApiError::field("file", "larger than 5 MB"));
+        return Err(too_large("5 MB"));
     }
     let (mime, ext) = sniff(&received.bytes, IMAGES)?;
     let stored = store(
@@ -381,4 +403,33 @@ pub async fn remove(
         .execute(&state.db)
         .await?;
     Ok(crate::ok_msg("deleted"))
+}
+
+/// Longest `/uploads/...` path served, bytes (stored paths are `<kind>/<uid>/<name>`, < 200).
+pub const MAX_UPLOAD_PATH: usize = 1024;
+
+/// Guards `/uploads/...` (issue 8, found by schemathesis): a path over [`MAX_UPLOAD_PATH`] is a
+/// 414 (a path longer than the OS's `PATH_MAX` made `ServeDir` answer 500), and any other error
+/// `ServeDir` meets reading a path is logged and answered as a 404 `ApiError`.
+pub async fn uploads_guard(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if request.uri().path().len() > MAX_UPLOAD_PATH {
+        return ApiError::new(
+            axum::http::StatusCode::URI_TOO_LONG,
+            format!("path longer than {MAX_UPLOAD_PATH} bytes"),
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    if response.status().is_server_error() {
+        tracing::error!(
+            status = response.status().as_u16(),
+            "serving an upload failed"
+        );
+        return ApiError::not_found("file").into_response();
+    }
+    response
 }

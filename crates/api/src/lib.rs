@@ -29,6 +29,7 @@ pub mod idempotency;
 pub mod ledger_reads;
 pub mod money;
 pub mod notifications;
+pub mod observe;
 pub mod openapi;
 pub mod order_actions;
 pub mod orders;
@@ -112,10 +113,49 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// CORS as MyChat's clients need it (contract a.1): any origin, the usual headers and methods.
+/// The CORS origins allowed (issue 8): `MYCHAT_CORS_ORIGINS`, a comma-separated list of origins
+/// (`https://chat.example.com,https://admin.example.com`); unset, empty or `*` means any origin,
+/// as MyChat's clients need it (contract a.1). Read once per process.
+pub fn cors_origins() -> Option<Vec<axum::http::HeaderValue>> {
+    static ORIGINS: std::sync::OnceLock<Option<Vec<axum::http::HeaderValue>>> =
+        std::sync::OnceLock::new();
+    ORIGINS
+        .get_or_init(|| {
+            let raw = std::env::var("MYCHAT_CORS_ORIGINS").unwrap_or_default();
+            let list: Vec<axum::http::HeaderValue> = raw
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty() && *o != "*")
+                .filter_map(|o| match axum::http::HeaderValue::from_str(o) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        tracing::error!(
+                            origin = o,
+                            "MYCHAT_CORS_ORIGINS: not a header value; ignored"
+                        );
+                        None
+                    }
+                })
+                .collect();
+            if raw.split(',').any(|o| o.trim() == "*") || list.is_empty() {
+                None
+            } else {
+                Some(list)
+            }
+        })
+        .clone()
+}
+
+/// CORS as MyChat's clients need it (contract a.1): the usual headers and methods, from the
+/// origins of [`cors_origins`] (any origin by default). A request from another origin gets no
+/// `Access-Control-Allow-Origin`, so the browser refuses the response.
 pub fn cors() -> CorsLayer {
+    let origins = match cors_origins() {
+        Some(list) => tower_http::cors::AllowOrigin::list(list),
+        None => tower_http::cors::AllowOrigin::from(Any),
+    };
     CorsLayer::new()
-        .allow_origin(Any)
+        .allow_origin(origins)
         .allow_methods([
             Method::GET,
             Method::POST,
@@ -132,7 +172,9 @@ pub fn cors() -> CorsLayer {
             header::CACHE_CONTROL,
             header::HeaderName::from_static("x-requested-with"),
             header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static("x-request-id"),
         ])
+        .expose_headers([header::HeaderName::from_static("x-request-id")])
 }
 
 /// The user API (:8080), configured from the environment ([`user_config::UserApiConfig::from_env`];
@@ -152,8 +194,13 @@ pub fn user_router(state: AppState) -> Router {
 /// 001, `Idempotency-Key` on state-changing requests, `/uploads/...`, the OpenAPI document at
 /// `/api-docs/openapi.json` and Swagger UI at `/swagger`.
 pub fn user_router_with(state: AppState, config: user_config::UserApiConfig) -> Router {
-    let uploads = tower_http::services::ServeDir::new(&config.upload_dir);
-    Router::new()
+    // Issue 8: a missing file is an `ApiError` 404 (not an empty body).
+    let uploads = tower_http::services::ServeDir::new(&config.upload_dir).not_found_service(
+        axum::handler::HandlerWithoutStateExt::into_service(|| async {
+            ApiError::not_found("file")
+        }),
+    );
+    let router = Router::new()
         .route("/health", get(health))
         .merge(users::router())
         .merge(orders::router())
@@ -170,7 +217,12 @@ pub fn user_router_with(state: AppState, config: user_config::UserApiConfig) -> 
         .merge(files::router())
         .merge(openapi::router())
         .merge(swagger::swagger_ui(openapi::SPEC_URL))
-        .nest_service("/uploads", uploads)
+        .nest_service(
+            "/uploads",
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(files::uploads_guard))
+                .service(uploads),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,
@@ -184,25 +236,37 @@ pub fn user_router_with(state: AppState, config: user_config::UserApiConfig) -> 
         ))
         .layer(TraceLayer::new_for_http())
         .layer(cors())
-        .with_state(state)
+        .with_state(state);
+    // Issue 8: request id, HTTP metrics, `/metrics`, security headers.
+    observe::wrap("user_api", router)
 }
 
 /// The admin API (:8081).
 pub fn admin_router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
         // Issue 4: every admin route behind the RBAC guard (admin::router's routes included).
         .merge(admin_rbac::router(&state))
+        // Issue 8: the admin login is rate-limited like the user login.
+        .layer(axum::Extension(admin::AdminLoginLimiter::new(
+            user_config::LoginLimits::default(),
+        )))
         .layer(TraceLayer::new_for_http())
         .layer(cors())
-        .with_state(state)
+        .with_state(state);
+    // Issue 8: request id, HTTP metrics, `/metrics`, security headers.
+    observe::wrap("admin_api", router)
 }
+
+/// The largest row offset a page may start at (10 million rows).
+pub const MAX_OFFSET: i64 = 10_000_000;
 
 /// Page and page size from MyChat's query parameters: `page` ≥ 1 (default 1), `page_size` in
 /// 1..=100 (default `default_size`).
 ///
 /// # Errors
-/// 400 naming `page` or `page_size` when out of range.
+/// 400 naming `page` or `page_size` when out of range (`page` too, when the page would start
+/// beyond [`MAX_OFFSET`]).
 pub fn paging(
     page: Option<i64>,
     page_size: Option<i64>,
@@ -216,7 +280,13 @@ pub fn paging(
     if !(1..=100).contains(&size) {
         return Err(ApiError::field("page_size", "must be between 1 and 100"));
     }
-    Ok((size, (page - 1) * size))
+    // Issue 8 (found by schemathesis): a huge page overflowed `(page - 1) * size` (a panic in
+    // debug builds, a negative OFFSET and a 500 in release).
+    let offset = (page - 1)
+        .checked_mul(size)
+        .filter(|o| *o <= MAX_OFFSET)
+        .ok_or_else(|| ApiError::field("page", "too large"))?;
+    Ok((size, offset))
 }
 
 /// MyChat's paged list query: `page` (1-based), `page_size` and an optional `status` filter;
@@ -242,5 +312,46 @@ where
     match s.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
         Some(v) => v.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod issue8_tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_page_is_a_400_not_an_overflow() {
+        // Found by schemathesis: `page=9223372036854775806` overflowed the offset.
+        assert_eq!(
+            paging(Some(i64::MAX), Some(100), 20).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            paging(Some(i64::MAX - 1), None, 20).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            paging(Some(100_002), Some(100), 20).unwrap_err().status,
+            400
+        );
+        assert_eq!(paging(Some(3), Some(10), 20).unwrap(), (10, 20));
+    }
+
+    #[test]
+    fn nul_escapes_are_found_and_escaped_backslashes_are_not() {
+        use crate::error::has_nul_escape;
+        assert!(has_nul_escape(br#"{"a":"x\u0000y"}"#));
+        assert!(has_nul_escape(br#"{"a":"\\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"a":"\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"a":"\u00001"}"#.split_at(9).0));
+        assert!(!has_nul_escape(br#"{"a":"\u0001"}"#));
+        assert!(!has_nul_escape(b"\\"));
+    }
+
+    #[test]
+    fn like_patterns_match_literally() {
+        use crate::admin_common::contains_pattern;
+        assert_eq!(contains_pattern("a%b_c\\d"), "%a\\%b\\_c\\\\d%");
+        assert_eq!(contains_pattern("plain"), "%plain%");
     }
 }

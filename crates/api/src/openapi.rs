@@ -241,6 +241,10 @@ fn spec(s: &str) -> (&str, &str, bool, &str) {
 }
 
 fn object(fields: &[&str]) -> Schema {
+    Schema::Object(object_schema(fields))
+}
+
+fn object_schema(fields: &[&str]) -> utoipa::openapi::Object {
     let mut b = ObjectBuilder::new().schema_type(Type::Object);
     for f in fields {
         let (name, ty, required, description) = spec(f);
@@ -255,7 +259,51 @@ fn object(fields: &[&str]) -> Schema {
             b = b.required(name);
         }
     }
-    Schema::Object(b.build())
+    b.build()
+}
+
+/// `s` that may also be `null` (issue 8: response fields the read models leave empty, e.g. a
+/// user's `counselor_id`, are answered as `null`).
+fn or_null(mut s: Schema) -> Schema {
+    use utoipa::openapi::schema::SchemaType;
+    match &mut s {
+        Schema::Object(o) => {
+            if let SchemaType::Type(t) = o.schema_type.clone() {
+                o.schema_type = SchemaType::Array(vec![t, Type::Null]);
+            }
+        }
+        Schema::Array(a) => a.schema_type = SchemaType::Array(vec![Type::Array, Type::Null]),
+        _ => {}
+    }
+    s
+}
+
+/// The schema of a response's `data`: the fields, each nullable, and `data` itself nullable
+/// (e.g. `my-application` without an application).
+fn data_object(fields: &[&str]) -> Schema {
+    let mut b = ObjectBuilder::new().schema_type(Type::Object);
+    for f in fields {
+        let (name, ty, _, description) = spec(f);
+        let mut s = field_type(ty);
+        if let Schema::Object(o) = &mut s {
+            if !description.is_empty() {
+                o.description = Some(description.to_string());
+            }
+        }
+        b = b.property(name, or_null(s));
+    }
+    or_null(Schema::Object(b.build()))
+}
+
+/// Routes whose answers are not MyChat's envelope: `/health` (`{status}`), the document itself,
+/// Swagger UI, uploaded bytes, the sandbox cashier's HTML, and the payment providers' callbacks
+/// (which answer in each provider's own format).
+fn raw_answer(r: &RouteDoc) -> bool {
+    r.tag == "providers"
+        || matches!(
+            r.path,
+            "/health" | "/api-docs/openapi.json" | "/swagger" | "/uploads/{path}"
+        )
 }
 
 fn envelope(data: &[&str]) -> Schema {
@@ -269,7 +317,7 @@ fn envelope(data: &[&str]) -> Schema {
                     .description(Some("200")),
             )
             .property("msg", ObjectBuilder::new().schema_type(Type::String))
-            .property("data", object(data))
+            .property("data", data_object(data))
             .required("code")
             .required("msg")
             .build(),
@@ -338,27 +386,41 @@ pub fn document() -> OpenApi {
                     .build(),
             ));
         }
-        op = op
-            .response(
-                "200",
-                ResponseBuilder::new()
-                    .description("Success: MyChat's envelope {code: 200, msg, data}")
-                    .content(
-                        "application/json",
-                        ContentBuilder::new().schema(Some(envelope(r.data))).build(),
-                    ),
-            )
-            .response(
-                "4XX",
-                ResponseBuilder::new()
-                    .description("Refused: {code, msg} naming the problem, with RFC 9457 members")
-                    .content(
-                        "application/problem+json",
-                        ContentBuilder::new()
-                            .schema(Some(Ref::from_schema_name("ApiError")))
-                            .build(),
-                    ),
-            );
+        if raw_answer(r) {
+            op = op
+                .response(
+                    "200",
+                    ResponseBuilder::new().description("Success, in the route's own format"),
+                )
+                .response(
+                    "4XX",
+                    ResponseBuilder::new().description("Refused, in the route's own format"),
+                );
+        } else {
+            op = op
+                .response(
+                    "200",
+                    ResponseBuilder::new()
+                        .description("Success: MyChat's envelope {code: 200, msg, data}")
+                        .content(
+                            "application/json",
+                            ContentBuilder::new().schema(Some(envelope(r.data))).build(),
+                        ),
+                )
+                .response(
+                    "4XX",
+                    ResponseBuilder::new()
+                        .description(
+                            "Refused: {code, msg} naming the problem, with RFC 9457 members",
+                        )
+                        .content(
+                            "application/problem+json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ApiError")))
+                                .build(),
+                        ),
+                );
+        }
         if r.auth {
             op = op.security(SecurityRequirement::new("bearer", Vec::<String>::new()));
         }
@@ -382,7 +444,12 @@ pub fn document() -> OpenApi {
         .property("title", ObjectBuilder::new().schema_type(Type::String))
         .property("status", ObjectBuilder::new().schema_type(Type::Integer))
         .property("detail", ObjectBuilder::new().schema_type(Type::String))
-        .property("errors", object(&["field:s", "message:s"]))
+        .property(
+            "errors",
+            utoipa::openapi::ArrayBuilder::new()
+                .items(object_schema(&["field:s:req:", "message:s:req:"]))
+                .description(Some("one entry per invalid field")),
+        )
         .required("code")
         .required("msg")
         .build();

@@ -25,6 +25,15 @@ pub fn router() -> Router<AppState> {
 /// The command metadata of a request: the `Idempotency-Key` header (if any) is the command id.
 pub fn request_meta(headers: &axum::http::HeaderMap, actor: Actor) -> CommandMeta {
     let mut meta = CommandMeta::new(actor);
+    // Issue 8: the request's id (`X-Request-Id`, set by `observe::request_id`) is the command's
+    // correlation id, so the events it causes carry it in their envelopes.
+    if let Some(id) = headers
+        .get(crate::observe::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| crate::observe::acceptable_request_id(v))
+    {
+        meta.correlation_id = id.to_string();
+    }
     if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
         if !key.is_empty() && key.len() <= 200 {
             meta.command_id = format!("idem:{}:{key}", meta.actor);

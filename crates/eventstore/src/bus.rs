@@ -32,13 +32,33 @@ pub struct CommandMeta {
     pub actor: Actor,
 }
 
+tokio::task_local! {
+    static CORRELATION_ID: String;
+}
+
+/// Runs `future` with `correlation_id` as the ambient correlation id: every [`CommandMeta::new`]
+/// inside it (on the same task) takes it (issue 8: the HTTP request id flows into the envelope
+/// of every event the request causes).
+pub async fn with_correlation<F: std::future::Future>(
+    correlation_id: String,
+    future: F,
+) -> F::Output {
+    CORRELATION_ID.scope(correlation_id, future).await
+}
+
+/// The ambient correlation id of [`with_correlation`], if any.
+pub fn current_correlation() -> Option<String> {
+    CORRELATION_ID.try_with(Clone::clone).ok()
+}
+
 impl CommandMeta {
-    /// A command by `actor` with a fresh command id and correlation id.
+    /// A command by `actor` with a fresh command id; its correlation id is the ambient one
+    /// ([`with_correlation`]) or else the command id.
     pub fn new(actor: Actor) -> Self {
         let id = uuid::Uuid::now_v7().to_string();
         Self {
             command_id: id.clone(),
-            correlation_id: id,
+            correlation_id: current_correlation().unwrap_or(id),
             causation_id: None,
             actor,
         }
@@ -383,8 +403,35 @@ impl CommandBus {
     /// # Errors
     /// [`CommandError::Rejected`] with the aggregate's error, [`CommandError::Conflict`] when
     /// every attempt conflicted, [`CommandError::Store`] on an infrastructure failure.
-    #[tracing::instrument(skip_all, fields(aggregate = A::TYPE, id, command_id = %meta.command_id))]
+    #[tracing::instrument(skip_all, fields(aggregate = A::TYPE, id, command_id = %meta.command_id, correlation_id = %meta.correlation_id))]
     pub async fn execute<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        meta: &CommandMeta,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()>,
+        A::Command: Clone,
+    {
+        let result = self.execute_once::<A>(id, command, meta).await;
+        // Issue 8: command outcomes by aggregate (`mychat_commands_total`).
+        let outcome = match &result {
+            Ok(c) if c.duplicate => "duplicate",
+            Ok(_) => "ok",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Conflict) => "conflict",
+            Err(CommandError::Store(_)) => "error",
+        };
+        metrics::counter!(crate::METRIC_COMMANDS_TOTAL, "aggregate" => A::TYPE, "outcome" => outcome)
+            .increment(1);
+        if let Ok(c) = &result {
+            tracing::debug!(stream_sequence = ?c.stream_sequence, events = c.events.len(), "command committed");
+        }
+        result
+    }
+
+    async fn execute_once<A>(
         &self,
         id: &str,
         command: A::Command,

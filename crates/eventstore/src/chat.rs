@@ -181,10 +181,20 @@ pub async fn append_message(
         message_dedup_id(message).as_str(),
     );
     headers.insert("Mychat-Record", "message");
-    let ack = js
-        .publish_with_headers(chat_subject(message.session_id), headers, body.into())
-        .await?
-        .await?;
+    let started = std::time::Instant::now();
+    let ack = async {
+        js.publish_with_headers(chat_subject(message.session_id), headers, body.into())
+            .await?
+            .await
+    }
+    .await;
+    metrics::histogram!(
+        crate::METRIC_PUBLISH_SECONDS,
+        "stream" => "CHAT",
+        "outcome" => if ack.is_ok() { "acked" } else { "error" }
+    )
+    .record(started.elapsed().as_secs_f64());
+    let ack = ack?;
     Ok(Appended {
         seq: ack.sequence,
         duplicate: ack.duplicate,

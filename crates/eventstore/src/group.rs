@@ -454,13 +454,23 @@ pub(crate) async fn request(
     body: Bytes,
     timeout: Duration,
 ) -> Result<AckJson, CommitError> {
+    let started = std::time::Instant::now();
     let reply = tokio::time::timeout(
         timeout,
         client.request_with_headers(subject.to_string(), headers, body),
     )
-    .await
-    .map_err(|_| CommitError("timed out waiting for the JetStream ack".into()))?
-    .map_err(|e| CommitError(e.to_string()))?;
+    .await;
+    // Issue 8: JetStream publish latency (publish → ack, or → failure), seconds.
+    let outcome = match &reply {
+        Ok(Ok(_)) => "acked",
+        Ok(Err(_)) => "error",
+        Err(_) => "timeout",
+    };
+    metrics::histogram!(crate::METRIC_PUBLISH_SECONDS, "stream" => "EVENTS", "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    let reply = reply
+        .map_err(|_| CommitError("timed out waiting for the JetStream ack".into()))?
+        .map_err(|e| CommitError(e.to_string()))?;
     if reply.payload.is_empty() {
         return Err(CommitError(format!(
             "no JetStream ack for {subject} (status {:?})",

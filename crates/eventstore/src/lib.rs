@@ -27,3 +27,11 @@ pub use envelope::{Actor, Commit, RecordedEvent, StoredEvent};
 pub use group::{CommitOutcome, GroupCommitSettings, GroupCommitter, PendingCommit};
 pub use store::{JetStreamAggregateContext, JetStreamEventStore};
 pub use streams::{ensure_streams, StreamSettings, CHAT_STREAM, EVENTS_STREAM};
+
+/// Metric (issue 8): counter of commands run by [`CommandBus::execute`], labelled `aggregate`
+/// (the aggregate type) and `outcome` (`ok`, `duplicate`, `rejected`, `conflict`, `error`).
+pub const METRIC_COMMANDS_TOTAL: &str = "mychat_commands_total";
+/// Metric (issue 8): histogram of JetStream publish latency in seconds (publish → ack) of every
+/// commit written to `EVENTS` and every chat message appended to `CHAT`, labelled `stream`
+/// (`EVENTS`, `CHAT`) and `outcome` (`acked`, `error`, `timeout`).
+pub const METRIC_PUBLISH_SECONDS: &str = "mychat_jetstream_publish_seconds";

@@ -972,11 +972,15 @@ impl Hub {
             |hub, msg, _| {
                 let info = msg.info().ok();
                 let seq = info.as_ref().map(|i| i.stream_sequence).unwrap_or_default();
-                let at = info
-                    .map(|i| i.published.unix_timestamp())
+                let published = info.map(|i| i.published);
+                let at = published
+                    .map(|p| p.unix_timestamp())
                     .unwrap_or_else(|| Utc::now().timestamp());
                 match serde_json::from_slice::<ChatRecord>(&msg.payload) {
-                    Ok(record) => hub.route_chat(seq, record, at),
+                    Ok(record) => {
+                        hub.route_chat(seq, record, at);
+                        record_fanout("CHAT", published);
+                    }
                     Err(e) => tracing::warn!(seq, error = %e, "undecodable chat record"),
                 }
             },
@@ -1022,7 +1026,19 @@ impl Hub {
                     else {
                         continue;
                     };
+                    // Issue 8: the frames of an event carry its correlation id in the logs.
+                    let _span = tracing::debug_span!(
+                        "fanout",
+                        session_id = id,
+                        stream_sequence = seq,
+                        correlation_id = %stored.correlation_id,
+                    )
+                    .entered();
+                    tracing::debug!(event_type = %stored.event_type, live = seq > head, "session event to sockets");
                     hub.route_session_event(id, event, seq > head);
+                }
+                if seq > head {
+                    record_fanout("EVENTS", msg.info().ok().map(|i| i.published));
                 }
             },
         )
@@ -1266,5 +1282,15 @@ pub async fn end_session(bus: &CommandBus, sid: i64, reason: EndReason, ended_at
             tracing::debug!(session_id = sid, error = %e, "auto-end refused (already ended)")
         }
         Err(e) => tracing::warn!(session_id = sid, error = %e, "auto-end failed; will retry"),
+    }
+}
+
+/// Records [`crate::METRIC_FANOUT_SECONDS`] for a record stored at `published` that was just
+/// handed to the sockets.
+fn record_fanout(stream: &'static str, published: Option<time::OffsetDateTime>) {
+    if let Some(published) = published {
+        let seconds = (time::OffsetDateTime::now_utc() - published).as_seconds_f64();
+        metrics::histogram!(crate::METRIC_FANOUT_SECONDS, "stream" => stream)
+            .record(seconds.max(0.0));
     }
 }

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::State;
+use axum::response::IntoResponse as _;
 use axum::routing::get;
 use axum::{Json, Router};
 use eventstore::CommandBus;
@@ -108,15 +109,43 @@ pub struct GatewayState {
 /// The gateway's routes: `/ws`, `/ws/chat/{session_id}`, `/ws/counselor/{id}`, `/ws/stats`,
 /// `/ws/counselors/online`, `/health`.
 pub fn router(state: GatewayState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/health", get(api::health))
         .route("/ws", get(socket::ws_any))
         .route("/ws/chat/{session_id}", get(socket::ws_chat))
         .route("/ws/counselor/{id}", get(socket::ws_counselor))
         .route("/ws/stats", get(stats))
         .route("/ws/counselors/online", get(counselors_online))
+        // Issue 8: the node's metrics, with its socket count sampled at each scrape.
+        .route("/metrics", get(metrics))
         .layer(api::cors())
-        .with_state(state)
+        .with_state(state);
+    api::observe::security_headers(router)
+        .layer(axum::middleware::from_fn_with_state(
+            "gateway",
+            api::observe::http_metrics,
+        ))
+        .layer(axum::middleware::from_fn(api::observe::request_id))
+}
+
+/// Metric (issue 8): sockets open on this node (gauge, sampled when `/metrics` is read).
+pub const METRIC_SOCKETS: &str = "mychat_gateway_sockets";
+/// Metric (issue 8): fan-out latency in seconds, from the record's append to its stream (the
+/// JetStream timestamp) to its frame being handed to the local sockets' send queues, by
+/// `stream` (`CHAT`, `EVENTS`).
+pub const METRIC_FANOUT_SECONDS: &str = "mychat_gateway_fanout_seconds";
+
+/// `GET /metrics`: the process's metrics (Prometheus text) after sampling [`METRIC_SOCKETS`].
+pub async fn metrics(State(state): State<GatewayState>) -> axum::response::Response {
+    metrics::gauge!(METRIC_SOCKETS).set(state.hub.socket_count() as f64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        api::observe::render(),
+    )
+        .into_response()
 }
 
 /// Starts a gateway node's background work (the `CHAT` and `ev.session.>` consumers, the

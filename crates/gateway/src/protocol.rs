@@ -36,6 +36,10 @@ impl ClientFrame {
         if text.len() > MAX_FRAME_BYTES {
             return Err(format!("frame larger than {MAX_FRAME_BYTES} bytes"));
         }
+        // Issue 8: NUL cannot be stored by the read models; in `CHAT` it would stop them.
+        if api::error::has_nul_escape(text.as_bytes()) {
+            return Err("text must not contain NUL characters (\\u0000)".into());
+        }
         serde_json::from_str(text).map_err(|e| format!("malformed frame: {e}"))
     }
 
@@ -125,5 +129,8 @@ mod tests {
         assert!(ClientFrame::parse("{not json").is_err());
         assert!(ClientFrame::parse(r#"{"session_id":1}"#).is_err());
         assert!(ClientFrame::parse(&"x".repeat(MAX_FRAME_BYTES + 1)).is_err());
+        assert!(ClientFrame::parse(r#"{"type":"message","data":{"content":"a\u0000b"}}"#).is_err());
+        // An escaped backslash before `u0000` is literal text, not a NUL.
+        assert!(ClientFrame::parse(r#"{"type":"message","data":{"content":"a\\u0000b"}}"#).is_ok());
     }
 }

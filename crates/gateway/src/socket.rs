@@ -46,9 +46,11 @@ fn query_param(uri: &Uri, name: &str) -> Option<String> {
     })
 }
 
-/// Authenticates a handshake: `?token=` or `Authorization: Bearer` (a user token). Refusals are
-/// plain HTTP before the upgrade with `{"error": msg}` (contract d.1); a draining node answers 503.
-fn authenticate(
+/// Authenticates a handshake: `?token=` or `Authorization: Bearer` (a user token) that is not
+/// revoked (logout, password change) and whose account is enabled (issue 8, the user API's
+/// [`api::auth::check_user_token`]). Refusals are plain HTTP before the upgrade with
+/// `{"error": msg}` (contract d.1); a draining node answers 503.
+async fn authenticate(
     state: &GatewayState,
     uri: &Uri,
     headers: &HeaderMap,
@@ -77,6 +79,16 @@ fn authenticate(
             StatusCode::UNAUTHORIZED,
             "a user token is required".to_string(),
         ));
+    }
+    if let Err(e) = api::auth::check_user_token(&state.db, &claims).await {
+        if e.status.is_server_error() {
+            tracing::error!(error = %e.msg, "token check");
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily unavailable".into(),
+            ));
+        }
+        return Err((e.status, e.msg));
     }
     Ok(claims.user_id)
 }
@@ -107,7 +119,7 @@ pub async fn ws_chat(
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => return refuse(StatusCode::BAD_REQUEST, "after_seq must be a sequence"),
     };
-    let user_id = match authenticate(&state, &uri, &headers) {
+    let user_id = match authenticate(&state, &uri, &headers).await {
         Ok(id) => id,
         Err((status, msg)) => return refuse(status, &msg),
     };
@@ -130,7 +142,7 @@ pub async fn ws_any(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    match authenticate(&state, &uri, &headers) {
+    match authenticate(&state, &uri, &headers).await {
         Ok(user_id) => upgrade(ws, state, user_id, Opening::default()),
         Err((status, msg)) => refuse(status, &msg),
     }
@@ -149,7 +161,7 @@ pub async fn ws_counselor(
     let Ok(counselor_id) = id.parse::<i64>() else {
         return refuse(StatusCode::BAD_REQUEST, "bad counselor id");
     };
-    let user_id = match authenticate(&state, &uri, &headers) {
+    let user_id = match authenticate(&state, &uri, &headers).await {
         Ok(id) => id,
         Err((status, msg)) => return refuse(status, &msg),
     };

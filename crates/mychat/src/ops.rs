@@ -198,10 +198,16 @@ pub fn metrics_router(pool: PgPool, nats: async_nats::Client) -> axum::Router {
                 let (pool, nats) = (pool.clone(), nats.clone());
                 async move {
                     match projections::status::status(&pool, &nats, &all_projections()).await {
+                        // Issue 8: followed by the process's own metrics (commands, publish
+                        // latency, HTTP latency when the APIs run in this process).
                         Ok(s) => (
                             axum::http::StatusCode::OK,
                             [("content-type", "text/plain; version=0.0.4")],
-                            projections::status::prometheus(&s),
+                            format!(
+                                "{}{}",
+                                projections::status::prometheus(&s),
+                                api::observe::render()
+                            ),
                         ),
                         Err(e) => (
                             axum::http::StatusCode::SERVICE_UNAVAILABLE,

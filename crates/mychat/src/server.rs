@@ -209,7 +209,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
             .context("seeding demo data")?;
         if api::seed::default_admin_password_unchanged(&infra.pool).await {
             tracing::warn!(
-                "the administrator `admin` still has the default password `admin123`: change it"
+                "the administrator `admin` still has the seeded default password (see the README): change it"
             );
         }
         run_parts(&settings, infra, Part::All, None, shutdown.clone()).await
@@ -249,6 +249,8 @@ pub(crate) async fn run_parts(
     addr: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Issue 8: one Prometheus recorder for the process; every service's `/metrics` renders it.
+    api::observe::install_recorder();
     let jwt = Arc::new(api::JwtKeys::new(
         settings
             .secret(&settings.jwt_secret, "jwt.secret")?
