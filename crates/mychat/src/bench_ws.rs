@@ -366,6 +366,20 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     eventstore::ensure_streams(&js, &Default::default()).await?;
     let bus = CommandBus::new(js, Upcasters::default());
     let jwt = api::JwtKeys::new(SECRET.as_bytes(), 3600);
+    // The handshake checks that a token's account exists and is enabled (issue 8): the bench's
+    // users (1_000_000 + session, 2_000_000 + session, 3_000_000 + idle socket) are rows too.
+    let users = args.sockets as i64;
+    sqlx::query(
+        "INSERT INTO users (id, username, password_hash) \
+         SELECT id, 'bench-' || id, '-' FROM ( \
+           SELECT 1000000 + g AS id FROM generate_series(1, $1) g \
+           UNION ALL SELECT 2000000 + g FROM generate_series(1, $1) g \
+           UNION ALL SELECT 3000000 + g FROM generate_series(0, $1) g) ids",
+    )
+    .bind(users)
+    .execute(&db)
+    .await
+    .context("adding the bench's users")?;
 
     // Baselines first, at the same rate.
     let base_rate = if args.rate == 0 { 1000 } else { args.rate };
