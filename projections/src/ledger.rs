@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use domain::{AccountEvent, CreditReason, OrderEvent, PaymentEvent, SessionEvent, WalletEvent};
-use eventstore::envelope::{StoredEvent, Upcasters};
+use eventstore::envelope::StoredEvent;
 use sqlx::PgConnection;
 
 use crate::runtime::{LogMessage, Projection};
@@ -349,7 +349,6 @@ impl Projection for Ledger {
         tx: &mut PgConnection,
         messages: &[LogMessage],
     ) -> anyhow::Result<()> {
-        let upcasters = Upcasters::default();
         let mut seqs: Vec<i64> = Vec::new();
         let mut idxs: Vec<i32> = Vec::new();
         let mut line_numbers: Vec<i32> = Vec::new();
@@ -359,7 +358,7 @@ impl Projection for Ledger {
         let mut aggregates: Vec<String> = Vec::new();
         let mut times: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
         for message in messages {
-            for stored in message.events(&upcasters)? {
+            for stored in message.events()?.iter() {
                 let lines = postings(&stored)?;
                 let sum: i64 = lines.iter().map(|p| p.amount).sum();
                 anyhow::ensure!(
@@ -411,7 +410,7 @@ impl Projection for Ledger {
         Ok(())
     }
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
-        for stored in message.events(&Upcasters::default())? {
+        for stored in message.events()?.iter() {
             let lines = postings(&stored)?;
             if lines.is_empty() {
                 continue;

@@ -19,7 +19,7 @@ pub mod watch;
 
 use std::sync::Arc;
 
-pub use runtime::{LogMessage, Projection, Projector, ProjectorSettings};
+pub use runtime::{EventRef, LogMessage, Projection, Projector, ProjectorSettings};
 pub use watch::CheckpointWatch;
 
 /// The migrations of every read-model and reference table (`migrations/`).

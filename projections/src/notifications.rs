@@ -18,7 +18,7 @@
 
 use async_trait::async_trait;
 use domain::{AccountEvent, OrderEvent, PaymentEvent, SessionEvent};
-use eventstore::envelope::{StoredEvent, Upcasters};
+use eventstore::envelope::StoredEvent;
 use serde_json::json;
 use sqlx::PgConnection;
 
@@ -240,7 +240,6 @@ impl Projection for Notifications {
         tx: &mut PgConnection,
         messages: &[LogMessage],
     ) -> anyhow::Result<()> {
-        let upcasters = Upcasters::default();
         let mut n_ = (
             Vec::<i64>::new(),
             Vec::<i64>::new(),
@@ -254,7 +253,7 @@ impl Projection for Notifications {
             Vec::<chrono::DateTime<chrono::Utc>>::new(),
         );
         for message in messages {
-            for e in message.events(&upcasters)? {
+            for e in message.events()?.iter() {
                 for (n, note) in notes_for(&e)?.into_iter().enumerate() {
                     let (who, counselor) = match note.to {
                         To::User(u) => (u, false),
@@ -301,7 +300,7 @@ impl Projection for Notifications {
         Ok(())
     }
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
-        for e in message.events(&Upcasters::default())? {
+        for e in message.events()?.iter() {
             for (n, note) in notes_for(&e)?.into_iter().enumerate() {
                 let source = format!("{}:{n}", e.position());
                 // A notification's id is derived from its event (position × 8 + n), so a

@@ -18,7 +18,7 @@ use domain::{
     AccountCommand, CounselorAccount, CreditReason, Order, OrderCommand, OrderError, OrderEvent,
     Payment, PaymentCommand, PaymentEvent, SessionEvent, UserWallet, WalletCommand,
 };
-use eventstore::envelope::{StoredEvent, Upcasters};
+use eventstore::envelope::StoredEvent;
 use eventstore::{Actor, CommandBus, CommandError, CommandMeta};
 use sqlx::PgConnection;
 
@@ -67,7 +67,7 @@ impl Projection for ProcessManager {
         ]
     }
     async fn apply(&self, _tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
-        for e in message.events(&Upcasters::default())? {
+        for e in message.events()?.iter() {
             match e.aggregate_type.as_str() {
                 "payment" => match e.decode()? {
                     PaymentEvent::PaymentCaptured {

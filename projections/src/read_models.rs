@@ -7,19 +7,18 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use domain::{AccountEvent, CreditReason, OrderEvent, PaymentEvent, SessionEvent, WalletEvent};
 use eventstore::chat::ChatRecord;
-use eventstore::envelope::{StoredEvent, Upcasters};
+use eventstore::envelope::StoredEvent;
 use sqlx::PgConnection;
 
-use crate::runtime::{LogMessage, Projection};
+use crate::runtime::{EventRef, LogMessage, Projection};
 
 /// Decodes each event of an `EVENTS` message as `E`. An event no upcaster turns into an `E` (an
 /// unknown type or version) is an error that names it: the projection stops there.
 fn decode_events<E: serde::de::DeserializeOwned>(
     message: &LogMessage,
-) -> anyhow::Result<Vec<(StoredEvent, E)>> {
+) -> anyhow::Result<Vec<(EventRef, E)>> {
     message
-        .events(&Upcasters::default())?
-        .into_iter()
+        .event_refs()?
         .map(|stored| {
             let event: E = crate::runtime::decode(&stored).with_context(|| {
                 format!(
@@ -35,7 +34,7 @@ fn decode_events<E: serde::de::DeserializeOwned>(
 /// Decodes every event of a batch's messages as `E`, in stream order ([`decode_events`]).
 fn decode_batch<E: serde::de::DeserializeOwned>(
     messages: &[LogMessage],
-) -> anyhow::Result<Vec<(StoredEvent, E)>> {
+) -> anyhow::Result<Vec<(EventRef, E)>> {
     let mut all = Vec::new();
     for message in messages {
         all.extend(decode_events::<E>(message)?);
@@ -60,7 +59,7 @@ pub fn rounds<K: Eq + std::hash::Hash + Clone>(keys: &[K]) -> Vec<usize> {
 
 /// The rows' keys of `events` and their rounds ([`rounds`]), and the number of rounds.
 fn keyed_rounds<E>(
-    events: &[(StoredEvent, E)],
+    events: &[(EventRef, E)],
     key: impl Fn(&StoredEvent, &E) -> anyhow::Result<i64>,
 ) -> anyhow::Result<(Vec<i64>, Vec<usize>, usize)> {
     let keys = events
@@ -1361,7 +1360,7 @@ impl Projection for Withdrawals {
         tx: &mut PgConnection,
         messages: &[LogMessage],
     ) -> anyhow::Result<()> {
-        let events: Vec<(StoredEvent, AccountEvent)> = decode_batch::<AccountEvent>(messages)?
+        let events: Vec<(EventRef, AccountEvent)> = decode_batch::<AccountEvent>(messages)?
             .into_iter()
             .filter(|(_, e)| !matches!(e, AccountEvent::EarningsCredited { .. }))
             .collect();

@@ -215,6 +215,8 @@ pub async fn replay_shared(
                                 .iter()
                                 .any(|f| crate::runtime::subject_matches(f, &m.subject))
                     })
+                    // Clones share the decoded events: the first projection to need a message
+                    // decodes it for all of them.
                     .cloned()
                     .collect();
                 if mine.is_empty() {

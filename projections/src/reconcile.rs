@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use domain::{AccountEvent, CreditReason, OrderEvent, PaymentEvent, SessionEvent, WalletEvent};
-use eventstore::envelope::{StoredEvent, Upcasters};
+use eventstore::envelope::StoredEvent;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -456,7 +456,6 @@ pub async fn reconcile(
 
     // The fold.
     let mut books = Books::default();
-    let upcasters = Upcasters::default();
     let mut reader = spawn_reader(
         js.clone(),
         eventstore::EVENTS_STREAM,
@@ -473,9 +472,9 @@ pub async fn reconcile(
                 report.from_time = Some(message.time);
             }
             last_time = Some(message.time);
-            match message.events(&upcasters) {
+            match message.events() {
                 Ok(events) => {
-                    for e in &events {
+                    for e in events.iter() {
                         books.fold(e, &mut report.totals, message.stream_sequence > from);
                         report.events_folded += 1;
                     }

@@ -34,7 +34,15 @@ pub fn decode<E: serde::de::DeserializeOwned>(
     E::deserialize(&stored.payload)
 }
 
-/// One message read from a stream.
+/// The upcasters every projection reads `EVENTS` through (cqrs-es `EventUpcaster`s; none are
+/// registered yet: every stored event is at its current version). Register new ones here.
+pub fn upcasters() -> Upcasters {
+    Upcasters::default()
+}
+
+/// One message read from a stream. Cheap to clone: the payload and its decoded events are
+/// shared, so a message handed to several projections (an audit replay's one reader feeds every
+/// projection) is decoded once, by whichever projection asks first ([`LogMessage::events`]).
 #[derive(Debug, Clone)]
 pub struct LogMessage {
     /// The stream sequence.
@@ -43,25 +51,73 @@ pub struct LogMessage {
     /// When JetStream stored it.
     pub time: DateTime<Utc>,
     pub payload: Bytes,
+    /// The commit's events once decoded (or why they could not be).
+    decoded: Arc<std::sync::OnceLock<Result<Arc<[StoredEvent]>, String>>>,
+}
+
+/// One event of a decoded message: shares the message's decoded events (cheap to clone) and
+/// dereferences to its [`StoredEvent`].
+#[derive(Debug, Clone)]
+pub struct EventRef {
+    events: Arc<[StoredEvent]>,
+    index: usize,
+}
+
+impl std::ops::Deref for EventRef {
+    type Target = StoredEvent;
+    fn deref(&self) -> &StoredEvent {
+        &self.events[self.index]
+    }
 }
 
 impl LogMessage {
-    /// The message as a commit's events (for `EVENTS`), upcast.
+    /// A message at `stream_sequence` on `subject`, stored by JetStream at `time`.
+    pub fn new(stream_sequence: u64, subject: String, time: DateTime<Utc>, payload: Bytes) -> Self {
+        Self {
+            stream_sequence,
+            subject,
+            time,
+            payload,
+            decoded: Arc::default(),
+        }
+    }
+
+    /// The message as a commit's events (for `EVENTS`), upcast ([`upcasters`]), in commit
+    /// order. Decoded on the first call and shared by every clone of the message after it.
     ///
     /// # Errors
-    /// When the body is not a commit.
-    pub fn events(&self, upcasters: &Upcasters) -> anyhow::Result<Vec<StoredEvent>> {
-        let commit = Commit::decode(&self.payload).with_context(|| {
-            format!(
-                "decoding the commit at stream sequence {}",
-                self.stream_sequence
-            )
-        })?;
-        Ok(commit
-            .into_stored(self.stream_sequence)
-            .into_iter()
-            .map(|e| upcasters.upcast(e))
-            .collect())
+    /// When the body is not a commit (the error names the stream sequence).
+    pub fn events(&self) -> anyhow::Result<Arc<[StoredEvent]>> {
+        let decoded = self.decoded.get_or_init(|| {
+            let upcasters = upcasters();
+            Commit::decode(&self.payload)
+                .map(|commit| {
+                    commit
+                        .into_stored(self.stream_sequence)
+                        .into_iter()
+                        .map(|e| upcasters.upcast(e))
+                        .collect()
+                })
+                .map_err(|e| {
+                    format!(
+                        "decoding the commit at stream sequence {}: {e}",
+                        self.stream_sequence
+                    )
+                })
+        });
+        decoded.clone().map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// [`LogMessage::events`], one shared handle per event.
+    ///
+    /// # Errors
+    /// As [`LogMessage::events`].
+    pub fn event_refs(&self) -> anyhow::Result<impl Iterator<Item = EventRef>> {
+        let events = self.events()?;
+        Ok((0..events.len()).map(move |index| EventRef {
+            events: events.clone(),
+            index,
+        }))
     }
 }
 
@@ -912,12 +968,12 @@ pub(crate) fn to_log_message(m: jetstream::Message) -> anyhow::Result<LogMessage
     let time =
         DateTime::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond())
             .unwrap_or_default();
-    Ok(LogMessage {
+    Ok(LogMessage::new(
         stream_sequence,
-        subject: m.subject.to_string(),
+        m.subject.to_string(),
         time,
-        payload: m.payload.clone(),
-    })
+        m.payload.clone(),
+    ))
 }
 
 /// The correlation id of an `EVENTS` commit (`None` for other messages).

@@ -7,12 +7,12 @@ use projections::read_models::Messages;
 use projections::{LogMessage, Projection, MIGRATOR};
 
 fn log(seq: u64, record: &ChatRecord) -> LogMessage {
-    LogMessage {
-        stream_sequence: seq,
-        subject: format!("chat.{}", record.session_id()),
-        time: Utc::now(),
-        payload: serde_json::to_vec(record).unwrap().into(),
-    }
+    LogMessage::new(
+        seq,
+        format!("chat.{}", record.session_id()),
+        Utc::now(),
+        serde_json::to_vec(record).unwrap().into(),
+    )
 }
 
 #[tokio::test]
