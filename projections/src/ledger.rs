@@ -359,7 +359,7 @@ impl Projection for Ledger {
         let mut times: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
         for message in messages {
             for stored in message.events()?.iter() {
-                let lines = postings(&stored)?;
+                let lines = postings(stored)?;
                 let sum: i64 = lines.iter().map(|p| p.amount).sum();
                 anyhow::ensure!(
                     sum == 0,
@@ -411,7 +411,7 @@ impl Projection for Ledger {
     }
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
         for stored in message.events()?.iter() {
-            let lines = postings(&stored)?;
+            let lines = postings(stored)?;
             if lines.is_empty() {
                 continue;
             }

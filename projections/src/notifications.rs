@@ -254,7 +254,7 @@ impl Projection for Notifications {
         );
         for message in messages {
             for e in message.events()?.iter() {
-                for (n, note) in notes_for(&e)?.into_iter().enumerate() {
+                for (n, note) in notes_for(e)?.into_iter().enumerate() {
                     let (who, counselor) = match note.to {
                         To::User(u) => (u, false),
                         To::Counselor(c) => (c, true),
@@ -301,7 +301,7 @@ impl Projection for Notifications {
     }
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
         for e in message.events()?.iter() {
-            for (n, note) in notes_for(&e)?.into_iter().enumerate() {
+            for (n, note) in notes_for(e)?.into_iter().enumerate() {
                 let source = format!("{}:{n}", e.position());
                 // A notification's id is derived from its event (position × 8 + n), so a
                 // rebuild or an audit replay reproduces the same ids; notifications written

@@ -82,7 +82,7 @@ impl Projection for ProcessManager {
                             amount,
                             paid_at: captured_at,
                         };
-                        let meta = meta_for(&e, format!("pm:order-paid:{payment_id}"));
+                        let meta = meta_for(e, format!("pm:order-paid:{payment_id}"));
                         let result = self
                             .bus
                             .execute::<Order>(&order_id.to_string(), cmd, &meta)
@@ -105,7 +105,7 @@ impl Projection for ProcessManager {
                                 reason: "the order was already paid or closed".into(),
                                 refunded_at: captured_at,
                             };
-                            let meta = meta_for(&e, format!("pm:orphan-refund:{payment_id}"));
+                            let meta = meta_for(e, format!("pm:orphan-refund:{payment_id}"));
                             settle(
                                 "orphan-refund",
                                 self.bus
@@ -127,7 +127,7 @@ impl Projection for ProcessManager {
                             reason: CreditReason::Recharge { payment_id },
                             at: captured_at,
                         };
-                        let meta = meta_for(&e, format!("pm:recharge:{payment_id}"));
+                        let meta = meta_for(e, format!("pm:recharge:{payment_id}"));
                         settle(
                             "recharge",
                             self.bus
@@ -144,7 +144,7 @@ impl Projection for ProcessManager {
                     } if order_id > 0 && !refund_no.starts_with("orphan-") => {
                         let payment_id = e.aggregate_id_i64().unwrap_or_default();
                         let meta =
-                            meta_for(&e, format!("pm:order-refunded:{payment_id}:{refund_no}"));
+                            meta_for(e, format!("pm:order-refunded:{payment_id}:{refund_no}"));
                         let cmd = OrderCommand::MarkRefunded {
                             payment_id,
                             refund_no,
@@ -181,7 +181,7 @@ impl Projection for ProcessManager {
                                 },
                                 refunded_at: cancelled_at,
                             };
-                            let meta = meta_for(&e, format!("pm:cancel-refund:{order_id}"));
+                            let meta = meta_for(e, format!("pm:cancel-refund:{order_id}"));
                             settle(
                                 "cancel-refund",
                                 self.bus
@@ -202,7 +202,7 @@ impl Projection for ProcessManager {
                             session_id,
                             started_at,
                         };
-                        let meta = meta_for(&e, format!("pm:order-service:{session_id}"));
+                        let meta = meta_for(e, format!("pm:order-service:{session_id}"));
                         settle(
                             "order-service",
                             self.bus
@@ -227,7 +227,7 @@ impl Projection for ProcessManager {
                             amount: counselor_fee,
                             at: billed_at,
                         };
-                        let meta = meta_for(&e, format!("pm:credit:{session_id}"));
+                        let meta = meta_for(e, format!("pm:credit:{session_id}"));
                         settle(
                             "credit",
                             self.bus
@@ -248,7 +248,7 @@ impl Projection for ProcessManager {
                                 },
                                 at: billed_at,
                             };
-                            let meta = meta_for(&e, format!("pm:refund:{session_id}"));
+                            let meta = meta_for(e, format!("pm:refund:{session_id}"));
                             settle(
                                 "refund",
                                 self.bus
@@ -260,7 +260,7 @@ impl Projection for ProcessManager {
                             session_id,
                             completed_at: billed_at,
                         };
-                        let meta = meta_for(&e, format!("pm:complete:{order_id}"));
+                        let meta = meta_for(e, format!("pm:complete:{order_id}"));
                         settle(
                             "complete",
                             self.bus

@@ -141,7 +141,9 @@ pub async fn finance_stats(
 
 /// `GET /api/admin/finance/revenue?group_by=day|week|month|year&start_date&end_date` →
 /// `{revenue_data: [{date, amount, count}], group_by}` in `data` and at the root (#53). Labels:
-/// `YYYY-MM-DD` (day, week = the week's Monday), `YYYY-MM`, `YYYY`.
+/// `YYYY-MM-DD` (day, week = the week's Monday), `YYYY-MM`, `YYYY`. From the ledger (issue 6):
+/// `amount` = the period's `SessionBilled` debits of users' prepaid accounts (line 0 of each
+/// billing's postings, [`projections::ledger::session_billed`]), `count` = the billings.
 pub async fn revenue(State(state): State<AppState>, ApiQuery(q): Params) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let group_by = q.str("group_by").unwrap_or("day").to_string();
@@ -160,9 +162,10 @@ pub async fn revenue(State(state): State<AppState>, ApiQuery(q): Params) -> ApiR
     let (start, end) = range(&q, days)?;
     let sql = format!(
         "SELECT COALESCE(jsonb_agg(jsonb_build_object('date', d, 'amount', amount, 'count', n) ORDER BY d), '[]')::text FROM \
-         (SELECT to_char(date_trunc('{unit}', created_at AT TIME ZONE 'Asia/Shanghai'), '{fmt}') AS d, \
-          sum(total_amount_fen) / 100.0 AS amount, count(*) AS n FROM chat_billings \
-          WHERE created_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Shanghai') AND created_at < ($2::date::timestamp AT TIME ZONE 'Asia/Shanghai') GROUP BY 1) r"
+         (SELECT to_char(date_trunc('{unit}', recorded_at AT TIME ZONE 'Asia/Shanghai'), '{fmt}') AS d, \
+          sum(amount_fen) / 100.0 AS amount, count(*) AS n FROM ledger_postings \
+          WHERE event_type = 'SessionBilled' AND line = 0 \
+          AND recorded_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Shanghai') AND recorded_at < ($2::date::timestamp AT TIME ZONE 'Asia/Shanghai') GROUP BY 1) r"
     );
     let data: String = sqlx::query_scalar(&sql)
         .bind(start)
@@ -177,16 +180,22 @@ pub async fn revenue(State(state): State<AppState>, ApiQuery(q): Params) -> ApiR
 }
 
 /// `GET /api/admin/finance/reports?type=income|withdraw|account&start_date&end_date` →
-/// `{report_type, start_date, end_date, records}` (#54).
+/// `{report_type, start_date, end_date, records}` (#54). `income` reads the ledger's
+/// `SessionBilled` postings by day (amount = the prepaid debits, commission = the credits to
+/// `platform:revenue`, counselor earnings = the credits to the counselors' pending accounts);
+/// `withdraw` the withdrawals read model (the ledger does not keep a withdrawal's review
+/// status); `account` the ledger's counselor accounts.
 pub async fn reports(State(state): State<AppState>, ApiQuery(q): Params) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let kind = q.str("type").unwrap_or("income").to_string();
     let (start, end) = range(&q, 30)?;
     let sql = match kind.as_str() {
         "income" => "SELECT COALESCE(jsonb_agg(to_jsonb(r) ORDER BY r.date), '[]')::text FROM \
-            (SELECT to_char(created_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD') AS date, sum(total_amount_fen) / 100.0 AS amount, \
-             count(*) AS order_count, sum(platform_fee_fen) / 100.0 AS commission, sum(counselor_fee_fen) / 100.0 AS counselor_earnings \
-             FROM chat_billings WHERE created_at >= $1::date AND created_at < $2::date GROUP BY 1) r",
+            (SELECT to_char(recorded_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD') AS date, \
+             COALESCE(sum(amount_fen) FILTER (WHERE line = 0), 0) / 100.0 AS amount, count(*) FILTER (WHERE line = 0) AS order_count, \
+             COALESCE(-sum(amount_fen) FILTER (WHERE line = 1), 0) / 100.0 AS commission, \
+             COALESCE(-sum(amount_fen) FILTER (WHERE line = 2), 0) / 100.0 AS counselor_earnings \
+             FROM ledger_postings WHERE event_type = 'SessionBilled' AND recorded_at >= $1::date AND recorded_at < $2::date GROUP BY 1) r",
         "withdraw" => "SELECT COALESCE(jsonb_agg(to_jsonb(r) ORDER BY r.date), '[]')::text FROM \
             (SELECT to_char(created_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD') AS date, sum(amount_fen) / 100.0 AS amount, count(*) AS count, \
              count(*) FILTER (WHERE status IN (1, 3)) AS approved_count, count(*) FILTER (WHERE status = 2) AS rejected_count \

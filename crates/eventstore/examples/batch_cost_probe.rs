@@ -67,7 +67,9 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut k = 0;
     for (label, subject) in [("file (CHAT)", "chat.1"), ("memory", "probe.mem.1")] {
-        if std::env::var("SKIP_BATCHES").is_ok() { break; }
+        if std::env::var("SKIP_BATCHES").is_ok() {
+            break;
+        }
         for n in [1usize, 2, 10, 50, 200] {
             let mut times = Vec::new();
             for _ in 0..rounds {

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::header::{NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE};
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -16,7 +15,10 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::group::{request, CommitError, GroupCommitSettings, ERR_BATCH_DUPLICATE_MSG_ID};
+use crate::group::{
+    batch_first_sequence, publish_atomic_batch, request, CommitError, GroupCommitSettings,
+    ERR_BATCH_DUPLICATE_MSG_ID,
+};
 
 /// The subject of a session's chat records.
 pub fn chat_subject(session_id: i64) -> String {
@@ -595,38 +597,20 @@ async fn chat_batch(
             .map(|j| (j.dedup_id, j.reply, Err(e.clone())))
             .collect()
     };
-    let mut ack = None;
-    for (i, job) in jobs.iter().enumerate() {
-        let mut headers = chat_headers(job);
-        headers.insert(NATS_BATCH_ID, batch_id.as_str());
-        headers.insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
-        if i + 1 < n {
-            if let Err(e) = client
-                .publish_with_headers(job.subject.clone(), headers, job.body.clone())
-                .await
-            {
-                return fail(jobs, CommitError(e.to_string()));
-            }
-        } else {
-            headers.insert(NATS_BATCH_COMMIT, "1");
-            ack = Some(request(client, &job.subject, headers, job.body.clone(), timeout).await);
-        }
-    }
-    let ack = match ack.expect("a batch has a last message") {
+    let messages = jobs
+        .iter()
+        .map(|job| (job.subject.clone(), chat_headers(job), job.body.clone()))
+        .collect();
+    let ack = match publish_atomic_batch(client, messages, &batch_id, timeout).await {
         Ok(ack) => ack,
         Err(e) => return fail(jobs, e),
     };
     match ack.error {
         None => {
-            // An atomic batch is stored at consecutive sequences ending at the ack's.
-            let count = ack.count.unwrap_or(n as u64);
-            if count != n as u64 || ack.seq < n as u64 {
-                return fail(
-                    jobs,
-                    CommitError(format!("batch ack for {count} of {n} records")),
-                );
-            }
-            let first = ack.seq + 1 - n as u64;
+            let first = match batch_first_sequence(&ack, n) {
+                Ok(first) => first,
+                Err(e) => return fail(jobs, e),
+            };
             jobs.into_iter()
                 .enumerate()
                 .map(|(i, j)| {

@@ -220,6 +220,52 @@ pub(crate) struct ApiErrorJson {
     pub(crate) description: String,
 }
 
+/// Publishes `messages` (subject, headers, body; at least one) as one atomic batch
+/// `batch_id` (ADR-50: `Nats-Batch-Id`, `Nats-Batch-Sequence` from 1, `Nats-Batch-Commit: 1` on
+/// the last, the only one JetStream acks) and returns the commit's ack. Shared by the command
+/// path ([`GroupCommitter`]) and the chat path ([`crate::chat::ChatCommitter`]).
+///
+/// # Errors
+/// When a message cannot be sent or the commit is not acknowledged in `timeout`; a refused batch
+/// is an `Ok` ack whose `error` says why (nothing of it was stored).
+pub(crate) async fn publish_atomic_batch(
+    client: &Client,
+    messages: Vec<(String, HeaderMap, Bytes)>,
+    batch_id: &str,
+    timeout: Duration,
+) -> Result<AckJson, CommitError> {
+    let n = messages.len();
+    for (i, (subject, mut headers, body)) in messages.into_iter().enumerate() {
+        headers.insert(NATS_BATCH_ID, batch_id);
+        headers.insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+        if i + 1 < n {
+            client
+                .publish_with_headers(subject, headers, body)
+                .await
+                .map_err(|e| CommitError(e.to_string()))?;
+        } else {
+            headers.insert(NATS_BATCH_COMMIT, "1");
+            return request(client, &subject, headers, body, timeout).await;
+        }
+    }
+    Err(CommitError(format!("a batch of {n} messages ended early")))
+}
+
+/// The stream sequence of the first of `n` messages an accepted atomic batch stored (they are
+/// stored at consecutive sequences ending at the ack's).
+///
+/// # Errors
+/// When the ack does not cover exactly `n` messages.
+pub(crate) fn batch_first_sequence(ack: &AckJson, n: usize) -> Result<u64, CommitError> {
+    let count = ack.count.unwrap_or(n as u64);
+    if count != n as u64 || ack.seq < n as u64 {
+        return Err(CommitError(format!(
+            "batch ack for {count} of {n} messages"
+        )));
+    }
+    Ok(ack.seq + 1 - n as u64)
+}
+
 enum WriteResult {
     /// Each job settled (or to be re-queued).
     Done {
@@ -537,47 +583,26 @@ async fn write_batch(
     timeout: Duration,
 ) -> WriteResult {
     let n = batch.len();
-    let mut ack = None;
-    for (i, job) in batch.iter().enumerate() {
-        let mut headers = headers_for(&job.commit);
-        headers.insert(NATS_BATCH_ID, batch_id.as_str());
-        headers.insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
-        if i + 1 < n {
-            if let Err(e) = client
-                .publish_with_headers(job.commit.subject.clone(), headers, job.commit.body.clone())
-                .await
-            {
-                return fail_all(batch, CommitError(e.to_string()));
-            }
-        } else {
-            headers.insert(NATS_BATCH_COMMIT, "1");
-            ack = Some(
-                request(
-                    &client,
-                    &job.commit.subject,
-                    headers,
-                    job.commit.body.clone(),
-                    timeout,
-                )
-                .await,
-            );
-        }
-    }
-    let ack = match ack.expect("a batch has a last message") {
+    let messages = batch
+        .iter()
+        .map(|job| {
+            (
+                job.commit.subject.clone(),
+                headers_for(&job.commit),
+                job.commit.body.clone(),
+            )
+        })
+        .collect();
+    let ack = match publish_atomic_batch(&client, messages, &batch_id, timeout).await {
         Ok(ack) => ack,
         Err(e) => return fail_all(batch, e),
     };
     match ack.error {
         None => {
-            // An atomic batch is stored at consecutive sequences ending at the ack's.
-            let count = ack.count.unwrap_or(n as u64);
-            if count != n as u64 || ack.seq < n as u64 {
-                return fail_all(
-                    batch,
-                    CommitError(format!("batch ack for {count} of {n} messages")),
-                );
-            }
-            let first = ack.seq + 1 - n as u64;
+            let first = match batch_first_sequence(&ack, n) {
+                Ok(first) => first,
+                Err(e) => return fail_all(batch, e),
+            };
             WriteResult::Done {
                 settled: batch
                     .into_iter()
