@@ -317,6 +317,62 @@ async fn after_the_demo_reconcile_rebuild_and_audit_replay_hold() {
     );
     assert!(payouts >= summary["withdrawn_fen"].as_i64().unwrap());
 
+    // The revenue series and the income report read the ledger's `SessionBilled` postings: they
+    // agree with the billings read model (another projection of the same events) and do not
+    // follow a hand edit of it.
+    let billings_sql = "SELECT COALESCE(sum(total_amount_fen), 0)::bigint, count(*), \
+         COALESCE(sum(platform_fee_fen), 0)::bigint, COALESCE(sum(counselor_fee_fen), 0)::bigint FROM chat_billings";
+    let from_billings: (i64, i64, i64, i64) =
+        sqlx::query_as(billings_sql).fetch_one(&pool).await.unwrap();
+    assert!(from_billings.1 > 0, "the demo bills sessions");
+    let series = || async {
+        let fen = |v: &Value| (v.as_f64().unwrap() * 100.0).round() as i64;
+        let revenue = get(
+            format!("{}/api/admin/finance/revenue?group_by=day", up.admin),
+            admin_token.clone(),
+        )
+        .await;
+        let income = get(
+            format!("{}/api/admin/finance/reports?type=income", up.admin),
+            admin_token.clone(),
+        )
+        .await;
+        let days = revenue["data"]["revenue_data"].as_array().unwrap().clone();
+        let records = income["data"]["records"].as_array().unwrap().clone();
+        (
+            days.iter().map(|d| fen(&d["amount"])).sum::<i64>(),
+            days.iter()
+                .map(|d| d["count"].as_i64().unwrap())
+                .sum::<i64>(),
+            records.iter().map(|r| fen(&r["commission"])).sum::<i64>(),
+            records
+                .iter()
+                .map(|r| fen(&r["counselor_earnings"]))
+                .sum::<i64>(),
+            records.iter().map(|r| fen(&r["amount"])).sum::<i64>(),
+        )
+    };
+    let before_series = series().await;
+    assert_eq!(
+        before_series,
+        (
+            from_billings.0,
+            from_billings.1,
+            from_billings.2,
+            from_billings.3,
+            from_billings.0
+        )
+    );
+    sqlx::query("UPDATE chat_billings SET total_amount_fen = total_amount_fen + 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(series().await, before_series, "the series read the ledger");
+    sqlx::query("UPDATE chat_billings SET total_amount_fen = total_amount_fen - 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+
     // A hand-edited balance: reconcile and diff exit non-zero naming the row, and the API,
     // which reads the ledger, does not move.
     sqlx::query(

@@ -195,7 +195,8 @@ pub async fn reports(State(state): State<AppState>, ApiQuery(q): Params) -> ApiR
              COALESCE(sum(amount_fen) FILTER (WHERE line = 0), 0) / 100.0 AS amount, count(*) FILTER (WHERE line = 0) AS order_count, \
              COALESCE(-sum(amount_fen) FILTER (WHERE line = 1), 0) / 100.0 AS commission, \
              COALESCE(-sum(amount_fen) FILTER (WHERE line = 2), 0) / 100.0 AS counselor_earnings \
-             FROM ledger_postings WHERE event_type = 'SessionBilled' AND recorded_at >= $1::date AND recorded_at < $2::date GROUP BY 1) r",
+             FROM ledger_postings WHERE event_type = 'SessionBilled' \
+             AND recorded_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Shanghai') AND recorded_at < ($2::date::timestamp AT TIME ZONE 'Asia/Shanghai') GROUP BY 1) r",
         "withdraw" => "SELECT COALESCE(jsonb_agg(to_jsonb(r) ORDER BY r.date), '[]')::text FROM \
             (SELECT to_char(created_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD') AS date, sum(amount_fen) / 100.0 AS amount, count(*) AS count, \
              count(*) FILTER (WHERE status IN (1, 3)) AS approved_count, count(*) FILTER (WHERE status = 2) AS rejected_count \
