@@ -248,7 +248,9 @@ pub(crate) async fn publish_atomic_batch(
             return request(client, &subject, headers, body, timeout).await;
         }
     }
-    Err(CommitError(format!("a batch of {n} messages ended early")))
+    Err(CommitError(
+        "an atomic batch needs at least one message".into(),
+    ))
 }
 
 /// The stream sequence of the first of `n` messages an accepted atomic batch stored (they are
