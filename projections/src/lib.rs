@@ -7,6 +7,7 @@
 //! last event applied and refuse older ones.
 
 pub mod control;
+pub mod expiry;
 pub mod ledger;
 pub mod notifications;
 pub mod process_manager;

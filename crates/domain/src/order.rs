@@ -125,6 +125,16 @@ pub enum OrderCommand {
         reason: String,
         cancelled_at: Timestamp,
     },
+    /// Expires an order left unpaid (contract b.4 `expire`, section f.9: MyChat's scheduler set
+    /// status 2, the intended status is 3, cancelled; the periodic sweep that issues this
+    /// command is `projections::expiry`). Allowed only while the order awaits payment, so a
+    /// payment that lands first wins; records `OrderCancelled` by the system (`cancelled_by` 0)
+    /// with no refund. Refused otherwise ([`OrderError::NotCancellable`],
+    /// [`OrderError::NotFound`]).
+    Expire {
+        reason: String,
+        expired_at: Timestamp,
+    },
     /// Records that `amount` fen of the order's payment went back to the user (after
     /// `PaymentRefunded`). Idempotent per `refund_no`. Refused on an order that was never paid.
     MarkRefunded {
@@ -433,6 +443,26 @@ impl Aggregate for Order {
                         payment_id,
                         refund_amount,
                         cancelled_at,
+                    },
+                    self,
+                )
+                .await;
+            }
+            OrderCommand::Expire { reason, expired_at } => {
+                match self.status {
+                    OrderStatus::Pending => {}
+                    OrderStatus::Absent => return Err(OrderError::NotFound),
+                    status => return Err(OrderError::NotCancellable(status)),
+                }
+                sink.write(
+                    OrderEvent::OrderCancelled {
+                        user_id: self.user_id,
+                        counselor_id: self.counselor_id,
+                        cancelled_by: 0,
+                        reason,
+                        payment_id: None,
+                        refund_amount: 0,
+                        cancelled_at: expired_at,
                     },
                     self,
                 )
@@ -769,6 +799,54 @@ mod tests {
                 refund_amount: 5_000,
                 cancelled_at: at(),
             }]);
+    }
+
+    fn expire() -> OrderCommand {
+        OrderCommand::Expire {
+            reason: "unpaid".into(),
+            expired_at: at(),
+        }
+    }
+
+    #[test]
+    fn an_unpaid_order_expires_as_cancelled_by_the_system() {
+        TestFramework::<Order>::with(())
+            .given(vec![placed()])
+            .when(expire())
+            .then_expect_events(vec![OrderEvent::OrderCancelled {
+                user_id: 7,
+                counselor_id: 3,
+                cancelled_by: 0,
+                reason: "unpaid".into(),
+                payment_id: None,
+                refund_amount: 0,
+                cancelled_at: at(),
+            }]);
+    }
+
+    #[test]
+    fn only_an_order_awaiting_payment_expires() {
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid()])
+            .when(expire())
+            .then_expect_error(OrderError::NotCancellable(OrderStatus::Paid));
+        TestFramework::<Order>::with(())
+            .given_no_previous_events()
+            .when(expire())
+            .then_expect_error(OrderError::NotFound);
+        let cancelled = OrderEvent::OrderCancelled {
+            user_id: 7,
+            counselor_id: 3,
+            cancelled_by: 7,
+            reason: String::new(),
+            payment_id: None,
+            refund_amount: 0,
+            cancelled_at: at(),
+        };
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), cancelled])
+            .when(expire())
+            .then_expect_error(OrderError::NotCancellable(OrderStatus::Cancelled));
     }
 
     #[test]

@@ -291,7 +291,17 @@ pub(crate) async fn run_parts(
                 Ok(())
             });
         }
-        tracing::info!("projectors started");
+        // The order expiry sweep (contract f.9) runs beside the projectors: every projector
+        // process sweeps; the `Order` aggregate expires each order once.
+        tasks.spawn({
+            let (pool, bus) = (infra.pool.clone(), infra.bus.clone());
+            let (expiry, token) = (settings.order_expiry.clone(), shutdown.clone());
+            async move {
+                projections::expiry::run(pool, bus, expiry, token).await;
+                Ok(())
+            }
+        });
+        tracing::info!("projectors and the order expiry sweep started");
         // /metrics: projection lag. Not fatal when the address is taken.
         let app = crate::ops::metrics_router(infra.pool.clone(), infra.nats.clone());
         let metrics_addr = if part == Part::Projectors {

@@ -70,6 +70,9 @@ pub struct Settings {
     /// The command bus: group commit bounds and the aggregate cache (issue 7; `[bus]` and
     /// `[bus.group_commit]` in `mychat.toml`, see `eventstore::BusSettings`).
     pub bus: eventstore::BusSettings,
+    /// The order expiry sweep run by the projectors (contract f.9; `[order_expiry]` in
+    /// `mychat.toml`: `every_seconds` 300, `unpaid_seconds` 1800, `batch` 500).
+    pub order_expiry: projections::expiry::ExpirySettings,
 }
 
 impl Default for Settings {
@@ -101,6 +104,7 @@ impl Default for Settings {
             gateway_chat_commit: gateway::GatewayConfig::default().chat_commit,
             metrics_addr: "127.0.0.1:8083".parse().expect("addr"),
             bus: eventstore::BusSettings::default(),
+            order_expiry: projections::expiry::ExpirySettings::default(),
         }
     }
 }
