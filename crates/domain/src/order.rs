@@ -769,20 +769,25 @@ mod tests {
         }
     }
 
+    /// The `OrderCancelled` of order 1 (user 7, counselor 3) at [`at`].
+    fn cancelled(by: i64, reason: &str, payment_id: Option<i64>, refund_amount: Fen) -> OrderEvent {
+        OrderEvent::OrderCancelled {
+            user_id: 7,
+            counselor_id: 3,
+            cancelled_by: by,
+            reason: reason.into(),
+            payment_id,
+            refund_amount,
+            cancelled_at: at(),
+        }
+    }
+
     #[test]
     fn cancelling_an_unpaid_order_refunds_nothing() {
         TestFramework::<Order>::with(())
             .given(vec![placed()])
             .when(cancel())
-            .then_expect_events(vec![OrderEvent::OrderCancelled {
-                user_id: 7,
-                counselor_id: 3,
-                cancelled_by: 7,
-                reason: String::new(),
-                payment_id: None,
-                refund_amount: 0,
-                cancelled_at: at(),
-            }]);
+            .then_expect_events(vec![cancelled(7, "", None, 0)]);
     }
 
     #[test]
@@ -790,15 +795,7 @@ mod tests {
         TestFramework::<Order>::with(())
             .given(vec![placed(), paid()])
             .when(cancel())
-            .then_expect_events(vec![OrderEvent::OrderCancelled {
-                user_id: 7,
-                counselor_id: 3,
-                cancelled_by: 7,
-                reason: String::new(),
-                payment_id: Some(1),
-                refund_amount: 5_000,
-                cancelled_at: at(),
-            }]);
+            .then_expect_events(vec![cancelled(7, "", Some(1), 5_000)]);
     }
 
     fn expire() -> OrderCommand {
@@ -813,15 +810,7 @@ mod tests {
         TestFramework::<Order>::with(())
             .given(vec![placed()])
             .when(expire())
-            .then_expect_events(vec![OrderEvent::OrderCancelled {
-                user_id: 7,
-                counselor_id: 3,
-                cancelled_by: 0,
-                reason: "unpaid".into(),
-                payment_id: None,
-                refund_amount: 0,
-                cancelled_at: at(),
-            }]);
+            .then_expect_events(vec![cancelled(0, "unpaid", None, 0)]);
     }
 
     #[test]
@@ -834,17 +823,8 @@ mod tests {
             .given_no_previous_events()
             .when(expire())
             .then_expect_error(OrderError::NotFound);
-        let cancelled = OrderEvent::OrderCancelled {
-            user_id: 7,
-            counselor_id: 3,
-            cancelled_by: 7,
-            reason: String::new(),
-            payment_id: None,
-            refund_amount: 0,
-            cancelled_at: at(),
-        };
         TestFramework::<Order>::with(())
-            .given(vec![placed(), cancelled])
+            .given(vec![placed(), cancelled(7, "", None, 0)])
             .when(expire())
             .then_expect_error(OrderError::NotCancellable(OrderStatus::Cancelled));
     }
