@@ -276,6 +276,29 @@ pub enum OrderError {
     InvalidRefund,
 }
 
+impl Order {
+    /// This order's `OrderCancelled`: by a user or administrator (`Cancel`) or by the system
+    /// (`Expire`, `cancelled_by` 0), refunding `refund_amount` fen to `payment_id`.
+    fn cancelled(
+        &self,
+        cancelled_by: i64,
+        reason: String,
+        payment_id: Option<i64>,
+        refund_amount: Fen,
+        cancelled_at: Timestamp,
+    ) -> OrderEvent {
+        OrderEvent::OrderCancelled {
+            user_id: self.user_id,
+            counselor_id: self.counselor_id,
+            cancelled_by,
+            reason,
+            payment_id,
+            refund_amount,
+            cancelled_at,
+        }
+    }
+}
+
 impl Aggregate for Order {
     const TYPE: &'static str = "order";
     type Command = OrderCommand;
@@ -434,19 +457,14 @@ impl Aggregate for Order {
                     OrderStatus::Absent => return Err(OrderError::NotFound),
                     status => return Err(OrderError::NotCancellable(status)),
                 };
-                sink.write(
-                    OrderEvent::OrderCancelled {
-                        user_id: self.user_id,
-                        counselor_id: self.counselor_id,
-                        cancelled_by,
-                        reason,
-                        payment_id,
-                        refund_amount,
-                        cancelled_at,
-                    },
-                    self,
-                )
-                .await;
+                let event = self.cancelled(
+                    cancelled_by,
+                    reason,
+                    payment_id,
+                    refund_amount,
+                    cancelled_at,
+                );
+                sink.write(event, self).await;
             }
             OrderCommand::Expire { reason, expired_at } => {
                 match self.status {
@@ -454,19 +472,8 @@ impl Aggregate for Order {
                     OrderStatus::Absent => return Err(OrderError::NotFound),
                     status => return Err(OrderError::NotCancellable(status)),
                 }
-                sink.write(
-                    OrderEvent::OrderCancelled {
-                        user_id: self.user_id,
-                        counselor_id: self.counselor_id,
-                        cancelled_by: 0,
-                        reason,
-                        payment_id: None,
-                        refund_amount: 0,
-                        cancelled_at: expired_at,
-                    },
-                    self,
-                )
-                .await;
+                let event = self.cancelled(0, reason, None, 0, expired_at);
+                sink.write(event, self).await;
             }
             OrderCommand::MarkRefunded {
                 payment_id,
