@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -190,18 +190,37 @@ pub async fn replay_shared(
         Some(upto),
         2 * REPLAY_BATCH,
     );
-    let distribute = async move {
+    // Every stage is its own task, so the reader, the decoder and the lanes run on all cores at
+    // once (a lane waiting on PostgreSQL no longer holds the others up). Dropping `tasks` (on
+    // the first error) aborts the rest.
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
         while let Some(batch) = reader.recv().await {
-            let batch = Arc::new(batch?);
+            let batch = batch?;
+            // Decode each commit once, here, before any lane needs it: the lanes then spend
+            // their time building rows and waiting on SQL while the next batch is decoded.
+            let batch = tokio::task::spawn_blocking(move || {
+                for m in &batch {
+                    // A commit that does not decode is reported by the lane that needs it.
+                    let _ = m.events();
+                }
+                batch
+            })
+            .await?;
+            let batch = Arc::new(batch);
             for tx in &senders {
                 // A closed lane failed: its error is reported by the join below.
                 let _ = tx.send(batch.clone()).await;
             }
         }
-        anyhow::Ok(())
-    };
-    let apply = futures::future::try_join_all(lanes.into_iter().map(
-        |(p, mut position, skips, mut rx)| async move {
+        anyhow::Ok(None)
+    });
+    let (report, mut reports) = tokio::sync::mpsc::unbounded_channel::<LaneReport>();
+    for (lane, (p, mut position, skips, mut rx)) in lanes.into_iter().enumerate() {
+        let pool = pool.clone();
+        let schema = schema.to_string();
+        let report = report.clone();
+        tasks.spawn(async move {
             let name = p.name();
             let started = Instant::now();
             let subjects = p.subjects();
@@ -215,27 +234,59 @@ pub async fn replay_shared(
                                 .iter()
                                 .any(|f| crate::runtime::subject_matches(f, &m.subject))
                     })
-                    // Clones share the decoded events: the first projection to need a message
-                    // decodes it for all of them.
+                    // Clones share the decoded events.
                     .cloned()
                     .collect();
                 if mine.is_empty() {
                     continue;
                 }
                 let mut tx = pool.begin().await?;
-                position = apply_in_tx(&mut tx, p.as_ref(), schema, position, &mine, &skips)
+                position = apply_in_tx(&mut tx, p.as_ref(), &schema, position, &mine, &skips)
                     .await
                     .map_err(|e| anyhow::anyhow!("projection {name} into {schema}: {e}"))?;
                 tx.commit().await?;
                 applied += mine.len() as u64;
-                progress.advance(name, applied, position);
+                let _ = report.send(LaneReport::Advance(name, applied, position));
             }
-            progress.finish(name, applied, started.elapsed().as_secs_f64());
-            anyhow::Ok((name.to_string(), applied))
-        },
-    ));
-    let ((), applied) = futures::future::try_join(distribute, apply).await?;
+            let _ = report.send(LaneReport::Finish(
+                name,
+                applied,
+                started.elapsed().as_secs_f64(),
+            ));
+            anyhow::Ok(Some((lane, name.to_string(), applied)))
+        });
+    }
+    drop(report);
+    let show = async {
+        while let Some(r) = reports.recv().await {
+            match r {
+                LaneReport::Advance(name, applied, position) => {
+                    progress.advance(name, applied, position)
+                }
+                LaneReport::Finish(name, applied, seconds) => {
+                    progress.finish(name, applied, seconds)
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    let join = async {
+        let mut applied = vec![None; projections.len()];
+        while let Some(done) = tasks.join_next().await {
+            if let Some((lane, name, n)) = done?? {
+                applied[lane] = Some((name, n));
+            }
+        }
+        anyhow::Ok(applied.into_iter().flatten().collect())
+    };
+    let ((), applied) = futures::future::try_join(show, join).await?;
     Ok(applied)
+}
+
+/// What a replay lane tells the task that shows [`Progress`].
+enum LaneReport {
+    Advance(&'static str, u64, u64),
+    Finish(&'static str, u64, f64),
 }
 
 /// What a rebuild did.
@@ -525,6 +576,7 @@ pub async fn audit_replay(
         .iter()
         .cloned()
         .partition(|p| p.stream() == eventstore::EVENTS_STREAM);
+    let deferred = defer_secondary_indexes(pool, &schema, &events_ps).await?;
     let schema_ref = &schema;
     let (shared, chat) = futures::future::try_join(
         replay_shared(pool, nats, &events_ps, schema_ref, events_upto, progress),
@@ -542,6 +594,7 @@ pub async fn audit_replay(
         })),
     )
     .await?;
+    build_indexes(pool, &deferred).await?;
     let applied: Vec<(String, u64)> = projections
         .iter()
         .filter_map(|p| {
@@ -560,6 +613,57 @@ pub async fn audit_replay(
         applied,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Drops the secondary indexes (neither primary key nor unique) of `projections`' tables in
+/// `schema` and returns their definitions, for [`build_indexes`] once the replay is done: one
+/// sort per index at the end costs less than an index insert per row written, and more than an
+/// update per row (a read model's row is updated as its aggregate moves on; each non-HOT update
+/// inserts into every index). The unique indexes stay: `ON CONFLICT` and the idempotence of
+/// re-delivered events need them. None of these projections looks a row up by a secondary
+/// index while applying (they write by primary key); the `CHAT` projection does (a redaction
+/// updates a session's messages), and is not passed here.
+async fn defer_secondary_indexes(
+    pool: &PgPool,
+    schema: &str,
+    projections: &[Arc<dyn Projection>],
+) -> anyhow::Result<Vec<String>> {
+    let s = schema_ident(schema)?;
+    let tables: Vec<&str> = projections.iter().flat_map(|p| p.tables()).collect();
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i \
+         JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid \
+         JOIN pg_namespace n ON n.oid = t.relnamespace \
+         WHERE n.nspname = $1 AND t.relname = ANY($2) AND NOT i.indisunique AND NOT i.indisprimary",
+    )
+    .bind(schema)
+    .bind(&tables)
+    .fetch_all(pool)
+    .await?;
+    let mut tx = pool.begin().await?;
+    for (name, _) in &indexes {
+        sqlx::query(&format!("DROP INDEX {s}.\"{name}\""))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(indexes.into_iter().map(|(_, def)| def).collect())
+}
+
+/// Runs the `CREATE INDEX` statements `definitions` (from [`defer_secondary_indexes`]), two
+/// at a time (PostgreSQL builds each in its own backend).
+async fn build_indexes(pool: &PgPool, definitions: &[String]) -> anyhow::Result<()> {
+    futures::stream::iter(definitions)
+        .map(|def| async move {
+            sqlx::query(def)
+                .execute(pool)
+                .await
+                .with_context(|| format!("building an index after the replay: {def}"))
+        })
+        .buffer_unordered(2)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
 }
 
 /// One row that differs between two schemas.

@@ -335,6 +335,34 @@ fn load_average() -> String {
         .join(" ")
 }
 
+/// Records when each projection's lane of an audit replay finished, to show the critical path.
+#[derive(Default)]
+struct LaneTimes(std::sync::Mutex<Vec<(String, f64)>>);
+
+impl LaneTimes {
+    /// `name seconds, …`, slowest first; and forgets them for the next run.
+    fn take(&self) -> String {
+        let mut lanes = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        lanes.sort_by(|a, b| b.1.total_cmp(&a.1));
+        lanes
+            .iter()
+            .map(|(name, s)| format!("{name} {s:.1}s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl projections::rebuild::Progress for LaneTimes {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: &str, _: u64, _: u64) {}
+    fn finish(&self, projection: &str, _: u64, seconds: f64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((projection.to_string(), seconds));
+    }
+}
+
 /// Runs the benchmark and prints its figures; the last line is JSON.
 ///
 /// # Errors
@@ -463,20 +491,30 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         .state
         .last_sequence;
     let mut replay_runs = Vec::new();
+    let lanes = LaneTimes::default();
+    if std::env::var("XPROF").is_ok() {
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(&pool).await?;
+        sqlx::query("SELECT pg_stat_statements_reset()").execute(&pool).await?;
+    }
     for run in 1..=replays {
         let report = projections::rebuild::audit_replay(
             &pool,
             &nats,
             &projections::read_models(),
             projections::rebuild::AuditPoint::Sequence(head),
-            &projections::rebuild::LogProgress,
+            &lanes,
         )
         .await?;
         eprintln!(
-            "audit replay of every read model (run {run} of {replays}): {:.2}s",
-            report.seconds
+            "audit replay of every read model (run {run} of {replays}): {:.2}s (lanes: {})",
+            report.seconds,
+            lanes.take()
         );
         replay_runs.push((report.seconds * 100.0).round() / 100.0);
+    }
+    if std::env::var("XPROF").is_ok() {
+        let rows: Vec<(f64, i64, i64, String)> = sqlx::query_as("SELECT total_exec_time, calls, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25").fetch_all(&pool).await?;
+        for (t, c, r, q) in rows { eprintln!("XPROF {:8.0}ms {:6} calls {:8} rows  {}", t, c, r, q); }
     }
     let replay_s = replay_runs.iter().copied().fold(f64::MAX, f64::min);
     let started = Instant::now();

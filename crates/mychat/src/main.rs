@@ -21,6 +21,12 @@ mod settings;
 
 use clap::{Parser, Subcommand};
 
+/// The global allocator: mimalloc. Decoding the log allocates a JSON tree per event, and
+/// glibc's malloc/free took about a fifth of the process's CPU in an audit replay (perf);
+/// see docs/benchmarks.md (issue 6) for the A/B.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// mychat: an event-sourced backend for a paid counseling chat marketplace.
 #[derive(Debug, Parser)]
 #[command(version, about)]

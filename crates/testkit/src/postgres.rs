@@ -196,6 +196,11 @@ impl Postgres {
                 "full_page_writes=off",
             ]);
         }
+        // Extra server settings, e.g. `-c shared_preload_libraries=pg_stat_statements` to
+        // profile a benchmark (split on whitespace).
+        if let Ok(extra) = std::env::var("TESTKIT_PG_ARGS") {
+            cmd.args(extra.split_whitespace());
+        }
         let log = std::fs::File::create(o.data_dir.with_extension("log"))?;
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
