@@ -492,10 +492,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         .last_sequence;
     let mut replay_runs = Vec::new();
     let lanes = LaneTimes::default();
-    if std::env::var("XPROF").is_ok() {
-        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(&pool).await?;
-        sqlx::query("SELECT pg_stat_statements_reset()").execute(&pool).await?;
-    }
     for run in 1..=replays {
         let report = projections::rebuild::audit_replay(
             &pool,
@@ -511,10 +507,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             lanes.take()
         );
         replay_runs.push((report.seconds * 100.0).round() / 100.0);
-    }
-    if std::env::var("XPROF").is_ok() {
-        let rows: Vec<(f64, i64, i64, String)> = sqlx::query_as("SELECT total_exec_time, calls, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 160) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25").fetch_all(&pool).await?;
-        for (t, c, r, q) in rows { eprintln!("XPROF {:8.0}ms {:6} calls {:8} rows  {}", t, c, r, q); }
     }
     let replay_s = replay_runs.iter().copied().fold(f64::MAX, f64::min);
     let started = Instant::now();
