@@ -554,8 +554,21 @@ pub async fn audit_replay(
         .execute(pool)
         .await?;
     prepare_schema(pool, &schema, projections).await?;
+    // An audit schema is derived from the log and can be replayed again at any time: its tables
+    // are UNLOGGED (no WAL: PostgreSQL does less work per row; a crash of PostgreSQL empties
+    // them, and the auditor replays again). Shadow tables of a rebuild stay logged: they become
+    // the live ones.
+    let mut tables = vec!["projection_checkpoints"];
+    for p in projections {
+        tables.extend(p.tables());
+    }
+    for table in tables {
+        sqlx::query(&format!("ALTER TABLE {s}.{table} SET UNLOGGED"))
+            .execute(pool)
+            .await?;
+    }
     sqlx::query(&format!(
-        "CREATE TABLE {s}.audit_meta (events_upto BIGINT NOT NULL, chat_upto BIGINT NOT NULL, \
+        "CREATE UNLOGGED TABLE {s}.audit_meta (events_upto BIGINT NOT NULL, chat_upto BIGINT NOT NULL, \
          at TIMESTAMPTZ NOT NULL, projections TEXT[] NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())"
     ))
     .execute(pool)
@@ -655,8 +668,16 @@ async fn defer_secondary_indexes(
 async fn build_indexes(pool: &PgPool, definitions: &[String]) -> anyhow::Result<()> {
     futures::stream::iter(definitions)
         .map(|def| async move {
-            sqlx::query(def)
-                .execute(pool)
+            let build = async {
+                let mut tx = pool.begin().await?;
+                // Room to sort a million rows in memory (the default 64 MB spills to disk).
+                sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(def).execute(&mut *tx).await?;
+                tx.commit().await
+            };
+            build
                 .await
                 .with_context(|| format!("building an index after the replay: {def}"))
         })
@@ -741,6 +762,36 @@ async fn rows(
 ///
 /// # Errors
 /// A missing table on the right, invalid schema names, or a database error.
+/// The events sequence an audit schema was replayed up to (its `audit_meta` row); `None` for a
+/// schema that is not an audit replay (no `audit_meta` table: the live one, a shadow).
+///
+/// # Errors
+/// An audit schema whose `audit_meta` is empty: its tables are UNLOGGED, so a PostgreSQL crash
+/// empties them, and the error says to replay it again rather than let a diff or a
+/// reconciliation read an empty schema as the past.
+pub async fn audit_upto(pool: &PgPool, schema: &str) -> anyhow::Result<Option<u64>> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'audit_meta')",
+    )
+    .bind(schema)
+    .fetch_one(pool)
+    .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let s = schema_ident(schema)?;
+    let upto: Option<i64> = sqlx::query_scalar(&format!("SELECT events_upto FROM {s}.audit_meta"))
+        .fetch_optional(pool)
+        .await?;
+    match upto {
+        Some(upto) => Ok(Some(upto as u64)),
+        None => anyhow::bail!(
+            "audit schema {schema} is empty (its tables are unlogged and PostgreSQL restarted \
+             since the replay): run `mychat audit replay` again"
+        ),
+    }
+}
+
 pub async fn diff(
     pool: &PgPool,
     left: &str,
@@ -748,6 +799,8 @@ pub async fn diff(
     projections: &[Arc<dyn Projection>],
 ) -> anyhow::Result<Vec<RowDiff>> {
     let mut diffs = Vec::new();
+    audit_upto(pool, left).await?;
+    audit_upto(pool, right).await?;
     for p in projections {
         for table in p.tables() {
             let in_left: bool = sqlx::query_scalar(

@@ -427,13 +427,8 @@ pub async fn reconcile(
     let s = schema_ident(&options.schema)?;
     let mut events_stream = js.get_stream(eventstore::EVENTS_STREAM).await?;
     let head = events_stream.info().await?.state.last_sequence;
-    let audit_upto: Option<u64> = if options.schema != LIVE_SCHEMA
-        && table_exists(pool, &options.schema, "audit_meta").await?
-    {
-        let upto: i64 = sqlx::query_scalar(&format!("SELECT events_upto FROM {s}.audit_meta"))
-            .fetch_one(pool)
-            .await?;
-        Some(upto as u64)
+    let audit_upto: Option<u64> = if options.schema != LIVE_SCHEMA {
+        crate::rebuild::audit_upto(pool, &options.schema).await?
     } else {
         None
     };

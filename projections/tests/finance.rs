@@ -218,6 +218,70 @@ async fn audit_replay_at_a_sequence_shows_the_state_then() {
     .await
     .unwrap();
     assert!(diffs.is_empty(), "{diffs:#?}");
+    // The secondary indexes, dropped while the replay wrote and built after it, are all back,
+    // under the live names.
+    let tables: Vec<&str> = projections::read_models()
+        .iter()
+        .flat_map(|p| p.tables())
+        .collect();
+    let index_names = |schema: String| {
+        let tables = tables.clone();
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 \
+                 AND tablename = ANY($2) ORDER BY 1",
+            )
+            .bind(schema)
+            .bind(&tables)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let live_indexes = index_names("public".into()).await;
+    assert!(live_indexes.contains(&"ledger_postings_account".to_string()));
+    assert_eq!(index_names(report.schema.clone()).await, live_indexes);
+    // Audit tables are UNLOGGED: a PostgreSQL crash empties them, `audit_meta` included (done by
+    // hand here). Diff and reconcile then refuse the schema instead of reading it as the past.
+    let persistence: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT relpersistence::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind = 'r'",
+    )
+    .bind(&report.schema)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(persistence, vec!["u".to_string()]);
+    sqlx::query(&format!("TRUNCATE {}.audit_meta", report.schema))
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let refused = projections::rebuild::diff(
+        &env.pool,
+        &report.schema,
+        "public",
+        &projections::read_models(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("run `mychat audit replay` again"),
+        "{refused:#}"
+    );
+    let refused = projections::reconcile::reconcile(
+        &env.pool,
+        &env.client,
+        &projections::reconcile::ReconcileOptions {
+            schema: report.schema.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.to_string().contains("is empty"), "{refused:#}");
     let _ = &mut js;
     shutdown.cancel();
 }
