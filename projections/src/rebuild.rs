@@ -757,11 +757,6 @@ async fn rows(
         .collect())
 }
 
-/// Compares every table of `projections` that exists in `left` with the same table in `right`,
-/// row by row (by primary key, every column).
-///
-/// # Errors
-/// A missing table on the right, invalid schema names, or a database error.
 /// The events sequence an audit schema was replayed up to (its `audit_meta` row); `None` for a
 /// schema that is not an audit replay (no `audit_meta` table: the live one, a shadow).
 ///
@@ -786,12 +781,18 @@ pub async fn audit_upto(pool: &PgPool, schema: &str) -> anyhow::Result<Option<u6
     match upto {
         Some(upto) => Ok(Some(upto as u64)),
         None => anyhow::bail!(
-            "audit schema {schema} is empty (its tables are unlogged and PostgreSQL restarted \
+            "audit schema {schema} is empty (its tables are unlogged and PostgreSQL crashed \
              since the replay): run `mychat audit replay` again"
         ),
     }
 }
 
+/// Compares every table of `projections` that exists in `left` with the same table in `right`,
+/// row by row (by primary key, every column).
+///
+/// # Errors
+/// A missing table on the right, invalid schema names, an audit schema emptied by a crash
+/// ([`audit_upto`]), or a database error.
 pub async fn diff(
     pool: &PgPool,
     left: &str,
