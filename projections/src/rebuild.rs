@@ -325,7 +325,8 @@ pub async fn rebuild(
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
         .execute(pool)
         .await?;
-    prepare_schema(pool, &shadow, std::slice::from_ref(&projection)).await?;
+    // Logged: the shadow tables become the live ones.
+    prepare_schema(pool, &shadow, std::slice::from_ref(&projection), false).await?;
     let mut events = replay_into(pool, nats, projection.as_ref(), &shadow, None, progress).await?;
     checkpoint_in(pool, LIVE_SCHEMA, name).await?;
 
@@ -553,20 +554,10 @@ pub async fn audit_replay(
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
         .execute(pool)
         .await?;
-    prepare_schema(pool, &schema, projections).await?;
     // An audit schema is derived from the log and can be replayed again at any time: its tables
     // are UNLOGGED (no WAL: PostgreSQL does less work per row; a crash of PostgreSQL empties
-    // them, and the auditor replays again). Shadow tables of a rebuild stay logged: they become
-    // the live ones.
-    let mut tables = vec!["projection_checkpoints"];
-    for p in projections {
-        tables.extend(p.tables());
-    }
-    for table in tables {
-        sqlx::query(&format!("ALTER TABLE {s}.{table} SET UNLOGGED"))
-            .execute(pool)
-            .await?;
-    }
+    // them, and the auditor replays again; `audit_upto` then refuses the schema).
+    prepare_schema(pool, &schema, projections, true).await?;
     sqlx::query(&format!(
         "CREATE UNLOGGED TABLE {s}.audit_meta (events_upto BIGINT NOT NULL, chat_upto BIGINT NOT NULL, \
          at TIMESTAMPTZ NOT NULL, projections TEXT[] NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())"

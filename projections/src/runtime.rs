@@ -274,6 +274,8 @@ pub async fn checkpoint_in(pool: &PgPool, schema: &str, name: &str) -> anyhow::R
 /// Creates `schema` with a `projection_checkpoints` table and every table of `projections`, each
 /// `LIKE public.<table> INCLUDING ALL` (same columns, defaults, constraints and indexes; the
 /// indexes keep the live names, so a swapped-in table is indistinguishable from a migrated one).
+/// `unlogged` creates them `UNLOGGED` (no WAL; a crash of PostgreSQL empties them): for audit
+/// schemas, which can be replayed again; never for tables that become live.
 ///
 /// # Errors
 /// On a database error or an invalid schema name.
@@ -281,6 +283,7 @@ pub async fn prepare_schema(
     pool: &PgPool,
     schema: &str,
     projections: &[Arc<dyn Projection>],
+    unlogged: bool,
 ) -> anyhow::Result<()> {
     let s = schema_ident(schema)?;
     let mut tx = pool.begin().await?;
@@ -293,7 +296,8 @@ pub async fn prepare_schema(
     }
     for table in tables {
         sqlx::query(&format!(
-            "CREATE TABLE IF NOT EXISTS {s}.{table} (LIKE public.{table} INCLUDING ALL)"
+            "CREATE {}TABLE IF NOT EXISTS {s}.{table} (LIKE public.{table} INCLUDING ALL)",
+            if unlogged { "UNLOGGED " } else { "" }
         ))
         .execute(&mut *tx)
         .await?;

@@ -389,7 +389,7 @@ pub async fn one_by_one_diff(env: &Env, against: &str) -> Vec<projections::rebui
         .execute(&env.pool)
         .await
         .unwrap();
-    projections::runtime::prepare_schema(&env.pool, "onebyone", &models)
+    projections::runtime::prepare_schema(&env.pool, "onebyone", &models, false)
         .await
         .unwrap();
     for p in &models {
