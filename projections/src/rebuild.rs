@@ -327,7 +327,12 @@ pub async fn rebuild(
         .await?;
     // Logged: the shadow tables become the live ones.
     prepare_schema(pool, &shadow, std::slice::from_ref(&projection), false).await?;
+    // As in an audit replay, the shadow's secondary indexes are built once the bulk of the log
+    // is in (the catch-up in the swap below then maintains them row by row, as live does).
+    let deferred =
+        defer_secondary_indexes(pool, &shadow, std::slice::from_ref(&projection)).await?;
     let mut events = replay_into(pool, nats, projection.as_ref(), &shadow, None, progress).await?;
+    build_indexes(pool, &deferred).await?;
     checkpoint_in(pool, LIVE_SCHEMA, name).await?;
 
     let js = jetstream::new(nats.clone());
@@ -619,21 +624,32 @@ pub async fn audit_replay(
     })
 }
 
+/// Whether a replay of `projection` may build its tables' secondary indexes after the bulk of
+/// the log instead of row by row: the `EVENTS` projections write by primary key only; the `CHAT`
+/// one looks rows up by a secondary index while applying (a redaction updates a session's
+/// messages), so its indexes must be there all along.
+fn defers_indexes(projection: &dyn Projection) -> bool {
+    projection.stream() == eventstore::EVENTS_STREAM
+}
+
 /// Drops the secondary indexes (neither primary key nor unique) of `projections`' tables in
 /// `schema` and returns their definitions, for [`build_indexes`] once the replay is done: one
 /// sort per index at the end costs less than an index insert per row written, and more than an
 /// update per row (a read model's row is updated as its aggregate moves on; each non-HOT update
 /// inserts into every index). The unique indexes stay: `ON CONFLICT` and the idempotence of
-/// re-delivered events need them. None of these projections looks a row up by a secondary
-/// index while applying (they write by primary key); the `CHAT` projection does (a redaction
-/// updates a session's messages), and is not passed here.
+/// re-delivered events need them. Projections for which [`defers_indexes`] does not hold keep
+/// their indexes.
 async fn defer_secondary_indexes(
     pool: &PgPool,
     schema: &str,
     projections: &[Arc<dyn Projection>],
 ) -> anyhow::Result<Vec<String>> {
     let s = schema_ident(schema)?;
-    let tables: Vec<&str> = projections.iter().flat_map(|p| p.tables()).collect();
+    let tables: Vec<&str> = projections
+        .iter()
+        .filter(|p| defers_indexes(p.as_ref()))
+        .flat_map(|p| p.tables())
+        .collect();
     let indexes: Vec<(String, String)> = sqlx::query_as(
         "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i \
          JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid \
@@ -657,25 +673,30 @@ async fn defer_secondary_indexes(
 /// Runs the `CREATE INDEX` statements `definitions` (from [`defer_secondary_indexes`]), two
 /// at a time (PostgreSQL builds each in its own backend).
 async fn build_indexes(pool: &PgPool, definitions: &[String]) -> anyhow::Result<()> {
-    futures::stream::iter(definitions)
-        .map(|def| async move {
-            let build = async {
-                let mut tx = pool.begin().await?;
-                // Room to sort a million rows in memory (the default 64 MB spills to disk).
-                sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(def).execute(&mut *tx).await?;
-                tx.commit().await
-            };
-            build
-                .await
-                .with_context(|| format!("building an index after the replay: {def}"))
-        })
+    // Owned arguments: the futures borrow nothing, so callers stay `Send` for any lifetime
+    // (a blue/green rebuild runs inside a spawned projector).
+    futures::stream::iter(definitions.to_vec())
+        .map(|def| build_index(pool.clone(), def))
         .buffer_unordered(2)
         .try_collect::<Vec<_>>()
         .await?;
     Ok(())
+}
+
+/// Runs one `CREATE INDEX` statement with room to sort a million rows in memory (the default
+/// `maintenance_work_mem`, 64 MB, spills to disk).
+async fn build_index(pool: PgPool, definition: String) -> anyhow::Result<()> {
+    let build = async {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&definition).execute(&mut *tx).await?;
+        tx.commit().await
+    };
+    build
+        .await
+        .with_context(|| format!("building an index after the replay: {definition}"))
 }
 
 /// One row that differs between two schemas.
