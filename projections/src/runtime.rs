@@ -586,18 +586,31 @@ fn keeps(keep: &Option<Vec<String>>, subject: &str) -> bool {
         .is_none_or(|k| k.iter().any(|f| subject_matches(f, subject)))
 }
 
-/// How long one pull request of a reader ([`spawn_reader`]) lives. async-nats asks for 30 s by
-/// default, and replays and rebuilds stalled now and then for 30–36 s (2 of ~20 replays at
-/// 300k events, one rebuild at 1M: `orders` in 47.7 s instead of ~11 s) — the length of one
-/// pull request, as if the client waited out a request the server had finished with. The cause
-/// is not pinned down; a short expiry bounds such a stall to a few seconds, and costs one pull
-/// request per 5 s on an idle stream.
-pub const READ_PULL_EXPIRY: Duration = Duration::from_secs(5);
+/// How long one pull request of a reader ([`spawn_reader`]) waits for messages when fewer than
+/// it asked for are stored (at the head of the stream). A reader stops at the head on its own
+/// (`pending == 0`), so this only matters for a stream that grows while it is read.
+pub const READ_PULL_EXPIRY: Duration = Duration::from_secs(1);
 
-/// Reads `projection`'s messages from `from + 1` with an ordered consumer in a background task
-/// and sends them in batches of at most `batch_size`, until the consumer has nothing pending
-/// (the head when it was created) or the next message is past `upto`; then the channel closes.
-/// Reading overlaps with applying (the channel holds 4 batches).
+/// How many messages one pull request of a reader ([`spawn_reader`]) asks for.
+pub const READ_PULL_BATCH: usize = 2000;
+
+/// Reads `projection`'s messages from `from + 1` in a background task and sends them in batches
+/// of at most `batch_size`, until the consumer has nothing pending (the head when it was
+/// created) or the next message is past `upto`; then the channel closes. Reading overlaps with
+/// applying (the channel holds 4 batches).
+///
+/// The reader is an *ordered consumer* of its own making: an ephemeral, unacknowledged,
+/// in-memory pull consumer read with one explicit pull request of [`READ_PULL_BATCH`] messages
+/// at a time; each message's consumer sequence must follow the last one, and on a gap the
+/// consumer is re-created after the last stream sequence read, so nothing is skipped or read
+/// twice. Not async-nats's `OrderedConfig` stream: its continuous pulls count the messages
+/// still owed by its requests with a saturating counter that, when a request's messages arrive
+/// before the request's own bookkeeping (a busy machine), loses decrements; the client then
+/// believes messages are owed that the server has finished with, sends no new pull request,
+/// and waits until its safety timer (the request's expiry + 5 s) fires. That was the sporadic
+/// 10–36 s stall of replays and rebuilds (async-nats 0.51.0, `consumer/pull.rs`,
+/// `Stream::poll_next`; a debug log of a stalled 1M replay showed the client had received
+/// exactly 1,796 whole batches of 500 when it stopped asking).
 pub fn spawn_reader(
     js: jetstream::Context,
     stream: &'static str,
@@ -613,49 +626,83 @@ pub fn spawn_reader(
                 return Ok(());
             }
             let stream = js.get_stream(stream).await?;
-            let deliver_policy = if from == 0 {
-                DeliverPolicy::All
-            } else {
-                DeliverPolicy::ByStartSequence {
-                    start_sequence: from + 1,
-                }
-            };
             let (filter_subjects, keep) = read_filter(subjects);
-            let consumer = stream
-                .create_consumer(pull::OrderedConfig {
-                    filter_subjects,
-                    deliver_policy,
-                    // Pull requests expire after READ_PULL_EXPIRY instead of async-nats's 30 s.
-                    max_expires: READ_PULL_EXPIRY,
-                    ..Default::default()
-                })
-                .await?;
-            if consumer.cached_info().num_pending == 0 {
-                return Ok(());
-            }
-            let mut messages = consumer.messages().await?;
+            // The last stream sequence read: a re-created consumer starts after it.
+            let mut last = from;
             let mut batch = Vec::with_capacity(batch_size);
-            loop {
-                let Some(m) = messages.next().await else {
-                    anyhow::bail!("consumer ended")
-                };
-                let m = m?;
-                let pending = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
-                let message = to_log_message(m)?;
-                if upto.is_some_and(|u| message.stream_sequence > u) {
-                    break;
-                }
-                let last = message.stream_sequence;
-                if keeps(&keep, &message.subject) {
-                    batch.push(message);
-                    if batch.len() >= batch_size
-                        && tx.send(Ok(std::mem::take(&mut batch))).await.is_err()
-                    {
-                        return Ok(());
+            'consumer: loop {
+                let consumer = stream
+                    .create_consumer(pull::Config {
+                        filter_subjects: filter_subjects.clone(),
+                        deliver_policy: if last == 0 {
+                            DeliverPolicy::All
+                        } else {
+                            DeliverPolicy::ByStartSequence {
+                                start_sequence: last + 1,
+                            }
+                        },
+                        ack_policy: jetstream::consumer::AckPolicy::None,
+                        memory_storage: true,
+                        num_replicas: 1,
+                        inactive_threshold: Duration::from_secs(30),
+                        ..Default::default()
+                    })
+                    .await?;
+                let name = consumer.cached_info().name.clone();
+                let done = consumer.cached_info().num_pending == 0;
+                // The consumer sequence of the last message this consumer delivered.
+                let mut delivered = 0u64;
+                let outcome = async {
+                    if done {
+                        return anyhow::Ok(true);
+                    }
+                    loop {
+                        let mut messages = consumer
+                            .batch()
+                            .max_messages(READ_PULL_BATCH)
+                            .expires(READ_PULL_EXPIRY)
+                            .messages()
+                            .await
+                            .map_err(|e| anyhow::anyhow!("pull request: {e}"))?;
+                        while let Some(m) = messages.next().await {
+                            let m = m.map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
+                            let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+                            if info.consumer_sequence != delivered + 1 {
+                                tracing::warn!(
+                                    consumer = name,
+                                    expected = delivered + 1,
+                                    got = info.consumer_sequence,
+                                    after_stream_sequence = last,
+                                    "gap in a reader's consumer sequence; re-creating it"
+                                );
+                                return Ok(false);
+                            }
+                            delivered = info.consumer_sequence;
+                            let pending = info.pending;
+                            let message = to_log_message(m)?;
+                            if upto.is_some_and(|u| message.stream_sequence > u) {
+                                return Ok(true);
+                            }
+                            last = message.stream_sequence;
+                            if keeps(&keep, &message.subject) {
+                                batch.push(message);
+                                if batch.len() >= batch_size
+                                    && tx.send(Ok(std::mem::take(&mut batch))).await.is_err()
+                                {
+                                    return Ok(true);
+                                }
+                            }
+                            if pending == 0 || upto.is_some_and(|u| last >= u) {
+                                return Ok(true);
+                            }
+                        }
                     }
                 }
-                if pending == 0 || upto.is_some_and(|u| last >= u) {
-                    break;
+                .await;
+                // Best effort: an ephemeral consumer also goes away on its own once inactive.
+                let _ = stream.delete_consumer(&name).await;
+                if outcome? {
+                    break 'consumer;
                 }
             }
             if !batch.is_empty() {

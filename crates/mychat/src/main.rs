@@ -77,7 +77,11 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if !matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
+    // The demo and the benchmarks print their own output; they log only when asked
+    // (`RUST_LOG` set), e.g. to see what the NATS client does during a benchmark.
+    if !matches!(cli.command, Command::Demo(_) | Command::Bench(_))
+        || std::env::var_os("RUST_LOG").is_some()
+    {
         server::init_tracing(&settings.log_format);
     }
     let result = match cli.command {
