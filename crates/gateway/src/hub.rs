@@ -1212,6 +1212,10 @@ impl Hub {
                     .create_consumer(pull::OrderedConfig {
                         filter_subject: subject.to_string(),
                         deliver_policy,
+                        // async-nats's ordered stream can stop pulling until its safety timer
+                        // fires at the request's expiry + 5 s (projections::runtime::
+                        // spawn_reader's docs): 5 s bounds such a fan-out stall to 10 s, not 35.
+                        max_expires: Duration::from_secs(5),
                         ..Default::default()
                     })
                     .await?;

@@ -21,7 +21,6 @@ use domain::{
     SessionEvent, WalletEvent,
 };
 use eventstore::{Actor, Commit, RecordedEvent};
-use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 
@@ -415,25 +414,33 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
          ({batches} atomic batches)"
     );
 
-    // Baseline 1: an ordered-consumer read of the whole log.
+    // Baseline 1: an ordered-consumer read of the whole log, with the reader the projections
+    // read with (`runtime::spawn_reader`: explicit pull requests, consumer sequences checked),
+    // and nothing else: no decoding, no SQL.
     let started = Instant::now();
-    let consumer = js
-        .get_stream(eventstore::EVENTS_STREAM)
-        .await?
-        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-        .await?;
-    let mut stream = consumer.messages().await?;
-    let mut read = 0u64;
+    let mut reader = projections::runtime::spawn_reader(
+        js.clone(),
+        eventstore::EVENTS_STREAM,
+        Vec::new(),
+        0,
+        None,
+        projections::rebuild::REPLAY_BATCH,
+    );
     let mut payloads: Vec<(i64, String, Vec<u8>)> = Vec::with_capacity(messages as usize);
-    while read < messages {
-        let m = stream
-            .next()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
-        read += 1;
-        payloads.push((read as i64, m.subject.to_string(), m.payload.to_vec()));
+    while let Some(batch) = reader.recv().await {
+        for m in batch? {
+            payloads.push((
+                m.stream_sequence as i64,
+                m.subject.clone(),
+                m.payload.to_vec(),
+            ));
+        }
     }
-    drop(stream);
+    anyhow::ensure!(
+        payloads.len() as u64 == messages,
+        "the raw read got {} messages of {messages}",
+        payloads.len()
+    );
     let read_s = started.elapsed().as_secs_f64();
     let raw_read_eps = messages as f64 / read_s;
     eprintln!(
