@@ -609,9 +609,10 @@ pub const READ_PULL_BATCH: usize = 2000;
 ///
 /// The reader is an *ordered consumer* of its own making: an ephemeral, unacknowledged,
 /// in-memory pull consumer read with one explicit pull request of [`READ_PULL_BATCH`] messages
-/// at a time; each message's consumer sequence must follow the last one, and on a gap the
-/// consumer is re-created after the last stream sequence read, so nothing is skipped or read
-/// twice. Not async-nats's `OrderedConfig` stream: its continuous pulls count the messages
+/// at a time; each message's consumer sequence must follow the last one, and on a gap or a
+/// failed pull request (the consumer deleted, say) the consumer is re-created after the last
+/// stream sequence read, so nothing is skipped or read twice (three re-creations in a row that
+/// read nothing fail the reader). Not async-nats's `OrderedConfig` stream: its continuous pulls count the messages
 /// still owed by its requests with a saturating counter that, when a request's messages arrive
 /// before the request's own bookkeeping (a busy machine), loses decrements; the client then
 /// believes messages are owed that the server has finished with, sends no new pull request,
@@ -638,6 +639,8 @@ pub fn spawn_reader(
             // The last stream sequence read: a re-created consumer starts after it.
             let mut last = from;
             let mut batch = Vec::with_capacity(batch_size);
+            // Consumers re-created in a row without a message read in between.
+            let mut retries = 0u32;
             'consumer: loop {
                 let consumer = stream
                     .create_consumer(pull::Config {
@@ -652,44 +655,52 @@ pub fn spawn_reader(
                         ack_policy: jetstream::consumer::AckPolicy::None,
                         memory_storage: true,
                         num_replicas: 1,
-                        inactive_threshold: Duration::from_secs(30),
+                        // Long enough for a consumer of the reader to wait on a full channel.
+                        inactive_threshold: Duration::from_secs(120),
                         ..Default::default()
                     })
                     .await?;
                 let name = consumer.cached_info().name.clone();
                 let done = consumer.cached_info().num_pending == 0;
+                let before = last;
                 // The consumer sequence of the last message this consumer delivered.
                 let mut delivered = 0u64;
                 let outcome = async {
                     if done {
-                        return anyhow::Ok(true);
+                        return anyhow::Ok(Read::Done);
                     }
                     loop {
-                        let mut messages = consumer
+                        let pulled = consumer
                             .batch()
                             .max_messages(READ_PULL_BATCH)
                             .expires(READ_PULL_EXPIRY)
                             .messages()
-                            .await
-                            .map_err(|e| anyhow::anyhow!("pull request: {e}"))?;
+                            .await;
+                        let mut messages = match pulled {
+                            Ok(messages) => messages,
+                            Err(e) => return Ok(Read::Again(format!("pull request: {e}"))),
+                        };
+                        // Messages are pending, so a request that brings none (its consumer
+                        // gone without a word, say) is not waited out again and again.
+                        let mut got = 0usize;
                         while let Some(m) = messages.next().await {
-                            let m = m.map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
+                            got += 1;
+                            let m = match m {
+                                Ok(m) => m,
+                                Err(e) => return Ok(Read::Again(format!("pull response: {e}"))),
+                            };
                             let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
                             if info.consumer_sequence != delivered + 1 {
-                                tracing::warn!(
-                                    consumer = name,
-                                    expected = delivered + 1,
-                                    got = info.consumer_sequence,
-                                    after_stream_sequence = last,
-                                    "gap in a reader's consumer sequence; re-creating it"
-                                );
-                                return Ok(false);
+                                return Ok(Read::Again(format!(
+                                    "consumer sequence {} after {delivered}",
+                                    info.consumer_sequence
+                                )));
                             }
                             delivered = info.consumer_sequence;
                             let pending = info.pending;
                             let message = to_log_message(m)?;
                             if upto.is_some_and(|u| message.stream_sequence > u) {
-                                return Ok(true);
+                                return Ok(Read::Done);
                             }
                             last = message.stream_sequence;
                             if keeps(&keep, &message.subject) {
@@ -697,20 +708,37 @@ pub fn spawn_reader(
                                 if batch.len() >= batch_size
                                     && tx.send(Ok(std::mem::take(&mut batch))).await.is_err()
                                 {
-                                    return Ok(true);
+                                    return Ok(Read::Done);
                                 }
                             }
                             if pending == 0 || upto.is_some_and(|u| last >= u) {
-                                return Ok(true);
+                                return Ok(Read::Done);
                             }
+                        }
+                        if got == 0 {
+                            return Ok(Read::Again("a pull request brought nothing".into()));
                         }
                     }
                 }
                 .await;
                 // Best effort: an ephemeral consumer also goes away on its own once inactive.
                 let _ = stream.delete_consumer(&name).await;
-                if outcome? {
-                    break 'consumer;
+                match outcome? {
+                    Read::Done => break 'consumer,
+                    Read::Again(why) => {
+                        retries = if last > before { 1 } else { retries + 1 };
+                        anyhow::ensure!(
+                            retries <= 3,
+                            "reading {}: {why} ({retries} consumers re-created in a row)",
+                            stream.cached_info().config.name
+                        );
+                        tracing::warn!(
+                            consumer = name,
+                            after_stream_sequence = last,
+                            why,
+                            "re-creating a reader's consumer"
+                        );
+                    }
                 }
             }
             if !batch.is_empty() {
@@ -723,6 +751,15 @@ pub fn spawn_reader(
         }
     });
     rx
+}
+
+/// How a reader's consumer ended ([`spawn_reader`]).
+enum Read {
+    /// At the head, past `upto`, or nobody listens any more.
+    Done,
+    /// A gap in its consumer sequence or a failed pull request (why): read on from the last
+    /// stream sequence with a new consumer.
+    Again(String),
 }
 
 /// The advisory-lock key of `name` in `schema`: `hashtextextended('mychat.projection:<name>@<schema>', 0)`.

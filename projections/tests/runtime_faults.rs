@@ -332,3 +332,45 @@ async fn a_poison_event_inside_a_batched_apply_is_pinpointed_by_its_sequence() {
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
     shutdown.cancel();
 }
+
+/// A replay's reader survives its consumer vanishing mid-read: it re-creates the consumer after
+/// the last stream sequence it read and delivers every message once, in order.
+#[tokio::test]
+async fn a_reader_whose_consumer_is_deleted_reads_on_without_gaps_or_repeats() {
+    use futures::TryStreamExt;
+    let env = env().await;
+    let js = async_nats::jetstream::new(env.client.clone());
+    // More than two pull requests' worth.
+    let n = projections::runtime::READ_PULL_BATCH as u64 * 2 + 500;
+    let mut acks = Vec::new();
+    for i in 0..n {
+        acks.push(
+            js.publish(format!("ev.test.{}", i % 7), "{}".into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let mut reader = projections::runtime::spawn_reader(
+        js.clone(),
+        eventstore::EVENTS_STREAM,
+        Vec::new(),
+        0,
+        None,
+        10,
+    );
+    let first = reader.recv().await.unwrap().unwrap();
+    // The reader now waits on its full channel: delete its consumer under it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stream = js.get_stream(eventstore::EVENTS_STREAM).await.unwrap();
+    let names: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+    assert_eq!(names.len(), 1, "{names:?}");
+    stream.delete_consumer(&names[0]).await.unwrap();
+    let mut sequences: Vec<u64> = first.iter().map(|m| m.stream_sequence).collect();
+    while let Some(batch) = reader.recv().await {
+        sequences.extend(batch.unwrap().iter().map(|m| m.stream_sequence));
+    }
+    assert_eq!(sequences, (1..=n).collect::<Vec<_>>());
+}
