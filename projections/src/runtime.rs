@@ -639,7 +639,7 @@ pub fn spawn_reader(
             // The last stream sequence read: a re-created consumer starts after it.
             let mut last = from;
             let mut batch = Vec::with_capacity(batch_size);
-            // Consumers re-created in a row without a message read in between.
+            // Consumers re-created in a row (back to 1 when the last one read something).
             let mut retries = 0u32;
             'consumer: loop {
                 let consumer = stream
