@@ -612,14 +612,14 @@ pub const READ_PULL_BATCH: usize = 2000;
 /// at a time; each message's consumer sequence must follow the last one, and on a gap or a
 /// failed pull request (the consumer deleted, say) the consumer is re-created after the last
 /// stream sequence read, so nothing is skipped or read twice (three re-creations in a row that
-/// read nothing fail the reader). Not async-nats's `OrderedConfig` stream: its continuous pulls count the messages
-/// still owed by its requests with a saturating counter that, when a request's messages arrive
-/// before the request's own bookkeeping (a busy machine), loses decrements; the client then
-/// believes messages are owed that the server has finished with, sends no new pull request,
-/// and waits until its safety timer (the request's expiry + 5 s) fires. That was the sporadic
-/// 10–36 s stall of replays and rebuilds (async-nats 0.51.0, `consumer/pull.rs`,
-/// `Stream::poll_next`; a debug log of a stalled 1M replay showed the client had received
-/// exactly 1,796 whole batches of 500 when it stopped asking).
+/// read nothing fail the reader). Not async-nats's `OrderedConfig` stream: its continuous
+/// pulls count the messages still owed by its requests with a saturating counter that, when a
+/// request's messages arrive before the request's own bookkeeping (a busy machine), loses
+/// decrements; the client then believes messages are owed that the server has finished with,
+/// sends no new pull request, and waits until its safety timer (the request's expiry + 5 s)
+/// fires. That was the sporadic 10–36 s stall of replays and rebuilds (async-nats 0.51.0,
+/// `consumer/pull.rs`, `Stream::poll_next`; a debug log of a stalled 1M replay showed the
+/// client had received exactly 1,796 whole batches of 500 when it stopped asking).
 pub fn spawn_reader(
     js: jetstream::Context,
     stream: &'static str,
