@@ -650,6 +650,9 @@ async fn defer_secondary_indexes(
         .filter(|p| defers_indexes(p.as_ref()))
         .flat_map(|p| p.tables())
         .collect();
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
     let indexes: Vec<(String, String)> = sqlx::query_as(
         "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i \
          JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid \

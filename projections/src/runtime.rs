@@ -698,7 +698,7 @@ pub fn spawn_reader(
                             }
                             delivered = info.consumer_sequence;
                             let pending = info.pending;
-                            let message = to_log_message(m)?;
+                            let message = log_message(&m, &info);
                             if upto.is_some_and(|u| message.stream_sequence > u) {
                                 return Ok(Read::Done);
                             }
@@ -1071,16 +1071,21 @@ impl Projector {
 
 pub(crate) fn to_log_message(m: jetstream::Message) -> anyhow::Result<LogMessage> {
     let info = m.info().map_err(|e| anyhow::anyhow!("message info: {e}"))?;
-    let stream_sequence = info.stream_sequence;
+    Ok(log_message(&m, &info))
+}
+
+/// [`to_log_message`] for a caller that has parsed the message's info already (its reply
+/// subject: parsed once per message on the read path).
+fn log_message(m: &jetstream::Message, info: &jetstream::message::Info<'_>) -> LogMessage {
     let time =
         DateTime::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond())
             .unwrap_or_default();
-    Ok(LogMessage::new(
-        stream_sequence,
+    LogMessage::new(
+        info.stream_sequence,
         m.subject.to_string(),
         time,
         m.payload.clone(),
-    ))
+    )
 }
 
 /// The correlation id of an `EVENTS` commit (`None` for other messages).

@@ -113,21 +113,7 @@ async fn the_ledger_reconciles_with_the_log_and_tampering_is_caught_by_reconcile
     assert!(reconcile_once(&env, &schemas[0]).await.ok());
 
     // A blue/green rebuild of everything (live workers running) repairs the tampering.
-    let live_indexes = || async {
-        let tables: Vec<&str> = projections::read_models()
-            .iter()
-            .flat_map(|p| p.tables())
-            .collect();
-        sqlx::query_as::<_, (String, String)>(
-            "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = 'public' \
-             AND tablename = ANY($1) ORDER BY 1",
-        )
-        .bind(&tables)
-        .fetch_all(&env.pool)
-        .await
-        .unwrap()
-    };
-    let indexes_before = live_indexes().await;
+    let indexes_before = read_model_indexes(&env, "public").await;
     for p in projections::read_models() {
         projections::rebuild::rebuild(
             &env.pool,
@@ -143,7 +129,7 @@ async fn the_ledger_reconciles_with_the_log_and_tampering_is_caught_by_reconcile
     assert!(diffs.is_empty(), "{diffs:#?}");
     // Swapped-in tables have the migrated indexes, names and definitions, the secondary ones
     // (built after the shadow's replay) included.
-    let indexes_after = live_indexes().await;
+    let indexes_after = read_model_indexes(&env, "public").await;
     assert!(indexes_after
         .iter()
         .any(|(name, _)| name == "ledger_postings_account"));
@@ -234,29 +220,12 @@ async fn audit_replay_at_a_sequence_shows_the_state_then() {
     .unwrap();
     assert!(diffs.is_empty(), "{diffs:#?}");
     // The secondary indexes, dropped while the replay wrote and built after it, are all back,
-    // under the live names.
-    let tables: Vec<&str> = projections::read_models()
+    // under the live names and with the live definitions.
+    let live_indexes = read_model_indexes(&env, "public").await;
+    assert!(live_indexes
         .iter()
-        .flat_map(|p| p.tables())
-        .collect();
-    let index_names = |schema: String| {
-        let tables = tables.clone();
-        let pool = env.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, String>(
-                "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 \
-                 AND tablename = ANY($2) ORDER BY 1",
-            )
-            .bind(schema)
-            .bind(&tables)
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-        }
-    };
-    let live_indexes = index_names("public".into()).await;
-    assert!(live_indexes.contains(&"ledger_postings_account".to_string()));
-    assert_eq!(index_names(report.schema.clone()).await, live_indexes);
+        .any(|(name, _)| name == "ledger_postings_account"));
+    assert_eq!(read_model_indexes(&env, &report.schema).await, live_indexes);
     // Audit tables are UNLOGGED: a PostgreSQL crash empties them, `audit_meta` included (done by
     // hand here). Diff and reconcile then refuse the schema instead of reading it as the past.
     let persistence: Vec<String> = sqlx::query_scalar(
@@ -327,4 +296,26 @@ async fn an_unknown_event_type_is_refused_by_the_ledger() {
     let mut other = stored.clone();
     other.aggregate_type = "voucher".into();
     assert!(ledger::postings(&other).is_err());
+}
+
+/// The indexes of every read model's tables in `schema`: (name, definition), the definition's
+/// `ON <schema>.` written as `ON public.` so that schemas compare.
+async fn read_model_indexes(env: &Env, schema: &str) -> Vec<(String, String)> {
+    let tables: Vec<&str> = projections::read_models()
+        .iter()
+        .flat_map(|p| p.tables())
+        .collect();
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = $1 \
+         AND tablename = ANY($2) ORDER BY 1",
+    )
+    .bind(schema)
+    .bind(&tables)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    indexes
+        .into_iter()
+        .map(|(name, def)| (name, def.replace(&format!(" ON {schema}."), " ON public.")))
+        .collect()
 }
