@@ -25,8 +25,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::runtime::{
-    apply_in_tx, checkpoint_in, load_skips, prepare_schema, schema_ident, spawn_reader, Projection,
-    LIVE_SCHEMA,
+    apply_in_tx, checkpoint_in, load_skips, prepare_schema, schema_ident, spawn_reader,
+    table_exists, Projection, LIVE_SCHEMA,
 };
 
 /// Most messages a rebuild or an audit replay applies in one transaction (each projection's
@@ -780,13 +780,7 @@ async fn rows(
 /// empties them, and the error says to replay it again rather than let a diff or a
 /// reconciliation read an empty schema as the past.
 pub async fn audit_upto(pool: &PgPool, schema: &str) -> anyhow::Result<Option<u64>> {
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'audit_meta')",
-    )
-    .bind(schema)
-    .fetch_one(pool)
-    .await?;
-    if !exists {
+    if !table_exists(pool, schema, "audit_meta").await? {
         return Ok(None);
     }
     let s = schema_ident(schema)?;
@@ -819,14 +813,7 @@ pub async fn diff(
     audit_upto(pool, right).await?;
     for p in projections {
         for table in p.tables() {
-            let in_left: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2)",
-            )
-            .bind(left)
-            .bind(table)
-            .fetch_one(pool)
-            .await?;
-            if !in_left {
+            if !table_exists(pool, left, table).await? {
                 continue;
             }
             let key = primary_key(pool, left, table).await?;

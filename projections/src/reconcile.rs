@@ -28,7 +28,7 @@ use sqlx::PgPool;
 
 use crate::ledger::{self, normal_balance};
 use crate::rebuild::{sequence_at, AuditPoint};
-use crate::runtime::{checkpoint_in, schema_ident, spawn_reader, LIVE_SCHEMA};
+use crate::runtime::{checkpoint_in, schema_ident, spawn_reader, table_exists, LIVE_SCHEMA};
 
 /// What to reconcile.
 #[derive(Debug, Clone)]
@@ -395,16 +395,6 @@ impl Books {
             )),
         }
     }
-}
-
-async fn table_exists(pool: &PgPool, schema: &str, table: &str) -> anyhow::Result<bool> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2)",
-    )
-    .bind(schema)
-    .bind(table)
-    .fetch_one(pool)
-    .await?)
 }
 
 async fn resolve(js: &jetstream::Context, point: AuditPoint) -> anyhow::Result<u64> {

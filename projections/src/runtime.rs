@@ -222,6 +222,20 @@ pub struct Projector {
 /// The schema of the live read models.
 pub const LIVE_SCHEMA: &str = "public";
 
+/// Whether `schema.table` exists.
+///
+/// # Errors
+/// On a database error.
+pub(crate) async fn table_exists(pool: &PgPool, schema: &str, table: &str) -> anyhow::Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2)",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_one(pool)
+    .await?)
+}
+
 /// `schema` quoted as an identifier, after checking it is a plain lower-case name
 /// (`[a-z_][a-z0-9_]*`, at most 63 bytes).
 ///
