@@ -233,6 +233,22 @@ impl Projection for Notifications {
             "ev.account.>".into(),
         ]
     }
+    /// The events that notify nobody.
+    fn ignores(&self) -> &'static [&'static str] {
+        &[
+            "OrderPlaced",
+            "OrderPaid",
+            "OrderServiceStarted",
+            "OrderCompleted",
+            "OrderRefunded",
+            "OrderReviewed",
+            "OrderStatusChangedByAdmin",
+            "PaymentCreated",
+            "RechargePaymentCreated",
+            "SessionEnded",
+            "WithdrawalRequested",
+        ]
+    }
     /// Every notification of the batch in one `UNNEST` insert; a counselor recipient is
     /// resolved to its user in the same statement, as [`Projection::apply`] does.
     async fn apply_batch(

@@ -125,6 +125,10 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
             b"test-secret-test-secret-test-secret!",
             3600,
         )),
+        ids: Default::default(),
+        tokens: api::TokenGate::follow(&client, api::TokenGate::DEFAULT_TTL)
+            .await
+            .unwrap(),
         watch,
         settings: Arc::new(api::ApiSettings {
             public_url: url.clone(),

@@ -47,6 +47,10 @@ pub struct Settings {
     pub stream_replicas: usize,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
+    /// Log every span as it closes, with its busy and idle time (`MYCHAT_LOG_SPANS=true`): one
+    /// request traced end to end (authentication, the command, its commit, the wait for the read
+    /// model) when `RUST_LOG` enables the spans, e.g. `RUST_LOG=info,api=debug,eventstore=debug`.
+    pub log_spans: bool,
     /// Gateway: this node's id in presence (default: a fresh id per process).
     pub gateway_node_id: Option<String>,
     /// Gateway: length of a billed minute in milliseconds (60000; shorter only for tests).
@@ -94,6 +98,7 @@ impl Default for Settings {
             sandbox_secret: None,
             stream_replicas: 1,
             log_format: "auto".into(),
+            log_spans: false,
             gateway_node_id: None,
             gateway_minute_ms: 60_000,
             gateway_inactivity_seconds: 30 * 60,
