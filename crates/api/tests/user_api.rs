@@ -117,7 +117,7 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let state = api::AppState {
+    let state = api::AppState::new(api::Services {
         db: pool.clone(),
         bus,
         nats: client,
@@ -126,6 +126,9 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
             3600,
         )),
         ids: Default::default(),
+        counselors: api::counselor_terms::CounselorTerms::follow(&client)
+            .await
+            .unwrap(),
         tokens: api::TokenGate::follow(&client, api::TokenGate::DEFAULT_TTL)
             .await
             .unwrap(),
@@ -135,7 +138,7 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
             sandbox_secret: "sandbox-test-secret".into(),
             settle_timeout: Duration::from_secs(5),
         }),
-    };
+    });
     let upload_dir = tempfile::tempdir().unwrap();
     let (wechat_key, wechat_pem) = rsa_key();
     let (alipay_key, alipay_pem) = rsa_key();

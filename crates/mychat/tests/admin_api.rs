@@ -89,12 +89,15 @@ async fn start() -> App {
         b"admin-api-test-secret-0123456789abcdef",
         3600,
     ));
-    let state = api::AppState {
+    let state = api::AppState::new(api::Services {
         db: db.clone(),
         bus: bus.clone(),
         nats: nats.clone(),
         jwt: jwt.clone(),
         ids: Default::default(),
+        counselors: api::counselor_terms::CounselorTerms::follow(&nats)
+            .await
+            .unwrap(),
         tokens: api::TokenGate::follow(&nats, api::TokenGate::DEFAULT_TTL)
             .await
             .unwrap(),
@@ -106,7 +109,7 @@ async fn start() -> App {
             sandbox_secret: "sandbox".into(),
             settle_timeout: Duration::from_secs(5),
         }),
-    };
+    });
     let admin = serve(api::admin_router(state), shutdown.clone()).await;
     // Two gateway nodes: the admin API reaches sockets on either through NATS.
     let mut nodes = Vec::new();
