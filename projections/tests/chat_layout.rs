@@ -44,12 +44,15 @@ async fn legacy_chat(js: &async_nats::jetstream::Context) {
 }
 
 async fn publish(js: &async_nats::jetstream::Context, subject: &str, record: &ChatRecord) -> u64 {
-    js.publish(subject.to_string(), serde_json::to_vec(record).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence
+    js.publish(
+        subject.to_string(),
+        serde_json::to_vec(record).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap()
+    .sequence
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,12 +184,16 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
     }
     let mut sorted = want.clone();
     sorted.sort();
-    assert_eq!(rows, sorted, "every message of both layouts, once, with its new id");
-    let version: i32 =
-        sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE name = 'chat_messages'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    assert_eq!(
+        rows, sorted,
+        "every message of both layouts, once, with its new id"
+    );
+    let version: i32 = sqlx::query_scalar(
+        "SELECT version FROM projection_checkpoints WHERE name = 'chat_messages'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(version, 2, "rebuilt to the current version");
     shutdown.cancel();
 }
