@@ -85,8 +85,8 @@ pub struct GroupCommitSettings {
     pub min_batch: usize,
     /// Most writes (batches or single publishes) awaiting their ack at once.
     pub max_in_flight: usize,
-    /// How long a busy committer waits for a batch to fill before sending it (0 = never waits;
-    /// an idle committer never waits).
+    /// How long a busy committer (writes in flight, or its last write an atomic batch) waits
+    /// for a batch to fill before sending it (0 = never waits; an idle committer never waits).
     #[serde(with = "micros")]
     pub linger: Duration,
     /// Commits that may wait for the committer before `commit` itself waits (back-pressure).
@@ -384,6 +384,8 @@ impl Worker {
         // Writes in flight, counted as the settings count them: a batch, or a group of plain
         // publishes (whose members settle one by one, each on its own ack).
         let mut slots = 0usize;
+        // The last write was an atomic batch: appends are arriving faster than one at a time.
+        let mut busy = false;
         // Subjects and command ids of the writes in flight.
         let mut busy_subjects: HashSet<String> = HashSet::new();
         let mut busy_ids: HashSet<String> = HashSet::new();
@@ -439,9 +441,10 @@ impl Worker {
                     }
                 }
             }
-            // Linger: a busy committer with a small batch waits a little for more.
+            // Linger: a busy committer (writes in flight, or its last write was a batch) with a
+            // small batch waits a little for more. An idle one never waits.
             if !self.settings.linger.is_zero()
-                && slots > 0
+                && (slots > 0 || busy)
                 && slots < self.settings.max_in_flight
                 && !queue.is_empty()
                 && queue.len() < self.settings.max_batch
@@ -512,6 +515,7 @@ impl Worker {
                     busy_ids.insert(job.commit.command_id.clone());
                 }
                 slots += 1;
+                busy = batch.len() >= self.settings.min_batch.max(2);
                 in_flight.extend(self.write(batch));
             }
         }
