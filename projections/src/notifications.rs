@@ -47,7 +47,9 @@ fn yuan(fen: i64) -> String {
 }
 
 fn notes_for(e: &StoredEvent) -> anyhow::Result<Vec<Note>> {
-    let id = e.aggregate_id_i64().unwrap_or_default();
+    let id = e.aggregate_id_i64().ok_or_else(|| {
+        anyhow::anyhow!("{} {}: aggregate id {:?} is not a number", e.aggregate_type, e.event_type, e.aggregate_id)
+    })?;
     let note = |to, kind, level, title: &str, content: String, extra| Note {
         to,
         kind,
@@ -299,39 +301,8 @@ impl Projection for Notifications {
         .await?;
         Ok(())
     }
+    /// One message: the batch path with a batch of one, so there is one way to apply.
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
-        for e in message.events()?.iter() {
-            for (n, note) in notes_for(e)?.into_iter().enumerate() {
-                let source = format!("{}:{n}", e.position());
-                // A notification's id is derived from its event (position × 8 + n), so a
-                // rebuild or an audit replay reproduces the same ids; notifications written
-                // outside the log (application reviews) take negative ids from the sequence.
-                let id = e.position() * 8 + n as i64;
-                let (user_sql, who) = match note.to {
-                    To::User(u) => ("SELECT $1::bigint WHERE $1 > 0", u),
-                    To::Counselor(c) => (
-                        "SELECT user_id FROM counselors WHERE id = $1 AND user_id IS NOT NULL",
-                        c,
-                    ),
-                };
-                sqlx::query(&format!(
-                    "INSERT INTO notifications (id, user_id, type, level, title, content, extra_data, source, created_at) \
-                     SELECT $9, u, $2, $3, $4, $5, $6, $7, $8 FROM ({user_sql}) AS r(u) \
-                     ON CONFLICT (source) DO NOTHING"
-                ))
-                .bind(who)
-                .bind(note.kind)
-                .bind(note.level)
-                .bind(note.title)
-                .bind(note.content)
-                .bind(note.extra.to_string())
-                .bind(source)
-                .bind(e.recorded_at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        Ok(())
+        self.apply_batch(tx, std::slice::from_ref(message)).await
     }
 }

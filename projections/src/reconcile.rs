@@ -203,6 +203,7 @@ impl Books {
                     OrderEvent::OrderServiceStarted { .. }
                     | OrderEvent::OrderCompleted { .. }
                     | OrderEvent::OrderCancelled { .. }
+                    | OrderEvent::OrderRefundRequested { .. }
                     | OrderEvent::OrderRefunded { .. }
                     | OrderEvent::OrderReviewed { .. }
                     | OrderEvent::OrderStatusChangedByAdmin { .. },
@@ -210,9 +211,14 @@ impl Books {
                 Err(err) => self.broken.push(undecodable(err)),
             },
             "payment" => match crate::runtime::decode::<PaymentEvent>(e) {
-                Ok(PaymentEvent::PaymentCreated {
-                    order_id, amount, ..
-                }) => {
+                Ok(
+                    PaymentEvent::PaymentCreated {
+                        order_id, amount, ..
+                    }
+                    | PaymentEvent::OfflinePaymentRecorded {
+                        order_id, amount, ..
+                    },
+                ) => {
                     let p = self.payments.entry(id).or_default();
                     p.order_id = order_id;
                     p.amount = amount;

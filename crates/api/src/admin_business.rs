@@ -15,7 +15,7 @@ use eventstore::Actor;
 use serde_json::{json, Value};
 use sqlx::{Postgres, QueryBuilder};
 
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 
 use crate::admin_common::{count, json_rows, list_envelope, parse, with_event, Body, Caller, Q};
 use crate::orders::request_meta;
@@ -86,9 +86,33 @@ pub async fn order_statistics(State(state): State<AppState>) -> ApiResult<Json<V
     Ok(ok(parse(&row)))
 }
 
-/// `PUT /api/admin/orders/:id/status` body `{status: 0–4, reason?}` (`status: 0` applied) → the
-/// order. A command on the `Order` aggregate (`ChangeStatusByAdmin`): the event carries the
-/// administrator, and the read model shows the change before the answer.
+/// The channels an offline payment may have come through (`payment_method` of
+/// `PUT /api/admin/orders/:id/status` with `status: 1`).
+pub const OFFLINE_CHANNELS: [&str; 5] = [
+    "bank_transfer",
+    "cash",
+    "wechat_transfer",
+    "alipay_transfer",
+    "other",
+];
+
+/// `PUT /api/admin/orders/:id/status` body `{status: 0–4, reason?}` → the order. The status of an
+/// event-sourced order follows its money, so each status is the command that moves it, with the
+/// administrator as the actor (never an override that moves nothing):
+///
+/// - `1` paid: only with the offline payment that paid it — `payment_method` (one of
+///   [`OFFLINE_CHANNELS`]), `amount` (yuan, exactly the order's amount), `note` (required, ≤ 500
+///   characters), `reference` (optional, ≤ 100): a `Payment` is recorded and captured
+///   (`Payment::RecordOffline`, posted to the ledger as `provider:offline:clearing`), and the
+///   order is marked paid by it. Only an order awaiting payment.
+/// - `2` completed: `Order::Complete` (a paid order).
+/// - `3` cancelled: `Order::Cancel`; a paid order whose session has not started is refunded.
+/// - `4` refunded: `Order::RequestRefund` of the whole captured amount of a paid order whose
+///   session has not started; the payment pays it back and the order becomes 4.
+/// - `0` awaiting payment: only the current status (a no-op); an order never goes back.
+///
+/// Each refusal is a 400 naming the field (`status`, `payment_method`, `amount`, `note`) or the
+/// domain's reason, and changes nothing.
 pub async fn change_order_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -102,17 +126,157 @@ pub async fn change_order_status(
         .ok_or_else(|| ApiError::field("status", "required"))?;
     let status = OrderStatus::from_code(code)
         .ok_or_else(|| ApiError::field("status", "must be 0, 1, 2, 3 or 4"))?;
-    let command = OrderCommand::ChangeStatusByAdmin {
-        status,
-        admin_id: caller.admin_id,
-        reason: b.str("reason")?.unwrap_or_default(),
-        at: Utc::now(),
+    let reason = b.str("reason")?.unwrap_or_default();
+    if reason.chars().count() > 500 {
+        return Err(ApiError::field("reason", "at most 500 characters"));
+    }
+    let offline = if status == OrderStatus::Paid {
+        Some(offline_payment(&b)?)
+    } else {
+        None
     };
+    let (order, version) = state.bus.load::<Order>(&id.to_string()).await?;
+    if version == 0 {
+        return Err(ApiError::not_found("order"));
+    }
+    let now = Utc::now();
     let meta = request_meta(&headers, Actor::admin(caller.admin_id));
-    let committed = state
-        .bus
-        .execute::<Order>(&id.to_string(), command, &meta)
-        .await?;
+    let committed = match status {
+        OrderStatus::Paid => {
+            let (channel, amount, note, reference) = offline.expect("checked above");
+            if order.status != OrderStatus::Pending {
+                return Err(ApiError::field(
+                    "status",
+                    format!(
+                        "only an order awaiting payment can be marked paid (status {})",
+                        order.status.code()
+                    ),
+                ));
+            }
+            if amount != order.amount {
+                return Err(ApiError::field(
+                    "amount",
+                    format!(
+                        "must be the order's amount, {}",
+                        crate::money::yuan(order.amount)
+                    ),
+                ));
+            }
+            let payment_id: i64 = sqlx::query_scalar("SELECT nextval('payment_ids')")
+                .fetch_one(&state.db)
+                .await?;
+            let payment_no = format!(
+                "OFF{}{payment_id}",
+                now.timestamp_nanos_opt().unwrap_or_default()
+            );
+            let mut pay_meta = meta.clone();
+            pay_meta.command_id = format!("{}:offline-payment", meta.command_id);
+            let recorded = state
+                .bus
+                .execute::<domain::Payment>(
+                    &payment_id.to_string(),
+                    domain::PaymentCommand::RecordOffline {
+                        payment_no,
+                        order_id: id,
+                        user_id: order.user_id,
+                        amount,
+                        channel,
+                        reference,
+                        note,
+                        operator_id: caller.admin_id,
+                        recorded_at: now,
+                    },
+                    &pay_meta,
+                )
+                .await?;
+            let payment_id: i64 = recorded.aggregate_id.parse().map_err(|_| {
+                ApiError::internal(anyhow::anyhow!(
+                    "payment id {} is not a number",
+                    recorded.aggregate_id
+                ))
+            })?;
+            // The process manager would mark the order paid too (`PaymentCaptured`); doing it
+            // here answers with the paid order. The same payment again is a no-op there.
+            state
+                .bus
+                .execute::<Order>(
+                    &id.to_string(),
+                    OrderCommand::MarkPaid {
+                        payment_id,
+                        amount,
+                        paid_at: now,
+                    },
+                    &meta,
+                )
+                .await?
+        }
+        OrderStatus::Completed => {
+            state
+                .bus
+                .execute::<Order>(
+                    &id.to_string(),
+                    OrderCommand::Complete {
+                        session_id: order.session_id.unwrap_or(id),
+                        completed_at: now,
+                    },
+                    &meta,
+                )
+                .await?
+        }
+        OrderStatus::Cancelled => {
+            state
+                .bus
+                .execute::<Order>(
+                    &id.to_string(),
+                    OrderCommand::Cancel {
+                        cancelled_by: 0,
+                        reason: if reason.is_empty() {
+                            format!("cancelled by administrator {}", caller.username)
+                        } else {
+                            reason
+                        },
+                        cancelled_at: now,
+                    },
+                    &meta,
+                )
+                .await?
+        }
+        OrderStatus::Refunded => {
+            let payment_id = order.payment_id.ok_or_else(|| {
+                ApiError::field("status", "the order has no captured payment to refund")
+            })?;
+            state
+                .bus
+                .execute::<Order>(
+                    &id.to_string(),
+                    OrderCommand::RequestRefund {
+                        payment_id,
+                        refund_no: format!("admin-{id}-{}", now.timestamp_millis()),
+                        amount: order.funded(),
+                        reason: if reason.is_empty() {
+                            format!("refunded by administrator {}", caller.username)
+                        } else {
+                            reason
+                        },
+                        requested_by: 0,
+                        requested_at: now,
+                    },
+                    &meta,
+                )
+                .await?
+        }
+        OrderStatus::Pending | OrderStatus::Absent => {
+            if order.status != OrderStatus::Pending {
+                return Err(ApiError::field(
+                    "status",
+                    "an order never returns to awaiting payment",
+                ));
+            }
+            let sql = format!("{ORDER_SELECT} WHERE o.id = $1) t");
+            let order = crate::admin_common::one(&state, &sql, id, "order").await?;
+            return Ok(ok(order).into_response());
+        }
+    };
     state.settle("orders", committed.stream_sequence).await;
     let sql = format!("{ORDER_SELECT} WHERE o.id = $1) t");
     let order = crate::admin_common::one(&state, &sql, id, "order").await?;
@@ -121,6 +285,38 @@ pub async fn change_order_status(
         eventstore::EVENTS_STREAM,
         committed.stream_sequence,
     ))
+}
+
+/// The offline payment of a `status: 1` change: `(channel, amount in fen, note, reference)`.
+fn offline_payment(b: &Body) -> Result<(String, i64, String, String), ApiError> {
+    const NEED: &str =
+        "required to mark an order paid: the offline payment's channel (an order is paid only by money that arrived)";
+    let channel = b
+        .str("payment_method")?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::field("payment_method", NEED))?;
+    if !OFFLINE_CHANNELS.contains(&channel.as_str()) {
+        return Err(ApiError::field(
+            "payment_method",
+            format!("one of {}", OFFLINE_CHANNELS.join(", ")),
+        ));
+    }
+    let amount = b.num("amount")?.ok_or_else(|| {
+        ApiError::field("amount", "required: the amount received, in yuan")
+    })?;
+    let amount = crate::money::positive_fen("amount", amount)?;
+    let note = b
+        .str("note")?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::field("note", "required: where the money came from"))?;
+    if note.chars().count() > 500 {
+        return Err(ApiError::field("note", "at most 500 characters"));
+    }
+    let reference = b.str("reference")?.unwrap_or_default();
+    if reference.chars().count() > 100 {
+        return Err(ApiError::field("reference", "at most 100 characters"));
+    }
+    Ok((channel, amount, note, reference))
 }
 
 // ---- chat --------------------------------------------------------------------------------------

@@ -130,6 +130,8 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
             public_url: url.clone(),
             sandbox_secret: "sandbox-test-secret".into(),
             settle_timeout: Duration::from_secs(5),
+            cors_origins: Vec::new(),
+            business_zone: chrono_tz::Asia::Shanghai,
         }),
     };
     let upload_dir = tempfile::tempdir().unwrap();
@@ -137,6 +139,8 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
     let (alipay_key, alipay_pem) = rsa_key();
     let mut config = UserApiConfig::new(upload_dir.path().to_path_buf());
     config.login_limits = limits;
+    // These tests pay through the sandbox (and its provider-format modes): enabled explicitly.
+    config.sandbox_payments = true;
     config.wechat = Some(
         WechatConfig::new(
             MCHID.into(),

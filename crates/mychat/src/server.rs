@@ -80,7 +80,8 @@ pub(crate) async fn connect(
 ) -> anyhow::Result<Infra> {
     let mut options = async_nats::ConnectOptions::new();
     if let (Some(user), Some(password)) = (&settings.nats_user, &settings.nats_password) {
-        options = options.user_and_password(user.clone(), password.clone());
+        use secrecy::ExposeSecret as _;
+        options = options.user_and_password(user.clone(), password.expose_secret().to_string());
     }
     let nats = options
         .retry_on_initial_connect()
@@ -158,8 +159,19 @@ pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// `mychat up`: embedded servers (when no URLs are configured), migrations, streams, demo data,
-/// and every part, until Ctrl-C / SIGTERM.
-pub async fn up(settings: Settings) -> anyhow::Result<()> {
+/// and every part, until Ctrl-C / SIGTERM. The sandbox payment provider is enabled (the
+/// development default, logged) unless `payments.sandbox = false` is set, in which case the
+/// providers must be configured as for `serve`.
+pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
+    if settings.payments.sandbox.is_none() {
+        settings.payments.sandbox = Some(true);
+        tracing::warn!(
+            "sandbox payments enabled (mychat up's development default): pay_url opens mychat's \
+             own cashier page, which pays any payment without a real provider; never use \
+             mychat up in production (payments.sandbox = false turns it off)"
+        );
+    }
+    settings.checked_user_api_config(true)?;
     let shutdown = shutdown_signal();
     std::fs::create_dir_all(&settings.data_dir)?;
     let data_dir = settings.data_dir.canonicalize()?;
@@ -226,8 +238,20 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
     result
 }
 
-/// `mychat serve <part>`.
+/// `mychat serve <part>`. Serving the user API (`api`, `all`) checks the payment providers
+/// first: a provider offered without credentials stops the start with an error naming the
+/// missing setting, unless the sandbox is enabled explicitly (`payments.sandbox = true`, logged
+/// as a warning).
 pub async fn serve(settings: Settings, part: Part, addr: Option<SocketAddr>) -> anyhow::Result<()> {
+    if matches!(part, Part::Api | Part::All) {
+        let config = settings.checked_user_api_config(false)?;
+        if config.sandbox_payments {
+            tracing::warn!(
+                "sandbox payments enabled (payments.sandbox = true): anyone who opens the \
+                 sandbox cashier page pays without money; never in production"
+            );
+        }
+    }
     let shutdown = shutdown_signal();
     let infra = connect(
         &settings,
@@ -252,9 +276,10 @@ pub(crate) async fn run_parts(
     // Issue 8: one Prometheus recorder for the process; every service's `/metrics` renders it.
     api::observe::install_recorder();
     let jwt = Arc::new(api::JwtKeys::new(
-        settings
-            .secret(&settings.jwt_secret, "jwt.secret")?
-            .as_bytes(),
+        secrecy::ExposeSecret::expose_secret(
+            &settings.secret(&settings.jwt_secret, "jwt.secret")?,
+        )
+        .as_bytes(),
         settings.token_ttl_seconds,
     ));
     let watch = CheckpointWatch::start(infra.nats.clone(), infra.pool.clone()).await?;
@@ -268,6 +293,8 @@ pub(crate) async fn run_parts(
             public_url: settings.public_url(),
             sandbox_secret: settings.secret(&settings.sandbox_secret, "sandbox.secret")?,
             settle_timeout: Duration::from_secs(3),
+            cors_origins: settings.cors_origins()?,
+            business_zone: settings.business_zone()?,
         }),
     };
     let mut tasks = tokio::task::JoinSet::new();
@@ -317,10 +344,9 @@ pub(crate) async fn run_parts(
         });
     }
     if wants(Part::Api) {
-        let mut user_config = api::user_config::UserApiConfig::from_env()?;
-        if std::env::var_os("MYCHAT_UPLOAD_DIR").is_none() {
-            user_config.upload_dir = settings.data_dir.join("uploads");
-        }
+        // Checked for production by `serve` / `up` before anything started; here providers
+        // without credentials are simply unavailable (payments fail closed).
+        let user_config = settings.user_api_config(false)?;
         let app = api::user_router_with(state.clone(), user_config);
         tasks.spawn(serve_http(
             "user API",

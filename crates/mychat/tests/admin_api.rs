@@ -101,6 +101,8 @@ async fn start() -> App {
             public_url: "http://127.0.0.1:1".into(),
             sandbox_secret: "sandbox".into(),
             settle_timeout: Duration::from_secs(5),
+            cors_origins: Vec::new(),
+            business_zone: chrono_tz::Asia::Shanghai,
         }),
     };
     let admin = serve(api::admin_router(state), shutdown.clone()).await;
