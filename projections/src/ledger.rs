@@ -38,7 +38,6 @@
 //! domain cannot decode is refused with an error (the ledger projection stops on it as a poison
 //! event) instead of being posted wrong or skipped.
 
-
 use anyhow::Context as _;
 use async_trait::async_trait;
 use domain::{AccountEvent, CreditReason, OrderEvent, PaymentEvent, SessionEvent, WalletEvent};

@@ -48,7 +48,12 @@ fn yuan(fen: i64) -> String {
 
 fn notes_for(e: &StoredEvent) -> anyhow::Result<Vec<Note>> {
     let id = e.aggregate_id_i64().ok_or_else(|| {
-        anyhow::anyhow!("{} {}: aggregate id {:?} is not a number", e.aggregate_type, e.event_type, e.aggregate_id)
+        anyhow::anyhow!(
+            "{} {}: aggregate id {:?} is not a number",
+            e.aggregate_type,
+            e.event_type,
+            e.aggregate_id
+        )
     })?;
     let note = |to, kind, level, title: &str, content: String, extra| Note {
         to,

@@ -946,7 +946,7 @@ impl Projection for Messages {
                 }
                 _ => {
                     flush(&mut *tx, &mut run).await?;
-                    self.apply(&mut *tx, message).await?;
+                    apply_chat_record(&mut *tx, message).await?;
                 }
             }
         }
@@ -956,6 +956,72 @@ impl Projection for Messages {
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
         self.apply_batch(tx, std::slice::from_ref(message)).await
     }
+}
+
+/// One `CHAT` record applied on its own (the batch path's updates: redactions, read receipts,
+/// revocations; messages are inserted in runs by [`Messages::apply_batch`]).
+async fn apply_chat_record(tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
+    let record: ChatRecord = serde_json::from_slice(&message.payload)
+        .with_context(|| format!("undecodable chat record at {}", message.stream_sequence))?;
+    match record {
+        ChatRecord::Message(m) => {
+            sqlx::query(
+                "INSERT INTO chat_messages (id, session_id, sender_id, sender_type, content_type, content, \
+                 file_url, client_msg_id, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(message.stream_sequence as i64)
+            .bind(m.session_id)
+            .bind(m.sender_id)
+            .bind(m.sender_type)
+            .bind(m.content_type)
+            .bind(m.content)
+            .bind(m.file_url)
+            .bind(m.client_msg_id)
+            .bind(m.sent_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        ChatRecord::Redaction(r) => {
+            // The text disappears from the read model; the fact stays in `CHAT` (issue 4).
+            let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                "UPDATE chat_messages SET content = '', file_url = '', content_type = 'redacted' WHERE session_id = ",
+            );
+            q.push_bind(r.session_id);
+            q.push(" AND id < ")
+                .push_bind(message.stream_sequence as i64);
+            if !r.message_ids.is_empty() {
+                q.push(" AND id = ANY(")
+                    .push_bind(r.message_ids.clone())
+                    .push(")");
+            }
+            q.build().execute(&mut *tx).await?;
+        }
+        // Issue 5: read receipts and revocations are records of the same stream.
+        ChatRecord::MessageRead(r) => {
+            sqlx::query(
+                "UPDATE chat_messages SET is_read = TRUE, read_time = COALESCE(read_time, $3) \
+                 WHERE id = $1 AND session_id = $2",
+            )
+            .bind(r.message_seq as i64)
+            .bind(r.session_id)
+            .bind(r.read_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        ChatRecord::MessageRevoked(r) => {
+            sqlx::query(
+                "UPDATE chat_messages SET revoked_at = COALESCE(revoked_at, $3) \
+                 WHERE id = $1 AND session_id = $2",
+            )
+            .bind(r.message_seq as i64)
+            .bind(r.session_id)
+            .bind(r.revoked_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// `counselor_accounts`: the counselor's income, balance, frozen and withdrawn amounts.

@@ -17,7 +17,9 @@ use sqlx::{Postgres, QueryBuilder};
 
 use axum::response::{IntoResponse as _, Response};
 
-use crate::admin_common::{count, json_rows, list_envelope, parse, with_event, Body, Caller, Q};
+use crate::admin_common::{
+    count, json_rows, list_envelope, parse, with_event, Body, BusinessDays, Caller, Q,
+};
 use crate::orders::request_meta;
 use crate::{ok, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, AppState};
 
@@ -68,6 +70,8 @@ pub async fn list_orders(
 /// completed_orders, cancelled_orders, refunded_orders, total_amount, today_amount,
 /// this_month_amount}`; amounts (yuan) sum orders that were paid (status 1 or 2).
 pub async fn order_statistics(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let days = BusinessDays::of(&state);
+    let today = days.today();
     let row: String = sqlx::query_scalar(
         "SELECT jsonb_build_object(\
            'total_orders', count(*), \
@@ -77,10 +81,12 @@ pub async fn order_statistics(State(state): State<AppState>) -> ApiResult<Json<V
            'cancelled_orders', count(*) FILTER (WHERE status = 3), \
            'refunded_orders', count(*) FILTER (WHERE status = 4), \
            'total_amount', COALESCE(sum(amount_fen) FILTER (WHERE status IN (1,2)), 0) / 100.0, \
-           'today_amount', COALESCE(sum(amount_fen) FILTER (WHERE status IN (1,2) AND created_at >= date_trunc('day', now())), 0) / 100.0, \
-           'this_month_amount', COALESCE(sum(amount_fen) FILTER (WHERE status IN (1,2) AND created_at >= date_trunc('month', now())), 0) / 100.0 \
+           'today_amount', COALESCE(sum(amount_fen) FILTER (WHERE status IN (1,2) AND created_at >= $1), 0) / 100.0, \
+           'this_month_amount', COALESCE(sum(amount_fen) FILTER (WHERE status IN (1,2) AND created_at >= $2), 0) / 100.0 \
          )::text FROM orders",
     )
+    .bind(days.start_of(today))
+    .bind(days.start_of(BusinessDays::month_of(today)))
     .fetch_one(&state.db)
     .await?;
     Ok(ok(parse(&row)))
@@ -301,9 +307,9 @@ fn offline_payment(b: &Body) -> Result<(String, i64, String, String), ApiError> 
             format!("one of {}", OFFLINE_CHANNELS.join(", ")),
         ));
     }
-    let amount = b.num("amount")?.ok_or_else(|| {
-        ApiError::field("amount", "required: the amount received, in yuan")
-    })?;
+    let amount = b
+        .num("amount")?
+        .ok_or_else(|| ApiError::field("amount", "required: the amount received, in yuan"))?;
     let amount = crate::money::positive_fen("amount", amount)?;
     let note = b
         .str("note")?
@@ -406,17 +412,19 @@ pub async fn session_messages(
 /// `GET /api/admin/chat/statistics` → `{total_sessions, active_sessions, total_messages,
 /// today_messages, total_billing (yuan), recent_messages}` (#41).
 pub async fn chat_statistics(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let days = BusinessDays::of(&state);
     let row: String = sqlx::query_scalar(
         "SELECT jsonb_build_object(\
            'total_sessions', (SELECT count(*) FROM chat_sessions), \
            'active_sessions', (SELECT count(*) FROM chat_sessions WHERE status = 1), \
            'total_messages', (SELECT count(*) FROM chat_messages), \
-           'today_messages', (SELECT count(*) FROM chat_messages WHERE created_at >= date_trunc('day', now())), \
+           'today_messages', (SELECT count(*) FROM chat_messages WHERE created_at >= $1), \
            'total_billing', (SELECT COALESCE(sum(total_amount_fen), 0) FROM chat_billings) / 100.0, \
            'recent_messages', (SELECT COALESCE(jsonb_agg(to_jsonb(r)), '[]'::jsonb) FROM \
                (SELECT id, session_id, sender_type, content_type, content, created_at FROM chat_messages ORDER BY id DESC LIMIT 10) r) \
          )::text",
     )
+    .bind(days.start_of(days.today()))
     .fetch_one(&state.db)
     .await?;
     Ok(ok(parse(&row)))
@@ -543,6 +551,12 @@ pub async fn delete_message(
 /// fields; amounts in yuan over paid orders (status 1 or 2); trends are percentages
 /// (month-over-month for users/counselors, day-over-day for orders/revenue).
 pub async fn statistics(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let days = BusinessDays::of(&state);
+    let today = days.today();
+    let month = BusinessDays::month_of(today);
+    let last_month = month
+        .checked_sub_months(chrono::Months::new(1))
+        .unwrap_or(month);
     let row: String = sqlx::query_scalar(
         "WITH o AS (SELECT * FROM orders), \
          pct AS (SELECT 1) \
@@ -551,25 +565,29 @@ pub async fn statistics(State(state): State<AppState>) -> ApiResult<Json<Value>>
            'online_user_count', (SELECT count(*) FROM users WHERE deleted_at IS NULL AND status = 1), \
            'counselor_count', (SELECT count(*) FROM counselors WHERE status = 1), \
            'order_count', (SELECT count(*) FROM o), \
-           'today_order_count', (SELECT count(*) FROM o WHERE created_at >= date_trunc('day', now())), \
+           'today_order_count', (SELECT count(*) FROM o WHERE created_at >= $1), \
            'total_amount', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2)) / 100.0, \
-           'today_amount', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2) AND created_at >= date_trunc('day', now())) / 100.0, \
+           'today_amount', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2) AND created_at >= $1) / 100.0, \
            'session_count', (SELECT count(*) FROM chat_sessions), \
            'active_session_count', (SELECT count(*) FROM chat_sessions WHERE status = 1), \
            'pending_orders', (SELECT count(*) FROM o WHERE status = 0), \
            'paid_orders', (SELECT count(*) FROM o WHERE status = 1), \
            'completed_orders', (SELECT count(*) FROM o WHERE status = 2), \
            'cancelled_orders', (SELECT count(*) FROM o WHERE status = 3), \
-           'users_this_month', (SELECT count(*) FROM users WHERE created_at >= date_trunc('month', now())), \
-           'users_last_month', (SELECT count(*) FROM users WHERE created_at >= date_trunc('month', now()) - interval '1 month' AND created_at < date_trunc('month', now())), \
-           'counselors_this_month', (SELECT count(*) FROM counselors WHERE created_at >= date_trunc('month', now())), \
-           'counselors_last_month', (SELECT count(*) FROM counselors WHERE created_at >= date_trunc('month', now()) - interval '1 month' AND created_at < date_trunc('month', now())), \
-           'orders_today', (SELECT count(*) FROM o WHERE created_at >= date_trunc('day', now())), \
-           'orders_yesterday', (SELECT count(*) FROM o WHERE created_at >= date_trunc('day', now()) - interval '1 day' AND created_at < date_trunc('day', now())), \
-           'revenue_today', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2) AND created_at >= date_trunc('day', now())), \
-           'revenue_yesterday', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2) AND created_at >= date_trunc('day', now()) - interval '1 day' AND created_at < date_trunc('day', now())) \
+           'users_this_month', (SELECT count(*) FROM users WHERE created_at >= $3), \
+           'users_last_month', (SELECT count(*) FROM users WHERE created_at >= $4 AND created_at < $3), \
+           'counselors_this_month', (SELECT count(*) FROM counselors WHERE created_at >= $3), \
+           'counselors_last_month', (SELECT count(*) FROM counselors WHERE created_at >= $4 AND created_at < $3), \
+           'orders_today', (SELECT count(*) FROM o WHERE created_at >= $1), \
+           'orders_yesterday', (SELECT count(*) FROM o WHERE created_at >= $2 AND created_at < $1), \
+           'revenue_today', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2) AND created_at >= $1), \
+           'revenue_yesterday', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2) AND created_at >= $2 AND created_at < $1) \
          )::text",
     )
+    .bind(days.start_of(today))
+    .bind(days.start_of(today - chrono::Duration::days(1)))
+    .bind(days.start_of(month))
+    .bind(days.start_of(last_month))
     .fetch_one(&state.db)
     .await?;
     let mut v = parse(&row);
@@ -677,12 +695,19 @@ pub async fn order_trend(
             ))
         }
     };
+    // `b` runs over the business zone's local hours / days / months; `b AT TIME ZONE $1` is the
+    // instant each starts.
     let sql = format!(
-        "SELECT to_char(b, '{fmt}'), (SELECT count(*) FROM orders WHERE created_at >= b AND created_at < b + interval '1 {step}') \
-         FROM generate_series(date_trunc('{step}', now()) - interval '{n} {step}', date_trunc('{step}', now()), interval '1 {step}') b ORDER BY b",
+        "SELECT to_char(b, '{fmt}'), (SELECT count(*) FROM orders WHERE created_at >= (b AT TIME ZONE $1) \
+         AND created_at < ((b + interval '1 {step}') AT TIME ZONE $1)) \
+         FROM generate_series(date_trunc('{step}', now() AT TIME ZONE $1) - interval '{n} {step}', \
+         date_trunc('{step}', now() AT TIME ZONE $1), interval '1 {step}') b ORDER BY b",
         n = count - 1
     );
-    let rows: Vec<(String, i64)> = sqlx::query_as(&sql).fetch_all(&state.db).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(&sql)
+        .bind(BusinessDays::of(&state).zone_name())
+        .fetch_all(&state.db)
+        .await?;
     let (dates, values): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
     Ok(ok(json!({ "dates": dates, "values": values })))
 }

@@ -199,10 +199,10 @@ pub fn user_router_with(state: AppState, config: user_config::UserApiConfig) -> 
                 config.clone(),
                 secrecy::ExposeSecret::expose_secret(&state.settings.sandbox_secret),
             )
-                .unwrap_or_else(|e| {
-                    tracing::error!(error = format!("{e:#}"), "sandbox providers unavailable");
-                    user_config::UserApi::new(config)
-                }),
+            .unwrap_or_else(|e| {
+                tracing::error!(error = format!("{e:#}"), "sandbox providers unavailable");
+                user_config::UserApi::new(config)
+            }),
         ))
         .layer(TraceLayer::new_for_http())
         .layer(cors(&state.settings.cors_origins))

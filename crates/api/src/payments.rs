@@ -269,14 +269,9 @@ pub async fn sandbox_callback(
     let Some((id, method)) = row else {
         return provider_reply(StatusCode::NOT_FOUND, "FAIL", "unknown payment");
     };
-    let real_provider = match method.as_str() {
-        "sandbox" => false,
-        "wechat" => api.sandbox.wechat.is_none(),
-        "alipay" => api.sandbox.alipay.is_none(),
-        // Offline payments and anything else are never the sandbox's to capture.
-        _ => true,
-    };
-    if real_provider {
+    // Only `sandbox` payments: a `wechat` / `alipay` payment (sandbox mode or real) is paid by
+    // that provider's own verified notification, an offline one by an administrator.
+    if method != "sandbox" {
         return provider_reply(
             StatusCode::FORBIDDEN,
             "FAIL",
@@ -305,7 +300,13 @@ pub async fn sandbox_callback(
 
 /// The cashier page's answer: 200 paid, 409 refused or not payable here, 502 when the provider's
 /// notification could not be delivered at all.
-fn cashier_page(status: StatusCode, headline: &str, method: &str, payment_no: &str, amount: i64) -> Response {
+fn cashier_page(
+    status: StatusCode,
+    headline: &str,
+    method: &str,
+    payment_no: &str,
+    amount: i64,
+) -> Response {
     let html = format!(
         "<!doctype html><meta charset=utf-8><title>Sandbox cashier</title>\
          <h1>{headline}</h1><p>{method} payment {payment_no}: ¥{}.{:02}</p>",
@@ -355,7 +356,13 @@ pub async fn sandbox_cashier(
         .ok_or_else(|| ApiError::not_found("payment"))?;
     match status {
         domain::PaymentStatus::Paid => {
-            return Ok(cashier_page(StatusCode::OK, PAID, &method, &payment_no, amount))
+            return Ok(cashier_page(
+                StatusCode::OK,
+                PAID,
+                &method,
+                &payment_no,
+                amount,
+            ))
         }
         domain::PaymentStatus::Refunded => {
             return Ok(cashier_page(
@@ -368,96 +375,103 @@ pub async fn sandbox_cashier(
         }
         _ => {}
     }
-    let delivered: Result<bool, anyhow::Error> = match (
-        method.as_str(),
-        &api.sandbox.wechat,
-        &api.sandbox.alipay,
-    ) {
-        ("wechat", Some((signer, key)), _) => {
-            let txn = format!(
-                "SBXWX{}",
-                Utc::now().timestamp_nanos_opt().unwrap_or_default()
-            );
-            let (headers, body) = crate::providers::sandbox::wechat_notification(
-                signer,
-                key,
-                &payment_no,
-                &txn,
-                amount,
-            )?;
-            let mut req = reqwest::Client::new()
-                .post(format!(
-                    "{}/api/payment/wechat/callback",
-                    state.settings.public_url
-                ))
-                .header("content-type", "application/json")
-                .body(body);
-            for (k, v) in headers {
-                req = req.header(k, v);
+    let delivered: Result<bool, anyhow::Error> =
+        match (method.as_str(), &api.sandbox.wechat, &api.sandbox.alipay) {
+            ("wechat", Some((signer, key)), _) => {
+                let txn = format!(
+                    "SBXWX{}",
+                    Utc::now().timestamp_nanos_opt().unwrap_or_default()
+                );
+                let (headers, body) = crate::providers::sandbox::wechat_notification(
+                    signer,
+                    key,
+                    &payment_no,
+                    &txn,
+                    amount,
+                )?;
+                let mut req = reqwest::Client::new()
+                    .post(format!(
+                        "{}/api/payment/wechat/callback",
+                        state.settings.public_url
+                    ))
+                    .header("content-type", "application/json")
+                    .body(body);
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                req.send()
+                    .await
+                    .map(|reply| reply.status().is_success())
+                    .map_err(|e| anyhow::anyhow!("sandbox WeChat Pay: {e}"))
             }
-            req.send()
-                .await
-                .map(|reply| reply.status().is_success())
-                .map_err(|e| anyhow::anyhow!("sandbox WeChat Pay: {e}"))
-        }
-        ("alipay", _, Some(signer)) => {
-            let trade = format!(
-                "SBXALI{}",
-                Utc::now().timestamp_nanos_opt().unwrap_or_default()
-            );
-            let form =
-                crate::providers::sandbox::alipay_notification(signer, &payment_no, &trade, amount);
-            match reqwest::Client::new()
-                .post(format!(
-                    "{}/api/payment/alipay/callback",
-                    state.settings.public_url
-                ))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(form)
-                .send()
-                .await
-            {
-                Ok(reply) => Ok(reply.text().await.unwrap_or_default() == "success"),
-                Err(e) => Err(anyhow::anyhow!("sandbox Alipay: {e}")),
+            ("alipay", _, Some(signer)) => {
+                let trade = format!(
+                    "SBXALI{}",
+                    Utc::now().timestamp_nanos_opt().unwrap_or_default()
+                );
+                let form = crate::providers::sandbox::alipay_notification(
+                    signer,
+                    &payment_no,
+                    &trade,
+                    amount,
+                );
+                match reqwest::Client::new()
+                    .post(format!(
+                        "{}/api/payment/alipay/callback",
+                        state.settings.public_url
+                    ))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(form)
+                    .send()
+                    .await
+                {
+                    Ok(reply) => Ok(reply.text().await.unwrap_or_default() == "success"),
+                    Err(e) => Err(anyhow::anyhow!("sandbox Alipay: {e}")),
+                }
             }
-        }
-        ("sandbox", _, _) => {
-            let notify = SandboxNotify {
-                payment_no: payment_no.clone(),
-                transaction_id: format!("SBX{}", uuid::Uuid::new_v4().simple()),
-                amount,
-                trade_state: "SUCCESS".into(),
-            };
-            let body = serde_json::to_vec(&notify).map_err(anyhow::Error::from)?;
-            let timestamp = Utc::now().timestamp().to_string();
-            let nonce = uuid::Uuid::new_v4().simple().to_string();
-            let secret = secrecy::ExposeSecret::expose_secret(&state.settings.sandbox_secret);
-            let signature = sandbox_sign(secret, &timestamp, &nonce, &body);
-            let url = format!("{}/api/payment/sandbox/callback", state.settings.public_url);
-            reqwest::Client::new()
-                .post(&url)
-                .header("content-type", "application/json")
-                .header("sandbox-timestamp", &timestamp)
-                .header("sandbox-nonce", &nonce)
-                .header("sandbox-signature", &signature)
-                .body(body)
-                .send()
-                .await
-                .map(|reply| reply.status().is_success())
-                .map_err(|e| anyhow::anyhow!("sandbox provider could not reach {url}: {e}"))
-        }
-        _ => {
-            return Ok(cashier_page(
-                StatusCode::CONFLICT,
-                "此支付不能在沙箱收银台支付 This payment is not paid through the sandbox",
-                &method,
-                &payment_no,
-                amount,
-            ))
-        }
-    };
+            ("sandbox", _, _) => {
+                let notify = SandboxNotify {
+                    payment_no: payment_no.clone(),
+                    transaction_id: format!("SBX{}", uuid::Uuid::new_v4().simple()),
+                    amount,
+                    trade_state: "SUCCESS".into(),
+                };
+                let body = serde_json::to_vec(&notify).map_err(anyhow::Error::from)?;
+                let timestamp = Utc::now().timestamp().to_string();
+                let nonce = uuid::Uuid::new_v4().simple().to_string();
+                let secret = secrecy::ExposeSecret::expose_secret(&state.settings.sandbox_secret);
+                let signature = sandbox_sign(secret, &timestamp, &nonce, &body);
+                let url = format!("{}/api/payment/sandbox/callback", state.settings.public_url);
+                reqwest::Client::new()
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("sandbox-timestamp", &timestamp)
+                    .header("sandbox-nonce", &nonce)
+                    .header("sandbox-signature", &signature)
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|reply| reply.status().is_success())
+                    .map_err(|e| anyhow::anyhow!("sandbox provider could not reach {url}: {e}"))
+            }
+            _ => {
+                return Ok(cashier_page(
+                    StatusCode::CONFLICT,
+                    "此支付不能在沙箱收银台支付 This payment is not paid through the sandbox",
+                    &method,
+                    &payment_no,
+                    amount,
+                ))
+            }
+        };
     match delivered {
-        Ok(true) => Ok(cashier_page(StatusCode::OK, PAID, &method, &payment_no, amount)),
+        Ok(true) => Ok(cashier_page(
+            StatusCode::OK,
+            PAID,
+            &method,
+            &payment_no,
+            amount,
+        )),
         Ok(false) => {
             // Refused: another opening of the page may have paid it meanwhile.
             let paid = matches!(
@@ -477,7 +491,10 @@ pub async fn sandbox_cashier(
             })
         }
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "sandbox notification not delivered");
+            tracing::error!(
+                error = format!("{e:#}"),
+                "sandbox notification not delivered"
+            );
             Ok(cashier_page(
                 StatusCode::BAD_GATEWAY,
                 "支付失败 The sandbox provider could not reach mychat",

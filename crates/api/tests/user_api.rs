@@ -776,8 +776,10 @@ async fn recharge_goes_through_a_payment_and_credits_the_wallet_once() {
     );
     let pay_url = r.data()["pay_url"].as_str().unwrap().to_string();
     assert_eq!(app.http.get(&pay_url).send().await.unwrap().status(), 200);
-    // opening the cashier again is a second provider transaction for a captured payment: refused
-    assert_eq!(app.http.get(&pay_url).send().await.unwrap().status(), 502);
+    // opening the cashier again pays nothing again: the page says "paid" (200), never a 5xx
+    let again = app.http.get(&pay_url).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert!(again.text().await.unwrap().contains("paid"));
     let mut balance = json!(null);
     for _ in 0..200 {
         balance = app.get("/api/user/info", &token).await.data()["balance"].clone();
@@ -1204,8 +1206,8 @@ async fn wechat_pay_v3_callbacks_are_verified_and_applied_once() {
     let (_, token, _) = app.user("alice").await;
     let order = app.order(&token, counselor, 30).await;
     let (payment, payment_no, pay_url) = app.payment(&token, order, "wechat").await;
-    // with WeChat Pay configured, the sandbox cashier cannot pay a wechat payment
-    assert_eq!(app.http.get(&pay_url).send().await.unwrap().status(), 502);
+    // with WeChat Pay configured, the sandbox cashier cannot pay a wechat payment (409, not 5xx)
+    assert_eq!(app.http.get(&pay_url).send().await.unwrap().status(), 409);
     let now = chrono::Utc::now().timestamp();
     let key = &app.wechat_key;
     let (other_key, _) = rsa_key();

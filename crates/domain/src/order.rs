@@ -122,7 +122,7 @@ pub enum OrderCommand {
     },
     /// Asks for `amount` fen of the order's captured payment `payment_id` to go back to the
     /// user (the user's `POST /api/payment/refund`, an administrator's refund). Allowed only on
-    /// a paid order whose service has not started, up to what was captured and not yet decided
+    /// a paid (or already partly refunded) order whose service has not started, up to what was captured and not yet decided
     /// to be refunded; `refund_no` again is a no-op. The money moves with `Payment::Refund`
     /// (process manager). Deciding it here, on the order, serializes it with the session's
     /// start: a refund and a start can never both spend the same money.
@@ -484,7 +484,8 @@ impl Aggregate for Order {
             } => {
                 match self.status {
                     OrderStatus::Absent => return Err(OrderError::NotFound),
-                    OrderStatus::Paid => {}
+                    // Partly refunded already (status 4): the rest may still go back.
+                    OrderStatus::Paid | OrderStatus::Refunded => {}
                     status => return Err(OrderError::NotPaid(status)),
                 }
                 if self.payment_id != Some(payment_id) {

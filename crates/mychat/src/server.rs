@@ -276,10 +276,8 @@ pub(crate) async fn run_parts(
     // Issue 8: one Prometheus recorder for the process; every service's `/metrics` renders it.
     api::observe::install_recorder();
     let jwt = Arc::new(api::JwtKeys::new(
-        secrecy::ExposeSecret::expose_secret(
-            &settings.secret(&settings.jwt_secret, "jwt.secret")?,
-        )
-        .as_bytes(),
+        secrecy::ExposeSecret::expose_secret(&settings.secret(&settings.jwt_secret, "jwt.secret")?)
+            .as_bytes(),
         settings.token_ttl_seconds,
     ));
     let watch = CheckpointWatch::start(infra.nats.clone(), infra.pool.clone()).await?;

@@ -241,7 +241,10 @@ const LEGACY_ENV: [(&str, &str); 8] = [
     ("wechat_mchid", "payments__wechat__mchid"),
     ("wechat_appid", "payments__wechat__appid"),
     ("wechat_apiv3_key", "payments__wechat__apiv3_key"),
-    ("wechat_platform_serial", "payments__wechat__platform_serial"),
+    (
+        "wechat_platform_serial",
+        "payments__wechat__platform_serial",
+    ),
     (
         "wechat_platform_public_key",
         "payments__wechat__platform_public_key",
@@ -299,12 +302,14 @@ impl Settings {
     /// # Errors
     /// When `business_time_zone` is not an IANA zone name.
     pub fn business_zone(&self) -> anyhow::Result<chrono_tz::Tz> {
-        self.business_time_zone.parse::<chrono_tz::Tz>().map_err(|_| {
-            anyhow::anyhow!(
-                "business_time_zone: {:?} is not an IANA time zone (e.g. Asia/Shanghai)",
-                self.business_time_zone
-            )
-        })
+        self.business_time_zone
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "business_time_zone: {:?} is not an IANA time zone (e.g. Asia/Shanghai)",
+                    self.business_time_zone
+                )
+            })
     }
 
     /// The CORS origins (empty: any origin).
@@ -435,7 +440,10 @@ impl Settings {
             ("payments.wechat.mchid", w.mchid.is_some()),
             ("payments.wechat.appid", w.appid.is_some()),
             ("payments.wechat.apiv3_key", w.apiv3_key.is_some()),
-            ("payments.wechat.platform_serial", w.platform_serial.is_some()),
+            (
+                "payments.wechat.platform_serial",
+                w.platform_serial.is_some(),
+            ),
             (
                 "payments.wechat.platform_public_key",
                 w.platform_public_key.is_some(),
@@ -639,7 +647,12 @@ mod tests {
         assert!(s.checked_user_api_config(true).unwrap().sandbox_payments);
         let mut none = Settings::default();
         none.payments.methods.clear();
-        assert!(!none.checked_user_api_config(false).unwrap().sandbox_payments);
+        assert!(
+            !none
+                .checked_user_api_config(false)
+                .unwrap()
+                .sandbox_payments
+        );
     }
 
     #[test]

@@ -593,7 +593,8 @@ async fn admin_flows() {
     assert_eq!(b["data"]["total"], 3);
     assert!(b["data"]["list"][0]["price"].is_number());
 
-    // Order status: a command on the Order aggregate; 0 is applied; 5 is refused.
+    // Order status: the command that moves the money. Paid only with the offline payment that
+    // paid it (refused without, changing nothing); never back to 0; 5 is refused.
     let meta = CommandMeta::new(Actor::user(demo));
     let place = OrderCommand::Place {
         order_no: "ORD1".into(),
@@ -607,50 +608,50 @@ async fn admin_flows() {
     };
     let c = app.bus.execute::<Order>("501", place, &meta).await.unwrap();
     wait_checkpoint(&app, "orders", c.stream_sequence.unwrap()).await;
+    let before = app.fingerprint().await;
     let (s, b) = app
         .call(
             Method::PUT,
             "/api/admin/orders/501/status",
             t,
-            Some(json!({"status": 3})),
+            Some(json!({"status": 1})),
         )
         .await;
-    assert_eq!((s, b["data"]["status"].clone()), (200, json!(3)), "{b}");
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["errors"][0]["field"], "payment_method", "{b}");
+    assert_eq!(app.fingerprint().await, before, "a refusal changes nothing");
     let (s, b) = app
         .call(
             Method::PUT,
             "/api/admin/orders/501/status",
             t,
-            Some(json!({"status": 0})),
+            Some(json!({"status": 1, "payment_method": "bank_transfer", "amount": 150, "note": "transfer received 2026-12-01", "reference": "BK-88"})),
         )
         .await;
-    assert_eq!((s, b["data"]["status"].clone()), (200, json!(0)), "{b}");
-    let (s, _) = app
-        .call(
-            Method::PUT,
-            "/api/admin/orders/501/status",
-            t,
-            Some(json!({"status": 5})),
-        )
-        .await;
-    assert_eq!(s, 400);
+    assert_eq!((s, b["data"]["status"].clone()), (200, json!(1)), "{b}");
+    for body in [json!({"status": 0}), json!({"status": 5})] {
+        let (s, _) = app
+            .call(Method::PUT, "/api/admin/orders/501/status", t, Some(body))
+            .await;
+        assert_eq!(s, 400);
+    }
     let (s, _) = app
         .call(
             Method::PUT,
             "/api/admin/orders/777/status",
             t,
-            Some(json!({"status": 1})),
+            Some(json!({"status": 3})),
         )
         .await;
     assert_eq!(s, 404);
     let (order, _) = app.bus.load::<Order>("501").await.unwrap();
     assert_eq!(
-        order.status,
-        domain::OrderStatus::Pending,
-        "the aggregate holds the change"
+        (order.status, order.captured),
+        (domain::OrderStatus::Paid, 15_000),
+        "the aggregate holds the payment"
     );
     let (_, b) = app
-        .call(Method::GET, "/api/admin/orders?status=0", t, None)
+        .call(Method::GET, "/api/admin/orders?status=1", t, None)
         .await;
     assert_eq!(b["data"]["list"][0]["id"], 501);
     assert_eq!(b["data"]["orders"], b["data"]["list"]);
@@ -1194,7 +1195,7 @@ async fn admin_flows() {
         actor.as_deref().is_some_and(|a| a.contains("admin")),
         "actor header: {actor:?}"
     );
-    assert!(String::from_utf8_lossy(&event.payload).contains("OrderStatusChangedByAdmin"));
+    assert!(String::from_utf8_lossy(&event.payload).contains("OrderPaid"));
     let created = list
         .iter()
         .find(|l| l["action"] == "POST /api/admin2/administrators")
