@@ -244,36 +244,97 @@ impl App {
             .as_u16()
     }
 
-    /// Waits until every projection and the process manager have applied the whole log and
-    /// it stopped growing.
+    /// Waits until every projection and the process manager have applied every message of
+    /// their subjects, twice in a row with the log not growing in between.
     async fn quiet(&self) {
-        let js = self.bus.jetstream();
-        let mut last = 0;
+        let mut all = projections::read_models();
+        all.push(Arc::new(projections::process_manager::ProcessManager {
+            bus: self.bus.clone(),
+        }));
+        let mut calm = 0;
+        let mut last_head = 0;
         for _ in 0..600 {
-            let head = js
-                .get_stream(eventstore::EVENTS_STREAM)
+            let statuses = projections::status::status(&self.pool, &self.nats, &all)
                 .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .state
-                .last_sequence;
-            let behind: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM projection_checkpoints WHERE name IN \
-                 ('process_manager', 'ledger', 'orders', 'payments', 'counselor_accounts') AND position < $1",
-            )
-            .bind(head as i64)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap();
-            if behind == 0 && head == last {
-                return;
+                .unwrap();
+            let head = statuses.iter().map(|s| s.checkpoint).max().unwrap_or(0);
+            if statuses.iter().all(|s| s.lag_events == 0) && head == last_head {
+                calm += 1;
+                if calm == 2 {
+                    return;
+                }
+            } else {
+                calm = 0;
             }
-            last = head;
+            last_head = head;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("the projections did not catch up");
+    }
+
+    /// Replays every read model message by message (each message its own batch) into a fresh
+    /// schema and diffs it against the live, batched read models.
+    async fn one_by_one_diff(&self) -> Vec<String> {
+        let models: Vec<Arc<dyn projections::Projection>> = projections::read_models()
+            .into_iter()
+            .map(|p| Arc::new(OneByOne(p)) as Arc<dyn projections::Projection>)
+            .collect();
+        sqlx::query("DROP SCHEMA IF EXISTS onebyone CASCADE")
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        projections::runtime::prepare_schema(&self.pool, "onebyone", &models, false)
+            .await
+            .unwrap();
+        for p in &models {
+            projections::rebuild::replay_into(
+                &self.pool,
+                &self.nats,
+                p.as_ref(),
+                "onebyone",
+                None,
+                &projections::rebuild::LogProgress,
+            )
+            .await
+            .unwrap();
+        }
+        projections::rebuild::diff(&self.pool, "onebyone", "public", &models)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    }
+}
+
+/// A read model applied strictly one message at a time: everything delegates to the read
+/// model except `apply_batch`, whose default runs [`projections::Projection::apply`] on each
+/// message.
+struct OneByOne(Arc<dyn projections::Projection>);
+
+#[async_trait::async_trait]
+impl projections::Projection for OneByOne {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn stream(&self) -> &'static str {
+        self.0.stream()
+    }
+    fn subjects(&self) -> Vec<String> {
+        self.0.subjects()
+    }
+    fn version(&self) -> i32 {
+        self.0.version()
+    }
+    fn tables(&self) -> Vec<&'static str> {
+        self.0.tables()
+    }
+    async fn apply(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        message: &projections::LogMessage,
+    ) -> anyhow::Result<()> {
+        self.0.apply(tx, message).await
     }
 }
 
@@ -496,6 +557,9 @@ fn no_counselor_is_credited_more_than_was_captured_and_no_account_leaves_its_nor
                 .await
                 .unwrap();
                 assert!(report.ok(), "{}\n{steps:#?}", projections::reconcile::render(&report));
+                // The read models applied message by message equal the batched live ones.
+                let diffs = app.one_by_one_diff().await;
+                assert!(diffs.is_empty(), "{diffs:#?}\n{steps:#?}");
             });
             Ok(())
         })

@@ -49,21 +49,74 @@ pub fn init_tracing(format: &str) {
     }
 }
 
-/// Cancelled on Ctrl-C or SIGTERM.
-fn shutdown_signal() -> CancellationToken {
+/// The embedded servers `mychat up` started, with the signal that stops each cleanly (the
+/// last resort of [`shutdown_signal`]'s deadline).
+type Embedded = Arc<std::sync::Mutex<Vec<(nix::unistd::Pid, nix::sys::signal::Signal)>>>;
+
+/// Cancelled on the first SIGINT (Ctrl-C) or SIGTERM (`docker stop`, systemd, a terminal's
+/// group signal), whichever comes first; the parts then have `grace` to finish. The process
+/// exits within `grace` + 3 s whatever happens: past `grace` + 1 s (or at once on a second
+/// signal) the embedded servers get their clean-stop signal, 2 s to stop, then SIGKILL, and the
+/// process exits with status 1.
+fn shutdown_signal(grace: Duration, embedded: Embedded) -> CancellationToken {
+    use tokio::signal::unix::{signal, SignalKind};
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => (term, int),
+            _ => {
+                tracing::error!("cannot handle SIGTERM / SIGINT");
+                return;
+            }
+        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        tracing::info!("shutting down");
+        tracing::info!(grace_seconds = grace.as_secs(), "shutting down");
         t.cancel();
+        tokio::select! {
+            _ = int.recv() => tracing::warn!("second signal: stopping now"),
+            _ = term.recv() => tracing::warn!("second signal: stopping now"),
+            _ = tokio::time::sleep(grace + Duration::from_secs(1)) => {
+                tracing::error!("shutdown is taking too long: stopping now");
+            }
+        }
+        let children = embedded.lock().map(|c| c.clone()).unwrap_or_default();
+        tokio::task::spawn_blocking(move || stop_now(&children))
+            .await
+            .ok();
+        std::process::exit(1);
     });
     token
+}
+
+/// Sends each embedded server its clean-stop signal, waits up to 2 s for them, SIGKILLs the
+/// rest, and reaps them (no zombie is left).
+fn stop_now(children: &[(nix::unistd::Pid, nix::sys::signal::Signal)]) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    for (pid, signal) in children {
+        let _ = nix::sys::signal::kill(*pid, *signal);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut left: Vec<_> = children.iter().map(|(pid, _)| *pid).collect();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        left.retain(|pid| {
+            matches!(
+                waitpid(*pid, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            )
+        });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in left {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+    }
 }
 
 /// Connected infrastructure.
@@ -172,7 +225,9 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
         );
     }
     settings.checked_user_api_config(true)?;
-    let shutdown = shutdown_signal();
+    let embedded = Embedded::default();
+    let grace = Duration::from_secs(settings.shutdown_grace_seconds);
+    let shutdown = shutdown_signal(grace, embedded.clone());
     std::fs::create_dir_all(&settings.data_dir)?;
     let data_dir = settings.data_dir.canonicalize()?;
 
@@ -186,9 +241,10 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
             config,
             log_file: Some(data_dir.join("nats.log")),
         };
-        let server =
-            tokio::task::spawn_blocking(move || testkit::NatsServer::start_with(options)).await??;
+        // Started from this (the main) thread: its parent-death signal follows the process.
+        let server = testkit::NatsServer::start_embedded(options)?;
         tracing::info!(url = server.url(), store = %data_dir.join("nats").display(), "embedded nats-server started");
+        register(&embedded, server.pid(), nix::sys::signal::Signal::SIGTERM);
         nats_server = Some(server);
     }
     let mut pg_server = None;
@@ -198,11 +254,13 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
             data_dir: data_dir.join("pg"),
             ephemeral: false,
         };
-        let server =
-            tokio::task::spawn_blocking(move || testkit::Postgres::start_with(options)).await??;
-        server.ensure_database("mychat").await?;
-        tracing::info!(port = server.port(), data = %data_dir.join("pg").display(), "embedded PostgreSQL started");
+        let server = testkit::Postgres::start_embedded(options)?;
+        register(&embedded, server.pid(), nix::sys::signal::Signal::SIGINT);
         pg_server = Some(server);
+        if let Some(server) = &pg_server {
+            server.ensure_database("mychat").await?;
+            tracing::info!(port = server.port(), data = %data_dir.join("pg").display(), "embedded PostgreSQL started");
+        }
     }
 
     let result = async {
@@ -228,14 +286,24 @@ pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
     }
     .await;
 
+    // PostgreSQL first (fast shutdown: it ends the parts' connections and checkpoints), then
+    // nats-server; each is waited for, so neither is left behind or a zombie.
     if let Some(mut s) = pg_server.take() {
         tokio::task::spawn_blocking(move || s.stop()).await?;
+        tracing::info!("embedded PostgreSQL stopped");
     }
     if let Some(mut s) = nats_server.take() {
         tokio::task::spawn_blocking(move || s.stop()).await?;
+        tracing::info!("embedded nats-server stopped");
     }
     tracing::info!("stopped");
     result
+}
+
+fn register(embedded: &Embedded, pid: Option<u32>, signal: nix::sys::signal::Signal) {
+    if let (Some(pid), Ok(mut list)) = (pid, embedded.lock()) {
+        list.push((nix::unistd::Pid::from_raw(pid as i32), signal));
+    }
 }
 
 /// `mychat serve <part>`. Serving the user API (`api`, `all`) checks the payment providers
@@ -252,7 +320,10 @@ pub async fn serve(settings: Settings, part: Part, addr: Option<SocketAddr>) -> 
             );
         }
     }
-    let shutdown = shutdown_signal();
+    let shutdown = shutdown_signal(
+        Duration::from_secs(settings.shutdown_grace_seconds),
+        Embedded::default(),
+    );
     let infra = connect(
         &settings,
         &default_nats_url(&settings),
@@ -395,8 +466,35 @@ pub(crate) async fn run_parts(
         ));
     }
 
+    // Until shutdown every part runs; from then on they have `shutdown_grace_seconds` to finish
+    // (a part waiting on a server that is already gone must not hold the process), then the
+    // rest is aborted.
+    let grace = Duration::from_secs(settings.shutdown_grace_seconds);
     let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let joined = match deadline {
+            None => tokio::select! {
+                joined = tasks.join_next() => joined,
+                _ = shutdown.cancelled() => {
+                    deadline = Some(tokio::time::Instant::now() + grace);
+                    continue;
+                }
+            },
+            Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    tracing::warn!(
+                        parts = tasks.len(),
+                        "parts still running after the shutdown grace: aborted"
+                    );
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            },
+        };
+        let Some(joined) = joined else { break };
         let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
         if let Err(e) = outcome {
             tracing::error!(error = format!("{e:#}"), "a part failed; stopping");
@@ -404,7 +502,8 @@ pub(crate) async fn run_parts(
             shutdown.cancel();
         }
     }
-    infra.nats.flush().await.ok();
+    let _ = tokio::time::timeout(Duration::from_secs(1), infra.nats.flush()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), infra.pool.close()).await;
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),

@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 struct App {
+    state: api::AppState,
     admin: String,
     ws: String,
     ws2: String,
@@ -105,7 +106,7 @@ async fn start() -> App {
             business_zone: chrono_tz::Asia::Shanghai,
         }),
     };
-    let admin = serve(api::admin_router(state), shutdown.clone()).await;
+    let admin = serve(api::admin_router(state.clone()), shutdown.clone()).await;
     // Two gateway nodes: the admin API reaches sockets on either through NATS.
     let mut nodes = Vec::new();
     for _ in 0..2 {
@@ -128,6 +129,7 @@ async fn start() -> App {
     // Give the gateway's admin subscriptions a moment to be registered.
     tokio::time::sleep(Duration::from_millis(300)).await;
     App {
+        state,
         admin: format!("http://{admin}"),
         ws: format!("ws://{}", nodes[0]),
         ws2: format!("ws://{}", nodes[1]),
@@ -1499,4 +1501,117 @@ async fn online_kick_mute_broadcast() {
         }
     })
     .await;
+}
+
+/// Publishes session `id`'s `SessionBilled` of `amount` fen (30 % platform fee) as a commit
+/// recorded at `at` (a writer's clock), straight to `EVENTS`.
+async fn billed_at(app: &App, id: i64, amount: i64, at: chrono::DateTime<Utc>) -> u64 {
+    let (platform_fee, counselor_fee) = domain::split_platform_fee(amount);
+    let event = domain::SessionEvent::SessionBilled {
+        order_id: id,
+        user_id: 1,
+        counselor_id: 1,
+        duration_seconds: 60,
+        billed_minutes: 1,
+        price_per_minute: amount,
+        amount,
+        platform_fee,
+        counselor_fee,
+        prepaid_amount: amount,
+        refund: 0,
+        billed_at: at,
+    };
+    let meta = CommandMeta::new(Actor::system());
+    let mut commit =
+        eventstore::store::new_commit::<ChatSession>(&[event], &id.to_string(), 0, &meta).unwrap();
+    commit.recorded_at = at;
+    let pending = eventstore::store::pending_commit::<domain::SessionError>(&commit, 0).unwrap();
+    app.bus
+        .jetstream()
+        .publish_with_headers(pending.subject, pending.headers, pending.body)
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
+/// Every admin figure counts the same business days: the statistics, the revenue series and the
+/// income report agree for dates whose events sit on both sides of midnight, in the configured
+/// business zone (Asia/Shanghai by default; UTC configured on a second admin API).
+#[tokio::test]
+async fn admin_figures_count_business_days_on_both_sides_of_midnight() {
+    let app = start().await;
+    let token = app.super_token().await;
+    let utc = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    // 23:30 on 1 March and 00:30 on 2 March in Shanghai: both on 1 March in UTC.
+    billed_at(&app, 9001, 1_000, utc("2026-03-01T15:30:00Z")).await;
+    billed_at(&app, 9002, 2_000, utc("2026-03-01T16:30:00Z")).await;
+    let now = billed_at(&app, 9003, 4_000, Utc::now()).await;
+    wait_checkpoint(&app, "ledger", now).await;
+
+    let shanghai = app.admin.clone();
+    let (total, series, income, _) = figures(&app, &token, &shanghai, "2026-03-02").await;
+    assert_eq!(
+        (total, series, income),
+        (20.0, 20.0, 20.0),
+        "2 March, Shanghai"
+    );
+    let (total, series, income, _) = figures(&app, &token, &shanghai, "2026-03-01").await;
+    assert_eq!(
+        (total, series, income),
+        (10.0, 10.0, 10.0),
+        "1 March, Shanghai"
+    );
+    // "Today" is the business zone's today, in the statistics as in the series.
+    let today = Utc::now()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .date_naive()
+        .to_string();
+    let (total, series, income, stats) = figures(&app, &token, &shanghai, &today).await;
+    assert_eq!((total, series, income), (40.0, 40.0, 40.0));
+    assert_eq!(stats["data"]["today_revenue"], json!(40.0));
+
+    // The zone is a setting: in UTC both late billings are on 1 March.
+    let mut settings = (*app.state.settings).clone();
+    settings.business_zone = chrono_tz::UTC;
+    let mut state = app.state.clone();
+    state.settings = Arc::new(settings);
+    let in_utc = format!(
+        "http://{}",
+        serve(api::admin_router(state), app.shutdown.clone()).await
+    );
+    let (total, series, income, _) = figures(&app, &token, &in_utc, "2026-03-01").await;
+    assert_eq!((total, series, income), (30.0, 30.0, 30.0), "1 March, UTC");
+    let (total, ..) = figures(&app, &token, &in_utc, "2026-03-02").await;
+    assert_eq!(total, 0.0, "2 March, UTC");
+}
+
+/// `(total_revenue of the statistics, the day's amount in the revenue series, the day's
+/// amount in the income report, the statistics)` for business day `day` on the admin API at
+/// `base`.
+async fn figures(app: &App, token: &str, base: &str, day: &str) -> (f64, f64, f64, Value) {
+    let get = |path: String| async move {
+        let r = app
+            .http
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    let q = format!("start_date={day}&end_date={day}");
+    let stats = get(format!("/api/admin/finance/stats?{q}")).await;
+    let revenue = get(format!("/api/admin/finance/revenue?group_by=day&{q}")).await;
+    let report = get(format!("/api/admin/finance/reports?type=income&{q}")).await;
+    let series = revenue["data"]["revenue_data"][0]["amount"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let income = report["data"]["records"][0]["amount"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let total = stats["data"]["total_revenue"].as_f64().unwrap();
+    (total, series, income, stats)
 }
