@@ -28,9 +28,14 @@ pub struct Settings {
     pub nats_url: Option<String>,
     /// NATS user (with `nats_password`): the `mychat` user of the `MYCHAT` account in
     /// `nats-cluster.conf`. Unset: no credentials (the single-node `nats.conf` has no accounts).
+    #[serde(default, deserialize_with = "text")]
     pub nats_user: Option<String>,
     /// NATS password of `nats_user` (secret).
-    #[serde(serialize_with = "redact_option")]
+    #[serde(
+        default,
+        serialize_with = "redact_option",
+        deserialize_with = "secret_text"
+    )]
     pub nats_password: Option<SecretString>,
     /// Postgres URL. Unset under `mychat up`: an embedded PostgreSQL is started. A password in
     /// it is redacted when the settings are printed.
@@ -50,13 +55,21 @@ pub struct Settings {
     /// Embedded PostgreSQL port.
     pub pg_port: u16,
     /// HS256 key for tokens (secret); unset: generated once into `<data_dir>/jwt.secret`.
-    #[serde(serialize_with = "redact_option")]
+    #[serde(
+        default,
+        serialize_with = "redact_option",
+        deserialize_with = "secret_text"
+    )]
     pub jwt_secret: Option<SecretString>,
     /// Access-token lifetime in seconds (default 24 h: MyChat's clients have no refresh flow).
     pub token_ttl_seconds: i64,
     /// The sandbox payment provider's key (secret); unset: generated into
     /// `<data_dir>/sandbox.secret`.
-    #[serde(serialize_with = "redact_option")]
+    #[serde(
+        default,
+        serialize_with = "redact_option",
+        deserialize_with = "secret_text"
+    )]
     pub sandbox_secret: Option<SecretString>,
     /// Replicas of the streams (`EVENTS`, `CHAT`) and of the presence KV bucket that mychat
     /// creates: 1 on a single nats-server, 3 on a cluster (R3; `MYCHAT_STREAM_REPLICAS=3`).
@@ -138,13 +151,20 @@ pub struct PaymentSettings {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WechatSettings {
     /// Merchant id (`mchid`).
+    #[serde(default, deserialize_with = "text")]
     pub mchid: Option<String>,
     /// App id (`appid`).
+    #[serde(default, deserialize_with = "text")]
     pub appid: Option<String>,
     /// The APIv3 key, 32 bytes (secret): decrypts the notification's resource.
-    #[serde(serialize_with = "redact_option")]
+    #[serde(
+        default,
+        serialize_with = "redact_option",
+        deserialize_with = "secret_text"
+    )]
     pub apiv3_key: Option<SecretString>,
     /// The platform certificate's serial (`Wechatpay-Serial` must equal it).
+    #[serde(default, deserialize_with = "text")]
     pub platform_serial: Option<String>,
     /// The platform public key: PEM text, or the path of a PEM file.
     pub platform_public_key: Option<String>,
@@ -154,6 +174,7 @@ pub struct WechatSettings {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AlipaySettings {
     /// The application id (`app_id`).
+    #[serde(default, deserialize_with = "text")]
     pub app_id: Option<String>,
     /// Alipay's public key: PEM text, or the path of a PEM file.
     pub public_key: Option<String>,
@@ -175,6 +196,32 @@ fn redact_option<S: Serializer>(value: &Option<SecretString>, s: S) -> Result<S:
         Some(_) => s.serialize_str(REDACTED),
         None => s.serialize_none(),
     }
+}
+
+/// Text settings whose values may look like numbers (`MYCHAT_PAYMENTS__WECHAT__MCHID=1900000001`
+/// arrives from the environment as an integer): any scalar is taken as its text.
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Flag(bool),
+    }
+    Ok(Option::<Scalar>::deserialize(d)?.map(|v| match v {
+        Scalar::Text(t) => t,
+        Scalar::Unsigned(n) => n.to_string(),
+        Scalar::Signed(n) => n.to_string(),
+        Scalar::Float(n) => n.to_string(),
+        Scalar::Flag(b) => b.to_string(),
+    }))
+}
+
+/// A secret that may look like a number: as [`text`].
+fn secret_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    Ok(text(d)?.map(SecretString::from))
 }
 
 fn list_or_commas<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -254,6 +301,21 @@ const LEGACY_ENV: [(&str, &str); 8] = [
     ("sandbox_payments", "payments__sandbox"),
 ];
 
+/// Settings that are text even when they look like numbers or booleans.
+const TEXT_SETTINGS: [&str; 11] = [
+    "nats_user",
+    "nats_password",
+    "jwt_secret",
+    "sandbox_secret",
+    "payments.wechat.mchid",
+    "payments.wechat.appid",
+    "payments.wechat.apiv3_key",
+    "payments.wechat.platform_serial",
+    "payments.wechat.platform_public_key",
+    "payments.alipay.app_id",
+    "payments.alipay.public_key",
+];
+
 impl Settings {
     /// Loads defaults → `mychat.toml` → `MYCHAT_*` (nested keys split on `__`), then checks
     /// the values that have a shape (the time zone, the CORS origins, the payment methods).
@@ -266,17 +328,27 @@ impl Settings {
 
     /// The figment [`Settings::load`] extracts from.
     pub fn figment() -> Figment {
-        let env = Env::prefixed("MYCHAT_")
-            .map(|key| {
-                LEGACY_ENV
-                    .iter()
-                    .find(|(old, _)| key == *old)
-                    .map_or_else(|| key.into(), |(_, new)| (*new).into())
-            })
-            .split("__");
-        Figment::from(Serialized::defaults(Settings::default()))
+        let env = || {
+            Env::prefixed("MYCHAT_")
+                .map(|key| {
+                    LEGACY_ENV
+                        .iter()
+                        .find(|(old, _)| key == *old)
+                        .map_or_else(|| key.into(), |(_, new)| (*new).into())
+                })
+                .split("__")
+        };
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file("mychat.toml"))
-            .merge(env)
+            .merge(env());
+        // figment parses environment values ("0123" would become the number 123): the text
+        // settings (ids, keys, secrets) are taken verbatim instead.
+        for (key, value) in env().iter() {
+            if TEXT_SETTINGS.contains(&key.as_str()) {
+                figment = figment.merge(Serialized::default(key.as_str(), value));
+            }
+        }
+        figment
     }
 
     /// Extracts and checks the settings of `figment`.
@@ -576,17 +648,25 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("MYCHAT_PAYMENTS__SANDBOX", "true");
             jail.set_env("MYCHAT_PAYMENTS__METHODS", "wechat");
-            jail.set_env("MYCHAT_PAYMENTS__WECHAT__MCHID", "m1");
+            jail.set_env("MYCHAT_PAYMENTS__WECHAT__MCHID", "1900000001");
             jail.set_env("MYCHAT_ALIPAY_APP_ID", "legacy-app");
             jail.set_env("MYCHAT_BUS__CACHE_CAPACITY", "77");
             jail.set_env("MYCHAT_BUSINESS_TIME_ZONE", "UTC");
             jail.set_env("MYCHAT_JWT_SECRET", "super-secret-jwt");
+            jail.set_env("MYCHAT_SANDBOX_SECRET", "0123");
             let s = Settings::from_figment(Settings::figment()).expect("settings");
             assert_eq!(s.payments.sandbox, Some(true));
             assert_eq!(s.payments.methods, vec!["wechat".to_string()]);
-            assert_eq!(s.payments.wechat.mchid.as_deref(), Some("m1"));
+            assert_eq!(s.payments.wechat.mchid.as_deref(), Some("1900000001"));
             assert_eq!(s.payments.alipay.app_id.as_deref(), Some("legacy-app"));
             assert_eq!(s.bus.cache_capacity, 77);
+            assert_eq!(
+                s.sandbox_secret
+                    .as_ref()
+                    .map(|v| v.expose_secret().to_string()),
+                Some("0123".to_string()),
+                "text settings are taken verbatim"
+            );
             assert_eq!(s.business_zone().unwrap(), chrono_tz::UTC);
             let shown = s.redacted_toml().unwrap();
             assert!(!shown.contains("super-secret-jwt"), "{shown}");
