@@ -384,6 +384,10 @@ enum Step {
     Pay {
         order: usize,
     },
+    /// The happy path's payment: created, and the provider confirms it at once.
+    PayNow {
+        order: usize,
+    },
     Notify {
         payment: usize,
         txn: u8,
@@ -420,13 +424,14 @@ fn step() -> impl Strategy<Value = Step> {
     let pick = 0usize..3;
     prop_oneof![
         2 => (0usize..2, 0usize..2, 10i64..=20).prop_map(|(user, counselor, minutes)| Step::Place { user, counselor, minutes }),
-        3 => pick.clone().prop_map(|order| Step::Pay { order }),
+        2 => pick.clone().prop_map(|order| Step::Pay { order }),
+        4 => pick.clone().prop_map(|order| Step::PayNow { order }),
         4 => (pick.clone(), 0u8..2, prop::bool::weighted(0.15)).prop_map(|(payment, txn, wrong_amount)| Step::Notify { payment, txn, wrong_amount }),
         1 => pick.clone().prop_map(|order| Step::Cancel { order }),
         3 => (pick.clone(), prop_oneof![Just(100i64), 1i64..=100]).prop_map(|(order, percent)| Step::Refund { order, percent }),
         3 => (pick.clone(), any::<bool>()).prop_map(|(order, by_counselor)| Step::StartChat { order, by_counselor }),
         2 => pick.clone().prop_map(|order| Step::EndChat { order }),
-        3 => (pick.clone(), 0i64..=4, any::<bool>(), prop::bool::weighted(0.8)).prop_map(|(order, status, with_payment, exact)| Step::Admin { order, status, with_payment, exact }),
+        2 => (pick.clone(), 0i64..=4, any::<bool>(), prop::bool::weighted(0.8)).prop_map(|(order, status, with_payment, exact)| Step::Admin { order, status, with_payment, exact }),
         1 => pick.prop_map(|order| Step::Expire { order }),
     ]
 }
@@ -490,6 +495,24 @@ fn no_counselor_is_credited_more_than_was_captured_and_no_account_leaves_its_nor
                                 .await;
                             if st == 200 {
                                 payments.push((b["data"]["payment_no"].as_str().unwrap().to_string(), o.amount));
+                            }
+                        }
+                        Step::PayNow { order } => {
+                            let Some(o) = pick(order) else { continue };
+                            let (st, b) = app
+                                .call(
+                                    &app.api,
+                                    "POST",
+                                    "/api/payment/create",
+                                    &o.token,
+                                    json!({"order_id": o.id, "payment_method": "sandbox"}),
+                                )
+                                .await;
+                            if st == 200 {
+                                let no = b["data"]["payment_no"].as_str().unwrap().to_string();
+                                let status = app.notify(&no, &format!("T-{no}"), o.amount).await;
+                                assert!(status < 500, "notify: {status}");
+                                payments.push((no, o.amount));
                             }
                         }
                         Step::Notify { payment, txn, wrong_amount } => {

@@ -1615,3 +1615,112 @@ async fn figures(app: &App, token: &str, base: &str, day: &str) -> (f64, f64, f6
     let total = stats["data"]["total_revenue"].as_f64().unwrap();
     (total, series, income, stats)
 }
+
+/// An administrator cannot make money appear: every refused status change is a 400
+/// `application/problem+json` naming the field, and changes no table and no stream.
+#[tokio::test]
+async fn refused_order_status_changes_name_the_field_and_change_nothing() {
+    let app = start().await;
+    let token = app.super_token().await;
+    let demo = app.user_id("demo").await;
+    let meta = CommandMeta::new(Actor::user(demo));
+    for (id, minutes) in [(601, 10), (602, 20)] {
+        let place = OrderCommand::Place {
+            order_no: format!("ORD{id}"),
+            user_id: demo,
+            counselor_id: 1,
+            duration_minutes: minutes,
+            price_per_minute: 500,
+            schedule_time: None,
+            notes: String::new(),
+            placed_at: Utc::now(),
+        };
+        let c = app
+            .bus
+            .execute::<Order>(&id.to_string(), place, &meta)
+            .await
+            .unwrap();
+        wait_checkpoint(&app, "orders", c.stream_sequence.unwrap()).await;
+    }
+    // 602 is paid (offline, 100 yuan).
+    let (s, b) = app
+        .call(
+            Method::PUT,
+            "/api/admin/orders/602/status",
+            Some(&token),
+            Some(json!({"status": 1, "payment_method": "cash", "amount": 100, "note": "paid at the desk"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let cases: Vec<(i64, Value, &str)> = vec![
+        (601, json!({"status": 1}), "payment_method"),
+        (
+            601,
+            json!({"status": 1, "payment_method": "card_skimming", "amount": 50, "note": "x"}),
+            "payment_method",
+        ),
+        (
+            601,
+            json!({"status": 1, "payment_method": "cash", "note": "x"}),
+            "amount",
+        ),
+        (
+            601,
+            json!({"status": 1, "payment_method": "cash", "amount": 49.99, "note": "x"}),
+            "amount",
+        ),
+        (
+            601,
+            json!({"status": 1, "payment_method": "cash", "amount": 50.001, "note": "x"}),
+            "amount",
+        ),
+        (
+            601,
+            json!({"status": 1, "payment_method": "cash", "amount": 50}),
+            "note",
+        ),
+        (
+            601,
+            json!({"status": 1, "payment_method": "cash", "amount": 50, "note": "   "}),
+            "note",
+        ),
+        (601, json!({"status": 4}), "status"),
+        (601, json!({"status": 9}), "status"),
+        (601, json!({}), "status"),
+        (
+            602,
+            json!({"status": 1, "payment_method": "cash", "amount": 100, "note": "twice"}),
+            "status",
+        ),
+        (602, json!({"status": 0}), "status"),
+    ];
+    for (id, body, field) in cases {
+        let before = app.fingerprint().await;
+        let resp = app
+            .http
+            .put(format!("{}/api/admin/orders/{id}/status", app.admin))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{id} {body}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/problem+json",
+            "{id} {body}"
+        );
+        let b: Value = resp.json().await.unwrap();
+        assert_eq!(b["errors"][0]["field"], field, "{id} {body}: {b}");
+        assert_eq!(
+            app.fingerprint().await,
+            before,
+            "{id} {body} changed something"
+        );
+    }
+    let (order, _) = app.bus.load::<Order>("601").await.unwrap();
+    assert_eq!(
+        (order.status, order.captured),
+        (domain::OrderStatus::Pending, 0)
+    );
+}
