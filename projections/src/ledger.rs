@@ -339,6 +339,27 @@ impl Projection for Ledger {
     fn subjects(&self) -> Vec<String> {
         LEDGER_SUBJECTS.iter().map(|s| s.to_string()).collect()
     }
+    /// The events with no posting rule's lines ([`postings`] answers none for them). Every other
+    /// type is applied, so an event the ledger does not know still stops it.
+    fn ignores(&self) -> &'static [&'static str] {
+        &[
+            "OrderPlaced",
+            "OrderPaid",
+            "OrderServiceStarted",
+            "OrderCompleted",
+            "OrderCancelled",
+            "OrderRefunded",
+            "OrderReviewed",
+            "OrderStatusChangedByAdmin",
+            "PaymentCreated",
+            "OrderRefundRequested",
+            "OfflinePaymentRecorded",
+            "RechargePaymentCreated",
+            "SessionStarted",
+            "SessionEnded",
+            "WithdrawalApproved",
+        ]
+    }
     /// The whole batch in one statement: every posting line of the batch in one `UNNEST`
     /// insert, and the balances of the lines actually inserted (a re-delivered event adds
     /// nothing) summed per account in one upsert; `updated_at` is the time of the account's

@@ -240,6 +240,24 @@ impl Projection for Notifications {
             "ev.account.>".into(),
         ]
     }
+    /// The events that notify nobody.
+    fn ignores(&self) -> &'static [&'static str] {
+        &[
+            "OrderPlaced",
+            "OrderPaid",
+            "OrderServiceStarted",
+            "OrderCompleted",
+            "OrderRefunded",
+            "OrderReviewed",
+            "OrderStatusChangedByAdmin",
+            "PaymentCreated",
+            "OrderRefundRequested",
+            "OfflinePaymentRecorded",
+            "RechargePaymentCreated",
+            "SessionEnded",
+            "WithdrawalRequested",
+        ]
+    }
     /// Every notification of the batch in one `UNNEST` insert; a counselor recipient is
     /// resolved to its user in the same statement, as [`Projection::apply`] does.
     async fn apply_batch(

@@ -81,6 +81,22 @@ impl Projection for ProcessManager {
             "ev.order.>".into(),
         ]
     }
+    /// The events no process reacts to.
+    fn ignores(&self) -> &'static [&'static str] {
+        &[
+            "OrderPlaced",
+            "OrderPaid",
+            "OrderServiceStarted",
+            "OrderCompleted",
+            "OrderRefunded",
+            "OrderReviewed",
+            "OrderStatusChangedByAdmin",
+            "PaymentCreated",
+            "OfflinePaymentRecorded",
+            "RechargePaymentCreated",
+            "SessionEnded",
+        ]
+    }
     async fn apply(&self, _tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
         for e in message.events()?.iter() {
             match e.aggregate_type.as_str() {

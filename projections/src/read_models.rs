@@ -777,6 +777,10 @@ impl Projection for Billings {
     fn subjects(&self) -> Vec<String> {
         vec!["ev.session.>".into()]
     }
+    /// Only bills make rows.
+    fn ignores(&self) -> &'static [&'static str] {
+        &["SessionStarted", "SessionEnded"]
+    }
     /// Every bill of the batch in one `UNNEST` insert (`ON CONFLICT DO NOTHING`: the first bill
     /// of a session wins, as one by one).
     async fn apply_batch(
@@ -1126,6 +1130,10 @@ impl Projection for Withdrawals {
     }
     fn subjects(&self) -> Vec<String> {
         vec!["ev.account.>".into()]
+    }
+    /// Earnings are not withdrawals.
+    fn ignores(&self) -> &'static [&'static str] {
+        &["EarningsCredited"]
     }
     /// Per round ([`rounds`], by withdrawal): one `UNNEST` insert of the requests and one
     /// `UNNEST` update of approvals, rejections and transfers.

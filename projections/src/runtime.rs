@@ -5,15 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+
 use async_nats::jetstream::{self};
 use async_trait::async_trait;
 use backon::BackoffBuilder;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use eventstore::envelope::{StoredEvent, Upcasters};
-use eventstore::Commit;
-use futures::StreamExt;
+use eventstore::{Commit, ReadOptions, ReadUntil};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +50,9 @@ pub struct LogMessage {
     /// When JetStream stored it.
     pub time: DateTime<Utc>,
     pub payload: Bytes,
+    /// The commit's event types, comma-separated, as its `Mychat-Event-Types` header carries them
+    /// (`None` when the message has no such header).
+    pub event_types: Option<Arc<str>>,
     /// The commit's events once decoded (or why they could not be).
     decoded: Arc<std::sync::OnceLock<Result<Arc<[StoredEvent]>, String>>>,
 }
@@ -78,7 +80,29 @@ impl LogMessage {
             subject,
             time,
             payload,
+            event_types: None,
             decoded: Arc::default(),
+        }
+    }
+
+    /// The same message with its commit's event types (the `Mychat-Event-Types` header:
+    /// comma-separated).
+    pub fn with_event_types(mut self, event_types: Option<&str>) -> Self {
+        self.event_types = event_types.map(Arc::from);
+        self
+    }
+
+    /// Whether `projection` does nothing for this message: every event type in its
+    /// `Mychat-Event-Types` header is one the projection [ignores](Projection::ignores). A
+    /// message without the header is never skipped.
+    pub fn ignored_by(&self, projection: &dyn Projection) -> bool {
+        let ignored = projection.ignores();
+        if ignored.is_empty() {
+            return false;
+        }
+        match self.event_types.as_deref() {
+            Some(types) if !types.is_empty() => types.split(',').all(|t| ignored.contains(&t)),
+            _ => false,
         }
     }
 
@@ -132,6 +156,15 @@ pub trait Projection: Send + Sync + 'static {
     }
     /// The subjects it needs (e.g. `ev.order.>`).
     fn subjects(&self) -> Vec<String>;
+    /// Event types on its subjects that it is known to do nothing for. A commit made only of
+    /// such events is not applied: the live projector opens no transaction for it (its
+    /// checkpoint moves past it with the next batch, or within a second), and replays leave it
+    /// out. Unknown types are never ignored, so a projection that refuses what it does not know
+    /// (the ledger) still sees every new event type. The names are the stored `event_type`s
+    /// (upcasters must not rename a type that a projection ignores).
+    fn ignores(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// The version of its code. Bump it when `apply` changes what it writes: the projectors then
     /// rebuild it blue/green on start ([`crate::rebuild`]).
     fn version(&self) -> i32 {
@@ -193,8 +226,12 @@ impl std::fmt::Display for FailedAt {
 pub struct ProjectorSettings {
     /// Most messages applied in one transaction.
     pub batch_size: usize,
-    /// How long a batch waits for one more message before it is applied.
-    pub linger: Duration,
+    /// Whether a batch's transaction waits for PostgreSQL's WAL flush before it commits
+    /// (`synchronous_commit`). Off by default: the log is the record and the checkpoint moves
+    /// in the same transaction as the rows, so a transaction lost to a PostgreSQL crash loses
+    /// its checkpoint too and is simply read and applied again (see `docs/architecture.md`,
+    /// "Projections"). An acknowledged command is durable in JetStream either way.
+    pub synchronous_commit: bool,
     /// The Postgres schema the projection writes into (`public` for the live read models).
     /// Each batch's transaction runs with `SET LOCAL search_path TO <schema>, public`.
     pub schema: String,
@@ -204,7 +241,7 @@ impl Default for ProjectorSettings {
     fn default() -> Self {
         Self {
             batch_size: 500,
-            linger: Duration::from_millis(2),
+            synchronous_commit: false,
             schema: LIVE_SCHEMA.to_string(),
         }
     }
@@ -414,7 +451,10 @@ pub fn is_transient(e: &anyhow::Error) -> bool {
 
 /// Applies `batch` inside `tx` into `schema` and moves `name`'s checkpoint there from
 /// `position` to the batch's last stream sequence with a compare-and-set. Messages whose stream
-/// sequence is in `skips` are not applied (an operator's recorded decision).
+/// sequence is in `skips` are not applied (an operator's recorded decision), nor are the ones the projection
+/// [ignores](Projection::ignores). The transaction's
+/// `search_path` stays `<schema>, public` until it ends (`SET LOCAL`): statements the caller adds
+/// to it name their schema.
 ///
 /// # Errors
 /// [`BatchError::Poison`] naming the message that fails to apply (the transaction is then
@@ -429,11 +469,11 @@ pub async fn apply_in_tx(
 ) -> Result<u64, BatchError> {
     let name = projection.name();
     let s = schema_ident(schema).map_err(BatchError::Transient)?;
-    sqlx::query(&format!("SET LOCAL search_path TO {s}, public"))
-        .execute(&mut *tx)
-        .await?;
-    let skipped = batch.iter().any(|m| skips.contains(&m.stream_sequence));
-    let kept: std::borrow::Cow<'_, [LogMessage]> = if skipped {
+    // One round trip for both (a simple query may hold several statements).
+    let prepare = format!("SET LOCAL search_path TO {s}, public; SAVEPOINT mychat_batch");
+    sqlx::Executor::execute(&mut *tx, prepare.as_str()).await?;
+    let dropped = |m: &LogMessage| skips.contains(&m.stream_sequence) || m.ignored_by(projection);
+    let kept: std::borrow::Cow<'_, [LogMessage]> = if batch.iter().any(dropped) {
         for m in batch.iter().filter(|m| skips.contains(&m.stream_sequence)) {
             tracing::warn!(
                 projection = name,
@@ -443,7 +483,7 @@ pub async fn apply_in_tx(
         }
         batch
             .iter()
-            .filter(|m| !skips.contains(&m.stream_sequence))
+            .filter(|m| !dropped(m))
             .cloned()
             .collect::<Vec<_>>()
             .into()
@@ -470,13 +510,11 @@ pub async fn apply_in_tx(
             "projection {name}: checkpoint moved under this worker (another worker is active)"
         )));
     }
-    sqlx::query("SET LOCAL search_path TO public")
-        .execute(&mut *tx)
-        .await?;
     Ok(last)
 }
 
-/// Applies `messages` with [`Projection::apply_batch`] behind a savepoint. When the batch fails
+/// Applies `messages` with [`Projection::apply_batch`] behind the savepoint `mychat_batch` (set by
+/// [`apply_in_tx`]). When the batch fails
 /// for a reason other than the infrastructure, it is rolled back to the savepoint and applied
 /// again message by message with [`Projection::apply`]: the first message that fails is the
 /// poison event, named by its own stream sequence and cause. (If every message then applies,
@@ -487,9 +525,6 @@ async fn apply_messages(
     messages: &[LogMessage],
 ) -> Result<(), BatchError> {
     let name = projection.name();
-    sqlx::query("SAVEPOINT mychat_batch")
-        .execute(&mut *tx)
-        .await?;
     // Issue 8: each event's correlation id in the projector's log (read from the commit only
     // when debug logs of the projectors are on, or when a message fails).
     if tracing::enabled!(tracing::Level::DEBUG) {
@@ -567,73 +602,52 @@ pub async fn load_skips(
     Ok(skips)
 }
 
-/// Whether a NATS subject filter (`*` one token, `>` the rest) matches `subject`.
-pub fn subject_matches(filter: &str, subject: &str) -> bool {
-    let mut f = filter.split('.');
-    let mut s = subject.split('.');
-    loop {
-        match (f.next(), s.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
+pub use eventstore::reader::subject_matches;
+
+/// A reader of a projection's messages ([`spawn_reader`]): [`eventstore::LogReader`]'s batches
+/// as [`LogMessage`]s.
+pub struct ProjectionReader {
+    inner: eventstore::LogReader,
+}
+
+impl ProjectionReader {
+    /// The next batch (never empty) in stream order; `None` at the reader's end. Cancel-safe.
+    ///
+    /// # Errors
+    /// When the stream cannot be read ([`eventstore::reader::ReadError`]).
+    pub async fn recv(&mut self) -> Option<anyhow::Result<Vec<LogMessage>>> {
+        self.inner.next().await.map(convert)
+    }
+
+    /// A batch already read, if there is one (never waits).
+    pub fn try_recv(&mut self) -> Option<anyhow::Result<Vec<LogMessage>>> {
+        self.inner.try_next().map(convert)
     }
 }
 
-/// How a projection reads its subjects: `(the consumer's filter, the subjects to keep client
-/// side)`. One subject is filtered by the server. Several (the ledger's five aggregate types,
-/// the notifications' four) are read unfiltered and kept client side: measured on
-/// nats-server 2.15 with one subject per aggregate, an ordered consumer with several
-/// wildcard filters delivers ~4k messages/s, a single-filter or unfiltered one > 100k/s.
-pub fn read_filter(subjects: Vec<String>) -> (Vec<String>, Option<Vec<String>>) {
-    if subjects.len() > 1 {
-        (Vec::new(), Some(subjects))
-    } else {
-        (subjects, None)
-    }
+fn convert(
+    batch: Result<Vec<eventstore::LogEntry>, eventstore::reader::ReadError>,
+) -> anyhow::Result<Vec<LogMessage>> {
+    Ok(batch?
+        .into_iter()
+        .map(|e| {
+            let types = e
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(eventstore::envelope::HDR_EVENT_TYPES))
+                .map(|v| v.as_str().to_string());
+            LogMessage::new(e.stream_sequence, e.subject, e.published, e.payload)
+                .with_event_types(types.as_deref())
+        })
+        .collect())
 }
 
-fn keeps(keep: &Option<Vec<String>>, subject: &str) -> bool {
-    keep.as_ref()
-        .is_none_or(|k| k.iter().any(|f| subject_matches(f, subject)))
-}
-
-/// How long one pull request of a reader ([`spawn_reader`]) waits for messages when fewer than
-/// it asked for are stored (at the head of the stream). A reader stops at the head on its own
-/// (`pending == 0`), so this only matters for a stream that grows while it is read.
-pub const READ_PULL_EXPIRY: Duration = Duration::from_secs(1);
-
-/// The longest pull request of a live projector's ordered consumer (async-nats asks for 30 s).
-/// async-nats's ordered stream can stop asking for messages when its count of the messages
-/// still owed goes wrong (see [`spawn_reader`]) until its safety timer fires, at the request's
-/// expiry + 5 s: a live projector then lags for up to 10 s instead of 35 s. Readers of replays
-/// and rebuilds do not use that stream at all; the live loop still does (it waits on the stream
-/// with a linger and a shutdown signal), which is left to do.
-pub const LIVE_PULL_EXPIRY: Duration = Duration::from_secs(5);
-
-/// How many messages one pull request of a reader ([`spawn_reader`]) asks for.
-pub const READ_PULL_BATCH: usize = 2000;
-
-/// Reads `projection`'s messages from `from + 1` in a background task and sends them in batches
-/// of at most `batch_size`, until the consumer has nothing pending (the head when it was
-/// created) or the next message is past `upto`; then the channel closes. Reading overlaps with
-/// applying (the channel holds 4 batches).
-///
-/// The reader is an *ordered consumer* of its own making: an ephemeral, unacknowledged,
-/// in-memory pull consumer read with one explicit pull request of [`READ_PULL_BATCH`] messages
-/// at a time; each message's consumer sequence must follow the last one, and on a gap or a
-/// failed pull request (the consumer deleted, say) the consumer is re-created after the last
-/// stream sequence read, so nothing is skipped or read twice (three re-creations in a row that
-/// read nothing fail the reader). Not async-nats's `OrderedConfig` stream: its continuous
-/// pulls count the messages still owed by its requests with a saturating counter that, when a
-/// request's messages arrive before the request's own bookkeeping (a busy machine), loses
-/// decrements; the client then believes messages are owed that the server has finished with,
-/// sends no new pull request, and waits until its safety timer (the request's expiry + 5 s)
-/// fires. That was the sporadic 10–36 s stall of replays and rebuilds (async-nats 0.51.0,
-/// `consumer/pull.rs`, `Stream::poll_next`; a debug log of a stalled 1M replay showed the
-/// client had received exactly 1,796 whole batches of 500 when it stopped asking).
+/// Reads `subjects` of `stream` from `from + 1` in a background task, in batches of at most
+/// `batch_size`, until the head as it is when the reader starts, or until the next message is
+/// past `upto`; then [`ProjectionReader::recv`] answers `None`. Reading overlaps with applying
+/// (the reader keeps up to 4 batches ahead). The reader is [`eventstore::LogReader`]: explicit
+/// pull requests on a consumer of its own, consumer sequences checked, the consumer re-created
+/// after the last stream sequence read on a gap or a failed request.
 pub fn spawn_reader(
     js: jetstream::Context,
     stream: &'static str,
@@ -641,139 +655,38 @@ pub fn spawn_reader(
     from: u64,
     upto: Option<u64>,
     batch_size: usize,
-) -> tokio::sync::mpsc::Receiver<anyhow::Result<Vec<LogMessage>>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(async move {
-        let read = async {
-            if upto.is_some_and(|u| u <= from) {
-                return Ok(());
-            }
-            let stream = js.get_stream(stream).await?;
-            let (filter_subjects, keep) = read_filter(subjects);
-            // The last stream sequence read: a re-created consumer starts after it.
-            let mut last = from;
-            let mut batch = Vec::with_capacity(batch_size);
-            // Consumers re-created in a row (back to 1 when the last one read something).
-            let mut retries = 0u32;
-            'consumer: loop {
-                let consumer = stream
-                    .create_consumer(pull::Config {
-                        filter_subjects: filter_subjects.clone(),
-                        deliver_policy: if last == 0 {
-                            DeliverPolicy::All
-                        } else {
-                            DeliverPolicy::ByStartSequence {
-                                start_sequence: last + 1,
-                            }
-                        },
-                        ack_policy: jetstream::consumer::AckPolicy::None,
-                        memory_storage: true,
-                        num_replicas: 1,
-                        // Long enough for a consumer of the reader to wait on a full channel.
-                        inactive_threshold: Duration::from_secs(120),
-                        ..Default::default()
-                    })
-                    .await?;
-                let name = consumer.cached_info().name.clone();
-                let done = consumer.cached_info().num_pending == 0;
-                let before = last;
-                // The consumer sequence of the last message this consumer delivered.
-                let mut delivered = 0u64;
-                let outcome = async {
-                    if done {
-                        return anyhow::Ok(Read::Done);
-                    }
-                    loop {
-                        let pulled = consumer
-                            .batch()
-                            .max_messages(READ_PULL_BATCH)
-                            .expires(READ_PULL_EXPIRY)
-                            .messages()
-                            .await;
-                        let mut messages = match pulled {
-                            Ok(messages) => messages,
-                            Err(e) => return Ok(Read::Again(format!("pull request: {e}"))),
-                        };
-                        // Messages are pending, so a request that brings none (its consumer
-                        // gone without a word, say) is not waited out again and again.
-                        let mut got = 0usize;
-                        while let Some(m) = messages.next().await {
-                            got += 1;
-                            let m = match m {
-                                Ok(m) => m,
-                                Err(e) => return Ok(Read::Again(format!("pull response: {e}"))),
-                            };
-                            let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-                            if info.consumer_sequence != delivered + 1 {
-                                return Ok(Read::Again(format!(
-                                    "consumer sequence {} after {delivered}",
-                                    info.consumer_sequence
-                                )));
-                            }
-                            delivered = info.consumer_sequence;
-                            let pending = info.pending;
-                            let message = log_message(&m, &info);
-                            if upto.is_some_and(|u| message.stream_sequence > u) {
-                                return Ok(Read::Done);
-                            }
-                            last = message.stream_sequence;
-                            if keeps(&keep, &message.subject) {
-                                batch.push(message);
-                                if batch.len() >= batch_size
-                                    && tx.send(Ok(std::mem::take(&mut batch))).await.is_err()
-                                {
-                                    return Ok(Read::Done);
-                                }
-                            }
-                            if pending == 0 || upto.is_some_and(|u| last >= u) {
-                                return Ok(Read::Done);
-                            }
-                        }
-                        if got == 0 {
-                            return Ok(Read::Again("a pull request brought nothing".into()));
-                        }
-                    }
-                }
-                .await;
-                // Best effort: an ephemeral consumer also goes away on its own once inactive.
-                let _ = stream.delete_consumer(&name).await;
-                match outcome? {
-                    Read::Done => break 'consumer,
-                    Read::Again(why) => {
-                        retries = if last > before { 1 } else { retries + 1 };
-                        anyhow::ensure!(
-                            retries <= 3,
-                            "reading {}: {why} ({retries} consumers re-created in a row)",
-                            stream.cached_info().config.name
-                        );
-                        tracing::warn!(
-                            consumer = name,
-                            after_stream_sequence = last,
-                            why,
-                            "re-creating a reader's consumer"
-                        );
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                let _ = tx.send(Ok(batch)).await;
-            }
-            anyhow::Ok(())
-        };
-        if let Err(e) = read.await {
-            let _ = tx.send(Err(e)).await;
-        }
-    });
-    rx
+) -> ProjectionReader {
+    let until = match upto {
+        Some(u) => ReadUntil::Sequence(u),
+        None => ReadUntil::Head,
+    };
+    ProjectionReader {
+        inner: eventstore::LogReader::spawn(
+            js,
+            ReadOptions::new(stream, from, until)
+                .subjects(subjects)
+                .batch_size(batch_size),
+        ),
+    }
 }
 
-/// How a reader's consumer ended ([`spawn_reader`]).
-enum Read {
-    /// At the head, past `upto`, or nobody listens any more.
-    Done,
-    /// A gap in its consumer sequence or a failed pull request (why): read on from the last
-    /// stream sequence with a new consumer.
-    Again(String),
+/// A reader that follows `subjects` of `stream` from `from + 1` forever: the live projectors'.
+/// At the head a message is handed over as soon as it is read.
+pub fn follow(
+    js: jetstream::Context,
+    stream: &'static str,
+    subjects: Vec<String>,
+    from: u64,
+    batch_size: usize,
+) -> ProjectionReader {
+    ProjectionReader {
+        inner: eventstore::LogReader::spawn(
+            js,
+            ReadOptions::new(stream, from, ReadUntil::Follow)
+                .subjects(subjects)
+                .batch_size(batch_size),
+        ),
+    }
 }
 
 /// The advisory-lock key of `name` in `schema`: `hashtextextended('mychat.projection:<name>@<schema>', 0)`.
@@ -959,66 +872,66 @@ impl Projector {
             .await
             .map_err(BatchError::Transient)?;
         let skips = load_skips(&js, name).await.map_err(BatchError::Transient)?;
-        let stream = js
-            .get_stream(self.projection.stream())
-            .await
-            .map_err(|e| BatchError::Transient(e.into()))?;
-        let deliver_policy = if position == 0 {
-            DeliverPolicy::All
-        } else {
-            DeliverPolicy::ByStartSequence {
-                start_sequence: position + 1,
-            }
-        };
-        let (filter_subjects, keep) = read_filter(self.projection.subjects());
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subjects,
-                deliver_policy,
-                max_expires: LIVE_PULL_EXPIRY,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| BatchError::Transient(e.into()))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| BatchError::Transient(e.into()))?;
+        let mut reader = follow(
+            js.clone(),
+            self.projection.stream(),
+            self.projection.subjects(),
+            position,
+            self.settings.batch_size,
+        );
         let _ = self.set_status("running", None, None).await;
         tracing::info!(projection = name, position, schema, "projector started");
         let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        // A batch read but not applied yet (it would have made the transaction too big).
+        let mut carried: Option<Vec<LogMessage>> = None;
+        // Everything up to here is reflected in the read model: past `position` (the stored
+        // checkpoint) only by messages the projection ignores, whose checkpoint is stored lazily.
+        let mut read_to = position;
         loop {
-            let first = tokio::select! {
-                m = messages.next() => m,
-                _ = heartbeat.tick() => {
-                    // Still the active worker? (The lock dies with its connection.)
-                    sqlx::query("SELECT 1").execute(&mut lock).await?;
-                    continue;
-                }
-                _ = shutdown.cancelled() => return Ok(()),
-            };
-            let Some(first) = first else {
-                return Err(BatchError::Transient(anyhow::anyhow!("consumer ended")));
-            };
-            let first = first.map_err(|e| BatchError::Transient(anyhow::anyhow!("{e}")))?;
-            let first = to_log_message(first).map_err(BatchError::Transient)?;
-            if !keeps(&keep, &first.subject) {
-                continue;
-            }
-            let mut batch = vec![first];
-            while batch.len() < self.settings.batch_size {
-                match tokio::time::timeout(self.settings.linger, messages.next()).await {
-                    Ok(Some(m)) => {
-                        let m = to_log_message(
-                            m.map_err(|e| BatchError::Transient(anyhow::anyhow!("{e}")))?,
-                        )
-                        .map_err(BatchError::Transient)?;
-                        if keeps(&keep, &m.subject) {
-                            batch.push(m);
+            let mut batch = match carried.take() {
+                Some(batch) => batch,
+                None => tokio::select! {
+                    b = reader.recv() => match b {
+                        Some(b) => b.map_err(BatchError::Transient)?,
+                        None => return Err(BatchError::Transient(anyhow::anyhow!("reader ended"))),
+                    },
+                    _ = heartbeat.tick() => {
+                        // Still the active worker? (The lock dies with its connection.)
+                        sqlx::query("SELECT 1").execute(&mut lock).await?;
+                        if read_to > position {
+                            position = self.move_checkpoint(position, read_to).await?;
                         }
+                        continue;
                     }
-                    Ok(None) | Err(_) => break,
+                    _ = shutdown.cancelled() => return Ok(()),
+                },
+            };
+            // No linger: apply what has been read by now. What arrives meanwhile is read while
+            // this batch is applied, and makes the next batch.
+            while batch.len() < self.settings.batch_size {
+                match reader.try_recv() {
+                    Some(more) => {
+                        let more = more.map_err(BatchError::Transient)?;
+                        if batch.len() + more.len() > self.settings.batch_size {
+                            carried = Some(more);
+                            break;
+                        }
+                        batch.extend(more);
+                    }
+                    None => break,
                 }
+            }
+            let last = batch.last().map_or(read_to, |m| m.stream_sequence);
+            if batch.iter().all(|m| {
+                m.ignored_by(self.projection.as_ref()) && !skips.contains(&m.stream_sequence)
+            }) {
+                // Nothing to write: no transaction. The read model already shows `last`.
+                read_to = last;
+                let _ = self
+                    .nats
+                    .publish(checkpoint_subject(name), read_to.to_string().into())
+                    .await;
+                continue;
             }
             position = match self.apply_batch(position, &batch, &skips).await {
                 Ok(p) => p,
@@ -1054,11 +967,36 @@ impl Projector {
                 }
                 Err(e) => return Err(e),
             };
+            read_to = position;
             let _ = self
                 .nats
                 .publish(checkpoint_subject(name), position.to_string().into())
                 .await;
         }
+    }
+
+    /// Stores the checkpoint `to` (from `position`, compare-and-set) for messages the projection
+    /// ignored: nothing else changes.
+    async fn move_checkpoint(&self, position: u64, to: u64) -> Result<u64, BatchError> {
+        let s = schema_ident(&self.settings.schema).map_err(BatchError::Transient)?;
+        let moved = sqlx::query(&format!(
+            "UPDATE {s}.projection_checkpoints SET position = $2, version = $4, updated_at = now() \
+             WHERE name = $1 AND position = $3"
+        ))
+        .bind(self.projection.name())
+        .bind(to as i64)
+        .bind(position as i64)
+        .bind(self.projection.version())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if moved != 1 {
+            return Err(BatchError::Transient(anyhow::anyhow!(
+                "projection {}: checkpoint moved under this worker (another worker is active)",
+                self.projection.name()
+            )));
+        }
+        Ok(to)
     }
 
     #[tracing::instrument(skip_all, fields(projection = self.projection.name(), from = position, count = batch.len()))]
@@ -1068,7 +1006,14 @@ impl Projector {
         batch: &[LogMessage],
         skips: &std::collections::BTreeSet<u64>,
     ) -> Result<u64, BatchError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = if self.settings.synchronous_commit {
+            self.pool.begin().await?
+        } else {
+            // One round trip for both (a simple query may hold several statements).
+            self.pool
+                .begin_with("BEGIN; SET LOCAL synchronous_commit TO off")
+                .await?
+        };
         let last = apply_in_tx(
             &mut tx,
             self.projection.as_ref(),
@@ -1081,25 +1026,6 @@ impl Projector {
         tx.commit().await?;
         Ok(last)
     }
-}
-
-pub(crate) fn to_log_message(m: jetstream::Message) -> anyhow::Result<LogMessage> {
-    let info = m.info().map_err(|e| anyhow::anyhow!("message info: {e}"))?;
-    Ok(log_message(&m, &info))
-}
-
-/// [`to_log_message`] for a caller that has parsed the message's info already (its reply
-/// subject: parsed once per message on the read path).
-fn log_message(m: &jetstream::Message, info: &jetstream::message::Info<'_>) -> LogMessage {
-    let time =
-        DateTime::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond())
-            .unwrap_or_default();
-    LogMessage::new(
-        info.stream_sequence,
-        m.subject.to_string(),
-        time,
-        m.payload.clone(),
-    )
 }
 
 /// The correlation id of an `EVENTS` commit (`None` for other messages).

@@ -86,7 +86,7 @@ async fn a_worker_killed_mid_batch_applies_no_event_twice() {
         projection: Arc::new(Recorder),
         settings: ProjectorSettings {
             batch_size: 50,
-            linger: Duration::from_millis(5),
+            synchronous_commit: false,
             ..Default::default()
         },
     };
@@ -145,7 +145,7 @@ async fn two_workers_on_one_projection_build_the_same_read_model_as_one() {
             projection: Arc::new(projections::read_models::Orders),
             settings: ProjectorSettings {
                 batch_size: 7,
-                linger: Duration::from_millis(1),
+                synchronous_commit: false,
                 ..Default::default()
             },
         };

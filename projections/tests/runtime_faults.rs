@@ -341,7 +341,7 @@ async fn a_reader_whose_consumer_is_deleted_reads_on_without_gaps_or_repeats() {
     let env = env().await;
     let js = async_nats::jetstream::new(env.client.clone());
     // More than two pull requests' worth.
-    let n = projections::runtime::READ_PULL_BATCH as u64 * 2 + 500;
+    let n = eventstore::reader::PULL_BATCH as u64 * 2 + 500;
     let mut acks = Vec::new();
     for i in 0..n {
         acks.push(

@@ -176,6 +176,14 @@ pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<
     .bind(user.user_id)
     .execute(&state.db)
     .await?;
+    crate::auth::announce_revoked(
+        &state.nats,
+        &crate::auth::Revoked {
+            user_id: Some(user.user_id),
+            jti: Some(user.jti.clone()),
+        },
+    )
+    .await;
     Ok(crate::ok_msg("logged out"))
 }
 
@@ -306,6 +314,14 @@ pub async fn password(
     .bind(user.user_id)
     .execute(&state.db)
     .await?;
+    crate::auth::announce_revoked(
+        &state.nats,
+        &crate::auth::Revoked {
+            user_id: Some(user.user_id),
+            jti: None,
+        },
+    )
+    .await;
     let token = state
         .jwt
         .issue_at(user.user_id, &user.username, KIND_USER, cutoff + 1)?;
@@ -362,8 +378,9 @@ pub async fn recharge(
             "one of NATIVE, H5, JSAPI, APP",
         ));
     }
-    let id: i64 = sqlx::query_scalar("SELECT nextval('payment_ids')")
-        .fetch_one(&state.db)
+    let id = state
+        .ids
+        .next(&state.db, crate::ids::IdSequence::Payments)
         .await?;
     let now = Utc::now();
     let payment_no = format!("PAY{}{id}", now.timestamp_nanos_opt().unwrap_or_default());
@@ -378,7 +395,7 @@ pub async fn recharge(
     let meta = request_meta(&headers, Actor::user(user.user_id));
     let committed = state
         .bus
-        .execute::<Payment>(&id.to_string(), command, &meta)
+        .execute_new::<Payment>(&id.to_string(), command, &meta)
         .await?;
     state.settle("payments", committed.stream_sequence).await;
     let id: i64 = committed.aggregate_id.parse().unwrap_or(id);

@@ -168,8 +168,9 @@ pub async fn change_order_status(
                     ),
                 ));
             }
-            let payment_id: i64 = sqlx::query_scalar("SELECT nextval('payment_ids')")
-                .fetch_one(&state.db)
+            let payment_id = state
+                .ids
+                .next(&state.db, crate::ids::IdSequence::Payments)
                 .await?;
             let payment_no = format!(
                 "OFF{}{payment_id}",
@@ -179,7 +180,7 @@ pub async fn change_order_status(
             pay_meta.command_id = format!("{}:offline-payment", meta.command_id);
             let recorded = state
                 .bus
-                .execute::<domain::Payment>(
+                .execute_new::<domain::Payment>(
                     &payment_id.to_string(),
                     domain::PaymentCommand::RecordOffline {
                         payment_no,

@@ -444,6 +444,15 @@ pub async fn update_user(
         return Err(ApiError::bad_request("nothing to change"));
     }
     let row = update_live_user(&state, id, sets).await?;
+    // A disabled account's tokens stop working on every node.
+    crate::auth::announce_revoked(
+        &state.nats,
+        &crate::auth::Revoked {
+            user_id: Some(id),
+            jti: None,
+        },
+    )
+    .await;
     Ok(ok(user_shape(row)))
 }
 
@@ -477,6 +486,14 @@ pub async fn delete_user(
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("user"));
     }
+    crate::auth::announce_revoked(
+        &state.nats,
+        &crate::auth::Revoked {
+            user_id: Some(id),
+            jti: None,
+        },
+    )
+    .await;
     Ok(ok_msg("deleted"))
 }
 

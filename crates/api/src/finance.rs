@@ -111,8 +111,9 @@ pub async fn withdraw(
     let bank_account = bank_field("bank_account", &req.bank_account)?;
     let account_name = bank_field("account_name", &req.account_name)?;
     let counselor_id = caller_counselor(&state, &user).await?;
-    let withdrawal_id: i64 = sqlx::query_scalar("SELECT nextval('withdrawal_ids')")
-        .fetch_one(&state.db)
+    let withdrawal_id = state
+        .ids
+        .next(&state.db, crate::ids::IdSequence::Withdrawals)
         .await?;
     let command = AccountCommand::RequestWithdrawal {
         counselor_id,

@@ -26,6 +26,7 @@ pub mod error;
 pub mod files;
 pub mod finance;
 pub mod idempotency;
+pub mod ids;
 pub mod ledger_reads;
 pub mod money;
 pub mod notifications;
@@ -55,7 +56,7 @@ use sqlx::PgPool;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-pub use auth::{AuthAdmin, AuthUser, JwtKeys};
+pub use auth::{AuthAdmin, AuthUser, JwtKeys, TokenGate};
 pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 pub use user_config::UserApiConfig;
 
@@ -83,6 +84,10 @@ pub struct AppState {
     pub bus: CommandBus,
     pub nats: async_nats::Client,
     pub jwt: Arc<JwtKeys>,
+    /// What authenticating a user token needs from the database, remembered per process.
+    pub tokens: auth::TokenGate,
+    /// New aggregates' ids, taken from their sequences in blocks.
+    pub ids: Arc<ids::IdBlocks>,
     pub watch: CheckpointWatch,
     pub settings: Arc<ApiSettings>,
 }
@@ -91,6 +96,7 @@ impl AppState {
     /// Waits (up to `settings.settle_timeout`) until projection `name` has applied stream
     /// sequence `seq`, so that the client's next read shows its write. `None` (a no-op command)
     /// returns at once. Lag is logged, not an error: the write is already durable.
+    #[tracing::instrument(level = "debug", name = "read_your_writes", skip(self))]
     pub async fn settle(&self, name: &str, seq: Option<u64>) {
         if let Some(seq) = seq {
             if !self

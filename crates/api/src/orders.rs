@@ -83,6 +83,7 @@ pub struct CreateOrder {
 
 /// `POST /api/order/create` → `{order_id, order_no, amount, amount_fen, status: 0, create_at}`.
 /// The amount is `duration × the counselor's current price`, fixed in the order.
+#[tracing::instrument(level = "debug", name = "order_create", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -117,8 +118,9 @@ pub async fn create(
             "a counselor cannot order a session with themself",
         ));
     }
-    let id: i64 = sqlx::query_scalar("SELECT nextval('order_ids')")
-        .fetch_one(&state.db)
+    let id = state
+        .ids
+        .next(&state.db, crate::ids::IdSequence::Orders)
         .await?;
     let now = Utc::now();
     let order_no = format!("ORD{}{}{id}", now.timestamp(), user.user_id);
@@ -135,7 +137,7 @@ pub async fn create(
     let meta = request_meta(&headers, Actor::user(user.user_id));
     let committed = state
         .bus
-        .execute::<Order>(&id.to_string(), command, &meta)
+        .execute_new::<Order>(&id.to_string(), command, &meta)
         .await?;
     state.settle("orders", committed.stream_sequence).await;
     // A retried Idempotency-Key answers with the order its first attempt placed.

@@ -116,8 +116,9 @@ pub async fn create(
             order.status.code()
         )));
     }
-    let id: i64 = sqlx::query_scalar("SELECT nextval('payment_ids')")
-        .fetch_one(&state.db)
+    let id = state
+        .ids
+        .next(&state.db, crate::ids::IdSequence::Payments)
         .await?;
     let now = Utc::now();
     let payment_no = format!("PAY{}{id}", now.timestamp_nanos_opt().unwrap_or_default());
@@ -133,7 +134,7 @@ pub async fn create(
     let meta = request_meta(&headers, Actor::user(user.user_id));
     let committed = state
         .bus
-        .execute::<Payment>(&id.to_string(), command, &meta)
+        .execute_new::<Payment>(&id.to_string(), command, &meta)
         .await?;
     state.settle("payments", committed.stream_sequence).await;
     let (id, payment_no) = match committed.events.first() {

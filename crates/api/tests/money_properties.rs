@@ -103,6 +103,10 @@ async fn start() -> App {
             b"money-properties-jwt-secret-0123456789",
             3600,
         )),
+        ids: Default::default(),
+        tokens: api::TokenGate::follow(&client, api::TokenGate::DEFAULT_TTL)
+            .await
+            .unwrap(),
         watch: CheckpointWatch::start(client.clone(), pool.clone())
             .await
             .unwrap(),

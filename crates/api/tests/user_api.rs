@@ -120,11 +120,15 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
     let state = api::AppState {
         db: pool.clone(),
         bus,
-        nats: client,
+        nats: client.clone(),
         jwt: Arc::new(api::JwtKeys::new(
             b"test-secret-test-secret-test-secret!",
             3600,
         )),
+        ids: Default::default(),
+        tokens: api::TokenGate::follow(&client, api::TokenGate::DEFAULT_TTL)
+            .await
+            .unwrap(),
         watch,
         settings: Arc::new(api::ApiSettings {
             public_url: url.clone(),

@@ -307,6 +307,7 @@ impl GroupCommitter {
     ///
     /// # Errors
     /// [`CommitError`] when JetStream did not answer; the commit may be stored.
+    #[tracing::instrument(level = "debug", name = "group_commit", skip_all)]
     pub async fn commit(&self, commit: PendingCommit) -> Result<CommitOutcome, CommitError> {
         let (reply, rx) = oneshot::channel();
         self.tx

@@ -19,12 +19,14 @@ pub mod bus;
 pub mod chat;
 pub mod envelope;
 pub mod group;
+pub mod reader;
 pub mod store;
 pub mod streams;
 
 pub use bus::{BusSettings, CommandBus, CommandError, CommandMeta, Committed};
 pub use envelope::{Actor, Commit, RecordedEvent, StoredEvent};
 pub use group::{CommitOutcome, GroupCommitSettings, GroupCommitter, PendingCommit};
+pub use reader::{LogEntry, LogReader, ReadOptions, ReadUntil};
 pub use store::{JetStreamAggregateContext, JetStreamEventStore};
 pub use streams::{ensure_streams, StreamSettings, CHAT_STREAM, EVENTS_STREAM};
 

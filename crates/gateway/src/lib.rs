@@ -104,6 +104,8 @@ impl Default for GatewayConfig {
 pub struct GatewayState {
     pub bus: CommandBus,
     pub jwt: Arc<api::JwtKeys>,
+    /// What authenticating a user token needs from the database, remembered per node.
+    pub tokens: api::TokenGate,
     pub hub: Arc<Hub>,
     pub db: PgPool,
     pub nats: async_nats::Client,
@@ -187,9 +189,13 @@ pub async fn start_node(
             }
         });
     }
+    let tokens = api::TokenGate::follow(&nats, api::TokenGate::DEFAULT_TTL)
+        .await
+        .context("following token revocations")?;
     Ok(GatewayState {
         bus,
         jwt,
+        tokens,
         hub,
         db,
         nats,

@@ -48,7 +48,7 @@ fn query_param(uri: &Uri, name: &str) -> Option<String> {
 
 /// Authenticates a handshake: `?token=` or `Authorization: Bearer` (a user token) that is not
 /// revoked (logout, password change) and whose account is enabled (issue 8, the user API's
-/// [`api::auth::check_user_token`]). Refusals are plain HTTP before the upgrade with
+/// [`api::auth::TokenGate::check`]). Refusals are plain HTTP before the upgrade with
 /// `{"error": msg}` (contract d.1); a draining node answers 503.
 async fn authenticate(
     state: &GatewayState,
@@ -80,7 +80,7 @@ async fn authenticate(
             "a user token is required".to_string(),
         ));
     }
-    if let Err(e) = api::auth::check_user_token(&state.db, &claims).await {
+    if let Err(e) = state.tokens.check(&state.db, &claims).await {
         if e.status.is_server_error() {
             tracing::error!(error = %e.msg, "token check");
             return Err((

@@ -98,7 +98,7 @@ async fn main() -> std::process::ExitCode {
     if !matches!(cli.command, Command::Demo(_) | Command::Bench(_))
         || std::env::var_os("RUST_LOG").is_some()
     {
-        server::init_tracing(&settings.log_format);
+        server::init_tracing(&settings.log_format, settings.log_spans);
     }
     let result = match cli.command {
         Command::Up => server::up(settings).await,

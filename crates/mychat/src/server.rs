@@ -31,7 +31,8 @@ pub enum Part {
 }
 
 /// Logs: JSON in production, pretty on a terminal; `RUST_LOG` filters.
-pub fn init_tracing(format: &str) {
+/// `spans`: also log each span as it closes, with its busy and idle time.
+pub fn init_tracing(format: &str, spans: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn,tower_http=warn".into());
     let json = match format {
@@ -41,6 +42,11 @@ pub fn init_tracing(format: &str) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_span_events(if spans {
+            tracing_subscriber::fmt::format::FmtSpan::CLOSE
+        } else {
+            tracing_subscriber::fmt::format::FmtSpan::NONE
+        })
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -357,6 +363,8 @@ pub(crate) async fn run_parts(
         bus: infra.bus.clone(),
         nats: infra.nats.clone(),
         jwt: jwt.clone(),
+        ids: Default::default(),
+        tokens: api::TokenGate::follow(&infra.nats, api::TokenGate::DEFAULT_TTL).await?,
         watch,
         settings: Arc::new(api::ApiSettings {
             public_url: settings.public_url(),

@@ -91,6 +91,10 @@ pub struct Settings {
     pub business_time_zone: String,
     /// Payment providers and the sandbox (`[payments]`; see [`PaymentSettings`]).
     pub payments: PaymentSettings,
+    /// Log every span as it closes, with its busy and idle time (`MYCHAT_LOG_SPANS=true`): one
+    /// request traced end to end (authentication, the command, its commit, the wait for the read
+    /// model) when `RUST_LOG` enables the spans, e.g. `RUST_LOG=info,api=debug,eventstore=debug`.
+    pub log_spans: bool,
     /// Gateway: this node's id in presence (default: a fresh id per process).
     pub gateway_node_id: Option<String>,
     /// Gateway: length of a billed minute in milliseconds (60000; shorter only for tests).
@@ -265,6 +269,7 @@ impl Default for Settings {
             cors_origins: String::new(),
             business_time_zone: "Asia/Shanghai".into(),
             payments: PaymentSettings::default(),
+            log_spans: false,
             gateway_node_id: None,
             gateway_minute_ms: 60_000,
             gateway_inactivity_seconds: 30 * 60,

@@ -95,6 +95,10 @@ async fn start() -> App {
         bus: bus.clone(),
         nats: nats.clone(),
         jwt: jwt.clone(),
+        ids: Default::default(),
+        tokens: api::TokenGate::follow(&nats, api::TokenGate::DEFAULT_TTL)
+            .await
+            .unwrap(),
         watch: CheckpointWatch::start(nats.clone(), db.clone())
             .await
             .unwrap(),
