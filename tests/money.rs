@@ -56,7 +56,8 @@ fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, D
 #[test]
 fn serve_refuses_a_payment_provider_without_credentials_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &[&str]); 4] = [
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 4] = [
         (
             &[],
             &["payments.wechat.mchid", "MYCHAT_PAYMENTS__WECHAT__MCHID"],

@@ -225,27 +225,25 @@ impl Projection for ProcessManager {
                         reason,
                         cancelled_at,
                         ..
-                    } => {
-                        if refund_amount > 0 {
-                            let order_id = id_of(e)?;
-                            let cmd = PaymentCommand::Refund {
-                                refund_no: format!("cancel-{order_id}"),
-                                amount: refund_amount,
-                                reason: if reason.is_empty() {
-                                    "order cancelled".into()
-                                } else {
-                                    reason
-                                },
-                                refunded_at: cancelled_at,
-                            };
-                            let meta = meta_for(e, format!("pm:cancel-refund:{order_id}"));
-                            settle(
-                                "cancel-refund",
-                                self.bus
-                                    .execute::<Payment>(&payment_id.to_string(), cmd, &meta)
-                                    .await,
-                            )?;
-                        }
+                    } if refund_amount > 0 => {
+                        let order_id = id_of(e)?;
+                        let cmd = PaymentCommand::Refund {
+                            refund_no: format!("cancel-{order_id}"),
+                            amount: refund_amount,
+                            reason: if reason.is_empty() {
+                                "order cancelled".into()
+                            } else {
+                                reason
+                            },
+                            refunded_at: cancelled_at,
+                        };
+                        let meta = meta_for(e, format!("pm:cancel-refund:{order_id}"));
+                        settle(
+                            "cancel-refund",
+                            self.bus
+                                .execute::<Payment>(&payment_id.to_string(), cmd, &meta)
+                                .await,
+                        )?;
                     }
                     _ => {}
                 },

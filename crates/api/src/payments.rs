@@ -326,7 +326,7 @@ async fn payment_state(
     id: i64,
 ) -> Result<Option<(domain::PaymentStatus, String, i64)>, ApiError> {
     let (payment, version) = state.bus.load::<Payment>(&id.to_string()).await?;
-    Ok((version > 0).then(|| (payment.status, payment.method, payment.amount)))
+    Ok((version > 0).then_some((payment.status, payment.method, payment.amount)))
 }
 
 /// `GET /sandbox/cashier/{payment_no}`: the sandbox provider's cashier page (only routed while

@@ -644,6 +644,7 @@ fn redact_urls(urls: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's `Jail` closures return its `Error`
 mod tests {
     use super::*;
     use figment::Jail;
