@@ -13,8 +13,10 @@
 //! | `WithdrawalApproved` / `Rejected` / `Transferred` | the counselor's user | `system` |
 //!
 //! Each row's `source` is `<event position>:<recipient>`, unique, so an event applied twice adds
-//! nothing. Read / deleted state is the user's: a rebuild from position 0 restores deleted
-//! notifications as unread (documented in `docs/architecture.md`, issue 3).
+//! nothing. Every row comes from the log: the user's read / deleted marks and the notifications
+//! that are not events (an application's review) live in tables no projection owns
+//! (`notification_marks`, `direct_notifications`), so a rebuild or a replay changes nothing a
+//! user sees.
 
 use async_trait::async_trait;
 use domain::{AccountEvent, OrderEvent, PaymentEvent, SessionEvent};
