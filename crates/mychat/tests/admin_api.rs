@@ -1627,8 +1627,9 @@ async fn refused_order_status_changes_name_the_field_and_change_nothing() {
     let app = start().await;
     let token = app.super_token().await;
     let demo = app.user_id("demo").await;
-    let meta = CommandMeta::new(Actor::user(demo));
     for (id, minutes) in [(601, 10), (602, 20)] {
+        // A command id of its own each (the same one twice is one command).
+        let meta = CommandMeta::new(Actor::user(demo));
         let place = OrderCommand::Place {
             order_no: format!("ORD{id}"),
             user_id: demo,
