@@ -628,6 +628,7 @@ pub async fn update_counselor(
     update_row(&state, "counselors", id, sets, true)
         .await?
         .ok_or_else(|| ApiError::not_found("counselor"))?;
+    crate::counselor_terms::announce_changed(&state.nats, id).await;
     get_counselor(State(state), ApiPath(id)).await
 }
 
@@ -653,6 +654,7 @@ pub async fn delete_counselor(
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("counselor"));
     }
+    crate::counselor_terms::announce_changed(&state.nats, id).await;
     Ok(ok_msg(if has_orders {
         "disabled (the counselor has orders)"
     } else {

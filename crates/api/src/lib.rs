@@ -22,6 +22,7 @@ pub mod applications;
 pub mod auth;
 pub mod chat;
 pub mod chat_lists;
+pub mod counselor_terms;
 pub mod error;
 pub mod files;
 pub mod finance;
@@ -77,22 +78,43 @@ pub struct ApiSettings {
     pub business_zone: chrono_tz::Tz,
 }
 
-/// Everything a handler needs. Cheap to clone (all `Arc`s and pools).
+/// Everything a handler needs: [`Services`] behind one `Arc`. Cloning it (axum does, for every
+/// middleware and extractor of every request) is one reference count, not a clone of each
+/// client (an `async_nats::Client` clone alone costs several atomic operations).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    /// The state of a service made of `services`.
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What the handlers share (see [`AppState`]).
+pub struct Services {
     pub db: PgPool,
     pub bus: CommandBus,
     pub nats: async_nats::Client,
     pub jwt: Arc<JwtKeys>,
     /// What authenticating a user token needs from the database, remembered per process.
     pub tokens: auth::TokenGate,
+    /// Counselors' terms for new orders, remembered per process.
+    pub counselors: counselor_terms::CounselorTerms,
     /// New aggregates' ids, taken from their sequences in blocks.
     pub ids: Arc<ids::IdBlocks>,
     pub watch: CheckpointWatch,
     pub settings: Arc<ApiSettings>,
 }
 
-impl AppState {
+impl Services {
     /// Waits (up to `settings.settle_timeout`) until projection `name` has applied stream
     /// sequence `seq`, so that the client's next read shows its write. `None` (a no-op command)
     /// returns at once. Lag is logged, not an error: the write is already durable.

@@ -105,15 +105,15 @@ pub async fn create(
         return Err(ApiError::field("notes", "at most 500 characters"));
     }
     let schedule_time = parse_schedule_time(&req.schedule_time)?;
-    let counselor = sqlx::query("SELECT price_fen, status, user_id FROM counselors WHERE id = $1")
-        .bind(req.counselor_id)
-        .fetch_optional(&state.db)
+    let counselor = state
+        .counselors
+        .get(&state.db, req.counselor_id)
         .await?
         .ok_or_else(|| ApiError::not_found("counselor"))?;
-    if counselor.get::<i16, _>("status") != 1 {
+    if counselor.status != 1 {
         return Err(ApiError::bad_request("counselor is not available"));
     }
-    if counselor.get::<Option<i64>, _>("user_id") == Some(user.user_id) {
+    if counselor.user_id == Some(user.user_id) {
         return Err(ApiError::bad_request(
             "a counselor cannot order a session with themself",
         ));
@@ -129,7 +129,7 @@ pub async fn create(
         user_id: user.user_id,
         counselor_id: req.counselor_id,
         duration_minutes: req.duration,
-        price_per_minute: counselor.get("price_fen"),
+        price_per_minute: counselor.price_fen,
         schedule_time: Some(schedule_time),
         notes: req.notes,
         placed_at: now,

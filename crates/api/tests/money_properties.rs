@@ -95,7 +95,7 @@ async fn start() -> App {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
-    let state = api::AppState {
+    let state = api::AppState::new(api::Services {
         db: pool.clone(),
         bus: bus.clone(),
         nats: client.clone(),
@@ -104,6 +104,9 @@ async fn start() -> App {
             3600,
         )),
         ids: Default::default(),
+        counselors: api::counselor_terms::CounselorTerms::follow(&client)
+            .await
+            .unwrap(),
         tokens: api::TokenGate::follow(&client, api::TokenGate::DEFAULT_TTL)
             .await
             .unwrap(),
@@ -117,7 +120,7 @@ async fn start() -> App {
             cors_origins: Vec::new(),
             business_zone: chrono_tz::Asia::Shanghai,
         }),
-    };
+    });
     let uploads = tempfile::tempdir().unwrap();
     let mut config = api::UserApiConfig::new(uploads.path().to_path_buf());
     config.sandbox_payments = true;

@@ -117,7 +117,7 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let state = api::AppState {
+    let state = api::AppState::new(api::Services {
         db: pool.clone(),
         bus,
         nats: client.clone(),
@@ -126,6 +126,9 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
             3600,
         )),
         ids: Default::default(),
+        counselors: api::counselor_terms::CounselorTerms::follow(&client)
+            .await
+            .unwrap(),
         tokens: api::TokenGate::follow(&client, api::TokenGate::DEFAULT_TTL)
             .await
             .unwrap(),
@@ -137,7 +140,7 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
             cors_origins: Vec::new(),
             business_zone: chrono_tz::Asia::Shanghai,
         }),
-    };
+    });
     let upload_dir = tempfile::tempdir().unwrap();
     let (wechat_key, wechat_pem) = rsa_key();
     let (alipay_key, alipay_pem) = rsa_key();

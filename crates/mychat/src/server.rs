@@ -358,12 +358,13 @@ pub(crate) async fn run_parts(
         settings.token_ttl_seconds,
     ));
     let watch = CheckpointWatch::start(infra.nats.clone(), infra.pool.clone()).await?;
-    let state = api::AppState {
+    let state = api::AppState::new(api::Services {
         db: infra.pool.clone(),
         bus: infra.bus.clone(),
         nats: infra.nats.clone(),
         jwt: jwt.clone(),
         ids: Default::default(),
+        counselors: api::counselor_terms::CounselorTerms::follow(&infra.nats).await?,
         tokens: api::TokenGate::follow(&infra.nats, api::TokenGate::DEFAULT_TTL).await?,
         watch,
         settings: Arc::new(api::ApiSettings {
@@ -373,7 +374,7 @@ pub(crate) async fn run_parts(
             cors_origins: settings.cors_origins()?,
             business_zone: settings.business_zone()?,
         }),
-    };
+    });
     let mut tasks = tokio::task::JoinSet::new();
     let wants = |p: Part| part == Part::All || part == p;
 

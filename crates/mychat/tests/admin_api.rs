@@ -90,12 +90,15 @@ async fn start() -> App {
         b"admin-api-test-secret-0123456789abcdef",
         3600,
     ));
-    let state = api::AppState {
+    let state = api::AppState::new(api::Services {
         db: db.clone(),
         bus: bus.clone(),
         nats: nats.clone(),
         jwt: jwt.clone(),
         ids: Default::default(),
+        counselors: api::counselor_terms::CounselorTerms::follow(&nats)
+            .await
+            .unwrap(),
         tokens: api::TokenGate::follow(&nats, api::TokenGate::DEFAULT_TTL)
             .await
             .unwrap(),
@@ -109,7 +112,7 @@ async fn start() -> App {
             cors_origins: Vec::new(),
             business_zone: chrono_tz::Asia::Shanghai,
         }),
-    };
+    });
     let admin = serve(api::admin_router(state.clone()), shutdown.clone()).await;
     // Two gateway nodes: the admin API reaches sockets on either through NATS.
     let mut nodes = Vec::new();
@@ -1579,8 +1582,18 @@ async fn admin_figures_count_business_days_on_both_sides_of_midnight() {
     // The zone is a setting: in UTC both late billings are on 1 March.
     let mut settings = (*app.state.settings).clone();
     settings.business_zone = chrono_tz::UTC;
-    let mut state = app.state.clone();
-    state.settings = Arc::new(settings);
+    let s = &app.state;
+    let state = api::AppState::new(api::Services {
+        db: s.db.clone(),
+        bus: s.bus.clone(),
+        nats: s.nats.clone(),
+        jwt: s.jwt.clone(),
+        tokens: s.tokens.clone(),
+        counselors: s.counselors.clone(),
+        ids: s.ids.clone(),
+        watch: s.watch.clone(),
+        settings: Arc::new(settings),
+    });
     let in_utc = format!(
         "http://{}",
         serve(api::admin_router(state), app.shutdown.clone()).await
