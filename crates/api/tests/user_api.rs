@@ -796,9 +796,20 @@ async fn recharge_goes_through_a_payment_and_credits_the_wallet_once() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(balance, json!(100.5));
-    let r = app
+    // The balance is the ledger's; the movements are another projection's, which may still be
+    // catching up.
+    let mut r = app
         .get("/api/user/transactions?type=recharge", &token)
         .await;
+    for _ in 0..200 {
+        if r.data()["total"] == json!(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        r = app
+            .get("/api/user/transactions?type=recharge", &token)
+            .await;
+    }
     assert_eq!(r.data()["total"], json!(1));
     assert_eq!(r.data()["transactions"][0]["amount"], json!(100.5));
     assert_eq!(r.data()["transactions"][0]["type"], json!("recharge"));

@@ -1713,7 +1713,14 @@ async fn refused_order_status_changes_name_the_field_and_change_nothing() {
         (602, json!({"status": 0}), "status"),
     ];
     for (id, body, field) in cases {
-        let before = app.fingerprint().await;
+        // Every table and both stream heads; not the projectors' own bookkeeping
+        // (`projection_checkpoints`, `projection_status`), which they move on their own time.
+        let data = |f: Vec<String>| -> Vec<String> {
+            f.into_iter()
+                .filter(|t| !t.starts_with("projection_"))
+                .collect()
+        };
+        let before = data(app.fingerprint().await);
         let resp = app
             .http
             .put(format!("{}/api/admin/orders/{id}/status", app.admin))
@@ -1731,7 +1738,7 @@ async fn refused_order_status_changes_name_the_field_and_change_nothing() {
         let b: Value = resp.json().await.unwrap();
         assert_eq!(b["errors"][0]["field"], field, "{id} {body}: {b}");
         assert_eq!(
-            app.fingerprint().await,
+            data(app.fingerprint().await),
             before,
             "{id} {body} changed something"
         );
