@@ -170,16 +170,12 @@ impl Cluster {
     }
 
     async fn chat_records(&self, sid: i64) -> Vec<Value> {
-        let stream = self
-            .bus
-            .jetstream()
-            .get_stream(eventstore::CHAT_STREAM)
-            .await
-            .unwrap();
+        let place = place(sid);
+        let stream = self.bus.jetstream().get_stream(place.stream).await.unwrap();
         let mut out = Vec::new();
         let mut next = 1;
         while let Ok(m) = stream
-            .direct_get_next_for_subject(format!("chat.{sid}"), Some(next))
+            .direct_get_next_for_subject(place.subject.as_str(), Some(next))
             .await
         {
             next = m.sequence + 1;
@@ -187,6 +183,11 @@ impl Cluster {
         }
         out
     }
+}
+
+/// Where a session's chat records live (the default layout, which the test servers have).
+fn place(session_id: i64) -> eventstore::chat::ChatPlace {
+    eventstore::ChatLayout::default().place(session_id)
 }
 
 async fn connect(url: &str) -> Ws {
@@ -284,6 +285,9 @@ async fn both_dialects_cross_two_nodes_with_acks_dedup_typing_reads_and_revokes(
     send(&mut user, json!({"type":"message","payload":{"content_type":"text","content":"hello","client_msg_id":"w1"}})).await;
     let ack = expect(&mut user, "ack").await;
     let seq = ack["data"]["seq"].as_u64().unwrap();
+    // The message's id across the chat streams (stream sequence × 64 + shard).
+    let id = ack["data"]["message_id"].as_i64().unwrap();
+    assert_eq!(id, eventstore::chat::message_id(place(101).shard, seq));
     assert_eq!(ack["data"]["client_msg_id"], "w1");
     let got = expect(&mut counselor, "message").await;
     assert_eq!(got["data"]["seq"].as_u64(), Some(seq));
@@ -315,6 +319,7 @@ async fn both_dialects_cross_two_nodes_with_acks_dedup_typing_reads_and_revokes(
     .await;
     let ack2 = expect(&mut counselor, "ack").await;
     let seq2 = ack2["data"]["seq"].as_u64().unwrap();
+    let id2 = ack2["data"]["message_id"].as_i64().unwrap();
     let m = expect(&mut user, "message").await;
     assert_eq!(
         m["data"]["seq"].as_u64(),
@@ -337,36 +342,33 @@ async fn both_dialects_cross_two_nodes_with_acks_dedup_typing_reads_and_revokes(
     // Read receipts: only the recipient; stored and fanned out.
     send(
         &mut counselor,
-        json!({"type":"read","session_id":101,"data":{"message_id":seq2}}),
+        json!({"type":"read","session_id":101,"data":{"message_id":id2}}),
     )
     .await;
     let e = expect(&mut counselor, "error").await;
     assert!(e["data"]["error"].as_str().unwrap().contains("recipient"));
     send(
         &mut user,
-        json!({"type":"read","payload":{"message_id":seq2}}),
+        json!({"type":"read","payload":{"message_id":id2}}),
     )
     .await;
     expect(&mut user, "ack").await;
     let r = expect(&mut counselor, "message_read").await;
-    assert_eq!(r["data"]["message_id"].as_u64(), Some(seq2));
+    assert_eq!(r["data"]["message_id"].as_i64(), Some(id2));
+    assert_eq!(r["data"]["message_seq"].as_u64(), Some(seq2));
     assert_eq!(r["data"]["read_by"], 1);
 
     // Revokes: only the sender.
     send(
         &mut counselor,
-        json!({"type":"revoke","session_id":101,"data":{"message_id":seq}}),
+        json!({"type":"revoke","session_id":101,"data":{"message_id":id}}),
     )
     .await;
     expect(&mut counselor, "error").await;
-    send(
-        &mut user,
-        json!({"type":"revoke","payload":{"message_id":seq}}),
-    )
-    .await;
+    send(&mut user, json!({"type":"revoke","payload":{"seq":seq}})).await;
     expect(&mut user, "ack").await;
     let rv = expect(&mut counselor, "message_revoked").await;
-    assert_eq!(rv["data"]["message_id"].as_u64(), Some(seq));
+    assert_eq!(rv["data"]["message_id"].as_i64(), Some(id));
 
     // Bad input: an error frame each, the socket keeps working, nothing stored.
     let before = c.chat_records(101).await.len();
@@ -697,7 +699,11 @@ async fn a_slow_client_is_closed_while_a_fast_one_gets_everything() {
             sent_at: chrono::Utc::now(),
         };
         let payload = serde_json::to_vec(&eventstore::chat::ChatRecord::Message(m)).unwrap();
-        acks.push(js.publish("chat.301", payload.into()).await.unwrap());
+        acks.push(
+            js.publish(place(301).subject, payload.into())
+                .await
+                .unwrap(),
+        );
         // Pipelined in batches: a burst, not a flood that no reader could follow.
         if acks.len() == 50 {
             for ack in acks.drain(..) {

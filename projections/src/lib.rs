@@ -26,24 +26,41 @@ pub use watch::CheckpointWatch;
 /// The migrations of every read-model and reference table (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Every read-model projection (the ledger included), in a stable order. These are the ones
-/// `mychat projections rebuild --all` and `mychat audit replay` build.
-pub fn read_models() -> Vec<Arc<dyn Projection>> {
-    vec![
+/// Every read-model projection (the ledger included) of a deployment whose chat streams are laid
+/// out as `layout`, in a stable order: one chat-messages projection per chat stream. These are
+/// the ones `mychat projections rebuild --all` and `mychat audit replay` build.
+pub fn read_models_for(layout: &eventstore::ChatLayout) -> Vec<Arc<dyn Projection>> {
+    let mut all: Vec<Arc<dyn Projection>> = vec![
         Arc::new(read_models::Orders),
         Arc::new(read_models::Payments),
         Arc::new(read_models::Sessions),
         Arc::new(read_models::Billings),
-        Arc::new(read_models::Messages),
-        Arc::new(read_models::Accounts),
+    ];
+    all.extend(read_models::Messages::all(layout));
+    all.extend([
+        Arc::new(read_models::Accounts) as Arc<dyn Projection>,
         Arc::new(read_models::Withdrawals),
         Arc::new(read_models::Wallets),
         Arc::new(notifications::Notifications),
         Arc::new(ledger::Ledger),
-    ]
+    ]);
+    all
 }
 
-/// The read-model projection called `name`.
+/// [`read_models_for`] the default chat layout ([`eventstore::ChatLayout::default`]: what
+/// [`eventstore::ensure_streams`] creates on a new deployment with the default settings).
+pub fn read_models() -> Vec<Arc<dyn Projection>> {
+    read_models_for(&eventstore::ChatLayout::default())
+}
+
+/// The read-model projection called `name` under `layout`.
+pub fn read_model_for(layout: &eventstore::ChatLayout, name: &str) -> Option<Arc<dyn Projection>> {
+    read_models_for(layout)
+        .into_iter()
+        .find(|p| p.name() == name)
+}
+
+/// [`read_model_for`] the default chat layout.
 pub fn read_model(name: &str) -> Option<Arc<dyn Projection>> {
-    read_models().into_iter().find(|p| p.name() == name)
+    read_model_for(&eventstore::ChatLayout::default(), name)
 }

@@ -293,6 +293,8 @@ enum LaneReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct RebuildReport {
     pub projection: String,
+    /// The projections rebuilt together (the projection and its siblings).
+    pub members: Vec<String>,
     pub version: i32,
     /// Messages applied to the shadow tables (including the catch-up).
     pub events: u64,
@@ -302,7 +304,11 @@ pub struct RebuildReport {
 }
 
 /// Rebuilds `projection` blue/green: into `shadow_<name>` from the start of the log while the
-/// live tables keep serving, then swaps in one transaction (module docs).
+/// live tables keep serving, then swaps in one transaction (module docs). A projection with
+/// [siblings](Projection::siblings) (the chat messages, one projection per chat stream) is
+/// rebuilt with them: every member replays into the one shadow schema, and the swap catches each
+/// up and moves every member's checkpoint. One rebuild of a set of tables at a time (a Postgres
+/// advisory lock).
 ///
 /// # Errors
 /// A projection without tables (the process manager), a poison event, or a failure; the live
@@ -313,32 +319,54 @@ pub async fn rebuild(
     projection: Arc<dyn Projection>,
     progress: &dyn Progress,
 ) -> anyhow::Result<RebuildReport> {
+    let members = {
+        let siblings = projection.siblings();
+        if siblings.is_empty() {
+            vec![projection.clone()]
+        } else {
+            siblings
+        }
+    };
     let name = projection.name();
-    let tables = projection.tables();
+    let mut tables: Vec<&'static str> = members.iter().flat_map(|p| p.tables()).collect();
+    tables.sort_unstable();
+    tables.dedup();
     anyhow::ensure!(
         !tables.is_empty(),
         "projection {name} writes no tables: it cannot be rebuilt"
     );
+    // One rebuild of these tables at a time, whichever member asked.
+    let mut lock = pool.acquire().await?.detach();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!("mychat.rebuild:{}", tables.join(",")))
+        .execute(&mut lock)
+        .await?;
     let started = Instant::now();
-    let shadow = format!("shadow_{name}");
+    let shadow = format!("shadow_{}", members[0].name());
     let s = schema_ident(&shadow)?;
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
         .execute(pool)
         .await?;
     // Logged: the shadow tables become the live ones.
-    prepare_schema(pool, &shadow, std::slice::from_ref(&projection), false).await?;
+    prepare_schema(pool, &shadow, &members, false).await?;
     // As in an audit replay, the shadow's secondary indexes are built once the bulk of the log
     // is in (the catch-up in the swap below then maintains them row by row, as live does).
-    let deferred =
-        defer_secondary_indexes(pool, &shadow, std::slice::from_ref(&projection)).await?;
-    let mut events = replay_into(pool, nats, projection.as_ref(), &shadow, None, progress).await?;
+    let deferred = defer_secondary_indexes(pool, &shadow, &members).await?;
+    let mut events = 0;
+    for member in &members {
+        events += replay_into(pool, nats, member.as_ref(), &shadow, None, progress).await?;
+        checkpoint_in(pool, LIVE_SCHEMA, member.name()).await?;
+    }
     build_indexes(pool, &deferred).await?;
-    checkpoint_in(pool, LIVE_SCHEMA, name).await?;
 
     let js = jetstream::new(nats.clone());
-    let skips = load_skips(&js, name).await?;
+    let mut skips = Vec::new();
+    for member in &members {
+        skips.push(load_skips(&js, member.name()).await?);
+    }
+    let names: Vec<&str> = members.iter().map(|m| m.name()).collect();
     let mut attempt = 0;
-    let position = loop {
+    let positions = loop {
         attempt += 1;
         let swap = async {
             let mut tx = pool.begin().await?;
@@ -353,35 +381,36 @@ pub async fn rebuild(
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "SELECT position FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE",
+                "SELECT position FROM public.projection_checkpoints WHERE name = ANY($1) FOR UPDATE",
             )
-            .bind(name)
+            .bind(&names)
             .execute(&mut *tx)
             .await?;
             // Catch up with what arrived during the replay, inside the swap.
-            let mut position = checkpoint_in(pool, &shadow, name).await?;
+            let mut positions = Vec::new();
             let mut caught_up = 0u64;
-            let mut reader = spawn_reader(
-                js.clone(),
-                projection.stream(),
-                projection.subjects(),
-                position,
-                None,
-                REPLAY_BATCH,
-            );
-            while let Some(batch) = reader.recv().await {
-                let batch = batch?;
-                position = apply_in_tx(
-                    &mut tx,
-                    projection.as_ref(),
-                    &shadow,
+            for (member, skips) in members.iter().zip(&skips) {
+                let member_name = member.name();
+                let mut position = checkpoint_in(pool, &shadow, member_name).await?;
+                let mut reader = spawn_reader(
+                    js.clone(),
+                    member.stream(),
+                    member.subjects(),
                     position,
-                    &batch,
-                    &skips,
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("projection {name} into {shadow}: {e}"))?;
-                caught_up += batch.len() as u64;
+                    None,
+                    REPLAY_BATCH,
+                );
+                while let Some(batch) = reader.recv().await {
+                    let batch = batch?;
+                    position =
+                        apply_in_tx(&mut tx, member.as_ref(), &shadow, position, &batch, skips)
+                            .await
+                            .map_err(|e| {
+                                anyhow::anyhow!("projection {member_name} into {shadow}: {e}")
+                            })?;
+                    caught_up += batch.len() as u64;
+                }
+                positions.push(position);
             }
             for table in &tables {
                 sqlx::query(&format!("DROP TABLE public.{table}"))
@@ -391,22 +420,24 @@ pub async fn rebuild(
                     .execute(&mut *tx)
                     .await?;
             }
-            sqlx::query(
-                "UPDATE public.projection_checkpoints SET position = $2, version = $3, updated_at = now() \
-                 WHERE name = $1",
-            )
-            .bind(name)
-            .bind(position as i64)
-            .bind(projection.version())
-            .execute(&mut *tx)
-            .await?;
+            for (member, position) in members.iter().zip(&positions) {
+                sqlx::query(
+                    "UPDATE public.projection_checkpoints SET position = $2, version = $3, updated_at = now() \
+                     WHERE name = $1",
+                )
+                .bind(member.name())
+                .bind(*position as i64)
+                .bind(member.version())
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
-            anyhow::Ok((position, caught_up))
+            anyhow::Ok((positions, caught_up))
         };
         match swap.await {
-            Ok((position, caught_up)) => {
+            Ok((positions, caught_up)) => {
                 events += caught_up;
-                break position;
+                break positions;
             }
             Err(e) if attempt < 5 && crate::runtime::is_transient(&e) => {
                 tracing::warn!(
@@ -423,8 +454,14 @@ pub async fn rebuild(
         .execute(pool)
         .await?;
     let seconds = started.elapsed().as_secs_f64();
+    let position = members
+        .iter()
+        .zip(&positions)
+        .find(|(m, _)| m.name() == name)
+        .map_or(0, |(_, p)| *p);
     tracing::info!(
         projection = name,
+        members = ?names,
         events,
         seconds,
         position,
@@ -432,6 +469,7 @@ pub async fn rebuild(
     );
     Ok(RebuildReport {
         projection: name.to_string(),
+        members: names.iter().map(|n| n.to_string()).collect(),
         version: projection.version(),
         events,
         seconds,
@@ -501,8 +539,8 @@ pub struct AuditReport {
     pub schema: String,
     /// The last `EVENTS` stream sequence included.
     pub events_upto: u64,
-    /// The last `CHAT` stream sequence included.
-    pub chat_upto: u64,
+    /// Per chat stream, its last stream sequence included (`(stream, sequence)`).
+    pub chat_upto: Vec<(String, u64)>,
     /// The time of the moment (the requested time, or the time of `events_upto`).
     pub at: DateTime<Utc>,
     /// Messages applied per projection.
@@ -547,7 +585,14 @@ pub async fn audit_replay(
             t,
         ),
     };
-    let chat_upto = sequence_at(&js, eventstore::CHAT_STREAM, time).await?;
+    // Every other stream (the chat streams) up to the same moment.
+    let mut chat_upto: Vec<(String, u64)> = Vec::new();
+    for p in projections {
+        let stream = p.stream();
+        if stream != eventstore::EVENTS_STREAM && !chat_upto.iter().any(|(s, _)| s == stream) {
+            chat_upto.push((stream.to_string(), sequence_at(&js, stream, time).await?));
+        }
+    }
     let s = schema_ident(&schema)?;
     for p in projections {
         anyhow::ensure!(
@@ -564,7 +609,7 @@ pub async fn audit_replay(
     // them, and the auditor replays again; `audit_upto` then refuses the schema).
     prepare_schema(pool, &schema, projections, true).await?;
     sqlx::query(&format!(
-        "CREATE UNLOGGED TABLE {s}.audit_meta (events_upto BIGINT NOT NULL, chat_upto BIGINT NOT NULL, \
+        "CREATE UNLOGGED TABLE {s}.audit_meta (events_upto BIGINT NOT NULL, chat_upto JSONB NOT NULL, \
          at TIMESTAMPTZ NOT NULL, projections TEXT[] NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())"
     ))
     .execute(pool)
@@ -574,7 +619,12 @@ pub async fn audit_replay(
         "INSERT INTO {s}.audit_meta (events_upto, chat_upto, at, projections) VALUES ($1, $2, $3, $4)"
     ))
     .bind(events_upto as i64)
-    .bind(chat_upto as i64)
+    .bind(serde_json::to_value(
+        chat_upto
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeMap<String, u64>>(),
+    )?)
     .bind(time)
     .bind(&names)
     .execute(pool)
@@ -589,17 +639,16 @@ pub async fn audit_replay(
     let schema_ref = &schema;
     let (shared, chat) = futures::future::try_join(
         replay_shared(pool, nats, &events_ps, schema_ref, events_upto, progress),
-        futures::future::try_join_all(chat_ps.iter().map(|p| async move {
-            let n = replay_into(
-                pool,
-                nats,
-                p.as_ref(),
-                schema_ref,
-                Some(chat_upto),
-                progress,
-            )
-            .await?;
-            anyhow::Ok((p.name().to_string(), n))
+        futures::future::try_join_all(chat_ps.iter().map(|p| {
+            let upto = chat_upto
+                .iter()
+                .find(|(s, _)| s == p.stream())
+                .map_or(0, |(_, u)| *u);
+            async move {
+                let n =
+                    replay_into(pool, nats, p.as_ref(), schema_ref, Some(upto), progress).await?;
+                anyhow::Ok((p.name().to_string(), n))
+            }
         })),
     )
     .await?;

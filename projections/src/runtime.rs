@@ -176,6 +176,12 @@ pub trait Projection: Send + Sync + 'static {
     fn tables(&self) -> Vec<&'static str> {
         vec![]
     }
+    /// Projections that write the same tables as this one (itself included) and are therefore
+    /// rebuilt together, into one shadow schema swapped in at once (the chat messages: one
+    /// projection per chat stream, one table). Empty (the default): it alone.
+    fn siblings(&self) -> Vec<Arc<dyn Projection>> {
+        Vec::new()
+    }
     /// Applies one message inside the batch's transaction. An error aborts the whole batch (and
     /// its checkpoint); the projection stops at that message until the cause is fixed.
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()>;

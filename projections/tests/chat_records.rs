@@ -1,15 +1,18 @@
-//! The `chat_messages` projection applies the `CHAT` stream's read receipts and revocations
-//! (issue 5), idempotently, against a real PostgreSQL.
+//! The `chat_messages` projection of a chat shard applies the stream's read receipts and
+//! revocations idempotently, against a real PostgreSQL; rows are keyed by message id (stream
+//! sequence × 64 + shard).
 
 use chrono::Utc;
 use eventstore::chat::{ChatMessage, ChatRecord, ReadReceipt, Revocation};
 use projections::read_models::Messages;
 use projections::{LogMessage, Projection, MIGRATOR};
 
+const SHARD: u16 = 3;
+
 fn log(seq: u64, record: &ChatRecord) -> LogMessage {
     LogMessage::new(
         seq,
-        format!("chat.{}", record.session_id()),
+        format!("chat.{SHARD}.{}", record.session_id()),
         Utc::now(),
         serde_json::to_vec(record).unwrap().into(),
     )
@@ -49,24 +52,29 @@ async fn read_receipts_and_revocations_update_the_message_row_once() {
         revoked_at: Utc::now(),
     });
     let mut conn = pool.acquire().await.unwrap();
-    Messages.apply(&mut conn, &log(5, &message)).await.unwrap();
-    Messages
+    let messages = Messages {
+        layout: eventstore::ChatLayout::new(8),
+        shard: SHARD,
+    };
+    messages.apply(&mut conn, &log(5, &message)).await.unwrap();
+    messages
         .apply(&mut conn, &log(6, &read(first_read)))
         .await
         .unwrap();
     // A later receipt (another reader, or a replay) does not move the first read time.
-    Messages
+    messages
         .apply(
             &mut conn,
             &log(7, &read(first_read + chrono::Duration::seconds(30))),
         )
         .await
         .unwrap();
-    Messages.apply(&mut conn, &log(8, &revoke)).await.unwrap();
+    messages.apply(&mut conn, &log(8, &revoke)).await.unwrap();
     let (is_read, read_time, revoked): (bool, Option<chrono::DateTime<Utc>>, bool) =
         sqlx::query_as(
-            "SELECT is_read, read_time, revoked_at IS NOT NULL FROM chat_messages WHERE id = 5",
+            "SELECT is_read, read_time, revoked_at IS NOT NULL FROM chat_messages WHERE id = $1",
         )
+        .bind(eventstore::chat::message_id(SHARD, 5))
         .fetch_one(&pool)
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use chrono::Utc;
 use domain::{Order, OrderCommand, OrderStatus};
-use eventstore::chat::{append_redaction, Redaction};
+use eventstore::chat::{ChatRecord, Redaction};
 use eventstore::Actor;
 use serde_json::{json, Value};
 use sqlx::{Postgres, QueryBuilder};
@@ -473,29 +473,50 @@ pub async fn search_messages(
     Ok(list_envelope("messages", list, total, json!({})))
 }
 
+/// Appends a redaction of `message_ids` (message ids; empty = all) of `session_id` to the
+/// session's chat stream and waits for the read model; returns `(stream, sequence)` of the
+/// redaction record.
 async fn redact(
     state: &AppState,
     caller: &Caller,
     session_id: i64,
     message_ids: Vec<i64>,
     reason: String,
-) -> Result<u64, ApiError> {
+) -> Result<(&'static str, u64), ApiError> {
+    let place = state.chat.place(session_id);
+    // Records name messages by their stream sequence in the session's stream.
+    let mut seqs = Vec::with_capacity(message_ids.len());
+    for id in message_ids {
+        let (shard, seq) = eventstore::chat::split_message_id(id);
+        if shard != place.shard {
+            return Err(ApiError::not_found("chat message"));
+        }
+        seqs.push(seq as i64);
+    }
     let redaction = Redaction {
         session_id,
-        message_ids,
+        message_ids: seqs,
         admin_id: caller.admin_id,
         reason,
         redacted_at: Utc::now(),
     };
-    let seq = append_redaction(state.bus.jetstream(), &redaction)
+    let dedup = format!("redact:{session_id}:{}", uuid::Uuid::now_v7());
+    let appended = state
+        .chat
+        .append(&ChatRecord::Redaction(redaction), &dedup)
         .await
         .map_err(|e| ApiError::internal(anyhow::anyhow!("storing the redaction: {e}")))?;
-    state.settle("chat_messages", Some(seq)).await;
-    Ok(seq)
+    state
+        .settle(
+            projections::read_models::Messages::name_of(place.shard),
+            Some(appended.seq),
+        )
+        .await;
+    Ok((place.stream, appended.seq))
 }
 
 /// `DELETE /api/admin/chat/sessions/:id`: redacts every message of the session (a `Redaction`
-/// record in `CHAT`: the text disappears from read models and replies, the fact and the
+/// record in the session's chat stream: the text disappears from read models and replies, the fact and the
 /// administrator stay in the log) → `{session_id, redaction_seq}`.
 pub async fn delete_session(
     State(state): State<AppState>,
@@ -510,7 +531,7 @@ pub async fn delete_session(
     if !exists {
         return Err(ApiError::not_found("chat session"));
     }
-    let seq = redact(
+    let (stream, seq) = redact(
         &state,
         &caller,
         session_id,
@@ -519,7 +540,7 @@ pub async fn delete_session(
     )
     .await?;
     let body = ok(json!({ "session_id": session_id, "redaction_seq": seq }));
-    Ok(with_event(body, eventstore::CHAT_STREAM, Some(seq)))
+    Ok(with_event(body, stream, Some(seq)))
 }
 
 /// `DELETE /api/admin/chat/messages/:id`: redacts one message → `{message_id, redaction_seq}`.
@@ -534,7 +555,7 @@ pub async fn delete_message(
             .fetch_optional(&state.db)
             .await?;
     let session_id = session.ok_or_else(|| ApiError::not_found("chat message"))?;
-    let seq = redact(
+    let (stream, seq) = redact(
         &state,
         &caller,
         session_id,
@@ -543,7 +564,7 @@ pub async fn delete_message(
     )
     .await?;
     let body = ok(json!({ "message_id": id, "redaction_seq": seq }));
-    Ok(with_event(body, eventstore::CHAT_STREAM, Some(seq)))
+    Ok(with_event(body, stream, Some(seq)))
 }
 
 // ---- dashboard ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ use domain::{
     ChatSession, EndReason, Order, OrderCommand, OrderStatus, SessionCommand, SessionEvent,
     SessionStatus,
 };
-use eventstore::chat::{append_message, ChatMessage};
+use eventstore::chat::ChatMessage;
 use eventstore::Actor;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -320,12 +320,23 @@ pub async fn send_message(
         req.file_url,
         req.client_msg_id,
     )?;
-    let appended = append_message(state.bus.jetstream(), &message)
-        .await
-        .map_err(anyhow::Error::from)?;
-    state.settle("chat_messages", Some(appended.seq)).await;
+    // The same path as a socket's message: the session's chat stream, through its committer,
+    // deduplicated by the client message id. An unavailable stream is this session's 503.
+    let appended = state.chat.append_message(&message).await.map_err(|e| {
+        tracing::error!(error = %e, session_id, "storing a chat message");
+        ApiError::unavailable(
+            "the session's chat stream is unavailable; retry with the same client_msg_id",
+        )
+    })?;
+    let place = state.chat.place(session_id);
+    state
+        .settle(
+            projections::read_models::Messages::name_of(place.shard),
+            Some(appended.seq),
+        )
+        .await;
     Ok(ok(json!({
-        "id": appended.seq,
+        "id": appended.id,
         "seq": appended.seq,
         "session_id": session_id,
         "sender_id": message.sender_id,

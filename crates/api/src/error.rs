@@ -27,6 +27,8 @@ pub struct ApiError {
     pub msg: String,
     pub errors: Vec<FieldError>,
     source: Option<anyhow::Error>,
+    /// Seconds to send as `Retry-After` (503s of a part that is unavailable for now).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -37,6 +39,7 @@ impl ApiError {
             msg: msg.into(),
             errors: Vec::new(),
             source: None,
+            retry_after: None,
         }
     }
     /// 400 naming one invalid field.
@@ -50,6 +53,7 @@ impl ApiError {
                 message,
             }],
             source: None,
+            retry_after: None,
         }
     }
     /// 400.
@@ -72,6 +76,13 @@ impl ApiError {
     pub fn conflict(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, msg)
     }
+    /// 503 with `Retry-After: 1`: a part this request needs (a chat stream, say) is unavailable
+    /// for now; the same request can be retried.
+    pub fn unavailable(msg: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, msg);
+        e.retry_after = Some(1);
+        e
+    }
     /// 500; `source` is logged, not shown.
     pub fn internal(source: anyhow::Error) -> Self {
         Self {
@@ -79,6 +90,7 @@ impl ApiError {
             msg: "internal server error".into(),
             errors: Vec::new(),
             source: Some(source),
+            retry_after: None,
         }
     }
 }
@@ -109,12 +121,18 @@ impl IntoResponse for ApiError {
             "detail": self.msg,
             "errors": self.errors,
         });
-        (
+        let mut response = (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -272,6 +290,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             msg: format!("invalid field `{}`: {}", fe.field, fe.message),
             errors: vec![fe],
             source: None,
+            retry_after: None,
         }
     })
 }

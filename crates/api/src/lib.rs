@@ -106,6 +106,8 @@ pub struct Services {
     pub jwt: Arc<JwtKeys>,
     /// What authenticating a user token needs from the database, remembered per process.
     pub tokens: auth::TokenGate,
+    /// The chat log (the layout of the chat streams and their committers).
+    pub chat: eventstore::ChatLog,
     /// Counselors' terms for new orders, remembered per process.
     pub counselors: counselor_terms::CounselorTerms,
     /// New aggregates' ids, taken from their sequences in blocks.

@@ -74,9 +74,10 @@ async fn start() -> App {
     api::seed::seed_demo(&pool).await.unwrap();
     let client = nats.connect().await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    ensure_streams(&js, &StreamSettings::default())
+    let layout = ensure_streams(&js, &StreamSettings::default())
         .await
         .unwrap();
+    let chat = eventstore::ChatLog::new(js.clone(), layout, Default::default());
     let bus = CommandBus::new(js, Upcasters::default());
     let stop = CancellationToken::new();
     let mut all = projections::read_models();
@@ -104,6 +105,7 @@ async fn start() -> App {
             3600,
         )),
         ids: Default::default(),
+        chat,
         counselors: api::counselor_terms::CounselorTerms::follow(&client)
             .await
             .unwrap(),

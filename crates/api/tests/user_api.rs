@@ -94,9 +94,10 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
     MIGRATOR.run(&pool).await.unwrap();
     let client = nats.connect().await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    ensure_streams(&js, &StreamSettings::default())
+    let layout = ensure_streams(&js, &StreamSettings::default())
         .await
         .unwrap();
+    let chat = eventstore::ChatLog::new(js.clone(), layout, Default::default());
     let bus = CommandBus::new(js.clone(), Upcasters::default());
     let stop = CancellationToken::new();
     let mut all = projections::read_models();
@@ -126,6 +127,7 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
             3600,
         )),
         ids: Default::default(),
+        chat: chat.clone(),
         counselors: api::counselor_terms::CounselorTerms::follow(&client)
             .await
             .unwrap(),

@@ -1,93 +1,162 @@
-//! Probes the chat group committer's settings against a real nats-server with the project's
-//! `nats.conf` (fsync always): appends at a fixed rate through a `ChatCommitter`, reporting the
-//! append latency (send → stored) and the mean write round trip for each setting (issue 5).
-//! `cargo run --release -p eventstore --example chat_commit_probe -- [RATE] [SECONDS]`
+//! Probes the chat log's write strategies against real nats-servers with the project's
+//! `nats.conf` (fsync always): for each number of chat shards (a fresh server each) and each
+//! committer setting, appends messages of 5,000 sessions at a fixed rate through a
+//! [`eventstore::ChatLog`] and reports the append latency (send → stored) and the committers'
+//! counters. Beside them, the raw floor of the same server: plain publishes spread over the same
+//! shard streams, each awaited in its own task.
+//! `cargo run --release -p eventstore --example chat_commit_probe -- [RATE] [SECONDS] [SHARDS,…]`
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eventstore::chat::{ChatCommitter, ChatMessage};
-use eventstore::GroupCommitSettings;
+use eventstore::chat::ChatMessage;
+use eventstore::{ChatLog, GroupCommitSettings, StreamSettings};
+
+fn percentiles(mut l: Vec<u64>) -> (usize, f64, f64) {
+    l.sort_unstable();
+    if l.is_empty() {
+        return (0, 0.0, 0.0);
+    }
+    let p = |q: f64| l[((l.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    (l.len(), p(0.5), p(0.99))
+}
+
+/// Runs `make(i)` futures at `rate` per second for `seconds`, each timed.
+async fn at_rate<F, Fut>(rate: u64, seconds: u64, make: F) -> Vec<u64>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut tasks = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            sent += 1;
+            let (f, lat) = (make(sent), lat.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                if f.await {
+                    lat.lock().unwrap().push(t.elapsed().as_micros() as u64);
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let taken = std::mem::take(&mut *lat.lock().unwrap());
+    taken
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let rate: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5000);
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(4);
-    let server = testkit::nats::NatsServer::start()?;
-    let client = server.connect().await?;
-    let js = async_nats::jetstream::new(client.clone());
-    eventstore::ensure_streams(&js, &Default::default()).await?;
+    let shard_counts: Vec<u16> = args
+        .next()
+        .map(|a| a.split(',').filter_map(|s| s.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 4, 8]);
     println!(
-        "load average {}",
+        "load average {}; {rate} msg/s for {seconds} s",
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
     );
-    for (round, (max_batch, min_batch, in_flight)) in [
-        (1000, 8, 2),
-        (1000, 8, 3),
-        (1000, 8, 4),
-        (1000, 2, 2),
-        (1000, 16, 2),
-        (256, 8, 2),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let committer = ChatCommitter::start(
-            client.clone(),
-            GroupCommitSettings {
-                max_batch,
-                min_batch,
-                max_in_flight: in_flight,
+    for shards in shard_counts {
+        let server = testkit::nats::NatsServer::start()?;
+        let client = server.connect().await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let layout = eventstore::ensure_streams(
+            &js,
+            &StreamSettings {
+                chat_shards: shards,
                 ..Default::default()
             },
-        );
-        let lat = Arc::new(Mutex::new(Vec::new()));
-        let start = Instant::now();
-        let mut sent = 0u64;
-        let mut tasks = Vec::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        while start.elapsed() < Duration::from_secs(seconds) {
-            tick.tick().await;
-            let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
-            while sent < due {
-                sent += 1;
-                let (c, lat) = (committer.clone(), lat.clone());
-                let tag = format!("r{round}-{sent}");
-                tasks.push(tokio::spawn(async move {
-                    let m = ChatMessage {
-                        session_id: (sent % 5000) as i64,
-                        sender_id: 1,
-                        sender_type: "user".into(),
-                        content_type: "text".into(),
-                        content: "x".repeat(40),
-                        file_url: String::new(),
-                        client_msg_id: tag,
-                        sent_at: chrono::Utc::now(),
-                    };
-                    let t = Instant::now();
-                    if c.append_message(&m).await.is_ok() {
-                        lat.lock().unwrap().push(t.elapsed().as_micros() as u64);
+        )
+        .await?;
+        // The floor: plain publishes to the shard streams, each awaited in its own task.
+        let raw = {
+            let js = js.clone();
+            at_rate(rate, seconds, move |i| {
+                let js = js.clone();
+                async move {
+                    let subject = layout.place((i % 5000) as i64).subject;
+                    match js.publish(subject, vec![b'x'; 200].into()).await {
+                        Ok(ack) => ack.await.is_ok(),
+                        Err(_) => false,
                     }
-                }));
+                }
+            })
+            .await
+        };
+        let (n, p50, p99) = percentiles(raw);
+        println!("{shards} shards, raw publishes:           {n:>6} acked, p50 {p50:8.2} ms p99 {p99:8.2} ms");
+        for (name, settings) in [
+            (
+                "plain publishes",
+                GroupCommitSettings {
+                    min_batch: usize::MAX,
+                    max_in_flight: 10_000,
+                    ..Default::default()
+                },
+            ),
+            (
+                "batches ≥ 8, 1 in flight",
+                GroupCommitSettings {
+                    max_batch: 1000,
+                    ..Default::default()
+                },
+            ),
+            (
+                "batches ≥ 8, 2 in flight",
+                GroupCommitSettings {
+                    max_batch: 1000,
+                    max_in_flight: 2,
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let log = ChatLog::new(js.clone(), layout, settings);
+            let round = name.len();
+            let lat = {
+                let log = log.clone();
+                at_rate(rate, seconds, move |i| {
+                    let log = log.clone();
+                    async move {
+                        let m = ChatMessage {
+                            session_id: (i % 5000) as i64,
+                            sender_id: 1,
+                            sender_type: "user".into(),
+                            content_type: "text".into(),
+                            content: "x".repeat(40),
+                            file_url: String::new(),
+                            client_msg_id: format!("r{round}-{i}"),
+                            sent_at: chrono::Utc::now(),
+                        };
+                        log.append_message(&m).await.is_ok()
+                    }
+                })
+                .await
+            };
+            let (n, p50, p99) = percentiles(lat);
+            let (mut singles, mut batches, mut batched) = (0, 0, 0);
+            for (_, s) in log.stats() {
+                let (a, b, c, _, _) = s.snapshot();
+                singles += a;
+                batches += b;
+                batched += c;
             }
+            println!(
+                "{shards} shards, {name:<24} {n:>6} acked, p50 {p50:8.2} ms p99 {p99:8.2} ms; \
+                 {batches} batches (mean {:.0}), {singles} singles",
+                batched as f64 / batches.max(1) as f64
+            );
         }
-        for t in tasks {
-            let _ = t.await;
-        }
-        let mut l = std::mem::take(&mut *lat.lock().unwrap());
-        l.sort_unstable();
-        let p = |q: f64| l[((l.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
-        let (singles, batches, batched, _, _) = committer.stats().snapshot();
-        println!(
-            "max_batch {max_batch:>3} min_batch {min_batch} in_flight {in_flight:>2}: {} appends, p50 {:8.2} ms p99 {:8.2} ms; {batches} batches (mean {:.0}), {singles} singles, mean write {:.2} ms",
-            l.len(),
-            p(0.5),
-            p(0.99),
-            batched as f64 / batches.max(1) as f64,
-            committer.stats().mean_write_ms()
-        );
     }
     Ok(())
 }

@@ -291,10 +291,9 @@ impl CommandBus {
             return Ok(Some(c.clone()));
         }
         let stream = self.js.get_stream_no_info(EVENTS_STREAM).await?;
-        let c = self
-            .inner
-            .committer
-            .get_or_init(|| GroupCommitter::start(self.js.client(), stream, settings.clone()));
+        let c = self.inner.committer.get_or_init(|| {
+            GroupCommitter::start(self.js.client(), stream, EVENTS_STREAM, settings.clone())
+        });
         Ok(Some(c.clone()))
     }
 

@@ -1,35 +1,42 @@
-//! [`GroupCommitter`]: group commit on JetStream.
+//! [`GroupCommitter`]: the one write path of a stream. Commands' commits on `EVENTS` and every
+//! chat record on the chat shards go through a committer of their stream (one task per stream
+//! and process); each append carries a dedup id (`Nats-Msg-Id`) and, for an aggregate's commit,
+//! the subject's expected last sequence.
 //!
 //! With `sync_interval: always` every JetStream write is fsynced before its ack, so one publish
-//! per command is bounded by the disk (DESIGN §3: ~2.2k/s sequential, ~4.4k/s pipelined on the
+//! per append is bounded by the disk (DESIGN §3: ~2.2k/s sequential, ~4.4k/s pipelined on the
 //! project's machines), while an *atomic batch* (ADR-50, stream `allow_atomic_publish`) is stored
-//! with one fsync for all its messages. The committer is one task per [`crate::CommandBus`]; every
-//! commit of the process goes through it:
+//! with one fsync for all its messages. What a committer does with what it is given, per
+//! [`GroupCommitSettings`] (the stream's strategy: batches, plain publishes, or both):
 //!
-//! - **No added latency when alone.** When nothing is in flight a commit goes out at once, as a
+//! - **No added latency when alone.** When nothing is in flight an append goes out at once, as a
 //!   plain publish (a batch of one costs an extra round trip on the server). Groups smaller than
-//!   [`GroupCommitSettings::min_batch`] also go out as concurrent plain publishes.
+//!   [`GroupCommitSettings::min_batch`] also go out as concurrent plain publishes (a
+//!   `min_batch` above `max_batch` never batches).
 //! - **Gathering.** While up to [`GroupCommitSettings::max_in_flight`] writes are in flight, new
-//!   commits queue; each free slot takes everything queued (up to
+//!   appends queue; each free slot takes everything queued (up to
 //!   [`GroupCommitSettings::max_batch`] messages) as one atomic batch. If
 //!   [`GroupCommitSettings::linger`] is non-zero, a busy committer waits up to that long for a
-//!   batch to fill. Each message keeps its own `Nats-Msg-Id` and
+//!   batch to fill. Each message keeps its own `Nats-Msg-Id` and, when it has one,
 //!   `Nats-Expected-Last-Subject-Sequence`.
-//! - **Never two commits on one subject, or one command id, in flight at once.** The later one
-//!   waits for the earlier to settle; the committer also remembers the last stream sequence it
-//!   stored per subject (bounded LRU), so a commit whose expected sequence is already known to be
-//!   stale is answered without a round trip.
+//! - **Never two appends that could fail each other in flight at once:** at most one append per
+//!   dedup id, and one per subject among those with an expected sequence; a later one waits for
+//!   the earlier to settle. The committer also remembers the last stream sequence it stored per
+//!   subject (bounded LRU), so a commit whose expected sequence is already known to be stale is
+//!   answered without a round trip, and the dedup ids it stored lately: a resend of one goes out
+//!   as a plain publish, where JetStream answers the duplicate itself (in an atomic batch it would
+//!   make the whole batch fail).
 //! - **A failed check fails nobody else.** nats-server 2.15 rejects the *whole* batch when one
 //!   message's check fails and reports it on the commit message's reply without saying which
 //!   message (observed: `err_code` 10071 "wrong last sequence: N", 10164 for a stale subject
 //!   repeated inside the batch, 10201 "atomic publish batch contains duplicate message id" when a
 //!   `Nats-Msg-Id` is already stored). On a sequence error the committer reads each subject's last
 //!   sequence with a direct get, answers the stale commits, and sends the others again; on a
-//!   duplicate-id error (or when it cannot tell) it sends the batch's commits one by one as plain
+//!   duplicate-id error (or when it cannot tell) it sends the batch's appends one by one as plain
 //!   publishes, where JetStream answers each individually.
-//! - **Outcomes.** Each commit gets [`CommitOutcome::Stored`] (its own stream sequence: an atomic
+//! - **Outcomes.** Each append gets [`CommitOutcome::Stored`] (its own stream sequence: an atomic
 //!   batch is stored at consecutive sequences ending at the ack's `seq`),
-//!   [`CommitOutcome::Duplicate`] (the command id is already in the log, at that sequence) or
+//!   [`CommitOutcome::Duplicate`] (the dedup id is already in the stream, at that sequence) or
 //!   [`CommitOutcome::Conflict`] (the subject moved, and not because of this command).
 
 use std::collections::{HashSet, VecDeque};
@@ -118,21 +125,21 @@ impl Default for GroupCommitSettings {
     }
 }
 
-/// One command's commit, ready to publish.
+/// One append, ready to publish: a command's commit, or a chat record.
 #[derive(Debug, Clone)]
 pub struct PendingCommit {
-    /// `ev.<aggregate_type>.<aggregate_id>`.
+    /// `ev.<aggregate_type>.<aggregate_id>`, `chat.<shard>.<session_id>`.
     pub subject: String,
-    /// The commit's headers, without the batch headers and without
+    /// The message's headers, `Nats-Msg-Id` included, without the batch headers and without
     /// `Nats-Expected-Last-Subject-Sequence` (the committer adds them).
     pub headers: HeaderMap,
-    /// The encoded [`crate::Commit`].
+    /// The encoded [`crate::Commit`] or chat record.
     pub body: Bytes,
-    /// The command id (already in `headers` as `Nats-Msg-Id`).
+    /// The dedup id (the command id; already in `headers` as `Nats-Msg-Id`).
     pub command_id: String,
-    /// The stream sequence of the subject's last message when the aggregate was loaded
-    /// (0 = the subject must be empty).
-    pub expected_last_sequence: u64,
+    /// For an aggregate's commit: the stream sequence of the subject's last message when the
+    /// aggregate was loaded (0 = the subject must be empty). `None`: no check (chat records).
+    pub expected_last_sequence: Option<u64>,
 }
 
 /// What happened to one commit.
@@ -171,9 +178,19 @@ pub struct GroupCommitStats {
     pub failed_batches: AtomicU64,
     /// Commits answered as stale from the committer's own knowledge, without a round trip.
     pub known_stale: AtomicU64,
+    /// Writes (a batch, or a group of concurrent plain publishes) that completed.
+    pub writes: AtomicU64,
+    /// Their summed round trips (send → last ack), microseconds.
+    pub write_micros: AtomicU64,
 }
 
 impl GroupCommitStats {
+    /// The mean round trip of a write (a batch or a group of plain publishes), milliseconds.
+    pub fn mean_write_ms(&self) -> f64 {
+        let n = self.writes.load(Ordering::Relaxed).max(1);
+        self.write_micros.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0
+    }
+
     /// `(single_writes, batches, batched_commits, failed_batches, known_stale)`.
     pub fn snapshot(&self) -> (u64, u64, u64, u64, u64) {
         (
@@ -189,7 +206,7 @@ impl GroupCommitStats {
 struct Job {
     commit: PendingCommit,
     reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
-    /// Batches this commit was part of that failed.
+    /// Batches this commit was part of that failed (at 2, it goes out as a plain publish).
     failures: u32,
 }
 
@@ -237,6 +254,7 @@ pub(crate) struct ApiErrorJson {
 /// is an `Ok` ack whose `error` says why (nothing of it was stored).
 pub(crate) async fn publish_atomic_batch(
     client: &Client,
+    stream_name: &str,
     messages: Vec<(String, HeaderMap, Bytes)>,
     batch_id: &str,
     timeout: Duration,
@@ -252,7 +270,7 @@ pub(crate) async fn publish_atomic_batch(
                 .map_err(|e| CommitError(e.to_string()))?;
         } else {
             headers.insert(NATS_BATCH_COMMIT, "1");
-            return request(client, &subject, headers, body, timeout).await;
+            return request(client, stream_name, &subject, headers, body, timeout).await;
         }
     }
     Err(CommitError(
@@ -284,17 +302,23 @@ enum WriteResult {
 }
 
 impl GroupCommitter {
-    /// Starts the committer task on the current tokio runtime, publishing on `client` to the
-    /// `EVENTS` stream `stream`.
-    pub fn start(client: Client, stream: Stream<()>, settings: GroupCommitSettings) -> Self {
+    /// Starts the committer task of stream `stream_name` (`stream`, its handle) on the current
+    /// tokio runtime, publishing on `client`.
+    pub fn start(
+        client: Client,
+        stream: Stream<()>,
+        stream_name: &str,
+        settings: GroupCommitSettings,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let stats = Arc::new(GroupCommitStats::default());
+        let remembered = NonZeroUsize::new(settings.known_subjects.max(1)).expect("max(1)");
         let worker = Worker {
             client,
             stream,
-            known: lru::LruCache::new(
-                NonZeroUsize::new(settings.known_subjects.max(1)).expect("max(1)"),
-            ),
+            stream_name: Arc::from(stream_name),
+            known: lru::LruCache::new(remembered),
+            recent: lru::LruCache::new(remembered),
             settings,
             stats: stats.clone(),
             next_batch: 0,
@@ -309,7 +333,12 @@ impl GroupCommitter {
         &self.stats
     }
 
-    /// Commits `commit` with the others in flight and returns its outcome once it is durable (or
+    /// A shared handle on [`GroupCommitter::stats`].
+    pub fn stats_handle(&self) -> Arc<GroupCommitStats> {
+        self.stats.clone()
+    }
+
+    /// Appends `commit` with the others in flight and returns its outcome once it is durable (or
     /// refused).
     ///
     /// # Errors
@@ -333,7 +362,12 @@ impl GroupCommitter {
 struct Worker {
     client: Client,
     stream: Stream<()>,
+    /// The stream's name (metrics).
+    stream_name: Arc<str>,
+    /// Per subject, the last stream sequence this committer stored there.
     known: lru::LruCache<String, u64>,
+    /// Dedup ids this committer stored lately.
+    recent: lru::LruCache<String, ()>,
     settings: GroupCommitSettings,
     stats: Arc<GroupCommitStats>,
     next_batch: u64,
@@ -375,6 +409,11 @@ impl Worker {
                         match &outcome {
                             Ok(CommitOutcome::Stored { sequence }) => {
                                 self.learn(&job.commit.subject, *sequence);
+                                self.recent.put(job.commit.command_id.clone(), ());
+                            }
+                            Ok(CommitOutcome::Duplicate { .. }) => {
+                                self.known.pop(&job.commit.subject);
+                                self.recent.put(job.commit.command_id.clone(), ());
                             }
                             Ok(_) | Err(_) => {
                                 self.known.pop(&job.commit.subject);
@@ -424,16 +463,18 @@ impl Worker {
                         break;
                     }
                     let subject = &job.commit.subject;
-                    if busy_subjects.contains(subject)
-                        || batch_subjects.contains(subject)
+                    let checked = job.commit.expected_last_sequence.is_some();
+                    if (checked
+                        && (busy_subjects.contains(subject) || batch_subjects.contains(subject)))
                         || busy_ids.contains(&job.commit.command_id)
                         || batch_ids.contains(&job.commit.command_id)
                     {
                         deferred.push_back(job);
                         continue;
                     }
-                    if let Some(&last) = self.known.peek(subject) {
-                        if job.commit.expected_last_sequence < last {
+                    let expected = job.commit.expected_last_sequence;
+                    if let (Some(expected), Some(&last)) = (expected, self.known.peek(subject)) {
+                        if expected < last {
                             // Known stale: resolve (conflict or duplicate) off the loop.
                             self.stats.known_stale.fetch_add(1, Ordering::Relaxed);
                             let stream = self.stream.clone();
@@ -444,7 +485,9 @@ impl Worker {
                             continue;
                         }
                     }
-                    batch_subjects.insert(subject.clone());
+                    if checked {
+                        batch_subjects.insert(subject.clone());
+                    }
                     batch_ids.insert(job.commit.command_id.clone());
                     batch.push(job);
                 }
@@ -456,7 +499,9 @@ impl Worker {
                     break;
                 }
                 for job in &batch {
-                    busy_subjects.insert(job.commit.subject.clone());
+                    if job.commit.expected_last_sequence.is_some() {
+                        busy_subjects.insert(job.commit.subject.clone());
+                    }
                     busy_ids.insert(job.commit.command_id.clone());
                 }
                 in_flight.push(self.write(batch));
@@ -473,38 +518,89 @@ impl Worker {
         }
     }
 
-    fn write(&mut self, batch: Vec<Job>) -> WriteFuture {
+    fn write(&mut self, group: Vec<Job>) -> WriteFuture {
         let client = self.client.clone();
         let stream = self.stream.clone();
         let stats = self.stats.clone();
+        let name = self.stream_name.clone();
         let timeout = self.settings.ack_timeout;
-        if batch.len() < self.settings.min_batch.max(2) || batch.iter().any(|j| j.failures >= 2) {
+        let started = std::time::Instant::now();
+        // A resend of a dedup id stored lately, or an append whose batches failed twice, goes
+        // out on its own.
+        let recent = &self.recent;
+        let (singles, batched): (Vec<Job>, Vec<Job>) = group
+            .into_iter()
+            .partition(|j| j.failures >= 2 || recent.contains(&j.commit.command_id));
+        let write: WriteFuture = if batched.len() < self.settings.min_batch.max(2) {
+            let all: Vec<Job> = singles.into_iter().chain(batched).collect();
             stats
                 .single_writes
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            return Box::pin(async move { write_singles(client, stream, batch, timeout).await });
-        }
-        self.next_batch += 1;
-        let batch_id = format!("{}-{}", self.batch_prefix, self.next_batch);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats
-            .batched_commits
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        Box::pin(async move { write_batch(client, stream, stats, batch, batch_id, timeout).await })
+                .fetch_add(all.len() as u64, Ordering::Relaxed);
+            Box::pin(async move { write_singles(client, stream, name, all, timeout).await })
+        } else {
+            self.next_batch += 1;
+            let batch_id = format!("{}-{}", self.batch_prefix, self.next_batch);
+            stats
+                .single_writes
+                .fetch_add(singles.len() as u64, Ordering::Relaxed);
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats
+                .batched_commits
+                .fetch_add(batched.len() as u64, Ordering::Relaxed);
+            let stats = stats.clone();
+            Box::pin(async move {
+                let (a, b) = futures::future::join(
+                    write_singles(
+                        client.clone(),
+                        stream.clone(),
+                        name.clone(),
+                        singles,
+                        timeout,
+                    ),
+                    write_batch(client, stream, name, stats, batched, batch_id, timeout),
+                )
+                .await;
+                let (
+                    WriteResult::Done {
+                        mut settled,
+                        mut retry,
+                    },
+                    WriteResult::Done {
+                        settled: s2,
+                        retry: r2,
+                    },
+                ) = (a, b);
+                settled.extend(s2);
+                retry.extend(r2);
+                WriteResult::Done { settled, retry }
+            })
+        };
+        let stats = self.stats.clone();
+        Box::pin(async move {
+            let result = write.await;
+            stats.writes.fetch_add(1, Ordering::Relaxed);
+            stats
+                .write_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            result
+        })
     }
 }
 
 fn headers_for(commit: &PendingCommit) -> HeaderMap {
     let mut headers = commit.headers.clone();
-    headers.insert(
-        NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-        commit.expected_last_sequence.to_string().as_str(),
-    );
+    if let Some(expected) = commit.expected_last_sequence {
+        headers.insert(
+            NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            expected.to_string().as_str(),
+        );
+    }
     headers
 }
 
 pub(crate) async fn request(
     client: &Client,
+    stream_name: &str,
     subject: &str,
     headers: HeaderMap,
     body: Bytes,
@@ -522,8 +618,12 @@ pub(crate) async fn request(
         Ok(Err(_)) => "error",
         Err(_) => "timeout",
     };
-    metrics::histogram!(crate::METRIC_PUBLISH_SECONDS, "stream" => "EVENTS", "outcome" => outcome)
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(
+        crate::METRIC_PUBLISH_SECONDS,
+        "stream" => stream_name.to_string(),
+        "outcome" => outcome
+    )
+    .record(started.elapsed().as_secs_f64());
     let reply = reply
         .map_err(|_| CommitError("timed out waiting for the JetStream ack".into()))?
         .map_err(|e| CommitError(e.to_string()))?;
@@ -537,18 +637,20 @@ pub(crate) async fn request(
         .map_err(|e| CommitError(format!("undecodable JetStream ack: {e}")))
 }
 
-/// One plain publish (no group commit): the outcome of a single commit.
+/// One plain publish (no group commit) to stream `stream_name`: the outcome of a single append.
 ///
 /// # Errors
 /// [`CommitError`] when JetStream did not answer or answered an unexpected error.
 pub async fn write_single(
     client: &Client,
     stream: &Stream<()>,
+    stream_name: &str,
     commit: &PendingCommit,
     timeout: Duration,
 ) -> Result<CommitOutcome, CommitError> {
     let ack = request(
         client,
+        stream_name,
         &commit.subject,
         headers_for(commit),
         commit.body.clone(),
@@ -558,7 +660,11 @@ pub async fn write_single(
     match ack.error {
         None if ack.duplicate => Ok(CommitOutcome::Duplicate { sequence: ack.seq }),
         None => Ok(CommitOutcome::Stored { sequence: ack.seq }),
-        Some(e) if e.err_code == ERR_WRONG_LAST_SEQUENCE => resolve_stale(stream, commit).await,
+        Some(e)
+            if e.err_code == ERR_WRONG_LAST_SEQUENCE && commit.expected_last_sequence.is_some() =>
+        {
+            resolve_stale(stream, commit).await
+        }
         Some(e) => Err(CommitError(format!(
             "JetStream error {}: {}",
             e.err_code, e.description
@@ -569,13 +675,14 @@ pub async fn write_single(
 async fn write_singles(
     client: Client,
     stream: Stream<()>,
+    stream_name: Arc<str>,
     batch: Vec<Job>,
     timeout: Duration,
 ) -> WriteResult {
     let outcomes = futures::future::join_all(
         batch
             .iter()
-            .map(|job| write_single(&client, &stream, &job.commit, timeout)),
+            .map(|job| write_single(&client, &stream, &stream_name, &job.commit, timeout)),
     )
     .await;
     WriteResult::Done {
@@ -587,12 +694,19 @@ async fn write_singles(
 async fn write_batch(
     client: Client,
     stream: Stream<()>,
+    stream_name: Arc<str>,
     stats: Arc<GroupCommitStats>,
     mut batch: Vec<Job>,
     batch_id: String,
     timeout: Duration,
 ) -> WriteResult {
     let n = batch.len();
+    if n == 0 {
+        return WriteResult::Done {
+            settled: Vec::new(),
+            retry: Vec::new(),
+        };
+    }
     let messages = batch
         .iter()
         .map(|job| {
@@ -603,7 +717,8 @@ async fn write_batch(
             )
         })
         .collect();
-    let ack = match publish_atomic_batch(&client, messages, &batch_id, timeout).await {
+    let ack = match publish_atomic_batch(&client, &stream_name, messages, &batch_id, timeout).await
+    {
         Ok(ack) => ack,
         Err(e) => return fail_all(batch, e),
     };
@@ -645,13 +760,17 @@ async fn write_batch(
             let mut retry = Vec::new();
             let mut stale = Vec::new();
             for (mut job, last) in batch.drain(..).zip(lasts) {
-                match last {
-                    Ok(last) if last != job.commit.expected_last_sequence => stale.push(job),
-                    Ok(_) => {
+                match (last, job.commit.expected_last_sequence) {
+                    (_, None) => {
                         job.failures += 1;
                         retry.push(job);
                     }
-                    Err(e) => settled.push((job, Err(e))),
+                    (Ok(last), Some(expected)) if last != expected => stale.push(job),
+                    (Ok(_), Some(_)) => {
+                        job.failures += 1;
+                        retry.push(job);
+                    }
+                    (Err(e), Some(_)) => settled.push((job, Err(e))),
                 }
             }
             if stale.is_empty() {
@@ -679,13 +798,24 @@ async fn write_batch(
                 retry: batch,
             }
         }
-        Some(e) => fail_all(
-            batch,
-            CommitError(format!(
-                "JetStream batch error {}: {}",
-                e.err_code, e.description
-            )),
-        ),
+        Some(e) => {
+            // Any other refusal: nothing of the batch was stored; each append goes out on its own
+            // and gets JetStream's own answer.
+            stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                stream = %stream_name,
+                err_code = e.err_code,
+                description = %e.description,
+                "atomic batch refused; writing its messages one by one"
+            );
+            for job in &mut batch {
+                job.failures = job.failures.max(2);
+            }
+            WriteResult::Done {
+                settled: Vec::new(),
+                retry: batch,
+            }
+        }
     }
 }
 
@@ -712,7 +842,7 @@ async fn resolve_stale(
     stream: &Stream<()>,
     commit: &PendingCommit,
 ) -> Result<CommitOutcome, CommitError> {
-    let mut from = commit.expected_last_sequence + 1;
+    let mut from = commit.expected_last_sequence.unwrap_or(0) + 1;
     loop {
         match stream
             .direct_get_next_for_subject(commit.subject.as_str(), Some(from))

@@ -24,6 +24,8 @@
 //! over what it has as soon as the consumer has nothing more pending: at the head a message is
 //! delivered on its own, without waiting for company.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -132,6 +134,17 @@ impl ReadOptions {
 pub struct LogReader {
     rx: mpsc::Receiver<Result<Vec<LogEntry>, ReadError>>,
     task: tokio::task::JoinHandle<()>,
+    status: Arc<Status>,
+}
+
+/// What a reader's task tells about itself.
+#[derive(Default)]
+struct Status {
+    /// It has reached the head of the stream at least once (everything stored when it started
+    /// has been handed over).
+    caught_up: AtomicBool,
+    /// Its last attempt to create a consumer or pull failed (it is retrying).
+    failing: AtomicBool,
 }
 
 impl Drop for LogReader {
@@ -149,12 +162,29 @@ impl LogReader {
     /// the server answers again.
     pub fn spawn(js: jetstream::Context, options: ReadOptions) -> Self {
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-        let task = tokio::spawn(async move {
-            if let Err(e) = read(&js, &options, &tx).await {
-                let _ = tx.send(Err(e)).await;
+        let status = Arc::new(Status::default());
+        let task = tokio::spawn({
+            let status = status.clone();
+            async move {
+                if let Err(e) = read(&js, &options, &tx, &status).await {
+                    let _ = tx.send(Err(e)).await;
+                }
             }
         });
-        Self { rx, task }
+        Self { rx, task, status }
+    }
+
+    /// Whether the reader has reached the head of its stream at least once: every message
+    /// stored before it started has been handed over (queued for [`LogReader::next`]).
+    pub fn is_caught_up(&self) -> bool {
+        self.status.caught_up.load(Ordering::Relaxed)
+    }
+
+    /// Whether the reader's last attempt to read failed and it is retrying (nats-server
+    /// unreachable, the stream gone): a following reader never gives up, so this is how its
+    /// user learns it is not being fed.
+    pub fn is_failing(&self) -> bool {
+        self.status.failing.load(Ordering::Relaxed)
     }
 
     /// The next batch (never empty), in stream order; `None` once the reader has reached its end.
@@ -200,6 +230,7 @@ async fn read(
     js: &jetstream::Context,
     options: &ReadOptions,
     tx: &mpsc::Sender<Result<Vec<LogEntry>, ReadError>>,
+    status: &Status,
 ) -> Result<(), ReadError> {
     let name = options.stream.as_str();
     let failed = |reason: String| ReadError {
@@ -255,9 +286,10 @@ async fn read(
                 })
                 .await
                 .map_err(|e| format!("creating a consumer: {e}"))?;
+            status.failing.store(false, Ordering::Relaxed);
             let consumer_name = consumer.cached_info().name.clone();
             let outcome = read_consumer(
-                &consumer, follow, until, &mut last, &mut batch, batch_size, &keeps, tx,
+                &consumer, follow, until, &mut last, &mut batch, batch_size, &keeps, tx, status,
             )
             .await;
             // Best effort: an ephemeral consumer also goes away on its own once inactive.
@@ -267,7 +299,11 @@ async fn read(
         .await;
         let why = match attempt {
             Ok(Read::Done) => break,
-            Ok(Read::Again(why)) | Err(why) => why,
+            Ok(Read::Again(why)) => why,
+            Err(why) => {
+                status.failing.store(true, Ordering::Relaxed);
+                why
+            }
         };
         retries = if last > before { 1 } else { retries + 1 };
         if !follow && retries > 3 {
@@ -310,9 +346,13 @@ async fn read_consumer(
     batch_size: usize,
     keeps: &impl Fn(&str) -> bool,
     tx: &mpsc::Sender<Result<Vec<LogEntry>, ReadError>>,
+    status: &Status,
 ) -> Read {
-    if !follow && consumer.cached_info().num_pending == 0 {
-        return Read::Done;
+    if consumer.cached_info().num_pending == 0 {
+        status.caught_up.store(true, Ordering::Relaxed);
+        if !follow {
+            return Read::Done;
+        }
     }
     // The consumer sequence of the last message this consumer delivered.
     let mut delivered = 0u64;
@@ -325,7 +365,10 @@ async fn read_consumer(
             .await;
         let mut messages = match pulled {
             Ok(messages) => messages,
-            Err(e) => return Read::Again(format!("pull request: {e}")),
+            Err(e) => {
+                status.failing.store(true, Ordering::Relaxed);
+                return Read::Again(format!("pull request: {e}"));
+            }
         };
         let mut got = 0usize;
         loop {
@@ -344,7 +387,10 @@ async fn read_consumer(
                         .await
                     {
                         Ok(next) => next,
-                        Err(_) => return Read::Again("a pull request went unanswered".into()),
+                        Err(_) => {
+                            status.failing.store(true, Ordering::Relaxed);
+                            return Read::Again("a pull request went unanswered".into());
+                        }
                     }
                 }
             };
@@ -394,6 +440,9 @@ async fn read_consumer(
                     return Read::Done;
                 }
             }
+            if pending == 0 {
+                status.caught_up.store(true, Ordering::Relaxed);
+            }
             if !follow {
                 let at_end = match until {
                     ReadUntil::Sequence(u) => *last >= u,
@@ -409,6 +458,10 @@ async fn read_consumer(
         // when nothing was stored during the request: that is normal.
         if got == 0 && !follow {
             return Read::Again("a pull request brought nothing".into());
+        }
+        if got == 0 {
+            // A request that expired with nothing for it: nothing was pending.
+            status.caught_up.store(true, Ordering::Relaxed);
         }
     }
 }

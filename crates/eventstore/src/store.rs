@@ -113,6 +113,7 @@ impl<A: Aggregate> JetStreamEventStore<A> {
                 crate::group::write_single(
                     &self.js.client(),
                     &self.stream,
+                    EVENTS_STREAM,
                     &commit,
                     Duration::from_secs(10),
                 )
@@ -420,6 +421,6 @@ pub fn pending_commit<E: std::error::Error>(
         headers,
         body: body.into(),
         command_id: commit.command_id.clone(),
-        expected_last_sequence,
+        expected_last_sequence: Some(expected_last_sequence),
     })
 }

@@ -1,4 +1,5 @@
-//! Stream setup: `EVENTS` (the event log) and `CHAT` (chat messages).
+//! Stream setup: `EVENTS` (the event log) and the chat streams (the shards `CHAT_1` …
+//! `CHAT_N`, and the legacy `CHAT` of a deployment that had it; [`crate::chat`]).
 
 use std::time::Duration;
 
@@ -7,19 +8,21 @@ use async_nats::jetstream::{self, stream};
 
 /// The event log: subjects `ev.<aggregate_type>.<aggregate_id>`.
 pub const EVENTS_STREAM: &str = "EVENTS";
-/// Chat messages: subjects `chat.<session_id>`.
-pub const CHAT_STREAM: &str = "CHAT";
 
 /// How the streams are created. Defaults: one replica, a 10-minute duplicate window for command
-/// ids (`Nats-Msg-Id`), chat messages kept for 365 days.
+/// ids (`Nats-Msg-Id`), chat messages kept for 365 days, [`crate::chat::DEFAULT_SHARDS`] chat
+/// shards.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     /// Replicas of each stream (1 in dev, 3 in a cluster).
     pub replicas: usize,
     /// How long JetStream remembers a `Nats-Msg-Id` to drop a repeated commit.
     pub duplicate_window: Duration,
-    /// Age after which chat messages leave `CHAT` (`0` = forever).
+    /// Age after which chat records leave the chat streams (`0` = forever).
     pub chat_max_age: Duration,
+    /// Chat shard streams of a new deployment (1..=63). An existing deployment keeps the number
+    /// its streams were created with.
+    pub chat_shards: u16,
 }
 
 impl Default for StreamSettings {
@@ -28,6 +31,7 @@ impl Default for StreamSettings {
             replicas: 1,
             duplicate_window: Duration::from_secs(600),
             chat_max_age: Duration::from_secs(365 * 24 * 3600),
+            chat_shards: crate::chat::DEFAULT_SHARDS,
         }
     }
 }
@@ -49,12 +53,22 @@ pub fn events_config(settings: &StreamSettings) -> stream::Config {
     }
 }
 
-/// The `CHAT` stream's configuration: file storage, retention by age, atomic batches allowed
-/// (the gateway's group commit of chat records, issue 5: [`crate::chat::ChatCommitter`]).
-pub fn chat_config(settings: &StreamSettings) -> stream::Config {
+/// The configuration of chat stream `shard` of `layout` (0: the legacy `CHAT`, whose subjects
+/// become `chat.*`): file storage, retention by age, no deletes and no purges, direct get (resumes
+/// read a session's records with it), atomic batches allowed (the committer's batches), the
+/// layout in the metadata.
+pub fn chat_config(
+    settings: &StreamSettings,
+    layout: &crate::chat::ChatLayout,
+    shard: u16,
+) -> stream::Config {
     stream::Config {
-        name: CHAT_STREAM.to_string(),
-        subjects: vec!["chat.>".to_string()],
+        name: crate::chat::shard_stream(shard).to_string(),
+        subjects: vec![if shard == 0 {
+            "chat.*".to_string()
+        } else {
+            format!("chat.{shard}.*")
+        }],
         storage: stream::StorageType::File,
         num_replicas: settings.replicas,
         duplicate_window: settings.duplicate_window,
@@ -63,32 +77,93 @@ pub fn chat_config(settings: &StreamSettings) -> stream::Config {
         deny_purge: true,
         allow_direct: true,
         allow_atomic_publish: true,
+        metadata: if shard == 0 {
+            Default::default()
+        } else {
+            layout.metadata(shard)
+        },
         ..Default::default()
     }
 }
 
-/// Creates the streams, or updates them to the configuration above. Idempotent.
-///
-/// # Errors
-/// When JetStream is not enabled or a stream's configuration cannot be applied.
-pub async fn ensure_streams(
-    js: &jetstream::Context,
-    settings: &StreamSettings,
-) -> anyhow::Result<()> {
-    for config in [events_config(settings), chat_config(settings)] {
-        let name = config.name.clone();
-        match js.get_stream(&name).await {
-            Ok(_) => {
+async fn create_or_update(js: &jetstream::Context, config: stream::Config) -> anyhow::Result<()> {
+    let name = config.name.clone();
+    match js.get_stream(&name).await {
+        Ok(_) => {
+            js.update_stream(config)
+                .await
+                .with_context(|| format!("updating stream {name}"))?;
+        }
+        Err(_) => {
+            if let Err(e) = js.create_stream(config.clone()).await {
+                // Another process created it meanwhile: update it to this configuration.
                 js.update_stream(config)
                     .await
-                    .with_context(|| format!("updating stream {name}"))?;
-            }
-            Err(_) => {
-                js.create_stream(config)
-                    .await
-                    .with_context(|| format!("creating stream {name}"))?;
+                    .with_context(|| format!("creating stream {name}: {e}"))?;
             }
         }
     }
     Ok(())
+}
+
+/// The highest session id with records in the legacy `CHAT` stream (`None`: it has none).
+async fn legacy_upto_session(stream: &stream::Stream) -> anyhow::Result<Option<i64>> {
+    use futures::TryStreamExt as _;
+    let mut subjects = stream.info_with_subjects("chat.>").await?;
+    let mut upto: Option<i64> = None;
+    while let Some((subject, _)) = subjects.try_next().await? {
+        if let Some(id) = crate::chat::ChatLayout::session_of(&subject) {
+            upto = Some(upto.map_or(id, |u| u.max(id)));
+        }
+    }
+    Ok(upto)
+}
+
+/// Creates the streams, or updates them to the configuration above, and returns the chat
+/// layout. Idempotent.
+///
+/// The chat layout is decided once: when the shard streams do not exist yet, they are created
+/// with `settings.chat_shards` shards, and a legacy `CHAT` stream (from before sharding) keeps
+/// the sessions it has records of (its subjects are narrowed to `chat.*`); afterwards the layout
+/// is read from the shards' metadata, and a different `settings.chat_shards` is refused.
+///
+/// # Errors
+/// When JetStream is not enabled, a stream's configuration cannot be applied, or the configured
+/// number of shards differs from the existing layout's.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> anyhow::Result<crate::chat::ChatLayout> {
+    create_or_update(js, events_config(settings)).await?;
+    let layout = match crate::chat::ChatLayout::load(js).await? {
+        Some(layout) => {
+            anyhow::ensure!(
+                layout.shards == settings.chat_shards.clamp(1, crate::chat::MAX_SHARDS),
+                "the chat streams have {} shards, the configuration asks for {}: resharding \
+                 existing chat streams is not supported (set chat_shards to {})",
+                layout.shards,
+                settings.chat_shards,
+                layout.shards
+            );
+            layout
+        }
+        None => {
+            let mut layout = crate::chat::ChatLayout::new(settings.chat_shards);
+            if let Ok(legacy) = js.get_stream(crate::chat::LEGACY_CHAT_STREAM).await {
+                // Narrow the legacy stream's subjects first: the shards' may not overlap them.
+                create_or_update(js, chat_config(settings, &layout, 0)).await?;
+                layout.legacy_upto_session = legacy_upto_session(&legacy).await?;
+                tracing::info!(
+                    legacy_upto_session = ?layout.legacy_upto_session,
+                    shards = layout.shards,
+                    "chat: sharding; the legacy CHAT stream keeps the sessions it has"
+                );
+            }
+            layout
+        }
+    };
+    for (shard, _) in layout.streams() {
+        create_or_update(js, chat_config(settings, &layout, shard)).await?;
+    }
+    Ok(layout)
 }

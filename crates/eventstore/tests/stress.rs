@@ -344,7 +344,7 @@ fn raw(subject: &str, command_id: &str, expected: u64) -> PendingCommit {
             .unwrap()
             .into(),
         command_id: command_id.into(),
-        expected_last_sequence: expected,
+        expected_last_sequence: Some(expected),
     }
 }
 
@@ -369,6 +369,7 @@ async fn a_failed_check_in_a_batch_fails_only_its_own_commit() {
     let committer = GroupCommitter::start(
         client,
         stream.clone(),
+        "EVENTS",
         GroupCommitSettings {
             max_in_flight: 1,
             ..Default::default()

@@ -1,9 +1,10 @@
 //! The node's routing table, its stream consumers and subscriptions, presence state and session
 //! timers.
 //!
-//! Sockets are kept per session (rooms) and per user. The node reads `CHAT` and `ev.session.>`
-//! with **one ordered consumer each, for the whole node** (never one per socket), subscribes once
-//! to `typing.>` and `notify.>` (core NATS), and routes each record to its local sockets.
+//! Sockets are kept per session (rooms) and per user. The node reads each chat stream and
+//! `ev.session.>` with **one reader each, for the whole node** (never one per socket; the log's
+//! gap-checking reader, [`eventstore::LogReader`]), subscribes once to `typing.>` and `notify.>`
+//! (core NATS), and routes each record to its local sockets.
 //!
 //! Core-NATS subjects (JSON payloads):
 //! - `typing.<session_id>`: `{user_id, kind: "typing"|"typing_stop"}`; ephemeral, never stored.
@@ -17,13 +18,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use axum::extract::ws::Utf8Bytes;
-use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use domain::{ChatSession, EndReason, SessionCommand, SessionEvent};
-use eventstore::chat::{ChatCommitter, ChatRecord};
+use eventstore::chat::{message_id, ChatRecord};
 use eventstore::envelope::Upcasters;
+use eventstore::ChatLog;
 use eventstore::{Actor, CommandBus, CommandError, CommandMeta, Commit};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -308,8 +308,36 @@ pub struct Hub {
     muted: Mutex<HashMap<i64, i64>>,
     presence_dirty: Notify,
     draining: AtomicBool,
-    /// The node's group committer of `CHAT` appends (started on first use).
-    chat: std::sync::OnceLock<ChatCommitter>,
+    /// The chat log: the layout, and the node's committer of each chat stream.
+    chat: ChatLog,
+    /// The node's background parts that are down (`/health` answers 503 while any is).
+    down: Mutex<std::collections::BTreeSet<Part>>,
+}
+
+/// An active session's row of the `chat_sessions` read model: id, user, counselor's login,
+/// price per minute (fen), prepaid minutes, start.
+type ActiveRow = (i64, i64, i64, i64, i32, Option<DateTime<Utc>>);
+
+/// A background part of a gateway node, as `/health` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    /// The fan-out reader of one chat stream.
+    Chat(&'static str),
+    /// The session-event reader.
+    Sessions,
+    /// A supervised task (the typing and notify subscriptions, presence, the timers, the admin
+    /// bus).
+    Task(&'static str),
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Chat(stream) => write!(f, "chat fan-out ({stream})"),
+            Self::Sessions => write!(f, "session events"),
+            Self::Task(name) => write!(f, "{name}"),
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -317,8 +345,13 @@ fn now_ms() -> i64 {
 }
 
 impl Hub {
-    /// A hub for one node.
-    pub fn new(config: GatewayConfig, bus: CommandBus, nats: async_nats::Client) -> Self {
+    /// A hub for one node, appending chat records to `chat`.
+    pub fn new(
+        config: GatewayConfig,
+        bus: CommandBus,
+        nats: async_nats::Client,
+        chat: ChatLog,
+    ) -> Self {
         Self {
             config,
             bus,
@@ -334,19 +367,35 @@ impl Hub {
             muted: Mutex::default(),
             presence_dirty: Notify::new(),
             draining: AtomicBool::new(false),
-            chat: std::sync::OnceLock::new(),
+            chat,
+            down: Mutex::default(),
         }
     }
 
-    /// The node's group committer of `CHAT` records: every socket's messages, read receipts and
-    /// revocations go through it, so concurrent appends share one atomic batch (one fsync).
-    pub fn chat(&self) -> &ChatCommitter {
-        self.chat.get_or_init(|| {
-            ChatCommitter::start(
-                self.bus.jetstream().client(),
-                self.config.chat_commit.clone(),
-            )
-        })
+    /// Records whether `part` works.
+    pub fn set_part(&self, part: Part, up: bool) {
+        let mut down = self.down.lock().expect("hub lock");
+        if up {
+            down.remove(&part);
+        } else if down.insert(part) {
+            tracing::warn!(%part, "gateway part down");
+        }
+    }
+
+    /// The parts that are down (empty: the node works).
+    pub fn parts_down(&self) -> Vec<String> {
+        self.down
+            .lock()
+            .expect("hub lock")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// The chat log: every socket's messages, read receipts and revocations are appended
+    /// through it (one committer per chat stream, so concurrent appends share batches).
+    pub fn chat(&self) -> &ChatLog {
+        &self.chat
     }
 
     /// The node's configuration.
@@ -703,14 +752,18 @@ impl Hub {
 
     // ---- routing --------------------------------------------------------------------------
 
-    /// The frame of a `CHAT` record at `seq`, and its own-message id (for messages).
-    pub fn record_frame(seq: u64, record: &ChatRecord) -> (String, Option<String>) {
+    /// The frame of a chat record at stream sequence `seq` of shard `shard`, and its own-message
+    /// id (for messages). `seq` is the record's position in its session's stream (resumes);
+    /// `id` / `message_id` its id across the chat streams ([`message_id`]).
+    pub fn record_frame(shard: u16, seq: u64, record: &ChatRecord) -> (String, Option<String>) {
+        let id = message_id(shard, seq);
+        let of = |message_seq: u64| message_id(shard, message_seq);
         match record {
             ChatRecord::Message(m) => {
                 let data = json!({
-                    "id": seq,
+                    "id": id,
                     "seq": seq,
-                    "message_id": seq,
+                    "message_id": id,
                     "session_id": m.session_id,
                     "sender_id": m.sender_id,
                     "sender_type": m.sender_type,
@@ -729,7 +782,7 @@ impl Hub {
                 frame(
                     "message_read",
                     r.session_id,
-                    json!({ "seq": seq, "message_id": r.message_seq, "read_by": r.read_by, "read_at": r.read_at }),
+                    json!({ "seq": seq, "message_id": of(r.message_seq), "message_seq": r.message_seq, "read_by": r.read_by, "read_at": r.read_at }),
                 ),
                 None,
             ),
@@ -737,7 +790,7 @@ impl Hub {
                 frame(
                     "message_revoked",
                     r.session_id,
-                    json!({ "seq": seq, "message_id": r.message_seq, "revoked_by": r.revoked_by, "revoked_at": r.revoked_at }),
+                    json!({ "seq": seq, "message_id": of(r.message_seq), "message_seq": r.message_seq, "revoked_by": r.revoked_by, "revoked_at": r.revoked_at }),
                 ),
                 None,
             ),
@@ -746,19 +799,26 @@ impl Hub {
                 frame(
                     "message_revoked",
                     r.session_id,
-                    json!({ "seq": seq, "session_id": r.session_id, "message_ids": r.message_ids, "reason": r.reason, "redacted": true }),
+                    json!({
+                        "seq": seq,
+                        "session_id": r.session_id,
+                        "message_ids": r.message_ids.iter().map(|s| of(*s as u64)).collect::<Vec<_>>(),
+                        "message_seqs": r.message_ids,
+                        "reason": r.reason,
+                        "redacted": true,
+                    }),
                 ),
                 None,
             ),
         }
     }
 
-    fn route_chat(&self, seq: u64, record: ChatRecord, stored_at: i64) {
+    fn route_chat(&self, shard: u16, seq: u64, record: ChatRecord, stored_at: i64) {
         let session_id = record.session_id();
         if let Some(a) = self.active.lock().expect("hub lock").get_mut(&session_id) {
             a.last_activity = a.last_activity.max(stored_at);
         }
-        let (text, own) = Self::record_frame(seq, &record);
+        let (text, own) = Self::record_frame(shard, seq, &record);
         // Encoded once; every socket's queue shares the same bytes.
         let text = Utf8Bytes::from(text);
         for conn in self.room(session_id) {
@@ -957,92 +1017,258 @@ impl Hub {
 
     // ---- node tasks -------------------------------------------------------------------------
 
-    /// Runs the node's `CHAT` consumer until `shutdown`: one ordered consumer, new records only.
-    pub async fn run_chat_fanout(
-        self: Arc<Self>,
-        js: async_nats::jetstream::Context,
-        shutdown: CancellationToken,
-    ) {
-        self.run_consumer(
-            js,
-            eventstore::CHAT_STREAM,
-            "chat.>",
-            DeliverPolicy::New,
-            shutdown,
-            |hub, msg, _| {
-                let info = msg.info().ok();
-                let seq = info.as_ref().map(|i| i.stream_sequence).unwrap_or_default();
-                let published = info.map(|i| i.published);
-                let at = published
-                    .map(|p| p.unix_timestamp())
-                    .unwrap_or_else(|| Utc::now().timestamp());
-                match serde_json::from_slice::<ChatRecord>(&msg.payload) {
-                    Ok(record) => {
-                        hub.route_chat(seq, record, at);
-                        record_fanout("CHAT", published);
-                    }
-                    Err(e) => tracing::warn!(seq, error = %e, "undecodable chat record"),
-                }
-            },
-        )
-        .await
+    /// Runs the node's chat fan-out until `shutdown`: one reader per chat stream of the layout
+    /// (the shards, and the legacy `CHAT` if there is one), each from that stream's head when it
+    /// starts (new records only), each record routed to the local sockets of its session.
+    pub async fn run_chat_fanout(self: Arc<Self>, shutdown: CancellationToken) {
+        let streams = self.chat.layout().streams();
+        let mut readers = tokio::task::JoinSet::new();
+        for (shard, stream) in streams {
+            readers.spawn(self.clone().follow_chat(shard, stream, shutdown.clone()));
+        }
+        while readers.join_next().await.is_some() {}
     }
 
-    /// Runs the node's session-event consumer (`ev.session.>`) until `shutdown`. It reads from
-    /// the start to learn the active sessions (for the timers); frames go out only for events
-    /// after the stream's last sequence at start.
-    pub async fn run_session_events(
+    async fn follow_chat(
         self: Arc<Self>,
-        js: async_nats::jetstream::Context,
+        shard: u16,
+        stream: &'static str,
         shutdown: CancellationToken,
     ) {
-        let head = match js.get_stream(eventstore::EVENTS_STREAM).await {
-            Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
-            Err(_) => 0,
+        let part = Part::Chat(stream);
+        let js = self.chat.jetstream().clone();
+        // The head when the node starts: records from before it are not fanned out (a client
+        // that missed them resumes with `after_seq`).
+        let Some(head) = self.stream_head(stream, part, &shutdown).await else {
+            return;
         };
-        if head == 0 {
-            self.sessions_caught_up.store(true, Ordering::Relaxed);
-        }
-        self.run_consumer(
+        let mut reader = eventstore::LogReader::spawn(
             js,
-            eventstore::EVENTS_STREAM,
-            "ev.session.>",
-            DeliverPolicy::All,
-            shutdown,
-            move |hub, msg, _| {
-                let info = msg.info().ok();
-                let seq = info.as_ref().map(|i| i.stream_sequence).unwrap_or_default();
-                if info.is_some_and(|i| i.pending == 0) || seq >= head {
-                    hub.sessions_caught_up.store(true, Ordering::Relaxed);
+            eventstore::ReadOptions::new(stream, head, eventstore::ReadUntil::Follow)
+                .batch_size(1000),
+        );
+        self.set_part(part, true);
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                batch = reader.next() => match batch {
+                    Some(Ok(entries)) => {
+                        for entry in entries {
+                            self.route_chat_entry(shard, &entry);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(stream, error = %e, "chat fan-out reader failed");
+                        self.set_part(part, false);
+                        return;
+                    }
+                    None => return,
+                },
+                _ = check.tick() => self.set_part(part, !reader.is_failing()),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    fn route_chat_entry(&self, shard: u16, entry: &eventstore::LogEntry) {
+        let seq = entry.stream_sequence;
+        match serde_json::from_slice::<ChatRecord>(&entry.payload) {
+            Ok(record) => {
+                self.route_chat(shard, seq, record, entry.published.timestamp());
+                record_fanout("CHAT", entry.published);
+            }
+            Err(e) => tracing::warn!(seq, error = %e, "undecodable chat record"),
+        }
+    }
+
+    /// The last sequence of `stream`, asked until JetStream answers (the part is marked down
+    /// meanwhile); `None` on shutdown.
+    async fn stream_head(
+        &self,
+        stream: &str,
+        part: Part,
+        shutdown: &CancellationToken,
+    ) -> Option<u64> {
+        let js = self.chat.jetstream();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let head = async {
+                anyhow::Ok(
+                    js.get_stream(stream)
+                        .await?
+                        .info()
+                        .await?
+                        .state
+                        .last_sequence,
+                )
+            };
+            match head.await {
+                Ok(head) => return Some(head),
+                Err(e) => {
+                    self.set_part(part, false);
+                    tracing::warn!(
+                        stream,
+                        error = format!("{e:#}"),
+                        ?delay,
+                        "reading a stream's head; retrying"
+                    );
                 }
-                let Ok(commit) = Commit::decode(&msg.payload) else {
-                    tracing::warn!(seq, "undecodable commit");
-                    return;
-                };
-                for stored in commit.into_stored(seq) {
-                    let stored = Upcasters::default().upcast(stored);
-                    let (Some(id), Ok(event)) =
-                        (stored.aggregate_id_i64(), stored.decode::<SessionEvent>())
-                    else {
-                        continue;
-                    };
-                    // Issue 8: the frames of an event carry its correlation id in the logs.
-                    let _span = tracing::debug_span!(
-                        "fanout",
-                        session_id = id,
-                        stream_sequence = seq,
-                        correlation_id = %stored.correlation_id,
-                    )
-                    .entered();
-                    tracing::debug!(event_type = %stored.event_type, live = seq > head, "session event to sockets");
-                    hub.route_session_event(id, event, seq > head);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return None,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Runs the node's session-event reader (`ev.session.>`) until `shutdown`. The node learns
+    /// the active sessions (for the timers and the participant checks) from the `chat_sessions`
+    /// read model and its checkpoint, read together, then follows `ev.session.>` from that
+    /// checkpoint: a start costs one query and the events since the read model's last batch, not
+    /// every session event of the log. Frames go out only for events after the stream's last
+    /// sequence at start.
+    pub async fn run_session_events(
+        self: Arc<Self>,
+        db: sqlx::PgPool,
+        shutdown: CancellationToken,
+    ) {
+        let part = Part::Sessions;
+        let mut delay = Duration::from_millis(100);
+        let from = loop {
+            match self.load_active_sessions(&db).await {
+                Ok(from) => break from,
+                Err(e) => {
+                    self.set_part(part, false);
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        ?delay,
+                        "loading the active sessions; retrying"
+                    );
                 }
-                if seq > head {
-                    record_fanout("EVENTS", msg.info().ok().map(|i| i.published));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        };
+        let Some(head) = self
+            .stream_head(eventstore::EVENTS_STREAM, part, &shutdown)
+            .await
+        else {
+            return;
+        };
+        let mut reader = eventstore::LogReader::spawn(
+            self.chat.jetstream().clone(),
+            eventstore::ReadOptions::new(
+                eventstore::EVENTS_STREAM,
+                from,
+                eventstore::ReadUntil::Follow,
+            )
+            .subjects(vec!["ev.session.>".into()])
+            .batch_size(1000),
+        );
+        self.set_part(part, true);
+        let upcasters = Upcasters::default();
+        let mut check = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                batch = reader.next() => match batch {
+                    Some(Ok(entries)) => {
+                        for entry in entries {
+                            self.route_session_entry(&entry, head, &upcasters);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "session-event reader failed");
+                        self.set_part(part, false);
+                        return;
+                    }
+                    None => return,
+                },
+                _ = check.tick() => {
+                    self.set_part(part, !reader.is_failing());
+                    if reader.is_caught_up() {
+                        self.sessions_caught_up.store(true, Ordering::Relaxed);
+                    }
                 }
-            },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Loads the active sessions from the `chat_sessions` read model and returns its checkpoint
+    /// (both read in one snapshot), and the muted users from `user_mutes`.
+    async fn load_active_sessions(&self, db: &sqlx::PgPool) -> anyhow::Result<u64> {
+        let mut tx = db.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let position: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT position FROM projection_checkpoints WHERE name = 'chat_sessions'), 0)",
         )
-        .await
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows: Vec<ActiveRow> = sqlx::query_as(
+            "SELECT id, user_id, counselor_user_id, price_fen, prepaid_minutes, start_time \
+             FROM chat_sessions WHERE status = 1",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let muted: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM user_mutes")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        {
+            let mut active = self.active.lock().expect("hub lock");
+            for (id, user_id, counselor_user_id, price, prepaid, start) in rows {
+                let started_at = start.unwrap_or_else(Utc::now);
+                active.entry(id).or_insert(Active {
+                    user_id,
+                    counselor_user_id,
+                    price_per_minute: price,
+                    prepaid_minutes: i64::from(prepaid),
+                    started_at,
+                    last_activity: started_at.timestamp().max(Utc::now().timestamp()),
+                    warned: false,
+                    ending_at: None,
+                });
+            }
+        }
+        for user_id in muted {
+            self.set_muted(user_id, true);
+        }
+        Ok(position as u64)
+    }
+
+    fn route_session_entry(&self, entry: &eventstore::LogEntry, head: u64, upcasters: &Upcasters) {
+        let seq = entry.stream_sequence;
+        let Ok(commit) = Commit::decode(&entry.payload) else {
+            tracing::warn!(seq, "undecodable commit");
+            return;
+        };
+        for stored in commit.into_stored(seq) {
+            let stored = upcasters.upcast(stored);
+            let (Some(id), Ok(event)) =
+                (stored.aggregate_id_i64(), stored.decode::<SessionEvent>())
+            else {
+                continue;
+            };
+            // The frames of an event carry its correlation id in the logs.
+            let _span = tracing::debug_span!(
+                "fanout",
+                session_id = id,
+                stream_sequence = seq,
+                correlation_id = %stored.correlation_id,
+            )
+            .entered();
+            tracing::debug!(event_type = %stored.event_type, live = seq > head, "session event to sockets");
+            self.route_session_event(id, event, seq > head);
+        }
+        if seq > head {
+            record_fanout("EVENTS", entry.published);
+        }
     }
 
     /// Routes `typing.<session_id>` until `shutdown`.
@@ -1181,75 +1407,6 @@ impl Hub {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-
-    async fn run_consumer(
-        self: Arc<Self>,
-        js: async_nats::jetstream::Context,
-        stream: &str,
-        subject: &str,
-        start: DeliverPolicy,
-        shutdown: CancellationToken,
-        route: impl Fn(&Hub, &async_nats::jetstream::Message, &mut ()),
-    ) {
-        let mut backoff = backon::ExponentialBuilder::default()
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times()
-            .build();
-        // After a reconnect, continue right after the last record routed: no gap.
-        let mut last_seq = 0u64;
-        while !shutdown.is_cancelled() {
-            let deliver_policy = if last_seq == 0 {
-                start
-            } else {
-                DeliverPolicy::ByStartSequence {
-                    start_sequence: last_seq + 1,
-                }
-            };
-            let result: anyhow::Result<()> = async {
-                let consumer = js
-                    .get_stream(stream)
-                    .await?
-                    .create_consumer(pull::OrderedConfig {
-                        filter_subject: subject.to_string(),
-                        deliver_policy,
-                        // async-nats's ordered stream can stop pulling until its safety timer
-                        // fires at the request's expiry + 5 s (projections::runtime::
-                        // spawn_reader's docs): 5 s bounds such a fan-out stall to 10 s, not 35.
-                        max_expires: Duration::from_secs(5),
-                        ..Default::default()
-                    })
-                    .await?;
-                let mut messages = consumer.messages().await?;
-                loop {
-                    tokio::select! {
-                        m = messages.next() => match m {
-                            Some(Ok(m)) => {
-                                last_seq = m.info().map(|i| i.stream_sequence).unwrap_or(last_seq);
-                                route(&self, &m, &mut ());
-                            }
-                            Some(Err(e)) => return Err(e.into()),
-                            None => anyhow::bail!("consumer ended"),
-                        },
-                        _ = shutdown.cancelled() => return Ok(()),
-                    }
-                }
-            }
-            .await;
-            if let Err(e) = result {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(
-                    stream,
-                    error = format!("{e:#}"),
-                    ?delay,
-                    "fan-out consumer failed; restarting"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        }
-    }
 }
 
 /// The own-message key of a sender's client message id.
@@ -1291,10 +1448,7 @@ pub async fn end_session(bus: &CommandBus, sid: i64, reason: EndReason, ended_at
 
 /// Records [`crate::METRIC_FANOUT_SECONDS`] for a record stored at `published` that was just
 /// handed to the sockets.
-fn record_fanout(stream: &'static str, published: Option<time::OffsetDateTime>) {
-    if let Some(published) = published {
-        let seconds = (time::OffsetDateTime::now_utc() - published).as_seconds_f64();
-        metrics::histogram!(crate::METRIC_FANOUT_SECONDS, "stream" => stream)
-            .record(seconds.max(0.0));
-    }
+fn record_fanout(stream: &'static str, published: DateTime<Utc>) {
+    let seconds = (Utc::now() - published).num_microseconds().unwrap_or(0) as f64 / 1e6;
+    metrics::histogram!(crate::METRIC_FANOUT_SECONDS, "stream" => stream).record(seconds.max(0.0));
 }

@@ -64,9 +64,9 @@ pub struct GatewayConfig {
     pub max_replay: usize,
     /// How long a shutting-down node waits for its sockets to drain.
     pub shutdown_grace: Duration,
-    /// Group commit of the node's `CHAT` appends (issue 5: many sockets' messages in one atomic
-    /// batch; [`eventstore::chat::ChatCommitter`]). Default: batches of 8 to 1000 records, 2
-    /// writes in flight.
+    /// How the node's committer of each chat stream groups appends
+    /// ([`eventstore::GroupCommitter`]). Default: batches of 8 to 1000 records, 1 write in
+    /// flight.
     pub chat_commit: eventstore::GroupCommitSettings,
     /// Replicas of the presence KV bucket (1 on a single nats-server, 3 on a cluster; issue 8).
     pub kv_replicas: usize,
@@ -99,6 +99,59 @@ impl Default for GatewayConfig {
     }
 }
 
+/// Runs one background part of a node (`run(hub, shutdown)`) under supervision until `shutdown`:
+/// when it ends or panics before then, it is marked down (`/health` answers 503) and started
+/// again after a backoff (100 ms doubling to 5 s; back to 100 ms once it has run for a minute).
+pub fn supervise<F, Fut>(hub: &Arc<Hub>, name: &'static str, shutdown: &CancellationToken, run: F)
+where
+    F: Fn(Arc<Hub>, CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (hub, shutdown) = (hub.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let part = hub::Part::Task(name);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let started = std::time::Instant::now();
+            hub.set_part(part, true);
+            let outcome = tokio::spawn(run(hub.clone(), shutdown.clone())).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            hub.set_part(part, false);
+            match outcome {
+                Ok(()) => tracing::error!(part = name, ?delay, "gateway part stopped; restarting"),
+                Err(e) => {
+                    tracing::error!(part = name, error = %e, ?delay, "gateway part failed; restarting")
+                }
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                delay = Duration::from_millis(100);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
+/// `GET /health`: `{status: "ok"}`, or 503 `{status: "degraded", down: [...]}` while a background
+/// part of the node is down (it accepts sockets but could not deliver to them).
+pub async fn health(State(state): State<GatewayState>) -> axum::response::Response {
+    let down = state.hub.parts_down();
+    if down.is_empty() {
+        Json(json!({ "status": "ok" })).into_response()
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "degraded", "down": down })),
+        )
+            .into_response()
+    }
+}
+
 /// What the gateway's handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct GatewayState {
@@ -115,7 +168,7 @@ pub struct GatewayState {
 /// `/ws/counselors/online`, `/health`.
 pub fn router(state: GatewayState) -> Router {
     let router = Router::new()
-        .route("/health", get(api::health))
+        .route("/health", get(health))
         .route("/ws", get(socket::ws_any))
         .route("/ws/chat/{session_id}", get(socket::ws_chat))
         .route("/ws/counselor/{id}", get(socket::ws_counselor))
@@ -171,21 +224,58 @@ pub async fn start_node(
     let kv = presence::bucket(&js, config.presence_timeout, config.kv_replicas)
         .await
         .context("creating the presence bucket")?;
-    let hub = Arc::new(Hub::new(config, bus.clone(), nats.clone()));
-    let typing = nats.subscribe("typing.>").await.context("typing.>")?;
-    let notify = nats.subscribe("notify.>").await.context("notify.>")?;
-    tokio::spawn(hub.clone().run_chat_fanout(js.clone(), shutdown.clone()));
-    tokio::spawn(hub.clone().run_session_events(js.clone(), shutdown.clone()));
-    tokio::spawn(hub.clone().run_typing(typing, shutdown.clone()));
-    tokio::spawn(hub.clone().run_notify(notify, shutdown.clone()));
-    tokio::spawn(hub.clone().run_lifecycle(shutdown.clone()));
-    tokio::spawn(presence::run(hub.clone(), kv, shutdown.clone()));
-    // Issue 4: the admin API's presence / kick / mute / message / broadcast requests.
+    let chat = eventstore::ChatLog::open(js.clone(), config.chat_commit.clone())
+        .await
+        .context("opening the chat log")?;
+    let hub = Arc::new(Hub::new(config, bus.clone(), nats.clone(), chat));
+    supervise(&hub, "chat fan-out", &shutdown, |hub, stop| {
+        hub.run_chat_fanout(stop)
+    });
     {
-        let (nats, hub, shutdown) = (nats.clone(), hub.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = admin_bus::run(nats, hub, shutdown).await {
-                tracing::error!(error = format!("{e:#}"), "admin bus stopped");
+        let db = db.clone();
+        supervise(&hub, "session events", &shutdown, move |hub, stop| {
+            hub.run_session_events(db.clone(), stop)
+        });
+    }
+    {
+        let nats = nats.clone();
+        supervise(&hub, "typing", &shutdown, move |hub, stop| {
+            let nats = nats.clone();
+            async move {
+                match nats.subscribe("typing.>").await {
+                    Ok(sub) => hub.run_typing(sub, stop).await,
+                    Err(e) => tracing::error!(error = %e, "subscribing to typing.>"),
+                }
+            }
+        });
+    }
+    {
+        let nats = nats.clone();
+        supervise(&hub, "notify", &shutdown, move |hub, stop| {
+            let nats = nats.clone();
+            async move {
+                match nats.subscribe("notify.>").await {
+                    Ok(sub) => hub.run_notify(sub, stop).await,
+                    Err(e) => tracing::error!(error = %e, "subscribing to notify.>"),
+                }
+            }
+        });
+    }
+    supervise(&hub, "session timers", &shutdown, |hub, stop| {
+        hub.run_lifecycle(stop)
+    });
+    supervise(&hub, "presence", &shutdown, move |hub, stop| {
+        presence::run(hub, kv.clone(), stop)
+    });
+    // The admin API's presence / kick / mute / message / broadcast requests.
+    {
+        let nats = nats.clone();
+        supervise(&hub, "admin bus", &shutdown, move |hub, stop| {
+            let nats = nats.clone();
+            async move {
+                if let Err(e) = admin_bus::run(nats, hub, stop).await {
+                    tracing::error!(error = format!("{e:#}"), "admin bus stopped");
+                }
             }
         });
     }
@@ -213,16 +303,23 @@ pub async fn stats(State(state): State<GatewayState>) -> Json<Value> {
     )
     .fetch_one(&state.db)
     .await;
-    let commit = state.hub.chat().stats();
-    let (singles, batches, batched, failed, coalesced) = commit.snapshot();
-    let chat_commit = json!({
-        "single_writes": singles,
-        "batches": batches,
-        "batched_records": batched,
-        "failed_batches": failed,
-        "coalesced": coalesced,
-        "mean_write_ms": (commit.mean_write_ms() * 1000.0).round() / 1000.0,
-    });
+    let chat_commit: Vec<Value> = state
+        .hub
+        .chat()
+        .stats()
+        .into_iter()
+        .map(|(stream, commit)| {
+            let (singles, batches, batched, failed, _) = commit.snapshot();
+            json!({
+                "stream": stream,
+                "single_writes": singles,
+                "batches": batches,
+                "batched_records": batched,
+                "failed_batches": failed,
+                "mean_write_ms": (commit.mean_write_ms() * 1000.0).round() / 1000.0,
+            })
+        })
+        .collect();
     match row {
         Ok((active, seconds, fen)) => Json(json!({
             "code": 200,

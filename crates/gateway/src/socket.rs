@@ -11,9 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use domain::{ChatSession, EndReason, SessionCommand, SessionStatus};
-use eventstore::chat::{
-    chat_subject, read_dedup_id, revoke_dedup_id, ChatRecord, ReadReceipt, Revocation,
-};
+use eventstore::chat::{read_dedup_id, revoke_dedup_id, ChatRecord, ReadReceipt, Revocation};
 use eventstore::{Actor, CommandMeta};
 use futures::SinkExt;
 use serde_json::json;
@@ -528,28 +526,34 @@ impl Socket {
                 self.conn.send(frame(
                     "ack",
                     session_id,
-                    json!({ "client_msg_id": id, "seq": appended.seq, "message_id": appended.seq, "duplicate": appended.duplicate }),
+                    json!({ "client_msg_id": id, "seq": appended.seq, "message_id": appended.id, "duplicate": appended.duplicate }),
                 ));
             }
             Err(e) => {
                 self.conn.sent.lock().expect("sent lock").remove(&own);
                 tracing::error!(error = %e, session_id, "storing a chat message");
-                self.error(session_id, "message not stored; retry with the same id");
+                // Only this session's stream is concerned: the socket stays, and so do the
+                // other sessions.
+                self.error(
+                    session_id,
+                    "message not stored (its chat stream is unavailable); retry with the same id",
+                );
             }
         }
     }
 
-    /// The stored message `seq` of `session_id`, if it is one.
+    /// The stored message at stream sequence `seq` of `session_id`'s stream, if it is one.
     async fn stored_message(
         &self,
         session_id: i64,
         seq: u64,
     ) -> Result<eventstore::chat::ChatMessage, String> {
+        let place = self.state.hub.chat().place(session_id);
         let stream = self
             .state
             .bus
             .jetstream()
-            .get_stream(eventstore::CHAT_STREAM)
+            .get_stream_no_info(place.stream)
             .await
             .map_err(|_| "temporarily unavailable".to_string())?;
         let raw = stream
@@ -562,20 +566,34 @@ impl Socket {
         }
     }
 
-    fn message_seq(&self, f: &ClientFrame) -> Option<u64> {
+    /// The stream sequence a `read` / `revoke` frame names: its `seq`, or its `message_id` (a
+    /// message id, [`eventstore::chat::message_id`], which must be of the session's stream).
+    fn message_seq(&self, session_id: i64, f: &ClientFrame) -> Result<u64, String> {
         let body = f.body();
-        match body.get("message_id").or_else(|| body.get("seq")) {
+        let number = |v: Option<&serde_json::Value>| match v {
             Some(serde_json::Value::Number(n)) => n.as_u64(),
             Some(serde_json::Value::String(s)) => s.parse().ok(),
             _ => None,
+        };
+        if let Some(seq) = number(body.get("seq")) {
+            return Ok(seq);
         }
+        let Some(id) = number(body.get("message_id")) else {
+            return Err("needs message_id (the message's id) or seq".into());
+        };
+        let (shard, seq) = eventstore::chat::split_message_id(id as i64);
+        if shard != self.state.hub.chat().place(session_id).shard || seq == 0 {
+            return Err(format!("message {id} is not a message of this session"));
+        }
+        Ok(seq)
     }
 
     /// `read {message_id}`: only the recipient may mark a message read; stored once per message
     /// and reader; everyone in the session gets `message_read` from the stream.
     async fn read(&mut self, session_id: i64, f: &ClientFrame) {
-        let Some(seq) = self.message_seq(f) else {
-            return self.error(session_id, "read needs message_id (the message's seq)");
+        let seq = match self.message_seq(session_id, f) {
+            Ok(seq) => seq,
+            Err(e) => return self.error(session_id, &format!("read {e}")),
         };
         if let Err(e) = self.load(session_id).await {
             return self.error(session_id, &e);
@@ -600,8 +618,9 @@ impl Socket {
 
     /// `revoke {message_id}`: only the sender may revoke, once.
     async fn revoke(&mut self, session_id: i64, f: &ClientFrame) {
-        let Some(seq) = self.message_seq(f) else {
-            return self.error(session_id, "revoke needs message_id (the message's seq)");
+        let seq = match self.message_seq(session_id, f) {
+            Ok(seq) => seq,
+            Err(e) => return self.error(session_id, &format!("revoke {e}")),
         };
         let session = match self.load(session_id).await {
             Ok(s) => s,
@@ -629,11 +648,11 @@ impl Socket {
     }
 
     async fn store(&self, session_id: i64, record: &ChatRecord, dedup: &str, what: &str) {
-        match self.state.hub.chat().append_record(record, dedup).await {
+        match self.state.hub.chat().append(record, dedup).await {
             Ok(a) => self.conn.send(frame(
                 "ack",
                 session_id,
-                json!({ "kind": what, "seq": a.seq, "duplicate": a.duplicate }),
+                json!({ "kind": what, "seq": a.seq, "message_id": a.id, "duplicate": a.duplicate }),
             )),
             Err(e) => {
                 tracing::error!(error = %e, session_id, "storing a chat record");
@@ -664,8 +683,8 @@ impl Socket {
         }
     }
 
-    /// Replays `session_id`'s records after `after_seq` from `CHAT` (direct gets on
-    /// `chat.<session_id>`), then the live tail: records arriving meanwhile are held and
+    /// Replays `session_id`'s records after stream sequence `after_seq` from its chat stream
+    /// (direct gets on its subject), then the live tail: records arriving meanwhile are held and
     /// delivered after, each sequence once. Ends with `resumed {session_id, after_seq, replayed,
     /// last_seq, recovered}`; `recovered: false` when the stream no longer holds all of them (or
     /// more than the replay limit): the client reloads from REST.
@@ -700,21 +719,16 @@ impl Socket {
     }
 
     async fn replay(&self, session_id: i64, after_seq: u64) -> anyhow::Result<(usize, bool)> {
-        let mut stream = self
-            .state
-            .bus
-            .jetstream()
-            .get_stream(eventstore::CHAT_STREAM)
-            .await?;
+        let place = self.state.hub.chat().place(session_id);
+        let mut stream = self.state.bus.jetstream().get_stream(place.stream).await?;
         let first = stream.info().await?.state.first_sequence;
         let mut recovered = after_seq + 1 >= first;
-        let subject = chat_subject(session_id);
         let max = self.state.hub.config().max_replay;
         let mut next = after_seq + 1;
         let mut replayed = 0;
         loop {
             let raw = match stream
-                .direct_get_next_for_subject(subject.as_str(), Some(next))
+                .direct_get_next_for_subject(place.subject.as_str(), Some(next))
                 .await
             {
                 Ok(raw) => raw,
@@ -734,7 +748,7 @@ impl Socket {
                 continue;
             };
             if self.conn.take_replayed(session_id, raw.sequence) {
-                let (text, _) = Hub::record_frame(raw.sequence, &record);
+                let (text, _) = Hub::record_frame(place.shard, raw.sequence, &record);
                 if !self.conn.send_wait(text).await {
                     anyhow::bail!("socket too slow during replay");
                 }

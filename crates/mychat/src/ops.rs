@@ -164,17 +164,20 @@ fn progress() -> Box<dyn Progress> {
     }
 }
 
-fn pick(names: &[String]) -> anyhow::Result<Vec<Arc<dyn Projection>>> {
+fn pick(
+    layout: &eventstore::ChatLayout,
+    names: &[String],
+) -> anyhow::Result<Vec<Arc<dyn Projection>>> {
     if names.is_empty() {
-        return Ok(projections::read_models());
+        return Ok(projections::read_models_for(layout));
     }
     names
         .iter()
         .map(|n| {
-            projections::read_model(n).with_context(|| {
+            projections::read_model_for(layout, n).with_context(|| {
                 format!(
                     "unknown projection {n:?} (known: {})",
-                    projections::read_models()
+                    projections::read_models_for(layout)
                         .iter()
                         .map(|p| p.name())
                         .collect::<Vec<_>>()
@@ -185,19 +188,24 @@ fn pick(names: &[String]) -> anyhow::Result<Vec<Arc<dyn Projection>>> {
         .collect()
 }
 
-fn all_projections() -> Vec<Arc<dyn Projection>> {
-    projections::read_models()
+fn all_projections(layout: &eventstore::ChatLayout) -> Vec<Arc<dyn Projection>> {
+    projections::read_models_for(layout)
 }
 
 /// `/metrics` for the projectors: every read model's checkpoint, lag, and stop state.
-pub fn metrics_router(pool: PgPool, nats: async_nats::Client) -> axum::Router {
+pub fn metrics_router(
+    pool: PgPool,
+    nats: async_nats::Client,
+    layout: eventstore::ChatLayout,
+) -> axum::Router {
     axum::Router::new()
         .route(
             "/metrics",
             get(move || {
                 let (pool, nats) = (pool.clone(), nats.clone());
                 async move {
-                    match projections::status::status(&pool, &nats, &all_projections()).await {
+                    match projections::status::status(&pool, &nats, &all_projections(&layout)).await
+                    {
                         // Issue 8: followed by the process's own metrics (commands, publish
                         // latency, HTTP latency when the APIs run in this process).
                         Ok(s) => (
@@ -226,10 +234,13 @@ pub async fn projections_command(
     settings: Settings,
     cmd: ProjectionsCommand,
 ) -> anyhow::Result<()> {
-    let (nats, pool, bus) = crate::server::connect_configured(&settings).await?;
+    let infra = crate::server::connect_configured(&settings).await?;
+    let (nats, pool, bus) = (infra.nats.clone(), infra.pool.clone(), infra.bus.clone());
+    let layout = *infra.chat.layout();
     match cmd {
         ProjectionsCommand::Status { json } => {
-            let statuses = projections::status::status(&pool, &nats, &all_projections()).await?;
+            let statuses =
+                projections::status::status(&pool, &nats, &all_projections(&layout)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&statuses)?);
             } else {
@@ -256,7 +267,7 @@ pub async fn projections_command(
         }
         ProjectionsCommand::Skip { name, seq, reason } => {
             anyhow::ensure!(
-                projections::read_model(&name).is_some() || name == "process_manager",
+                projections::read_model_for(&layout, &name).is_some() || name == "process_manager",
                 "unknown projection {name:?}"
             );
             let meta = CommandMeta::new(Actor::system());
@@ -270,13 +281,20 @@ pub async fn projections_command(
         }
         ProjectionsCommand::Rebuild { name, all } => {
             let targets = match (name, all) {
-                (_, true) => all_projections(),
-                (Some(n), false) => pick(&[n])?,
+                (_, true) => all_projections(&layout),
+                (Some(n), false) => pick(&layout, &[n])?,
                 (None, false) => anyhow::bail!("name a projection or pass --all"),
             };
             let progress = progress();
-            let mut reports = Vec::new();
+            let mut reports: Vec<projections::rebuild::RebuildReport> = Vec::new();
             for p in targets {
+                // Siblings (the chat streams' projections) are rebuilt together, once.
+                if reports
+                    .iter()
+                    .any(|r| r.members.iter().any(|m| m == p.name()))
+                {
+                    continue;
+                }
                 reports
                     .push(projections::rebuild::rebuild(&pool, &nats, p, progress.as_ref()).await?);
             }
@@ -293,19 +311,26 @@ pub async fn projections_command(
 
 /// `mychat audit …`.
 pub async fn audit_command(settings: Settings, cmd: AuditCommand) -> anyhow::Result<()> {
-    let (nats, pool, _) = crate::server::connect_configured(&settings).await?;
+    let infra = crate::server::connect_configured(&settings).await?;
+    let (nats, pool) = (infra.nats.clone(), infra.pool.clone());
+    let layout = *infra.chat.layout();
     match cmd {
         AuditCommand::Replay { at, projection } => {
             let at: AuditPoint = at.parse()?;
-            let targets = pick(&projection)?;
+            let targets = pick(&layout, &projection)?;
             let progress = progress();
             let report =
                 projections::rebuild::audit_replay(&pool, &nats, &targets, at, progress.as_ref())
                     .await?;
             eprintln!(
-                "replayed up to EVENTS {} / CHAT {} ({}) in {:.2}s",
+                "replayed up to EVENTS {} / {} ({}) in {:.2}s",
                 report.events_upto,
-                report.chat_upto,
+                report
+                    .chat_upto
+                    .iter()
+                    .map(|(s, u)| format!("{s} {u}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
                 report.at.to_rfc3339(),
                 report.seconds
             );
@@ -317,7 +342,8 @@ pub async fn audit_command(settings: Settings, cmd: AuditCommand) -> anyhow::Res
             json,
         } => {
             let diffs =
-                projections::rebuild::diff(&pool, &schema, &against, &all_projections()).await?;
+                projections::rebuild::diff(&pool, &schema, &against, &all_projections(&layout))
+                    .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&diffs)?);
             } else {
@@ -378,7 +404,8 @@ pub async fn audit_command(settings: Settings, cmd: AuditCommand) -> anyhow::Res
 
 /// `mychat finance …`.
 pub async fn finance_command(settings: Settings, cmd: FinanceCommand) -> anyhow::Result<()> {
-    let (nats, pool, _) = crate::server::connect_configured(&settings).await?;
+    let infra = crate::server::connect_configured(&settings).await?;
+    let (nats, pool) = (infra.nats.clone(), infra.pool.clone());
     match cmd {
         FinanceCommand::Reconcile {
             from,

@@ -130,6 +130,8 @@ pub(crate) struct Infra {
     pub(crate) nats: async_nats::Client,
     pub(crate) pool: PgPool,
     pub(crate) bus: CommandBus,
+    /// The chat log (its layout is the deployment's).
+    pub(crate) chat: eventstore::ChatLog,
 }
 
 pub(crate) async fn connect(
@@ -145,6 +147,10 @@ pub(crate) async fn connect(
     let nats = options
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
+        // Back quickly after a restarted nats-server: the live readers catch up once connected.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 100).min(1000))
+        })
         .connect(
             nats_url
                 .split(',')
@@ -161,17 +167,24 @@ pub(crate) async fn connect(
         .await
         .with_context(|| format!("connecting to Postgres at {database_url}"))?;
     let js = async_nats::jetstream::new(nats.clone());
-    ensure_streams(
+    let layout = ensure_streams(
         &js,
         &StreamSettings {
             replicas: settings.stream_replicas,
+            chat_shards: settings.chat_shards,
             ..Default::default()
         },
     )
     .await
     .context("creating the streams")?;
+    let chat = eventstore::ChatLog::new(js.clone(), layout, settings.gateway_chat_commit.clone());
     let bus = CommandBus::with_settings(js, Upcasters::default(), settings.bus.clone());
-    Ok(Infra { nats, pool, bus })
+    Ok(Infra {
+        nats,
+        pool,
+        bus,
+        chat,
+    })
 }
 
 fn default_nats_url(settings: &Settings) -> String {
@@ -193,9 +206,7 @@ fn default_database_url(settings: &Settings) -> String {
 
 /// Connects to the configured NATS and Postgres (or `mychat up`'s embedded defaults), creates
 /// the streams and applies the migrations: for the operator commands.
-pub(crate) async fn connect_configured(
-    settings: &Settings,
-) -> anyhow::Result<(async_nats::Client, PgPool, CommandBus)> {
+pub(crate) async fn connect_configured(settings: &Settings) -> anyhow::Result<Infra> {
     let infra = connect(
         settings,
         &default_nats_url(settings),
@@ -206,7 +217,7 @@ pub(crate) async fn connect_configured(
         .run(&infra.pool)
         .await
         .context("migrating")?;
-    Ok((infra.nats, infra.pool, infra.bus))
+    Ok(infra)
 }
 
 /// `mychat migrate`.
@@ -365,6 +376,7 @@ pub(crate) async fn run_parts(
         jwt: jwt.clone(),
         ids: Default::default(),
         counselors: api::counselor_terms::CounselorTerms::follow(&infra.nats).await?,
+        chat: infra.chat.clone(),
         tokens: api::TokenGate::follow(&infra.nats, api::TokenGate::DEFAULT_TTL).await?,
         watch,
         settings: Arc::new(api::ApiSettings {
@@ -379,7 +391,7 @@ pub(crate) async fn run_parts(
     let wants = |p: Part| part == Part::All || part == p;
 
     if wants(Part::Projectors) {
-        let mut all = projections::read_models();
+        let mut all = projections::read_models_for(infra.chat.layout());
         all.push(Arc::new(projections::process_manager::ProcessManager {
             bus: infra.bus.clone(),
         }));
@@ -408,7 +420,11 @@ pub(crate) async fn run_parts(
         });
         tracing::info!("projectors and the order expiry sweep started");
         // /metrics: projection lag. Not fatal when the address is taken.
-        let app = crate::ops::metrics_router(infra.pool.clone(), infra.nats.clone());
+        let app = crate::ops::metrics_router(
+            infra.pool.clone(),
+            infra.nats.clone(),
+            *infra.chat.layout(),
+        );
         let metrics_addr = if part == Part::Projectors {
             addr.unwrap_or(settings.metrics_addr)
         } else {

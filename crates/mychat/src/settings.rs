@@ -75,6 +75,10 @@ pub struct Settings {
     /// creates: 1 on a single nats-server, 3 on a cluster (R3; `MYCHAT_STREAM_REPLICAS=3`).
     /// Applied to existing streams too (JetStream can scale a stream's replicas up or down).
     pub stream_replicas: usize,
+    /// Chat shard streams (`CHAT_1` … `CHAT_<n>`, 1..=63) of a new deployment; an existing one
+    /// keeps the number its streams were created with (a different value is refused at start).
+    /// Default [`eventstore::chat::DEFAULT_SHARDS`] (8, measured: docs/benchmarks.md).
+    pub chat_shards: u16,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
     /// Directory the user API stores and serves `/uploads/...` from; default
@@ -264,6 +268,7 @@ impl Default for Settings {
             token_ttl_seconds: 24 * 3600,
             sandbox_secret: None,
             stream_replicas: 1,
+            chat_shards: eventstore::chat::DEFAULT_SHARDS,
             log_format: "auto".into(),
             upload_dir: None,
             cors_origins: String::new(),

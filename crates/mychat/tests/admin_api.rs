@@ -19,7 +19,7 @@ use api::auth::{KIND_ADMIN, KIND_USER};
 use api::JwtKeys;
 use chrono::Utc;
 use domain::{AccountCommand, ChatSession, CounselorAccount, Order, OrderCommand, SessionCommand};
-use eventstore::chat::{append_message, ChatMessage};
+use eventstore::chat::ChatMessage;
 use eventstore::envelope::Upcasters;
 use eventstore::{ensure_streams, Actor, CommandBus, CommandMeta, StreamSettings};
 use futures_util::{SinkExt, StreamExt};
@@ -72,9 +72,10 @@ async fn start() -> App {
     api::seed::seed_demo(&db).await.unwrap();
     let nats = nats_server.connect().await.unwrap();
     let js = async_nats::jetstream::new(nats.clone());
-    ensure_streams(&js, &StreamSettings::default())
+    let layout = ensure_streams(&js, &StreamSettings::default())
         .await
         .unwrap();
+    let chat = eventstore::ChatLog::new(js.clone(), layout, Default::default());
     let bus = CommandBus::new(js, Upcasters::default());
     let shutdown = CancellationToken::new();
     for projection in projections::read_models() {
@@ -96,6 +97,7 @@ async fn start() -> App {
         nats: nats.clone(),
         jwt: jwt.clone(),
         ids: Default::default(),
+        chat: chat.clone(),
         counselors: api::counselor_terms::CounselorTerms::follow(&nats)
             .await
             .unwrap(),
@@ -269,7 +271,10 @@ impl App {
             let h: String = sqlx::query_scalar(&sql).fetch_one(&self.db).await.unwrap();
             out.push(format!("{t}:{h}"));
         }
-        for s in [eventstore::EVENTS_STREAM, eventstore::CHAT_STREAM] {
+        let chat_streams = eventstore::ChatLayout::default().streams();
+        for s in
+            std::iter::once(eventstore::EVENTS_STREAM).chain(chat_streams.iter().map(|(_, s)| *s))
+        {
             let mut stream = self.bus.jetstream().get_stream(s).await.unwrap();
             out.push(format!(
                 "{s}:{}",
@@ -896,8 +901,19 @@ async fn admin_flows() {
         client_msg_id: "m1".into(),
         sent_at: Utc::now(),
     };
-    let appended = append_message(app.bus.jetstream(), &msg).await.unwrap();
-    wait_checkpoint(&app, "chat_messages", appended.seq).await;
+    let place = eventstore::ChatLayout::default().place(77);
+    let log = eventstore::ChatLog::new(
+        app.bus.jetstream().clone(),
+        eventstore::ChatLayout::default(),
+        Default::default(),
+    );
+    let appended = log.append_message(&msg).await.unwrap();
+    wait_checkpoint(
+        &app,
+        projections::read_models::Messages::name_of(place.shard),
+        appended.seq,
+    )
+    .await;
     let (_, found) = app
         .call(
             Method::GET,
@@ -910,14 +926,14 @@ async fn admin_flows() {
     let (s, b) = app
         .call(
             Method::DELETE,
-            &format!("/api/admin/chat/messages/{}", appended.seq),
+            &format!("/api/admin/chat/messages/{}", appended.id),
             t,
             None,
         )
         .await;
     assert_eq!(s, 200, "{b}");
     let content: String = sqlx::query_scalar("SELECT content FROM chat_messages WHERE id = $1")
-        .bind(appended.seq as i64)
+        .bind(appended.id)
         .fetch_one(&app.db)
         .await
         .unwrap();
@@ -931,12 +947,7 @@ async fn admin_flows() {
         )
         .await;
     assert_eq!(found["data"]["total"], 0);
-    let chat = app
-        .bus
-        .jetstream()
-        .get_stream(eventstore::CHAT_STREAM)
-        .await
-        .unwrap();
+    let chat = app.bus.jetstream().get_stream(place.stream).await.unwrap();
     let original = chat.get_raw_message(appended.seq).await.unwrap();
     assert!(
         String::from_utf8_lossy(&original.payload).contains("13800000000"),
@@ -1591,6 +1602,7 @@ async fn admin_figures_count_business_days_on_both_sides_of_midnight() {
         tokens: s.tokens.clone(),
         counselors: s.counselors.clone(),
         ids: s.ids.clone(),
+        chat: s.chat.clone(),
         watch: s.watch.clone(),
         settings: Arc::new(settings),
     });
