@@ -28,15 +28,17 @@ fn run_demo(up: &Up) -> (bool, String) {
     )
 }
 
-/// The last sequence of each stream, read directly from JetStream (not through mychat).
+/// The last sequence of `EVENTS`, and the sum of the chat streams' (the default layout's
+/// shards), read directly from JetStream (not through mychat).
 async fn log_heads(nats_url: &str) -> (u64, u64) {
     let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
     let mut events = js.get_stream("EVENTS").await.unwrap();
-    let mut chat = js.get_stream("CHAT").await.unwrap();
-    (
-        events.info().await.unwrap().state.last_sequence,
-        chat.info().await.unwrap().state.last_sequence,
-    )
+    let mut chat = 0;
+    for (_, name) in eventstore::ChatLayout::default().streams() {
+        let mut stream = js.get_stream(name).await.unwrap();
+        chat += stream.info().await.unwrap().state.last_sequence;
+    }
+    (events.info().await.unwrap().state.last_sequence, chat)
 }
 
 async fn call(
