@@ -132,7 +132,8 @@ struct Books {
     refunds: HashMap<i64, Vec<i64>>,
     earnings: HashMap<i64, Vec<i64>>,
     withdrawals: BTreeMap<i64, WithdrawalFacts>,
-    last_seq_by_type: HashMap<String, u64>,
+    /// The last stream sequence of each (aggregate type, event type).
+    last_seq_by_event: HashMap<(String, String), u64>,
     broken: Vec<String>,
     /// What every money-bearing column of the read models must hold, by the log: table →
     /// row key (`id=5`, `stream_seq=9,idx=0`) → column → value (`None` = NULL).
@@ -449,8 +450,10 @@ impl Books {
                 *totals.entry(k.to_string()).or_default() += v;
             }
         };
-        self.last_seq_by_type
-            .insert(e.aggregate_type.clone(), e.stream_sequence);
+        self.last_seq_by_event.insert(
+            (e.aggregate_type.clone(), e.event_type.clone()),
+            e.stream_sequence,
+        );
         let where_ = format!(
             "{} {}:{} at stream sequence {}",
             e.event_type, e.aggregate_type, e.aggregate_id, e.stream_sequence
@@ -912,26 +915,39 @@ pub async fn reconcile(
     }
 
     // Wait for the projections to cover the period, then compare.
-    let required = |types: &[&str]| {
-        types
+    // What each checked projection must have applied: the last event of its aggregate types
+    // that it does not ignore (a projection's checkpoint need not move over the event types it
+    // ignores).
+    let required = |name: &str, types: &[&str]| {
+        let ignores = crate::read_model(name).map_or(&[][..], |p| p.ignores());
+        books
+            .last_seq_by_event
             .iter()
-            .filter_map(|t| books.last_seq_by_type.get(*t))
+            .filter(|((aggregate, event), _)| {
+                types.contains(&aggregate.as_str()) && !ignores.contains(&event.as_str())
+            })
+            .map(|(_, seq)| *seq)
             .max()
-            .copied()
             .unwrap_or(0)
     };
     let checks: [(&str, u64); 8] = [
         (
             "ledger",
-            required(&["order", "payment", "session", "wallet", "account"]),
+            required(
+                "ledger",
+                &["order", "payment", "session", "wallet", "account"],
+            ),
         ),
-        ("counselor_accounts", required(&["account"])),
-        ("user_wallets", required(&["wallet"])),
-        ("orders", required(&["order"])),
-        ("payments", required(&["payment"])),
-        ("chat_sessions", required(&["session"])),
-        ("chat_billings", required(&["session"])),
-        ("withdrawals", required(&["account"])),
+        (
+            "counselor_accounts",
+            required("counselor_accounts", &["account"]),
+        ),
+        ("user_wallets", required("user_wallets", &["wallet"])),
+        ("orders", required("orders", &["order"])),
+        ("payments", required("payments", &["payment"])),
+        ("chat_sessions", required("chat_sessions", &["session"])),
+        ("chat_billings", required("chat_billings", &["session"])),
+        ("withdrawals", required("withdrawals", &["account"])),
     ];
     let deadline = tokio::time::Instant::now() + options.wait;
     let mut usable = BTreeMap::new();
