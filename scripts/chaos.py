@@ -6,7 +6,7 @@ Run through `scripts/chaos` (installs the Python packages and builds mychat firs
 
 Layout (every port a free loopback port):
   nats-1..3   nats-server -c nats-cluster.conf (the project's nats.conf + cluster block + accounts);
-              mychat creates EVENTS, CHAT and the presence bucket with 3 replicas
+              mychat creates EVENTS, the chat shards and the presence bucket with 3 replicas
   postgres    one PostgreSQL 15 cluster
   node A      mychat serve api | admin | gateway | projectors   (four processes)
   node B      mychat serve api | gateway | projectors           (three processes)
@@ -32,7 +32,8 @@ every scenario:
   - every command answered 5xx / timed out / cut off has zero or one commit, and a retry with the
     same `Idempotency-Key` settles it (2xx or a clear 4xx), after which the count is exactly one
     for a 2xx;
-  - every chat message acked to a socket is in CHAT exactly once (header `Nats-Msg-Id`);
+  - every chat message acked to a socket is in the chat streams exactly once (header
+    `Nats-Msg-Id`);
   - the read models converge to a fresh replay (`mychat audit replay` at the last EVENTS sequence,
     then `mychat audit diff` against the live schema finds no difference);
   - `mychat finance reconcile` exits 0.
@@ -321,6 +322,16 @@ class Reader:
         finally:
             await nc.close()
 
+    async def chat_streams(self):
+        """The chat streams (the shards `CHAT_1`..`CHAT_N`, and a legacy `CHAT` if any), read
+        from the server, not from mychat's code."""
+        nc = await self.connect()
+        try:
+            infos = await nc.jetstream().streams_info()
+            return sorted(i.config.name for i in infos if i.config.name.startswith("CHAT"))
+        finally:
+            await nc.close()
+
     async def last_seq(self, stream):
         nc = await self.connect()
         try:
@@ -368,7 +379,7 @@ class Reader:
             js = nc.jetstream(timeout=2)
             for name, op in [
                 ("delete EVENTS", lambda: js.delete_stream("EVENTS")),
-                ("purge CHAT", lambda: js.purge_stream("CHAT")),
+                ("purge CHAT_1", lambda: js.purge_stream("CHAT_1")),
                 ("delete EVENTS message 1", lambda: js.delete_msg("EVENTS", 1)),
             ]:
                 try:
@@ -755,8 +766,13 @@ async def check(env, reader, load, scenario, totals):
         else:
             lost += 1
             log(f"  UNSETTLED: command {key} still {s} after {cmd['retries']} retries")
-    # Chat: every acked message exactly once in CHAT.
-    chat_counts, last_chat = await reader.header_counts("CHAT", "chat.>", "Nats-Msg-Id")
+    # Chat: every acked message exactly once across the chat streams (a dedup id is scoped to
+    # its session, and a session lives in one stream).
+    chat_counts = {}
+    for stream in await reader.chat_streams():
+        counts, _ = await reader.header_counts(stream, "chat.>", "Nats-Msg-Id")
+        for k, v in counts.items():
+            chat_counts[k] = chat_counts.get(k, 0) + v
     acked = [m for m, sc in load.acked.items() if sc == scenario]
     chat_lost = sum(1 for m in acked if chat_counts.get(m, 0) == 0)
     chat_dup = sum(1 for m in acked if chat_counts.get(m, 0) > 1)
@@ -776,20 +792,25 @@ async def check(env, reader, load, scenario, totals):
         diverged += 1
         log(f"  DIVERGED: {len(missing)} acknowledged orders missing from the orders read model")
     # Wait until the projectors are quiet: `orders` (every EVENTS commit) at the end of EVENTS,
-    # `chat_messages` at the end of CHAT, and no checkpoint moving for 2 s.
+    # each chat stream's `chat_messages` projection at the end of its stream (`chat_messages`
+    # for a legacy `CHAT`, `chat_messages_<k>` for `CHAT_<k>`), and no checkpoint moving for 2 s.
     before = None
+    streams = await reader.chat_streams()
     for _ in range(120):
         last_ev = await reader.last_seq("EVENTS")
-        last_chat = await reader.last_seq("CHAT")
+        last_chat = {s: await reader.last_seq(s) for s in streams}
         rows = dict(reader.query("SELECT name, position FROM projection_checkpoints"))
-        if (rows.get("orders", 0) >= last_ev and rows.get("chat_messages", 0) >= last_chat
-                and rows == before):
+        chat_done = all(
+            rows.get("chat_messages" if s == "CHAT" else "chat_messages_" + s.split("_")[1], 0)
+            >= last or last == 0
+            for s, last in last_chat.items())
+        if rows.get("orders", 0) >= last_ev and chat_done and rows == before:
             break
         before = rows
         await asyncio.sleep(1)
     else:
         diverged += 1
-        log(f"  DIVERGED: projections not caught up: {rows} vs EVENTS {last_ev}, CHAT {last_chat}")
+        log(f"  DIVERGED: projections not caught up: {rows} vs EVENTS {last_ev}, chat {last_chat}")
     at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     replay = env.mychat_cmd(["audit", "replay", "--at", at])
     schema = replay.stdout.strip().splitlines()[-1] if replay.stdout.strip() else ""

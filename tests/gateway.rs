@@ -817,8 +817,8 @@ async fn an_inactive_session_is_ended_and_billed_once_after_the_timeout() {
     );
 }
 
-/// Group commit through the gateway (issue 5): many sockets' messages share the node's atomic
-/// batches, and a resend is still stored once and acked with the first copy's sequence, whether
+/// Group commit through the gateway: many sockets' messages share the atomic batches of their
+/// chat stream's committer (the sessions here all live in one shard), and a resend is still stored once and acked with the first copy's sequence, whether
 /// it was stored through this node's committer, through another node (an atomic batch holding it
 /// is refused whole by nats-server and written again record by record), or races its twin from
 /// another socket of the same user.
@@ -832,17 +832,14 @@ async fn resends_through_the_batched_chat_path_are_stored_once() {
     )];
     let (a, b) = (c.node(&batched).await, c.node(&batched).await);
     let n = 8i64;
+    // Sessions 200, 208, …: one shard (id mod 8), so their appends meet in one committer.
+    let sid = |k: i64| 200 + 8 * k;
+    assert!((0..n).all(|k| place(sid(k)).stream == place(200).stream));
     for k in 0..n {
-        c.session(200 + k, 11 + k, 21 + k, 30).await;
+        c.session(sid(k), 11 + k, 21 + k, 30).await;
     }
-    let chat = |node: &Node, k: i64| {
-        format!(
-            "{}/ws/chat/{}?token={}",
-            node.ws(),
-            200 + k,
-            c.token(11 + k)
-        )
-    };
+    let chat =
+        |node: &Node, k: i64| format!("{}/ws/chat/{}?token={}", node.ws(), sid(k), c.token(11 + k));
     // Originals o0..o2 of every user, stored through node B.
     let mut first: HashMap<(i64, String), u64> = HashMap::new();
     for k in 0..n {
@@ -938,7 +935,7 @@ async fn resends_through_the_batched_chat_path_are_stored_once() {
     // The log: every client message id of every session exactly once.
     for k in 0..n {
         let mut count: HashMap<String, usize> = HashMap::new();
-        for r in c.chat_records(200 + k).await {
+        for r in c.chat_records(sid(k)).await {
             if r["kind"] == "message" {
                 *count
                     .entry(r["client_msg_id"].as_str().unwrap().to_string())
@@ -946,7 +943,7 @@ async fn resends_through_the_batched_chat_path_are_stored_once() {
             }
         }
         let expected = if k == 0 { 3 + 4 + 4 } else { 3 + 4 };
-        assert_eq!(count.len(), expected, "session {}: {count:?}", 200 + k);
+        assert_eq!(count.len(), expected, "session {}: {count:?}", sid(k));
         assert!(count.values().all(|&c| c == 1), "stored once: {count:?}");
     }
     let stats: Value = reqwest::get(format!("{}/ws/stats", a.http()))
@@ -957,9 +954,195 @@ async fn resends_through_the_batched_chat_path_are_stored_once() {
         .unwrap();
     let commit = &stats["data"]["chat_commit"];
     eprintln!("node A group commit: {commit}");
-    assert!(
-        commit["batches"].as_u64().unwrap() >= 1,
-        "concurrent appends shared a batch: {commit}"
-    );
+    let batches: u64 = commit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["batches"].as_u64().unwrap())
+        .sum();
+    assert!(batches >= 1, "concurrent appends shared a batch: {commit}");
     drop((a, b));
+}
+
+/// The live paths survive their consumer's deletion and a nats-server restart mid-stream: the
+/// node's fan-out reader and the `chat_messages` projector (the log's gap-checking reader) re-create
+/// their consumers after the last sequence they had and catch up within 2 s of the server being
+/// back. A message the sender could not store meanwhile (an error frame) is resent with the same
+/// client id. In the end the other participant has received every acknowledged message exactly
+/// once, and the read model holds each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_paths_catch_up_after_their_consumers_are_deleted_and_nats_restarts() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,eventstore=debug,projections=debug")
+            .with_test_writer()
+            .try_init();
+    }
+    let mut c = cluster().await;
+    let a = c.node(&[]).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    // The chat-messages projectors, in this process, on a connection of their own.
+    let projector_nats = async_nats::ConnectOptions::new()
+        .reconnect_delay_callback(|n| Duration::from_millis((n as u64 * 100).min(500)))
+        .connect(c.nats.url())
+        .await
+        .unwrap();
+    for projection in projections::read_models::Messages::all(&eventstore::ChatLayout::default()) {
+        let projector = projections::Projector {
+            pool: c.db.clone(),
+            nats: projector_nats.clone(),
+            projection,
+            settings: Default::default(),
+        };
+        tokio::spawn(projector.run(shutdown.clone()));
+    }
+    c.session(501, 1, 2, 60).await;
+    let mut user = connect(&format!("{}/ws/chat/501?token={}", a.ws(), c.token(1))).await;
+    expect(&mut user, "join_success").await;
+    let mut counselor = connect(&format!("{}/ws/chat/501?token={}", a.ws(), c.token(2))).await;
+    expect(&mut counselor, "join_success").await;
+
+    // The counselor's socket, read on its own: (seq, when) of every message frame.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, Instant)>::new()));
+    let reading = {
+        let received = received.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = counselor.next().await {
+                if let Message::Text(t) = m {
+                    let f: Value = serde_json::from_str(&t).unwrap();
+                    if f["type"] == "message" {
+                        let seq = f["data"]["seq"].as_u64().unwrap();
+                        received.lock().unwrap().push((seq, Instant::now()));
+                    }
+                }
+            }
+        })
+    };
+    // The user sends 120 messages, one every 25 ms; each is resent with its id until acked.
+    let back = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let sending = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in 0..120 {
+            let id = format!("f{i}");
+            loop {
+                send(&mut user, json!({"type":"message","payload":{"content":format!("m{i}"),"client_msg_id":id}})).await;
+                let mut answered = None;
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while let Some(f) = next(
+                    &mut user,
+                    deadline.saturating_duration_since(Instant::now()),
+                )
+                .await
+                {
+                    if f["type"] == "ack" && f["data"]["client_msg_id"] == id.as_str() {
+                        answered = Some(f["data"]["seq"].as_u64().unwrap());
+                        break;
+                    }
+                    if f["type"] == "error" {
+                        break;
+                    }
+                }
+                match answered {
+                    Some(seq) => {
+                        acked.push((seq, Instant::now()));
+                        break;
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        acked
+    });
+    // Mid-stream: delete every consumer of the session's stream (the node's fan-out reader and
+    // the projector's), then restart nats-server.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let js = async_nats::jetstream::new(c.nats.connect().await.unwrap());
+    let stream = js.get_stream(place(501).stream).await.unwrap();
+    let names: Vec<String> = futures_util::TryStreamExt::try_collect(stream.consumer_names())
+        .await
+        .unwrap();
+    assert!(
+        names.len() >= 2,
+        "the fan-out and the projector read the stream: {names:?}"
+    );
+    for name in &names {
+        stream.delete_consumer(name).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::task::block_in_place(|| c.nats.restart().unwrap());
+    *back.lock().unwrap() = Some(Instant::now());
+    let acked = sending.await.unwrap();
+    let back = back.lock().unwrap().unwrap();
+    // Everything acked reaches the counselor; then compare.
+    let last = acked.iter().map(|(s, _)| *s).max().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !received.lock().unwrap().iter().any(|(s, _)| *s == last) {
+        assert!(Instant::now() < deadline, "the last message never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reading.abort();
+    let received = received.lock().unwrap().clone();
+    let mut got: Vec<u64> = received.iter().map(|(s, _)| *s).collect();
+    let mut want: Vec<u64> = acked.iter().map(|(s, _)| *s).collect();
+    want.sort_unstable();
+    assert_eq!(want.len(), 120);
+    let delivered = got.len();
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got.len(), delivered, "nothing delivered twice");
+    assert_eq!(got, want, "every acknowledged message delivered");
+    // Caught up within 2 s of the server being back: a message acked after that is delivered
+    // no later than 2 s after the server came back, or at once after its ack.
+    for (seq, at) in acked.iter().filter(|(_, at)| *at >= back) {
+        let (_, arrived) = received.iter().find(|(s, _)| s == seq).unwrap();
+        let limit = (*at).max(back + Duration::from_secs(2)) + Duration::from_millis(500);
+        assert!(
+            *arrived <= limit,
+            "message {seq} acked {:?} after the restart arrived {:?} after it",
+            at.duration_since(back),
+            arrived.duration_since(back)
+        );
+    }
+    // The read model: every acked message once, caught up within 2 s of the last ack.
+    let shard = place(501).shard;
+    let name = projections::read_models::Messages::name_of(shard);
+    let head = async_nats::jetstream::new(c.nats.connect().await.unwrap())
+        .get_stream(place(501).stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
+    let caught_up_by = Instant::now() + Duration::from_secs(2);
+    loop {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&c.db)
+                .await
+                .unwrap();
+        if position == Some(head as i64) {
+            break;
+        }
+        assert!(
+            Instant::now() < caught_up_by,
+            "{name} at {position:?}, the stream at {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM chat_messages WHERE session_id = 501 ORDER BY id")
+            .fetch_all(&c.db)
+            .await
+            .unwrap();
+    let want_ids: Vec<i64> = want
+        .iter()
+        .map(|s| eventstore::chat::message_id(shard, *s))
+        .collect();
+    assert_eq!(ids, want_ids, "the read model holds every message once");
+    shutdown.cancel();
 }

@@ -49,6 +49,9 @@ pub const PULL_EXPIRY: Duration = Duration::from_secs(1);
 /// See [`PULL_EXPIRY`].
 pub const UNANSWERED_GRACE: Duration = Duration::from_millis(500);
 
+/// How long a reader waits for its consumer to be created before it tries again.
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Messages a reader may have read ahead of its user (batches in its channel).
 const CHANNEL_BATCHES: usize = 4;
 
@@ -200,6 +203,11 @@ impl LogReader {
     pub fn try_next(&mut self) -> Option<Result<Vec<LogEntry>, ReadError>> {
         self.rx.try_recv().ok()
     }
+
+    /// Whether no batch is waiting to be taken.
+    pub fn is_idle(&self) -> bool {
+        self.rx.is_empty()
+    }
 }
 
 /// Whether a NATS subject filter (`*` one token, `>` the rest) matches `subject`.
@@ -267,29 +275,50 @@ async fn read(
                 .get_stream_no_info(name)
                 .await
                 .map_err(|e| format!("stream: {e}"))?;
-            let consumer = stream
-                .create_consumer(pull::Config {
-                    filter_subjects: filter_subjects.clone(),
-                    deliver_policy: if last == 0 {
-                        DeliverPolicy::All
-                    } else {
-                        DeliverPolicy::ByStartSequence {
-                            start_sequence: last + 1,
-                        }
-                    },
-                    ack_policy: AckPolicy::None,
-                    memory_storage: true,
-                    num_replicas: 1,
-                    // Long enough for a reader whose user is slow to take its batches.
-                    inactive_threshold: Duration::from_secs(120),
-                    ..Default::default()
-                })
+            // A request sent while the connection is down waits for the JetStream timeout: wait
+            // for the connection first (a following reader), then ask with a short timeout.
+            if follow {
+                let client = js.client();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while client.connection_state() != async_nats::connection::State::Connected
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let create = stream.create_consumer(pull::Config {
+                filter_subjects: filter_subjects.clone(),
+                deliver_policy: if last == 0 {
+                    DeliverPolicy::All
+                } else {
+                    DeliverPolicy::ByStartSequence {
+                        start_sequence: last + 1,
+                    }
+                },
+                ack_policy: AckPolicy::None,
+                memory_storage: true,
+                num_replicas: 1,
+                // Long enough for a reader whose user is slow to take its batches.
+                inactive_threshold: Duration::from_secs(120),
+                ..Default::default()
+            });
+            let consumer = tokio::time::timeout(CREATE_TIMEOUT, create)
                 .await
+                .map_err(|_| "creating a consumer: no answer".to_string())?
                 .map_err(|e| format!("creating a consumer: {e}"))?;
             status.failing.store(false, Ordering::Relaxed);
             let consumer_name = consumer.cached_info().name.clone();
             let outcome = read_consumer(
-                &consumer, follow, until, &mut last, &mut batch, batch_size, &keeps, tx, status,
+                &consumer,
+                follow,
+                until,
+                &mut last,
+                &mut batch,
+                batch_size,
+                &keeps,
+                tx,
+                status,
+                &js.client(),
             )
             .await;
             // Best effort: an ephemeral consumer also goes away on its own once inactive.
@@ -336,6 +365,35 @@ async fn read(
     Ok(())
 }
 
+/// The next message of a pull request, waiting at most [`PULL_EXPIRY`] + [`UNANSWERED_GRACE`]
+/// for it (or for the request's end). The wait also ends, with a reason to re-create the
+/// consumer, as soon as the connection has been lost and is back: the server restarted, and the
+/// request (and an in-memory consumer) with it.
+async fn wait_next(
+    messages: &mut pull::Batch,
+    client: &async_nats::Client,
+) -> Result<Option<Result<jetstream::Message, async_nats::Error>>, String> {
+    use async_nats::connection::State;
+    let deadline = tokio::time::Instant::now() + PULL_EXPIRY + UNANSWERED_GRACE;
+    let mut lost = false;
+    loop {
+        let step = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
+        match tokio::time::timeout_at(step, messages.next()).await {
+            Ok(next) => return Ok(next),
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err("a pull request went unanswered".into())
+            }
+            Err(_) => match client.connection_state() {
+                State::Connected if lost => {
+                    return Err("the connection was lost and is back".into())
+                }
+                State::Connected => {}
+                _ => lost = true,
+            },
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn read_consumer(
     consumer: &jetstream::consumer::Consumer<pull::Config>,
@@ -347,6 +405,7 @@ async fn read_consumer(
     keeps: &impl Fn(&str) -> bool,
     tx: &mpsc::Sender<Result<Vec<LogEntry>, ReadError>>,
     status: &Status,
+    client: &async_nats::Client,
 ) -> Read {
     if consumer.cached_info().num_pending == 0 {
         status.caught_up.store(true, Ordering::Relaxed);
@@ -383,13 +442,11 @@ async fn read_consumer(
                     {
                         return Read::Done;
                     }
-                    match tokio::time::timeout(PULL_EXPIRY + UNANSWERED_GRACE, messages.next())
-                        .await
-                    {
+                    match wait_next(&mut messages, client).await {
                         Ok(next) => next,
-                        Err(_) => {
+                        Err(why) => {
                             status.failing.store(true, Ordering::Relaxed);
-                            return Read::Again("a pull request went unanswered".into());
+                            return Read::Again(why);
                         }
                     }
                 }

@@ -35,6 +35,10 @@ use crate::presence::NodePresence;
 use crate::protocol::frame;
 use crate::GatewayConfig;
 
+/// Most records a fan-out reader hands over at once; the node yields to the sockets' tasks
+/// between batches, so that a burst does not fill a fast socket's queue before it can write.
+pub const FANOUT_BATCH: usize = 64;
+
 /// Close code for a socket closed by the server for being too slow (its send queue filled up).
 pub const CLOSE_SLOW: u16 = 4008;
 /// Close code sent on shutdown: "service restart", reconnect elsewhere (RFC 6455 1012).
@@ -1045,7 +1049,7 @@ impl Hub {
         let mut reader = eventstore::LogReader::spawn(
             js,
             eventstore::ReadOptions::new(stream, head, eventstore::ReadUntil::Follow)
-                .batch_size(1000),
+                .batch_size(FANOUT_BATCH),
         );
         self.set_part(part, true);
         let mut check = tokio::time::interval(Duration::from_secs(1));
@@ -1056,6 +1060,8 @@ impl Hub {
                         for entry in entries {
                             self.route_chat_entry(shard, &entry);
                         }
+                        // Let the sockets' tasks write what was queued before routing more.
+                        tokio::task::yield_now().await;
                     }
                     Some(Err(e)) => {
                         tracing::error!(stream, error = %e, "chat fan-out reader failed");

@@ -348,6 +348,59 @@ impl Postgres {
         self.stop();
         self.spawn()
     }
+
+    /// A crash and a restart: SIGKILL to the postmaster and every backend at once (what a
+    /// machine losing the processes looks like: WAL still in shared buffers is gone), then the
+    /// server starts again on the same data and recovers from its WAL.
+    ///
+    /// # Errors
+    /// When it does not come back.
+    pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id() as i32;
+            let mut pids = vec![pid];
+            // The backends are the postmaster's children (/proc/<pid>/stat, field 4: the ppid).
+            if let Ok(dir) = std::fs::read_dir("/proc") {
+                for entry in dir.flatten() {
+                    let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                        continue;
+                    };
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                    let ppid = stat
+                        .rsplit(')')
+                        .next()
+                        .and_then(|rest| rest.split_whitespace().nth(1))
+                        .and_then(|v| v.parse::<i32>().ok());
+                    if ppid == Some(pid) {
+                        pids.push(p);
+                    }
+                }
+            }
+            for p in &pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.wait();
+            // The backends are gone once no process holds the data directory's shared memory.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let alive = |p: &i32| {
+                // A zombie (state `Z`) holds nothing any more.
+                std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().next())
+                        != Some("Z")
+                })
+            };
+            while std::time::Instant::now() < deadline && pids[1..].iter().any(alive) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.spawn()
+    }
 }
 
 impl Drop for Postgres {
