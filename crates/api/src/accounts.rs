@@ -176,14 +176,16 @@ pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<
     .bind(user.user_id)
     .execute(&state.db)
     .await?;
-    crate::auth::announce_revoked(
-        &state.nats,
-        &crate::auth::Revoked {
-            user_id: Some(user.user_id),
-            jti: Some(user.jti.clone()),
-        },
-    )
-    .await;
+    state
+        .tokens
+        .revoke_everywhere(
+            &state.nats,
+            &crate::auth::Revoked {
+                user_id: Some(user.user_id),
+                jti: Some(user.jti.clone()),
+            },
+        )
+        .await;
     Ok(crate::ok_msg("logged out"))
 }
 
@@ -314,14 +316,16 @@ pub async fn password(
     .bind(user.user_id)
     .execute(&state.db)
     .await?;
-    crate::auth::announce_revoked(
-        &state.nats,
-        &crate::auth::Revoked {
-            user_id: Some(user.user_id),
-            jti: None,
-        },
-    )
-    .await;
+    state
+        .tokens
+        .revoke_everywhere(
+            &state.nats,
+            &crate::auth::Revoked {
+                user_id: Some(user.user_id),
+                jti: None,
+            },
+        )
+        .await;
     let token = state
         .jwt
         .issue_at(user.user_id, &user.username, KIND_USER, cutoff + 1)?;

@@ -445,14 +445,16 @@ pub async fn update_user(
     }
     let row = update_live_user(&state, id, sets).await?;
     // A disabled account's tokens stop working on every node.
-    crate::auth::announce_revoked(
-        &state.nats,
-        &crate::auth::Revoked {
-            user_id: Some(id),
-            jti: None,
-        },
-    )
-    .await;
+    state
+        .tokens
+        .revoke_everywhere(
+            &state.nats,
+            &crate::auth::Revoked {
+                user_id: Some(id),
+                jti: None,
+            },
+        )
+        .await;
     Ok(ok(user_shape(row)))
 }
 
@@ -486,14 +488,16 @@ pub async fn delete_user(
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("user"));
     }
-    crate::auth::announce_revoked(
-        &state.nats,
-        &crate::auth::Revoked {
-            user_id: Some(id),
-            jti: None,
-        },
-    )
-    .await;
+    state
+        .tokens
+        .revoke_everywhere(
+            &state.nats,
+            &crate::auth::Revoked {
+                user_id: Some(id),
+                jti: None,
+            },
+        )
+        .await;
     Ok(ok_msg("deleted"))
 }
 
@@ -628,7 +632,7 @@ pub async fn update_counselor(
     update_row(&state, "counselors", id, sets, true)
         .await?
         .ok_or_else(|| ApiError::not_found("counselor"))?;
-    crate::counselor_terms::announce_changed(&state.nats, id).await;
+    state.counselors.forget_everywhere(&state.nats, id).await;
     get_counselor(State(state), ApiPath(id)).await
 }
 
@@ -654,7 +658,7 @@ pub async fn delete_counselor(
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("counselor"));
     }
-    crate::counselor_terms::announce_changed(&state.nats, id).await;
+    state.counselors.forget_everywhere(&state.nats, id).await;
     Ok(ok_msg(if has_orders {
         "disabled (the counselor has orders)"
     } else {

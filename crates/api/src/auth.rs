@@ -336,6 +336,14 @@ impl TokenGate {
         self.inner.ttl
     }
 
+    /// Applies `revoked` in this process at once, then announces it to every other
+    /// ([`announce_revoked`]): the caller's next request, which may come back to this process
+    /// before the announcement does, is refused.
+    pub async fn revoke_everywhere(&self, nats: &async_nats::Client, revoked: &Revoked) {
+        self.revoke(revoked);
+        announce_revoked(nats, revoked).await;
+    }
+
     /// Applies an announcement.
     pub fn revoke(&self, revoked: &Revoked) {
         if let Some(user_id) = revoked.user_id {

@@ -101,6 +101,13 @@ impl CounselorTerms {
         Ok(this)
     }
 
+    /// Forgets counselor `id` in this process at once, then announces the change to every other
+    /// ([`announce_changed`]).
+    pub async fn forget_everywhere(&self, nats: &async_nats::Client, id: i64) {
+        self.forget(Some(id));
+        announce_changed(nats, id).await;
+    }
+
     /// Forgets counselor `id` (`None`: every counselor).
     pub fn forget(&self, id: Option<i64>) {
         self.inner

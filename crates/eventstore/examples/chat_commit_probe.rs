@@ -96,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let (n, p50, p99) = percentiles(raw);
         println!("{shards} shards, raw publishes:           {n:>6} acked, p50 {p50:8.2} ms p99 {p99:8.2} ms");
-        for (name, settings) in [
+        for (round, (name, settings)) in [
             (
                 "plain publishes",
                 GroupCommitSettings {
@@ -120,9 +120,20 @@ async fn main() -> anyhow::Result<()> {
                     ..Default::default()
                 },
             ),
-        ] {
+            (
+                "batches ≥ 16, 16 in flight",
+                GroupCommitSettings {
+                    max_batch: 1000,
+                    min_batch: 16,
+                    max_in_flight: 16,
+                    ..Default::default()
+                },
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let log = ChatLog::new(js.clone(), layout, settings);
-            let round = name.len();
             let lat = {
                 let log = log.clone();
                 at_rate(rate, seconds, move |i| {

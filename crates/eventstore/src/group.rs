@@ -178,9 +178,9 @@ pub struct GroupCommitStats {
     pub failed_batches: AtomicU64,
     /// Commits answered as stale from the committer's own knowledge, without a round trip.
     pub known_stale: AtomicU64,
-    /// Writes (a batch, or a group of concurrent plain publishes) that completed.
+    /// Writes (an atomic batch, or one plain publish) that completed.
     pub writes: AtomicU64,
-    /// Their summed round trips (send → last ack), microseconds.
+    /// Their summed round trips (send → ack), microseconds.
     pub write_micros: AtomicU64,
 }
 
@@ -374,12 +374,16 @@ struct Worker {
     batch_prefix: String,
 }
 
-type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = WriteResult> + Send>>;
+/// One write's future: what it settled, and whether it was the last of its slot.
+type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (WriteResult, bool)> + Send>>;
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut queue: VecDeque<Job> = VecDeque::new();
         let mut in_flight: FuturesUnordered<WriteFuture> = FuturesUnordered::new();
+        // Writes in flight, counted as the settings count them: a batch, or a group of plain
+        // publishes (whose members settle one by one, each on its own ack).
+        let mut slots = 0usize;
         // Subjects and command ids of the writes in flight.
         let mut busy_subjects: HashSet<String> = HashSet::new();
         let mut busy_ids: HashSet<String> = HashSet::new();
@@ -401,7 +405,10 @@ impl Worker {
                     }
                     None => open = false,
                 },
-                Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((result, releases)) = in_flight.next(), if !in_flight.is_empty() => {
+                    if releases {
+                        slots -= 1;
+                    }
                     let WriteResult::Done { settled, retry } = result;
                     for (job, outcome) in settled {
                         busy_subjects.remove(&job.commit.subject);
@@ -434,8 +441,8 @@ impl Worker {
             }
             // Linger: a busy committer with a small batch waits a little for more.
             if !self.settings.linger.is_zero()
-                && !in_flight.is_empty()
-                && in_flight.len() < self.settings.max_in_flight
+                && slots > 0
+                && slots < self.settings.max_in_flight
                 && !queue.is_empty()
                 && queue.len() < self.settings.max_batch
                 && open
@@ -452,7 +459,7 @@ impl Worker {
                     }
                 }
             }
-            while in_flight.len() < self.settings.max_in_flight.max(1) && !queue.is_empty() {
+            while slots < self.settings.max_in_flight.max(1) && !queue.is_empty() {
                 let mut batch = Vec::new();
                 let mut batch_subjects = HashSet::new();
                 let mut batch_ids = HashSet::new();
@@ -504,7 +511,8 @@ impl Worker {
                     }
                     busy_ids.insert(job.commit.command_id.clone());
                 }
-                in_flight.push(self.write(batch));
+                slots += 1;
+                in_flight.extend(self.write(batch));
             }
         }
     }
@@ -518,72 +526,77 @@ impl Worker {
         }
     }
 
-    fn write(&mut self, group: Vec<Job>) -> WriteFuture {
+    /// The futures of one write (one slot): the batch, and each plain publish on its own, so that
+    /// a plain publish settles on its own ack; the slot is released by the last of them.
+    fn write(&mut self, group: Vec<Job>) -> Vec<WriteFuture> {
         let client = self.client.clone();
         let stream = self.stream.clone();
-        let stats = self.stats.clone();
         let name = self.stream_name.clone();
         let timeout = self.settings.ack_timeout;
-        let started = std::time::Instant::now();
         // A resend of a dedup id stored lately, or an append whose batches failed twice, goes
         // out on its own.
         let recent = &self.recent;
-        let (singles, batched): (Vec<Job>, Vec<Job>) = group
+        let (mut singles, mut batched): (Vec<Job>, Vec<Job>) = group
             .into_iter()
             .partition(|j| j.failures >= 2 || recent.contains(&j.commit.command_id));
-        let write: WriteFuture = if batched.len() < self.settings.min_batch.max(2) {
-            let all: Vec<Job> = singles.into_iter().chain(batched).collect();
+        if batched.len() < self.settings.min_batch.max(2) {
+            singles.append(&mut batched);
+        }
+        let stats = &self.stats;
+        stats
+            .single_writes
+            .fetch_add(singles.len() as u64, Ordering::Relaxed);
+        let members = singles.len() + usize::from(!batched.is_empty());
+        let left = Arc::new(std::sync::atomic::AtomicUsize::new(members));
+        let mut writes: Vec<WriteFuture> = Vec::with_capacity(members);
+        let finish = |stats: Arc<GroupCommitStats>,
+                      left: Arc<std::sync::atomic::AtomicUsize>,
+                      started: std::time::Instant,
+                      result: WriteResult| {
+            stats.writes.fetch_add(1, Ordering::Relaxed);
             stats
-                .single_writes
-                .fetch_add(all.len() as u64, Ordering::Relaxed);
-            Box::pin(async move { write_singles(client, stream, name, all, timeout).await })
-        } else {
+                .write_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            (result, left.fetch_sub(1, Ordering::AcqRel) == 1)
+        };
+        for job in singles {
+            let (client, stream, name, stats, left) = (
+                client.clone(),
+                stream.clone(),
+                name.clone(),
+                stats.clone(),
+                left.clone(),
+            );
+            writes.push(Box::pin(async move {
+                let started = std::time::Instant::now();
+                let result = write_singles(client, stream, name, vec![job], timeout).await;
+                finish(stats, left, started, result)
+            }));
+        }
+        if !batched.is_empty() {
             self.next_batch += 1;
             let batch_id = format!("{}-{}", self.batch_prefix, self.next_batch);
-            stats
-                .single_writes
-                .fetch_add(singles.len() as u64, Ordering::Relaxed);
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats
                 .batched_commits
                 .fetch_add(batched.len() as u64, Ordering::Relaxed);
             let stats = stats.clone();
-            Box::pin(async move {
-                let (a, b) = futures::future::join(
-                    write_singles(
-                        client.clone(),
-                        stream.clone(),
-                        name.clone(),
-                        singles,
-                        timeout,
-                    ),
-                    write_batch(client, stream, name, stats, batched, batch_id, timeout),
+            writes.push(Box::pin(async move {
+                let started = std::time::Instant::now();
+                let result = write_batch(
+                    client,
+                    stream,
+                    name,
+                    stats.clone(),
+                    batched,
+                    batch_id,
+                    timeout,
                 )
                 .await;
-                let (
-                    WriteResult::Done {
-                        mut settled,
-                        mut retry,
-                    },
-                    WriteResult::Done {
-                        settled: s2,
-                        retry: r2,
-                    },
-                ) = (a, b);
-                settled.extend(s2);
-                retry.extend(r2);
-                WriteResult::Done { settled, retry }
-            })
-        };
-        let stats = self.stats.clone();
-        Box::pin(async move {
-            let result = write.await;
-            stats.writes.fetch_add(1, Ordering::Relaxed);
-            stats
-                .write_micros
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            result
-        })
+                finish(stats, left, started, result)
+            }));
+        }
+        writes
     }
 }
 

@@ -65,8 +65,8 @@ pub struct GatewayConfig {
     /// How long a shutting-down node waits for its sockets to drain.
     pub shutdown_grace: Duration,
     /// How the node's committer of each chat stream groups appends
-    /// ([`eventstore::GroupCommitter`]). Default: batches of 8 to 1000 records, 1 write in
-    /// flight.
+    /// ([`eventstore::GroupCommitter`]). Default: up to 16 writes in flight per stream; a group
+    /// of 16 or more records (when that many wait) goes as one atomic batch of at most 1000.
     pub chat_commit: eventstore::GroupCommitSettings,
     /// Replicas of the presence KV bucket (1 on a single nats-server, 3 on a cluster; issue 8).
     pub kv_replicas: usize,
@@ -88,9 +88,16 @@ impl Default for GatewayConfig {
             max_replay: 1000,
             shutdown_grace: Duration::from_secs(5),
             chat_commit: eventstore::GroupCommitSettings {
-                // nats-server's limit per atomic batch: the more a batch carries, the fewer
-                // staged batch stores the server creates (a busy node's batches fill up).
+                // nats-server's limit per atomic batch.
                 max_batch: 1000,
+                // Plain publishes while fewer than 16 are in flight on a shard (each settles on
+                // its own ack; every message costs an fsync, but an atomic batch of an R1 stream
+                // costs a staged file store of its own), batches of 16 or more beyond. Measured
+                // with `chat_commit_probe`, 4 shards: p99 2.6 ms at 5,000 msg/s (batches of 8 with
+                // 2 in flight: 2.7 ms; plain publishes only: 3.1 ms, but 925 ms at 10,000 msg/s,
+                // where this setting holds 46 ms).
+                min_batch: 16,
+                max_in_flight: 16,
                 ..Default::default()
             },
             kv_replicas: 1,

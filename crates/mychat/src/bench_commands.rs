@@ -120,34 +120,54 @@ async fn raw_pipelined(js: &jetstream::Context, d: Duration) -> anyhow::Result<f
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Atomic batches of 100, one after the other: messages/s.
-async fn raw_batch100(client: &async_nats::Client, d: Duration) -> anyhow::Result<f64> {
+/// Atomic batches of `size` messages, `loops` loops each sending one batch after the other
+/// (so at most `loops` batches in flight): messages/s. Plain messages (no dedup id, no expected
+/// sequence): the server's batch path alone.
+async fn raw_batches(
+    client: &async_nats::Client,
+    size: u64,
+    loops: usize,
+    d: Duration,
+) -> anyhow::Result<f64> {
     let body = bytes::Bytes::from(vec![b'x'; BODY_BYTES]);
     let start = Instant::now();
-    let mut n = 0u64;
-    let mut batch = 0u64;
-    while start.elapsed() < d {
-        batch += 1;
-        let id = format!("bench-{batch}");
-        for i in 1..=100u64 {
-            let mut h = HeaderMap::new();
-            h.insert(NATS_BATCH_ID, id.as_str());
-            h.insert(NATS_BATCH_SEQUENCE, i.to_string().as_str());
-            let subject = format!("raw.batch.{}", i % 64);
-            if i < 100 {
-                client
-                    .publish_with_headers(subject, h, body.clone())
-                    .await?;
-            } else {
-                h.insert(NATS_BATCH_COMMIT, "1");
-                let reply = client
-                    .request_with_headers(subject, h, body.clone())
-                    .await?;
-                let ack: Value = serde_json::from_slice(&reply.payload)?;
-                anyhow::ensure!(ack.get("error").is_none(), "batch failed: {ack}");
-            }
-        }
-        n += 100;
+    let prefix = uuid::Uuid::now_v7().simple().to_string();
+    let tasks: Vec<_> = (0..loops.max(1))
+        .map(|l| {
+            let (client, body, prefix) = (client.clone(), body.clone(), prefix.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                let mut batch = 0u64;
+                while start.elapsed() < d {
+                    batch += 1;
+                    let id = format!("bench-{prefix}-{l}-{batch}");
+                    for i in 1..=size {
+                        let mut h = HeaderMap::new();
+                        h.insert(NATS_BATCH_ID, id.as_str());
+                        h.insert(NATS_BATCH_SEQUENCE, i.to_string().as_str());
+                        let subject = format!("raw.batch.{}", i % 64);
+                        if i < size {
+                            client
+                                .publish_with_headers(subject, h, body.clone())
+                                .await?;
+                        } else {
+                            h.insert(NATS_BATCH_COMMIT, "1");
+                            let reply = client
+                                .request_with_headers(subject, h, body.clone())
+                                .await?;
+                            let ack: Value = serde_json::from_slice(&reply.payload)?;
+                            anyhow::ensure!(ack.get("error").is_none(), "batch failed: {ack}");
+                        }
+                    }
+                    n += size;
+                }
+                anyhow::Ok(n)
+            })
+        })
+        .collect();
+    let mut n = 0;
+    for t in tasks {
+        n += t.await??;
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
@@ -465,10 +485,22 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     println!("raw sequential publish-and-await   {raw_seq:>9.0}/s");
     let raw_pipe = raw_pipelined(&raw_js, d).await?;
     println!("raw pipelined (256 in flight)      {raw_pipe:>9.0}/s");
-    let raw_batch = raw_batch100(&raw_client, d).await?;
+    let raw_batch = raw_batches(&raw_client, 100, 1, d).await?;
     println!(
         "raw atomic batches of 100          {raw_batch:>9.0} msg/s  ({:.2} ms per batch)",
         100_000.0 / raw_batch
+    );
+    // The ceiling of 64 closed-loop committers: batches of 64 (what they can fill), one or two
+    // in flight.
+    let raw_b64_1 = raw_batches(&raw_client, 64, 1, d).await?;
+    println!(
+        "raw atomic batches of 64, 1 loop   {raw_b64_1:>9.0} msg/s  ({:.2} ms per batch)",
+        64_000.0 / raw_b64_1
+    );
+    let raw_b64_2 = raw_batches(&raw_client, 64, 2, d).await?;
+    println!(
+        "raw atomic batches of 64, 2 loops  {raw_b64_2:>9.0} msg/s  ({:.2} ms per batch)",
+        2.0 * 64_000.0 / raw_b64_2
     );
 
     // 2. The event store.
@@ -594,6 +626,8 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             "raw_seq_ps": raw_seq.round(),
             "raw_pipelined_ps": raw_pipe.round(),
             "raw_batch100_ps": raw_batch.round(),
+            "raw_batch64_ps_1": raw_b64_1.round(),
+            "raw_batch64_ps_2": raw_b64_2.round(),
             "store_ps_64": store_64.per_second.round(),
             "store_p99_ms_64": store_64.p99_ms,
             "store_p50_ms_64": store_64.p50_ms,

@@ -52,6 +52,10 @@ pub struct WsArgs {
     /// per socket is the RSS growth summed over the nodes.
     #[arg(long, default_value_t = 1)]
     pub nodes: usize,
+    /// Chat shard streams (the deployment setting `chat_shards`); the raw JetStream baseline is
+    /// spread over as many streams.
+    #[arg(long, default_value_t = eventstore::chat::DEFAULT_SHARDS)]
+    pub shards: u16,
     /// Internal (the idle run's client child processes): `PORTS:FIRST:COUNT` opens sockets
     /// `FIRST..FIRST+COUNT` to the comma-separated ports, prints `opened`, and holds them until
     /// its stdin closes.
@@ -217,11 +221,13 @@ async fn paced(rate: u64, duration: Duration, mut send: impl FnMut(u64) -> bool)
 }
 
 /// Raw baselines at `rate` for `duration`: core NATS publish → subscriber, and JetStream
-/// publish → ordered consumer. Latencies in microseconds, sorted.
+/// publish → reader over `shards` streams (as the chat shards). Latencies in microseconds,
+/// sorted.
 async fn baselines(
     client: &async_nats::Client,
     rate: u64,
     duration: Duration,
+    shards: u16,
 ) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
     let epoch = Instant::now();
     // Core NATS.
@@ -250,41 +256,50 @@ async fn baselines(
     tokio::time::sleep(Duration::from_millis(500)).await;
     reader.abort();
 
-    // JetStream (the same store settings as CHAT: file storage, fsync per nats.conf).
+    // JetStream, sharded as chat is: `shards` file streams (fsync per nats.conf), each message
+    // published to stream `i mod shards` and awaited in its own task, read back by one reader
+    // per stream (the log's gap-checking reader, as the gateway's fan-out reads).
     let js = async_nats::jetstream::new(client.clone());
-    let stream = js
-        .get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: "BENCH".into(),
-            subjects: vec!["bench.js".into()],
+    let jsl = Arc::new(Mutex::new(Vec::new()));
+    let mut readers = Vec::new();
+    for k in 0..shards.max(1) {
+        let name = format!("BENCH_{k}");
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("bench.js.{k}")],
             storage: async_nats::jetstream::stream::StorageType::File,
             ..Default::default()
         })
         .await?;
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let jsl = Arc::new(Mutex::new(Vec::new()));
-    let sink = jsl.clone();
-    let reader = tokio::spawn(async move {
-        while let Some(Ok(m)) = messages.next().await {
-            let t: u64 = std::str::from_utf8(&m.payload)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let now = epoch.elapsed().as_micros() as u64;
-            sink.lock().expect("lock").push(now.saturating_sub(t));
-        }
-    });
+        let mut reader = eventstore::LogReader::spawn(
+            js.clone(),
+            eventstore::ReadOptions::new(name, 0, eventstore::ReadUntil::Follow),
+        );
+        let sink = jsl.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(batch)) = reader.next().await {
+                let now = epoch.elapsed().as_micros() as u64;
+                let mut sink = sink.lock().expect("lock");
+                for m in batch {
+                    let t: u64 = std::str::from_utf8(&m.payload)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    sink.push(now.saturating_sub(t));
+                }
+            }
+        }));
+    }
     let js2 = js.clone();
-    paced(rate, duration, |_| {
+    let k = u64::from(shards.max(1));
+    paced(rate, duration, |i| {
         let js = js2.clone();
         let t = epoch.elapsed().as_micros() as u64;
         tokio::spawn(async move {
-            if let Ok(ack) = js.publish("bench.js", t.to_string().into()).await {
+            if let Ok(ack) = js
+                .publish(format!("bench.js.{}", i % k), t.to_string().into())
+                .await
+            {
                 let _ = ack.await;
             }
         });
@@ -292,7 +307,9 @@ async fn baselines(
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    reader.abort();
+    for reader in readers {
+        reader.abort();
+    }
     let mut core = std::mem::take(&mut *core.lock().expect("lock"));
     let mut jsl = std::mem::take(&mut *jsl.lock().expect("lock"));
     core.sort_unstable();
@@ -363,7 +380,14 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     projections::MIGRATOR.run(&db).await?;
     let client = nats.connect().await?;
     let js = async_nats::jetstream::new(client.clone());
-    eventstore::ensure_streams(&js, &Default::default()).await?;
+    eventstore::ensure_streams(
+        &js,
+        &eventstore::StreamSettings {
+            chat_shards: args.shards,
+            ..Default::default()
+        },
+    )
+    .await?;
     let bus = CommandBus::new(js, Upcasters::default());
     let jwt = api::JwtKeys::new(SECRET.as_bytes(), 3600);
     // The handshake checks that a token's account exists and is enabled (issue 8): the bench's
@@ -383,12 +407,13 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
 
     // Baselines first, at the same rate.
     let base_rate = if args.rate == 0 { 1000 } else { args.rate };
-    let (core, jsl) = baselines(&client, base_rate, Duration::from_secs(3)).await?;
+    let (core, jsl) = baselines(&client, base_rate, Duration::from_secs(3), args.shards).await?;
     println!(
-        "baseline core NATS pub→sub: p50 {:.3} ms, p99 {:.3} ms ({} msgs); JetStream pub→consumer: p50 {:.3} ms, p99 {:.3} ms ({} msgs)",
+        "baseline core NATS pub→sub: p50 {:.3} ms, p99 {:.3} ms ({} msgs); JetStream pub→reader over {} streams: p50 {:.3} ms, p99 {:.3} ms ({} msgs)",
         percentile(&core, 0.5),
         percentile(&core, 0.99),
         core.len(),
+        args.shards,
         percentile(&jsl, 0.5),
         percentile(&jsl, 0.99),
         jsl.len()
@@ -410,6 +435,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             .env("MYCHAT_DATA_DIR", dir.path().join(format!("data-{n}")))
             .env("MYCHAT_LOG_FORMAT", "json")
             .env("MYCHAT_GATEWAY_FRAMES_PER_SECOND", "100000")
+            .env("MYCHAT_CHAT_SHARDS", args.shards.to_string())
             .env(
                 "RUST_LOG",
                 std::env::var("MYCHAT_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
@@ -719,8 +745,9 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             commit_stats
         );
         println!(
-            "baseline (same run, {base_rate} msg/s): core NATS p99 {:.3} ms, JetStream p99 {:.3} ms",
+            "baseline (same run, {base_rate} msg/s): core NATS p99 {:.3} ms, JetStream ({} streams) p99 {:.3} ms",
             percentile(&core, 0.99),
+            args.shards,
             percentile(&jsl, 0.99)
         );
     }
@@ -745,7 +772,9 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             "p99_ms": round(percentile(&lat, 0.99)),
             "baseline_p50_ms": round(percentile(&core, 0.5)),
             "baseline_p99_ms": round(percentile(&core, 0.99)),
+            "js_baseline_p50_ms": round(percentile(&jsl, 0.5)),
             "js_baseline_p99_ms": round(percentile(&jsl, 0.99)),
+            "shards": args.shards,
             "delivered_ratio": (ratio * 10000.0).round() / 10000.0,
             "rss_kib_per_socket": (per_socket * 10.0).round() / 10.0,
             "ack_p50_ms": round(percentile(&acks, 0.5)),

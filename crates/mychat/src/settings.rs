@@ -77,7 +77,7 @@ pub struct Settings {
     pub stream_replicas: usize,
     /// Chat shard streams (`CHAT_1` … `CHAT_<n>`, 1..=63) of a new deployment; an existing one
     /// keeps the number its streams were created with (a different value is refused at start).
-    /// Default [`eventstore::chat::DEFAULT_SHARDS`] (8, measured: docs/benchmarks.md).
+    /// Default [`eventstore::chat::DEFAULT_SHARDS`] (4, measured: docs/benchmarks.md).
     pub chat_shards: u16,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
