@@ -84,6 +84,8 @@ async fn thousand_concurrent_withdrawals_on_two_api_nodes_never_overdraw() {
             .env("MYCHAT_DATABASE_URL", &up.database_url)
             .env("MYCHAT_DATA_DIR", up.dir.path().join("data"))
             .env("MYCHAT_LOG_FORMAT", "json")
+            // A sibling of `mychat up`, whose sandbox it shares (payments fail closed without).
+            .env("MYCHAT_PAYMENTS__SANDBOX", "true")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -4,7 +4,7 @@
 //!
 //! | account | normal side | what it holds |
 //! |---|---|---|
-//! | `provider:<method>:clearing` | debit (asset) | money captured through a payment provider (`sandbox`, `wechat`, `alipay`, …) and not yet paid out |
+//! | `provider:<method>:clearing` | debit (asset) | money captured through a payment provider (`sandbox`, `wechat`, `alipay`, …), or recorded by an administrator as paid offline (`offline`), and not yet paid out |
 //! | `user:<id>:prepaid` | credit (liability) | a user's paid orders held in escrow until the session is billed and the unused part refunded |
 //! | `user:<id>:balance` | credit (liability) | a user's wallet balance (refunds of unused prepaid minutes, recharges) |
 //! | `user:<id>:recharge` | credit (liability) | a captured recharge not yet credited to the user's `UserWallet` |
@@ -31,14 +31,12 @@
 //! | `WithdrawalRequested` | Dr `counselor:<c>:payable`, Cr `counselor:<c>:in_transit` — [`withdrawal_requested`] |
 //! | `WithdrawalRejected` | Dr `counselor:<c>:in_transit`, Cr `counselor:<c>:payable` — [`withdrawal_rejected`] |
 //! | `WithdrawalTransferred` | Dr `counselor:<c>:in_transit`, Cr `platform:payouts` — [`withdrawal_transferred`] |
-//! | `OrderPlaced`, `OrderPaid`, `OrderServiceStarted`, `OrderCompleted`, `OrderCancelled` (its refund moves with `PaymentRefunded`), `OrderRefunded`, `OrderReviewed`, `OrderStatusChangedByAdmin` (an override that moves no money), `PaymentCreated`, `RechargePaymentCreated`, `SessionStarted`, `SessionEnded`, `WithdrawalApproved` | none: no money moves |
+//! | `OrderPlaced`, `OrderPaid`, `OrderServiceStarted`, `OrderCompleted`, `OrderCancelled` and `OrderRefundRequested` (their refunds move with `PaymentRefunded`), `OrderRefunded`, `OrderReviewed`, `OrderStatusChangedByAdmin` (an override of earlier versions that moves no money), `PaymentCreated`, `OfflinePaymentRecorded` (its `PaymentCaptured` follows in the same commit), `RechargePaymentCreated`, `SessionStarted`, `SessionEnded`, `WithdrawalApproved` | none: no money moves |
 //!
 //! The dispatch ([`postings`]) matches every domain event **exhaustively** (no wildcard): a new
 //! event variant does not compile until it has a rule here, and an event type or version the
 //! domain cannot decode is refused with an error (the ledger projection stops on it as a poison
 //! event) instead of being posted wrong or skipped.
-
-use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -245,14 +243,15 @@ pub fn postings(stored: &StoredEvent) -> anyhow::Result<Vec<Posting>> {
             | OrderEvent::OrderServiceStarted { .. }
             | OrderEvent::OrderCompleted { .. }
             | OrderEvent::OrderCancelled { .. }
+            | OrderEvent::OrderRefundRequested { .. }
             | OrderEvent::OrderRefunded { .. }
             | OrderEvent::OrderReviewed { .. }
             | OrderEvent::OrderStatusChangedByAdmin { .. } => vec![],
         },
         "payment" => match crate::runtime::decode::<PaymentEvent>(stored).with_context(refuse)? {
-            PaymentEvent::PaymentCreated { .. } | PaymentEvent::RechargePaymentCreated { .. } => {
-                vec![]
-            }
+            PaymentEvent::PaymentCreated { .. }
+            | PaymentEvent::OfflinePaymentRecorded { .. }
+            | PaymentEvent::RechargePaymentCreated { .. } => vec![],
             PaymentEvent::RechargeCaptured {
                 method,
                 user_id,
@@ -353,6 +352,8 @@ impl Projection for Ledger {
             "OrderReviewed",
             "OrderStatusChangedByAdmin",
             "PaymentCreated",
+            "OrderRefundRequested",
+            "OfflinePaymentRecorded",
             "RechargePaymentCreated",
             "SessionStarted",
             "SessionEnded",
@@ -428,59 +429,8 @@ impl Projection for Ledger {
         .await?;
         Ok(())
     }
+    /// One message: the batch path with a batch of one, so there is one way to apply.
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
-        for stored in message.events()?.iter() {
-            let lines = postings(stored)?;
-            if lines.is_empty() {
-                continue;
-            }
-            let sum: i64 = lines.iter().map(|p| p.amount).sum();
-            anyhow::ensure!(
-                sum == 0,
-                "postings of {} at {} do not balance ({sum})",
-                stored.event_type,
-                stored.stream_sequence
-            );
-            let accounts: Vec<String> = lines.iter().map(|p| p.account.clone()).collect();
-            let amounts: Vec<i64> = lines.iter().map(|p| p.amount).collect();
-            let line_numbers: Vec<i32> = (0..lines.len() as i32).collect();
-            let inserted = sqlx::query(
-                "INSERT INTO ledger_postings (stream_seq, idx, line, account, amount_fen, event_type, \
-                 aggregate, recorded_at) SELECT $1, $2, l, a, m, $3, $4, $5 \
-                 FROM unnest($6::int[], $7::text[], $8::bigint[]) AS t(l, a, m) ON CONFLICT DO NOTHING",
-            )
-            .bind(stored.stream_sequence as i64)
-            .bind(stored.index as i32)
-            .bind(&stored.event_type)
-            .bind(format!("{}:{}", stored.aggregate_type, stored.aggregate_id))
-            .bind(stored.recorded_at)
-            .bind(&line_numbers)
-            .bind(&accounts)
-            .bind(&amounts)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                continue; // already posted (a re-delivery)
-            }
-            let mut per_account: BTreeMap<&str, i64> = BTreeMap::new();
-            for p in &lines {
-                *per_account.entry(&p.account).or_default() += p.amount;
-            }
-            let (accounts, amounts): (Vec<&str>, Vec<i64>) = per_account.into_iter().unzip();
-            sqlx::query(
-                "INSERT INTO ledger_balances (account, balance_fen, updated_at) \
-                 SELECT a, m, $3 FROM unnest($1::text[], $2::bigint[]) AS t(a, m) \
-                 ON CONFLICT (account) DO UPDATE SET \
-                 balance_fen = ledger_balances.balance_fen + EXCLUDED.balance_fen, \
-                 updated_at = EXCLUDED.updated_at",
-            )
-            .bind(&accounts)
-            .bind(&amounts)
-            .bind(stored.recorded_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Ok(())
+        self.apply_batch(tx, std::slice::from_ref(message)).await
     }
 }

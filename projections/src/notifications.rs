@@ -13,8 +13,10 @@
 //! | `WithdrawalApproved` / `Rejected` / `Transferred` | the counselor's user | `system` |
 //!
 //! Each row's `source` is `<event position>:<recipient>`, unique, so an event applied twice adds
-//! nothing. Read / deleted state is the user's: a rebuild from position 0 restores deleted
-//! notifications as unread (documented in `docs/architecture.md`, issue 3).
+//! nothing. Every row comes from the log: the user's read / deleted marks and the notifications
+//! that are not events (an application's review) live in tables no projection owns
+//! (`notification_marks`, `direct_notifications`), so a rebuild or a replay changes nothing a
+//! user sees.
 
 use async_trait::async_trait;
 use domain::{AccountEvent, OrderEvent, PaymentEvent, SessionEvent};
@@ -47,7 +49,14 @@ fn yuan(fen: i64) -> String {
 }
 
 fn notes_for(e: &StoredEvent) -> anyhow::Result<Vec<Note>> {
-    let id = e.aggregate_id_i64().unwrap_or_default();
+    let id = e.aggregate_id_i64().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} {}: aggregate id {:?} is not a number",
+            e.aggregate_type,
+            e.event_type,
+            e.aggregate_id
+        )
+    })?;
     let note = |to, kind, level, title: &str, content: String, extra| Note {
         to,
         kind,
@@ -244,6 +253,8 @@ impl Projection for Notifications {
             "OrderReviewed",
             "OrderStatusChangedByAdmin",
             "PaymentCreated",
+            "OrderRefundRequested",
+            "OfflinePaymentRecorded",
             "RechargePaymentCreated",
             "SessionEnded",
             "WithdrawalRequested",
@@ -315,39 +326,8 @@ impl Projection for Notifications {
         .await?;
         Ok(())
     }
+    /// One message: the batch path with a batch of one, so there is one way to apply.
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
-        for e in message.events()?.iter() {
-            for (n, note) in notes_for(e)?.into_iter().enumerate() {
-                let source = format!("{}:{n}", e.position());
-                // A notification's id is derived from its event (position × 8 + n), so a
-                // rebuild or an audit replay reproduces the same ids; notifications written
-                // outside the log (application reviews) take negative ids from the sequence.
-                let id = e.position() * 8 + n as i64;
-                let (user_sql, who) = match note.to {
-                    To::User(u) => ("SELECT $1::bigint WHERE $1 > 0", u),
-                    To::Counselor(c) => (
-                        "SELECT user_id FROM counselors WHERE id = $1 AND user_id IS NOT NULL",
-                        c,
-                    ),
-                };
-                sqlx::query(&format!(
-                    "INSERT INTO notifications (id, user_id, type, level, title, content, extra_data, source, created_at) \
-                     SELECT $9, u, $2, $3, $4, $5, $6, $7, $8 FROM ({user_sql}) AS r(u) \
-                     ON CONFLICT (source) DO NOTHING"
-                ))
-                .bind(who)
-                .bind(note.kind)
-                .bind(note.level)
-                .bind(note.title)
-                .bind(note.content)
-                .bind(note.extra.to_string())
-                .bind(source)
-                .bind(e.recorded_at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        Ok(())
+        self.apply_batch(tx, std::slice::from_ref(message)).await
     }
 }

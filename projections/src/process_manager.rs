@@ -6,6 +6,7 @@
 //! | `SessionStarted` | `Order::StartService` (`pm:order-service:<session>`) |
 //! | `RechargeCaptured` | `UserWallet::Credit` with `CreditReason::Recharge` (`pm:recharge:<payment>`) |
 //! | `OrderCancelled` with a refund | `Payment::Refund` of the prepaid amount, refund no `cancel-<order>` (`pm:cancel-refund:<order>`) |
+//! | `OrderRefundRequested` | `Payment::Refund` of the requested amount with its refund no (`pm:order-refund:<order>:<refund_no>`) |
 //! | `PaymentRefunded` of an order payment | `Order::MarkRefunded` (`pm:order-refunded:<payment>:<refund_no>`) |
 //! | `SessionBilled` | `CounselorAccount::CreditEarnings` (`pm:credit:<session>`), `UserWallet::Credit` of the unused prepaid amount (`pm:refund:<session>`), `Order::Complete` (`pm:complete:<order>`) |
 //!
@@ -36,6 +37,20 @@ fn meta_for(event: &StoredEvent, command_id: String) -> CommandMeta {
         causation_id: Some(format!("{}:{}", event.stream_sequence, event.index)),
         actor: Actor::system(),
     }
+}
+
+/// The aggregate id of `event` as a number. An id that does not parse is an error (the
+/// projection stops on it), never 0: derived command ids would collide.
+fn id_of(event: &StoredEvent) -> anyhow::Result<i64> {
+    event.aggregate_id_i64().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} {} at stream sequence {}: aggregate id {:?} is not a number",
+            event.aggregate_type,
+            event.event_type,
+            event.stream_sequence,
+            event.aggregate_id
+        )
+    })
 }
 
 /// A business rejection is final (retrying cannot change it): log it and go on. An
@@ -77,6 +92,7 @@ impl Projection for ProcessManager {
             "OrderReviewed",
             "OrderStatusChangedByAdmin",
             "PaymentCreated",
+            "OfflinePaymentRecorded",
             "RechargePaymentCreated",
             "SessionEnded",
         ]
@@ -91,7 +107,7 @@ impl Projection for ProcessManager {
                         captured_at,
                         ..
                     } => {
-                        let payment_id = e.aggregate_id_i64().unwrap_or_default();
+                        let payment_id = id_of(e)?;
                         let cmd = OrderCommand::MarkPaid {
                             payment_id,
                             amount,
@@ -135,7 +151,7 @@ impl Projection for ProcessManager {
                         captured_at,
                         ..
                     } => {
-                        let payment_id = e.aggregate_id_i64().unwrap_or_default();
+                        let payment_id = id_of(e)?;
                         let cmd = WalletCommand::Credit {
                             user_id,
                             amount,
@@ -157,7 +173,7 @@ impl Projection for ProcessManager {
                         refunded_at,
                         ..
                     } if order_id > 0 && !refund_no.starts_with("orphan-") => {
-                        let payment_id = e.aggregate_id_i64().unwrap_or_default();
+                        let payment_id = id_of(e)?;
                         let meta =
                             meta_for(e, format!("pm:order-refunded:{payment_id}:{refund_no}"));
                         let cmd = OrderCommand::MarkRefunded {
@@ -175,44 +191,69 @@ impl Projection for ProcessManager {
                     }
                     _ => {}
                 },
-                "order" => {
-                    if let OrderEvent::OrderCancelled {
+                "order" => match e.decode()? {
+                    OrderEvent::OrderRefundRequested {
+                        payment_id,
+                        refund_no,
+                        amount,
+                        reason,
+                        requested_at,
+                        ..
+                    } => {
+                        let order_id = id_of(e)?;
+                        let meta = meta_for(e, format!("pm:order-refund:{order_id}:{refund_no}"));
+                        let cmd = PaymentCommand::Refund {
+                            refund_no,
+                            amount,
+                            reason: if reason.is_empty() {
+                                "refund requested".into()
+                            } else {
+                                reason
+                            },
+                            refunded_at: requested_at,
+                        };
+                        settle(
+                            "order-refund",
+                            self.bus
+                                .execute::<Payment>(&payment_id.to_string(), cmd, &meta)
+                                .await,
+                        )?;
+                    }
+                    OrderEvent::OrderCancelled {
                         payment_id: Some(payment_id),
                         refund_amount,
                         reason,
                         cancelled_at,
                         ..
-                    } = e.decode()?
-                    {
-                        if refund_amount > 0 {
-                            let order_id = e.aggregate_id_i64().unwrap_or_default();
-                            let cmd = PaymentCommand::Refund {
-                                refund_no: format!("cancel-{order_id}"),
-                                amount: refund_amount,
-                                reason: if reason.is_empty() {
-                                    "order cancelled".into()
-                                } else {
-                                    reason
-                                },
-                                refunded_at: cancelled_at,
-                            };
-                            let meta = meta_for(e, format!("pm:cancel-refund:{order_id}"));
-                            settle(
-                                "cancel-refund",
-                                self.bus
-                                    .execute::<Payment>(&payment_id.to_string(), cmd, &meta)
-                                    .await,
-                            )?;
-                        }
+                    } if refund_amount > 0 => {
+                        let order_id = id_of(e)?;
+                        let cmd = PaymentCommand::Refund {
+                            refund_no: format!("cancel-{order_id}"),
+                            amount: refund_amount,
+                            reason: if reason.is_empty() {
+                                "order cancelled".into()
+                            } else {
+                                reason
+                            },
+                            refunded_at: cancelled_at,
+                        };
+                        let meta = meta_for(e, format!("pm:cancel-refund:{order_id}"));
+                        settle(
+                            "cancel-refund",
+                            self.bus
+                                .execute::<Payment>(&payment_id.to_string(), cmd, &meta)
+                                .await,
+                        )?;
                     }
-                }
+                    _ => {}
+                },
                 "session" => match e.decode()? {
                     SessionEvent::SessionStarted {
                         order_id,
                         started_at,
                         ..
                     } => {
-                        let session_id = e.aggregate_id_i64().unwrap_or_default();
+                        let session_id = id_of(e)?;
                         let cmd = OrderCommand::StartService {
                             session_id,
                             started_at,
@@ -234,7 +275,7 @@ impl Projection for ProcessManager {
                         billed_at,
                         ..
                     } => {
-                        let session_id = e.aggregate_id_i64().unwrap_or_default();
+                        let session_id = id_of(e)?;
                         let credit = AccountCommand::CreditEarnings {
                             counselor_id,
                             session_id,

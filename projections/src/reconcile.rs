@@ -94,6 +94,7 @@ struct PaymentFacts {
     order_id: i64,
     amount: i64,
     captures: Vec<(String, String, i64)>, // (method, provider txn, amount)
+    refunded: i64,
 }
 
 #[derive(Default)]
@@ -131,8 +132,77 @@ struct Books {
     refunds: HashMap<i64, Vec<i64>>,
     earnings: HashMap<i64, Vec<i64>>,
     withdrawals: BTreeMap<i64, WithdrawalFacts>,
-    last_seq_by_type: HashMap<String, u64>,
+    /// The last stream sequence of each (aggregate type, event type).
+    last_seq_by_event: HashMap<(String, String), u64>,
     broken: Vec<String>,
+    /// What every money-bearing column of the read models must hold, by the log: table →
+    /// row key (`id=5`, `stream_seq=9,idx=0`) → column → value (`None` = NULL).
+    rows: BTreeMap<&'static str, BTreeMap<String, Row>>,
+}
+
+/// A read-model row's money-bearing columns and their values by the log.
+type Row = BTreeMap<&'static str, Option<i64>>;
+
+/// The money-bearing columns reconciliation checks in each read model, with the SQL of the row
+/// key (as the differences name it). Every one of them is compared with the fold of the log.
+pub const CHECKED_COLUMNS: [(&str, &str, &[&str]); 6] = [
+    (
+        "orders",
+        "'id=' || id",
+        &[
+            "price_fen",
+            "amount_fen",
+            "refunded_fen",
+            "status",
+            "payment_id",
+        ],
+    ),
+    (
+        "payments",
+        "'id=' || id",
+        &["order_id", "amount_fen", "refunded_fen", "status"],
+    ),
+    (
+        "chat_sessions",
+        "'id=' || id",
+        &["price_fen", "prepaid_minutes", "total_amount_fen", "status"],
+    ),
+    (
+        "chat_billings",
+        "'session_id=' || session_id",
+        &[
+            "user_id",
+            "counselor_id",
+            "billed_minutes",
+            "price_fen",
+            "total_amount_fen",
+            "platform_fee_fen",
+            "counselor_fee_fen",
+            "refund_fen",
+        ],
+    ),
+    (
+        "withdrawals",
+        "'id=' || id",
+        &["counselor_id", "amount_fen", "status"],
+    ),
+    (
+        "wallet_transactions",
+        "'stream_seq=' || stream_seq || ',idx=' || idx",
+        &["user_id", "amount_fen", "balance_fen"],
+    ),
+];
+
+/// The projection that writes `table`.
+fn projection_of(table: &str) -> &'static str {
+    match table {
+        "wallet_transactions" => "user_wallets",
+        "orders" => "orders",
+        "payments" => "payments",
+        "chat_sessions" => "chat_sessions",
+        "chat_billings" => "chat_billings",
+        _ => "withdrawals",
+    }
 }
 
 fn add(map: &mut BTreeMap<i64, i64>, k: i64, v: i64) {
@@ -140,6 +210,207 @@ fn add(map: &mut BTreeMap<i64, i64>, k: i64, v: i64) {
 }
 
 impl Books {
+    fn row(&mut self, table: &'static str, key: String) -> &mut Row {
+        self.rows.entry(table).or_default().entry(key).or_default()
+    }
+
+    /// Sets columns of an existing row (a row the log never created stays absent, as the read
+    /// model's guarded updates leave it).
+    fn update(&mut self, table: &'static str, key: String, values: &[(&'static str, Option<i64>)]) {
+        if let Some(row) = self.rows.get_mut(table).and_then(|t| t.get_mut(&key)) {
+            for (column, value) in values {
+                row.insert(column, *value);
+            }
+        }
+    }
+
+    /// The read-model rows `e` creates or changes, by the log's own arithmetic.
+    fn expect_rows(&mut self, e: &StoredEvent, id: i64) {
+        let key = format!("id={id}");
+        match e.aggregate_type.as_str() {
+            "order" => match crate::runtime::decode::<OrderEvent>(e) {
+                Ok(OrderEvent::OrderPlaced {
+                    price_per_minute,
+                    amount,
+                    ..
+                }) => {
+                    let row = self.row("orders", key);
+                    if row.is_empty() {
+                        row.extend([
+                            ("price_fen", Some(price_per_minute)),
+                            ("amount_fen", Some(amount)),
+                            ("refunded_fen", Some(0)),
+                            ("status", Some(0)),
+                            ("payment_id", None),
+                        ]);
+                    }
+                }
+                Ok(OrderEvent::OrderPaid { payment_id, .. }) => self.update(
+                    "orders",
+                    key,
+                    &[("status", Some(1)), ("payment_id", Some(payment_id))],
+                ),
+                Ok(OrderEvent::OrderCompleted { .. }) => {
+                    self.update("orders", key, &[("status", Some(2))])
+                }
+                Ok(OrderEvent::OrderCancelled { .. }) => {
+                    self.update("orders", key, &[("status", Some(3))])
+                }
+                Ok(OrderEvent::OrderStatusChangedByAdmin { to, .. }) => {
+                    self.update("orders", key, &[("status", Some(to.code().into()))])
+                }
+                Ok(OrderEvent::OrderRefunded { amount, .. }) => {
+                    let before = self
+                        .rows
+                        .get("orders")
+                        .and_then(|t| t.get(&key))
+                        .and_then(|r| r.get("refunded_fen").copied().flatten())
+                        .unwrap_or(0);
+                    self.update(
+                        "orders",
+                        key,
+                        &[("status", Some(4)), ("refunded_fen", Some(before + amount))],
+                    )
+                }
+                _ => {}
+            },
+            "payment" => match crate::runtime::decode::<PaymentEvent>(e) {
+                Ok(
+                    PaymentEvent::PaymentCreated {
+                        order_id, amount, ..
+                    }
+                    | PaymentEvent::OfflinePaymentRecorded {
+                        order_id, amount, ..
+                    },
+                ) => self.new_payment(key, order_id, amount),
+                Ok(PaymentEvent::RechargePaymentCreated { amount, .. }) => {
+                    self.new_payment(key, 0, amount)
+                }
+                Ok(
+                    PaymentEvent::PaymentCaptured { .. } | PaymentEvent::RechargeCaptured { .. },
+                ) => self.update("payments", key, &[("status", Some(1))]),
+                Ok(PaymentEvent::PaymentRefunded { amount, .. }) => {
+                    let refunded = self.payments.get(&id).map_or(amount, |p| p.refunded);
+                    self.update(
+                        "payments",
+                        key,
+                        &[("status", Some(3)), ("refunded_fen", Some(refunded))],
+                    )
+                }
+                Err(_) => {}
+            },
+            "session" => match crate::runtime::decode::<SessionEvent>(e) {
+                Ok(SessionEvent::SessionStarted {
+                    price_per_minute,
+                    prepaid_minutes,
+                    ..
+                }) => {
+                    let row = self.row("chat_sessions", key);
+                    if row.is_empty() {
+                        row.extend([
+                            ("price_fen", Some(price_per_minute)),
+                            ("prepaid_minutes", Some(prepaid_minutes)),
+                            ("total_amount_fen", Some(0)),
+                            ("status", Some(1)),
+                        ]);
+                    }
+                }
+                Ok(SessionEvent::SessionEnded { .. }) => {
+                    self.update("chat_sessions", key, &[("status", Some(2))])
+                }
+                Ok(SessionEvent::SessionBilled {
+                    user_id,
+                    counselor_id,
+                    billed_minutes,
+                    price_per_minute,
+                    amount,
+                    platform_fee,
+                    counselor_fee,
+                    refund,
+                    ..
+                }) => {
+                    self.update("chat_sessions", key, &[("total_amount_fen", Some(amount))]);
+                    let row = self.row("chat_billings", format!("session_id={id}"));
+                    if row.is_empty() {
+                        row.extend([
+                            ("user_id", Some(user_id)),
+                            ("counselor_id", Some(counselor_id)),
+                            ("billed_minutes", Some(billed_minutes)),
+                            ("price_fen", Some(price_per_minute)),
+                            ("total_amount_fen", Some(amount)),
+                            ("platform_fee_fen", Some(platform_fee)),
+                            ("counselor_fee_fen", Some(counselor_fee)),
+                            ("refund_fen", Some(refund)),
+                        ]);
+                    }
+                }
+                Err(_) => {}
+            },
+            "wallet" => {
+                if let Ok(WalletEvent::WalletCredited {
+                    user_id, amount, ..
+                }) = crate::runtime::decode::<WalletEvent>(e)
+                {
+                    // The balance after this credit, as this fold counts it (not the event's
+                    // own `balance_after`).
+                    let balance = self.wallet.get(&user_id).copied().unwrap_or(0);
+                    let key = format!("stream_seq={},idx={}", e.stream_sequence, e.index);
+                    self.row("wallet_transactions", key).extend([
+                        ("user_id", Some(user_id)),
+                        ("amount_fen", Some(amount)),
+                        ("balance_fen", Some(balance)),
+                    ]);
+                }
+            }
+            "account" => match crate::runtime::decode::<AccountEvent>(e) {
+                Ok(AccountEvent::WithdrawalRequested {
+                    counselor_id,
+                    withdrawal_id,
+                    amount,
+                    ..
+                }) => {
+                    let row = self.row("withdrawals", format!("id={withdrawal_id}"));
+                    if row.is_empty() {
+                        row.extend([
+                            ("counselor_id", Some(counselor_id)),
+                            ("amount_fen", Some(amount)),
+                            ("status", Some(0)),
+                        ]);
+                    }
+                }
+                Ok(AccountEvent::WithdrawalApproved { withdrawal_id, .. }) => self.update(
+                    "withdrawals",
+                    format!("id={withdrawal_id}"),
+                    &[("status", Some(1))],
+                ),
+                Ok(AccountEvent::WithdrawalRejected { withdrawal_id, .. }) => self.update(
+                    "withdrawals",
+                    format!("id={withdrawal_id}"),
+                    &[("status", Some(2))],
+                ),
+                Ok(AccountEvent::WithdrawalTransferred { withdrawal_id, .. }) => self.update(
+                    "withdrawals",
+                    format!("id={withdrawal_id}"),
+                    &[("status", Some(3))],
+                ),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn new_payment(&mut self, key: String, order_id: i64, amount: i64) {
+        let row = self.row("payments", key);
+        if row.is_empty() {
+            row.extend([
+                ("order_id", Some(order_id)),
+                ("amount_fen", Some(amount)),
+                ("refunded_fen", Some(0)),
+                ("status", Some(0)),
+            ]);
+        }
+    }
+
     /// Balances on each account's normal side, named as in the ledger's chart of accounts.
     fn balances(&self) -> BTreeMap<String, i64> {
         let mut b = BTreeMap::new();
@@ -179,13 +450,21 @@ impl Books {
                 *totals.entry(k.to_string()).or_default() += v;
             }
         };
-        self.last_seq_by_type
-            .insert(e.aggregate_type.clone(), e.stream_sequence);
-        let id = e.aggregate_id_i64().unwrap_or_default();
+        self.last_seq_by_event.insert(
+            (e.aggregate_type.clone(), e.event_type.clone()),
+            e.stream_sequence,
+        );
         let where_ = format!(
             "{} {}:{} at stream sequence {}",
             e.event_type, e.aggregate_type, e.aggregate_id, e.stream_sequence
         );
+        let Some(id) = e.aggregate_id_i64() else {
+            if e.aggregate_type != "projection" {
+                self.broken
+                    .push(format!("{where_}: the aggregate id is not a number"));
+            }
+            return;
+        };
         let undecodable = |err: serde_json::Error| format!("undecodable {where_}: {err}");
         match e.aggregate_type.as_str() {
             "order" => match crate::runtime::decode::<OrderEvent>(e) {
@@ -203,6 +482,7 @@ impl Books {
                     OrderEvent::OrderServiceStarted { .. }
                     | OrderEvent::OrderCompleted { .. }
                     | OrderEvent::OrderCancelled { .. }
+                    | OrderEvent::OrderRefundRequested { .. }
                     | OrderEvent::OrderRefunded { .. }
                     | OrderEvent::OrderReviewed { .. }
                     | OrderEvent::OrderStatusChangedByAdmin { .. },
@@ -210,9 +490,14 @@ impl Books {
                 Err(err) => self.broken.push(undecodable(err)),
             },
             "payment" => match crate::runtime::decode::<PaymentEvent>(e) {
-                Ok(PaymentEvent::PaymentCreated {
-                    order_id, amount, ..
-                }) => {
+                Ok(
+                    PaymentEvent::PaymentCreated {
+                        order_id, amount, ..
+                    }
+                    | PaymentEvent::OfflinePaymentRecorded {
+                        order_id, amount, ..
+                    },
+                ) => {
                     let p = self.payments.entry(id).or_default();
                     p.order_id = order_id;
                     p.amount = amount;
@@ -249,6 +534,7 @@ impl Books {
                     amount,
                     ..
                 }) => {
+                    self.payments.entry(id).or_default().refunded += amount;
                     *self.provider.entry(method).or_default() -= amount;
                     add(&mut self.prepaid, user_id, -amount);
                     total("payments_refunded", amount);
@@ -394,6 +680,7 @@ impl Books {
                 "{where_}: unknown aggregate type {other:?}: reconciliation has no rule for it"
             )),
         }
+        self.expect_rows(e, id);
     }
 }
 
@@ -502,6 +789,11 @@ pub async fn reconcile(
         match paid.map(|v| v.as_slice()) {
             Some([(by, amount)]) if *by == *payment && *amount == captured => {
                 *report.matched.entry("payments".into()).or_default() += 1;
+            }
+            // Captured money the order did not take (paid by another payment, closed
+            // meanwhile) that went back whole.
+            _ if p.refunded == captured => {
+                *report.matched.entry("payments_returned".into()).or_default() += 1;
             }
             Some([(by, amount)]) => report.differences.push(format!(
                 "payment {payment} ({captured} fen) captured, but order {} was paid by payment {by} ({amount} fen)",
@@ -623,21 +915,39 @@ pub async fn reconcile(
     }
 
     // Wait for the projections to cover the period, then compare.
-    let required = |types: &[&str]| {
-        types
+    // What each checked projection must have applied: the last event of its aggregate types
+    // that it does not ignore (a projection's checkpoint need not move over the event types it
+    // ignores).
+    let required = |name: &str, types: &[&str]| {
+        let ignores = crate::read_model(name).map_or(&[][..], |p| p.ignores());
+        books
+            .last_seq_by_event
             .iter()
-            .filter_map(|t| books.last_seq_by_type.get(*t))
+            .filter(|((aggregate, event), _)| {
+                types.contains(&aggregate.as_str()) && !ignores.contains(&event.as_str())
+            })
+            .map(|(_, seq)| *seq)
             .max()
-            .copied()
             .unwrap_or(0)
     };
-    let checks: [(&str, u64); 3] = [
+    let checks: [(&str, u64); 8] = [
         (
             "ledger",
-            required(&["order", "payment", "session", "wallet", "account"]),
+            required(
+                "ledger",
+                &["order", "payment", "session", "wallet", "account"],
+            ),
         ),
-        ("counselor_accounts", required(&["account"])),
-        ("user_wallets", required(&["wallet"])),
+        (
+            "counselor_accounts",
+            required("counselor_accounts", &["account"]),
+        ),
+        ("user_wallets", required("user_wallets", &["wallet"])),
+        ("orders", required("orders", &["order"])),
+        ("payments", required("payments", &["payment"])),
+        ("chat_sessions", required("chat_sessions", &["session"])),
+        ("chat_billings", required("chat_billings", &["session"])),
+        ("withdrawals", required("withdrawals", &["account"])),
     ];
     let deadline = tokio::time::Instant::now() + options.wait;
     let mut usable = BTreeMap::new();
@@ -790,12 +1100,89 @@ pub async fn reconcile(
             }
         }
     }
+    if whole {
+        for (table, key_sql, columns) in CHECKED_COLUMNS {
+            if !usable.contains_key(projection_of(table)) {
+                continue;
+            }
+            if !table_exists(pool, &options.schema, table).await? {
+                report.notes.push(format!(
+                    "{}.{table} does not exist: not compared",
+                    options.schema
+                ));
+                continue;
+            }
+            let empty = BTreeMap::new();
+            let expected = books.rows.get(table).unwrap_or(&empty);
+            compare_rows(
+                pool,
+                &s,
+                table,
+                key_sql,
+                columns,
+                expected,
+                &mut report.differences,
+            )
+            .await?;
+            *report.matched.entry(format!("rows_{table}")).or_default() += expected.len() as u64;
+        }
+    }
     if !whole {
         report.notes.push(format!(
             "the period ends at {to} before {coverage}: ledger_balances and the read models were not compared"
         ));
     }
     Ok(report)
+}
+
+/// Compares every row of `table` in schema `s` with what the log says (`expected`), column by
+/// column: a different value names the table, the row and the column; a row the log does not
+/// have, or a row missing from the read model, names the table and the row.
+async fn compare_rows(
+    pool: &PgPool,
+    s: &str,
+    table: &str,
+    key_sql: &str,
+    columns: &[&str],
+    expected: &BTreeMap<String, Row>,
+    differences: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    use sqlx::Row as _;
+    let select: Vec<String> = columns.iter().map(|c| format!("{c}::bigint")).collect();
+    let rows = sqlx::query(&format!(
+        "SELECT {key_sql} AS k, {} FROM {s}.{table}",
+        select.join(", ")
+    ))
+    .fetch_all(pool)
+    .await?;
+    let show = |v: Option<i64>| v.map_or("NULL".to_string(), |v| v.to_string());
+    let mut seen = std::collections::BTreeSet::new();
+    for row in rows {
+        let key: String = row.try_get(0)?;
+        match expected.get(&key) {
+            None => differences.push(format!("{table} {key}: in the read model, not in the log")),
+            Some(want) => {
+                for (i, column) in columns.iter().enumerate() {
+                    let got: Option<i64> = row.try_get(i + 1)?;
+                    let want = want.get(column).copied().flatten();
+                    if got != want {
+                        differences.push(format!(
+                            "{table} {key} {column}: read model {} ≠ log {}",
+                            show(got),
+                            show(want)
+                        ));
+                    }
+                }
+            }
+        }
+        seen.insert(key);
+    }
+    for key in expected.keys() {
+        if !seen.contains(key) {
+            differences.push(format!("{table} {key}: missing from the read model"));
+        }
+    }
+    Ok(())
 }
 
 fn compare(

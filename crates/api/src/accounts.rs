@@ -356,6 +356,7 @@ pub struct RechargeRequest {
 /// `UserWallet::Credit`); `balance` is the balance now, before that.
 pub async fn recharge(
     State(state): State<AppState>,
+    api: Option<axum::Extension<std::sync::Arc<crate::user_config::UserApi>>>,
     user: AuthUser,
     headers: HeaderMap,
     ApiJson(req): ApiJson<RechargeRequest>,
@@ -369,12 +370,7 @@ pub async fn recharge(
     } else {
         req.payment_method
     };
-    if !matches!(method.as_str(), "sandbox" | "wechat" | "alipay") {
-        return Err(ApiError::field(
-            "payment_method",
-            "one of sandbox, wechat, alipay",
-        ));
-    }
+    crate::payments::check_method(api.as_ref().map(|e| &e.0), &method)?;
     let trade_type = if req.trade_type.is_empty() {
         "NATIVE".to_string()
     } else {

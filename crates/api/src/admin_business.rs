@@ -15,9 +15,11 @@ use eventstore::Actor;
 use serde_json::{json, Value};
 use sqlx::{Postgres, QueryBuilder};
 
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 
-use crate::admin_common::{count, json_rows, list_envelope, parse, with_event, Body, Caller, Q};
+use crate::admin_common::{
+    count, json_rows, list_envelope, parse, with_event, Body, BusinessDays, Caller, Q,
+};
 use crate::orders::request_meta;
 use crate::{ok, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, AppState};
 
@@ -68,6 +70,8 @@ pub async fn list_orders(
 /// completed_orders, cancelled_orders, refunded_orders, total_amount, today_amount,
 /// this_month_amount}`; amounts (yuan) sum orders that were paid (status 1 or 2).
 pub async fn order_statistics(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let days = BusinessDays::of(&state);
+    let today = days.today();
     let row: String = sqlx::query_scalar(
         "SELECT jsonb_build_object(\
            'total_orders', count(*), \
@@ -77,18 +81,44 @@ pub async fn order_statistics(State(state): State<AppState>) -> ApiResult<Json<V
            'cancelled_orders', count(*) FILTER (WHERE status = 3), \
            'refunded_orders', count(*) FILTER (WHERE status = 4), \
            'total_amount', COALESCE(sum(amount_fen) FILTER (WHERE status IN (1,2)), 0) / 100.0, \
-           'today_amount', COALESCE(sum(amount_fen) FILTER (WHERE status IN (1,2) AND created_at >= date_trunc('day', now())), 0) / 100.0, \
-           'this_month_amount', COALESCE(sum(amount_fen) FILTER (WHERE status IN (1,2) AND created_at >= date_trunc('month', now())), 0) / 100.0 \
+           'today_amount', COALESCE(sum(amount_fen) FILTER (WHERE status IN (1,2) AND created_at >= $1), 0) / 100.0, \
+           'this_month_amount', COALESCE(sum(amount_fen) FILTER (WHERE status IN (1,2) AND created_at >= $2), 0) / 100.0 \
          )::text FROM orders",
     )
+    .bind(days.start_of(today))
+    .bind(days.start_of(BusinessDays::month_of(today)))
     .fetch_one(&state.db)
     .await?;
     Ok(ok(parse(&row)))
 }
 
-/// `PUT /api/admin/orders/:id/status` body `{status: 0–4, reason?}` (`status: 0` applied) → the
-/// order. A command on the `Order` aggregate (`ChangeStatusByAdmin`): the event carries the
-/// administrator, and the read model shows the change before the answer.
+/// The channels an offline payment may have come through (`payment_method` of
+/// `PUT /api/admin/orders/:id/status` with `status: 1`).
+pub const OFFLINE_CHANNELS: [&str; 5] = [
+    "bank_transfer",
+    "cash",
+    "wechat_transfer",
+    "alipay_transfer",
+    "other",
+];
+
+/// `PUT /api/admin/orders/:id/status` body `{status: 0–4, reason?}` → the order. The status of an
+/// event-sourced order follows its money, so each status is the command that moves it, with the
+/// administrator as the actor (never an override that moves nothing):
+///
+/// - `1` paid: only with the offline payment that paid it — `payment_method` (one of
+///   [`OFFLINE_CHANNELS`]), `amount` (yuan, exactly the order's amount), `note` (required, ≤ 500
+///   characters), `reference` (optional, ≤ 100): a `Payment` is recorded and captured
+///   (`Payment::RecordOffline`, posted to the ledger as `provider:offline:clearing`), and the
+///   order is marked paid by it. Only an order awaiting payment.
+/// - `2` completed: `Order::Complete` (a paid order).
+/// - `3` cancelled: `Order::Cancel`; a paid order whose session has not started is refunded.
+/// - `4` refunded: `Order::RequestRefund` of the whole captured amount of a paid order whose
+///   session has not started; the payment pays it back and the order becomes 4.
+/// - `0` awaiting payment: only the current status (a no-op); an order never goes back.
+///
+/// Each refusal is a 400 naming the field (`status`, `payment_method`, `amount`, `note`) or the
+/// domain's reason, and changes nothing.
 pub async fn change_order_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -102,17 +132,158 @@ pub async fn change_order_status(
         .ok_or_else(|| ApiError::field("status", "required"))?;
     let status = OrderStatus::from_code(code)
         .ok_or_else(|| ApiError::field("status", "must be 0, 1, 2, 3 or 4"))?;
-    let command = OrderCommand::ChangeStatusByAdmin {
-        status,
-        admin_id: caller.admin_id,
-        reason: b.str("reason")?.unwrap_or_default(),
-        at: Utc::now(),
+    let reason = b.str("reason")?.unwrap_or_default();
+    if reason.chars().count() > 500 {
+        return Err(ApiError::field("reason", "at most 500 characters"));
+    }
+    let offline = if status == OrderStatus::Paid {
+        Some(offline_payment(&b)?)
+    } else {
+        None
     };
+    let (order, version) = state.bus.load::<Order>(&id.to_string()).await?;
+    if version == 0 {
+        return Err(ApiError::not_found("order"));
+    }
+    let now = Utc::now();
     let meta = request_meta(&headers, Actor::admin(caller.admin_id));
-    let committed = state
-        .bus
-        .execute::<Order>(&id.to_string(), command, &meta)
-        .await?;
+    let committed = match status {
+        OrderStatus::Paid => {
+            let (channel, amount, note, reference) = offline.expect("checked above");
+            if order.status != OrderStatus::Pending {
+                return Err(ApiError::field(
+                    "status",
+                    format!(
+                        "only an order awaiting payment can be marked paid (status {})",
+                        order.status.code()
+                    ),
+                ));
+            }
+            if amount != order.amount {
+                return Err(ApiError::field(
+                    "amount",
+                    format!(
+                        "must be the order's amount, {}",
+                        crate::money::yuan(order.amount)
+                    ),
+                ));
+            }
+            let payment_id = state
+                .ids
+                .next(&state.db, crate::ids::IdSequence::Payments)
+                .await?;
+            let payment_no = format!(
+                "OFF{}{payment_id}",
+                now.timestamp_nanos_opt().unwrap_or_default()
+            );
+            let mut pay_meta = meta.clone();
+            pay_meta.command_id = format!("{}:offline-payment", meta.command_id);
+            let recorded = state
+                .bus
+                .execute_new::<domain::Payment>(
+                    &payment_id.to_string(),
+                    domain::PaymentCommand::RecordOffline {
+                        payment_no,
+                        order_id: id,
+                        user_id: order.user_id,
+                        amount,
+                        channel,
+                        reference,
+                        note,
+                        operator_id: caller.admin_id,
+                        recorded_at: now,
+                    },
+                    &pay_meta,
+                )
+                .await?;
+            let payment_id: i64 = recorded.aggregate_id.parse().map_err(|_| {
+                ApiError::internal(anyhow::anyhow!(
+                    "payment id {} is not a number",
+                    recorded.aggregate_id
+                ))
+            })?;
+            // The process manager would mark the order paid too (`PaymentCaptured`); doing it
+            // here answers with the paid order. The same payment again is a no-op there.
+            state
+                .bus
+                .execute::<Order>(
+                    &id.to_string(),
+                    OrderCommand::MarkPaid {
+                        payment_id,
+                        amount,
+                        paid_at: now,
+                    },
+                    &meta,
+                )
+                .await?
+        }
+        OrderStatus::Completed => {
+            state
+                .bus
+                .execute::<Order>(
+                    &id.to_string(),
+                    OrderCommand::Complete {
+                        session_id: order.session_id.unwrap_or(id),
+                        completed_at: now,
+                    },
+                    &meta,
+                )
+                .await?
+        }
+        OrderStatus::Cancelled => {
+            state
+                .bus
+                .execute::<Order>(
+                    &id.to_string(),
+                    OrderCommand::Cancel {
+                        cancelled_by: 0,
+                        reason: if reason.is_empty() {
+                            format!("cancelled by administrator {}", caller.username)
+                        } else {
+                            reason
+                        },
+                        cancelled_at: now,
+                    },
+                    &meta,
+                )
+                .await?
+        }
+        OrderStatus::Refunded => {
+            let payment_id = order.payment_id.ok_or_else(|| {
+                ApiError::field("status", "the order has no captured payment to refund")
+            })?;
+            state
+                .bus
+                .execute::<Order>(
+                    &id.to_string(),
+                    OrderCommand::RequestRefund {
+                        payment_id,
+                        refund_no: format!("admin-{id}-{}", now.timestamp_millis()),
+                        amount: order.funded(),
+                        reason: if reason.is_empty() {
+                            format!("refunded by administrator {}", caller.username)
+                        } else {
+                            reason
+                        },
+                        requested_by: 0,
+                        requested_at: now,
+                    },
+                    &meta,
+                )
+                .await?
+        }
+        OrderStatus::Pending | OrderStatus::Absent => {
+            if order.status != OrderStatus::Pending {
+                return Err(ApiError::field(
+                    "status",
+                    "an order never returns to awaiting payment",
+                ));
+            }
+            let sql = format!("{ORDER_SELECT} WHERE o.id = $1) t");
+            let order = crate::admin_common::one(&state, &sql, id, "order").await?;
+            return Ok(ok(order).into_response());
+        }
+    };
     state.settle("orders", committed.stream_sequence).await;
     let sql = format!("{ORDER_SELECT} WHERE o.id = $1) t");
     let order = crate::admin_common::one(&state, &sql, id, "order").await?;
@@ -121,6 +292,38 @@ pub async fn change_order_status(
         eventstore::EVENTS_STREAM,
         committed.stream_sequence,
     ))
+}
+
+/// The offline payment of a `status: 1` change: `(channel, amount in fen, note, reference)`.
+fn offline_payment(b: &Body) -> Result<(String, i64, String, String), ApiError> {
+    const NEED: &str =
+        "required to mark an order paid: the offline payment's channel (an order is paid only by money that arrived)";
+    let channel = b
+        .str("payment_method")?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::field("payment_method", NEED))?;
+    if !OFFLINE_CHANNELS.contains(&channel.as_str()) {
+        return Err(ApiError::field(
+            "payment_method",
+            format!("one of {}", OFFLINE_CHANNELS.join(", ")),
+        ));
+    }
+    let amount = b
+        .num("amount")?
+        .ok_or_else(|| ApiError::field("amount", "required: the amount received, in yuan"))?;
+    let amount = crate::money::positive_fen("amount", amount)?;
+    let note = b
+        .str("note")?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::field("note", "required: where the money came from"))?;
+    if note.chars().count() > 500 {
+        return Err(ApiError::field("note", "at most 500 characters"));
+    }
+    let reference = b.str("reference")?.unwrap_or_default();
+    if reference.chars().count() > 100 {
+        return Err(ApiError::field("reference", "at most 100 characters"));
+    }
+    Ok((channel, amount, note, reference))
 }
 
 // ---- chat --------------------------------------------------------------------------------------
@@ -210,17 +413,19 @@ pub async fn session_messages(
 /// `GET /api/admin/chat/statistics` → `{total_sessions, active_sessions, total_messages,
 /// today_messages, total_billing (yuan), recent_messages}` (#41).
 pub async fn chat_statistics(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let days = BusinessDays::of(&state);
     let row: String = sqlx::query_scalar(
         "SELECT jsonb_build_object(\
            'total_sessions', (SELECT count(*) FROM chat_sessions), \
            'active_sessions', (SELECT count(*) FROM chat_sessions WHERE status = 1), \
            'total_messages', (SELECT count(*) FROM chat_messages), \
-           'today_messages', (SELECT count(*) FROM chat_messages WHERE created_at >= date_trunc('day', now())), \
+           'today_messages', (SELECT count(*) FROM chat_messages WHERE created_at >= $1), \
            'total_billing', (SELECT COALESCE(sum(total_amount_fen), 0) FROM chat_billings) / 100.0, \
            'recent_messages', (SELECT COALESCE(jsonb_agg(to_jsonb(r)), '[]'::jsonb) FROM \
                (SELECT id, session_id, sender_type, content_type, content, created_at FROM chat_messages ORDER BY id DESC LIMIT 10) r) \
          )::text",
     )
+    .bind(days.start_of(days.today()))
     .fetch_one(&state.db)
     .await?;
     Ok(ok(parse(&row)))
@@ -368,6 +573,12 @@ pub async fn delete_message(
 /// fields; amounts in yuan over paid orders (status 1 or 2); trends are percentages
 /// (month-over-month for users/counselors, day-over-day for orders/revenue).
 pub async fn statistics(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let days = BusinessDays::of(&state);
+    let today = days.today();
+    let month = BusinessDays::month_of(today);
+    let last_month = month
+        .checked_sub_months(chrono::Months::new(1))
+        .unwrap_or(month);
     let row: String = sqlx::query_scalar(
         "WITH o AS (SELECT * FROM orders), \
          pct AS (SELECT 1) \
@@ -376,25 +587,29 @@ pub async fn statistics(State(state): State<AppState>) -> ApiResult<Json<Value>>
            'online_user_count', (SELECT count(*) FROM users WHERE deleted_at IS NULL AND status = 1), \
            'counselor_count', (SELECT count(*) FROM counselors WHERE status = 1), \
            'order_count', (SELECT count(*) FROM o), \
-           'today_order_count', (SELECT count(*) FROM o WHERE created_at >= date_trunc('day', now())), \
+           'today_order_count', (SELECT count(*) FROM o WHERE created_at >= $1), \
            'total_amount', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2)) / 100.0, \
-           'today_amount', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2) AND created_at >= date_trunc('day', now())) / 100.0, \
+           'today_amount', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2) AND created_at >= $1) / 100.0, \
            'session_count', (SELECT count(*) FROM chat_sessions), \
            'active_session_count', (SELECT count(*) FROM chat_sessions WHERE status = 1), \
            'pending_orders', (SELECT count(*) FROM o WHERE status = 0), \
            'paid_orders', (SELECT count(*) FROM o WHERE status = 1), \
            'completed_orders', (SELECT count(*) FROM o WHERE status = 2), \
            'cancelled_orders', (SELECT count(*) FROM o WHERE status = 3), \
-           'users_this_month', (SELECT count(*) FROM users WHERE created_at >= date_trunc('month', now())), \
-           'users_last_month', (SELECT count(*) FROM users WHERE created_at >= date_trunc('month', now()) - interval '1 month' AND created_at < date_trunc('month', now())), \
-           'counselors_this_month', (SELECT count(*) FROM counselors WHERE created_at >= date_trunc('month', now())), \
-           'counselors_last_month', (SELECT count(*) FROM counselors WHERE created_at >= date_trunc('month', now()) - interval '1 month' AND created_at < date_trunc('month', now())), \
-           'orders_today', (SELECT count(*) FROM o WHERE created_at >= date_trunc('day', now())), \
-           'orders_yesterday', (SELECT count(*) FROM o WHERE created_at >= date_trunc('day', now()) - interval '1 day' AND created_at < date_trunc('day', now())), \
-           'revenue_today', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2) AND created_at >= date_trunc('day', now())), \
-           'revenue_yesterday', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2) AND created_at >= date_trunc('day', now()) - interval '1 day' AND created_at < date_trunc('day', now())) \
+           'users_this_month', (SELECT count(*) FROM users WHERE created_at >= $3), \
+           'users_last_month', (SELECT count(*) FROM users WHERE created_at >= $4 AND created_at < $3), \
+           'counselors_this_month', (SELECT count(*) FROM counselors WHERE created_at >= $3), \
+           'counselors_last_month', (SELECT count(*) FROM counselors WHERE created_at >= $4 AND created_at < $3), \
+           'orders_today', (SELECT count(*) FROM o WHERE created_at >= $1), \
+           'orders_yesterday', (SELECT count(*) FROM o WHERE created_at >= $2 AND created_at < $1), \
+           'revenue_today', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2) AND created_at >= $1), \
+           'revenue_yesterday', (SELECT COALESCE(sum(amount_fen), 0) FROM o WHERE status IN (1,2) AND created_at >= $2 AND created_at < $1) \
          )::text",
     )
+    .bind(days.start_of(today))
+    .bind(days.start_of(today - chrono::Duration::days(1)))
+    .bind(days.start_of(month))
+    .bind(days.start_of(last_month))
     .fetch_one(&state.db)
     .await?;
     let mut v = parse(&row);
@@ -502,12 +717,19 @@ pub async fn order_trend(
             ))
         }
     };
+    // `b` runs over the business zone's local hours / days / months; `b AT TIME ZONE $1` is the
+    // instant each starts.
     let sql = format!(
-        "SELECT to_char(b, '{fmt}'), (SELECT count(*) FROM orders WHERE created_at >= b AND created_at < b + interval '1 {step}') \
-         FROM generate_series(date_trunc('{step}', now()) - interval '{n} {step}', date_trunc('{step}', now()), interval '1 {step}') b ORDER BY b",
+        "SELECT to_char(b, '{fmt}'), (SELECT count(*) FROM orders WHERE created_at >= (b AT TIME ZONE $1) \
+         AND created_at < ((b + interval '1 {step}') AT TIME ZONE $1)) \
+         FROM generate_series(date_trunc('{step}', now() AT TIME ZONE $1) - interval '{n} {step}', \
+         date_trunc('{step}', now() AT TIME ZONE $1), interval '1 {step}') b ORDER BY b",
         n = count - 1
     );
-    let rows: Vec<(String, i64)> = sqlx::query_as(&sql).fetch_all(&state.db).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(&sql)
+        .bind(BusinessDays::of(&state).zone_name())
+        .fetch_all(&state.db)
+        .await?;
     let (dates, values): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
     Ok(ok(json!({ "dates": dates, "values": values })))
 }

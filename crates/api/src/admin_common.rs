@@ -11,6 +11,47 @@ use sqlx::{Postgres, QueryBuilder};
 
 use crate::{ApiError, AppState};
 
+/// The business calendar ([`crate::ApiSettings::business_zone`], default Asia/Shanghai): every
+/// admin figure counts days, weeks, months and years in it — "today", date ranges, series and
+/// reports — so that two screens asked about the same dates add up the same events.
+#[derive(Debug, Clone, Copy)]
+pub struct BusinessDays(pub chrono_tz::Tz);
+
+impl BusinessDays {
+    /// The calendar of the admin API's settings.
+    pub fn of(state: &AppState) -> Self {
+        Self(state.settings.business_zone)
+    }
+    /// The zone's IANA name, for SQL's `AT TIME ZONE $n` (PostgreSQL knows the same names).
+    pub fn zone_name(&self) -> &'static str {
+        self.0.name()
+    }
+    /// Today's date in the business zone.
+    pub fn today(&self) -> chrono::NaiveDate {
+        chrono::Utc::now().with_timezone(&self.0).date_naive()
+    }
+    /// The instant (UTC) business day `day` starts: its local midnight (in a zone whose clocks
+    /// skip midnight, the first instant of the day).
+    pub fn start_of(&self, day: chrono::NaiveDate) -> chrono::DateTime<chrono::Utc> {
+        use chrono::TimeZone as _;
+        let midnight = day.and_time(chrono::NaiveTime::MIN);
+        (0..=3)
+            .find_map(|h| {
+                self.0
+                    .from_local_datetime(&(midnight + chrono::Duration::hours(h)))
+                    .earliest()
+            })
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|| midnight.and_utc())
+    }
+    /// The first day of `day`'s month.
+    pub fn month_of(day: chrono::NaiveDate) -> chrono::NaiveDate {
+        day.with_day0(0).unwrap_or(day)
+    }
+}
+
+use chrono::Datelike as _;
+
 /// The administrator the RBAC guard ([`crate::admin_rbac`]) authenticated and authorised for
 /// this request, with the permission codes of their role. Only the guard creates it: a handler
 /// reached without the guard fails closed with 401.

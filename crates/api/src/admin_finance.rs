@@ -10,11 +10,11 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 use axum::Json;
-use chrono::{Duration, NaiveDate, Utc};
+use chrono::{Duration, NaiveDate};
 use serde_json::{json, Value};
 use sqlx::{Postgres, QueryBuilder};
 
-use crate::admin_common::{count, json_rows, list_envelope, parse, Q};
+use crate::admin_common::{count, json_rows, list_envelope, parse, BusinessDays, Q};
 use crate::{ok, ApiError, ApiPath, ApiQuery, ApiResult, AppState};
 
 type Params = ApiQuery<HashMap<String, String>>;
@@ -72,8 +72,9 @@ pub async fn pending_withdraws(
     withdraws(&state, &Q(q), true).await
 }
 
-/// `start_date` / `end_date` (`YYYY-MM-DD`, China time) or defaults; end is exclusive (+1 day).
-fn range(q: &Q, default_days: i64) -> Result<(NaiveDate, NaiveDate), ApiError> {
+/// `start_date` / `end_date` (`YYYY-MM-DD`, business days: [`BusinessDays`]) or defaults
+/// (ending today); end is exclusive (+1 day).
+fn range(q: &Q, days: BusinessDays, default_days: i64) -> Result<(NaiveDate, NaiveDate), ApiError> {
     let parse_date = |name: &str| -> Result<Option<NaiveDate>, ApiError> {
         q.str(name)
             .map(|s| {
@@ -82,7 +83,7 @@ fn range(q: &Q, default_days: i64) -> Result<(NaiveDate, NaiveDate), ApiError> {
             })
             .transpose()
     };
-    let today = (Utc::now() + Duration::hours(8)).date_naive();
+    let today = days.today();
     let end = parse_date("end_date")?.unwrap_or(today);
     let start = parse_date("start_date")?.unwrap_or(end - Duration::days(default_days - 1));
     if start > end {
@@ -106,29 +107,34 @@ fn range(q: &Q, default_days: i64) -> Result<(NaiveDate, NaiveDate), ApiError> {
 /// `counselor:<id>:pending`, withdrawn = the balance of `platform:payouts`, counselor balance =
 /// the sum of `counselor:<id>:payable`; the withdrawal counts and the pending amount are
 /// statuses of the `withdrawals` read model (the ledger holds requested and approved
-/// withdrawals together in `in_transit`).
+/// withdrawals together in `in_transit`). The period and "today" are business days
+/// ([`BusinessDays`]), as in the revenue series and the reports.
 pub async fn finance_stats(
     State(state): State<AppState>,
     ApiQuery(q): Params,
 ) -> ApiResult<Json<Value>> {
     let q = Q(q);
-    let (start, end) = range(&q, 3650)?;
+    let days = BusinessDays::of(&state);
+    let (start, end) = range(&q, days, 3650)?;
+    let today = days.today();
     let row: String = sqlx::query_scalar(
         "SELECT jsonb_build_object(\
-           'total_revenue', (SELECT COALESCE(sum(amount_fen), 0) FROM ledger_postings WHERE event_type = 'SessionBilled' AND amount_fen > 0 AND recorded_at >= $1::date AND recorded_at < $2::date) / 100.0, \
-           'total_commission', (SELECT COALESCE(-sum(amount_fen), 0) FROM ledger_postings WHERE event_type = 'SessionBilled' AND account = 'platform:revenue' AND recorded_at >= $1::date AND recorded_at < $2::date) / 100.0, \
-           'total_counselor_earning', (SELECT COALESCE(-sum(amount_fen), 0) FROM ledger_postings WHERE event_type = 'SessionBilled' AND account LIKE 'counselor:%' AND recorded_at >= $1::date AND recorded_at < $2::date) / 100.0, \
+           'total_revenue', (SELECT COALESCE(sum(amount_fen), 0) FROM ledger_postings WHERE event_type = 'SessionBilled' AND amount_fen > 0 AND recorded_at >= $1 AND recorded_at < $2) / 100.0, \
+           'total_commission', (SELECT COALESCE(-sum(amount_fen), 0) FROM ledger_postings WHERE event_type = 'SessionBilled' AND account = 'platform:revenue' AND recorded_at >= $1 AND recorded_at < $2) / 100.0, \
+           'total_counselor_earning', (SELECT COALESCE(-sum(amount_fen), 0) FROM ledger_postings WHERE event_type = 'SessionBilled' AND account LIKE 'counselor:%' AND recorded_at >= $1 AND recorded_at < $2) / 100.0, \
            'total_withdrawn', (SELECT COALESCE(-sum(balance_fen), 0) FROM ledger_balances WHERE account = 'platform:payouts') / 100.0, \
            'total_counselor_balance', (SELECT COALESCE(-sum(balance_fen), 0) FROM ledger_balances WHERE account LIKE 'counselor:%:payable') / 100.0, \
            'pending_withdraws', (SELECT count(*) FROM withdrawals WHERE status = 0), \
            'pending_withdraw_amount', (SELECT COALESCE(sum(amount_fen), 0) FROM withdrawals WHERE status = 0) / 100.0, \
            'approved_withdraws', (SELECT count(*) FROM withdrawals WHERE status IN (1, 3)), \
-           'today_revenue', (SELECT COALESCE(sum(amount_fen), 0) FROM ledger_postings WHERE event_type = 'SessionBilled' AND amount_fen > 0 AND recorded_at >= date_trunc('day', now())) / 100.0, \
-           'today_orders', (SELECT count(*) FROM orders WHERE created_at >= date_trunc('day', now())) \
+           'today_revenue', (SELECT COALESCE(sum(amount_fen), 0) FROM ledger_postings WHERE event_type = 'SessionBilled' AND amount_fen > 0 AND recorded_at >= $3 AND recorded_at < $4) / 100.0, \
+           'today_orders', (SELECT count(*) FROM orders WHERE created_at >= $3 AND created_at < $4) \
          )::text",
     )
-    .bind(start)
-    .bind(end)
+    .bind(days.start_of(start))
+    .bind(days.start_of(end))
+    .bind(days.start_of(today))
+    .bind(days.start_of(today + Duration::days(1)))
     .fetch_one(&state.db)
     .await?;
     let v = parse(&row);
@@ -140,7 +146,8 @@ pub async fn finance_stats(
 }
 
 /// `GET /api/admin/finance/revenue?group_by=day|week|month|year&start_date&end_date` →
-/// `{revenue_data: [{date, amount, count}], group_by}` in `data` and at the root (#53). Labels:
+/// `{revenue_data: [{date, amount, count}], group_by}` in `data` and at the root (#53), grouped
+/// by business day, week, month or year ([`BusinessDays`]). Labels:
 /// `YYYY-MM-DD` (day, week = the week's Monday), `YYYY-MM`, `YYYY`. From the ledger (issue 6):
 /// `amount` = the period's `SessionBilled` debits of users' prepaid accounts (line 0 of each
 /// billing's postings, [`projections::ledger::session_billed`]), `count` = the billings.
@@ -159,17 +166,19 @@ pub async fn revenue(State(state): State<AppState>, ApiQuery(q): Params) -> ApiR
             ))
         }
     };
-    let (start, end) = range(&q, days)?;
+    let calendar = BusinessDays::of(&state);
+    let (start, end) = range(&q, calendar, days)?;
     let sql = format!(
         "SELECT COALESCE(jsonb_agg(jsonb_build_object('date', d, 'amount', amount, 'count', n) ORDER BY d), '[]')::text FROM \
-         (SELECT to_char(date_trunc('{unit}', recorded_at AT TIME ZONE 'Asia/Shanghai'), '{fmt}') AS d, \
+         (SELECT to_char(date_trunc('{unit}', recorded_at AT TIME ZONE $3), '{fmt}') AS d, \
           sum(amount_fen) / 100.0 AS amount, count(*) AS n FROM ledger_postings \
           WHERE event_type = 'SessionBilled' AND line = 0 \
-          AND recorded_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Shanghai') AND recorded_at < ($2::date::timestamp AT TIME ZONE 'Asia/Shanghai') GROUP BY 1) r"
+          AND recorded_at >= $1 AND recorded_at < $2 GROUP BY 1) r"
     );
     let data: String = sqlx::query_scalar(&sql)
-        .bind(start)
-        .bind(end)
+        .bind(calendar.start_of(start))
+        .bind(calendar.start_of(end))
+        .bind(calendar.zone_name())
         .fetch_one(&state.db)
         .await?;
     let data = parse(&data);
@@ -180,7 +189,8 @@ pub async fn revenue(State(state): State<AppState>, ApiQuery(q): Params) -> ApiR
 }
 
 /// `GET /api/admin/finance/reports?type=income|withdraw|account&start_date&end_date` →
-/// `{report_type, start_date, end_date, records}` (#54). `income` reads the ledger's
+/// `{report_type, start_date, end_date, records}` (#54), by business day ([`BusinessDays`]).
+/// `income` reads the ledger's
 /// `SessionBilled` postings by day (amount = the prepaid debits, commission = the credits to
 /// `platform:revenue`, counselor earnings = the credits to the counselors' pending accounts);
 /// `withdraw` the withdrawals read model (the ledger does not keep a withdrawal's review
@@ -188,23 +198,25 @@ pub async fn revenue(State(state): State<AppState>, ApiQuery(q): Params) -> ApiR
 pub async fn reports(State(state): State<AppState>, ApiQuery(q): Params) -> ApiResult<Json<Value>> {
     let q = Q(q);
     let kind = q.str("type").unwrap_or("income").to_string();
-    let (start, end) = range(&q, 30)?;
+    let days = BusinessDays::of(&state);
+    let (start, end) = range(&q, days, 30)?;
     let sql = match kind.as_str() {
         "income" => "SELECT COALESCE(jsonb_agg(to_jsonb(r) ORDER BY r.date), '[]')::text FROM \
-            (SELECT to_char(recorded_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD') AS date, \
+            (SELECT to_char(recorded_at AT TIME ZONE $3, 'YYYY-MM-DD') AS date, \
              COALESCE(sum(amount_fen) FILTER (WHERE line = 0), 0) / 100.0 AS amount, count(*) FILTER (WHERE line = 0) AS order_count, \
              COALESCE(-sum(amount_fen) FILTER (WHERE line = 1), 0) / 100.0 AS commission, \
              COALESCE(-sum(amount_fen) FILTER (WHERE line = 2), 0) / 100.0 AS counselor_earnings \
              FROM ledger_postings WHERE event_type = 'SessionBilled' \
-             AND recorded_at >= ($1::date::timestamp AT TIME ZONE 'Asia/Shanghai') AND recorded_at < ($2::date::timestamp AT TIME ZONE 'Asia/Shanghai') GROUP BY 1) r",
+             AND recorded_at >= $1 AND recorded_at < $2 GROUP BY 1) r",
         "withdraw" => "SELECT COALESCE(jsonb_agg(to_jsonb(r) ORDER BY r.date), '[]')::text FROM \
-            (SELECT to_char(created_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD') AS date, sum(amount_fen) / 100.0 AS amount, count(*) AS count, \
+            (SELECT to_char(created_at AT TIME ZONE $3, 'YYYY-MM-DD') AS date, sum(amount_fen) / 100.0 AS amount, count(*) AS count, \
              count(*) FILTER (WHERE status IN (1, 3)) AS approved_count, count(*) FILTER (WHERE status = 2) AS rejected_count \
-             FROM withdrawals WHERE created_at >= $1::date AND created_at < $2::date GROUP BY 1) r",
+             FROM withdrawals WHERE created_at >= $1 AND created_at < $2 GROUP BY 1) r",
         "account" => "SELECT COALESCE(jsonb_agg(to_jsonb(r) ORDER BY r.counselor_id), '[]')::text FROM \
             (SELECT a.counselor_id, COALESCE(c.name, '') AS counselor_name, a.total_income_fen / 100.0 AS total_income, \
              a.balance_fen / 100.0 AS balance, a.withdrawn_fen / 100.0 AS withdrawn, a.frozen_fen / 100.0 AS frozen_amount \
-             FROM counselor_accounts_ledger a LEFT JOIN counselors c ON c.id = a.counselor_id WHERE $1::date IS NOT NULL AND $2::date IS NOT NULL) r",
+             FROM counselor_accounts_ledger a LEFT JOIN counselors c ON c.id = a.counselor_id \
+             WHERE $1::timestamptz IS NOT NULL AND $2::timestamptz IS NOT NULL AND $3::text IS NOT NULL) r",
         _ => return Err(ApiError::field("type", "must be income, withdraw or account")),
     };
     let sql = sql.replace(
@@ -212,8 +224,9 @@ pub async fn reports(State(state): State<AppState>, ApiQuery(q): Params) -> ApiR
         &format!("{} a", crate::ledger_reads::COUNSELOR_ACCOUNTS_SQL),
     );
     let records: String = sqlx::query_scalar(&sql)
-        .bind(start)
-        .bind(end)
+        .bind(days.start_of(start))
+        .bind(days.start_of(end))
+        .bind(days.zone_name())
         .fetch_one(&state.db)
         .await?;
     Ok(ok(json!({

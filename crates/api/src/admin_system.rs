@@ -218,6 +218,8 @@ pub async fn logs(State(state): State<AppState>, ApiQuery(q): Params) -> ApiResu
             })
             .transpose()
     };
+    // Business days ([`crate::admin_common::BusinessDays`]), like every admin date.
+    let days = crate::admin_common::BusinessDays::of(&state);
     let (start, end) = (date("startDate")?, date("endDate")?);
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
@@ -231,12 +233,11 @@ pub async fn logs(State(state): State<AppState>, ApiQuery(q): Params) -> ApiResu
                 .push(")");
         }
         if let Some(s) = start {
-            qb.push(" AND created_at >= ").push_bind(s).push("::date");
+            qb.push(" AND created_at >= ").push_bind(days.start_of(s));
         }
         if let Some(e) = end {
             qb.push(" AND created_at < ")
-                .push_bind(e)
-                .push("::date + 1");
+                .push_bind(days.start_of(e + chrono::Duration::days(1)));
         }
     };
     let (list, total) = page_and_total(

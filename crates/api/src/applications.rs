@@ -311,8 +311,10 @@ pub async fn review(
         )
     };
     sqlx::query(
-        "INSERT INTO notifications (id, user_id, type, level, title, content, extra_data, source, created_at) \
-         VALUES (nextval('notifications_id_seq'), $1, 'system', $2, $3, $4, $5, $6, now()) ON CONFLICT (source) DO NOTHING",
+        // Not an event: a direct notification, in a table no projection owns (a rebuild of
+        // `notifications` keeps it).
+        "INSERT INTO direct_notifications (user_id, type, level, title, content, extra_data, source, created_at) \
+         VALUES ($1, 'system', $2, $3, $4, $5, $6, now()) ON CONFLICT (source) DO NOTHING",
     )
     .bind(applicant)
     .bind(level)

@@ -9,7 +9,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::{
-    ChatSession, EndReason, Order, OrderStatus, SessionCommand, SessionEvent, SessionStatus,
+    ChatSession, EndReason, Order, OrderCommand, OrderStatus, SessionCommand, SessionEvent,
+    SessionStatus,
 };
 use eventstore::chat::ChatMessage;
 use eventstore::Actor;
@@ -50,6 +51,11 @@ pub async fn counselor_user_id(
 
 /// `POST /api/chat/start/:order_id` → `{session_id}`. Either participant may start the session of
 /// a paid order; starting again returns the same session.
+///
+/// The order decides first (`Order::StartService`): it must be paid by a captured payment that
+/// covers its whole amount with no refund decided (400 otherwise), and from then on it can no
+/// longer be cancelled or refunded. Only then is the `ChatSession` started, so a session is
+/// never billed against money that was not captured or is going back.
 pub async fn start(
     State(state): State<AppState>,
     user: AuthUser,
@@ -70,6 +76,21 @@ pub async fn start(
             order.status.code()
         )));
     }
+    let now = Utc::now();
+    let meta = request_meta(&headers, Actor::user(user.user_id));
+    let mut order_meta = meta.clone();
+    order_meta.command_id = format!("{}:order", meta.command_id);
+    state
+        .bus
+        .execute::<Order>(
+            &order_id.to_string(),
+            OrderCommand::StartService {
+                session_id: order_id,
+                started_at: now,
+            },
+            &order_meta,
+        )
+        .await?;
     let command = SessionCommand::Start {
         order_id,
         user_id: order.user_id,
@@ -77,9 +98,8 @@ pub async fn start(
         counselor_user_id: counselor_user.unwrap_or_default(),
         price_per_minute: order.price_per_minute,
         prepaid_minutes: order.duration_minutes,
-        started_at: Utc::now(),
+        started_at: now,
     };
-    let meta = request_meta(&headers, Actor::user(user.user_id));
     let committed = state
         .bus
         .execute::<ChatSession>(&order_id.to_string(), command, &meta)

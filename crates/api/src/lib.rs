@@ -59,6 +59,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{AuthAdmin, AuthUser, JwtKeys, TokenGate};
 pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+pub use user_config::UserApiConfig;
 
 /// Settings the handlers need.
 #[derive(Debug, Clone)]
@@ -66,10 +67,15 @@ pub struct ApiSettings {
     /// The user API's public base URL (`http://127.0.0.1:8080`): the sandbox cashier's `pay_url`
     /// and the sandbox provider's notify URL are built from it.
     pub public_url: String,
-    /// The sandbox provider's HMAC-SHA256 key (signs and verifies its callbacks).
-    pub sandbox_secret: String,
+    /// The sandbox provider's HMAC-SHA256 key (signs and verifies its callbacks; secret).
+    pub sandbox_secret: secrecy::SecretString,
     /// How long a command handler waits for the read model the client reads next.
     pub settle_timeout: Duration,
+    /// The origins CORS allows (`https://chat.example.com`); empty: any origin ([`cors`]).
+    pub cors_origins: Vec<String>,
+    /// The business time zone: the calendar every admin figure groups and filters days,
+    /// weeks, months and years by ("today", date ranges, series, reports).
+    pub business_zone: chrono_tz::Tz,
 }
 
 /// Everything a handler needs: [`Services`] behind one `Arc`. Cloning it (axum does, for every
@@ -143,46 +149,20 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// The CORS origins allowed (issue 8): `MYCHAT_CORS_ORIGINS`, a comma-separated list of origins
-/// (`https://chat.example.com,https://admin.example.com`); unset, empty or `*` means any origin,
-/// as MyChat's clients need it (contract a.1). Read once per process.
-pub fn cors_origins() -> Option<Vec<axum::http::HeaderValue>> {
-    static ORIGINS: std::sync::OnceLock<Option<Vec<axum::http::HeaderValue>>> =
-        std::sync::OnceLock::new();
-    ORIGINS
-        .get_or_init(|| {
-            let raw = std::env::var("MYCHAT_CORS_ORIGINS").unwrap_or_default();
-            let list: Vec<axum::http::HeaderValue> = raw
-                .split(',')
-                .map(str::trim)
-                .filter(|o| !o.is_empty() && *o != "*")
-                .filter_map(|o| match axum::http::HeaderValue::from_str(o) {
-                    Ok(v) => Some(v),
-                    Err(_) => {
-                        tracing::error!(
-                            origin = o,
-                            "MYCHAT_CORS_ORIGINS: not a header value; ignored"
-                        );
-                        None
-                    }
-                })
-                .collect();
-            if raw.split(',').any(|o| o.trim() == "*") || list.is_empty() {
-                None
-            } else {
-                Some(list)
-            }
-        })
-        .clone()
-}
-
-/// CORS as MyChat's clients need it (contract a.1): the usual headers and methods, from the
-/// origins of [`cors_origins`] (any origin by default). A request from another origin gets no
-/// `Access-Control-Allow-Origin`, so the browser refuses the response.
-pub fn cors() -> CorsLayer {
-    let origins = match cors_origins() {
-        Some(list) => tower_http::cors::AllowOrigin::list(list),
-        None => tower_http::cors::AllowOrigin::from(Any),
+/// CORS as MyChat's clients need it (contract a.1): the usual headers and methods, from
+/// `origins` (e.g. `https://chat.example.com`; empty: any origin, which MyChat's clients need by
+/// default). A request from another origin gets no `Access-Control-Allow-Origin`, so the
+/// browser refuses the response. An origin that is not a header value is skipped (the settings
+/// refuse it at startup).
+pub fn cors(origins: &[String]) -> CorsLayer {
+    let list: Vec<axum::http::HeaderValue> = origins
+        .iter()
+        .filter_map(|o| axum::http::HeaderValue::from_str(o).ok())
+        .collect();
+    let origins = if list.is_empty() {
+        tower_http::cors::AllowOrigin::from(Any)
+    } else {
+        tower_http::cors::AllowOrigin::list(list)
     };
     CorsLayer::new()
         .allow_origin(origins)
@@ -207,19 +187,6 @@ pub fn cors() -> CorsLayer {
         .expose_headers([header::HeaderName::from_static("x-request-id")])
 }
 
-/// The user API (:8080), configured from the environment ([`user_config::UserApiConfig::from_env`];
-/// a provider whose keys cannot be read is left unconfigured, with an error logged).
-pub fn user_router(state: AppState) -> Router {
-    let config = user_config::UserApiConfig::from_env().unwrap_or_else(|e| {
-        tracing::error!(
-            error = format!("{e:#}"),
-            "payment provider settings ignored"
-        );
-        user_config::UserApiConfig::new(std::path::PathBuf::from(".data/uploads"))
-    });
-    user_router_with(state, config)
-}
-
 /// The user API (:8080) with explicit issue-3 settings: every route of contract b.1 and seed
 /// 001, `Idempotency-Key` on state-changing requests, `/uploads/...`, the OpenAPI document at
 /// `/api-docs/openapi.json` and Swagger UI at `/swagger`.
@@ -234,7 +201,7 @@ pub fn user_router_with(state: AppState, config: user_config::UserApiConfig) -> 
         .route("/health", get(health))
         .merge(users::router())
         .merge(orders::router())
-        .merge(payments::router())
+        .merge(payments::router(config.sandbox_payments))
         .merge(chat::router())
         .merge(finance::router())
         .merge(accounts::router())
@@ -258,14 +225,17 @@ pub fn user_router_with(state: AppState, config: user_config::UserApiConfig) -> 
             idempotency::layer,
         ))
         .layer(axum::Extension(
-            user_config::UserApi::with_sandbox(config.clone(), &state.settings.sandbox_secret)
-                .unwrap_or_else(|e| {
-                    tracing::error!(error = format!("{e:#}"), "sandbox providers unavailable");
-                    user_config::UserApi::new(config)
-                }),
+            user_config::UserApi::with_sandbox(
+                config.clone(),
+                secrecy::ExposeSecret::expose_secret(&state.settings.sandbox_secret),
+            )
+            .unwrap_or_else(|e| {
+                tracing::error!(error = format!("{e:#}"), "sandbox providers unavailable");
+                user_config::UserApi::new(config)
+            }),
         ))
         .layer(TraceLayer::new_for_http())
-        .layer(cors())
+        .layer(cors(&state.settings.cors_origins))
         .with_state(state);
     // Issue 8: request id, HTTP metrics, `/metrics`, security headers.
     observe::wrap("user_api", router)
@@ -282,7 +252,7 @@ pub fn admin_router(state: AppState) -> Router {
             user_config::LoginLimits::default(),
         )))
         .layer(TraceLayer::new_for_http())
-        .layer(cors())
+        .layer(cors(&state.settings.cors_origins))
         .with_state(state);
     // Issue 8: request id, HTTP metrics, `/metrics`, security headers.
     observe::wrap("admin_api", router)

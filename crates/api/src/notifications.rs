@@ -1,5 +1,8 @@
-//! Notifications (contract b.1 #33–#36), read from the `notifications` read model that the
-//! notifications projector builds from events.
+//! Notifications (contract b.1 #33–#36): the `notifications` read model that the notifications
+//! projector builds from events, plus `direct_notifications` (facts that are not events, such as
+//! an application's review), with each user's read / deleted marks from `notification_marks`.
+//! The API never writes the projection's table, so a rebuild or an audit replay keeps every
+//! notification, mark and deletion.
 
 use axum::extract::State;
 use axum::routing::{delete, get, post};
@@ -55,10 +58,9 @@ pub async fn list(
         "true" => Some(true),
         _ => Some(false),
     };
-    let filter =
-        "user_id = $1 AND ($2 = '' OR type = $2) AND ($3::boolean IS NULL OR is_read = $3)";
+    let filter = "($2 = '' OR type = $2) AND ($3::boolean IS NULL OR is_read = $3)";
     let rows = sqlx::query(&format!(
-        "SELECT * FROM notifications WHERE {filter} ORDER BY id DESC LIMIT $4 OFFSET $5"
+        "SELECT * FROM ({VISIBLE}) n WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5"
     ))
     .bind(user.user_id)
     .bind(&q.r#type)
@@ -68,18 +70,19 @@ pub async fn list(
     .fetch_all(&state.db)
     .await?;
     let total: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM notifications WHERE {filter}"
+        "SELECT count(*) FROM ({VISIBLE}) n WHERE {filter}"
     ))
     .bind(user.user_id)
     .bind(&q.r#type)
     .bind(is_read)
     .fetch_one(&state.db)
     .await?;
-    let unread: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE user_id = $1 AND NOT is_read")
-            .bind(user.user_id)
-            .fetch_one(&state.db)
-            .await?;
+    let unread: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM ({VISIBLE}) n WHERE NOT is_read"
+    ))
+    .bind(user.user_id)
+    .fetch_one(&state.db)
+    .await?;
     let list: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -102,11 +105,26 @@ pub async fn list(
     ))
 }
 
+/// The notifications user `$1` sees: the projection's and the direct ones, without those they
+/// deleted, with their read marks (`is_read`, `read_time`).
+const VISIBLE: &str = "SELECT n.id, n.user_id, n.type, n.level, n.title, n.content, n.extra_data, \
+     n.created_at, m.read_time IS NOT NULL AS is_read, m.read_time FROM \
+     (SELECT id, user_id, type, level, title, content, extra_data, created_at FROM notifications WHERE user_id = $1 \
+      UNION ALL \
+      SELECT id, user_id, type, level, title, content, extra_data, created_at FROM direct_notifications WHERE user_id = $1) n \
+     LEFT JOIN notification_marks m ON m.notification_id = n.id WHERE m.deleted_at IS NULL";
+
+/// The owner of notification `id` when it is visible: 404 unknown or deleted, 403 another
+/// user's.
 async fn owned(state: &AppState, user: &AuthUser, id: i64) -> Result<(), ApiError> {
-    let owner: Option<i64> = sqlx::query_scalar("SELECT user_id FROM notifications WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&state.db)
-        .await?;
+    let owner: Option<i64> = sqlx::query_scalar(
+        "SELECT n.user_id FROM (SELECT id, user_id FROM notifications WHERE id = $1 \
+         UNION ALL SELECT id, user_id FROM direct_notifications WHERE id = $1) n \
+         LEFT JOIN notification_marks m ON m.notification_id = n.id WHERE m.deleted_at IS NULL",
+    )
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?;
     match owner {
         None => Err(ApiError::not_found("notification")),
         Some(o) if o != user.user_id => Err(ApiError::forbidden("not your notification")),
@@ -114,41 +132,55 @@ async fn owned(state: &AppState, user: &AuthUser, id: i64) -> Result<(), ApiErro
     }
 }
 
-/// `POST /api/notification/:id/read` → none; owner only.
+/// `POST /api/notification/:id/read` → none; owner only. The mark is the user's, kept in
+/// `notification_marks`.
 pub async fn read(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<Value>> {
     owned(&state, &user, id).await?;
-    sqlx::query("UPDATE notifications SET is_read = TRUE, read_time = COALESCE(read_time, now()) WHERE id = $1")
-        .bind(id)
-        .execute(&state.db)
-        .await?;
+    sqlx::query(
+        "INSERT INTO notification_marks (notification_id, user_id, read_time) VALUES ($1, $2, now()) \
+         ON CONFLICT (notification_id) DO UPDATE SET read_time = COALESCE(notification_marks.read_time, EXCLUDED.read_time)",
+    )
+    .bind(id)
+    .bind(user.user_id)
+    .execute(&state.db)
+    .await?;
     Ok(crate::ok_msg("marked as read"))
 }
 
-/// `POST /api/notification/read-all` → `{updated}`.
+/// `POST /api/notification/read-all` → `{updated}` (how many were unread).
 pub async fn read_all(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
-    let done = sqlx::query(
-        "UPDATE notifications SET is_read = TRUE, read_time = now() WHERE user_id = $1 AND NOT is_read",
-    )
+    let done = sqlx::query(&format!(
+        "INSERT INTO notification_marks (notification_id, user_id, read_time) \
+         SELECT id, user_id, now() FROM ({VISIBLE}) n WHERE NOT is_read \
+         ON CONFLICT (notification_id) DO UPDATE SET read_time = EXCLUDED.read_time \
+         WHERE notification_marks.read_time IS NULL"
+    ))
     .bind(user.user_id)
     .execute(&state.db)
     .await?;
     Ok(ok(json!({ "updated": done.rows_affected() })))
 }
 
-/// `DELETE /api/notification/:id` → none; owner only, hard delete.
+/// `DELETE /api/notification/:id` → none; owner only. The notification disappears for the user
+/// (a deletion mark: the projection's rows are the log's, and come back on a rebuild only as
+/// the log has them — the mark keeps them hidden).
 pub async fn remove(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<Value>> {
     owned(&state, &user, id).await?;
-    sqlx::query("DELETE FROM notifications WHERE id = $1")
-        .bind(id)
-        .execute(&state.db)
-        .await?;
+    sqlx::query(
+        "INSERT INTO notification_marks (notification_id, user_id, deleted_at) VALUES ($1, $2, now()) \
+         ON CONFLICT (notification_id) DO UPDATE SET deleted_at = COALESCE(notification_marks.deleted_at, EXCLUDED.deleted_at)",
+    )
+    .bind(id)
+    .bind(user.user_id)
+    .execute(&state.db)
+    .await?;
     Ok(crate::ok_msg("deleted"))
 }

@@ -156,8 +156,11 @@ pub struct RefundRequest {
 }
 
 /// `POST /api/payment/refund` → `{payment_id, refund_no, refund_amount, total_refunded}`. The
-/// payer refunds up to the captured amount (across refunds); the order becomes 4 through the
-/// process manager. The provider side of the refund is simulated (no provider credentials).
+/// payer refunds up to the captured amount (across refunds) of an order whose service has not
+/// started: the order decides first (`Order::RequestRefund`, which also stops the session from
+/// starting on money that is going back), then the payment pays it back; the order becomes 4
+/// through the process manager. The provider side of the refund is simulated (no provider
+/// credentials). Recharges are not refundable.
 pub async fn refund(
     State(state): State<AppState>,
     user: AuthUser,
@@ -187,13 +190,51 @@ pub async fn refund(
         now.timestamp_nanos_opt().unwrap_or_default(),
         req.payment_id
     );
+    let meta = request_meta(&headers, Actor::user(user.user_id));
+    if payment.recharge {
+        return Err(ApiError::field(
+            "payment_id",
+            domain::PaymentError::RechargeNotRefundable.to_string(),
+        ));
+    }
+    if payment.status == domain::PaymentStatus::Pending {
+        return Err(ApiError::field(
+            "payment_id",
+            domain::PaymentError::NotCaptured.to_string(),
+        ));
+    }
+    let mut order_meta = meta.clone();
+    order_meta.command_id = format!("{}:order", meta.command_id);
+    let decided = state
+        .bus
+        .execute::<domain::Order>(
+            &payment.order_id.to_string(),
+            domain::OrderCommand::RequestRefund {
+                payment_id: req.payment_id,
+                refund_no: refund_no.clone(),
+                amount,
+                reason: req.refund_reason.clone(),
+                requested_by: user.user_id,
+                requested_at: now,
+            },
+            &order_meta,
+        )
+        .await?;
+    // A repeated request (same `Idempotency-Key`) finds its refund number in the order's event.
+    let refund_no = decided
+        .events
+        .iter()
+        .find_map(|e| match e {
+            domain::OrderEvent::OrderRefundRequested { refund_no, .. } => Some(refund_no.clone()),
+            _ => None,
+        })
+        .unwrap_or(refund_no);
     let command = PaymentCommand::Refund {
         refund_no: refund_no.clone(),
         amount,
         reason: req.refund_reason,
         refunded_at: now,
     };
-    let meta = request_meta(&headers, Actor::user(user.user_id));
     let committed = state
         .bus
         .execute::<Payment>(&req.payment_id.to_string(), command, &meta)

@@ -1,5 +1,9 @@
 //! Payments: creating one for an order, and the built-in **sandbox** provider.
 //!
+//! The sandbox is off unless enabled (`UserApiConfig::sandbox_payments`): while it is off its
+//! cashier page and callback are not routed at all, and a payment can only be created for a
+//! provider with real credentials ([`check_method`]).
+//!
 //! The sandbox behaves like a real provider: `pay_url` points at its cashier page
 //! (`GET /sandbox/cashier/{payment_no}` on the user API); opening that page makes the "provider"
 //! send a signed notification to `POST /api/payment/sandbox/callback`, which verifies it exactly
@@ -24,18 +28,41 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use sqlx::Row;
 
 use crate::money::yuan;
 use crate::orders::request_meta;
 use crate::{ok, ApiError, ApiJson, ApiPath, ApiResult, AppState, AuthUser};
 
-/// The user-API routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/payment/create", post(create))
+/// The user-API routes of this module. The sandbox's cashier page and callback exist only
+/// when `sandbox` is true.
+pub fn router(sandbox: bool) -> Router<AppState> {
+    let router = Router::new().route("/api/payment/create", post(create));
+    if !sandbox {
+        return router;
+    }
+    router
         .route("/api/payment/sandbox/callback", post(sandbox_callback))
         .route("/sandbox/cashier/{payment_no}", get(sandbox_cashier))
+}
+
+type UserApiExt = Option<axum::Extension<std::sync::Arc<crate::user_config::UserApi>>>;
+
+/// Whether payment `method` may be used: the user API's [`crate::user_config::UserApi`] decides;
+/// without it nothing is available (fail closed).
+///
+/// # Errors
+/// 400 naming `payment_method`.
+pub fn check_method(
+    api: Option<&std::sync::Arc<crate::user_config::UserApi>>,
+    method: &str,
+) -> Result<(), ApiError> {
+    match api {
+        Some(api) => api.check_method(method),
+        None => Err(ApiError::field(
+            "payment_method",
+            "no payment provider is configured on this server",
+        )),
+    }
 }
 
 /// `POST /api/payment/create` body (contract b.1 #27).
@@ -61,16 +88,12 @@ fn native() -> String {
 /// trade_type, expired_at}`. The order must be the caller's and awaiting payment.
 pub async fn create(
     State(state): State<AppState>,
+    api: UserApiExt,
     user: AuthUser,
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreatePayment>,
 ) -> ApiResult<Json<Value>> {
-    if !matches!(req.payment_method.as_str(), "sandbox" | "wechat" | "alipay") {
-        return Err(ApiError::field(
-            "payment_method",
-            "one of sandbox, wechat, alipay",
-        ));
-    }
+    check_method(api.as_ref().map(|e| &e.0), &req.payment_method)?;
     if !matches!(req.trade_type.as_str(), "NATIVE" | "H5" | "JSAPI" | "APP") {
         return Err(ApiError::field(
             "trade_type",
@@ -199,24 +222,32 @@ fn provider_reply(status: StatusCode, code: &str, message: &str) -> Response {
 /// freshness), then the payment is captured (the amount must match; a repeat is a no-op). Replies
 /// as WeChat Pay v3 does: 200 `{code: "SUCCESS"}`, or 4xx `{code: "FAIL", message}` when refused.
 ///
-/// Issue 3: refused (403) when `sandbox_payments` is off, and for a `wechat` / `alipay` payment
-/// whose real provider is configured — those are paid only through the provider's verified
-/// notification.
+/// Refused (403) unless the sandbox is enabled in the user API's configuration (a missing
+/// configuration refuses too: fail closed; the route is not even mounted while the sandbox is
+/// off), and for a `wechat` / `alipay` payment whose real provider is configured — those are
+/// paid only through the provider's verified notification.
 pub async fn sandbox_callback(
     State(state): State<AppState>,
-    api: Option<axum::Extension<std::sync::Arc<crate::user_config::UserApi>>>,
+    api: UserApiExt,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let api = api.map(|axum::Extension(a)| a);
-    if api.as_ref().is_some_and(|a| !a.config.sandbox_payments) {
+    let Some(api) = api.map(|axum::Extension(a)| a) else {
+        return provider_reply(
+            StatusCode::FORBIDDEN,
+            "FAIL",
+            "the sandbox provider is not configured",
+        );
+    };
+    if !api.config.sandbox_payments {
         return provider_reply(
             StatusCode::FORBIDDEN,
             "FAIL",
             "the sandbox provider is disabled",
         );
     }
-    if let Err(why) = sandbox_verify(&state.settings.sandbox_secret, &headers, &body) {
+    let secret = secrecy::ExposeSecret::expose_secret(&state.settings.sandbox_secret);
+    if let Err(why) = sandbox_verify(secret, &headers, &body) {
         tracing::warn!(why, "sandbox notification refused");
         return provider_reply(StatusCode::UNAUTHORIZED, "FAIL", why);
     }
@@ -239,12 +270,9 @@ pub async fn sandbox_callback(
     let Some((id, method)) = row else {
         return provider_reply(StatusCode::NOT_FOUND, "FAIL", "unknown payment");
     };
-    let real_provider = api.as_ref().is_some_and(|a| match method.as_str() {
-        "wechat" => a.config.wechat.is_some(),
-        "alipay" => a.config.alipay.is_some(),
-        _ => false,
-    });
-    if real_provider {
+    // Only `sandbox` payments: a `wechat` / `alipay` payment (sandbox mode or real) is paid by
+    // that provider's own verified notification, an offline one by an administrator.
+    if method != "sandbox" {
         return provider_reply(
             StatusCode::FORBIDDEN,
             "FAIL",
@@ -271,29 +299,85 @@ pub async fn sandbox_callback(
     }
 }
 
-/// `GET /sandbox/cashier/{payment_no}`: the sandbox provider's cashier page. Opening it pays:
-/// the provider signs a notification and posts it to mychat's notify URL, then the page says
-/// whether mychat accepted it.
+/// The cashier page's answer: 200 paid, 409 refused or not payable here, 502 when the provider's
+/// notification could not be delivered at all.
+fn cashier_page(
+    status: StatusCode,
+    headline: &str,
+    method: &str,
+    payment_no: &str,
+    amount: i64,
+) -> Response {
+    let html = format!(
+        "<!doctype html><meta charset=utf-8><title>Sandbox cashier</title>\
+         <h1>{headline}</h1><p>{method} payment {payment_no}: ¥{}.{:02}</p>",
+        amount / 100,
+        amount % 100
+    );
+    (status, Html(html)).into_response()
+}
+
+const PAID: &str = "支付成功 Payment complete (paid)";
+
+/// The payment's state in the log (not the read model, which may lag): `(status, method,
+/// amount)`; `None` when there is no such payment.
+async fn payment_state(
+    state: &AppState,
+    id: i64,
+) -> Result<Option<(domain::PaymentStatus, String, i64)>, ApiError> {
+    let (payment, version) = state.bus.load::<Payment>(&id.to_string()).await?;
+    Ok((version > 0).then_some((payment.status, payment.method, payment.amount)))
+}
+
+/// `GET /sandbox/cashier/{payment_no}`: the sandbox provider's cashier page (only routed while
+/// the sandbox is enabled). Opening it pays: the provider signs a notification and posts it to
+/// mychat's notify URL, then the page says whether mychat accepted it. Opening the page of a
+/// payment that is already paid pays nothing again and answers 200 "paid"; a refunded one, or a
+/// payment the sandbox may not pay (its real provider is configured, an offline payment), 409;
+/// a notification mychat refused, 409 with the reason.
 ///
-/// Issue 3: a `wechat` / `alipay` payment whose provider runs in sandbox mode is paid with that
+/// A `wechat` / `alipay` payment whose provider runs in sandbox mode is paid with that
 /// provider's own notification format, signed with the sandbox keys, posted to the provider's
 /// real callback route ([`crate::providers::sandbox`]).
 pub async fn sandbox_cashier(
     State(state): State<AppState>,
-    api: Option<axum::Extension<std::sync::Arc<crate::user_config::UserApi>>>,
+    api: UserApiExt,
     ApiPath(payment_no): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let row = sqlx::query(
-        "SELECT amount_fen, status, payment_method FROM payments WHERE payment_no = $1",
-    )
-    .bind(&payment_no)
-    .fetch_optional(&state.db)
-    .await?
-    .ok_or_else(|| ApiError::not_found("payment"))?;
-    let amount: i64 = row.get("amount_fen");
-    let method: String = row.get("payment_method");
-    if let Some(axum::Extension(api)) = &api {
-        let provider_reply = match (method.as_str(), &api.sandbox.wechat, &api.sandbox.alipay) {
+    let Some(axum::Extension(api)) = api else {
+        return Err(ApiError::not_found("sandbox cashier"));
+    };
+    let id: i64 = sqlx::query_scalar("SELECT id FROM payments WHERE payment_no = $1")
+        .bind(&payment_no)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment"))?;
+    let (status, method, amount) = payment_state(&state, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment"))?;
+    match status {
+        domain::PaymentStatus::Paid => {
+            return Ok(cashier_page(
+                StatusCode::OK,
+                PAID,
+                &method,
+                &payment_no,
+                amount,
+            ))
+        }
+        domain::PaymentStatus::Refunded => {
+            return Ok(cashier_page(
+                StatusCode::CONFLICT,
+                "已退款 This payment was paid and refunded",
+                &method,
+                &payment_no,
+                amount,
+            ))
+        }
+        _ => {}
+    }
+    let delivered: Result<bool, anyhow::Error> =
+        match (method.as_str(), &api.sandbox.wechat, &api.sandbox.alipay) {
             ("wechat", Some((signer, key)), _) => {
                 let txn = format!(
                     "SBXWX{}",
@@ -316,11 +400,10 @@ pub async fn sandbox_cashier(
                 for (k, v) in headers {
                     req = req.header(k, v);
                 }
-                let reply = req
-                    .send()
+                req.send()
                     .await
-                    .map_err(|e| anyhow::anyhow!("sandbox WeChat Pay: {e}"))?;
-                Some(reply.status().is_success())
+                    .map(|reply| reply.status().is_success())
+                    .map_err(|e| anyhow::anyhow!("sandbox WeChat Pay: {e}"))
             }
             ("alipay", _, Some(signer)) => {
                 let trade = format!(
@@ -333,7 +416,7 @@ pub async fn sandbox_cashier(
                     &trade,
                     amount,
                 );
-                let reply = reqwest::Client::new()
+                match reqwest::Client::new()
                     .post(format!(
                         "{}/api/payment/alipay/callback",
                         state.settings.public_url
@@ -342,68 +425,86 @@ pub async fn sandbox_cashier(
                     .body(form)
                     .send()
                     .await
-                    .map_err(|e| anyhow::anyhow!("sandbox Alipay: {e}"))?;
-                Some(reply.text().await.unwrap_or_default() == "success")
+                {
+                    Ok(reply) => Ok(reply.text().await.unwrap_or_default() == "success"),
+                    Err(e) => Err(anyhow::anyhow!("sandbox Alipay: {e}")),
+                }
             }
-            _ => None,
+            ("sandbox", _, _) => {
+                let notify = SandboxNotify {
+                    payment_no: payment_no.clone(),
+                    transaction_id: format!("SBX{}", uuid::Uuid::new_v4().simple()),
+                    amount,
+                    trade_state: "SUCCESS".into(),
+                };
+                let body = serde_json::to_vec(&notify).map_err(anyhow::Error::from)?;
+                let timestamp = Utc::now().timestamp().to_string();
+                let nonce = uuid::Uuid::new_v4().simple().to_string();
+                let secret = secrecy::ExposeSecret::expose_secret(&state.settings.sandbox_secret);
+                let signature = sandbox_sign(secret, &timestamp, &nonce, &body);
+                let url = format!("{}/api/payment/sandbox/callback", state.settings.public_url);
+                reqwest::Client::new()
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("sandbox-timestamp", &timestamp)
+                    .header("sandbox-nonce", &nonce)
+                    .header("sandbox-signature", &signature)
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|reply| reply.status().is_success())
+                    .map_err(|e| anyhow::anyhow!("sandbox provider could not reach {url}: {e}"))
+            }
+            _ => {
+                return Ok(cashier_page(
+                    StatusCode::CONFLICT,
+                    "此支付不能在沙箱收银台支付 This payment is not paid through the sandbox",
+                    &method,
+                    &payment_no,
+                    amount,
+                ))
+            }
         };
-        if let Some(accepted) = provider_reply {
-            let html = format!(
-                "<!doctype html><meta charset=utf-8><title>Sandbox cashier</title>\
-                 <h1>{}</h1><p>{method} payment {payment_no}: ¥{:.2}</p>",
-                if accepted {
-                    "支付成功 Payment complete"
-                } else {
-                    "支付失败 Payment refused"
-                },
-                amount as f64 / 100.0
+    match delivered {
+        Ok(true) => Ok(cashier_page(
+            StatusCode::OK,
+            PAID,
+            &method,
+            &payment_no,
+            amount,
+        )),
+        Ok(false) => {
+            // Refused: another opening of the page may have paid it meanwhile.
+            let paid = matches!(
+                payment_state(&state, id).await?,
+                Some((domain::PaymentStatus::Paid, ..))
             );
-            let status = if accepted {
-                StatusCode::OK
+            Ok(if paid {
+                cashier_page(StatusCode::OK, PAID, &method, &payment_no, amount)
             } else {
-                StatusCode::BAD_GATEWAY
-            };
-            return Ok((status, Html(html)).into_response());
+                cashier_page(
+                    StatusCode::CONFLICT,
+                    "支付失败 Payment refused",
+                    &method,
+                    &payment_no,
+                    amount,
+                )
+            })
+        }
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "sandbox notification not delivered"
+            );
+            Ok(cashier_page(
+                StatusCode::BAD_GATEWAY,
+                "支付失败 The sandbox provider could not reach mychat",
+                &method,
+                &payment_no,
+                amount,
+            ))
         }
     }
-    let notify = SandboxNotify {
-        payment_no: payment_no.clone(),
-        transaction_id: format!("SBX{}", uuid::Uuid::new_v4().simple()),
-        amount,
-        trade_state: "SUCCESS".into(),
-    };
-    let body = serde_json::to_vec(&notify).map_err(anyhow::Error::from)?;
-    let timestamp = Utc::now().timestamp().to_string();
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
-    let signature = sandbox_sign(&state.settings.sandbox_secret, &timestamp, &nonce, &body);
-    let url = format!("{}/api/payment/sandbox/callback", state.settings.public_url);
-    let reply = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("sandbox-timestamp", &timestamp)
-        .header("sandbox-nonce", &nonce)
-        .header("sandbox-signature", &signature)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("sandbox provider could not reach {url}: {e}"))?;
-    let accepted = reply.status().is_success();
-    let html = format!(
-        "<!doctype html><meta charset=utf-8><title>Sandbox cashier</title>\
-         <h1>{}</h1><p>payment {payment_no}: ¥{:.2}</p>",
-        if accepted {
-            "支付成功 Payment complete"
-        } else {
-            "支付失败 Payment refused"
-        },
-        amount as f64 / 100.0
-    );
-    let status = if accepted {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_GATEWAY
-    };
-    Ok((status, Html(html)).into_response())
 }
 
 #[cfg(test)]

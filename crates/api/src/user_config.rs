@@ -1,16 +1,12 @@
-//! Settings of the complete user API (issue 3) that the skeleton's [`crate::ApiSettings`] does not
-//! carry: where uploads live, the payment providers' verification keys, the login rate limits
-//! and the refresh-token lifetime. Handlers reach it as `Extension<Arc<UserApiConfig>>`, added by
-//! [`crate::user_router_with`].
+//! Settings of the complete user API that the skeleton's [`crate::ApiSettings`] does not carry:
+//! where uploads live, the payment providers offered and their verification keys, whether the
+//! sandbox provider is enabled, the login rate limits and the refresh-token lifetime. Handlers
+//! reach it as `Extension<Arc<UserApi>>`, added by [`crate::user_router_with`].
 //!
-//! [`UserApiConfig::from_env`] reads (all optional):
-//! `MYCHAT_UPLOAD_DIR` (default `.data/uploads`),
-//! `MYCHAT_WECHAT_MCHID`, `MYCHAT_WECHAT_APPID`, `MYCHAT_WECHAT_APIV3_KEY` (32 bytes),
-//! `MYCHAT_WECHAT_PLATFORM_SERIAL`, `MYCHAT_WECHAT_PLATFORM_PUBLIC_KEY` (PEM text or a path),
-//! `MYCHAT_ALIPAY_APP_ID`, `MYCHAT_ALIPAY_PUBLIC_KEY` (PEM text or a path),
-//! `MYCHAT_SANDBOX_PAYMENTS` (`false` disables the sandbox provider).
-//! Without a provider's settings (and with the sandbox on) the provider runs in sandbox mode
-//! ([`crate::providers::sandbox`]).
+//! The binary builds it from its settings (`[payments]`, `upload_dir`); this crate reads no
+//! environment. Payments fail closed: the sandbox is off unless enabled, a method that is not
+//! offered, or offered without credentials while the sandbox is off, is refused
+//! ([`UserApi::check_method`]), and the sandbox's routes do not exist while it is off.
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -49,10 +45,14 @@ pub struct UserApiConfig {
     pub login_limits: LoginLimits,
     /// Refresh-token lifetime, seconds (default 30 days).
     pub refresh_ttl_seconds: i64,
-    /// Whether the sandbox provider may capture payments (default true; `MYCHAT_SANDBOX_PAYMENTS=false`
-    /// turns it off in production). It never captures a `wechat` / `alipay` payment whose real
-    /// provider is configured.
+    /// Whether the sandbox provider is enabled (default **false**): its cashier page and
+    /// callback exist, the `sandbox` method is offered, and an offered provider without keys
+    /// runs in sandbox mode. It never captures a `wechat` / `alipay` payment whose real provider
+    /// is configured.
     pub sandbox_payments: bool,
+    /// The real providers offered (`wechat`, `alipay`; default both). A payment or recharge
+    /// with another method is refused naming `payment_method`.
+    pub methods: Vec<String>,
 }
 
 impl UserApiConfig {
@@ -64,52 +64,9 @@ impl UserApiConfig {
             alipay: None,
             login_limits: LoginLimits::default(),
             refresh_ttl_seconds: 30 * 24 * 3600,
-            sandbox_payments: true,
+            sandbox_payments: false,
+            methods: vec!["wechat".into(), "alipay".into()],
         }
-    }
-
-    /// From the environment (see the module documentation).
-    ///
-    /// # Errors
-    /// When a provider key is set but cannot be read or parsed.
-    pub fn from_env() -> anyhow::Result<Self> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let pem = |v: String| -> anyhow::Result<String> {
-            if v.contains("-----BEGIN") {
-                Ok(v)
-            } else {
-                Ok(std::fs::read_to_string(&v)?)
-            }
-        };
-        let mut config = Self::new(
-            var("MYCHAT_UPLOAD_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(".data/uploads")),
-        );
-        if var("MYCHAT_SANDBOX_PAYMENTS").is_some_and(|v| v == "false" || v == "0") {
-            config.sandbox_payments = false;
-        }
-        if let (Some(mchid), Some(appid), Some(key), Some(serial), Some(public)) = (
-            var("MYCHAT_WECHAT_MCHID"),
-            var("MYCHAT_WECHAT_APPID"),
-            var("MYCHAT_WECHAT_APIV3_KEY"),
-            var("MYCHAT_WECHAT_PLATFORM_SERIAL"),
-            var("MYCHAT_WECHAT_PLATFORM_PUBLIC_KEY"),
-        ) {
-            config.wechat = Some(WechatConfig::new(
-                mchid,
-                appid,
-                key.as_bytes(),
-                serial,
-                &pem(public)?,
-            )?);
-        }
-        if let (Some(app_id), Some(public)) =
-            (var("MYCHAT_ALIPAY_APP_ID"), var("MYCHAT_ALIPAY_PUBLIC_KEY"))
-        {
-            config.alipay = Some(AlipayConfig::new(app_id, &pem(public)?)?);
-        }
-        Ok(config)
     }
 }
 
@@ -162,6 +119,34 @@ impl UserApi {
             providers.alipay = Some(signer);
         }
         Ok(Self::build(config, providers))
+    }
+
+    /// Whether payment `method` may be used on this server.
+    ///
+    /// # Errors
+    /// 400 naming `payment_method` when the method is unknown, not offered, or offered without
+    /// credentials while the sandbox is off (payments fail closed).
+    pub fn check_method(&self, method: &str) -> Result<(), crate::ApiError> {
+        let c = &self.config;
+        let available = match method {
+            "sandbox" => c.sandbox_payments,
+            "wechat" => c.methods.iter().any(|m| m == "wechat") && c.wechat.is_some(),
+            "alipay" => c.methods.iter().any(|m| m == "alipay") && c.alipay.is_some(),
+            _ => {
+                return Err(crate::ApiError::field(
+                    "payment_method",
+                    "one of sandbox, wechat, alipay",
+                ))
+            }
+        };
+        if available {
+            Ok(())
+        } else {
+            Err(crate::ApiError::field(
+                "payment_method",
+                format!("{method} payments are not available on this server"),
+            ))
+        }
     }
 
     fn build(

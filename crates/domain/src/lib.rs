@@ -19,7 +19,9 @@ pub mod wallet;
 pub use account::{AccountCommand, AccountError, AccountEvent, CounselorAccount, WithdrawalStatus};
 pub use money::{split_platform_fee, Fen};
 pub use order::{Order, OrderCommand, OrderError, OrderEvent, OrderStatus};
-pub use payment::{Payment, PaymentCommand, PaymentError, PaymentEvent, PaymentStatus};
+pub use payment::{
+    Payment, PaymentCommand, PaymentError, PaymentEvent, PaymentStatus, OFFLINE_METHOD,
+};
 pub use session::{
     ChatSession, EndReason, SessionCommand, SessionError, SessionEvent, SessionStatus,
 };

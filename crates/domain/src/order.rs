@@ -73,6 +73,17 @@ pub struct Order {
     /// Fen refunded to the user so far (issue 3).
     #[serde(default)]
     pub refunded: Fen,
+    /// Fen captured by the payment that paid the order (`OrderPaid`'s amount): the money the
+    /// order's service may spend. An order never paid by a captured payment has 0.
+    #[serde(default)]
+    pub captured: Fen,
+    /// Fen whose refund was decided (a cancellation with refund, a refund request), whether or
+    /// not the payment has paid it back yet.
+    #[serde(default)]
+    pub refunds_decided: Fen,
+    /// The refund numbers requested on the order (a repeat is a no-op).
+    #[serde(default)]
+    pub refund_nos: Vec<String>,
 }
 
 /// Commands on an `Order`.
@@ -97,7 +108,9 @@ pub enum OrderCommand {
         amount: Fen,
         paid_at: Timestamp,
     },
-    /// Records that the chat session for this order started (idempotent per session).
+    /// Starts the order's service (its chat session): the order must be paid by a captured
+    /// payment that covers its whole amount, with no refund decided
+    /// ([`OrderError::NotFunded`]). Idempotent per session; refused for a second session.
     StartService {
         session_id: i64,
         started_at: Timestamp,
@@ -107,14 +120,19 @@ pub enum OrderCommand {
         session_id: i64,
         completed_at: Timestamp,
     },
-    /// An administrator sets the status (admin API `PUT /api/admin/orders/:id/status`, contract
-    /// c.4 #38; issue 4). Any of the five statuses may be set on an existing order (an override:
-    /// it moves no money). Setting the current status is a no-op. Refused on an unknown order.
-    ChangeStatusByAdmin {
-        status: OrderStatus,
-        admin_id: i64,
+    /// Asks for `amount` fen of the order's captured payment `payment_id` to go back to the
+    /// user (the user's `POST /api/payment/refund`, an administrator's refund). Allowed only on
+    /// a paid (or already partly refunded) order whose service has not started, up to what was captured and not yet decided
+    /// to be refunded; `refund_no` again is a no-op. The money moves with `Payment::Refund`
+    /// (process manager). Deciding it here, on the order, serializes it with the session's
+    /// start: a refund and a start can never both spend the same money.
+    RequestRefund {
+        payment_id: i64,
+        refund_no: String,
+        amount: Fen,
         reason: String,
-        at: Timestamp,
+        requested_by: i64,
+        requested_at: Timestamp,
     },
     /// Cancels the order (contract b.1 #25, intended behaviour): allowed while awaiting payment,
     /// or once paid as long as the service has not started, in which case the whole prepaid
@@ -180,7 +198,10 @@ pub enum OrderEvent {
         session_id: i64,
         completed_at: Timestamp,
     },
-    /// An administrator changed the status from `from` to `to` (issue 4).
+    /// An administrator overrode the status from `from` to `to`. Recorded by earlier versions
+    /// and still replayed as it is; no longer issued: an administrator's status change now
+    /// runs the command that moves the money (an offline payment, a cancellation, a refund).
+    /// An order set to paid this way has no captured payment, so its service cannot start.
     OrderStatusChangedByAdmin {
         from: OrderStatus,
         to: OrderStatus,
@@ -198,6 +219,17 @@ pub enum OrderEvent {
         payment_id: Option<i64>,
         refund_amount: Fen,
         cancelled_at: Timestamp,
+    },
+    /// A refund of `amount` fen of `payment_id` was decided (`refund_no` names it); the money
+    /// moves with `PaymentRefunded`, then `OrderRefunded`.
+    OrderRefundRequested {
+        user_id: i64,
+        payment_id: i64,
+        refund_no: String,
+        amount: Fen,
+        reason: String,
+        requested_by: i64,
+        requested_at: Timestamp,
     },
     /// `amount` fen of `payment_id` went back to the user (`refund_no` names the refund).
     OrderRefunded {
@@ -227,6 +259,7 @@ impl DomainEvent for OrderEvent {
             Self::OrderCompleted { .. } => "OrderCompleted",
             Self::OrderStatusChangedByAdmin { .. } => "OrderStatusChangedByAdmin",
             Self::OrderCancelled { .. } => "OrderCancelled",
+            Self::OrderRefundRequested { .. } => "OrderRefundRequested",
             Self::OrderRefunded { .. } => "OrderRefunded",
             Self::OrderReviewed { .. } => "OrderReviewed",
         }
@@ -274,9 +307,27 @@ pub enum OrderError {
     InvalidRating,
     #[error("refund amount must be positive")]
     InvalidRefund,
+    #[error("the order's captured payment ({captured} fen, {refunding} fen of it being refunded) does not cover its amount ({required} fen)")]
+    NotFunded {
+        captured: Fen,
+        refunding: Fen,
+        required: Fen,
+    },
+    #[error("refund of {requested} fen exceeds the {refundable} fen that can still be refunded")]
+    RefundExceedsCaptured { refundable: Fen, requested: Fen },
 }
 
 impl Order {
+    /// Fen of the captured payment that no refund has been decided for: what the order's
+    /// service may still spend.
+    pub fn funded(&self) -> Fen {
+        self.captured - self.refunds_decided.max(self.refunded)
+    }
+
+    fn refund_nos_contains(&self, refund_no: &str) -> bool {
+        self.refund_nos.iter().any(|r| r == refund_no)
+    }
+
     /// This order's `OrderCancelled`: by a user or administrator (`Cancel`) or by the system
     /// (`Expire`, `cancelled_by` 0), refunding `refund_amount` fen to `payment_id`.
     fn cancelled(
@@ -388,6 +439,13 @@ impl Aggregate for Order {
                 if self.session_id.is_some() {
                     return Err(OrderError::OtherSession);
                 }
+                if self.payment_id.is_none() || self.funded() < self.amount {
+                    return Err(OrderError::NotFunded {
+                        captured: self.captured,
+                        refunding: self.refunds_decided.max(self.refunded),
+                        required: self.amount,
+                    });
+                }
                 sink.write(
                     OrderEvent::OrderServiceStarted {
                         session_id,
@@ -416,28 +474,47 @@ impl Aggregate for Order {
                 )
                 .await;
             }
-            OrderCommand::ChangeStatusByAdmin {
-                status,
-                admin_id,
+            OrderCommand::RequestRefund {
+                payment_id,
+                refund_no,
+                amount,
                 reason,
-                at,
+                requested_by,
+                requested_at,
             } => {
-                if self.status == OrderStatus::Absent {
-                    return Err(OrderError::NotFound);
+                match self.status {
+                    OrderStatus::Absent => return Err(OrderError::NotFound),
+                    // Partly refunded already (status 4): the rest may still go back.
+                    OrderStatus::Paid | OrderStatus::Refunded => {}
+                    status => return Err(OrderError::NotPaid(status)),
                 }
-                if status == OrderStatus::Absent {
-                    return Err(OrderError::InvalidStatus);
+                if self.payment_id != Some(payment_id) {
+                    return Err(OrderError::PaidByAnotherPayment);
                 }
-                if status == self.status {
+                if self.refund_nos_contains(&refund_no) {
                     return Ok(());
                 }
+                if self.session_id.is_some() {
+                    return Err(OrderError::ServiceStarted);
+                }
+                if amount <= 0 {
+                    return Err(OrderError::InvalidRefund);
+                }
+                if amount > self.funded() {
+                    return Err(OrderError::RefundExceedsCaptured {
+                        refundable: self.funded(),
+                        requested: amount,
+                    });
+                }
                 sink.write(
-                    OrderEvent::OrderStatusChangedByAdmin {
-                        from: self.status,
-                        to: status,
-                        admin_id,
+                    OrderEvent::OrderRefundRequested {
+                        user_id: self.user_id,
+                        payment_id,
+                        refund_no,
+                        amount,
                         reason,
-                        at,
+                        requested_by,
+                        requested_at,
                     },
                     self,
                 )
@@ -562,16 +639,28 @@ impl Aggregate for Order {
                 self.price_per_minute = price_per_minute;
                 self.amount = amount;
             }
-            OrderEvent::OrderPaid { payment_id, .. } => {
+            OrderEvent::OrderPaid {
+                payment_id, amount, ..
+            } => {
                 self.status = OrderStatus::Paid;
                 self.payment_id = Some(payment_id);
+                self.captured = amount;
             }
             OrderEvent::OrderServiceStarted { session_id, .. } => {
                 self.session_id = Some(session_id)
             }
             OrderEvent::OrderCompleted { .. } => self.status = OrderStatus::Completed,
             OrderEvent::OrderStatusChangedByAdmin { to, .. } => self.status = to,
-            OrderEvent::OrderCancelled { .. } => self.status = OrderStatus::Cancelled,
+            OrderEvent::OrderCancelled { refund_amount, .. } => {
+                self.status = OrderStatus::Cancelled;
+                self.refunds_decided += refund_amount;
+            }
+            OrderEvent::OrderRefundRequested {
+                refund_no, amount, ..
+            } => {
+                self.refunds_decided += amount;
+                self.refund_nos.push(refund_no);
+            }
             OrderEvent::OrderRefunded { amount, .. } => {
                 self.status = OrderStatus::Refunded;
                 self.refunded += amount;
@@ -694,59 +783,124 @@ mod tests {
             });
     }
 
+    fn start(session_id: i64) -> OrderCommand {
+        OrderCommand::StartService {
+            session_id,
+            started_at: at(),
+        }
+    }
+
+    fn refund_request(refund_no: &str, amount: Fen) -> OrderCommand {
+        OrderCommand::RequestRefund {
+            payment_id: 1,
+            refund_no: refund_no.into(),
+            amount,
+            reason: String::new(),
+            requested_by: 7,
+            requested_at: at(),
+        }
+    }
+
+    fn refund_requested(refund_no: &str, amount: Fen) -> OrderEvent {
+        OrderEvent::OrderRefundRequested {
+            user_id: 7,
+            payment_id: 1,
+            refund_no: refund_no.into(),
+            amount,
+            reason: String::new(),
+            requested_by: 7,
+            requested_at: at(),
+        }
+    }
+
     #[test]
-    fn an_admin_sets_any_status_including_zero_on_an_existing_order() {
-        let changed = OrderEvent::OrderStatusChangedByAdmin {
+    fn service_starts_only_when_a_captured_payment_covers_the_order() {
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid()])
+            .when(start(1))
+            .then_expect_events(vec![OrderEvent::OrderServiceStarted {
+                session_id: 1,
+                started_at: at(),
+            }]);
+        // Set to paid by an administrator's override (no money): not funded.
+        let overridden = OrderEvent::OrderStatusChangedByAdmin {
             from: OrderStatus::Pending,
-            to: OrderStatus::Cancelled,
+            to: OrderStatus::Paid,
             admin_id: 1,
             reason: String::new(),
             at: at(),
         };
         TestFramework::<Order>::with(())
-            .given(vec![placed()])
-            .when(OrderCommand::ChangeStatusByAdmin {
-                status: OrderStatus::Cancelled,
-                admin_id: 1,
-                reason: String::new(),
-                at: at(),
-            })
-            .then_expect_events(vec![changed.clone()]);
-        // Back to pending (wire code 0) is applied too.
+            .given(vec![placed(), overridden])
+            .when(start(1))
+            .then_expect_error(OrderError::NotFunded {
+                captured: 0,
+                refunding: 0,
+                required: 5_000,
+            });
+        // Refunded, then set back to paid by an override: not funded either.
+        let back = OrderEvent::OrderStatusChangedByAdmin {
+            from: OrderStatus::Refunded,
+            to: OrderStatus::Paid,
+            admin_id: 1,
+            reason: String::new(),
+            at: at(),
+        };
+        let refunded = OrderEvent::OrderRefunded {
+            user_id: 7,
+            payment_id: 1,
+            refund_no: "R".into(),
+            amount: 5_000,
+            refunded_at: at(),
+        };
         TestFramework::<Order>::with(())
-            .given(vec![placed(), changed])
-            .when(OrderCommand::ChangeStatusByAdmin {
-                status: OrderStatus::from_code(0).unwrap(),
-                admin_id: 1,
-                reason: String::new(),
-                at: at(),
-            })
-            .then_expect_events(vec![OrderEvent::OrderStatusChangedByAdmin {
-                from: OrderStatus::Cancelled,
-                to: OrderStatus::Pending,
-                admin_id: 1,
-                reason: String::new(),
-                at: at(),
-            }]);
-        // The same status is a no-op; an unknown order is refused.
+            .given(vec![placed(), paid(), refunded, back])
+            .when(start(1))
+            .then_expect_error(OrderError::NotFunded {
+                captured: 5_000,
+                refunding: 5_000,
+                required: 5_000,
+            });
+        // A refund decided (not yet paid back) already stops the start.
         TestFramework::<Order>::with(())
-            .given(vec![placed()])
-            .when(OrderCommand::ChangeStatusByAdmin {
-                status: OrderStatus::Pending,
-                admin_id: 1,
-                reason: String::new(),
-                at: at(),
-            })
+            .given(vec![placed(), paid(), refund_requested("R1", 1)])
+            .when(start(1))
+            .then_expect_error(OrderError::NotFunded {
+                captured: 5_000,
+                refunding: 1,
+                required: 5_000,
+            });
+    }
+
+    #[test]
+    fn a_refund_is_decided_only_before_the_service_and_within_what_was_captured() {
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid()])
+            .when(refund_request("R1", 2_000))
+            .then_expect_events(vec![refund_requested("R1", 2_000)]);
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid(), refund_requested("R1", 2_000)])
+            .when(refund_request("R1", 2_000))
             .then_expect_events(vec![]);
         TestFramework::<Order>::with(())
-            .given_no_previous_events()
-            .when(OrderCommand::ChangeStatusByAdmin {
-                status: OrderStatus::Paid,
-                admin_id: 1,
-                reason: String::new(),
-                at: at(),
-            })
-            .then_expect_error(OrderError::NotFound);
+            .given(vec![placed(), paid(), refund_requested("R1", 2_000)])
+            .when(refund_request("R2", 3_001))
+            .then_expect_error(OrderError::RefundExceedsCaptured {
+                refundable: 3_000,
+                requested: 3_001,
+            });
+        let started = OrderEvent::OrderServiceStarted {
+            session_id: 1,
+            started_at: at(),
+        };
+        TestFramework::<Order>::with(())
+            .given(vec![placed(), paid(), started])
+            .when(refund_request("R1", 1))
+            .then_expect_error(OrderError::ServiceStarted);
+        TestFramework::<Order>::with(())
+            .given(vec![placed()])
+            .when(refund_request("R1", 1))
+            .then_expect_error(OrderError::NotPaid(OrderStatus::Pending));
     }
 
     #[test]

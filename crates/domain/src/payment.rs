@@ -84,6 +84,26 @@ pub enum PaymentCommand {
         trade_type: String,
         created_at: Timestamp,
     },
+    /// Records money an order was paid with outside the providers (a bank transfer, cash),
+    /// confirmed by administrator `operator_id`: the payment is created and captured at once
+    /// (`OfflinePaymentRecorded`, then `PaymentCaptured` with method [`OFFLINE_METHOD`] and
+    /// provider transaction `offline:<payment_no>`), so it is posted to the ledger and marks the
+    /// order paid like any capture. Refused when the payment exists, the amount is not
+    /// positive, or `channel` / `note` is empty.
+    RecordOffline {
+        payment_no: String,
+        order_id: i64,
+        user_id: i64,
+        amount: Fen,
+        /// How the money came: `bank_transfer`, `cash`, `wechat_transfer`, `alipay_transfer`,
+        /// `other`.
+        channel: String,
+        /// The bank's or receipt's reference, if any.
+        reference: String,
+        note: String,
+        operator_id: i64,
+        recorded_at: Timestamp,
+    },
     /// Refunds `amount` fen of a captured order payment (contract b.1 #30): the refunds of a
     /// payment never exceed its captured amount; `refund_no` again is a no-op. Recharges are not
     /// refundable (the wallet money may already be spent).
@@ -114,6 +134,20 @@ pub enum PaymentEvent {
         provider_txn_id: String,
         amount: Fen,
         captured_at: Timestamp,
+    },
+    /// An administrator recorded an offline payment of `amount` fen for `order_id`
+    /// (`PaymentCreated`'s twin; `PaymentCaptured` follows in the same commit).
+    OfflinePaymentRecorded {
+        payment_no: String,
+        order_id: i64,
+        user_id: i64,
+        amount: Fen,
+        method: String,
+        channel: String,
+        reference: String,
+        note: String,
+        operator_id: i64,
+        recorded_at: Timestamp,
     },
     /// A recharge payment was created (`PaymentCreated`'s twin without an order).
     RechargePaymentCreated {
@@ -152,6 +186,7 @@ impl DomainEvent for PaymentEvent {
         match self {
             Self::PaymentCreated { .. } => "PaymentCreated",
             Self::PaymentCaptured { .. } => "PaymentCaptured",
+            Self::OfflinePaymentRecorded { .. } => "OfflinePaymentRecorded",
             Self::RechargePaymentCreated { .. } => "RechargePaymentCreated",
             Self::RechargeCaptured { .. } => "RechargeCaptured",
             Self::PaymentRefunded { .. } => "PaymentRefunded",
@@ -182,7 +217,12 @@ pub enum PaymentError {
     RefundExceedsCaptured { refundable: Fen, requested: Fen },
     #[error("a recharge cannot be refunded")]
     RechargeNotRefundable,
+    #[error("an offline payment needs its channel and a note")]
+    OfflineDetailsMissing,
 }
+
+/// The payment method of offline payments (`provider:offline:clearing` in the ledger).
+pub const OFFLINE_METHOD: &str = "offline";
 
 impl Payment {
     /// A new payment (order or recharge) must not exist yet and must be for a positive amount.
@@ -272,6 +312,51 @@ impl Aggregate for Payment {
                     sink.write(event, self).await;
                 }
             },
+            PaymentCommand::RecordOffline {
+                payment_no,
+                order_id,
+                user_id,
+                amount,
+                channel,
+                reference,
+                note,
+                operator_id,
+                recorded_at,
+            } => {
+                self.check_new(amount)?;
+                if channel.trim().is_empty() || note.trim().is_empty() {
+                    return Err(PaymentError::OfflineDetailsMissing);
+                }
+                let provider_txn_id = format!("offline:{payment_no}");
+                sink.write(
+                    PaymentEvent::OfflinePaymentRecorded {
+                        payment_no,
+                        order_id,
+                        user_id,
+                        amount,
+                        method: OFFLINE_METHOD.into(),
+                        channel,
+                        reference,
+                        note,
+                        operator_id,
+                        recorded_at,
+                    },
+                    self,
+                )
+                .await;
+                sink.write(
+                    PaymentEvent::PaymentCaptured {
+                        order_id,
+                        user_id,
+                        method: OFFLINE_METHOD.into(),
+                        provider_txn_id,
+                        amount,
+                        captured_at: recorded_at,
+                    },
+                    self,
+                )
+                .await;
+            }
             PaymentCommand::CreateRecharge {
                 payment_no,
                 user_id,
@@ -337,6 +422,21 @@ impl Aggregate for Payment {
     fn apply(&mut self, event: PaymentEvent) {
         match event {
             PaymentEvent::PaymentCreated {
+                payment_no,
+                order_id,
+                user_id,
+                amount,
+                method,
+                ..
+            } => {
+                self.status = PaymentStatus::Pending;
+                self.payment_no = payment_no;
+                self.order_id = order_id;
+                self.user_id = user_id;
+                self.amount = amount;
+                self.method = method;
+            }
+            PaymentEvent::OfflinePaymentRecorded {
                 payment_no,
                 order_id,
                 user_id,

@@ -70,6 +70,8 @@ pub struct GatewayConfig {
     pub chat_commit: eventstore::GroupCommitSettings,
     /// Replicas of the presence KV bucket (1 on a single nats-server, 3 on a cluster; issue 8).
     pub kv_replicas: usize,
+    /// The origins CORS allows on the node's HTTP routes (empty: any origin; [`api::cors`]).
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -99,6 +101,7 @@ impl Default for GatewayConfig {
                 ..Default::default()
             },
             kv_replicas: 1,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -180,7 +183,7 @@ pub fn router(state: GatewayState) -> Router {
         .route("/ws/counselors/online", get(counselors_online))
         // Issue 8: the node's metrics, with its socket count sampled at each scrape.
         .route("/metrics", get(metrics))
-        .layer(api::cors())
+        .layer(api::cors(&state.hub.config().cors_origins))
         .with_state(state);
     api::observe::security_headers(router)
         .layer(axum::middleware::from_fn_with_state(

@@ -250,14 +250,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ),
     );
 
-    // 5. Pay through the sandbox provider: open the cashier page, as the web client does.
+    // 5. Pay through the sandbox provider: open the cashier page, as the web client does. The
+    // demo moves no real money: it needs the server's sandbox (on under `mychat up`, off unless
+    // enabled under `mychat serve`), and says so.
+    println!(
+        "     (payments: the sandbox provider — the server must run with payments.sandbox = true, \
+         as `mychat up` does; no real money moves)"
+    );
     let payment = c
         .post(
             &format!("{api}/api/payment/create"),
             Some(&user_token),
             json!({ "order_id": order_id, "payment_method": "sandbox", "trade_type": "NATIVE" }),
         )
-        .await?;
+        .await
+        .context(
+            "creating a sandbox payment: is the server's sandbox enabled (payments.sandbox = true, \
+             MYCHAT_PAYMENTS__SANDBOX=true; `mychat up` enables it)?",
+        )?;
     let payment_id = payment["payment_id"].as_i64().context("payment_id")?;
     let pay_url = payment["pay_url"].as_str().context("pay_url")?;
     let cashier = c.http.get(pay_url).send().await?;
@@ -276,7 +286,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     step(
         5,
         format!(
-            "paid payment {payment_id} via the sandbox cashier; order status {} at {}",
+            "paid payment {payment_id} via the sandbox cashier (sandbox provider, no real money); order status {} at {}",
             paid["status"], paid["pay_time"]
         ),
     );

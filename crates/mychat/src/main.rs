@@ -9,7 +9,8 @@
 //! - `mychat demo`: plays the whole story against a running `mychat up`.
 //! - `mychat bench ws`: the gateway load benchmark (issue 5).
 //! - `mychat projections status|skip|rebuild`, `mychat audit replay|diff|events`,
-//!   `mychat finance reconcile`: operator commands (issue 6, `ops`).
+//!   `mychat finance reconcile`: operator commands (`ops`).
+//! - `mychat config`: the effective settings, secrets redacted.
 
 mod bench;
 mod bench_commands;
@@ -65,6 +66,9 @@ enum Command {
     /// Benchmarks on throwaway servers (not a test); the last line is JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print the effective settings (defaults, `mychat.toml`, `MYCHAT_*`) as TOML, with every
+    /// secret and URL password redacted.
+    Config,
 }
 
 #[tokio::main]
@@ -79,6 +83,18 @@ async fn main() -> std::process::ExitCode {
     };
     // The demo and the benchmarks print their own output; they log only when asked
     // (`RUST_LOG` set), e.g. to see what the NATS client does during a benchmark.
+    if let Command::Config = cli.command {
+        return match settings.redacted_toml() {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mychat: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if !matches!(cli.command, Command::Demo(_) | Command::Bench(_))
         || std::env::var_os("RUST_LOG").is_some()
     {
@@ -93,6 +109,7 @@ async fn main() -> std::process::ExitCode {
         Command::Audit(cmd) => ops::audit_command(settings, cmd).await,
         Command::Finance(cmd) => ops::finance_command(settings, cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
+        Command::Config => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -55,21 +55,74 @@ pub fn init_tracing(format: &str, spans: bool) {
     }
 }
 
-/// Cancelled on Ctrl-C or SIGTERM.
-fn shutdown_signal() -> CancellationToken {
+/// The embedded servers `mychat up` started, with the signal that stops each cleanly (the
+/// last resort of [`shutdown_signal`]'s deadline).
+type Embedded = Arc<std::sync::Mutex<Vec<(nix::unistd::Pid, nix::sys::signal::Signal)>>>;
+
+/// Cancelled on the first SIGINT (Ctrl-C) or SIGTERM (`docker stop`, systemd, a terminal's
+/// group signal), whichever comes first; the parts then have `grace` to finish. The process
+/// exits within `grace` + 3 s whatever happens: past `grace` + 1 s (or at once on a second
+/// signal) the embedded servers get their clean-stop signal, 2 s to stop, then SIGKILL, and the
+/// process exits with status 1.
+fn shutdown_signal(grace: Duration, embedded: Embedded) -> CancellationToken {
+    use tokio::signal::unix::{signal, SignalKind};
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => (term, int),
+            _ => {
+                tracing::error!("cannot handle SIGTERM / SIGINT");
+                return;
+            }
+        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        tracing::info!("shutting down");
+        tracing::info!(grace_seconds = grace.as_secs(), "shutting down");
         t.cancel();
+        tokio::select! {
+            _ = int.recv() => tracing::warn!("second signal: stopping now"),
+            _ = term.recv() => tracing::warn!("second signal: stopping now"),
+            _ = tokio::time::sleep(grace + Duration::from_secs(1)) => {
+                tracing::error!("shutdown is taking too long: stopping now");
+            }
+        }
+        let children = embedded.lock().map(|c| c.clone()).unwrap_or_default();
+        tokio::task::spawn_blocking(move || stop_now(&children))
+            .await
+            .ok();
+        std::process::exit(1);
     });
     token
+}
+
+/// Sends each embedded server its clean-stop signal, waits up to 2 s for them, SIGKILLs the
+/// rest, and reaps them (no zombie is left).
+fn stop_now(children: &[(nix::unistd::Pid, nix::sys::signal::Signal)]) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    for (pid, signal) in children {
+        let _ = nix::sys::signal::kill(*pid, *signal);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut left: Vec<_> = children.iter().map(|(pid, _)| *pid).collect();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        left.retain(|pid| {
+            matches!(
+                waitpid(*pid, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            )
+        });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in left {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+    }
 }
 
 /// Connected infrastructure.
@@ -88,7 +141,8 @@ pub(crate) async fn connect(
 ) -> anyhow::Result<Infra> {
     let mut options = async_nats::ConnectOptions::new();
     if let (Some(user), Some(password)) = (&settings.nats_user, &settings.nats_password) {
-        options = options.user_and_password(user.clone(), password.clone());
+        use secrecy::ExposeSecret as _;
+        options = options.user_and_password(user.clone(), password.expose_secret().to_string());
     }
     let nats = options
         .retry_on_initial_connect()
@@ -175,9 +229,22 @@ pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// `mychat up`: embedded servers (when no URLs are configured), migrations, streams, demo data,
-/// and every part, until Ctrl-C / SIGTERM.
-pub async fn up(settings: Settings) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal();
+/// and every part, until Ctrl-C / SIGTERM. The sandbox payment provider is enabled (the
+/// development default, logged) unless `payments.sandbox = false` is set, in which case the
+/// providers must be configured as for `serve`.
+pub async fn up(mut settings: Settings) -> anyhow::Result<()> {
+    if settings.payments.sandbox.is_none() {
+        settings.payments.sandbox = Some(true);
+        tracing::warn!(
+            "sandbox payments enabled (mychat up's development default): pay_url opens mychat's \
+             own cashier page, which pays any payment without a real provider; never use \
+             mychat up in production (payments.sandbox = false turns it off)"
+        );
+    }
+    settings.checked_user_api_config(true)?;
+    let embedded = Embedded::default();
+    let grace = Duration::from_secs(settings.shutdown_grace_seconds);
+    let shutdown = shutdown_signal(grace, embedded.clone());
     std::fs::create_dir_all(&settings.data_dir)?;
     let data_dir = settings.data_dir.canonicalize()?;
 
@@ -191,9 +258,10 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
             config,
             log_file: Some(data_dir.join("nats.log")),
         };
-        let server =
-            tokio::task::spawn_blocking(move || testkit::NatsServer::start_with(options)).await??;
+        // Started from this (the main) thread: its parent-death signal follows the process.
+        let server = testkit::NatsServer::start_embedded(options)?;
         tracing::info!(url = server.url(), store = %data_dir.join("nats").display(), "embedded nats-server started");
+        register(&embedded, server.pid(), nix::sys::signal::Signal::SIGTERM);
         nats_server = Some(server);
     }
     let mut pg_server = None;
@@ -203,11 +271,13 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
             data_dir: data_dir.join("pg"),
             ephemeral: false,
         };
-        let server =
-            tokio::task::spawn_blocking(move || testkit::Postgres::start_with(options)).await??;
-        server.ensure_database("mychat").await?;
-        tracing::info!(port = server.port(), data = %data_dir.join("pg").display(), "embedded PostgreSQL started");
+        let server = testkit::Postgres::start_embedded(options)?;
+        register(&embedded, server.pid(), nix::sys::signal::Signal::SIGINT);
         pg_server = Some(server);
+        if let Some(server) = &pg_server {
+            server.ensure_database("mychat").await?;
+            tracing::info!(port = server.port(), data = %data_dir.join("pg").display(), "embedded PostgreSQL started");
+        }
     }
 
     let result = async {
@@ -233,19 +303,44 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
     }
     .await;
 
+    // PostgreSQL first (fast shutdown: it ends the parts' connections and checkpoints), then
+    // nats-server; each is waited for, so neither is left behind or a zombie.
     if let Some(mut s) = pg_server.take() {
         tokio::task::spawn_blocking(move || s.stop()).await?;
+        tracing::info!("embedded PostgreSQL stopped");
     }
     if let Some(mut s) = nats_server.take() {
         tokio::task::spawn_blocking(move || s.stop()).await?;
+        tracing::info!("embedded nats-server stopped");
     }
     tracing::info!("stopped");
     result
 }
 
-/// `mychat serve <part>`.
+fn register(embedded: &Embedded, pid: Option<u32>, signal: nix::sys::signal::Signal) {
+    if let (Some(pid), Ok(mut list)) = (pid, embedded.lock()) {
+        list.push((nix::unistd::Pid::from_raw(pid as i32), signal));
+    }
+}
+
+/// `mychat serve <part>`. Serving the user API (`api`, `all`) checks the payment providers
+/// first: a provider offered without credentials stops the start with an error naming the
+/// missing setting, unless the sandbox is enabled explicitly (`payments.sandbox = true`, logged
+/// as a warning).
 pub async fn serve(settings: Settings, part: Part, addr: Option<SocketAddr>) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal();
+    if matches!(part, Part::Api | Part::All) {
+        let config = settings.checked_user_api_config(false)?;
+        if config.sandbox_payments {
+            tracing::warn!(
+                "sandbox payments enabled (payments.sandbox = true): anyone who opens the \
+                 sandbox cashier page pays without money; never in production"
+            );
+        }
+    }
+    let shutdown = shutdown_signal(
+        Duration::from_secs(settings.shutdown_grace_seconds),
+        Embedded::default(),
+    );
     let infra = connect(
         &settings,
         &default_nats_url(&settings),
@@ -269,8 +364,7 @@ pub(crate) async fn run_parts(
     // Issue 8: one Prometheus recorder for the process; every service's `/metrics` renders it.
     api::observe::install_recorder();
     let jwt = Arc::new(api::JwtKeys::new(
-        settings
-            .secret(&settings.jwt_secret, "jwt.secret")?
+        secrecy::ExposeSecret::expose_secret(&settings.secret(&settings.jwt_secret, "jwt.secret")?)
             .as_bytes(),
         settings.token_ttl_seconds,
     ));
@@ -289,6 +383,8 @@ pub(crate) async fn run_parts(
             public_url: settings.public_url(),
             sandbox_secret: settings.secret(&settings.sandbox_secret, "sandbox.secret")?,
             settle_timeout: Duration::from_secs(3),
+            cors_origins: settings.cors_origins()?,
+            business_zone: settings.business_zone()?,
         }),
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -342,10 +438,9 @@ pub(crate) async fn run_parts(
         });
     }
     if wants(Part::Api) {
-        let mut user_config = api::user_config::UserApiConfig::from_env()?;
-        if std::env::var_os("MYCHAT_UPLOAD_DIR").is_none() {
-            user_config.upload_dir = settings.data_dir.join("uploads");
-        }
+        // Checked for production by `serve` / `up` before anything started; here providers
+        // without credentials are simply unavailable (payments fail closed).
+        let user_config = settings.user_api_config(false)?;
         let app = api::user_router_with(state.clone(), user_config);
         tasks.spawn(serve_http(
             "user API",
@@ -396,8 +491,35 @@ pub(crate) async fn run_parts(
         ));
     }
 
+    // Until shutdown every part runs; from then on they have `shutdown_grace_seconds` to finish
+    // (a part waiting on a server that is already gone must not hold the process), then the
+    // rest is aborted.
+    let grace = Duration::from_secs(settings.shutdown_grace_seconds);
     let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let joined = match deadline {
+            None => tokio::select! {
+                joined = tasks.join_next() => joined,
+                _ = shutdown.cancelled() => {
+                    deadline = Some(tokio::time::Instant::now() + grace);
+                    continue;
+                }
+            },
+            Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    tracing::warn!(
+                        parts = tasks.len(),
+                        "parts still running after the shutdown grace: aborted"
+                    );
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            },
+        };
+        let Some(joined) = joined else { break };
         let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
         if let Err(e) = outcome {
             tracing::error!(error = format!("{e:#}"), "a part failed; stopping");
@@ -405,7 +527,8 @@ pub(crate) async fn run_parts(
             shutdown.cancel();
         }
     }
-    infra.nats.flush().await.ok();
+    let _ = tokio::time::timeout(Duration::from_secs(1), infra.nats.flush()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), infra.pool.close()).await;
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),

@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 struct App {
+    state: api::AppState,
     admin: String,
     ws: String,
     ws2: String,
@@ -110,9 +111,11 @@ async fn start() -> App {
             public_url: "http://127.0.0.1:1".into(),
             sandbox_secret: "sandbox".into(),
             settle_timeout: Duration::from_secs(5),
+            cors_origins: Vec::new(),
+            business_zone: chrono_tz::Asia::Shanghai,
         }),
     });
-    let admin = serve(api::admin_router(state), shutdown.clone()).await;
+    let admin = serve(api::admin_router(state.clone()), shutdown.clone()).await;
     // Two gateway nodes: the admin API reaches sockets on either through NATS.
     let mut nodes = Vec::new();
     for _ in 0..2 {
@@ -135,6 +138,7 @@ async fn start() -> App {
     // Give the gateway's admin subscriptions a moment to be registered.
     tokio::time::sleep(Duration::from_millis(300)).await;
     App {
+        state,
         admin: format!("http://{admin}"),
         ws: format!("ws://{}", nodes[0]),
         ws2: format!("ws://{}", nodes[1]),
@@ -603,7 +607,8 @@ async fn admin_flows() {
     assert_eq!(b["data"]["total"], 3);
     assert!(b["data"]["list"][0]["price"].is_number());
 
-    // Order status: a command on the Order aggregate; 0 is applied; 5 is refused.
+    // Order status: the command that moves the money. Paid only with the offline payment that
+    // paid it (refused without, changing nothing); never back to 0; 5 is refused.
     let meta = CommandMeta::new(Actor::user(demo));
     let place = OrderCommand::Place {
         order_no: "ORD1".into(),
@@ -617,50 +622,50 @@ async fn admin_flows() {
     };
     let c = app.bus.execute::<Order>("501", place, &meta).await.unwrap();
     wait_checkpoint(&app, "orders", c.stream_sequence.unwrap()).await;
+    let before = app.fingerprint().await;
     let (s, b) = app
         .call(
             Method::PUT,
             "/api/admin/orders/501/status",
             t,
-            Some(json!({"status": 3})),
+            Some(json!({"status": 1})),
         )
         .await;
-    assert_eq!((s, b["data"]["status"].clone()), (200, json!(3)), "{b}");
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["errors"][0]["field"], "payment_method", "{b}");
+    assert_eq!(app.fingerprint().await, before, "a refusal changes nothing");
     let (s, b) = app
         .call(
             Method::PUT,
             "/api/admin/orders/501/status",
             t,
-            Some(json!({"status": 0})),
+            Some(json!({"status": 1, "payment_method": "bank_transfer", "amount": 150, "note": "transfer received 2026-12-01", "reference": "BK-88"})),
         )
         .await;
-    assert_eq!((s, b["data"]["status"].clone()), (200, json!(0)), "{b}");
-    let (s, _) = app
-        .call(
-            Method::PUT,
-            "/api/admin/orders/501/status",
-            t,
-            Some(json!({"status": 5})),
-        )
-        .await;
-    assert_eq!(s, 400);
+    assert_eq!((s, b["data"]["status"].clone()), (200, json!(1)), "{b}");
+    for body in [json!({"status": 0}), json!({"status": 5})] {
+        let (s, _) = app
+            .call(Method::PUT, "/api/admin/orders/501/status", t, Some(body))
+            .await;
+        assert_eq!(s, 400);
+    }
     let (s, _) = app
         .call(
             Method::PUT,
             "/api/admin/orders/777/status",
             t,
-            Some(json!({"status": 1})),
+            Some(json!({"status": 3})),
         )
         .await;
     assert_eq!(s, 404);
     let (order, _) = app.bus.load::<Order>("501").await.unwrap();
     assert_eq!(
-        order.status,
-        domain::OrderStatus::Pending,
-        "the aggregate holds the change"
+        (order.status, order.captured),
+        (domain::OrderStatus::Paid, 15_000),
+        "the aggregate holds the payment"
     );
     let (_, b) = app
-        .call(Method::GET, "/api/admin/orders?status=0", t, None)
+        .call(Method::GET, "/api/admin/orders?status=1", t, None)
         .await;
     assert_eq!(b["data"]["list"][0]["id"], 501);
     assert_eq!(b["data"]["orders"], b["data"]["list"]);
@@ -1210,7 +1215,7 @@ async fn admin_flows() {
         actor.as_deref().is_some_and(|a| a.contains("admin")),
         "actor header: {actor:?}"
     );
-    assert!(String::from_utf8_lossy(&event.payload).contains("OrderStatusChangedByAdmin"));
+    assert!(String::from_utf8_lossy(&event.payload).contains("OrderPaid"));
     let created = list
         .iter()
         .find(|l| l["action"] == "POST /api/admin2/administrators")
@@ -1514,4 +1519,245 @@ async fn online_kick_mute_broadcast() {
         }
     })
     .await;
+}
+
+/// Publishes session `id`'s `SessionBilled` of `amount` fen (30 % platform fee) as a commit
+/// recorded at `at` (a writer's clock), straight to `EVENTS`.
+async fn billed_at(app: &App, id: i64, amount: i64, at: chrono::DateTime<Utc>) -> u64 {
+    let (platform_fee, counselor_fee) = domain::split_platform_fee(amount);
+    let event = domain::SessionEvent::SessionBilled {
+        order_id: id,
+        user_id: 1,
+        counselor_id: 1,
+        duration_seconds: 60,
+        billed_minutes: 1,
+        price_per_minute: amount,
+        amount,
+        platform_fee,
+        counselor_fee,
+        prepaid_amount: amount,
+        refund: 0,
+        billed_at: at,
+    };
+    let meta = CommandMeta::new(Actor::system());
+    let mut commit =
+        eventstore::store::new_commit::<ChatSession>(&[event], &id.to_string(), 0, &meta).unwrap();
+    commit.recorded_at = at;
+    let pending = eventstore::store::pending_commit::<domain::SessionError>(&commit, 0).unwrap();
+    app.bus
+        .jetstream()
+        .publish_with_headers(pending.subject, pending.headers, pending.body)
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
+/// Every admin figure counts the same business days: the statistics, the revenue series and the
+/// income report agree for dates whose events sit on both sides of midnight, in the configured
+/// business zone (Asia/Shanghai by default; UTC configured on a second admin API).
+#[tokio::test]
+async fn admin_figures_count_business_days_on_both_sides_of_midnight() {
+    let app = start().await;
+    let token = app.super_token().await;
+    let utc = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    // 23:30 on 1 March and 00:30 on 2 March in Shanghai: both on 1 March in UTC.
+    billed_at(&app, 9001, 1_000, utc("2026-03-01T15:30:00Z")).await;
+    billed_at(&app, 9002, 2_000, utc("2026-03-01T16:30:00Z")).await;
+    let now = billed_at(&app, 9003, 4_000, Utc::now()).await;
+    wait_checkpoint(&app, "ledger", now).await;
+
+    let shanghai = app.admin.clone();
+    let (total, series, income, _) = figures(&app, &token, &shanghai, "2026-03-02").await;
+    assert_eq!(
+        (total, series, income),
+        (20.0, 20.0, 20.0),
+        "2 March, Shanghai"
+    );
+    let (total, series, income, _) = figures(&app, &token, &shanghai, "2026-03-01").await;
+    assert_eq!(
+        (total, series, income),
+        (10.0, 10.0, 10.0),
+        "1 March, Shanghai"
+    );
+    // "Today" is the business zone's today, in the statistics as in the series.
+    let today = Utc::now()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .date_naive()
+        .to_string();
+    let (total, series, income, stats) = figures(&app, &token, &shanghai, &today).await;
+    assert_eq!((total, series, income), (40.0, 40.0, 40.0));
+    assert_eq!(stats["data"]["today_revenue"], json!(40.0));
+
+    // The zone is a setting: in UTC both late billings are on 1 March.
+    let mut settings = (*app.state.settings).clone();
+    settings.business_zone = chrono_tz::UTC;
+    let s = &app.state;
+    let state = api::AppState::new(api::Services {
+        db: s.db.clone(),
+        bus: s.bus.clone(),
+        nats: s.nats.clone(),
+        jwt: s.jwt.clone(),
+        tokens: s.tokens.clone(),
+        counselors: s.counselors.clone(),
+        ids: s.ids.clone(),
+        chat: s.chat.clone(),
+        watch: s.watch.clone(),
+        settings: Arc::new(settings),
+    });
+    let in_utc = format!(
+        "http://{}",
+        serve(api::admin_router(state), app.shutdown.clone()).await
+    );
+    let (total, series, income, _) = figures(&app, &token, &in_utc, "2026-03-01").await;
+    assert_eq!((total, series, income), (30.0, 30.0, 30.0), "1 March, UTC");
+    let (total, ..) = figures(&app, &token, &in_utc, "2026-03-02").await;
+    assert_eq!(total, 0.0, "2 March, UTC");
+}
+
+/// `(total_revenue of the statistics, the day's amount in the revenue series, the day's
+/// amount in the income report, the statistics)` for business day `day` on the admin API at
+/// `base`.
+async fn figures(app: &App, token: &str, base: &str, day: &str) -> (f64, f64, f64, Value) {
+    let get = |path: String| async move {
+        let r = app
+            .http
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    let q = format!("start_date={day}&end_date={day}");
+    let stats = get(format!("/api/admin/finance/stats?{q}")).await;
+    let revenue = get(format!("/api/admin/finance/revenue?group_by=day&{q}")).await;
+    let report = get(format!("/api/admin/finance/reports?type=income&{q}")).await;
+    let series = revenue["data"]["revenue_data"][0]["amount"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let income = report["data"]["records"][0]["amount"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let total = stats["data"]["total_revenue"].as_f64().unwrap();
+    (total, series, income, stats)
+}
+
+/// An administrator cannot make money appear: every refused status change is a 400
+/// `application/problem+json` naming the field, and changes no table and no stream.
+#[tokio::test]
+async fn refused_order_status_changes_name_the_field_and_change_nothing() {
+    let app = start().await;
+    let token = app.super_token().await;
+    let demo = app.user_id("demo").await;
+    for (id, minutes) in [(601, 10), (602, 20)] {
+        // A command id of its own each (the same one twice is one command).
+        let meta = CommandMeta::new(Actor::user(demo));
+        let place = OrderCommand::Place {
+            order_no: format!("ORD{id}"),
+            user_id: demo,
+            counselor_id: 1,
+            duration_minutes: minutes,
+            price_per_minute: 500,
+            schedule_time: None,
+            notes: String::new(),
+            placed_at: Utc::now(),
+        };
+        let c = app
+            .bus
+            .execute::<Order>(&id.to_string(), place, &meta)
+            .await
+            .unwrap();
+        wait_checkpoint(&app, "orders", c.stream_sequence.unwrap()).await;
+    }
+    // 602 is paid (offline, 100 yuan).
+    let (s, b) = app
+        .call(
+            Method::PUT,
+            "/api/admin/orders/602/status",
+            Some(&token),
+            Some(json!({"status": 1, "payment_method": "cash", "amount": 100, "note": "paid at the desk"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let cases: Vec<(i64, Value, &str)> = vec![
+        (601, json!({"status": 1}), "payment_method"),
+        (
+            601,
+            json!({"status": 1, "payment_method": "card_skimming", "amount": 50, "note": "x"}),
+            "payment_method",
+        ),
+        (
+            601,
+            json!({"status": 1, "payment_method": "cash", "note": "x"}),
+            "amount",
+        ),
+        (
+            601,
+            json!({"status": 1, "payment_method": "cash", "amount": 49.99, "note": "x"}),
+            "amount",
+        ),
+        (
+            601,
+            json!({"status": 1, "payment_method": "cash", "amount": 50.001, "note": "x"}),
+            "amount",
+        ),
+        (
+            601,
+            json!({"status": 1, "payment_method": "cash", "amount": 50}),
+            "note",
+        ),
+        (
+            601,
+            json!({"status": 1, "payment_method": "cash", "amount": 50, "note": "   "}),
+            "note",
+        ),
+        (601, json!({"status": 4}), "status"),
+        (601, json!({"status": 9}), "status"),
+        (601, json!({}), "status"),
+        (
+            602,
+            json!({"status": 1, "payment_method": "cash", "amount": 100, "note": "twice"}),
+            "status",
+        ),
+        (602, json!({"status": 0}), "status"),
+    ];
+    for (id, body, field) in cases {
+        // Every table and both stream heads; not the projectors' own bookkeeping
+        // (`projection_checkpoints`, `projection_status`), which they move on their own time.
+        let data = |f: Vec<String>| -> Vec<String> {
+            f.into_iter()
+                .filter(|t| !t.starts_with("projection_"))
+                .collect()
+        };
+        let before = data(app.fingerprint().await);
+        let resp = app
+            .http
+            .put(format!("{}/api/admin/orders/{id}/status", app.admin))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{id} {body}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/problem+json",
+            "{id} {body}"
+        );
+        let b: Value = resp.json().await.unwrap();
+        assert_eq!(b["errors"][0]["field"], field, "{id} {body}: {b}");
+        assert_eq!(
+            data(app.fingerprint().await),
+            before,
+            "{id} {body} changed something"
+        );
+    }
+    let (order, _) = app.bus.load::<Order>("601").await.unwrap();
+    assert_eq!(
+        (order.status, order.captured),
+        (domain::OrderStatus::Pending, 0)
+    );
 }

@@ -33,6 +33,19 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Makes `cmd`'s child the leader of its own process group and, on Linux, asks the kernel to
+/// send it `signal` when the thread that spawns it dies (so the process's death).
+fn own_group_and_parent_death(cmd: &mut std::process::Command, signal: nix::sys::signal::Signal) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || nix::sys::prctl::set_pdeathsig(signal).map_err(std::io::Error::from));
+    }
+}
+
 /// Waits until `127.0.0.1:port` accepts TCP connections, up to `timeout`.
 fn wait_for_port(port: u16, timeout: std::time::Duration) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + timeout;

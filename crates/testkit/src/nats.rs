@@ -26,6 +26,7 @@ pub struct NatsServer {
     child: Option<Child>,
     options: NatsOptions,
     _temp: Option<tempfile::TempDir>,
+    embedded: bool,
 }
 
 /// The nats-server binary to run.
@@ -72,9 +73,39 @@ impl NatsServer {
             child: None,
             options,
             _temp: None,
+            embedded: false,
         };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Like [`NatsServer::start_with`], for a server this process owns for its whole life
+    /// (`mychat up`): it runs in its own process group, so the signals a terminal, `docker
+    /// stop` or systemd send to this process's group reach only this process, which stops the
+    /// server itself, in order; and it gets SIGTERM if this process dies without stopping it
+    /// (Linux parent-death signal). Call it from a thread that lives as long as the process
+    /// (the main thread): the parent-death signal follows the thread that started the child.
+    ///
+    /// # Errors
+    /// As [`NatsServer::start_with`].
+    pub fn start_embedded(mut options: NatsOptions) -> anyhow::Result<Self> {
+        if options.port == 0 {
+            options.port = free_port();
+        }
+        std::fs::create_dir_all(&options.store_dir)?;
+        let mut server = Self {
+            child: None,
+            options,
+            _temp: None,
+            embedded: true,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -93,6 +124,9 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if self.embedded {
+            crate::own_group_and_parent_death(&mut cmd, nix::sys::signal::Signal::SIGTERM);
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", nats_server_bin().display()))?;

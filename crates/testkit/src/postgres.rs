@@ -29,6 +29,7 @@ pub struct Postgres {
     child: Option<Child>,
     options: PostgresOptions,
     _temp: Option<tempfile::TempDir>,
+    embedded: bool,
 }
 
 /// The directory holding `initdb` and `postgres`.
@@ -166,9 +167,41 @@ impl Postgres {
             child: None,
             options,
             _temp: None,
+            embedded: false,
         };
         pg.spawn()?;
         Ok(pg)
+    }
+
+    /// Like [`Postgres::start_with`], for a server this process owns for its whole life
+    /// (`mychat up`): the postmaster runs in its own process group, so a terminal's, `docker
+    /// stop`'s or systemd's signal to this process's group reaches only this process, which
+    /// stops the server itself (fast shutdown) once nothing uses it any more; and it gets SIGINT
+    /// (fast shutdown) if this process dies without stopping it (Linux parent-death signal).
+    /// Call it from a thread that lives as long as the process (the main thread).
+    ///
+    /// # Errors
+    /// As [`Postgres::start_with`].
+    pub fn start_embedded(mut options: PostgresOptions) -> anyhow::Result<Self> {
+        if options.port == 0 {
+            options.port = free_port();
+        }
+        if !options.data_dir.join("PG_VERSION").exists() {
+            initdb(&options.data_dir)?;
+        }
+        let mut pg = Self {
+            child: None,
+            options,
+            _temp: None,
+            embedded: true,
+        };
+        pg.spawn()?;
+        Ok(pg)
+    }
+
+    /// The postmaster's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -201,7 +234,13 @@ impl Postgres {
         if let Ok(extra) = std::env::var("TESTKIT_PG_ARGS") {
             cmd.args(extra.split_whitespace());
         }
-        let log = std::fs::File::create(o.data_dir.with_extension("log"))?;
+        if self.embedded {
+            crate::own_group_and_parent_death(&mut cmd, nix::sys::signal::Signal::SIGINT);
+        }
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(o.data_dir.with_extension("log"))?;
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
