@@ -1146,3 +1146,47 @@ async fn the_live_paths_catch_up_after_their_consumers_are_deleted_and_nats_rest
     assert_eq!(ids, want_ids, "the read model holds every message once");
     shutdown.cancel();
 }
+
+/// A node that cannot read its streams says so: with nats-server gone, its readers fail and
+/// `/health` answers 503 naming the parts down (the node still holds its sockets); once the
+/// server is back they re-create their consumers and `/health` answers 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_readers_are_down_answers_503_until_they_recover() {
+    let mut c = cluster().await;
+    let a = c.node(&[]).await;
+    let health = || async {
+        let r = reqwest::get(format!("{}/health", a.http())).await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap_or_default())
+    };
+    assert_eq!(health().await.0, 200);
+    tokio::task::block_in_place(|| c.nats.kill());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let down = loop {
+        let (status, body) = health().await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still healthy without nats-server: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(down["status"], "degraded", "{down}");
+    let parts = down["down"].to_string();
+    assert!(
+        parts.contains("chat fan-out") || parts.contains("session events"),
+        "{down}"
+    );
+    tokio::task::block_in_place(|| c.nats.restart().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = health().await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not recovered: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

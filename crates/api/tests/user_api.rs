@@ -804,7 +804,8 @@ async fn recharge_goes_through_a_payment_and_credits_the_wallet_once() {
         .get("/api/user/transactions?type=recharge", &token)
         .await;
     for _ in 0..200 {
-        if r.data()["total"] == json!(1) {
+        // The list and its total are two reads: wait until both show the movement.
+        if r.data()["total"] == json!(1) && !r.data()["transactions"][0]["amount"].is_null() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -1482,7 +1483,8 @@ async fn chat_billing_reviews_and_notifications() {
     // The billings read model is another projection: under load it may trail the order's.
     let mut r = app.get("/api/chat/billings", &token).await;
     for _ in 0..200 {
-        if r.data()["total"] == json!(1) {
+        // The list and its total are two reads: wait until both show the movement.
+        if r.data()["total"] == json!(1) && !r.data()["transactions"][0]["amount"].is_null() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
