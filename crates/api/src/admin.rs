@@ -14,7 +14,8 @@ use sqlx::Row;
 use crate::auth::{verify_password, KIND_ADMIN};
 use crate::finance::withdrawal_json;
 use crate::orders::request_meta;
-use crate::{ok, ApiError, ApiJson, ApiPath, ApiResult, AppState, AuthAdmin};
+use crate::admin_common::Caller;
+use crate::{ok, ApiError, ApiJson, ApiPath, ApiResult, AppState};
 
 /// The admin-API routes of this module.
 pub fn router() -> Router<AppState> {
@@ -40,7 +41,7 @@ pub struct AdminLogin {
 pub async fn login(
     State(state): State<AppState>,
     limiter: Option<axum::Extension<AdminLoginLimiter>>,
-    client: crate::user_config::ClientIp,
+    client: web::auth::ClientIp,
     ApiJson(req): ApiJson<AdminLogin>,
 ) -> ApiResult<Json<Value>> {
     if req.username.is_empty() {
@@ -50,7 +51,7 @@ pub async fn login(
         return Err(ApiError::field("password", "required"));
     }
     if let Some(axum::Extension(limiter)) = limiter {
-        limiter.0.check_login(&req.username, &client.0)?;
+        limiter.0.check(&req.username, &client.0)?;
     }
     let row = sqlx::query("SELECT * FROM administrators WHERE username = $1")
         .bind(&req.username)
@@ -116,7 +117,7 @@ fn yes() -> bool {
 /// `POST /api/admin/withdraw/:id/approve` → the withdrawal record.
 pub async fn approve(
     State(state): State<AppState>,
-    admin: AuthAdmin,
+    admin: Caller,
     headers: HeaderMap,
     ApiPath(id): ApiPath<i64>,
     body: axum::body::Bytes,
@@ -128,7 +129,7 @@ pub async fn approve(
             rejected_reason: String::new(),
         }
     } else {
-        crate::error::parse_json::<ApproveRequest>(&body)?
+        web::extract::parse_json::<ApproveRequest>(&body)?
     };
     if !req.approved && req.rejected_reason.trim().is_empty() {
         return Err(ApiError::field(
@@ -169,7 +170,7 @@ pub async fn approve(
 /// approved (1 → 3).
 pub async fn transfer(
     State(state): State<AppState>,
-    admin: AuthAdmin,
+    admin: Caller,
     headers: HeaderMap,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<axum::response::Response> {
@@ -193,17 +194,14 @@ pub async fn transfer(
     ))
 }
 
-/// The admin login's rate limiters (issue 8): the user login's GCRA limiters
-/// ([`crate::user_config::UserApi::check_login`], default 10 attempts a minute per username, 60
-/// per client IP), one set per admin router.
+/// The admin login's rate limits (the user login's, [`web::auth::LoginLimiter`]), one set per
+/// admin router.
 #[derive(Clone)]
-pub struct AdminLoginLimiter(pub std::sync::Arc<crate::user_config::UserApi>);
+pub struct AdminLoginLimiter(pub std::sync::Arc<web::auth::LoginLimiter>);
 
 impl AdminLoginLimiter {
     /// Limiters with `limits`.
-    pub fn new(limits: crate::user_config::LoginLimits) -> Self {
-        let mut config = crate::user_config::UserApiConfig::new(std::path::PathBuf::new());
-        config.login_limits = limits;
-        Self(crate::user_config::UserApi::new(config))
+    pub fn new(limits: web::auth::LoginLimits) -> Self {
+        Self(std::sync::Arc::new(web::auth::LoginLimiter::new(limits)))
     }
 }

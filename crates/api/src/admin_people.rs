@@ -870,7 +870,7 @@ async fn store_upload(
 pub async fn upload_image(
     State(state): State<AppState>,
     caller: Caller,
-    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
+    web::Multipart(multipart): web::Multipart,
 ) -> ApiResult<Json<Value>> {
     let data = store_upload(&state, Some(caller.admin_id), multipart, true).await?;
     Ok(Json(
@@ -883,7 +883,7 @@ pub async fn upload_image(
 pub async fn upload_file(
     State(state): State<AppState>,
     caller: Caller,
-    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
+    web::Multipart(multipart): web::Multipart,
 ) -> ApiResult<Json<Value>> {
     Ok(ok(store_upload(
         &state,
@@ -898,7 +898,7 @@ pub async fn upload_file(
 /// token (contract c.2 #22, f.5): public, images ≤ 2 MB only.
 pub async fn upload_public(
     State(state): State<AppState>,
-    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
+    web::Multipart(multipart): web::Multipart,
 ) -> ApiResult<Json<Value>> {
     let data = store_upload(&state, None, multipart, true).await?;
     Ok(Json(

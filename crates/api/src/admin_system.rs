@@ -381,7 +381,7 @@ pub async fn update_role(
                 .bind(&code)
                 .execute(&mut *tx)
                 .await
-                .map_err(crate::admin_common::unique_violation)?;
+                .map_err(web::error::unique_violation)?;
             tx.commit().await?;
         }
     }

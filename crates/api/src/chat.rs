@@ -10,7 +10,6 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::{
     ChatSession, EndReason, Order, OrderCommand, OrderStatus, SessionCommand, SessionEvent,
-    SessionStatus,
 };
 use eventstore::chat::ChatMessage;
 use eventstore::Actor;
@@ -245,63 +244,6 @@ pub struct SendMessage {
     pub client_msg_id: String,
 }
 
-/// Validates and builds a chat message from `sender` into `session` (shared with the gateway).
-///
-/// # Errors
-/// 400 naming the field; 403 when the session has ended or the sender is not a participant.
-pub fn build_message(
-    session_id: i64,
-    session: &ChatSession,
-    sender_id: i64,
-    content: String,
-    content_type: &str,
-    file_url: String,
-    client_msg_id: String,
-) -> Result<ChatMessage, ApiError> {
-    if !session.is_participant(sender_id) {
-        return Err(ApiError::forbidden("not a participant of this session"));
-    }
-    if session.status != SessionStatus::Active {
-        return Err(ApiError::forbidden("session has ended"));
-    }
-    let content_type = if content_type.is_empty() {
-        "text"
-    } else {
-        content_type
-    };
-    if !matches!(content_type, "text" | "image" | "file") {
-        return Err(ApiError::field("content_type", "one of text, image, file"));
-    }
-    if content.trim().is_empty() && file_url.is_empty() {
-        return Err(ApiError::field("content", "must not be empty"));
-    }
-    if content.chars().count() > 5000 {
-        return Err(ApiError::field("content", "at most 5000 characters"));
-    }
-    if client_msg_id.len() > 100 {
-        return Err(ApiError::field("client_msg_id", "at most 100 characters"));
-    }
-    let sender_type = if sender_id == session.user_id {
-        "user"
-    } else {
-        "counselor"
-    };
-    Ok(ChatMessage {
-        session_id,
-        sender_id,
-        sender_type: sender_type.into(),
-        content_type: content_type.into(),
-        content,
-        file_url,
-        client_msg_id: if client_msg_id.is_empty() {
-            uuid::Uuid::new_v4().to_string()
-        } else {
-            client_msg_id
-        },
-        sent_at: Utc::now(),
-    })
-}
-
 /// `POST /api/chat/session/:session_id/message` → the stored message `{id, seq, …}`. The session
 /// must be active and the caller a participant.
 pub async fn send_message(
@@ -311,15 +253,16 @@ pub async fn send_message(
     ApiJson(req): ApiJson<SendMessage>,
 ) -> ApiResult<Json<Value>> {
     let session = participant_session(&state, &user, session_id).await?;
-    let message = build_message(
-        session_id,
-        &session,
+    let accepted = session.accept_message(
         user.user_id,
-        req.content,
-        &req.content_type,
-        req.file_url,
-        req.client_msg_id,
+        domain::MessageDraft {
+            content: req.content,
+            content_type: req.content_type,
+            file_url: req.file_url,
+            client_msg_id: req.client_msg_id,
+        },
     )?;
+    let message = ChatMessage::accepted(session_id, user.user_id, accepted, Utc::now());
     // The same path as a socket's message: the session's chat stream, through its committer,
     // deduplicated by the client message id. An unavailable stream is this session's 503.
     let appended = state.chat.append_message(&message).await.map_err(|e| {

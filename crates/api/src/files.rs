@@ -211,7 +211,7 @@ pub async fn upload(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
-    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
+    web::Multipart(multipart): web::Multipart,
 ) -> ApiResult<Json<Value>> {
     let received = receive(multipart).await?;
     let field = |n: &str| {
@@ -282,7 +282,7 @@ pub async fn avatar(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
-    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
+    web::Multipart(multipart): web::Multipart,
 ) -> ApiResult<Json<Value>> {
     let received = receive(multipart).await?;
     if received.bytes.len() > MAX_AVATAR {
@@ -316,7 +316,7 @@ pub async fn certificate(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
-    crate::error::ApiMultipart(multipart): crate::error::ApiMultipart,
+    web::Multipart(multipart): web::Multipart,
 ) -> ApiResult<Json<Value>> {
     let received = receive(multipart).await?;
     if received.bytes.len() > MAX_CERTIFICATE {

@@ -7,7 +7,6 @@
 
 pub mod accounts;
 pub mod admin;
-pub mod admin_bus;
 pub mod admin_business;
 pub mod admin_common;
 pub mod admin_finance;
@@ -19,19 +18,15 @@ pub mod admin_rbac;
 pub mod admin_routes;
 pub mod admin_system;
 pub mod applications;
-pub mod auth;
 pub mod chat;
 pub mod chat_lists;
 pub mod counselor_terms;
-pub mod error;
 pub mod files;
 pub mod finance;
 pub mod idempotency;
 pub mod ids;
 pub mod ledger_reads;
-pub mod money;
 pub mod notifications;
-pub mod observe;
 pub mod openapi;
 pub mod order_actions;
 pub mod orders;
@@ -47,18 +42,20 @@ pub mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{header, Method};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use eventstore::CommandBus;
 use projections::CheckpointWatch;
-use serde::Serialize;
 use sqlx::PgPool;
-use tower_http::cors::{Any, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-pub use auth::{AuthAdmin, AuthUser, JwtKeys, TokenGate};
-pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+pub use web::gateway_bus as admin_bus;
+pub use web::paging::{empty_as_none, paging, PageQuery, MAX_OFFSET};
+pub use web::{auth, error, money, observe};
+pub use web::auth::{AuthUser, JwtKeys, TokenGate};
+pub use web::envelope::{health, ok, ok_msg};
+pub use web::error::{ApiError, ApiResult};
+pub use web::extract::{Json as ApiJson, Path as ApiPath, Query as ApiQuery};
 pub use user_config::UserApiConfig;
 
 /// Settings the handlers need.
@@ -134,57 +131,21 @@ impl Services {
     }
 }
 
-/// MyChat's success envelope: `{code: 200, msg: "success", data}`.
-pub fn ok<T: Serialize>(data: T) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "code": 200, "msg": "success", "data": data }))
+/// CORS as MyChat's clients need it ([`web::cors::layer`]).
+pub fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    web::cors::layer(origins)
 }
 
-/// MyChat's success envelope without data: `{code: 200, msg}`.
-pub fn ok_msg(msg: &str) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "code": 200, "msg": msg }))
-}
-
-/// `GET /health`: `{status: "ok"}` (no envelope, as MyChat's).
-pub async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
-}
-
-/// CORS as MyChat's clients need it (contract a.1): the usual headers and methods, from
-/// `origins` (e.g. `https://chat.example.com`; empty: any origin, which MyChat's clients need by
-/// default). A request from another origin gets no `Access-Control-Allow-Origin`, so the
-/// browser refuses the response. An origin that is not a header value is skipped (the settings
-/// refuse it at startup).
-pub fn cors(origins: &[String]) -> CorsLayer {
-    let list: Vec<axum::http::HeaderValue> = origins
-        .iter()
-        .filter_map(|o| axum::http::HeaderValue::from_str(o).ok())
-        .collect();
-    let origins = if list.is_empty() {
-        tower_http::cors::AllowOrigin::from(Any)
-    } else {
-        tower_http::cors::AllowOrigin::list(list)
-    };
-    CorsLayer::new()
-        .allow_origin(origins)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::DELETE,
-            Method::PATCH,
-            Method::OPTIONS,
-        ])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            header::ACCEPT,
-            header::ORIGIN,
-            header::CACHE_CONTROL,
-            header::HeaderName::from_static("x-requested-with"),
-            header::HeaderName::from_static("idempotency-key"),
-            header::HeaderName::from_static("x-request-id"),
-        ])
-        .expose_headers([header::HeaderName::from_static("x-request-id")])
+impl web::auth::UserTokens for AppState {
+    fn jwt(&self) -> &JwtKeys {
+        &self.jwt
+    }
+    fn token_gate(&self) -> &TokenGate {
+        &self.tokens
+    }
+    fn db(&self) -> &PgPool {
+        &self.db
+    }
 }
 
 /// The user API (:8080) with explicit issue-3 settings: every route of contract b.1 and seed
@@ -249,7 +210,7 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(admin_rbac::router(&state))
         // Issue 8: the admin login is rate-limited like the user login.
         .layer(axum::Extension(admin::AdminLoginLimiter::new(
-            user_config::LoginLimits::default(),
+            web::auth::LoginLimits::default(),
         )))
         .layer(TraceLayer::new_for_http())
         .layer(cors(&state.settings.cors_origins))
@@ -258,96 +219,8 @@ pub fn admin_router(state: AppState) -> Router {
     observe::wrap("admin_api", router)
 }
 
-/// The largest row offset a page may start at (10 million rows).
-pub const MAX_OFFSET: i64 = 10_000_000;
-
-/// Page and page size from MyChat's query parameters: `page` ≥ 1 (default 1), `page_size` in
-/// 1..=100 (default `default_size`).
-///
-/// # Errors
-/// 400 naming `page` or `page_size` when out of range (`page` too, when the page would start
-/// beyond [`MAX_OFFSET`]).
-pub fn paging(
-    page: Option<i64>,
-    page_size: Option<i64>,
-    default_size: i64,
-) -> Result<(i64, i64), ApiError> {
-    let page = page.unwrap_or(1);
-    let size = page_size.unwrap_or(default_size);
-    if page < 1 {
-        return Err(ApiError::field("page", "must be at least 1"));
-    }
-    if !(1..=100).contains(&size) {
-        return Err(ApiError::field("page_size", "must be between 1 and 100"));
-    }
-    // Issue 8 (found by schemathesis): a huge page overflowed `(page - 1) * size` (a panic in
-    // debug builds, a negative OFFSET and a 500 in release).
-    let offset = (page - 1)
-        .checked_mul(size)
-        .filter(|o| *o <= MAX_OFFSET)
-        .ok_or_else(|| ApiError::field("page", "too large"))?;
-    Ok((size, offset))
-}
-
-/// MyChat's paged list query: `page` (1-based), `page_size` and an optional `status` filter;
-/// each may be sent as `""`, meaning "default" / "no filter" (contract a.3).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-pub struct PageQuery {
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub page: Option<i64>,
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub page_size: Option<i64>,
-    #[serde(default, deserialize_with = "crate::empty_as_none")]
-    pub status: Option<i16>,
-}
-
-/// Deserialises an optional number that MyChat's clients may send as `""` (meaning "no filter").
-pub fn empty_as_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: std::str::FromStr,
-    T::Err: std::fmt::Display,
-{
-    let s: Option<String> = serde::Deserialize::deserialize(d)?;
-    match s.as_deref().map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(serde::de::Error::custom),
-    }
-}
-
 #[cfg(test)]
-mod issue8_tests {
-    use super::*;
-
-    #[test]
-    fn a_huge_page_is_a_400_not_an_overflow() {
-        // Found by schemathesis: `page=9223372036854775806` overflowed the offset.
-        assert_eq!(
-            paging(Some(i64::MAX), Some(100), 20).unwrap_err().status,
-            400
-        );
-        assert_eq!(
-            paging(Some(i64::MAX - 1), None, 20).unwrap_err().status,
-            400
-        );
-        assert_eq!(
-            paging(Some(100_002), Some(100), 20).unwrap_err().status,
-            400
-        );
-        assert_eq!(paging(Some(3), Some(10), 20).unwrap(), (10, 20));
-    }
-
-    #[test]
-    fn nul_escapes_are_found_and_escaped_backslashes_are_not() {
-        use crate::error::has_nul_escape;
-        assert!(has_nul_escape(br#"{"a":"x\u0000y"}"#));
-        assert!(has_nul_escape(br#"{"a":"\\\u0000"}"#));
-        assert!(!has_nul_escape(br#"{"a":"\\u0000"}"#));
-        assert!(!has_nul_escape(br#"{"a":"\u00001"}"#.split_at(9).0));
-        assert!(!has_nul_escape(br#"{"a":"\u0001"}"#));
-        assert!(!has_nul_escape(b"\\"));
-    }
-
+mod tests {
     #[test]
     fn like_patterns_match_literally() {
         use crate::admin_common::contains_pattern;

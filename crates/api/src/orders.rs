@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use domain::{Order, OrderCommand};
-use eventstore::{Actor, CommandMeta};
+use eventstore::Actor;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -22,25 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/order/{id}", get(get_one))
 }
 
-/// The command metadata of a request: the `Idempotency-Key` header (if any) is the command id.
-pub fn request_meta(headers: &axum::http::HeaderMap, actor: Actor) -> CommandMeta {
-    let mut meta = CommandMeta::new(actor);
-    // Issue 8: the request's id (`X-Request-Id`, set by `observe::request_id`) is the command's
-    // correlation id, so the events it causes carry it in their envelopes.
-    if let Some(id) = headers
-        .get(crate::observe::REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| crate::observe::acceptable_request_id(v))
-    {
-        meta.correlation_id = id.to_string();
-    }
-    if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-        if !key.is_empty() && key.len() <= 200 {
-            meta.command_id = format!("idem:{}:{key}", meta.actor);
-        }
-    }
-    meta
-}
+pub use web::command::request_meta;
 
 /// Parses MyChat's `schedule_time` forms (contract b.1 #21): RFC 3339
 /// (`2026-01-20T15:00:00+08:00`, the web client's form), `YYYY-MM-DDTHH:mm:ss`,

@@ -8,32 +8,13 @@
 //! offered, or offered without credentials while the sandbox is off, is refused
 //! ([`UserApi::check_method`]), and the sandbox's routes do not exist while it is off.
 
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::providers::alipay::AlipayConfig;
 use crate::providers::wechat::WechatConfig;
 
-/// Login attempts allowed per minute (burst = the same number).
-#[derive(Debug, Clone, Copy)]
-pub struct LoginLimits {
-    /// Per username.
-    pub per_account_per_minute: u32,
-    /// Per client IP address.
-    pub per_ip_per_minute: u32,
-}
-
-impl Default for LoginLimits {
-    fn default() -> Self {
-        Self {
-            per_account_per_minute: 10,
-            per_ip_per_minute: 60,
-        }
-    }
-}
+pub use web::auth::{ClientIp, LoginLimits};
 
 /// See the module documentation.
 #[derive(Clone)]
@@ -75,10 +56,8 @@ pub struct UserApi {
     pub config: UserApiConfig,
     /// The sandbox's signing side of `wechat` / `alipay` running in sandbox mode.
     pub sandbox: crate::providers::sandbox::SandboxProviders,
-    /// Login attempts per username.
-    pub login_by_account: DefaultKeyedRateLimiter<String>,
-    /// Login attempts per client IP.
-    pub login_by_ip: DefaultKeyedRateLimiter<String>,
+    /// Login attempts per username and per client IP.
+    pub logins: web::auth::LoginLimiter,
 }
 
 impl UserApi {
@@ -153,66 +132,11 @@ impl UserApi {
         config: UserApiConfig,
         sandbox: crate::providers::sandbox::SandboxProviders,
     ) -> Arc<Self> {
-        let quota = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).expect("non-zero"));
         Arc::new(Self {
             sandbox,
-            login_by_account: RateLimiter::keyed(quota(config.login_limits.per_account_per_minute)),
-            login_by_ip: RateLimiter::keyed(quota(config.login_limits.per_ip_per_minute)),
+            logins: web::auth::LoginLimiter::new(config.login_limits),
             config,
         })
     }
 }
 
-impl UserApi {
-    /// Counts one login attempt for `username` from `ip`.
-    ///
-    /// # Errors
-    /// 429 with the wait, naming which limit was hit.
-    pub fn check_login(&self, username: &str, ip: &str) -> Result<(), crate::ApiError> {
-        use governor::clock::{Clock, DefaultClock};
-        let clock = DefaultClock::default();
-        let refuse = |what: &str, not_until: governor::NotUntil<governor::clock::QuantaInstant>| {
-            let wait = not_until.wait_time_from(clock.now()).as_secs().max(1);
-            crate::ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                format!("too many login attempts for this {what}; retry in {wait} s"),
-            )
-        };
-        // Keys are client-chosen: forget the idle ones before the maps grow large.
-        if self.login_by_account.len() > 100_000 {
-            self.login_by_account.retain_recent();
-        }
-        if self.login_by_ip.len() > 100_000 {
-            self.login_by_ip.retain_recent();
-        }
-        self.login_by_ip
-            .check_key(&ip.to_string())
-            .map_err(|n| refuse("address", n))?;
-        self.login_by_account
-            .check_key(&username.to_lowercase())
-            .map_err(|n| refuse("account", n))?;
-        Ok(())
-    }
-}
-
-/// The client's IP address: the TCP peer (`ConnectInfo`), `unknown` when the server was not
-/// started with connect info. Forwarding headers are not trusted (they are client-controlled).
-#[derive(Debug, Clone)]
-pub struct ClientIp(pub String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip().to_string())
-                .unwrap_or_else(|| "unknown".into()),
-        ))
-    }
-}

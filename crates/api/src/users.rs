@@ -92,7 +92,7 @@ pub struct LoginRequest {
 pub async fn login(
     State(state): State<AppState>,
     axum::Extension(api): axum::Extension<std::sync::Arc<crate::user_config::UserApi>>,
-    client: crate::user_config::ClientIp,
+    client: web::auth::ClientIp,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<Value>> {
     if req.username.is_empty() {
@@ -101,7 +101,7 @@ pub async fn login(
     if req.password.is_empty() {
         return Err(ApiError::field("password", "required"));
     }
-    api.check_login(&req.username, &client.0)?;
+    api.logins.check(&req.username, &client.0)?;
     let row = sqlx::query(
         "SELECT u.id, u.password_hash, u.email, u.status, c.id AS counselor_id FROM users u \
          LEFT JOIN counselors c ON c.user_id = u.id WHERE u.username = $1 AND u.deleted_at IS NULL",

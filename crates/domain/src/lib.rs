@@ -1,6 +1,7 @@
 //! mychat's domain: the event-sourced aggregates (`Order`, `Payment`, `ChatSession`,
-//! `UserWallet`, `CounselorAccount`), their commands, events and business errors, and the money
-//! rules (amounts are `i64` fen; billing and the platform's share).
+//! `UserWallet`, `CounselorAccount`), their commands, events and business errors, the money
+//! rules (amounts are `i64` fen; billing and the platform's share), and the rules a chat message
+//! obeys before it is stored ([`chat`]).
 //!
 //! Pure: no I/O, no clock, no randomness. Every time a rule needs ("now") arrives inside the
 //! command, so the same history and command always give the same events. Aggregates implement
@@ -10,6 +11,7 @@
 //! infrastructure failure never appears here.
 
 pub mod account;
+pub mod chat;
 pub mod money;
 pub mod order;
 pub mod payment;
@@ -17,6 +19,7 @@ pub mod session;
 pub mod wallet;
 
 pub use account::{AccountCommand, AccountError, AccountEvent, CounselorAccount, WithdrawalStatus};
+pub use chat::{AcceptedMessage, MessageDraft, MessageRefusal};
 pub use money::{split_platform_fee, Fen};
 pub use order::{Order, OrderCommand, OrderError, OrderEvent, OrderStatus};
 pub use payment::{

@@ -317,6 +317,31 @@ pub struct ChatMessage {
     pub sent_at: DateTime<Utc>,
 }
 
+impl ChatMessage {
+    /// The record of a message `session_id` accepted from `sender_id`
+    /// ([`domain::ChatSession::accept_message`]), sent at `sent_at`. A message without a client
+    /// id gets a random one (a UUID), so that it is stored once too.
+    pub fn accepted(
+        session_id: i64,
+        sender_id: i64,
+        message: domain::AcceptedMessage,
+        sent_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            session_id,
+            sender_id,
+            sender_type: message.sender_type.into(),
+            content_type: message.content_type.into(),
+            content: message.content,
+            file_url: message.file_url,
+            client_msg_id: message
+                .client_msg_id
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            sent_at,
+        }
+    }
+}
+
 /// Why a chat record was not stored.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {

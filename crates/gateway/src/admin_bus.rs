@@ -1,4 +1,4 @@
-//! The gateway side of the admin ↔ gateway NATS contract (issue 4, [`api::admin_bus`]): every
+//! The gateway side of the admin ↔ gateway NATS contract ([`web::gateway_bus`]): every
 //! node answers presence requests with its sockets and acts on kick / mute / admin message /
 //! broadcast requests for the sockets it holds, then replies with how many it acted on.
 //!
@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use api::admin_bus::{
-    Delivered, KickRequest, MuteRequest, PresenceReply, SocketInfo, TextRequest, BROADCAST, MUTES,
-    PRESENCE,
+use web::gateway_bus::{
+    user_of, Delivered, KickRequest, MuteList, MuteRequest, PresenceReply, SocketInfo,
+    TextRequest, BROADCAST, KICK_ANY, MESSAGE_ANY, MUTES, MUTE_ANY, PRESENCE,
 };
 use chrono::Utc;
 use futures::StreamExt;
@@ -32,9 +32,9 @@ pub async fn run(
     let node = uuid::Uuid::new_v4().to_string();
     let mut subs = futures::stream::select_all([
         nats.subscribe(PRESENCE).await?,
-        nats.subscribe("mychat.gateway.kick.*").await?,
-        nats.subscribe("mychat.gateway.mute.*").await?,
-        nats.subscribe("mychat.gateway.message.*").await?,
+        nats.subscribe(KICK_ANY).await?,
+        nats.subscribe(MUTE_ANY).await?,
+        nats.subscribe(MESSAGE_ANY).await?,
         nats.subscribe(BROADCAST).await?,
     ]);
     nats.flush().await?;
@@ -55,15 +55,11 @@ pub async fn run(
 }
 
 async fn load_mutes(nats: &async_nats::Client, hub: &Hub) {
-    #[derive(serde::Deserialize)]
-    struct Mutes {
-        user_ids: Vec<i64>,
-    }
-    match api::admin_bus::scatter_gather::<Mutes>(
+    match web::gateway_bus::scatter_gather::<MuteList>(
         nats,
         MUTES.to_string(),
         &json!({}),
-        api::admin_bus::COLLECT_WINDOW,
+        web::gateway_bus::COLLECT_WINDOW,
     )
     .await
     {
@@ -74,10 +70,6 @@ async fn load_mutes(nats: &async_nats::Client, hub: &Hub) {
         }
         Err(e) => tracing::warn!(error = %e, "loading the mute list"),
     }
-}
-
-fn user_of(subject: &str) -> Option<i64> {
-    subject.rsplit('.').next()?.parse().ok()
 }
 
 /// Serves one admin request; returns the reply body.

@@ -163,9 +163,9 @@ pub async fn health(State(state): State<GatewayState>) -> axum::response::Respon
 #[derive(Clone)]
 pub struct GatewayState {
     pub bus: CommandBus,
-    pub jwt: Arc<api::JwtKeys>,
+    pub jwt: Arc<web::auth::JwtKeys>,
     /// What authenticating a user token needs from the database, remembered per node.
-    pub tokens: api::TokenGate,
+    pub tokens: web::auth::TokenGate,
     pub hub: Arc<Hub>,
     pub db: PgPool,
     pub nats: async_nats::Client,
@@ -183,14 +183,14 @@ pub fn router(state: GatewayState) -> Router {
         .route("/ws/counselors/online", get(counselors_online))
         // Issue 8: the node's metrics, with its socket count sampled at each scrape.
         .route("/metrics", get(metrics))
-        .layer(api::cors(&state.hub.config().cors_origins))
+        .layer(web::cors::layer(&state.hub.config().cors_origins))
         .with_state(state);
-    api::observe::security_headers(router)
+    web::observe::security_headers(router)
         .layer(axum::middleware::from_fn_with_state(
             "gateway",
-            api::observe::http_metrics,
+            web::observe::http_metrics,
         ))
-        .layer(axum::middleware::from_fn(api::observe::request_id))
+        .layer(axum::middleware::from_fn(web::observe::request_id))
 }
 
 /// Metric (issue 8): sockets open on this node (gauge, sampled when `/metrics` is read).
@@ -208,7 +208,7 @@ pub async fn metrics(State(state): State<GatewayState>) -> axum::response::Respo
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        api::observe::render(),
+        web::observe::render(),
     )
         .into_response()
 }
@@ -223,7 +223,7 @@ pub async fn start_node(
     nats: async_nats::Client,
     bus: CommandBus,
     db: PgPool,
-    jwt: Arc<api::JwtKeys>,
+    jwt: Arc<web::auth::JwtKeys>,
     config: GatewayConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<GatewayState> {
@@ -286,7 +286,7 @@ pub async fn start_node(
             }
         });
     }
-    let tokens = api::TokenGate::follow(&nats, api::TokenGate::DEFAULT_TTL)
+    let tokens = web::auth::TokenGate::follow(&nats, web::auth::TokenGate::DEFAULT_TTL)
         .await
         .context("following token revocations")?;
     Ok(GatewayState {

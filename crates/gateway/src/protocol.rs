@@ -36,8 +36,8 @@ impl ClientFrame {
         if text.len() > MAX_FRAME_BYTES {
             return Err(format!("frame larger than {MAX_FRAME_BYTES} bytes"));
         }
-        // Issue 8: NUL cannot be stored by the read models; in `CHAT` it would stop them.
-        if api::error::has_nul_escape(text.as_bytes()) {
+        // NUL cannot be stored by the read models; in a chat stream it would stop them.
+        if web::extract::has_nul_escape(text.as_bytes()) {
             return Err("text must not contain NUL characters (\\u0000)".into());
         }
         serde_json::from_str(text).map_err(|e| format!("malformed frame: {e}"))

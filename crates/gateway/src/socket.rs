@@ -72,7 +72,7 @@ async fn authenticate(
         .jwt
         .verify(&token)
         .map_err(|e| (StatusCode::UNAUTHORIZED, e.msg))?;
-    if claims.kind != api::auth::KIND_USER {
+    if claims.kind != web::auth::KIND_USER {
         return Err((
             StatusCode::UNAUTHORIZED,
             "a user token is required".to_string(),
@@ -496,17 +496,20 @@ impl Socket {
             Ok(s) => s,
             Err(e) => return self.error(session_id, &e),
         };
-        let message = match api::chat::build_message(
-            session_id,
-            &session,
-            self.conn.user_id,
-            f.field("content"),
-            &f.field("content_type"),
-            f.field("file_url"),
-            f.client_msg_id(),
-        ) {
-            Ok(m) => m,
-            Err(e) => return self.error(session_id, &e.msg),
+        let draft = domain::MessageDraft {
+            content: f.field("content"),
+            content_type: f.field("content_type"),
+            file_url: f.field("file_url"),
+            client_msg_id: f.client_msg_id(),
+        };
+        let message = match session.accept_message(self.conn.user_id, draft) {
+            Ok(m) => eventstore::chat::ChatMessage::accepted(
+                session_id,
+                self.conn.user_id,
+                m,
+                chrono::Utc::now(),
+            ),
+            Err(e) => return self.error(session_id, &e.to_string()),
         };
         let id = message.client_msg_id.clone();
         let own = own_key(self.conn.user_id, &id);

@@ -1,23 +1,43 @@
 //! [`ApiError`]: every failure an HTTP handler returns, rendered as MyChat's `{code, msg}` body
 //! (HTTP status = `code`, contract a.3) with the RFC 9457 problem members beside it (`type`,
-//! `title`, `status`, `detail`, per-field `errors`), served as `application/problem+json`.
+//! `title`, `status`, `detail`, per-field `errors`), served as `application/problem+json`
+//! ([`Problem`]). Old clients read `code` and `msg`; new ones read the problem members.
 //!
-//! Also the extractors whose rejections go through it: [`ApiJson`], [`ApiQuery`], [`ApiPath`].
+//! Domain rejections become 4xx ([`Rejection`]), an optimistic-lock conflict 409, anything else a
+//! 500 whose cause is logged and never shown.
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use eventstore::CommandError;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// One invalid field of a request.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 pub struct FieldError {
-    /// The field's JSON path (`amount`, `items[2].label`).
+    /// The field's JSON path (`amount`, `items[2].label`) or query parameter.
     pub field: String,
+    /// What is wrong with it.
     pub message: String,
+}
+
+/// The body of every refusal: MyChat's `{code, msg}` with the RFC 9457 problem members.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// The HTTP status (MyChat's clients read `code`).
+    pub code: u16,
+    /// What is wrong, naming the field when one is (the clients show it).
+    pub msg: String,
+    /// Always `about:blank`.
+    pub r#type: &'static str,
+    /// The status's reason phrase.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// The same text as `msg`.
+    pub detail: String,
+    /// One entry per invalid field (empty when no field is concerned).
+    pub errors: Vec<FieldError>,
 }
 
 /// An error answered to the client. A 5xx hides its cause from the client and logs it.
@@ -42,7 +62,7 @@ impl ApiError {
             retry_after: None,
         }
     }
-    /// 400 naming one invalid field.
+    /// 400 naming one invalid field: `msg` is `"<field>: <message>"`.
     pub fn field(field: &str, message: impl Into<String>) -> Self {
         let message = message.into();
         Self {
@@ -52,6 +72,17 @@ impl ApiError {
                 field: field.to_string(),
                 message,
             }],
+            source: None,
+            retry_after: None,
+        }
+    }
+    /// 400 naming one invalid field whose message came from parsing the body (`msg` is
+    /// ``"invalid field `<field>`: <message>"``).
+    pub fn invalid_field(error: FieldError) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            msg: format!("invalid field `{}`: {}", error.field, error.message),
+            errors: vec![error],
             source: None,
             retry_after: None,
         }
@@ -68,13 +99,19 @@ impl ApiError {
     pub fn forbidden(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, msg)
     }
-    /// 404.
+    /// 404 `"<what> not found"`.
     pub fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, format!("{what} not found"))
     }
     /// 409.
     pub fn conflict(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, msg)
+    }
+    /// 413 naming `file` (an upload larger than `limit`; nothing is stored).
+    pub fn too_large(field: &str, limit: &str) -> Self {
+        let mut e = Self::field(field, format!("larger than {limit}"));
+        e.status = StatusCode::PAYLOAD_TOO_LARGE;
+        e
     }
     /// 503 with `Retry-After: 1`: a part this request needs (a chat stream, say) is unavailable
     /// for now; the same request can be retried.
@@ -91,6 +128,19 @@ impl ApiError {
             errors: Vec::new(),
             source: Some(source),
             retry_after: None,
+        }
+    }
+    /// The body this error is answered with.
+    pub fn problem(&self) -> Problem {
+        let code = self.status.as_u16();
+        Problem {
+            code,
+            msg: self.msg.clone(),
+            r#type: "about:blank",
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            status: code,
+            detail: self.msg.clone(),
+            errors: self.errors.clone(),
         }
     }
 }
@@ -110,21 +160,11 @@ impl IntoResponse for ApiError {
                 "request failed"
             );
         }
-        let code = self.status.as_u16();
-        let title = self.status.canonical_reason().unwrap_or("Error");
-        let body = serde_json::json!({
-            "code": code,
-            "msg": self.msg,
-            "type": "about:blank",
-            "title": title,
-            "status": code,
-            "detail": self.msg,
-            "errors": self.errors,
-        });
+        let body = serde_json::to_string(&self.problem()).unwrap_or_default();
         let mut response = (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
-            body.to_string(),
+            body,
         )
             .into_response();
         if let Some(seconds) = self.retry_after {
@@ -138,8 +178,8 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        // Issue 8: text Postgres cannot store (a NUL character, from a query parameter or a
-        // multipart field) is the client's error, not a 500.
+        // Text PostgreSQL cannot store (a NUL character, from a query parameter or a multipart
+        // field) is the client's error, not a 500.
         if let sqlx::Error::Database(d) = &e {
             if matches!(d.code().as_deref(), Some("22021" | "22P05")) {
                 return Self::bad_request(
@@ -151,28 +191,24 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// Whether JSON text holds a string with a NUL character (the escape `\u0000`; a raw NUL byte is
-/// not valid JSON). Postgres cannot store NUL in `text` or `jsonb`, so such a body is refused at
-/// the edge (issue 8): once in an event it would stop the projections that store it.
-pub fn has_nul_escape(json: &[u8]) -> bool {
-    let mut backslashes = 0usize;
-    for (i, &b) in json.iter().enumerate() {
-        if b == b'\\' {
-            backslashes += 1;
-            continue;
-        }
-        if b == b'u' && backslashes % 2 == 1 && json.get(i + 1..i + 5) == Some(b"0000".as_slice()) {
-            return true;
-        }
-        backslashes = 0;
-    }
-    false
-}
-
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         Self::internal(e)
     }
+}
+
+/// A PostgreSQL unique violation (23505) as a 400 naming the constraint; other errors as
+/// [`ApiError::from`].
+pub fn unique_violation(e: sqlx::Error) -> ApiError {
+    if let sqlx::Error::Database(d) = &e {
+        if d.code().as_deref() == Some("23505") {
+            return ApiError::bad_request(format!(
+                "duplicate value ({})",
+                d.constraint().unwrap_or("unique")
+            ));
+        }
+    }
+    ApiError::from(e)
 }
 
 /// How a domain rejection maps to HTTP.
@@ -229,111 +265,12 @@ impl<E: Rejection> From<CommandError<E>> for ApiError {
     }
 }
 
-/// Names the field a serde error is about: the path, or for "missing field `x`" the field `x`.
-fn field_error(path: String, inner: &serde_json::Error) -> FieldError {
-    let text = inner.to_string();
-    let message = text.split(" at line ").next().unwrap_or(&text).to_string();
-    let field = match message
-        .strip_prefix("missing field `")
-        .and_then(|r| r.split('`').next())
-    {
-        Some(name) if path == "." || path.is_empty() => name.to_string(),
-        Some(name) => format!("{path}.{name}"),
-        None if path == "." => String::new(),
-        None => path,
-    };
-    FieldError { field, message }
-}
-
-/// A JSON body. Malformed JSON, a wrong type or a missing field is a 400 that names the field.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ApiJson<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-        if bytes.is_empty() {
-            return Err(ApiError::bad_request("request body must be a JSON object"));
+impl From<domain::MessageRefusal> for ApiError {
+    fn from(e: domain::MessageRefusal) -> Self {
+        match e {
+            domain::MessageRefusal::Invalid { field, reason } => Self::field(field, reason),
+            other => Self::forbidden(other.to_string()),
         }
-        parse_json(&bytes).map(ApiJson)
-    }
-}
-
-/// Parses a JSON body like [`ApiJson`] does: a 400 naming the field on any mismatch.
-///
-/// # Errors
-/// 400 for malformed JSON, a wrong type, a missing field, or a NUL character in a string
-/// ([`has_nul_escape`]).
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if has_nul_escape(bytes) {
-        return Err(ApiError::bad_request(
-            "text must not contain NUL characters (\\u0000)",
-        ));
-    }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return ApiError::bad_request(format!("malformed JSON: {inner}"));
-        }
-        let fe = field_error(path, &inner);
-        if fe.field.is_empty() {
-            return ApiError::bad_request(fe.message);
-        }
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            msg: format!("invalid field `{}`: {}", fe.field, fe.message),
-            errors: vec![fe],
-            source: None,
-            retry_after: None,
-        }
-    })
-}
-
-/// A multipart body; a request that is not one (no or a bad boundary) is an [`ApiError`] 400
-/// rather than axum's plain-text rejection (issue 8, found by schemathesis).
-pub struct ApiMultipart(pub axum::extract::Multipart);
-
-impl<S: Send + Sync> FromRequest<S> for ApiMultipart {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Multipart::from_request(req, state)
-            .await
-            .map(ApiMultipart)
-            .map_err(|e| {
-                ApiError::new(
-                    e.status(),
-                    format!("a multipart/form-data body is required: {}", e.body_text()),
-                )
-            })
-    }
-}
-
-/// Query-string parameters; a bad one is a 400.
-#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
-
-impl From<QueryRejection> for ApiError {
-    fn from(e: QueryRejection) -> Self {
-        ApiError::bad_request(format!("invalid query string: {}", e.body_text()))
-    }
-}
-
-/// Path parameters; a bad one (e.g. `/api/order/abc`) is a 400.
-#[derive(Debug, Clone, Copy, FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);
-
-impl From<PathRejection> for ApiError {
-    fn from(e: PathRejection) -> Self {
-        ApiError::bad_request(format!("invalid path parameter: {}", e.body_text()))
     }
 }
 

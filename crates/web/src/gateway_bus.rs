@@ -1,5 +1,6 @@
-//! The admin ↔ gateway NATS contract (issue 4), shared by the admin API (requester) and every
-//! gateway node (responder). Core NATS (no JetStream): these are live actions on live sockets.
+//! The admin ↔ gateway contract: the core-NATS subjects and bodies the admin API (requester) and
+//! every gateway node (responder) exchange. Core NATS, not JetStream: these are live actions on
+//! live sockets, meaningless once the sockets are gone.
 //!
 //! | subject | kind | payload → reply |
 //! |---|---|---|
@@ -8,7 +9,7 @@
 //! | `mychat.gateway.mute.<user_id>` | request, every node replies | [`MuteRequest`] → [`Delivered`] |
 //! | `mychat.gateway.message.<user_id>` | request, every node replies | [`TextRequest`] → [`Delivered`] |
 //! | `mychat.gateway.broadcast` | request, every node replies | [`TextRequest`] → [`Delivered`] |
-//! | `mychat.admin.mutes` | request, an admin node replies | `{}` → `{user_ids: [i64]}` |
+//! | `mychat.admin.mutes` | request, an admin node replies | `{}` → [`MuteList`] |
 //!
 //! Because several gateway nodes answer one request, the requester publishes with its own inbox
 //! as reply subject and collects replies for [`COLLECT_WINDOW`] ([`scatter_gather`]). A node with
@@ -27,6 +28,18 @@ pub const PRESENCE: &str = "mychat.gateway.presence";
 pub const BROADCAST: &str = "mychat.gateway.broadcast";
 /// Where gateways ask for the persisted mute list at start.
 pub const MUTES: &str = "mychat.admin.mutes";
+
+/// Every kick subject (a gateway node subscribes to it).
+pub const KICK_ANY: &str = "mychat.gateway.kick.*";
+/// Every mute subject.
+pub const MUTE_ANY: &str = "mychat.gateway.mute.*";
+/// Every admin-message subject.
+pub const MESSAGE_ANY: &str = "mychat.gateway.message.*";
+
+/// The user a kick / mute / message subject names (its last token).
+pub fn user_of(subject: &str) -> Option<i64> {
+    subject.rsplit('.').next()?.parse().ok()
+}
 
 /// `mychat.gateway.kick.<user_id>`.
 pub fn kick_subject(user_id: i64) -> String {
@@ -82,6 +95,12 @@ pub struct MuteRequest {
 pub struct TextRequest {
     pub content: String,
     pub admin_id: i64,
+}
+
+/// The admin API's answer to [`MUTES`]: every muted user.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MuteList {
+    pub user_ids: Vec<i64>,
 }
 
 /// A node's answer to kick / mute / message / broadcast: how many of its sockets it acted on.

@@ -1,4 +1,4 @@
-//! Issue 8: what every HTTP service of mychat shares for observability and hardening.
+//! What every HTTP service of mychat does for observability and hardening.
 //!
 //! - **Request id** ([`request_id`]): each request gets a correlation id, the client's
 //!   `X-Request-Id` when it is a sane one (1..=128 visible ASCII characters), else a fresh UUID v7.

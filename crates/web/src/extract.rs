@@ -1,0 +1,164 @@
+//! The extractors every handler uses, whose rejections are [`ApiError`]s (so a bad request gets
+//! the same `{code, msg}` problem body as any other refusal): [`Json`], [`Query`], [`Path`],
+//! [`Multipart`].
+//!
+//! They carry axum's names on purpose: `#[utoipa::path]` recognises `Json<T>`, `Query<T>` and
+//! `Path<T>` arguments by name and documents the request body (`T`'s schema), the query
+//! parameters and the path parameters from the handler's signature, so a handler's input and its
+//! documentation cannot drift apart.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, FieldError};
+
+/// A JSON body. Malformed JSON, a wrong type, a missing field or a value its type refuses (a
+/// validated input type) is a 400 that names the field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        if bytes.is_empty() {
+            return Err(ApiError::bad_request("request body must be a JSON object"));
+        }
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Whether JSON text holds a string with a NUL character (the escape `\u0000`; a raw NUL byte is
+/// not valid JSON). PostgreSQL cannot store NUL in `text` or `jsonb`, so such a body is refused
+/// at the edge: once in an event it would stop the projections that store it.
+pub fn has_nul_escape(json: &[u8]) -> bool {
+    let mut backslashes = 0usize;
+    for (i, &b) in json.iter().enumerate() {
+        if b == b'\\' {
+            backslashes += 1;
+            continue;
+        }
+        if b == b'u' && backslashes % 2 == 1 && json.get(i + 1..i + 5) == Some(b"0000".as_slice()) {
+            return true;
+        }
+        backslashes = 0;
+    }
+    false
+}
+
+/// Names the field a serde error is about: the path, or for "missing field `x`" the field `x`.
+fn field_error(path: String, inner: &serde_json::Error) -> FieldError {
+    let text = inner.to_string();
+    let message = text.split(" at line ").next().unwrap_or(&text).to_string();
+    let field = match message
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        Some(name) if path == "." || path.is_empty() => name.to_string(),
+        Some(name) => format!("{path}.{name}"),
+        None if path == "." => String::new(),
+        None => path,
+    };
+    FieldError { field, message }
+}
+
+/// Parses a JSON body like [`Json`] does: a 400 naming the field on any mismatch.
+///
+/// # Errors
+/// 400 for malformed JSON, a wrong type, a missing field, a refused value, or a NUL character in
+/// a string ([`has_nul_escape`]).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if has_nul_escape(bytes) {
+        return Err(ApiError::bad_request(
+            "text must not contain NUL characters (\\u0000)",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::bad_request(format!("malformed JSON: {inner}"));
+        }
+        let fe = field_error(path, &inner);
+        if fe.field.is_empty() {
+            return ApiError::bad_request(fe.message);
+        }
+        ApiError::invalid_field(fe)
+    })
+}
+
+/// A multipart body; a request that is not one (no or a bad boundary) is a 400 rather than
+/// axum's plain-text rejection.
+pub struct Multipart(pub axum::extract::Multipart);
+
+impl<S: Send + Sync> FromRequest<S> for Multipart {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Multipart::from_request(req, state)
+            .await
+            .map(Multipart)
+            .map_err(|e| {
+                ApiError::new(
+                    e.status(),
+                    format!("a multipart/form-data body is required: {}", e.body_text()),
+                )
+            })
+    }
+}
+
+/// Query-string parameters; a bad one is a 400 naming it.
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::bad_request(format!("invalid query string: {}", e.body_text()))
+    }
+}
+
+/// Path parameters; a bad one (e.g. `/api/order/abc`) is a 400.
+#[derive(Debug, Clone, Copy, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::bad_request(format!("invalid path parameter: {}", e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_escapes_are_found_and_escaped_backslashes_are_not() {
+        assert!(has_nul_escape(br#"{"a":"x\u0000y"}"#));
+        assert!(has_nul_escape(br#"{"a":"\\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"a":"\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"a":"\u00001"}"#.split_at(9).0));
+        assert!(!has_nul_escape(br#"{"a":"\u0001"}"#));
+        assert!(!has_nul_escape(b"\\"));
+    }
+
+    #[test]
+    fn a_refused_field_is_named() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Body {
+            amount: i64,
+        }
+        let e = parse_json::<Body>(br#"{"amount": "x"}"#).unwrap_err();
+        assert_eq!(e.errors[0].field, "amount");
+        assert!(e.msg.contains("amount"), "{}", e.msg);
+        let e = parse_json::<Body>(b"{}").unwrap_err();
+        assert_eq!(e.errors[0].field, "amount");
+    }
+}
