@@ -106,7 +106,7 @@ async fn start() -> App {
         )),
         ids: Default::default(),
         chat,
-        counselors: api::counselor_terms::CounselorTerms::follow(&client)
+        counselors: api::app::counselor_terms::CounselorTerms::follow(&client)
             .await
             .unwrap(),
         tokens: api::TokenGate::follow(&client, api::TokenGate::DEFAULT_TTL)
@@ -260,7 +260,7 @@ impl App {
         }))
         .unwrap();
         let ts = chrono::Utc::now().timestamp().to_string();
-        let sig = api::payments::sandbox_sign(SANDBOX_SECRET, &ts, "n", &body);
+        let sig = api::user::payments::checkout::sandbox_sign(SANDBOX_SECRET, &ts, "n", &body);
         self.http
             .post(format!("{}/api/payment/sandbox/callback", self.api))
             .header("content-type", "application/json")

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use api::providers::alipay::AlipayConfig;
-use api::providers::wechat::WechatConfig;
-use api::user_config::{LoginLimits, UserApiConfig};
+use api::user::config::{LoginLimits, UserApiConfig};
+use api::user::payments::providers::alipay::AlipayConfig;
+use api::user::payments::providers::wechat::WechatConfig;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use eventstore::envelope::Upcasters;
@@ -128,7 +128,7 @@ async fn spawn(limits: LoginLimits, real_providers: bool) -> TestApp {
         )),
         ids: Default::default(),
         chat: chat.clone(),
-        counselors: api::counselor_terms::CounselorTerms::follow(&client)
+        counselors: api::app::counselor_terms::CounselorTerms::follow(&client)
             .await
             .unwrap(),
         tokens: api::TokenGate::follow(&client, api::TokenGate::DEFAULT_TTL)
@@ -1316,7 +1316,7 @@ fn alipay_form(params: &[(&str, String)], key: &SigningKey<Sha256>) -> String {
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
-    let signing = api::providers::alipay::signing_string(&owned);
+    let signing = api::user::payments::providers::alipay::signing_string(&owned);
     let sign = B64.encode(key.sign(signing.as_bytes()).to_bytes());
     let mut form = form_urlencoded::Serializer::new(String::new());
     for (k, v) in &owned {
@@ -2255,7 +2255,7 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_is_served
         );
     }
     // every documented route answers (no router 404/405)
-    for r in api::openapi::ROUTES {
+    for r in api::user::openapi::ROUTES {
         let path = r
             .path
             .replace("{payment_no}", "PAY0")
@@ -2319,7 +2319,8 @@ async fn in_sandbox_mode_the_cashier_pays_wechat_and_alipay_with_provider_format
         let (_, payment_no, _) = app.payment(&token, order, method).await;
         let body = serde_json::to_vec(&json!({"payment_no": payment_no, "transaction_id": "X", "amount": 15000, "trade_state": "SUCCESS"})).unwrap();
         let ts = chrono::Utc::now().timestamp().to_string();
-        let sig = api::payments::sandbox_sign("sandbox-test-secret", &ts, "n", &body);
+        let sig =
+            api::user::payments::checkout::sandbox_sign("sandbox-test-secret", &ts, "n", &body);
         let res = app
             .http
             .post(format!("{}/api/payment/sandbox/callback", app.url))
@@ -2336,6 +2337,11 @@ async fn in_sandbox_mode_the_cashier_pays_wechat_and_alipay_with_provider_format
     let order = app.order(&token, counselor, 30).await;
     let (_, payment_no, _) = app.payment(&token, order, "alipay").await;
     let (stranger, _) = rsa_key();
-    let form = api::providers::sandbox::alipay_notification(&stranger, &payment_no, "T1", 15_000);
+    let form = api::user::payments::providers::sandbox::alipay_notification(
+        &stranger,
+        &payment_no,
+        "T1",
+        15_000,
+    );
     assert_eq!(post_alipay(&app, form).await, "fail");
 }

@@ -187,6 +187,9 @@ mod tests {
             content_type: "image".into(),
             ..Default::default()
         };
-        assert_eq!(s.accept_message(1, file_only).unwrap().content_type, "image");
+        assert_eq!(
+            s.accept_message(1, file_only).unwrap().content_type,
+            "image"
+        );
     }
 }

@@ -8,14 +8,14 @@
 
 use std::sync::Arc;
 
-use web::gateway_bus::{
-    user_of, Delivered, KickRequest, MuteList, MuteRequest, PresenceReply, SocketInfo,
-    TextRequest, BROADCAST, KICK_ANY, MESSAGE_ANY, MUTES, MUTE_ANY, PRESENCE,
-};
 use chrono::Utc;
 use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use web::gateway_bus::{
+    user_of, Delivered, KickRequest, MuteList, MuteRequest, PresenceReply, SocketInfo, TextRequest,
+    BROADCAST, KICK_ANY, MESSAGE_ANY, MUTES, MUTE_ANY, PRESENCE,
+};
 
 use crate::hub::Hub;
 use crate::protocol::frame;

@@ -375,7 +375,7 @@ pub(crate) async fn run_parts(
         nats: infra.nats.clone(),
         jwt: jwt.clone(),
         ids: Default::default(),
-        counselors: api::counselor_terms::CounselorTerms::follow(&infra.nats).await?,
+        counselors: api::app::counselor_terms::CounselorTerms::follow(&infra.nats).await?,
         chat: infra.chat.clone(),
         tokens: api::TokenGate::follow(&infra.nats, api::TokenGate::DEFAULT_TTL).await?,
         watch,

@@ -542,7 +542,7 @@ impl Settings {
             &w.platform_public_key,
         ) {
             config.wechat = Some(
-                api::providers::wechat::WechatConfig::new(
+                api::user::payments::providers::wechat::WechatConfig::new(
                     mchid.clone(),
                     appid.clone(),
                     key.expose_secret().as_bytes(),
@@ -562,7 +562,7 @@ impl Settings {
         }
         if let (Some(app_id), Some(public)) = (&a.app_id, &a.public_key) {
             config.alipay = Some(
-                api::providers::alipay::AlipayConfig::new(
+                api::user::payments::providers::alipay::AlipayConfig::new(
                     app_id.clone(),
                     &pem("payments.alipay.public_key", public)?,
                 )

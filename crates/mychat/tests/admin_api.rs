@@ -98,7 +98,7 @@ async fn start() -> App {
         jwt: jwt.clone(),
         ids: Default::default(),
         chat: chat.clone(),
-        counselors: api::counselor_terms::CounselorTerms::follow(&nats)
+        counselors: api::app::counselor_terms::CounselorTerms::follow(&nats)
             .await
             .unwrap(),
         tokens: api::TokenGate::follow(&nats, api::TokenGate::DEFAULT_TTL)
@@ -309,7 +309,7 @@ fn is_upload(path: &str) -> bool {
     path.starts_with("/api/admin/upload")
 }
 
-async fn request(app: &App, rule: &api::admin_rbac::Rule, token: Option<&str>) -> (u16, Value) {
+async fn request(app: &App, rule: &api::admin::guard::Rule, token: Option<&str>) -> (u16, Value) {
     let path = concrete(rule.path);
     if is_upload(rule.path) {
         return app.upload(&path, token).await;
@@ -326,7 +326,7 @@ async fn request(app: &App, rule: &api::admin_rbac::Rule, token: Option<&str>) -
 #[tokio::test]
 async fn rbac_matrix() {
     let app = start().await;
-    let rules = api::admin_rbac::rules();
+    let rules = api::admin::guard::rules();
     assert!(
         rules.len() >= 100,
         "the route table lists every admin route ({})",
@@ -344,7 +344,7 @@ async fn rbac_matrix() {
     let codes: HashSet<&str> = rules
         .iter()
         .filter_map(|r| match r.perm {
-            api::admin_rbac::Perm::Code(c) => Some(c),
+            api::admin::guard::Perm::Code(c) => Some(c),
             _ => None,
         })
         .collect();
@@ -377,15 +377,15 @@ async fn rbac_matrix() {
     for rule in &rules {
         let what = format!("{} {}", rule.method, rule.path);
         match rule.perm {
-            api::admin_rbac::Perm::Public => continue,
-            api::admin_rbac::Perm::Authenticated | api::admin_rbac::Perm::Code(_) => {}
+            api::admin::guard::Perm::Public => continue,
+            api::admin::guard::Perm::Authenticated | api::admin::guard::Perm::Code(_) => {}
         }
         let (s, b) = request(&app, rule, None).await;
         assert_eq!(s, 401, "{what} without a token: {b}");
         assert_eq!(b["code"], 401, "{what}: MyChat envelope");
         let (s, b) = request(&app, rule, Some(&user)).await;
         assert_eq!(s, 403, "{what} with a user token: {b}");
-        if let api::admin_rbac::Perm::Code(code) = rule.perm {
+        if let api::admin::guard::Perm::Code(code) = rule.perm {
             let (s, b) = request(&app, rule, Some(&without[code])).await;
             assert_eq!(s, 403, "{what} with every permission but {code}: {b}");
             assert!(
@@ -408,9 +408,9 @@ async fn rbac_matrix() {
     for rule in &rules {
         let what = format!("{} {}", rule.method, rule.path);
         let token = match rule.perm {
-            api::admin_rbac::Perm::Public => None,
-            api::admin_rbac::Perm::Authenticated => Some(nothing.as_str()),
-            api::admin_rbac::Perm::Code(code) => Some(with[code].as_str()),
+            api::admin::guard::Perm::Public => None,
+            api::admin::guard::Perm::Authenticated => Some(nothing.as_str()),
+            api::admin::guard::Perm::Code(code) => Some(with[code].as_str()),
         };
         if rule.path == "/uploads/{id}/{name}" {
             continue; // served bytes, checked in admin_flows
@@ -1234,7 +1234,7 @@ async fn admin_flows() {
         .call(Method::GET, "/api-docs/openapi.json", None, None)
         .await;
     assert_eq!(s, 200);
-    for r in api::admin_rbac::rules() {
+    for r in api::admin::guard::rules() {
         let m = r.method.as_str().to_ascii_lowercase();
         assert!(
             doc["paths"][r.path][&m].is_object(),

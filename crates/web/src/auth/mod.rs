@@ -203,4 +203,3 @@ impl<S: UserTokens + Send + Sync> FromRequestParts<S> for AuthUser {
         })
     }
 }
-

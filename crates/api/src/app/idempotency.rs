@@ -1,0 +1,192 @@
+//! `Idempotency-Key` for every state-changing request of the user API (issue 3; the IETF
+//! draft "The Idempotency-Key HTTP Header Field").
+//!
+//! A `POST`/`PUT`/`PATCH`/`DELETE` carrying `Idempotency-Key` (1–200 visible ASCII characters) is
+//! recorded per caller (the token's user, else the hash of the `Authorization` header, else
+//! anonymous) with the SHA-256 of its method, path, query and body:
+//! - first time: the request runs; its response (status and body) is stored, unless it is a 5xx,
+//!   in which case the key is released so that a retry can run;
+//! - same key, same request: the stored response is returned (header `Idempotent-Replayed: true`)
+//!   and nothing runs again;
+//! - same key, another request: 422; same key while the first is still running: 409 (a claim
+//!   left by a process that died mid-request may be taken again after 60 s).
+//!
+//! Keys expire after 24 hours. Commands also get the key as their command id
+//! ([`crate::user::orders::placement::request_meta`]), so a retry racing past this layer is still applied once.
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use crate::{ApiError, AppState};
+
+/// A claim still running after this many seconds belongs to a process that died mid-request: a
+/// retry may claim it again. Safe because the command id (`idem:<actor>:<key>`) is the
+/// `Nats-Msg-Id`, and JetStream drops a repeat within its 10-minute duplicate window, far longer.
+const STALE_CLAIM_SECONDS: f64 = 60.0;
+
+/// Largest request body hashed (larger requests are refused by the routes' own limits first).
+const MAX_BODY: usize = 13 * 1024 * 1024;
+
+/// The middleware (`axum::middleware::from_fn_with_state`).
+pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        return next.run(req).await;
+    }
+    let Some(key) = req.headers().get("idempotency-key") else {
+        return next.run(req).await;
+    };
+    let key = match key.to_str() {
+        Ok(k)
+            if !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| (0x21..0x7f).contains(&b)) =>
+        {
+            k.to_string()
+        }
+        _ => {
+            return ApiError::field("Idempotency-Key", "1 to 200 visible ASCII characters")
+                .into_response()
+        }
+    };
+    match run(&state, key, req, next).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn scope(state: &AppState, req: &Request) -> String {
+    let Some(auth) = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return "anonymous".into();
+    };
+    match auth
+        .strip_prefix("Bearer ")
+        .map(|t| state.jwt.verify(t.trim()))
+    {
+        Some(Ok(claims)) => format!("{}:{}", claims.kind, claims.user_id),
+        _ => format!("auth:{}", hex::encode(Sha256::digest(auth.as_bytes()))),
+    }
+}
+
+async fn run(
+    state: &AppState,
+    key: String,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let scope = scope(state, &req);
+    let (parts, body) = req.into_parts();
+    let bytes = to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"))?;
+    let mut hasher = Sha256::new();
+    hasher.update(parts.method.as_str().as_bytes());
+    hasher.update(b"\n");
+    hasher.update(
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("")
+            .as_bytes(),
+    );
+    hasher.update(b"\n");
+    hasher.update(&bytes);
+    let hash = hex::encode(hasher.finalize());
+
+    let claimed: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) \
+         ON CONFLICT (scope, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, status = NULL, \
+         body = NULL, created_at = now() WHERE idempotency_keys.created_at < now() - interval '24 hours' \
+         OR (idempotency_keys.status IS NULL AND idempotency_keys.created_at < now() - $4 * interval '1 second') \
+         RETURNING 1",
+    )
+    .bind(&scope)
+    .bind(&key)
+    .bind(&hash)
+    .bind(STALE_CLAIM_SECONDS)
+    .fetch_optional(&state.db)
+    .await?;
+    if claimed.is_none() {
+        let (stored_hash, status, body): (String, Option<i16>, Option<Vec<u8>>) = sqlx::query_as(
+            "SELECT request_hash, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        )
+        .bind(&scope)
+        .bind(&key)
+        .fetch_one(&state.db)
+        .await?;
+        if stored_hash != hash {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency-Key was already used for a different request",
+            ));
+        }
+        let Some(status) = status else {
+            return Err(ApiError::conflict(
+                "a request with this Idempotency-Key is still being processed",
+            ));
+        };
+        let mut response = Response::new(Body::from(body.unwrap_or_default()));
+        *response.status_mut() = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        return Ok(response);
+    }
+
+    // The claimed request runs to completion in its own task: a client that disconnects (or
+    // times out) does not cancel it half-way, so its key is always answered or released, and a
+    // retry with the same key settles it (issue 8, found by scripts/chaos).
+    let state = state.clone();
+    tokio::spawn(async move {
+        let request = Request::from_parts(parts, Body::from(bytes));
+        finish(&state, &scope, &key, request, next).await
+    })
+    .await
+    .map_err(|e| ApiError::internal(anyhow::anyhow!("request task: {e}")))?
+}
+
+/// Runs a claimed request and stores its response (or releases the key on a 5xx).
+async fn finish(
+    state: &AppState,
+    scope: &str,
+    key: &str,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let response = next.run(request).await;
+    let (parts, body) = response.into_parts();
+    let body = to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| anyhow::anyhow!("buffering the response: {e}"))?;
+    if parts.status.is_server_error() {
+        sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
+            .bind(scope)
+            .bind(key)
+            .execute(&state.db)
+            .await?;
+    } else {
+        sqlx::query(
+            "UPDATE idempotency_keys SET status = $3, body = $4 WHERE scope = $1 AND key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(parts.status.as_u16() as i16)
+        .bind(body.to_vec())
+        .execute(&state.db)
+        .await?;
+    }
+    Ok(Response::from_parts(parts, Body::from(body)))
+}

@@ -1,0 +1,435 @@
+//! Uploads (contract b.1 #9, #20, #43–#45): avatar, certificate and general files, stored under
+//! the upload directory and served back under `/uploads/...`.
+//!
+//! Every upload is multipart with the bytes in field `file`. The type is decided by **content
+//! sniffing** (the `infer` crate reads the magic bytes), never by the client's name or
+//! Content-Type; the stored name is generated (`<kind>_<uid>_<unix-nanos>.<sniffed ext>`), so a
+//! client name cannot traverse directories. Limits: avatar JPEG/PNG ≤ 2 MB, certificate JPEG/PNG
+//! ≤ 5 MB, general files ≤ 10 MB of an allowed type (images, PDF, audio, video, office
+//! documents). URLs are absolute (`<public_url>/uploads/...`), which both clients display.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::user::config::UserApi;
+use crate::{ok, ApiError, ApiPath, ApiResult, AppState, AuthUser};
+
+/// Largest general upload, bytes.
+pub const MAX_FILE: usize = 10 * 1024 * 1024;
+/// Largest avatar, bytes.
+pub const MAX_AVATAR: usize = 2 * 1024 * 1024;
+/// Largest certificate image, bytes.
+pub const MAX_CERTIFICATE: usize = 5 * 1024 * 1024;
+
+/// The user-API routes of this module (with a 12 MB body limit for the upload routes).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/upload", post(upload))
+        .route("/api/upload/avatar", post(avatar))
+        .route("/api/counselor/upload-certificate", post(certificate))
+        .route("/api/file/{id}", get(get_one))
+        .route("/api/file/{id}", delete(remove))
+        .layer(DefaultBodyLimit::max(MAX_FILE + 2 * 1024 * 1024))
+}
+
+/// A received upload: the bytes of `file`, its client name, and the other text fields.
+struct Received {
+    bytes: Vec<u8>,
+    original_name: String,
+    fields: Vec<(String, String)>,
+}
+
+async fn receive(mut multipart: Multipart) -> Result<Received, ApiError> {
+    let mut bytes = None;
+    let mut original_name = String::new();
+    let mut fields = Vec::new();
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(None, e))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "file" {
+            original_name = field.file_name().unwrap_or_default().to_string();
+            let data = field
+                .bytes()
+                .await
+                .map_err(|e| multipart_error(Some("file"), e))?;
+            bytes = Some(data.to_vec());
+        } else {
+            let text = field
+                .text()
+                .await
+                .map_err(|_| ApiError::field(&name, "must be text"))?;
+            fields.push((name, text));
+        }
+    }
+    let bytes =
+        bytes.ok_or_else(|| ApiError::field("file", "required (multipart field `file`)"))?;
+    if bytes.is_empty() {
+        return Err(ApiError::field("file", "is empty"));
+    }
+    Ok(Received {
+        bytes,
+        original_name: original_name
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect(),
+        fields,
+    })
+}
+
+/// A multipart body that could not be read: 413 when it is over the body limit (issue 8), else
+/// 400 (naming `field` when given).
+fn multipart_error(field: Option<&str>, e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large(&format!(
+            "{} MB in all",
+            (MAX_FILE + 2 * 1024 * 1024) / (1024 * 1024)
+        ));
+    }
+    match field {
+        Some(f) => ApiError::field(f, format!("could not be read: {e}")),
+        None => ApiError::bad_request(format!("malformed multipart body: {e}")),
+    }
+}
+
+/// 413 naming `file`: the upload is larger than `limit` (issue 8; nothing is stored).
+fn too_large(limit: &str) -> ApiError {
+    let mut e = ApiError::field("file", format!("larger than {limit}"));
+    e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
+    e
+}
+
+/// The sniffed MIME type and extension of `bytes`, if it is one of `allowed`.
+fn sniff(bytes: &[u8], allowed: &[&str]) -> Result<(String, String), ApiError> {
+    let kind =
+        infer::get(bytes).ok_or_else(|| ApiError::field("file", "unrecognised file type"))?;
+    if !allowed.contains(&kind.mime_type()) {
+        return Err(ApiError::field(
+            "file",
+            format!(
+                "type {} is not allowed here (allowed: {})",
+                kind.mime_type(),
+                allowed.join(", ")
+            ),
+        ));
+    }
+    Ok((kind.mime_type().to_string(), kind.extension().to_string()))
+}
+
+const IMAGES: &[&str] = &["image/jpeg", "image/png"];
+const GENERAL: &[&str] = &[
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "application/pdf",
+    "audio/mpeg",
+    "audio/x-wav",
+    "audio/ogg",
+    "audio/mp4",
+    "video/mp4",
+    "video/webm",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/msword",
+];
+
+struct Stored {
+    id: i64,
+    file_name: String,
+    file_path: String,
+    file_url: String,
+    size: i64,
+    mime: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn store(
+    state: &AppState,
+    api: &UserApi,
+    user: &AuthUser,
+    dir: &str,
+    stem: &str,
+    file_type: &str,
+    received: &Received,
+    mime: String,
+    ext: String,
+    relation: (Option<i64>, String),
+) -> Result<Stored, ApiError> {
+    let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let file_name = format!("{stem}_{}_{nanos}.{ext}", user.user_id);
+    let file_path = format!("{dir}/{file_name}");
+    let disk = api.config.upload_dir.join(&file_path);
+    if let Some(parent) = disk.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", parent.display()))?;
+    }
+    tokio::fs::write(&disk, &received.bytes)
+        .await
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", disk.display()))?;
+    let file_url = format!("{}/uploads/{file_path}", state.settings.public_url);
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO files (file_name, original_name, file_path, file_url, file_size, file_type, \
+         mime_type, uploader_id, relation_id, relation_type) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) RETURNING id",
+    )
+    .bind(&file_name)
+    .bind(&received.original_name)
+    .bind(&file_path)
+    .bind(&file_url)
+    .bind(received.bytes.len() as i64)
+    .bind(file_type)
+    .bind(&mime)
+    .bind(user.user_id)
+    .bind(relation.0)
+    .bind(&relation.1)
+    .fetch_one(&state.db)
+    .await?;
+    Ok(Stored {
+        id,
+        file_name,
+        file_path,
+        file_url,
+        size: received.bytes.len() as i64,
+        mime,
+    })
+}
+
+/// `POST /api/upload` (multipart `file` ≤ 10 MB, `file_type` avatar|document|image|audio|video|
+/// other (default other), `relation_id`, `relation_type`) → `{id, file_name, original_name,
+/// file_url, file_size, mime_type}`.
+pub async fn upload(
+    State(state): State<AppState>,
+    Extension(api): Extension<Arc<UserApi>>,
+    user: AuthUser,
+    web::Multipart(multipart): web::Multipart,
+) -> ApiResult<Json<Value>> {
+    let received = receive(multipart).await?;
+    let field = |n: &str| {
+        received
+            .fields
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let file_type = match field("file_type").as_str() {
+        "" => "other".to_string(),
+        t @ ("avatar" | "document" | "image" | "audio" | "video" | "other") => t.to_string(),
+        _ => {
+            return Err(ApiError::field(
+                "file_type",
+                "one of avatar, document, image, audio, video, other",
+            ))
+        }
+    };
+    let relation_id = match field("relation_id").as_str() {
+        "" => None,
+        v => Some(
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ApiError::field("relation_id", "must be a positive id"))?,
+        ),
+    };
+    let relation_type = field("relation_type");
+    if relation_type.chars().count() > 50 {
+        return Err(ApiError::field("relation_type", "at most 50 characters"));
+    }
+    if received.bytes.len() > MAX_FILE {
+        return Err(too_large("10 MB"));
+    }
+    let (mime, ext) = sniff(&received.bytes, GENERAL)?;
+    let dir = format!("{file_type}/{}", user.user_id);
+    let stored = store(
+        &state,
+        &api,
+        &user,
+        &dir,
+        "file",
+        &file_type,
+        &received,
+        mime,
+        ext,
+        (relation_id, relation_type),
+    )
+    .await?;
+    Ok(ok(json!({
+        "id": stored.id,
+        "file_name": stored.file_name,
+        "original_name": received.original_name,
+        "file_path": stored.file_path,
+        "file_url": stored.file_url,
+        "url": stored.file_url,
+        "file_size": stored.size,
+        "file_type": file_type,
+        "mime_type": stored.mime,
+    })))
+}
+
+/// `POST /api/upload/avatar` (multipart `file`, JPEG/PNG by content, ≤ 2 MB) → `{url}`; also
+/// sets the caller's `avatar`.
+pub async fn avatar(
+    State(state): State<AppState>,
+    Extension(api): Extension<Arc<UserApi>>,
+    user: AuthUser,
+    web::Multipart(multipart): web::Multipart,
+) -> ApiResult<Json<Value>> {
+    let received = receive(multipart).await?;
+    if received.bytes.len() > MAX_AVATAR {
+        return Err(too_large("2 MB"));
+    }
+    let (mime, ext) = sniff(&received.bytes, IMAGES)?;
+    let stored = store(
+        &state,
+        &api,
+        &user,
+        "avatars",
+        "avatar",
+        "avatar",
+        &received,
+        mime,
+        ext,
+        (Some(user.user_id), "user".into()),
+    )
+    .await?;
+    sqlx::query("UPDATE users SET avatar = $2, updated_at = now() WHERE id = $1")
+        .bind(user.user_id)
+        .bind(&stored.file_url)
+        .execute(&state.db)
+        .await?;
+    Ok(ok(json!({ "url": stored.file_url, "id": stored.id })))
+}
+
+/// `POST /api/counselor/upload-certificate` (multipart `file`, JPEG/PNG by content, ≤ 5 MB) →
+/// `{url}`.
+pub async fn certificate(
+    State(state): State<AppState>,
+    Extension(api): Extension<Arc<UserApi>>,
+    user: AuthUser,
+    web::Multipart(multipart): web::Multipart,
+) -> ApiResult<Json<Value>> {
+    let received = receive(multipart).await?;
+    if received.bytes.len() > MAX_CERTIFICATE {
+        return Err(too_large("5 MB"));
+    }
+    let (mime, ext) = sniff(&received.bytes, IMAGES)?;
+    let stored = store(
+        &state,
+        &api,
+        &user,
+        "certificates",
+        "certificate",
+        "image",
+        &received,
+        mime,
+        ext,
+        (None, "certificate".into()),
+    )
+    .await?;
+    Ok(ok(json!({ "url": stored.file_url, "id": stored.id })))
+}
+
+async fn owned_file(
+    state: &AppState,
+    user: &AuthUser,
+    id: i64,
+) -> Result<sqlx::postgres::PgRow, ApiError> {
+    let row = sqlx::query(
+        "SELECT f.*, u.username FROM files f JOIN users u ON u.id = f.uploader_id WHERE f.id = $1 AND f.status = 1",
+    )
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("file"))?;
+    if row.get::<i64, _>("uploader_id") != user.user_id {
+        return Err(ApiError::forbidden("not your file"));
+    }
+    Ok(row)
+}
+
+/// `GET /api/file/:id` → the file record with `uploader{id, username}`; uploader only.
+pub async fn get_one(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<Value>> {
+    let r = owned_file(&state, &user, id).await?;
+    Ok(ok(json!({
+        "id": id,
+        "file_name": r.get::<String, _>("file_name"),
+        "original_name": r.get::<String, _>("original_name"),
+        "file_path": r.get::<String, _>("file_path"),
+        "file_url": r.get::<String, _>("file_url"),
+        "file_size": r.get::<i64, _>("file_size"),
+        "file_type": r.get::<String, _>("file_type"),
+        "mime_type": r.get::<String, _>("mime_type"),
+        "uploader_id": r.get::<i64, _>("uploader_id"),
+        "relation_id": r.get::<Option<i64>, _>("relation_id"),
+        "relation_type": r.get::<String, _>("relation_type"),
+        "status": r.get::<i16, _>("status"),
+        "created_at": r.get::<DateTime<Utc>, _>("created_at"),
+        "updated_at": r.get::<DateTime<Utc>, _>("updated_at"),
+        "uploader": { "id": r.get::<i64, _>("uploader_id"), "username": r.get::<String, _>("username") },
+    })))
+}
+
+/// `DELETE /api/file/:id` → none: removes the stored bytes and marks the record deleted
+/// (`status` 0); uploader only.
+pub async fn remove(
+    State(state): State<AppState>,
+    Extension(api): Extension<Arc<UserApi>>,
+    user: AuthUser,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<Value>> {
+    let r = owned_file(&state, &user, id).await?;
+    let path: String = r.get("file_path");
+    match tokio::fs::remove_file(api.config.upload_dir.join(&path)).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("deleting {path}: {e}").into()),
+    }
+    sqlx::query("UPDATE files SET status = 0, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&state.db)
+        .await?;
+    Ok(crate::ok_msg("deleted"))
+}
+
+/// Longest `/uploads/...` path served, bytes (stored paths are `<kind>/<uid>/<name>`, < 200).
+pub const MAX_UPLOAD_PATH: usize = 1024;
+
+/// Guards `/uploads/...` (issue 8, found by schemathesis): a path over [`MAX_UPLOAD_PATH`] is a
+/// 414 (a path longer than the OS's `PATH_MAX` made `ServeDir` answer 500), and any other error
+/// `ServeDir` meets reading a path is logged and answered as a 404 `ApiError`.
+pub async fn uploads_guard(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if request.uri().path().len() > MAX_UPLOAD_PATH {
+        return ApiError::new(
+            axum::http::StatusCode::URI_TOO_LONG,
+            format!("path longer than {MAX_UPLOAD_PATH} bytes"),
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    if response.status().is_server_error() {
+        tracing::error!(
+            status = response.status().as_u16(),
+            "serving an upload failed"
+        );
+        return ApiError::not_found("file").into_response();
+    }
+    response
+}

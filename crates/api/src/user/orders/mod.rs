@@ -1,0 +1,16 @@
+//! Orders: placing one (a command on the `Order` aggregate), reading them, and their lifecycle
+//! (status, cancel, validate, timeline, the counselor's list).
+
+pub mod lifecycle;
+pub mod placement;
+
+use axum::Router;
+
+use crate::app::AppState;
+
+/// The routes of this area.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(lifecycle::router())
+        .merge(placement::router())
+}

@@ -1,0 +1,17 @@
+//! Payments: checkout (create, the sandbox cashier and callback, the providers' notifications)
+//! and the payment records (list, detail, refund).
+
+pub mod checkout;
+pub mod providers;
+pub mod records;
+
+use axum::Router;
+
+use crate::app::AppState;
+
+/// The routes of this area; the sandbox cashier and callback only with `sandbox_cashier`.
+pub fn router(sandbox_cashier: bool) -> Router<AppState> {
+    Router::new()
+        .merge(checkout::router(sandbox_cashier))
+        .merge(records::router())
+}

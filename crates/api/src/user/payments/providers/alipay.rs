@@ -1,0 +1,223 @@
+//! Alipay asynchronous notifications (`POST /api/payment/alipay/callback`).
+//!
+//! Verification, per Alipay's "异步通知验签" document: the body is
+//! `application/x-www-form-urlencoded`; remove `sign` and `sign_type`, sort the remaining
+//! parameters by name, join them as `k=v` with `&` (values URL-decoded, empty values kept out),
+//! and verify `sign` (base64) as SHA256withRSA (`RSA2`) with Alipay's public key. Then:
+//! `app_id` must be ours, `trade_status` `TRADE_SUCCESS` or `TRADE_FINISHED`, `out_trade_no` a
+//! payment of ours and `total_amount` (yuan, two decimals) its amount.
+//!
+//! Reply: `text/plain` `success` (Alipay stops retrying) or `fail`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use rsa::pkcs1v15::{Signature, VerifyingKey};
+use rsa::pkcs8::DecodePublicKey;
+use rsa::signature::Verifier;
+use rsa::RsaPublicKey;
+use sha2::Sha256;
+
+use super::{capture, CaptureError};
+use crate::user::config::UserApi;
+use crate::AppState;
+
+/// The merchant's Alipay settings.
+#[derive(Clone)]
+pub struct AlipayConfig {
+    pub app_id: String,
+    pub alipay_key: VerifyingKey<Sha256>,
+}
+
+impl AlipayConfig {
+    /// Settings from the app id and Alipay's public key (SPKI PEM).
+    ///
+    /// # Errors
+    /// An unparsable PEM.
+    pub fn new(app_id: String, alipay_public_key_pem: &str) -> anyhow::Result<Self> {
+        let key = RsaPublicKey::from_public_key_pem(alipay_public_key_pem)
+            .map_err(|e| anyhow::anyhow!("Alipay public key: {e}"))?;
+        Ok(Self {
+            app_id,
+            alipay_key: VerifyingKey::new(key),
+        })
+    }
+}
+
+/// The string Alipay signs: the sorted parameters except `sign` / `sign_type`, `k=v&k=v`.
+pub fn signing_string(params: &[(String, String)]) -> String {
+    let mut kept: Vec<&(String, String)> = params
+        .iter()
+        .filter(|(k, v)| k != "sign" && k != "sign_type" && !v.is_empty())
+        .collect();
+    kept.sort_by(|a, b| a.0.cmp(&b.0));
+    kept.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A verified trade: what the notification says was paid.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Trade {
+    pub out_trade_no: String,
+    pub trade_no: String,
+    pub trade_status: String,
+    /// Fen.
+    pub total_amount: i64,
+}
+
+/// Why a notification was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("missing parameter {0}")]
+    Missing(&'static str),
+    #[error("sign_type must be RSA2")]
+    SignType,
+    #[error("signature verification failed")]
+    BadSignature,
+    #[error("notification is for another app")]
+    WrongApp,
+    #[error("total_amount is not a yuan amount")]
+    BadAmount,
+}
+
+/// Parses `"12.34"` yuan into fen (at most two decimals).
+pub fn yuan_to_fen(s: &str) -> Option<i64> {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 2 {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac = format!("{frac:0<2}");
+    Some(whole.parse::<i64>().ok()?.checked_mul(100)? + frac.parse::<i64>().ok()?)
+}
+
+/// Verifies a notification body (form-encoded) and returns its trade.
+///
+/// # Errors
+/// [`VerifyError`].
+pub fn verify(config: &AlipayConfig, body: &[u8]) -> Result<Trade, VerifyError> {
+    let params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    let get = |k: &'static str| {
+        params
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+            .ok_or(VerifyError::Missing(k))
+    };
+    if get("sign_type")? != "RSA2" {
+        return Err(VerifyError::SignType);
+    }
+    let signature = B64
+        .decode(get("sign")?)
+        .ok()
+        .and_then(|s| Signature::try_from(s.as_slice()).ok())
+        .ok_or(VerifyError::BadSignature)?;
+    config
+        .alipay_key
+        .verify(signing_string(&params).as_bytes(), &signature)
+        .map_err(|_| VerifyError::BadSignature)?;
+    if get("app_id")? != config.app_id {
+        return Err(VerifyError::WrongApp);
+    }
+    Ok(Trade {
+        out_trade_no: get("out_trade_no")?.to_string(),
+        trade_no: get("trade_no")?.to_string(),
+        trade_status: get("trade_status")?.to_string(),
+        total_amount: yuan_to_fen(get("total_amount")?).ok_or(VerifyError::BadAmount)?,
+    })
+}
+
+fn text(body: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `POST /api/payment/alipay/callback` (contract §e, Alipay RSA2).
+pub async fn callback(
+    State(state): State<AppState>,
+    Extension(api): Extension<Arc<UserApi>>,
+    body: Bytes,
+) -> Response {
+    let Some(config) = api.config.alipay.as_ref() else {
+        tracing::warn!("Alipay notification while Alipay is not configured");
+        return text("fail");
+    };
+    let trade = match verify(config, &body) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "Alipay notification refused");
+            return text("fail");
+        }
+    };
+    if !matches!(
+        trade.trade_status.as_str(),
+        "TRADE_SUCCESS" | "TRADE_FINISHED"
+    ) {
+        return text("success");
+    }
+    match capture(
+        &state,
+        "alipay",
+        &trade.out_trade_no,
+        &trade.trade_no,
+        trade.total_amount,
+    )
+    .await
+    {
+        Ok(()) => text("success"),
+        Err(e) => {
+            if matches!(e, CaptureError::Internal(_)) {
+                tracing::error!(error = %e, "Alipay capture failed");
+            } else {
+                tracing::warn!(error = %e, "Alipay notification not applied");
+            }
+            text("fail")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yuan_strings_become_fen() {
+        assert_eq!(yuan_to_fen("12.34"), Some(1234));
+        assert_eq!(yuan_to_fen("12.3"), Some(1230));
+        assert_eq!(yuan_to_fen("12"), Some(1200));
+        assert_eq!(yuan_to_fen("12.345"), None);
+        assert_eq!(yuan_to_fen("-1"), None);
+        assert_eq!(yuan_to_fen("1e3"), None);
+    }
+
+    #[test]
+    fn the_signing_string_is_sorted_and_leaves_out_the_signature() {
+        let p = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let params = vec![
+            p("b", "2"),
+            p("sign", "x"),
+            p("a", "1"),
+            p("sign_type", "RSA2"),
+            p("c", ""),
+        ];
+        assert_eq!(signing_string(&params), "a=1&b=2");
+    }
+}
