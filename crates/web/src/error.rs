@@ -76,6 +76,26 @@ impl ApiError {
             retry_after: None,
         }
     }
+    /// 400 naming every invalid field of a validated body or query (`validator`'s errors, in
+    /// field order; nested fields as `items[2].label`): `msg` is `"<field>: <message>"` of the
+    /// first, `errors` lists them all. A rule's `message` is what the client reads; without one,
+    /// its code (`length`, `range`, …).
+    pub fn validation(errors: &validator::ValidationErrors) -> Self {
+        let mut fields = Vec::new();
+        collect_validation("", errors, &mut fields);
+        fields.sort_by(|a, b| a.field.cmp(&b.field));
+        let msg = fields
+            .first()
+            .map(|f| format!("{}: {}", f.field, f.message))
+            .unwrap_or_else(|| "invalid request".to_string());
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            msg,
+            errors: fields,
+            source: None,
+            retry_after: None,
+        }
+    }
     /// 400 naming one invalid field whose message came from parsing the body (`msg` is
     /// ``"invalid field `<field>`: <message>"``).
     pub fn invalid_field(error: FieldError) -> Self {
@@ -276,3 +296,75 @@ impl From<domain::MessageRefusal> for ApiError {
 
 /// A handler's result.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<validator::ValidationErrors> for ApiError {
+    fn from(errors: validator::ValidationErrors) -> Self {
+        Self::validation(&errors)
+    }
+}
+
+fn collect_validation(
+    prefix: &str,
+    errors: &validator::ValidationErrors,
+    out: &mut Vec<FieldError>,
+) {
+    use validator::ValidationErrorsKind as Kind;
+    for (field, kind) in errors.errors() {
+        let path = if prefix.is_empty() {
+            field.to_string()
+        } else {
+            format!("{prefix}.{field}")
+        };
+        match kind {
+            Kind::Field(list) => {
+                for e in list {
+                    out.push(FieldError {
+                        field: path.clone(),
+                        message: e
+                            .message
+                            .as_ref()
+                            .map(|m| m.to_string())
+                            .unwrap_or_else(|| e.code.to_string()),
+                    });
+                }
+            }
+            Kind::Struct(inner) => collect_validation(&path, inner, out),
+            Kind::List(items) => {
+                for (i, inner) in items {
+                    collect_validation(&format!("{path}[{i}]"), inner, out);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use validator::Validate;
+
+    use super::ApiError;
+
+    #[derive(Validate)]
+    struct Order {
+        #[validate(range(min = 10, max = 180, message = "must be between 10 and 180 minutes"))]
+        duration: i64,
+        #[validate(length(max = 3))]
+        notes: String,
+    }
+
+    #[test]
+    fn validation_errors_name_every_field() {
+        let e = ApiError::from(
+            Order {
+                duration: 5,
+                notes: "long".into(),
+            }
+            .validate()
+            .unwrap_err(),
+        );
+        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(e.msg, "duration: must be between 10 and 180 minutes");
+        let fields: Vec<_> = e.errors.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["duration", "notes"]);
+    }
+}
