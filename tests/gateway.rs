@@ -1,4 +1,4 @@
-//! The realtime gateway over real sockets (issue 5): gateway nodes are `mychat serve gateway`
+//! The realtime gateway over real sockets: gateway nodes are `mychat serve gateway`
 //! processes against a real nats-server and PostgreSQL (testkit, free ports). Sessions are started
 //! with commands on the `ChatSession` aggregate; tokens are signed with the nodes' secret.
 
@@ -67,7 +67,7 @@ async fn cluster() -> Cluster {
         .unwrap();
     let db = sqlx::PgPool::connect(&pg.url()).await.unwrap();
     projections::MIGRATOR.run(&db).await.unwrap();
-    // Issue 8: the handshake checks the token's account (exists, enabled, not revoked), so the
+    // The handshake checks the token's account (exists, enabled, not revoked), so the
     // users the tests hand tokens to exist.
     sqlx::query(
         "INSERT INTO users (id, username, password_hash) \

@@ -1,4 +1,4 @@
-//! Issue 6 against the `mychat` binary.
+//! Projections, replays and reconciliation against the `mychat` binary.
 //!
 //! 1. After `mychat demo` on `mychat up`: `finance reconcile` exits 0; `projections status` and
 //!    `/metrics` show the projections caught up; `projections rebuild --all` leaves every read

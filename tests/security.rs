@@ -1,4 +1,4 @@
-//! Issue 8, security and observability, against the real `mychat` binary (`mychat up` with its
+//! security and observability, against the real `mychat` binary (`mychat up` with its
 //! embedded nats-server and PostgreSQL on free ports):
 //!
 //! 1. [`hostile_input_is_refused_or_stored_verbatim`]: JWTs tampered, expired, `alg: none`,

@@ -1,4 +1,4 @@
-//! Issue 8, the concurrency attack: 1,000 concurrent withdrawal requests against one counselor
+//! the concurrency attack: 1,000 concurrent withdrawal requests against one counselor
 //! balance, split over two API nodes (two `mychat` processes: `mychat up` and a second
 //! `mychat serve api` on the same nats-server and PostgreSQL).
 //!

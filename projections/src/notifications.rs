@@ -1,5 +1,5 @@
 //! `notifications`: the per-user notifications of contract b.1 #33–#36, produced from events so
-//! that a replay rebuilds them (issue 3).
+//! that a replay rebuilds them.
 //!
 //! | event | recipient | `type` / `level` |
 //! |---|---|---|

@@ -2,7 +2,7 @@
 //! ledger's posting code) into balances and matches, then compares them with the ledger and the
 //! money read models of a schema (`public`, or an audit schema).
 //!
-//! Checks (issue 6):
+//! Checks:
 //! - the ledger matches the fold to the fen, account by account (from `ledger_postings` up to
 //!   the period's end, and, for a whole-log run, the `ledger_balances` table too);
 //! - every captured payment is captured once, by a provider transaction used once, and matched by

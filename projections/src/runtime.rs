@@ -538,7 +538,7 @@ async fn apply_messages(
     messages: &[LogMessage],
 ) -> Result<(), BatchError> {
     let name = projection.name();
-    // Issue 8: each event's correlation id in the projector's log (read from the commit only
+    // Each event's correlation id in the projector's log (read from the commit only
     // when debug logs of the projectors are on, or when a message fails).
     if tracing::enabled!(tracing::Level::DEBUG) {
         for message in messages {

@@ -38,7 +38,7 @@ pub fn start_up() -> Up {
     start_up_with(&[])
 }
 
-/// [`start_up`] with extra environment variables for the `mychat up` child (issue 8: e.g.
+/// [`start_up`] with extra environment variables for the `mychat up` child (e.g.
 /// `MYCHAT_CORS_ORIGINS`, `RUST_LOG`).
 pub fn start_up_with(env: &[(&str, &str)]) -> Up {
     let dir = tempfile::Builder::new()

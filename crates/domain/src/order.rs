@@ -67,10 +67,10 @@ pub struct Order {
     pub amount: Fen,
     pub payment_id: Option<i64>,
     pub session_id: Option<i64>,
-    /// Whether the order's one review was written (issue 3).
+    /// Whether the order's one review was written.
     #[serde(default)]
     pub reviewed: bool,
-    /// Fen refunded to the user so far (issue 3).
+    /// Fen refunded to the user so far.
     #[serde(default)]
     pub refunded: Fen,
     /// Fen captured by the payment that paid the order (`OrderPaid`'s amount): the money the

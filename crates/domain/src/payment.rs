@@ -16,7 +16,7 @@ pub enum PaymentStatus {
     Absent,
     Pending,
     Paid,
-    /// Some or all of the captured amount went back (issue 3; wire code 3).
+    /// Some or all of the captured amount went back (wire code 3).
     Refunded,
 }
 
@@ -42,7 +42,7 @@ pub struct Payment {
     pub amount: Fen,
     pub method: String,
     pub provider_txn_id: Option<String>,
-    /// A wallet recharge rather than an order's payment (issue 3).
+    /// A wallet recharge rather than an order's payment.
     #[serde(default)]
     pub recharge: bool,
     /// Fen refunded so far; never above `amount`.

@@ -17,7 +17,7 @@ use crate::{Fen, Timestamp, EVENT_VERSION};
 pub enum CreditReason {
     /// Unused prepaid minutes of a billed session.
     SessionRefund { session_id: i64, order_id: i64 },
-    /// A captured recharge payment (issue 3).
+    /// A captured recharge payment.
     Recharge { payment_id: i64 },
 }
 

@@ -2,7 +2,7 @@
 //! always), by batch size, one batch at a time on a quiet server: on an R1 file stream (`CHAT`,
 //! where the server stages each batch in a file store of its own) and on an R1 memory stream
 //! (staged in memory), next to a plain publish; then the throughput of pipelined plain publishes
-//! on `CHAT` by acks in flight and connections (issue 5: where the chat append's time goes;
+//! on `CHAT` by acks in flight and connections (where the chat append's time goes;
 //! figures in docs/benchmarks.md).
 //! `cargo run --release -p eventstore --example batch_cost_probe -- [ROUNDS]`
 use std::time::{Duration, Instant};

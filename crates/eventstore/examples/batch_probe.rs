@@ -1,4 +1,4 @@
-//! Probes how nats-server reports per-message failures inside an atomic batch (issue 7).
+//! Probes how nats-server reports per-message failures inside an atomic batch.
 //! `cargo run -p eventstore --example batch_probe`
 use std::time::Duration;
 
@@ -127,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
         ],
     )
     .await;
-    println!("G (issue 5): a plain publish repeating a Msg-Id stored by batch A");
+    println!("G: a plain publish repeating a Msg-Id stored by batch A");
     let ack = js
         .publish_with_headers(
             "ev.t.zz",
@@ -141,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .await?;
     println!("  G ack: seq {} duplicate {}", ack.sequence, ack.duplicate);
-    println!("H (issue 5): batch without expected sequences, one subject three times");
+    println!("H: batch without expected sequences, one subject three times");
     batch(
         &client,
         "H",

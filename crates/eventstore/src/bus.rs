@@ -37,7 +37,7 @@ tokio::task_local! {
 }
 
 /// Runs `future` with `correlation_id` as the ambient correlation id: every [`CommandMeta::new`]
-/// inside it (on the same task) takes it (issue 8: the HTTP request id flows into the envelope
+/// inside it (on the same task) takes it (the HTTP request id flows into the envelope
 /// of every event the request causes).
 pub async fn with_correlation<F: std::future::Future>(
     correlation_id: String,
@@ -200,7 +200,7 @@ struct BusInner {
     locks: AggregateLocks,
 }
 
-/// One async lock per aggregate with a command running in this process (issue 8): commands on
+/// One async lock per aggregate with a command running in this process: commands on
 /// the same aggregate run one after another in a process, so a burst on one hot aggregate (the
 /// withdrawal attack: 1,000 requests on one counselor account) loads it once and commits from
 /// the warm cache instead of every request reloading it and losing the optimistic-concurrency
@@ -397,7 +397,7 @@ impl CommandBus {
     /// brought up to date from the log and the command handled again, without using up an
     /// attempt), else from the log with batched direct gets. After a conflict, the aggregate is
     /// caught up from the state it was handled on (only the newer commits are read). Commands
-    /// on one aggregate run one at a time in this process (a per-aggregate lock, issue 8).
+    /// on one aggregate run one at a time in this process (a per-aggregate lock).
     ///
     /// # Errors
     /// [`CommandError::Rejected`] with the aggregate's error, [`CommandError::Conflict`] when
@@ -445,7 +445,7 @@ impl CommandBus {
 
     /// Counts a command's outcome ([`crate::METRIC_COMMANDS_TOTAL`]) and logs a commit.
     fn count<A: Aggregate>(result: &Result<Committed<A::Event>, CommandError<A::Error>>) {
-        // Issue 8: command outcomes by aggregate (`mychat_commands_total`).
+        // Command outcomes by aggregate (`mychat_commands_total`).
         let outcome = match &result {
             Ok(c) if c.duplicate => "duplicate",
             Ok(_) => "ok",

@@ -629,7 +629,7 @@ pub(crate) async fn request(
         client.request_with_headers(subject.to_string(), headers, body),
     )
     .await;
-    // Issue 8: JetStream publish latency (publish → ack, or → failure), seconds.
+    // JetStream publish latency (publish → ack, or → failure), seconds.
     let outcome = match &reply {
         Ok(Ok(_)) => "acked",
         Ok(Err(_)) => "error",

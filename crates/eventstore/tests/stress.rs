@@ -1,4 +1,4 @@
-//! Issue 7: group commit and the aggregate cache under heavy contention, checked by an
+//! Group commit and the aggregate cache under heavy contention, checked by an
 //! independent reader of the stream (plain async-nats and serde_json, none of the store's code).
 
 use std::collections::{HashMap, HashSet};

@@ -798,7 +798,7 @@ impl Hub {
                 ),
                 None,
             ),
-            // An administrator's redaction (issue 4) reaches clients as a revoke of those messages.
+            // An administrator's redaction reaches clients as a revoke of those messages.
             ChatRecord::Redaction(r) => (
                 frame(
                     "message_revoked",

@@ -68,7 +68,7 @@ pub struct GatewayConfig {
     /// ([`eventstore::GroupCommitter`]). Default: up to 16 writes in flight per stream; a group
     /// of 16 or more records (when that many wait) goes as one atomic batch of at most 1000.
     pub chat_commit: eventstore::GroupCommitSettings,
-    /// Replicas of the presence KV bucket (1 on a single nats-server, 3 on a cluster; issue 8).
+    /// Replicas of the presence KV bucket (1 on a single nats-server, 3 on a cluster).
     pub kv_replicas: usize,
     /// The origins CORS allows on the node's HTTP routes (empty: any origin; [`api::cors`]).
     pub cors_origins: Vec<String>,
@@ -181,7 +181,7 @@ pub fn router(state: GatewayState) -> Router {
         .route("/ws/counselor/{id}", get(socket::ws_counselor))
         .route("/ws/stats", get(stats))
         .route("/ws/counselors/online", get(counselors_online))
-        // Issue 8: the node's metrics, with its socket count sampled at each scrape.
+        // The node's metrics, with its socket count sampled at each scrape.
         .route("/metrics", get(metrics))
         .layer(web::cors::layer(&state.hub.config().cors_origins))
         .with_state(state);
@@ -193,9 +193,9 @@ pub fn router(state: GatewayState) -> Router {
         .layer(axum::middleware::from_fn(web::observe::request_id))
 }
 
-/// Metric (issue 8): sockets open on this node (gauge, sampled when `/metrics` is read).
+/// Metric: sockets open on this node (gauge, sampled when `/metrics` is read).
 pub const METRIC_SOCKETS: &str = "mychat_gateway_sockets";
-/// Metric (issue 8): fan-out latency in seconds, from the record's append to its stream (the
+/// Metric: fan-out latency in seconds, from the record's append to its stream (the
 /// JetStream timestamp) to its frame being handed to the local sockets' send queues, by
 /// `stream` (`CHAT`, `EVENTS`).
 pub const METRIC_FANOUT_SECONDS: &str = "mychat_gateway_fanout_seconds";

@@ -45,7 +45,7 @@ fn query_param(uri: &Uri, name: &str) -> Option<String> {
 }
 
 /// Authenticates a handshake: `?token=` or `Authorization: Bearer` (a user token) that is not
-/// revoked (logout, password change) and whose account is enabled (issue 8, the user API's
+/// revoked (logout, password change) and whose account is enabled (the user API's
 /// [`api::auth::TokenGate::check`]). Refusals are plain HTTP before the upgrade with
 /// `{"error": msg}` (contract d.1); a draining node answers 503.
 async fn authenticate(
@@ -193,7 +193,7 @@ pub async fn ws_counselor(
 }
 
 fn upgrade(ws: WebSocketUpgrade, state: GatewayState, user_id: i64, opening: Opening) -> Response {
-    // Small buffers: an idle socket should cost a few KiB (issue 5).
+    // Small buffers: an idle socket should cost a few KiB.
     // Frames up to 1 MiB are read and refused with an `error` frame (the socket keeps
     // working); beyond that the codec closes the socket (1009).
     ws.max_message_size(MAX_READ_BYTES)
@@ -276,8 +276,8 @@ async fn drive(
 }
 
 /// One socket, one task: it reads client frames, writes queued frames and heartbeats, and closes.
-/// The handling of a client frame is boxed, so an idle socket's task stays small (issue 5:
-/// memory per idle socket).
+/// The handling of a client frame is boxed, so an idle socket's task stays small (the
+/// memory an idle socket costs).
 async fn run(state: GatewayState, mut socket: WebSocket, user_id: i64, opening: Opening) {
     let conn = state.hub.connect(user_id);
     let ping_every = state.hub.config().ping_interval;

@@ -28,9 +28,9 @@ use serde_json::json;
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
     /// The command path: raw JetStream baselines, the event store (group commit) at 1/16/64/256
-    /// committers, and `POST /api/order/create` over HTTP (issue 7).
+    /// committers, and `POST /api/order/create` over HTTP.
     Commands(crate::bench_commands::BenchArgs),
-    /// The WebSocket gateway under load: sockets, end-to-end latency, memory per socket (issue 5).
+    /// The WebSocket gateway under load: sockets, end-to-end latency, memory per socket.
     Ws(crate::bench_ws::WsArgs),
     /// Rebuild, audit replay and reconcile throughput against the raw baselines.
     Projections {
@@ -389,7 +389,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     // The log, written as atomic batches of up to 1,000 messages (ADR-50, one fsync a batch;
-    // issue 7's group commit does the same for live commands), one batch at a time so the
+    // the group committer does the same for live commands), one batch at a time so the
     // stories stay in order.
     let started = Instant::now();
     let (mut events, mut messages, mut id) = (0u64, 0u64, 0i64);

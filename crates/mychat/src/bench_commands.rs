@@ -1,6 +1,6 @@
 //! `mychat bench commands`: the command path's throughput and latency against a real nats-server
 //! started with the project's `nats.conf` (`sync_interval: always`), next to the raw JetStream
-//! baselines measured in the same run (issue 7). Prints one line per stage and, last, one JSON
+//! baselines measured in the same run. Prints one line per stage and, last, one JSON
 //! object with the figures.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,4 +1,4 @@
-//! `mychat bench ws`: a load benchmark of the WebSocket gateway (issue 5). Not a test.
+//! `mychat bench ws`: a load benchmark of the WebSocket gateway. Not a test.
 //!
 //! It starts its own nats-server and PostgreSQL (testkit, free loopback ports) and one gateway
 //! node as a child process (`mychat serve gateway`), opens `--sockets` sockets from several
@@ -390,7 +390,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     .await?;
     let bus = CommandBus::new(js, Upcasters::default());
     let jwt = api::JwtKeys::new(SECRET.as_bytes(), 3600);
-    // The handshake checks that a token's account exists and is enabled (issue 8): the bench's
+    // The handshake checks that a token's account exists and is enabled: the bench's
     // users (1_000_000 + session, 2_000_000 + session, 3_000_000 + idle socket) are rows too.
     let users = args.sockets as i64;
     sqlx::query(

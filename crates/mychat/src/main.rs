@@ -7,7 +7,7 @@
 //! - `mychat serve <api|admin|gateway|projectors|all>`: one part, against existing servers.
 //! - `mychat migrate`: applies the Postgres migrations.
 //! - `mychat demo`: plays the whole story against a running `mychat up`.
-//! - `mychat bench ws`: the gateway load benchmark (issue 5).
+//! - `mychat bench ws`: the gateway load benchmark.
 //! - `mychat projections status|skip|rebuild`, `mychat audit replay|diff|events`,
 //!   `mychat finance reconcile`: operator commands (`ops`).
 //! - `mychat config`: the effective settings, secrets redacted.
@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 
 /// The global allocator: mimalloc. Decoding the log allocates a JSON tree per event, and
 /// glibc's malloc/free took about a fifth of the process's CPU in an audit replay (perf);
-/// see docs/benchmarks.md (issue 6) for the A/B.
+/// see docs/benchmarks.md for the A/B.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

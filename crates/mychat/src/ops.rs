@@ -206,7 +206,7 @@ pub fn metrics_router(
                 async move {
                     match projections::status::status(&pool, &nats, &all_projections(&layout)).await
                     {
-                        // Issue 8: followed by the process's own metrics (commands, publish
+                        // Followed by the process's own metrics (commands, publish
                         // latency, HTTP latency when the APIs run in this process).
                         Ok(s) => (
                             axum::http::StatusCode::OK,

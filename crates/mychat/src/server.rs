@@ -361,7 +361,7 @@ pub(crate) async fn run_parts(
     addr: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Issue 8: one Prometheus recorder for the process; every service's `/metrics` renders it.
+    // One Prometheus recorder for the process; every service's `/metrics` renders it.
     api::observe::install_recorder();
     let jwt = Arc::new(api::JwtKeys::new(
         secrecy::ExposeSecret::expose_secret(&settings.secret(&settings.jwt_secret, "jwt.secret")?)
