@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""mychat's fault suite (issue 8): a real 3-node nats-server cluster, PostgreSQL and two mychat
+"""mychat's fault suite: a real 3-node nats-server cluster, PostgreSQL and two mychat
 nodes on loopback, five faults under steady command and chat load, and an independent reader.
 
 Run through `scripts/chaos` (installs the Python packages and builds mychat first).
