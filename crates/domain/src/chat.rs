@@ -60,6 +60,46 @@ pub enum MessageRefusal {
     },
 }
 
+impl MessageDraft {
+    /// The draft's own rules, whoever writes it and wherever (a session or a group): its
+    /// content type (returned, `""` read as `text`), text or file present, lengths.
+    ///
+    /// # Errors
+    /// [`MessageRefusal::Invalid`] naming `content_type`, `content` or `client_msg_id`.
+    pub fn validate(&self) -> Result<&'static str, MessageRefusal> {
+        let content_type = match self.content_type.as_str() {
+            "" | "text" => "text",
+            "image" => "image",
+            "file" => "file",
+            _ => {
+                return Err(MessageRefusal::Invalid {
+                    field: "content_type",
+                    reason: "one of text, image, file",
+                })
+            }
+        };
+        if self.content.trim().is_empty() && self.file_url.is_empty() {
+            return Err(MessageRefusal::Invalid {
+                field: "content",
+                reason: "must not be empty",
+            });
+        }
+        if self.content.chars().count() > MAX_CONTENT_CHARS {
+            return Err(MessageRefusal::Invalid {
+                field: "content",
+                reason: "at most 5000 characters",
+            });
+        }
+        if self.client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
+            return Err(MessageRefusal::Invalid {
+                field: "client_msg_id",
+                reason: "at most 100 characters",
+            });
+        }
+        Ok(content_type)
+    }
+}
+
 impl ChatSession {
     /// Whether `sender_id` may write `draft` into this session now, and as whom.
     ///
@@ -78,35 +118,7 @@ impl ChatSession {
         if self.status != SessionStatus::Active {
             return Err(MessageRefusal::SessionEnded);
         }
-        let content_type = match draft.content_type.as_str() {
-            "" | "text" => "text",
-            "image" => "image",
-            "file" => "file",
-            _ => {
-                return Err(MessageRefusal::Invalid {
-                    field: "content_type",
-                    reason: "one of text, image, file",
-                })
-            }
-        };
-        if draft.content.trim().is_empty() && draft.file_url.is_empty() {
-            return Err(MessageRefusal::Invalid {
-                field: "content",
-                reason: "must not be empty",
-            });
-        }
-        if draft.content.chars().count() > MAX_CONTENT_CHARS {
-            return Err(MessageRefusal::Invalid {
-                field: "content",
-                reason: "at most 5000 characters",
-            });
-        }
-        if draft.client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
-            return Err(MessageRefusal::Invalid {
-                field: "client_msg_id",
-                reason: "at most 100 characters",
-            });
-        }
+        let content_type = draft.validate()?;
         Ok(AcceptedMessage {
             sender_type: if sender_id == self.user_id {
                 "user"

@@ -1,5 +1,5 @@
 //! mychat's domain: the event-sourced aggregates (`Order`, `Payment`, `ChatSession`,
-//! `UserWallet`, `CounselorAccount`), their commands, events and business errors, the money
+//! `UserWallet`, `CounselorAccount`, `Group`), their commands, events and business errors, the money
 //! rules (amounts are `i64` fen; billing and the platform's share), and the rules a chat message
 //! obeys before it is stored ([`chat`]).
 //!
@@ -12,6 +12,7 @@
 
 pub mod account;
 pub mod chat;
+pub mod group;
 pub mod money;
 pub mod order;
 pub mod payment;
@@ -20,6 +21,9 @@ pub mod wallet;
 
 pub use account::{AccountCommand, AccountError, AccountEvent, CounselorAccount, WithdrawalStatus};
 pub use chat::{AcceptedMessage, MessageDraft, MessageRefusal};
+pub use group::{
+    Dissolver, Group, GroupCommand, GroupError, GroupEvent, GroupMessageRefusal, GroupRole,
+};
 pub use money::{split_platform_fee, Fen};
 pub use order::{Order, OrderCommand, OrderError, OrderEvent, OrderStatus};
 pub use payment::{
