@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod expiry;
+pub mod groups;
 pub mod ledger;
 pub mod notifications;
 pub mod process_manager;
@@ -41,6 +42,7 @@ pub fn read_models_for(layout: &eventstore::ChatLayout) -> Vec<Arc<dyn Projectio
         Arc::new(read_models::Accounts) as Arc<dyn Projection>,
         Arc::new(read_models::Withdrawals),
         Arc::new(read_models::Wallets),
+        Arc::new(groups::Groups),
         Arc::new(notifications::Notifications),
         Arc::new(ledger::Ledger),
     ]);

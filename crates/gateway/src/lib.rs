@@ -5,12 +5,14 @@
 //!   the client's message id scoped to session and sender) and acknowledged to the sender with its
 //!   stream sequence only once JetStream has stored it. Read receipts and revocations are records
 //!   of the same stream.
-//! - Delivery never takes an in-process shortcut: each node runs **one** ordered consumer of
-//!   `CHAT` and one of `ev.session.>` for the whole node, one core-NATS subscription each for
+//! - Delivery never takes an in-process shortcut: each node runs **one** log reader
+//!   (`eventstore::reader::LogReader`, gap-checking explicit pulls) per chat stream (`CHAT_1` …
+//!   `CHAT_N`, and the legacy `CHAT` when present) and one of `ev.session.>` for the whole node,
+//!   starting from the `chat_sessions` read model and its checkpoint; one core-NATS subscription each for
 //!   `typing.>` and `notify.>`, and routes what they read to its local sockets. Any node can
 //!   serve any socket.
 //! - Resume: a socket that sends `resume {session_id, after_seq}` (or connects with
-//!   `?after_seq=`) gets exactly the records after that sequence, read from `CHAT` with direct
+//!   `?after_seq=`) gets exactly the records after that sequence, read from the session's chat stream with direct
 //!   gets, then the live tail (a per-socket high-water mark drops what it already has).
 //! - Presence ([`presence`]): each node keeps one key in the `presence` KV bucket, refreshed on
 //!   change and on a heartbeat; a crashed node's key goes stale after the presence timeout.

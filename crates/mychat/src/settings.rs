@@ -115,7 +115,7 @@ pub struct Settings {
     /// is told `recovered: false` and reloads from REST.
     pub gateway_max_replay: usize,
     /// Gateway: group commit of chat appends (`[gateway_chat_commit]` in `mychat.toml`, fields
-    /// of `eventstore::GroupCommitSettings`; default batches of 8 to 1000, 2 in flight).
+    /// of `eventstore::GroupCommitSettings`; default: plain publishes while fewer than 16 are queued, atomic batches of 16 to 1000 beyond, 16 writes in flight per chat stream).
     pub gateway_chat_commit: eventstore::GroupCommitSettings,
     /// Where the projectors serve `/metrics` (projection lag; default 127.0.0.1:8083).
     pub metrics_addr: SocketAddr,
