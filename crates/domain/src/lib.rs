@@ -1,5 +1,5 @@
 //! mychat's domain: the event-sourced aggregates (`Order`, `Payment`, `ChatSession`,
-//! `UserWallet`, `CounselorAccount`, `Group`), their commands, events and business errors, the money
+//! `UserWallet`, `CounselorAccount`, `Group`, `ApiKey`), their commands, events and business errors, the money
 //! rules (amounts are `i64` fen; billing and the platform's share), and the rules a chat message
 //! obeys before it is stored ([`chat`]).
 //!
@@ -11,6 +11,7 @@
 //! infrastructure failure never appears here.
 
 pub mod account;
+pub mod api_key;
 pub mod chat;
 pub mod group;
 pub mod money;
@@ -20,6 +21,7 @@ pub mod session;
 pub mod wallet;
 
 pub use account::{AccountCommand, AccountError, AccountEvent, CounselorAccount, WithdrawalStatus};
+pub use api_key::{ApiKey, ApiKeyCommand, ApiKeyError, ApiKeyEvent, KeySecret};
 pub use chat::{AcceptedMessage, MessageDraft, MessageRefusal};
 pub use group::{
     Dissolver, Group, GroupCommand, GroupError, GroupEvent, GroupMessageRefusal, GroupRole,
