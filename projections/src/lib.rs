@@ -6,6 +6,7 @@
 //! re-delivery never applies an event twice. Read-model rows also remember the position of the
 //! last event applied and refuse older ones.
 
+pub mod api_keys;
 pub mod control;
 pub mod expiry;
 pub mod groups;
@@ -43,6 +44,7 @@ pub fn read_models_for(layout: &eventstore::ChatLayout) -> Vec<Arc<dyn Projectio
         Arc::new(read_models::Withdrawals),
         Arc::new(read_models::Wallets),
         Arc::new(groups::Groups),
+        Arc::new(api_keys::ApiKeys),
         Arc::new(notifications::Notifications),
         Arc::new(ledger::Ledger),
     ]);

@@ -1,6 +1,6 @@
-//! The `groups` read model against real nats-server and PostgreSQL: a group's story through the
-//! command bus lands in `groups` and `group_members`, applying it twice changes nothing, and a
-//! fresh replay (batched and one by one) equals the live read model.
+//! The `groups` and `api_keys` read models against real nats-server and PostgreSQL: a group's
+//! story (and API keys issued, rotated and revoked) through the command bus lands in their
+//! tables, and a fresh replay (batched and one by one) equals the live read models.
 
 mod common;
 
@@ -177,6 +177,96 @@ async fn a_groups_story_lands_in_its_read_model_and_replays_equal() {
     );
 
     // The same story replayed from the log, batched and one by one, equals the live tables.
+    let diffs = common::fresh_replay_diff(&env).await;
+    assert!(diffs.is_empty(), "replay differs: {diffs:?}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn api_keys_issued_rotated_and_revoked_land_in_their_read_model() {
+    use domain::{ApiKey, ApiKeyCommand, KeySecret};
+    let env = common::env().await;
+    let t = common::base();
+    let secret = |p: &str| KeySecret {
+        prefix: p.into(),
+        hash: format!("hash-of-{p}"),
+    };
+    let key = |id: i64, command: ApiKeyCommand| {
+        let bus = env.bus.clone();
+        async move {
+            bus.execute::<ApiKey>(&id.to_string(), command, &meta())
+                .await
+                .unwrap();
+        }
+    };
+    for id in [1, 2] {
+        key(
+            id,
+            ApiKeyCommand::Issue {
+                key_id: id,
+                name: format!("key {id}"),
+                scopes: vec!["finance:view".into()],
+                secret: secret(&format!("mk_{id}a")),
+                created_by: 1,
+                expires_at: None,
+                rate_per_minute: Some(60),
+                at: t,
+            },
+        )
+        .await;
+    }
+    key(
+        1,
+        ApiKeyCommand::Rotate {
+            by: 1,
+            secret: secret("mk_1b"),
+            grace_seconds: 30,
+            at: t + chrono::Duration::seconds(5),
+        },
+    )
+    .await;
+    key(
+        2,
+        ApiKeyCommand::Revoke {
+            by: 1,
+            at: t + chrono::Duration::seconds(6),
+        },
+    )
+    .await;
+    let shutdown = CancellationToken::new();
+    common::start(
+        &env,
+        std::sync::Arc::new(projections::api_keys::ApiKeys),
+        &shutdown,
+    );
+    type Row = (i64, String, Option<String>, bool, bool);
+    let mut rows: Vec<Row> = Vec::new();
+    for _ in 0..100 {
+        rows = sqlx::query_as(
+            "SELECT id, prefix, previous_prefix, previous_valid_until IS NOT NULL, \
+             revoked_at IS NOT NULL FROM api_keys ORDER BY id",
+        )
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+        if rows.len() == 2 && rows[1].4 && rows[0].2.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        rows,
+        vec![
+            (
+                1,
+                "mk_1b".to_string(),
+                Some("mk_1a".to_string()),
+                true,
+                false
+            ),
+            (2, "mk_2a".to_string(), None, false, true),
+        ]
+    );
     let diffs = common::fresh_replay_diff(&env).await;
     assert!(diffs.is_empty(), "replay differs: {diffs:?}");
     shutdown.cancel();
