@@ -2,6 +2,8 @@
 //!
 //! Rows carry `last_position` (see [`StoredEvent::position`]); every update is guarded with
 //! `last_position < $position`, so an event applied twice changes nothing.
+//!
+//! [`StoredEvent::position`]: eventstore::envelope::StoredEvent::position
 
 mod accounts;
 mod batch;

@@ -25,6 +25,8 @@ impl Projection for Orders {
     /// Per round ([`rounds`]): one `UNNEST` insert of the placed orders, one `UNNEST` update of
     /// every other event (`COALESCE` keeps the columns an event does not set), and one insert of
     /// the reviews whose order update took effect.
+    ///
+    /// [`rounds`]: crate::read_models::rounds
     async fn apply_batch(
         &self,
         tx: &mut PgConnection,

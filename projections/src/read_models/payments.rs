@@ -24,6 +24,8 @@ impl Projection for Payments {
     }
     /// Per round ([`rounds`]): one `UNNEST` insert of the created payments (orders and
     /// recharges) and one `UNNEST` update of captures and refunds.
+    ///
+    /// [`rounds`]: crate::read_models::rounds
     async fn apply_batch(
         &self,
         tx: &mut PgConnection,

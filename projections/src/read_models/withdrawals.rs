@@ -29,6 +29,8 @@ impl Projection for Withdrawals {
     }
     /// Per round ([`rounds`], by withdrawal): one `UNNEST` insert of the requests and one
     /// `UNNEST` update of approvals, rejections and transfers.
+    ///
+    /// [`rounds`]: crate::read_models::rounds
     async fn apply_batch(
         &self,
         tx: &mut PgConnection,

@@ -183,6 +183,8 @@ pub trait Projection: Send + Sync + 'static {
     /// An error need not name the message: the runtime rolls the batch back to a savepoint and
     /// re-applies it message by message with [`Projection::apply`] to find the poison event
     /// ([`apply_in_tx`]).
+    ///
+    /// [`apply_in_tx`]: crate::runtime::apply_in_tx
     async fn apply_batch(
         &self,
         tx: &mut PgConnection,

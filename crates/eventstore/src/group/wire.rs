@@ -53,6 +53,8 @@ pub(crate) struct ApiErrorJson {
 /// # Errors
 /// When a message cannot be sent or the commit is not acknowledged in `timeout`; a refused batch
 /// is an `Ok` ack whose `error` says why (nothing of it was stored).
+///
+/// [`GroupCommitter`]: crate::GroupCommitter
 pub(crate) async fn publish_atomic_batch(
     client: &Client,
     stream_name: &str,
