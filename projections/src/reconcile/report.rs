@@ -95,8 +95,8 @@ pub fn render(report: &Report) -> String {
             out,
             "{:<40} {:>14} {:>14}",
             a,
-            crate::reconcile::yuan(report.opening.get(a).copied().unwrap_or(0)),
-            crate::reconcile::yuan(report.closing.get(a).copied().unwrap_or(0))
+            yuan(report.opening.get(a).copied().unwrap_or(0)),
+            yuan(report.closing.get(a).copied().unwrap_or(0))
         );
     }
     let _ = writeln!(out, "\n{:<40} {:>14}", "category (period)", "total");
