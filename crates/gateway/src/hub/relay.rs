@@ -1,0 +1,143 @@
+//! The core-NATS relays: typing indicators (`typing.<session_id>`) to a session's other local
+//! sockets, and notifications (`notify.<user_id>`, `notify.all`: frames, admin kicks and mutes)
+//! to a user's sockets or every socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::frame;
+
+use super::conn::{Conn, CLOSE_KICKED};
+use super::state::Hub;
+
+impl Hub {
+    /// Routes a core-NATS typing indicator to the session's other local sockets.
+    fn route_typing(&self, session_id: i64, payload: &[u8]) {
+        #[derive(Deserialize)]
+        struct Typing {
+            user_id: i64,
+            kind: String,
+        }
+        let Ok(t) = serde_json::from_slice::<Typing>(payload) else {
+            return;
+        };
+        let kind = if t.kind == "typing_stop" {
+            "typing_stop"
+        } else {
+            "typing"
+        };
+        let text = frame(
+            kind,
+            session_id,
+            json!({ "user_id": t.user_id, "is_typing": kind == "typing" }),
+        );
+        let text = Utf8Bytes::from(text);
+        for conn in self.room(session_id) {
+            if conn.user_id != t.user_id {
+                conn.send(text.clone());
+            }
+        }
+    }
+
+    /// Routes a `notify.<user_id>` / `notify.all` message.
+    fn route_notify(&self, target: &str, payload: &[u8]) {
+        #[derive(Deserialize)]
+        struct Notice {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            data: Value,
+            #[serde(default)]
+            close: Option<String>,
+            #[serde(default)]
+            mute_until: Option<i64>,
+        }
+        let n = match serde_json::from_slice::<Notice>(payload) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, target, "undecodable notify message");
+                return;
+            }
+        };
+        let conns: Vec<Arc<Conn>> = if target == "all" {
+            self.users
+                .lock()
+                .expect("hub lock")
+                .values()
+                .flatten()
+                .cloned()
+                .collect()
+        } else {
+            let Ok(user_id) = target.parse::<i64>() else {
+                return;
+            };
+            if let Some(until) = n.mute_until {
+                self.muted.lock().expect("hub lock").insert(user_id, until);
+            }
+            self.user_conns(user_id)
+        };
+        let text = Utf8Bytes::from(
+            json!({ "type": n.kind, "data": n.data, "payload": n.data }).to_string(),
+        );
+        for conn in conns {
+            conn.send(text.clone());
+            if let Some(reason) = &n.close {
+                let conn = conn.clone();
+                let reason = reason.clone();
+                // Let the frame go out first.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    conn.close_with(CLOSE_KICKED, &reason);
+                });
+            }
+        }
+    }
+
+    /// Routes `typing.<session_id>` until `shutdown`.
+    pub async fn run_typing(
+        self: Arc<Self>,
+        mut sub: async_nats::Subscriber,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                m = sub.next() => match m {
+                    Some(m) => {
+                        if let Some(Ok(sid)) = m.subject.as_str().strip_prefix("typing.").map(str::parse::<i64>) {
+                            self.route_typing(sid, &m.payload);
+                        }
+                    }
+                    None => return,
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Routes `notify.<user_id>` / `notify.all` until `shutdown`.
+    pub async fn run_notify(
+        self: Arc<Self>,
+        mut sub: async_nats::Subscriber,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                m = sub.next() => match m {
+                    Some(m) => {
+                        if let Some(target) = m.subject.as_str().strip_prefix("notify.") {
+                            self.route_notify(target, &m.payload);
+                        }
+                    }
+                    None => return,
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
