@@ -704,3 +704,90 @@ pub mod lenient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct Row {
+        id: i64,
+        name: String,
+        price: serde_json::Number,
+        created_at: String,
+        deleted_at: Option<String>,
+    }
+
+    #[derive(Debug, Clone, Serialize)]
+    struct Page {
+        rows: Vec<Row>,
+        list: Vec<Row>,
+        total: i64,
+        page: i64,
+    }
+
+    #[test]
+    fn a_typed_list_is_byte_for_byte_the_untyped_one() {
+        let text = r#"{"id": 7, "name": "x", "price": 1.00000000000000000000, "created_at": "2026-12-04T09:57:15.123456+00:00", "deleted_at": null}"#;
+        let row: Row = typed_row(text, &[]).unwrap();
+        let untyped = list_envelope("rows", vec![parse(text)], 1, json!({"page": 2}));
+        let typed = listed(Page {
+            rows: vec![row.clone()],
+            list: vec![row],
+            total: 1,
+            page: 2,
+        });
+        assert_eq!(
+            serde_json::to_string(&typed.0).unwrap(),
+            serde_json::to_string(&untyped.0).unwrap()
+        );
+    }
+
+    #[test]
+    fn hidden_columns_are_left_out() {
+        #[derive(Serialize, Deserialize)]
+        struct Account {
+            id: i64,
+        }
+        let a: Account =
+            typed_row(r#"{"id": 1, "password_hash": "h"}"#, &["password_hash"]).unwrap();
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"id":1}"#);
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Fields {
+        #[serde(default, deserialize_with = "lenient::text")]
+        text: Option<String>,
+        #[serde(default, deserialize_with = "lenient::int")]
+        int: Option<i64>,
+        #[serde(default, deserialize_with = "lenient::num")]
+        num: Option<f64>,
+    }
+
+    #[test]
+    fn request_fields_read_as_the_client_sends_them() {
+        let f: Fields =
+            serde_json::from_value(json!({"text": 12, "int": "3", "num": "1.5"})).unwrap();
+        assert_eq!(
+            (f.text.as_deref(), f.int, f.num),
+            (Some("12"), Some(3), Some(1.5))
+        );
+        let f: Fields =
+            serde_json::from_value(json!({"text": " a ", "int": 0, "num": ""})).unwrap();
+        assert_eq!(
+            (f.text.as_deref(), f.int, f.num),
+            (Some("a"), Some(0), None)
+        );
+        let f: Fields = serde_json::from_value(json!({"int": null})).unwrap();
+        assert_eq!((f.text, f.int, f.num), (None, None, None));
+        let e = web::extract::parse_json::<Fields>(br#"{"int": "x"}"#).unwrap_err();
+        assert!(
+            e.msg.contains("int") && e.msg.contains("must be an integer"),
+            "{}",
+            e.msg
+        );
+    }
+}
