@@ -101,8 +101,7 @@ async fn log_in(
 
 /// Administrator login
 ///
-/// Rate-limited per username and per client IP like the user login (issue 8; the limiter is the
-/// admin router's [`AdminLoginLimiter`]): 429 with the wait.
+/// Rate-limited per username and per client IP like the user login: 429 with the wait.
 #[utoipa::path(post, path = "/api/admin/login", tag = "auth",
     request_body = AdminLogin,
     responses(

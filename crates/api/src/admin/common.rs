@@ -567,9 +567,9 @@ pub async fn typed_one<T: serde::de::DeserializeOwned + serde::Serialize>(
     typed_row(&row.ok_or_else(|| ApiError::not_found(what))?, &[])
 }
 
-/// A list answer as MyChat's admin client reads it: the page `L` (`{<key>: rows, list: rows,
-/// total, …}`) both at the root and in `data` (contract a.3, f.4) — the typed
-/// [`list_envelope`]. The root carries the page's members first, then `code`, `msg`, `data`.
+/// A list answer as MyChat's admin client reads it: the page (`{<key>: rows, list: rows, total,
+/// …}`) both at the root and in `data` (contract a.3, f.4). The root carries the page's members
+/// first, then `code`, `msg`, `data`.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Listed<L> {
     /// The page's members, also at the root.
@@ -584,7 +584,7 @@ pub struct Listed<L> {
     pub data: L,
 }
 
-/// The [`Listed`] answer for `page`.
+/// The [`Listed`] answer for `page` (the typed `list_envelope`).
 pub fn listed<L: Clone>(page: L) -> axum::Json<Listed<L>> {
     axum::Json(Listed {
         root: page.clone(),

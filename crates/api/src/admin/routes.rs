@@ -1,6 +1,10 @@
 //! Every admin-API route (issue 4) with its RBAC rule: the single table the router, the guard,
 //! the OpenAPI document and the RBAC matrix test are built from (see [`crate::admin::guard`]).
 //! Permission codes are the contract's c.9 codes.
+//!
+//! A typed entry (`.typed(routes!(handler), perm)`) takes its method, path, tag and summary from
+//! the handler's `#[utoipa::path]`; an alias path is a handler of its own. Entries not typed yet
+//! (`.at(...)`) name them here.
 
 use axum::http::Method;
 use utoipa_axum::routes;

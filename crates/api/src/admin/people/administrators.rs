@@ -55,7 +55,7 @@ pub struct Administrator {
     pub updated_at: String,
 }
 
-/// An administrator's whole row as a change returns it: [`Administrator`] and when their tokens
+/// An administrator's whole row as a change returns it: the `Administrator` and when their tokens
 /// were last revoked.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AdministratorRecord {

@@ -49,7 +49,7 @@ pub struct AdminUser {
     pub updated_at: String,
 }
 
-/// A user's whole row as a change returns it: [`AdminUser`] and when their tokens were last
+/// A user's whole row as a change returns it: the `AdminUser` and when their tokens were last
 /// revoked.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AdminUserRecord {
