@@ -620,7 +620,7 @@ pub fn register() -> Reg {
             Code("system:view_logs"),
             "system",
             "The audit log",
-            sys::logs,
+            sys::audit::logs,
         )
         .at(
             get.clone(),
@@ -628,7 +628,7 @@ pub fn register() -> Reg {
             Code("system:view"),
             "system",
             "List configs",
-            sys::list_configs,
+            sys::configs::list_configs,
         )
         .at(
             post.clone(),
@@ -636,7 +636,7 @@ pub fn register() -> Reg {
             Code("system:edit_config"),
             "system",
             "Create a config",
-            sys::create_config,
+            sys::configs::create_config,
         )
         .at(
             put.clone(),
@@ -644,7 +644,7 @@ pub fn register() -> Reg {
             Code("system:edit_config"),
             "system",
             "Update a config",
-            sys::update_config,
+            sys::configs::update_config,
         )
         .at(
             post.clone(),
@@ -652,7 +652,7 @@ pub fn register() -> Reg {
             Code("system:edit_config"),
             "system",
             "Upsert configs by key",
-            sys::batch_configs,
+            sys::configs::batch_configs,
         )
         .at(
             delete.clone(),
@@ -660,7 +660,7 @@ pub fn register() -> Reg {
             Code("system:edit_config"),
             "system",
             "Delete a config",
-            sys::delete_config,
+            sys::configs::delete_config,
         )
         // c.7 RBAC
         .at(
@@ -669,7 +669,7 @@ pub fn register() -> Reg {
             Code("role:view"),
             "rbac",
             "List roles",
-            sys::list_roles,
+            sys::roles::list_roles,
         )
         .at(
             post.clone(),
@@ -677,7 +677,7 @@ pub fn register() -> Reg {
             Code("role:add"),
             "rbac",
             "Create a role",
-            sys::create_role,
+            sys::roles::create_role,
         )
         .at(
             put.clone(),
@@ -685,7 +685,7 @@ pub fn register() -> Reg {
             Code("role:edit"),
             "rbac",
             "Update a role",
-            sys::update_role,
+            sys::roles::update_role,
         )
         .at(
             delete.clone(),
@@ -693,7 +693,7 @@ pub fn register() -> Reg {
             Code("role:delete"),
             "rbac",
             "Delete a role",
-            sys::delete_role,
+            sys::roles::delete_role,
         )
         .at(
             get.clone(),
@@ -701,7 +701,7 @@ pub fn register() -> Reg {
             Code("role:view"),
             "rbac",
             "A role's permissions",
-            sys::role_permissions,
+            sys::roles::role_permissions,
         )
         .at(
             put.clone(),
@@ -709,7 +709,7 @@ pub fn register() -> Reg {
             Code("role:edit"),
             "rbac",
             "Replace a role's permissions",
-            sys::set_role_permissions,
+            sys::roles::set_role_permissions,
         )
         .at(
             post.clone(),
@@ -717,7 +717,7 @@ pub fn register() -> Reg {
             Code("role:edit"),
             "rbac",
             "Replace a role's permissions (client verb)",
-            sys::set_role_permissions,
+            sys::roles::post_role_permissions,
         )
         .at(
             get.clone(),
@@ -725,7 +725,7 @@ pub fn register() -> Reg {
             Code("role:view"),
             "rbac",
             "Administrators holding a role",
-            sys::role_users,
+            sys::roles::role_users,
         )
         .at(
             get.clone(),
@@ -733,7 +733,7 @@ pub fn register() -> Reg {
             Code("permission:view"),
             "rbac",
             "Permission tree",
-            sys::permission_tree,
+            sys::permissions::permission_tree,
         )
         .at(
             get.clone(),
@@ -741,7 +741,7 @@ pub fn register() -> Reg {
             Code("permission:view"),
             "rbac",
             "List permissions",
-            sys::list_permissions,
+            sys::permissions::list_permissions,
         )
         .at(
             post.clone(),
@@ -749,7 +749,7 @@ pub fn register() -> Reg {
             Code("permission:add"),
             "rbac",
             "Create a permission",
-            sys::create_permission,
+            sys::permissions::create_permission,
         )
         .at(
             put.clone(),
@@ -757,7 +757,7 @@ pub fn register() -> Reg {
             Code("permission:edit"),
             "rbac",
             "Update a permission",
-            sys::update_permission,
+            sys::permissions::update_permission,
         )
         .at(
             delete.clone(),
@@ -765,7 +765,7 @@ pub fn register() -> Reg {
             Code("permission:delete"),
             "rbac",
             "Delete a permission",
-            sys::delete_permission,
+            sys::permissions::delete_permission,
         )
         .at(
             get.clone(),
@@ -773,7 +773,7 @@ pub fn register() -> Reg {
             Code("menu:view"),
             "rbac",
             "Menu tree",
-            sys::menu_tree,
+            sys::menus::menu_tree,
         )
         .at(
             get.clone(),
@@ -781,7 +781,7 @@ pub fn register() -> Reg {
             Code("menu:view"),
             "rbac",
             "List menus (as a tree)",
-            sys::list_menus,
+            sys::menus::list_menus,
         )
         .at(
             post.clone(),
@@ -789,7 +789,7 @@ pub fn register() -> Reg {
             Code("menu:add"),
             "rbac",
             "Create a menu",
-            sys::create_menu,
+            sys::menus::create_menu,
         )
         .at(
             put.clone(),
@@ -797,7 +797,7 @@ pub fn register() -> Reg {
             Code("menu:edit"),
             "rbac",
             "Update a menu",
-            sys::update_menu,
+            sys::menus::update_menu,
         )
         .at(
             delete.clone(),
@@ -805,7 +805,7 @@ pub fn register() -> Reg {
             Code("menu:delete"),
             "rbac",
             "Delete a menu",
-            sys::delete_menu,
+            sys::menus::delete_menu,
         )
         // c.8 low-code
         .at(
