@@ -97,18 +97,17 @@ fn date(name: &str, value: Option<&str>) -> Result<Option<chrono::NaiveDate>, Ap
         .transpose()
 }
 
+/// The audit log
+///
 /// The audit log, newest first, filtered by operator, action and business days.
 #[utoipa::path(
     get,
     path = "/api/admin/logs",
     tag = "system",
-    summary = "The audit log",
     params(AuditQuery),
     responses(
         (status = 200, description = "One page of the audit log", body = AuditLog),
-        (status = 400, description = "A bad paging parameter or date", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
+        (status = 400, description = "A bad paging parameter or date", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -208,18 +208,17 @@ pub struct ConfigCreated {
     pub data: Config,
 }
 
+/// List configs
+///
 /// Lists configs, by `sort` then id, optionally of one category.
 #[utoipa::path(
     get,
     path = "/api/admin/configs",
     tag = "system",
-    summary = "List configs",
     params(ConfigQuery),
     responses(
         (status = 200, description = "One page of configs", body = ConfigList),
-        (status = 400, description = "A bad paging parameter", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
+        (status = 400, description = "A bad paging parameter", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -247,18 +246,17 @@ pub async fn list_configs(
     Ok(axum::Json(ConfigList::new(list, total)))
 }
 
+/// Create a config
+///
 /// Creates a config; the new id is answered at the root (`id`) and in `data`.
 #[utoipa::path(
     post,
     path = "/api/admin/configs",
     tag = "system",
-    summary = "Create a config",
     request_body = NewConfig,
     responses(
         (status = 200, description = "The new config", body = ConfigCreated),
-        (status = 400, description = "An invalid field or a duplicate key", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
+        (status = 400, description = "An invalid field or a duplicate key", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -293,20 +291,19 @@ pub async fn create_config(
     }))
 }
 
+/// Update a config
+///
 /// Changes a config's fields; a system config's key cannot change.
 #[utoipa::path(
     put,
     path = "/api/admin/configs/{id}",
     tag = "system",
-    summary = "Update a config",
     params(("id" = i64, Path, description = "The config's id")),
     request_body = ConfigUpdate,
     responses(
         (status = 200, description = "The config", body = Envelope<Config>),
-        (status = 400, description = "An invalid field, a duplicate key, or a system config's key", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, description = "No such config", body = Problem),
+        (status = 400, description = "An invalid field, a duplicate key, or a system config's key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such config", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -350,19 +347,18 @@ pub async fn update_config(
     Ok(reply(row(&text)?))
 }
 
+/// Upsert configs by key
+///
 /// Upserts configs by key in one transaction: a new key is inserted (category default
 /// `basic`), an existing key gets the new value.
 #[utoipa::path(
     post,
     path = "/api/admin/configs/batch",
     tag = "system",
-    summary = "Upsert configs by key",
     request_body = BatchConfigs,
     responses(
         (status = 200, description = "How many configs were upserted", body = Envelope<BatchCount>),
-        (status = 400, description = "`configs` missing or an item without a key", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
+        (status = 400, description = "`configs` missing or an item without a key", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -388,19 +384,18 @@ pub async fn batch_configs(
     Ok(reply(BatchCount { count: items.len() }))
 }
 
+/// Delete a config
+///
 /// Deletes a config; a system config cannot be deleted.
 #[utoipa::path(
     delete,
     path = "/api/admin/configs/{id}",
     tag = "system",
-    summary = "Delete a config",
     params(("id" = i64, Path, description = "The config's id")),
     responses(
         (status = 200, description = "`msg` is `deleted`", body = Message),
-        (status = 400, description = "A system config", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, description = "No such config", body = Problem),
+        (status = 400, description = "A system config", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such config", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

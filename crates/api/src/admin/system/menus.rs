@@ -212,16 +212,15 @@ fn stored_parent(parent: i64) -> Option<i64> {
     (parent != 0).then_some(parent)
 }
 
+/// Menu tree
+///
 /// Every menu as a tree by `parent_id`, siblings by `sort` then id.
 #[utoipa::path(
     get,
     path = "/api/admin/menus/tree",
     tag = "rbac",
-    summary = "Menu tree",
     responses(
         (status = 200, description = "The root menus with their descendants", body = Envelope<Vec<MenuNode>>),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
     ),
     security(("bearer" = []))
 )]
@@ -233,17 +232,16 @@ pub async fn menu_tree(State(state): State<AppState>) -> Reply<Vec<MenuNode>> {
     Ok(reply(nodes(&texts)?))
 }
 
+/// List menus (as a tree)
+///
 /// The menus as a tree (optionally those whose name matches), with the number of menus.
 #[utoipa::path(
     get,
     path = "/api/admin/menus",
     tag = "rbac",
-    summary = "List menus (as a tree)",
     params(MenuQuery),
     responses(
         (status = 200, description = "The menu tree", body = MenuList),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
     ),
     security(("bearer" = []))
 )]
@@ -269,18 +267,17 @@ pub async fn list_menus(
     Ok(axum::Json(MenuList::new(tree, total)))
 }
 
+/// Create a menu
+///
 /// Creates a menu under an existing parent (or at the root).
 #[utoipa::path(
     post,
     path = "/api/admin/menus",
     tag = "rbac",
-    summary = "Create a menu",
     request_body = NewMenu,
     responses(
         (status = 200, description = "The new menu", body = Envelope<Menu>),
-        (status = 400, description = "An invalid field or no such parent", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
+        (status = 400, description = "An invalid field or no such parent", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -317,20 +314,19 @@ async fn exists(state: &AppState, id: i64) -> Result<(), ApiError> {
     found.map(|_| ()).ok_or_else(|| ApiError::not_found("menu"))
 }
 
+/// Update a menu
+///
 /// Changes a menu's fields; a new parent may not be the menu itself or one of its descendants.
 #[utoipa::path(
     put,
     path = "/api/admin/menus/{id}",
     tag = "rbac",
-    summary = "Update a menu",
     params(("id" = i64, Path, description = "The menu's id")),
     request_body = MenuUpdate,
     responses(
         (status = 200, description = "The menu", body = Envelope<Menu>),
-        (status = 400, description = "An invalid field, or a parent that would make a cycle", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, description = "No such menu", body = Problem),
+        (status = 400, description = "An invalid field, or a parent that would make a cycle", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such menu", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -370,19 +366,18 @@ pub async fn update_menu(
     Ok(reply(row(&text)?))
 }
 
+/// Delete a menu
+///
 /// Deletes a menu without children.
 #[utoipa::path(
     delete,
     path = "/api/admin/menus/{id}",
     tag = "rbac",
-    summary = "Delete a menu",
     params(("id" = i64, Path, description = "The menu's id")),
     responses(
         (status = 200, description = "`msg` is `deleted`", body = Message),
-        (status = 400, description = "The menu has children", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, description = "No such menu", body = Problem),
+        (status = 400, description = "The menu has children", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such menu", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

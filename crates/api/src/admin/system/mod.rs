@@ -73,6 +73,9 @@ pub mod permissions;
 pub mod roles;
 pub mod tree;
 
+#[cfg(test)]
+mod tests;
+
 use serde::de::DeserializeOwned;
 use sqlx::{Postgres, QueryBuilder};
 

@@ -209,16 +209,15 @@ pub struct PermissionUpdate {
     pub status: Option<i16>,
 }
 
+/// Permission tree
+///
 /// Every permission as a tree by `parent_id`, siblings by `sort` then id.
 #[utoipa::path(
     get,
     path = "/api/admin/permissions/tree",
     tag = "rbac",
-    summary = "Permission tree",
     responses(
         (status = 200, description = "The root permissions with their descendants", body = Envelope<Vec<PermissionNode>>),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
     ),
     security(("bearer" = []))
 )]
@@ -237,18 +236,17 @@ pub async fn permission_tree(State(state): State<AppState>) -> Reply<Vec<Permiss
     Ok(reply(build_tree(nodes)))
 }
 
+/// List permissions
+///
 /// Lists permissions flat, by `sort` then id.
 #[utoipa::path(
     get,
     path = "/api/admin/permissions",
     tag = "rbac",
-    summary = "List permissions",
     params(PermissionQuery),
     responses(
         (status = 200, description = "One page of permissions", body = PermissionList),
-        (status = 400, description = "A bad paging parameter", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
+        (status = 400, description = "A bad paging parameter", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -278,18 +276,17 @@ pub async fn list_permissions(
     Ok(axum::Json(PermissionList::new(list, total)))
 }
 
+/// Create a permission
+///
 /// Creates a permission under an existing parent (or at the root).
 #[utoipa::path(
     post,
     path = "/api/admin/permissions",
     tag = "rbac",
-    summary = "Create a permission",
     request_body = NewPermission,
     responses(
         (status = 200, description = "The new permission", body = Envelope<Permission>),
-        (status = 400, description = "An invalid field, a duplicate code or no such parent", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
+        (status = 400, description = "An invalid field, a duplicate code or no such parent", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -331,21 +328,20 @@ async fn exists(state: &AppState, id: i64) -> Result<(), ApiError> {
         .ok_or_else(|| ApiError::not_found("permission"))
 }
 
+/// Update a permission
+///
 /// Changes a permission's fields; a new parent may not be the permission itself or one of its
 /// descendants.
 #[utoipa::path(
     put,
     path = "/api/admin/permissions/{id}",
     tag = "rbac",
-    summary = "Update a permission",
     params(("id" = i64, Path, description = "The permission's id")),
     request_body = PermissionUpdate,
     responses(
         (status = 200, description = "The permission", body = Envelope<Permission>),
-        (status = 400, description = "An invalid field, a duplicate code, or a parent that would make a cycle", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, description = "No such permission", body = Problem),
+        (status = 400, description = "An invalid field, a duplicate code, or a parent that would make a cycle", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such permission", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -383,19 +379,18 @@ pub async fn update_permission(
     Ok(reply(row(&text)?))
 }
 
+/// Delete a permission
+///
 /// Deletes a permission without children.
 #[utoipa::path(
     delete,
     path = "/api/admin/permissions/{id}",
     tag = "rbac",
-    summary = "Delete a permission",
     params(("id" = i64, Path, description = "The permission's id")),
     responses(
         (status = 200, description = "`msg` is `deleted`", body = Message),
-        (status = 400, description = "The permission has children", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, description = "No such permission", body = Problem),
+        (status = 400, description = "The permission has children", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such permission", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -206,18 +206,17 @@ pub struct RolePermissions {
     pub permission_ids: Vec<i64>,
 }
 
+/// List roles
+///
 /// Lists roles by `sort` then id, with how many administrators hold each.
 #[utoipa::path(
     get,
     path = "/api/admin/roles",
     tag = "rbac",
-    summary = "List roles",
     params(RoleQuery),
     responses(
         (status = 200, description = "One page of roles", body = RoleList),
-        (status = 400, description = "A bad paging parameter", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
+        (status = 400, description = "A bad paging parameter", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -253,18 +252,15 @@ pub async fn list_roles(
     Ok(axum::Json(RoleList::new(list, total)))
 }
 
-/// Creates a role.
+/// Create a role
 #[utoipa::path(
     post,
     path = "/api/admin/roles",
     tag = "rbac",
-    summary = "Create a role",
     request_body = NewRole,
     responses(
         (status = 200, description = "The new role", body = Envelope<Role>),
-        (status = 400, description = "An invalid field, or a duplicate name or code", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
+        (status = 400, description = "An invalid field, or a duplicate name or code", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -294,21 +290,20 @@ async fn role_code(state: &AppState, id: i64) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::not_found("role"))
 }
 
+/// Update a role
+///
 /// Changes a role's fields; a new code moves the role's administrators along (one
 /// transaction). `super_admin`'s code cannot change.
 #[utoipa::path(
     put,
     path = "/api/admin/roles/{id}",
     tag = "rbac",
-    summary = "Update a role",
     params(("id" = i64, Path, description = "The role's id")),
     request_body = RoleUpdate,
     responses(
         (status = 200, description = "The role", body = Envelope<Role>),
-        (status = 400, description = "An invalid field, a duplicate name or code, or super_admin's code", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, description = "No such role", body = Problem),
+        (status = 400, description = "An invalid field, a duplicate name or code, or super_admin's code", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -354,19 +349,18 @@ pub async fn update_role(
     Ok(reply(row(&text)?))
 }
 
+/// Delete a role
+///
 /// Deletes a role no administrator holds; `super_admin` cannot be deleted.
 #[utoipa::path(
     delete,
     path = "/api/admin/roles/{id}",
     tag = "rbac",
-    summary = "Delete a role",
     params(("id" = i64, Path, description = "The role's id")),
     responses(
         (status = 200, description = "`msg` is `deleted`", body = Message),
-        (status = 400, description = "super_admin, or a role administrators hold", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, description = "No such role", body = Problem),
+        (status = 400, description = "super_admin, or a role administrators hold", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -396,18 +390,17 @@ pub async fn delete_role(
     Ok(message("deleted"))
 }
 
+/// A role's permissions
+///
 /// A role's permissions, flat, by `sort` then id.
 #[utoipa::path(
     get,
     path = "/api/admin/roles/{id}/permissions",
     tag = "rbac",
-    summary = "A role's permissions",
     params(("id" = i64, Path, description = "The role's id")),
     responses(
         (status = 200, description = "The role's permissions", body = Envelope<Vec<Permission>>),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, description = "No such role", body = Problem),
+        (status = 404, description = "No such role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -426,20 +419,19 @@ pub async fn role_permissions(
     Ok(reply(rows(&texts)?))
 }
 
+/// Replace a role's permissions
+///
 /// Replaces a role's permissions in one transaction (`PUT`).
 #[utoipa::path(
     put,
     path = "/api/admin/roles/{id}/permissions",
     tag = "rbac",
-    summary = "Replace a role's permissions",
     params(("id" = i64, Path, description = "The role's id")),
     request_body = PermissionIds,
     responses(
         (status = 200, description = "The permissions the role now holds", body = Envelope<RolePermissions>),
-        (status = 400, description = "super_admin, or an unknown permission id", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, description = "No such role", body = Problem),
+        (status = 400, description = "super_admin, or an unknown permission id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -451,20 +443,19 @@ pub async fn set_role_permissions(
     replace_permissions(&state, id, body).await
 }
 
+/// Replace a role's permissions (client verb)
+///
 /// Replaces a role's permissions in one transaction (`POST`, the verb the admin client uses).
 #[utoipa::path(
     post,
     path = "/api/admin/roles/{id}/permissions",
     tag = "rbac",
-    summary = "Replace a role's permissions (client verb)",
     params(("id" = i64, Path, description = "The role's id")),
     request_body = PermissionIds,
     responses(
         (status = 200, description = "The permissions the role now holds", body = Envelope<RolePermissions>),
-        (status = 400, description = "super_admin, or an unknown permission id", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, description = "No such role", body = Problem),
+        (status = 400, description = "super_admin, or an unknown permission id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -518,19 +509,18 @@ async fn replace_permissions(
     }))
 }
 
+/// Administrators holding a role
+///
 /// The administrators holding a role, by id (`nickname` is their real name).
 #[utoipa::path(
     get,
     path = "/api/admin/roles/{id}/users",
     tag = "rbac",
-    summary = "Administrators holding a role",
     params(("id" = i64, Path, description = "The role's id"), RoleUsersQuery),
     responses(
         (status = 200, description = "One page of administrators", body = RoleUserList),
-        (status = 400, description = "A bad paging parameter", body = Problem),
-        (status = 401, body = Problem),
-        (status = 403, body = Problem),
-        (status = 404, description = "No such role", body = Problem),
+        (status = 400, description = "A bad paging parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
