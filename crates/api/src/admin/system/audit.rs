@@ -15,6 +15,7 @@ use crate::{empty_as_none, paging, ApiError, ApiResult, AppState};
 /// One audited admin change (contract c.9's SystemLog).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditEntry {
+    /// The entry's id (newest first).
     pub id: i64,
     /// The route: `<METHOD> <path pattern>` (`PUT /api/admin/orders/{id}/status`).
     pub action: String,
@@ -36,6 +37,7 @@ pub struct AuditEntry {
     pub created_at: String,
     /// The client's IP (`X-Forwarded-For`'s first hop, else `X-Real-IP`).
     pub ip_address: String,
+    /// The client's `User-Agent`.
     pub user_agent: String,
     /// The route's summary.
     pub description: String,

@@ -16,6 +16,7 @@ use crate::{empty_as_none, paging, ApiError, ApiResult, AppState};
 /// A system config (a `system_configs` row).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Config {
+    /// The config's id.
     pub id: i64,
     /// Unique, 1–100 characters.
     pub key: String,
@@ -28,6 +29,7 @@ pub struct Config {
     pub label: String,
     /// The value as JSON text (`"\"MyChat\""`, `"true"`, `"10"`).
     pub value: String,
+    /// A note for administrators.
     pub remark: String,
     /// The group the config is shown in (`basic`, `chat`, …).
     pub category: String,
@@ -72,10 +74,15 @@ pub struct ConfigQuery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ConfigType {
+    /// On/off (`"true"`/`"false"`).
     Switch,
+    /// A number.
     Number,
+    /// A one-line text.
     String,
+    /// A multi-line text.
     Text,
+    /// A JSON document.
     Json,
 }
 
@@ -116,11 +123,13 @@ pub struct NewConfig {
     #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub label: Option<String>,
+    /// How the screen edits the value.
     #[serde(default, rename = "type")]
     pub kind: Option<ConfigType>,
     /// A system config (its key cannot change, it cannot be deleted).
     #[serde(default, deserialize_with = "input::boolean")]
     pub is_system: Option<bool>,
+    /// Display order within the category.
     #[serde(default, deserialize_with = "input::int")]
     pub sort: Option<i32>,
     /// At most 500 characters.
@@ -152,8 +161,10 @@ pub struct ConfigUpdate {
     #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub label: Option<String>,
+    /// How the screen edits the value.
     #[serde(default, rename = "type")]
     pub kind: Option<ConfigType>,
+    /// Display order within the category.
     #[serde(default, deserialize_with = "input::int")]
     pub sort: Option<i32>,
     /// At most 500 characters.
@@ -192,6 +203,7 @@ pub struct BatchConfig {
 /// How many configs a batch upserted.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BatchCount {
+    /// How many configs were inserted or updated.
     pub count: usize,
 }
 

@@ -58,6 +58,22 @@ pub fn parent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> 
     }
 }
 
+/// A menu's `type`: 1 (directory), 2 (menu) or 3 (button), read like [`int`]; 0 (the
+/// client's "unset") is a menu (2).
+///
+/// # Errors
+/// "must be 1 (directory), 2 (menu) or 3 (button)".
+pub fn menu_type<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i16>, D::Error> {
+    match int::<D, i16>(d) {
+        Ok(None) => Ok(None),
+        Ok(Some(0)) => Ok(Some(2)),
+        Ok(Some(t @ 1..=3)) => Ok(Some(t)),
+        _ => Err(D::Error::custom(
+            "must be 1 (directory), 2 (menu) or 3 (button)",
+        )),
+    }
+}
+
 /// A boolean field: `true`/`false` or `0`/`1`.
 ///
 /// # Errors

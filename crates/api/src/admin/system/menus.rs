@@ -18,7 +18,9 @@ use crate::{empty_as_none, ApiError, ApiResult, AppState};
 /// A menu (a `menus` row).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Menu {
+    /// The menu's id.
     pub id: i64,
+    /// The icon's name.
     pub icon: String,
     /// 1–50 characters.
     pub name: String,
@@ -46,6 +48,7 @@ pub struct Menu {
 /// A menu with its children (present only when it has some).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MenuNode {
+    /// The menu itself.
     #[serde(flatten)]
     pub menu: Menu,
     /// The child menus, by `sort` then id.
@@ -113,13 +116,8 @@ pub struct NewMenu {
     )]
     pub name: Option<String>,
     /// 1 directory, 2 menu, 3 button; 0 means 2.
-    #[serde(default, rename = "type", deserialize_with = "input::int")]
+    #[serde(default, rename = "type", deserialize_with = "input::menu_type")]
     #[schema(minimum = 0, maximum = 3)]
-    #[validate(range(
-        min = 0,
-        max = 3,
-        message = "must be 1 (directory), 2 (menu) or 3 (button)"
-    ))]
     pub kind: Option<i16>,
     /// At most 200 characters.
     #[serde(default, deserialize_with = "input::text")]
@@ -141,6 +139,7 @@ pub struct NewMenu {
     #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub icon: Option<String>,
+    /// Display order among siblings.
     #[serde(default, deserialize_with = "input::int")]
     pub sort: Option<i32>,
     /// 1 shown, 0 hidden.
@@ -165,13 +164,8 @@ pub struct MenuUpdate {
     #[validate(length(min = 1, max = 50, message = "must be 1 to 50 characters"))]
     pub name: Option<String>,
     /// 1 directory, 2 menu, 3 button; 0 means 2.
-    #[serde(default, rename = "type", deserialize_with = "input::int")]
+    #[serde(default, rename = "type", deserialize_with = "input::menu_type")]
     #[schema(minimum = 0, maximum = 3)]
-    #[validate(range(
-        min = 0,
-        max = 3,
-        message = "must be 1 (directory), 2 (menu) or 3 (button)"
-    ))]
     pub kind: Option<i16>,
     /// At most 200 characters.
     #[serde(default, deserialize_with = "input::text")]
@@ -193,6 +187,7 @@ pub struct MenuUpdate {
     #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub icon: Option<String>,
+    /// Display order among siblings.
     #[serde(default, deserialize_with = "input::int")]
     pub sort: Option<i32>,
     /// 1 shown, 0 hidden.
@@ -200,11 +195,6 @@ pub struct MenuUpdate {
     #[schema(minimum = 0, maximum = 1)]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
     pub status: Option<i16>,
-}
-
-/// A menu type as stored: 0 (the client's "unset") is a menu (2).
-fn stored_type(kind: Option<i16>) -> Option<i16> {
-    kind.map(|t| if t == 0 { 2 } else { t })
 }
 
 /// A parent as stored: the root is `NULL`.
@@ -293,7 +283,7 @@ pub async fn create_menu(State(state): State<AppState>, Json(body): Json<NewMenu
     )
     .bind(stored_parent(parent))
     .bind(&body.name)
-    .bind(stored_type(body.kind))
+    .bind(body.kind)
     .bind(&body.path)
     .bind(&body.component)
     .bind(&body.permission)
@@ -352,7 +342,7 @@ pub async fn update_menu(
     .bind(body.parent_id.is_some())
     .bind(body.parent_id.and_then(stored_parent))
     .bind(&body.name)
-    .bind(stored_type(body.kind))
+    .bind(body.kind)
     .bind(&body.path)
     .bind(&body.component)
     .bind(&body.permission)

@@ -18,9 +18,11 @@ use crate::{empty_as_none, paging, ApiError, ApiResult, AppState};
 /// A permission (a `permissions` row).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Permission {
+    /// The permission's id.
     pub id: i64,
     /// Unique, `^[a-z:]+[a-z0-9:_]*$` (`role:view`).
     pub code: String,
+    /// The icon's name (a `menu` permission).
     pub icon: String,
     /// Display name, 2–50 characters.
     pub name: String,
@@ -46,6 +48,7 @@ pub struct Permission {
 /// A permission with its children (present only when it has some).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PermissionNode {
+    /// The permission itself.
     #[serde(flatten)]
     pub permission: Permission,
     /// The child permissions, by `sort` then id.
@@ -99,8 +102,11 @@ pub struct PermissionQuery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PermissionType {
+    /// A screen of the admin client.
     Menu,
+    /// An action on a screen.
     Button,
+    /// An API route (what the RBAC guard checks).
     Api,
 }
 
@@ -138,6 +144,7 @@ pub struct NewPermission {
         custom(function = "input::permission_code")
     )]
     pub code: Option<String>,
+    /// What the permission guards (default `api`).
     #[serde(default, rename = "type")]
     pub kind: Option<PermissionType>,
     /// At most 200 characters.
@@ -155,6 +162,7 @@ pub struct NewPermission {
     #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub icon: Option<String>,
+    /// Display order among siblings.
     #[serde(default, deserialize_with = "input::int")]
     pub sort: Option<i32>,
     /// 1 enabled, 0 disabled.
@@ -183,6 +191,7 @@ pub struct PermissionUpdate {
     #[schema(pattern = "^[a-z:]+[a-z0-9:_]*$", max_length = 100)]
     #[validate(custom(function = "input::permission_code"))]
     pub code: Option<String>,
+    /// What the permission guards (default `api`).
     #[serde(default, rename = "type")]
     pub kind: Option<PermissionType>,
     /// At most 200 characters.
@@ -200,6 +209,7 @@ pub struct PermissionUpdate {
     #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub icon: Option<String>,
+    /// Display order among siblings.
     #[serde(default, deserialize_with = "input::int")]
     pub sort: Option<i32>,
     /// 1 enabled, 0 disabled.

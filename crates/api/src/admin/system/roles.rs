@@ -21,6 +21,7 @@ use crate::{empty_as_none, paging, ApiError, ApiResult, AppState};
 /// A role (a `roles` row).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Role {
+    /// The row's id.
     pub id: i64,
     /// Unique, `^[a-z][a-z0-9_]*$`; what administrators reference.
     pub code: String,
@@ -34,12 +35,14 @@ pub struct Role {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+    /// What the role is for.
     pub description: String,
 }
 
 /// A role in the role list, with how many administrators hold it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RoleRow {
+    /// The row's id.
     pub id: i64,
     /// Unique, `^[a-z][a-z0-9_]*$`; what administrators reference.
     pub code: String,
@@ -55,6 +58,7 @@ pub struct RoleRow {
     pub updated_at: String,
     /// How many administrators hold the role.
     pub user_count: i64,
+    /// What the role is for.
     pub description: String,
 }
 
@@ -69,12 +73,15 @@ root_list!(
 /// An administrator holding a role.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RoleUser {
+    /// The row's id.
     pub id: i64,
+    /// The administrator's email.
     pub email: String,
     /// 1 enabled, 0 disabled.
     pub status: i16,
     /// The administrator's real name.
     pub nickname: String,
+    /// The administrator's login name.
     pub username: String,
     /// RFC 3339.
     pub created_at: String,
@@ -152,6 +159,7 @@ pub struct NewRole {
     #[schema(max_length = 500)]
     #[validate(length(max = 500, message = "must be 0 to 500 characters"))]
     pub description: Option<String>,
+    /// Display order.
     #[serde(default, deserialize_with = "input::int")]
     pub sort: Option<i32>,
     /// 1 enabled, 0 disabled.
@@ -181,6 +189,7 @@ pub struct RoleUpdate {
     #[schema(max_length = 500)]
     #[validate(length(max = 500, message = "must be 0 to 500 characters"))]
     pub description: Option<String>,
+    /// Display order.
     #[serde(default, deserialize_with = "input::int")]
     pub sort: Option<i32>,
     /// 1 enabled, 0 disabled.
@@ -201,6 +210,7 @@ pub struct PermissionIds {
 /// The permissions a role now holds.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RolePermissions {
+    /// The role's id.
     pub role_id: i64,
     /// Distinct, ascending.
     pub permission_ids: Vec<i64>,

@@ -283,3 +283,69 @@ fn routes_keep_their_permission_tag_and_summary() {
         );
     }
 }
+
+/// The 400 message a body gets, or `None` when it is accepted.
+fn refusal<T: serde::de::DeserializeOwned + validator::Validate>(body: &str) -> Option<String> {
+    match web::extract::parse_json::<T>(body.as_bytes()) {
+        Err(e) => Some(e.msg),
+        Ok(v) => v.validate().err().map(|e| crate::ApiError::from(e).msg),
+    }
+}
+
+#[test]
+fn bodies_are_validated_before_any_sql_and_name_the_field() {
+    use super::configs::{BatchConfigs, NewConfig};
+    use super::menus::NewMenu;
+    use super::permissions::NewPermission;
+    use super::roles::{NewRole, RoleUpdate};
+    assert_eq!(refusal::<NewConfig>("{}").unwrap(), "key: required");
+    assert!(refusal::<NewConfig>(r#"{"key": "k", "type": "colour"}"#)
+        .unwrap()
+        .contains("type"));
+    assert_eq!(
+        refusal::<NewConfig>(
+            r#"{"key": "chat.welcome", "value": "\"hi\"", "category": "chat", "type": "string", "is_system": false, "sort": 0}"#
+        ),
+        None
+    );
+    assert_eq!(
+        refusal::<BatchConfigs>(r#"{"configs": [{"key": "a"}, {"value": 1}]}"#).unwrap(),
+        "configs[1].key: required"
+    );
+    assert_eq!(
+        refusal::<BatchConfigs>("{}").unwrap(),
+        "configs: must be an array"
+    );
+    assert_eq!(
+        refusal::<NewRole>(r#"{"name": "审核员", "code": "Auditor"}"#).unwrap(),
+        "code: must match ^[a-z][a-z0-9_]*$"
+    );
+    assert_eq!(
+        refusal::<NewRole>(r#"{"name": "审核员", "code": "auditor", "status": 0, "sort": 0}"#),
+        None
+    );
+    assert_eq!(
+        refusal::<RoleUpdate>(r#"{"status": 2}"#).unwrap(),
+        "status: must be 0 or 1"
+    );
+    assert_eq!(
+        refusal::<NewMenu>(r#"{"name": "用户", "type": 4}"#).unwrap(),
+        "invalid field `type`: must be 1 (directory), 2 (menu) or 3 (button)"
+    );
+    assert_eq!(
+        refusal::<NewMenu>(
+            r#"{"id": null, "parent_id": null, "name": "系统", "type": 1, "sort": 0, "status": 1}"#
+        ),
+        None
+    );
+    assert_eq!(
+        refusal::<NewPermission>(
+            r#"{"name": "报表导出", "code": "report:export", "type": "button", "parent_id": "3"}"#
+        ),
+        None
+    );
+    assert_eq!(
+        refusal::<NewPermission>(r#"{"name": "x", "code": "report:view"}"#).unwrap(),
+        "name: must be 2 to 50 characters"
+    );
+}
