@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod people;
 pub mod routes;
 pub mod system;
+pub mod withdrawals;
 
 use axum::routing::get;
 use axum::Router;
