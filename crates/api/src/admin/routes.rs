@@ -383,199 +383,61 @@ pub fn register() -> Reg {
             "Broadcast a system message (client path)",
             on::broadcast,
         )
-        .at(
-            get.clone(),
-            "/api/admin/logs",
-            Code("system:view_logs"),
-            "system",
-            "The audit log",
-            sys::logs,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/configs",
-            Code("system:view"),
-            "system",
-            "List configs",
-            sys::list_configs,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/configs",
+        .typed(routes!(sys::audit::logs), Code("system:view_logs"))
+        .typed(routes!(sys::configs::list_configs), Code("system:view"))
+        .typed(
+            routes!(sys::configs::create_config),
             Code("system:edit_config"),
-            "system",
-            "Create a config",
-            sys::create_config,
         )
-        .at(
-            put.clone(),
-            "/api/admin/configs/{id}",
+        .typed(
+            routes!(sys::configs::update_config),
             Code("system:edit_config"),
-            "system",
-            "Update a config",
-            sys::update_config,
         )
-        .at(
-            post.clone(),
-            "/api/admin/configs/batch",
+        .typed(
+            routes!(sys::configs::batch_configs),
             Code("system:edit_config"),
-            "system",
-            "Upsert configs by key",
-            sys::batch_configs,
         )
-        .at(
-            delete.clone(),
-            "/api/admin/configs/{id}",
+        .typed(
+            routes!(sys::configs::delete_config),
             Code("system:edit_config"),
-            "system",
-            "Delete a config",
-            sys::delete_config,
         )
         // c.7 RBAC
-        .at(
-            get.clone(),
-            "/api/admin/roles",
-            Code("role:view"),
-            "rbac",
-            "List roles",
-            sys::list_roles,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/roles",
-            Code("role:add"),
-            "rbac",
-            "Create a role",
-            sys::create_role,
-        )
-        .at(
-            put.clone(),
-            "/api/admin/roles/{id}",
+        .typed(routes!(sys::roles::list_roles), Code("role:view"))
+        .typed(routes!(sys::roles::create_role), Code("role:add"))
+        .typed(routes!(sys::roles::update_role), Code("role:edit"))
+        .typed(routes!(sys::roles::delete_role), Code("role:delete"))
+        .typed(routes!(sys::roles::role_permissions), Code("role:view"))
+        .typed(routes!(sys::roles::set_role_permissions), Code("role:edit"))
+        .typed(
+            routes!(sys::roles::post_role_permissions),
             Code("role:edit"),
-            "rbac",
-            "Update a role",
-            sys::update_role,
         )
-        .at(
-            delete.clone(),
-            "/api/admin/roles/{id}",
-            Code("role:delete"),
-            "rbac",
-            "Delete a role",
-            sys::delete_role,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/roles/{id}/permissions",
-            Code("role:view"),
-            "rbac",
-            "A role's permissions",
-            sys::role_permissions,
-        )
-        .at(
-            put.clone(),
-            "/api/admin/roles/{id}/permissions",
-            Code("role:edit"),
-            "rbac",
-            "Replace a role's permissions",
-            sys::set_role_permissions,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/roles/{id}/permissions",
-            Code("role:edit"),
-            "rbac",
-            "Replace a role's permissions (client verb)",
-            sys::set_role_permissions,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/roles/{id}/users",
-            Code("role:view"),
-            "rbac",
-            "Administrators holding a role",
-            sys::role_users,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/permissions/tree",
+        .typed(routes!(sys::roles::role_users), Code("role:view"))
+        .typed(
+            routes!(sys::permissions::permission_tree),
             Code("permission:view"),
-            "rbac",
-            "Permission tree",
-            sys::permission_tree,
         )
-        .at(
-            get.clone(),
-            "/api/admin/permissions",
+        .typed(
+            routes!(sys::permissions::list_permissions),
             Code("permission:view"),
-            "rbac",
-            "List permissions",
-            sys::list_permissions,
         )
-        .at(
-            post.clone(),
-            "/api/admin/permissions",
+        .typed(
+            routes!(sys::permissions::create_permission),
             Code("permission:add"),
-            "rbac",
-            "Create a permission",
-            sys::create_permission,
         )
-        .at(
-            put.clone(),
-            "/api/admin/permissions/{id}",
+        .typed(
+            routes!(sys::permissions::update_permission),
             Code("permission:edit"),
-            "rbac",
-            "Update a permission",
-            sys::update_permission,
         )
-        .at(
-            delete.clone(),
-            "/api/admin/permissions/{id}",
+        .typed(
+            routes!(sys::permissions::delete_permission),
             Code("permission:delete"),
-            "rbac",
-            "Delete a permission",
-            sys::delete_permission,
         )
-        .at(
-            get.clone(),
-            "/api/admin/menus/tree",
-            Code("menu:view"),
-            "rbac",
-            "Menu tree",
-            sys::menu_tree,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/menus",
-            Code("menu:view"),
-            "rbac",
-            "List menus (as a tree)",
-            sys::list_menus,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/menus",
-            Code("menu:add"),
-            "rbac",
-            "Create a menu",
-            sys::create_menu,
-        )
-        .at(
-            put.clone(),
-            "/api/admin/menus/{id}",
-            Code("menu:edit"),
-            "rbac",
-            "Update a menu",
-            sys::update_menu,
-        )
-        .at(
-            delete.clone(),
-            "/api/admin/menus/{id}",
-            Code("menu:delete"),
-            "rbac",
-            "Delete a menu",
-            sys::delete_menu,
-        )
+        .typed(routes!(sys::menus::menu_tree), Code("menu:view"))
+        .typed(routes!(sys::menus::list_menus), Code("menu:view"))
+        .typed(routes!(sys::menus::create_menu), Code("menu:add"))
+        .typed(routes!(sys::menus::update_menu), Code("menu:edit"))
+        .typed(routes!(sys::menus::delete_menu), Code("menu:delete"))
         // c.8 low-code
         .at(
             get.clone(),

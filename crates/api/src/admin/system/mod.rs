@@ -1,0 +1,142 @@
+//! The admin API's system area: system configs ([`configs`]), the audit log ([`audit`]), and
+//! RBAC administration — roles with their permissions and administrators ([`roles`]), the
+//! permission tree ([`permissions`]) and the menu tree ([`menus`]) (contract c.6 #69–#74, c.7).
+//!
+//! Rows are read as PostgreSQL renders them (`to_jsonb(row)`) into typed structs whose fields
+//! are declared in the order `jsonb` stores keys (shorter keys first, then bytewise), so a typed
+//! answer is byte for byte the JSON the admin client has always read. Inputs are typed bodies
+//! ([`input`] reads values the way the admin client sends them) validated before any SQL runs;
+//! every update names its columns.
+
+/// A list answered at the root and in `data` (contract a.3, f.4): `{<key>: [...], list: [...],
+/// total, code: 200, msg: "success", data: {<key>: [...], list: [...], total}}` — the list under
+/// the key the server used and under the key the client reads. Declares the reply struct, the
+/// page struct in its `data`, and `Reply::new(list, total)`.
+macro_rules! root_list {
+    ($(#[$doc:meta])* $reply:ident, $page:ident, $key:literal, $item:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+        pub struct $reply {
+            /// The page's rows, under the key the server used.
+            #[serde(rename = $key)]
+            pub items: Vec<$item>,
+            /// The same rows, under the key the client reads.
+            pub list: Vec<$item>,
+            /// How many rows match the filter (all pages).
+            pub total: i64,
+            /// Always 200.
+            pub code: u16,
+            /// Always `"success"`.
+            pub msg: String,
+            /// The same page again.
+            pub data: $page,
+        }
+
+        #[doc = concat!("The `data` of [`", stringify!($reply), "`].")]
+        #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+        pub struct $page {
+            /// The page's rows, under the key the server used.
+            #[serde(rename = $key)]
+            pub items: Vec<$item>,
+            /// The same rows, under the key the client reads.
+            pub list: Vec<$item>,
+            /// How many rows match the filter (all pages).
+            pub total: i64,
+        }
+
+        impl $reply {
+            /// The page at the root and in `data`.
+            pub fn new(list: Vec<$item>, total: i64) -> Self {
+                Self {
+                    items: list.clone(),
+                    list: list.clone(),
+                    total,
+                    code: 200,
+                    msg: "success".to_string(),
+                    data: $page {
+                        items: list.clone(),
+                        list,
+                        total,
+                    },
+                }
+            }
+        }
+    };
+}
+
+// After `root_list!`: the modules below declare their lists with it.
+pub mod audit;
+pub mod configs;
+pub mod input;
+pub mod menus;
+pub mod permissions;
+pub mod roles;
+pub mod tree;
+
+#[cfg(test)]
+mod tests;
+
+use serde::de::DeserializeOwned;
+use sqlx::{Postgres, QueryBuilder};
+
+use crate::{ApiError, AppState};
+
+/// Parses one row PostgreSQL rendered as JSON (`to_jsonb(row)::text`) into `T`.
+///
+/// # Errors
+/// 500 when the row does not have `T`'s shape.
+pub fn row<T: DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+    serde_json::from_str(text).map_err(|e| ApiError::internal(anyhow::anyhow!("row shape: {e}")))
+}
+
+/// Parses rows PostgreSQL rendered as JSON (`to_jsonb(row)::text`) into `T`s.
+///
+/// # Errors
+/// 500 when a row does not have `T`'s shape.
+pub fn rows<T: DeserializeOwned>(texts: &[String]) -> Result<Vec<T>, ApiError> {
+    texts.iter().map(|s| row(s)).collect()
+}
+
+/// Runs a `SELECT to_jsonb(..)::text` built by `qb` and parses each row into `T`.
+///
+/// # Errors
+/// A database error, or 500 when a row does not have `T`'s shape.
+pub async fn fetch_rows<T: DeserializeOwned>(
+    state: &AppState,
+    mut qb: QueryBuilder<'_, Postgres>,
+) -> Result<Vec<T>, ApiError> {
+    let texts: Vec<String> = qb.build_query_scalar().fetch_all(&state.db).await?;
+    rows(&texts)
+}
+
+/// One page of a filtered list and the filter's total, with the same `filter` for both:
+/// `SELECT to_jsonb(t)::text FROM (SELECT <cols> FROM <from> … ORDER BY <order_by> LIMIT …
+/// OFFSET …) t` and `SELECT count(*) FROM <from> …`. `cols`, `from` and `order_by` are this
+/// module's constants; `filter` appends the `WHERE` clause with bound values.
+///
+/// # Errors
+/// A database error, or 500 when a row does not have `T`'s shape.
+pub async fn page_rows<T: DeserializeOwned>(
+    state: &AppState,
+    cols: &'static str,
+    from: &'static str,
+    filter: impl Fn(&mut QueryBuilder<'_, Postgres>),
+    order_by: &'static str,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<T>, i64), ApiError> {
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT to_jsonb(t)::text FROM (SELECT {cols} FROM {from}"
+    ));
+    filter(&mut qb);
+    qb.push(format!(" ORDER BY {order_by} LIMIT "))
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset)
+        .push(") t");
+    let list = fetch_rows(state, qb).await?;
+    let mut cq = QueryBuilder::new(format!("SELECT count(*) FROM {from}"));
+    filter(&mut cq);
+    let total: i64 = cq.build_query_scalar().fetch_one(&state.db).await?;
+    Ok((list, total))
+}
