@@ -12,6 +12,7 @@ use validator::Validate;
 use web::envelope::{reply, Envelope, Reply};
 use web::error::Problem;
 
+use super::sessions::yuan;
 use crate::user::earnings::caller_counselor;
 use crate::{paging, ApiQuery, AppState, AuthUser};
 
@@ -21,11 +22,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions))
         .routes(routes!(billings))
         .routes(routes!(counselor_billings))
-}
-
-/// Fen as the yuan number MyChat's clients read (`1234` → `12.34`).
-fn yuan(fen: i64) -> f64 {
-    fen as f64 / 100.0
 }
 
 /// `GET /api/chat/sessions` query: paging and an optional status filter.

@@ -443,3 +443,64 @@ pub async fn end_alias(
 ) -> Reply<EndedSession> {
     end(state, user, headers, session_id).await
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn yuan_numbers_are_the_edges_yuan_numbers() {
+        for fen in [0, 1, 30, 350, 500, 1234, 99_999_999_999] {
+            assert_eq!(
+                serde_json::to_string(&yuan(fen)).unwrap(),
+                crate::money::yuan(fen).to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn an_ended_session_omits_what_this_call_did_not_decide() {
+        let bare = EndedSession {
+            session_id: 7,
+            duration: None,
+            billing: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            json!({ "session_id": 7 }).to_string()
+        );
+        let billed = EndedSession {
+            session_id: 7,
+            duration: Some(61),
+            billing: Some(SessionBill {
+                duration: 61,
+                duration_minutes: 2,
+                price_per_minute: yuan(500),
+                total_amount: yuan(1000),
+                total_amount_fen: 1000,
+                platform_fee: yuan(300),
+                platform_fee_fen: 300,
+                counselor_fee: yuan(700),
+                counselor_fee_fen: 700,
+                refund: yuan(14_000),
+                refund_fen: 14_000,
+            }),
+        };
+        assert_eq!(
+            serde_json::to_string(&billed).unwrap(),
+            json!({
+                "session_id": 7,
+                "duration": 61,
+                "billing": {
+                    "duration": 61, "duration_minutes": 2, "price_per_minute": 5.0,
+                    "total_amount": 10.0, "total_amount_fen": 1000, "platform_fee": 3.0,
+                    "platform_fee_fen": 300, "counselor_fee": 7.0, "counselor_fee_fen": 700,
+                    "refund": 140.0, "refund_fen": 14000,
+                },
+            })
+            .to_string()
+        );
+    }
+}
