@@ -1,5 +1,5 @@
 //! Counselor applications (contract b.1 #16–#19): apply, my application, and their review by a
-//! user-API administrator (`users.is_admin`; the admin API's own review belongs to issue 4).
+//! user-API administrator (`users.is_admin`; the admin API has its own review of applications).
 //!
 //! Applications are reference data (plain Postgres). Approval creates the counselor profile
 //! linked by `user_id` (price 5.00 yuan/min, rating 5.0, status 1) in the same transaction, and

@@ -90,26 +90,19 @@ async fn receive(mut multipart: Multipart) -> Result<Received, ApiError> {
     })
 }
 
-/// A multipart body that could not be read: 413 when it is over the body limit (issue 8), else
+/// A multipart body that could not be read: 413 when it is over the body limit, else
 /// 400 (naming `field` when given).
 fn multipart_error(field: Option<&str>, e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return too_large(&format!(
-            "{} MB in all",
-            (MAX_FILE + 2 * 1024 * 1024) / (1024 * 1024)
-        ));
+        return ApiError::too_large(
+            "file",
+            &format!("{} MB in all", (MAX_FILE + 2 * 1024 * 1024) / (1024 * 1024)),
+        );
     }
     match field {
         Some(f) => ApiError::field(f, format!("could not be read: {e}")),
         None => ApiError::bad_request(format!("malformed multipart body: {e}")),
     }
-}
-
-/// 413 naming `file`: the upload is larger than `limit` (issue 8; nothing is stored).
-fn too_large(limit: &str) -> ApiError {
-    let mut e = ApiError::field("file", format!("larger than {limit}"));
-    e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
-    e
 }
 
 /// The sniffed MIME type and extension of `bytes`, if it is one of `allowed`.
@@ -355,7 +348,7 @@ pub async fn upload(
     };
     let relation_id = fields.relation_id.parse::<i64>().ok();
     if received.bytes.len() > MAX_FILE {
-        return Err(too_large("10 MB"));
+        return Err(ApiError::too_large("file", "10 MB"));
     }
     let (mime, ext) = sniff(&received.bytes, GENERAL)?;
     let dir = format!("{file_type}/{}", user.user_id);
@@ -419,7 +412,7 @@ pub async fn avatar(
 ) -> Reply<UploadedImage> {
     let received = receive(multipart).await?;
     if received.bytes.len() > MAX_AVATAR {
-        return Err(too_large("2 MB"));
+        return Err(ApiError::too_large("file", "2 MB"));
     }
     let (mime, ext) = sniff(&received.bytes, IMAGES)?;
     let stored = store(
@@ -471,7 +464,7 @@ pub async fn certificate(
 ) -> Reply<UploadedImage> {
     let received = receive(multipart).await?;
     if received.bytes.len() > MAX_CERTIFICATE {
-        return Err(too_large("5 MB"));
+        return Err(ApiError::too_large("file", "5 MB"));
     }
     let (mime, ext) = sniff(&received.bytes, IMAGES)?;
     let stored = store(
@@ -641,7 +634,7 @@ pub async fn remove(
 /// Longest `/uploads/...` path served, bytes (stored paths are `<kind>/<uid>/<name>`, < 200).
 pub const MAX_UPLOAD_PATH: usize = 1024;
 
-/// Guards `/uploads/...` (issue 8, found by schemathesis): a path over [`MAX_UPLOAD_PATH`] is a
+/// Guards `/uploads/...` (a case schemathesis found): a path over [`MAX_UPLOAD_PATH`] is a
 /// 414 (a path longer than the OS's `PATH_MAX` made `ServeDir` answer 500), and any other error
 /// `ServeDir` meets reading a path is logged and answered as a 404 `ApiError`.
 pub async fn uploads_guard(
