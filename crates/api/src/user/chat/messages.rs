@@ -251,8 +251,8 @@ pub async fn messages_alias(
 /// `POST /api/chat/session/:session_id/message` body (the web client's fallback, contract #39).
 ///
 /// The message rules (content type, length, an empty message, the client id's length) are the
-/// session's ([`ChatSession::accept_message`]), shared with the gateway's socket; the limits here
-/// state them for clients.
+/// session's (`ChatSession::accept_message` in `domain`), shared with the gateway's socket; the
+/// limits here state them for clients.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SendMessage {
     /// The text, at most 5000 characters; may be empty only when `file_url` is set.

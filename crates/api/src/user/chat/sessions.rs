@@ -225,7 +225,7 @@ pub struct OrderSession {
 /// must be able to obtain the session while the order is paid (contract b.3). An existing session
 /// is answered as it is (active or ended) to its participants (403 to anyone else). When there is
 /// none yet, the session is started exactly as `POST /api/chat/start/:order_id` starts it
-/// ([`start_session`]): either participant, on a paid order, idempotently — a second call
+/// (the same code): either participant, on a paid order, idempotently — a second call
 /// answers the same session and appends nothing; a caller who is neither the order's user nor its
 /// counselor (403), an unknown order (404) or an order that is not paid (400) is refused as the
 /// start route refuses it, with nothing appended to the log.
