@@ -1661,7 +1661,7 @@ async fn chat_billing_reviews_and_notifications() {
             ("POST", format!("/api/chat/start/{other_order}"), o, None, 403, "participant"),
             ("POST", "/api/chat/start/99999".into(), t, None, 404, "order"),
             ("GET", format!("/api/chat/order/{order}/session"), o, None, 403, "participant"),
-            ("GET", format!("/api/chat/order/{other_order}/session"), t, None, 404, "session"),
+            ("GET", "/api/chat/order/99999/session".into(), t, None, 404, "order"),
             ("POST", format!("/api/chat/session/{session}/message"), t, Some(json!({"content": "late"})), 403, "ended"),
             ("POST", format!("/api/chat/session/{session}/message"), o, Some(json!({"content": "hi"})), 403, "participant"),
             ("POST", format!("/api/chat/session/{session}/message"), t, Some(json!({})), 400, "content"),
@@ -1711,6 +1711,161 @@ async fn chat_billing_reviews_and_notifications() {
             .data()["total"],
         json!(1)
     );
+}
+
+/// MyChat's web client enters a paid order's chat from Orders through
+/// `GET /api/chat/order/:order_id/session` (contract b.3): before any session exists, that call
+/// starts it exactly as `POST /api/chat/start/:order_id` would — by either participant, on a paid
+/// order, once — and refuses whom the start route refuses, recording nothing.
+#[tokio::test]
+async fn the_order_session_route_starts_a_paid_orders_session_once() {
+    let app = spawn_app().await;
+    let (counselor, counselor_token) = app.counselor("olga").await;
+    let (_, token, _) = app.user("bob").await;
+    let (_, other, _) = app.user("eve").await;
+    let order = app.paid_order(&token, counselor).await;
+    let unpaid = app.order(&token, counselor, 30).await;
+
+    // Refused as the start route refuses (each pair: the start route, then this one), and
+    // nothing is appended to the log.
+    let t = Some(token.as_str());
+    let o = Some(other.as_str());
+    assert_refusals(
+        &app,
+        vec![
+            (
+                "POST",
+                format!("/api/chat/start/{order}"),
+                o,
+                None,
+                403,
+                "not a participant of this order",
+            ),
+            (
+                "GET",
+                format!("/api/chat/order/{order}/session"),
+                o,
+                None,
+                403,
+                "not a participant of this order",
+            ),
+            (
+                "POST",
+                format!("/api/chat/start/{unpaid}"),
+                t,
+                None,
+                400,
+                "order is not paid (status 0)",
+            ),
+            (
+                "GET",
+                format!("/api/chat/order/{unpaid}/session"),
+                t,
+                None,
+                400,
+                "order is not paid (status 0)",
+            ),
+            (
+                "POST",
+                "/api/chat/start/99999".into(),
+                t,
+                None,
+                404,
+                "order not found",
+            ),
+            (
+                "GET",
+                "/api/chat/order/99999/session".into(),
+                t,
+                None,
+                404,
+                "order not found",
+            ),
+            (
+                "GET",
+                format!("/api/chat/order/{order}/session"),
+                None,
+                None,
+                401,
+                "token",
+            ),
+        ],
+    )
+    .await;
+    // The order's user enters from Orders: the session is started and answered.
+    let before = app.events_in_log().await;
+    let r = app
+        .get(&format!("/api/chat/order/{order}/session"), &token)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["code"], json!(200));
+    assert_eq!(r.data(), &json!({"session_id": order, "status": 1}));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = app.events_in_log().await;
+    assert!(started > before, "starting the session appended its events");
+
+    // Again, by either participant and through the start route: the same session, nothing new.
+    let r = app
+        .get(&format!("/api/chat/order/{order}/session"), &token)
+        .await;
+    assert_eq!(r.data(), &json!({"session_id": order, "status": 1}));
+    let r = app
+        .get(
+            &format!("/api/chat/order/{order}/session"),
+            &counselor_token,
+        )
+        .await;
+    assert_eq!(r.data(), &json!({"session_id": order, "status": 1}));
+    let r = app
+        .post(&format!("/api/chat/start/{order}"), &token, json!({}))
+        .await;
+    assert_eq!(r.data(), &json!({"session_id": order}));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        app.events_in_log().await,
+        started,
+        "a second start recorded something"
+    );
+
+    // It is a real session: listed, writable, and once ended it is answered as ended.
+    let r = app.get("/api/chat/sessions", &token).await;
+    assert_eq!(r.data()["total"], json!(1));
+    assert_eq!(r.data()["sessions"][0]["id"], json!(order));
+    let r = app
+        .post(
+            &format!("/api/chat/session/{order}/message"),
+            &token,
+            json!({"content": "你好"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = app
+        .post(
+            &format!("/api/chat/end/{order}"),
+            &counselor_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = app
+        .get(&format!("/api/chat/order/{order}/session"), &token)
+        .await;
+    assert_eq!(r.data(), &json!({"session_id": order, "status": 2}));
+
+    // The counselor may enter first too.
+    let second = app.paid_order(&token, counselor).await;
+    let r = app
+        .get(
+            &format!("/api/chat/order/{second}/session"),
+            &counselor_token,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.data(), &json!({"session_id": second, "status": 1}));
+    let r = app
+        .get(&format!("/api/chat/messages/{second}"), &token)
+        .await;
+    assert_eq!(r.data()["session"]["status"], json!(1));
 }
 
 /// A small valid PNG (1×1) and a JPEG header: enough for content sniffing.

@@ -11,14 +11,19 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Multipart, State};
-use axum::routing::{delete, get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde::Serialize;
 use sqlx::Row;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use validator::{Validate, ValidationError};
+use web::envelope::{message, reply, Envelope, Message, Reply};
+use web::error::Problem;
 
 use crate::user::config::UserApi;
-use crate::{ok, ApiError, ApiPath, ApiResult, AppState, AuthUser};
+use crate::{ApiError, ApiPath, ApiResult, AppState, AuthUser};
 
 /// Largest general upload, bytes.
 pub const MAX_FILE: usize = 10 * 1024 * 1024;
@@ -28,13 +33,12 @@ pub const MAX_AVATAR: usize = 2 * 1024 * 1024;
 pub const MAX_CERTIFICATE: usize = 5 * 1024 * 1024;
 
 /// The user-API routes of this module (with a 12 MB body limit for the upload routes).
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/upload", post(upload))
-        .route("/api/upload/avatar", post(avatar))
-        .route("/api/counselor/upload-certificate", post(certificate))
-        .route("/api/file/{id}", get(get_one))
-        .route("/api/file/{id}", delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(upload))
+        .routes(routes!(avatar))
+        .routes(routes!(certificate))
+        .routes(routes!(get_one, remove))
         .layer(DefaultBodyLimit::max(MAX_FILE + 2 * 1024 * 1024))
 }
 
@@ -86,26 +90,19 @@ async fn receive(mut multipart: Multipart) -> Result<Received, ApiError> {
     })
 }
 
-/// A multipart body that could not be read: 413 when it is over the body limit (issue 8), else
+/// A multipart body that could not be read: 413 when it is over the body limit, else
 /// 400 (naming `field` when given).
 fn multipart_error(field: Option<&str>, e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return too_large(&format!(
-            "{} MB in all",
-            (MAX_FILE + 2 * 1024 * 1024) / (1024 * 1024)
-        ));
+        return ApiError::too_large(
+            "file",
+            &format!("{} MB in all", (MAX_FILE + 2 * 1024 * 1024) / (1024 * 1024)),
+        );
     }
     match field {
         Some(f) => ApiError::field(f, format!("could not be read: {e}")),
         None => ApiError::bad_request(format!("malformed multipart body: {e}")),
     }
-}
-
-/// 413 naming `file`: the upload is larger than `limit` (issue 8; nothing is stored).
-fn too_large(limit: &str) -> ApiError {
-    let mut e = ApiError::field("file", format!("larger than {limit}"));
-    e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
-    e
 }
 
 /// The sniffed MIME type and extension of `bytes`, if it is one of `allowed`.
@@ -204,15 +201,132 @@ async fn store(
     })
 }
 
+/// The kinds of general upload (the folder it is stored in and the record's `file_type`).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// An avatar.
+    Avatar,
+    /// A document.
+    Document,
+    /// An image.
+    Image,
+    /// A sound.
+    Audio,
+    /// A video.
+    Video,
+    /// Anything else (the default).
+    Other,
+}
+
+/// `POST /api/upload`'s multipart body (documentation of the form; the fields are read from
+/// the multipart stream).
+#[derive(Debug, ToSchema)]
+pub struct UploadForm {
+    /// The file: at most 10 MB, of an allowed type by content (JPEG, PNG, GIF, WebP, PDF, MP3,
+    /// WAV, OGG, M4A, MP4, WebM, DOCX, XLSX, DOC).
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+    /// The kind (default `other`).
+    #[schema(value_type = Option<FileKind>)]
+    pub file_type: Option<String>,
+    /// What the file belongs to: a positive id.
+    #[schema(minimum = 1)]
+    pub relation_id: Option<i64>,
+    /// What kind of thing `relation_id` is (at most 50 characters).
+    #[schema(max_length = 50)]
+    pub relation_type: Option<String>,
+}
+
+/// An image upload's multipart body (documentation of the form).
+#[derive(Debug, ToSchema)]
+pub struct ImageForm {
+    /// The image: JPEG or PNG by content (avatars at most 2 MB, certificates at most 5 MB).
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+}
+
+/// `file_type`: empty or one of [`FileKind`].
+fn file_kind(kind: &str) -> Result<(), ValidationError> {
+    if matches!(
+        kind,
+        "" | "avatar" | "document" | "image" | "audio" | "video" | "other"
+    ) {
+        return Ok(());
+    }
+    Err(ValidationError::new("one_of")
+        .with_message("one of avatar, document, image, audio, video, other".into()))
+}
+
+/// `relation_id`: empty or a positive id.
+fn relation_id(id: &str) -> Result<(), ValidationError> {
+    if id.is_empty() || id.parse::<i64>().is_ok_and(|n| n > 0) {
+        return Ok(());
+    }
+    Err(ValidationError::new("range").with_message("must be a positive id".into()))
+}
+
+/// The text fields of `POST /api/upload`, trimmed (absent ones empty).
+#[derive(Debug, Validate)]
+struct UploadFields {
+    #[validate(custom(function = "file_kind"))]
+    file_type: String,
+    #[validate(custom(function = "relation_id"))]
+    relation_id: String,
+    #[validate(length(max = 50, message = "at most 50 characters"))]
+    relation_type: String,
+}
+
+/// A stored general upload.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Uploaded {
+    /// The file record's id.
+    pub id: i64,
+    /// The generated name it is stored under.
+    pub file_name: String,
+    /// The client's name for it (control characters removed, at most 200 characters).
+    pub original_name: String,
+    /// Where it is stored, under the upload directory.
+    pub file_path: String,
+    /// Its absolute URL (`<public_url>/uploads/...`).
+    pub file_url: String,
+    /// The same as `file_url`.
+    pub url: String,
+    /// Its size, bytes.
+    pub file_size: i64,
+    /// Its kind.
+    #[schema(value_type = FileKind)]
+    pub file_type: String,
+    /// Its MIME type, by content.
+    pub mime_type: String,
+}
+
 /// `POST /api/upload` (multipart `file` ≤ 10 MB, `file_type` avatar|document|image|audio|video|
 /// other (default other), `relation_id`, `relation_type`) → `{id, file_name, original_name,
-/// file_url, file_size, mime_type}`.
+/// file_path, file_url, url, file_size, file_type, mime_type}`.
+#[utoipa::path(
+    post,
+    path = "/api/upload",
+    operation_id = "files_upload",
+    tag = "files",
+    summary = "Upload a file (≤ 10 MB, allowed types by content)",
+    description = "The type is decided by the file's content, never by its name or declared \
+        type; the stored name is generated.",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The stored file", body = Envelope<Uploaded>),
+        (status = 400, description = "No file, an invalid field, or a type not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than 10 MB", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn upload(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
     web::Multipart(multipart): web::Multipart,
-) -> ApiResult<Json<Value>> {
+) -> Reply<Uploaded> {
     let received = receive(multipart).await?;
     let field = |n: &str| {
         received
@@ -222,31 +336,19 @@ pub async fn upload(
             .map(|(_, v)| v.trim().to_string())
             .unwrap_or_default()
     };
-    let file_type = match field("file_type").as_str() {
+    let fields = UploadFields {
+        file_type: field("file_type"),
+        relation_id: field("relation_id"),
+        relation_type: field("relation_type"),
+    };
+    fields.validate()?;
+    let file_type = match fields.file_type.as_str() {
         "" => "other".to_string(),
-        t @ ("avatar" | "document" | "image" | "audio" | "video" | "other") => t.to_string(),
-        _ => {
-            return Err(ApiError::field(
-                "file_type",
-                "one of avatar, document, image, audio, video, other",
-            ))
-        }
+        t => t.to_string(),
     };
-    let relation_id = match field("relation_id").as_str() {
-        "" => None,
-        v => Some(
-            v.parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ApiError::field("relation_id", "must be a positive id"))?,
-        ),
-    };
-    let relation_type = field("relation_type");
-    if relation_type.chars().count() > 50 {
-        return Err(ApiError::field("relation_type", "at most 50 characters"));
-    }
+    let relation_id = fields.relation_id.parse::<i64>().ok();
     if received.bytes.len() > MAX_FILE {
-        return Err(too_large("10 MB"));
+        return Err(ApiError::too_large("file", "10 MB"));
     }
     let (mime, ext) = sniff(&received.bytes, GENERAL)?;
     let dir = format!("{file_type}/{}", user.user_id);
@@ -260,33 +362,57 @@ pub async fn upload(
         &received,
         mime,
         ext,
-        (relation_id, relation_type),
+        (relation_id, fields.relation_type),
     )
     .await?;
-    Ok(ok(json!({
-        "id": stored.id,
-        "file_name": stored.file_name,
-        "original_name": received.original_name,
-        "file_path": stored.file_path,
-        "file_url": stored.file_url,
-        "url": stored.file_url,
-        "file_size": stored.size,
-        "file_type": file_type,
-        "mime_type": stored.mime,
-    })))
+    Ok(reply(Uploaded {
+        id: stored.id,
+        file_name: stored.file_name,
+        original_name: received.original_name,
+        file_path: stored.file_path,
+        url: stored.file_url.clone(),
+        file_url: stored.file_url,
+        file_size: stored.size,
+        file_type,
+        mime_type: stored.mime,
+    }))
+}
+
+/// A stored image upload.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UploadedImage {
+    /// Its absolute URL (`<public_url>/uploads/...`).
+    pub url: String,
+    /// The file record's id.
+    pub id: i64,
 }
 
 /// `POST /api/upload/avatar` (multipart `file`, JPEG/PNG by content, ≤ 2 MB) → `{url}`; also
 /// sets the caller's `avatar`.
+#[utoipa::path(
+    post,
+    path = "/api/upload/avatar",
+    operation_id = "files_avatar",
+    tag = "files",
+    summary = "Upload an avatar (JPEG/PNG by content, ≤ 2 MB); sets the user's avatar",
+    request_body(content = ImageForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The stored avatar, now the caller's", body = Envelope<UploadedImage>),
+        (status = 400, description = "No file, or not a JPEG or PNG", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than 2 MB", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn avatar(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
     web::Multipart(multipart): web::Multipart,
-) -> ApiResult<Json<Value>> {
+) -> Reply<UploadedImage> {
     let received = receive(multipart).await?;
     if received.bytes.len() > MAX_AVATAR {
-        return Err(too_large("2 MB"));
+        return Err(ApiError::too_large("file", "2 MB"));
     }
     let (mime, ext) = sniff(&received.bytes, IMAGES)?;
     let stored = store(
@@ -307,20 +433,38 @@ pub async fn avatar(
         .bind(&stored.file_url)
         .execute(&state.db)
         .await?;
-    Ok(ok(json!({ "url": stored.file_url, "id": stored.id })))
+    Ok(reply(UploadedImage {
+        url: stored.file_url,
+        id: stored.id,
+    }))
 }
 
 /// `POST /api/counselor/upload-certificate` (multipart `file`, JPEG/PNG by content, ≤ 5 MB) →
-/// `{url}`.
+/// `{url, id}`.
+#[utoipa::path(
+    post,
+    path = "/api/counselor/upload-certificate",
+    operation_id = "files_certificate",
+    tag = "files",
+    summary = "Upload a certificate image (JPEG/PNG by content, ≤ 5 MB)",
+    request_body(content = ImageForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The stored certificate", body = Envelope<UploadedImage>),
+        (status = 400, description = "No file, or not a JPEG or PNG", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than 5 MB", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn certificate(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
     web::Multipart(multipart): web::Multipart,
-) -> ApiResult<Json<Value>> {
+) -> Reply<UploadedImage> {
     let received = receive(multipart).await?;
     if received.bytes.len() > MAX_CERTIFICATE {
-        return Err(too_large("5 MB"));
+        return Err(ApiError::too_large("file", "5 MB"));
     }
     let (mime, ext) = sniff(&received.bytes, IMAGES)?;
     let stored = store(
@@ -336,7 +480,10 @@ pub async fn certificate(
         (None, "certificate".into()),
     )
     .await?;
-    Ok(ok(json!({ "url": stored.file_url, "id": stored.id })))
+    Ok(reply(UploadedImage {
+        url: stored.file_url,
+        id: stored.id,
+    }))
 }
 
 async fn owned_file(
@@ -357,40 +504,119 @@ async fn owned_file(
     Ok(row)
 }
 
+/// The uploader of a file.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileUploader {
+    /// The uploader's users-table id.
+    pub id: i64,
+    /// The uploader's username.
+    pub username: String,
+}
+
+/// A file record.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileRecord {
+    /// The record's id.
+    pub id: i64,
+    /// The generated name it is stored under.
+    pub file_name: String,
+    /// The client's name for it.
+    pub original_name: String,
+    /// Where it is stored, under the upload directory.
+    pub file_path: String,
+    /// Its absolute URL (`<public_url>/uploads/...`).
+    pub file_url: String,
+    /// Its size, bytes.
+    pub file_size: i64,
+    /// Its kind (`avatar`, `document`, `image`, `audio`, `video`, `other`).
+    pub file_type: String,
+    /// Its MIME type, by content.
+    pub mime_type: String,
+    /// The uploader's users-table id.
+    pub uploader_id: i64,
+    /// What it belongs to, or null.
+    pub relation_id: Option<i64>,
+    /// What kind of thing `relation_id` is (may be empty).
+    pub relation_type: String,
+    /// 1 stored (deleted records are not answered).
+    pub status: i16,
+    /// When it was uploaded (RFC 3339).
+    pub created_at: DateTime<Utc>,
+    /// When the record last changed (RFC 3339).
+    pub updated_at: DateTime<Utc>,
+    /// The uploader.
+    pub uploader: FileUploader,
+}
+
 /// `GET /api/file/:id` → the file record with `uploader{id, username}`; uploader only.
+#[utoipa::path(
+    get,
+    path = "/api/file/{id}",
+    operation_id = "files_get_one",
+    tag = "files",
+    summary = "A file record (uploader only)",
+    params(("id" = i64, Path, description = "The file record's id")),
+    responses(
+        (status = 200, description = "The file record", body = Envelope<FileRecord>),
+        (status = 400, description = "An invalid id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another user's file", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown or deleted file", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
+) -> Reply<FileRecord> {
     let r = owned_file(&state, &user, id).await?;
-    Ok(ok(json!({
-        "id": id,
-        "file_name": r.get::<String, _>("file_name"),
-        "original_name": r.get::<String, _>("original_name"),
-        "file_path": r.get::<String, _>("file_path"),
-        "file_url": r.get::<String, _>("file_url"),
-        "file_size": r.get::<i64, _>("file_size"),
-        "file_type": r.get::<String, _>("file_type"),
-        "mime_type": r.get::<String, _>("mime_type"),
-        "uploader_id": r.get::<i64, _>("uploader_id"),
-        "relation_id": r.get::<Option<i64>, _>("relation_id"),
-        "relation_type": r.get::<String, _>("relation_type"),
-        "status": r.get::<i16, _>("status"),
-        "created_at": r.get::<DateTime<Utc>, _>("created_at"),
-        "updated_at": r.get::<DateTime<Utc>, _>("updated_at"),
-        "uploader": { "id": r.get::<i64, _>("uploader_id"), "username": r.get::<String, _>("username") },
-    })))
+    Ok(reply(FileRecord {
+        id,
+        file_name: r.get("file_name"),
+        original_name: r.get("original_name"),
+        file_path: r.get("file_path"),
+        file_url: r.get("file_url"),
+        file_size: r.get("file_size"),
+        file_type: r.get("file_type"),
+        mime_type: r.get("mime_type"),
+        uploader_id: r.get("uploader_id"),
+        relation_id: r.get("relation_id"),
+        relation_type: r.get("relation_type"),
+        status: r.get("status"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        uploader: FileUploader {
+            id: r.get("uploader_id"),
+            username: r.get("username"),
+        },
+    }))
 }
 
 /// `DELETE /api/file/:id` → none: removes the stored bytes and marks the record deleted
 /// (`status` 0); uploader only.
+#[utoipa::path(
+    delete,
+    path = "/api/file/{id}",
+    operation_id = "files_remove",
+    tag = "files",
+    summary = "Delete a file (uploader only)",
+    params(("id" = i64, Path, description = "The file record's id")),
+    responses(
+        (status = 200, description = "`msg` \"deleted\"", body = Message),
+        (status = 400, description = "An invalid id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another user's file", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown or deleted file", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn remove(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Message>> {
     let r = owned_file(&state, &user, id).await?;
     let path: String = r.get("file_path");
     match tokio::fs::remove_file(api.config.upload_dir.join(&path)).await {
@@ -402,13 +628,13 @@ pub async fn remove(
         .bind(id)
         .execute(&state.db)
         .await?;
-    Ok(crate::ok_msg("deleted"))
+    Ok(message("deleted"))
 }
 
 /// Longest `/uploads/...` path served, bytes (stored paths are `<kind>/<uid>/<name>`, < 200).
 pub const MAX_UPLOAD_PATH: usize = 1024;
 
-/// Guards `/uploads/...` (issue 8, found by schemathesis): a path over [`MAX_UPLOAD_PATH`] is a
+/// Guards `/uploads/...` (a case schemathesis found): a path over [`MAX_UPLOAD_PATH`] is a
 /// 414 (a path longer than the OS's `PATH_MAX` made `ServeDir` answer 500), and any other error
 /// `ServeDir` meets reading a path is logged and answered as a 404 `ApiError`.
 pub async fn uploads_guard(

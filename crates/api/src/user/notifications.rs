@@ -5,54 +5,143 @@
 //! notification, mark and deletion.
 
 use axum::extract::State;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use validator::{Validate, ValidationError};
+use web::envelope::{message, reply, Envelope, Message, Reply};
+use web::error::Problem;
 
-use crate::{ok, paging, ApiError, ApiPath, ApiQuery, ApiResult, AppState, AuthUser};
+use crate::{paging, ApiError, ApiPath, ApiQuery, ApiResult, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/notification/list", get(list))
-        .route("/api/notification/read-all", post(read_all))
-        .route("/api/notification/{id}/read", post(read))
-        .route("/api/notification/{id}", delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(read_all))
+        .routes(routes!(read))
+        .routes(routes!(remove))
+}
+
+/// The kinds of notification.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationKind {
+    /// About an order.
+    Order,
+    /// About a payment.
+    Payment,
+    /// About a review.
+    Review,
+    /// From the platform (an application's review, say).
+    System,
+    /// About a chat session.
+    Chat,
+}
+
+/// A notification kind filter: empty (all) or one of [`NotificationKind`].
+fn kind_filter(kind: &str) -> Result<(), ValidationError> {
+    if matches!(
+        kind,
+        "" | "order" | "payment" | "review" | "system" | "chat"
+    ) {
+        return Ok(());
+    }
+    Err(ValidationError::new("one_of")
+        .with_message("one of order, payment, review, system, chat".into()))
 }
 
 /// `GET /api/notification/list` query: `is_read` `true` → read only; any other non-empty
 /// value → unread only (contract b.1 #33).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 1)]
+    #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
+    /// Notifications per page, 1 to 100 (default 10).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
+    /// Only notifications of this kind; empty or absent: all.
     #[serde(default)]
+    #[param(value_type = Option<NotificationKind>)]
+    #[validate(custom(function = "kind_filter"))]
     pub r#type: String,
+    /// `true`: read ones only; any other non-empty value (`false`): unread ones only; empty or
+    /// absent: all.
     #[serde(default)]
+    #[param(value_type = Option<String>, example = "false")]
     pub is_read: String,
 }
 
+/// A notification with the caller's read mark.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Notification {
+    /// The notification's id.
+    pub id: i64,
+    /// Whom it is for.
+    pub user_id: i64,
+    /// `order`, `payment`, `review`, `system` or `chat`.
+    #[serde(rename = "type")]
+    #[schema(value_type = NotificationKind)]
+    pub kind: String,
+    /// The severity: `info` by default, or `success`, `warning`, ….
+    pub level: String,
+    /// The title.
+    pub title: String,
+    /// The text.
+    pub content: String,
+    /// What it is about, as JSON text (`{"order_id": 12}`, say; may be empty).
+    pub extra_data: String,
+    /// Whether the caller read it.
+    pub is_read: bool,
+    /// When the caller read it (RFC 3339), or null.
+    pub read_time: Option<DateTime<Utc>>,
+    /// When it was written (RFC 3339).
+    pub created_at: DateTime<Utc>,
+}
+
+/// A page of the caller's notifications.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NotificationList {
+    /// The notifications, newest first.
+    pub notifications: Vec<Notification>,
+    /// How many match the filters.
+    pub total: i64,
+    /// How many of the caller's notifications are unread (regardless of the filters).
+    pub unread_count: i64,
+}
+
 /// `GET /api/notification/list` → `{notifications, total, unread_count}`, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/notification/list",
+    operation_id = "notifications_list",
+    tag = "notifications",
+    summary = "Notifications with the unread count",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of notifications", body = Envelope<NotificationList>),
+        (status = 400, description = "Invalid paging or type", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Reply<NotificationList> {
+    q.validate()?;
     let (limit, offset) = paging(q.page, q.page_size, 10)?;
-    if !matches!(
-        q.r#type.as_str(),
-        "" | "order" | "payment" | "review" | "system" | "chat"
-    ) {
-        return Err(ApiError::field(
-            "type",
-            "one of order, payment, review, system, chat",
-        ));
-    }
     let is_read: Option<bool> = match q.is_read.as_str() {
         "" => None,
         "true" => Some(true),
@@ -83,26 +172,26 @@ pub async fn list(
     .bind(user.user_id)
     .fetch_one(&state.db)
     .await?;
-    let list: Vec<Value> = rows
+    let notifications = rows
         .iter()
-        .map(|r| {
-            json!({
-                "id": r.get::<i64, _>("id"),
-                "user_id": r.get::<i64, _>("user_id"),
-                "type": r.get::<String, _>("type"),
-                "level": r.get::<String, _>("level"),
-                "title": r.get::<String, _>("title"),
-                "content": r.get::<String, _>("content"),
-                "extra_data": r.get::<String, _>("extra_data"),
-                "is_read": r.get::<bool, _>("is_read"),
-                "read_time": r.get::<Option<DateTime<Utc>>, _>("read_time"),
-                "created_at": r.get::<DateTime<Utc>, _>("created_at"),
-            })
+        .map(|r| Notification {
+            id: r.get("id"),
+            user_id: r.get("user_id"),
+            kind: r.get("type"),
+            level: r.get("level"),
+            title: r.get("title"),
+            content: r.get("content"),
+            extra_data: r.get("extra_data"),
+            is_read: r.get("is_read"),
+            read_time: r.get("read_time"),
+            created_at: r.get("created_at"),
         })
         .collect();
-    Ok(ok(
-        json!({ "notifications": list, "total": total, "unread_count": unread }),
-    ))
+    Ok(reply(NotificationList {
+        notifications,
+        total,
+        unread_count: unread,
+    }))
 }
 
 /// The notifications user `$1` sees: the projection's and the direct ones, without those they
@@ -134,11 +223,27 @@ async fn owned(state: &AppState, user: &AuthUser, id: i64) -> Result<(), ApiErro
 
 /// `POST /api/notification/:id/read` → none; owner only. The mark is the user's, kept in
 /// `notification_marks`.
+#[utoipa::path(
+    post,
+    path = "/api/notification/{id}/read",
+    operation_id = "notifications_read",
+    tag = "notifications",
+    summary = "Mark one as read (owner only)",
+    params(("id" = i64, Path, description = "The notification's id")),
+    responses(
+        (status = 200, description = "`msg` \"marked as read\" (also when it already was)", body = Message),
+        (status = 400, description = "An invalid id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another user's notification", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown or deleted notification", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn read(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Message>> {
     owned(&state, &user, id).await?;
     sqlx::query(
         "INSERT INTO notification_marks (notification_id, user_id, read_time) VALUES ($1, $2, now()) \
@@ -148,11 +253,33 @@ pub async fn read(
     .bind(user.user_id)
     .execute(&state.db)
     .await?;
-    Ok(crate::ok_msg("marked as read"))
+    Ok(message("marked as read"))
+}
+
+/// How many notifications an operation changed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NotificationsUpdated {
+    /// How many were unread and are now read.
+    pub updated: u64,
 }
 
 /// `POST /api/notification/read-all` → `{updated}` (how many were unread).
-pub async fn read_all(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    post,
+    path = "/api/notification/read-all",
+    operation_id = "notifications_read_all",
+    tag = "notifications",
+    summary = "Mark all as read",
+    responses(
+        (status = 200, description = "How many were unread", body = Envelope<NotificationsUpdated>),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn read_all(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Reply<NotificationsUpdated> {
     let done = sqlx::query(&format!(
         "INSERT INTO notification_marks (notification_id, user_id, read_time) \
          SELECT id, user_id, now() FROM ({VISIBLE}) n WHERE NOT is_read \
@@ -162,17 +289,35 @@ pub async fn read_all(State(state): State<AppState>, user: AuthUser) -> ApiResul
     .bind(user.user_id)
     .execute(&state.db)
     .await?;
-    Ok(ok(json!({ "updated": done.rows_affected() })))
+    Ok(reply(NotificationsUpdated {
+        updated: done.rows_affected(),
+    }))
 }
 
 /// `DELETE /api/notification/:id` → none; owner only. The notification disappears for the user
 /// (a deletion mark: the projection's rows are the log's, and come back on a rebuild only as
 /// the log has them — the mark keeps them hidden).
+#[utoipa::path(
+    delete,
+    path = "/api/notification/{id}",
+    operation_id = "notifications_remove",
+    tag = "notifications",
+    summary = "Delete one (owner only)",
+    params(("id" = i64, Path, description = "The notification's id")),
+    responses(
+        (status = 200, description = "`msg` \"deleted\"", body = Message),
+        (status = 400, description = "An invalid id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another user's notification", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown or already deleted notification", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn remove(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Message>> {
     owned(&state, &user, id).await?;
     sqlx::query(
         "INSERT INTO notification_marks (notification_id, user_id, deleted_at) VALUES ($1, $2, now()) \
@@ -182,5 +327,5 @@ pub async fn remove(
     .bind(user.user_id)
     .execute(&state.db)
     .await?;
-    Ok(crate::ok_msg("deleted"))
+    Ok(message("deleted"))
 }

@@ -3,43 +3,120 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::{Order, OrderCommand};
 use eventstore::Actor;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use validator::{Validate, ValidationError};
+use web::envelope::{reply, Envelope, Reply};
+use web::error::Problem;
 
 use crate::user::orders::placement::request_meta;
-use crate::{ok, paging, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, AppState, AuthUser};
+use crate::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/counselor/{id}/reviews", get(list))
-        .route("/api/counselor/review", post(create))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(create))
 }
 
 /// `GET /api/counselor/:id/reviews` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 1)]
+    #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
+    /// Reviews per page, 1 to 100 (default 10).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
+}
+
+/// The author of a review as shown: the user, or for an anonymous review id 0, username
+/// "匿名用户" and no avatar.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReviewAuthor {
+    /// The user's id (0 when anonymous).
+    pub id: i64,
+    /// The user's username ("匿名用户" when anonymous).
+    pub username: String,
+    /// The user's avatar URL (empty when anonymous).
+    pub avatar: String,
+}
+
+/// A visible review.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Review {
+    /// The review's id.
+    pub id: i64,
+    /// The reviewed order's id.
+    pub order_id: i64,
+    /// The author's id (0 when anonymous).
+    pub user_id: i64,
+    /// The counselor's id.
+    pub counselor_id: i64,
+    /// 1 to 5.
+    #[schema(minimum = 1, maximum = 5)]
+    pub rating: i16,
+    /// The text.
+    pub comment: String,
+    /// Whether the author is hidden.
+    pub is_anonymous: bool,
+    /// Always true (only visible reviews are listed).
+    pub is_visible: bool,
+    /// When it was written (RFC 3339).
+    pub created_at: DateTime<Utc>,
+    /// When it last changed (RFC 3339).
+    pub updated_at: DateTime<Utc>,
+    /// The author as shown.
+    pub user: ReviewAuthor,
+}
+
+/// A page of a counselor's reviews.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReviewList {
+    /// The reviews, newest first.
+    pub reviews: Vec<Review>,
+    /// How many visible reviews the counselor has.
+    pub total: i64,
 }
 
 /// `GET /api/counselor/:id/reviews` → `{reviews: [{id, order_id, user_id, counselor_id, rating,
 /// comment, is_anonymous, created_at, user{id, username, avatar}}], total}`, visible ones,
 /// newest first. An anonymous review hides the user (`username` "匿名用户", no avatar). 404 for
 /// an unknown counselor.
+#[utoipa::path(
+    get,
+    path = "/api/counselor/{id}/reviews",
+    operation_id = "reviews_list",
+    tag = "reviews",
+    summary = "A counselor's visible reviews, newest first",
+    description = "An anonymous review hides its author (`user_id` 0, `username` \"匿名用户\", no avatar).",
+    params(
+        ("id" = i64, Path, description = "The counselor's id"),
+        ListQuery
+    ),
+    responses(
+        (status = 200, description = "A page of reviews", body = Envelope<ReviewList>),
+        (status = 400, description = "Invalid paging or id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown counselor", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Reply<ReviewList> {
+    q.validate()?;
     let (limit, offset) = paging(q.page, q.page_size, 10)?;
     let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM counselors WHERE id = $1")
         .bind(id)
@@ -62,69 +139,116 @@ pub async fn list(
             .bind(id)
             .fetch_one(&state.db)
             .await?;
-    let reviews: Vec<Value> = rows
+    let reviews = rows
         .iter()
         .map(|r| {
             let anonymous: bool = r.get("is_anonymous");
-            json!({
-                "id": r.get::<i64, _>("id"),
-                "order_id": r.get::<i64, _>("order_id"),
-                "user_id": if anonymous { 0 } else { r.get::<i64, _>("user_id") },
-                "counselor_id": r.get::<i64, _>("counselor_id"),
-                "rating": r.get::<i16, _>("rating"),
-                "comment": r.get::<String, _>("comment"),
-                "is_anonymous": anonymous,
-                "is_visible": true,
-                "created_at": r.get::<DateTime<Utc>, _>("created_at"),
-                "updated_at": r.get::<DateTime<Utc>, _>("updated_at"),
-                "user": if anonymous {
-                    json!({ "id": 0, "username": "匿名用户", "avatar": "" })
+            Review {
+                id: r.get("id"),
+                order_id: r.get("order_id"),
+                user_id: if anonymous { 0 } else { r.get("user_id") },
+                counselor_id: r.get("counselor_id"),
+                rating: r.get("rating"),
+                comment: r.get("comment"),
+                is_anonymous: anonymous,
+                is_visible: true,
+                created_at: r.get("created_at"),
+                updated_at: r.get("updated_at"),
+                user: if anonymous {
+                    ReviewAuthor {
+                        id: 0,
+                        username: "匿名用户".to_string(),
+                        avatar: String::new(),
+                    }
                 } else {
-                    json!({
-                        "id": r.get::<i64, _>("user_id"),
-                        "username": r.get::<String, _>("username"),
-                        "avatar": r.get::<String, _>("avatar"),
-                    })
+                    ReviewAuthor {
+                        id: r.get("user_id"),
+                        username: r.get("username"),
+                        avatar: r.get("avatar"),
+                    }
                 },
-            })
+            }
         })
         .collect();
-    Ok(ok(json!({ "reviews": reviews, "total": total })))
+    Ok(reply(ReviewList { reviews, total }))
+}
+
+/// The longest review text, in characters (once trimmed).
+const MAX_COMMENT_CHARS: usize = 1000;
+
+/// A review's text: not blank, at most [`MAX_COMMENT_CHARS`] characters once trimmed.
+fn comment_text(comment: &str) -> Result<(), ValidationError> {
+    let c = comment.trim();
+    if c.is_empty() {
+        return Err(ValidationError::new("required").with_message("must not be empty".into()));
+    }
+    if c.chars().count() > MAX_COMMENT_CHARS {
+        return Err(ValidationError::new("length").with_message("at most 1000 characters".into()));
+    }
+    Ok(())
 }
 
 /// `POST /api/counselor/review` body (contract b.1 #15).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct ReviewRequest {
+    /// The completed order to review (the caller's).
+    #[schema(minimum = 1)]
+    #[validate(range(min = 1, message = "must be a positive id"))]
     pub order_id: i64,
+    /// The order's counselor; 0 or absent: not checked.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub counselor_id: i64,
+    /// 1 to 5.
+    #[schema(minimum = 1, maximum = 5)]
+    #[validate(range(min = 1, max = 5, message = "must be 1 to 5"))]
     pub rating: i16,
+    /// The text: not blank, at most 1000 characters (trimmed).
+    #[schema(min_length = 1, max_length = 1000)]
+    #[validate(custom(function = "comment_text"))]
     pub comment: String,
+    /// Hide the author from the counselor's public list.
     #[serde(default)]
     pub is_anonymous: bool,
 }
 
+/// A review just written.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Reviewed {
+    /// The reviewed order's id.
+    pub order_id: i64,
+    /// The rating given.
+    pub rating: i16,
+}
+
 /// `POST /api/counselor/review` → `{order_id, rating}`. The order must be the caller's and
 /// completed, and not yet reviewed (400); `counselor_id`, when sent, must be the order's.
+#[utoipa::path(
+    post,
+    path = "/api/counselor/review",
+    operation_id = "reviews_create",
+    tag = "reviews",
+    summary = "Review a completed order (once)",
+    description = "The order must be the caller's and completed, and not yet reviewed; \
+        `counselor_id`, when sent, must be the order's.",
+    request_body = ReviewRequest,
+    responses(
+        (status = 200, description = "The review was recorded", body = Envelope<Reviewed>),
+        (status = 400, description = "An invalid field, an order not completed, or already reviewed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the caller's order", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed concurrently; retry", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
     ApiJson(req): ApiJson<ReviewRequest>,
-) -> ApiResult<Json<Value>> {
-    if req.order_id <= 0 {
-        return Err(ApiError::field("order_id", "must be a positive id"));
-    }
-    if !(1..=5).contains(&req.rating) {
-        return Err(ApiError::field("rating", "must be 1 to 5"));
-    }
-    let comment = req.comment.trim().to_string();
-    if comment.is_empty() {
-        return Err(ApiError::field("comment", "must not be empty"));
-    }
-    if comment.chars().count() > 1000 {
-        return Err(ApiError::field("comment", "at most 1000 characters"));
-    }
+) -> Reply<Reviewed> {
+    req.validate()?;
     let (order, version) = state.bus.load::<Order>(&req.order_id.to_string()).await?;
     if version == 0 {
         return Err(ApiError::not_found("order"));
@@ -141,7 +265,7 @@ pub async fn create(
     let command = OrderCommand::Review {
         user_id: user.user_id,
         rating: req.rating,
-        comment,
+        comment: req.comment.trim().to_string(),
         is_anonymous: req.is_anonymous,
         reviewed_at: Utc::now(),
     };
@@ -151,7 +275,8 @@ pub async fn create(
         .execute::<Order>(&req.order_id.to_string(), command, &meta)
         .await?;
     state.settle("orders", committed.stream_sequence).await;
-    Ok(ok(
-        json!({ "order_id": req.order_id, "rating": req.rating }),
-    ))
+    Ok(reply(Reviewed {
+        order_id: req.order_id,
+        rating: req.rating,
+    }))
 }

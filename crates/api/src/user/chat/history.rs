@@ -1,41 +1,154 @@
-//! Chat lists (issue 3): the caller's sessions (contract b.1 #42) and billings (seed 001
+//! Chat lists: the caller's sessions (contract b.1 #42) and billings (seed 001
 //! `/api/chat/billings`, `/api/chat/counselor/billings`).
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use validator::Validate;
+use web::envelope::{reply, Envelope, Reply};
+use web::error::Problem;
 
-use crate::money::yuan;
+use super::sessions::yuan;
 use crate::user::earnings::caller_counselor;
-use crate::{ok, paging, ApiError, ApiQuery, ApiResult, AppState, AuthUser};
+use crate::{paging, ApiQuery, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/chat/sessions", get(sessions))
-        .route("/api/chat/billings", get(billings))
-        .route("/api/chat/counselor/billings", get(counselor_billings))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sessions))
+        .routes(routes!(billings))
+        .routes(routes!(counselor_billings))
 }
 
-/// Paging query of the lists here (`status` only for sessions).
-pub type PageQuery = crate::PageQuery;
+/// `GET /api/chat/sessions` query: paging and an optional status filter.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
+#[into_params(parameter_in = Query)]
+pub struct SessionsQuery {
+    /// Page number, from 1 (default 1).
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 1)]
+    #[validate(range(min = 1, message = "must be at least 1"))]
+    pub page: Option<i64>,
+    /// Sessions per page, 1 to 100 (default 10).
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
+    pub page_size: Option<i64>,
+    /// Only sessions in this status (1 active, 2 ended); empty or absent: all.
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 0, maximum = 3)]
+    #[validate(range(min = 0, max = 3, message = "must be 0 to 3"))]
+    pub status: Option<i16>,
+}
+
+/// The order of a listed session (null members when the order is gone).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionSummaryOrder {
+    /// The order's id.
+    pub id: i64,
+    /// The order's number.
+    pub order_no: Option<String>,
+    /// The order's status (contract a.6).
+    pub status: Option<i16>,
+    /// The order's booked minutes.
+    pub duration: Option<i32>,
+}
+
+/// The user of a listed session.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionSummaryUser {
+    /// The user's id.
+    pub id: i64,
+    /// The user's username.
+    pub username: String,
+    /// The user's avatar URL (may be empty).
+    pub avatar: String,
+}
+
+/// The counselor of a listed session.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionSummaryCounselor {
+    /// The counselor's id.
+    pub id: i64,
+    /// The counselor's display name.
+    pub name: String,
+    /// The counselor's avatar URL (may be empty).
+    pub avatar: String,
+}
+
+/// A session in the caller's list.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionSummary {
+    /// The session's id (its order's id).
+    pub id: i64,
+    /// The order's id.
+    pub order_id: i64,
+    /// The user's id.
+    pub user_id: i64,
+    /// The counselor's id.
+    pub counselor_id: i64,
+    /// 1 active, 2 ended.
+    pub status: i16,
+    /// When it started (RFC 3339), or null.
+    pub start_time: Option<DateTime<Utc>>,
+    /// When it ended (RFC 3339), or null.
+    pub end_time: Option<DateTime<Utc>>,
+    /// How long it lasted, seconds.
+    pub duration: i64,
+    /// Price per minute, yuan.
+    pub price: f64,
+    /// What it cost, yuan.
+    pub total_amount: f64,
+    /// What it cost, fen.
+    pub total_amount_fen: i64,
+    /// When the row was created (RFC 3339).
+    pub created_at: DateTime<Utc>,
+    /// When the row last changed (RFC 3339).
+    pub updated_at: DateTime<Utc>,
+    /// The session's order.
+    pub order: SessionSummaryOrder,
+    /// The session's user.
+    pub user: SessionSummaryUser,
+    /// The session's counselor.
+    pub counselor: SessionSummaryCounselor,
+}
+
+/// A page of the caller's sessions.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionList {
+    /// The sessions, newest first.
+    pub sessions: Vec<SessionSummary>,
+    /// How many sessions match.
+    pub total: i64,
+}
 
 /// `GET /api/chat/sessions` → `{sessions, total}`: sessions where the caller is the user or the
 /// counselor, newest first, with `order`, `user` and `counselor`; `duration` in seconds.
+#[utoipa::path(
+    get,
+    path = "/api/chat/sessions",
+    operation_id = "chat_sessions",
+    tag = "chat",
+    summary = "The caller's sessions (as user or counselor)",
+    params(SessionsQuery),
+    responses(
+        (status = 200, description = "A page of sessions", body = Envelope<SessionList>),
+        (status = 400, description = "Invalid paging or status", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn sessions(
     State(state): State<AppState>,
     user: AuthUser,
-    ApiQuery(q): ApiQuery<PageQuery>,
-) -> ApiResult<Json<Value>> {
+    ApiQuery(q): ApiQuery<SessionsQuery>,
+) -> Reply<SessionList> {
+    q.validate()?;
     let (limit, offset) = paging(q.page, q.page_size, 10)?;
-    if let Some(s) = q.status {
-        if !(0..=3).contains(&s) {
-            return Err(ApiError::field("status", "must be 0 to 3"));
-        }
-    }
     let filter =
         "(s.user_id = $1 OR s.counselor_user_id = $1) AND ($2::smallint IS NULL OR s.status = $2)";
     let rows = sqlx::query(&format!(
@@ -57,66 +170,141 @@ pub async fn sessions(
     .bind(q.status)
     .fetch_one(&state.db)
     .await?;
-    let sessions: Vec<Value> = rows
+    let sessions = rows
         .iter()
-        .map(|r| {
-            json!({
-                "id": r.get::<i64, _>("id"),
-                "order_id": r.get::<i64, _>("order_id"),
-                "user_id": r.get::<i64, _>("user_id"),
-                "counselor_id": r.get::<i64, _>("counselor_id"),
-                "status": r.get::<i16, _>("status"),
-                "start_time": r.get::<Option<DateTime<Utc>>, _>("start_time"),
-                "end_time": r.get::<Option<DateTime<Utc>>, _>("end_time"),
-                "duration": r.get::<i64, _>("duration"),
-                "price": yuan(r.get("price_fen")),
-                "total_amount": yuan(r.get("total_amount_fen")),
-                "total_amount_fen": r.get::<i64, _>("total_amount_fen"),
-                "created_at": r.get::<DateTime<Utc>, _>("created_at"),
-                "updated_at": r.get::<DateTime<Utc>, _>("updated_at"),
-                "order": {
-                    "id": r.get::<i64, _>("order_id"),
-                    "order_no": r.get::<Option<String>, _>("order_no"),
-                    "status": r.get::<Option<i16>, _>("order_status"),
-                    "duration": r.get::<Option<i32>, _>("order_duration"),
-                },
-                "user": { "id": r.get::<i64, _>("user_id"), "username": r.get::<String, _>("username"), "avatar": r.get::<String, _>("u_avatar") },
-                "counselor": { "id": r.get::<i64, _>("counselor_id"), "name": r.get::<String, _>("c_name"), "avatar": r.get::<String, _>("c_avatar") },
-            })
+        .map(|r| SessionSummary {
+            id: r.get("id"),
+            order_id: r.get("order_id"),
+            user_id: r.get("user_id"),
+            counselor_id: r.get("counselor_id"),
+            status: r.get("status"),
+            start_time: r.get("start_time"),
+            end_time: r.get("end_time"),
+            duration: r.get("duration"),
+            price: yuan(r.get("price_fen")),
+            total_amount: yuan(r.get("total_amount_fen")),
+            total_amount_fen: r.get("total_amount_fen"),
+            created_at: r.get("created_at"),
+            updated_at: r.get("updated_at"),
+            order: SessionSummaryOrder {
+                id: r.get("order_id"),
+                order_no: r.get("order_no"),
+                status: r.get("order_status"),
+                duration: r.get("order_duration"),
+            },
+            user: SessionSummaryUser {
+                id: r.get("user_id"),
+                username: r.get("username"),
+                avatar: r.get("u_avatar"),
+            },
+            counselor: SessionSummaryCounselor {
+                id: r.get("counselor_id"),
+                name: r.get("c_name"),
+                avatar: r.get("c_avatar"),
+            },
         })
         .collect();
-    Ok(ok(json!({ "sessions": sessions, "total": total })))
+    Ok(reply(SessionList { sessions, total }))
 }
 
-fn billing_json(r: &sqlx::postgres::PgRow) -> Value {
-    json!({
-        "id": r.get::<i64, _>("session_id"),
-        "session_id": r.get::<i64, _>("session_id"),
-        "order_id": r.get::<i64, _>("order_id"),
-        "user_id": r.get::<i64, _>("user_id"),
-        "counselor_id": r.get::<i64, _>("counselor_id"),
-        "duration": r.get::<i64, _>("duration"),
-        "duration_minutes": r.get::<i32, _>("billed_minutes"),
-        "price_per_minute": yuan(r.get("price_fen")),
-        "total_amount": yuan(r.get("total_amount_fen")),
-        "total_amount_fen": r.get::<i64, _>("total_amount_fen"),
-        "platform_fee": yuan(r.get("platform_fee_fen")),
-        "platform_fee_fen": r.get::<i64, _>("platform_fee_fen"),
-        "counselor_fee": yuan(r.get("counselor_fee_fen")),
-        "counselor_fee_fen": r.get::<i64, _>("counselor_fee_fen"),
-        "refund": yuan(r.get("refund_fen")),
-        "refund_fen": r.get::<i64, _>("refund_fen"),
-        "status": r.get::<i16, _>("status"),
-        "created_at": r.get::<DateTime<Utc>, _>("created_at"),
-    })
+/// The billing lists' query: paging.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
+#[into_params(parameter_in = Query)]
+pub struct BillingsQuery {
+    /// Page number, from 1 (default 1).
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 1)]
+    #[validate(range(min = 1, message = "must be at least 1"))]
+    pub page: Option<i64>,
+    /// Bills per page, 1 to 100 (default 10).
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
+    pub page_size: Option<i64>,
+}
+
+/// A session's bill, amounts in yuan with `_fen` twins.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Billing {
+    /// The session's id (a bill has no id of its own).
+    pub id: i64,
+    /// The session's id.
+    pub session_id: i64,
+    /// The order's id.
+    pub order_id: i64,
+    /// The user's id.
+    pub user_id: i64,
+    /// The counselor's id.
+    pub counselor_id: i64,
+    /// How long the session lasted, seconds.
+    pub duration: i64,
+    /// The minutes billed.
+    pub duration_minutes: i32,
+    /// Price per minute, yuan.
+    pub price_per_minute: f64,
+    /// What the session cost, yuan.
+    pub total_amount: f64,
+    /// What the session cost, fen.
+    pub total_amount_fen: i64,
+    /// The platform's share, yuan.
+    pub platform_fee: f64,
+    /// The platform's share, fen.
+    pub platform_fee_fen: i64,
+    /// The counselor's share, yuan.
+    pub counselor_fee: f64,
+    /// The counselor's share, fen.
+    pub counselor_fee_fen: i64,
+    /// What went back to the user, yuan.
+    pub refund: f64,
+    /// What went back to the user, fen.
+    pub refund_fen: i64,
+    /// The bill's status.
+    pub status: i16,
+    /// When the session was billed (RFC 3339).
+    pub created_at: DateTime<Utc>,
+}
+
+impl Billing {
+    fn from_row(r: &sqlx::postgres::PgRow) -> Self {
+        Self {
+            id: r.get("session_id"),
+            session_id: r.get("session_id"),
+            order_id: r.get("order_id"),
+            user_id: r.get("user_id"),
+            counselor_id: r.get("counselor_id"),
+            duration: r.get("duration"),
+            duration_minutes: r.get("billed_minutes"),
+            price_per_minute: yuan(r.get("price_fen")),
+            total_amount: yuan(r.get("total_amount_fen")),
+            total_amount_fen: r.get("total_amount_fen"),
+            platform_fee: yuan(r.get("platform_fee_fen")),
+            platform_fee_fen: r.get("platform_fee_fen"),
+            counselor_fee: yuan(r.get("counselor_fee_fen")),
+            counselor_fee_fen: r.get("counselor_fee_fen"),
+            refund: yuan(r.get("refund_fen")),
+            refund_fen: r.get("refund_fen"),
+            status: r.get("status"),
+            created_at: r.get("created_at"),
+        }
+    }
+}
+
+/// A page of bills.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BillingList {
+    /// The bills, newest session first.
+    pub billings: Vec<Billing>,
+    /// How many bills there are.
+    pub total: i64,
 }
 
 async fn billing_page(
     state: &AppState,
     column: &str,
     id: i64,
-    q: &PageQuery,
-) -> ApiResult<Json<Value>> {
+    q: &BillingsQuery,
+) -> Reply<BillingList> {
+    q.validate()?;
     let (limit, offset) = paging(q.page, q.page_size, 10)?;
     let rows = sqlx::query(&format!(
         "SELECT * FROM chat_billings WHERE {column} = $1 ORDER BY session_id DESC LIMIT $2 OFFSET $3"
@@ -132,26 +320,55 @@ async fn billing_page(
     .bind(id)
     .fetch_one(&state.db)
     .await?;
-    let billings: Vec<Value> = rows.iter().map(billing_json).collect();
-    Ok(ok(json!({ "billings": billings, "total": total })))
+    let billings = rows.iter().map(Billing::from_row).collect();
+    Ok(reply(BillingList { billings, total }))
 }
 
 /// `GET /api/chat/billings` → `{billings, total}`: the caller's bills as a user.
+#[utoipa::path(
+    get,
+    path = "/api/chat/billings",
+    operation_id = "chat_billings",
+    tag = "billing",
+    summary = "The caller's bills as a user",
+    params(BillingsQuery),
+    responses(
+        (status = 200, description = "A page of bills", body = Envelope<BillingList>),
+        (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn billings(
     State(state): State<AppState>,
     user: AuthUser,
-    ApiQuery(q): ApiQuery<PageQuery>,
-) -> ApiResult<Json<Value>> {
+    ApiQuery(q): ApiQuery<BillingsQuery>,
+) -> Reply<BillingList> {
     billing_page(&state, "user_id", user.user_id, &q).await
 }
 
 /// `GET /api/chat/counselor/billings` → `{billings, total}`: the caller's bills as a counselor;
 /// 403 "not a counselor".
+#[utoipa::path(
+    get,
+    path = "/api/chat/counselor/billings",
+    operation_id = "chat_counselor_billings",
+    tag = "billing",
+    summary = "The calling counselor's bills",
+    params(BillingsQuery),
+    responses(
+        (status = 200, description = "A page of bills", body = Envelope<BillingList>),
+        (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a counselor", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn counselor_billings(
     State(state): State<AppState>,
     user: AuthUser,
-    ApiQuery(q): ApiQuery<PageQuery>,
-) -> ApiResult<Json<Value>> {
+    ApiQuery(q): ApiQuery<BillingsQuery>,
+) -> Reply<BillingList> {
     let counselor_id = caller_counselor(&state, &user).await?;
     billing_page(&state, "counselor_id", counselor_id, &q).await
 }

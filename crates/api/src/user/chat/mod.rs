@@ -1,15 +1,18 @@
-//! Chat: sessions (start, messages, end) and their history (the session and billing lists).
+//! Chat: sessions (start, end), their messages, and their history (the session and billing
+//! lists).
 
 pub mod history;
+pub mod messages;
 pub mod sessions;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 
-/// The routes of this area.
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// The routes of this area, with their documentation.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(history::router())
+        .merge(messages::router())
         .merge(sessions::router())
 }
