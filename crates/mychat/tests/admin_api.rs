@@ -326,7 +326,7 @@ async fn request(app: &App, rule: &api::admin::guard::Rule, token: Option<&str>)
 #[tokio::test]
 async fn rbac_matrix() {
     let app = start().await;
-    let rules = api::admin::guard::rules();
+    let rules = api::admin::rules();
     assert!(
         rules.len() >= 100,
         "the route table lists every admin route ({})",
@@ -1234,7 +1234,7 @@ async fn admin_flows() {
         .call(Method::GET, "/api-docs/openapi.json", None, None)
         .await;
     assert_eq!(s, 200);
-    for r in api::admin::guard::rules() {
+    for r in api::admin::rules() {
         let m = r.method.as_str().to_ascii_lowercase();
         assert!(
             doc["paths"][r.path][&m].is_object(),

@@ -1,8 +1,7 @@
-//! RBAC for the admin API (issue 4): **one** guard, applied to every admin route.
+//! RBAC for the admin API: **one** guard, applied to every admin route.
 //!
-//! Every route is registered through [`Reg::typed`] (a handler's `#[utoipa::path]`, via
-//! utoipa-axum's `routes!`) or, for routes not typed yet, [`Reg::at`], together with its [`Perm`]
-//! rule, so the router, the rule table ([`rules`]), the admin OpenAPI document and the RBAC matrix
+//! Every route is registered in the route table ([`crate::admin::table::Reg`]) together with its [`Perm`]
+//! rule, so the router, the rule table ([`crate::admin::rules`]), the admin OpenAPI document and the RBAC matrix
 //! test all come from the same list. The guard ([`guard`], an axum `route_layer` middleware) runs after routing:
 //!
 //! 1. It looks the matched route up in the rule table; a route without a rule is refused (403,
@@ -19,222 +18,19 @@
 //!    event-sourced change the row points at the committed event (`event_stream`, `event_seq`:
 //!    the handler attaches an [`EventRef`]); the event itself carries the actor.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::handler::Handler;
 use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{on, MethodFilter};
-use axum::Router;
 use serde_json::Value;
-use utoipa::openapi::path::{Operation, PathItem};
-use utoipa::openapi::OpenApi;
-use utoipa_axum::router::UtoipaMethodRouter;
 
 use crate::admin::common::{Caller, EventRef};
+use crate::admin::table::{Perm, Rule, SUPER_ADMIN};
 use crate::auth::{bearer_token, KIND_ADMIN};
 use crate::{ApiError, AppState};
-
-/// The role that holds every permission (contract c.9).
-pub const SUPER_ADMIN: &str = "super_admin";
-
-/// What a route requires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Perm {
-    /// No token (login, the profile avatar upload the client posts without a token, served files).
-    Public,
-    /// Any enabled administrator (their own info, password, profile, permissions, uploads).
-    Authenticated,
-    /// An administrator whose role holds this permission code (contract c.9).
-    Code(&'static str),
-}
-
-/// One admin route and its rule.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    pub method: Method,
-    /// axum path syntax (`/api/admin/users/{id}`).
-    pub path: &'static str,
-    pub perm: Perm,
-    /// OpenAPI tag / audit module.
-    pub tag: &'static str,
-    pub summary: &'static str,
-}
-
-/// Builds the router, its rule table and the typed operations' documentation together.
-pub struct Reg {
-    pub router: Router<AppState>,
-    pub rules: Vec<Rule>,
-    /// The operations registered with [`Reg::typed`] as their `#[utoipa::path]` describes them
-    /// (paths and the schemas they name); [`crate::admin::openapi::document`] adds what each
-    /// rule implies.
-    pub typed: OpenApi,
-}
-
-impl Default for Reg {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The operations of a path item with their methods.
-pub(crate) fn operations(item: &PathItem) -> impl Iterator<Item = (Method, &Operation)> {
-    [
-        (Method::GET, &item.get),
-        (Method::PUT, &item.put),
-        (Method::POST, &item.post),
-        (Method::DELETE, &item.delete),
-        (Method::OPTIONS, &item.options),
-        (Method::HEAD, &item.head),
-        (Method::PATCH, &item.patch),
-        (Method::TRACE, &item.trace),
-    ]
-    .into_iter()
-    .filter_map(|(m, op)| op.as_ref().map(|op| (m, op)))
-}
-
-/// A `'static` copy of `s`, one per distinct text: rule tables are rebuilt (tests call [`rules`]
-/// repeatedly) but only ever hold the documented paths, tags and summaries, so the set is bounded.
-fn intern(s: &str) -> &'static str {
-    static SEEN: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let mut seen = SEEN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(s) = seen.get(s) {
-        return s;
-    }
-    let s: &'static str = Box::leak(s.to_owned().into_boxed_str());
-    seen.insert(s);
-    s
-}
-
-impl Reg {
-    /// Empty.
-    pub fn new() -> Self {
-        Self {
-            router: Router::new(),
-            rules: Vec::new(),
-            typed: OpenApi::default(),
-        }
-    }
-
-    /// Registers the operation(s) of `routes!(handler)` (utoipa-axum) under rule `perm`; method,
-    /// path, tag and summary come from the handler's `#[utoipa::path]`.
-    ///
-    /// # Panics
-    /// When the handlers document more than one path (each path gets a `typed` entry of its own,
-    /// so a handler is never routed under another handler's path), or an operation has no tag or
-    /// no summary (the audit log's module and description) — programming errors every test that
-    /// builds the route table reports.
-    pub fn typed(mut self, routes: UtoipaMethodRouter<AppState>, perm: Perm) -> Self {
-        let (schemas, paths, method_router) = routes;
-        assert_eq!(
-            paths.paths.len(),
-            1,
-            "one documented path per `Reg::typed` entry: {:?}",
-            paths.paths.keys().collect::<Vec<_>>()
-        );
-        for (path, item) in paths.paths {
-            let path = intern(&path);
-            self.router = self.router.route(path, method_router.clone());
-            for (method, op) in operations(&item) {
-                let tag =
-                    op.tags.as_ref().and_then(|t| t.first()).unwrap_or_else(|| {
-                        panic!("{method} {path}: `#[utoipa::path]` needs a tag")
-                    });
-                let summary = op.summary.as_deref().unwrap_or_else(|| {
-                    panic!("{method} {path}: `#[utoipa::path]` needs a summary (doc comment)")
-                });
-                self.rules.push(Rule {
-                    method,
-                    path,
-                    perm,
-                    tag: intern(tag),
-                    summary: intern(summary),
-                });
-            }
-            match self.typed.paths.paths.get_mut(path) {
-                Some(existing) => existing.merge_operations(item),
-                None => {
-                    self.typed.paths.paths.insert(path.to_string(), item);
-                }
-            }
-        }
-        self.typed
-            .components
-            .get_or_insert_with(Default::default)
-            .schemas
-            .extend(schemas);
-        self
-    }
-
-    /// Registers `handler` for `method path` under rule `perm` (an operation not typed yet: the
-    /// document describes it from the rule alone).
-    pub fn at<H, T>(
-        mut self,
-        method: Method,
-        path: &'static str,
-        perm: Perm,
-        tag: &'static str,
-        summary: &'static str,
-        handler: H,
-    ) -> Self
-    where
-        H: Handler<T, AppState>,
-        T: 'static,
-    {
-        let filter = MethodFilter::try_from(method.clone()).expect("a routable method");
-        self.router = self.router.route(path, on(filter, handler));
-        self.rules.push(Rule {
-            method,
-            path,
-            perm,
-            tag,
-            summary,
-        });
-        self
-    }
-}
-
-/// Every admin route with its rule (the router is built and dropped).
-pub fn rules() -> Vec<Rule> {
-    crate::admin::routes::register().rules
-}
-
-/// The whole admin API behind the guard, plus `/api-docs/openapi.json` and `/swagger` (public).
-pub fn router(state: &AppState) -> Router<AppState> {
-    let reg = crate::admin::routes::register();
-    let table: Arc<HashMap<(Method, &'static str), Rule>> = Arc::new(
-        reg.rules
-            .iter()
-            .map(|r| ((r.method.clone(), r.path), r.clone()))
-            .collect(),
-    );
-    let openapi = Arc::new(crate::admin::openapi::document(&reg));
-    // Gateways starting later ask for the persisted mute list (see `admin_bus`).
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(crate::admin::online::serve_mutes(state.clone()));
-    }
-    reg.router
-        .route_layer(axum::middleware::from_fn_with_state(
-            (state.clone(), table),
-            guard,
-        ))
-        .route(
-            "/api-docs/openapi.json",
-            axum::routing::get(move || {
-                let doc = openapi.clone();
-                async move { axum::Json((*doc).clone()) }
-            }),
-        )
-        .merge(crate::swagger::swagger_ui("/api-docs/openapi.json"))
-        // `POST /api/admin/upload/file` accepts 10 MB files (axum's default limit is 2 MB).
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-}
 
 /// The largest request body the admin API reads: a 10 MB upload plus its multipart framing.
 pub const MAX_BODY: usize = 11 * 1024 * 1024;

@@ -14,8 +14,13 @@ pub mod openapi;
 pub mod people;
 pub mod routes;
 pub mod system;
+pub mod table;
 pub mod withdrawals;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::Method;
 use axum::routing::get;
 use axum::Router;
 use tower_http::trace::TraceLayer;
@@ -28,15 +33,51 @@ use web::observe;
 pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .route("/health", get(health))
-        // Issue 4: every admin route behind the RBAC guard (admin::router's routes included).
-        .merge(guard::router(&state))
-        // Issue 8: the admin login is rate-limited like the user login.
+        // Every admin route behind the RBAC guard.
+        .merge(guarded(&state))
+        // The admin login is rate-limited like the user login.
         .layer(axum::Extension(auth::AdminLoginLimiter::new(
             web::auth::LoginLimits::default(),
         )))
         .layer(TraceLayer::new_for_http())
         .layer(web::cors::layer(&state.settings.cors_origins))
         .with_state(state);
-    // Issue 8: request id, HTTP metrics, `/metrics`, security headers.
+    // Request id, HTTP metrics, `/metrics`, security headers.
     observe::wrap("admin_api", router)
+}
+
+/// Every admin route with its rule (the router is built and dropped).
+pub fn rules() -> Vec<table::Rule> {
+    routes::register().rules
+}
+
+/// Every admin route behind the RBAC guard, plus `/api-docs/openapi.json` and `/swagger` (public).
+pub fn guarded(state: &AppState) -> Router<AppState> {
+    let reg = routes::register();
+    let table: Arc<HashMap<(Method, &'static str), table::Rule>> = Arc::new(
+        reg.rules
+            .iter()
+            .map(|r| ((r.method.clone(), r.path), r.clone()))
+            .collect(),
+    );
+    let openapi = Arc::new(openapi::document(&reg));
+    // Gateways starting later ask for the persisted mute list (see `admin_bus`).
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(online::serve_mutes(state.clone()));
+    }
+    reg.router
+        .route_layer(axum::middleware::from_fn_with_state(
+            (state.clone(), table),
+            guard::guard,
+        ))
+        .route(
+            "/api-docs/openapi.json",
+            axum::routing::get(move || {
+                let doc = openapi.clone();
+                async move { axum::Json((*doc).clone()) }
+            }),
+        )
+        .merge(crate::swagger::swagger_ui("/api-docs/openapi.json"))
+        // `POST /api/admin/upload/file` accepts 10 MB files (axum's default limit is 2 MB).
+        .layer(axum::extract::DefaultBodyLimit::max(guard::MAX_BODY))
 }

@@ -19,7 +19,7 @@ use utoipa::openapi::{
 use utoipa::{PartialSchema, ToSchema};
 use web::error::Problem;
 
-use crate::admin::guard::{Perm, Reg, Rule};
+use crate::admin::table::{Perm, Reg, Rule};
 
 fn method(m: &axum::http::Method) -> HttpMethod {
     match *m {
@@ -339,7 +339,7 @@ mod tests {
             .paths
             .iter()
             .flat_map(|(p, item)| {
-                crate::admin::guard::operations(item)
+                crate::admin::table::operations(item)
                     .map(|(m, _)| (m.as_str().to_ascii_lowercase(), p.clone()))
                     .collect::<Vec<_>>()
             })

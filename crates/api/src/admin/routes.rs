@@ -9,8 +9,8 @@
 use axum::http::Method;
 use utoipa_axum::routes;
 
-use crate::admin::guard::Perm::{Authenticated as Me, Code, Public};
-use crate::admin::guard::Reg;
+use crate::admin::table::Perm::{Authenticated as Me, Code, Public};
+use crate::admin::table::Reg;
 use crate::admin::{
     auth as admin, business as biz, finance as fin, lowcode as lc, online as on, people as ppl,
     system as sys, withdrawals as wd,

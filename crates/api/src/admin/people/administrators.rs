@@ -15,7 +15,7 @@ use web::extract::{Path, Query};
 use crate::admin::common::{
     count, lenient, listed, typed_row, typed_rows, unique_violation, Caller, ListQuery, Listed,
 };
-use crate::admin::guard::SUPER_ADMIN;
+use crate::admin::table::SUPER_ADMIN;
 use crate::auth::hash_password;
 use crate::{ApiError, ApiResult, AppState};
 

@@ -14,7 +14,8 @@ use super::administrators::{
     apply_change, Administrator, AdministratorChange, AdministratorRecord, ADMIN_COLS,
 };
 use crate::admin::common::{lenient, typed_one, Caller};
-use crate::admin::guard::{role_permissions, SUPER_ADMIN};
+use crate::admin::guard::role_permissions;
+use crate::admin::table::SUPER_ADMIN;
 use crate::auth::{hash_password, verify_password};
 use crate::{ApiError, ApiResult, AppState};
 

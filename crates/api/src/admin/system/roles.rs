@@ -15,7 +15,7 @@ use web::extract::{Json, Path, Query};
 use super::permissions::Permission;
 use super::{fetch_rows, input, row, rows};
 use crate::admin::common::contains_pattern;
-use crate::admin::guard::SUPER_ADMIN;
+use crate::admin::table::SUPER_ADMIN;
 use crate::{empty_as_none, paging, ApiError, ApiResult, AppState};
 
 /// A role (a `roles` row).

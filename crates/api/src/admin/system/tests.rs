@@ -12,7 +12,7 @@ use super::permissions::{Permission, PermissionNode};
 use super::roles::{Role, RoleRow, RoleUser};
 use super::row;
 use super::tree::build_tree;
-use crate::admin::guard::Perm;
+use crate::admin::table::Perm;
 
 /// Rows as PostgreSQL 16 renders them with `to_jsonb(row)::text` (keys in `jsonb` order).
 const CONFIG: &str = r#"{"id": 1, "key": "basic.system_name", "sort": 1, "type": "string", "label": "系统名称", "value": "\"MyChat\"", "remark": "", "category": "basic", "is_system": true, "created_at": "2026-12-04T09:58:52.421969+00:00", "updated_at": "2026-12-04T09:58:52.421969+00:00"}"#;
