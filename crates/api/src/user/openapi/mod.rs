@@ -1,0 +1,196 @@
+//! The user API's OpenAPI 3.1 document, generated: every typed route is registered through
+//! utoipa-axum ([`crate::user::routes`]), so its `#[utoipa::path]` documentation is the document
+//! and a route cannot be served without it. This module adds what is not a handler's: the
+//! document's info, the `bearer` security scheme, the shared refusal body ([`web::Problem`]), the
+//! routes served by other means (this document, Swagger UI, uploaded files) and, until their
+//! modules register through utoipa-axum, the table-documented routes of [`legacy`].
+//!
+//! Served at [`SPEC_URL`], with Swagger UI at `/swagger`.
+
+pub mod legacy;
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use web::error::{FieldError, Problem};
+
+use crate::AppState;
+
+/// Where the document is served.
+pub const SPEC_URL: &str = "/api-docs/openapi.json";
+
+/// The security scheme of every route that needs a user's token: `Authorization: Bearer <JWT>`.
+pub const BEARER: &str = "bearer";
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                BEARER,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
+    }
+}
+
+/// The document's frame: info, the bearer scheme, the refusal body, and the routes that are not
+/// handlers of this crate.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mychat user API",
+        description = "MyChat's user API (contract b.1 and seed 001), served on :8080. Money is \
+                       yuan (JSON numbers, two decimals) with the exact fen beside it; every \
+                       success is MyChat's envelope {code: 200, msg, data}, every refusal \
+                       {code, msg} with the RFC 9457 problem members (application/problem+json)."
+    ),
+    paths(openapi_json, swagger_page, uploaded_file),
+    components(schemas(Problem, FieldError)),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "system", description = "Liveness, this document, Swagger UI"),
+        (name = "auth", description = "Registration, login, tokens"),
+        (name = "user", description = "The caller's account and wallet"),
+        (name = "counselors", description = "Counselors as clients browse them"),
+        (name = "orders", description = "Orders: placement and lifecycle"),
+        (name = "payments", description = "Payments: checkout and records"),
+        (name = "providers", description = "Payment providers' notifications and the sandbox cashier (each in the provider's own format)"),
+    )
+)]
+pub struct UserApiDoc;
+
+/// This document (OpenAPI 3.1 JSON).
+#[utoipa::path(
+    get,
+    path = "/api-docs/openapi.json",
+    tag = "system",
+    responses((status = 200, description = "This document", content_type = "application/json"))
+)]
+#[allow(dead_code)]
+fn openapi_json() {}
+
+/// Swagger UI over this document (HTML; `/swagger` redirects to `/swagger/`).
+#[utoipa::path(
+    get,
+    path = "/swagger",
+    tag = "system",
+    responses(
+        (status = 200, description = "Swagger UI", content_type = "text/html"),
+        (status = 303, description = "Redirect to `/swagger/`")
+    )
+)]
+#[allow(dead_code)]
+fn swagger_page() {}
+
+/// An uploaded file's bytes (served from the upload directory; avatars and certificates
+/// publicly, other files to their uploader).
+#[utoipa::path(
+    get,
+    path = "/uploads/{path}",
+    tag = "files",
+    params(("path" = String, Path, description = "The file's path under the upload directory")),
+    responses(
+        (status = 200, description = "The file's bytes", content_type = "application/octet-stream"),
+        (status = 404, description = "No such file", body = Problem, content_type = "application/problem+json")
+    )
+)]
+#[allow(dead_code)]
+fn uploaded_file() {}
+
+/// The complete document from the generated part (the routes registered through utoipa-axum):
+/// the frame of [`UserApiDoc`] merged in, then the [`legacy`] table's routes not yet generated.
+pub fn complete(generated: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    let mut doc = UserApiDoc::openapi();
+    doc.merge(generated);
+    legacy::add_to(&mut doc);
+    doc
+}
+
+/// The document of the user API as [`crate::user::router`] serves it (`sandbox`: whether the
+/// sandbox provider's routes are mounted).
+pub fn document(sandbox: bool) -> utoipa::openapi::OpenApi {
+    complete(crate::user::routes(sandbox).into_openapi())
+}
+
+/// The route serving `doc` at [`SPEC_URL`].
+pub fn router(doc: utoipa::openapi::OpenApi) -> Router<AppState> {
+    let doc = Arc::new(doc);
+    Router::new().route(
+        SPEC_URL,
+        get(move || {
+            let doc = doc.clone();
+            async move { axum::Json((*doc).clone()) }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_legacy_row_documents_a_generated_route() {
+        let generated = crate::user::routes(true).into_openapi();
+        for r in legacy::ROUTES {
+            assert!(
+                !legacy::documents(&generated, r.method, r.path),
+                "{} {} is generated now: remove its row from the legacy table",
+                r.method,
+                r.path
+            );
+        }
+    }
+
+    #[test]
+    fn every_generated_operation_has_typed_bodies() {
+        let doc = serde_json::to_value(document(true)).unwrap();
+        let generated = crate::user::routes(true).into_openapi();
+        for (path, item) in generated.paths.paths {
+            for (method, op) in serde_json::to_value(item)
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(m, _)| ["get", "post", "put", "delete", "patch"].contains(&m.as_str()))
+            {
+                let ok = &op["responses"]["200"];
+                assert!(ok.is_object(), "{method} {path}: no 200 response");
+                assert!(
+                    ok["content"].is_object(),
+                    "{method} {path}: the 200 response has no content"
+                );
+                assert!(
+                    doc["paths"][&path][method].is_object(),
+                    "{method} {path} is not in the complete document"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_has_its_frame() {
+        let doc = serde_json::to_value(document(false)).unwrap();
+        assert_eq!(doc["info"]["title"], "mychat user API");
+        assert!(doc["components"]["securitySchemes"][BEARER].is_object());
+        assert!(doc["components"]["schemas"]["Problem"].is_object());
+        for path in [
+            "/health",
+            "/api-docs/openapi.json",
+            "/swagger",
+            "/uploads/{path}",
+        ] {
+            assert!(doc["paths"][path]["get"].is_object(), "{path}");
+        }
+    }
+}
