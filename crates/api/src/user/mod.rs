@@ -53,7 +53,7 @@ pub fn routes(sandbox: bool) -> OpenApiRouter<AppState> {
         .merge(users::router())
         .merge(account::router())
         .merge(orders::router())
-        .merge(OpenApiRouter::from(payments::router(sandbox)))
+        .merge(payments::router(sandbox))
         .merge(OpenApiRouter::from(chat::router()))
         .merge(OpenApiRouter::from(earnings::router()))
         .merge(OpenApiRouter::from(reviews::router()))

@@ -179,6 +179,34 @@ mod tests {
     }
 
     #[test]
+    fn operation_ids_are_unique_and_every_data_is_typed() {
+        let doc = serde_json::to_value(document(true)).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let mut ids = std::collections::HashSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                if let Some(id) = op["operationId"].as_str() {
+                    assert!(ids.insert(id.to_string()), "operationId {id} twice");
+                }
+                let schema = &op["responses"]["200"]["content"]["application/json"]["schema"];
+                let Some(name) = schema["$ref"].as_str() else {
+                    continue;
+                };
+                let name = name.trim_start_matches("#/components/schemas/");
+                let data = &schemas[name]["properties"]["data"];
+                if schemas[name]["properties"]["code"].is_object() && !data.is_null() {
+                    assert!(
+                        data["$ref"].is_string()
+                            || data["type"].is_string()
+                            || data["oneOf"].is_array(),
+                        "{method} {path}: untyped data {data}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_document_has_its_frame() {
         let doc = serde_json::to_value(document(false)).unwrap();
         assert_eq!(doc["info"]["title"], "mychat user API");

@@ -58,6 +58,7 @@ pub struct StatusRequest {
 #[utoipa::path(
     put,
     path = "/api/order/{id}/status",
+    operation_id = "set_order_status",
     tag = "orders",
     summary = "The counselor completes (2) or cancels (3) an order",
     security(("bearer" = [])),
@@ -131,6 +132,7 @@ pub async fn set_status(
 #[utoipa::path(
     post,
     path = "/api/order/{id}/cancel",
+    operation_id = "cancel_order",
     tag = "orders",
     summary = "Cancel (a paid order is refunded in full)",
     security(("bearer" = [])),
@@ -209,6 +211,7 @@ pub struct OrderValidity {
 #[utoipa::path(
     get,
     path = "/api/order/{id}/validate",
+    operation_id = "validate_order",
     tag = "orders",
     summary = "What the caller may do with the order now",
     security(("bearer" = [])),
@@ -296,6 +299,7 @@ pub struct OrderTimeline {
 #[utoipa::path(
     get,
     path = "/api/order/{id}/timeline",
+    operation_id = "order_timeline",
     tag = "orders",
     summary = "The order's events, read from the log",
     security(("bearer" = [])),

@@ -113,6 +113,7 @@ pub struct OrderCreated {
 #[utoipa::path(
     post,
     path = "/api/order/create",
+    operation_id = "create_order",
     tag = "orders",
     summary = "Place an order (amount = minutes × price)",
     security(("bearer" = [])),
