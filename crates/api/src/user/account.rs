@@ -597,15 +597,17 @@ pub async fn recharge(
     }))
 }
 
-fn transaction_type_rule(kind: &str) -> Result<(), ValidationError> {
+/// The `type` filter: empty or one of `recharge`, `consume`, `refund`. (A rule of the derive
+/// would name the field `r#type`, its Rust spelling, so this one is checked by hand.)
+fn check_transaction_type(kind: &str) -> ApiResult<()> {
     if matches!(kind, "" | "recharge" | "consume" | "refund") {
         return Ok(());
     }
-    Err(refusal("type", "one of recharge, consume, refund"))
+    Err(ApiError::field("type", "one of recharge, consume, refund"))
 }
 
 /// `GET /api/user/transactions` query; every parameter may be empty.
-#[derive(Debug, Deserialize, IntoParams, Validate)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TransactionsQuery {
     /// Page number, from 1 (default 1).
@@ -619,7 +621,6 @@ pub struct TransactionsQuery {
     /// `recharge`, `consume` or `refund`; empty: all.
     #[serde(default)]
     #[param(pattern = "^(recharge|consume|refund)?$")]
-    #[validate(custom(function = "transaction_type_rule"))]
     pub r#type: String,
 }
 
@@ -675,7 +676,7 @@ pub async fn transactions(
     ApiQuery(q): ApiQuery<TransactionsQuery>,
 ) -> Reply<TransactionList> {
     let (limit, offset) = paging(q.page, q.page_size, 20)?;
-    q.validate()?;
+    check_transaction_type(&q.r#type)?;
     let rows = sqlx::query(
         "SELECT * FROM wallet_transactions WHERE user_id = $1 AND ($2 = '' OR type = $2) \
          ORDER BY stream_seq DESC, idx DESC LIMIT $3 OFFSET $4",

@@ -62,11 +62,11 @@ pub fn routes(sandbox: bool) -> OpenApiRouter<AppState> {
         .merge(OpenApiRouter::from(files::router()))
 }
 
-/// The user API (:8080) with explicit issue-3 settings: every route of contract b.1 and seed
+/// The user API (:8080) with its own settings: every route of contract b.1 and seed
 /// 001, `Idempotency-Key` on state-changing requests, `/uploads/...`, the OpenAPI document at
 /// `/api-docs/openapi.json` and Swagger UI at `/swagger`.
 pub fn router(state: AppState, config: config::UserApiConfig) -> Router {
-    // Issue 8: a missing file is an `ApiError` 404 (not an empty body).
+    // A missing file is an `ApiError` 404 (not an empty body).
     let uploads = tower_http::services::ServeDir::new(&config.upload_dir).not_found_service(
         axum::handler::HandlerWithoutStateExt::into_service(|| async {
             ApiError::not_found("file")
@@ -100,6 +100,6 @@ pub fn router(state: AppState, config: config::UserApiConfig) -> Router {
         .layer(TraceLayer::new_for_http())
         .layer(web::cors::layer(&state.settings.cors_origins))
         .with_state(state);
-    // Issue 8: request id, HTTP metrics, `/metrics`, security headers.
+    // Request id, HTTP metrics, `/metrics`, security headers.
     observe::wrap("user_api", router)
 }

@@ -509,3 +509,45 @@ pub async fn counselor_detail(
     .ok_or_else(|| ApiError::not_found("counselor"))?;
     Ok(reply(Counselor::from_row(&row)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal_of(req: &impl Validate) -> ApiError {
+        ApiError::from(req.validate().unwrap_err())
+    }
+
+    #[test]
+    fn a_rule_refuses_with_the_message_the_handler_used_to_write() {
+        let req = |username: &str, password: &str, email: &str, phone: &str| RegisterRequest {
+            username: username.into(),
+            password: password.into(),
+            email: email.into(),
+            phone: phone.into(),
+        };
+        assert!(req("alice", "secret123", "", "").validate().is_ok());
+        assert_eq!(
+            refusal_of(&req("ab", "secret123", "", "")).msg,
+            "username: 3 to 50 characters, no surrounding spaces"
+        );
+        assert_eq!(
+            refusal_of(&req(" alice", "secret123", "", "")).msg,
+            "username: 3 to 50 characters, no surrounding spaces"
+        );
+        assert_eq!(
+            refusal_of(&req("alice", "12345", "", "")).msg,
+            "password: 6 to 128 characters"
+        );
+        assert_eq!(
+            refusal_of(&req("alice", "secret123", "nope", "")).msg,
+            "email: not an email address"
+        );
+        assert_eq!(
+            refusal_of(&req("alice", "secret123", "", "123")).msg,
+            "phone: must be 11 digits"
+        );
+        let e = refusal_of(&req("ab", "1", "", ""));
+        assert_eq!(e.errors.len(), 2, "every invalid field is named");
+    }
+}

@@ -181,7 +181,7 @@ fn object_schema(fields: &[&str]) -> utoipa::openapi::Object {
     b.build()
 }
 
-/// `s` that may also be `null` (issue 8: response fields the read models leave empty, e.g. a
+/// `s` that may also be `null` (response fields the read models leave empty, e.g. a
 /// user's `counselor_id`, are answered as `null`).
 fn or_null(mut s: Schema) -> Schema {
     use utoipa::openapi::schema::SchemaType;
