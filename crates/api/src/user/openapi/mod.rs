@@ -109,12 +109,72 @@ fn swagger_page() {}
 fn uploaded_file() {}
 
 /// The complete document from the generated part (the routes registered through utoipa-axum):
-/// the frame of [`UserApiDoc`] merged in, then the [`legacy`] table's routes not yet generated.
+/// the frame of [`UserApiDoc`] merged in, then the [`legacy`] table's routes not yet generated,
+/// and on every state-changing operation the `Idempotency-Key` header that the user API's
+/// idempotency layer honours.
 pub fn complete(generated: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     let mut doc = UserApiDoc::openapi();
     doc.merge(generated);
     legacy::add_to(&mut doc);
+    document_idempotency(&mut doc);
     doc
+}
+
+/// Adds the optional `Idempotency-Key` header, and the refusals it may bring (409 while the
+/// first request with the key runs, 422 when the key was used for another request), to every
+/// `POST`, `PUT`, `PATCH` and `DELETE` operation (see [`crate::app::idempotency`]).
+fn document_idempotency(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
+    let header = ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "Makes a retry safe: the same key with the same request replays the first \
+             response (`Idempotent-Replayed: true`) for 24 hours.",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(200))
+                .pattern(Some("^[\\x21-\\x7E]+$")),
+        ))
+        .build();
+    let refusal = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            op.parameters
+                .get_or_insert_with(Vec::new)
+                .push(header.clone());
+            let responses = &mut op.responses.responses;
+            responses.entry("409".into()).or_insert_with(|| {
+                refusal("The first request with this Idempotency-Key is still running, or a concurrent change; retry").into()
+            });
+            responses.entry("422".into()).or_insert_with(|| {
+                refusal("This Idempotency-Key was used for another request").into()
+            });
+        }
+    }
 }
 
 /// The document of the user API as [`crate::user::router`] serves it (`sandbox`: whether the
