@@ -266,6 +266,28 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn swagger_ui_is_served_from_embedded_assets_and_points_at_the_document() {
+        use tower::ServiceExt;
+        let get = |uri: &str| {
+            web::swagger::swagger_ui::<()>(SPEC_URL).oneshot(
+                axum::http::Request::get(uri)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+        };
+        let page = get("/swagger/").await.unwrap();
+        assert_eq!(page.status(), 200);
+        let init = get("/swagger/swagger-initializer.js").await.unwrap();
+        assert_eq!(init.status(), 200);
+        let body = axum::body::to_bytes(init.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&body).contains(SPEC_URL));
+        let bundle = get("/swagger/swagger-ui-bundle.js").await.unwrap();
+        assert_eq!(bundle.status(), 200);
+    }
+
     #[test]
     fn the_document_has_its_frame() {
         let doc = serde_json::to_value(document(false)).unwrap();
