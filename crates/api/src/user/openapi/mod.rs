@@ -25,22 +25,28 @@ pub const SPEC_URL: &str = "/api-docs/openapi.json";
 /// The security scheme of every route that needs a user's token: `Authorization: Bearer <JWT>`.
 pub const BEARER: &str = "bearer";
 
-struct BearerScheme;
+/// The name under which earlier versions of this document described the refusal body; kept,
+/// as the same schema as [`Problem`], for clients generated from them.
+pub const API_ERROR: &str = "ApiError";
 
-impl Modify for BearerScheme {
+struct Frame;
+
+impl Modify for Frame {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(
-                BEARER,
-                SecurityScheme::Http(
-                    HttpBuilder::new()
-                        .scheme(HttpAuthScheme::Bearer)
-                        .bearer_format("JWT")
-                        .build(),
-                ),
-            );
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.schemas.insert(
+            API_ERROR.to_string(),
+            <Problem as utoipa::PartialSchema>::schema(),
+        );
     }
 }
 
@@ -57,7 +63,7 @@ impl Modify for BearerScheme {
     ),
     paths(openapi_json, swagger_page, uploaded_file),
     components(schemas(Problem, FieldError)),
-    modifiers(&BearerScheme),
+    modifiers(&Frame),
     tags(
         (name = "system", description = "Liveness, this document, Swagger UI"),
         (name = "auth", description = "Registration, login, tokens"),
@@ -294,6 +300,10 @@ mod tests {
         assert_eq!(doc["info"]["title"], "mychat user API");
         assert!(doc["components"]["securitySchemes"][BEARER].is_object());
         assert!(doc["components"]["schemas"]["Problem"].is_object());
+        assert_eq!(
+            doc["components"]["schemas"][API_ERROR],
+            doc["components"]["schemas"]["Problem"]
+        );
         for path in [
             "/health",
             "/api-docs/openapi.json",
