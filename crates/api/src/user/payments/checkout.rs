@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::Html;
 use chrono::{DateTime, Utc};
 use domain::{Order, OrderStatus, Payment, PaymentCommand};
 use eventstore::Actor;
@@ -36,7 +36,7 @@ use web::error::Problem;
 use web::money::yuan_f64;
 
 use crate::user::orders::placement::request_meta;
-use crate::user::payments::providers::{provider_reply, ProviderReply};
+use crate::user::payments::providers::{provider_reply, ProviderAnswer, ProviderReply};
 use crate::user::users::refusal;
 use crate::{ApiError, ApiJson, ApiPath, ApiResult, AppState, AuthUser};
 
@@ -293,7 +293,8 @@ fn sandbox_verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), 
         (status = 400, description = "Malformed, or refused by the payment", body = ProviderReply),
         (status = 401, description = "Signature or timestamp refused", body = ProviderReply),
         (status = 403, description = "The sandbox is disabled, or the payment is not a sandbox payment", body = ProviderReply),
-        (status = 404, description = "Unknown payment", body = ProviderReply)
+        (status = 404, description = "Unknown payment", body = ProviderReply),
+        (status = 500, description = "mychat could not apply it now (the provider retries)", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn sandbox_callback(
@@ -301,32 +302,42 @@ pub async fn sandbox_callback(
     api: UserApiExt,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> ApiResult<ProviderAnswer> {
     let Some(api) = api.map(|axum::Extension(a)| a) else {
-        return provider_reply(
+        return Ok(provider_reply(
             StatusCode::FORBIDDEN,
             "FAIL",
             "the sandbox provider is not configured",
-        );
+        ));
     };
     if !api.config.sandbox_payments {
-        return provider_reply(
+        return Ok(provider_reply(
             StatusCode::FORBIDDEN,
             "FAIL",
             "the sandbox provider is disabled",
-        );
+        ));
     }
     let secret = secrecy::ExposeSecret::expose_secret(&state.settings.sandbox_secret);
     if let Err(why) = sandbox_verify(secret, &headers, &body) {
         tracing::warn!(why, "sandbox notification refused");
-        return provider_reply(StatusCode::UNAUTHORIZED, "FAIL", why);
+        return Ok(provider_reply(StatusCode::UNAUTHORIZED, "FAIL", why));
     }
     let notify: SandboxNotify = match serde_json::from_slice(&body) {
         Ok(n) => n,
-        Err(_) => return provider_reply(StatusCode::BAD_REQUEST, "FAIL", "malformed notification"),
+        Err(_) => {
+            return Ok(provider_reply(
+                StatusCode::BAD_REQUEST,
+                "FAIL",
+                "malformed notification",
+            ))
+        }
     };
     if notify.trade_state != "SUCCESS" {
-        return provider_reply(StatusCode::OK, "SUCCESS", "not a payment; ignored");
+        return Ok(provider_reply(
+            StatusCode::OK,
+            "SUCCESS",
+            "not a payment; ignored",
+        ));
     }
     let row: Option<(i64, String)> =
         match sqlx::query_as("SELECT id, payment_method FROM payments WHERE payment_no = $1")
@@ -335,19 +346,23 @@ pub async fn sandbox_callback(
             .await
         {
             Ok(row) => row,
-            Err(e) => return ApiError::from(e).into_response(),
+            Err(e) => return Err(ApiError::from(e)),
         };
     let Some((id, method)) = row else {
-        return provider_reply(StatusCode::NOT_FOUND, "FAIL", "unknown payment");
+        return Ok(provider_reply(
+            StatusCode::NOT_FOUND,
+            "FAIL",
+            "unknown payment",
+        ));
     };
     // Only `sandbox` payments: a `wechat` / `alipay` payment (sandbox mode or real) is paid by
     // that provider's own verified notification, an offline one by an administrator.
     if method != "sandbox" {
-        return provider_reply(
+        return Ok(provider_reply(
             StatusCode::FORBIDDEN,
             "FAIL",
             "this payment is confirmed only by its provider's notification",
-        );
+        ));
     }
     let command = PaymentCommand::Capture {
         provider_txn_id: notify.transaction_id.clone(),
@@ -361,11 +376,13 @@ pub async fn sandbox_callback(
         .execute::<Payment>(&id.to_string(), command, &meta)
         .await
     {
-        Ok(_) => provider_reply(StatusCode::OK, "SUCCESS", "OK"),
-        Err(eventstore::CommandError::Rejected(e)) => {
-            provider_reply(StatusCode::BAD_REQUEST, "FAIL", &e.to_string())
-        }
-        Err(e) => ApiError::from(e).into_response(),
+        Ok(_) => Ok(provider_reply(StatusCode::OK, "SUCCESS", "OK")),
+        Err(eventstore::CommandError::Rejected(e)) => Ok(provider_reply(
+            StatusCode::BAD_REQUEST,
+            "FAIL",
+            &e.to_string(),
+        )),
+        Err(e) => Err(ApiError::from(e)),
     }
 }
 

@@ -7,7 +7,6 @@ pub mod sandbox;
 pub mod wechat;
 
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use domain::{Payment, PaymentCommand};
 use eventstore::{Actor, CommandError, CommandMeta};
@@ -29,8 +28,11 @@ pub struct ProviderReply {
     pub message: String,
 }
 
+/// A notification route's answer: a status and the provider-format body.
+pub type ProviderAnswer = (StatusCode, axum::Json<ProviderReply>);
+
 /// The reply `{code, message}` with `status`.
-pub fn provider_reply(status: StatusCode, code: &str, message: &str) -> Response {
+pub fn provider_reply(status: StatusCode, code: &str, message: &str) -> ProviderAnswer {
     (
         status,
         axum::Json(ProviderReply {
@@ -38,7 +40,6 @@ pub fn provider_reply(status: StatusCode, code: &str, message: &str) -> Response
             message: message.to_string(),
         }),
     )
-        .into_response()
 }
 
 /// Why a verified notification was not applied.

@@ -19,7 +19,6 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use axum::Extension;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -32,7 +31,7 @@ use sha2::Sha256;
 use std::sync::Arc;
 use utoipa::ToSchema;
 
-use super::{capture, provider_reply as reply, CaptureError, ProviderReply};
+use super::{capture, provider_reply as reply, CaptureError, ProviderAnswer, ProviderReply};
 use crate::user::config::UserApi;
 use crate::AppState;
 
@@ -238,6 +237,7 @@ pub fn decrypt(key: &[u8; 32], resource: &Resource) -> Result<Vec<u8>, VerifyErr
         (status = 400, description = "Malformed, or refused by the payment", body = ProviderReply),
         (status = 401, description = "Signature, serial, timestamp or merchant refused", body = ProviderReply),
         (status = 404, description = "Unknown payment", body = ProviderReply),
+        (status = 500, description = "mychat could not apply it now (WeChat Pay retries)", body = ProviderReply),
         (status = 503, description = "WeChat Pay is not configured", body = ProviderReply)
     )
 )]
@@ -246,7 +246,7 @@ pub async fn callback(
     Extension(api): Extension<Arc<UserApi>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> ProviderAnswer {
     let Some(config) = api.config.wechat.as_ref() else {
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
