@@ -7,7 +7,6 @@
 
 pub mod admin;
 pub mod app;
-pub mod swagger;
 pub mod user;
 
 pub use app::{seed, ApiSettings, AppState, Services};

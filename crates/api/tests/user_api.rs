@@ -2410,9 +2410,22 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_is_served
         );
     }
     // every documented route answers (no router 404/405)
-    for r in api::user::openapi::ROUTES {
-        let path = r
-            .path
+    let documented: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|m| ["get", "post", "put", "delete", "patch"].contains(&m.as_str()))
+                .map(|m| (m.to_uppercase(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(documented.len() >= contract.len());
+    for (method, path) in documented {
+        let path = path
             .replace("{payment_no}", "PAY0")
             .replace("{path}", "nothing.png");
         let path = path
@@ -2422,18 +2435,17 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_is_served
             .join("/");
         let res = app
             .http
-            .request(r.method.parse().unwrap(), format!("{}{path}", app.url))
+            .request(method.parse().unwrap(), format!("{}{path}", app.url))
             .bearer_auth(&token)
             .send()
             .await
             .unwrap();
         let status = res.status().as_u16();
         let body = res.text().await.unwrap();
-        assert_ne!(status, 405, "{} {path}", r.method);
+        assert_ne!(status, 405, "{method} {path}");
         assert!(
             !(status == 404 && body.is_empty() && !path.starts_with("/uploads")),
-            "{} {path} is not routed",
-            r.method
+            "{method} {path} is not routed"
         );
     }
     let swagger = app

@@ -10,7 +10,7 @@
 //!   (revocations announced over NATS) and the login rate limits.
 //! - [`observe`]: request ids as correlation ids, HTTP metrics and `/metrics`, security headers;
 //!   [`command`]: the command metadata of a request (correlation, `Idempotency-Key`).
-//! - [`cors`], [`paging`], [`money`] (the yuan ↔ fen edge).
+//! - [`cors`], [`paging`], [`money`] (the yuan ↔ fen edge), [`swagger`] (Swagger UI, vendored).
 //! - [`gateway_bus`]: the subjects and bodies the admin API and the gateway exchange over NATS.
 
 pub mod auth;
@@ -23,6 +23,7 @@ pub mod gateway_bus;
 pub mod money;
 pub mod observe;
 pub mod paging;
+pub mod swagger;
 
 pub use error::{ApiError, ApiResult, FieldError, Problem};
 pub use extract::{Json, Multipart, Path, Query};

@@ -10,6 +10,12 @@ pub fn yuan(fen: Fen) -> serde_json::Value {
     serde_json::Value::from(fen as f64 / 100.0)
 }
 
+/// Fen as yuan for a typed response field (`1234` → `12.34`): serializes exactly as [`yuan`]
+/// does.
+pub fn yuan_f64(fen: Fen) -> f64 {
+    fen as f64 / 100.0
+}
+
 /// A yuan amount from a client as fen. Refuses NaN, infinities, more than two decimals and
 /// amounts that are not positive; `field` names the field in the error.
 ///

@@ -77,7 +77,7 @@ pub fn guarded(state: &AppState) -> Router<AppState> {
                 async move { axum::Json((*doc).clone()) }
             }),
         )
-        .merge(crate::swagger::swagger_ui("/api-docs/openapi.json"))
+        .merge(web::swagger::swagger_ui("/api-docs/openapi.json"))
         // `POST /api/admin/upload/file` accepts 10 MB files (axum's default limit is 2 MB).
         .layer(axum::extract::DefaultBodyLimit::max(guard::MAX_BODY))
 }

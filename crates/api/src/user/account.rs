@@ -1,4 +1,4 @@
-//! The account side of the user API (issue 3): refresh tokens (rotated on use, revocable),
+//! The account side of the user API: refresh tokens (rotated on use, revocable),
 //! logout, profile, password change, wallet recharge through a payment, and the wallet's
 //! transactions.
 //!
@@ -10,32 +10,37 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::{get, post, put};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use domain::{Payment, PaymentCommand};
 use eventstore::Actor;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use validator::{Validate, ValidationError};
+use web::envelope::{message, reply, Envelope, Message, Reply};
+use web::error::Problem;
+use web::money::{positive_fen, yuan_f64};
 
 use crate::auth::{hash_password, verify_password, KIND_USER};
-use crate::money::{positive_fen, yuan};
 use crate::user::config::UserApi;
 use crate::user::orders::placement::request_meta;
-use crate::{ok, paging, ApiError, ApiJson, ApiQuery, ApiResult, AppState, AuthUser};
+use crate::user::users::{password_rule, refusal};
+use crate::{paging, ApiError, ApiJson, ApiQuery, ApiResult, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/token/refresh", post(refresh))
-        .route("/api/logout", post(logout))
-        .route("/api/user/profile", put(profile))
-        .route("/api/user/password", post(password))
-        .route("/api/user/recharge", post(recharge))
-        .route("/api/user/transactions", get(transactions))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(profile))
+        .routes(routes!(password))
+        .routes(routes!(recharge))
+        .routes(routes!(transactions))
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -73,22 +78,49 @@ pub async fn issue_refresh(
 
 /// `POST /api/token/refresh` body: the refresh token, as `refresh_token` or (contract b.1 #5)
 /// `token`.
-#[derive(Debug, Deserialize)]
+/// One of the two is required; `refresh_token` wins when both are sent.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct RefreshRequest {
+    /// The refresh token (`rt_…`).
     #[serde(default)]
     pub refresh_token: String,
+    /// The same, under contract b.1 #5's name.
     #[serde(default)]
     pub token: String,
+}
+
+/// A fresh token pair.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenPair {
+    /// The access token (JWT).
+    pub token: String,
+    /// The refresh token that replaces the presented one.
+    pub refresh_token: String,
+    /// The access token's lifetime, seconds.
+    pub expires_in: i64,
 }
 
 /// `POST /api/token/refresh` → `{token, refresh_token, expires_in}`. The presented refresh token
 /// is revoked (rotation); 401 for an unknown, expired or revoked one (a revoked one also revokes
 /// its family), 403 for a disabled account.
+#[utoipa::path(
+    post,
+    path = "/api/token/refresh",
+    tag = "auth",
+    summary = "Rotate a refresh token: the presented one is revoked",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A fresh pair", body = Envelope<TokenPair>),
+        (status = 400, description = "No refresh token", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Unknown, expired or revoked refresh token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The account is disabled", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn refresh(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     ApiJson(req): ApiJson<RefreshRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Reply<TokenPair> {
     let presented = if req.refresh_token.is_empty() {
         req.token
     } else {
@@ -152,16 +184,27 @@ pub async fn refresh(
     .await?;
     tx.commit().await?;
     let token = state.jwt.issue(user_id, &username, KIND_USER)?;
-    Ok(ok(json!({
-        "token": token,
-        "refresh_token": next,
-        "expires_in": state.jwt.ttl_seconds,
-    })))
+    Ok(reply(TokenPair {
+        token,
+        refresh_token: next,
+        expires_in: state.jwt.ttl_seconds,
+    }))
 }
 
 /// `POST /api/logout` → none: revokes the presented access token and every refresh token of the
 /// caller.
-pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    post,
+    path = "/api/logout",
+    tag = "auth",
+    summary = "Revoke the access token and every refresh token",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{code: 200, msg: \"logged out\"}`", body = Message),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Message>> {
     sqlx::query(
         "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, to_timestamp($2)) \
          ON CONFLICT DO NOTHING",
@@ -186,18 +229,52 @@ pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<
             },
         )
         .await;
-    Ok(crate::ok_msg("logged out"))
+    Ok(message("logged out"))
 }
 
 /// `PUT /api/user/profile` body (contract b.1 #7): empty strings leave a field unchanged.
-#[derive(Debug, Deserialize)]
+/// At least one must be non-empty.
+#[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct ProfileRequest {
+    /// An email address (one `@`, a dotted domain, no spaces, at most 254 bytes), or empty.
     #[serde(default)]
+    #[schema(max_length = 254)]
+    #[validate(custom(function = "email_rule"))]
     pub email: String,
+    /// A mainland mobile number (`1[3-9]` and 9 digits), or empty.
     #[serde(default)]
+    #[schema(pattern = "^(1[3-9][0-9]{9})?$")]
+    #[validate(custom(function = "phone_rule"))]
     pub phone: String,
+    /// The avatar's URL, at most 500 bytes, or empty.
     #[serde(default)]
+    #[schema(max_length = 500)]
+    #[validate(custom(function = "avatar_rule"))]
     pub avatar: String,
+}
+
+fn email_rule(email: &str) -> Result<(), ValidationError> {
+    if email.is_empty() || check_email("email", email).is_ok() {
+        return Ok(());
+    }
+    Err(refusal("email", "not an email address"))
+}
+
+fn phone_rule(phone: &str) -> Result<(), ValidationError> {
+    if phone.is_empty() || check_phone("phone", phone).is_ok() {
+        return Ok(());
+    }
+    Err(refusal(
+        "phone",
+        "must be a mobile number (1[3-9] and 9 digits)",
+    ))
+}
+
+fn avatar_rule(avatar: &str) -> Result<(), ValidationError> {
+    if avatar.len() > 500 {
+        return Err(refusal("length", "at most 500 characters"));
+    }
+    Ok(())
 }
 
 /// Checks an email address's shape (one `@`, a dotted domain, ≤ 254 bytes).
@@ -238,25 +315,30 @@ pub fn check_phone(field: &str, phone: &str) -> Result<(), ApiError> {
 }
 
 /// `PUT /api/user/profile` → none; 400 when every field is empty or one is malformed.
+#[utoipa::path(
+    put,
+    path = "/api/user/profile",
+    tag = "user",
+    summary = "Update email / phone / avatar (empty = unchanged)",
+    security(("bearer" = [])),
+    request_body = ProfileRequest,
+    responses(
+        (status = 200, description = "`{code: 200, msg: \"profile updated\"}`", body = Message),
+        (status = 400, description = "Nothing to update, or a field is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn profile(
     State(state): State<AppState>,
     user: AuthUser,
     ApiJson(req): ApiJson<ProfileRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Message>> {
     if req.email.is_empty() && req.phone.is_empty() && req.avatar.is_empty() {
         return Err(ApiError::bad_request(
             "nothing to update: email, phone or avatar",
         ));
     }
-    if !req.email.is_empty() {
-        check_email("email", &req.email)?;
-    }
-    if !req.phone.is_empty() {
-        check_phone("phone", &req.phone)?;
-    }
-    if req.avatar.len() > 500 {
-        return Err(ApiError::field("avatar", "at most 500 characters"));
-    }
+    req.validate()?;
     sqlx::query(
         "UPDATE users SET email = COALESCE(NULLIF($2, ''), email), phone = COALESCE(NULLIF($3, ''), phone), \
          avatar = COALESCE(NULLIF($4, ''), avatar), updated_at = now() WHERE id = $1",
@@ -267,30 +349,53 @@ pub async fn profile(
     .bind(&req.avatar)
     .execute(&state.db)
     .await?;
-    Ok(crate::ok_msg("profile updated"))
+    Ok(message("profile updated"))
 }
 
 /// `POST /api/user/password` body (contract b.1 #8).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct PasswordRequest {
+    /// The current password.
+    #[schema(min_length = 1)]
+    #[validate(length(min = 1, message = "required"))]
     pub old_password: String,
+    /// 6 characters to 128 bytes.
+    #[schema(min_length = 6, max_length = 128)]
+    #[validate(custom(function = "password_rule"))]
     pub new_password: String,
+}
+
+/// The pair that replaces every earlier token of the caller.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PasswordChanged {
+    /// A fresh access token (JWT).
+    pub token: String,
+    /// A fresh refresh token.
+    pub refresh_token: String,
 }
 
 /// `POST /api/user/password` → `{token, refresh_token}`: every earlier token of the caller is
 /// revoked, a fresh pair is returned. 400 naming `old_password` when it is wrong.
+#[utoipa::path(
+    post,
+    path = "/api/user/password",
+    tag = "user",
+    summary = "Change password: earlier tokens are revoked, a fresh pair returned",
+    security(("bearer" = [])),
+    request_body = PasswordRequest,
+    responses(
+        (status = 200, description = "Changed", body = Envelope<PasswordChanged>),
+        (status = 400, description = "A field is invalid or the old password is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn password(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     user: AuthUser,
     ApiJson(req): ApiJson<PasswordRequest>,
-) -> ApiResult<Json<Value>> {
-    if req.old_password.is_empty() {
-        return Err(ApiError::field("old_password", "required"));
-    }
-    if req.new_password.chars().count() < 6 || req.new_password.len() > 128 {
-        return Err(ApiError::field("new_password", "6 to 128 characters"));
-    }
+) -> Reply<PasswordChanged> {
+    req.validate()?;
     let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
         .bind(user.user_id)
         .fetch_one(&state.db)
@@ -336,35 +441,113 @@ pub async fn password(
         api.config.refresh_ttl_seconds,
     )
     .await?;
-    Ok(ok(json!({ "token": token, "refresh_token": refresh })))
+    Ok(reply(PasswordChanged {
+        token,
+        refresh_token: refresh,
+    }))
+}
+
+/// A trade type: `NATIVE`, `H5`, `JSAPI` or `APP` (empty: `NATIVE` where a default applies).
+pub(crate) fn trade_type_rule(trade_type: &str) -> Result<(), ValidationError> {
+    if matches!(trade_type, "" | "NATIVE" | "H5" | "JSAPI" | "APP") {
+        return Ok(());
+    }
+    Err(refusal("trade_type", "one of NATIVE, H5, JSAPI, APP"))
+}
+
+/// A positive yuan amount with two decimals at most (what [`positive_fen`] accepts).
+pub(crate) fn yuan_rule(amount: f64) -> Result<(), ValidationError> {
+    match positive_fen("amount", amount) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ValidationError::new("amount").with_message(
+            e.errors
+                .first()
+                .map(|f| f.message.clone())
+                .unwrap_or(e.msg)
+                .into(),
+        )),
+    }
+}
+
+/// The most one recharge may add, fen (50 000 yuan).
+pub const MAX_RECHARGE_FEN: i64 = 5_000_000;
+
+fn recharge_amount_rule(amount: f64) -> Result<(), ValidationError> {
+    yuan_rule(amount)?;
+    if positive_fen("amount", amount).is_ok_and(|fen| fen > MAX_RECHARGE_FEN) {
+        return Err(refusal("range", "at most 50000 yuan per recharge"));
+    }
+    Ok(())
 }
 
 /// `POST /api/user/recharge` body: `amount` in yuan (> 0, two decimals at most, ≤ 50 000), and
 /// the provider (`sandbox` default, `wechat`, `alipay`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct RechargeRequest {
+    /// Yuan: greater than 0, at most 50 000, two decimals at most.
+    #[schema(
+        exclusive_minimum = 0,
+        maximum = 50000,
+        multiple_of = 0.01,
+        example = 100.5
+    )]
+    #[validate(custom(function = "recharge_amount_rule"))]
     pub amount: f64,
+    /// `sandbox` (default when empty), `wechat` or `alipay`, as offered by this server.
     #[serde(default)]
+    #[schema(pattern = "^(sandbox|wechat|alipay)?$")]
     pub payment_method: String,
+    /// `NATIVE` (default when empty), `H5`, `JSAPI` or `APP`.
     #[serde(default)]
+    #[schema(pattern = "^(NATIVE|H5|JSAPI|APP)?$")]
+    #[validate(custom(function = "trade_type_rule"))]
     pub trade_type: String,
+}
+
+/// A recharge payment, to be paid at `pay_url`; the wallet is credited when it is captured.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Recharge {
+    pub payment_id: i64,
+    pub payment_no: String,
+    /// Yuan.
+    pub amount: f64,
+    /// Fen.
+    pub amount_fen: i64,
+    /// Where the payer pays (the provider's cashier).
+    pub pay_url: String,
+    pub trade_type: String,
+    /// The wallet's balance now (before this recharge is paid), yuan.
+    pub balance: f64,
+    /// The same, fen.
+    pub balance_fen: i64,
 }
 
 /// `POST /api/user/recharge` → `{payment_id, payment_no, amount, pay_url, balance}`: a recharge
 /// goes through a payment (the intended behaviour; Go credited for free). The wallet is
 /// credited once the provider confirms the payment (process manager: `RechargeCaptured` →
 /// `UserWallet::Credit`); `balance` is the balance now, before that.
+#[utoipa::path(
+    post,
+    path = "/api/user/recharge",
+    tag = "user",
+    summary = "Recharge the wallet through a payment (credited when captured)",
+    security(("bearer" = [])),
+    request_body = RechargeRequest,
+    responses(
+        (status = 200, description = "The recharge payment", body = Envelope<Recharge>),
+        (status = 400, description = "A field is invalid, or the method is not offered", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn recharge(
     State(state): State<AppState>,
     api: Option<axum::Extension<std::sync::Arc<crate::user::config::UserApi>>>,
     user: AuthUser,
     headers: HeaderMap,
     ApiJson(req): ApiJson<RechargeRequest>,
-) -> ApiResult<Json<Value>> {
+) -> Reply<Recharge> {
+    req.validate()?;
     let amount = positive_fen("amount", req.amount)?;
-    if amount > 5_000_000 {
-        return Err(ApiError::field("amount", "at most 50000 yuan per recharge"));
-    }
     let method = if req.payment_method.is_empty() {
         "sandbox".to_string()
     } else {
@@ -376,12 +559,6 @@ pub async fn recharge(
     } else {
         req.trade_type
     };
-    if !matches!(trade_type.as_str(), "NATIVE" | "H5" | "JSAPI" | "APP") {
-        return Err(ApiError::field(
-            "trade_type",
-            "one of NATIVE, H5, JSAPI, APP",
-        ));
-    }
     let id = state
         .ids
         .next(&state.db, crate::app::ids::IdSequence::Payments)
@@ -408,41 +585,98 @@ pub async fn recharge(
         _ => payment_no,
     };
     let balance = crate::app::ledger_reads::user_balance(&state.db, user.user_id).await?;
-    Ok(ok(json!({
-        "payment_id": id,
-        "payment_no": payment_no,
-        "amount": yuan(amount),
-        "amount_fen": amount,
-        "pay_url": format!("{}/sandbox/cashier/{payment_no}", state.settings.public_url),
-        "trade_type": trade_type,
-        "balance": yuan(balance),
-        "balance_fen": balance,
-    })))
+    Ok(reply(Recharge {
+        payment_id: id,
+        pay_url: format!("{}/sandbox/cashier/{payment_no}", state.settings.public_url),
+        payment_no,
+        amount: yuan_f64(amount),
+        amount_fen: amount,
+        trade_type,
+        balance: yuan_f64(balance),
+        balance_fen: balance,
+    }))
 }
 
-/// `GET /api/user/transactions` query.
-#[derive(Debug, Deserialize)]
+/// The `type` filter: empty or one of `recharge`, `consume`, `refund`. (A rule of the derive
+/// would name the field `r#type`, its Rust spelling, so this one is checked by hand.)
+fn check_transaction_type(kind: &str) -> ApiResult<()> {
+    if matches!(kind, "" | "recharge" | "consume" | "refund") {
+        return Ok(());
+    }
+    Err(ApiError::field("type", "one of recharge, consume, refund"))
+}
+
+/// `GET /api/user/transactions` query; every parameter may be empty.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TransactionsQuery {
+    /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 1, value_type = Option<i64>)]
     pub page: Option<i64>,
+    /// Rows per page, 1–100 (default 20).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 1, maximum = 100, value_type = Option<i64>)]
     pub page_size: Option<i64>,
+    /// `recharge`, `consume` or `refund`; empty: all.
     #[serde(default)]
+    #[param(pattern = "^(recharge|consume|refund)?$")]
     pub r#type: String,
+}
+
+/// One movement of the caller's wallet.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WalletTransaction {
+    /// Stable id: the movement's log position × 1024 + its index in the commit.
+    pub id: i64,
+    pub user_id: i64,
+    /// `recharge`, `consume` or `refund`.
+    pub r#type: String,
+    /// Yuan (signed: negative for money going out).
+    pub amount: f64,
+    /// Fen.
+    pub amount_fen: i64,
+    /// The balance after this movement, yuan.
+    pub balance: f64,
+    pub description: String,
+    /// The order it concerns, `null` for none.
+    pub order_id: Option<i64>,
+    /// RFC 3339.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A page of wallet movements.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransactionList {
+    /// Newest first.
+    pub transactions: Vec<WalletTransaction>,
+    /// Matching movements in all pages.
+    pub total: i64,
 }
 
 /// `GET /api/user/transactions` → `{transactions: [{id, user_id, type, amount, description,
 /// order_id, balance, created_at}], total}`, newest first; `type` filters (`recharge`,
 /// `consume`, `refund`).
+#[utoipa::path(
+    get,
+    path = "/api/user/transactions",
+    tag = "user",
+    summary = "Wallet transactions, newest first",
+    security(("bearer" = [])),
+    params(TransactionsQuery),
+    responses(
+        (status = 200, description = "A page of movements", body = Envelope<TransactionList>),
+        (status = 400, description = "A parameter is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn transactions(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(q): ApiQuery<TransactionsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Reply<TransactionList> {
     let (limit, offset) = paging(q.page, q.page_size, 20)?;
-    if !matches!(q.r#type.as_str(), "" | "recharge" | "consume" | "refund") {
-        return Err(ApiError::field("type", "one of recharge, consume, refund"));
-    }
+    check_transaction_type(&q.r#type)?;
     let rows = sqlx::query(
         "SELECT * FROM wallet_transactions WHERE user_id = $1 AND ($2 = '' OR type = $2) \
          ORDER BY stream_seq DESC, idx DESC LIMIT $3 OFFSET $4",
@@ -460,23 +694,26 @@ pub async fn transactions(
     .bind(&q.r#type)
     .fetch_one(&state.db)
     .await?;
-    let list: Vec<Value> = rows
+    let transactions = rows
         .iter()
         .map(|r| {
             let seq: i64 = r.get("stream_seq");
             let idx: i32 = r.get("idx");
-            json!({
-                "id": seq * 1024 + i64::from(idx),
-                "user_id": r.get::<i64, _>("user_id"),
-                "type": r.get::<String, _>("type"),
-                "amount": yuan(r.get("amount_fen")),
-                "amount_fen": r.get::<i64, _>("amount_fen"),
-                "balance": yuan(r.get("balance_fen")),
-                "description": r.get::<String, _>("description"),
-                "order_id": r.get::<Option<i64>, _>("order_id"),
-                "created_at": r.get::<DateTime<Utc>, _>("created_at"),
-            })
+            WalletTransaction {
+                id: seq * 1024 + i64::from(idx),
+                user_id: r.get("user_id"),
+                r#type: r.get("type"),
+                amount: yuan_f64(r.get("amount_fen")),
+                amount_fen: r.get("amount_fen"),
+                balance: yuan_f64(r.get("balance_fen")),
+                description: r.get("description"),
+                order_id: r.get("order_id"),
+                created_at: r.get("created_at"),
+            }
         })
         .collect();
-    Ok(ok(json!({ "transactions": list, "total": total })))
+    Ok(reply(TransactionList {
+        transactions,
+        total,
+    }))
 }

@@ -4,13 +4,13 @@
 pub mod lifecycle;
 pub mod placement;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 
 /// The routes of this area.
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(lifecycle::router())
         .merge(placement::router())
 }

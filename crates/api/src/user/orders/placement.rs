@@ -2,24 +2,27 @@
 //! model).
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use domain::{Order, OrderCommand};
 use eventstore::Actor;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use validator::{Validate, ValidationError};
+use web::envelope::{reply, Envelope, Reply};
+use web::error::Problem;
+use web::money::yuan_f64;
 
-use crate::money::yuan;
-use crate::{ok, paging, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, AppState, AuthUser};
+use crate::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/order/create", post(create))
-        .route("/api/order/list", get(list))
-        .route("/api/order/{id}", get(get_one))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(list))
+        .routes(routes!(get_one))
 }
 
 pub use web::command::request_meta;
@@ -52,40 +55,84 @@ pub fn parse_schedule_time(s: &str) -> Result<DateTime<Utc>, ApiError> {
         .ok_or_else(|| ApiError::field("schedule_time", "not a valid local time"))
 }
 
-/// `POST /api/order/create` body.
-#[derive(Debug, Deserialize)]
+fn schedule_time_rule(s: &str) -> Result<(), ValidationError> {
+    parse_schedule_time(s).map(|_| ()).map_err(|e| {
+        ValidationError::new("schedule_time").with_message(
+            e.errors
+                .first()
+                .map(|f| f.message.clone())
+                .unwrap_or(e.msg)
+                .into(),
+        )
+    })
+}
+
+/// `POST /api/order/create` body. The duration's bounds are the `Order` aggregate's
+/// (`domain::order::MIN_DURATION_MINUTES` and `MAX_DURATION_MINUTES`).
+#[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct CreateOrder {
+    /// The counselor to book.
+    #[schema(minimum = 1)]
+    #[validate(range(min = 1, message = "must be a positive id"))]
     pub counselor_id: i64,
-    /// Minutes (10..=180).
+    /// Minutes, 10–180.
+    #[schema(minimum = 10, maximum = 180)]
+    #[validate(range(min = 10, max = 180, message = "must be between 10 and 180 minutes"))]
     pub duration: i64,
+    /// `YYYY-MM-DDTHH:mm:ss+08:00` (RFC 3339), `YYYY-MM-DDTHH:mm:ss`, `YYYY-MM-DD HH:mm:ss` or
+    /// `YYYY-MM-DD`; without an offset, China time (UTC+8).
+    #[schema(example = "2026-01-20T15:00:00+08:00")]
+    #[validate(custom(function = "schedule_time_rule"))]
     pub schedule_time: String,
+    /// At most 500 characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
+    #[validate(length(max = 500, message = "at most 500 characters"))]
     pub notes: String,
+}
+
+/// The order just placed, awaiting payment.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderCreated {
+    pub order_id: i64,
+    pub order_no: String,
+    /// `duration × price`, yuan.
+    pub amount: f64,
+    /// The same, fen.
+    pub amount_fen: i64,
+    /// Always 0 (awaiting payment).
+    pub status: i16,
+    /// When it was placed (RFC 3339; MyChat's spelling).
+    pub create_at: DateTime<Utc>,
+    /// The same.
+    pub created_at: DateTime<Utc>,
 }
 
 /// `POST /api/order/create` → `{order_id, order_no, amount, amount_fen, status: 0, create_at}`.
 /// The amount is `duration × the counselor's current price`, fixed in the order.
+#[utoipa::path(
+    post,
+    path = "/api/order/create",
+    operation_id = "create_order",
+    tag = "orders",
+    summary = "Place an order (amount = minutes × price)",
+    security(("bearer" = [])),
+    request_body = CreateOrder,
+    responses(
+        (status = 200, description = "Placed, awaiting payment", body = Envelope<OrderCreated>),
+        (status = 400, description = "A field is invalid, or the counselor is not available", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such counselor", body = Problem, content_type = "application/problem+json")
+    )
+)]
 #[tracing::instrument(level = "debug", name = "order_create", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     headers: axum::http::HeaderMap,
     ApiJson(req): ApiJson<CreateOrder>,
-) -> ApiResult<Json<Value>> {
-    if req.counselor_id <= 0 {
-        return Err(ApiError::field("counselor_id", "must be a positive id"));
-    }
-    if !(domain::order::MIN_DURATION_MINUTES..=domain::order::MAX_DURATION_MINUTES)
-        .contains(&req.duration)
-    {
-        return Err(ApiError::field(
-            "duration",
-            "must be between 10 and 180 minutes",
-        ));
-    }
-    if req.notes.chars().count() > 500 {
-        return Err(ApiError::field("notes", "at most 500 characters"));
-    }
+) -> Reply<OrderCreated> {
+    req.validate()?;
     let schedule_time = parse_schedule_time(&req.schedule_time)?;
     let counselor = state
         .counselors
@@ -137,15 +184,15 @@ pub async fn create(
             )))
         }
     };
-    Ok(ok(json!({
-        "order_id": id,
-        "order_no": order_no,
-        "amount": yuan(amount),
-        "amount_fen": amount,
-        "status": 0,
-        "create_at": now,
-        "created_at": now,
-    })))
+    Ok(reply(OrderCreated {
+        order_id: id,
+        order_no,
+        amount: yuan_f64(amount),
+        amount_fen: amount,
+        status: 0,
+        create_at: now,
+        created_at: now,
+    }))
 }
 
 pub(crate) const ORDER_SELECT: &str = "SELECT o.*, u.username AS u_username, u.avatar AS u_avatar, \
@@ -153,51 +200,128 @@ pub(crate) const ORDER_SELECT: &str = "SELECT o.*, u.username AS u_username, u.a
      c.specialty AS c_specialty, c.price_fen AS c_price_fen, c.user_id AS c_user_id \
      FROM orders o JOIN users u ON u.id = o.user_id JOIN counselors c ON c.id = o.counselor_id";
 
+/// The user who placed an order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderUser {
+    pub id: i64,
+    pub username: String,
+    pub avatar: String,
+    pub email: String,
+    pub phone: String,
+}
+
+/// The counselor booked by an order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderCounselor {
+    pub id: i64,
+    pub name: String,
+    pub avatar: String,
+    pub title: String,
+    pub specialty: String,
+    /// The counselor's current price per minute, yuan.
+    pub price: f64,
+}
+
 /// An order as the MyChat clients read it (contract b.2), with nested `user` and `counselor`.
-pub fn order_json(row: &sqlx::postgres::PgRow) -> Value {
-    let amount: i64 = row.get("amount_fen");
-    json!({
-        "id": row.get::<i64, _>("id"),
-        "order_no": row.get::<String, _>("order_no"),
-        "user_id": row.get::<i64, _>("user_id"),
-        "counselor_id": row.get::<i64, _>("counselor_id"),
-        "duration": row.get::<i32, _>("duration"),
-        "amount": yuan(amount),
-        "amount_fen": amount,
-        "price": yuan(row.get("price_fen")),
-        "status": row.get::<i16, _>("status"),
-        "schedule_time": row.get::<Option<DateTime<Utc>>, _>("schedule_time"),
-        "notes": row.get::<String, _>("notes"),
-        "pay_time": row.get::<Option<DateTime<Utc>>, _>("pay_time"),
-        "payment_id": row.get::<Option<i64>, _>("payment_id"),
-        "session_id": row.get::<Option<i64>, _>("session_id"),
-        "has_review": row.try_get::<bool, _>("has_review").unwrap_or(false),
-        "created_at": row.get::<DateTime<Utc>, _>("created_at"),
-        "updated_at": row.get::<DateTime<Utc>, _>("updated_at"),
-        "user": {
-            "id": row.get::<i64, _>("user_id"),
-            "username": row.get::<String, _>("u_username"),
-            "avatar": row.get::<String, _>("u_avatar"),
-            "email": row.get::<String, _>("u_email"),
-            "phone": row.get::<String, _>("u_phone"),
-        },
-        "counselor": {
-            "id": row.get::<i64, _>("counselor_id"),
-            "name": row.get::<String, _>("c_name"),
-            "avatar": row.get::<String, _>("c_avatar"),
-            "title": row.get::<String, _>("c_title"),
-            "specialty": row.get::<String, _>("c_specialty"),
-            "price": yuan(row.get("c_price_fen")),
-        },
-    })
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderView {
+    pub id: i64,
+    pub order_no: String,
+    pub user_id: i64,
+    pub counselor_id: i64,
+    /// Minutes.
+    pub duration: i32,
+    /// Yuan.
+    pub amount: f64,
+    /// Fen.
+    pub amount_fen: i64,
+    /// The price per minute fixed in the order, yuan.
+    pub price: f64,
+    /// 0 awaiting payment, 1 paid, 2 completed, 3 cancelled, 4 refunded.
+    #[schema(minimum = 0, maximum = 4)]
+    pub status: i16,
+    /// RFC 3339, `null` when none.
+    pub schedule_time: Option<DateTime<Utc>>,
+    pub notes: String,
+    /// When it was paid (RFC 3339), `null` before.
+    pub pay_time: Option<DateTime<Utc>>,
+    /// Its payment, `null` before one is captured.
+    pub payment_id: Option<i64>,
+    /// Its chat session, `null` before one starts.
+    pub session_id: Option<i64>,
+    /// Whether its user has reviewed it.
+    pub has_review: bool,
+    /// RFC 3339.
+    pub created_at: DateTime<Utc>,
+    /// RFC 3339.
+    pub updated_at: DateTime<Utc>,
+    pub user: OrderUser,
+    pub counselor: OrderCounselor,
+}
+
+impl OrderView {
+    /// From a row of [`ORDER_SELECT`].
+    pub fn from_row(row: &sqlx::postgres::PgRow) -> Self {
+        let amount: i64 = row.get("amount_fen");
+        Self {
+            id: row.get("id"),
+            order_no: row.get("order_no"),
+            user_id: row.get("user_id"),
+            counselor_id: row.get("counselor_id"),
+            duration: row.get("duration"),
+            amount: yuan_f64(amount),
+            amount_fen: amount,
+            price: yuan_f64(row.get("price_fen")),
+            status: row.get("status"),
+            schedule_time: row.get("schedule_time"),
+            notes: row.get("notes"),
+            pay_time: row.get("pay_time"),
+            payment_id: row.get("payment_id"),
+            session_id: row.get("session_id"),
+            has_review: row.try_get::<bool, _>("has_review").unwrap_or(false),
+            created_at: row.get("created_at"),
+            updated_at: row.get("updated_at"),
+            user: OrderUser {
+                id: row.get("user_id"),
+                username: row.get("u_username"),
+                avatar: row.get("u_avatar"),
+                email: row.get("u_email"),
+                phone: row.get("u_phone"),
+            },
+            counselor: OrderCounselor {
+                id: row.get("counselor_id"),
+                name: row.get("c_name"),
+                avatar: row.get("c_avatar"),
+                title: row.get("c_title"),
+                specialty: row.get("c_specialty"),
+                price: yuan_f64(row.get("c_price_fen")),
+            },
+        }
+    }
 }
 
 /// `GET /api/order/:id` → the order; only its user or its counselor may read it (403 otherwise).
+#[utoipa::path(
+    get,
+    path = "/api/order/{id}",
+    tag = "orders",
+    operation_id = "get_order",
+    summary = "An order (its user or counselor)",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order", body = Envelope<OrderView>),
+        (status = 400, description = "The id is not a number", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the caller's order", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
+) -> Reply<OrderView> {
     let row = sqlx::query(&format!("{ORDER_SELECT} WHERE o.id = $1"))
         .bind(id)
         .fetch_optional(&state.db)
@@ -207,25 +331,63 @@ pub async fn get_one(
     if row.get::<i64, _>("user_id") != user.user_id && counselor_user != Some(user.user_id) {
         return Err(ApiError::forbidden("not your order"));
     }
-    Ok(ok(order_json(&row)))
+    Ok(reply(OrderView::from_row(&row)))
+}
+
+/// A list of orders; every parameter may be empty.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
+#[into_params(parameter_in = Query)]
+pub struct OrderListQuery {
+    /// Page number, from 1 (default 1).
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 1, value_type = Option<i64>)]
+    pub page: Option<i64>,
+    /// Rows per page, 1–100 (default 10).
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 1, maximum = 100, value_type = Option<i64>)]
+    pub page_size: Option<i64>,
+    /// Only orders in this status (0–4); empty: all.
+    #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[param(minimum = 0, maximum = 4, value_type = Option<i16>)]
+    #[validate(range(min = 0, max = 4, message = "must be 0 to 4"))]
+    pub status: Option<i16>,
 }
 
 /// `GET /api/order/list` query.
-pub type ListQuery = crate::PageQuery;
+pub type ListQuery = OrderListQuery;
+
+/// A page of orders.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderList {
+    /// Newest first.
+    pub orders: Vec<OrderView>,
+    /// Matching orders in all pages.
+    pub total: i64,
+}
 
 /// `GET /api/order/list` → `{orders, total}`: the caller's orders, newest first, optionally by
 /// `status` (0–4).
+#[utoipa::path(
+    get,
+    path = "/api/order/list",
+    tag = "orders",
+    operation_id = "list_orders",
+    summary = "The caller's orders, newest first",
+    security(("bearer" = [])),
+    params(OrderListQuery),
+    responses(
+        (status = 200, description = "A page of orders", body = Envelope<OrderList>),
+        (status = 400, description = "A parameter is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> Reply<OrderList> {
     let (limit, offset) = paging(q.page, q.page_size, 10)?;
-    if let Some(s) = q.status {
-        if !(0..=4).contains(&s) {
-            return Err(ApiError::field("status", "must be 0 to 4"));
-        }
-    }
+    q.validate()?;
     let rows = sqlx::query(&format!(
         "{ORDER_SELECT} WHERE o.user_id = $1 AND ($2::smallint IS NULL OR o.status = $2) \
          ORDER BY o.id DESC LIMIT $3 OFFSET $4"
@@ -243,8 +405,8 @@ pub async fn list(
     .bind(q.status)
     .fetch_one(&state.db)
     .await?;
-    let orders: Vec<Value> = rows.iter().map(order_json).collect();
-    Ok(ok(json!({ "orders": orders, "total": total })))
+    let orders = rows.iter().map(OrderView::from_row).collect();
+    Ok(reply(OrderList { orders, total }))
 }
 
 #[cfg(test)]
@@ -268,5 +430,27 @@ mod tests {
         );
         assert!(parse_schedule_time("\"2026-01-20\"").is_err());
         assert!(parse_schedule_time("tomorrow").is_err());
+    }
+
+    #[test]
+    fn the_documented_duration_bounds_are_the_aggregates() {
+        let at = |duration| CreateOrder {
+            counselor_id: 1,
+            duration,
+            schedule_time: "2026-01-20".into(),
+            notes: String::new(),
+        };
+        for d in [
+            domain::order::MIN_DURATION_MINUTES,
+            domain::order::MAX_DURATION_MINUTES,
+        ] {
+            assert!(at(d).validate().is_ok(), "{d}");
+        }
+        for d in [
+            domain::order::MIN_DURATION_MINUTES - 1,
+            domain::order::MAX_DURATION_MINUTES + 1,
+        ] {
+            assert!(at(d).validate().is_err(), "{d}");
+        }
     }
 }

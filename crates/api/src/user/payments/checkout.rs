@@ -15,34 +15,41 @@
 //! `timestamp\nnonce\nbody\n` (the same string-to-sign as WeChat Pay API v3), with
 //! `Sandbox-Timestamp` (unix seconds, within 5 minutes) and `Sandbox-Nonce`.
 
+use std::collections::BTreeMap;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use chrono::Utc;
+use axum::response::Html;
+use chrono::{DateTime, Utc};
 use domain::{Order, OrderStatus, Payment, PaymentCommand};
 use eventstore::Actor;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use sha2::Sha256;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use validator::{Validate, ValidationError};
+use web::envelope::{reply, Envelope, Reply};
+use web::error::Problem;
+use web::money::yuan_f64;
 
-use crate::money::yuan;
 use crate::user::orders::placement::request_meta;
-use crate::{ok, ApiError, ApiJson, ApiPath, ApiResult, AppState, AuthUser};
+use crate::user::payments::providers::{provider_reply, ProviderAnswer, ProviderReply};
+use crate::user::users::refusal;
+use crate::{ApiError, ApiJson, ApiPath, ApiResult, AppState, AuthUser};
 
 /// The user-API routes of this module. The sandbox's cashier page and callback exist only
 /// when `sandbox` is true.
-pub fn router(sandbox: bool) -> Router<AppState> {
-    let router = Router::new().route("/api/payment/create", post(create));
+pub fn router(sandbox: bool) -> OpenApiRouter<AppState> {
+    let router = OpenApiRouter::new().routes(routes!(create));
     if !sandbox {
         return router;
     }
     router
-        .route("/api/payment/sandbox/callback", post(sandbox_callback))
-        .route("/sandbox/cashier/{payment_no}", get(sandbox_cashier))
+        .routes(routes!(sandbox_callback))
+        .routes(routes!(sandbox_cashier))
 }
 
 type UserApiExt = Option<axum::Extension<std::sync::Arc<crate::user::config::UserApi>>>;
@@ -65,19 +72,54 @@ pub fn check_method(
     }
 }
 
+fn strict_trade_type_rule(trade_type: &str) -> Result<(), ValidationError> {
+    if matches!(trade_type, "NATIVE" | "H5" | "JSAPI" | "APP") {
+        return Ok(());
+    }
+    Err(refusal("trade_type", "one of NATIVE, H5, JSAPI, APP"))
+}
+
 /// `POST /api/payment/create` body (contract b.1 #27).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct CreatePayment {
+    /// The caller's order awaiting payment.
+    #[schema(minimum = 1)]
+    #[validate(range(min = 1, message = "must be a positive id"))]
     pub order_id: i64,
-    /// `sandbox`, `wechat` or `alipay` (the last two run through the sandbox cashier while no
-    /// provider credentials are configured).
+    /// `sandbox`, `wechat` or `alipay`, as offered by this server (`wechat` and `alipay` run
+    /// through the sandbox cashier while the sandbox is on and no provider credentials are
+    /// configured).
+    #[schema(pattern = "^(sandbox|wechat|alipay)$")]
     pub payment_method: String,
+    /// `NATIVE` (default), `H5`, `JSAPI` or `APP`.
     #[serde(default = "native")]
+    #[schema(pattern = "^(NATIVE|H5|JSAPI|APP)$", default = "NATIVE")]
+    #[validate(custom(function = "strict_trade_type_rule"))]
     pub trade_type: String,
+    /// The payer's IP address (accepted, not used).
     #[serde(default)]
     pub client_ip: String,
+    /// Where to return after paying (accepted, not used).
     #[serde(default)]
     pub return_url: String,
+}
+
+/// A payment awaiting the payer at `pay_url`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentCreated {
+    pub payment_id: i64,
+    pub payment_no: String,
+    /// The order's amount, yuan.
+    pub amount: f64,
+    /// The same, fen.
+    pub amount_fen: i64,
+    /// Where the payer pays (the provider's cashier).
+    pub pay_url: String,
+    /// Parameters for an in-app (JSAPI / APP) payment; `null`: the payer goes to `pay_url`.
+    pub pay_params: Option<BTreeMap<String, String>>,
+    pub trade_type: String,
+    /// When the payment lapses (RFC 3339; two hours after creation).
+    pub expired_at: DateTime<Utc>,
 }
 
 fn native() -> String {
@@ -86,23 +128,32 @@ fn native() -> String {
 
 /// `POST /api/payment/create` → `{payment_id, payment_no, amount, pay_url, pay_params,
 /// trade_type, expired_at}`. The order must be the caller's and awaiting payment.
+#[utoipa::path(
+    post,
+    path = "/api/payment/create",
+    tag = "payments",
+    operation_id = "create_payment",
+    summary = "Create a payment for a pending order",
+    security(("bearer" = [])),
+    request_body = CreatePayment,
+    responses(
+        (status = 200, description = "The payment, awaiting the payer", body = Envelope<PaymentCreated>),
+        (status = 400, description = "A field is invalid, the method is not offered, or the order is not awaiting payment", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the caller's order", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     api: UserApiExt,
     user: AuthUser,
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreatePayment>,
-) -> ApiResult<Json<Value>> {
+) -> Reply<PaymentCreated> {
+    // Whether the method is offered is this server's configuration: checked first.
     check_method(api.as_ref().map(|e| &e.0), &req.payment_method)?;
-    if !matches!(req.trade_type.as_str(), "NATIVE" | "H5" | "JSAPI" | "APP") {
-        return Err(ApiError::field(
-            "trade_type",
-            "one of NATIVE, H5, JSAPI, APP",
-        ));
-    }
-    if req.order_id <= 0 {
-        return Err(ApiError::field("order_id", "must be a positive id"));
-    }
+    req.validate()?;
     let (order, version) = state.bus.load::<Order>(&req.order_id.to_string()).await?;
     if version == 0 {
         return Err(ApiError::not_found("order"));
@@ -144,27 +195,30 @@ pub async fn create(
         ),
         _ => (id, payment_no),
     };
-    Ok(ok(json!({
-        "payment_id": id,
-        "payment_no": payment_no,
-        "amount": yuan(order.amount),
-        "amount_fen": order.amount,
-        "pay_url": format!("{}/sandbox/cashier/{payment_no}", state.settings.public_url),
-        "pay_params": null,
-        "trade_type": req.trade_type,
-        "expired_at": now + chrono::Duration::hours(2),
-    })))
+    Ok(reply(PaymentCreated {
+        payment_id: id,
+        pay_url: format!("{}/sandbox/cashier/{payment_no}", state.settings.public_url),
+        payment_no,
+        amount: yuan_f64(order.amount),
+        amount_fen: order.amount,
+        pay_params: None,
+        trade_type: req.trade_type,
+        expired_at: now + chrono::Duration::hours(2),
+    }))
 }
 
-/// The sandbox provider's notification body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The sandbox provider's notification body (signed: `Sandbox-Timestamp`, `Sandbox-Nonce`,
+/// `Sandbox-Signature` headers over the exact bytes).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SandboxNotify {
+    /// mychat's payment number.
     pub payment_no: String,
     /// The provider's transaction id.
     pub transaction_id: String,
-    /// Fen.
+    /// Fen; must equal the payment's amount.
     pub amount: i64,
-    /// `SUCCESS` for a paid transaction.
+    /// `SUCCESS` for a paid transaction; others are acknowledged and ignored.
+    #[schema(example = "SUCCESS")]
     pub trade_state: String,
 }
 
@@ -214,10 +268,6 @@ fn sandbox_verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), 
         .map_err(|_| "signature mismatch")
 }
 
-fn provider_reply(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({ "code": code, "message": message }))).into_response()
-}
-
 /// `POST /api/payment/sandbox/callback`: the sandbox provider's notification. Verified (signature,
 /// freshness), then the payment is captured (the amount must match; a repeat is a no-op). Replies
 /// as WeChat Pay v3 does: 200 `{code: "SUCCESS"}`, or 4xx `{code: "FAIL", message}` when refused.
@@ -226,37 +276,68 @@ fn provider_reply(status: StatusCode, code: &str, message: &str) -> Response {
 /// configuration refuses too: fail closed; the route is not even mounted while the sandbox is
 /// off), and for a `wechat` / `alipay` payment whose real provider is configured — those are
 /// paid only through the provider's verified notification.
+#[utoipa::path(
+    post,
+    path = "/api/payment/sandbox/callback",
+    tag = "providers",
+    operation_id = "sandbox_callback",
+    summary = "The sandbox provider's signed notification",
+    params(
+        ("Sandbox-Timestamp" = String, Header, description = "Unix seconds, within 5 minutes"),
+        ("Sandbox-Nonce" = String, Header, description = "A random string"),
+        ("Sandbox-Signature" = String, Header, description = "Hex HMAC-SHA256 with the sandbox secret over `timestamp\\nnonce\\nbody\\n`")
+    ),
+    request_body = SandboxNotify,
+    responses(
+        (status = 200, description = "Applied, or acknowledged and ignored", body = ProviderReply),
+        (status = 400, description = "Malformed, or refused by the payment", body = ProviderReply),
+        (status = 401, description = "Signature or timestamp refused", body = ProviderReply),
+        (status = 403, description = "The sandbox is disabled, or the payment is not a sandbox payment", body = ProviderReply),
+        (status = 404, description = "Unknown payment", body = ProviderReply),
+        (status = 500, description = "mychat could not apply it now (the provider retries)", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn sandbox_callback(
     State(state): State<AppState>,
     api: UserApiExt,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> ApiResult<ProviderAnswer> {
     let Some(api) = api.map(|axum::Extension(a)| a) else {
-        return provider_reply(
+        return Ok(provider_reply(
             StatusCode::FORBIDDEN,
             "FAIL",
             "the sandbox provider is not configured",
-        );
+        ));
     };
     if !api.config.sandbox_payments {
-        return provider_reply(
+        return Ok(provider_reply(
             StatusCode::FORBIDDEN,
             "FAIL",
             "the sandbox provider is disabled",
-        );
+        ));
     }
     let secret = secrecy::ExposeSecret::expose_secret(&state.settings.sandbox_secret);
     if let Err(why) = sandbox_verify(secret, &headers, &body) {
         tracing::warn!(why, "sandbox notification refused");
-        return provider_reply(StatusCode::UNAUTHORIZED, "FAIL", why);
+        return Ok(provider_reply(StatusCode::UNAUTHORIZED, "FAIL", why));
     }
     let notify: SandboxNotify = match serde_json::from_slice(&body) {
         Ok(n) => n,
-        Err(_) => return provider_reply(StatusCode::BAD_REQUEST, "FAIL", "malformed notification"),
+        Err(_) => {
+            return Ok(provider_reply(
+                StatusCode::BAD_REQUEST,
+                "FAIL",
+                "malformed notification",
+            ))
+        }
     };
     if notify.trade_state != "SUCCESS" {
-        return provider_reply(StatusCode::OK, "SUCCESS", "not a payment; ignored");
+        return Ok(provider_reply(
+            StatusCode::OK,
+            "SUCCESS",
+            "not a payment; ignored",
+        ));
     }
     let row: Option<(i64, String)> =
         match sqlx::query_as("SELECT id, payment_method FROM payments WHERE payment_no = $1")
@@ -265,19 +346,23 @@ pub async fn sandbox_callback(
             .await
         {
             Ok(row) => row,
-            Err(e) => return ApiError::from(e).into_response(),
+            Err(e) => return Err(ApiError::from(e)),
         };
     let Some((id, method)) = row else {
-        return provider_reply(StatusCode::NOT_FOUND, "FAIL", "unknown payment");
+        return Ok(provider_reply(
+            StatusCode::NOT_FOUND,
+            "FAIL",
+            "unknown payment",
+        ));
     };
     // Only `sandbox` payments: a `wechat` / `alipay` payment (sandbox mode or real) is paid by
     // that provider's own verified notification, an offline one by an administrator.
     if method != "sandbox" {
-        return provider_reply(
+        return Ok(provider_reply(
             StatusCode::FORBIDDEN,
             "FAIL",
             "this payment is confirmed only by its provider's notification",
-        );
+        ));
     }
     let command = PaymentCommand::Capture {
         provider_txn_id: notify.transaction_id.clone(),
@@ -291,11 +376,13 @@ pub async fn sandbox_callback(
         .execute::<Payment>(&id.to_string(), command, &meta)
         .await
     {
-        Ok(_) => provider_reply(StatusCode::OK, "SUCCESS", "OK"),
-        Err(eventstore::CommandError::Rejected(e)) => {
-            provider_reply(StatusCode::BAD_REQUEST, "FAIL", &e.to_string())
-        }
-        Err(e) => ApiError::from(e).into_response(),
+        Ok(_) => Ok(provider_reply(StatusCode::OK, "SUCCESS", "OK")),
+        Err(eventstore::CommandError::Rejected(e)) => Ok(provider_reply(
+            StatusCode::BAD_REQUEST,
+            "FAIL",
+            &e.to_string(),
+        )),
+        Err(e) => Err(ApiError::from(e)),
     }
 }
 
@@ -307,15 +394,18 @@ fn cashier_page(
     method: &str,
     payment_no: &str,
     amount: i64,
-) -> Response {
+) -> CashierPage {
     let html = format!(
         "<!doctype html><meta charset=utf-8><title>Sandbox cashier</title>\
          <h1>{headline}</h1><p>{method} payment {payment_no}: ¥{}.{:02}</p>",
         amount / 100,
         amount % 100
     );
-    (status, Html(html)).into_response()
+    (status, Html(html))
 }
+
+/// The cashier's answer: a status and an HTML page saying what happened.
+pub type CashierPage = (StatusCode, Html<String>);
 
 const PAID: &str = "支付成功 Payment complete (paid)";
 
@@ -339,11 +429,24 @@ async fn payment_state(
 /// A `wechat` / `alipay` payment whose provider runs in sandbox mode is paid with that
 /// provider's own notification format, signed with the sandbox keys, posted to the provider's
 /// real callback route ([`crate::user::payments::providers::sandbox`]).
+#[utoipa::path(
+    get,
+    path = "/sandbox/cashier/{payment_no}",
+    tag = "providers",
+    summary = "The sandbox cashier page: opening it pays (HTML)",
+    params(("payment_no" = String, Path, description = "The payment's number")),
+    responses(
+        (status = 200, description = "Paid (now or before)", body = String, content_type = "text/html"),
+        (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Refunded, refused, or not payable through the sandbox", body = String, content_type = "text/html"),
+        (status = 502, description = "The sandbox provider could not reach mychat", body = String, content_type = "text/html")
+    )
+)]
 pub async fn sandbox_cashier(
     State(state): State<AppState>,
     api: UserApiExt,
     ApiPath(payment_no): ApiPath<String>,
-) -> ApiResult<Response> {
+) -> ApiResult<CashierPage> {
     let Some(axum::Extension(api)) = api else {
         return Err(ApiError::not_found("sandbox cashier"));
     };

@@ -5,13 +5,13 @@ pub mod checkout;
 pub mod providers;
 pub mod records;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 
 /// The routes of this area; the sandbox cashier and callback only with `sandbox_cashier`.
-pub fn router(sandbox_cashier: bool) -> Router<AppState> {
-    Router::new()
+pub fn router(sandbox_cashier: bool) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(checkout::router(sandbox_cashier))
         .merge(records::router())
 }

@@ -23,6 +23,7 @@ use rsa::pkcs8::DecodePublicKey;
 use rsa::signature::Verifier;
 use rsa::RsaPublicKey;
 use sha2::Sha256;
+use utoipa::ToSchema;
 
 use super::{capture, CaptureError};
 use crate::user::config::UserApi;
@@ -138,6 +139,30 @@ pub fn verify(config: &AlipayConfig, body: &[u8]) -> Result<Trade, VerifyError> 
     })
 }
 
+/// An Alipay asynchronous notification (`application/x-www-form-urlencoded`; the fields mychat
+/// checks, among others Alipay sends, all covered by `sign`).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct Notification {
+    /// mychat's `payment_no`.
+    out_trade_no: String,
+    /// Alipay's trade number.
+    trade_no: String,
+    /// `TRADE_SUCCESS` or `TRADE_FINISHED` for a payment; others are acknowledged and ignored.
+    #[schema(example = "TRADE_SUCCESS")]
+    trade_status: String,
+    /// Yuan, two decimals at most.
+    #[schema(example = "12.34")]
+    total_amount: String,
+    /// mychat's Alipay app id.
+    app_id: String,
+    /// Base64 SHA256withRSA signature over the sorted parameters.
+    sign: String,
+    /// `RSA2`.
+    #[schema(example = "RSA2")]
+    sign_type: String,
+}
+
 fn text(body: &'static str) -> Response {
     (
         StatusCode::OK,
@@ -150,7 +175,19 @@ fn text(body: &'static str) -> Response {
         .into_response()
 }
 
-/// `POST /api/payment/alipay/callback` (contract §e, Alipay RSA2).
+/// `POST /api/payment/alipay/callback` (contract §e, Alipay RSA2). Answers `text/plain`
+/// `success` (applied or ignored; Alipay stops retrying) or `fail`.
+#[utoipa::path(
+    post,
+    path = "/api/payment/alipay/callback",
+    tag = "providers",
+    operation_id = "alipay_callback",
+    summary = "Alipay async notification (RSA2); replies text success / fail",
+    request_body(content = Notification, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "`success` or `fail`", body = String, content_type = "text/plain")
+    )
+)]
 pub async fn callback(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,

@@ -1,4 +1,4 @@
-//! Payment providers' asynchronous notifications, verified for real (issue 3, DESIGN §5):
+//! Payment providers' asynchronous notifications, verified for real (DESIGN §5):
 //! [`wechat`] (WeChat Pay API v3) and [`alipay`] (Alipay RSA2 async notify). Both end in
 //! [`capture`], which applies a verified notification to the `Payment` aggregate exactly once.
 
@@ -6,12 +6,41 @@ pub mod alipay;
 pub mod sandbox;
 pub mod wechat;
 
+use axum::http::StatusCode;
 use chrono::Utc;
 use domain::{Payment, PaymentCommand};
 use eventstore::{Actor, CommandError, CommandMeta};
+use serde::Serialize;
 use sqlx::Row;
+use utoipa::ToSchema;
 
 use crate::AppState;
+
+/// What a notification route answers, in WeChat Pay v3's format (the sandbox provider's too):
+/// `SUCCESS` with HTTP 200 when applied or ignored, `FAIL` with a 4xx/5xx when refused (the
+/// provider then retries).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProviderReply {
+    /// `SUCCESS` or `FAIL`.
+    #[schema(pattern = "^(SUCCESS|FAIL)$", example = "SUCCESS")]
+    pub code: String,
+    /// What was done, or why it was refused.
+    pub message: String,
+}
+
+/// A notification route's answer: a status and the provider-format body.
+pub type ProviderAnswer = (StatusCode, axum::Json<ProviderReply>);
+
+/// The reply `{code, message}` with `status`.
+pub fn provider_reply(status: StatusCode, code: &str, message: &str) -> ProviderAnswer {
+    (
+        status,
+        axum::Json(ProviderReply {
+            code: code.to_string(),
+            message: message.to_string(),
+        }),
+    )
+}
 
 /// Why a verified notification was not applied.
 #[derive(Debug, thiserror::Error)]

@@ -19,8 +19,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Extension;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rsa::pkcs1v15::{Signature, VerifyingKey};
@@ -30,8 +29,9 @@ use rsa::RsaPublicKey;
 use serde::Deserialize;
 use sha2::Sha256;
 use std::sync::Arc;
+use utoipa::ToSchema;
 
-use super::{capture, CaptureError};
+use super::{capture, provider_reply as reply, CaptureError, ProviderAnswer, ProviderReply};
 use crate::user::config::UserApi;
 use crate::AppState;
 
@@ -75,21 +75,30 @@ impl WechatConfig {
     }
 }
 
-/// The notification body.
-#[derive(Debug, Deserialize)]
+/// The notification body (signed: `Wechatpay-Timestamp`, `Wechatpay-Nonce`,
+/// `Wechatpay-Signature`, `Wechatpay-Serial` headers over the exact bytes).
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct Notification {
+    /// The notification's id.
     pub id: String,
+    /// `TRANSACTION.SUCCESS` for a payment; other events are acknowledged and ignored.
+    #[schema(example = "TRANSACTION.SUCCESS")]
     pub event_type: String,
     pub resource: Resource,
 }
 
 /// The encrypted part of a notification.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct Resource {
+    /// `AEAD_AES_256_GCM`.
+    #[schema(example = "AEAD_AES_256_GCM")]
     pub algorithm: String,
+    /// The transaction, encrypted with the APIv3 key (base64).
     pub ciphertext: String,
+    /// Authenticated data of the encryption.
     #[serde(default)]
     pub associated_data: String,
+    /// The encryption's nonce.
     pub nonce: String,
 }
 
@@ -214,21 +223,30 @@ pub fn decrypt(key: &[u8; 32], resource: &Resource) -> Result<Vec<u8>, VerifyErr
         .map_err(|_| VerifyError::Decrypt)
 }
 
-fn reply(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "code": code, "message": message })),
+/// `POST /api/payment/wechat/callback` (contract §e, WeChat Pay v3). The body is read as bytes:
+/// the signature covers them exactly.
+#[utoipa::path(
+    post,
+    path = "/api/payment/wechat/callback",
+    tag = "providers",
+    operation_id = "wechat_callback",
+    summary = "WeChat Pay v3 notification (signed, AES-256-GCM resource); replies {code, message}",
+    request_body = Notification,
+    responses(
+        (status = 200, description = "Applied, or acknowledged and ignored", body = ProviderReply),
+        (status = 400, description = "Malformed, or refused by the payment", body = ProviderReply),
+        (status = 401, description = "Signature, serial, timestamp or merchant refused", body = ProviderReply),
+        (status = 404, description = "Unknown payment", body = ProviderReply),
+        (status = 500, description = "mychat could not apply it now (WeChat Pay retries)", body = ProviderReply),
+        (status = 503, description = "WeChat Pay is not configured", body = ProviderReply)
     )
-        .into_response()
-}
-
-/// `POST /api/payment/wechat/callback` (contract §e, WeChat Pay v3).
+)]
 pub async fn callback(
     State(state): State<AppState>,
     Extension(api): Extension<Arc<UserApi>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> ProviderAnswer {
     let Some(config) = api.config.wechat.as_ref() else {
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,

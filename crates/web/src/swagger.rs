@@ -1,0 +1,16 @@
+//! Swagger UI for both APIs, from `utoipa-swagger-ui` with its `vendored` feature: the UI's
+//! assets come from the crates.io package `utoipa-swagger-ui-vendored` and are embedded at build
+//! time, so nothing is fetched from a CDN, neither when building nor when serving.
+//!
+//! [`swagger_ui`] serves the page at `/swagger` (redirecting to `/swagger/`) and its assets below
+//! it; the OpenAPI document itself is served by the API that owns it, at the URL given here.
+
+use axum::Router;
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+/// Routes for Swagger UI showing the OpenAPI document served at `spec_url`.
+pub fn swagger_ui<S: Clone + Send + Sync + 'static>(spec_url: &'static str) -> Router<S> {
+    SwaggerUi::new("/swagger")
+        .config(Config::from(spec_url))
+        .into()
+}
