@@ -338,7 +338,7 @@ pub fn register() -> Reg {
             Code("order:view"),
             "orders",
             "List orders",
-            biz::list_orders,
+            biz::orders::list_orders,
         )
         .at(
             get.clone(),
@@ -346,7 +346,7 @@ pub fn register() -> Reg {
             Code("order:view_statistics"),
             "orders",
             "Order statistics",
-            biz::order_statistics,
+            biz::orders::order_statistics,
         )
         .at(
             put.clone(),
@@ -354,7 +354,7 @@ pub fn register() -> Reg {
             Code("order:edit_status"),
             "orders",
             "Change an order's status (Order command)",
-            biz::change_order_status,
+            biz::orders::change_order_status,
         )
         .at(
             get.clone(),
@@ -362,7 +362,7 @@ pub fn register() -> Reg {
             Code("chat:view"),
             "chat",
             "List chat sessions",
-            biz::list_sessions,
+            biz::chat::list_sessions,
         )
         .at(
             get.clone(),
@@ -370,7 +370,7 @@ pub fn register() -> Reg {
             Code("chat:view"),
             "chat",
             "A session's messages",
-            biz::session_messages,
+            biz::chat::session_messages,
         )
         .at(
             get.clone(),
@@ -378,7 +378,7 @@ pub fn register() -> Reg {
             Code("chat:view"),
             "chat",
             "Chat statistics",
-            biz::chat_statistics,
+            biz::chat::chat_statistics,
         )
         .at(
             get.clone(),
@@ -386,7 +386,7 @@ pub fn register() -> Reg {
             Code("chat:view"),
             "chat",
             "Full-text search over messages",
-            biz::search_messages,
+            biz::chat::search_messages,
         )
         .at(
             delete.clone(),
@@ -394,7 +394,7 @@ pub fn register() -> Reg {
             Code("chat:manage"),
             "chat",
             "Redact a session's messages",
-            biz::delete_session,
+            biz::chat::delete_session,
         )
         .at(
             delete.clone(),
@@ -402,7 +402,7 @@ pub fn register() -> Reg {
             Code("chat:manage"),
             "chat",
             "Redact one message",
-            biz::delete_message,
+            biz::chat::delete_message,
         )
         // c.5 statistics and finance
         .at(
@@ -411,7 +411,7 @@ pub fn register() -> Reg {
             Code("dashboard:view"),
             "dashboard",
             "Dashboard statistics",
-            biz::statistics,
+            biz::dashboard::statistics,
         )
         .at(
             get.clone(),
@@ -419,7 +419,7 @@ pub fn register() -> Reg {
             Code("dashboard:view"),
             "dashboard",
             "Dashboard statistics",
-            biz::statistics,
+            biz::dashboard::statistics,
         )
         .at(
             get.clone(),
@@ -427,7 +427,7 @@ pub fn register() -> Reg {
             Code("dashboard:view"),
             "dashboard",
             "Counselor ranking",
-            biz::counselor_ranking,
+            biz::dashboard::counselor_ranking,
         )
         .at(
             get.clone(),
@@ -435,7 +435,7 @@ pub fn register() -> Reg {
             Code("dashboard:view"),
             "dashboard",
             "Order trend",
-            biz::order_trend,
+            biz::dashboard::order_trend,
         )
         .at(
             get.clone(),
@@ -443,7 +443,7 @@ pub fn register() -> Reg {
             Code("dashboard:view"),
             "dashboard",
             "Session statistics",
-            biz::session_stats,
+            biz::dashboard::session_stats,
         )
         .at(
             get.clone(),
@@ -870,7 +870,7 @@ pub fn register() -> Reg {
             Code("lowcode:data:manage"),
             "lowcode",
             "Submit form data (client path)",
-            lc::submit_form_data,
+            lc::submit_form_data_client,
         )
         .at(
             delete.clone(),
