@@ -1,8 +1,9 @@
 //! RBAC for the admin API (issue 4): **one** guard, applied to every admin route.
 //!
-//! Every route is registered through [`Reg::at`] together with its [`Perm`] rule, so the router,
-//! the rule table ([`rules`]), the admin OpenAPI document and the RBAC matrix test all come from
-//! the same list. The guard ([`guard`], an axum `route_layer` middleware) runs after routing:
+//! Every route is registered through [`Reg::typed`] (a handler's `#[utoipa::path]`, via
+//! utoipa-axum's `routes!`) or, for routes not typed yet, [`Reg::at`], together with its [`Perm`]
+//! rule, so the router, the rule table ([`rules`]), the admin OpenAPI document and the RBAC matrix
+//! test all come from the same list. The guard ([`guard`], an axum `route_layer` middleware) runs after routing:
 //!
 //! 1. It looks the matched route up in the rule table; a route without a rule is refused (403,
 //!    fail closed).
@@ -18,8 +19,8 @@
 //!    event-sourced change the row points at the committed event (`event_stream`, `event_seq`:
 //!    the handler attaches an [`EventRef`]); the event itself carries the actor.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::handler::Handler;
@@ -29,6 +30,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
 use axum::Router;
 use serde_json::Value;
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::UtoipaMethodRouter;
 
 use crate::admin::common::{Caller, EventRef};
 use crate::auth::{bearer_token, KIND_ADMIN};
@@ -60,10 +64,14 @@ pub struct Rule {
     pub summary: &'static str,
 }
 
-/// Builds the router and its rule table together.
+/// Builds the router, its rule table and the typed operations' documentation together.
 pub struct Reg {
     pub router: Router<AppState>,
     pub rules: Vec<Rule>,
+    /// The operations registered with [`Reg::typed`] as their `#[utoipa::path]` describes them
+    /// (paths and the schemas they name); [`crate::admin::openapi::document`] adds what each
+    /// rule implies.
+    pub typed: OpenApi,
 }
 
 impl Default for Reg {
@@ -72,16 +80,100 @@ impl Default for Reg {
     }
 }
 
+/// The operations of a path item with their methods.
+pub(crate) fn operations(item: &PathItem) -> impl Iterator<Item = (Method, &Operation)> {
+    [
+        (Method::GET, &item.get),
+        (Method::PUT, &item.put),
+        (Method::POST, &item.post),
+        (Method::DELETE, &item.delete),
+        (Method::OPTIONS, &item.options),
+        (Method::HEAD, &item.head),
+        (Method::PATCH, &item.patch),
+        (Method::TRACE, &item.trace),
+    ]
+    .into_iter()
+    .filter_map(|(m, op)| op.as_ref().map(|op| (m, op)))
+}
+
+/// A `'static` copy of `s`, one per distinct text: rule tables are rebuilt (tests call [`rules`]
+/// repeatedly) but only ever hold the documented paths, tags and summaries, so the set is bounded.
+fn intern(s: &str) -> &'static str {
+    static SEEN: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(s) = seen.get(s) {
+        return s;
+    }
+    let s: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    seen.insert(s);
+    s
+}
+
 impl Reg {
     /// Empty.
     pub fn new() -> Self {
         Self {
             router: Router::new(),
             rules: Vec::new(),
+            typed: OpenApi::default(),
         }
     }
 
-    /// Registers `handler` for `method path` under rule `perm`.
+    /// Registers the operation(s) of `routes!(handler)` (utoipa-axum) under rule `perm`; method,
+    /// path, tag and summary come from the handler's `#[utoipa::path]`.
+    ///
+    /// # Panics
+    /// When the handlers document more than one path (each path gets a `typed` entry of its own,
+    /// so a handler is never routed under another handler's path), or an operation has no tag or
+    /// no summary (the audit log's module and description) — programming errors every test that
+    /// builds the route table reports.
+    pub fn typed(mut self, routes: UtoipaMethodRouter<AppState>, perm: Perm) -> Self {
+        let (schemas, paths, method_router) = routes;
+        assert_eq!(
+            paths.paths.len(),
+            1,
+            "one documented path per `Reg::typed` entry: {:?}",
+            paths.paths.keys().collect::<Vec<_>>()
+        );
+        for (path, item) in paths.paths {
+            let path = intern(&path);
+            self.router = self.router.route(path, method_router.clone());
+            for (method, op) in operations(&item) {
+                let tag =
+                    op.tags.as_ref().and_then(|t| t.first()).unwrap_or_else(|| {
+                        panic!("{method} {path}: `#[utoipa::path]` needs a tag")
+                    });
+                let summary = op.summary.as_deref().unwrap_or_else(|| {
+                    panic!("{method} {path}: `#[utoipa::path]` needs a summary (doc comment)")
+                });
+                self.rules.push(Rule {
+                    method,
+                    path,
+                    perm,
+                    tag: intern(tag),
+                    summary: intern(summary),
+                });
+            }
+            match self.typed.paths.paths.get_mut(path) {
+                Some(existing) => existing.merge_operations(item),
+                None => {
+                    self.typed.paths.paths.insert(path.to_string(), item);
+                }
+            }
+        }
+        self.typed
+            .components
+            .get_or_insert_with(Default::default)
+            .schemas
+            .extend(schemas);
+        self
+    }
+
+    /// Registers `handler` for `method path` under rule `perm` (an operation not typed yet: the
+    /// document describes it from the rule alone).
     pub fn at<H, T>(
         mut self,
         method: Method,
@@ -122,7 +214,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
             .map(|r| ((r.method.clone(), r.path), r.clone()))
             .collect(),
     );
-    let openapi = Arc::new(crate::admin::openapi::document(&reg.rules));
+    let openapi = Arc::new(crate::admin::openapi::document(&reg));
     // Gateways starting later ask for the persisted mute list (see `admin_bus`).
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(crate::admin::online::serve_mutes(state.clone()));

@@ -63,10 +63,13 @@ pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<
     Ok(ok_msg("logged out"))
 }
 
-/// `GET /api/test` → `{code: 200, msg}`: a liveness probe the old admin backend had (contract
-/// c.1 #17).
-pub async fn test_route() -> Json<Value> {
-    ok_msg("admin API is running")
+/// Liveness probe of the old admin backend
+///
+/// `{code: 200, msg}`: a probe the old admin backend had (contract c.1 #17).
+#[utoipa::path(get, path = "/api/test", tag = "auth",
+    responses((status = 200, description = "the admin API runs", body = web::envelope::Message)))]
+pub async fn test_route() -> Json<web::envelope::Message> {
+    web::envelope::message("admin API is running")
 }
 
 /// `POST /api/admin2/password` body `{old_password, new_password ≥ 6}`; 400 on a wrong old

@@ -3,6 +3,7 @@
 //! Permission codes are the contract's c.9 codes.
 
 use axum::http::Method;
+use utoipa_axum::routes;
 
 use crate::admin::guard::Perm::{Authenticated as Me, Code, Public};
 use crate::admin::guard::Reg;
@@ -32,14 +33,7 @@ pub fn register() -> Reg {
             "Administrator login (admin2)",
             admin::login,
         )
-        .at(
-            get.clone(),
-            "/api/test",
-            Public,
-            "auth",
-            "Liveness probe of the old admin backend",
-            ppl::test_route,
-        )
+        .typed(routes!(ppl::test_route), Public)
         .at(
             get.clone(),
             "/api/admin2/info",
