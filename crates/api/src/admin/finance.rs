@@ -130,7 +130,7 @@ async fn withdrawals(
 /// `{withdraws, list, total}` in `data` and at the root, newest first; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/withdraws", tag = TAG,
     params(PageParams, WithdrawalListQuery),
-    responses((status = 200, body = Spread<WithdrawalList>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Spread<WithdrawalList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_withdraws(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<WithdrawalListQuery>,
@@ -142,7 +142,7 @@ pub async fn list_withdraws(
 ///
 /// The requested withdrawals (status 0): `{withdraws, list, total}` in `data` and at the root.
 #[utoipa::path(get, path = "/api/admin/withdraws/pending", tag = TAG, params(PageParams),
-    responses((status = 200, body = Spread<WithdrawalList>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Spread<WithdrawalList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn pending_withdraws(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<PageParams>,
@@ -238,7 +238,7 @@ pub struct FinanceStats {
 /// the withdrawal counts and the pending amount are statuses of the withdrawals read model. The
 /// period (default: ten years ending today) and "today" are business days.
 #[utoipa::path(get, path = "/api/admin/finance/stats", tag = TAG, params(DateRange),
-    responses((status = 200, body = Spread<FinanceStats>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Spread<FinanceStats>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn finance_stats(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<DateRange>,
@@ -326,7 +326,8 @@ pub struct RevenueSeries {
     pub group_by: String,
 }
 
-/// The revenue reply: `{code, msg, revenue_data, group_by, data: {revenue_data, group_by}}`.
+/// The revenue reply: `{code, msg, revenue_data, group_by, data: {revenue_data, group_by}}`
+/// (the series at the root too: the client reads it there).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RevenueReply {
     /// Always 200.
@@ -334,9 +335,10 @@ pub struct RevenueReply {
     pub code: u16,
     /// `"success"`.
     pub msg: String,
-    /// The series, also at the root (what the client reads).
-    #[serde(flatten)]
-    pub root: RevenueSeries,
+    /// One entry per period with billing, oldest first (as in `data`).
+    pub revenue_data: Vec<RevenuePoint>,
+    /// `day`, `week`, `month` or `year` (as in `data`).
+    pub group_by: String,
     /// The series.
     pub data: RevenueSeries,
 }
@@ -349,7 +351,7 @@ pub struct RevenueReply {
 /// prepaid accounts, `count` = the billings.
 #[utoipa::path(get, path = "/api/admin/finance/revenue", tag = TAG,
     params(RevenueQuery, DateRange),
-    responses((status = 200, body = RevenueReply), (status = 400, body = Problem)))]
+    responses((status = 200, body = RevenueReply), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn revenue(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<RevenueQuery>,
@@ -384,7 +386,8 @@ pub async fn revenue(
     Ok(axum::Json(RevenueReply {
         code: 200,
         msg: "success".into(),
-        root: series.clone(),
+        revenue_data: series.revenue_data.clone(),
+        group_by: series.group_by.clone(),
         data: series,
     }))
 }
@@ -495,7 +498,7 @@ pub struct FinanceReport {
 /// accounts); `withdraw` the withdrawals read model; `account` the ledger's counselor accounts.
 #[utoipa::path(get, path = "/api/admin/finance/reports", tag = TAG,
     params(ReportQuery, DateRange),
-    responses((status = 200, body = Envelope<FinanceReport>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Envelope<FinanceReport>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn reports(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ReportQuery>,
@@ -605,7 +608,7 @@ pub struct AccountListQuery {
 /// `{accounts, list, total}` in `data` and at the root, from the ledger; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/finance/accounts", tag = TAG,
     params(PageParams, AccountListQuery),
-    responses((status = 200, body = Spread<AccountList>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Spread<AccountList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn accounts(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<AccountListQuery>,
@@ -696,7 +699,7 @@ fn yuan(fen: i64) -> f64 {
 /// (count, yuan) and awaiting review. `id` is the counselor's id.
 #[utoipa::path(get, path = "/api/admin/finance/accounts/{id}", tag = TAG,
     params(("id" = i64, Path, description = "Counselor id")),
-    responses((status = 200, body = Envelope<AccountDetail>), (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<AccountDetail>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn account(
     State(state): State<AppState>,
     ApiPath(counselor_id): ApiPath<i64>,

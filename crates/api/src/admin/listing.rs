@@ -21,26 +21,45 @@ use crate::admin::common::EventRef;
 use crate::{empty_as_none, ApiError, AppState};
 
 /// MyChat's success envelope with `data`'s members repeated at the root:
-/// `{<data's members>…, code: 200, msg: "success", data}`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// `{<data's members>…, code: 200, msg: "success", data}` (the admin client reads some of them
+/// at the root, contract a.3 / f.4). The schema names `code`, `msg` and `data`; every member of
+/// `data` is also present at the root, before `code`.
+#[derive(Debug, Clone, ToSchema)]
 pub struct Spread<D> {
-    /// `data`'s members, also at the root (what the admin client reads).
-    #[serde(flatten)]
-    pub root: D,
     /// Always 200 on success.
     #[schema(example = 200)]
     pub code: u16,
     /// `"success"`.
     #[schema(example = "success")]
     pub msg: String,
-    /// The operation's result.
+    /// The operation's result (its members are repeated at the root).
     pub data: D,
 }
 
+impl<D: Serialize> Serialize for Spread<D> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeMap as _};
+        let serde_json::Value::Object(members) =
+            serde_json::to_value(&self.data).map_err(S::Error::custom)?
+        else {
+            return Err(S::Error::custom(
+                "a spread envelope's data must be an object",
+            ));
+        };
+        let mut map = serializer.serialize_map(Some(members.len() + 3))?;
+        for (k, v) in &members {
+            map.serialize_entry(k, v)?;
+        }
+        map.serialize_entry("code", &self.code)?;
+        map.serialize_entry("msg", &self.msg)?;
+        map.serialize_entry("data", &members)?;
+        map.end()
+    }
+}
+
 /// `data` in a [`Spread`] envelope.
-pub fn spread<D: Clone>(data: D) -> Json<Spread<D>> {
+pub fn spread<D>(data: D) -> Json<Spread<D>> {
     Json(Spread {
-        root: data.clone(),
         code: 200,
         msg: "success".into(),
         data,
@@ -223,7 +242,7 @@ pub fn invalid(code: &'static str, message: &'static str) -> validator::Validati
 mod tests {
     use super::*;
 
-    #[derive(Clone, Serialize)]
+    #[derive(Serialize)]
     struct Figures {
         total: i64,
         amount: f64,
@@ -257,7 +276,10 @@ mod tests {
             t: Option<String>,
         }
         let b: B = serde_json::from_str(r#"{"n": "7", "b": 0, "t": " x "}"#).unwrap();
-        assert_eq!((b.n, b.b, b.t.as_deref()), (Some(7), Some(false), Some("x")));
+        assert_eq!(
+            (b.n, b.b, b.t.as_deref()),
+            (Some(7), Some(false), Some("x"))
+        );
         let b: B = serde_json::from_str(r#"{"n": "", "t": null}"#).unwrap();
         assert_eq!((b.n, b.b, b.t), (None, None, None));
         assert!(serde_json::from_str::<B>(r#"{"n": "x"}"#).is_err());

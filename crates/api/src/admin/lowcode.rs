@@ -202,7 +202,10 @@ fn check_item(item: &Map<String, Value>, field_required: bool) -> Result<(), Val
     if !item.get("type").is_some_and(Value::is_string) {
         errors.add("type", required());
     }
-    let field = item.get("field").and_then(Value::as_str).unwrap_or_default();
+    let field = item
+        .get("field")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if field_required && field.is_empty() {
         errors.add("field", required());
     }
@@ -392,7 +395,7 @@ async fn save_page_row(state: &AppState, id: Option<i64>, b: PageSave) -> Reply<
 /// `{forms, list, total}` in `data` and at the root (the form picker reads the root `list`),
 /// newest first; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/lowcode/forms", tag = TAG, params(PageParams, TitleQuery),
-    responses((status = 200, body = Spread<FormList>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Spread<FormList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_forms(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<TitleQuery>,
@@ -410,8 +413,8 @@ pub async fn list_forms(
 /// Creates a form, or updates form `id` when the body's `id` > 0. `form_json` is the items
 /// array as text.
 #[utoipa::path(post, path = "/api/admin/lowcode/forms", tag = TAG, request_body = FormSave,
-    responses((status = 200, body = Envelope<LowcodeForm>), (status = 400, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<LowcodeForm>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn save_form(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<FormSave>,
@@ -425,8 +428,8 @@ pub async fn save_form(
 /// The fields sent; absent ones unchanged. Answers the form.
 #[utoipa::path(put, path = "/api/admin/lowcode/forms/{id}", tag = TAG,
     params(("id" = i64, Path, description = "Form id")), request_body = FormSave,
-    responses((status = 200, body = Envelope<LowcodeForm>), (status = 400, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<LowcodeForm>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn update_form(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
@@ -438,7 +441,7 @@ pub async fn update_form(
 /// Get a form
 #[utoipa::path(get, path = "/api/admin/lowcode/forms/{id}", tag = TAG,
     params(("id" = i64, Path, description = "Form id")),
-    responses((status = 200, body = Envelope<LowcodeForm>), (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<LowcodeForm>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_form(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
@@ -459,7 +462,7 @@ pub async fn get_form(
 /// Its records go with it.
 #[utoipa::path(delete, path = "/api/admin/lowcode/forms/{id}", tag = TAG,
     params(("id" = i64, Path, description = "Form id")),
-    responses((status = 200, body = Message), (status = 404, body = Problem)))]
+    responses((status = 200, body = Message), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_form(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
@@ -482,17 +485,18 @@ async fn delete(state: &AppState, kind: Kind, id: i64) -> ApiResult<axum::Json<M
 /// `form_data` as JSON text; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/lowcode/forms/{id}/data", tag = TAG,
     params(("id" = i64, Path, description = "Form id"), PageParams),
-    responses((status = 200, body = Spread<FormRecordList>), (status = 400, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = Spread<FormRecordList>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_form_data(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> ApiResult<axum::Json<Spread<FormRecordList>>> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lowcode_forms WHERE id = $1)")
-        .bind(id)
-        .fetch_one(&state.db)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lowcode_forms WHERE id = $1)")
+            .bind(id)
+            .fetch_one(&state.db)
+            .await?;
     if !exists {
         return Err(ApiError::not_found("form"));
     }
@@ -517,11 +521,27 @@ pub async fn list_form_data(
     }))
 }
 
-/// A submission: the form's fields, field → value (free-form: the fields are the form's own).
+/// A submission: the form's fields, field → value (the fields are the form's own). Stored as
+/// sent, as JSON text.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(transparent)]
-#[schema(value_type = Object)]
+#[schema(value_type = HashMap<String, FieldValue>)]
 pub struct FormSubmission(pub Map<String, Value>);
+
+/// The value of a form field as the designer's inputs produce it (documentation of
+/// [`FormSubmission`]; the server stores each value as sent).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum FieldValue {
+    /// Text inputs, selects, dates.
+    Text(String),
+    /// Number inputs.
+    Number(f64),
+    /// Switches.
+    Flag(bool),
+    /// Checkbox groups, multi-selects, uploads.
+    Choices(Vec<String>),
+}
 
 /// Stores a submission after checking that every `required` item of the form is present and
 /// non-empty.
@@ -570,8 +590,8 @@ async fn submit(
 /// Every `required` item of the form must be present and non-empty. Answers the stored record.
 #[utoipa::path(post, path = "/api/admin/lowcode/forms/{id}/submit", tag = TAG,
     params(("id" = i64, Path, description = "Form id")), request_body = FormSubmission,
-    responses((status = 200, body = Envelope<FormRecord>), (status = 400, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<FormRecord>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn submit_form_data(
     State(state): State<AppState>,
     caller: Caller,
@@ -586,8 +606,8 @@ pub async fn submit_form_data(
 /// The same as `POST /api/admin/lowcode/forms/{id}/submit`.
 #[utoipa::path(post, path = "/api/admin/lowcode/forms/{id}/data", tag = TAG,
     params(("id" = i64, Path, description = "Form id")), request_body = FormSubmission,
-    responses((status = 200, body = Envelope<FormRecord>), (status = 400, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<FormRecord>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn submit_form_data_client(
     State(state): State<AppState>,
     caller: Caller,
@@ -603,7 +623,7 @@ pub async fn submit_form_data_client(
 #[utoipa::path(delete, path = "/api/admin/lowcode/forms/{id}/data/{data_id}", tag = TAG,
     params(("id" = i64, Path, description = "Form id"),
         ("data_id" = i64, Path, description = "Record id")),
-    responses((status = 200, body = Message), (status = 404, body = Problem)))]
+    responses((status = 200, body = Message), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_form_data(
     State(state): State<AppState>,
     ApiPath((id, data_id)): ApiPath<(i64, i64)>,
@@ -623,7 +643,7 @@ pub async fn delete_form_data(
 ///
 /// `{pages, list, total}` in `data` and at the root, newest first; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/lowcode/pages", tag = TAG, params(PageParams, TitleQuery),
-    responses((status = 200, body = Spread<PageList>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Spread<PageList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_pages(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<TitleQuery>,
@@ -641,8 +661,8 @@ pub async fn list_pages(
 /// Creates a page, or updates page `id` when the body's `id` > 0. `page_json` is the items
 /// array as text.
 #[utoipa::path(post, path = "/api/admin/lowcode/pages", tag = TAG, request_body = PageSave,
-    responses((status = 200, body = Envelope<LowcodePage>), (status = 400, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<LowcodePage>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn save_page(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<PageSave>,
@@ -656,8 +676,8 @@ pub async fn save_page(
 /// The fields sent; absent ones unchanged. Answers the page.
 #[utoipa::path(put, path = "/api/admin/lowcode/pages/{id}", tag = TAG,
     params(("id" = i64, Path, description = "Page id")), request_body = PageSave,
-    responses((status = 200, body = Envelope<LowcodePage>), (status = 400, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<LowcodePage>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn update_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
@@ -671,7 +691,7 @@ const PAGE_SQL: &str = "SELECT to_jsonb(p)::text FROM lowcode_pages p WHERE id =
 /// Get a page
 #[utoipa::path(get, path = "/api/admin/lowcode/pages/{id}", tag = TAG,
     params(("id" = i64, Path, description = "Page id")),
-    responses((status = 200, body = Envelope<LowcodePage>), (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<LowcodePage>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
@@ -682,7 +702,7 @@ pub async fn get_page(
 /// Delete a page
 #[utoipa::path(delete, path = "/api/admin/lowcode/pages/{id}", tag = TAG,
     params(("id" = i64, Path, description = "Page id")),
-    responses((status = 200, body = Message), (status = 404, body = Problem)))]
+    responses((status = 200, body = Message), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
@@ -707,14 +727,13 @@ pub struct PagePreview {
 /// `{title, page_json, items}`: the stored items and the same parsed.
 #[utoipa::path(get, path = "/api/admin/lowcode/pages/{id}/preview", tag = TAG,
     params(("id" = i64, Path, description = "Page id")),
-    responses((status = 200, body = Envelope<PagePreview>), (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<PagePreview>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn preview_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> Reply<PagePreview> {
     let page: LowcodePage = one_row(&state, PAGE_SQL, id, "page").await?;
-    let items: Value =
-        serde_json::from_str(&page.page_json).unwrap_or(Value::Array(Vec::new()));
+    let items: Value = serde_json::from_str(&page.page_json).unwrap_or(Value::Array(Vec::new()));
     Ok(reply(PagePreview {
         title: page.title,
         page_json: page.page_json,

@@ -268,7 +268,7 @@ async fn kick_user(state: &AppState, caller: &Caller, user_id: i64) -> Reply<Use
 /// socket (#59).
 #[utoipa::path(post, path = "/api/admin/online/users/{id}/kick", tag = TAG,
     params(("id" = i64, Path, description = "User id")),
-    responses((status = 200, body = Envelope<UserDelivery>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Envelope<UserDelivery>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn kick(
     State(state): State<AppState>,
     caller: Caller,
@@ -282,7 +282,7 @@ pub async fn kick(
 /// The same as `POST /api/admin/online/users/{id}/kick`.
 #[utoipa::path(post, path = "/admin/online/users/{id}/kick", tag = TAG,
     params(("id" = i64, Path, description = "User id")),
-    responses((status = 200, body = Envelope<UserDelivery>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Envelope<UserDelivery>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn kick_client(
     State(state): State<AppState>,
     caller: Caller,
@@ -360,8 +360,8 @@ async fn apply_mute(state: &AppState, caller: &Caller, body: MuteChange) -> Repl
 ///
 /// Persisted in `user_mutes` (gateways load it at start), then every node is told (#60).
 #[utoipa::path(post, path = "/api/admin/online/mute", tag = TAG, request_body = MuteChange,
-    responses((status = 200, body = Envelope<MuteApplied>), (status = 400, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<MuteApplied>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn mute(
     State(state): State<AppState>,
     caller: Caller,
@@ -374,8 +374,8 @@ pub async fn mute(
 ///
 /// The same as `POST /api/admin/online/mute`.
 #[utoipa::path(post, path = "/admin/online/mute", tag = TAG, request_body = MuteChange,
-    responses((status = 200, body = Envelope<MuteApplied>), (status = 400, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<MuteApplied>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn mute_client(
     State(state): State<AppState>,
     caller: Caller,
@@ -407,7 +407,7 @@ pub struct AdminText {
 /// An `admin_message` frame to the user's sockets; 400 when the user is offline (#62).
 #[utoipa::path(post, path = "/api/admin/online/users/{id}/message", tag = TAG,
     params(("id" = i64, Path, description = "User id")), request_body = AdminText,
-    responses((status = 200, body = Envelope<UserDelivery>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Envelope<UserDelivery>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn message(
     State(state): State<AppState>,
     caller: Caller,
@@ -440,7 +440,11 @@ pub struct BroadcastDelivery {
     pub nodes: usize,
 }
 
-async fn send_broadcast(state: &AppState, caller: &Caller, body: AdminText) -> Reply<BroadcastDelivery> {
+async fn send_broadcast(
+    state: &AppState,
+    caller: &Caller,
+    body: AdminText,
+) -> Reply<BroadcastDelivery> {
     body.validate()?;
     let req = TextRequest {
         content: body.content.unwrap_or_default(),
@@ -458,7 +462,7 @@ async fn send_broadcast(state: &AppState, caller: &Caller, body: AdminText) -> R
 ///
 /// A `system_message` frame to every socket of every node (#67).
 #[utoipa::path(post, path = "/api/admin/broadcast", tag = TAG, request_body = AdminText,
-    responses((status = 200, body = Envelope<BroadcastDelivery>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Envelope<BroadcastDelivery>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn broadcast(
     State(state): State<AppState>,
     caller: Caller,
@@ -471,7 +475,7 @@ pub async fn broadcast(
 ///
 /// The same as `POST /api/admin/broadcast` (#68).
 #[utoipa::path(post, path = "/admin/broadcast", tag = TAG, request_body = AdminText,
-    responses((status = 200, body = Envelope<BroadcastDelivery>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Envelope<BroadcastDelivery>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn broadcast_client(
     State(state): State<AppState>,
     caller: Caller,

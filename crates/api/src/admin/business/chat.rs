@@ -107,7 +107,7 @@ pub struct SessionListQuery {
 /// newest first; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/chat/sessions", tag = TAG,
     params(PageParams, SessionListQuery),
-    responses((status = 200, body = Spread<SessionList>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Spread<SessionList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_sessions(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<SessionListQuery>,
@@ -202,8 +202,8 @@ pub struct SessionMessages {
 /// `content` and `redacted: true`.
 #[utoipa::path(get, path = "/api/admin/chat/sessions/{id}/messages", tag = TAG,
     params(("id" = i64, Path, description = "Session id"), PageParams),
-    responses((status = 200, body = Spread<SessionMessages>), (status = 400, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, body = Spread<SessionMessages>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn session_messages(
     State(state): State<AppState>,
     ApiPath(session_id): ApiPath<i64>,
@@ -381,7 +381,7 @@ pub struct MessageSearchQuery {
 /// without word breaks is found. Redacted messages are not found.
 #[utoipa::path(get, path = "/api/admin/chat/messages/search", tag = TAG,
     params(MessageSearchQuery, PageParams),
-    responses((status = 200, body = Spread<FoundMessages>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Spread<FoundMessages>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn search_messages(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<MessageSearchQuery>,
@@ -479,7 +479,7 @@ pub struct SessionRedacted {
 /// disappears from read models and replies, the fact and the administrator stay in the log).
 #[utoipa::path(delete, path = "/api/admin/chat/sessions/{id}", tag = TAG,
     params(("id" = i64, Path, description = "Session id")),
-    responses((status = 200, body = Envelope<SessionRedacted>), (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<SessionRedacted>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_session(
     State(state): State<AppState>,
     caller: Caller,
@@ -524,7 +524,7 @@ pub struct MessageRedacted {
 /// A `Redaction` record naming the message in its session's chat stream.
 #[utoipa::path(delete, path = "/api/admin/chat/messages/{id}", tag = TAG,
     params(("id" = i64, Path, description = "Message id")),
-    responses((status = 200, body = Envelope<MessageRedacted>), (status = 404, body = Problem)))]
+    responses((status = 200, body = Envelope<MessageRedacted>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_message(
     State(state): State<AppState>,
     caller: Caller,

@@ -191,7 +191,6 @@ pub enum RankingBy {
     Rating,
 }
 
-
 /// The ranking's order and length.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
@@ -235,7 +234,7 @@ pub struct RankedCounselor {
 /// A bare array of counselors by paid orders, revenue or rating (orders with status ≥ 1).
 #[utoipa::path(get, path = "/api/admin/stats/counselor/ranking", tag = TAG,
     params(RankingQuery),
-    responses((status = 200, body = Envelope<Vec<RankedCounselor>>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Envelope<Vec<RankedCounselor>>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn counselor_ranking(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<RankingQuery>,
@@ -259,7 +258,10 @@ pub async fn counselor_ranking(
         .bind(limit)
         .fetch_all(&state.db)
         .await?;
-    let ranked = rows.iter().map(|s| parse_row(s)).collect::<Result<_, _>>()?;
+    let ranked = rows
+        .iter()
+        .map(|s| parse_row(s))
+        .collect::<Result<_, _>>()?;
     Ok(reply(ranked))
 }
 
@@ -309,7 +311,7 @@ pub struct OrderTrend {
 /// `{dates, values}`: hourly for a day (`HH:00`), daily for 7 / 30 days (`MM-DD`), monthly for
 /// a year (`YYYY-MM`), in the business zone.
 #[utoipa::path(get, path = "/api/admin/stats/order/trend", tag = TAG, params(TrendQuery),
-    responses((status = 200, body = Envelope<OrderTrend>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Envelope<OrderTrend>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn order_trend(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<TrendQuery>,

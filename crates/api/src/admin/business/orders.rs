@@ -132,7 +132,7 @@ pub struct OrderListQuery {
 /// `{orders, list, total}` in `data` and at the root (the client reads `data.list`, contract c.4
 /// #36), newest first; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/orders", tag = TAG, params(PageParams, OrderListQuery),
-    responses((status = 200, body = Spread<OrderList>), (status = 400, body = Problem)))]
+    responses((status = 200, body = Spread<OrderList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_orders(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<OrderListQuery>,
@@ -316,8 +316,8 @@ pub struct OrderStatusChange {
 #[utoipa::path(put, path = "/api/admin/orders/{id}/status", tag = TAG,
     params(("id" = i64, Path, description = "Order id")),
     request_body = OrderStatusChange,
-    responses((status = 200, body = Envelope<AdminOrder>), (status = 400, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = Envelope<AdminOrder>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json")))]
 pub async fn change_order_status(
     State(state): State<AppState>,
     caller: Caller,
