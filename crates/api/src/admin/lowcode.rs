@@ -740,3 +740,30 @@ pub async fn preview_page(
         items,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_are_stored_as_sent_and_refusals_name_the_item() {
+        let b: FormSave = serde_json::from_str(
+            r#"{"title": " 回访 ", "items": [{"id": 1, "type": "input", "label": "姓名", "field": "name", "required": true}]}"#,
+        )
+        .unwrap();
+        assert!(b.validate().is_ok());
+        assert_eq!(b.title.as_deref(), Some("回访"));
+        assert_eq!(
+            items_text(&b.items).unwrap().unwrap(),
+            r#"[{"id":1,"type":"input","label":"姓名","field":"name","required":true}]"#
+        );
+        let b: FormSave =
+            serde_json::from_str(r#"{"title": "x", "items": [{"type": "input"}]}"#).unwrap();
+        let e = ApiError::from(b.validate().unwrap_err());
+        assert_eq!(e.msg, "items[0].field: required");
+        let p: PageSave = serde_json::from_str(r#"{"items": [{"label": "a"}]}"#).unwrap();
+        let e = ApiError::from(p.validate().unwrap_err());
+        assert_eq!(e.msg, "items[0].type: required");
+        assert!(serde_json::from_str::<FormSave>(r#"{"items": {"a": 1}}"#).is_err());
+    }
+}
