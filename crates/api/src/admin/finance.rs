@@ -156,7 +156,7 @@ fn ymd(date: &str) -> Result<(), validator::ValidationError> {
         .map_err(|_| invalid("date", "must be YYYY-MM-DD"))
 }
 
-/// A period of business days ([`BusinessDays`]), both ends included.
+/// A period of business days (the business zone's calendar), both ends included.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct DateRange {

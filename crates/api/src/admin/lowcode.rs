@@ -529,7 +529,7 @@ pub async fn list_form_data(
 pub struct FormSubmission(pub Map<String, Value>);
 
 /// The value of a form field as the designer's inputs produce it (documentation of
-/// [`FormSubmission`]; the server stores each value as sent).
+/// `FormSubmission`; the server stores each value as sent).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum FieldValue {
