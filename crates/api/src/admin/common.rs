@@ -455,16 +455,45 @@ pub struct EventRef {
 /// `body` as a response carrying the [`EventRef`] of the committed event, if any (`None` = the
 /// command was a no-op).
 pub fn with_event(
-    body: axum::Json<Value>,
+    body: impl axum::response::IntoResponse,
     stream: &'static str,
     seq: Option<u64>,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     let mut response = body.into_response();
     if let Some(seq) = seq {
         response.extensions_mut().insert(EventRef { stream, seq });
     }
     response
+}
+
+/// A typed answer carrying the [`EventRef`] of the event its command committed (see
+/// [`with_event`]); `None` when the command was a no-op.
+#[derive(Debug)]
+pub struct Evented<T> {
+    /// The answer.
+    pub body: axum::Json<T>,
+    /// The committed event.
+    pub event: Option<EventRef>,
+}
+
+impl<T> Evented<T> {
+    /// `body`, pointing at stream sequence `seq` of `stream`.
+    pub fn new(body: axum::Json<T>, stream: &'static str, seq: Option<u64>) -> Self {
+        Self {
+            body,
+            event: seq.map(|seq| EventRef { stream, seq }),
+        }
+    }
+}
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Evented<T> {
+    fn into_response(self) -> axum::response::Response {
+        let mut response = self.body.into_response();
+        if let Some(e) = self.event {
+            response.extensions_mut().insert(e);
+        }
+        response
+    }
 }
 
 /// An `ILIKE` pattern matching `text` anywhere, literally: `%`, `_` and `\` in the text are
@@ -476,4 +505,289 @@ pub fn contains_pattern(text: &str) -> String {
             .replace('%', "\\%")
             .replace('_', "\\_")
     )
+}
+
+// ---- typed rows, lists and request fields --------------------------------------------------------
+
+/// A row Postgres rendered as JSON (`to_jsonb(t)::text`) as the typed `T`, without the columns in
+/// `hidden` (secrets such as `password_hash`; `T` has no field for them).
+///
+/// `T` declares its fields in the order Postgres writes a `jsonb` object's keys (shorter keys
+/// first, then bytewise), so the response is the row exactly as the untyped handler sent it;
+/// debug builds check that, key for key and byte for byte, on every row.
+///
+/// # Errors
+/// 500 when the row does not fit `T`.
+pub fn typed_row<T: serde::de::DeserializeOwned + serde::Serialize>(
+    text: &str,
+    hidden: &[&str],
+) -> Result<T, ApiError> {
+    let mut value = parse(text);
+    if let Some(m) = value.as_object_mut() {
+        for h in hidden {
+            m.shift_remove(*h);
+        }
+    }
+    let row: T = serde_json::from_value(value.clone())
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("row shape: {e}")))?;
+    debug_assert_eq!(
+        serde_json::to_string(&row).ok(),
+        serde_json::to_string(&value).ok(),
+        "a typed row serializes as the row Postgres rendered"
+    );
+    Ok(row)
+}
+
+/// Runs a `SELECT <json text>` built by `qb` and types each row ([`typed_row`]).
+///
+/// # Errors
+/// On a database error or a row that does not fit `T`.
+pub async fn typed_rows<T: serde::de::DeserializeOwned + serde::Serialize>(
+    state: &AppState,
+    mut qb: QueryBuilder<'_, Postgres>,
+) -> Result<Vec<T>, ApiError> {
+    let rows: Vec<String> = qb.build_query_scalar().fetch_all(&state.db).await?;
+    rows.iter().map(|s| typed_row(s, &[])).collect()
+}
+
+/// One row (`sql` selects its JSON text with the id as `$1`) typed, or 404 naming `what`.
+///
+/// # Errors
+/// 404, a database error or a row that does not fit `T`.
+pub async fn typed_one<T: serde::de::DeserializeOwned + serde::Serialize>(
+    state: &AppState,
+    sql: &str,
+    id: i64,
+    what: &str,
+) -> Result<T, ApiError> {
+    let row: Option<String> = sqlx::query_scalar(sql)
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?;
+    typed_row(&row.ok_or_else(|| ApiError::not_found(what))?, &[])
+}
+
+/// A list answer as MyChat's admin client reads it: the page (`{<key>: rows, list: rows, total,
+/// …}`) both at the root and in `data` (contract a.3, f.4). The root carries the page's members
+/// first, then `code`, `msg`, `data`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Listed<L> {
+    /// The page's members, also at the root.
+    #[serde(flatten)]
+    pub root: L,
+    /// Always 200 on success.
+    #[schema(example = 200)]
+    pub code: u16,
+    /// `"success"`.
+    pub msg: String,
+    /// The page.
+    pub data: L,
+}
+
+/// The [`Listed`] answer for `page` (the typed `list_envelope`).
+pub fn listed<L: Clone>(page: L) -> axum::Json<Listed<L>> {
+    axum::Json(Listed {
+        root: page.clone(),
+        code: 200,
+        msg: "success".to_string(),
+        data: page,
+    })
+}
+
+/// A paged admin list's query: `page`, `page_size` (alias `pageSize`), `keyword`, `status`; each
+/// may be sent as `""`, meaning "default" / "no filter".
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// 1-based page (default 1).
+    #[serde(default, deserialize_with = "web::paging::empty_as_none")]
+    #[param(minimum = 1)]
+    pub page: Option<i64>,
+    /// Rows per page, 1 to 100 (default 20).
+    #[serde(default, deserialize_with = "web::paging::empty_as_none")]
+    #[param(minimum = 1, maximum = 100)]
+    pub page_size: Option<i64>,
+    /// Alias of `page_size` (the client sends either).
+    #[serde(
+        default,
+        rename = "pageSize",
+        deserialize_with = "web::paging::empty_as_none"
+    )]
+    #[param(rename = "pageSize", minimum = 1, maximum = 100)]
+    pub page_size_alias: Option<i64>,
+    /// Matched anywhere in the list's text columns, literally (`%` and `_` are not wildcards).
+    #[serde(default)]
+    pub keyword: Option<String>,
+    /// Only rows with this status.
+    #[serde(default, deserialize_with = "web::paging::empty_as_none")]
+    pub status: Option<i16>,
+}
+
+impl ListQuery {
+    /// `(limit, offset, page, page_size)` (page size 1..=100, default `default_size`).
+    ///
+    /// # Errors
+    /// 400 naming `page` or `page_size`.
+    pub fn paging(&self, default_size: i64) -> Result<(i64, i64, i64, i64), ApiError> {
+        let (limit, offset) = crate::paging(
+            self.page,
+            self.page_size.or(self.page_size_alias),
+            default_size,
+        )?;
+        Ok((limit, offset, self.page.unwrap_or(1), limit))
+    }
+
+    /// The `ILIKE` pattern of a non-empty `keyword` ([`contains_pattern`]).
+    pub fn keyword_pattern(&self) -> Option<String> {
+        self.keyword
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(contains_pattern)
+    }
+}
+
+/// Request-field readers as MyChat's admin client sends fields, for `#[serde(deserialize_with)]`
+/// on `Option` fields: a missing or `null` field is absent, a present one is applied even when
+/// it is a zero value (`status: 0`).
+pub mod lenient {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    /// Text, trimmed; a number is taken as its text.
+    ///
+    /// # Errors
+    /// "must be a string" on any other type.
+    pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(D::Error::custom("must be a string")),
+        }
+    }
+
+    /// An integer; a numeric string (a select's value) is accepted, `""` is absent, `true`/`false`
+    /// are 1/0.
+    ///
+    /// # Errors
+    /// "must be an integer" otherwise.
+    pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        let bad = || D::Error::custom("must be an integer");
+        match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+                .map(Some)
+                .ok_or_else(bad),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad()),
+            Some(Value::Bool(b)) => Ok(Some(i64::from(b))),
+            Some(_) => Err(bad()),
+        }
+    }
+
+    /// A number; a numeric string is accepted, `""` is absent.
+    ///
+    /// # Errors
+    /// "must be a number" otherwise.
+    pub fn num<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        let bad = || D::Error::custom("must be a number");
+        match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(bad),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad()),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct Row {
+        id: i64,
+        name: String,
+        price: serde_json::Number,
+        created_at: String,
+        deleted_at: Option<String>,
+    }
+
+    #[derive(Debug, Clone, Serialize)]
+    struct Page {
+        rows: Vec<Row>,
+        list: Vec<Row>,
+        total: i64,
+        page: i64,
+    }
+
+    #[test]
+    fn a_typed_list_is_byte_for_byte_the_untyped_one() {
+        let text = r#"{"id": 7, "name": "x", "price": 1.00000000000000000000, "created_at": "2026-12-04T09:57:15.123456+00:00", "deleted_at": null}"#;
+        let row: Row = typed_row(text, &[]).unwrap();
+        let untyped = list_envelope("rows", vec![parse(text)], 1, json!({"page": 2}));
+        let typed = listed(Page {
+            rows: vec![row.clone()],
+            list: vec![row],
+            total: 1,
+            page: 2,
+        });
+        assert_eq!(
+            serde_json::to_string(&typed.0).unwrap(),
+            serde_json::to_string(&untyped.0).unwrap()
+        );
+    }
+
+    #[test]
+    fn hidden_columns_are_left_out() {
+        #[derive(Serialize, Deserialize)]
+        struct Account {
+            id: i64,
+        }
+        let a: Account =
+            typed_row(r#"{"id": 1, "password_hash": "h"}"#, &["password_hash"]).unwrap();
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"id":1}"#);
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Fields {
+        #[serde(default, deserialize_with = "lenient::text")]
+        text: Option<String>,
+        #[serde(default, deserialize_with = "lenient::int")]
+        int: Option<i64>,
+        #[serde(default, deserialize_with = "lenient::num")]
+        num: Option<f64>,
+    }
+
+    #[test]
+    fn request_fields_read_as_the_client_sends_them() {
+        let f: Fields =
+            serde_json::from_value(json!({"text": 12, "int": "3", "num": "1.5"})).unwrap();
+        assert_eq!(
+            (f.text.as_deref(), f.int, f.num),
+            (Some("12"), Some(3), Some(1.5))
+        );
+        let f: Fields =
+            serde_json::from_value(json!({"text": " a ", "int": 0, "num": ""})).unwrap();
+        assert_eq!(
+            (f.text.as_deref(), f.int, f.num),
+            (Some("a"), Some(0), None)
+        );
+        let f: Fields = serde_json::from_value(json!({"int": null})).unwrap();
+        assert_eq!((f.text, f.int, f.num), (None, None, None));
+        let e = web::extract::parse_json::<Fields>(br#"{"int": "x"}"#).unwrap_err();
+        assert!(
+            e.msg.contains("int") && e.msg.contains("must be an integer"),
+            "{}",
+            e.msg
+        );
+    }
 }

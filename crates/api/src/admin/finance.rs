@@ -3,8 +3,8 @@
 //! accounts (list, detail, account report) read the ledger ([`crate::app::ledger_reads`]); the
 //! revenue series and the income / withdraw reports group the `chat_billings` and `withdrawals`
 //! read models by day. Amounts are yuan JSON numbers. Approve / reject / transfer are commands on
-//! the `CounselorAccount` aggregate ([`crate::admin::auth::approve`],
-//! [`crate::admin::auth::transfer`]).
+//! the `CounselorAccount` aggregate ([`crate::admin::withdrawals::approve`],
+//! [`crate::admin::withdrawals::transfer`]).
 
 use axum::extract::State;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
@@ -16,8 +16,8 @@ use web::envelope::{reply, Envelope, Reply};
 use web::error::Problem;
 
 use crate::admin::business::CounselorBrief;
-use crate::admin::common::{count, BusinessDays};
-use crate::admin::listing::{invalid, parse_row, parse_rows, spread, PageParams, Spread};
+use crate::admin::common::{count, listed, typed_row, typed_rows, BusinessDays, Listed};
+use crate::admin::listing::{invalid, PageParams};
 use crate::{empty_as_none, ApiError, ApiPath, ApiQuery, ApiResult, AppState};
 
 /// OpenAPI tag of every finance operation.
@@ -96,7 +96,7 @@ async fn withdrawals(
     paging: &PageParams,
     status: Option<i16>,
     counselor: Option<i64>,
-) -> ApiResult<axum::Json<Spread<WithdrawalList>>> {
+) -> ApiResult<axum::Json<Listed<WithdrawalList>>> {
     let (limit, offset) = paging.limits(20)?;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
@@ -114,11 +114,11 @@ async fn withdrawals(
         .push(" OFFSET ")
         .push_bind(offset)
         .push(") t");
-    let list: Vec<AdminWithdrawal> = parse_rows(state, qb).await?;
+    let list: Vec<AdminWithdrawal> = typed_rows(state, qb).await?;
     let mut cq = QueryBuilder::new("SELECT count(*) FROM withdrawals w");
     filter(&mut cq);
     let total = count(state, cq).await?;
-    Ok(spread(WithdrawalList {
+    Ok(listed(WithdrawalList {
         withdraws: list.clone(),
         list,
         total,
@@ -130,11 +130,11 @@ async fn withdrawals(
 /// `{withdraws, list, total}` in `data` and at the root, newest first; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/withdraws", tag = TAG,
     params(PageParams, WithdrawalListQuery),
-    responses((status = 200, body = Spread<WithdrawalList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Listed<WithdrawalList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_withdraws(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<WithdrawalListQuery>,
-) -> ApiResult<axum::Json<Spread<WithdrawalList>>> {
+) -> ApiResult<axum::Json<Listed<WithdrawalList>>> {
     withdrawals(&state, &q.paging, q.status, q.counselor_id).await
 }
 
@@ -142,11 +142,11 @@ pub async fn list_withdraws(
 ///
 /// The requested withdrawals (status 0): `{withdraws, list, total}` in `data` and at the root.
 #[utoipa::path(get, path = "/api/admin/withdraws/pending", tag = TAG, params(PageParams),
-    responses((status = 200, body = Spread<WithdrawalList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Listed<WithdrawalList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn pending_withdraws(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<PageParams>,
-) -> ApiResult<axum::Json<Spread<WithdrawalList>>> {
+) -> ApiResult<axum::Json<Listed<WithdrawalList>>> {
     withdrawals(&state, &q, Some(0), None).await
 }
 
@@ -238,11 +238,11 @@ pub struct FinanceStats {
 /// the withdrawal counts and the pending amount are statuses of the withdrawals read model. The
 /// period (default: ten years ending today) and "today" are business days.
 #[utoipa::path(get, path = "/api/admin/finance/stats", tag = TAG, params(DateRange),
-    responses((status = 200, body = Spread<FinanceStats>), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Listed<FinanceStats>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn finance_stats(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<DateRange>,
-) -> ApiResult<axum::Json<Spread<FinanceStats>>> {
+) -> ApiResult<axum::Json<Listed<FinanceStats>>> {
     let days = BusinessDays::of(&state);
     let (start, end) = q.days(days, 3650)?;
     let today = days.today();
@@ -266,7 +266,7 @@ pub async fn finance_stats(
     .bind(days.start_of(today + Duration::days(1)))
     .fetch_one(&state.db)
     .await?;
-    Ok(spread(parse_row::<FinanceStats>(&row)?))
+    Ok(listed(typed_row::<FinanceStats>(&row, &[])?))
 }
 
 /// How the revenue series groups.
@@ -380,7 +380,7 @@ pub async fn revenue(
         .fetch_one(&state.db)
         .await?;
     let series = RevenueSeries {
-        revenue_data: parse_row(&data)?,
+        revenue_data: typed_row(&data, &[])?,
         group_by,
     };
     Ok(axum::Json(RevenueReply {
@@ -538,9 +538,9 @@ pub async fn reports(
         .fetch_one(&state.db)
         .await?;
     let records = match kind.as_str() {
-        "withdraw" => ReportRecords::Withdraw(parse_row(&records)?),
-        "account" => ReportRecords::Account(parse_row(&records)?),
-        _ => ReportRecords::Income(parse_row(&records)?),
+        "withdraw" => ReportRecords::Withdraw(typed_row(&records, &[])?),
+        "account" => ReportRecords::Account(typed_row(&records, &[])?),
+        _ => ReportRecords::Income(typed_row(&records, &[])?),
     };
     Ok(reply(FinanceReport {
         report_type: kind,
@@ -608,11 +608,11 @@ pub struct AccountListQuery {
 /// `{accounts, list, total}` in `data` and at the root, from the ledger; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/finance/accounts", tag = TAG,
     params(PageParams, AccountListQuery),
-    responses((status = 200, body = Spread<AccountList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Listed<AccountList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn accounts(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<AccountListQuery>,
-) -> ApiResult<axum::Json<Spread<AccountList>>> {
+) -> ApiResult<axum::Json<Listed<AccountList>>> {
     let (limit, offset) = q.paging.limits(20)?;
     let counselor = q.counselor_id;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
@@ -633,14 +633,14 @@ pub async fn accounts(
         .push(" OFFSET ")
         .push_bind(offset)
         .push(") t");
-    let list: Vec<AccountRow> = parse_rows(&state, qb).await?;
+    let list: Vec<AccountRow> = typed_rows(&state, qb).await?;
     let mut cq = QueryBuilder::new(format!(
         "SELECT count(*) FROM {} a",
         crate::app::ledger_reads::COUNSELOR_ACCOUNTS_SQL
     ));
     filter(&mut cq);
     let total = count(&state, cq).await?;
-    Ok(spread(AccountList {
+    Ok(listed(AccountList {
         accounts: list.clone(),
         list,
         total,

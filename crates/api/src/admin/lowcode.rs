@@ -13,8 +13,10 @@ use validator::{Validate, ValidationError, ValidationErrors};
 use web::envelope::{message, reply, Envelope, Message, Reply};
 use web::error::Problem;
 
-use crate::admin::common::{count, unique_violation, Caller};
-use crate::admin::listing::{lenient, one_row, parse_row, parse_rows, spread, PageParams, Spread};
+use crate::admin::common::{
+    count, lenient, listed, typed_one, typed_row, typed_rows, unique_violation, Caller, Listed,
+};
+use crate::admin::listing::PageParams;
 use crate::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, AppState};
 
 /// OpenAPI tag of every low-code operation.
@@ -145,7 +147,7 @@ impl Kind {
     }
 }
 
-async fn list<T: serde::de::DeserializeOwned>(
+async fn list<T: serde::de::DeserializeOwned + Serialize>(
     state: &AppState,
     kind: Kind,
     q: &TitleQuery,
@@ -173,7 +175,7 @@ async fn list<T: serde::de::DeserializeOwned>(
         .push(" OFFSET ")
         .push_bind(offset)
         .push(") t");
-    let list = parse_rows(state, qb).await?;
+    let list = typed_rows(state, qb).await?;
     let mut cq = QueryBuilder::new(format!("SELECT count(*) FROM {}", kind.table()));
     filter(&mut cq);
     let total = count(state, cq).await?;
@@ -345,7 +347,7 @@ async fn save_form_row(state: &AppState, id: Option<i64>, b: FormSave) -> Reply<
     }
     .map_err(unique_violation)?;
     let row = row.ok_or_else(|| ApiError::not_found("form"))?;
-    Ok(reply(parse_row(&row)?))
+    Ok(reply(typed_row(&row, &[])?))
 }
 
 async fn save_page_row(state: &AppState, id: Option<i64>, b: PageSave) -> Reply<LowcodePage> {
@@ -387,7 +389,7 @@ async fn save_page_row(state: &AppState, id: Option<i64>, b: PageSave) -> Reply<
     }
     .map_err(unique_violation)?;
     let row = row.ok_or_else(|| ApiError::not_found("page"))?;
-    Ok(reply(parse_row(&row)?))
+    Ok(reply(typed_row(&row, &[])?))
 }
 
 /// List forms
@@ -395,13 +397,13 @@ async fn save_page_row(state: &AppState, id: Option<i64>, b: PageSave) -> Reply<
 /// `{forms, list, total}` in `data` and at the root (the form picker reads the root `list`),
 /// newest first; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/lowcode/forms", tag = TAG, params(PageParams, TitleQuery),
-    responses((status = 200, body = Spread<FormList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Listed<FormList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_forms(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<TitleQuery>,
-) -> ApiResult<axum::Json<Spread<FormList>>> {
+) -> ApiResult<axum::Json<Listed<FormList>>> {
     let (list, total) = list::<LowcodeForm>(&state, Kind::Form, &q).await?;
-    Ok(spread(FormList {
+    Ok(listed(FormList {
         forms: list.clone(),
         list,
         total,
@@ -447,7 +449,7 @@ pub async fn get_form(
     ApiPath(id): ApiPath<i64>,
 ) -> Reply<LowcodeForm> {
     Ok(reply(
-        one_row(
+        typed_one(
             &state,
             "SELECT to_jsonb(f)::text FROM lowcode_forms f WHERE id = $1",
             id,
@@ -485,13 +487,13 @@ async fn delete(state: &AppState, kind: Kind, id: i64) -> ApiResult<axum::Json<M
 /// `form_data` as JSON text; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/lowcode/forms/{id}/data", tag = TAG,
     params(("id" = i64, Path, description = "Form id"), PageParams),
-    responses((status = 200, body = Spread<FormRecordList>), (status = 400, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = Listed<FormRecordList>), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_form_data(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(q): ApiQuery<PageParams>,
-) -> ApiResult<axum::Json<Spread<FormRecordList>>> {
+) -> ApiResult<axum::Json<Listed<FormRecordList>>> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lowcode_forms WHERE id = $1)")
             .bind(id)
@@ -508,13 +510,13 @@ pub async fn list_form_data(
         .push_bind(limit)
         .push(" OFFSET ")
         .push_bind(offset);
-    let list: Vec<FormRecord> = parse_rows(&state, qb).await?;
+    let list: Vec<FormRecord> = typed_rows(&state, qb).await?;
     let total: i64 =
         sqlx::query_scalar("SELECT count(*) FROM lowcode_form_data WHERE form_id = $1")
             .bind(id)
             .fetch_one(&state.db)
             .await?;
-    Ok(spread(FormRecordList {
+    Ok(listed(FormRecordList {
         data: list.clone(),
         list,
         total,
@@ -582,7 +584,7 @@ async fn submit(
     .fetch_one(&state.db)
     .await
     .map_err(unique_violation)?;
-    Ok(reply(parse_row(&row)?))
+    Ok(reply(typed_row(&row, &[])?))
 }
 
 /// Submit form data
@@ -643,13 +645,13 @@ pub async fn delete_form_data(
 ///
 /// `{pages, list, total}` in `data` and at the root, newest first; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/lowcode/pages", tag = TAG, params(PageParams, TitleQuery),
-    responses((status = 200, body = Spread<PageList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Listed<PageList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_pages(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<TitleQuery>,
-) -> ApiResult<axum::Json<Spread<PageList>>> {
+) -> ApiResult<axum::Json<Listed<PageList>>> {
     let (list, total) = list::<LowcodePage>(&state, Kind::Page, &q).await?;
-    Ok(spread(PageList {
+    Ok(listed(PageList {
         pages: list.clone(),
         list,
         total,
@@ -696,7 +698,7 @@ pub async fn get_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> Reply<LowcodePage> {
-    Ok(reply(one_row(&state, PAGE_SQL, id, "page").await?))
+    Ok(reply(typed_one(&state, PAGE_SQL, id, "page").await?))
 }
 
 /// Delete a page
@@ -732,7 +734,7 @@ pub async fn preview_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> Reply<PagePreview> {
-    let page: LowcodePage = one_row(&state, PAGE_SQL, id, "page").await?;
+    let page: LowcodePage = typed_one(&state, PAGE_SQL, id, "page").await?;
     let items: Value = serde_json::from_str(&page.page_json).unwrap_or(Value::Array(Vec::new()));
     Ok(reply(PagePreview {
         title: page.title,

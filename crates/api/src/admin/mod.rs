@@ -1,6 +1,7 @@
-//! The admin API (:8081), by area: the caller's session ([`auth`]), RBAC ([`guard`], every
-//! route's rule in [`routes`]), people, business, finance, system, low-code pages and the online
-//! view of the gateway; its OpenAPI document ([`openapi`]).
+//! The admin API (:8081), by area: login ([`auth`]), RBAC ([`guard`], every route's rule in
+//! [`routes`]), people (the caller's session, administrators, users, counselors, applications,
+//! uploads), business, finance and withdrawal review ([`withdrawals`]), system, low-code pages and
+//! the online view of the gateway; its OpenAPI document ([`openapi`]).
 
 pub mod auth;
 pub mod business;
@@ -14,6 +15,7 @@ pub mod openapi;
 pub mod people;
 pub mod routes;
 pub mod system;
+pub mod withdrawals;
 
 use axum::routing::get;
 use axum::Router;

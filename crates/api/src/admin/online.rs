@@ -13,8 +13,8 @@ use validator::Validate;
 use web::envelope::{reply, Envelope, Reply};
 use web::error::Problem;
 
-use crate::admin::common::Caller;
-use crate::admin::listing::{invalid, lenient};
+use crate::admin::common::{lenient, Caller};
+use crate::admin::listing::invalid;
 use crate::admin_bus::{
     kick_subject, message_subject, mute_subject, scatter_gather, Delivered, KickRequest,
     MuteRequest, PresenceReply, SocketInfo, TextRequest, BROADCAST, COLLECT_WINDOW, MUTES,
@@ -291,6 +291,18 @@ pub async fn kick_client(
     kick_user(&state, &caller, user_id).await
 }
 
+/// An optional boolean as the admin client sends it: `true`/`false` or `1`/`0`.
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Bool(b)) => Ok(Some(b)),
+        Some(serde_json::Value::Number(n)) if n.as_i64() == Some(0) => Ok(Some(false)),
+        Some(serde_json::Value::Number(n)) if n.as_i64() == Some(1) => Ok(Some(true)),
+        Some(_) => Err(D::Error::custom("must be a boolean")),
+    }
+}
+
 /// Mute or unmute a user.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct MuteChange {
@@ -300,7 +312,7 @@ pub struct MuteChange {
     #[validate(required(message = "required"))]
     pub user_id: Option<i64>,
     /// `true` mutes, `false` unmutes (`1`/`0` accepted).
-    #[serde(default, deserialize_with = "lenient::bool")]
+    #[serde(default, deserialize_with = "flag")]
     #[schema(value_type = bool)]
     #[validate(required(message = "required"))]
     pub is_muted: Option<bool>,

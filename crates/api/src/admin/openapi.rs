@@ -86,6 +86,14 @@ fn decorate(op: &mut Operation, rule: &Rule) {
         op.security = Some(vec![s]);
     }
     let responses = &mut op.responses.responses;
+    // Every refusal is served as `application/problem+json` (see `web::error`).
+    for (status, response) in responses.iter_mut() {
+        if let (false, RefOr::T(r)) = (status.starts_with('2'), response) {
+            if let Some(c) = r.content.shift_remove("application/json") {
+                r.content.insert("application/problem+json".to_string(), c);
+            }
+        }
+    }
     let mut add = |status: &str, description: &str| {
         responses
             .entry(status.to_string())
@@ -271,6 +279,22 @@ mod tests {
         types.iter().any(|t| *t != "null")
     }
 
+    /// The `data` member of an envelope schema (its own or one of its `allOf` parts').
+    fn data_schema<'a>(doc: &'a Value, envelope: &'a Value) -> &'a Value {
+        let s = resolve(doc, envelope);
+        let own = &s["properties"]["data"];
+        if !own.is_null() {
+            return own;
+        }
+        s["allOf"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|part| data_schema(doc, part))
+            .find(|d| !d.is_null())
+            .unwrap_or(&Value::Null)
+    }
+
     /// What is untyped about each operation of `doc` whose `(method, path)` passes `only`.
     fn untyped(doc: &Value, only: impl Fn(&str, &str) -> bool) -> Vec<String> {
         let mut problems = Vec::new();
@@ -285,7 +309,7 @@ mod tests {
                     // A `{code, msg}` acknowledgement has no `data`.
                     Some(s) if s["$ref"] == "#/components/schemas/Message" => {}
                     Some(s) => {
-                        let data = &resolve(doc, s)["properties"]["data"];
+                        let data = data_schema(doc, s);
                         if data.is_null() || !described(doc, data) {
                             problems.push(format!("{what}: `data` is untyped"));
                         }

@@ -1,6 +1,10 @@
 //! Every admin-API route (issue 4) with its RBAC rule: the single table the router, the guard,
 //! the OpenAPI document and the RBAC matrix test are built from (see [`crate::admin::guard`]).
 //! Permission codes are the contract's c.9 codes.
+//!
+//! A typed entry (`.typed(routes!(handler), perm)`) takes its method, path, tag and summary from
+//! the handler's `#[utoipa::path]`; an alias path is a handler of its own. Entries not typed yet
+//! (`.at(...)`) name them here.
 
 use axum::http::Method;
 use utoipa_axum::routes;
@@ -9,7 +13,7 @@ use crate::admin::guard::Perm::{Authenticated as Me, Code, Public};
 use crate::admin::guard::Reg;
 use crate::admin::{
     auth as admin, business as biz, finance as fin, lowcode as lc, online as on, people as ppl,
-    system as sys,
+    system as sys, withdrawals as wd,
 };
 
 /// Registers every admin route.
@@ -17,314 +21,99 @@ pub fn register() -> Reg {
     let (get, post, put, delete) = (Method::GET, Method::POST, Method::PUT, Method::DELETE);
     Reg::new()
         // c.1 login and the caller's own session
-        .at(
-            post.clone(),
-            "/api/admin/login",
-            Public,
-            "auth",
-            "Administrator login",
-            admin::login,
-        )
-        .at(
-            post.clone(),
-            "/api/admin2/login",
-            Public,
-            "auth",
-            "Administrator login (admin2)",
-            admin::login,
-        )
+        .typed(routes!(admin::login), Public)
+        .typed(routes!(admin::admin2_login), Public)
         .typed(routes!(ppl::test_route), Public)
-        .at(
-            get.clone(),
-            "/api/admin2/info",
-            Me,
-            "auth",
-            "The caller's administrator row",
-            ppl::info,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/user/info",
-            Me,
-            "auth",
-            "The caller's administrator row",
-            ppl::info,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/profile",
-            Me,
-            "auth",
-            "The caller's profile",
-            ppl::info,
-        )
-        .at(
-            get.clone(),
-            "/api/admin2/permissions",
-            Me,
-            "auth",
-            "The caller's permission codes and roles",
-            ppl::permissions,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/user/permissions",
-            Me,
-            "auth",
-            "The caller's permission codes and roles",
-            ppl::permissions,
-        )
-        .at(
-            post.clone(),
-            "/api/admin2/logout",
-            Me,
-            "auth",
-            "Log out",
-            ppl::logout,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/logout",
-            Me,
-            "auth",
-            "Log out",
-            ppl::logout,
-        )
-        .at(
-            post.clone(),
-            "/api/admin2/password",
-            Me,
-            "auth",
-            "Change the caller's password",
-            ppl::change_password,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/user/password",
-            Me,
-            "auth",
-            "Change the caller's password",
-            ppl::change_password,
-        )
-        .at(
-            put.clone(),
-            "/api/admin2/profile",
-            Me,
-            "auth",
-            "Update the caller's profile",
-            ppl::update_profile,
-        )
-        .at(
-            put.clone(),
-            "/api/admin/profile",
-            Me,
-            "auth",
-            "Update the caller's profile",
-            ppl::update_profile,
-        )
+        .typed(routes!(ppl::session::info), Me)
+        .typed(routes!(ppl::session::user_info), Me)
+        .typed(routes!(ppl::session::profile), Me)
+        .typed(routes!(ppl::session::permissions), Me)
+        .typed(routes!(ppl::session::user_permissions), Me)
+        .typed(routes!(ppl::session::logout), Me)
+        .typed(routes!(ppl::session::admin_logout), Me)
+        .typed(routes!(ppl::session::change_password), Me)
+        .typed(routes!(ppl::session::user_password), Me)
+        .typed(routes!(ppl::session::update_profile), Me)
+        .typed(routes!(ppl::session::update_admin_profile), Me)
         // c.1 administrators
-        .at(
-            get.clone(),
-            "/api/admin2/administrators",
+        .typed(
+            routes!(ppl::administrators::list_admins),
             Code("admin:view"),
-            "administrators",
-            "List administrators",
-            ppl::list_admins,
         )
-        .at(
-            post.clone(),
-            "/api/admin2/administrators",
+        .typed(
+            routes!(ppl::administrators::create_admin),
             Code("admin:add"),
-            "administrators",
-            "Create an administrator",
-            ppl::create_admin,
         )
-        .at(
-            put.clone(),
-            "/api/admin2/administrators/{id}",
+        .typed(
+            routes!(ppl::administrators::update_admin),
             Code("admin:edit"),
-            "administrators",
-            "Update an administrator",
-            ppl::update_admin,
         )
-        .at(
-            delete.clone(),
-            "/api/admin2/administrators/{id}",
+        .typed(
+            routes!(ppl::administrators::delete_admin),
             Code("admin:delete"),
-            "administrators",
-            "Delete an administrator",
-            ppl::delete_admin,
         )
-        .at(
-            post.clone(),
-            "/api/admin2/administrators/{id}/password",
+        .typed(
+            routes!(ppl::administrators::reset_admin_password),
             Code("admin:reset_password"),
-            "administrators",
-            "Reset an administrator's password",
-            ppl::reset_admin_password,
         )
-        .at(
-            put.clone(),
-            "/api/admin2/administrators/{id}/status",
+        .typed(
+            routes!(ppl::administrators::admin_status),
             Code("admin:edit"),
-            "administrators",
-            "Enable or disable an administrator",
-            ppl::admin_status,
         )
         // c.2 uploads
-        .at(
-            post.clone(),
-            "/api/admin/upload/image",
-            Me,
-            "uploads",
-            "Upload an image (≤ 2 MB)",
-            ppl::upload_image,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/upload/file",
-            Me,
-            "uploads",
-            "Upload a file (≤ 10 MB)",
-            ppl::upload_file,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/upload",
-            Public,
-            "uploads",
-            "Profile avatar upload (the client sends no token)",
-            ppl::upload_public,
-        )
-        .at(
-            get.clone(),
-            "/uploads/{id}/{name}",
-            Public,
-            "uploads",
-            "Serve an uploaded file",
-            ppl::serve_upload,
-        )
+        .typed(routes!(ppl::uploads::upload_image), Me)
+        .typed(routes!(ppl::uploads::upload_file), Me)
+        .typed(routes!(ppl::uploads::upload_public), Public)
+        .typed(routes!(ppl::uploads::serve_upload), Public)
         // c.3 users and counselors
-        .at(
-            get.clone(),
-            "/api/admin/users",
-            Code("user:view"),
-            "users",
-            "List users",
-            ppl::list_users,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/users",
-            Code("user:add"),
-            "users",
-            "Create a user",
-            ppl::create_user,
-        )
-        .at(
-            put.clone(),
-            "/api/admin/users/{id}",
-            Code("user:edit"),
-            "users",
-            "Update a user",
-            ppl::update_user,
-        )
-        .at(
-            delete.clone(),
-            "/api/admin/users/{id}",
-            Code("user:delete"),
-            "users",
-            "Delete a user (soft)",
-            ppl::delete_user,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/users/{id}/password",
+        .typed(routes!(ppl::users::list_users), Code("user:view"))
+        .typed(routes!(ppl::users::create_user), Code("user:add"))
+        .typed(routes!(ppl::users::update_user), Code("user:edit"))
+        .typed(routes!(ppl::users::delete_user), Code("user:delete"))
+        .typed(
+            routes!(ppl::users::reset_user_password),
             Code("user:reset_password"),
-            "users",
-            "Reset a user's password",
-            ppl::reset_user_password,
         )
-        .at(
-            get.clone(),
-            "/api/admin/counselors",
+        .typed(
+            routes!(ppl::counselors::list_counselors),
             Code("counselor:view"),
-            "counselors",
-            "List counselors",
-            ppl::list_counselors,
         )
-        .at(
-            post.clone(),
-            "/api/admin/counselors",
+        .typed(
+            routes!(ppl::counselors::create_counselor),
             Code("counselor:add"),
-            "counselors",
-            "Create a counselor",
-            ppl::create_counselor,
         )
-        .at(
-            get.clone(),
-            "/api/admin/counselors/{id}",
+        .typed(
+            routes!(ppl::counselors::get_counselor),
             Code("counselor:view"),
-            "counselors",
-            "Get a counselor",
-            ppl::get_counselor,
         )
-        .at(
-            put.clone(),
-            "/api/admin/counselors/{id}",
+        .typed(
+            routes!(ppl::counselors::update_counselor),
             Code("counselor:edit"),
-            "counselors",
-            "Update a counselor",
-            ppl::update_counselor,
         )
-        .at(
-            delete.clone(),
-            "/api/admin/counselors/{id}",
+        .typed(
+            routes!(ppl::counselors::delete_counselor),
             Code("counselor:delete"),
-            "counselors",
-            "Delete (or disable) a counselor",
-            ppl::delete_counselor,
         )
-        .at(
-            get.clone(),
-            "/api/counselor/list",
+        .typed(
+            routes!(ppl::counselors::legacy_list_counselors),
             Code("counselor:view"),
-            "counselors",
-            "List counselors (legacy path)",
-            ppl::list_counselors,
         )
-        .at(
-            get.clone(),
-            "/api/counselor/{id}",
+        .typed(
+            routes!(ppl::counselors::legacy_get_counselor),
             Code("counselor:view"),
-            "counselors",
-            "Get a counselor (legacy path)",
-            ppl::get_counselor,
         )
         // c.4 applications, orders, chat
-        .at(
-            get.clone(),
-            "/api/admin/counselor/applications",
+        .typed(
+            routes!(ppl::applications::list_applications),
             Code("counselor:view"),
-            "applications",
-            "List counselor applications",
-            ppl::list_applications,
         )
-        .at(
-            get.clone(),
-            "/api/admin/counselor/applications/{id}",
+        .typed(
+            routes!(ppl::applications::get_application),
             Code("counselor:view"),
-            "applications",
-            "Get an application",
-            ppl::get_application,
         )
-        .at(
-            put.clone(),
-            "/api/admin/counselor/applications/{id}/review",
+        .typed(
+            routes!(ppl::applications::review_application),
             Code("counselor:edit"),
-            "applications",
-            "Approve or reject an application",
-            ppl::review_application,
         )
         .typed(routes!(biz::orders::list_orders), Code("order:view"))
         .typed(
@@ -358,22 +147,8 @@ pub fn register() -> Reg {
         )
         .typed(routes!(fin::pending_withdraws), Code("finance:view"))
         .typed(routes!(fin::list_withdraws), Code("finance:view"))
-        .at(
-            post.clone(),
-            "/api/admin/withdraw/{id}/approve",
-            Code("finance:approve_withdraw"),
-            "finance",
-            "Approve or reject a withdrawal (CounselorAccount command)",
-            admin::approve,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/withdraw/{id}/transfer",
-            Code("finance:approve_withdraw"),
-            "finance",
-            "Mark an approved withdrawal paid out (CounselorAccount command)",
-            admin::transfer,
-        )
+        .typed(routes!(wd::approve), Code("finance:approve_withdraw"))
+        .typed(routes!(wd::transfer), Code("finance:approve_withdraw"))
         .typed(routes!(fin::finance_stats), Code("finance:view"))
         .typed(routes!(fin::revenue), Code("finance:view"))
         .typed(routes!(fin::reports), Code("finance:view"))

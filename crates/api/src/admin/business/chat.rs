@@ -14,10 +14,11 @@ use web::envelope::{reply, Envelope, Reply};
 use web::error::Problem;
 
 use crate::admin::business::{CounselorBrief, UserBrief, TAG};
-use crate::admin::common::{contains_pattern, count, BusinessDays, Caller};
-use crate::admin::listing::{
-    committed, invalid, one_row, parse_row, parse_rows, spread, Committed, PageParams, Spread,
+use crate::admin::common::{
+    contains_pattern, count, listed, typed_one, typed_row, typed_rows, BusinessDays, Caller,
+    Evented, Listed,
 };
+use crate::admin::listing::{invalid, PageParams};
 use crate::{empty_as_none, ApiError, ApiPath, ApiQuery, ApiResult, AppState};
 
 const SESSION_SELECT: &str = "SELECT to_jsonb(t)::text FROM (SELECT s.id, s.order_id, s.user_id, s.counselor_id, s.status, \
@@ -107,11 +108,11 @@ pub struct SessionListQuery {
 /// newest first; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/chat/sessions", tag = TAG,
     params(PageParams, SessionListQuery),
-    responses((status = 200, body = Spread<SessionList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Listed<SessionList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_sessions(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<SessionListQuery>,
-) -> ApiResult<axum::Json<Spread<SessionList>>> {
+) -> ApiResult<axum::Json<Listed<SessionList>>> {
     let (limit, offset) = q.paging.limits(20)?;
     let status = q.status;
     let keyword = q
@@ -137,13 +138,13 @@ pub async fn list_sessions(
         .push(" OFFSET ")
         .push_bind(offset)
         .push(") t");
-    let list: Vec<AdminSession> = parse_rows(&state, qb).await?;
+    let list: Vec<AdminSession> = typed_rows(&state, qb).await?;
     let mut cq = QueryBuilder::new(
         "SELECT count(*) FROM chat_sessions s LEFT JOIN users u ON u.id = s.user_id LEFT JOIN counselors c ON c.id = s.counselor_id",
     );
     filter(&mut cq);
     let total = count(&state, cq).await?;
-    Ok(spread(SessionList {
+    Ok(listed(SessionList {
         sessions: list.clone(),
         list,
         total,
@@ -202,16 +203,16 @@ pub struct SessionMessages {
 /// `content` and `redacted: true`.
 #[utoipa::path(get, path = "/api/admin/chat/sessions/{id}/messages", tag = TAG,
     params(("id" = i64, Path, description = "Session id"), PageParams),
-    responses((status = 200, body = Spread<SessionMessages>), (status = 400, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = Listed<SessionMessages>), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn session_messages(
     State(state): State<AppState>,
     ApiPath(session_id): ApiPath<i64>,
     ApiQuery(q): ApiQuery<PageParams>,
-) -> ApiResult<axum::Json<Spread<SessionMessages>>> {
+) -> ApiResult<axum::Json<Listed<SessionMessages>>> {
     let (limit, offset) = q.limits(50)?;
     let sql = format!("{SESSION_SELECT} WHERE s.id = $1) t");
-    let session: AdminSession = one_row(&state, &sql, session_id, "chat session").await?;
+    let session: AdminSession = typed_one(&state, &sql, session_id, "chat session").await?;
     let mut qb = QueryBuilder::new(MESSAGE_SELECT);
     qb.push(" WHERE m.session_id = ").push_bind(session_id);
     qb.push(" ORDER BY m.id LIMIT ")
@@ -219,12 +220,12 @@ pub async fn session_messages(
         .push(" OFFSET ")
         .push_bind(offset)
         .push(") t");
-    let list: Vec<AdminMessage> = parse_rows(&state, qb).await?;
+    let list: Vec<AdminMessage> = typed_rows(&state, qb).await?;
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_messages WHERE session_id = $1")
         .bind(session_id)
         .fetch_one(&state.db)
         .await?;
-    Ok(spread(SessionMessages {
+    Ok(listed(SessionMessages {
         messages: list.clone(),
         list,
         total,
@@ -287,7 +288,7 @@ pub async fn chat_statistics(State(state): State<AppState>) -> Reply<ChatStatist
     .bind(days.start_of(days.today()))
     .fetch_one(&state.db)
     .await?;
-    Ok(reply(parse_row(&row)?))
+    Ok(reply(typed_row(&row, &[])?))
 }
 
 /// A message found by a search, with its session's user and counselor.
@@ -381,11 +382,11 @@ pub struct MessageSearchQuery {
 /// without word breaks is found. Redacted messages are not found.
 #[utoipa::path(get, path = "/api/admin/chat/messages/search", tag = TAG,
     params(MessageSearchQuery, PageParams),
-    responses((status = 200, body = Spread<FoundMessages>), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Listed<FoundMessages>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn search_messages(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<MessageSearchQuery>,
-) -> ApiResult<axum::Json<Spread<FoundMessages>>> {
+) -> ApiResult<axum::Json<Listed<FoundMessages>>> {
     q.validate()?;
     let keyword = q.keyword.as_deref().unwrap_or_default().trim().to_string();
     let (limit, offset) = q.paging.limits(20)?;
@@ -411,11 +412,11 @@ pub async fn search_messages(
         .push(" OFFSET ")
         .push_bind(offset)
         .push(") t");
-    let list: Vec<FoundMessage> = parse_rows(&state, qb).await?;
+    let list: Vec<FoundMessage> = typed_rows(&state, qb).await?;
     let mut cq = QueryBuilder::new("SELECT count(*) FROM chat_messages m");
     filter(&mut cq);
     let total = count(&state, cq).await?;
-    Ok(spread(FoundMessages {
+    Ok(listed(FoundMessages {
         messages: list.clone(),
         list,
         total,
@@ -484,7 +485,7 @@ pub async fn delete_session(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(session_id): ApiPath<i64>,
-) -> ApiResult<(Committed, axum::Json<Envelope<SessionRedacted>>)> {
+) -> ApiResult<Evented<Envelope<SessionRedacted>>> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM chat_sessions WHERE id = $1)")
             .bind(session_id)
@@ -501,12 +502,13 @@ pub async fn delete_session(
         "admin deleted the session's messages".into(),
     )
     .await?;
-    Ok((
-        committed(stream, Some(seq)),
+    Ok(Evented::new(
         reply(SessionRedacted {
             session_id,
             redaction_seq: seq,
         }),
+        stream,
+        Some(seq),
     ))
 }
 
@@ -529,7 +531,7 @@ pub async fn delete_message(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<(Committed, axum::Json<Envelope<MessageRedacted>>)> {
+) -> ApiResult<Evented<Envelope<MessageRedacted>>> {
     let session: Option<i64> =
         sqlx::query_scalar("SELECT session_id FROM chat_messages WHERE id = $1")
             .bind(id)
@@ -544,11 +546,12 @@ pub async fn delete_message(
         "admin deleted the message".into(),
     )
     .await?;
-    Ok((
-        committed(stream, Some(seq)),
+    Ok(Evented::new(
         reply(MessageRedacted {
             message_id: id,
             redaction_seq: seq,
         }),
+        stream,
+        Some(seq),
     ))
 }

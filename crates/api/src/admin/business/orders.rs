@@ -14,11 +14,10 @@ use web::envelope::{reply, Envelope, Reply};
 use web::error::Problem;
 
 use crate::admin::business::TAG;
-use crate::admin::common::{count, BusinessDays, Caller};
-use crate::admin::listing::{
-    committed, invalid, lenient, one_row, parse_row, parse_rows, spread, Committed, PageParams,
-    Spread,
+use crate::admin::common::{
+    count, lenient, listed, typed_one, typed_row, typed_rows, BusinessDays, Caller, Evented, Listed,
 };
+use crate::admin::listing::{invalid, PageParams};
 use crate::user::orders::placement::request_meta;
 use crate::{empty_as_none, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, AppState};
 
@@ -132,11 +131,11 @@ pub struct OrderListQuery {
 /// `{orders, list, total}` in `data` and at the root (the client reads `data.list`, contract c.4
 /// #36), newest first; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/orders", tag = TAG, params(PageParams, OrderListQuery),
-    responses((status = 200, body = Spread<OrderList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Listed<OrderList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_orders(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<OrderListQuery>,
-) -> ApiResult<axum::Json<Spread<OrderList>>> {
+) -> ApiResult<axum::Json<Listed<OrderList>>> {
     let (limit, offset) = q.paging.limits(20)?;
     let status = q.status;
     let keyword = q
@@ -162,11 +161,11 @@ pub async fn list_orders(
         .push(" OFFSET ")
         .push_bind(offset)
         .push(") t");
-    let list: Vec<AdminOrder> = parse_rows(&state, qb).await?;
+    let list: Vec<AdminOrder> = typed_rows(&state, qb).await?;
     let mut cq = QueryBuilder::new("SELECT count(*) FROM orders o");
     filter(&mut cq);
     let total = count(&state, cq).await?;
-    Ok(spread(OrderList {
+    Ok(listed(OrderList {
         orders: list.clone(),
         list,
         total,
@@ -222,7 +221,7 @@ pub async fn order_statistics(State(state): State<AppState>) -> Reply<OrderStati
     .bind(days.start_of(BusinessDays::month_of(today)))
     .fetch_one(&state.db)
     .await?;
-    Ok(reply(parse_row(&row)?))
+    Ok(reply(typed_row(&row, &[])?))
 }
 
 /// The channels an offline payment may have come through (`payment_method` of
@@ -324,7 +323,7 @@ pub async fn change_order_status(
     headers: HeaderMap,
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<OrderStatusChange>,
-) -> ApiResult<(Committed, axum::Json<Envelope<AdminOrder>>)> {
+) -> ApiResult<Evented<Envelope<AdminOrder>>> {
     body.validate()?;
     let code = body.status.unwrap_or_default();
     let status = OrderStatus::from_code(code)
@@ -473,21 +472,26 @@ pub async fn change_order_status(
                     "an order never returns to awaiting payment",
                 ));
             }
-            return Ok((None, reply(order_row(&state, id).await?)));
+            return Ok(Evented::new(
+                reply(order_row(&state, id).await?),
+                eventstore::EVENTS_STREAM,
+                None,
+            ));
         }
     };
     state.settle("orders", done.stream_sequence).await;
     let order = order_row(&state, id).await?;
-    Ok((
-        committed(eventstore::EVENTS_STREAM, done.stream_sequence),
+    Ok(Evented::new(
         reply(order),
+        eventstore::EVENTS_STREAM,
+        done.stream_sequence,
     ))
 }
 
 /// The order `id` as the admin screens show it, or 404.
 async fn order_row(state: &AppState, id: i64) -> Result<AdminOrder, ApiError> {
     let sql = format!("{ORDER_SELECT} WHERE o.id = $1) t");
-    one_row(state, &sql, id, "order").await
+    typed_one(state, &sql, id, "order").await
 }
 
 /// The offline payment of a `status: 1` change: `(channel, amount in fen, note, reference)`,
