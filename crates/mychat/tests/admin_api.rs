@@ -309,7 +309,7 @@ fn is_upload(path: &str) -> bool {
     path.starts_with("/api/admin/upload")
 }
 
-async fn request(app: &App, rule: &api::admin::guard::Rule, token: Option<&str>) -> (u16, Value) {
+async fn request(app: &App, rule: &api::admin::table::Rule, token: Option<&str>) -> (u16, Value) {
     let path = concrete(rule.path);
     if is_upload(rule.path) {
         return app.upload(&path, token).await;
@@ -344,7 +344,7 @@ async fn rbac_matrix() {
     let codes: HashSet<&str> = rules
         .iter()
         .filter_map(|r| match r.perm {
-            api::admin::guard::Perm::Code(c) => Some(c),
+            api::admin::table::Perm::Code(c) => Some(c),
             _ => None,
         })
         .collect();
@@ -377,15 +377,15 @@ async fn rbac_matrix() {
     for rule in &rules {
         let what = format!("{} {}", rule.method, rule.path);
         match rule.perm {
-            api::admin::guard::Perm::Public => continue,
-            api::admin::guard::Perm::Authenticated | api::admin::guard::Perm::Code(_) => {}
+            api::admin::table::Perm::Public => continue,
+            api::admin::table::Perm::Authenticated | api::admin::table::Perm::Code(_) => {}
         }
         let (s, b) = request(&app, rule, None).await;
         assert_eq!(s, 401, "{what} without a token: {b}");
         assert_eq!(b["code"], 401, "{what}: MyChat envelope");
         let (s, b) = request(&app, rule, Some(&user)).await;
         assert_eq!(s, 403, "{what} with a user token: {b}");
-        if let api::admin::guard::Perm::Code(code) = rule.perm {
+        if let api::admin::table::Perm::Code(code) = rule.perm {
             let (s, b) = request(&app, rule, Some(&without[code])).await;
             assert_eq!(s, 403, "{what} with every permission but {code}: {b}");
             assert!(
@@ -408,9 +408,9 @@ async fn rbac_matrix() {
     for rule in &rules {
         let what = format!("{} {}", rule.method, rule.path);
         let token = match rule.perm {
-            api::admin::guard::Perm::Public => None,
-            api::admin::guard::Perm::Authenticated => Some(nothing.as_str()),
-            api::admin::guard::Perm::Code(code) => Some(with[code].as_str()),
+            api::admin::table::Perm::Public => None,
+            api::admin::table::Perm::Authenticated => Some(nothing.as_str()),
+            api::admin::table::Perm::Code(code) => Some(with[code].as_str()),
         };
         if rule.path == "/uploads/{id}/{name}" {
             continue; // served bytes, checked in admin_flows

@@ -1,23 +1,27 @@
-//! Admin API (issue 4): finance screens (contract c.5 #48–#56). **Every finance query is in this
-//! module** so that it can be repointed to the ledger (issue 6) in one place. The statistics
-//! (`/finance/stats`) and the counselor accounts (list, detail, account report) read the ledger
-//! ([`crate::app::ledger_reads`]); the revenue series and the income / withdraw reports group the
-//! `chat_billings` and `withdrawals` read models by day. Amounts are yuan JSON numbers.
-//! Approve / reject / transfer are commands on the `CounselorAccount` aggregate
-//! ([`crate::admin::auth::approve`], [`crate::admin::auth::transfer`]).
-
-use std::collections::HashMap;
+//! Finance in the admin API (contract c.5 #48–#56). **Every finance query is in this module** so
+//! that it can be repointed in one place. The statistics (`/finance/stats`) and the counselor
+//! accounts (list, detail, account report) read the ledger ([`crate::app::ledger_reads`]); the
+//! revenue series and the income / withdraw reports group the `chat_billings` and `withdrawals`
+//! read models by day. Amounts are yuan JSON numbers. Approve / reject / transfer are commands on
+//! the `CounselorAccount` aggregate ([`crate::admin::withdrawals::approve`],
+//! [`crate::admin::withdrawals::transfer`]).
 
 use axum::extract::State;
-use axum::Json;
-use chrono::{Duration, NaiveDate};
-use serde_json::{json, Value};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
+use validator::Validate;
+use web::envelope::{reply, Envelope, Reply};
+use web::error::Problem;
 
-use crate::admin::common::{count, json_rows, list_envelope, parse, BusinessDays, Q};
-use crate::{ok, ApiError, ApiPath, ApiQuery, ApiResult, AppState};
+use crate::admin::business::CounselorBrief;
+use crate::admin::common::{count, listed, typed_row, typed_rows, BusinessDays, Listed};
+use crate::admin::listing::{invalid, PageParams};
+use crate::{empty_as_none, ApiError, ApiPath, ApiQuery, ApiResult, AppState};
 
-type Params = ApiQuery<HashMap<String, String>>;
+/// OpenAPI tag of every finance operation.
+pub const TAG: &str = "finance";
 
 const WITHDRAW_SELECT: &str = "SELECT to_jsonb(t)::text FROM (SELECT w.id, w.counselor_id, w.amount_fen / 100.0 AS amount, \
      w.amount_fen, w.status, w.bank_name, w.bank_account, w.account_name, w.rejected_reason, w.audited_at, \
@@ -25,18 +29,79 @@ const WITHDRAW_SELECT: &str = "SELECT to_jsonb(t)::text FROM (SELECT w.id, w.cou
      jsonb_build_object('id', COALESCE(c.id, 0), 'name', COALESCE(c.name, ''), 'avatar', COALESCE(c.avatar, '')) AS counselor \
      FROM withdrawals w LEFT JOIN counselors c ON c.id = w.counselor_id";
 
-async fn withdraws(state: &AppState, q: &Q, only_pending: bool) -> ApiResult<Json<Value>> {
-    let (limit, offset, ..) = q.paging(20)?;
-    let status = if only_pending {
-        Some(0)
-    } else {
-        q.int("status")?
-    };
-    let counselor = q.int("counselor_id")?;
+/// A withdrawal as the finance screens show it. Members in the order Postgres renders the row
+/// (`jsonb`: shorter names first); timestamps are RFC 3339 as Postgres writes them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AdminWithdrawal {
+    /// Withdrawal id.
+    pub id: i64,
+    /// Amount, yuan.
+    pub amount: f64,
+    /// 0 requested, 1 approved, 2 rejected, 3 transferred.
+    pub status: i16,
+    /// The bank.
+    pub bank_name: String,
+    /// The counselor.
+    pub counselor: CounselorBrief,
+    /// Amount, fen.
+    pub amount_fen: i64,
+    /// When it was reviewed (RFC 3339), or null.
+    pub audited_at: Option<String>,
+    /// When it was requested (RFC 3339).
+    pub created_at: String,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+    /// The account holder.
+    pub account_name: String,
+    /// The account number.
+    pub bank_account: String,
+    /// The counselor's id.
+    pub counselor_id: i64,
+    /// When it was paid out (RFC 3339), or null.
+    pub transferred_at: Option<String>,
+    /// Why it was rejected, or empty.
+    pub rejected_reason: String,
+}
+
+/// A page of withdrawals: the same rows under `withdraws` and `list`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WithdrawalList {
+    /// The page's withdrawals, newest first.
+    pub withdraws: Vec<AdminWithdrawal>,
+    /// The same rows.
+    pub list: Vec<AdminWithdrawal>,
+    /// Withdrawals matching the filter.
+    pub total: i64,
+}
+
+/// Filters of the withdrawal list.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WithdrawalListQuery {
+    /// The page (documented as [`PageParams`]).
+    #[serde(flatten)]
+    #[param(ignore)]
+    pub paging: PageParams,
+    /// Only withdrawals with this status (0 requested, 1 approved, 2 rejected, 3 transferred);
+    /// empty = all.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub status: Option<i16>,
+    /// Only this counselor's withdrawals; empty = all.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub counselor_id: Option<i64>,
+}
+
+async fn withdrawals(
+    state: &AppState,
+    paging: &PageParams,
+    status: Option<i16>,
+    counselor: Option<i64>,
+) -> ApiResult<axum::Json<Listed<WithdrawalList>>> {
+    let (limit, offset) = paging.limits(20)?;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
         if let Some(s) = status {
-            qb.push(" AND w.status = ").push_bind(s as i16);
+            qb.push(" AND w.status = ").push_bind(s);
         }
         if let Some(c) = counselor {
             qb.push(" AND w.counselor_id = ").push_bind(c);
@@ -49,73 +114,137 @@ async fn withdraws(state: &AppState, q: &Q, only_pending: bool) -> ApiResult<Jso
         .push(" OFFSET ")
         .push_bind(offset)
         .push(") t");
-    let list = json_rows(state, qb).await?;
+    let list: Vec<AdminWithdrawal> = typed_rows(state, qb).await?;
     let mut cq = QueryBuilder::new("SELECT count(*) FROM withdrawals w");
     filter(&mut cq);
     let total = count(state, cq).await?;
-    Ok(list_envelope("withdraws", list, total, json!({})))
+    Ok(listed(WithdrawalList {
+        withdraws: list.clone(),
+        list,
+        total,
+    }))
 }
 
-/// `GET /api/admin/withdraws?page&page_size&status&counselor_id` → `{withdraws, list, total}`.
+/// List withdrawals
+///
+/// `{withdraws, list, total}` in `data` and at the root, newest first; 20 per page by default.
+#[utoipa::path(get, path = "/api/admin/withdraws", tag = TAG,
+    params(PageParams, WithdrawalListQuery),
+    responses((status = 200, body = Listed<WithdrawalList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_withdraws(
     State(state): State<AppState>,
-    ApiQuery(q): Params,
-) -> ApiResult<Json<Value>> {
-    withdraws(&state, &Q(q), false).await
+    ApiQuery(q): ApiQuery<WithdrawalListQuery>,
+) -> ApiResult<axum::Json<Listed<WithdrawalList>>> {
+    withdrawals(&state, &q.paging, q.status, q.counselor_id).await
 }
 
-/// `GET /api/admin/withdraws/pending?page&page_size` → `{withdraws, list, total}` (status 0).
+/// Pending withdrawals
+///
+/// The requested withdrawals (status 0): `{withdraws, list, total}` in `data` and at the root.
+#[utoipa::path(get, path = "/api/admin/withdraws/pending", tag = TAG, params(PageParams),
+    responses((status = 200, body = Listed<WithdrawalList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn pending_withdraws(
     State(state): State<AppState>,
-    ApiQuery(q): Params,
-) -> ApiResult<Json<Value>> {
-    withdraws(&state, &Q(q), true).await
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> ApiResult<axum::Json<Listed<WithdrawalList>>> {
+    withdrawals(&state, &q, Some(0), None).await
 }
 
-/// `start_date` / `end_date` (`YYYY-MM-DD`, business days: [`BusinessDays`]) or defaults
-/// (ending today); end is exclusive (+1 day).
-fn range(q: &Q, days: BusinessDays, default_days: i64) -> Result<(NaiveDate, NaiveDate), ApiError> {
-    let parse_date = |name: &str| -> Result<Option<NaiveDate>, ApiError> {
-        q.str(name)
-            .map(|s| {
-                NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                    .map_err(|_| ApiError::field(name, "must be YYYY-MM-DD"))
-            })
-            .transpose()
-    };
-    let today = days.today();
-    let end = parse_date("end_date")?.unwrap_or(today);
-    let start = parse_date("start_date")?.unwrap_or(end - Duration::days(default_days - 1));
-    if start > end {
-        return Err(ApiError::field("start_date", "must not be after end_date"));
-    }
-    if (end - start).num_days() > 3660 {
-        return Err(ApiError::field(
-            "start_date",
-            "range must be at most 10 years",
-        ));
-    }
-    Ok((start, end + Duration::days(1)))
+fn ymd(date: &str) -> Result<(), validator::ValidationError> {
+    NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .map(|_| ())
+        .map_err(|_| invalid("date", "must be YYYY-MM-DD"))
 }
 
-/// `GET /api/admin/finance/stats?start_date&end_date` → `{total_revenue, total_withdrawn,
-/// total_commission, total_counselor_earning, total_counselor_balance, pending_withdraws,
-/// pending_withdraw_amount, approved_withdraws, today_revenue, today_orders}` in `data` and at
-/// the root (the reports view reads the root, #52). The money figures come from the ledger
-/// (issue 6): revenue = the `SessionBilled` debits of users' prepaid accounts in the period,
-/// commission = its credits to `platform:revenue`, counselor earning = its credits to
-/// `counselor:<id>:pending`, withdrawn = the balance of `platform:payouts`, counselor balance =
-/// the sum of `counselor:<id>:payable`; the withdrawal counts and the pending amount are
-/// statuses of the `withdrawals` read model (the ledger holds requested and approved
-/// withdrawals together in `in_transit`). The period and "today" are business days
-/// ([`BusinessDays`]), as in the revenue series and the reports.
+/// A period of business days (the business zone's calendar), both ends included.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
+#[into_params(parameter_in = Query)]
+pub struct DateRange {
+    /// First day, `YYYY-MM-DD` (default: as many days before `end_date` as the figure shows).
+    #[serde(default, deserialize_with = "empty_as_none")]
+    #[param(value_type = Option<String>, format = Date)]
+    #[validate(custom(function = "ymd"))]
+    pub start_date: Option<String>,
+    /// Last day, `YYYY-MM-DD` (default: today); at most 10 years after `start_date`.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    #[param(value_type = Option<String>, format = Date)]
+    #[validate(custom(function = "ymd"))]
+    pub end_date: Option<String>,
+}
+
+impl DateRange {
+    /// `(start, end)` with `end` exclusive (+1 day); by default the `default_days` days ending
+    /// today.
+    ///
+    /// # Errors
+    /// 400 naming `start_date` or `end_date`.
+    fn days(
+        &self,
+        calendar: BusinessDays,
+        default_days: i64,
+    ) -> Result<(NaiveDate, NaiveDate), ApiError> {
+        self.validate()?;
+        let parse = |d: &Option<String>| {
+            d.as_deref()
+                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        };
+        let end = parse(&self.end_date).unwrap_or_else(|| calendar.today());
+        let start = parse(&self.start_date).unwrap_or(end - Duration::days(default_days - 1));
+        if start > end {
+            return Err(ApiError::field("start_date", "must not be after end_date"));
+        }
+        if (end - start).num_days() > 3660 {
+            return Err(ApiError::field(
+                "start_date",
+                "range must be at most 10 years",
+            ));
+        }
+        Ok((start, end + Duration::days(1)))
+    }
+}
+
+/// The finance figures (#52). Money from the ledger, yuan; withdrawal counts and the pending
+/// amount from the withdrawals read model. Members in the order Postgres renders them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FinanceStats {
+    /// Orders placed today (business day).
+    pub today_orders: i64,
+    /// Billed today, yuan.
+    pub today_revenue: f64,
+    /// Billed in the period (`SessionBilled` debits of prepaid accounts), yuan.
+    pub total_revenue: f64,
+    /// Paid out to counselors ever (`platform:payouts`), yuan.
+    pub total_withdrawn: f64,
+    /// The platform's commission in the period (credits to `platform:revenue`), yuan.
+    pub total_commission: f64,
+    /// Withdrawals awaiting review.
+    pub pending_withdraws: i64,
+    /// Withdrawals approved or transferred.
+    pub approved_withdraws: i64,
+    /// Amount of the withdrawals awaiting review, yuan.
+    pub pending_withdraw_amount: f64,
+    /// What counselors can withdraw now (`counselor:<id>:payable`), yuan.
+    pub total_counselor_balance: f64,
+    /// Counselors' earnings in the period (credits to `counselor:<id>:pending`), yuan.
+    pub total_counselor_earning: f64,
+}
+
+/// Finance statistics
+///
+/// In `data` and at the root (the reports view reads the root, #52). Revenue = the
+/// `SessionBilled` debits of users' prepaid accounts in the period, commission = its credits to
+/// `platform:revenue`, counselor earning = its credits to `counselor:<id>:pending`, withdrawn =
+/// the balance of `platform:payouts`, counselor balance = the sum of `counselor:<id>:payable`;
+/// the withdrawal counts and the pending amount are statuses of the withdrawals read model. The
+/// period (default: ten years ending today) and "today" are business days.
+#[utoipa::path(get, path = "/api/admin/finance/stats", tag = TAG, params(DateRange),
+    responses((status = 200, body = Listed<FinanceStats>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn finance_stats(
     State(state): State<AppState>,
-    ApiQuery(q): Params,
-) -> ApiResult<Json<Value>> {
-    let q = Q(q);
+    ApiQuery(q): ApiQuery<DateRange>,
+) -> ApiResult<axum::Json<Listed<FinanceStats>>> {
     let days = BusinessDays::of(&state);
-    let (start, end) = range(&q, days, 3650)?;
+    let (start, end) = q.days(days, 3650)?;
     let today = days.today();
     let row: String = sqlx::query_scalar(
         "SELECT jsonb_build_object(\
@@ -137,37 +266,106 @@ pub async fn finance_stats(
     .bind(days.start_of(today + Duration::days(1)))
     .fetch_one(&state.db)
     .await?;
-    let v = parse(&row);
-    let mut body = v.as_object().cloned().unwrap_or_default();
-    body.insert("code".into(), json!(200));
-    body.insert("msg".into(), json!("success"));
-    body.insert("data".into(), v);
-    Ok(Json(Value::Object(body)))
+    Ok(listed(typed_row::<FinanceStats>(&row, &[])?))
 }
 
-/// `GET /api/admin/finance/revenue?group_by=day|week|month|year&start_date&end_date` →
-/// `{revenue_data: [{date, amount, count}], group_by}` in `data` and at the root (#53), grouped
-/// by business day, week, month or year ([`BusinessDays`]). Labels:
-/// `YYYY-MM-DD` (day, week = the week's Monday), `YYYY-MM`, `YYYY`. From the ledger (issue 6):
-/// `amount` = the period's `SessionBilled` debits of users' prepaid accounts (line 0 of each
-/// billing's postings, [`projections::ledger::session_billed`]), `count` = the billings.
-pub async fn revenue(State(state): State<AppState>, ApiQuery(q): Params) -> ApiResult<Json<Value>> {
-    let q = Q(q);
-    let group_by = q.str("group_by").unwrap_or("day").to_string();
+/// How the revenue series groups.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// By business day (`YYYY-MM-DD`; default: 30 days).
+    Day,
+    /// By week (`YYYY-MM-DD` of its Monday; default: 12 weeks).
+    Week,
+    /// By month (`YYYY-MM`; default: a year).
+    Month,
+    /// By year (`YYYY`; default: 5 years).
+    Year,
+}
+
+fn valid_group_by(by: &str) -> Result<(), validator::ValidationError> {
+    match by {
+        "day" | "week" | "month" | "year" => Ok(()),
+        _ => Err(invalid("enum", "must be day, week, month or year")),
+    }
+}
+
+/// How to group the revenue series.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
+#[into_params(parameter_in = Query)]
+pub struct RevenueQuery {
+    /// `day` (default), `week`, `month` or `year`.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    #[param(value_type = Option<GroupBy>)]
+    #[validate(custom(function = "valid_group_by"))]
+    pub group_by: Option<String>,
+    /// The period (documented as [`DateRange`]).
+    #[serde(flatten)]
+    #[param(ignore)]
+    #[validate(skip)]
+    pub range: DateRange,
+}
+
+/// One period of the revenue series.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RevenuePoint {
+    /// The period's label.
+    pub date: String,
+    /// Sessions billed.
+    pub count: i64,
+    /// Billed, yuan.
+    pub amount: f64,
+}
+
+/// The revenue series and its grouping.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RevenueSeries {
+    /// One entry per period with billing, oldest first.
+    pub revenue_data: Vec<RevenuePoint>,
+    /// `day`, `week`, `month` or `year`.
+    pub group_by: String,
+}
+
+/// The revenue reply: `{code, msg, revenue_data, group_by, data: {revenue_data, group_by}}`
+/// (the series at the root too: the client reads it there).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RevenueReply {
+    /// Always 200.
+    #[schema(example = 200)]
+    pub code: u16,
+    /// `"success"`.
+    pub msg: String,
+    /// One entry per period with billing, oldest first (as in `data`).
+    pub revenue_data: Vec<RevenuePoint>,
+    /// `day`, `week`, `month` or `year` (as in `data`).
+    pub group_by: String,
+    /// The series.
+    pub data: RevenueSeries,
+}
+
+/// Revenue by day / week / month / year
+///
+/// `{revenue_data: [{date, count, amount}], group_by}` in `data` and at the root (#53), grouped
+/// by business day, week, month or year. Labels: `YYYY-MM-DD` (day, week = the week's Monday),
+/// `YYYY-MM`, `YYYY`. From the ledger: `amount` = the period's `SessionBilled` debits of users'
+/// prepaid accounts, `count` = the billings.
+#[utoipa::path(get, path = "/api/admin/finance/revenue", tag = TAG,
+    params(RevenueQuery, DateRange),
+    responses((status = 200, body = RevenueReply), (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn revenue(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<RevenueQuery>,
+) -> ApiResult<axum::Json<RevenueReply>> {
+    q.validate()?;
+    let group_by = q.group_by.clone().unwrap_or_else(|| "day".into());
     let (unit, fmt, days) = match group_by.as_str() {
-        "day" => ("day", "YYYY-MM-DD", 30),
         "week" => ("week", "YYYY-MM-DD", 7 * 12),
         "month" => ("month", "YYYY-MM", 366),
         "year" => ("year", "YYYY", 365 * 5),
-        _ => {
-            return Err(ApiError::field(
-                "group_by",
-                "must be day, week, month or year",
-            ))
-        }
+        _ => ("day", "YYYY-MM-DD", 30),
     };
     let calendar = BusinessDays::of(&state);
-    let (start, end) = range(&q, calendar, days)?;
+    let (start, end) = q.range.days(calendar, days)?;
     let sql = format!(
         "SELECT COALESCE(jsonb_agg(jsonb_build_object('date', d, 'amount', amount, 'count', n) ORDER BY d), '[]')::text FROM \
          (SELECT to_char(date_trunc('{unit}', recorded_at AT TIME ZONE $3), '{fmt}') AS d, \
@@ -181,25 +379,135 @@ pub async fn revenue(State(state): State<AppState>, ApiQuery(q): Params) -> ApiR
         .bind(calendar.zone_name())
         .fetch_one(&state.db)
         .await?;
-    let data = parse(&data);
-    Ok(Json(json!({
-        "code": 200, "msg": "success", "revenue_data": data, "group_by": group_by,
-        "data": { "revenue_data": data, "group_by": group_by },
-    })))
+    let series = RevenueSeries {
+        revenue_data: typed_row(&data, &[])?,
+        group_by,
+    };
+    Ok(axum::Json(RevenueReply {
+        code: 200,
+        msg: "success".into(),
+        revenue_data: series.revenue_data.clone(),
+        group_by: series.group_by.clone(),
+        data: series,
+    }))
 }
 
-/// `GET /api/admin/finance/reports?type=income|withdraw|account&start_date&end_date` →
-/// `{report_type, start_date, end_date, records}` (#54), by business day ([`BusinessDays`]).
-/// `income` reads the ledger's
-/// `SessionBilled` postings by day (amount = the prepaid debits, commission = the credits to
-/// `platform:revenue`, counselor earnings = the credits to the counselors' pending accounts);
-/// `withdraw` the withdrawals read model (the ledger does not keep a withdrawal's review
-/// status); `account` the ledger's counselor accounts.
-pub async fn reports(State(state): State<AppState>, ApiQuery(q): Params) -> ApiResult<Json<Value>> {
-    let q = Q(q);
-    let kind = q.str("type").unwrap_or("income").to_string();
+/// The kind of finance report.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportType {
+    /// Billing by business day, from the ledger.
+    Income,
+    /// Withdrawals requested by business day, from the withdrawals read model.
+    Withdraw,
+    /// The counselor accounts, from the ledger.
+    Account,
+}
+
+/// Which report.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReportQuery {
+    /// `income` (default), `withdraw` or `account`.
+    #[serde(default, rename = "type", deserialize_with = "empty_as_none")]
+    #[param(value_type = Option<ReportType>)]
+    pub kind: Option<String>,
+    /// The period (documented as [`DateRange`]; default: 30 days ending today).
+    #[serde(flatten)]
+    #[param(ignore)]
+    pub range: DateRange,
+}
+
+/// A day of the income report.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IncomeDay {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// Billed (prepaid debits), yuan.
+    pub amount: f64,
+    /// The platform's commission, yuan.
+    pub commission: f64,
+    /// Sessions billed.
+    pub order_count: i64,
+    /// The counselors' earnings, yuan.
+    pub counselor_earnings: f64,
+}
+
+/// A day of the withdrawal report.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WithdrawDay {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// Withdrawals requested.
+    pub count: i64,
+    /// Their amount, yuan.
+    pub amount: f64,
+    /// Of them approved or transferred.
+    pub approved_count: i64,
+    /// Of them rejected.
+    pub rejected_count: i64,
+}
+
+/// A counselor account in the account report.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccountLine {
+    /// Withdrawable, yuan.
+    pub balance: f64,
+    /// Paid out, yuan.
+    pub withdrawn: f64,
+    /// The counselor.
+    pub counselor_id: i64,
+    /// Everything credited, yuan.
+    pub total_income: f64,
+    /// Requested or approved, not paid out yet, yuan.
+    pub frozen_amount: f64,
+    /// The counselor's name (empty when gone).
+    pub counselor_name: String,
+}
+
+/// The rows of a report, by its type.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ReportRecords {
+    /// `type=income`.
+    Income(Vec<IncomeDay>),
+    /// `type=withdraw`.
+    Withdraw(Vec<WithdrawDay>),
+    /// `type=account`.
+    Account(Vec<AccountLine>),
+}
+
+/// A finance report.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FinanceReport {
+    /// `income`, `withdraw` or `account`.
+    pub report_type: String,
+    /// First day, `YYYY-MM-DD`.
+    pub start_date: String,
+    /// Last day, `YYYY-MM-DD`.
+    pub end_date: String,
+    /// The rows.
+    pub records: ReportRecords,
+}
+
+/// Finance reports
+///
+/// `{report_type, start_date, end_date, records}` (#54), by business day. `income` reads the
+/// ledger's `SessionBilled` postings by day (amount = the prepaid debits, commission = the
+/// credits to `platform:revenue`, counselor earnings = the credits to the counselors' pending
+/// accounts); `withdraw` the withdrawals read model; `account` the ledger's counselor accounts.
+#[utoipa::path(get, path = "/api/admin/finance/reports", tag = TAG,
+    params(ReportQuery, DateRange),
+    responses((status = 200, body = Envelope<FinanceReport>), (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn reports(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ReportQuery>,
+) -> Reply<FinanceReport> {
+    let kind = q.kind.clone().unwrap_or_else(|| "income".into());
+    // `type` is a Rust keyword: the field is `kind`, and its refusal names `type` in the
+    // `match` below.
     let days = BusinessDays::of(&state);
-    let (start, end) = range(&q, days, 30)?;
+    let (start, end) = q.range.days(days, 30)?;
     let sql = match kind.as_str() {
         "income" => "SELECT COALESCE(jsonb_agg(to_jsonb(r) ORDER BY r.date), '[]')::text FROM \
             (SELECT to_char(recorded_at AT TIME ZONE $3, 'YYYY-MM-DD') AS date, \
@@ -229,12 +537,17 @@ pub async fn reports(State(state): State<AppState>, ApiQuery(q): Params) -> ApiR
         .bind(days.zone_name())
         .fetch_one(&state.db)
         .await?;
-    Ok(ok(json!({
-        "report_type": kind,
-        "start_date": start.to_string(),
-        "end_date": (end - Duration::days(1)).to_string(),
-        "records": parse(&records),
-    })))
+    let records = match kind.as_str() {
+        "withdraw" => ReportRecords::Withdraw(typed_row(&records, &[])?),
+        "account" => ReportRecords::Account(typed_row(&records, &[])?),
+        _ => ReportRecords::Income(typed_row(&records, &[])?),
+    };
+    Ok(reply(FinanceReport {
+        report_type: kind,
+        start_date: start.to_string(),
+        end_date: (end - Duration::days(1)).to_string(),
+        records,
+    }))
 }
 
 const ACCOUNT_SELECT: &str = "SELECT to_jsonb(t)::text FROM (SELECT a.counselor_id AS id, a.counselor_id, \
@@ -243,21 +556,72 @@ const ACCOUNT_SELECT: &str = "SELECT to_jsonb(t)::text FROM (SELECT a.counselor_
      jsonb_build_object('id', COALESCE(c.id, 0), 'name', COALESCE(c.name, ''), 'avatar', COALESCE(c.avatar, '')) AS counselor \
      FROM ";
 
-/// `GET /api/admin/finance/accounts?page&page_size&counselor_id` → `{accounts, list, total}`.
+/// A counselor account as the ledger has it. Members in the order Postgres renders the row.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccountRow {
+    /// The counselor's id.
+    pub id: i64,
+    /// Withdrawable, yuan.
+    pub balance: f64,
+    /// The counselor.
+    pub counselor: CounselorBrief,
+    /// Paid out, yuan.
+    pub withdrawn: f64,
+    /// The first posting (RFC 3339), or null.
+    pub created_at: Option<String>,
+    /// The last posting (RFC 3339), or null.
+    pub updated_at: Option<String>,
+    /// The counselor's id.
+    pub counselor_id: i64,
+    /// Everything credited, yuan.
+    pub total_income: f64,
+    /// Requested or approved, not paid out yet, yuan.
+    pub frozen_amount: f64,
+}
+
+/// A page of counselor accounts: the same rows under `accounts` and `list`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AccountList {
+    /// The page's accounts, by counselor id.
+    pub accounts: Vec<AccountRow>,
+    /// The same rows.
+    pub list: Vec<AccountRow>,
+    /// Accounts matching the filter.
+    pub total: i64,
+}
+
+/// Filters of the account list.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AccountListQuery {
+    /// The page (documented as [`PageParams`]).
+    #[serde(flatten)]
+    #[param(ignore)]
+    pub paging: PageParams,
+    /// Only this counselor's account; empty = all.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub counselor_id: Option<i64>,
+}
+
+/// Counselor accounts
+///
+/// `{accounts, list, total}` in `data` and at the root, from the ledger; 20 per page by default.
+#[utoipa::path(get, path = "/api/admin/finance/accounts", tag = TAG,
+    params(PageParams, AccountListQuery),
+    responses((status = 200, body = Listed<AccountList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn accounts(
     State(state): State<AppState>,
-    ApiQuery(q): Params,
-) -> ApiResult<Json<Value>> {
-    let q = Q(q);
-    let (limit, offset, ..) = q.paging(20)?;
-    let counselor = q.int("counselor_id")?;
+    ApiQuery(q): ApiQuery<AccountListQuery>,
+) -> ApiResult<axum::Json<Listed<AccountList>>> {
+    let (limit, offset) = q.paging.limits(20)?;
+    let counselor = q.counselor_id;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
         if let Some(c) = counselor {
             qb.push(" AND a.counselor_id = ").push_bind(c);
         }
     };
-    // The accounts as the ledger has them (issue 6), with the read model's column names.
+    // The accounts as the ledger has them, with the read model's column names.
     let from = format!(
         "{} a LEFT JOIN counselors c ON c.id = a.counselor_id",
         crate::app::ledger_reads::COUNSELOR_ACCOUNTS_SQL
@@ -269,22 +633,77 @@ pub async fn accounts(
         .push(" OFFSET ")
         .push_bind(offset)
         .push(") t");
-    let list = json_rows(&state, qb).await?;
+    let list: Vec<AccountRow> = typed_rows(&state, qb).await?;
     let mut cq = QueryBuilder::new(format!(
         "SELECT count(*) FROM {} a",
         crate::app::ledger_reads::COUNSELOR_ACCOUNTS_SQL
     ));
     filter(&mut cq);
     let total = count(&state, cq).await?;
-    Ok(list_envelope("accounts", list, total, json!({})))
+    Ok(listed(AccountList {
+        accounts: list.clone(),
+        list,
+        total,
+    }))
 }
 
-/// `GET /api/admin/finance/accounts/:id` (`:id` = counselor id) → `{account, withdraw_count,
-/// withdraw_total, pending_withdraws}` (counts withdrawals with status 1 or 3).
+/// One counselor's account, from the ledger: yuan and fen side by side.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CounselorAccountView {
+    /// The counselor's id.
+    pub id: i64,
+    /// The counselor's id.
+    pub counselor_id: i64,
+    /// Everything credited, yuan.
+    pub total_income: f64,
+    /// Everything credited, fen.
+    pub total_income_fen: i64,
+    /// Withdrawable, yuan.
+    pub balance: f64,
+    /// Withdrawable, fen.
+    pub balance_fen: i64,
+    /// Requested or approved, not paid out yet, yuan.
+    pub frozen_amount: f64,
+    /// Requested or approved, not paid out yet, fen.
+    pub frozen_amount_fen: i64,
+    /// Paid out, yuan.
+    pub withdrawn: f64,
+    /// Paid out, fen.
+    pub withdrawn_fen: i64,
+    /// The first posting (RFC 3339), or null.
+    pub created_at: Option<DateTime<Utc>>,
+    /// The last posting (RFC 3339), or null.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// A counselor's account and withdrawal figures.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AccountDetail {
+    /// The account.
+    pub account: CounselorAccountView,
+    /// Withdrawals approved or transferred.
+    pub withdraw_count: i64,
+    /// Their amount, yuan.
+    pub withdraw_total: f64,
+    /// Withdrawals awaiting review.
+    pub pending_withdraws: i64,
+}
+
+fn yuan(fen: i64) -> f64 {
+    fen as f64 / 100.0
+}
+
+/// One counselor's account
+///
+/// The account as the ledger has it, and the counselor's withdrawals approved or transferred
+/// (count, yuan) and awaiting review. `id` is the counselor's id.
+#[utoipa::path(get, path = "/api/admin/finance/accounts/{id}", tag = TAG,
+    params(("id" = i64, Path, description = "Counselor id")),
+    responses((status = 200, body = Envelope<AccountDetail>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn account(
     State(state): State<AppState>,
     ApiPath(counselor_id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
+) -> Reply<AccountDetail> {
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM counselors WHERE id = $1)")
         .bind(counselor_id)
         .fetch_one(&state.db)
@@ -292,7 +711,7 @@ pub async fn account(
     if !exists {
         return Err(ApiError::not_found("counselor"));
     }
-    let account = crate::user::earnings::account_json(&state, counselor_id).await?;
+    let a = crate::app::ledger_reads::counselor_account(&state.db, counselor_id).await?;
     let (n, total, pending): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status IN (1, 3)), COALESCE(sum(amount_fen) FILTER (WHERE status IN (1, 3)), 0)::bigint, \
          count(*) FILTER (WHERE status = 0) FROM withdrawals WHERE counselor_id = $1",
@@ -300,10 +719,23 @@ pub async fn account(
     .bind(counselor_id)
     .fetch_one(&state.db)
     .await?;
-    Ok(ok(json!({
-        "account": account,
-        "withdraw_count": n,
-        "withdraw_total": total as f64 / 100.0,
-        "pending_withdraws": pending,
-    })))
+    Ok(reply(AccountDetail {
+        account: CounselorAccountView {
+            id: counselor_id,
+            counselor_id,
+            total_income: yuan(a.total_income),
+            total_income_fen: a.total_income,
+            balance: yuan(a.balance),
+            balance_fen: a.balance,
+            frozen_amount: yuan(a.frozen),
+            frozen_amount_fen: a.frozen,
+            withdrawn: yuan(a.withdrawn),
+            withdrawn_fen: a.withdrawn,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        },
+        withdraw_count: n,
+        withdraw_total: total as f64 / 100.0,
+        pending_withdraws: pending,
+    }))
 }

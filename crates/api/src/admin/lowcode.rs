@@ -1,20 +1,129 @@
-//! Admin API (issue 4): the low-code platform (contract c.8): forms whose `items` is an **array**
-//! of FormItems (stored as `form_json` text), form data submit / list / delete, pages with
-//! `items` arrays (no `path` needed) and preview.
-
-use std::collections::HashMap;
+//! The low-code platform in the admin API (contract c.8): forms whose `items` is an **array** of
+//! form items (stored as `form_json` text), form data submit / list / delete, pages with `items`
+//! arrays (no `path` needed) and preview. The items are the client designer's free-form
+//! configuration: stored and answered as the client sent them, checked only for what the server
+//! relies on (each item's `type`, and a form item's `field`).
 
 use axum::extract::State;
-use axum::Json;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sqlx::{Postgres, QueryBuilder};
+use utoipa::ToSchema;
+use validator::{Validate, ValidationError, ValidationErrors};
+use web::envelope::{message, reply, Envelope, Message, Reply};
+use web::error::Problem;
 
 use crate::admin::common::{
-    check_len, count, insert_row, json_rows, list_envelope, one, update_row, Bind, Body, Caller, Q,
+    count, lenient, listed, typed_one, typed_row, typed_rows, unique_violation, Caller, Listed,
 };
-use crate::{ok, ok_msg, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, AppState};
+use crate::admin::listing::PageParams;
+use crate::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, AppState};
 
-type Params = ApiQuery<HashMap<String, String>>;
+/// OpenAPI tag of every low-code operation.
+pub const TAG: &str = "lowcode";
+
+/// A form. Members in the order Postgres renders the row (`jsonb`: shorter names first);
+/// timestamps are RFC 3339 as Postgres writes them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LowcodeForm {
+    /// Form id.
+    pub id: i64,
+    /// Title, 1–100 characters.
+    pub title: String,
+    /// 1 enabled, 0 disabled.
+    pub status: i16,
+    /// The form items as JSON text (an array).
+    pub form_json: String,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+    /// Description, at most 1000 characters.
+    pub description: String,
+}
+
+/// A page. Members in the order Postgres renders the row.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LowcodePage {
+    /// Page id.
+    pub id: i64,
+    /// The route the client shows it at (optional, may be empty).
+    pub path: String,
+    /// Title, 1–100 characters.
+    pub title: String,
+    /// 1 enabled, 0 disabled.
+    pub status: i16,
+    /// The page items as JSON text (an array).
+    pub page_json: String,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+    /// Description, at most 1000 characters.
+    pub description: String,
+}
+
+/// A record submitted through a form. Members in the order Postgres renders the row.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FormRecord {
+    /// Record id.
+    pub id: i64,
+    /// The form.
+    pub form_id: i64,
+    /// The submitted fields as JSON text (an object: field → value).
+    pub form_data: String,
+    /// When it was submitted (RFC 3339).
+    pub created_at: String,
+    /// The administrator who submitted it.
+    pub created_by: i64,
+}
+
+/// A page of forms: the same rows under `forms` and `list` (the form picker reads the root
+/// `list`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FormList {
+    /// The page's forms, newest first.
+    pub forms: Vec<LowcodeForm>,
+    /// The same rows.
+    pub list: Vec<LowcodeForm>,
+    /// Forms matching the filter.
+    pub total: i64,
+}
+
+/// A page of pages: the same rows under `pages` and `list`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PageList {
+    /// The page's pages, newest first.
+    pub pages: Vec<LowcodePage>,
+    /// The same rows.
+    pub list: Vec<LowcodePage>,
+    /// Pages matching the filter.
+    pub total: i64,
+}
+
+/// A page of a form's records: the same rows under `data` and `list`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FormRecordList {
+    /// The page's records, newest first.
+    pub data: Vec<FormRecord>,
+    /// The same rows.
+    pub list: Vec<FormRecord>,
+    /// The form's records.
+    pub total: i64,
+}
+
+/// A title filter and a page.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TitleQuery {
+    /// The page (documented as [`PageParams`]).
+    #[serde(flatten)]
+    #[param(ignore)]
+    pub paging: PageParams,
+    /// Text found in the title; empty = all.
+    #[serde(default)]
+    pub title: Option<String>,
+}
 
 /// Which low-code table.
 #[derive(Clone, Copy)]
@@ -30,12 +139,6 @@ impl Kind {
             Self::Page => "lowcode_pages",
         }
     }
-    fn json_col(self) -> &'static str {
-        match self {
-            Self::Form => "form_json",
-            Self::Page => "page_json",
-        }
-    }
     fn what(self) -> &'static str {
         match self {
             Self::Form => "form",
@@ -44,9 +147,18 @@ impl Kind {
     }
 }
 
-async fn list(state: &AppState, kind: Kind, q: Q) -> ApiResult<Json<Value>> {
-    let (limit, offset, ..) = q.paging(20)?;
-    let title = q.str("title").map(crate::admin::common::contains_pattern);
+async fn list<T: serde::de::DeserializeOwned + Serialize>(
+    state: &AppState,
+    kind: Kind,
+    q: &TitleQuery,
+) -> Result<(Vec<T>, i64), ApiError> {
+    let (limit, offset) = q.paging.limits(20)?;
+    let title = q
+        .title
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(crate::admin::common::contains_pattern);
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
         if let Some(t) = &title {
@@ -63,151 +175,334 @@ async fn list(state: &AppState, kind: Kind, q: Q) -> ApiResult<Json<Value>> {
         .push(" OFFSET ")
         .push_bind(offset)
         .push(") t");
-    let list = json_rows(state, qb).await?;
+    let list = typed_rows(state, qb).await?;
     let mut cq = QueryBuilder::new(format!("SELECT count(*) FROM {}", kind.table()));
     filter(&mut cq);
     let total = count(state, cq).await?;
-    Ok(list_envelope(
-        if matches!(kind, Kind::Form) {
-            "forms"
-        } else {
-            "pages"
-        },
-        list,
-        total,
-        json!({}),
-    ))
+    Ok((list, total))
 }
 
-/// Validates `items`: an array of objects each with a `type` (FormItem / PageItem); a form item
-/// also needs a `field`. Returns the JSON text stored in `form_json` / `page_json`.
-fn items_json(kind: Kind, b: &Body, required: bool) -> Result<Option<String>, ApiError> {
-    let items = match b.raw("items") {
-        None if required => return Err(ApiError::field("items", "required (an array)")),
-        None => return Ok(None),
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(ApiError::field("items", "must be an array")),
-    };
-    for (i, item) in items.iter().enumerate() {
-        let Some(obj) = item.as_object() else {
-            return Err(ApiError::field(&format!("items[{i}]"), "must be an object"));
-        };
-        if !obj.get("type").is_some_and(Value::is_string) {
-            return Err(ApiError::field(&format!("items[{i}].type"), "required"));
-        }
-        let field = obj.get("field").and_then(Value::as_str).unwrap_or_default();
-        if matches!(kind, Kind::Form) && field.is_empty() {
-            return Err(ApiError::field(&format!("items[{i}].field"), "required"));
-        }
+/// A form item of the designer: an object with a `type` and a non-empty `field` (the key its
+/// value is submitted under), plus whatever else the designer stores (`label`, `required`,
+/// options…), kept as sent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct FormItem(pub Map<String, Value>);
+
+/// A page item of the designer: an object with a `type`, plus whatever else the designer stores,
+/// kept as sent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct PageItem(pub Map<String, Value>);
+
+/// `type` must be a string; with `field_required`, `field` a non-empty string.
+fn check_item(item: &Map<String, Value>, field_required: bool) -> Result<(), ValidationErrors> {
+    let required = || ValidationError::new("required").with_message("required".into());
+    let mut errors = ValidationErrors::new();
+    if !item.get("type").is_some_and(Value::is_string) {
+        errors.add("type", required());
     }
-    Ok(Some(Value::Array(items.clone()).to_string()))
+    let field = item
+        .get("field")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if field_required && field.is_empty() {
+        errors.add("field", required());
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
-async fn save(state: &AppState, kind: Kind, id: Option<i64>, b: Body) -> ApiResult<Json<Value>> {
-    let mut cols = Vec::new();
-    if let Some(t) = b.str("title")? {
-        check_len("title", &t, 1, 100)?;
-        cols.push(("title", Bind::Text(t)));
-    } else if id.is_none() {
+impl Validate for FormItem {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        check_item(&self.0, true)
+    }
+}
+
+impl Validate for PageItem {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        check_item(&self.0, false)
+    }
+}
+
+/// A form to create (no `id`, or `id` ≤ 0: `title` and `items` required) or to update (the
+/// fields sent; absent ones unchanged).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
+pub struct FormSave {
+    /// With `POST`: the form to update when > 0.
+    #[serde(default, deserialize_with = "lenient::int")]
+    #[schema(value_type = Option<i64>)]
+    pub id: Option<i64>,
+    /// Title, 1–100 characters.
+    #[serde(default, deserialize_with = "lenient::text")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 100)]
+    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    pub title: Option<String>,
+    /// Description, at most 1000 characters.
+    #[serde(default, deserialize_with = "lenient::text")]
+    #[schema(value_type = Option<String>, max_length = 1000)]
+    #[validate(length(max = 1000, message = "must be 0 to 1000 characters"))]
+    pub description: Option<String>,
+    /// The form items (an array), stored as `form_json`.
+    #[serde(default)]
+    #[validate(nested)]
+    pub items: Option<Vec<FormItem>>,
+    /// 1 enabled, 0 disabled.
+    #[serde(default, deserialize_with = "lenient::int")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1)]
+    #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
+    pub status: Option<i64>,
+}
+
+/// A page to create (no `id`, or `id` ≤ 0: `title` and `items` required) or to update (the
+/// fields sent; absent ones unchanged).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
+pub struct PageSave {
+    /// With `POST`: the page to update when > 0.
+    #[serde(default, deserialize_with = "lenient::int")]
+    #[schema(value_type = Option<i64>)]
+    pub id: Option<i64>,
+    /// Title, 1–100 characters.
+    #[serde(default, deserialize_with = "lenient::text")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 100)]
+    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    pub title: Option<String>,
+    /// Description, at most 1000 characters.
+    #[serde(default, deserialize_with = "lenient::text")]
+    #[schema(value_type = Option<String>, max_length = 1000)]
+    #[validate(length(max = 1000, message = "must be 0 to 1000 characters"))]
+    pub description: Option<String>,
+    /// The route the client shows the page at (optional), at most 200 characters.
+    #[serde(default, deserialize_with = "lenient::text")]
+    #[schema(value_type = Option<String>, max_length = 200)]
+    #[validate(length(max = 200, message = "must be 0 to 200 characters"))]
+    pub path: Option<String>,
+    /// The page items (an array), stored as `page_json`.
+    #[serde(default)]
+    #[validate(nested)]
+    pub items: Option<Vec<PageItem>>,
+    /// 1 enabled, 0 disabled.
+    #[serde(default, deserialize_with = "lenient::int")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1)]
+    #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
+    pub status: Option<i64>,
+}
+
+/// What creating a form or a page needs beyond the rules of its fields.
+fn creation_needs(title: &Option<String>, has_items: bool) -> Result<(), ApiError> {
+    if title.is_none() {
         return Err(ApiError::field("title", "required"));
     }
-    if let Some(d) = b.str("description")? {
-        check_len("description", &d, 0, 1000)?;
-        cols.push(("description", Bind::Text(d)));
+    if !has_items {
+        return Err(ApiError::field("items", "required (an array)"));
     }
-    if matches!(kind, Kind::Page) {
-        if let Some(p) = b.str("path")? {
-            check_len("path", &p, 0, 200)?;
-            cols.push(("path", Bind::Text(p)));
+    Ok(())
+}
+
+fn items_text<T: Serialize>(items: &Option<Vec<T>>) -> Result<Option<String>, ApiError> {
+    items
+        .as_ref()
+        .map(|i| serde_json::to_string(i).map_err(|e| ApiError::internal(e.into())))
+        .transpose()
+}
+
+async fn save_form_row(state: &AppState, id: Option<i64>, b: FormSave) -> Reply<LowcodeForm> {
+    b.validate()?;
+    let items = items_text(&b.items)?;
+    let status = b.status.map(|s| s as i16);
+    let row: Option<String> = match id {
+        None => {
+            creation_needs(&b.title, items.is_some())?;
+            sqlx::query_scalar(
+                "INSERT INTO lowcode_forms (title, description, form_json, status) \
+                 VALUES ($1, COALESCE($2, ''), $3, COALESCE($4, 1::smallint)) \
+                 RETURNING to_jsonb(lowcode_forms.*)::text",
+            )
+            .bind(&b.title)
+            .bind(&b.description)
+            .bind(&items)
+            .bind(status)
+            .fetch_optional(&state.db)
+            .await
+        }
+        Some(id) => {
+            sqlx::query_scalar(
+                "UPDATE lowcode_forms t SET updated_at = now(), title = COALESCE($2, title), \
+                 description = COALESCE($3, description), form_json = COALESCE($4, form_json), \
+                 status = COALESCE($5, status) WHERE id = $1 RETURNING to_jsonb(t)::text",
+            )
+            .bind(id)
+            .bind(&b.title)
+            .bind(&b.description)
+            .bind(&items)
+            .bind(status)
+            .fetch_optional(&state.db)
+            .await
         }
     }
-    if let Some(j) = items_json(kind, &b, id.is_none())? {
-        cols.push((kind.json_col(), Bind::Text(j)));
-    }
-    if let Some(s) = b.status01("status")? {
-        cols.push(("status", Bind::Int(s)));
-    }
-    let row = match id {
-        None => insert_row(state, kind.table(), cols).await?,
-        Some(id) => update_row(state, kind.table(), id, cols, true)
-            .await?
-            .ok_or_else(|| ApiError::not_found(kind.what()))?,
-    };
-    Ok(ok(row))
+    .map_err(unique_violation)?;
+    let row = row.ok_or_else(|| ApiError::not_found("form"))?;
+    Ok(reply(typed_row(&row, &[])?))
 }
 
-fn body_id(b: &Body) -> Result<Option<i64>, ApiError> {
-    Ok(b.int("id")?.filter(|id| *id > 0))
+async fn save_page_row(state: &AppState, id: Option<i64>, b: PageSave) -> Reply<LowcodePage> {
+    b.validate()?;
+    let items = items_text(&b.items)?;
+    let status = b.status.map(|s| s as i16);
+    let row: Option<String> = match id {
+        None => {
+            creation_needs(&b.title, items.is_some())?;
+            sqlx::query_scalar(
+                "INSERT INTO lowcode_pages (title, description, path, page_json, status) \
+                 VALUES ($1, COALESCE($2, ''), COALESCE($3, ''), $4, COALESCE($5, 1::smallint)) \
+                 RETURNING to_jsonb(lowcode_pages.*)::text",
+            )
+            .bind(&b.title)
+            .bind(&b.description)
+            .bind(&b.path)
+            .bind(&items)
+            .bind(status)
+            .fetch_optional(&state.db)
+            .await
+        }
+        Some(id) => {
+            sqlx::query_scalar(
+                "UPDATE lowcode_pages t SET updated_at = now(), title = COALESCE($2, title), \
+                 description = COALESCE($3, description), path = COALESCE($4, path), \
+                 page_json = COALESCE($5, page_json), status = COALESCE($6, status) \
+                 WHERE id = $1 RETURNING to_jsonb(t)::text",
+            )
+            .bind(id)
+            .bind(&b.title)
+            .bind(&b.description)
+            .bind(&b.path)
+            .bind(&items)
+            .bind(status)
+            .fetch_optional(&state.db)
+            .await
+        }
+    }
+    .map_err(unique_violation)?;
+    let row = row.ok_or_else(|| ApiError::not_found("page"))?;
+    Ok(reply(typed_row(&row, &[])?))
 }
 
-/// `GET /api/admin/lowcode/forms?page&page_size&title` → `{list, forms, total}` (root `list` too).
+/// List forms
+///
+/// `{forms, list, total}` in `data` and at the root (the form picker reads the root `list`),
+/// newest first; 20 per page by default.
+#[utoipa::path(get, path = "/api/admin/lowcode/forms", tag = TAG, params(PageParams, TitleQuery),
+    responses((status = 200, body = Listed<FormList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_forms(
     State(state): State<AppState>,
-    ApiQuery(q): Params,
-) -> ApiResult<Json<Value>> {
-    list(&state, Kind::Form, Q(q)).await
+    ApiQuery(q): ApiQuery<TitleQuery>,
+) -> ApiResult<axum::Json<Listed<FormList>>> {
+    let (list, total) = list::<LowcodeForm>(&state, Kind::Form, &q).await?;
+    Ok(listed(FormList {
+        forms: list.clone(),
+        list,
+        total,
+    }))
 }
 
-/// `POST /api/admin/lowcode/forms` body `{id?, title, description, items: [FormItem]}` → the
-/// form (`form_json` = the items array as text); upsert when `id > 0`.
+/// Save a form
+///
+/// Creates a form, or updates form `id` when the body's `id` > 0. `form_json` is the items
+/// array as text.
+#[utoipa::path(post, path = "/api/admin/lowcode/forms", tag = TAG, request_body = FormSave,
+    responses((status = 200, body = Envelope<LowcodeForm>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn save_form(
     State(state): State<AppState>,
-    ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Json<Value>> {
-    let b = Body::new(body)?;
-    let id = body_id(&b)?;
-    save(&state, Kind::Form, id, b).await
+    ApiJson(body): ApiJson<FormSave>,
+) -> Reply<LowcodeForm> {
+    let id = body.id.filter(|id| *id > 0);
+    save_form_row(&state, id, body).await
 }
 
-/// `PUT /api/admin/lowcode/forms/:id` → the form.
+/// Update a form
+///
+/// The fields sent; absent ones unchanged. Answers the form.
+#[utoipa::path(put, path = "/api/admin/lowcode/forms/{id}", tag = TAG,
+    params(("id" = i64, Path, description = "Form id")), request_body = FormSave,
+    responses((status = 200, body = Envelope<LowcodeForm>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn update_form(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-    ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Json<Value>> {
-    save(&state, Kind::Form, Some(id), Body::new(body)?).await
+    ApiJson(body): ApiJson<FormSave>,
+) -> Reply<LowcodeForm> {
+    save_form_row(&state, Some(id), body).await
 }
 
-/// `GET /api/admin/lowcode/forms/:id` → the form.
+/// Get a form
+#[utoipa::path(get, path = "/api/admin/lowcode/forms/{id}", tag = TAG,
+    params(("id" = i64, Path, description = "Form id")),
+    responses((status = 200, body = Envelope<LowcodeForm>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_form(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
-    Ok(ok(one(
-        &state,
-        "SELECT to_jsonb(f)::text FROM lowcode_forms f WHERE id = $1",
-        id,
-        "form",
-    )
-    .await?))
+) -> Reply<LowcodeForm> {
+    Ok(reply(
+        typed_one(
+            &state,
+            "SELECT to_jsonb(f)::text FROM lowcode_forms f WHERE id = $1",
+            id,
+            "form",
+        )
+        .await?,
+    ))
 }
 
-/// `DELETE /api/admin/lowcode/forms/:id` (its data goes with it).
+/// Delete a form
+///
+/// Its records go with it.
+#[utoipa::path(delete, path = "/api/admin/lowcode/forms/{id}", tag = TAG,
+    params(("id" = i64, Path, description = "Form id")),
+    responses((status = 200, body = Message), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_form(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::Json<Message>> {
     delete(&state, Kind::Form, id).await
 }
 
-async fn delete(state: &AppState, kind: Kind, id: i64) -> ApiResult<Json<Value>> {
+async fn delete(state: &AppState, kind: Kind, id: i64) -> ApiResult<axum::Json<Message>> {
     let sql = format!("DELETE FROM {} WHERE id = $1", kind.table());
     let done = sqlx::query(&sql).bind(id).execute(&state.db).await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found(kind.what()));
     }
-    Ok(ok_msg("deleted"))
+    Ok(message("deleted"))
 }
 
-/// `GET /api/admin/lowcode/forms/:id/data?page&page_size` → `{list: [{id, form_id, form_data
-/// (JSON text), created_by, created_at}], total}`.
+/// List a form's data
+///
+/// `{data, list, total}` in `data` and at the root: the form's records, newest first, each with
+/// `form_data` as JSON text; 20 per page by default.
+#[utoipa::path(get, path = "/api/admin/lowcode/forms/{id}/data", tag = TAG,
+    params(("id" = i64, Path, description = "Form id"), PageParams),
+    responses((status = 200, body = Listed<FormRecordList>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_form_data(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-    ApiQuery(q): Params,
-) -> ApiResult<Json<Value>> {
-    let _form = get_form(State(state.clone()), ApiPath(id)).await?;
-    let (limit, offset, ..) = Q(q).paging(20)?;
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> ApiResult<axum::Json<Listed<FormRecordList>>> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lowcode_forms WHERE id = $1)")
+            .bind(id)
+            .fetch_one(&state.db)
+            .await?;
+    if !exists {
+        return Err(ApiError::not_found("form"));
+    }
+    let (limit, offset) = q.limits(20)?;
     let mut qb =
         QueryBuilder::new("SELECT to_jsonb(d)::text FROM lowcode_form_data d WHERE form_id = ");
     qb.push_bind(id);
@@ -215,24 +510,49 @@ pub async fn list_form_data(
         .push_bind(limit)
         .push(" OFFSET ")
         .push_bind(offset);
-    let list = json_rows(&state, qb).await?;
+    let list: Vec<FormRecord> = typed_rows(&state, qb).await?;
     let total: i64 =
         sqlx::query_scalar("SELECT count(*) FROM lowcode_form_data WHERE form_id = $1")
             .bind(id)
             .fetch_one(&state.db)
             .await?;
-    Ok(list_envelope("data", list, total, json!({})))
+    Ok(listed(FormRecordList {
+        data: list.clone(),
+        list,
+        total,
+    }))
 }
 
-/// `POST /api/admin/lowcode/forms/:id/submit` (also `…/data`) body: a JSON object field → value;
-/// every `required` item of the form must be present and non-empty → the stored record.
-pub async fn submit_form_data(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiPath(id): ApiPath<i64>,
-    ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Json<Value>> {
-    let b = Body::new(body)?;
+/// A submission: the form's fields, field → value (the fields are the form's own). Stored as
+/// sent, as JSON text.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = HashMap<String, FieldValue>)]
+pub struct FormSubmission(pub Map<String, Value>);
+
+/// The value of a form field as the designer's inputs produce it (documentation of
+/// `FormSubmission`; the server stores each value as sent).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum FieldValue {
+    /// Text inputs, selects, dates.
+    Text(String),
+    /// Number inputs.
+    Number(f64),
+    /// Switches.
+    Flag(bool),
+    /// Checkbox groups, multi-selects, uploads.
+    Choices(Vec<String>),
+}
+
+/// Stores a submission after checking that every `required` item of the form is present and
+/// non-empty.
+async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+    fields: Map<String, Value>,
+) -> Reply<FormRecord> {
     let form: Option<String> =
         sqlx::query_scalar("SELECT form_json FROM lowcode_forms WHERE id = $1")
             .bind(id)
@@ -243,7 +563,7 @@ pub async fn submit_form_data(
     for item in &items {
         let field = item["field"].as_str().unwrap_or_default();
         if item["required"] == true {
-            let missing = match b.raw(field) {
+            let missing = match fields.get(field).filter(|v| !v.is_null()) {
                 None => true,
                 Some(Value::String(s)) => s.trim().is_empty(),
                 Some(Value::Array(a)) => a.is_empty(),
@@ -254,24 +574,62 @@ pub async fn submit_form_data(
             }
         }
     }
-    let row = insert_row(
-        &state,
-        "lowcode_form_data",
-        vec![
-            ("form_id", Bind::Int(id)),
-            ("form_data", Bind::Text(Value::Object(b.0).to_string())),
-            ("created_by", Bind::Int(caller.admin_id)),
-        ],
+    let row: String = sqlx::query_scalar(
+        "INSERT INTO lowcode_form_data (form_id, form_data, created_by) VALUES ($1, $2, $3) \
+         RETURNING to_jsonb(lowcode_form_data.*)::text",
     )
-    .await?;
-    Ok(ok(row))
+    .bind(id)
+    .bind(Value::Object(fields).to_string())
+    .bind(caller.admin_id)
+    .fetch_one(&state.db)
+    .await
+    .map_err(unique_violation)?;
+    Ok(reply(typed_row(&row, &[])?))
 }
 
-/// `DELETE /api/admin/lowcode/forms/:id/data/:data_id`; 404 if no such record of that form.
+/// Submit form data
+///
+/// Every `required` item of the form must be present and non-empty. Answers the stored record.
+#[utoipa::path(post, path = "/api/admin/lowcode/forms/{id}/submit", tag = TAG,
+    params(("id" = i64, Path, description = "Form id")), request_body = FormSubmission,
+    responses((status = 200, body = Envelope<FormRecord>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn submit_form_data(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<FormSubmission>,
+) -> Reply<FormRecord> {
+    submit(&state, &caller, id, body.0).await
+}
+
+/// Submit form data (client path)
+///
+/// The same as `POST /api/admin/lowcode/forms/{id}/submit`.
+#[utoipa::path(post, path = "/api/admin/lowcode/forms/{id}/data", tag = TAG,
+    params(("id" = i64, Path, description = "Form id")), request_body = FormSubmission,
+    responses((status = 200, body = Envelope<FormRecord>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn submit_form_data_client(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<FormSubmission>,
+) -> Reply<FormRecord> {
+    submit(&state, &caller, id, body.0).await
+}
+
+/// Delete a form data record
+///
+/// 404 when the form has no such record.
+#[utoipa::path(delete, path = "/api/admin/lowcode/forms/{id}/data/{data_id}", tag = TAG,
+    params(("id" = i64, Path, description = "Form id"),
+        ("data_id" = i64, Path, description = "Record id")),
+    responses((status = 200, body = Message), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_form_data(
     State(state): State<AppState>,
     ApiPath((id, data_id)): ApiPath<(i64, i64)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::Json<Message>> {
     let done = sqlx::query("DELETE FROM lowcode_form_data WHERE id = $1 AND form_id = $2")
         .bind(data_id)
         .bind(id)
@@ -280,76 +638,134 @@ pub async fn delete_form_data(
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("form data"));
     }
-    Ok(ok_msg("deleted"))
+    Ok(message("deleted"))
 }
 
-/// `GET /api/admin/lowcode/pages?page&page_size&title` → `{list, pages, total}`.
+/// List pages
+///
+/// `{pages, list, total}` in `data` and at the root, newest first; 20 per page by default.
+#[utoipa::path(get, path = "/api/admin/lowcode/pages", tag = TAG, params(PageParams, TitleQuery),
+    responses((status = 200, body = Listed<PageList>), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_pages(
     State(state): State<AppState>,
-    ApiQuery(q): Params,
-) -> ApiResult<Json<Value>> {
-    list(&state, Kind::Page, Q(q)).await
+    ApiQuery(q): ApiQuery<TitleQuery>,
+) -> ApiResult<axum::Json<Listed<PageList>>> {
+    let (list, total) = list::<LowcodePage>(&state, Kind::Page, &q).await?;
+    Ok(listed(PageList {
+        pages: list.clone(),
+        list,
+        total,
+    }))
 }
 
-/// `POST /api/admin/lowcode/pages` body `{id?, title, description, path?, items: [PageItem]}` →
-/// the page (`page_json` = the items array as text); upsert when `id > 0`.
+/// Save a page
+///
+/// Creates a page, or updates page `id` when the body's `id` > 0. `page_json` is the items
+/// array as text.
+#[utoipa::path(post, path = "/api/admin/lowcode/pages", tag = TAG, request_body = PageSave,
+    responses((status = 200, body = Envelope<LowcodePage>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn save_page(
     State(state): State<AppState>,
-    ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Json<Value>> {
-    let b = Body::new(body)?;
-    let id = body_id(&b)?;
-    save(&state, Kind::Page, id, b).await
+    ApiJson(body): ApiJson<PageSave>,
+) -> Reply<LowcodePage> {
+    let id = body.id.filter(|id| *id > 0);
+    save_page_row(&state, id, body).await
 }
 
-/// `PUT /api/admin/lowcode/pages/:id` → the page.
+/// Update a page
+///
+/// The fields sent; absent ones unchanged. Answers the page.
+#[utoipa::path(put, path = "/api/admin/lowcode/pages/{id}", tag = TAG,
+    params(("id" = i64, Path, description = "Page id")), request_body = PageSave,
+    responses((status = 200, body = Envelope<LowcodePage>), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn update_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-    ApiJson(body): ApiJson<Value>,
-) -> ApiResult<Json<Value>> {
-    save(&state, Kind::Page, Some(id), Body::new(body)?).await
+    ApiJson(body): ApiJson<PageSave>,
+) -> Reply<LowcodePage> {
+    save_page_row(&state, Some(id), body).await
 }
 
-/// `GET /api/admin/lowcode/pages/:id` → the page.
+const PAGE_SQL: &str = "SELECT to_jsonb(p)::text FROM lowcode_pages p WHERE id = $1";
+
+/// Get a page
+#[utoipa::path(get, path = "/api/admin/lowcode/pages/{id}", tag = TAG,
+    params(("id" = i64, Path, description = "Page id")),
+    responses((status = 200, body = Envelope<LowcodePage>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
-    Ok(ok(one(
-        &state,
-        "SELECT to_jsonb(p)::text FROM lowcode_pages p WHERE id = $1",
-        id,
-        "page",
-    )
-    .await?))
+) -> Reply<LowcodePage> {
+    Ok(reply(typed_one(&state, PAGE_SQL, id, "page").await?))
 }
 
-/// `DELETE /api/admin/lowcode/pages/:id`.
+/// Delete a page
+#[utoipa::path(delete, path = "/api/admin/lowcode/pages/{id}", tag = TAG,
+    params(("id" = i64, Path, description = "Page id")),
+    responses((status = 200, body = Message), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<axum::Json<Message>> {
     delete(&state, Kind::Page, id).await
 }
 
-/// `GET /api/admin/lowcode/pages/:id/preview` → `{title, page_json, items}`.
+/// A page as the client renders it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PagePreview {
+    /// The page's title.
+    pub title: String,
+    /// The items as stored (JSON text).
+    pub page_json: String,
+    /// The items parsed (the designer's free-form objects; `[]` when the text is not JSON).
+    #[schema(value_type = Vec<Object>)]
+    pub items: Value,
+}
+
+/// Preview a page
+///
+/// `{title, page_json, items}`: the stored items and the same parsed.
+#[utoipa::path(get, path = "/api/admin/lowcode/pages/{id}/preview", tag = TAG,
+    params(("id" = i64, Path, description = "Page id")),
+    responses((status = 200, body = Envelope<PagePreview>), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn preview_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> ApiResult<Json<Value>> {
-    let page = one(
-        &state,
-        "SELECT to_jsonb(p)::text FROM lowcode_pages p WHERE id = $1",
-        id,
-        "page",
-    )
-    .await?;
-    let items: Value = page["page_json"]
-        .as_str()
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or(Value::Array(Vec::new()));
-    Ok(ok(
-        json!({ "title": page["title"], "page_json": page["page_json"], "items": items }),
-    ))
+) -> Reply<PagePreview> {
+    let page: LowcodePage = typed_one(&state, PAGE_SQL, id, "page").await?;
+    let items: Value = serde_json::from_str(&page.page_json).unwrap_or(Value::Array(Vec::new()));
+    Ok(reply(PagePreview {
+        title: page.title,
+        page_json: page.page_json,
+        items,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_are_stored_as_sent_and_refusals_name_the_item() {
+        let b: FormSave = serde_json::from_str(
+            r#"{"title": " 回访 ", "items": [{"id": 1, "type": "input", "label": "姓名", "field": "name", "required": true}]}"#,
+        )
+        .unwrap();
+        assert!(b.validate().is_ok());
+        assert_eq!(b.title.as_deref(), Some("回访"));
+        assert_eq!(
+            items_text(&b.items).unwrap().unwrap(),
+            r#"[{"id":1,"type":"input","label":"姓名","field":"name","required":true}]"#
+        );
+        let b: FormSave =
+            serde_json::from_str(r#"{"title": "x", "items": [{"type": "input"}]}"#).unwrap();
+        let e = ApiError::from(b.validate().unwrap_err());
+        assert_eq!(e.msg, "items[0].field: required");
+        let p: PageSave = serde_json::from_str(r#"{"items": [{"label": "a"}]}"#).unwrap();
+        let e = ApiError::from(p.validate().unwrap_err());
+        assert_eq!(e.msg, "items[0].type: required");
+        assert!(serde_json::from_str::<FormSave>(r#"{"items": {"a": 1}}"#).is_err());
+    }
 }

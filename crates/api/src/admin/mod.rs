@@ -8,6 +8,7 @@ pub mod business;
 pub mod common;
 pub mod finance;
 pub mod guard;
+pub mod listing;
 pub mod lowcode;
 pub mod online;
 pub mod openapi;

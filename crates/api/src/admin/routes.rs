@@ -1,12 +1,10 @@
-//! Every admin-API route (issue 4) with its RBAC rule: the single table the router, the guard,
-//! the OpenAPI document and the RBAC matrix test are built from (see [`crate::admin::guard`]).
+//! Every admin-API route with its RBAC rule: the single table the router, the guard, the
+//! OpenAPI document and the RBAC matrix test are built from (see [`crate::admin::table`]).
 //! Permission codes are the contract's c.9 codes.
 //!
-//! A typed entry (`.typed(routes!(handler), perm)`) takes its method, path, tag and summary from
-//! the handler's `#[utoipa::path]`; an alias path is a handler of its own. Entries not typed yet
-//! (`.at(...)`) name them here.
+//! An entry (`.typed(routes!(handler), perm)`) takes its method, path, tag and summary from the
+//! handler's `#[utoipa::path]`; an alias path is a handler of its own.
 
-use axum::http::Method;
 use utoipa_axum::routes;
 
 use crate::admin::table::Perm::{Authenticated as Me, Code, Public};
@@ -18,7 +16,6 @@ use crate::admin::{
 
 /// Registers every admin route.
 pub fn register() -> Reg {
-    let (get, post, put, delete) = (Method::GET, Method::POST, Method::PUT, Method::DELETE);
     Reg::new()
         // c.1 login and the caller's own session
         .typed(routes!(admin::login), Public)
@@ -115,274 +112,58 @@ pub fn register() -> Reg {
             routes!(ppl::applications::review_application),
             Code("counselor:edit"),
         )
-        .at(
-            get.clone(),
-            "/api/admin/orders",
-            Code("order:view"),
-            "orders",
-            "List orders",
-            biz::list_orders,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/orders/statistics",
+        .typed(routes!(biz::orders::list_orders), Code("order:view"))
+        .typed(
+            routes!(biz::orders::order_statistics),
             Code("order:view_statistics"),
-            "orders",
-            "Order statistics",
-            biz::order_statistics,
         )
-        .at(
-            put.clone(),
-            "/api/admin/orders/{id}/status",
+        .typed(
+            routes!(biz::orders::change_order_status),
             Code("order:edit_status"),
-            "orders",
-            "Change an order's status (Order command)",
-            biz::change_order_status,
         )
-        .at(
-            get.clone(),
-            "/api/admin/chat/sessions",
-            Code("chat:view"),
-            "chat",
-            "List chat sessions",
-            biz::list_sessions,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/chat/sessions/{id}/messages",
-            Code("chat:view"),
-            "chat",
-            "A session's messages",
-            biz::session_messages,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/chat/statistics",
-            Code("chat:view"),
-            "chat",
-            "Chat statistics",
-            biz::chat_statistics,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/chat/messages/search",
-            Code("chat:view"),
-            "chat",
-            "Full-text search over messages",
-            biz::search_messages,
-        )
-        .at(
-            delete.clone(),
-            "/api/admin/chat/sessions/{id}",
-            Code("chat:manage"),
-            "chat",
-            "Redact a session's messages",
-            biz::delete_session,
-        )
-        .at(
-            delete.clone(),
-            "/api/admin/chat/messages/{id}",
-            Code("chat:manage"),
-            "chat",
-            "Redact one message",
-            biz::delete_message,
-        )
+        .typed(routes!(biz::chat::list_sessions), Code("chat:view"))
+        .typed(routes!(biz::chat::session_messages), Code("chat:view"))
+        .typed(routes!(biz::chat::chat_statistics), Code("chat:view"))
+        .typed(routes!(biz::chat::search_messages), Code("chat:view"))
+        .typed(routes!(biz::chat::delete_session), Code("chat:manage"))
+        .typed(routes!(biz::chat::delete_message), Code("chat:manage"))
         // c.5 statistics and finance
-        .at(
-            get.clone(),
-            "/api/admin/statistics",
+        .typed(routes!(biz::dashboard::statistics), Code("dashboard:view"))
+        .typed(
+            routes!(biz::dashboard::dashboard_statistics),
             Code("dashboard:view"),
-            "dashboard",
-            "Dashboard statistics",
-            biz::statistics,
         )
-        .at(
-            get.clone(),
-            "/api/admin/dashboard/statistics",
+        .typed(
+            routes!(biz::dashboard::counselor_ranking),
             Code("dashboard:view"),
-            "dashboard",
-            "Dashboard statistics",
-            biz::statistics,
         )
-        .at(
-            get.clone(),
-            "/api/admin/stats/counselor/ranking",
+        .typed(routes!(biz::dashboard::order_trend), Code("dashboard:view"))
+        .typed(
+            routes!(biz::dashboard::session_stats),
             Code("dashboard:view"),
-            "dashboard",
-            "Counselor ranking",
-            biz::counselor_ranking,
         )
-        .at(
-            get.clone(),
-            "/api/admin/stats/order/trend",
-            Code("dashboard:view"),
-            "dashboard",
-            "Order trend",
-            biz::order_trend,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/session/stats",
-            Code("dashboard:view"),
-            "dashboard",
-            "Session statistics",
-            biz::session_stats,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/withdraws/pending",
-            Code("finance:view"),
-            "finance",
-            "Pending withdrawals",
-            fin::pending_withdraws,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/withdraws",
-            Code("finance:view"),
-            "finance",
-            "List withdrawals",
-            fin::list_withdraws,
-        )
+        .typed(routes!(fin::pending_withdraws), Code("finance:view"))
+        .typed(routes!(fin::list_withdraws), Code("finance:view"))
         .typed(routes!(wd::approve), Code("finance:approve_withdraw"))
         .typed(routes!(wd::transfer), Code("finance:approve_withdraw"))
-        .at(
-            get.clone(),
-            "/api/admin/finance/stats",
-            Code("finance:view"),
-            "finance",
-            "Finance statistics",
-            fin::finance_stats,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/finance/revenue",
-            Code("finance:view"),
-            "finance",
-            "Revenue by day / week / month / year",
-            fin::revenue,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/finance/reports",
-            Code("finance:view"),
-            "finance",
-            "Finance reports",
-            fin::reports,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/finance/accounts",
-            Code("finance:view"),
-            "finance",
-            "Counselor accounts",
-            fin::accounts,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/finance/accounts/{id}",
-            Code("finance:view"),
-            "finance",
-            "One counselor's account",
-            fin::account,
-        )
+        .typed(routes!(fin::finance_stats), Code("finance:view"))
+        .typed(routes!(fin::revenue), Code("finance:view"))
+        .typed(routes!(fin::reports), Code("finance:view"))
+        .typed(routes!(fin::accounts), Code("finance:view"))
+        .typed(routes!(fin::account), Code("finance:view"))
         // c.6 online users (through NATS), broadcast, configs, logs
-        .at(
-            get.clone(),
-            "/api/admin/online/users",
-            Code("system:view"),
-            "online",
-            "Online users",
-            on::online_users,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/online/users/detailed",
-            Code("system:view"),
-            "online",
-            "Online users, detailed",
-            on::online_detailed,
-        )
-        .at(
-            get.clone(),
-            "/admin/online/users/detailed",
-            Code("system:view"),
-            "online",
-            "Online users, detailed (client path)",
-            on::online_detailed,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/online/statistics",
-            Code("system:view"),
-            "online",
-            "Online statistics",
-            on::online_statistics,
-        )
-        .at(
-            get.clone(),
-            "/admin/online/statistics",
-            Code("system:view"),
-            "online",
-            "Online statistics (client path)",
-            on::online_statistics,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/online/users/{id}/kick",
-            Code("system:manage_online"),
-            "online",
-            "Kick a user's sockets",
-            on::kick,
-        )
-        .at(
-            post.clone(),
-            "/admin/online/users/{id}/kick",
-            Code("system:manage_online"),
-            "online",
-            "Kick a user's sockets (client path)",
-            on::kick,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/online/mute",
-            Code("system:manage_online"),
-            "online",
-            "Mute or unmute a user",
-            on::mute,
-        )
-        .at(
-            post.clone(),
-            "/admin/online/mute",
-            Code("system:manage_online"),
-            "online",
-            "Mute or unmute a user (client path)",
-            on::mute,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/online/users/{id}/message",
-            Code("system:manage_online"),
-            "online",
-            "Send a user an admin message",
-            on::message,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/broadcast",
-            Code("system:manage_online"),
-            "online",
-            "Broadcast a system message",
-            on::broadcast,
-        )
-        .at(
-            post.clone(),
-            "/admin/broadcast",
-            Code("system:manage_online"),
-            "online",
-            "Broadcast a system message (client path)",
-            on::broadcast,
-        )
+        .typed(routes!(on::online_users), Code("system:view"))
+        .typed(routes!(on::online_detailed), Code("system:view"))
+        .typed(routes!(on::online_detailed_client), Code("system:view"))
+        .typed(routes!(on::online_statistics), Code("system:view"))
+        .typed(routes!(on::online_statistics_client), Code("system:view"))
+        .typed(routes!(on::kick), Code("system:manage_online"))
+        .typed(routes!(on::kick_client), Code("system:manage_online"))
+        .typed(routes!(on::mute), Code("system:manage_online"))
+        .typed(routes!(on::mute_client), Code("system:manage_online"))
+        .typed(routes!(on::message), Code("system:manage_online"))
+        .typed(routes!(on::broadcast), Code("system:manage_online"))
+        .typed(routes!(on::broadcast_client), Code("system:manage_online"))
         .typed(routes!(sys::audit::logs), Code("system:view_logs"))
         .typed(routes!(sys::configs::list_configs), Code("system:view"))
         .typed(
@@ -439,124 +220,22 @@ pub fn register() -> Reg {
         .typed(routes!(sys::menus::update_menu), Code("menu:edit"))
         .typed(routes!(sys::menus::delete_menu), Code("menu:delete"))
         // c.8 low-code
-        .at(
-            get.clone(),
-            "/api/admin/lowcode/forms",
+        .typed(routes!(lc::list_forms), Code("lowcode:data:manage"))
+        .typed(routes!(lc::save_form), Code("lowcode:form:design"))
+        .typed(routes!(lc::update_form), Code("lowcode:form:design"))
+        .typed(routes!(lc::get_form), Code("lowcode:form:design"))
+        .typed(routes!(lc::delete_form), Code("lowcode:form:design"))
+        .typed(routes!(lc::list_form_data), Code("lowcode:data:manage"))
+        .typed(routes!(lc::submit_form_data), Code("lowcode:data:manage"))
+        .typed(
+            routes!(lc::submit_form_data_client),
             Code("lowcode:data:manage"),
-            "lowcode",
-            "List forms",
-            lc::list_forms,
         )
-        .at(
-            post.clone(),
-            "/api/admin/lowcode/forms",
-            Code("lowcode:form:design"),
-            "lowcode",
-            "Save a form",
-            lc::save_form,
-        )
-        .at(
-            put.clone(),
-            "/api/admin/lowcode/forms/{id}",
-            Code("lowcode:form:design"),
-            "lowcode",
-            "Update a form",
-            lc::update_form,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/lowcode/forms/{id}",
-            Code("lowcode:form:design"),
-            "lowcode",
-            "Get a form",
-            lc::get_form,
-        )
-        .at(
-            delete.clone(),
-            "/api/admin/lowcode/forms/{id}",
-            Code("lowcode:form:design"),
-            "lowcode",
-            "Delete a form",
-            lc::delete_form,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/lowcode/forms/{id}/data",
-            Code("lowcode:data:manage"),
-            "lowcode",
-            "List a form's data",
-            lc::list_form_data,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/lowcode/forms/{id}/submit",
-            Code("lowcode:data:manage"),
-            "lowcode",
-            "Submit form data",
-            lc::submit_form_data,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/lowcode/forms/{id}/data",
-            Code("lowcode:data:manage"),
-            "lowcode",
-            "Submit form data (client path)",
-            lc::submit_form_data,
-        )
-        .at(
-            delete.clone(),
-            "/api/admin/lowcode/forms/{id}/data/{data_id}",
-            Code("lowcode:data:manage"),
-            "lowcode",
-            "Delete a form data record",
-            lc::delete_form_data,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/lowcode/pages",
-            Code("lowcode:page:design"),
-            "lowcode",
-            "List pages",
-            lc::list_pages,
-        )
-        .at(
-            post.clone(),
-            "/api/admin/lowcode/pages",
-            Code("lowcode:page:design"),
-            "lowcode",
-            "Save a page",
-            lc::save_page,
-        )
-        .at(
-            put.clone(),
-            "/api/admin/lowcode/pages/{id}",
-            Code("lowcode:page:design"),
-            "lowcode",
-            "Update a page",
-            lc::update_page,
-        )
-        .at(
-            get.clone(),
-            "/api/admin/lowcode/pages/{id}",
-            Code("lowcode:page:design"),
-            "lowcode",
-            "Get a page",
-            lc::get_page,
-        )
-        .at(
-            delete.clone(),
-            "/api/admin/lowcode/pages/{id}",
-            Code("lowcode:page:design"),
-            "lowcode",
-            "Delete a page",
-            lc::delete_page,
-        )
-        .at(
-            get,
-            "/api/admin/lowcode/pages/{id}/preview",
-            Code("lowcode:page:design"),
-            "lowcode",
-            "Preview a page",
-            lc::preview_page,
-        )
+        .typed(routes!(lc::delete_form_data), Code("lowcode:data:manage"))
+        .typed(routes!(lc::list_pages), Code("lowcode:page:design"))
+        .typed(routes!(lc::save_page), Code("lowcode:page:design"))
+        .typed(routes!(lc::update_page), Code("lowcode:page:design"))
+        .typed(routes!(lc::get_page), Code("lowcode:page:design"))
+        .typed(routes!(lc::delete_page), Code("lowcode:page:design"))
+        .typed(routes!(lc::preview_page), Code("lowcode:page:design"))
 }

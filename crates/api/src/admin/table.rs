@@ -1,14 +1,12 @@
 //! The admin API's route table: every route with its RBAC rule ([`Perm`]), registered through
-//! [`Reg::typed`] (a handler's `#[utoipa::path]`, via utoipa-axum's `routes!`) or, for routes not
-//! typed yet, [`Reg::at`]. The router, the guard's rule lookup, the admin OpenAPI document and the
+//! [`Reg::typed`] (a handler's `#[utoipa::path]`, via utoipa-axum's `routes!`), so a route cannot
+//! exist without its documentation. The router, the guard's rule lookup, the admin OpenAPI document and the
 //! RBAC matrix test are all built from it ([`crate::admin::routes`] fills it).
 
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
-use axum::handler::Handler;
 use axum::http::Method;
-use axum::routing::{on, MethodFilter};
 use axum::Router;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::OpenApi;
@@ -147,33 +145,6 @@ impl Reg {
             .get_or_insert_with(Default::default)
             .schemas
             .extend(schemas);
-        self
-    }
-
-    /// Registers `handler` for `method path` under rule `perm` (an operation not typed yet: the
-    /// document describes it from the rule alone).
-    pub fn at<H, T>(
-        mut self,
-        method: Method,
-        path: &'static str,
-        perm: Perm,
-        tag: &'static str,
-        summary: &'static str,
-        handler: H,
-    ) -> Self
-    where
-        H: Handler<T, AppState>,
-        T: 'static,
-    {
-        let filter = MethodFilter::try_from(method.clone()).expect("a routable method");
-        self.router = self.router.route(path, on(filter, handler));
-        self.rules.push(Rule {
-            method,
-            path,
-            perm,
-            tag,
-            summary,
-        });
         self
     }
 }
