@@ -297,6 +297,12 @@ impl From<domain::MessageRefusal> for ApiError {
 /// A handler's result.
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A validation rule's refusal (`validator`'s custom rules) with the message the client reads;
+/// [`ApiError::validation`] answers it as a 400 naming the field.
+pub fn refusal(code: &'static str, message: &'static str) -> validator::ValidationError {
+    validator::ValidationError::new(code).with_message(message.into())
+}
+
 impl From<validator::ValidationErrors> for ApiError {
     fn from(errors: validator::ValidationErrors) -> Self {
         Self::validation(&errors)

@@ -23,14 +23,21 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use validator::{Validate, ValidationError};
 use web::envelope::{message, reply, Envelope, Message, Reply};
-use web::error::Problem;
+use web::error::{refusal, Problem};
 use web::money::{positive_fen, yuan_f64};
 
 use crate::auth::{hash_password, verify_password, KIND_USER};
 use crate::user::config::UserApi;
 use crate::user::orders::placement::request_meta;
-use crate::user::users::{password_rule, refusal};
 use crate::{paging, ApiError, ApiJson, ApiQuery, ApiResult, AppState, AuthUser};
+
+/// A password: 6 characters at least, 128 bytes at most.
+pub(crate) fn password_rule(password: &str) -> Result<(), ValidationError> {
+    if password.chars().count() < 6 || password.len() > 128 {
+        return Err(refusal("length", "6 to 128 characters"));
+    }
+    Ok(())
+}
 
 /// The user-API routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {

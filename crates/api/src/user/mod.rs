@@ -12,55 +12,15 @@ pub mod openapi;
 pub mod orders;
 pub mod payments;
 pub mod reviews;
+pub mod routes;
 pub mod users;
 
 use axum::Router;
-use serde::Serialize;
 use tower_http::trace::TraceLayer;
-use utoipa::ToSchema;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::app::{idempotency, AppState};
 use web::error::ApiError;
 use web::observe;
-
-/// `GET /health`'s answer (no envelope, as MyChat's).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Health {
-    /// Always `ok`.
-    #[schema(example = "ok")]
-    pub status: &'static str,
-}
-
-/// Liveness.
-#[utoipa::path(
-    get,
-    path = "/health",
-    tag = "system",
-    responses((status = 200, description = "The API is up", body = Health))
-)]
-pub async fn health() -> axum::Json<Health> {
-    axum::Json(Health { status: "ok" })
-}
-
-/// Every route of the user API with its documentation: the typed modules register through
-/// utoipa-axum; the modules not yet typed are plain axum routers, documented by
-/// [`openapi::legacy`] until they are. The sandbox cashier and callback only with `sandbox`.
-pub fn routes(sandbox: bool) -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(health))
-        .merge(users::router())
-        .merge(account::router())
-        .merge(orders::router())
-        .merge(payments::router(sandbox))
-        .merge(chat::router())
-        .merge(earnings::router())
-        .merge(reviews::router())
-        .merge(applications::router())
-        .merge(notifications::router())
-        .merge(files::router())
-}
 
 /// The user API (:8080) with its own settings: every route of contract b.1 and seed
 /// 001, `Idempotency-Key` on state-changing requests, `/uploads/...`, the OpenAPI document at
@@ -72,7 +32,7 @@ pub fn router(state: AppState, config: config::UserApiConfig) -> Router {
             ApiError::not_found("file")
         }),
     );
-    let (routes, generated) = routes(config.sandbox_payments).split_for_parts();
+    let (routes, generated) = routes::all(config.sandbox_payments).split_for_parts();
     let router = Router::new()
         .merge(routes)
         .merge(openapi::router(openapi::complete(generated)))

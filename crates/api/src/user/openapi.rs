@@ -1,5 +1,5 @@
 //! The user API's OpenAPI 3.1 document, generated: every typed route is registered through
-//! utoipa-axum ([`crate::user::routes`]), so its `#[utoipa::path]` documentation is the document
+//! utoipa-axum ([`crate::user::routes::all`]), so its `#[utoipa::path]` documentation is the document
 //! and a route cannot be served without it. This module adds what is not a handler's: the
 //! document's info, the `bearer` security scheme, the shared refusal body ([`web::Problem`]), the
 //! routes served by other means (this document, Swagger UI, uploaded files).
@@ -181,7 +181,7 @@ fn document_idempotency(doc: &mut utoipa::openapi::OpenApi) {
 /// The document of the user API as [`crate::user::router`] serves it (`sandbox`: whether the
 /// sandbox provider's routes are mounted).
 pub fn document(sandbox: bool) -> utoipa::openapi::OpenApi {
-    complete(crate::user::routes(sandbox).into_openapi())
+    complete(crate::user::routes::all(sandbox).into_openapi())
 }
 
 /// The route serving `doc` at [`SPEC_URL`].
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn every_generated_operation_has_typed_bodies() {
         let doc = serde_json::to_value(document(true)).unwrap();
-        let generated = crate::user::routes(true).into_openapi();
+        let generated = crate::user::routes::all(true).into_openapi();
         for (path, item) in generated.paths.paths {
             for (method, op) in serde_json::to_value(item)
                 .unwrap()

@@ -9,10 +9,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use validator::{Validate, ValidationError};
 use web::envelope::{reply, Envelope, Reply};
-use web::error::Problem;
+use web::error::{refusal, Problem};
 use web::money::yuan_f64;
 
 use crate::auth::{hash_password, verify_password, KIND_USER};
+use crate::user::account::password_rule;
 use crate::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState, AuthUser};
 
 /// The user-API routes of this module.
@@ -25,11 +26,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(counselor_detail))
 }
 
-/// A rule's refusal with the message the client reads.
-pub(crate) fn refusal(code: &'static str, message: &'static str) -> ValidationError {
-    ValidationError::new(code).with_message(message.into())
-}
-
 fn username_rule(username: &str) -> Result<(), ValidationError> {
     let len = username.chars().count();
     if !(3..=50).contains(&len) || username.trim() != username {
@@ -37,14 +33,6 @@ fn username_rule(username: &str) -> Result<(), ValidationError> {
             "length",
             "3 to 50 characters, no surrounding spaces",
         ));
-    }
-    Ok(())
-}
-
-/// A password: 6 characters at least, 128 bytes at most.
-pub(crate) fn password_rule(password: &str) -> Result<(), ValidationError> {
-    if password.chars().count() < 6 || password.len() > 128 {
-        return Err(refusal("length", "6 to 128 characters"));
     }
     Ok(())
 }

@@ -37,8 +37,8 @@ use web::money::yuan_f64;
 
 use crate::user::orders::placement::request_meta;
 use crate::user::payments::providers::{provider_reply, ProviderAnswer, ProviderReply};
-use crate::user::users::refusal;
 use crate::{ApiError, ApiJson, ApiPath, ApiResult, AppState, AuthUser};
+use web::error::refusal;
 
 /// The user-API routes of this module. The sandbox's cashier page and callback exist only
 /// when `sandbox` is true.

@@ -2,6 +2,7 @@
 //! and the payment records (list, detail, refund).
 
 pub mod checkout;
+pub mod notifications;
 pub mod providers;
 pub mod records;
 

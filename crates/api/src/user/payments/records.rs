@@ -17,9 +17,8 @@ use web::money::{positive_fen, yuan_f64};
 
 use crate::user::account::yuan_rule;
 use crate::user::orders::placement::request_meta;
-use crate::user::payments::providers::{alipay, wechat};
-use crate::user::users::refusal;
 use crate::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState, AuthUser};
+use web::error::refusal;
 
 /// The user-API routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -27,8 +26,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list))
         .routes(routes!(refund))
         .routes(routes!(get_one))
-        .routes(routes!(wechat::callback))
-        .routes(routes!(alipay::callback))
+        .routes(routes!(crate::user::payments::notifications::wechat))
+        .routes(routes!(crate::user::payments::notifications::alipay))
 }
 
 fn status_text(status: i16) -> &'static str {

@@ -9,13 +9,8 @@
 //!
 //! Reply: `text/plain` `success` (Alipay stops retrying) or `fail`.
 
-use std::sync::Arc;
-
-use axum::body::Bytes;
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rsa::pkcs1v15::{Signature, VerifyingKey};
@@ -24,10 +19,6 @@ use rsa::signature::Verifier;
 use rsa::RsaPublicKey;
 use sha2::Sha256;
 use utoipa::ToSchema;
-
-use super::{capture, CaptureError};
-use crate::user::config::UserApi;
-use crate::AppState;
 
 /// The merchant's Alipay settings.
 #[derive(Clone)]
@@ -163,7 +154,8 @@ pub struct Notification {
     sign_type: String,
 }
 
-fn text(body: &'static str) -> Response {
+/// A `text/plain` reply (Alipay reads `success` or `fail`).
+pub fn text(body: &'static str) -> Response {
     (
         StatusCode::OK,
         [(
@@ -173,62 +165,6 @@ fn text(body: &'static str) -> Response {
         body,
     )
         .into_response()
-}
-
-/// `POST /api/payment/alipay/callback` (contract §e, Alipay RSA2). Answers `text/plain`
-/// `success` (applied or ignored; Alipay stops retrying) or `fail`.
-#[utoipa::path(
-    post,
-    path = "/api/payment/alipay/callback",
-    tag = "providers",
-    operation_id = "alipay_callback",
-    summary = "Alipay async notification (RSA2); replies text success / fail",
-    request_body(content = Notification, content_type = "application/x-www-form-urlencoded"),
-    responses(
-        (status = 200, description = "`success` or `fail`", body = String, content_type = "text/plain")
-    )
-)]
-pub async fn callback(
-    State(state): State<AppState>,
-    Extension(api): Extension<Arc<UserApi>>,
-    body: Bytes,
-) -> Response {
-    let Some(config) = api.config.alipay.as_ref() else {
-        tracing::warn!("Alipay notification while Alipay is not configured");
-        return text("fail");
-    };
-    let trade = match verify(config, &body) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(error = %e, "Alipay notification refused");
-            return text("fail");
-        }
-    };
-    if !matches!(
-        trade.trade_status.as_str(),
-        "TRADE_SUCCESS" | "TRADE_FINISHED"
-    ) {
-        return text("success");
-    }
-    match capture(
-        &state,
-        "alipay",
-        &trade.out_trade_no,
-        &trade.trade_no,
-        trade.total_amount,
-    )
-    .await
-    {
-        Ok(()) => text("success"),
-        Err(e) => {
-            if matches!(e, CaptureError::Internal(_)) {
-                tracing::error!(error = %e, "Alipay capture failed");
-            } else {
-                tracing::warn!(error = %e, "Alipay notification not applied");
-            }
-            text("fail")
-        }
-    }
 }
 
 #[cfg(test)]

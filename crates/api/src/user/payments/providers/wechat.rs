@@ -16,10 +16,7 @@
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::Extension;
+use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rsa::pkcs1v15::{Signature, VerifyingKey};
@@ -28,12 +25,7 @@ use rsa::signature::Verifier;
 use rsa::RsaPublicKey;
 use serde::Deserialize;
 use sha2::Sha256;
-use std::sync::Arc;
 use utoipa::ToSchema;
-
-use super::{capture, provider_reply as reply, CaptureError, ProviderAnswer, ProviderReply};
-use crate::user::config::UserApi;
-use crate::AppState;
 
 /// The merchant's WeChat Pay v3 settings.
 #[derive(Clone)]
@@ -221,81 +213,4 @@ pub fn decrypt(key: &[u8; 32], resource: &Resource) -> Result<Vec<u8>, VerifyErr
             },
         )
         .map_err(|_| VerifyError::Decrypt)
-}
-
-/// `POST /api/payment/wechat/callback` (contract §e, WeChat Pay v3). The body is read as bytes:
-/// the signature covers them exactly.
-#[utoipa::path(
-    post,
-    path = "/api/payment/wechat/callback",
-    tag = "providers",
-    operation_id = "wechat_callback",
-    summary = "WeChat Pay v3 notification (signed, AES-256-GCM resource); replies {code, message}",
-    request_body = Notification,
-    responses(
-        (status = 200, description = "Applied, or acknowledged and ignored", body = ProviderReply),
-        (status = 400, description = "Malformed, or refused by the payment", body = ProviderReply),
-        (status = 401, description = "Signature, serial, timestamp or merchant refused", body = ProviderReply),
-        (status = 404, description = "Unknown payment", body = ProviderReply),
-        (status = 500, description = "mychat could not apply it now (WeChat Pay retries)", body = ProviderReply),
-        (status = 503, description = "WeChat Pay is not configured", body = ProviderReply)
-    )
-)]
-pub async fn callback(
-    State(state): State<AppState>,
-    Extension(api): Extension<Arc<UserApi>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ProviderAnswer {
-    let Some(config) = api.config.wechat.as_ref() else {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "FAIL",
-            "WeChat Pay is not configured",
-        );
-    };
-    let (notification, txn) = match verify(config, &headers, &body, chrono::Utc::now().timestamp())
-    {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(error = %e, "WeChat Pay notification refused");
-            let status = match e {
-                VerifyError::Malformed(_) | VerifyError::MissingHeader(_) => {
-                    StatusCode::BAD_REQUEST
-                }
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            return reply(status, "FAIL", &e.to_string());
-        }
-    };
-    let Some(txn) = txn else {
-        tracing::info!(
-            id = notification.id,
-            event = notification.event_type,
-            "WeChat Pay notification ignored"
-        );
-        return reply(StatusCode::OK, "SUCCESS", "ignored");
-    };
-    if txn.trade_state != "SUCCESS" {
-        return reply(StatusCode::OK, "SUCCESS", "not a successful trade; ignored");
-    }
-    match capture(
-        &state,
-        "wechat",
-        &txn.out_trade_no,
-        &txn.transaction_id,
-        txn.amount.total,
-    )
-    .await
-    {
-        Ok(()) => reply(StatusCode::OK, "SUCCESS", "OK"),
-        Err(e @ CaptureError::Internal(_)) => {
-            tracing::error!(error = %e, "WeChat Pay capture failed");
-            reply(StatusCode::INTERNAL_SERVER_ERROR, "FAIL", "internal error")
-        }
-        Err(e @ CaptureError::UnknownPayment(_)) => {
-            reply(StatusCode::NOT_FOUND, "FAIL", &e.to_string())
-        }
-        Err(e) => reply(StatusCode::BAD_REQUEST, "FAIL", &e.to_string()),
-    }
 }
