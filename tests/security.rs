@@ -11,7 +11,7 @@
 //! 2. [`a_demo_run_logs_no_secret_and_the_request_id_flows_everywhere`]: a full demo run (debug
 //!    logs on) whose logs hold none of the passwords, tokens and secrets it used; an
 //!    `X-Request-Id` flows into the event envelope, the projector's and the gateway's log lines,
-//!    and every service's `/metrics` shows the metrics with samples.
+//!    and every service's `/metrics` shows its metrics (commands, publishes, projections, sockets) with samples.
 
 #[path = "support/up.rs"]
 mod support;

@@ -1,4 +1,4 @@
-//! The user API over real HTTP against a real nats-server and PostgreSQL (issue 3).
+//! The user API over real HTTP against a real nats-server and PostgreSQL.
 //!
 //! `spawn_app()` starts both servers (testkit, free ports), migrates, creates the streams, runs
 //! every projector and the process manager, and serves the user API on port 0 — the app the
@@ -1106,7 +1106,7 @@ async fn idempotency_key_replays_the_first_response_and_refuses_another_body() {
     assert_eq!(r.status(), 400);
 }
 
-/// Issue 8: a claim whose request never finished (its process died mid-request) blocks retries
+/// A claim whose request never finished (its process died mid-request) blocks retries
 /// with 409 only for a while; after 60 s a retry with the same key runs (the command id keeps
 /// it exactly-once in the log). A fresh unfinished claim still answers 409.
 #[tokio::test]
@@ -2018,7 +2018,7 @@ async fn files_avatars_and_counselor_applications() {
     let mut big = PNG.to_vec();
     big.resize(2 * 1024 * 1024 + 10, 0);
     let r = upload(&app, "/api/upload/avatar", &token, "big.png", &big, &[]).await;
-    // Issue 8: an oversize upload is 413 Payload Too Large (naming `file`).
+    // An oversize upload is 413 Payload Too Large (naming `file`).
     assert_eq!(r.status, 413, "{}", r.body);
     assert!(r.body["msg"].as_str().unwrap().contains("2 MB"));
     let r = upload(&app, "/api/upload", &token, "", PNG, &[]).await;
@@ -2059,7 +2059,7 @@ async fn files_avatars_and_counselor_applications() {
             .await
             .status,
         413,
-        "issue 8: oversize is 413"
+        "oversize is 413"
     );
     let r = upload(
         &app,

@@ -151,7 +151,7 @@ impl<E: std::error::Error> From<AggregateError<E>> for CommandError<E> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct BusSettings {
-    /// Group commit bounds (`None`: one plain publish per commit, the pre-issue-7 path).
+    /// Group commit bounds (`None`: one plain publish per commit, as before group commit existed).
     pub group_commit: Option<GroupCommitSettings>,
     /// Aggregates kept in memory (LRU, by count; 0 = no cache).
     pub cache_capacity: usize,

@@ -1,4 +1,4 @@
-//! Issue 4: the admin API over real HTTP against a real nats-server, Postgres, projectors and a
+//! The admin API over real HTTP against a real nats-server, Postgres, projectors and a
 //! real WebSocket gateway (all in-process on free ports, testkit servers).
 //!
 //! - `rbac_matrix`: every admin route × {no token, user token, a role without the route's
@@ -415,7 +415,7 @@ async fn rbac_matrix() {
         if rule.path == "/uploads/{id}/{name}" {
             continue; // served bytes, checked in admin_flows
         }
-        // Issue 8: a logout revokes its token, so each logout route gets a token of its own.
+        // A logout revokes its token, so each logout route gets a token of its own.
         let own;
         let token = if rule.path.ends_with("/logout") {
             own = app

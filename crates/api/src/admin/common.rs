@@ -1,4 +1,4 @@
-//! Helpers shared by the admin-API modules (issue 4): the authenticated [`Caller`] that the RBAC
+//! Helpers shared by the admin-API modules: the authenticated [`Caller`] that the RBAC
 //! guard puts in the request, query-string and JSON-body accessors that honour zero values, a
 //! partial-update builder, and JSON rows straight from Postgres (`to_jsonb(row)`).
 
@@ -63,7 +63,7 @@ pub struct Caller {
     pub role: String,
     /// The role's enabled permission codes (every code for `super_admin`).
     pub permissions: Vec<String>,
-    /// The token's id (`jti`): revoked on logout (issue 8).
+    /// The token's id (`jti`): revoked on logout.
     pub jti: String,
     /// The token's expiry, unix seconds.
     pub expires_at: i64,
@@ -497,7 +497,7 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Evented<T> {
 }
 
 /// An `ILIKE` pattern matching `text` anywhere, literally: `%`, `_` and `\` in the text are
-/// escaped (issue 8: a search for `%` finds a literal `%`, not every row).
+/// escaped (a search for `%` finds a literal `%`, not every row).
 pub fn contains_pattern(text: &str) -> String {
     format!(
         "%{}%",

@@ -118,7 +118,7 @@ pub async fn authenticate(
     if claims.kind != KIND_ADMIN {
         return Err(ApiError::forbidden("an administrator token is required"));
     }
-    // Issue 8: revoked on logout (`revoked_tokens`) or by a password change
+    // Revoked on logout (`revoked_tokens`) or by a password change
     // (`administrators.tokens_valid_after`).
     let row: Option<(i16, String, String, bool)> = sqlx::query_as(
         "SELECT status, role, username, (tokens_valid_after IS NOT NULL \

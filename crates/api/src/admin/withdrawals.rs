@@ -113,7 +113,7 @@ async fn account_command(
         .execute::<CounselorAccount>(&counselor_id.to_string(), command, &meta)
         .await?;
     state.settle("withdrawals", committed.stream_sequence).await;
-    // Issue 4: the audit row points at the committed event.
+    // The audit row points at the committed event.
     Ok(Evented::new(
         reply(withdrawal_record(state, id).await?),
         eventstore::EVENTS_STREAM,

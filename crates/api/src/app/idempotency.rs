@@ -1,4 +1,4 @@
-//! `Idempotency-Key` for every state-changing request of the user API (issue 3; the IETF
+//! `Idempotency-Key` for every state-changing request of the user API (the IETF
 //! draft "The Idempotency-Key HTTP Header Field").
 //!
 //! A `POST`/`PUT`/`PATCH`/`DELETE` carrying `Idempotency-Key` (1–200 visible ASCII characters) is
@@ -148,7 +148,7 @@ async fn run(
 
     // The claimed request runs to completion in its own task: a client that disconnects (or
     // times out) does not cancel it half-way, so its key is always answered or released, and a
-    // retry with the same key settles it (issue 8, found by scripts/chaos).
+    // retry with the same key settles it (found by scripts/chaos).
     let state = state.clone();
     tokio::spawn(async move {
         let request = Request::from_parts(parts, Body::from(bytes));

@@ -1,4 +1,4 @@
-//! Money figures read from the double-entry ledger (issue 6): the user balance, the
+//! Money figures read from the double-entry ledger: the user balance, the
 //! `CounselorAccount` balance and the admin finance statistics come from `ledger_balances` /
 //! `ledger_postings` (built by `projections::ledger` from the log), not from the
 //! `user_wallets` / `counselor_accounts` read models, which `mychat finance reconcile` checks

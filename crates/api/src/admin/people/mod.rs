@@ -1,4 +1,4 @@
-//! Admin API (issue 4): people — the administrator's own session ([`session`]), administrators
+//! Admin API: people — the administrator's own session ([`session`]), administrators
 //! ([`administrators`]), users ([`users`]), counselors ([`counselors`]) and their applications
 //! ([`applications`]), and uploads ([`uploads`]) (contract c.1–c.4). Reference data: plain
 //! Postgres rows, changed in one statement each.

@@ -94,7 +94,7 @@ pub async fn user_permissions(State(state): State<AppState>, caller: Caller) -> 
     own_permissions(&state, &caller).await
 }
 
-/// Revokes the presented token (issue 8: `revoked_tokens`, checked by every admin route); the
+/// Revokes the presented token (`revoked_tokens`, checked by every admin route); the
 /// logout is recorded in the audit log.
 async fn revoke(state: &AppState, caller: &Caller) -> ApiResult<Json<Message>> {
     sqlx::query(
@@ -161,7 +161,7 @@ async fn change_own_password(
         return Err(ApiError::field("old_password", "wrong password"));
     }
     let hash = hash_password(req.new_password.as_deref().unwrap_or_default()).await?;
-    // Issue 8: every token issued at or before this second is revoked (tokens carry `iat` in
+    // Every token issued at or before this second is revoked (tokens carry `iat` in
     // whole seconds); the administrator logs in again.
     sqlx::query(
         "UPDATE administrators SET password_hash = $2, updated_at = now(), \

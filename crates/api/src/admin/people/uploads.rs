@@ -96,7 +96,7 @@ async fn store_upload(
         if bytes.is_empty() || bytes.len() > max {
             let mut e = ApiError::field("file", format!("must be 1 byte to {max} bytes"));
             if !bytes.is_empty() {
-                // Issue 8: oversize is 413 Payload Too Large.
+                // Oversize is 413 Payload Too Large.
                 e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
             }
             return Err(e);
