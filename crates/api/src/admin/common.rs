@@ -1,12 +1,13 @@
-//! Helpers shared by the admin-API modules: the authenticated [`Caller`] that the RBAC
-//! guard puts in the request, query-string and JSON-body accessors that honour zero values, a
-//! partial-update builder, and JSON rows straight from Postgres (`to_jsonb(row)`).
-
-use std::collections::HashMap;
+//! Helpers shared by the admin-API modules: the authenticated [`Caller`] that the RBAC guard
+//! puts in the request, the business day, typed rows rendered by Postgres (`to_jsonb(row)`, read
+//! into structs whose fields keep Postgres' key order), typed lists ([`Listed`]), lenient field
+//! readers for what the admin client sends, the audit row's event reference, and `LIKE` escaping.
+//! Updates are typed per area (an `Option` per column, named in fixed SQL): no column name ever
+//! comes from a request.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::{ApiError, AppState};
@@ -81,244 +82,6 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// Query-string parameters as MyChat's admin client sends them: empty strings mean "no filter",
-/// numbers arrive as strings, `pageSize` is an alias of `page_size`.
-#[derive(Debug, Default, Clone)]
-pub struct Q(pub HashMap<String, String>);
-
-impl Q {
-    /// A non-empty, trimmed string parameter.
-    pub fn str(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(|s| s.trim()).filter(|s| !s.is_empty())
-    }
-
-    /// An integer parameter; empty means absent.
-    ///
-    /// # Errors
-    /// 400 naming the parameter when it is not an integer.
-    pub fn int(&self, name: &str) -> Result<Option<i64>, ApiError> {
-        self.str(name)
-            .map(|s| {
-                s.parse::<i64>()
-                    .map_err(|_| ApiError::field(name, "must be an integer"))
-            })
-            .transpose()
-    }
-
-    /// `(limit, offset, page, page_size)` from `page` and `page_size` / `pageSize` (1..=100).
-    ///
-    /// # Errors
-    /// 400 naming `page` or `page_size`.
-    pub fn paging(&self, default_size: i64) -> Result<(i64, i64, i64, i64), ApiError> {
-        let page = self.int("page")?;
-        let size = match self.int("page_size")? {
-            Some(s) => Some(s),
-            None => self.int("pageSize")?,
-        };
-        let (limit, offset) = crate::paging(page, size, default_size)?;
-        Ok((limit, offset, page.unwrap_or(1), limit))
-    }
-}
-
-/// A JSON object body with typed accessors. A present, non-null key is applied even when it is
-/// a zero value (`status: 0`, `sort: 0`, `approved: false`); a missing or `null` key is absent.
-#[derive(Debug, Clone, Default)]
-pub struct Body(pub Map<String, Value>);
-
-impl Body {
-    /// Wraps a JSON value.
-    ///
-    /// # Errors
-    /// 400 when it is not an object.
-    pub fn new(v: Value) -> Result<Self, ApiError> {
-        match v {
-            Value::Object(m) => Ok(Self(m)),
-            _ => Err(ApiError::bad_request("request body must be a JSON object")),
-        }
-    }
-
-    fn present(&self, name: &str) -> Option<&Value> {
-        self.0.get(name).filter(|v| !v.is_null())
-    }
-
-    /// A string field (numbers are accepted and rendered as text).
-    ///
-    /// # Errors
-    /// 400 naming the field on any other type.
-    pub fn str(&self, name: &str) -> Result<Option<String>, ApiError> {
-        match self.present(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
-            Some(_) => Err(ApiError::field(name, "must be a string")),
-        }
-    }
-
-    /// A required non-empty string field.
-    ///
-    /// # Errors
-    /// 400 naming the field when missing, empty or not a string.
-    pub fn required(&self, name: &str) -> Result<String, ApiError> {
-        match self.str(name)? {
-            Some(s) if !s.is_empty() => Ok(s),
-            _ => Err(ApiError::field(name, "required")),
-        }
-    }
-
-    /// An integer field (a numeric string is accepted, as the client sends selects' values).
-    ///
-    /// # Errors
-    /// 400 naming the field.
-    pub fn int(&self, name: &str) -> Result<Option<i64>, ApiError> {
-        match self.present(name) {
-            None => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-                .map(Some)
-                .ok_or_else(|| ApiError::field(name, "must be an integer")),
-            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(Value::String(s)) => s
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::field(name, "must be an integer")),
-            Some(Value::Bool(b)) => Ok(Some(i64::from(*b))),
-            Some(_) => Err(ApiError::field(name, "must be an integer")),
-        }
-    }
-
-    /// A number field.
-    ///
-    /// # Errors
-    /// 400 naming the field.
-    pub fn num(&self, name: &str) -> Result<Option<f64>, ApiError> {
-        match self.present(name) {
-            None => Ok(None),
-            Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(Value::String(s)) => s
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::field(name, "must be a number")),
-            Some(_) => Err(ApiError::field(name, "must be a number")),
-        }
-    }
-
-    /// A boolean field (`true`/`false`, `0`/`1`).
-    ///
-    /// # Errors
-    /// 400 naming the field.
-    pub fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
-        match self.present(name) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(Value::Number(n)) if n.as_i64() == Some(0) => Ok(Some(false)),
-            Some(Value::Number(n)) if n.as_i64() == Some(1) => Ok(Some(true)),
-            Some(_) => Err(ApiError::field(name, "must be a boolean")),
-        }
-    }
-
-    /// A `status` field restricted to `0` (disabled) or `1` (enabled) (contract a.6).
-    ///
-    /// # Errors
-    /// 400 naming the field.
-    pub fn status01(&self, name: &str) -> Result<Option<i64>, ApiError> {
-        match self.int(name)? {
-            Some(v @ (0 | 1)) => Ok(Some(v)),
-            Some(_) => Err(ApiError::field(name, "must be 0 or 1")),
-            None => Ok(None),
-        }
-    }
-
-    /// The raw value of a field.
-    pub fn raw(&self, name: &str) -> Option<&Value> {
-        self.present(name)
-    }
-}
-
-/// A value bound in a dynamic statement.
-#[derive(Debug, Clone)]
-pub enum Bind {
-    Text(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-    /// SQL `NULL` for a nullable bigint column.
-    NullInt,
-}
-
-fn push_bind(qb: &mut QueryBuilder<'_, Postgres>, b: Bind) {
-    match b {
-        Bind::Text(s) => qb.push_bind(s),
-        Bind::Int(i) => qb.push_bind(i),
-        Bind::Float(f) => qb.push_bind(f),
-        Bind::Bool(v) => qb.push_bind(v),
-        Bind::NullInt => qb.push_bind(None::<i64>),
-    };
-}
-
-/// `UPDATE <table> SET updated_at = now(), <col> = <value>… WHERE id = <id>` for the columns that
-/// were present in the body, returning the row as JSON, `None` when no row has that id.
-///
-/// # Errors
-/// On a database error (a unique violation becomes 400 via [`unique_violation`]).
-pub async fn update_row(
-    state: &AppState,
-    table: &str,
-    id: i64,
-    sets: Vec<(&str, Bind)>,
-    touch: bool,
-) -> Result<Option<Value>, ApiError> {
-    let mut qb = QueryBuilder::<Postgres>::new(format!("UPDATE {table} t SET id = id"));
-    if touch {
-        qb.push(", updated_at = now()");
-    }
-    for (col, b) in sets {
-        qb.push(format!(", {col} = "));
-        push_bind(&mut qb, b);
-    }
-    qb.push(" WHERE id = ");
-    qb.push_bind(id);
-    qb.push(" RETURNING to_jsonb(t)::text");
-    let row: Option<String> = qb
-        .build_query_scalar()
-        .fetch_optional(&state.db)
-        .await
-        .map_err(unique_violation)?;
-    Ok(row.map(|s| parse(&s)))
-}
-
-/// `INSERT INTO <table> (cols…) VALUES (…) RETURNING to_jsonb(row)`.
-///
-/// # Errors
-/// On a database error (a unique violation becomes 400 via [`unique_violation`]).
-pub async fn insert_row(
-    state: &AppState,
-    table: &str,
-    cols: Vec<(&str, Bind)>,
-) -> Result<Value, ApiError> {
-    let names: Vec<&str> = cols.iter().map(|(c, _)| *c).collect();
-    let mut qb = QueryBuilder::<Postgres>::new(format!(
-        "INSERT INTO {table} ({}) VALUES (",
-        names.join(",")
-    ));
-    for (i, (_, b)) in cols.into_iter().enumerate() {
-        if i > 0 {
-            qb.push(", ");
-        }
-        push_bind(&mut qb, b);
-    }
-    qb.push(format!(") RETURNING to_jsonb({table}.*)::text"));
-    let row: String = qb
-        .build_query_scalar()
-        .fetch_one(&state.db)
-        .await
-        .map_err(unique_violation)?;
-    Ok(parse(&row))
-}
-
 /// A Postgres unique violation (23505) as a 400 naming the constraint; other errors unchanged.
 pub fn unique_violation(e: sqlx::Error) -> ApiError {
     if let sqlx::Error::Database(d) = &e {
@@ -332,114 +95,12 @@ pub fn unique_violation(e: sqlx::Error) -> ApiError {
     ApiError::from(e)
 }
 
-/// Parses JSON text produced by Postgres (`to_jsonb(...)::text`).
-pub fn parse(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or(Value::Null)
-}
-
-/// Runs a `SELECT <json text>` built by `qb` and parses each row.
-///
-/// # Errors
-/// On a database error.
-pub async fn json_rows(
-    state: &AppState,
-    mut qb: QueryBuilder<'_, Postgres>,
-) -> Result<Vec<Value>, ApiError> {
-    let rows: Vec<String> = qb.build_query_scalar().fetch_all(&state.db).await?;
-    Ok(rows.iter().map(|s| parse(s)).collect())
-}
-
-/// One page of a filtered list and the filter's total, with the same `filter` for both:
-/// `SELECT to_jsonb(t)::text FROM (SELECT <cols> FROM <from> … ORDER BY <order_by> LIMIT … OFFSET …) t`
-/// and `SELECT count(*) FROM <from> …`. `filter` appends the `WHERE` clause and its binds.
-///
-/// # Errors
-/// On a database error.
-pub async fn page_and_total(
-    state: &AppState,
-    cols: &str,
-    from: &str,
-    filter: impl Fn(&mut QueryBuilder<'_, Postgres>),
-    order_by: &str,
-    limit: i64,
-    offset: i64,
-) -> Result<(Vec<Value>, i64), ApiError> {
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT to_jsonb(t)::text FROM (SELECT {cols} FROM {from}"
-    ));
-    filter(&mut qb);
-    qb.push(format!(" ORDER BY {order_by} LIMIT "))
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset)
-        .push(") t");
-    let list = json_rows(state, qb).await?;
-    let mut cq = QueryBuilder::new(format!("SELECT count(*) FROM {from}"));
-    filter(&mut cq);
-    Ok((list, count(state, cq).await?))
-}
-
 /// Runs a `SELECT count(*)` built by `qb`.
 ///
 /// # Errors
 /// On a database error.
 pub async fn count(state: &AppState, mut qb: QueryBuilder<'_, Postgres>) -> Result<i64, ApiError> {
     Ok(qb.build_query_scalar().fetch_one(&state.db).await?)
-}
-
-/// One row as JSON, or 404 naming `what`.
-///
-/// # Errors
-/// 404 or a database error.
-pub async fn one(state: &AppState, sql: &str, id: i64, what: &str) -> Result<Value, ApiError> {
-    let row: Option<String> = sqlx::query_scalar(sql)
-        .bind(id)
-        .fetch_optional(&state.db)
-        .await?;
-    row.map(|s| parse(&s))
-        .ok_or_else(|| ApiError::not_found(what))
-}
-
-/// Removes `password_hash` (and any other secret column) from a row.
-pub fn scrub(mut v: Value) -> Value {
-    if let Some(m) = v.as_object_mut() {
-        m.remove("password_hash");
-        m.remove("bytes");
-    }
-    v
-}
-
-/// Validates a text length in characters.
-///
-/// # Errors
-/// 400 naming the field.
-pub fn check_len(field: &str, s: &str, min: usize, max: usize) -> Result<(), ApiError> {
-    let n = s.chars().count();
-    if n < min || n > max {
-        return Err(ApiError::field(
-            field,
-            format!("must be {min} to {max} characters"),
-        ));
-    }
-    Ok(())
-}
-
-/// `{code:200, msg, data:{<key>: list, list, total}, <key>: list, list, total}`: the list under
-/// the key the server used and under the key the client reads (contract a.3, f.4), in `data` and
-/// at the root.
-pub fn list_envelope(key: &str, list: Vec<Value>, total: i64, extra: Value) -> axum::Json<Value> {
-    let mut data = Map::new();
-    data.insert(key.to_string(), Value::Array(list.clone()));
-    data.insert("list".into(), Value::Array(list));
-    data.insert("total".into(), Value::from(total));
-    if let Value::Object(e) = extra {
-        data.extend(e);
-    }
-    let mut root = data.clone();
-    root.insert("code".into(), Value::from(200));
-    root.insert("msg".into(), Value::from("success"));
-    root.insert("data".into(), Value::Object(data));
-    axum::Json(Value::Object(root))
 }
 
 /// The event an admin command committed: its stream and stream sequence. A handler attaches it
@@ -703,6 +364,30 @@ pub mod lenient {
             Some(_) => Err(bad()),
         }
     }
+}
+
+/// Parses JSON text produced by Postgres (`to_jsonb(...)::text`).
+pub fn parse(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+/// `{code:200, msg, data:{<key>: list, list, total}, <key>: list, list, total}`: the list under
+/// the key the server used and under the key the client reads (contract a.3, f.4), in `data` and
+/// at the root.
+pub fn list_envelope(key: &str, list: Vec<Value>, total: i64, extra: Value) -> axum::Json<Value> {
+    let mut data = serde_json::Map::new();
+    data.insert(key.to_string(), Value::Array(list.clone()));
+    data.insert("list".into(), Value::Array(list));
+    data.insert("total".into(), Value::from(total));
+    if let Value::Object(e) = extra {
+        data.extend(e);
+    }
+    let mut root = data.clone();
+    root.insert("code".into(), Value::from(200));
+    root.insert("msg".into(), Value::from("success"));
+    root.insert("data".into(), Value::Object(data));
+    axum::Json(Value::Object(root))
 }
 
 #[cfg(test)]
