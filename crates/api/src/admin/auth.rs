@@ -58,14 +58,12 @@ pub struct LoginAnswer {
 /// Checks the credentials and issues an admin token.
 async fn log_in(
     state: &AppState,
-    limiter: Option<axum::Extension<AdminLoginLimiter>>,
+    limiter: &AdminLoginLimiter,
     client: &web::auth::ClientIp,
     req: AdminLogin,
 ) -> Reply<LoginAnswer> {
     req.validate()?;
-    if let Some(axum::Extension(limiter)) = limiter {
-        limiter.0.check(&req.username, &client.0)?;
-    }
+    limiter.0.check(&req.username, &client.0)?;
     let row = sqlx::query("SELECT * FROM administrators WHERE username = $1")
         .bind(&req.username)
         .fetch_optional(&state.db)
@@ -112,11 +110,11 @@ async fn log_in(
         (status = 429, description = "too many attempts: wait", body = Problem)))]
 pub async fn login(
     State(state): State<AppState>,
-    limiter: Option<axum::Extension<AdminLoginLimiter>>,
+    State(limiter): State<AdminLoginLimiter>,
     client: web::auth::ClientIp,
     web::extract::Json(req): web::extract::Json<AdminLogin>,
 ) -> Reply<LoginAnswer> {
-    log_in(&state, limiter, &client, req).await
+    log_in(&state, &limiter, &client, req).await
 }
 
 /// Administrator login (admin2)
@@ -132,11 +130,11 @@ pub async fn login(
         (status = 429, description = "too many attempts: wait", body = Problem)))]
 pub async fn admin2_login(
     State(state): State<AppState>,
-    limiter: Option<axum::Extension<AdminLoginLimiter>>,
+    State(limiter): State<AdminLoginLimiter>,
     client: web::auth::ClientIp,
     web::extract::Json(req): web::extract::Json<AdminLogin>,
 ) -> Reply<LoginAnswer> {
-    log_in(&state, limiter, &client, req).await
+    log_in(&state, &limiter, &client, req).await
 }
 
 /// The admin login's rate limits (the user login's, [`web::auth::LoginLimiter`]), one set per

@@ -14,6 +14,7 @@ pub mod online;
 pub mod openapi;
 pub mod people;
 pub mod routes;
+pub mod state;
 pub mod system;
 pub mod table;
 pub mod withdrawals;
@@ -36,13 +37,13 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         // Every admin route behind the RBAC guard.
         .merge(guarded(&state))
-        // The admin login is rate-limited like the user login.
-        .layer(axum::Extension(auth::AdminLoginLimiter::new(
-            web::auth::LoginLimits::default(),
-        )))
         .layer(TraceLayer::new_for_http())
         .layer(web::cors::layer(&state.settings.cors_origins))
-        .with_state(state);
+        .with_state(state::AdminState {
+            app: state,
+            // The admin login is rate-limited like the user login.
+            logins: auth::AdminLoginLimiter::new(web::auth::LoginLimits::default()),
+        });
     // Request id, HTTP metrics, `/metrics`, security headers.
     observe::wrap("admin_api", router)
 }
@@ -53,7 +54,7 @@ pub fn rules() -> Vec<table::Rule> {
 }
 
 /// Every admin route behind the RBAC guard, plus `/api-docs/openapi.json` and `/swagger` (public).
-pub fn guarded(state: &AppState) -> Router<AppState> {
+pub fn guarded(state: &AppState) -> Router<state::AdminState> {
     let reg = routes::register();
     let table: Arc<HashMap<(Method, &'static str), table::Rule>> = Arc::new(
         reg.rules

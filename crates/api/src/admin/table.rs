@@ -12,7 +12,7 @@ use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::UtoipaMethodRouter;
 
-use crate::app::AppState;
+use crate::admin::state::AdminState;
 
 /// The role that holds every permission (contract c.9).
 pub const SUPER_ADMIN: &str = "super_admin";
@@ -42,7 +42,7 @@ pub struct Rule {
 
 /// Builds the router, its rule table and the typed operations' documentation together.
 pub struct Reg {
-    pub router: Router<AppState>,
+    pub router: Router<AdminState>,
     pub rules: Vec<Rule>,
     /// The operations registered with [`Reg::typed`] as their `#[utoipa::path]` describes them
     /// (paths and the schemas they name); [`crate::admin::openapi::document`] adds what each
@@ -106,7 +106,7 @@ impl Reg {
     /// so a handler is never routed under another handler's path), or an operation has no tag or
     /// no summary (the audit log's module and description) — programming errors every test that
     /// builds the route table reports.
-    pub fn typed(mut self, routes: UtoipaMethodRouter<AppState>, perm: Perm) -> Self {
+    pub fn typed(mut self, routes: UtoipaMethodRouter<AdminState>, perm: Perm) -> Self {
         let (schemas, paths, method_router) = routes;
         assert_eq!(
             paths.paths.len(),

@@ -10,7 +10,7 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::{Extension, Json};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::{Payment, PaymentCommand};
 use eventstore::Actor;
@@ -29,6 +29,7 @@ use web::money::{positive_fen, yuan_f64};
 use crate::auth::{hash_password, verify_password, KIND_USER};
 use crate::user::config::UserApi;
 use crate::user::orders::placement::request_meta;
+use crate::user::state::UserState;
 use crate::{paging, ApiError, ApiJson, ApiQuery, ApiResult, AppState, AuthUser};
 
 /// A password: 6 characters at least, 128 bytes at most.
@@ -40,7 +41,7 @@ pub(crate) fn password_rule(password: &str) -> Result<(), ValidationError> {
 }
 
 /// The user-API routes of this module.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(refresh))
         .routes(routes!(logout))
@@ -125,7 +126,7 @@ pub struct TokenPair {
 )]
 pub async fn refresh(
     State(state): State<AppState>,
-    Extension(api): Extension<Arc<UserApi>>,
+    State(api): State<Arc<UserApi>>,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> Reply<TokenPair> {
     let presented = if req.refresh_token.is_empty() {
@@ -398,7 +399,7 @@ pub struct PasswordChanged {
 )]
 pub async fn password(
     State(state): State<AppState>,
-    Extension(api): Extension<Arc<UserApi>>,
+    State(api): State<Arc<UserApi>>,
     user: AuthUser,
     ApiJson(req): ApiJson<PasswordRequest>,
 ) -> Reply<PasswordChanged> {
@@ -548,7 +549,7 @@ pub struct Recharge {
 )]
 pub async fn recharge(
     State(state): State<AppState>,
-    api: Option<axum::Extension<std::sync::Arc<crate::user::config::UserApi>>>,
+    State(api): State<Arc<UserApi>>,
     user: AuthUser,
     headers: HeaderMap,
     ApiJson(req): ApiJson<RechargeRequest>,
@@ -560,7 +561,7 @@ pub async fn recharge(
     } else {
         req.payment_method
     };
-    crate::user::payments::checkout::check_method(api.as_ref().map(|e| &e.0), &method)?;
+    crate::user::payments::checkout::check_method(Some(&api), &method)?;
     let trade_type = if req.trade_type.is_empty() {
         "NATIVE".to_string()
     } else {

@@ -19,10 +19,11 @@ use web::envelope::{reply, Envelope, Reply};
 use web::error::Problem;
 
 use crate::user::account::{check_email, check_phone};
+use crate::user::state::UserState;
 use crate::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(apply))
         .routes(routes!(mine))

@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 use domain::{AccountCommand, CounselorAccount};
 use eventstore::Actor;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -17,10 +16,11 @@ use web::error::Problem;
 
 use crate::money::positive_fen;
 use crate::user::orders::placement::request_meta;
+use crate::user::state::UserState;
 use crate::{paging, ApiError, ApiJson, ApiQuery, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(account))
         .routes(routes!(withdraw))
@@ -93,14 +93,6 @@ pub async fn counselor_account(
     })
 }
 
-/// [`counselor_account`] as JSON, for the admin API's handlers that are not typed yet.
-pub async fn account_json(state: &AppState, counselor_id: i64) -> Result<Value, ApiError> {
-    Ok(
-        serde_json::to_value(counselor_account(state, counselor_id).await?)
-            .map_err(anyhow::Error::from)?,
-    )
-}
-
 /// `GET /api/chat/counselor/account` → the caller's counselor account.
 #[utoipa::path(
     get,
@@ -170,11 +162,6 @@ impl Withdrawal {
             updated_at: r.get("updated_at"),
         }
     }
-}
-
-/// [`Withdrawal::from_row`] as JSON, for the admin API's handlers that are not typed yet.
-pub fn withdrawal_json(r: &sqlx::postgres::PgRow) -> Value {
-    serde_json::to_value(Withdrawal::from_row(r)).unwrap_or_default()
 }
 
 /// The longest bank field, in characters.

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Multipart, State};
-use axum::{Extension, Json};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
@@ -23,6 +23,7 @@ use web::envelope::{message, reply, Envelope, Message, Reply};
 use web::error::Problem;
 
 use crate::user::config::UserApi;
+use crate::user::state::UserState;
 use crate::{ApiError, ApiPath, ApiResult, AppState, AuthUser};
 
 /// Largest general upload, bytes.
@@ -33,7 +34,7 @@ pub const MAX_AVATAR: usize = 2 * 1024 * 1024;
 pub const MAX_CERTIFICATE: usize = 5 * 1024 * 1024;
 
 /// The user-API routes of this module (with a 12 MB body limit for the upload routes).
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(upload))
         .routes(routes!(avatar))
@@ -323,7 +324,7 @@ pub struct Uploaded {
 )]
 pub async fn upload(
     State(state): State<AppState>,
-    Extension(api): Extension<Arc<UserApi>>,
+    State(api): State<Arc<UserApi>>,
     user: AuthUser,
     web::Multipart(multipart): web::Multipart,
 ) -> Reply<Uploaded> {
@@ -406,7 +407,7 @@ pub struct UploadedImage {
 )]
 pub async fn avatar(
     State(state): State<AppState>,
-    Extension(api): Extension<Arc<UserApi>>,
+    State(api): State<Arc<UserApi>>,
     user: AuthUser,
     web::Multipart(multipart): web::Multipart,
 ) -> Reply<UploadedImage> {
@@ -458,7 +459,7 @@ pub async fn avatar(
 )]
 pub async fn certificate(
     State(state): State<AppState>,
-    Extension(api): Extension<Arc<UserApi>>,
+    State(api): State<Arc<UserApi>>,
     user: AuthUser,
     web::Multipart(multipart): web::Multipart,
 ) -> Reply<UploadedImage> {
@@ -613,7 +614,7 @@ pub async fn get_one(
 )]
 pub async fn remove(
     State(state): State<AppState>,
-    Extension(api): Extension<Arc<UserApi>>,
+    State(api): State<Arc<UserApi>>,
     user: AuthUser,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<Message>> {

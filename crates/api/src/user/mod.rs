@@ -13,6 +13,7 @@ pub mod orders;
 pub mod payments;
 pub mod reviews;
 pub mod routes;
+pub mod state;
 pub mod users;
 
 use axum::Router;
@@ -33,6 +34,15 @@ pub fn router(state: AppState, config: config::UserApiConfig) -> Router {
         }),
     );
     let (routes, generated) = routes::all(config.sandbox_payments).split_for_parts();
+    let api = config::UserApi::with_sandbox(
+        config.clone(),
+        secrecy::ExposeSecret::expose_secret(&state.settings.sandbox_secret),
+    )
+    .unwrap_or_else(|e| {
+        tracing::error!(error = format!("{e:#}"), "sandbox providers unavailable");
+        config::UserApi::new(config)
+    });
+    let cors = web::cors::layer(&state.settings.cors_origins);
     let router = Router::new()
         .merge(routes)
         .merge(openapi::router(openapi::complete(generated)))
@@ -47,19 +57,9 @@ pub fn router(state: AppState, config: config::UserApiConfig) -> Router {
             state.clone(),
             idempotency::layer,
         ))
-        .layer(axum::Extension(
-            config::UserApi::with_sandbox(
-                config.clone(),
-                secrecy::ExposeSecret::expose_secret(&state.settings.sandbox_secret),
-            )
-            .unwrap_or_else(|e| {
-                tracing::error!(error = format!("{e:#}"), "sandbox providers unavailable");
-                config::UserApi::new(config)
-            }),
-        ))
         .layer(TraceLayer::new_for_http())
-        .layer(web::cors::layer(&state.settings.cors_origins))
-        .with_state(state);
+        .layer(cors)
+        .with_state(state::UserState { app: state, api });
     // Request id, HTTP metrics, `/metrics`, security headers.
     observe::wrap("user_api", router)
 }

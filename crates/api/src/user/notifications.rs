@@ -16,10 +16,11 @@ use validator::{Validate, ValidationError};
 use web::envelope::{message, reply, Envelope, Message, Reply};
 use web::error::Problem;
 
+use crate::user::state::UserState;
 use crate::{paging, ApiError, ApiPath, ApiQuery, ApiResult, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(read_all))

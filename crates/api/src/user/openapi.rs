@@ -6,6 +6,7 @@
 //!
 //! Served at [`SPEC_URL`], with Swagger UI at `/swagger`.
 
+use crate::user::state::UserState;
 use std::sync::Arc;
 
 use axum::routing::get;
@@ -13,8 +14,6 @@ use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use web::error::{FieldError, Problem};
-
-use crate::AppState;
 
 /// Where the document is served.
 pub const SPEC_URL: &str = "/api-docs/openapi.json";
@@ -185,7 +184,7 @@ pub fn document(sandbox: bool) -> utoipa::openapi::OpenApi {
 }
 
 /// The route serving `doc` at [`SPEC_URL`].
-pub fn router(doc: utoipa::openapi::OpenApi) -> Router<AppState> {
+pub fn router(doc: utoipa::openapi::OpenApi) -> Router<UserState> {
     let doc = Arc::new(doc);
     Router::new().route(
         SPEC_URL,

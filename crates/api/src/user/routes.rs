@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::user::state::UserState;
 
 /// `GET /health`'s answer (no envelope, as MyChat's).
 #[derive(Debug, Serialize, ToSchema)]
@@ -29,7 +29,7 @@ pub async fn health() -> axum::Json<Health> {
 
 /// Every route of the user API with its documentation (each module registers through
 /// utoipa-axum). The sandbox cashier and callback only with `sandbox`.
-pub fn all(sandbox: bool) -> OpenApiRouter<AppState> {
+pub fn all(sandbox: bool) -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(health))
         .merge(super::users::router())

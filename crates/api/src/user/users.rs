@@ -14,10 +14,11 @@ use web::money::yuan_f64;
 
 use crate::auth::{hash_password, verify_password, KIND_USER};
 use crate::user::account::password_rule;
+use crate::user::state::UserState;
 use crate::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
@@ -186,7 +187,7 @@ pub struct LoginData {
 )]
 pub async fn login(
     State(state): State<AppState>,
-    axum::Extension(api): axum::Extension<std::sync::Arc<crate::user::config::UserApi>>,
+    State(api): State<std::sync::Arc<crate::user::config::UserApi>>,
     client: web::auth::ClientIp,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Reply<LoginData> {

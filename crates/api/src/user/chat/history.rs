@@ -14,10 +14,11 @@ use web::error::Problem;
 
 use super::sessions::yuan;
 use crate::user::earnings::caller_counselor;
+use crate::user::state::UserState;
 use crate::{paging, ApiQuery, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(sessions))
         .routes(routes!(billings))

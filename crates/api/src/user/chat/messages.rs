@@ -15,10 +15,11 @@ use web::envelope::{reply, Envelope, Reply};
 use web::error::Problem;
 
 use super::sessions::{participant_session, yuan};
+use crate::user::state::UserState;
 use crate::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(messages))
         .routes(routes!(messages_alias))

@@ -7,10 +7,10 @@ pub mod sessions;
 
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
+use crate::user::state::UserState;
 
 /// The routes of this area, with their documentation.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .merge(history::router())
         .merge(messages::router())

@@ -21,10 +21,11 @@ use web::envelope::{reply, Envelope, Reply};
 use web::error::Problem;
 
 use crate::user::orders::placement::request_meta;
+use crate::user::state::UserState;
 use crate::{ApiError, ApiPath, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(start))
         .routes(routes!(start_alias))

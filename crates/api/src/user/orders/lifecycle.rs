@@ -22,10 +22,11 @@ use crate::user::earnings::caller_counselor;
 use crate::user::orders::placement::{
     request_meta, OrderList, OrderListQuery, OrderView, ORDER_SELECT,
 };
+use crate::user::state::UserState;
 use crate::{paging, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(set_status))
         .routes(routes!(cancel))

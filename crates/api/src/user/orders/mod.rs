@@ -6,10 +6,10 @@ pub mod placement;
 
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
+use crate::user::state::UserState;
 
 /// The routes of this area.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .merge(lifecycle::router())
         .merge(placement::router())

@@ -15,10 +15,11 @@ use web::envelope::{reply, Envelope, Reply};
 use web::error::Problem;
 use web::money::yuan_f64;
 
+use crate::user::state::UserState;
 use crate::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState, AuthUser};
 
 /// The user-API routes of this module.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(create))
         .routes(routes!(list))

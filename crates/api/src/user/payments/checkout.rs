@@ -37,12 +37,13 @@ use web::money::yuan_f64;
 
 use crate::user::orders::placement::request_meta;
 use crate::user::payments::providers::{provider_reply, ProviderAnswer, ProviderReply};
+use crate::user::state::UserState;
 use crate::{ApiError, ApiJson, ApiPath, ApiResult, AppState, AuthUser};
 use web::error::refusal;
 
 /// The user-API routes of this module. The sandbox's cashier page and callback exist only
 /// when `sandbox` is true.
-pub fn router(sandbox: bool) -> OpenApiRouter<AppState> {
+pub fn router(sandbox: bool) -> OpenApiRouter<UserState> {
     let router = OpenApiRouter::new().routes(routes!(create));
     if !sandbox {
         return router;
@@ -51,8 +52,6 @@ pub fn router(sandbox: bool) -> OpenApiRouter<AppState> {
         .routes(routes!(sandbox_callback))
         .routes(routes!(sandbox_cashier))
 }
-
-type UserApiExt = Option<axum::Extension<std::sync::Arc<crate::user::config::UserApi>>>;
 
 /// Whether payment `method` may be used: the user API's [`crate::user::config::UserApi`] decides;
 /// without it nothing is available (fail closed).
@@ -146,13 +145,13 @@ fn native() -> String {
 )]
 pub async fn create(
     State(state): State<AppState>,
-    api: UserApiExt,
+    State(api): State<std::sync::Arc<crate::user::config::UserApi>>,
     user: AuthUser,
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreatePayment>,
 ) -> Reply<PaymentCreated> {
     // Whether the method is offered is this server's configuration: checked first.
-    check_method(api.as_ref().map(|e| &e.0), &req.payment_method)?;
+    check_method(Some(&api), &req.payment_method)?;
     req.validate()?;
     let (order, version) = state.bus.load::<Order>(&req.order_id.to_string()).await?;
     if version == 0 {
@@ -299,17 +298,10 @@ fn sandbox_verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), 
 )]
 pub async fn sandbox_callback(
     State(state): State<AppState>,
-    api: UserApiExt,
+    State(api): State<std::sync::Arc<crate::user::config::UserApi>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<ProviderAnswer> {
-    let Some(api) = api.map(|axum::Extension(a)| a) else {
-        return Ok(provider_reply(
-            StatusCode::FORBIDDEN,
-            "FAIL",
-            "the sandbox provider is not configured",
-        ));
-    };
     if !api.config.sandbox_payments {
         return Ok(provider_reply(
             StatusCode::FORBIDDEN,
@@ -444,12 +436,9 @@ async fn payment_state(
 )]
 pub async fn sandbox_cashier(
     State(state): State<AppState>,
-    api: UserApiExt,
+    State(api): State<std::sync::Arc<crate::user::config::UserApi>>,
     ApiPath(payment_no): ApiPath<String>,
 ) -> ApiResult<CashierPage> {
-    let Some(axum::Extension(api)) = api else {
-        return Err(ApiError::not_found("sandbox cashier"));
-    };
     let id: i64 = sqlx::query_scalar("SELECT id FROM payments WHERE payment_no = $1")
         .bind(&payment_no)
         .fetch_optional(&state.db)

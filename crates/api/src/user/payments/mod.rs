@@ -8,10 +8,10 @@ pub mod records;
 
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
+use crate::user::state::UserState;
 
 /// The routes of this area; the sandbox cashier and callback only with `sandbox_cashier`.
-pub fn router(sandbox_cashier: bool) -> OpenApiRouter<AppState> {
+pub fn router(sandbox_cashier: bool) -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .merge(checkout::router(sandbox_cashier))
         .merge(records::router())

@@ -9,7 +9,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::Extension;
 
 use crate::app::AppState;
 use crate::user::config::UserApi;
@@ -32,7 +31,7 @@ use crate::user::payments::providers::{
 )]
 pub async fn alipay(
     State(state): State<AppState>,
-    Extension(api): Extension<Arc<UserApi>>,
+    State(api): State<Arc<UserApi>>,
     body: Bytes,
 ) -> Response {
     let Some(config) = api.config.alipay.as_ref() else {
@@ -93,7 +92,7 @@ pub async fn alipay(
 )]
 pub async fn wechat(
     State(state): State<AppState>,
-    Extension(api): Extension<Arc<UserApi>>,
+    State(api): State<Arc<UserApi>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ProviderAnswer {

@@ -17,11 +17,12 @@ use web::money::{positive_fen, yuan_f64};
 
 use crate::user::account::yuan_rule;
 use crate::user::orders::placement::request_meta;
+use crate::user::state::UserState;
 use crate::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState, AuthUser};
 use web::error::refusal;
 
 /// The user-API routes of this module.
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<UserState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(refund))

@@ -1,0 +1,15 @@
+//! The admin API's application state: what every service shares ([`AppState`]) and what only the
+//! admin API has (the login rate limits, [`AdminLoginLimiter`]). One type per service; a handler
+//! takes the part it needs with `State<…>` (axum's `FromRef`).
+
+use axum::extract::FromRef;
+
+use crate::admin::auth::AdminLoginLimiter;
+use crate::app::AppState;
+
+/// The admin API's state (see the module docs).
+#[derive(Clone, FromRef)]
+pub struct AdminState {
+    pub app: AppState,
+    pub logins: AdminLoginLimiter,
+}
