@@ -1,8 +1,7 @@
 //! The shape of the HTTP side, checked from its sources: no two modules of the API crate depend
 //! on each other (directly or through others), no source file is over 800 lines (its inline test
-//! module aside), and the
-//! WebSocket gateway does not depend on the API crate (it shares only `domain`, `eventstore`,
-//! `projections` and `web`).
+//! module aside), and the WebSocket gateway does not depend on the API crate (it shares only
+//! `domain`, `eventstore` and `web`).
 //!
 //! A module's dependencies are the modules its code names: `crate::a::b::Item` (the longest
 //! prefix that is a module), `super::x`, and a child module `x::…` it uses by name. A parent
