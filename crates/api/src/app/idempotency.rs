@@ -136,9 +136,16 @@ async fn run(
         };
         let mut response = Response::new(Body::from(body.unwrap_or_default()));
         *response.status_mut() = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+        // What the first answer was: a success in MyChat's envelope, or a refusal (every
+        // refusal of the user API is an `ApiError`, served as a problem document).
+        let content_type = if response.status().is_success() {
+            "application/json"
+        } else {
+            "application/problem+json"
+        };
         response.headers_mut().insert(
             axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
+            HeaderValue::from_static(content_type),
         );
         response
             .headers_mut()

@@ -238,7 +238,7 @@ pub async fn upload_public(
         ("id" = i64, Path, description = "upload id"),
         ("name" = String, Path, description = "the stored name (informative: the id decides)")),
     responses((status = 200, description = "the file, served with its stored media type",
-        content_type = "application/octet-stream", body = StoredFile)))]
+        content_type = "*/*", body = StoredFile)))]
 pub async fn serve_upload(
     State(state): State<AppState>,
     Path((id, _name)): Path<(i64, String)>,

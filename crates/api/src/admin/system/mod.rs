@@ -13,7 +13,7 @@
 /// the key the server used and under the key the client reads. Declares the reply struct, the
 /// page struct in its `data`, and `Reply::new(list, total)`.
 macro_rules! root_list {
-    ($(#[$doc:meta])* $reply:ident, $page:ident, $key:literal, $item:ty) => {
+    ($(#[$doc:meta])* $reply:ident, $page:ident, $key:tt, $item:ty) => {
         $(#[$doc])*
         #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
         pub struct $reply {

@@ -133,6 +133,7 @@ pub fn verify(config: &AlipayConfig, body: &[u8]) -> Result<Trade, VerifyError> 
 /// An Alipay asynchronous notification (`application/x-www-form-urlencoded`; the fields mychat
 /// checks, among others Alipay sends, all covered by `sign`).
 #[derive(Debug, ToSchema)]
+#[schema(as = AlipayNotification)]
 #[allow(dead_code)]
 pub struct Notification {
     /// mychat's `payment_no`.

@@ -70,6 +70,7 @@ impl WechatConfig {
 /// The notification body (signed: `Wechatpay-Timestamp`, `Wechatpay-Nonce`,
 /// `Wechatpay-Signature`, `Wechatpay-Serial` headers over the exact bytes).
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = WechatNotification)]
 pub struct Notification {
     /// The notification's id.
     pub id: String,
