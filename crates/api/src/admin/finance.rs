@@ -465,6 +465,16 @@ pub struct AccountLine {
     pub counselor_name: String,
 }
 
+/// One row of a report, whichever its type (the schema of [`ReportRecords`]: an array of rows,
+/// so that an empty report matches one schema, not all three).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ReportRow {
+    Income(IncomeDay),
+    Withdraw(WithdrawDay),
+    Account(AccountLine),
+}
+
 /// The rows of a report, by its type.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
@@ -487,6 +497,7 @@ pub struct FinanceReport {
     /// Last day, `YYYY-MM-DD`.
     pub end_date: String,
     /// The rows.
+    #[schema(value_type = Vec<ReportRow>)]
     pub records: ReportRecords,
 }
 

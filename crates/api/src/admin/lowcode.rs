@@ -112,6 +112,24 @@ pub struct FormRecordList {
     pub total: i64,
 }
 
+/// `GET /api/admin/lowcode/forms/{id}/data`'s answer, as MyChat's admin client has always read
+/// it: the page under `data`, and the page's rows and total at the root beside `code` and `msg`
+/// (the root's own `data` is the page, so it carries no second `data` array).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FormRecordReply {
+    /// The page.
+    pub data: FormRecordList,
+    /// The page's records, newest first.
+    pub list: Vec<FormRecord>,
+    /// The form's records.
+    pub total: i64,
+    /// Always 200.
+    #[schema(example = 200)]
+    pub code: u16,
+    /// `"success"`.
+    pub msg: String,
+}
+
 /// A title filter and a page.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -487,13 +505,13 @@ async fn delete(state: &AppState, kind: Kind, id: i64) -> ApiResult<axum::Json<M
 /// `form_data` as JSON text; 20 per page by default.
 #[utoipa::path(get, path = "/api/admin/lowcode/forms/{id}/data", tag = TAG,
     params(("id" = i64, Path, description = "Form id"), PageParams),
-    responses((status = 200, body = Listed<FormRecordList>), (status = 400, body = Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = FormRecordReply), (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_form_data(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(q): ApiQuery<PageParams>,
-) -> ApiResult<axum::Json<Listed<FormRecordList>>> {
+) -> ApiResult<axum::Json<FormRecordReply>> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lowcode_forms WHERE id = $1)")
             .bind(id)
@@ -516,10 +534,16 @@ pub async fn list_form_data(
             .bind(id)
             .fetch_one(&state.db)
             .await?;
-    Ok(listed(FormRecordList {
-        data: list.clone(),
+    Ok(axum::Json(FormRecordReply {
+        data: FormRecordList {
+            data: list.clone(),
+            list: list.clone(),
+            total,
+        },
         list,
         total,
+        code: 200,
+        msg: "success".to_string(),
     }))
 }
 
