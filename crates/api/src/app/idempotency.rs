@@ -31,12 +31,22 @@ const STALE_CLAIM_SECONDS: f64 = 60.0;
 /// Largest request body hashed (larger requests are refused by the routes' own limits first).
 const MAX_BODY: usize = 13 * 1024 * 1024;
 
+/// Whether `path` is a payment provider's notification (`/api/payment/<provider>/callback`):
+/// those answer in the provider's own format, are idempotent by themselves (a capture is applied
+/// once per payment), and providers send no `Idempotency-Key`, so the key is not honoured there.
+pub fn is_provider_notification(path: &str) -> bool {
+    path.strip_prefix("/api/payment/")
+        .and_then(|rest| rest.strip_suffix("/callback"))
+        .is_some_and(|provider| !provider.is_empty() && !provider.contains('/'))
+}
+
 /// The middleware (`axum::middleware::from_fn_with_state`).
 pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if !matches!(
         *req.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    ) {
+    ) || is_provider_notification(req.uri().path())
+    {
         return next.run(req).await;
     }
     let Some(key) = req.headers().get("idempotency-key") else {

@@ -153,7 +153,10 @@ fn document_idempotency(doc: &mut utoipa::openapi::OpenApi) {
             )
             .build()
     };
-    for item in doc.paths.paths.values_mut() {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if crate::app::idempotency::is_provider_notification(path) {
+            continue;
+        }
         for op in [
             &mut item.post,
             &mut item.put,
