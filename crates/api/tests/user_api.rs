@@ -1078,6 +1078,29 @@ async fn idempotency_key_replays_the_first_response_and_refuses_another_body() {
             .await
             .unwrap();
     assert_eq!(other.status(), 422);
+    // A refusal replays as it was first served: a problem document.
+    let refuse = |b: Value| {
+        app.http
+            .post(format!("{}/api/order/create", app.url))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "order-refused")
+            .json(&b)
+            .send()
+    };
+    let bad = json!({"counselor_id": counselor, "duration": 5, "schedule_time": "2026-12-01"});
+    let refused = refuse(bad.clone()).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let replayed = refuse(bad).await.unwrap();
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        replayed.headers()["content-type"],
+        refused.headers()["content-type"],
+        "a replay keeps the first answer's media type"
+    );
+    assert_eq!(
+        replayed.headers()["content-type"],
+        "application/problem+json"
+    );
     let r = app.get("/api/order/list", &token).await;
     assert_eq!(r.data()["total"], json!(1), "one order for one key");
     // another user may use the same key

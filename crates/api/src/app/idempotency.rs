@@ -115,7 +115,7 @@ async fn run(
     let claimed: Option<i32> = sqlx::query_scalar(
         "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) \
          ON CONFLICT (scope, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, status = NULL, \
-         body = NULL, created_at = now() WHERE idempotency_keys.created_at < now() - interval '24 hours' \
+         body = NULL, content_type = NULL, created_at = now() WHERE idempotency_keys.created_at < now() - interval '24 hours' \
          OR (idempotency_keys.status IS NULL AND idempotency_keys.created_at < now() - $4 * interval '1 second') \
          RETURNING 1",
     )
@@ -126,8 +126,10 @@ async fn run(
     .fetch_optional(&state.db)
     .await?;
     if claimed.is_none() {
-        let (stored_hash, status, body): (String, Option<i16>, Option<Vec<u8>>) = sqlx::query_as(
-            "SELECT request_hash, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        type Stored = (String, Option<i16>, Option<Vec<u8>>, Option<String>);
+        let (stored_hash, status, body, content_type): Stored = sqlx::query_as(
+            "SELECT request_hash, status, body, content_type FROM idempotency_keys \
+             WHERE scope = $1 AND key = $2",
         )
         .bind(&scope)
         .bind(&key)
@@ -146,17 +148,13 @@ async fn run(
         };
         let mut response = Response::new(Body::from(body.unwrap_or_default()));
         *response.status_mut() = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
-        // What the first answer was: a success in MyChat's envelope, or a refusal (every
-        // refusal of the user API is an `ApiError`, served as a problem document).
-        let content_type = if response.status().is_success() {
-            "application/json"
-        } else {
-            "application/problem+json"
-        };
-        response.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static(content_type),
-        );
+        // The first answer's media type, as it was served.
+        let content_type = content_type
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+            .unwrap_or(HeaderValue::from_static("application/json"));
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_TYPE, content_type);
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -196,12 +194,19 @@ async fn finish(
             .await?;
     } else {
         sqlx::query(
-            "UPDATE idempotency_keys SET status = $3, body = $4 WHERE scope = $1 AND key = $2",
+            "UPDATE idempotency_keys SET status = $3, body = $4, content_type = $5 \
+             WHERE scope = $1 AND key = $2",
         )
         .bind(scope)
         .bind(key)
         .bind(parts.status.as_u16() as i16)
         .bind(body.to_vec())
+        .bind(
+            parts
+                .headers
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        )
         .execute(&state.db)
         .await?;
     }

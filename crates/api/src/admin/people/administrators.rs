@@ -13,7 +13,7 @@ use web::error::Problem;
 use web::extract::{Path, Query};
 
 use crate::admin::common::{
-    count, lenient, listed, typed_row, typed_rows, unique_violation, Caller, ListQuery, Listed,
+    lenient, listed, page_rows, typed_row, unique_violation, Caller, ListQuery, Listed,
 };
 use crate::admin::table::SUPER_ADMIN;
 use crate::auth::hash_password;
@@ -110,19 +110,16 @@ pub async fn list_admins(
             qb.push(" AND status = ").push_bind(s);
         }
     };
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT to_jsonb(t)::text FROM (SELECT {ADMIN_COLS} FROM administrators"
-    ));
-    filter(&mut qb);
-    qb.push(" ORDER BY id LIMIT ")
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset)
-        .push(") t");
-    let list: Vec<Administrator> = typed_rows(&state, qb).await?;
-    let mut cq = QueryBuilder::new("SELECT count(*) FROM administrators");
-    filter(&mut cq);
-    let total = count(&state, cq).await?;
+    let (list, total): (Vec<Administrator>, i64) = page_rows(
+        &state,
+        ADMIN_COLS,
+        "administrators",
+        filter,
+        "id",
+        limit,
+        offset,
+    )
+    .await?;
     Ok(listed(AdministratorPage {
         administrators: list.clone(),
         list,

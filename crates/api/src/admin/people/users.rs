@@ -13,7 +13,7 @@ use web::extract::{Path, Query};
 
 use super::administrators::PasswordReset;
 use crate::admin::common::{
-    count, lenient, listed, typed_row, typed_rows, unique_violation, ListQuery, Listed,
+    lenient, listed, page_rows, typed_row, unique_violation, ListQuery, Listed,
 };
 use crate::auth::hash_password;
 use crate::{ApiError, ApiResult, AppState};
@@ -102,19 +102,8 @@ pub async fn list_users(
             qb.push(" AND status = ").push_bind(s);
         }
     };
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT to_jsonb(t)::text FROM (SELECT {USER_COLS} FROM users"
-    ));
-    filter(&mut qb);
-    qb.push(" ORDER BY id DESC LIMIT ")
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset)
-        .push(") t");
-    let list: Vec<AdminUser> = typed_rows(&state, qb).await?;
-    let mut cq = QueryBuilder::new("SELECT count(*) FROM users");
-    filter(&mut cq);
-    let total = count(&state, cq).await?;
+    let (list, total): (Vec<AdminUser>, i64) =
+        page_rows(&state, USER_COLS, "users", filter, "id DESC", limit, offset).await?;
     Ok(listed(UserPage {
         users: list.clone(),
         list,

@@ -77,66 +77,25 @@ pub mod tree;
 mod tests;
 
 use serde::de::DeserializeOwned;
-use sqlx::{Postgres, QueryBuilder};
+use serde::Serialize;
 
-use crate::{ApiError, AppState};
+use crate::admin::common::typed_row;
+use crate::ApiError;
 
-/// Parses one row PostgreSQL rendered as JSON (`to_jsonb(row)::text`) into `T`.
+pub use crate::admin::common::{page_rows, typed_rows as fetch_rows};
+
+/// One row PostgreSQL rendered as JSON (`to_jsonb(row)::text`), typed ([`typed_row`]).
 ///
 /// # Errors
 /// 500 when the row does not have `T`'s shape.
-pub fn row<T: DeserializeOwned>(text: &str) -> Result<T, ApiError> {
-    serde_json::from_str(text).map_err(|e| ApiError::internal(anyhow::anyhow!("row shape: {e}")))
+pub fn row<T: DeserializeOwned + Serialize>(text: &str) -> Result<T, ApiError> {
+    typed_row(text, &[])
 }
 
-/// Parses rows PostgreSQL rendered as JSON (`to_jsonb(row)::text`) into `T`s.
+/// Rows PostgreSQL rendered as JSON, typed ([`typed_row`]).
 ///
 /// # Errors
 /// 500 when a row does not have `T`'s shape.
-pub fn rows<T: DeserializeOwned>(texts: &[String]) -> Result<Vec<T>, ApiError> {
-    texts.iter().map(|s| row(s)).collect()
-}
-
-/// Runs a `SELECT to_jsonb(..)::text` built by `qb` and parses each row into `T`.
-///
-/// # Errors
-/// A database error, or 500 when a row does not have `T`'s shape.
-pub async fn fetch_rows<T: DeserializeOwned>(
-    state: &AppState,
-    mut qb: QueryBuilder<'_, Postgres>,
-) -> Result<Vec<T>, ApiError> {
-    let texts: Vec<String> = qb.build_query_scalar().fetch_all(&state.db).await?;
-    rows(&texts)
-}
-
-/// One page of a filtered list and the filter's total, with the same `filter` for both:
-/// `SELECT to_jsonb(t)::text FROM (SELECT <cols> FROM <from> … ORDER BY <order_by> LIMIT …
-/// OFFSET …) t` and `SELECT count(*) FROM <from> …`. `cols`, `from` and `order_by` are this
-/// module's constants; `filter` appends the `WHERE` clause with bound values.
-///
-/// # Errors
-/// A database error, or 500 when a row does not have `T`'s shape.
-pub async fn page_rows<T: DeserializeOwned>(
-    state: &AppState,
-    cols: &'static str,
-    from: &'static str,
-    filter: impl Fn(&mut QueryBuilder<'_, Postgres>),
-    order_by: &'static str,
-    limit: i64,
-    offset: i64,
-) -> Result<(Vec<T>, i64), ApiError> {
-    let mut qb = QueryBuilder::new(format!(
-        "SELECT to_jsonb(t)::text FROM (SELECT {cols} FROM {from}"
-    ));
-    filter(&mut qb);
-    qb.push(format!(" ORDER BY {order_by} LIMIT "))
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset)
-        .push(") t");
-    let list = fetch_rows(state, qb).await?;
-    let mut cq = QueryBuilder::new(format!("SELECT count(*) FROM {from}"));
-    filter(&mut cq);
-    let total: i64 = cq.build_query_scalar().fetch_one(&state.db).await?;
-    Ok((list, total))
+pub fn rows<T: DeserializeOwned + Serialize>(texts: &[String]) -> Result<Vec<T>, ApiError> {
+    texts.iter().map(|s| typed_row(s, &[])).collect()
 }
