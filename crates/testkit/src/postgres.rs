@@ -111,19 +111,46 @@ pub fn initdb(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A cluster initialised once per test process and copied for each test (initdb takes ~1 s).
+/// A cluster initialised once per machine and PostgreSQL build and copied for each test (initdb
+/// takes ~1 s): `$TMPDIR/mychat-pg-template-<uid>-<build>`, where `<build>` names the `postgres`
+/// binary. It is made in a private directory and renamed into place, so concurrent test processes
+/// either win the rename or use the winner's copy, and no process leaves one behind.
 fn template() -> anyhow::Result<&'static Path> {
     static TEMPLATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     TEMPLATE
-        .get_or_init(|| {
-            let dir =
-                std::env::temp_dir().join(format!("mychat-pg-template-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            initdb(&dir).map(|_| dir).map_err(|e| format!("{e:#}"))
-        })
+        .get_or_init(|| shared_template().map_err(|e| format!("{e:#}")))
         .as_ref()
         .map(|p| p.as_path())
         .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn shared_template() -> anyhow::Result<PathBuf> {
+    let build = pg_bin_dir()
+        .and_then(|d| {
+            d.parent()
+                .and_then(|v| v.file_name())
+                .map(|v| v.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "path".to_owned());
+    let uid = nix::unistd::Uid::effective().as_raw();
+    let dir = std::env::temp_dir().join(format!("mychat-pg-template-{uid}-{build}"));
+    if dir.join("PG_VERSION").exists() {
+        return Ok(dir);
+    }
+    let staging = tempfile::Builder::new()
+        .prefix("mychat-pg-template-staging")
+        .tempdir()?;
+    chown_tree(staging.path())?;
+    let fresh = staging.path().join("data");
+    initdb(&fresh)?;
+    match std::fs::rename(&fresh, &dir) {
+        Ok(()) => Ok(dir),
+        // Another process renamed its copy into place first: use that one.
+        Err(_) if dir.join("PG_VERSION").exists() => Ok(dir),
+        Err(e) => {
+            Err(e).with_context(|| format!("moving the template cluster to {}", dir.display()))
+        }
+    }
 }
 
 impl Postgres {
