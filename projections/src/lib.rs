@@ -44,7 +44,10 @@ pub fn read_models_for(layout: &eventstore::ChatLayout) -> Vec<Arc<dyn Projectio
         Arc::new(read_models::Withdrawals),
         Arc::new(read_models::Wallets),
         Arc::new(groups::Groups),
-        Arc::new(api_keys::ApiKeys),
+    ]);
+    all.extend(read_models::GroupMessages::all(layout));
+    all.extend([
+        Arc::new(api_keys::ApiKeys) as Arc<dyn Projection>,
         Arc::new(notifications::Notifications),
         Arc::new(ledger::Ledger),
     ]);

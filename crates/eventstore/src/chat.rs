@@ -501,10 +501,40 @@ impl ChatLog {
         dedup_id: &str,
     ) -> Result<Appended, AppendError> {
         let place = self.place(record.session_id());
-        let body = serde_json::to_vec(record)?;
+        self.append_at(place, record.kind(), serde_json::to_vec(record)?, dedup_id)
+            .await
+    }
+
+    /// Appends a group's record to the group's subject ([`ChatLayout::place_group`]) with its
+    /// dedup id ([`crate::group_chat::GroupRecord::dedup_id`]) and returns once it is durably
+    /// stored (a repeat: the first copy's sequence, `duplicate: true`).
+    ///
+    /// # Errors
+    /// As [`ChatLog::append_message`].
+    pub async fn append_group(
+        &self,
+        record: &crate::group_chat::GroupRecord,
+    ) -> Result<Appended, AppendError> {
+        let place = self.inner.layout.place_group(record.group_id());
+        self.append_at(
+            place,
+            record.kind(),
+            serde_json::to_vec(record)?,
+            &record.dedup_id(),
+        )
+        .await
+    }
+
+    async fn append_at(
+        &self,
+        place: ChatPlace,
+        kind: &'static str,
+        body: Vec<u8>,
+        dedup_id: &str,
+    ) -> Result<Appended, AppendError> {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, dedup_id);
-        headers.insert(HDR_RECORD, record.kind());
+        headers.insert(HDR_RECORD, kind);
         let failed = |source| AppendError::Commit {
             stream: place.stream,
             source,

@@ -4,6 +4,7 @@
 //! - [`streams`]: the `EVENTS` stream and the chat streams (subjects, retention, `deny_delete`,
 //!   `deny_purge`, direct get, duplicate window).
 //! - [`chat`]: the chat log: records, the layout of the chat shards, [`ChatLog`] (appends).
+//! - [`group_chat`]: group conversations' records in the chat shards (their own subject per group).
 //! - [`reader`]: [`LogReader`], the one reader of a stream for replays and live paths.
 //! - [`envelope`]: the stored form of a commit. One command's events are one JetStream message on
 //!   `ev.<aggregate_type>.<aggregate_id>`, so they are atomic by construction; each event carries
@@ -21,6 +22,7 @@ pub mod bus;
 pub mod chat;
 pub mod envelope;
 pub mod group;
+pub mod group_chat;
 pub mod reader;
 pub mod store;
 pub mod streams;

@@ -64,11 +64,12 @@ pub fn chat_config(
 ) -> stream::Config {
     stream::Config {
         name: crate::chat::shard_stream(shard).to_string(),
-        subjects: vec![if shard == 0 {
-            "chat.*".to_string()
+        // A shard also carries its groups' records (`group.<shard>.*`, [`crate::group_chat`]).
+        subjects: if shard == 0 {
+            vec!["chat.*".to_string()]
         } else {
-            format!("chat.{shard}.*")
-        }],
+            vec![format!("chat.{shard}.*"), format!("group.{shard}.*")]
+        },
         storage: stream::StorageType::File,
         num_replicas: settings.replicas,
         duplicate_window: settings.duplicate_window,

@@ -100,7 +100,10 @@ pub fn initdb(dir: &Path) -> anyhow::Result<()> {
             "--auth=trust",
             "-E",
             "UTF8",
+            // Byte-order collation; a UTF-8 character classification, so that pg_trgm takes
+            // Chinese characters as word characters (group message search).
             "--locale=C",
+            "--lc-ctype=C.UTF-8",
             "--no-sync",
         ])
         .output()
@@ -133,7 +136,7 @@ fn shared_template() -> anyhow::Result<PathBuf> {
         })
         .unwrap_or_else(|| "path".to_owned());
     let uid = nix::unistd::Uid::effective().as_raw();
-    let dir = std::env::temp_dir().join(format!("mychat-pg-template-{uid}-{build}"));
+    let dir = std::env::temp_dir().join(format!("mychat-pg-template-{uid}-{build}-utf8"));
     if dir.join("PG_VERSION").exists() {
         return Ok(dir);
     }

@@ -264,6 +264,20 @@ impl Rejection for domain::SessionError {
     }
 }
 impl Rejection for domain::WalletError {}
+impl Rejection for domain::GroupError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotMember | Self::NotPermitted(_) | Self::OwnerUntouchable => {
+                StatusCode::FORBIDDEN
+            }
+            Self::Dissolved | Self::OwnerMustTransfer => StatusCode::CONFLICT,
+            Self::AlreadyCreated | Self::CapExceeded(_) | Self::Invalid { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+        }
+    }
+}
 impl Rejection for domain::AccountError {
     fn status(&self) -> StatusCode {
         match self {
@@ -281,6 +295,18 @@ impl<E: Rejection> From<CommandError<E>> for ApiError {
                 Self::conflict("the resource was changed concurrently; retry")
             }
             CommandError::Store(s) => Self::internal(anyhow::anyhow!(s).context("event store")),
+        }
+    }
+}
+
+impl From<domain::GroupMessageRefusal> for ApiError {
+    fn from(e: domain::GroupMessageRefusal) -> Self {
+        use domain::GroupMessageRefusal as R;
+        match e {
+            R::NotFound => Self::not_found("group"),
+            R::Invalid(refusal) => refusal.into(),
+            R::Dissolved => Self::conflict(e.to_string()),
+            R::NotMember | R::Muted { .. } | R::GroupMuted => Self::forbidden(e.to_string()),
         }
     }
 }

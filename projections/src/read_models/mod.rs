@@ -8,6 +8,7 @@
 mod accounts;
 mod batch;
 mod billings;
+mod group_messages;
 mod messages;
 mod orders;
 mod payments;
@@ -18,6 +19,7 @@ mod withdrawals;
 pub use accounts::Accounts;
 pub use batch::rounds;
 pub use billings::Billings;
+pub use group_messages::GroupMessages;
 pub use messages::Messages;
 pub use orders::Orders;
 pub use payments::Payments;

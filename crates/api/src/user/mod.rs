@@ -7,6 +7,7 @@ pub mod chat;
 pub mod config;
 pub mod earnings;
 pub mod files;
+pub mod groups;
 pub mod notifications;
 pub mod openapi;
 pub mod orders;

@@ -68,6 +68,7 @@ impl Modify for Frame {
         (name = "orders", description = "Orders: placement and lifecycle"),
         (name = "payments", description = "Payments: checkout and records"),
         (name = "providers", description = "Payment providers' notifications and the sandbox cashier (each in the provider's own format)"),
+        (name = "groups", description = "Group conversations: groups, members, roles, mutes, messages, read cursors, search, mentions"),
     )
 )]
 pub struct UserApiDoc;

@@ -42,4 +42,5 @@ pub fn all(sandbox: bool) -> OpenApiRouter<UserState> {
         .merge(super::applications::router())
         .merge(super::notifications::router())
         .merge(super::files::router())
+        .merge(super::groups::router())
 }
