@@ -22,6 +22,7 @@
 //!   command ids, so several nodes bill once.
 
 pub mod admin_bus;
+pub mod group_socket;
 pub mod hub;
 pub mod presence;
 pub mod protocol;
@@ -180,6 +181,7 @@ pub fn router(state: GatewayState) -> Router {
         .route("/health", get(health))
         .route("/ws", get(socket::ws_any))
         .route("/ws/chat/{session_id}", get(socket::ws_chat))
+        .route("/ws/group/{group_id}", get(group_socket::ws_group))
         .route("/ws/counselor/{id}", get(socket::ws_counselor))
         .route("/ws/stats", get(stats))
         .route("/ws/counselors/online", get(counselors_online))
@@ -239,6 +241,9 @@ pub async fn start_node(
     let hub = Arc::new(Hub::new(config, bus.clone(), nats.clone(), chat));
     supervise(&hub, "chat fan-out", &shutdown, |hub, stop| {
         hub.run_chat_fanout(stop)
+    });
+    supervise(&hub, "group events", &shutdown, |hub, stop| {
+        hub.run_group_events(stop)
     });
     {
         let db = db.clone();

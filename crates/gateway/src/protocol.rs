@@ -17,6 +17,10 @@ pub struct ClientFrame {
     pub kind: String,
     #[serde(default)]
     pub session_id: Option<i64>,
+    /// The group a group frame (`join_group`, `group_message`, `group_read`, a `typing` with a
+    /// group) is about.
+    #[serde(default)]
+    pub group_id: Option<i64>,
     #[serde(default)]
     pub data: Option<Value>,
     #[serde(default)]
@@ -96,9 +100,42 @@ pub fn frame(kind: &str, session_id: i64, data: Value) -> String {
     json!({ "type": kind, "session_id": session_id, "data": data, "payload": data }).to_string()
 }
 
+/// A group's server frame: `{type, group_id, data, payload}`.
+pub fn group_frame(kind: &str, group_id: i64, data: Value) -> String {
+    json!({ "type": kind, "group_id": group_id, "data": data, "payload": data }).to_string()
+}
+
+/// An `error` frame about a group (the socket stays open).
+pub fn group_error_frame(group_id: i64, message: &str) -> String {
+    group_frame("error", group_id, json!({ "error": message }))
+}
+
 /// An `error` frame.
 pub fn error_frame(session_id: i64, message: &str) -> String {
     frame("error", session_id, json!({ "error": message }))
+}
+
+/// A token bucket: `rate` frames per second sustained, `burst` at once.
+pub(crate) struct RateLimit {
+    pub(crate) tokens: f64,
+    pub(crate) rate: f64,
+    pub(crate) burst: f64,
+    pub(crate) at: std::time::Instant,
+}
+
+impl RateLimit {
+    pub(crate) fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{own_key, Conn, Hub, CLOSE_POLICY};
-use crate::protocol::{error_frame, frame, ClientFrame};
+use crate::protocol::{error_frame, frame, ClientFrame, RateLimit};
 use crate::GatewayState;
 
 /// Largest frame the codec reads at all; frames above [`crate::protocol::MAX_FRAME_BYTES`] get
@@ -31,11 +31,11 @@ const CLOSE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-fn refuse(status: StatusCode, msg: &str) -> Response {
+pub(crate) fn refuse(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({ "error": msg }))).into_response()
 }
 
-fn query_param(uri: &Uri, name: &str) -> Option<String> {
+pub(crate) fn query_param(uri: &Uri, name: &str) -> Option<String> {
     uri.query().and_then(|q| {
         q.split('&')
             .filter_map(|kv| kv.split_once('='))
@@ -48,7 +48,7 @@ fn query_param(uri: &Uri, name: &str) -> Option<String> {
 /// revoked (logout, password change) and whose account is enabled (the user API's
 /// [`api::auth::TokenGate::check`]). Refusals are plain HTTP before the upgrade with
 /// `{"error": msg}` (contract d.1); a draining node answers 503.
-async fn authenticate(
+pub(crate) async fn authenticate(
     state: &GatewayState,
     uri: &Uri,
     headers: &HeaderMap,
@@ -93,10 +93,11 @@ async fn authenticate(
 
 /// What a socket does right after the upgrade.
 #[derive(Default)]
-struct Opening {
-    session: Option<i64>,
-    after_seq: Option<u64>,
-    greeting: Option<String>,
+pub(crate) struct Opening {
+    pub(crate) session: Option<i64>,
+    pub(crate) group: Option<i64>,
+    pub(crate) after_seq: Option<u64>,
+    pub(crate) greeting: Option<String>,
 }
 
 /// `GET /ws/chat/{session_id}?token=…[&after_seq=N]`: a socket bound to that session on connect
@@ -128,7 +129,7 @@ pub async fn ws_chat(
         Opening {
             session: Some(session_id),
             after_seq,
-            greeting: None,
+            ..Default::default()
         },
     )
 }
@@ -192,7 +193,12 @@ pub async fn ws_counselor(
     )
 }
 
-fn upgrade(ws: WebSocketUpgrade, state: GatewayState, user_id: i64, opening: Opening) -> Response {
+pub(crate) fn upgrade(
+    ws: WebSocketUpgrade,
+    state: GatewayState,
+    user_id: i64,
+    opening: Opening,
+) -> Response {
     // Small buffers: an idle socket should cost a few KiB.
     // Frames up to 1 MiB are read and refused with an `error` frame (the socket keeps
     // working); beyond that the codec closes the socket (1009).
@@ -203,33 +209,12 @@ fn upgrade(ws: WebSocketUpgrade, state: GatewayState, user_id: i64, opening: Ope
         .on_upgrade(move |socket| run(state, socket, user_id, opening))
 }
 
-/// A token bucket: `rate` frames per second sustained, `burst` at once.
-struct RateLimit {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    at: Instant,
-}
-
-impl RateLimit {
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-struct Socket {
-    state: GatewayState,
-    conn: Arc<Conn>,
-    bound: Option<i64>,
+pub(crate) struct Socket {
+    pub(crate) state: GatewayState,
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) bound: Option<i64>,
+    /// The group the socket is bound to ([`crate::group_socket`]).
+    pub(crate) bound_group: Option<i64>,
 }
 
 /// Writes every queued frame of `conn` to the socket. False when the socket is gone (a write
@@ -288,6 +273,7 @@ async fn run(state: GatewayState, mut socket: WebSocket, user_id: i64, opening: 
         state,
         conn: conn.clone(),
         bound: None,
+        bound_group: None,
     };
     let config = s.state.hub.config().clone();
     let mut limit = RateLimit {
@@ -309,6 +295,10 @@ async fn run(state: GatewayState, mut socket: WebSocket, user_id: i64, opening: 
                 }
             }
         });
+        alive = drive(&mut socket, &conn, &mut batch, open).await;
+    }
+    if let (Some(group), true) = (opening.group, alive) {
+        let open = Box::pin(s.open_group(group, opening.after_seq));
         alive = drive(&mut socket, &conn, &mut batch, open).await;
     }
     while alive {
@@ -368,6 +358,9 @@ async fn run(state: GatewayState, mut socket: WebSocket, user_id: i64, opening: 
         .await;
     }
     // Only now (the close frame is out) does the socket stop counting: a draining node waits.
+    if let Some(group) = s.bound_group {
+        s.state.hub.leave_group(group, s.conn.id);
+    }
     s.state.hub.disconnect(&s.conn, s.bound);
 }
 
@@ -446,6 +439,9 @@ impl Socket {
             Ok(f) => f,
             Err(e) => return self.error(0, &e),
         };
+        if let Some(group) = self.group_target(&frame_in) {
+            return self.group(frame_in, group).await;
+        }
         let session_id = frame_in.session_id.filter(|id| *id != 0).or(self.bound);
         let need = |name: &str| format!("{name} needs a session_id");
         match (frame_in.kind.as_str(), session_id) {

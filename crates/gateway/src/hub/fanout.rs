@@ -150,6 +150,9 @@ impl Hub {
     }
 
     fn route_chat_entry(&self, shard: u16, entry: &eventstore::LogEntry) {
+        if entry.subject.starts_with("group.") {
+            return self.route_group_entry(shard, entry);
+        }
         let seq = entry.stream_sequence;
         match serde_json::from_slice::<ChatRecord>(&entry.payload) {
             Ok(record) => {

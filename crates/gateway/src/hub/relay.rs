@@ -1,6 +1,6 @@
-//! The core-NATS relays: typing indicators (`typing.<session_id>`) to a session's other local
-//! sockets, and notifications (`notify.<user_id>`, `notify.all`: frames, admin kicks and mutes)
-//! to a user's sockets or every socket.
+//! The core-NATS relays: typing indicators (`typing.<session_id>`, `typing.g.<group_id>`) to a
+//! session's or a group's other local sockets, and notifications (`notify.<user_id>`,
+//! `notify.all`: frames, admin kicks and mutes) to a user's sockets or every socket.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,34 @@ impl Hub {
         );
         let text = Utf8Bytes::from(text);
         for conn in self.room(session_id) {
+            if conn.user_id != t.user_id {
+                conn.send(text.clone());
+            }
+        }
+    }
+
+    /// Routes a core-NATS typing indicator of a group (`typing.g.<group_id>`) to the group's
+    /// other local sockets.
+    fn route_group_typing(&self, group_id: i64, payload: &[u8]) {
+        #[derive(Deserialize)]
+        struct Typing {
+            user_id: i64,
+            kind: String,
+        }
+        let Ok(t) = serde_json::from_slice::<Typing>(payload) else {
+            return;
+        };
+        let kind = if t.kind == "typing_stop" {
+            "typing_stop"
+        } else {
+            "typing"
+        };
+        let text = Utf8Bytes::from(crate::protocol::group_frame(
+            kind,
+            group_id,
+            json!({ "group_id": group_id, "user_id": t.user_id, "is_typing": kind == "typing" }),
+        ));
+        for conn in self.room(super::group_room(group_id)) {
             if conn.user_id != t.user_id {
                 conn.send(text.clone());
             }
@@ -109,7 +137,10 @@ impl Hub {
             tokio::select! {
                 m = sub.next() => match m {
                     Some(m) => {
-                        if let Some(Ok(sid)) = m.subject.as_str().strip_prefix("typing.").map(str::parse::<i64>) {
+                        let target = m.subject.as_str().strip_prefix("typing.").unwrap_or("");
+                        if let Some(Ok(group)) = target.strip_prefix("g.").map(str::parse::<i64>) {
+                            self.route_group_typing(group, &m.payload);
+                        } else if let Ok(sid) = target.parse::<i64>() {
                             self.route_typing(sid, &m.payload);
                         }
                     }

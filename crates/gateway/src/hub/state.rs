@@ -51,6 +51,10 @@ pub struct Hub {
     pub(super) chat: ChatLog,
     /// The node's background parts that are down (`/health` answers 503 while any is).
     pub(super) down: Mutex<std::collections::BTreeSet<Part>>,
+    /// Groups' state folded from `ev.group.>` ([`super::groups`]).
+    pub(super) groups: Mutex<HashMap<i64, domain::Group>>,
+    /// The aggregate version each of [`Hub::groups`] reflects.
+    pub(super) group_versions: Mutex<HashMap<i64, usize>>,
 }
 
 /// A background part of a gateway node, as `/health` names it.
@@ -104,6 +108,8 @@ impl Hub {
             draining: AtomicBool::new(false),
             chat,
             down: Mutex::default(),
+            groups: Mutex::default(),
+            group_versions: Mutex::default(),
         }
     }
 
