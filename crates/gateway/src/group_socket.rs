@@ -88,7 +88,13 @@ impl Socket {
             && self.bound_group.is_some()
             && matches!(
                 kind,
-                "message" | "read" | "typing" | "typing_stop" | "recall" | "revoke" | "resume"
+                "message"
+                    | "read"
+                    | "typing"
+                    | "typing_stop"
+                    | "recall"
+                    | "revoke"
+                    | "resume"
                     | "leave"
             );
         (group_kind || typing || web).then(|| explicit.or(self.bound_group))
@@ -242,10 +248,7 @@ impl Socket {
             Some(v) => match serde_json::from_value::<Vec<i64>>(v.clone()) {
                 Ok(m) if m.len() <= 100 => m,
                 _ => {
-                    return self.group_error(
-                        group_id,
-                        "mentions: a list of at most 100 member ids",
-                    )
+                    return self.group_error(group_id, "mentions: a list of at most 100 member ids")
                 }
             },
         };
@@ -336,7 +339,8 @@ impl Socket {
         match group_message_at(chat.jetstream(), chat.layout(), group_id, seq).await {
             Ok(Some(_)) => {}
             Ok(None) => {
-                return self.group_error(group_id, &format!("message {seq} not found in this group"))
+                return self
+                    .group_error(group_id, &format!("message {seq} not found in this group"))
             }
             Err(_) => return self.group_error(group_id, "temporarily unavailable"),
         }
@@ -356,11 +360,11 @@ impl Socket {
             Err(e) => return self.group_error(group_id, &format!("recall {e}")),
         };
         let chat = self.state.hub.chat();
-        let message = match group_message_at(chat.jetstream(), chat.layout(), group_id, seq).await
-        {
+        let message = match group_message_at(chat.jetstream(), chat.layout(), group_id, seq).await {
             Ok(Some(m)) => m,
             Ok(None) => {
-                return self.group_error(group_id, &format!("message {seq} not found in this group"))
+                return self
+                    .group_error(group_id, &format!("message {seq} not found in this group"))
             }
             Err(_) => return self.group_error(group_id, "temporarily unavailable"),
         };

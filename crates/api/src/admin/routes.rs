@@ -127,6 +127,13 @@ pub fn register() -> Reg {
         .typed(routes!(biz::chat::search_messages), Code("chat:view"))
         .typed(routes!(biz::chat::delete_session), Code("chat:manage"))
         .typed(routes!(biz::chat::delete_message), Code("chat:manage"))
+        .typed(routes!(biz::groups::list_groups), Code("group:view"))
+        .typed(routes!(biz::groups::group_messages), Code("group:view"))
+        .typed(routes!(biz::groups::dissolve_group), Code("group:manage"))
+        .typed(
+            routes!(biz::groups::redact_group_message),
+            Code("group:manage"),
+        )
         // c.5 statistics and finance
         .typed(routes!(biz::dashboard::statistics), Code("dashboard:view"))
         .typed(

@@ -191,9 +191,13 @@ impl Hub {
         };
         let mut reader = eventstore::LogReader::spawn(
             self.chat.jetstream().clone(),
-            eventstore::ReadOptions::new(eventstore::EVENTS_STREAM, 0, eventstore::ReadUntil::Follow)
-                .subjects(vec!["ev.group.>".into()])
-                .batch_size(1000),
+            eventstore::ReadOptions::new(
+                eventstore::EVENTS_STREAM,
+                0,
+                eventstore::ReadUntil::Follow,
+            )
+            .subjects(vec!["ev.group.>".into()])
+            .batch_size(1000),
         );
         self.set_part(part, true);
         let upcasters = Upcasters::default();

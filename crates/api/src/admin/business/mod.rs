@@ -1,10 +1,12 @@
 //! The admin API's business area (contract c.4, c.5 #44–#47): orders (list, statistics, a status
 //! change as a command on the `Order` aggregate), chat (sessions, messages, full-text search,
-//! statistics, redaction as a `CHAT` record) and the dashboard figures. Reads come from the read
+//! statistics, redaction as a `CHAT` record), group conversations (list, messages, dissolution,
+//! redaction) and the dashboard figures. Reads come from the read
 //! models.
 
 pub mod chat;
 pub mod dashboard;
+pub mod groups;
 pub mod orders;
 
 use serde::{Deserialize, Serialize};

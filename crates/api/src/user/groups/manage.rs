@@ -90,7 +90,10 @@ async fn known_users(state: &AppState, field: &str, ids: &[i64]) -> Result<(), A
         .fetch_all(&state.db)
         .await?;
     if let Some(unknown) = ids.iter().find(|id| !known.contains(id)) {
-        return Err(ApiError::field(field, format!("user {unknown} does not exist")));
+        return Err(ApiError::field(
+            field,
+            format!("user {unknown} does not exist"),
+        ));
     }
     Ok(())
 }
@@ -610,7 +613,9 @@ pub async fn add_members(
         return Err(ApiError::conflict("group has been dissolved"));
     }
     if !group.role_of(user.user_id).is_some_and(GroupRole::manages) {
-        return Err(ApiError::forbidden("only the group's owner or admins may add members"));
+        return Err(ApiError::forbidden(
+            "only the group's owner or admins may add members",
+        ));
     }
     known_users(&state, "user_ids", &req.user_ids).await?;
     let command = GroupCommand::AddMembers {

@@ -385,14 +385,9 @@ pub async fn read(
     req.validate()?;
     member_group(&state, id, user.user_id).await?;
     let seq = req.seq as u64;
-    if eventstore::group_chat::group_message_at(
-        state.bus.jetstream(),
-        state.chat.layout(),
-        id,
-        seq,
-    )
-    .await?
-    .is_none()
+    if eventstore::group_chat::group_message_at(state.bus.jetstream(), state.chat.layout(), id, seq)
+        .await?
+        .is_none()
     {
         return Err(ApiError::field("seq", "is not a message of this group"));
     }
