@@ -240,7 +240,7 @@ pub async fn dissolve_group(
         .bus
         .execute::<Group>(&id.to_string(), command, &meta)
         .await
-        .map_err(crate::user::groups::refused)?;
+        .map_err(crate::user::groups::access::refused)?;
     state.settle("groups", committed.stream_sequence).await;
     Ok(Evented::new(
         reply(GroupDissolved { group_id: id }),
