@@ -25,6 +25,10 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::bench_probe::{
+    baselines, child_pid, cpu_secs, paced, percentile, raise_nofile, rss_kib, Gateway,
+};
+
 /// `mychat bench ws` arguments.
 #[derive(Debug, clap::Args)]
 pub struct WsArgs {
@@ -61,11 +65,16 @@ pub struct WsArgs {
     /// its stdin closes.
     #[arg(long, hide = true)]
     pub worker: Option<String>,
+    /// Measure fan-out inside one group of this many members instead (one socket each on
+    /// `/ws/group/{id}`, the owner sending `--rate` msg/s), next to a one-to-one session at the
+    /// same rate.
+    #[arg(long, default_value_t = 0)]
+    pub group_members: usize,
 }
 
 /// The bench clients' WebSocket buffers: small, so that 10 000+ client sockets fit in memory
 /// (tungstenite's default is 128 KiB each).
-fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+pub(crate) fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
@@ -123,204 +132,15 @@ async fn worker(spec: &str, args: &WsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
-
-/// Raises the soft open-files limit to the hard limit; returns the new soft limit.
-fn raise_nofile() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((_, hard)) => {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-            getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(s, _)| s)
-        }
-        Err(_) => 0,
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime, fields 14 and 15 of proc(5); clock ticks of 1/100 s on Linux.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// The pid of this process's child named `comm`, if any.
-fn child_pid(comm: &str) -> Option<u32> {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (head, rest) = stat.rsplit_once(')')?;
-        let name = head.split_once('(')?.1;
-        let ppid = rest.split_whitespace().nth(1)?;
-        (name == comm && ppid == me).then_some(pid)
-    })
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
-}
-
-struct Gateway {
-    child: std::process::Child,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends at `rate` per second for `duration`, calling `send(i)`; returns how many were sent.
-async fn paced(rate: u64, duration: Duration, mut send: impl FnMut(u64) -> bool) -> u64 {
-    let start = Instant::now();
-    let mut sent = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    while start.elapsed() < duration {
-        tick.tick().await;
-        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
-        while sent < due {
-            if send(sent) {
-                sent += 1;
-            } else {
-                break;
-            }
-        }
-    }
-    sent
-}
-
-/// Raw baselines at `rate` for `duration`: core NATS publish → subscriber, and JetStream
-/// publish → reader over `shards` streams (as the chat shards). Latencies in microseconds,
-/// sorted.
-async fn baselines(
-    client: &async_nats::Client,
-    rate: u64,
-    duration: Duration,
-    shards: u16,
-) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
-    let epoch = Instant::now();
-    // Core NATS.
-    let mut sub = client.subscribe("bench.core").await?;
-    let core = Arc::new(Mutex::new(Vec::new()));
-    let sink = core.clone();
-    let reader = tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            let t: u64 = std::str::from_utf8(&m.payload)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let now = epoch.elapsed().as_micros() as u64;
-            sink.lock().expect("lock").push(now.saturating_sub(t));
-        }
-    });
-    let c = client.clone();
-    paced(rate, duration, |_| {
-        let c = c.clone();
-        let t = epoch.elapsed().as_micros() as u64;
-        tokio::spawn(async move { c.publish("bench.core", t.to_string().into()).await });
-        true
-    })
-    .await;
-    client.flush().await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    reader.abort();
-
-    // JetStream, sharded as chat is: `shards` file streams (fsync per nats.conf), each message
-    // published to stream `i mod shards` and awaited in its own task, read back by one reader
-    // per stream (the log's gap-checking reader, as the gateway's fan-out reads).
-    let js = async_nats::jetstream::new(client.clone());
-    let jsl = Arc::new(Mutex::new(Vec::new()));
-    let mut readers = Vec::new();
-    for k in 0..shards.max(1) {
-        let name = format!("BENCH_{k}");
-        js.get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("bench.js.{k}")],
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
-        let mut reader = eventstore::LogReader::spawn(
-            js.clone(),
-            eventstore::ReadOptions::new(name, 0, eventstore::ReadUntil::Follow),
-        );
-        let sink = jsl.clone();
-        readers.push(tokio::spawn(async move {
-            while let Some(Ok(batch)) = reader.next().await {
-                let now = epoch.elapsed().as_micros() as u64;
-                let mut sink = sink.lock().expect("lock");
-                for m in batch {
-                    let t: u64 = std::str::from_utf8(&m.payload)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    sink.push(now.saturating_sub(t));
-                }
-            }
-        }));
-    }
-    let js2 = js.clone();
-    let k = u64::from(shards.max(1));
-    paced(rate, duration, |i| {
-        let js = js2.clone();
-        let t = epoch.elapsed().as_micros() as u64;
-        tokio::spawn(async move {
-            if let Ok(ack) = js
-                .publish(format!("bench.js.{}", i % k), t.to_string().into())
-                .await
-            {
-                let _ = ack.await;
-            }
-        });
-        true
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    for reader in readers {
-        reader.abort();
-    }
-    let mut core = std::mem::take(&mut *core.lock().expect("lock"));
-    let mut jsl = std::mem::take(&mut *jsl.lock().expect("lock"));
-    core.sort_unstable();
-    jsl.sort_unstable();
-    Ok((core, jsl))
-}
+pub(crate) const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
 
 /// `mychat bench ws`.
 pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     if let Some(spec) = &args.worker {
         return worker(spec, &args).await;
+    }
+    if args.group_members > 0 {
+        return crate::bench_group::run(&args).await;
     }
     let nofile = raise_nofile();
     let max_sockets = nofile.saturating_sub(200) as usize;

@@ -33,7 +33,7 @@ pub struct DemoArgs {
     pub minutes: i64,
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
 }
 
@@ -68,16 +68,21 @@ impl Client {
         );
         Ok(body["data"].clone())
     }
-    async fn get(&self, url: &str, token: Option<&str>) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, url: &str, token: Option<&str>) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, url, token, None).await
     }
-    async fn post(&self, url: &str, token: Option<&str>, body: Value) -> anyhow::Result<Value> {
+    pub(crate) async fn post(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, url, token, Some(body))
             .await
     }
 }
 
-fn step(n: usize, text: String) {
+pub(crate) fn step(n: usize, text: String) {
     println!("[{n:>2}] {text}");
 }
 
@@ -85,7 +90,7 @@ fn fen(v: &Value) -> i64 {
     v.as_i64().unwrap_or_default()
 }
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect_ws(base: &str, session_id: i64, token: &str) -> anyhow::Result<Socket> {
@@ -97,7 +102,7 @@ async fn connect_ws(base: &str, session_id: i64, token: &str) -> anyhow::Result<
 }
 
 /// Reads frames until one of type `kind` arrives (others are skipped), up to 10 s.
-async fn expect_frame(socket: &mut Socket, kind: &str) -> anyhow::Result<Value> {
+pub(crate) async fn expect_frame(socket: &mut Socket, kind: &str) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -496,6 +501,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             user_info["balance"]
         ),
     );
+    let group = crate::demo_groups::run(
+        &c,
+        (api, args.ws.trim_end_matches('/')),
+        &counselor_token,
+        (user_id, &user_token),
+        15,
+    )
+    .await?;
     let summary = json!({
         "demo": "ok",
         "user_id": user_id,
@@ -515,6 +528,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "counselor_balance_fen": fen(&final_account["balance_fen"]),
         "counselor_total_income_fen": fen(&final_account["total_income_fen"]),
         "counselor_withdrawn_fen": fen(&final_account["withdrawn_fen"]),
+        "group_id": group.group_id,
+        "group_messages": group.messages,
+        "group_unread_user": group.unread_user,
+        "group_unread_second": group.unread_second,
     });
     println!("{summary}");
     Ok(())

@@ -14,8 +14,11 @@
 
 mod bench;
 mod bench_commands;
+mod bench_group;
+mod bench_probe;
 mod bench_ws;
 mod demo;
+mod demo_groups;
 mod ops;
 mod server;
 mod settings;
