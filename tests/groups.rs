@@ -282,6 +282,25 @@ async fn drive(up: &Up) {
         Some(json!({ "user_ids": [carol.id] })),
     )
     .await;
+    // Past the member cap (2,000 with the owner): 1,998 more users exist, 1,998 + 3 > 2,000.
+    let db = sqlx::PgPool::connect(&up.database_url).await.unwrap();
+    let crowd: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO users (id, username, password_hash) \
+         SELECT 9000000 + g, 'crowd' || g, '-' FROM generate_series(1, 1998) g RETURNING id",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let cap = ctx
+        .refused(
+            400,
+            Method::POST,
+            &ctx.url("/members"),
+            &owner,
+            Some(json!({ "user_ids": crowd })),
+        )
+        .await;
+    assert!(cap.to_string().contains("2000"), "{cap}");
     let members = ctx
         .ok(Method::GET, &ctx.url("/members"), &carol, None)
         .await;

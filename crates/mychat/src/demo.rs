@@ -423,7 +423,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ),
     );
 
-    // 10. The counselor withdraws the balance; the admin approves and transfers it.
+    // 10. The counselor's support group: the group chapter (steps 12–15), before the
+    // withdrawal, so that the log's last events come after the group's chat records.
+    let group = crate::demo_groups::run(
+        &c,
+        (api, args.ws.trim_end_matches('/')),
+        &counselor_token,
+        (user_id, &user_token),
+        12,
+    )
+    .await?;
+
+    // 11. The counselor withdraws the balance; the admin approves and transfers it.
     let amount_fen = fen(&account["balance_fen"]);
     let withdrawal = c
         .post(
@@ -434,7 +445,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await?;
     let withdrawal_id = withdrawal["id"].as_i64().context("withdrawal id")?;
     step(
-        12,
+        16,
         format!(
             "counselor requested withdrawal {withdrawal_id} of ¥{}",
             withdrawal["amount"]
@@ -473,7 +484,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         transferred["status"]
     );
     step(
-        13,
+        17,
         format!("admin approved and transferred withdrawal {withdrawal_id}"),
     );
 
@@ -492,7 +503,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
     .await?;
     step(
-        14,
+        18,
         format!(
             "final: counselor balance ¥{}, withdrawn ¥{}, total income ¥{}; user balance ¥{}",
             final_account["balance"],
@@ -501,14 +512,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             user_info["balance"]
         ),
     );
-    let group = crate::demo_groups::run(
-        &c,
-        (api, args.ws.trim_end_matches('/')),
-        &counselor_token,
-        (user_id, &user_token),
-        15,
-    )
-    .await?;
     let summary = json!({
         "demo": "ok",
         "user_id": user_id,

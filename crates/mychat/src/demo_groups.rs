@@ -56,7 +56,10 @@ pub async fn run(
     (user_id, user_token): (i64, &str),
     first: usize,
 ) -> anyhow::Result<GroupChapter> {
-    let second_name = format!("demo_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let second_name = format!(
+        "member_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
     let password = "demo-password-1";
     let reg = c
         .post(

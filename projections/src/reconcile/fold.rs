@@ -244,8 +244,9 @@ impl Books {
                 }
                 Err(err) => self.broken.push(undecodable(err)),
             },
-            // Operators' decisions about projections: no money.
-            "projection" => {}
+            // Operators' decisions about projections, group conversations and machine clients'
+            // credentials: no money.
+            "projection" | "group" | "apikey" => {}
             other => self.broken.push(format!(
                 "{where_}: unknown aggregate type {other:?}: reconciliation has no rule for it"
             )),
