@@ -352,6 +352,18 @@ async fn drive(up: &Up) {
     )
     .await;
     assert_eq!(next(&mut dave_ws).await["type"], "error");
+    // The web dialect on the refused group socket means that group.
+    send(
+        &mut dave_ws,
+        json!({ "type": "message", "payload": { "content": "let me in" } }),
+    )
+    .await;
+    let web = next(&mut dave_ws).await;
+    assert_eq!(
+        (web["group_id"].as_i64(), web["data"]["error"].as_str()),
+        (Some(g), Some("not a member of this group")),
+        "{web}"
+    );
     // The socket stays open after an error frame.
     send(&mut dave_ws, json!({ "type": "ping" })).await;
     assert_eq!(expect(&mut dave_ws, "pong").await["type"], "pong");

@@ -82,10 +82,12 @@ impl Socket {
             "join_group" | "leave_group" | "group_message" | "group_read" | "group_recall"
         );
         let typing = matches!(kind, "typing" | "typing_stop") && explicit.is_some();
-        // The web dialect on a group socket: no ids, the bound group is meant.
+        // The web dialect on a group socket: no ids, the bound group (or the one its URL names,
+        // if the socket was refused it) is meant.
+        let fallback = self.bound_group.or(self.group_path);
         let web = self.bound.is_none()
             && f.session_id.is_none()
-            && self.bound_group.is_some()
+            && fallback.is_some()
             && matches!(
                 kind,
                 "message"
@@ -97,7 +99,7 @@ impl Socket {
                     | "resume"
                     | "leave"
             );
-        (group_kind || typing || web).then(|| explicit.or(self.bound_group))
+        (group_kind || typing || web).then(|| explicit.or(fallback))
     }
 
     /// Handles a group frame.

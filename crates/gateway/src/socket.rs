@@ -215,6 +215,8 @@ pub(crate) struct Socket {
     pub(crate) bound: Option<i64>,
     /// The group the socket is bound to ([`crate::group_socket`]).
     pub(crate) bound_group: Option<i64>,
+    /// The group the socket's URL names (`/ws/group/{id}`), bound or refused.
+    pub(crate) group_path: Option<i64>,
 }
 
 /// Writes every queued frame of `conn` to the socket. False when the socket is gone (a write
@@ -274,6 +276,7 @@ async fn run(state: GatewayState, mut socket: WebSocket, user_id: i64, opening: 
         conn: conn.clone(),
         bound: None,
         bound_group: None,
+        group_path: opening.group,
     };
     let config = s.state.hub.config().clone();
     let mut limit = RateLimit {
