@@ -524,6 +524,14 @@ async fn drive(up: &Up) {
 
     // --- recall: own message within 2 minutes; not someone else's ---
     ctx.refused(
+        404,
+        Method::POST,
+        &ctx.url("/messages/0/recall"),
+        &bob,
+        None,
+    )
+    .await;
+    ctx.refused(
         403,
         Method::POST,
         &ctx.url(&format!("/messages/{seq2}/recall")),
@@ -840,6 +848,19 @@ async fn drive(up: &Up) {
         None,
     )
     .await;
+    for missing in [
+        format!("{g}/messages/0"),
+        format!("{}/messages/1", i64::MAX - 1),
+    ] {
+        ctx.refused(
+            404,
+            Method::DELETE,
+            &format!("{}/api/admin/groups/{missing}", up.admin),
+            &admin,
+            None,
+        )
+        .await;
+    }
     ctx.ok(
         Method::DELETE,
         &format!("{}/api/admin/groups/{g}/messages/{seq1}", up.admin),

@@ -230,6 +230,11 @@ pub async fn group_message_at(
     group_id: i64,
     seq: u64,
 ) -> anyhow::Result<Option<GroupMessage>> {
+    // Stream sequences start at 1 (JetStream answers a direct get of 0 with an error, not "not
+    // found").
+    if seq == 0 {
+        return Ok(None);
+    }
     let place = layout.place_group(group_id);
     let stream = js.get_stream_no_info(place.stream).await?;
     let raw = match stream.direct_get(seq).await {
