@@ -558,6 +558,38 @@ async fn drive(up: &Up) {
         ),
         (Some(true), Some(""))
     );
+    // A resume from before the recall shows the message without its text.
+    let mut fresh = connect(&format!(
+        "{}/ws/group/{g}?token={}&after_seq=0",
+        up.ws, carol.token
+    ))
+    .await;
+    let mut replayed_seq2 = None;
+    loop {
+        let f = next(&mut fresh).await;
+        if f["type"] == "group_message" && f["data"]["seq"].as_u64() == Some(seq2) {
+            replayed_seq2 = Some(f["data"]["content"].clone());
+        }
+        if f["type"] == "group_resumed" {
+            break;
+        }
+    }
+    assert_eq!(
+        replayed_seq2,
+        Some(json!("")),
+        "a recalled message replays blank"
+    );
+    // Group ids are positive: a socket for group 0 is refused at the handshake, a frame naming
+    // a negative group gets an error frame.
+    assert!(tokio_tungstenite::connect_async(format!(
+        "{}/ws/group/0?token={}",
+        up.ws, carol.token
+    ))
+    .await
+    .is_err());
+    send(&mut fresh, json!({ "type": "join_group", "group_id": -5 })).await;
+    assert_eq!(expect_error(&mut fresh).await["group_id"], 0);
+    drop(fresh);
     // A message sent 3 minutes ago (written as the gateway writes it) can no longer be recalled.
     let js = async_nats::jetstream::new(async_nats::connect(&up.nats_url).await.unwrap());
     let chat = eventstore::ChatLog::open(js, Default::default())
@@ -796,6 +828,30 @@ async fn drive(up: &Up) {
     silent(&mut carol_ws, "group_message", Duration::from_millis(800)).await;
     ctx.refused(403, Method::GET, &ctx.url("/messages"), &carol, None)
         .await;
+    // Added back, the same socket joins again and receives again.
+    ctx.ok(
+        Method::POST,
+        &ctx.url("/members"),
+        &bob,
+        Some(json!({ "user_ids": [carol.id] })),
+    )
+    .await;
+    send(
+        &mut carol_ws,
+        json!({ "type": "join_group", "group_id": g }),
+    )
+    .await;
+    expect(&mut carol_ws, "group_joined").await;
+    let back = ctx
+        .ok(
+            Method::POST,
+            &ctx.url("/messages"),
+            &bob,
+            Some(json!({ "content": "welcome back" })),
+        )
+        .await;
+    let got = expect(&mut carol_ws, "group_message").await;
+    assert_eq!(got["data"]["seq"], back["seq"]);
 
     // --- the platform's administrators: list, messages, redaction, dissolution ---
     let (status, login) = call(

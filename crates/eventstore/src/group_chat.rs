@@ -196,8 +196,8 @@ pub async fn read_group_after(
     debug_assert_ne!(place.stream, LEGACY_CHAT_STREAM);
     let mut stream = js.get_stream(place.stream).await?;
     let first = stream.info().await?.state.first_sequence;
-    let mut complete = after_seq + 1 >= first;
-    let mut next = after_seq + 1;
+    let mut complete = after_seq.saturating_add(1) >= first;
+    let mut next = after_seq.saturating_add(1);
     let mut out = Vec::new();
     loop {
         let raw = match stream

@@ -20,7 +20,7 @@ use eventstore::group_chat::{
 };
 use serde_json::{json, Value};
 
-use crate::hub::{group_room, own_key, Hub};
+use crate::hub::{group_own_key, group_room, Hub};
 use crate::protocol::{group_error_frame, group_frame, ClientFrame};
 use crate::socket::{authenticate, query_param, refuse, upgrade, Opening, Socket};
 use crate::GatewayState;
@@ -35,7 +35,7 @@ pub async fn ws_group(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Ok(group_id) = group_id.parse::<i64>() else {
+    let Some(group_id) = group_id.parse::<i64>().ok().filter(|id| *id > 0) else {
         return refuse(StatusCode::BAD_REQUEST, "bad group id");
     };
     let after_seq = match query_param(&uri, "after_seq").map(|s| s.parse::<u64>()) {
@@ -76,6 +76,8 @@ impl Socket {
     /// Whether a frame is about a group, and which (`Some(None)`: a group frame without one).
     pub(crate) fn group_target(&self, f: &ClientFrame) -> Option<Option<i64>> {
         let kind = f.kind.as_str();
+        // A group id that is not positive names no group: the frame is still a group frame and
+        // is refused as one.
         let explicit = f.group_id.filter(|id| *id != 0);
         let group_kind = matches!(
             kind,
@@ -104,8 +106,8 @@ impl Socket {
 
     /// Handles a group frame.
     pub(crate) async fn group(&mut self, f: ClientFrame, group: Option<i64>) {
-        let Some(group_id) = group else {
-            return self.group_error(0, &format!("{} needs a group_id", f.kind));
+        let Some(group_id) = group.filter(|id| *id > 0) else {
+            return self.group_error(0, &format!("{} needs a group_id (a positive id)", f.kind));
         };
         let body = f.body();
         match f.kind.as_str() {
@@ -173,34 +175,37 @@ impl Socket {
     /// after `after_seq` first when given.
     pub(crate) async fn open_group(&mut self, group_id: i64, after_seq: Option<u64>) {
         let room = group_room(group_id);
+        let loaded = match self.member_group(group_id).await {
+            Ok(g) => g,
+            Err(e) => return self.group_error(group_id, &e),
+        };
         if let Some(after) = after_seq {
             // Hold live records back before joining, so none slips past the replay.
             self.conn.begin_replay(room, after);
         }
-        if let Err(e) = self.member_group(group_id).await {
-            if after_seq.is_some() {
-                self.conn.end_replay(room);
-            }
-            return self.group_error(group_id, &e);
+        if let Some(old) = self
+            .bound_group
+            .replace(group_id)
+            .filter(|o| *o != group_id)
+        {
+            self.state.hub.leave_group(old, self.conn.id);
         }
-        if self.bound_group != Some(group_id) {
-            if let Some(old) = self.bound_group.replace(group_id) {
-                self.state.hub.leave_group(old, self.conn.id);
-            }
-            let user = self.conn.user_id;
-            let role = self
+        let user = self.conn.user_id;
+        let role = match &loaded {
+            Some(g) => g.role_of(user),
+            None => self
                 .state
                 .hub
-                .with_group(group_id, |g| g.role_of(user).map(|r| r.as_str()))
-                .flatten()
-                .unwrap_or("member");
-            self.conn.send(group_frame(
-                "group_joined",
-                group_id,
-                json!({ "group_id": group_id, "role": role }),
-            ));
-            self.state.hub.join_group(group_id, self.conn.clone());
-        }
+                .with_group(group_id, |g| g.role_of(user))
+                .flatten(),
+        };
+        self.conn.send(group_frame(
+            "group_joined",
+            group_id,
+            json!({ "group_id": group_id, "role": role.map_or("member", |r| r.as_str()) }),
+        ));
+        // Joining again (a member removed and added back, a second `join_group`) is harmless.
+        self.state.hub.join_group(group_id, self.conn.clone());
         let Some(after) = after_seq else {
             return;
         };
@@ -210,8 +215,24 @@ impl Socket {
             match read_group_after(chat.jetstream(), chat.layout(), group_id, after, max).await {
                 Ok((records, complete)) => {
                     let shard = chat.layout().place_group(group_id).shard;
+                    // Messages recalled or redacted later in the replay go out without their
+                    // text, as history shows them.
+                    let hidden: std::collections::HashSet<u64> = records
+                        .iter()
+                        .flat_map(|(_, r)| match r {
+                            GroupRecord::GroupRecall(r) => vec![r.message_seq],
+                            GroupRecord::GroupRedaction(r) => r.message_seqs.clone(),
+                            _ => Vec::new(),
+                        })
+                        .collect();
                     let mut n = 0;
-                    for (seq, record) in records {
+                    for (seq, mut record) in records {
+                        if let GroupRecord::GroupMessage(m) = &mut record {
+                            if hidden.contains(&seq) {
+                                m.content.clear();
+                                m.file_url.clear();
+                            }
+                        }
                         if self.conn.take_replayed(room, seq) {
                             let (text, _) = Hub::group_record_frame(shard, seq, &record);
                             if !self.conn.send_wait(text).await {
@@ -277,7 +298,7 @@ impl Socket {
             Err(e) => return self.group_error(group_id, &e),
         };
         let id = message.client_msg_id.clone();
-        let own = own_key(user, &id);
+        let own = group_own_key(group_id, user, &id);
         let room = group_room(group_id);
         // The sender's own message is acked, not echoed, on the socket bound to the group.
         let bound = self.bound_group == Some(group_id);

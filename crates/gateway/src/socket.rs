@@ -724,9 +724,9 @@ impl Socket {
         let place = self.state.hub.chat().place(session_id);
         let mut stream = self.state.bus.jetstream().get_stream(place.stream).await?;
         let first = stream.info().await?.state.first_sequence;
-        let mut recovered = after_seq + 1 >= first;
+        let mut recovered = after_seq.saturating_add(1) >= first;
         let max = self.state.hub.config().max_replay;
-        let mut next = after_seq + 1;
+        let mut next = after_seq.saturating_add(1);
         let mut replayed = 0;
         loop {
             let raw = match stream

@@ -6,12 +6,17 @@
 //! to the sessions' rooms (keyed by their positive ids), so delivery, the per-room sequence
 //! high-water mark and resumes work the same for both.
 //!
-//! **Checks.** A message is accepted against the node's folded state when it accepts it; when
-//! that state refuses (not a member, muted, unknown group), the group is loaded from the log and
-//! the decision taken again, so a member added a moment ago is never refused because the reader
-//! had not yet seen it. A member removed a moment ago may still be accepted within the reader's
-//! lag (milliseconds): the refusal then comes with the next message.
+//! **Checks.** Once the reader has caught up with the log, a message is accepted against the
+//! node's folded state when it accepts it; when that state refuses (not a member, muted, unknown
+//! group), or before the reader has caught up (a node starting, a reader restarting), the group
+//! is loaded from the log and the decision taken there, so a member added a moment ago is never
+//! refused because the reader had not yet seen it, and a starting node never accepts on a
+//! half-read history. A member removed a moment ago may still be accepted within the reader's
+//! lag (milliseconds): the refusal then comes with the next message. Each time the reader
+//! catches up, the rooms are checked against the folded state (sockets of users who are no
+//! longer members, or of dissolved groups, leave), which covers events it read while not live.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,9 +37,17 @@ use super::conn::Conn;
 use super::fanout::{own_key, record_fanout};
 use super::state::{Hub, Part};
 
-/// The room key of group `group_id` (sessions' rooms use their positive ids).
+/// The room key of group `group_id` (sessions' rooms use their positive ids). Group ids are
+/// positive (the sockets refuse others), so the key is negative and never overflows.
 pub fn group_room(group_id: i64) -> i64 {
-    -group_id
+    debug_assert!(group_id > 0);
+    -group_id.max(1)
+}
+
+/// The own-message key of a group message: scoped to the group, so that a socket in a session
+/// and a group that reuses a client id in both suppresses only the right one.
+pub fn group_own_key(group_id: i64, sender_id: i64, client_msg_id: &str) -> String {
+    own_key(sender_id, &format!("g{group_id}:{client_msg_id}"))
 }
 
 impl Hub {
@@ -65,7 +78,7 @@ impl Hub {
                         "created_at": m.sent_at,
                     }),
                 ),
-                Some(own_key(m.sender_id, &m.client_msg_id)),
+                Some(group_own_key(m.group_id, m.sender_id, &m.client_msg_id)),
             ),
             GroupRecord::GroupRecall(r) => (
                 group_frame(
@@ -82,6 +95,8 @@ impl Hub {
                     json!({
                         "seq": seq,
                         "group_id": r.group_id,
+                        "message_seq": r.message_seqs.first(),
+                        "message_id": r.message_seqs.first().map(|s| of(*s)),
                         "message_seqs": r.message_seqs,
                         "message_ids": r.message_seqs.iter().map(|s| of(*s)).collect::<Vec<_>>(),
                         "reason": r.reason,
@@ -157,14 +172,38 @@ impl Hub {
         draft: MessageDraft,
         mentions: &[i64],
     ) -> Option<Result<domain::group::AcceptedGroupMessage, GroupMessageRefusal>> {
+        if !self.groups_caught_up.load(Ordering::Relaxed) {
+            return None;
+        }
         let groups = self.groups.lock().expect("hub lock");
         let group = groups.get(&group_id)?;
         Some(group.accept_message(sender_id, draft, mentions, Utc::now()))
     }
 
-    /// Runs `f` on the node's state of group `group_id` (`None`: unknown to the node).
+    /// Runs `f` on the node's state of group `group_id` (`None`: unknown to the node, or the
+    /// reader has not caught up with the log since it started).
     pub fn with_group<R>(&self, group_id: i64, f: impl FnOnce(&Group) -> R) -> Option<R> {
+        if !self.groups_caught_up.load(Ordering::Relaxed) {
+            return None;
+        }
         self.groups.lock().expect("hub lock").get(&group_id).map(f)
+    }
+
+    /// Sockets of users who are no longer members of their group's room (or of a dissolved
+    /// group) leave it.
+    fn prune_group_rooms(&self) {
+        let groups = self.groups.lock().expect("hub lock");
+        let mut rooms = self.rooms.lock().expect("hub lock");
+        rooms.retain(|key, conns| {
+            if *key >= 0 {
+                return true;
+            }
+            let Some(group) = groups.get(&-*key) else {
+                return true;
+            };
+            conns.retain(|c| group.is_member(c.user_id));
+            !conns.is_empty()
+        });
     }
 
     /// Replaces the node's state of a group with `group` as loaded from the log at `version`
@@ -183,6 +222,7 @@ impl Hub {
     /// groups' local sockets, and a removed member's sockets leave the room at once.
     pub async fn run_group_events(self: Arc<Self>, shutdown: CancellationToken) {
         let part = Part::Task("group events");
+        self.groups_caught_up.store(false, Ordering::Relaxed);
         let Some(head) = self
             .stream_head(eventstore::EVENTS_STREAM, part, &shutdown)
             .await
@@ -201,7 +241,7 @@ impl Hub {
         );
         self.set_part(part, true);
         let upcasters = Upcasters::default();
-        let mut check = tokio::time::interval(Duration::from_secs(1));
+        let mut check = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
                 batch = reader.next() => match batch {
@@ -217,7 +257,12 @@ impl Hub {
                     }
                     None => return,
                 },
-                _ = check.tick() => self.set_part(part, !reader.is_failing()),
+                _ = check.tick() => {
+                    self.set_part(part, !reader.is_failing());
+                    if reader.is_caught_up() && !self.groups_caught_up.swap(true, Ordering::Relaxed) {
+                        self.prune_group_rooms();
+                    }
+                }
                 _ = shutdown.cancelled() => return,
             }
         }

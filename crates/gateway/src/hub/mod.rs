@@ -24,6 +24,6 @@ mod state;
 
 pub use conn::{Conn, CLOSE_KICKED, CLOSE_POLICY, CLOSE_RESTART, CLOSE_SLOW};
 pub use fanout::{own_key, FANOUT_BATCH};
-pub use groups::group_room;
+pub use groups::{group_own_key, group_room};
 pub use sessions::end_session;
 pub use state::{Hub, Part};

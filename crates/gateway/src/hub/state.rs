@@ -55,6 +55,9 @@ pub struct Hub {
     pub(super) groups: Mutex<HashMap<i64, domain::Group>>,
     /// The aggregate version each of [`Hub::groups`] reflects.
     pub(super) group_versions: Mutex<HashMap<i64, usize>>,
+    /// The group-event reader has caught up with the log since it (re)started: until then the
+    /// folded state is not trusted for an acceptance.
+    pub(super) groups_caught_up: AtomicBool,
 }
 
 /// A background part of a gateway node, as `/health` names it.
@@ -110,6 +113,7 @@ impl Hub {
             down: Mutex::default(),
             groups: Mutex::default(),
             group_versions: Mutex::default(),
+            groups_caught_up: AtomicBool::new(false),
         }
     }
 

@@ -260,11 +260,22 @@ pub struct GroupMessageRedacted {
     pub redaction_seq: u64,
 }
 
+/// `DELETE /api/admin/groups/{id}/messages/{seq}` query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
+#[into_params(parameter_in = Query)]
+pub struct RedactQuery {
+    /// Why (kept with the redaction in the log; default "admin redacted the message").
+    #[serde(default)]
+    #[param(max_length = 200)]
+    #[validate(length(max = 200, message = "at most 200 characters"))]
+    pub reason: String,
+}
+
 /// Redact a group message
 ///
 /// A `group_redaction` record naming the message in the group's chat stream.
 #[utoipa::path(delete, path = "/api/admin/groups/{id}/messages/{seq}", tag = TAG,
-    params(("id" = i64, Path, description = "Group id"), ("seq" = u64, Path, description = "The message's stream sequence")),
+    params(("id" = i64, Path, description = "Group id"), ("seq" = u64, Path, description = "The message's stream sequence"), RedactQuery),
     responses((status = 200, body = Envelope<GroupMessageRedacted>),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
@@ -272,7 +283,9 @@ pub async fn redact_group_message(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((id, seq)): ApiPath<(i64, u64)>,
+    ApiQuery(q): ApiQuery<RedactQuery>,
 ) -> ApiResult<Evented<Envelope<GroupMessageRedacted>>> {
+    q.validate()?;
     let layout = state.chat.layout();
     if group_message_at(state.bus.jetstream(), layout, id, seq)
         .await?
@@ -284,7 +297,11 @@ pub async fn redact_group_message(
         group_id: id,
         message_seqs: vec![seq],
         admin_id: caller.admin_id,
-        reason: "admin redacted the message".into(),
+        reason: if q.reason.trim().is_empty() {
+            "admin redacted the message".into()
+        } else {
+            q.reason.trim().to_string()
+        },
         redacted_at: Utc::now(),
     });
     let appended = state

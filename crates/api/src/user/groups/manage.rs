@@ -134,9 +134,10 @@ pub struct GroupSummary {
     /// The caller's role.
     #[schema(value_type = String, example = "member")]
     pub role: String,
-    /// Messages after the caller's read cursor, not sent by the caller, not recalled.
+    /// Messages after the caller's read cursor and since they joined, not sent by the caller,
+    /// not recalled or redacted.
     pub unread: i64,
-    /// Messages mentioning the caller after their read cursor.
+    /// Messages mentioning the caller after their read cursor (not recalled or redacted).
     pub unread_mentions: i64,
     /// The newest message, if any.
     pub last_message: Option<LastMessage>,
@@ -195,9 +196,11 @@ pub async fn list(
         "SELECT g.id, g.name, g.avatar, g.member_count, m.role, \
            COALESCE(r.seq, 0) AS read_seq, \
            (SELECT count(*) FROM group_messages x WHERE x.group_id = g.id \
-              AND x.seq > COALESCE(r.seq, 0) AND x.sender_id <> $1 AND x.recalled_at IS NULL) AS unread, \
-           (SELECT count(*) FROM group_mentions x WHERE x.group_id = g.id AND x.user_id = $1 \
-              AND x.seq > COALESCE(r.seq, 0)) AS unread_mentions, \
+              AND x.seq > COALESCE(r.seq, 0) AND x.created_at >= m.joined_at \
+              AND x.sender_id <> $1 AND x.recalled_at IS NULL AND x.redacted_at IS NULL) AS unread, \
+           (SELECT count(*) FROM group_mentions x JOIN group_messages y ON y.id = x.message_id \
+              WHERE x.group_id = g.id AND x.user_id = $1 AND x.seq > COALESCE(r.seq, 0) \
+              AND y.recalled_at IS NULL AND y.redacted_at IS NULL) AS unread_mentions, \
            l.seq AS l_seq, l.sender_id AS l_sender, l.content_type AS l_type, l.content AS l_content, \
            l.recalled_at IS NOT NULL AS l_recalled, l.created_at AS l_at \
          FROM group_members m JOIN groups g ON g.id = m.group_id \

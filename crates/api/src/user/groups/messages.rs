@@ -372,6 +372,7 @@ pub struct ReadRequest {
         (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a member", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Dissolved", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -382,7 +383,9 @@ pub async fn read(
     ApiJson(req): ApiJson<ReadRequest>,
 ) -> Reply<Stored> {
     req.validate()?;
-    member_group(&state, id, user.user_id).await?;
+    if member_group(&state, id, user.user_id).await?.dissolved {
+        return Err(ApiError::conflict("group has been dissolved"));
+    }
     let seq = req.seq as u64;
     if eventstore::group_chat::group_message_at(state.bus.jetstream(), state.chat.layout(), id, seq)
         .await?
