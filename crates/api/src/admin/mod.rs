@@ -3,11 +3,13 @@
 //! uploads), business, finance and withdrawal review ([`withdrawals`]), system, low-code pages and
 //! the online view of the gateway; its OpenAPI document ([`openapi`]).
 
+pub mod api_keys;
 pub mod auth;
 pub mod business;
 pub mod common;
 pub mod finance;
 pub mod guard;
+pub mod keys;
 pub mod listing;
 pub mod lowcode;
 pub mod online;
@@ -33,16 +35,19 @@ use web::observe;
 
 /// The admin API (:8081).
 pub fn router(state: AppState) -> Router {
+    // This process's API keys, fed from the log (see `keys`).
+    let keys = keys::KeyCache::start(state.bus.jetstream().clone(), state.db.clone());
     let router = Router::new()
         .route("/health", get(health))
         // Every admin route behind the RBAC guard.
-        .merge(guarded(&state))
+        .merge(guarded(&state, keys.clone()))
         .layer(TraceLayer::new_for_http())
         .layer(web::cors::layer(&state.settings.cors_origins))
         .with_state(state::AdminState {
             app: state,
             // The admin login is rate-limited like the user login.
             logins: auth::AdminLoginLimiter::new(web::auth::LoginLimits::default()),
+            keys,
         });
     // Request id, HTTP metrics, `/metrics`, security headers.
     observe::wrap("admin_api", router)
@@ -53,8 +58,9 @@ pub fn rules() -> Vec<table::Rule> {
     routes::register().rules
 }
 
-/// Every admin route behind the RBAC guard, plus `/api-docs/openapi.json` and `/swagger` (public).
-pub fn guarded(state: &AppState) -> Router<state::AdminState> {
+/// Every admin route behind the RBAC guard (API keys checked against `keys`), plus
+/// `/api-docs/openapi.json` and `/swagger` (public).
+pub fn guarded(state: &AppState, keys: keys::KeyCache) -> Router<state::AdminState> {
     let reg = routes::register();
     let table: Arc<HashMap<(Method, &'static str), table::Rule>> = Arc::new(
         reg.rules
@@ -69,7 +75,7 @@ pub fn guarded(state: &AppState) -> Router<state::AdminState> {
     }
     reg.router
         .route_layer(axum::middleware::from_fn_with_state(
-            (state.clone(), table),
+            (state.clone(), table, keys),
             guard::guard,
         ))
         .route(

@@ -10,8 +10,8 @@ use utoipa_axum::routes;
 use crate::admin::table::Perm::{Authenticated as Me, Code, Public};
 use crate::admin::table::Reg;
 use crate::admin::{
-    auth as admin, business as biz, finance as fin, lowcode as lc, online as on, people as ppl,
-    system as sys, withdrawals as wd,
+    api_keys as keys, auth as admin, business as biz, finance as fin, lowcode as lc, online as on,
+    people as ppl, system as sys, withdrawals as wd,
 };
 
 /// Registers every admin route.
@@ -219,6 +219,11 @@ pub fn register() -> Reg {
         .typed(routes!(sys::menus::create_menu), Code("menu:add"))
         .typed(routes!(sys::menus::update_menu), Code("menu:edit"))
         .typed(routes!(sys::menus::delete_menu), Code("menu:delete"))
+        // API keys (machine clients of the admin API)
+        .typed(routes!(keys::create_key), Code("apikey:manage"))
+        .typed(routes!(keys::list_keys), Code("apikey:manage"))
+        .typed(routes!(keys::revoke_key), Code("apikey:manage"))
+        .typed(routes!(keys::rotate_key), Code("apikey:manage"))
         // c.8 low-code
         .typed(routes!(lc::list_forms), Code("lowcode:data:manage"))
         .typed(routes!(lc::save_form), Code("lowcode:form:design"))

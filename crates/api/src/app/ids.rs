@@ -22,6 +22,8 @@ pub enum IdSequence {
     Payments,
     /// `withdrawal_ids`: counselor withdrawals.
     Withdrawals,
+    /// `api_key_ids`: API keys.
+    ApiKeys,
 }
 
 impl IdSequence {
@@ -30,6 +32,7 @@ impl IdSequence {
             Self::Orders => "order_ids",
             Self::Payments => "payment_ids",
             Self::Withdrawals => "withdrawal_ids",
+            Self::ApiKeys => "api_key_ids",
         }
     }
 }
