@@ -669,9 +669,53 @@ async fn bad_keys_get_401_floods_get_429_and_refusals_change_nothing() {
     let wait: u64 = a.retry_after.expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
 
+    // An unsupported method: 405 with `Allow`, before authentication.
+    for auth in [Auth::None, Auth::Key(&key)] {
+        let a = s
+            .call(1, Method::TRACE, "/api/admin/finance/stats", auth, None)
+            .await;
+        assert_problem(&a, 405, "TRACE");
+        let a = s
+            .call(1, Method::PATCH, "/api/admin/api-keys/1", auth, None)
+            .await;
+        assert_problem(&a, 405, "PATCH");
+    }
+    let resp = s
+        .http
+        .request(Method::TRACE, format!("{}/api/admin/api-keys", s.nodes[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["allow"], "GET, HEAD, POST");
+
     assert_eq!(
         s.events_head().await,
         head,
         "refusals append nothing to the log"
     );
+
+    // The document: the key routes typed, their refusals and the key scheme documented.
+    let a = s
+        .call(0, Method::GET, "/api-docs/openapi.json", Auth::None, None)
+        .await;
+    let doc = a.body;
+    assert_eq!(
+        doc["components"]["securitySchemes"]["apiKey"]["name"],
+        "X-API-Key"
+    );
+    let create = &doc["paths"]["/api/admin/api-keys"]["post"];
+    for status in ["200", "400", "401", "403", "413", "422", "429"] {
+        assert!(
+            create["responses"][status].is_object(),
+            "POST api-keys documents {status}"
+        );
+    }
+    assert_eq!(create["security"][1]["apiKey"], json!([]));
+    let rotate = &doc["paths"]["/api/admin/api-keys/{id}/rotate"]["post"];
+    for status in ["404", "409", "422"] {
+        assert!(
+            rotate["responses"][status].is_object(),
+            "rotate documents {status}"
+        );
+    }
 }

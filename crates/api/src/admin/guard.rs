@@ -4,8 +4,9 @@
 //! rule, so the router, the rule table ([`crate::admin::rules`]), the admin OpenAPI document and the RBAC matrix
 //! test all come from the same list. The guard ([`guard`], an axum `route_layer` middleware) runs after routing:
 //!
-//! 1. It looks the matched route up in the rule table; a route without a rule is refused (403,
-//!    fail closed).
+//! 1. It looks the matched route up in the rule table (HEAD under GET's rule). A method the
+//!    path does not have is a 405 with `Allow`, before any authentication; a route without a
+//!    rule is refused (403, fail closed).
 //! 2. [`Perm::Public`] passes. Otherwise the request must carry either an API key
 //!    (`X-API-Key: <key>`, or `Authorization: Bearer <key>`: a key starts with `mck_`, a JWT
 //!    never does) or a valid **admin** token of an enabled administrator (nothing → 401, a user
@@ -57,10 +58,30 @@ pub async fn guard(
     next: Next,
 ) -> Response {
     let method = req.method().clone();
-    let rule = matched
-        .as_ref()
-        .and_then(|m| table.get(&(method.clone(), m.as_str())));
+    let lookup = |m: &Method| {
+        matched
+            .as_ref()
+            .and_then(|p| table.get(&(m.clone(), p.as_str())))
+    };
+    // HEAD is answered by the GET route (axum), under its rule.
+    let rule = lookup(&method).or_else(|| {
+        (method == Method::HEAD)
+            .then(|| lookup(&Method::GET))
+            .flatten()
+    });
     let Some(rule) = rule else {
+        // A path that exists with other methods: 405 with `Allow`, before any authentication.
+        if let Some(allow) = matched.as_ref().and_then(|p| allowed(&table, p.as_str())) {
+            let mut response = ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {method} not allowed here; allowed: {allow}"),
+            )
+            .into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(axum::http::header::ALLOW, v);
+            }
+            return response;
+        }
         return ApiError::forbidden("no permission rule for this route").into_response();
     };
     if rule.perm == Perm::Public {
@@ -124,6 +145,24 @@ pub async fn guard(
         }
     }
     response
+}
+
+/// The methods the rule table has for `path` (`GET, HEAD, POST`), `None` when it has none.
+fn allowed(table: &HashMap<(Method, &'static str), Rule>, path: &str) -> Option<String> {
+    let mut methods: Vec<&str> = table
+        .keys()
+        .filter(|(_, p)| *p == path)
+        .map(|(m, _)| m.as_str())
+        .collect();
+    if methods.is_empty() {
+        return None;
+    }
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    methods.sort_unstable();
+    methods.dedup();
+    Some(methods.join(", "))
 }
 
 /// Authenticates an admin token and loads the role's permission codes.
