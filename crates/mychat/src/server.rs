@@ -450,7 +450,12 @@ pub(crate) async fn run_parts(
         ));
     }
     if wants(Part::Admin) {
-        let app = api::admin_router(state.clone());
+        let app = api::admin::router_with(
+            state.clone(),
+            api::admin::AdminOptions {
+                jobs: settings.jobs.clone(),
+            },
+        );
         tasks.spawn(serve_http(
             "admin API",
             addr.unwrap_or(settings.admin_addr),

@@ -246,6 +246,12 @@ impl Books {
             },
             // Operators' decisions about projections: no money.
             "projection" => {}
+            // Machine clients' credentials: no money (but they must be what they claim to be).
+            "apikey" => {
+                if let Err(err) = crate::runtime::decode::<domain::ApiKeyEvent>(e) {
+                    self.broken.push(undecodable(err));
+                }
+            }
             other => self.broken.push(format!(
                 "{where_}: unknown aggregate type {other:?}: reconciliation has no rule for it"
             )),

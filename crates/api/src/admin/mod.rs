@@ -9,6 +9,8 @@ pub mod business;
 pub mod common;
 pub mod finance;
 pub mod guard;
+pub mod job_routes;
+pub mod jobs;
 pub mod keys;
 pub mod listing;
 pub mod lowcode;
@@ -33,10 +35,29 @@ use crate::app::AppState;
 use web::envelope::health;
 use web::observe;
 
-/// The admin API (:8081).
+/// The admin API (:8081) with the default [`AdminOptions`].
 pub fn router(state: AppState) -> Router {
+    router_with(state, AdminOptions::default())
+}
+
+/// What the admin API is configured with beyond [`AppState`].
+#[derive(Debug, Clone, Default)]
+pub struct AdminOptions {
+    /// How reconciliation and replay jobs run.
+    pub jobs: jobs::JobSettings,
+}
+
+/// The admin API (:8081).
+pub fn router_with(state: AppState, options: AdminOptions) -> Router {
     // This process's API keys, fed from the log (see `keys`).
     let keys = keys::KeyCache::start(state.bus.jetstream().clone(), state.db.clone());
+    // Reconciliation and replay jobs (see `jobs`).
+    let jobs = jobs::Jobs::start(
+        state.db.clone(),
+        state.nats.clone(),
+        *state.chat.layout(),
+        options.jobs,
+    );
     let router = Router::new()
         .route("/health", get(health))
         // Every admin route behind the RBAC guard.
@@ -48,6 +69,7 @@ pub fn router(state: AppState) -> Router {
             // The admin login is rate-limited like the user login.
             logins: auth::AdminLoginLimiter::new(web::auth::LoginLimits::default()),
             keys,
+            jobs,
         });
     // Request id, HTTP metrics, `/metrics`, security headers.
     observe::wrap("admin_api", router)

@@ -10,8 +10,8 @@ use utoipa_axum::routes;
 use crate::admin::table::Perm::{Authenticated as Me, Code, Public};
 use crate::admin::table::Reg;
 use crate::admin::{
-    api_keys as keys, auth as admin, business as biz, finance as fin, lowcode as lc, online as on,
-    people as ppl, system as sys, withdrawals as wd,
+    api_keys as keys, auth as admin, business as biz, finance as fin, job_routes as jobs,
+    lowcode as lc, online as on, people as ppl, system as sys, withdrawals as wd,
 };
 
 /// Registers every admin route.
@@ -151,6 +151,15 @@ pub fn register() -> Reg {
         .typed(routes!(fin::reports), Code("finance:view"))
         .typed(routes!(fin::accounts), Code("finance:view"))
         .typed(routes!(fin::account), Code("finance:view"))
+        // reconciliations and audit replays as jobs
+        .typed(
+            routes!(jobs::create_reconciliation),
+            Code("finance:reconcile"),
+        )
+        .typed(routes!(jobs::get_reconciliation), Code("finance:reconcile"))
+        .typed(routes!(jobs::create_replay), Code("audit:replay"))
+        .typed(routes!(jobs::get_replay), Code("audit:replay"))
+        .typed(routes!(jobs::replay_diff), Code("audit:replay"))
         // c.6 online users (through NATS), broadcast, configs, logs
         .typed(routes!(on::online_users), Code("system:view"))
         .typed(routes!(on::online_detailed), Code("system:view"))
