@@ -174,6 +174,8 @@ pub fn register() -> Reg {
         .typed(routes!(on::broadcast), Code("system:manage_online"))
         .typed(routes!(on::broadcast_client), Code("system:manage_online"))
         .typed(routes!(sys::audit::logs), Code("system:view_logs"))
+        .typed(routes!(sys::services::list_services), Code("system:view"))
+        .typed(routes!(sys::services::get_service), Code("system:view"))
         .typed(routes!(sys::configs::list_configs), Code("system:view"))
         .typed(
             routes!(sys::configs::create_config),
