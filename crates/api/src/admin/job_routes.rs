@@ -26,6 +26,14 @@ use crate::admin::common::Caller;
 use crate::admin::jobs::{pick, JobKind, JobRow, Jobs, ReconcileParams, ReplayParams};
 use crate::{empty_as_none, paging, ApiError, ApiResult, AppState};
 
+/// A point in the log: an `EVENTS` stream sequence (`120`) or an RFC 3339 time with its offset
+/// (`2026-11-01T00:00:00+08:00`). The document states its form; the handler parses it (a day
+/// that does not exist, 2026-02-30, is still a 422 naming the field).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(value_type = String, example = "2026-11-01T00:00:00+08:00", pattern = "^([0-9]{1,18}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$")]
+#[serde(transparent)]
+pub struct Point(pub String);
+
 fn unprocessable(field: &str, message: impl Into<String>) -> ApiError {
     let mut e = ApiError::field(field, message);
     e.status = StatusCode::UNPROCESSABLE_ENTITY;
@@ -135,13 +143,11 @@ pub struct ReconcileRequest {
     /// The period's start, exclusive: an RFC 3339 time or an `EVENTS` stream sequence; absent:
     /// the beginning of the log.
     #[serde(default)]
-    #[schema(example = "2026-11-01T00:00:00+08:00")]
-    pub from: Option<String>,
+    pub from: Option<Point>,
     /// The period's end, inclusive (same forms, not before `from`); absent: the head when the job
     /// runs.
     #[serde(default)]
-    #[schema(example = "2026-12-01T00:00:00+08:00")]
-    pub to: Option<String>,
+    pub to: Option<Point>,
 }
 
 /// Queue a reconciliation
@@ -160,8 +166,8 @@ pub async fn create_reconciliation(
     caller: Caller,
     Json(req): Json<ReconcileRequest>,
 ) -> ApiResult<Response> {
-    let from = req.from.as_deref().map(|v| point("from", v)).transpose()?;
-    let to = req.to.as_deref().map(|v| point("to", v)).transpose()?;
+    let from = req.from.as_ref().map(|v| point("from", &v.0)).transpose()?;
+    let to = req.to.as_ref().map(|v| point("to", &v.0)).transpose()?;
     if let (Some(f), Some(t)) = (from, to) {
         let after = match (f, t) {
             (AuditPoint::Time(a), AuditPoint::Time(b)) => a > b,
@@ -173,8 +179,8 @@ pub async fn create_reconciliation(
         }
     }
     let params = serde_json::to_value(ReconcileParams {
-        from: req.from.map(|s| s.trim().to_string()),
-        to: req.to.map(|s| s.trim().to_string()),
+        from: req.from.map(|s| s.0.trim().to_string()),
+        to: req.to.map(|s| s.0.trim().to_string()),
     })
     .map_err(anyhow::Error::from)?;
     let key = caller.api_key.as_ref().map(|k| k.id);
@@ -344,8 +350,7 @@ pub async fn get_reconciliation(
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// An RFC 3339 time or an `EVENTS` stream sequence (at most the head).
-    #[schema(example = "120")]
-    pub at: String,
+    pub at: Point,
     /// Read models to replay (`orders`, `payments`, …); absent or empty: every one.
     #[serde(default)]
     pub projections: Vec<String>,
@@ -367,7 +372,7 @@ pub async fn create_replay(
     caller: Caller,
     Json(req): Json<ReplayRequest>,
 ) -> ApiResult<Response> {
-    let at = point("at", &req.at)?;
+    let at = point("at", &req.at.0)?;
     if let AuditPoint::Sequence(s) = at {
         let head = head(&state).await?;
         if s > head {
@@ -384,7 +389,7 @@ pub async fn create_replay(
         ));
     }
     let params = serde_json::to_value(ReplayParams {
-        at: req.at.trim().to_string(),
+        at: req.at.0.trim().to_string(),
         projections: req.projections,
     })
     .map_err(anyhow::Error::from)?;
@@ -544,9 +549,9 @@ pub struct DiffQuery {
     /// `live` (default: the live read models) or the id of another finished replay.
     #[serde(default, deserialize_with = "empty_as_none")]
     pub against: Option<String>,
-    /// 1-based page (default 1).
+    /// 1-based page (default 1; page × page_size at most 10 million).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 100000)]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 50).
     #[serde(default, deserialize_with = "empty_as_none")]
