@@ -548,6 +548,7 @@ pub async fn get_replay(
 pub struct DiffQuery {
     /// `live` (default: the live read models) or the id of another finished replay.
     #[serde(default, deserialize_with = "empty_as_none")]
+    #[param(pattern = "^(live|[0-9]{1,18})$")]
     pub against: Option<String>,
     /// 1-based page (default 1; page × page_size at most 10 million).
     #[serde(default, deserialize_with = "empty_as_none")]
