@@ -72,6 +72,13 @@ enum Command {
     /// Print the effective settings (defaults, `mychat.toml`, `MYCHAT_*`) as TOML, with every
     /// secret and URL password redacted.
     Config,
+    /// The live services on NATS (every mychat part and plugin answering `$SRV.PING`): name,
+    /// part, node, address, ping, uptime, requests, errors, live figures.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -113,6 +120,7 @@ async fn main() -> std::process::ExitCode {
         Command::Finance(cmd) => ops::finance_command(settings, cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Config => Ok(()),
+        Command::Status { json } => ops::status_command(settings, json).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -438,3 +438,40 @@ pub async fn finance_command(settings: Settings, cmd: FinanceCommand) -> anyhow:
     }
     Ok(())
 }
+
+/// `mychat status`: the live service registry (`web::registry::discover`), as the admin API's
+/// `GET /api/admin/system/services` answers it.
+pub async fn status_command(settings: Settings, json: bool) -> anyhow::Result<()> {
+    let infra = crate::server::connect_configured(&settings).await?;
+    let services = web::registry::discover(&infra.nats, Duration::from_millis(300)).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&services)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<11} {:<16} {:<22} {:>8} {:>9} {:>8} {:>6}  live",
+        "name", "part", "node", "address", "ping ms", "uptime s", "requests", "errors"
+    );
+    for s in &services {
+        let live: Vec<String> = s
+            .endpoints
+            .iter()
+            .filter_map(|e| e.data.as_ref())
+            .map(|d| d.to_string())
+            .collect();
+        println!(
+            "{:<20} {:<11} {:<16} {:<22} {:>8.2} {:>9} {:>8} {:>6}  {}",
+            s.name,
+            s.part,
+            s.node,
+            s.address,
+            s.ping_ms,
+            s.uptime_seconds.map_or("-".to_string(), |u| u.to_string()),
+            s.requests,
+            s.errors,
+            live.join(" ")
+        );
+    }
+    println!("{} instance(s)", services.len());
+    Ok(())
+}

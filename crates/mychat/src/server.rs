@@ -354,6 +354,33 @@ pub async fn serve(settings: Settings, part: Part, addr: Option<SocketAddr>) -> 
     run_parts(&settings, infra, part, addr, shutdown).await
 }
 
+/// Registers a part in the service registry (`web::registry`) until `shutdown`; a failure is
+/// logged (the part serves anyway).
+async fn announce(
+    nats: &async_nats::Client,
+    part: &str,
+    description: &str,
+    address: SocketAddr,
+    data: Option<web::registry::LiveData>,
+    shutdown: &CancellationToken,
+) {
+    let registration = web::registry::Registration {
+        name: format!("mychat_{part}"),
+        part: part.to_string(),
+        description: description.to_string(),
+        address: address.to_string(),
+        data,
+    };
+    match web::registry::register(nats, registration, shutdown.clone().cancelled_owned()).await {
+        Ok(id) => tracing::info!(part, id, "registered in the service registry"),
+        Err(e) => tracing::warn!(
+            part,
+            error = format!("{e:#}"),
+            "not in the service registry"
+        ),
+    }
+}
+
 pub(crate) async fn run_parts(
     settings: &Settings,
     infra: Infra,
@@ -419,6 +446,45 @@ pub(crate) async fn run_parts(
             }
         });
         tracing::info!("projectors and the order expiry sweep started");
+        // In the service registry, with every read model's lag (refreshed every 2 s).
+        let lag = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+        tokio::spawn({
+            let (pool, nats, lag, token) = (
+                infra.pool.clone(),
+                infra.nats.clone(),
+                lag.clone(),
+                shutdown.clone(),
+            );
+            let read_models = projections::read_models_for(infra.chat.layout());
+            async move {
+                loop {
+                    if let Ok(all) = projections::status::status(&pool, &nats, &read_models).await {
+                        let by_name: serde_json::Map<String, serde_json::Value> = all
+                            .iter()
+                            .map(|s| (s.name.to_string(), serde_json::json!(s.lag_events)))
+                            .collect();
+                        let total: u64 = all.iter().map(|s| s.lag_events).sum();
+                        *lag.lock().unwrap_or_else(|p| p.into_inner()) =
+                            serde_json::json!({"lag_events": total, "projections": by_name});
+                    }
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+            }
+        });
+        announce(
+            &infra.nats,
+            "projectors",
+            "mychat projectors (read models, ledger, process manager)",
+            settings.metrics_addr,
+            Some(Arc::new(move || {
+                lag.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            })),
+            &shutdown,
+        )
+        .await;
         // /metrics: projection lag. Not fatal when the address is taken.
         let app = crate::ops::metrics_router(
             infra.pool.clone(),
@@ -442,21 +508,28 @@ pub(crate) async fn run_parts(
         // without credentials are simply unavailable (payments fail closed).
         let user_config = settings.user_api_config(false)?;
         let app = api::user_router_with(state.clone(), user_config);
-        tasks.spawn(serve_http(
-            "user API",
-            addr.unwrap_or(settings.user_addr),
-            app,
-            shutdown.clone(),
-        ));
+        let at = addr.unwrap_or(settings.user_addr);
+        tasks.spawn(serve_http("user API", at, app, shutdown.clone()));
+        announce(&infra.nats, "api", "mychat user API", at, None, &shutdown).await;
     }
     if wants(Part::Admin) {
-        let app = api::admin_router(state.clone());
-        tasks.spawn(serve_http(
-            "admin API",
-            addr.unwrap_or(settings.admin_addr),
-            app,
-            shutdown.clone(),
-        ));
+        let app = api::admin::router_with(
+            state.clone(),
+            api::admin::AdminOptions {
+                jobs: settings.jobs.clone(),
+            },
+        );
+        let at = addr.unwrap_or(settings.admin_addr);
+        tasks.spawn(serve_http("admin API", at, app, shutdown.clone()));
+        announce(
+            &infra.nats,
+            "admin",
+            "mychat admin API",
+            at,
+            None,
+            &shutdown,
+        )
+        .await;
     }
     if wants(Part::Gateway) {
         // The node's own shutdown: on SIGTERM it first closes its sockets with 1012 ("reconnect
@@ -472,6 +545,7 @@ pub(crate) async fn run_parts(
         )
         .await?;
         let hub = state.hub.clone();
+        let sockets = state.hub.clone();
         let app = gateway::router(state);
         let http_stop = CancellationToken::new();
         let (outer, inner) = (shutdown.clone(), http_stop.clone());
@@ -483,12 +557,19 @@ pub(crate) async fn run_parts(
             tokio::time::sleep(Duration::from_millis(300)).await;
             inner.cancel();
         });
-        tasks.spawn(serve_http(
+        let at = addr.unwrap_or(settings.ws_addr);
+        tasks.spawn(serve_http("gateway", at, app, http_stop));
+        announce(
+            &infra.nats,
             "gateway",
-            addr.unwrap_or(settings.ws_addr),
-            app,
-            http_stop,
-        ));
+            "mychat WebSocket gateway node",
+            at,
+            Some(Arc::new(
+                move || serde_json::json!({"sockets": sockets.socket_count()}),
+            )),
+            &shutdown,
+        )
+        .await;
     }
 
     // Until shutdown every part runs; from then on they have `shutdown_grace_seconds` to finish

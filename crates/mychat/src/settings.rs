@@ -125,6 +125,10 @@ pub struct Settings {
     /// The order expiry sweep run by the projectors (contract f.9; `[order_expiry]` in
     /// `mychat.toml`: `every_seconds` 300, `unpaid_seconds` 1800, `batch` 500).
     pub order_expiry: projections::expiry::ExpirySettings,
+    /// Reconciliation and replay jobs of the admin API (`[jobs]` in `mychat.toml`:
+    /// `concurrency` 1 across every admin node, `replay_retention_seconds` 604800,
+    /// `stale_after_seconds` 15).
+    pub jobs: api::admin::jobs::JobSettings,
     /// How long `mychat up` / `serve` wait, after SIGTERM or Ctrl-C, for the parts to finish
     /// (sockets drain, projector batches commit) before the rest is cut short, in seconds
     /// (default 5). `mychat up` then stops its embedded PostgreSQL and nats-server, so the
@@ -286,6 +290,7 @@ impl Default for Settings {
             metrics_addr: "127.0.0.1:8083".parse().expect("addr"),
             bus: eventstore::BusSettings::default(),
             order_expiry: projections::expiry::ExpirySettings::default(),
+            jobs: api::admin::jobs::JobSettings::default(),
             shutdown_grace_seconds: 5,
         }
     }

@@ -12,6 +12,7 @@
 //!   [`command`]: the command metadata of a request (correlation, `Idempotency-Key`).
 //! - [`cors`], [`paging`], [`money`] (the yuan ↔ fen edge), [`swagger`] (Swagger UI, vendored).
 //! - [`gateway_bus`]: the subjects and bodies the admin API and the gateway exchange over NATS.
+//! - [`registry`]: every process registered as a NATS micro service, and the live list of them.
 
 pub mod auth;
 pub mod command;
@@ -23,6 +24,7 @@ pub mod gateway_bus;
 pub mod money;
 pub mod observe;
 pub mod paging;
+pub mod registry;
 pub mod swagger;
 
 pub use error::{ApiError, ApiResult, FieldError, Problem};

@@ -244,9 +244,20 @@ impl Books {
                 }
                 Err(err) => self.broken.push(undecodable(err)),
             },
-            // Operators' decisions about projections, group conversations and machine clients'
-            // credentials: no money.
-            "projection" | "group" | "apikey" => {}
+            // Operators' decisions about projections: no money.
+            "projection" => {}
+            // Group conversations: no money (but they must be what they claim to be).
+            "group" => {
+                if let Err(err) = crate::runtime::decode::<domain::GroupEvent>(e) {
+                    self.broken.push(undecodable(err));
+                }
+            }
+            // Machine clients' credentials: no money (but they must be what they claim to be).
+            "apikey" => {
+                if let Err(err) = crate::runtime::decode::<domain::ApiKeyEvent>(e) {
+                    self.broken.push(undecodable(err));
+                }
+            }
             other => self.broken.push(format!(
                 "{where_}: unknown aggregate type {other:?}: reconciliation has no rule for it"
             )),

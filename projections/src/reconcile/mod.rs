@@ -22,6 +22,6 @@ mod report;
 mod rows;
 mod run;
 
-pub use report::{render, yuan, ReconcileOptions, Report};
+pub use report::{render, yuan, FoldProgress, ReconcileOptions, Report};
 pub use rows::CHECKED_COLUMNS;
 pub use run::reconcile;

@@ -23,6 +23,18 @@ pub struct ReconcileOptions {
     pub stuck_after: Duration,
     /// How long to wait for the projections to catch up with the period's end.
     pub wait: Duration,
+    /// Where the fold reports how far it has read (a job's progress); `None`: nowhere.
+    pub progress: Option<std::sync::Arc<FoldProgress>>,
+}
+
+/// How far a reconciliation's fold has read: stream sequence `done` of `total` (the period's
+/// end). Updated as the fold goes; read by whoever shows progress.
+#[derive(Debug, Default)]
+pub struct FoldProgress {
+    /// The last stream sequence folded.
+    pub done: std::sync::atomic::AtomicU64,
+    /// The stream sequence the fold reads up to.
+    pub total: std::sync::atomic::AtomicU64,
 }
 
 impl Default for ReconcileOptions {
@@ -33,6 +45,7 @@ impl Default for ReconcileOptions {
             to: None,
             stuck_after: Duration::from_secs(72 * 3600),
             wait: Duration::from_secs(10),
+            progress: None,
         }
     }
 }

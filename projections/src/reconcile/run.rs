@@ -60,6 +60,9 @@ pub async fn reconcile(
     };
 
     // The fold.
+    if let Some(p) = &options.progress {
+        p.total.store(to, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut books = Books::default();
     let mut reader = spawn_reader(
         js.clone(),
@@ -77,6 +80,12 @@ pub async fn reconcile(
                 report.from_time = Some(message.time);
             }
             last_time = Some(message.time);
+            if let Some(p) = &options.progress {
+                p.done.store(
+                    message.stream_sequence,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
             match message.events() {
                 Ok(events) => {
                     for e in events.iter() {

@@ -66,8 +66,34 @@ pub struct Caller {
     pub permissions: Vec<String>,
     /// The token's id (`jti`): revoked on logout.
     pub jti: String,
-    /// The token's expiry, unix seconds.
+    /// The token's expiry, unix seconds (an API key: its expiry, 0 when it has none).
     pub expires_at: i64,
+    /// The API key that authenticated the request, if it was a key (then `admin_id` is the
+    /// administrator who issued it, `role` is `api_key` and `permissions` are its scopes).
+    pub api_key: Option<KeyActor>,
+}
+
+/// The API key a request acted with: named in the audit log and as the events' actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyActor {
+    /// The key's id.
+    pub id: i64,
+    /// The key's name.
+    pub name: String,
+}
+
+impl Caller {
+    /// The actor of the commands this caller issues: the API key (`apikey:<id>`) when a key
+    /// authenticated the request, else the administrator (`admin:<id>`).
+    pub fn actor(&self) -> eventstore::Actor {
+        match &self.api_key {
+            Some(k) => eventstore::Actor {
+                kind: "apikey".into(),
+                id: k.id,
+            },
+            None => eventstore::Actor::admin(self.admin_id),
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {

@@ -3,11 +3,14 @@
 //! tag, summary, the permission it requires and its security requirement. A typed operation
 //! ([`crate::admin::table::Reg::typed`]) is its handler's `#[utoipa::path]` (parameters, request
 //! body and `data` schemas) plus what its rule implies: the security requirement, the permission
-//! text, the 401/403 refusals and, where the path names a row, 404. Served at `/api-docs/openapi.json`
-//! on :8081, with Swagger UI at `/swagger`.
+//! text, the 401/403 refusals, 429 where an API key may call it (its rate limit), 400 where it
+//! reads parameters or a body, 413 where it reads a body and, where the path names a row, 404.
+//! Served at `/api-docs/openapi.json` on :8081, with Swagger UI at `/swagger`.
 
 use utoipa::openapi::path::{HttpMethod, Operation, PathItem};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
     ResponseBuilder,
@@ -37,7 +40,10 @@ fn requirement(perm: Perm) -> (Option<SecurityRequirement>, String) {
         ),
         Perm::Code(c) => (
             Some(SecurityRequirement::new("bearer", Vec::<String>::new())),
-            format!("Requires permission `{c}` (super_admin holds every permission)."),
+            format!(
+                "Requires permission `{c}` (super_admin holds every permission), or an API key \
+                 with scope `{c}` (`X-API-Key` or `Authorization: Bearer`)."
+            ),
         ),
     }
 }
@@ -64,8 +70,14 @@ fn decorate(op: &mut Operation, rule: &Rule) {
         _ => perm_text,
     });
     if let Some(s) = security {
-        op.security = Some(vec![s]);
+        // Alternatives: an administrator's token, or (for a permission code) an API key.
+        let key = matches!(rule.perm, Perm::Code(_))
+            .then(|| SecurityRequirement::new("apiKey", Vec::<String>::new()));
+        op.security = Some(std::iter::once(s).chain(key).collect());
     }
+    let reads_input =
+        op.request_body.is_some() || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+    let has_body = op.request_body.is_some();
     let responses = &mut op.responses.responses;
     // Every refusal is served as `application/problem+json` (see `web::error`).
     for (status, response) in responses.iter_mut() {
@@ -89,6 +101,24 @@ fn decorate(op: &mut Operation, rule: &Rule) {
     }
     if rule.path.contains('{') {
         add("404", "no such row");
+    }
+    if reads_input {
+        add(
+            "400",
+            "a parameter or the body is not of the documented shape (the problem names it)",
+        );
+    }
+    if has_body {
+        add(
+            "413",
+            "the request body is larger than the admin API reads (11 MB)",
+        );
+    }
+    if matches!(rule.perm, Perm::Code(_)) {
+        add(
+            "429",
+            "an API key over its rate limit (`Retry-After` says when to retry)",
+        );
     }
 }
 
@@ -141,6 +171,13 @@ pub fn document(reg: &Reg) -> OpenApi {
                             .bearer_format("JWT")
                             .build(),
                     ),
+                )
+                .security_scheme(
+                    "apiKey",
+                    SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                        "X-API-Key",
+                        "A scoped API key (`mck_…`); `Authorization: Bearer <key>` works too.",
+                    ))),
                 )
                 .build(),
         ))
@@ -217,7 +254,13 @@ mod tests {
                     continue;
                 }
                 let what = format!("{} {path}", method.to_uppercase());
-                let ok = &op["responses"]["200"]["content"];
+                // The success answer: 200, or 202 for a job that is queued.
+                let responses = &op["responses"];
+                let ok = if responses["200"].is_null() {
+                    &responses["202"]["content"]
+                } else {
+                    &responses["200"]["content"]
+                };
                 match ok.get("application/json").map(|c| &c["schema"]) {
                     // A `{code, msg}` acknowledgement has no `data`.
                     Some(s) if s["$ref"] == "#/components/schemas/Message" => {}

@@ -10,8 +10,8 @@ use utoipa_axum::routes;
 use crate::admin::table::Perm::{Authenticated as Me, Code, Public};
 use crate::admin::table::Reg;
 use crate::admin::{
-    auth as admin, business as biz, finance as fin, lowcode as lc, online as on, people as ppl,
-    system as sys, withdrawals as wd,
+    api_keys as keys, auth as admin, business as biz, finance as fin, job_routes as jobs,
+    lowcode as lc, online as on, people as ppl, system as sys, withdrawals as wd,
 };
 
 /// Registers every admin route.
@@ -158,6 +158,15 @@ pub fn register() -> Reg {
         .typed(routes!(fin::reports), Code("finance:view"))
         .typed(routes!(fin::accounts), Code("finance:view"))
         .typed(routes!(fin::account), Code("finance:view"))
+        // reconciliations and audit replays as jobs
+        .typed(
+            routes!(jobs::create_reconciliation),
+            Code("finance:reconcile"),
+        )
+        .typed(routes!(jobs::get_reconciliation), Code("finance:reconcile"))
+        .typed(routes!(jobs::create_replay), Code("audit:replay"))
+        .typed(routes!(jobs::get_replay), Code("audit:replay"))
+        .typed(routes!(jobs::replay_diff), Code("audit:replay"))
         // c.6 online users (through NATS), broadcast, configs, logs
         .typed(routes!(on::online_users), Code("system:view"))
         .typed(routes!(on::online_detailed), Code("system:view"))
@@ -172,6 +181,8 @@ pub fn register() -> Reg {
         .typed(routes!(on::broadcast), Code("system:manage_online"))
         .typed(routes!(on::broadcast_client), Code("system:manage_online"))
         .typed(routes!(sys::audit::logs), Code("system:view_logs"))
+        .typed(routes!(sys::services::list_services), Code("system:view"))
+        .typed(routes!(sys::services::get_service), Code("system:view"))
         .typed(routes!(sys::configs::list_configs), Code("system:view"))
         .typed(
             routes!(sys::configs::create_config),
@@ -226,6 +237,11 @@ pub fn register() -> Reg {
         .typed(routes!(sys::menus::create_menu), Code("menu:add"))
         .typed(routes!(sys::menus::update_menu), Code("menu:edit"))
         .typed(routes!(sys::menus::delete_menu), Code("menu:delete"))
+        // API keys (machine clients of the admin API)
+        .typed(routes!(keys::create_key), Code("apikey:manage"))
+        .typed(routes!(keys::list_keys), Code("apikey:manage"))
+        .typed(routes!(keys::revoke_key), Code("apikey:manage"))
+        .typed(routes!(keys::rotate_key), Code("apikey:manage"))
         // c.8 low-code
         .typed(routes!(lc::list_forms), Code("lowcode:data:manage"))
         .typed(routes!(lc::save_form), Code("lowcode:form:design"))

@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use domain::{AccountCommand, CounselorAccount};
-use eventstore::Actor;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::ToSchema;
@@ -107,7 +106,7 @@ async fn account_command(
     counselor_id: i64,
     command: AccountCommand,
 ) -> ApiResult<Evented<Envelope<WithdrawalRecord>>> {
-    let meta = request_meta(headers, Actor::admin(admin.admin_id));
+    let meta = request_meta(headers, admin.actor());
     let committed = state
         .bus
         .execute::<CounselorAccount>(&counselor_id.to_string(), command, &meta)

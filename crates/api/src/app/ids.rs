@@ -24,6 +24,8 @@ pub enum IdSequence {
     Withdrawals,
     /// `group_ids`: group conversations.
     Groups,
+    /// `api_key_ids`: API keys.
+    ApiKeys,
 }
 
 impl IdSequence {
@@ -33,6 +35,7 @@ impl IdSequence {
             Self::Payments => "payment_ids",
             Self::Withdrawals => "withdrawal_ids",
             Self::Groups => "group_ids",
+            Self::ApiKeys => "api_key_ids",
         }
     }
 }

@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use chrono::Utc;
 use domain::{Order, OrderCommand, OrderStatus};
-use eventstore::Actor;
 use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
@@ -339,7 +338,7 @@ pub async fn change_order_status(
         return Err(ApiError::not_found("order"));
     }
     let now = Utc::now();
-    let meta = request_meta(&headers, Actor::admin(caller.admin_id));
+    let meta = request_meta(&headers, caller.actor());
     let done = match status {
         OrderStatus::Paid => {
             let (channel, amount, note, reference) = offline.expect("checked above");

@@ -25,14 +25,16 @@ pub struct AuditEntry {
     pub status: i32,
     /// The request path (`/api/admin/orders/501/status`).
     pub target: String,
-    /// The administrator's id.
+    /// The administrator's id (an API key: the administrator who issued it).
     pub admin_id: i64,
-    /// The administrator's username.
+    /// The administrator's username (an API key: `apikey:<id>:<name>`).
     pub operator: String,
     /// Always `""` (responses are not logged).
     pub response: String,
     /// The committed event's sequence in its stream, if the change was event-sourced.
     pub event_seq: Option<i64>,
+    /// The API key that acted, if a key did (its id); null for an administrator.
+    pub api_key_id: Option<i64>,
     /// RFC 3339.
     pub created_at: String,
     /// The client's IP (`X-Forwarded-For`'s first hop, else `X-Real-IP`).
@@ -41,6 +43,8 @@ pub struct AuditEntry {
     pub user_agent: String,
     /// The route's summary.
     pub description: String,
+    /// The API key that acted, if a key did (its name); `""` for an administrator.
+    pub api_key_name: String,
     /// The committed event's stream (`EVENTS` or `CHAT`), `""` when none.
     pub event_stream: String,
     /// The request body as JSON text, passwords masked, at most 4000 characters (an upload:
@@ -145,7 +149,8 @@ pub async fn logs(
     let (list, total) = page_rows(
         &state,
         "id, admin_id, operator, action, module, target, description, ip_address, \
-         user_agent, request_data, '' AS response, status, event_stream, event_seq, created_at",
+         user_agent, request_data, '' AS response, status, event_stream, event_seq, created_at, \
+         api_key_id, api_key_name",
         "admin_logs",
         filter,
         "id DESC",

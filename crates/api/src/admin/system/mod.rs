@@ -1,4 +1,5 @@
-//! The admin API's system area: system configs ([`configs`]), the audit log ([`audit`]), and
+//! The admin API's system area: system configs ([`configs`]), the audit log ([`audit`]), the live
+//! service registry ([`services`]), and
 //! RBAC administration — roles with their permissions and administrators ([`roles`]), the
 //! permission tree ([`permissions`]) and the menu tree ([`menus`]) (contract c.6 #69–#74, c.7).
 //!
@@ -71,6 +72,7 @@ pub mod input;
 pub mod menus;
 pub mod permissions;
 pub mod roles;
+pub mod services;
 pub mod tree;
 
 #[cfg(test)]

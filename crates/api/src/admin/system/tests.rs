@@ -20,7 +20,7 @@ const ROLE_ROW: &str = r#"{"id": 1, "code": "super_admin", "name": "超级管理
 const ROLE: &str = r#"{"id": 1, "code": "super_admin", "name": "超级管理员", "sort": 1, "status": 1, "created_at": "2026-12-04T09:58:52.40605+00:00", "updated_at": "2026-12-04T09:58:52.40605+00:00", "description": "every permission"}"#;
 const PERMISSION: &str = r#"{"id": 1, "code": "dashboard:view", "icon": "", "name": "仪表盘", "path": "", "sort": 1, "type": "api", "status": 1, "component": "", "parent_id": 0, "created_at": "2026-12-04T09:58:52.410028+00:00", "updated_at": "2026-12-04T09:58:52.410028+00:00"}"#;
 const MENU: &str = r#"{"id": 1, "icon": "", "name": "m", "path": "", "sort": 0, "type": 2, "status": 1, "component": "", "parent_id": null, "created_at": "2026-12-04T09:58:56.887699+00:00", "permission": "", "updated_at": "2026-12-04T09:58:56.887699+00:00"}"#;
-const AUDIT: &str = r#"{"id": 1, "action": "b", "module": "c", "status": 200, "target": "", "admin_id": 1, "operator": "a", "response": "", "event_seq": null, "created_at": "2026-12-04T09:58:56.89052+00:00", "ip_address": "", "user_agent": "", "description": "", "event_stream": "", "request_data": ""}"#;
+const AUDIT: &str = r#"{"id": 1, "action": "b", "module": "c", "status": 200, "target": "", "admin_id": 1, "operator": "a", "response": "", "event_seq": null, "api_key_id": null, "created_at": "2026-12-04T09:58:56.89052+00:00", "ip_address": "", "user_agent": "", "description": "", "api_key_name": "", "event_stream": "", "request_data": ""}"#;
 const ROLE_USER: &str = r#"{"id": 1, "email": "", "status": 1, "nickname": "", "username": "x", "created_at": "2026-12-04T09:58:56.891316+00:00"}"#;
 
 /// What the untyped handlers sent for a row: PostgreSQL's JSON parsed into a `Value` (keys in

@@ -378,8 +378,9 @@ pub async fn sandbox_callback(
     }
 }
 
-/// The cashier page's answer: 200 paid, 409 refused or not payable here, 502 when the provider's
-/// notification could not be delivered at all.
+/// The cashier page's answer: 200 paid, 409 refused, not payable here, or not delivered (the
+/// provider's notification could not reach mychat: nothing was paid; the page may be opened
+/// again).
 fn cashier_page(
     status: StatusCode,
     headline: &str,
@@ -416,7 +417,7 @@ async fn payment_state(
 /// mychat's notify URL, then the page says whether mychat accepted it. Opening the page of a
 /// payment that is already paid pays nothing again and answers 200 "paid"; a refunded one, or a
 /// payment the sandbox may not pay (its real provider is configured, an offline payment), 409;
-/// a notification mychat refused, 409 with the reason.
+/// a notification mychat refused or could not receive, 409 with the reason (never a 5xx).
 ///
 /// A `wechat` / `alipay` payment whose provider runs in sandbox mode is paid with that
 /// provider's own notification format, signed with the sandbox keys, posted to the provider's
@@ -430,8 +431,7 @@ async fn payment_state(
     responses(
         (status = 200, description = "Paid (now or before)", body = String, content_type = "text/html"),
         (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Refunded, refused, or not payable through the sandbox", body = String, content_type = "text/html"),
-        (status = 502, description = "The sandbox provider could not reach mychat", body = String, content_type = "text/html")
+        (status = 409, description = "Refunded, refused, not payable through the sandbox, or the notification could not reach mychat (nothing paid)", body = String, content_type = "text/html")
     )
 )]
 pub async fn sandbox_cashier(
@@ -589,13 +589,23 @@ pub async fn sandbox_cashier(
                 error = format!("{e:#}"),
                 "sandbox notification not delivered"
             );
-            Ok(cashier_page(
-                StatusCode::BAD_GATEWAY,
-                "支付失败 The sandbox provider could not reach mychat",
-                &method,
-                &payment_no,
-                amount,
-            ))
+            // Another opening of the page may have paid it meanwhile; otherwise nothing was paid
+            // and the page can be opened again (409: a page, not a server error).
+            let paid = matches!(
+                payment_state(&state, id).await,
+                Ok(Some((domain::PaymentStatus::Paid, ..)))
+            );
+            Ok(if paid {
+                cashier_page(StatusCode::OK, PAID, &method, &payment_no, amount)
+            } else {
+                cashier_page(
+                    StatusCode::CONFLICT,
+                    "支付未完成 The sandbox provider could not reach mychat; open the page again",
+                    &method,
+                    &payment_no,
+                    amount,
+                )
+            })
         }
     }
 }
