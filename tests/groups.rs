@@ -416,6 +416,22 @@ async fn drive(up: &Up) {
         ),
         (Some(seq1), Some(true))
     );
+    // Typing reaches the group's other sockets, never stored.
+    let before = heads(&up.nats_url).await;
+    send(
+        &mut owner_ws,
+        json!({ "type": "typing", "group_id": g, "data": {} }),
+    )
+    .await;
+    let typing = expect(&mut bob_ws, "typing").await;
+    assert_eq!(
+        (
+            typing["group_id"].as_i64(),
+            typing["data"]["user_id"].as_i64()
+        ),
+        (Some(g), Some(owner.id))
+    );
+    assert_eq!(heads(&up.nats_url).await, before);
     // A mention of a non-member is refused.
     send(&mut owner_ws, json!({ "type": "group_message", "group_id": g, "data": { "content": "x", "mentions": [dave.id] } })).await;
     assert_eq!(next(&mut owner_ws).await["type"], "error");

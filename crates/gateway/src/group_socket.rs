@@ -428,19 +428,6 @@ impl Socket {
         if let Err(e) = self.member_group(group_id).await {
             return self.group_error(group_id, &e);
         }
-        let stop = f.kind == "typing_stop"
-            || f.body().get("is_typing").and_then(|v| v.as_bool()) == Some(false);
-        let payload = json!({
-            "user_id": self.conn.user_id,
-            "kind": if stop { "typing_stop" } else { "typing" },
-        });
-        if let Err(e) = self
-            .state
-            .nats
-            .publish(format!("typing.g.{group_id}"), payload.to_string().into())
-            .await
-        {
-            tracing::warn!(error = %e, "publishing typing");
-        }
+        self.publish_typing(format!("typing.g.{group_id}"), f).await;
     }
 }

@@ -669,6 +669,13 @@ impl Socket {
         if let Err(e) = self.load(session_id).await {
             return self.error(session_id, &e);
         }
+        self.publish_typing(format!("typing.{session_id}"), f).await;
+    }
+
+    /// Publishes the socket user's typing indicator of frame `f` on core NATS `subject`
+    /// (`{user_id, kind: "typing"|"typing_stop"}`; the web dialect's `is_typing: false` is a
+    /// stop).
+    pub(crate) async fn publish_typing(&self, subject: String, f: &ClientFrame) {
         let stop = f.kind == "typing_stop"
             || f.body().get("is_typing").and_then(|v| v.as_bool()) == Some(false);
         let payload = json!({
@@ -678,7 +685,7 @@ impl Socket {
         if let Err(e) = self
             .state
             .nats
-            .publish(format!("typing.{session_id}"), payload.to_string().into())
+            .publish(subject, payload.to_string().into())
             .await
         {
             tracing::warn!(error = %e, "publishing typing");

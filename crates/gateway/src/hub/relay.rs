@@ -16,58 +16,53 @@ use crate::protocol::frame;
 use super::conn::{Conn, CLOSE_KICKED};
 use super::state::Hub;
 
+/// A typing indicator's `(user_id, kind)`: `kind` is `typing_stop` or `typing`.
+fn typing_of(payload: &[u8]) -> Option<(i64, &'static str)> {
+    #[derive(Deserialize)]
+    struct Typing {
+        user_id: i64,
+        kind: String,
+    }
+    let t = serde_json::from_slice::<Typing>(payload).ok()?;
+    let kind = if t.kind == "typing_stop" {
+        "typing_stop"
+    } else {
+        "typing"
+    };
+    Some((t.user_id, kind))
+}
+
 impl Hub {
     /// Routes a core-NATS typing indicator to the session's other local sockets.
     fn route_typing(&self, session_id: i64, payload: &[u8]) {
-        #[derive(Deserialize)]
-        struct Typing {
-            user_id: i64,
-            kind: String,
-        }
-        let Ok(t) = serde_json::from_slice::<Typing>(payload) else {
-            return;
-        };
-        let kind = if t.kind == "typing_stop" {
-            "typing_stop"
-        } else {
-            "typing"
-        };
-        let text = frame(
-            kind,
-            session_id,
-            json!({ "user_id": t.user_id, "is_typing": kind == "typing" }),
-        );
-        let text = Utf8Bytes::from(text);
-        for conn in self.room(session_id) {
-            if conn.user_id != t.user_id {
-                conn.send(text.clone());
-            }
+        if let Some((user_id, kind)) = typing_of(payload) {
+            let text = frame(
+                kind,
+                session_id,
+                json!({ "user_id": user_id, "is_typing": kind == "typing" }),
+            );
+            self.to_others(session_id, user_id, text);
         }
     }
 
     /// Routes a core-NATS typing indicator of a group (`typing.g.<group_id>`) to the group's
     /// other local sockets.
     fn route_group_typing(&self, group_id: i64, payload: &[u8]) {
-        #[derive(Deserialize)]
-        struct Typing {
-            user_id: i64,
-            kind: String,
+        if let Some((user_id, kind)) = typing_of(payload) {
+            let text = crate::protocol::group_frame(
+                kind,
+                group_id,
+                json!({ "group_id": group_id, "user_id": user_id, "is_typing": kind == "typing" }),
+            );
+            self.to_others(super::group_room(group_id), user_id, text);
         }
-        let Ok(t) = serde_json::from_slice::<Typing>(payload) else {
-            return;
-        };
-        let kind = if t.kind == "typing_stop" {
-            "typing_stop"
-        } else {
-            "typing"
-        };
-        let text = Utf8Bytes::from(crate::protocol::group_frame(
-            kind,
-            group_id,
-            json!({ "group_id": group_id, "user_id": t.user_id, "is_typing": kind == "typing" }),
-        ));
-        for conn in self.room(super::group_room(group_id)) {
-            if conn.user_id != t.user_id {
+    }
+
+    /// Sends `text` to the sockets of room `room` that are not `user_id`'s.
+    fn to_others(&self, room: i64, user_id: i64, text: String) {
+        let text = Utf8Bytes::from(text);
+        for conn in self.room(room) {
+            if conn.user_id != user_id {
                 conn.send(text.clone());
             }
         }
