@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use eventstore::envelope::Upcasters;
 use eventstore::{ensure_streams, Actor, CommandBus, CommandMeta, StreamSettings};
-use projections::{CheckpointWatch, Projector, ProjectorSettings};
+use projections::{Projector, ProjectorSettings};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
@@ -96,33 +96,27 @@ async fn start() -> App {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
-    let state = api::AppState::new(api::Services {
-        db: pool.clone(),
-        bus: bus.clone(),
-        nats: client.clone(),
-        jwt: Arc::new(api::JwtKeys::new(
-            b"money-properties-jwt-secret-0123456789",
-            3600,
-        )),
-        ids: Default::default(),
-        chat,
-        counselors: api::app::counselor_terms::CounselorTerms::follow(&client)
-            .await
-            .unwrap(),
-        tokens: api::TokenGate::follow(&client, api::TokenGate::DEFAULT_TTL)
-            .await
-            .unwrap(),
-        watch: CheckpointWatch::start(client.clone(), pool.clone())
-            .await
-            .unwrap(),
-        settings: Arc::new(api::ApiSettings {
-            public_url: api_url.clone(),
-            sandbox_secret: SANDBOX_SECRET.into(),
-            settle_timeout: Duration::from_secs(5),
-            cors_origins: Vec::new(),
-            business_zone: chrono_tz::Asia::Shanghai,
-        }),
-    });
+    let state = api::AppState::new(
+        api::Services::follow(
+            pool.clone(),
+            bus.clone(),
+            client.clone(),
+            chat,
+            Arc::new(api::JwtKeys::new(
+                b"money-properties-jwt-secret-0123456789",
+                3600,
+            )),
+            Arc::new(api::ApiSettings {
+                public_url: api_url.clone(),
+                sandbox_secret: SANDBOX_SECRET.into(),
+                settle_timeout: Duration::from_secs(5),
+                cors_origins: Vec::new(),
+                business_zone: chrono_tz::Asia::Shanghai,
+            }),
+        )
+        .await
+        .unwrap(),
+    );
     let uploads = tempfile::tempdir().unwrap();
     let mut config = api::UserApiConfig::new(uploads.path().to_path_buf());
     config.sandbox_payments = true;

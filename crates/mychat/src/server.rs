@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use eventstore::envelope::Upcasters;
 use eventstore::{ensure_streams, CommandBus, StreamSettings};
-use projections::{CheckpointWatch, Projector, ProjectorSettings};
+use projections::{Projector, ProjectorSettings};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -395,25 +395,23 @@ pub(crate) async fn run_parts(
             .as_bytes(),
         settings.token_ttl_seconds,
     ));
-    let watch = CheckpointWatch::start(infra.nats.clone(), infra.pool.clone()).await?;
-    let state = api::AppState::new(api::Services {
-        db: infra.pool.clone(),
-        bus: infra.bus.clone(),
-        nats: infra.nats.clone(),
-        jwt: jwt.clone(),
-        ids: Default::default(),
-        counselors: api::app::counselor_terms::CounselorTerms::follow(&infra.nats).await?,
-        chat: infra.chat.clone(),
-        tokens: api::TokenGate::follow(&infra.nats, api::TokenGate::DEFAULT_TTL).await?,
-        watch,
-        settings: Arc::new(api::ApiSettings {
-            public_url: settings.public_url(),
-            sandbox_secret: settings.secret(&settings.sandbox_secret, "sandbox.secret")?,
-            settle_timeout: Duration::from_secs(3),
-            cors_origins: settings.cors_origins()?,
-            business_zone: settings.business_zone()?,
-        }),
-    });
+    let state = api::AppState::new(
+        api::Services::follow(
+            infra.pool.clone(),
+            infra.bus.clone(),
+            infra.nats.clone(),
+            infra.chat.clone(),
+            jwt.clone(),
+            Arc::new(api::ApiSettings {
+                public_url: settings.public_url(),
+                sandbox_secret: settings.secret(&settings.sandbox_secret, "sandbox.secret")?,
+                settle_timeout: Duration::from_secs(3),
+                cors_origins: settings.cors_origins()?,
+                business_zone: settings.business_zone()?,
+            }),
+        )
+        .await?,
+    );
     let mut tasks = tokio::task::JoinSet::new();
     let wants = |p: Part| part == Part::All || part == p;
 

@@ -23,7 +23,7 @@ use eventstore::chat::ChatMessage;
 use eventstore::envelope::Upcasters;
 use eventstore::{ensure_streams, Actor, CommandBus, CommandMeta, StreamSettings};
 use futures_util::{SinkExt, StreamExt};
-use projections::{CheckpointWatch, Projector, ProjectorSettings};
+use projections::{Projector, ProjectorSettings};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -91,30 +91,24 @@ async fn start() -> App {
         b"admin-api-test-secret-0123456789abcdef",
         3600,
     ));
-    let state = api::AppState::new(api::Services {
-        db: db.clone(),
-        bus: bus.clone(),
-        nats: nats.clone(),
-        jwt: jwt.clone(),
-        ids: Default::default(),
-        chat: chat.clone(),
-        counselors: api::app::counselor_terms::CounselorTerms::follow(&nats)
-            .await
-            .unwrap(),
-        tokens: api::TokenGate::follow(&nats, api::TokenGate::DEFAULT_TTL)
-            .await
-            .unwrap(),
-        watch: CheckpointWatch::start(nats.clone(), db.clone())
-            .await
-            .unwrap(),
-        settings: Arc::new(api::ApiSettings {
-            public_url: "http://127.0.0.1:1".into(),
-            sandbox_secret: "sandbox".into(),
-            settle_timeout: Duration::from_secs(5),
-            cors_origins: Vec::new(),
-            business_zone: chrono_tz::Asia::Shanghai,
-        }),
-    });
+    let state = api::AppState::new(
+        api::Services::follow(
+            db.clone(),
+            bus.clone(),
+            nats.clone(),
+            chat.clone(),
+            jwt.clone(),
+            Arc::new(api::ApiSettings {
+                public_url: "http://127.0.0.1:1".into(),
+                sandbox_secret: "sandbox".into(),
+                settle_timeout: Duration::from_secs(5),
+                cors_origins: Vec::new(),
+                business_zone: chrono_tz::Asia::Shanghai,
+            }),
+        )
+        .await
+        .unwrap(),
+    );
     let admin = serve(api::admin_router(state.clone()), shutdown.clone()).await;
     // Two gateway nodes: the admin API reaches sockets on either through NATS.
     let mut nodes = Vec::new();

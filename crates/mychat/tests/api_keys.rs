@@ -12,7 +12,7 @@ use api::auth::KIND_ADMIN;
 use api::JwtKeys;
 use eventstore::envelope::Upcasters;
 use eventstore::{ensure_streams, CommandBus, StreamSettings};
-use projections::{CheckpointWatch, Projector, ProjectorSettings};
+use projections::{Projector, ProjectorSettings};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -51,30 +51,24 @@ async fn node(
         .unwrap();
     let chat = eventstore::ChatLog::new(js.clone(), layout, Default::default());
     let bus = CommandBus::new(js, Upcasters::default());
-    let state = api::AppState::new(api::Services {
-        db: db.clone(),
-        bus: bus.clone(),
-        nats: nats.clone(),
-        jwt: jwt.clone(),
-        ids: Default::default(),
-        chat,
-        counselors: api::app::counselor_terms::CounselorTerms::follow(&nats)
-            .await
-            .unwrap(),
-        tokens: api::TokenGate::follow(&nats, api::TokenGate::DEFAULT_TTL)
-            .await
-            .unwrap(),
-        watch: CheckpointWatch::start(nats.clone(), db.clone())
-            .await
-            .unwrap(),
-        settings: Arc::new(api::ApiSettings {
-            public_url: "http://127.0.0.1:1".into(),
-            sandbox_secret: "sandbox".into(),
-            settle_timeout: Duration::from_secs(5),
-            cors_origins: Vec::new(),
-            business_zone: chrono_tz::Asia::Shanghai,
-        }),
-    });
+    let state = api::AppState::new(
+        api::Services::follow(
+            db.clone(),
+            bus.clone(),
+            nats.clone(),
+            chat,
+            jwt.clone(),
+            Arc::new(api::ApiSettings {
+                public_url: "http://127.0.0.1:1".into(),
+                sandbox_secret: "sandbox".into(),
+                settle_timeout: Duration::from_secs(5),
+                cors_origins: Vec::new(),
+                business_zone: chrono_tz::Asia::Shanghai,
+            }),
+        )
+        .await
+        .unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = api::admin_router(state);

@@ -11,7 +11,7 @@ use domain::{
 };
 use eventstore::envelope::Upcasters;
 use eventstore::{ensure_streams, Actor, CommandBus, CommandMeta, StreamSettings};
-use projections::{CheckpointWatch, Projector, ProjectorSettings};
+use projections::{Projector, ProjectorSettings};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -64,30 +64,24 @@ async fn start() -> Stack {
         tokio::spawn(projector.run(shutdown.clone()));
     }
     let jwt = Arc::new(JwtKeys::new(b"jobs-test-secret-0123456789abcdefgh", 3600));
-    let state = api::AppState::new(api::Services {
-        db: db.clone(),
-        bus: bus.clone(),
-        nats: nats.clone(),
-        jwt: jwt.clone(),
-        ids: Default::default(),
-        chat,
-        counselors: api::app::counselor_terms::CounselorTerms::follow(&nats)
-            .await
-            .unwrap(),
-        tokens: api::TokenGate::follow(&nats, api::TokenGate::DEFAULT_TTL)
-            .await
-            .unwrap(),
-        watch: CheckpointWatch::start(nats.clone(), db.clone())
-            .await
-            .unwrap(),
-        settings: Arc::new(api::ApiSettings {
-            public_url: "http://127.0.0.1:1".into(),
-            sandbox_secret: "sandbox".into(),
-            settle_timeout: Duration::from_secs(5),
-            cors_origins: Vec::new(),
-            business_zone: chrono_tz::Asia::Shanghai,
-        }),
-    });
+    let state = api::AppState::new(
+        api::Services::follow(
+            db.clone(),
+            bus.clone(),
+            nats.clone(),
+            chat,
+            jwt.clone(),
+            Arc::new(api::ApiSettings {
+                public_url: "http://127.0.0.1:1".into(),
+                sandbox_secret: "sandbox".into(),
+                settle_timeout: Duration::from_secs(5),
+                cors_origins: Vec::new(),
+                business_zone: chrono_tz::Asia::Shanghai,
+            }),
+        )
+        .await
+        .unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = api::admin::router_with(

@@ -9,7 +9,6 @@ use api::auth::KIND_ADMIN;
 use api::JwtKeys;
 use eventstore::envelope::Upcasters;
 use eventstore::{ensure_streams, CommandBus, StreamSettings};
-use projections::CheckpointWatch;
 use serde_json::Value;
 use sqlx::PgPool;
 use testkit::{NatsServer, Postgres};
@@ -47,30 +46,24 @@ async fn the_registry_lists_live_parts_and_a_python_plugin_and_forgets_what_stop
     let bus = CommandBus::new(js, Upcasters::default());
     let shutdown = CancellationToken::new();
     let jwt = Arc::new(JwtKeys::new(b"services-test-secret-0123456789abcdef", 3600));
-    let state = api::AppState::new(api::Services {
-        db: db.clone(),
-        bus,
-        nats: nats.clone(),
-        jwt: jwt.clone(),
-        ids: Default::default(),
-        chat,
-        counselors: api::app::counselor_terms::CounselorTerms::follow(&nats)
-            .await
-            .unwrap(),
-        tokens: api::TokenGate::follow(&nats, api::TokenGate::DEFAULT_TTL)
-            .await
-            .unwrap(),
-        watch: CheckpointWatch::start(nats.clone(), db.clone())
-            .await
-            .unwrap(),
-        settings: Arc::new(api::ApiSettings {
-            public_url: "http://127.0.0.1:1".into(),
-            sandbox_secret: "sandbox".into(),
-            settle_timeout: Duration::from_secs(5),
-            cors_origins: Vec::new(),
-            business_zone: chrono_tz::Asia::Shanghai,
-        }),
-    });
+    let state = api::AppState::new(
+        api::Services::follow(
+            db.clone(),
+            bus,
+            nats.clone(),
+            chat,
+            jwt.clone(),
+            Arc::new(api::ApiSettings {
+                public_url: "http://127.0.0.1:1".into(),
+                sandbox_secret: "sandbox".into(),
+                settle_timeout: Duration::from_secs(5),
+                cors_origins: Vec::new(),
+                business_zone: chrono_tz::Asia::Shanghai,
+            }),
+        )
+        .await
+        .unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = format!("http://{}", listener.local_addr().unwrap());
     let app = api::admin_router(state);

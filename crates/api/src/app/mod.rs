@@ -72,6 +72,35 @@ pub struct Services {
 }
 
 impl Services {
+    /// The services of one process: its database pool, command bus, NATS connection, chat log,
+    /// token keys and settings, and what follows NATS for the whole process — the counselors'
+    /// terms and the token revocations (announcements), and the checkpoint watch
+    /// (read-your-writes); ids come from fresh blocks.
+    ///
+    /// # Errors
+    /// When a subscription cannot be made or the checkpoint watch cannot start.
+    pub async fn follow(
+        db: PgPool,
+        bus: CommandBus,
+        nats: async_nats::Client,
+        chat: eventstore::ChatLog,
+        jwt: Arc<JwtKeys>,
+        settings: Arc<ApiSettings>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            counselors: counselor_terms::CounselorTerms::follow(&nats).await?,
+            tokens: TokenGate::follow(&nats, TokenGate::DEFAULT_TTL).await?,
+            watch: CheckpointWatch::start(nats.clone(), db.clone()).await?,
+            ids: Default::default(),
+            db,
+            bus,
+            nats,
+            chat,
+            jwt,
+            settings,
+        })
+    }
+
     /// Waits (up to `settings.settle_timeout`) until projection `name` has applied stream
     /// sequence `seq`, so that the client's next read shows its write. `None` (a no-op command)
     /// returns at once. Lag is logged, not an error: the write is already durable.
