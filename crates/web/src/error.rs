@@ -237,6 +237,11 @@ pub trait Rejection: std::error::Error {
     fn status(&self) -> StatusCode {
         StatusCode::BAD_REQUEST
     }
+    /// The request field the rejection is about and why, when it is about one: answered as a
+    /// 400 naming it ([`ApiError::field`]). Default: none.
+    fn field(&self) -> Option<(&'static str, &'static str)> {
+        None
+    }
 }
 
 impl Rejection for domain::OrderError {
@@ -277,6 +282,12 @@ impl Rejection for domain::GroupError {
             }
         }
     }
+    fn field(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::Invalid { field, reason } => Some((field, reason)),
+            _ => None,
+        }
+    }
 }
 impl Rejection for domain::AccountError {
     fn status(&self) -> StatusCode {
@@ -290,7 +301,10 @@ impl Rejection for domain::AccountError {
 impl<E: Rejection> From<CommandError<E>> for ApiError {
     fn from(e: CommandError<E>) -> Self {
         match e {
-            CommandError::Rejected(e) => Self::new(e.status(), e.to_string()),
+            CommandError::Rejected(e) => match e.field() {
+                Some((field, reason)) => Self::field(field, reason),
+                None => Self::new(e.status(), e.to_string()),
+            },
             CommandError::Conflict => {
                 Self::conflict("the resource was changed concurrently; retry")
             }

@@ -239,8 +239,7 @@ pub async fn dissolve_group(
     let committed = state
         .bus
         .execute::<Group>(&id.to_string(), command, &meta)
-        .await
-        .map_err(crate::user::groups::access::refused)?;
+        .await?;
     state.settle("groups", committed.stream_sequence).await;
     Ok(Evented::new(
         reply(GroupDissolved { group_id: id }),

@@ -3,8 +3,8 @@
 //! refusal reads over HTTP.
 
 use axum::http::HeaderMap;
-use domain::{Group, GroupCommand, GroupError};
-use eventstore::{Actor, CommandError};
+use domain::{Group, GroupCommand};
+use eventstore::Actor;
 use serde::Serialize;
 use utoipa::ToSchema;
 use web::command::request_meta;
@@ -43,7 +43,7 @@ pub async fn known_users(state: &AppState, field: &str, ids: &[i64]) -> Result<(
 /// Runs a command on group `id` as `user` and waits until the `groups` read model shows it.
 ///
 /// # Errors
-/// The group's refusal ([`refused`]), or the store's.
+/// The group's refusal (an invalid field is a 400 naming it), or the store's.
 pub async fn run(
     state: &AppState,
     headers: &HeaderMap,
@@ -55,8 +55,7 @@ pub async fn run(
     let committed = state
         .bus
         .execute::<Group>(&id.to_string(), command, &meta)
-        .await
-        .map_err(refused)?;
+        .await?;
     state.settle("groups", committed.stream_sequence).await;
     Ok(reply(Changed { group_id: id }))
 }
@@ -100,15 +99,4 @@ pub async fn member_group(state: &AppState, id: i64, user_id: i64) -> Result<Gro
         return Err(ApiError::forbidden("not a member of this group"));
     }
     Ok(group)
-}
-
-/// A group command's refusal as HTTP: an invalid field names it (400), other rules map by
-/// [`web::error::Rejection`].
-pub fn refused(e: CommandError<GroupError>) -> ApiError {
-    match e {
-        CommandError::Rejected(GroupError::Invalid { field, reason }) => {
-            ApiError::field(field, reason)
-        }
-        other => other.into(),
-    }
 }

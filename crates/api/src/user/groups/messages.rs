@@ -15,7 +15,7 @@ use validator::{Validate, ValidationError};
 use web::envelope::{reply, Envelope, Reply};
 use web::error::Problem;
 
-use super::access::{load_group, member_group, member_of_read_model, refused};
+use super::access::{load_group, member_group, member_of_read_model};
 use crate::user::state::UserState;
 use crate::{paging, ApiError, ApiJson, ApiPath, ApiQuery, AppState, AuthUser};
 
@@ -333,7 +333,7 @@ pub async fn recall(
     let now = Utc::now();
     group
         .may_recall(user.user_id, message.sender_id, message.sent_at, now)
-        .map_err(|e| refused(eventstore::CommandError::Rejected(e)))?;
+        .map_err(|e| ApiError::from(eventstore::CommandError::Rejected(e)))?;
     let record = GroupRecord::GroupRecall(GroupRecall {
         group_id: id,
         message_seq: seq,
