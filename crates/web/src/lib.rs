@@ -29,3 +29,5 @@ pub mod swagger;
 
 pub use error::{ApiError, ApiResult, FieldError, Problem};
 pub use extract::{Json, Multipart, Path, Query};
+/// Documents a request type's `#[validate]` limits in its OpenAPI schema (see `web-macros`).
+pub use web_macros::limits;

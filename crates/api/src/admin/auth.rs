@@ -13,15 +13,14 @@ use crate::auth::{verify_password, KIND_ADMIN};
 use crate::{ApiError, AppState};
 
 /// An administrator login.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct AdminLogin {
     /// Login name.
     #[validate(length(min = 1, message = "required"))]
-    #[schema(min_length = 1)]
     pub username: String,
     /// Password.
     #[validate(length(min = 1, message = "required"))]
-    #[schema(min_length = 1)]
     pub password: String,
 }
 

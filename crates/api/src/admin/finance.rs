@@ -157,6 +157,7 @@ fn ymd(date: &str) -> Result<(), validator::ValidationError> {
 }
 
 /// A period of business days (the business zone's calendar), both ends included.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct DateRange {
@@ -291,6 +292,7 @@ fn valid_group_by(by: &str) -> Result<(), validator::ValidationError> {
 }
 
 /// How to group the revenue series.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct RevenueQuery {

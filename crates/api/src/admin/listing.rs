@@ -10,17 +10,16 @@ use crate::{empty_as_none, ApiError};
 
 /// A page of a list: `page` (1-based, default 1) and `page_size` (1–100; `pageSize` is the
 /// admin client's spelling). An empty value means the default.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// The page, from 1 (default 1).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (each list has its own default).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// Same as `page_size` (the admin client's spelling); `page_size` wins when both are sent.

@@ -250,6 +250,7 @@ impl Validate for PageItem {
 
 /// A form to create (no `id`, or `id` ≤ 0: `title` and `items` required) or to update (the
 /// fields sent; absent ones unchanged).
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct FormSave {
     /// With `POST`: the form to update when > 0.
@@ -258,12 +259,12 @@ pub struct FormSave {
     pub id: Option<i64>,
     /// Title, 1–100 characters.
     #[serde(default, deserialize_with = "lenient::text")]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 100)]
+    #[schema(value_type = Option<String>)]
     #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
     pub title: Option<String>,
     /// Description, at most 1000 characters.
     #[serde(default, deserialize_with = "lenient::text")]
-    #[schema(value_type = Option<String>, max_length = 1000)]
+    #[schema(value_type = Option<String>)]
     #[validate(length(max = 1000, message = "must be 0 to 1000 characters"))]
     pub description: Option<String>,
     /// The form items (an array), stored as `form_json`.
@@ -272,13 +273,14 @@ pub struct FormSave {
     pub items: Option<Vec<FormItem>>,
     /// 1 enabled, 0 disabled.
     #[serde(default, deserialize_with = "lenient::int")]
-    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1)]
+    #[schema(value_type = Option<i64>)]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
     pub status: Option<i64>,
 }
 
 /// A page to create (no `id`, or `id` ≤ 0: `title` and `items` required) or to update (the
 /// fields sent; absent ones unchanged).
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct PageSave {
     /// With `POST`: the page to update when > 0.
@@ -287,17 +289,17 @@ pub struct PageSave {
     pub id: Option<i64>,
     /// Title, 1–100 characters.
     #[serde(default, deserialize_with = "lenient::text")]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 100)]
+    #[schema(value_type = Option<String>)]
     #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
     pub title: Option<String>,
     /// Description, at most 1000 characters.
     #[serde(default, deserialize_with = "lenient::text")]
-    #[schema(value_type = Option<String>, max_length = 1000)]
+    #[schema(value_type = Option<String>)]
     #[validate(length(max = 1000, message = "must be 0 to 1000 characters"))]
     pub description: Option<String>,
     /// The route the client shows the page at (optional), at most 200 characters.
     #[serde(default, deserialize_with = "lenient::text")]
-    #[schema(value_type = Option<String>, max_length = 200)]
+    #[schema(value_type = Option<String>)]
     #[validate(length(max = 200, message = "must be 0 to 200 characters"))]
     pub path: Option<String>,
     /// The page items (an array), stored as `page_json`.
@@ -306,7 +308,7 @@ pub struct PageSave {
     pub items: Option<Vec<PageItem>>,
     /// 1 enabled, 0 disabled.
     #[serde(default, deserialize_with = "lenient::int")]
-    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1)]
+    #[schema(value_type = Option<i64>)]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
     pub status: Option<i64>,
 }

@@ -304,6 +304,7 @@ fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error
 }
 
 /// Mute or unmute a user.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct MuteChange {
     /// The user.
@@ -405,6 +406,7 @@ fn content_rule(content: &str) -> Result<(), validator::ValidationError> {
 }
 
 /// A text for users' sockets.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct AdminText {
     /// The text, 1–2000 characters (trimmed).

@@ -242,6 +242,7 @@ pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<
 
 /// `PUT /api/user/profile` body (contract b.1 #7): empty strings leave a field unchanged.
 /// At least one must be non-empty.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct ProfileRequest {
     /// An email address (one `@`, a dotted domain, no spaces, at most 254 bytes), or empty.
@@ -361,10 +362,10 @@ pub async fn profile(
 }
 
 /// `POST /api/user/password` body (contract b.1 #8).
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct PasswordRequest {
     /// The current password.
-    #[schema(min_length = 1)]
     #[validate(length(min = 1, message = "required"))]
     pub old_password: String,
     /// 6 characters to 128 bytes.
@@ -490,6 +491,7 @@ fn recharge_amount_rule(amount: f64) -> Result<(), ValidationError> {
 
 /// `POST /api/user/recharge` body: `amount` in yuan (> 0, two decimals at most, ≤ 50 000), and
 /// the provider (`sandbox` default, `wechat`, `alipay`).
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct RechargeRequest {
     /// Yuan: greater than 0, at most 50 000, two decimals at most.

@@ -95,6 +95,7 @@ fn certificate_url(url: &str) -> Result<(), ValidationError> {
 }
 
 /// `POST /api/counselor/application` body. Texts are stored trimmed.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct ApplicationRequest {
     /// The applicant's real name (not blank, at most 50 characters).
@@ -121,12 +122,10 @@ pub struct ApplicationRequest {
     pub title: String,
     /// Years of experience, 0 to 70.
     #[serde(default)]
-    #[schema(minimum = 0, maximum = 70)]
     #[validate(range(min = 0, max = 70, message = "must be 0 to 70"))]
     pub years_exp: i32,
     /// About the applicant, at most 2000 characters.
     #[serde(default)]
-    #[schema(max_length = 2000)]
     #[validate(length(max = 2000, message = "at most 2000 characters"))]
     pub bio: String,
     /// Specialties, comma-separated (not blank, at most 200 characters).
@@ -368,23 +367,21 @@ async fn require_admin(state: &AppState, user: &AuthUser) -> Result<(), ApiError
 }
 
 /// `GET /api/counselor/applications` query: paging and an optional status filter.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Applications per page, 1 to 100 (default 20).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// Only applications in this status (0 pending, 1 approved, 2 rejected); empty or absent:
     /// all.
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 0, maximum = 2)]
     #[validate(range(min = 0, max = 2, message = "must be 0, 1 or 2"))]
     pub status: Option<i16>,
 }
@@ -462,10 +459,10 @@ fn reason_text(reason: &str) -> Result<(), ValidationError> {
 
 /// `PUT /api/counselor/application/:id/review` body: `status` 1 (approve) or 2 (reject, with
 /// `reject_reason`).
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct ApplicationReviewRequest {
     /// 1 approve, 2 reject.
-    #[schema(minimum = 1, maximum = 2)]
     #[validate(range(min = 1, max = 2, message = "1 (approve) or 2 (reject)"))]
     pub status: i16,
     /// Why it is rejected: required when rejecting, at most 500 characters (trimmed).

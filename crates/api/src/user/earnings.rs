@@ -188,6 +188,7 @@ fn withdrawal_amount(yuan: f64) -> Result<(), ValidationError> {
 }
 
 /// `POST /api/chat/counselor/withdraw` body.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct WithdrawRequest {
     /// The amount, yuan: greater than 0, two decimals at most (whole fen), at most 10^10.
@@ -300,17 +301,16 @@ pub async fn withdraw(
 }
 
 /// `GET /api/chat/counselor/withdraws` query: paging and an optional status filter.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct WithdrawsQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Withdrawals per page, 1 to 100 (default 20).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// Only withdrawals in this status (0 requested, 1 approved, 2 rejected, 3 transferred);

@@ -58,17 +58,16 @@ fn kind_filter(kind: &str) -> Result<(), ValidationError> {
 
 /// `GET /api/notification/list` query: `is_read` `true` → read only; any other non-empty
 /// value → unread only (contract b.1 #33).
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Notifications per page, 1 to 100 (default 10).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// Only notifications of this kind; empty or absent: all.

@@ -27,17 +27,16 @@ pub fn router() -> OpenApiRouter<UserState> {
 }
 
 /// `GET /api/counselor/:id/reviews` query.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Reviews per page, 1 to 100 (default 10).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
 }
@@ -190,10 +189,10 @@ fn comment_text(comment: &str) -> Result<(), ValidationError> {
 }
 
 /// `POST /api/counselor/review` body (contract b.1 #15).
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct ReviewRequest {
     /// The completed order to review (the caller's).
-    #[schema(minimum = 1)]
     #[validate(range(min = 1, message = "must be a positive id"))]
     pub order_id: i64,
     /// The order's counselor; 0 or absent: not checked.
@@ -201,7 +200,6 @@ pub struct ReviewRequest {
     #[schema(minimum = 0)]
     pub counselor_id: i64,
     /// 1 to 5.
-    #[schema(minimum = 1, maximum = 5)]
     #[validate(range(min = 1, max = 5, message = "must be 1 to 5"))]
     pub rating: i16,
     /// The text: not blank, at most 1000 characters (trimmed).

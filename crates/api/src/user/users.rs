@@ -57,6 +57,7 @@ fn register_phone_rule(phone: &str) -> Result<(), ValidationError> {
 }
 
 /// `POST /api/register` body (contract b.1 #3).
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct RegisterRequest {
     /// 3 to 50 characters, no surrounding spaces; unique.
@@ -124,14 +125,13 @@ pub async fn register(
 }
 
 /// `POST /api/login` body.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct LoginRequest {
     /// The account's username.
-    #[schema(min_length = 1)]
     #[validate(length(min = 1, message = "required"))]
     pub username: String,
     /// Its password.
-    #[schema(min_length = 1)]
     #[validate(length(min = 1, message = "required"))]
     pub password: String,
 }
@@ -384,6 +384,7 @@ fn sort_order_rule(sort_order: &str) -> Result<(), ValidationError> {
 }
 
 /// `GET /api/counselor/list` query (contract b.1 #12); every parameter may be empty.
+#[web::limits]
 #[derive(Debug, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct CounselorListQuery {

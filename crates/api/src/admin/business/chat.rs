@@ -361,6 +361,7 @@ fn not_blank(text: &str) -> Result<(), validator::ValidationError> {
 }
 
 /// What to search for.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct MessageSearchQuery {
@@ -370,7 +371,7 @@ pub struct MessageSearchQuery {
     #[validate(skip)]
     pub paging: PageParams,
     /// The text to find (words, or any substring); required.
-    #[param(required = true, min_length = 1)]
+    #[param(min_length = 1)]
     #[validate(required(message = "required"), custom(function = "not_blank"))]
     pub keyword: Option<String>,
 }

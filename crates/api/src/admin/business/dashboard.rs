@@ -199,6 +199,7 @@ pub enum RankingBy {
 }
 
 /// The ranking's order and length.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct RankingQuery {
@@ -208,7 +209,6 @@ pub struct RankingQuery {
     pub by: Option<String>,
     /// How many counselors, 1–100 (default 10).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub limit: Option<i64>,
 }
@@ -294,6 +294,7 @@ fn trend_period(period: &str) -> Result<(), validator::ValidationError> {
 }
 
 /// The order trend's period.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct TrendQuery {

@@ -23,22 +23,20 @@ use crate::{empty_as_none, paging, ApiError, ApiPath, ApiQuery, ApiResult, AppSt
 pub const TAG: &str = "groups";
 
 /// `GET /api/admin/groups` query.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct GroupsQuery {
     /// The page, from 1 (default 1).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Rows per page, 1 to 100 (default 20).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// A part of the group's name.
     #[serde(default)]
-    #[param(max_length = 50)]
     #[validate(length(max = 50, message = "at most 50 characters"))]
     pub keyword: String,
     /// `active` or `dissolved` (default: both).
@@ -145,17 +143,16 @@ pub async fn list_groups(
 }
 
 /// `GET /api/admin/groups/{id}/messages` query.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct GroupMessagesQuery {
     /// Messages before this sequence (default: the newest).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be a positive sequence"))]
     pub before_seq: Option<i64>,
     /// 1 to 100 (default 50).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub limit: Option<i64>,
 }
@@ -260,12 +257,12 @@ pub struct GroupMessageRedacted {
 }
 
 /// `DELETE /api/admin/groups/{id}/messages/{seq}` query.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct RedactQuery {
     /// Why (kept with the redaction in the log; default "admin redacted the message").
     #[serde(default)]
-    #[param(max_length = 200)]
     #[validate(length(max = 200, message = "at most 200 characters"))]
     pub reason: String,
 }

@@ -257,11 +257,12 @@ fn offline_channel(channel: &str) -> Result<(), validator::ValidationError> {
 
 /// A status change of an order. `payment_method`, `amount`, `note` and `reference` describe the
 /// offline payment of a change to 1 (paid) and are required with it (`reference` optional).
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct OrderStatusChange {
     /// 0 awaiting payment (only as a no-op), 1 paid, 2 completed, 3 cancelled, 4 refunded.
     #[serde(default, deserialize_with = "lenient::int")]
-    #[schema(value_type = i64, minimum = 0, maximum = 4)]
+    #[schema(value_type = i64)]
     #[validate(
         required(message = "required"),
         range(min = 0, max = 4, message = "must be 0, 1, 2, 3 or 4")
@@ -269,7 +270,6 @@ pub struct OrderStatusChange {
     pub status: Option<i64>,
     /// Why (cancel, refund); at most 500 characters.
     #[serde(default, deserialize_with = "lenient::text")]
-    #[schema(max_length = 500)]
     #[validate(length(max = 500, message = "at most 500 characters"))]
     pub reason: Option<String>,
     /// Status 1: the channel the money came through.
@@ -283,12 +283,11 @@ pub struct OrderStatusChange {
     pub amount: Option<f64>,
     /// Status 1: where the money came from; 1–500 characters.
     #[serde(default, deserialize_with = "lenient::text")]
-    #[schema(min_length = 1, max_length = 500)]
+    #[schema(min_length = 1)]
     #[validate(length(max = 500, message = "at most 500 characters"))]
     pub note: Option<String>,
     /// Status 1: the bank's or channel's reference; at most 100 characters.
     #[serde(default, deserialize_with = "lenient::text")]
-    #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "at most 100 characters"))]
     pub reference: Option<String>,
 }

@@ -145,6 +145,7 @@ async fn grantable_role(state: &AppState, caller: &Caller, code: &str) -> Result
 }
 
 /// `POST /api/admin2/administrators` body. Text is trimmed; a number is taken as its text.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct NewAdministrator {
     /// Login name, 3 to 50 characters, unique.
@@ -153,7 +154,6 @@ pub struct NewAdministrator {
         required(message = "required"),
         length(min = 3, max = 50, message = "must be 3 to 50 characters")
     )]
-    #[schema(required = true, nullable = false, min_length = 3, max_length = 50)]
     pub username: Option<String>,
     /// Password, 6 to 64 characters.
     #[serde(default, deserialize_with = "lenient::text")]
@@ -161,7 +161,6 @@ pub struct NewAdministrator {
         required(message = "required"),
         length(min = 6, max = 64, message = "must be 6 to 64 characters")
     )]
-    #[schema(required = true, nullable = false, min_length = 6, max_length = 64)]
     pub password: Option<String>,
     /// Display name, 1 to 50 characters.
     #[serde(default, deserialize_with = "lenient::text")]
@@ -169,32 +168,26 @@ pub struct NewAdministrator {
         required(message = "required"),
         length(min = 1, max = 50, message = "must be 1 to 50 characters")
     )]
-    #[schema(required = true, nullable = false, min_length = 1, max_length = 50)]
     pub real_name: Option<String>,
     /// Role code: an existing role; `super_admin` only by a `super_admin`.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(required(message = "required"), length(min = 1, message = "required"))]
-    #[schema(required = true, nullable = false, min_length = 1)]
     pub role: Option<String>,
     /// 1 enabled (default), 0 disabled.
     #[serde(default, deserialize_with = "lenient::int")]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
-    #[schema(minimum = 0, maximum = 1)]
     pub status: Option<i64>,
     /// E-mail address, at most 100 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
-    #[schema(max_length = 100)]
     pub email: Option<String>,
     /// Phone number, at most 20 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 20, message = "must be 0 to 20 characters"))]
-    #[schema(max_length = 20)]
     pub phone: Option<String>,
     /// Avatar URL, at most 500 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 500, message = "must be 0 to 500 characters"))]
-    #[schema(max_length = 500)]
     pub avatar: Option<String>,
 }
 
@@ -264,32 +257,28 @@ async fn admin_target(
 
 /// `PUT /api/admin2/administrators/{id}` body: the fields to change (absent or null: unchanged;
 /// `status: 0` applied). Text is trimmed; a `password` is ignored.
+#[web::limits]
 #[derive(Debug, Default, Deserialize, ToSchema, Validate)]
 pub struct AdministratorChange {
     /// Login name, 3 to 50 characters, unique.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(min = 3, max = 50, message = "must be 3 to 50 characters"))]
-    #[schema(min_length = 3, max_length = 50)]
     pub username: Option<String>,
     /// Display name, at most 50 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 50, message = "must be 0 to 50 characters"))]
-    #[schema(max_length = 50)]
     pub real_name: Option<String>,
     /// E-mail address, at most 100 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
-    #[schema(max_length = 100)]
     pub email: Option<String>,
     /// Phone number, at most 20 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 20, message = "must be 0 to 20 characters"))]
-    #[schema(max_length = 20)]
     pub phone: Option<String>,
     /// Avatar URL, at most 500 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 500, message = "must be 0 to 500 characters"))]
-    #[schema(max_length = 500)]
     pub avatar: Option<String>,
     /// Role code: an existing role; `super_admin` only by a `super_admin`.
     #[serde(default, deserialize_with = "lenient::text")]
@@ -297,7 +286,6 @@ pub struct AdministratorChange {
     /// 1 enabled, 0 disabled.
     #[serde(default, deserialize_with = "lenient::int")]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
-    #[schema(minimum = 0, maximum = 1)]
     pub status: Option<i64>,
 }
 
@@ -381,6 +369,7 @@ pub async fn delete_admin(
 }
 
 /// A new password set by an administrator.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct PasswordReset {
     /// The new password, 6 to 64 characters.
@@ -389,7 +378,6 @@ pub struct PasswordReset {
         required(message = "required"),
         length(min = 6, max = 64, message = "must be 6 to 64 characters")
     )]
-    #[schema(required = true, nullable = false, min_length = 6, max_length = 64)]
     pub password: Option<String>,
 }
 
@@ -424,6 +412,7 @@ pub async fn reset_admin_password(
 }
 
 /// An account's new status.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct StatusChange {
     /// 1 enabled, 0 disabled.
@@ -432,7 +421,6 @@ pub struct StatusChange {
         required(message = "required"),
         range(min = 0, max = 1, message = "must be 0 or 1")
     )]
-    #[schema(required = true, nullable = false, minimum = 0, maximum = 1)]
     pub status: Option<i64>,
 }
 

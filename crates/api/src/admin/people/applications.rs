@@ -160,6 +160,7 @@ pub async fn get_application(
 }
 
 /// A review: approve (1) or reject (2, with a reason).
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct Review {
     /// 1 approves, 2 rejects.
@@ -168,7 +169,6 @@ pub struct Review {
         required(message = "required"),
         range(min = 1, max = 2, message = "must be 1 (approve) or 2 (reject)")
     )]
-    #[schema(required = true, nullable = false, minimum = 1, maximum = 2)]
     pub status: Option<i64>,
     /// Why it is rejected: required when `status` is 2.
     #[serde(default, deserialize_with = "lenient::text")]

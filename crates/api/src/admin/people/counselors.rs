@@ -162,32 +162,28 @@ pub async fn legacy_get_counselor(
 
 /// A counselor's fields (`POST`: `name` and `price` required; `PUT`: absent or null fields
 /// unchanged, `status: 0` applied). Text is trimmed; numbers may come as numeric strings.
+#[web::limits]
 #[derive(Debug, Default, Deserialize, ToSchema, Validate)]
 pub struct CounselorFields {
     /// Display name, 2 to 50 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(min = 2, max = 50, message = "must be 2 to 50 characters"))]
-    #[schema(min_length = 2, max_length = 50)]
     pub name: Option<String>,
     /// Professional title, at most 100 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
-    #[schema(max_length = 100)]
     pub title: Option<String>,
     /// Avatar URL, at most 500 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 500, message = "must be 0 to 500 characters"))]
-    #[schema(max_length = 500)]
     pub avatar: Option<String>,
     /// Biography, at most 2000 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 2000, message = "must be 0 to 2000 characters"))]
-    #[schema(max_length = 2000)]
     pub bio: Option<String>,
     /// Specialty, at most 200 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 200, message = "must be 0 to 200 characters"))]
-    #[schema(max_length = 200)]
     pub specialty: Option<String>,
     /// Price per minute in yuan: greater than 0, at most two decimals (fen).
     #[serde(default, deserialize_with = "lenient::num")]
@@ -196,17 +192,14 @@ pub struct CounselorFields {
     /// Years of experience, 0 to 80.
     #[serde(default, deserialize_with = "lenient::int")]
     #[validate(range(min = 0, max = 80, message = "must be between 0 and 80"))]
-    #[schema(minimum = 0, maximum = 80)]
     pub years_exp: Option<i64>,
     /// Rating, 0 to 5.
     #[serde(default, deserialize_with = "lenient::num")]
     #[validate(range(min = 0.0, max = 5.0, message = "must be between 0 and 5"))]
-    #[schema(minimum = 0, maximum = 5)]
     pub rating: Option<f64>,
     /// 1 enabled, 0 disabled.
     #[serde(default, deserialize_with = "lenient::int")]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
-    #[schema(minimum = 0, maximum = 1)]
     pub status: Option<i64>,
 }
 

@@ -130,12 +130,12 @@ pub async fn admin_logout(
 }
 
 /// The caller's password change.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct PasswordChange {
     /// The current password.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(required(message = "required"), length(min = 1, message = "required"))]
-    #[schema(required = true, nullable = false, min_length = 1)]
     pub old_password: Option<String>,
     /// The new password, 6 to 64 characters.
     #[serde(default, deserialize_with = "lenient::text")]
@@ -143,7 +143,6 @@ pub struct PasswordChange {
         required(message = "required"),
         length(min = 6, max = 64, message = "must be 6 to 64 characters")
     )]
-    #[schema(required = true, nullable = false, min_length = 6, max_length = 64)]
     pub new_password: Option<String>,
 }
 
@@ -207,27 +206,24 @@ pub async fn user_password(
 }
 
 /// The caller's profile change (absent or null fields unchanged; text trimmed).
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct ProfileChange {
     /// Display name, at most 50 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 50, message = "must be 0 to 50 characters"))]
-    #[schema(max_length = 50)]
     pub real_name: Option<String>,
     /// E-mail address, at most 100 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
-    #[schema(max_length = 100)]
     pub email: Option<String>,
     /// Phone number, at most 20 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 20, message = "must be 0 to 20 characters"))]
-    #[schema(max_length = 20)]
     pub phone: Option<String>,
     /// Avatar URL, at most 500 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 500, message = "must be 0 to 500 characters"))]
-    #[schema(max_length = 500)]
     pub avatar: Option<String>,
 }
 

@@ -112,6 +112,7 @@ pub async fn list_users(
 }
 
 /// `POST /api/admin/users` body. Text is trimmed; a number is taken as its text.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct NewUser {
     /// Login name, 3 to 50 characters, unique.
@@ -120,7 +121,6 @@ pub struct NewUser {
         required(message = "required"),
         length(min = 3, max = 50, message = "must be 3 to 50 characters")
     )]
-    #[schema(required = true, nullable = false, min_length = 3, max_length = 50)]
     pub username: Option<String>,
     /// Password, 6 to 64 characters.
     #[serde(default, deserialize_with = "lenient::text")]
@@ -128,27 +128,22 @@ pub struct NewUser {
         required(message = "required"),
         length(min = 6, max = 64, message = "must be 6 to 64 characters")
     )]
-    #[schema(required = true, nullable = false, min_length = 6, max_length = 64)]
     pub password: Option<String>,
     /// 1 enabled (default), 0 disabled.
     #[serde(default, deserialize_with = "lenient::int")]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
-    #[schema(minimum = 0, maximum = 1)]
     pub status: Option<i64>,
     /// E-mail address, at most 100 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
-    #[schema(max_length = 100)]
     pub email: Option<String>,
     /// Phone number, at most 20 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 20, message = "must be 0 to 20 characters"))]
-    #[schema(max_length = 20)]
     pub phone: Option<String>,
     /// Avatar URL, at most 500 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 500, message = "must be 0 to 500 characters"))]
-    #[schema(max_length = 500)]
     pub avatar: Option<String>,
 }
 
@@ -185,27 +180,24 @@ pub async fn create_user(
 
 /// `PUT /api/admin/users/{id}` body: the fields to change (absent or null: unchanged;
 /// `status: 0` applied). Text is trimmed.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct UserChange {
     /// E-mail address, at most 100 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
-    #[schema(max_length = 100)]
     pub email: Option<String>,
     /// Phone number, at most 20 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 20, message = "must be 0 to 20 characters"))]
-    #[schema(max_length = 20)]
     pub phone: Option<String>,
     /// Avatar URL, at most 500 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(length(max = 500, message = "must be 0 to 500 characters"))]
-    #[schema(max_length = 500)]
     pub avatar: Option<String>,
     /// 1 enabled, 0 disabled (revokes the user's tokens).
     #[serde(default, deserialize_with = "lenient::int")]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
-    #[schema(minimum = 0, maximum = 1)]
     pub status: Option<i64>,
 }
 

@@ -100,11 +100,11 @@ impl ConfigType {
 
 /// `POST /api/admin/configs` body: a new config (absent fields take the column defaults:
 /// value `""`, category `basic`, type `string`, not a system config, sort 0).
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct NewConfig {
     /// Unique key, 1–100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(required = true, min_length = 1, max_length = 100)]
     #[validate(
         required(message = "required"),
         length(min = 1, max = 100, message = "must be 1 to 100 characters")
@@ -115,12 +115,10 @@ pub struct NewConfig {
     pub value: Option<String>,
     /// At most 50 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 50)]
     #[validate(length(max = 50, message = "must be 0 to 50 characters"))]
     pub category: Option<String>,
     /// At most 100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub label: Option<String>,
     /// How the screen edits the value.
@@ -134,18 +132,17 @@ pub struct NewConfig {
     pub sort: Option<i32>,
     /// At most 500 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 500)]
     #[validate(length(max = 500, message = "must be 0 to 500 characters"))]
     pub remark: Option<String>,
 }
 
 /// `PUT /api/admin/configs/{id}` body: the fields to change (absent or `null` = unchanged; zero
 /// values are applied).
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct ConfigUpdate {
     /// 1–100 characters; a system config's key cannot change.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(min_length = 1, max_length = 100)]
     #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
     pub key: Option<String>,
     /// The value as JSON text; any other JSON value is stored as its JSON text.
@@ -153,12 +150,10 @@ pub struct ConfigUpdate {
     pub value: Option<String>,
     /// At most 50 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 50)]
     #[validate(length(max = 50, message = "must be 0 to 50 characters"))]
     pub category: Option<String>,
     /// At most 100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub label: Option<String>,
     /// How the screen edits the value.
@@ -169,27 +164,26 @@ pub struct ConfigUpdate {
     pub sort: Option<i32>,
     /// At most 500 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 500)]
     #[validate(length(max = 500, message = "must be 0 to 500 characters"))]
     pub remark: Option<String>,
 }
 
 /// `POST /api/admin/configs/batch` body.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct BatchConfigs {
     /// The configs to upsert by key.
     #[serde(default)]
-    #[schema(required = true)]
     #[validate(required(message = "must be an array"), nested)]
     pub configs: Option<Vec<BatchConfig>>,
 }
 
 /// One config of a batch: inserted, or its value replaced when the key exists.
+#[web::limits]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, Validate)]
 pub struct BatchConfig {
     /// The config's key (required, non-empty).
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(required = true, min_length = 1)]
     #[validate(required(message = "required"), length(min = 1, message = "required"))]
     pub key: Option<String>,
     /// The value as JSON text (default `""`); any other JSON value is stored as its JSON text.

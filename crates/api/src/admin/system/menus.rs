@@ -101,6 +101,7 @@ pub struct MenuQuery {
 }
 
 /// `POST /api/admin/menus` body (absent fields: root, type 2, empty texts, sort 0, status 1).
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct NewMenu {
     /// The parent menu (`null`, 0, `""` or absent: a root); it must exist.
@@ -109,7 +110,6 @@ pub struct NewMenu {
     pub parent_id: Option<i64>,
     /// 1–50 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(required = true, min_length = 1, max_length = 50)]
     #[validate(
         required(message = "required"),
         length(min = 1, max = 50, message = "must be 1 to 50 characters")
@@ -121,22 +121,18 @@ pub struct NewMenu {
     pub kind: Option<i16>,
     /// At most 200 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 200)]
     #[validate(length(max = 200, message = "must be 0 to 200 characters"))]
     pub path: Option<String>,
     /// At most 200 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 200)]
     #[validate(length(max = 200, message = "must be 0 to 200 characters"))]
     pub component: Option<String>,
     /// The permission code the menu needs, at most 100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub permission: Option<String>,
     /// At most 100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub icon: Option<String>,
     /// Display order among siblings.
@@ -144,13 +140,13 @@ pub struct NewMenu {
     pub sort: Option<i32>,
     /// 1 shown, 0 hidden.
     #[serde(default, deserialize_with = "input::int")]
-    #[schema(minimum = 0, maximum = 1)]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
     pub status: Option<i16>,
 }
 
 /// `PUT /api/admin/menus/{id}` body: the fields to change (absent or `null` = unchanged; zero
 /// values are applied, `parent_id` 0 or `""` makes the menu a root).
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct MenuUpdate {
     /// The new parent (0 or `""`: root); it must exist and be neither the menu itself nor one
@@ -160,7 +156,6 @@ pub struct MenuUpdate {
     pub parent_id: Option<i64>,
     /// 1–50 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(min_length = 1, max_length = 50)]
     #[validate(length(min = 1, max = 50, message = "must be 1 to 50 characters"))]
     pub name: Option<String>,
     /// 1 directory, 2 menu, 3 button; 0 means 2.
@@ -169,22 +164,18 @@ pub struct MenuUpdate {
     pub kind: Option<i16>,
     /// At most 200 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 200)]
     #[validate(length(max = 200, message = "must be 0 to 200 characters"))]
     pub path: Option<String>,
     /// At most 200 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 200)]
     #[validate(length(max = 200, message = "must be 0 to 200 characters"))]
     pub component: Option<String>,
     /// The permission code the menu needs, at most 100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub permission: Option<String>,
     /// At most 100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub icon: Option<String>,
     /// Display order among siblings.
@@ -192,7 +183,6 @@ pub struct MenuUpdate {
     pub sort: Option<i32>,
     /// 1 shown, 0 hidden.
     #[serde(default, deserialize_with = "input::int")]
-    #[schema(minimum = 0, maximum = 1)]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
     pub status: Option<i16>,
 }

@@ -122,6 +122,7 @@ impl PermissionType {
 
 /// `POST /api/admin/permissions` body (absent fields: root, type `api`, empty texts, sort 0,
 /// status 1).
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct NewPermission {
     /// The parent permission (0, `""` or absent: a root); it must exist.
@@ -130,7 +131,6 @@ pub struct NewPermission {
     pub parent_id: Option<i64>,
     /// 2–50 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(required = true, min_length = 2, max_length = 50)]
     #[validate(
         required(message = "required"),
         length(min = 2, max = 50, message = "must be 2 to 50 characters")
@@ -138,7 +138,7 @@ pub struct NewPermission {
     pub name: Option<String>,
     /// Unique, `^[a-z:]+[a-z0-9:_]*$`, at most 100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(required = true, pattern = "^[a-z:]+[a-z0-9:_]*$", max_length = 100)]
+    #[schema(pattern = "^[a-z:]+[a-z0-9:_]*$", max_length = 100)]
     #[validate(
         required(message = "required"),
         custom(function = "input::permission_code")
@@ -149,17 +149,14 @@ pub struct NewPermission {
     pub kind: Option<PermissionType>,
     /// At most 200 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 200)]
     #[validate(length(max = 200, message = "must be 0 to 200 characters"))]
     pub path: Option<String>,
     /// At most 200 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 200)]
     #[validate(length(max = 200, message = "must be 0 to 200 characters"))]
     pub component: Option<String>,
     /// At most 100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub icon: Option<String>,
     /// Display order among siblings.
@@ -167,13 +164,13 @@ pub struct NewPermission {
     pub sort: Option<i32>,
     /// 1 enabled, 0 disabled.
     #[serde(default, deserialize_with = "input::int")]
-    #[schema(minimum = 0, maximum = 1)]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
     pub status: Option<i16>,
 }
 
 /// `PUT /api/admin/permissions/{id}` body: the fields to change (absent or `null` = unchanged;
 /// zero values are applied).
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct PermissionUpdate {
     /// The new parent (0 or `""`: root); it must exist and be neither the permission itself
@@ -183,7 +180,6 @@ pub struct PermissionUpdate {
     pub parent_id: Option<i64>,
     /// 2–50 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(min_length = 2, max_length = 50)]
     #[validate(length(min = 2, max = 50, message = "must be 2 to 50 characters"))]
     pub name: Option<String>,
     /// Unique, `^[a-z:]+[a-z0-9:_]*$`, at most 100 characters.
@@ -196,17 +192,14 @@ pub struct PermissionUpdate {
     pub kind: Option<PermissionType>,
     /// At most 200 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 200)]
     #[validate(length(max = 200, message = "must be 0 to 200 characters"))]
     pub path: Option<String>,
     /// At most 200 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 200)]
     #[validate(length(max = 200, message = "must be 0 to 200 characters"))]
     pub component: Option<String>,
     /// At most 100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 100)]
     #[validate(length(max = 100, message = "must be 0 to 100 characters"))]
     pub icon: Option<String>,
     /// Display order among siblings.
@@ -214,7 +207,6 @@ pub struct PermissionUpdate {
     pub sort: Option<i32>,
     /// 1 enabled, 0 disabled.
     #[serde(default, deserialize_with = "input::int")]
-    #[schema(minimum = 0, maximum = 1)]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
     pub status: Option<i16>,
 }

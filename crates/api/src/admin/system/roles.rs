@@ -139,11 +139,11 @@ pub struct RoleUsersQuery {
 }
 
 /// `POST /api/admin/roles` body (absent fields: description `""`, sort 0, status 1).
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct NewRole {
     /// Unique display name, 2–50 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(required = true, min_length = 2, max_length = 50)]
     #[validate(
         required(message = "required"),
         length(min = 2, max = 50, message = "must be 2 to 50 characters")
@@ -151,12 +151,11 @@ pub struct NewRole {
     pub name: Option<String>,
     /// Unique, `^[a-z][a-z0-9_]*$`, at most 100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(required = true, pattern = "^[a-z][a-z0-9_]*$", max_length = 100)]
+    #[schema(pattern = "^[a-z][a-z0-9_]*$", max_length = 100)]
     #[validate(required(message = "required"), custom(function = "input::role_code"))]
     pub code: Option<String>,
     /// At most 500 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 500)]
     #[validate(length(max = 500, message = "must be 0 to 500 characters"))]
     pub description: Option<String>,
     /// Display order.
@@ -164,18 +163,17 @@ pub struct NewRole {
     pub sort: Option<i32>,
     /// 1 enabled, 0 disabled.
     #[serde(default, deserialize_with = "input::int")]
-    #[schema(minimum = 0, maximum = 1)]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
     pub status: Option<i16>,
 }
 
 /// `PUT /api/admin/roles/{id}` body: the fields to change (absent or `null` = unchanged; zero
 /// values are applied).
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, Validate)]
 pub struct RoleUpdate {
     /// Unique display name, 2–50 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(min_length = 2, max_length = 50)]
     #[validate(length(min = 2, max = 50, message = "must be 2 to 50 characters"))]
     pub name: Option<String>,
     /// Unique, `^[a-z][a-z0-9_]*$`, at most 100 characters; the role's administrators follow.
@@ -186,7 +184,6 @@ pub struct RoleUpdate {
     pub code: Option<String>,
     /// At most 500 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(max_length = 500)]
     #[validate(length(max = 500, message = "must be 0 to 500 characters"))]
     pub description: Option<String>,
     /// Display order.
@@ -194,7 +191,6 @@ pub struct RoleUpdate {
     pub sort: Option<i32>,
     /// 1 enabled, 0 disabled.
     #[serde(default, deserialize_with = "input::int")]
-    #[schema(minimum = 0, maximum = 1)]
     #[validate(range(min = 0, max = 1, message = "must be 0 or 1"))]
     pub status: Option<i16>,
 }

@@ -26,22 +26,20 @@ pub fn router() -> OpenApiRouter<UserState> {
 }
 
 /// `GET /api/chat/sessions` query: paging and an optional status filter.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct SessionsQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Sessions per page, 1 to 100 (default 10).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// Only sessions in this status (1 active, 2 ended); empty or absent: all.
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 0, maximum = 3)]
     #[validate(range(min = 0, max = 3, message = "must be 0 to 3"))]
     pub status: Option<i16>,
 }
@@ -209,17 +207,16 @@ pub async fn sessions(
 }
 
 /// The billing lists' query: paging.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct BillingsQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Bills per page, 1 to 100 (default 10).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
 }

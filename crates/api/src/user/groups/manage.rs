@@ -34,25 +34,22 @@ pub fn router() -> OpenApiRouter<UserState> {
 pub const MAX_ADD: usize = 2_000;
 
 /// `POST /api/group/create` body.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct CreateRequest {
     /// 1 to 50 characters.
-    #[schema(min_length = 1, max_length = 50)]
     #[validate(length(min = 1, max = 50, message = "must be 1 to 50 characters"))]
     pub name: String,
     /// At most 1,000 characters.
     #[serde(default)]
-    #[schema(max_length = 1000)]
     #[validate(length(max = 1000, message = "at most 1000 characters"))]
     pub notice: String,
     /// An image URL, at most 500 bytes.
     #[serde(default)]
-    #[schema(max_length = 500)]
     #[validate(length(max = 500, message = "at most 500 characters"))]
     pub avatar: String,
     /// Users to add besides the creator (who becomes the owner).
     #[serde(default)]
-    #[schema(max_items = 2000)]
     #[validate(length(max = 2000, message = "at most 2000 users at once"))]
     pub member_ids: Vec<i64>,
 }
@@ -153,17 +150,16 @@ pub struct GroupList {
 }
 
 /// `GET /api/group/list` query.
+#[web::limits]
 #[derive(Debug, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Groups per page, 1 to 100 (default 50).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
 }
@@ -286,18 +282,16 @@ pub struct GroupDetail {
 }
 
 /// `PUT /api/group/{id}` body: the fields to change (absent: unchanged).
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct UpdateRequest {
     /// 1 to 50 characters.
-    #[schema(min_length = 1, max_length = 50)]
     #[validate(length(min = 1, max = 50, message = "must be 1 to 50 characters"))]
     pub name: Option<String>,
     /// At most 1,000 characters.
-    #[schema(max_length = 1000)]
     #[validate(length(max = 1000, message = "at most 1000 characters"))]
     pub notice: Option<String>,
     /// An image URL, at most 500 bytes.
-    #[schema(max_length = 500)]
     #[validate(length(max = 500, message = "at most 500 characters"))]
     pub avatar: Option<String>,
 }

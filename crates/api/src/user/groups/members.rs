@@ -61,10 +61,10 @@ pub struct MemberList {
 }
 
 /// `POST /api/group/{id}/members` body.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct AddRequest {
     /// Users to add (those already in the group are skipped).
-    #[schema(min_items = 1, max_items = 2000)]
     #[validate(length(min = 1, max = 2000, message = "must name 1 to 2000 users"))]
     pub user_ids: Vec<i64>,
 }
@@ -303,10 +303,10 @@ pub async fn change_role(
 }
 
 /// `PUT /api/group/{id}/members/{user_id}/mute` body.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct MuteRequest {
     /// Minutes from now, 0 (unmute) to 43,200 (30 days).
-    #[schema(minimum = 0, maximum = 43200)]
     #[validate(range(min = 0, max = 43200, message = "must be 0 to 43200 minutes"))]
     pub minutes: i64,
 }

@@ -87,23 +87,21 @@ pub fn view(r: &sqlx::postgres::PgRow) -> GroupMessageView {
 }
 
 /// `GET /api/group/{id}/messages` query: at most one cursor.
+#[web::limits]
 #[derive(Debug, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 #[validate(schema(function = "one_cursor"))]
 pub struct HistoryQuery {
     /// Messages before this sequence, newest first (the default without a cursor: the newest).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be a positive sequence"))]
     pub before_seq: Option<i64>,
     /// Messages after this sequence, oldest first (catching up).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 0)]
     #[validate(range(min = 0, message = "must be a sequence"))]
     pub after_seq: Option<i64>,
     /// 1 to 100 (default 50).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub limit: Option<i64>,
 }
@@ -348,10 +346,10 @@ pub async fn recall(
 }
 
 /// `POST /api/group/{id}/read` body.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct ReadRequest {
     /// Every message up to this stream sequence is read.
-    #[schema(minimum = 1)]
     #[validate(range(min = 1, message = "must be a positive sequence"))]
     pub seq: i64,
 }
@@ -407,11 +405,11 @@ pub async fn read(
 }
 
 /// `GET /api/group/search` query.
+#[web::limits]
 #[derive(Debug, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// The text to find (1 to 100 characters, case-insensitive substring).
-    #[param(min_length = 1, max_length = 100)]
     #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
     pub q: String,
     /// Only this group (one the caller belongs to).
@@ -419,12 +417,10 @@ pub struct SearchQuery {
     pub group_id: Option<i64>,
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Results per page, 1 to 100 (default 20).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
 }
@@ -512,17 +508,16 @@ pub async fn search(
 }
 
 /// `GET /api/group/mentions` query.
+#[web::limits]
 #[derive(Debug, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct MentionsQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1)]
     #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Per page, 1 to 100 (default 20).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
     #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
 }

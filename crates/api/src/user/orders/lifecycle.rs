@@ -44,10 +44,10 @@ async fn load_order(state: &AppState, id: i64) -> Result<Order, ApiError> {
 }
 
 /// `PUT /api/order/:id/status` body: `status` 0–4 (0 accepted as a value, contract f.6).
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct StatusRequest {
     /// 0–4; only 2 (complete) and 3 (cancel) are accepted.
-    #[schema(minimum = 0, maximum = 4)]
     #[validate(range(min = 0, max = 4, message = "must be 0 to 4"))]
     pub status: i16,
 }

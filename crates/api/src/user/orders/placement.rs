@@ -70,14 +70,13 @@ fn schedule_time_rule(s: &str) -> Result<(), ValidationError> {
 
 /// `POST /api/order/create` body. The duration's bounds are the `Order` aggregate's
 /// (`domain::order::MIN_DURATION_MINUTES` and `MAX_DURATION_MINUTES`).
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct CreateOrder {
     /// The counselor to book.
-    #[schema(minimum = 1)]
     #[validate(range(min = 1, message = "must be a positive id"))]
     pub counselor_id: i64,
     /// Minutes, 10–180.
-    #[schema(minimum = 10, maximum = 180)]
     #[validate(range(min = 10, max = 180, message = "must be between 10 and 180 minutes"))]
     pub duration: i64,
     /// `YYYY-MM-DDTHH:mm:ss+08:00` (RFC 3339), `YYYY-MM-DDTHH:mm:ss`, `YYYY-MM-DD HH:mm:ss` or
@@ -87,7 +86,6 @@ pub struct CreateOrder {
     pub schedule_time: String,
     /// At most 500 characters.
     #[serde(default)]
-    #[schema(max_length = 500)]
     #[validate(length(max = 500, message = "at most 500 characters"))]
     pub notes: String,
 }
@@ -336,6 +334,7 @@ pub async fn get_one(
 }
 
 /// A list of orders; every parameter may be empty.
+#[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct OrderListQuery {
@@ -349,7 +348,7 @@ pub struct OrderListQuery {
     pub page_size: Option<i64>,
     /// Only orders in this status (0–4); empty: all.
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 0, maximum = 4, value_type = Option<i16>)]
+    #[param(value_type = Option<i16>)]
     #[validate(range(min = 0, max = 4, message = "must be 0 to 4"))]
     pub status: Option<i16>,
 }

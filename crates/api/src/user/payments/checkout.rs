@@ -79,10 +79,10 @@ fn strict_trade_type_rule(trade_type: &str) -> Result<(), ValidationError> {
 }
 
 /// `POST /api/payment/create` body (contract b.1 #27).
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct CreatePayment {
     /// The caller's order awaiting payment.
-    #[schema(minimum = 1)]
     #[validate(range(min = 1, message = "must be a positive id"))]
     pub order_id: i64,
     /// `sandbox`, `wechat` or `alipay`, as offered by this server (`wechat` and `alipay` run

@@ -174,6 +174,7 @@ fn method_filter_rule(method: &str) -> Result<(), ValidationError> {
 }
 
 /// `GET /api/payment/list` query; every parameter may be empty.
+#[web::limits]
 #[derive(Debug, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
@@ -187,7 +188,7 @@ pub struct ListQuery {
     pub page_size: Option<i64>,
     /// Only payments in this status (0–4); empty: all.
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 0, maximum = 4, value_type = Option<i16>)]
+    #[param(value_type = Option<i16>)]
     #[validate(range(min = 0, max = 4, message = "must be 0 to 4"))]
     pub status: Option<i16>,
     /// `wechat`, `alipay` or `sandbox`; empty: all.
@@ -250,10 +251,10 @@ pub async fn list(
 }
 
 /// `POST /api/payment/refund` body (contract b.1 #30): `refund_amount` in yuan.
+#[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct RefundRequest {
     /// The caller's captured payment of an order.
-    #[schema(minimum = 1)]
     #[validate(range(min = 1, message = "must be a positive id"))]
     pub payment_id: i64,
     /// Yuan, greater than 0, two decimals at most; at most what is left to refund.
@@ -262,7 +263,6 @@ pub struct RefundRequest {
     pub refund_amount: f64,
     /// At most 200 characters.
     #[serde(default)]
-    #[schema(max_length = 200)]
     #[validate(length(max = 200, message = "at most 200 characters"))]
     pub refund_reason: String,
 }
