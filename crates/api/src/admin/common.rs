@@ -322,16 +322,17 @@ pub fn listed<L: Clone>(page: L) -> axum::Json<Listed<L>> {
 
 /// A paged admin list's query: `page`, `page_size` (alias `pageSize`), `keyword`, `status`; each
 /// may be sent as `""`, meaning "default" / "no filter".
-#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[web::limits]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams, validator::Validate)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// 1-based page (default 1).
     #[serde(default, deserialize_with = "web::paging::empty_as_none")]
-    #[param(minimum = 1)]
+    #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Rows per page, 1 to 100 (default 20).
     #[serde(default, deserialize_with = "web::paging::empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// Alias of `page_size` (the client sends either).
     #[serde(
@@ -339,7 +340,8 @@ pub struct ListQuery {
         rename = "pageSize",
         deserialize_with = "web::paging::empty_as_none"
     )]
-    #[param(rename = "pageSize", minimum = 1, maximum = 100)]
+    #[param(rename = "pageSize")]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size_alias: Option<i64>,
     /// Matched anywhere in the list's text columns, literally (`%` and `_` are not wildcards).
     #[serde(default)]
@@ -355,6 +357,7 @@ impl ListQuery {
     /// # Errors
     /// 400 naming `page` or `page_size`.
     pub fn paging(&self, default_size: i64) -> Result<(i64, i64, i64, i64), ApiError> {
+        validator::Validate::validate(self)?;
         let (limit, offset) = crate::paging(
             self.page,
             self.page_size.or(self.page_size_alias),

@@ -543,7 +543,8 @@ pub async fn get_replay(
 }
 
 /// `GET …/replays/{id}/diff` parameters.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[web::limits]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, validator::Validate)]
 #[into_params(parameter_in = Query)]
 pub struct DiffQuery {
     /// `live` (default: the live read models) or the id of another finished replay.
@@ -556,7 +557,7 @@ pub struct DiffQuery {
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 50).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
 }
 
@@ -633,6 +634,7 @@ pub async fn replay_diff(
     Path(id): Path<i64>,
     Query(q): Query<DiffQuery>,
 ) -> ApiResult<axum::Json<Envelope<ReplayDiff>>> {
+    validator::Validate::validate(&q)?;
     let (limit, offset) = paging(q.page, q.page_size, 50)?;
     let against = match q.against.as_deref().map(str::trim) {
         None | Some("live") => projections::runtime::LIVE_SCHEMA.to_string(),

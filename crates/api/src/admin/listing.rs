@@ -24,7 +24,7 @@ pub struct PageParams {
     pub page_size: Option<i64>,
     /// Same as `page_size` (the admin client's spelling); `page_size` wins when both are sent.
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size_alias: Option<i64>,
 }
 

@@ -617,16 +617,19 @@ fn check_transaction_type(kind: &str) -> ApiResult<()> {
 }
 
 /// `GET /api/user/transactions` query; every parameter may be empty.
-#[derive(Debug, Deserialize, IntoParams)]
+#[web::limits]
+#[derive(Debug, Deserialize, IntoParams, validator::Validate)]
 #[into_params(parameter_in = Query)]
 pub struct TransactionsQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, value_type = Option<i64>)]
+    #[param(value_type = Option<i64>)]
+    #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 20).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100, value_type = Option<i64>)]
+    #[param(value_type = Option<i64>)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// `recharge`, `consume` or `refund`; empty: all.
     #[serde(default)]
@@ -685,6 +688,7 @@ pub async fn transactions(
     user: AuthUser,
     ApiQuery(q): ApiQuery<TransactionsQuery>,
 ) -> Reply<TransactionList> {
+    validator::Validate::validate(&q)?;
     let (limit, offset) = paging(q.page, q.page_size, 20)?;
     check_transaction_type(&q.r#type)?;
     let rows = sqlx::query(

@@ -390,11 +390,13 @@ fn sort_order_rule(sort_order: &str) -> Result<(), ValidationError> {
 pub struct CounselorListQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, value_type = Option<i64>)]
+    #[param(value_type = Option<i64>)]
+    #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 10).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100, value_type = Option<i64>)]
+    #[param(value_type = Option<i64>)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// Matches name, specialty or title (substring, case-insensitive).
     #[serde(default)]

@@ -62,20 +62,21 @@ root_list!(
 
 /// `GET /api/admin/logs` filters. Dates are business days (the business time zone), like every
 /// admin date.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[web::limits]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, validator::Validate)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// 1-based page (default 1).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1)]
+    #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 20).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// Alias of `page_size` (the admin client's name).
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size_alias: Option<i64>,
     /// Operators whose username contains this text (literally).
     #[serde(default, deserialize_with = "empty_as_none")]
@@ -121,6 +122,7 @@ pub async fn logs(
     State(state): State<AppState>,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<axum::Json<AuditLog>> {
+    validator::Validate::validate(&q)?;
     let (limit, offset) = paging(q.page, q.page_size.or(q.page_size_alias), 20)?;
     let operator = q.operator.as_deref().map(contains_pattern);
     let action = q.action.as_deref().map(contains_pattern);

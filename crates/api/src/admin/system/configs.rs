@@ -50,20 +50,21 @@ root_list!(
 );
 
 /// `GET /api/admin/configs` filters.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[web::limits]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, validator::Validate)]
 #[into_params(parameter_in = Query)]
 pub struct ConfigQuery {
     /// 1-based page (default 1).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1)]
+    #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 100).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// Alias of `page_size` (the admin client's name).
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size_alias: Option<i64>,
     /// Only this category.
     #[serde(default, deserialize_with = "empty_as_none")]
@@ -232,6 +233,7 @@ pub async fn list_configs(
     State(state): State<AppState>,
     Query(q): Query<ConfigQuery>,
 ) -> ApiResult<axum::Json<ConfigList>> {
+    validator::Validate::validate(&q)?;
     let (limit, offset) = paging(q.page, q.page_size.or(q.page_size_alias), 100)?;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");

@@ -97,20 +97,21 @@ root_list!(
 );
 
 /// `GET /api/admin/roles` filters.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[web::limits]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, validator::Validate)]
 #[into_params(parameter_in = Query)]
 pub struct RoleQuery {
     /// 1-based page (default 1).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1)]
+    #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 20).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// Alias of `page_size` (the admin client's name).
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size_alias: Option<i64>,
     /// Roles whose name contains this text (literally).
     #[serde(default, deserialize_with = "empty_as_none")]
@@ -121,20 +122,21 @@ pub struct RoleQuery {
 }
 
 /// `GET /api/admin/roles/{id}/users` paging.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[web::limits]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, validator::Validate)]
 #[into_params(parameter_in = Query)]
 pub struct RoleUsersQuery {
     /// 1-based page (default 1).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1)]
+    #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 10).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// Alias of `page_size` (the admin client's name).
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size_alias: Option<i64>,
 }
 
@@ -230,6 +232,7 @@ pub async fn list_roles(
     State(state): State<AppState>,
     Query(q): Query<RoleQuery>,
 ) -> ApiResult<axum::Json<RoleList>> {
+    validator::Validate::validate(&q)?;
     let (limit, offset) = paging(q.page, q.page_size.or(q.page_size_alias), 20)?;
     let name = q.name.as_deref().map(contains_pattern);
     let status = q.status.filter(|s| *s >= 0);
@@ -536,6 +539,7 @@ pub async fn role_users(
     Query(q): Query<RoleUsersQuery>,
 ) -> ApiResult<axum::Json<RoleUserList>> {
     let code = role_code(&state, id).await?;
+    validator::Validate::validate(&q)?;
     let (limit, offset) = paging(q.page, q.page_size.or(q.page_size_alias), 10)?;
     let mut qb = QueryBuilder::new(
         "SELECT to_jsonb(t)::text FROM (SELECT id, username, real_name AS nickname, email, status, created_at FROM administrators WHERE role = ",

@@ -340,11 +340,13 @@ pub async fn get_one(
 pub struct OrderListQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, value_type = Option<i64>)]
+    #[param(value_type = Option<i64>)]
+    #[validate(range(min = 1, message = "must be at least 1"))]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 10).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[param(minimum = 1, maximum = 100, value_type = Option<i64>)]
+    #[param(value_type = Option<i64>)]
+    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
     pub page_size: Option<i64>,
     /// Only orders in this status (0–4); empty: all.
     #[serde(default, deserialize_with = "crate::empty_as_none")]
