@@ -118,7 +118,72 @@ pub fn complete(generated: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi
     let mut doc = UserApiDoc::openapi();
     doc.merge(generated);
     document_idempotency(&mut doc);
+    document_refusals(&mut doc);
     doc
+}
+
+/// Adds to every operation the refusals the user API's shared layers answer, where its handler
+/// did not document them itself: 401 where it needs a token (the token gate), 400 where it reads
+/// parameters or a body (the extractors and validation), 413 where it reads a body (axum's 2 MB
+/// limit; uploads have their own), 404 where the path names a row. Provider notifications answer
+/// in their provider's format and keep their own list.
+fn document_refusals(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let refusal = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if crate::app::idempotency::is_provider_notification(path) {
+            continue;
+        }
+        let names_a_row = path.contains('{');
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let needs_token = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            let has_body = op.request_body.is_some();
+            let reads_input = has_body || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            let responses = &mut op.responses.responses;
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| refusal(description).into());
+            };
+            if needs_token {
+                add("401", "Missing, invalid, expired or revoked token");
+            }
+            if reads_input {
+                add(
+                    "400",
+                    "A parameter or the body is not of the documented shape (the problem names it)",
+                );
+            }
+            if has_body {
+                add(
+                    "413",
+                    "The request body is larger than the API reads (2 MB)",
+                );
+            }
+            if names_a_row {
+                add("404", "No such row");
+            }
+        }
+    }
 }
 
 /// Adds the optional `Idempotency-Key` header, and the refusals it may bring (409 while the
@@ -277,6 +342,37 @@ mod tests {
         assert!(String::from_utf8_lossy(&body).contains(SPEC_URL));
         let bundle = get("/swagger/swagger-ui-bundle.js").await.unwrap();
         assert_eq!(bundle.status(), 200);
+    }
+
+    #[test]
+    fn every_operation_documents_the_shared_refusals() {
+        let doc = serde_json::to_value(document(true)).unwrap();
+        let mut checked = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            if crate::app::idempotency::is_provider_notification(path) {
+                continue;
+            }
+            for (method, op) in item.as_object().unwrap() {
+                let responses = &op["responses"];
+                let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+                if secured {
+                    assert!(responses["401"].is_object(), "{method} {path}: no 401");
+                    checked += 1;
+                }
+                if op["requestBody"].is_object() {
+                    for status in ["400", "413"] {
+                        assert!(
+                            responses[status].is_object(),
+                            "{method} {path}: no {status}"
+                        );
+                    }
+                }
+                if path.contains('{') {
+                    assert!(responses["404"].is_object(), "{method} {path}: no 404");
+                }
+            }
+        }
+        assert!(checked > 50, "{checked} secured operations");
     }
 
     #[test]
