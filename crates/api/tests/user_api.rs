@@ -1127,6 +1127,35 @@ async fn idempotency_key_replays_the_first_response_and_refuses_another_body() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // A request refused for its caller does not claim its key: without a token, the same key on
+    // two different requests is a 401 both times (never a 422), and an undeclared method is a 405
+    // before the key is looked at.
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/order/create"),
+        (reqwest::Method::PUT, "/api/user/profile"),
+    ] {
+        let r = app
+            .http
+            .request(method, format!("{}{path}", app.url))
+            .header("Idempotency-Key", "anonymous-1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let r = app
+        .http
+        .delete(format!("{}/api/order/create", app.url))
+        .bearer_auth(&bob)
+        .header("Idempotency-Key", "order-1")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let allow = r.headers().get("allow").cloned();
+    assert_eq!(status, 405, "{}", r.text().await.unwrap());
+    assert!(allow.is_some());
 }
 
 /// A claim whose request never finished (its process died mid-request) blocks retries

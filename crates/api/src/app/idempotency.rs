@@ -5,7 +5,9 @@
 //! recorded per caller (the token's user, else the hash of the `Authorization` header, else
 //! anonymous) with the SHA-256 of its method, path, query and body:
 //! - first time: the request runs; its response (status and body) is stored, unless it is a 5xx,
-//!   in which case the key is released so that a retry can run;
+//!   a 401 or a 429, in which case the key is released so that a retry can run (a request refused
+//!   for who sent it or when, not for what it asks, never claimed the key: a retry with a valid
+//!   token, or after `Retry-After`, runs);
 //! - same key, same request: the stored response is returned (header `Idempotent-Replayed: true`)
 //!   and nothing runs again;
 //! - same key, another request: 422; same key while the first is still running: 409 (a claim
@@ -14,8 +16,11 @@
 //! Keys expire after 24 hours. Commands also get the key as their command id
 //! ([`crate::user::orders::placement::request_meta`]), so a retry racing past this layer is still applied once.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use axum::body::{to_bytes, Body};
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -40,12 +45,54 @@ pub fn is_provider_notification(path: &str) -> bool {
         .is_some_and(|provider| !provider.is_empty() && !provider.contains('/'))
 }
 
-/// The middleware (`axum::middleware::from_fn_with_state`).
-pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The methods each route declares, by its path template (`/api/group/{id}`), read from the
+/// routes' OpenAPI document: a request with another method is answered 405 by the routing, and
+/// its key is not looked at.
+#[derive(Debug, Default)]
+pub struct Declared(HashMap<String, Vec<Method>>);
+
+impl Declared {
+    /// The declared methods of every path of `doc`.
+    pub fn from_document(doc: &utoipa::openapi::OpenApi) -> Self {
+        let mut methods = HashMap::new();
+        for (path, item) in &doc.paths.paths {
+            let declared: Vec<Method> = [
+                (&item.post, Method::POST),
+                (&item.put, Method::PUT),
+                (&item.patch, Method::PATCH),
+                (&item.delete, Method::DELETE),
+            ]
+            .into_iter()
+            .filter(|(op, _)| op.is_some())
+            .map(|(_, m)| m)
+            .collect();
+            methods.insert(path.clone(), declared);
+        }
+        Self(methods)
+    }
+
+    fn allows(&self, path: &str, method: &Method) -> bool {
+        self.0.get(path).is_some_and(|m| m.contains(method))
+    }
+}
+
+/// The middleware (`axum::middleware::from_fn_with_state`), as a route layer: it sees the
+/// matched route's template.
+pub async fn layer(
+    State((state, declared)): State<(AppState, Arc<Declared>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     if !matches!(
         *req.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    ) || is_provider_notification(req.uri().path())
+    ) || !declared.allows(&route, req.method())
+        || is_provider_notification(req.uri().path())
     {
         return next.run(req).await;
     }
@@ -173,7 +220,15 @@ async fn run(
     .map_err(|e| ApiError::internal(anyhow::anyhow!("request task: {e}")))?
 }
 
-/// Runs a claimed request and stores its response (or releases the key on a 5xx).
+/// Whether a response leaves its key unclaimed: a server error, or a refusal of the caller
+/// (401: not authenticated; 429: over a rate limit) rather than of the request.
+fn releases_key(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Runs a claimed request and stores its response (or releases the key, [`releases_key`]).
 async fn finish(
     state: &AppState,
     scope: &str,
@@ -186,7 +241,7 @@ async fn finish(
     let body = to_bytes(body, usize::MAX)
         .await
         .map_err(|e| anyhow::anyhow!("buffering the response: {e}"))?;
-    if parts.status.is_server_error() {
+    if releases_key(parts.status) {
         sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
             .bind(scope)
             .bind(key)

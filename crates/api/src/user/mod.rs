@@ -44,6 +44,13 @@ pub fn router(state: AppState, config: config::UserApiConfig) -> Router {
         config::UserApi::new(config)
     });
     let cors = web::cors::layer(&state.settings.cors_origins);
+    // The idempotency layer sits behind the routing (a route layer): an unknown path is a 404
+    // and an undeclared method a 405 before a key is looked at.
+    let declared = std::sync::Arc::new(idempotency::Declared::from_document(&generated));
+    let routes = routes.route_layer(axum::middleware::from_fn_with_state(
+        (state.clone(), declared),
+        idempotency::layer,
+    ));
     let router = Router::new()
         .merge(routes)
         .merge(openapi::router(openapi::complete(generated)))
@@ -54,10 +61,6 @@ pub fn router(state: AppState, config: config::UserApiConfig) -> Router {
                 .layer(axum::middleware::from_fn(files::uploads_guard))
                 .service(uploads),
         )
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            idempotency::layer,
-        ))
         .layer(TraceLayer::new_for_http())
         .layer(cors)
         .with_state(state::UserState { app: state, api });
