@@ -16,7 +16,7 @@ pub use web::envelope::{health, ok, ok_msg};
 pub use web::error::{ApiError, ApiResult};
 pub use web::extract::{Json as ApiJson, Path as ApiPath, Query as ApiQuery};
 pub use web::gateway_bus as admin_bus;
-pub use web::paging::{empty_as_none, paging, PageQuery, MAX_OFFSET};
+pub use web::paging::{empty_as_none, paging, PageQuery, MAX_PAGE};
 pub use web::{auth, error, money, observe};
 
 /// The admin API (:8081); see [`admin::router`].

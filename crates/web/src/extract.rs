@@ -78,18 +78,53 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return ApiError::bad_request(format!("malformed JSON: {inner}"));
+    match serde_path_to_error::deserialize(de) {
+        Ok(value) => Ok(value),
+        // JSON Schema counts `2.0` as an integer (a number with a zero fractional part, JSON
+        // Schema 2020-12 validation §6.1.1), serde does not: such a body is read again with its
+        // integral numbers as integers. Only a refused body pays for the second parse.
+        Err(e)
+            if e.inner()
+                .to_string()
+                .starts_with("invalid type: floating point") =>
+        {
+            let mut value: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|e| body_error(String::new(), e))?;
+            integral_numbers_as_integers(&mut value);
+            serde_path_to_error::deserialize(value)
+                .map_err(|e| body_error(e.path().to_string(), e.into_inner()))
         }
-        let fe = field_error(path, &inner);
-        if fe.field.is_empty() {
-            return ApiError::bad_request(fe.message);
+        Err(e) => Err(body_error(e.path().to_string(), e.into_inner())),
+    }
+}
+
+/// The 400 of a body serde refused at `path`.
+fn body_error(path: String, inner: serde_json::Error) -> ApiError {
+    if inner.is_syntax() || inner.is_eof() {
+        return ApiError::bad_request(format!("malformed JSON: {inner}"));
+    }
+    let fe = field_error(path, &inner);
+    if fe.field.is_empty() {
+        return ApiError::bad_request(fe.message);
+    }
+    ApiError::invalid_field(fe)
+}
+
+/// Rewrites every number with a zero fractional part that fits an `i64` (`3.0`) as that integer.
+fn integral_numbers_as_integers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                // The range check keeps the cast exact: every f64 in it converts without loss.
+                if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 {
+                    *value = serde_json::Value::from(f as i64);
+                }
+            }
         }
-        ApiError::invalid_field(fe)
-    })
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(integral_numbers_as_integers),
+        _ => {}
+    }
 }
 
 /// A multipart body; a request that is not one (no or a bad boundary) is a 400 rather than
@@ -160,5 +195,22 @@ mod tests {
         assert!(e.msg.contains("amount"), "{}", e.msg);
         let e = parse_json::<Body>(b"{}").unwrap_err();
         assert_eq!(e.errors[0].field, "amount");
+    }
+
+    #[test]
+    fn an_integral_number_is_an_integer_and_a_fraction_is_named() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Body {
+            ids: Vec<i64>,
+            seconds: u32,
+            yuan: f64,
+        }
+        let b =
+            parse_json::<Body>(br#"{"ids": [1.0, -2.0], "seconds": 30.0, "yuan": 2.0}"#).unwrap();
+        assert_eq!((b.ids, b.seconds, b.yuan), (vec![1, -2], 30, 2.0));
+        let e = parse_json::<Body>(br#"{"ids": [1.5], "seconds": 1, "yuan": 1}"#).unwrap_err();
+        assert_eq!(e.errors[0].field, "ids[0]");
+        let e = parse_json::<Body>(br#"{"ids": [], "seconds": -1.0, "yuan": 1}"#).unwrap_err();
+        assert_eq!(e.errors[0].field, "seconds");
     }
 }

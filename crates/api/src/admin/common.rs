@@ -108,18 +108,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// A Postgres unique violation (23505) as a 400 naming the constraint; other errors unchanged.
-pub fn unique_violation(e: sqlx::Error) -> ApiError {
-    if let sqlx::Error::Database(d) = &e {
-        if d.code().as_deref() == Some("23505") {
-            return ApiError::bad_request(format!(
-                "duplicate value ({})",
-                d.constraint().unwrap_or("unique")
-            ));
-        }
-    }
-    ApiError::from(e)
-}
+pub use web::error::unique_violation;
 
 /// Runs a `SELECT count(*)` built by `qb`.
 ///
@@ -328,7 +317,7 @@ pub fn listed<L: Clone>(page: L) -> axum::Json<Listed<L>> {
 pub struct ListQuery {
     /// 1-based page (default 1).
     #[serde(default, deserialize_with = "web::paging::empty_as_none")]
-    #[validate(range(min = 1, message = "must be at least 1"))]
+    #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
     pub page: Option<i64>,
     /// Rows per page, 1 to 100 (default 20).
     #[serde(default, deserialize_with = "web::paging::empty_as_none")]

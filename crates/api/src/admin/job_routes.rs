@@ -551,9 +551,9 @@ pub struct DiffQuery {
     #[serde(default, deserialize_with = "empty_as_none")]
     #[param(pattern = "^(live|[0-9]{1,18})$")]
     pub against: Option<String>,
-    /// 1-based page (default 1; page × page_size at most 10 million).
+    /// 1-based page (default 1).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[param(minimum = 1, maximum = 100000)]
+    #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 50).
     #[serde(default, deserialize_with = "empty_as_none")]

@@ -391,7 +391,7 @@ pub struct CounselorListQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
     #[param(value_type = Option<i64>)]
-    #[validate(range(min = 1, message = "must be at least 1"))]
+    #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 10).
     #[serde(default, deserialize_with = "crate::empty_as_none")]

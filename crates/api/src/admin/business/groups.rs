@@ -29,7 +29,7 @@ pub const TAG: &str = "groups";
 pub struct GroupsQuery {
     /// The page, from 1 (default 1).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[validate(range(min = 1, message = "must be at least 1"))]
+    #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
     pub page: Option<i64>,
     /// Rows per page, 1 to 100 (default 20).
     #[serde(default, deserialize_with = "empty_as_none")]

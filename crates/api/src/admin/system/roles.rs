@@ -103,7 +103,7 @@ root_list!(
 pub struct RoleQuery {
     /// 1-based page (default 1).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[validate(range(min = 1, message = "must be at least 1"))]
+    #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 20).
     #[serde(default, deserialize_with = "empty_as_none")]
@@ -128,7 +128,7 @@ pub struct RoleQuery {
 pub struct RoleUsersQuery {
     /// 1-based page (default 1).
     #[serde(default, deserialize_with = "empty_as_none")]
-    #[validate(range(min = 1, message = "must be at least 1"))]
+    #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
     pub page: Option<i64>,
     /// Rows per page, 1–100 (default 10).
     #[serde(default, deserialize_with = "empty_as_none")]

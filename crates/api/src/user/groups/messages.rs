@@ -417,7 +417,7 @@ pub struct SearchQuery {
     pub group_id: Option<i64>,
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[validate(range(min = 1, message = "must be at least 1"))]
+    #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
     pub page: Option<i64>,
     /// Results per page, 1 to 100 (default 20).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
@@ -514,7 +514,7 @@ pub async fn search(
 pub struct MentionsQuery {
     /// Page number, from 1 (default 1).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
-    #[validate(range(min = 1, message = "must be at least 1"))]
+    #[validate(range(min = 1, max = 100000, message = "must be between 1 and 100000"))]
     pub page: Option<i64>,
     /// Per page, 1 to 100 (default 20).
     #[serde(default, deserialize_with = "crate::empty_as_none")]
