@@ -2,8 +2,8 @@
 //! draft "The Idempotency-Key HTTP Header Field").
 //!
 //! A `POST`/`PUT`/`PATCH`/`DELETE` carrying `Idempotency-Key` (1–200 visible ASCII characters) is
-//! recorded per caller (the token's user, else the hash of the `Authorization` header, else
-//! anonymous) with the SHA-256 of its method, path, query and body:
+//! recorded per caller (the verified token's user; a request without one is not keyed, as
+//! there is no caller to scope its key to) with the SHA-256 of its method, path, query and body:
 //! - first time: the request runs; its response (status and body) is stored, unless it is a 5xx,
 //!   a 401 or a 429, in which case the key is released so that a retry can run (a request refused
 //!   for who sent it or when, not for what it asks, never claimed the key: a retry with a valid
@@ -110,36 +110,38 @@ pub async fn layer(
                 .into_response()
         }
     };
-    match run(&state, key, req, next).await {
+    // A key belongs to the caller who sent it: without a verified token there is no caller to
+    // scope it to (two clients of a shared "anonymous" scope would collide on a key), so the
+    // request runs as if it carried none; a protected route then answers 401.
+    let Some(scope) = scope(&state, &req) else {
+        return next.run(req).await;
+    };
+    match run(&state, scope, key, req, next).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-fn scope(state: &AppState, req: &Request) -> String {
-    let Some(auth) = req
+/// The caller a key is recorded for (`<kind>:<user id>` of a verified token), if any.
+fn scope(state: &AppState, req: &Request) -> Option<String> {
+    let auth = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return "anonymous".into();
-    };
-    match auth
-        .strip_prefix("Bearer ")
-        .map(|t| state.jwt.verify(t.trim()))
-    {
-        Some(Ok(claims)) => format!("{}:{}", claims.kind, claims.user_id),
-        _ => format!("auth:{}", hex::encode(Sha256::digest(auth.as_bytes()))),
-    }
+        .and_then(|v| v.to_str().ok())?;
+    let claims = state
+        .jwt
+        .verify(auth.strip_prefix("Bearer ")?.trim())
+        .ok()?;
+    Some(format!("{}:{}", claims.kind, claims.user_id))
 }
 
 async fn run(
     state: &AppState,
+    scope: String,
     key: String,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let scope = scope(state, &req);
     let (parts, body) = req.into_parts();
     let bytes = to_bytes(body, MAX_BODY)
         .await
