@@ -329,8 +329,7 @@ pub struct ListQuery {
         rename = "pageSize",
         deserialize_with = "web::paging::empty_as_none"
     )]
-    #[param(rename = "pageSize")]
-    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
+    #[param(rename = "pageSize", minimum = 1, maximum = 100)]
     pub page_size_alias: Option<i64>,
     /// Matched anywhere in the list's text columns, literally (`%` and `_` are not wildcards).
     #[serde(default)]

@@ -24,7 +24,8 @@ pub struct PageParams {
     pub page_size: Option<i64>,
     /// Same as `page_size` (the admin client's spelling); `page_size` wins when both are sent.
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
+    // Checked by `paging` as `page_size` (the name the client reads in a refusal).
+    #[param(minimum = 1, maximum = 100)]
     pub page_size_alias: Option<i64>,
 }
 
@@ -61,7 +62,7 @@ mod tests {
         };
         assert_eq!(
             page(Some(0), None, None).limits(20).unwrap_err().msg,
-            "page: must be at least 1"
+            "page: must be between 1 and 100000"
         );
         assert_eq!(
             page(None, None, Some(101)).limits(20).unwrap_err().msg,

@@ -111,7 +111,8 @@ pub struct RoleQuery {
     pub page_size: Option<i64>,
     /// Alias of `page_size` (the admin client's name).
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
+    // Checked by `paging` as `page_size` (the name the client reads in a refusal).
+    #[param(minimum = 1, maximum = 100)]
     pub page_size_alias: Option<i64>,
     /// Roles whose name contains this text (literally).
     #[serde(default, deserialize_with = "empty_as_none")]
@@ -136,7 +137,8 @@ pub struct RoleUsersQuery {
     pub page_size: Option<i64>,
     /// Alias of `page_size` (the admin client's name).
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    #[validate(range(min = 1, max = 100, message = "must be between 1 and 100"))]
+    // Checked by `paging` as `page_size` (the name the client reads in a refusal).
+    #[param(minimum = 1, maximum = 100)]
     pub page_size_alias: Option<i64>,
 }
 
