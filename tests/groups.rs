@@ -437,13 +437,13 @@ async fn drive(up: &Up) {
     assert_eq!(next(&mut owner_ws).await["type"], "error");
 
     // --- the HTTP fallback, bad messages ---
-    for bad in [
-        json!({ "content": "" }),
-        json!({ "content": "x".repeat(5001) }),
-        json!({ "content": "a\u{0}b" }),
-        json!({ "content": "x", "content_type": "video" }),
+    for (status, bad) in [
+        (400, json!({ "content": "" })),
+        (400, json!({ "content": "x".repeat(5001) })),
+        (422, json!({ "content": "a\u{0}b" })),
+        (400, json!({ "content": "x", "content_type": "video" })),
     ] {
-        ctx.refused(400, Method::POST, &ctx.url("/messages"), &bob, Some(bad))
+        ctx.refused(status, Method::POST, &ctx.url("/messages"), &bob, Some(bad))
             .await;
     }
     let sent = ctx

@@ -157,7 +157,7 @@ async fn thousand_concurrent_withdrawals_on_two_api_nodes_never_overdraw() {
     // The attack: every request at once, alternating nodes; ¥1.00 to ¥1.60 each. A request
     // refused with 409 (it lost the race for the aggregate's sequence: retry) is fired again,
     // all of them at once, round after round, as clients would, until every request is either
-    // accepted or refused for good (400: more than the balance).
+    // accepted or refused for good (422: more than the balance).
     let started = Instant::now();
     let mut pending: Vec<(usize, i64)> = (0..REQUESTS)
         .map(|i| (i, 100 + (i as i64 % 7) * 10))
@@ -220,14 +220,14 @@ async fn thousand_concurrent_withdrawals_on_two_api_nodes_never_overdraw() {
         pending = retry;
     }
     let elapsed = started.elapsed();
-    let refused_400 = rounds
+    let refused_422 = rounds
         .iter()
-        .map(|r| r.get(&400).copied().unwrap_or(0))
+        .map(|r| r.get(&422).copied().unwrap_or(0))
         .sum::<usize>();
     println!(
         "withdraw attack: {REQUESTS} requests on 2 API nodes; first round {:?}; {} rounds \
          (409s re-fired) in {:.1} s; accepted {accepted} (¥{:.2} of ¥{:.2}), refused for the \
-         balance {refused_400}; rounds {rounds:?}",
+         balance {refused_422}; rounds {rounds:?}",
         rounds[0],
         rounds.len(),
         elapsed.as_secs_f64(),
@@ -262,8 +262,8 @@ async fn thousand_concurrent_withdrawals_on_two_api_nodes_never_overdraw() {
     // The balance was exhausted: what is left is less than the largest request, and the rest
     // were refused for it.
     assert!(
-        BALANCE_FEN - accepted_fen < 160 && refused_400 + accepted == REQUESTS,
-        "accepted {accepted_fen} fen, {refused_400} refused for the balance"
+        BALANCE_FEN - accepted_fen < 160 && refused_422 + accepted == REQUESTS,
+        "accepted {accepted_fen} fen, {refused_422} refused for the balance"
     );
 
     // The event log, read directly: the account's WithdrawalRequested events sum to the same.

@@ -520,7 +520,7 @@ async fn admin_flows() {
             Some(json!({"status": 0})),
         )
         .await;
-    assert_eq!(s, 400, "the caller cannot disable themself");
+    assert_eq!(s, 403, "the caller cannot disable themself");
     let demo = app.user_id("demo").await;
     let (s, b) = app
         .call(
@@ -705,7 +705,7 @@ async fn admin_flows() {
     let (s, b) = app
         .call(Method::POST, "/api/admin/withdraw/9002/transfer", t, None)
         .await;
-    assert_eq!(s, 400, "transfer before approval: {b}");
+    assert_eq!(s, 422, "transfer before approval: {b}");
     let (s, b) = app
         .call(
             Method::POST,
@@ -733,7 +733,7 @@ async fn admin_flows() {
             Some(json!({"approved": true})),
         )
         .await;
-    assert_eq!(s, 400, "approving twice");
+    assert_eq!(s, 422, "approving twice");
     let (s, b) = app
         .call(Method::POST, "/api/admin/withdraw/9001/transfer", t, None)
         .await;
@@ -1105,7 +1105,7 @@ async fn admin_flows() {
             Some(json!({"status": 2, "reject_reason": "x"})),
         )
         .await;
-    assert_eq!(s, 400, "not pending any more");
+    assert_eq!(s, 422, "not pending any more");
     let (_, b) = app
         .call(
             Method::GET,
@@ -1163,7 +1163,7 @@ async fn admin_flows() {
             Some(json!({"key": "chat.welcome", "value": "1"})),
         )
         .await;
-    assert_eq!(s, 400, "duplicate key");
+    assert_eq!(s, 409, "duplicate key");
     let sys_id = cfg["list"][0]["id"].as_i64().unwrap();
     let (s, _) = app
         .call(
@@ -1173,7 +1173,7 @@ async fn admin_flows() {
             None,
         )
         .await;
-    assert_eq!(s, 400, "system config");
+    assert_eq!(s, 403, "system config");
 
     // Audit log: operator, action, target, IP, user agent, time; passwords masked.
     let (_, logs) = app
@@ -1300,7 +1300,7 @@ async fn online_kick_mute_broadcast() {
             None,
         )
         .await;
-    assert_eq!(s, 400);
+    assert_eq!(s, 422, "not online");
 
     let url = format!("{}/ws/chat/42?token={}", app.ws, app.user_token(demo));
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();

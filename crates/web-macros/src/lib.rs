@@ -108,12 +108,12 @@ fn document(item: &mut ItemStruct) -> syn::Result<()> {
 /// The limits one field's `#[validate(..)]` attributes enforce.
 #[derive(Default)]
 struct Rules {
-    minimum: Option<Lit>,
-    maximum: Option<Lit>,
-    exclusive_minimum: Option<Lit>,
-    exclusive_maximum: Option<Lit>,
-    min_length: Option<Lit>,
-    max_length: Option<Lit>,
+    minimum: Option<Expr>,
+    maximum: Option<Expr>,
+    exclusive_minimum: Option<Expr>,
+    exclusive_maximum: Option<Expr>,
+    min_length: Option<Expr>,
+    max_length: Option<Expr>,
     required: bool,
 }
 
@@ -168,7 +168,7 @@ impl Rules {
     /// length is counted in items.
     fn features(&self, list: bool) -> Vec<Tokens> {
         let mut out = Vec::new();
-        let mut put = |name: &str, value: &Option<Lit>| {
+        let mut put = |name: &str, value: &Option<Expr>| {
             if let Some(value) = value {
                 let name = syn::Ident::new(name, value.span());
                 out.push(quote!(#name = #value));
@@ -205,9 +205,12 @@ fn skip(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<()> {
 }
 
 /// A bound as the number literal utoipa takes (`-1` included).
-fn number(expr: Expr) -> syn::Result<Lit> {
+fn number(expr: Expr) -> syn::Result<Expr> {
+    let literal =
+        |e: &Expr| matches!(e, Expr::Lit(lit) if matches!(lit.lit, Lit::Int(_) | Lit::Float(_)));
     match &expr {
-        Expr::Lit(lit) if matches!(lit.lit, Lit::Int(_) | Lit::Float(_)) => Ok(lit.lit.clone()),
+        e if literal(e) => Ok(expr),
+        Expr::Unary(u) if matches!(u.op, syn::UnOp::Neg(_)) && literal(&u.expr) => Ok(expr),
         _ => Err(syn::Error::new(
             expr.span(),
             "a documented limit must be a number literal (utoipa states only literals)",

@@ -76,6 +76,11 @@ impl ApiError {
             retry_after: None,
         }
     }
+    /// The same error answered with `status` (a field refused by a rule across fields is a 422).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
     /// 400 naming every invalid field of a validated body or query (`validator`'s errors, in
     /// field order; nested fields as `items[2].label`): `msg` is `"<field>: <message>"` of the
     /// first, `errors` lists them all. A rule's `message` is what the client reads; without one,
@@ -202,7 +207,8 @@ impl From<sqlx::Error> for ApiError {
         // field) is the client's error, not a 500.
         if let sqlx::Error::Database(d) = &e {
             if matches!(d.code().as_deref(), Some("22021" | "22P05")) {
-                return Self::bad_request(
+                return Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
                     "text contains a character that cannot be stored (NUL, U+0000)",
                 );
             }
@@ -217,15 +223,17 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
-/// A PostgreSQL unique violation (23505) as a 400 naming the constraint; other errors as
-/// [`ApiError::from`].
+/// A PostgreSQL unique violation (23505) as a 409 Conflict naming the constraint (the value is
+/// taken by another row: the same request succeeds once it is free); other errors as
+/// [`ApiError::from`]. (MyChat's Go backend answered 400; its clients show `msg` for any
+/// non-2xx but 401, contract a.4.)
 pub fn unique_violation(e: sqlx::Error) -> ApiError {
     if let sqlx::Error::Database(d) = &e {
         if d.code().as_deref() == Some("23505") {
-            return ApiError::bad_request(format!(
-                "duplicate value ({})",
-                d.constraint().unwrap_or("unique")
-            ));
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                format!("duplicate value ({})", d.constraint().unwrap_or("unique")),
+            );
         }
     }
     ApiError::from(e)
@@ -244,10 +252,26 @@ pub trait Rejection: std::error::Error {
     }
 }
 
+// A refusal by a business rule in the aggregate's current state (the order is not paid, the
+// balance does not cover a withdrawal) is a 422 (RFC 9110 §15.5.21: well-formed, not
+// processable): retrying it changes nothing. 409 stays what it is everywhere in this API, a
+// conflict with a concurrent change or a taken value, and 400 a request not of the documented
+// shape or a value no state accepts (a bad amount, a missing reason).
 impl Rejection for domain::OrderError {
     fn status(&self) -> StatusCode {
         match self {
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotYourOrder => StatusCode::FORBIDDEN,
+            Self::AlreadyPlaced
+            | Self::NotPending(_)
+            | Self::NotPaid(_)
+            | Self::PaidByAnotherPayment
+            | Self::OtherSession
+            | Self::NotCancellable(_)
+            | Self::ServiceStarted
+            | Self::NotCompleted(_)
+            | Self::AlreadyReviewed
+            | Self::NotFunded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -256,6 +280,10 @@ impl Rejection for domain::PaymentError {
     fn status(&self) -> StatusCode {
         match self {
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::AlreadyCreated
+            | Self::CapturedByAnotherTransaction
+            | Self::NotCaptured
+            | Self::RefundExceedsCaptured { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -264,6 +292,7 @@ impl Rejection for domain::SessionError {
     fn status(&self) -> StatusCode {
         match self {
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::AlreadyEnded => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -293,6 +322,9 @@ impl Rejection for domain::AccountError {
     fn status(&self) -> StatusCode {
         match self {
             Self::WithdrawalNotFound => StatusCode::NOT_FOUND,
+            Self::InsufficientBalance { .. }
+            | Self::DuplicateWithdrawal
+            | Self::WrongWithdrawalStatus(..) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,
         }
     }

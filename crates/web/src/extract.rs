@@ -73,7 +73,9 @@ fn field_error(path: String, inner: &serde_json::Error) -> FieldError {
 /// a string ([`has_nul_escape`]).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if has_nul_escape(bytes) {
-        return Err(ApiError::bad_request(
+        // Well-formed JSON of the documented shape, refused for what it holds: a 422.
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             "text must not contain NUL characters (\\u0000)",
         ));
     }

@@ -34,6 +34,8 @@ fn anything(_: &str) -> Result<(), validator::ValidationError> {
 struct Params {
     #[validate(range(min = 1))]
     page: Option<i64>,
+    #[validate(range(min = -1, max = 1))]
+    status: Option<i16>,
     #[validate(required)]
     keyword: Option<String>,
 }
@@ -76,6 +78,14 @@ fn validation_limits_become_the_parameter_limits() {
         .find(|p| p["name"] == "page")
         .unwrap();
     assert_eq!(page["schema"]["minimum"], json!(1));
+    let status = params
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "status")
+        .unwrap();
+    assert_eq!(status["schema"]["minimum"], json!(-1));
+    assert_eq!(status["schema"]["maximum"], json!(1));
     assert_eq!(page["required"], json!(false));
     let keyword = params
         .as_array()

@@ -334,8 +334,9 @@ pub struct ListQuery {
     /// Matched anywhere in the list's text columns, literally (`%` and `_` are not wildcards).
     #[serde(default)]
     pub keyword: Option<String>,
-    /// Only rows with this status.
+    /// Only rows with this status (each list's own codes, all within 0–9).
     #[serde(default, deserialize_with = "web::paging::empty_as_none")]
+    #[validate(range(min = 0, max = 9, message = "must be between 0 and 9"))]
     pub status: Option<i16>,
 }
 

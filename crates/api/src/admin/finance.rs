@@ -75,7 +75,8 @@ pub struct WithdrawalList {
 }
 
 /// Filters of the withdrawal list.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[web::limits]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, validator::Validate)]
 #[into_params(parameter_in = Query)]
 pub struct WithdrawalListQuery {
     /// The page (documented as [`PageParams`]).
@@ -85,6 +86,7 @@ pub struct WithdrawalListQuery {
     /// Only withdrawals with this status (0 requested, 1 approved, 2 rejected, 3 transferred);
     /// empty = all.
     #[serde(default, deserialize_with = "empty_as_none")]
+    #[validate(range(min = 0, max = 3, message = "must be 0 to 3"))]
     pub status: Option<i16>,
     /// Only this counselor's withdrawals; empty = all.
     #[serde(default, deserialize_with = "empty_as_none")]
@@ -135,6 +137,7 @@ pub async fn list_withdraws(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<WithdrawalListQuery>,
 ) -> ApiResult<axum::Json<Listed<WithdrawalList>>> {
+    validator::Validate::validate(&q)?;
     withdrawals(&state, &q.paging, q.status, q.counselor_id).await
 }
 
@@ -192,7 +195,8 @@ impl DateRange {
         let end = parse(&self.end_date).unwrap_or_else(|| calendar.today());
         let start = parse(&self.start_date).unwrap_or(end - Duration::days(default_days - 1));
         if start > end {
-            return Err(ApiError::field("start_date", "must not be after end_date"));
+            return Err(ApiError::field("start_date", "must not be after end_date")
+                .with_status(axum::http::StatusCode::UNPROCESSABLE_ENTITY));
         }
         if (end - start).num_days() > 3660 {
             return Err(ApiError::field(

@@ -254,7 +254,10 @@ async fn kick_user(state: &AppState, caller: &Caller, user_id: i64) -> Reply<Use
         scatter_gather(&state.nats, kick_subject(user_id), &req, COLLECT_WINDOW).await?;
     let n = delivered(&replies);
     if n == 0 {
-        return Err(ApiError::bad_request("user is not online"));
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "user is not online",
+        ));
     }
     Ok(reply(UserDelivery {
         user_id,
@@ -437,7 +440,10 @@ pub async fn message(
         scatter_gather(&state.nats, message_subject(user_id), &req, COLLECT_WINDOW).await?;
     let n = delivered(&replies);
     if n == 0 {
-        return Err(ApiError::bad_request("user is not online"));
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "user is not online",
+        ));
     }
     Ok(reply(UserDelivery {
         user_id,

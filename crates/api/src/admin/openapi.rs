@@ -4,7 +4,9 @@
 //! ([`crate::admin::table::Reg::typed`]) is its handler's `#[utoipa::path]` (parameters, request
 //! body and `data` schemas) plus what its rule implies: the security requirement, the permission
 //! text, the 401/403 refusals, 429 where an API key may call it (its rate limit), 400 where it
-//! reads parameters or a body, 413 where it reads a body and, where the path names a row, 404.
+//! reads parameters or a body, 422 where it reads input (NUL text, a rule across fields), 409 on
+//! a change (refused by the current state), 413 where it reads a body and, where the path names
+//! a row, 404.
 //! Served at `/api-docs/openapi.json` on :8081, with Swagger UI at `/swagger`.
 
 use utoipa::openapi::path::{HttpMethod, Operation, PathItem};
@@ -112,6 +114,19 @@ fn decorate(op: &mut Operation, rule: &Rule) {
         add(
             "413",
             "the request body is larger than the admin API reads (11 MB)",
+        );
+    }
+    if reads_input {
+        add(
+            "422",
+            "well-formed, but refused by a rule: in the current state (a row in another \
+             status), across fields, or text PostgreSQL cannot store (NUL)",
+        );
+    }
+    if rule.method != axum::http::Method::GET {
+        add(
+            "409",
+            "a conflict: a value taken by another row, or a concurrent change (retry)",
         );
     }
     if matches!(rule.perm, Perm::Code(_)) {

@@ -129,7 +129,8 @@ async fn account_command(
     request_body(content = Option<ApproveRequest>, description = "optional: no body approves"),
     responses(
         (status = 200, description = "the reviewed withdrawal", body = Envelope<WithdrawalRecord>),
-        (status = 400, description = "a rejection without a reason, or the withdrawal is not pending", body = Problem)))]
+        (status = 400, description = "a rejection without a reason", body = Problem),
+        (status = 422, description = "the withdrawal is not pending", body = Problem)))]
 pub async fn approve(
     State(state): State<AppState>,
     admin: Caller,

@@ -498,7 +498,8 @@ pub struct ApplicationReviewed {
     request_body = ApplicationReviewRequest,
     responses(
         (status = 200, description = "The reviewed application", body = Envelope<ApplicationReviewed>),
-        (status = 400, description = "An invalid field, or the application is not pending", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "An invalid field", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The application is not pending", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an administrator (users.is_admin)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown application", body = Problem, content_type = "application/problem+json"),
@@ -525,7 +526,10 @@ pub async fn review(
         .await?
         .ok_or_else(|| ApiError::not_found("application"))?;
     if app.get::<i16, _>("status") != 0 {
-        return Err(ApiError::bad_request("application is not pending"));
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "application is not pending",
+        ));
     }
     let applicant: i64 = app.get("user_id");
     let mut counselor_id: Option<i64> = None;

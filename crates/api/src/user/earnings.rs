@@ -316,6 +316,7 @@ pub struct WithdrawsQuery {
     /// Only withdrawals in this status (0 requested, 1 approved, 2 rejected, 3 transferred);
     /// empty or absent: all.
     #[serde(default, deserialize_with = "crate::empty_as_none")]
+    #[validate(range(min = 0, max = 3, message = "must be 0 to 3"))]
     pub status: Option<i16>,
 }
 

@@ -125,7 +125,8 @@ pub fn complete(generated: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi
 /// Adds to every operation the refusals the user API's shared layers answer, where its handler
 /// did not document them itself: 401 where it needs a token (the token gate), 400 where it reads
 /// parameters or a body (the extractors and validation), 413 where it reads a body (axum's 2 MB
-/// limit; uploads have their own), 404 where the path names a row. Provider notifications answer
+/// limit; uploads have their own), 422 where it reads input (text PostgreSQL cannot store, a rule
+/// across fields), 404 where the path names a row. Provider notifications answer
 /// in their provider's format and keep their own list.
 fn document_refusals(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
@@ -177,6 +178,13 @@ fn document_refusals(doc: &mut utoipa::openapi::OpenApi) {
                 add(
                     "413",
                     "The request body is larger than the API reads (2 MB)",
+                );
+            }
+            if reads_input {
+                add(
+                    "422",
+                    "Well-formed, but refused by a rule: in the current state, across fields, \
+                     or text PostgreSQL cannot store (NUL)",
                 );
             }
             if names_a_row {

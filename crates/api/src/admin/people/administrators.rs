@@ -248,7 +248,7 @@ async fn admin_target(
         ));
     }
     if !self_ok && id == caller.admin_id {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::forbidden(
             "you cannot do this to your own account",
         ));
     }

@@ -185,7 +185,8 @@ pub struct Review {
     request_body = Review,
     responses(
         (status = 200, description = "the reviewed application", body = Envelope<Application>),
-        (status = 400, description = "an invalid status, a missing reason or an application that is not pending", body = Problem)))]
+        (status = 400, description = "an invalid status or a missing reason", body = Problem),
+        (status = 422, description = "the application is not pending", body = Problem)))]
 pub async fn review_application(
     State(state): State<AppState>,
     caller: Caller,
@@ -208,7 +209,10 @@ pub async fn review_application(
     let (current, user_id, name, title, specialty, bio, years) =
         row.ok_or_else(|| ApiError::not_found("application"))?;
     if current != 0 {
-        return Err(ApiError::bad_request("application is not pending"));
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "application is not pending",
+        ));
     }
     sqlx::query(
         "UPDATE counselor_applications SET status = $2, reject_reason = $3, reviewed_by = $4, \

@@ -241,7 +241,10 @@ pub async fn update_user(
 ) -> Reply<AdminUserRecord> {
     req.validate()?;
     if req.email.is_none() && req.phone.is_none() && req.avatar.is_none() && req.status.is_none() {
-        return Err(ApiError::bad_request("nothing to change"));
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "nothing to change",
+        ));
     }
     live_user(&state, id).await?;
     let row: Option<String> = sqlx::query_scalar(

@@ -419,7 +419,7 @@ pub async fn delete_config(
             .await?;
     match is_system {
         None => Err(ApiError::not_found("config")),
-        Some(true) => Err(ApiError::bad_request("a system config cannot be deleted")),
+        Some(true) => Err(ApiError::forbidden("a system config cannot be deleted")),
         Some(false) => {
             sqlx::query("DELETE FROM system_configs WHERE id = $1")
                 .bind(id)

@@ -117,8 +117,9 @@ pub struct RoleQuery {
     /// Roles whose name contains this text (literally).
     #[serde(default, deserialize_with = "empty_as_none")]
     pub name: Option<String>,
-    /// Only roles with this status (a negative value: any status).
+    /// Only roles with this status (-1: any status).
     #[serde(default, deserialize_with = "empty_as_none")]
+    #[validate(range(min = -1, max = 1, message = "must be -1, 0 or 1"))]
     pub status: Option<i16>,
 }
 
@@ -381,7 +382,7 @@ pub async fn delete_role(
 ) -> ApiResult<axum::Json<Message>> {
     let code = role_code(&state, id).await?;
     if code == SUPER_ADMIN {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::forbidden(
             "the super_admin role cannot be deleted",
         ));
     }
@@ -485,7 +486,7 @@ async fn replace_permissions(
 ) -> Reply<RolePermissions> {
     let code = role_code(state, id).await?;
     if code == SUPER_ADMIN {
-        return Err(ApiError::bad_request("super_admin holds every permission"));
+        return Err(ApiError::forbidden("super_admin holds every permission"));
     }
     let ids = body.permission_ids.unwrap_or_default();
     let known: i64 = sqlx::query_scalar("SELECT count(*) FROM permissions WHERE id = ANY($1)")
