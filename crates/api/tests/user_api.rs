@@ -657,7 +657,7 @@ async fn accounts_refresh_rotation_revocation_and_login_limits() {
                 "/api/user/profile".into(),
                 t,
                 Some(json!({})),
-                400,
+                422,
                 "nothing to update",
             ),
             (
@@ -1806,7 +1806,7 @@ async fn the_order_session_route_starts_a_paid_orders_session_once() {
                 format!("/api/chat/start/{unpaid}"),
                 t,
                 None,
-                400,
+                422,
                 "order is not paid (status 0)",
             ),
             (
@@ -1814,7 +1814,7 @@ async fn the_order_session_route_starts_a_paid_orders_session_once() {
                 format!("/api/chat/order/{unpaid}/session"),
                 t,
                 None,
-                400,
+                422,
                 "order is not paid (status 0)",
             ),
             (
@@ -2368,7 +2368,7 @@ async fn files_avatars_and_counselor_applications() {
                 format!("/api/counselor/application/{other_app}/review"),
                 a,
                 Some(json!({"status": 2})),
-                400,
+                422,
                 "reject_reason",
             ),
             (

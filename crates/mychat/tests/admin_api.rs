@@ -714,7 +714,7 @@ async fn admin_flows() {
             Some(json!({"approved": false})),
         )
         .await;
-    assert_eq!(s, 400, "reject without a reason: {b}");
+    assert_eq!(s, 422, "reject without a reason: {b}");
     assert!(b["msg"].as_str().unwrap().contains("rejected_reason"));
     let (s, b) = app
         .call(
@@ -1076,7 +1076,7 @@ async fn admin_flows() {
     let (s, b) = app
         .call(Method::PUT, &review, t, Some(json!({"status": 2})))
         .await;
-    assert_eq!(s, 400, "{b}");
+    assert_eq!(s, 422, "{b}");
     assert!(b["msg"].as_str().unwrap().contains("reject_reason"));
     let (s, b) = app
         .call(Method::PUT, &review, t, Some(json!({"status": 1})))

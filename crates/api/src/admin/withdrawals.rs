@@ -129,8 +129,7 @@ async fn account_command(
     request_body(content = Option<ApproveRequest>, description = "optional: no body approves"),
     responses(
         (status = 200, description = "the reviewed withdrawal", body = Envelope<WithdrawalRecord>),
-        (status = 400, description = "a rejection without a reason", body = Problem),
-        (status = 422, description = "the withdrawal is not pending", body = Problem)))]
+        (status = 422, description = "a rejection without a reason, or the withdrawal is not pending", body = Problem)))]
 pub async fn approve(
     State(state): State<AppState>,
     admin: Caller,
@@ -148,10 +147,11 @@ pub async fn approve(
         web::extract::parse_json::<ApproveRequest>(&body)?
     };
     if !req.approved && req.rejected_reason.trim().is_empty() {
-        return Err(ApiError::field(
-            "rejected_reason",
-            "required when rejecting",
-        ));
+        // A rule across fields: a 422 naming the field.
+        return Err(
+            ApiError::field("rejected_reason", "required when rejecting")
+                .with_status(axum::http::StatusCode::UNPROCESSABLE_ENTITY),
+        );
     }
     let counselor_id = withdrawal_owner(&state, id).await?;
     let command = if req.approved {

@@ -323,7 +323,7 @@ pub fn check_phone(field: &str, phone: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `PUT /api/user/profile` → none; 400 when every field is empty or one is malformed.
+/// `PUT /api/user/profile` → none; 422 when every field is empty, 400 when one is malformed.
 #[utoipa::path(
     put,
     path = "/api/user/profile",
@@ -343,7 +343,8 @@ pub async fn profile(
     ApiJson(req): ApiJson<ProfileRequest>,
 ) -> ApiResult<Json<Message>> {
     if req.email.is_empty() && req.phone.is_empty() && req.avatar.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             "nothing to update: email, phone or avatar",
         ));
     }

@@ -499,7 +499,7 @@ pub struct ApplicationReviewed {
     responses(
         (status = 200, description = "The reviewed application", body = Envelope<ApplicationReviewed>),
         (status = 400, description = "An invalid field", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The application is not pending", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A rejection without a reason, or the application is not pending", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an administrator (users.is_admin)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown application", body = Problem, content_type = "application/problem+json"),
@@ -516,7 +516,8 @@ pub async fn review(
     let reason = req.reject_reason.trim().to_string();
     // Whether a reason is needed depends on the decision: a rule across two fields.
     if req.status == 2 && reason.is_empty() {
-        return Err(ApiError::field("reject_reason", "required when rejecting"));
+        return Err(ApiError::field("reject_reason", "required when rejecting")
+            .with_status(axum::http::StatusCode::UNPROCESSABLE_ENTITY));
     }
     require_admin(&state, &user).await?;
     let mut tx = state.db.begin().await?;

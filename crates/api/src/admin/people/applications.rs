@@ -185,8 +185,8 @@ pub struct Review {
     request_body = Review,
     responses(
         (status = 200, description = "the reviewed application", body = Envelope<Application>),
-        (status = 400, description = "an invalid status or a missing reason", body = Problem),
-        (status = 422, description = "the application is not pending", body = Problem)))]
+        (status = 400, description = "an invalid status", body = Problem),
+        (status = 422, description = "a rejection without a reason, or the application is not pending", body = Problem)))]
 pub async fn review_application(
     State(state): State<AppState>,
     caller: Caller,
@@ -197,7 +197,8 @@ pub async fn review_application(
     let status = req.status.unwrap_or_default();
     let reason = req.reject_reason.unwrap_or_default();
     if status == 2 && reason.is_empty() {
-        return Err(ApiError::field("reject_reason", "required when rejecting"));
+        return Err(ApiError::field("reject_reason", "required when rejecting")
+            .with_status(axum::http::StatusCode::UNPROCESSABLE_ENTITY));
     }
     let mut tx = state.db.begin().await?;
     let row: Option<(i16, i64, String, String, String, String, i32)> = sqlx::query_as(

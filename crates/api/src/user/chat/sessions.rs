@@ -63,10 +63,10 @@ pub struct StartedSession {
 /// Starts the session of order `order_id` for `user`, as either participant, idempotently.
 ///
 /// The order decides first (`Order::StartService`): it must be paid by a captured payment that
-/// covers its whole amount with no refund decided (400 otherwise), and from then on it can no
+/// covers its whole amount with no refund decided (422 otherwise), and from then on it can no
 /// longer be cancelled or refunded. Only then is the `ChatSession` started, so a session is
 /// never billed against money that was not captured or is going back. Every refusal that does not
-/// need the aggregates (unknown order 404, not a participant 403, not paid 400) comes before any
+/// need the aggregates (unknown order 404, not a participant 403, not paid 422) comes before any
 /// command, so a refused start appends nothing to the log.
 async fn start_session(
     state: &AppState,
@@ -83,10 +83,10 @@ async fn start_session(
         return Err(ApiError::forbidden("not a participant of this order"));
     }
     if order.status != OrderStatus::Paid {
-        return Err(ApiError::bad_request(format!(
-            "order is not paid (status {})",
-            order.status.code()
-        )));
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            format!("order is not paid (status {})", order.status.code()),
+        ));
     }
     let now = Utc::now();
     let meta = request_meta(headers, Actor::user(user.user_id));
@@ -126,7 +126,7 @@ async fn start_session(
 /// a paid order; starting again returns the same session.
 ///
 /// The order decides first (`Order::StartService`): it must be paid by a captured payment that
-/// covers its whole amount with no refund decided (400 otherwise), and from then on it can no
+/// covers its whole amount with no refund decided (422 otherwise), and from then on it can no
 /// longer be cancelled or refunded. Only then is the `ChatSession` started, so a session is
 /// never billed against money that was not captured or is going back.
 #[utoipa::path(
@@ -142,7 +142,7 @@ async fn start_session(
     params(("order_id" = i64, Path, description = "The order's id (also the session's id)")),
     responses(
         (status = 200, description = "The session (started now or before)", body = Envelope<StartedSession>),
-        (status = 400, description = "The order is not paid (or not fully funded)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The order is not paid (or not fully funded)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a participant of this order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown order", body = Problem, content_type = "application/problem+json"),
@@ -173,7 +173,7 @@ pub async fn start(
     params(("order_id" = i64, Path, description = "The order's id (also the session's id)")),
     responses(
         (status = 200, description = "The session (started now or before)", body = Envelope<StartedSession>),
-        (status = 400, description = "The order is not paid (or not fully funded)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The order is not paid (or not fully funded)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a participant of this order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown order", body = Problem, content_type = "application/problem+json"),
@@ -228,7 +228,7 @@ pub struct OrderSession {
 /// none yet, the session is started exactly as `POST /api/chat/start/:order_id` starts it
 /// (the same code): either participant, on a paid order, idempotently — a second call
 /// answers the same session and appends nothing; a caller who is neither the order's user nor its
-/// counselor (403), an unknown order (404) or an order that is not paid (400) is refused as the
+/// counselor (403), an unknown order (404) or an order that is not paid (422) is refused as the
 /// start route refuses it, with nothing appended to the log.
 #[utoipa::path(
     get,
@@ -241,7 +241,7 @@ pub struct OrderSession {
         started exactly as `POST /api/chat/start/{order_id}` starts it: by either participant \
         (the order's user or its counselor), on a paid order, idempotently (a second call answers \
         the same session and appends nothing). A caller who is not a participant (403), an \
-        unknown order (404) or an order that is not paid (400) is refused as the start route \
+        unknown order (404) or an order that is not paid (422) is refused as the start route \
         refuses it, and nothing is recorded.",
     params(("order_id" = i64, Path, description = "The order's id (also the session's id)")),
     responses(
