@@ -87,7 +87,8 @@ pub struct SessionList {
 }
 
 /// Filters of the session list.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[web::limits]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, validator::Validate)]
 #[into_params(parameter_in = Query)]
 pub struct SessionListQuery {
     /// The page (documented as [`PageParams`]).
@@ -96,6 +97,7 @@ pub struct SessionListQuery {
     pub paging: PageParams,
     /// Only sessions with this status (0 waiting, 1 active, 2 ended); empty = all.
     #[serde(default, deserialize_with = "empty_as_none")]
+    #[validate(range(min = 0, max = 2, message = "must be 0 to 2"))]
     pub status: Option<i16>,
     /// Text found in the user's name or the counselor's name; empty = all.
     #[serde(default)]
@@ -113,6 +115,7 @@ pub async fn list_sessions(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<SessionListQuery>,
 ) -> ApiResult<axum::Json<Listed<SessionList>>> {
+    validator::Validate::validate(&q)?;
     let (limit, offset) = q.paging.limits(20)?;
     let status = q.status;
     let keyword = q

@@ -110,7 +110,8 @@ pub struct OrderList {
 }
 
 /// Filters of the order list.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[web::limits]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, validator::Validate)]
 #[into_params(parameter_in = Query)]
 pub struct OrderListQuery {
     /// The page (documented as [`PageParams`]).
@@ -119,6 +120,7 @@ pub struct OrderListQuery {
     pub paging: PageParams,
     /// Only orders with this status (0 awaiting payment … 4 refunded); empty = all.
     #[serde(default, deserialize_with = "empty_as_none")]
+    #[validate(range(min = 0, max = 4, message = "must be 0 to 4"))]
     pub status: Option<i16>,
     /// Text found in the order number or the notes; empty = all.
     #[serde(default)]
@@ -135,6 +137,7 @@ pub async fn list_orders(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<OrderListQuery>,
 ) -> ApiResult<axum::Json<Listed<OrderList>>> {
+    validator::Validate::validate(&q)?;
     let (limit, offset) = q.paging.limits(20)?;
     let status = q.status;
     let keyword = q
