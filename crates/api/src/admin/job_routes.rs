@@ -94,12 +94,22 @@ fn accepted(id: i64) -> Response {
         .into_response()
 }
 
-/// Parses an RFC 3339 time or a stream sequence named `field`.
+/// Parses an RFC 3339 time or a stream sequence named `field`. A time must be one JetStream can
+/// start a consumer at: nanoseconds since the epoch in an `i64` (years 1678 to 2261).
 fn point(field: &str, value: &str) -> Result<AuditPoint, ApiError> {
-    value
+    let p = value
         .trim()
         .parse()
-        .map_err(|_| unprocessable(field, "an RFC 3339 time or a stream sequence"))
+        .map_err(|_| unprocessable(field, "an RFC 3339 time or a stream sequence"))?;
+    if let AuditPoint::Time(t) = p {
+        if t.timestamp_nanos_opt().is_none() {
+            return Err(unprocessable(
+                field,
+                "a time between the years 1678 and 2261",
+            ));
+        }
+    }
+    Ok(p)
 }
 
 /// A point as a stream sequence of `EVENTS`.
