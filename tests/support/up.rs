@@ -46,8 +46,7 @@ pub fn start_up_with(env: &[(&str, &str)]) -> Up {
         .tempdir()
         .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = testkit::free_port;
-    let (user, admin, ws, nats, pg, metrics) = (port(), port(), port(), port(), port(), port());
+    let [user, admin, ws, nats, pg, metrics] = testkit::free_ports::<6>();
     let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_mychat"))
         .arg("up")

@@ -33,6 +33,15 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// `N` distinct free loopback ports: every listener is held until all are chosen (calling
+/// [`free_port`] `N` times may return one port twice, as the kernel reuses a released port).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("free port").port())
+}
+
 /// Makes `cmd`'s child the leader of its own process group and, on Linux, asks the kernel to
 /// send it `signal` when the thread that spawns it dies (so the process's death).
 fn own_group_and_parent_death(cmd: &mut std::process::Command, signal: nix::sys::signal::Signal) {
