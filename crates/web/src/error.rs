@@ -40,6 +40,24 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
 }
 
+impl Problem {
+    /// An OpenAPI response described by `description` whose body is this refusal
+    /// (`application/problem+json`, a reference to the `Problem` schema): how both documents
+    /// state a refusal.
+    pub fn response(description: &str) -> utoipa::openapi::Response {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name(<Self as ToSchema>::name())))
+                    .build(),
+            )
+            .build()
+    }
+}
+
 /// An error answered to the client. A 5xx hides its cause from the client and logs it.
 #[derive(Debug)]
 pub struct ApiError {

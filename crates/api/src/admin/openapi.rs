@@ -13,10 +13,7 @@ use utoipa::openapi::path::{HttpMethod, Operation, PathItem};
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
-use utoipa::openapi::{
-    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr,
-    ResponseBuilder,
-};
+use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 use web::error::Problem;
 
@@ -50,19 +47,6 @@ fn requirement(perm: Perm) -> (Option<SecurityRequirement>, String) {
     }
 }
 
-/// A refusal: `{code, msg}` with the RFC 9457 members ([`Problem`]).
-fn refusal(description: &str) -> utoipa::openapi::Response {
-    ResponseBuilder::new()
-        .description(description)
-        .content(
-            "application/problem+json",
-            ContentBuilder::new()
-                .schema(Some(RefOr::Ref(Ref::from_schema_name(Problem::name()))))
-                .build(),
-        )
-        .build()
-}
-
 /// Adds to a typed operation what its rule implies (security, the permission text, the 401/403
 /// refusals, 404 where the path names a row); what the handler documents itself is kept.
 fn decorate(op: &mut Operation, rule: &Rule) {
@@ -92,7 +76,7 @@ fn decorate(op: &mut Operation, rule: &Rule) {
     let mut add = |status: &str, description: &str| {
         responses
             .entry(status.to_string())
-            .or_insert_with(|| RefOr::T(refusal(description)));
+            .or_insert_with(|| RefOr::T(Problem::response(description)));
     };
     if rule.perm != Perm::Public {
         add("401", "missing, invalid or revoked token");
