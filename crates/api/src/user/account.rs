@@ -209,7 +209,6 @@ pub async fn refresh(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "`{code: 200, msg: \"logged out\"}`", body = Message),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Message>> {
@@ -334,7 +333,6 @@ pub fn check_phone(field: &str, phone: &str) -> Result<(), ApiError> {
     responses(
         (status = 200, description = "`{code: 200, msg: \"profile updated\"}`", body = Message),
         (status = 400, description = "Nothing to update, or a field is malformed", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn profile(
@@ -396,7 +394,6 @@ pub struct PasswordChanged {
     responses(
         (status = 200, description = "Changed", body = Envelope<PasswordChanged>),
         (status = 400, description = "A field is invalid or the old password is wrong", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn password(
@@ -547,7 +544,6 @@ pub struct Recharge {
     responses(
         (status = 200, description = "The recharge payment", body = Envelope<Recharge>),
         (status = 400, description = "A field is invalid, or the method is not offered", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn recharge(
@@ -681,7 +677,6 @@ pub struct TransactionList {
     responses(
         (status = 200, description = "A page of movements", body = Envelope<TransactionList>),
         (status = 400, description = "A parameter is invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn transactions(

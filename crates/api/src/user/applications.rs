@@ -171,7 +171,6 @@ pub struct ApplicationCreated {
     responses(
         (status = 200, description = "The application (pending)", body = Envelope<ApplicationCreated>),
         (status = 400, description = "An invalid field, or no certificate", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Already a counselor, or an application is pending or approved", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -341,7 +340,6 @@ const APPLICATION_SELECT: &str = "SELECT a.*, u.username, rv.username AS reviewe
     summary = "The caller's latest application or null",
     responses(
         (status = 200, description = "The latest application; `data` null when there is none", body = Envelope<Option<Application>>),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -411,7 +409,6 @@ pub struct ApplicationList {
     responses(
         (status = 200, description = "A page of applications", body = Envelope<ApplicationList>),
         (status = 400, description = "Invalid paging or status", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an administrator (users.is_admin)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -500,7 +497,6 @@ pub struct ApplicationReviewed {
         (status = 200, description = "The reviewed application", body = Envelope<ApplicationReviewed>),
         (status = 400, description = "An invalid field", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A rejection without a reason, or the application is not pending", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an administrator (users.is_admin)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown application", body = Problem, content_type = "application/problem+json"),
     ),

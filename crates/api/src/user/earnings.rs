@@ -102,7 +102,6 @@ pub async fn counselor_account(
     summary = "The calling counselor's account",
     responses(
         (status = 200, description = "The account", body = Envelope<CounselorAccountView>),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a counselor", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -247,7 +246,6 @@ pub enum RequestedWithdrawal {
     responses(
         (status = 200, description = "The withdrawal, status 0", body = Envelope<RequestedWithdrawal>),
         (status = 400, description = "An invalid field, or more than the balance", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a counselor", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; retry", body = Problem, content_type = "application/problem+json"),
     ),
@@ -340,7 +338,6 @@ pub struct WithdrawalList {
     responses(
         (status = 200, description = "A page of withdrawals", body = Envelope<WithdrawalList>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a counselor", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

@@ -317,7 +317,6 @@ pub struct Uploaded {
     responses(
         (status = 200, description = "The stored file", body = Envelope<Uploaded>),
         (status = 400, description = "No file, an invalid field, or a type not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than 10 MB", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -400,7 +399,6 @@ pub struct UploadedImage {
     responses(
         (status = 200, description = "The stored avatar, now the caller's", body = Envelope<UploadedImage>),
         (status = 400, description = "No file, or not a JPEG or PNG", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than 2 MB", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -452,7 +450,6 @@ pub async fn avatar(
     responses(
         (status = 200, description = "The stored certificate", body = Envelope<UploadedImage>),
         (status = 400, description = "No file, or not a JPEG or PNG", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than 5 MB", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -560,7 +557,6 @@ pub struct FileRecord {
     responses(
         (status = 200, description = "The file record", body = Envelope<FileRecord>),
         (status = 400, description = "An invalid id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another user's file", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown or deleted file", body = Problem, content_type = "application/problem+json"),
     ),
@@ -606,7 +602,6 @@ pub async fn get_one(
     responses(
         (status = 200, description = "`msg` \"deleted\"", body = Message),
         (status = 400, description = "An invalid id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another user's file", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown or deleted file", body = Problem, content_type = "application/problem+json"),
     ),

@@ -131,7 +131,6 @@ pub struct NotificationList {
     responses(
         (status = 200, description = "A page of notifications", body = Envelope<NotificationList>),
         (status = 400, description = "Invalid paging or type", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -233,7 +232,6 @@ async fn owned(state: &AppState, user: &AuthUser, id: i64) -> Result<(), ApiErro
     responses(
         (status = 200, description = "`msg` \"marked as read\" (also when it already was)", body = Message),
         (status = 400, description = "An invalid id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another user's notification", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown or deleted notification", body = Problem, content_type = "application/problem+json"),
     ),
@@ -272,7 +270,6 @@ pub struct NotificationsUpdated {
     summary = "Mark all as read",
     responses(
         (status = 200, description = "How many were unread", body = Envelope<NotificationsUpdated>),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -307,7 +304,6 @@ pub async fn read_all(
     responses(
         (status = 200, description = "`msg` \"deleted\"", body = Message),
         (status = 400, description = "An invalid id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another user's notification", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown or already deleted notification", body = Problem, content_type = "application/problem+json"),
     ),

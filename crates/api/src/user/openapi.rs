@@ -129,18 +129,6 @@ pub fn complete(generated: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi
 /// across fields), 404 where the path names a row. Provider notifications answer
 /// in their provider's format and keep their own list.
 fn document_refusals(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-    let refusal = |description: &str| {
-        ResponseBuilder::new()
-            .description(description)
-            .content(
-                "application/problem+json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("Problem")))
-                    .build(),
-            )
-            .build()
-    };
     for (path, item) in doc.paths.paths.iter_mut() {
         if crate::app::idempotency::is_provider_notification(path) {
             continue;
@@ -163,7 +151,7 @@ fn document_refusals(doc: &mut utoipa::openapi::OpenApi) {
             let mut add = |status: &str, description: &str| {
                 responses
                     .entry(status.to_string())
-                    .or_insert_with(|| refusal(description).into());
+                    .or_insert_with(|| Problem::response(description).into());
             };
             if needs_token {
                 add("401", "Missing, invalid, expired or revoked token");
@@ -199,7 +187,7 @@ fn document_refusals(doc: &mut utoipa::openapi::OpenApi) {
 /// `POST`, `PUT`, `PATCH` and `DELETE` operation (see [`crate::app::idempotency`]).
 fn document_idempotency(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
-    use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
+    use utoipa::openapi::{ObjectBuilder, Required, Type};
     let header = ParameterBuilder::new()
         .name("Idempotency-Key")
         .parameter_in(ParameterIn::Header)
@@ -216,17 +204,6 @@ fn document_idempotency(doc: &mut utoipa::openapi::OpenApi) {
                 .pattern(Some("^[\\x21-\\x7E]+$")),
         ))
         .build();
-    let refusal = |description: &str| {
-        ResponseBuilder::new()
-            .description(description)
-            .content(
-                "application/problem+json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("Problem")))
-                    .build(),
-            )
-            .build()
-    };
     for (path, item) in doc.paths.paths.iter_mut() {
         if crate::app::idempotency::is_provider_notification(path) {
             continue;
@@ -245,10 +222,10 @@ fn document_idempotency(doc: &mut utoipa::openapi::OpenApi) {
                 .push(header.clone());
             let responses = &mut op.responses.responses;
             responses.entry("409".into()).or_insert_with(|| {
-                refusal("The first request with this Idempotency-Key is still running, or a concurrent change; retry").into()
+                Problem::response("The first request with this Idempotency-Key is still running, or a concurrent change; retry").into()
             });
             responses.entry("422".into()).or_insert_with(|| {
-                refusal("This Idempotency-Key was used for another request").into()
+                Problem::response("This Idempotency-Key was used for another request").into()
             });
         }
     }

@@ -234,7 +234,6 @@ pub struct Reviewed {
     responses(
         (status = 200, description = "The review was recorded", body = Envelope<Reviewed>),
         (status = 400, description = "An invalid field, an order not completed, or already reviewed", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; retry", body = Problem, content_type = "application/problem+json"),

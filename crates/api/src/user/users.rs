@@ -267,7 +267,6 @@ pub struct UserInfo {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller", body = Envelope<UserInfo>),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn user_info(State(state): State<AppState>, user: AuthUser) -> Reply<UserInfo> {

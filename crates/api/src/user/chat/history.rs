@@ -137,7 +137,6 @@ pub struct SessionList {
     responses(
         (status = 200, description = "A page of sessions", body = Envelope<SessionList>),
         (status = 400, description = "Invalid paging or status", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -333,7 +332,6 @@ async fn billing_page(
     responses(
         (status = 200, description = "A page of bills", body = Envelope<BillingList>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -357,7 +355,6 @@ pub async fn billings(
     responses(
         (status = 200, description = "A page of bills", body = Envelope<BillingList>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a counselor", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

@@ -141,7 +141,6 @@ pub struct MessagePage {
     responses(
         (status = 200, description = "A page of messages", body = Envelope<MessagePage>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a participant of this session", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown session", body = Problem, content_type = "application/problem+json"),
     ),
@@ -233,7 +232,6 @@ pub async fn messages(
     responses(
         (status = 200, description = "A page of messages", body = Envelope<MessagePage>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a participant of this session", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown session", body = Problem, content_type = "application/problem+json"),
     ),
@@ -314,7 +312,6 @@ pub struct SentMessage {
     responses(
         (status = 200, description = "The stored message", body = Envelope<SentMessage>),
         (status = 400, description = "An invalid field", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a participant, or the session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The session's chat stream is unavailable; retry with the same client_msg_id", body = Problem, content_type = "application/problem+json"),

@@ -143,7 +143,6 @@ async fn start_session(
     responses(
         (status = 200, description = "The session (started now or before)", body = Envelope<StartedSession>),
         (status = 422, description = "The order is not paid (or not fully funded)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a participant of this order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; retry", body = Problem, content_type = "application/problem+json"),
@@ -174,7 +173,6 @@ pub async fn start(
     responses(
         (status = 200, description = "The session (started now or before)", body = Envelope<StartedSession>),
         (status = 422, description = "The order is not paid (or not fully funded)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a participant of this order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; retry", body = Problem, content_type = "application/problem+json"),
@@ -247,7 +245,6 @@ pub struct OrderSession {
     responses(
         (status = 200, description = "The order's session (found, or started now)", body = Envelope<OrderSession>),
         (status = 400, description = "No session yet and the order is not paid (or not fully funded)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a participant of this order or its session", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; retry", body = Problem, content_type = "application/problem+json"),
@@ -351,7 +348,6 @@ pub struct EndedSession {
     responses(
         (status = 200, description = "The ended session and its bill", body = Envelope<EndedSession>),
         (status = 400, description = "The session has already ended", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a participant of this session", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown session", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; retry", body = Problem, content_type = "application/problem+json"),
@@ -429,7 +425,6 @@ pub async fn end(
     responses(
         (status = 200, description = "The ended session and its bill", body = Envelope<EndedSession>),
         (status = 400, description = "The session has already ended", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a participant of this session", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown session", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; retry", body = Problem, content_type = "application/problem+json"),

@@ -73,7 +73,6 @@ pub struct Created {
     responses(
         (status = 200, description = "The group was created", body = Envelope<Created>),
         (status = 400, description = "An invalid field, an unknown user, or more members than the cap", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -177,7 +176,6 @@ pub struct ListQuery {
     responses(
         (status = 200, description = "The caller's groups", body = Envelope<GroupList>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -307,7 +305,6 @@ pub struct UpdateRequest {
     responses(
         (status = 200, description = "The group", body = Envelope<GroupDetail>),
         (status = 400, description = "A malformed id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a member", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
     ),
@@ -359,7 +356,6 @@ pub async fn show(
     responses(
         (status = 200, description = "Changed", body = Envelope<Changed>),
         (status = 400, description = "An invalid field", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the owner or an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Dissolved, or changed concurrently", body = Problem, content_type = "application/problem+json"),
@@ -395,7 +391,6 @@ pub async fn update(
     responses(
         (status = 200, description = "Dissolved", body = Envelope<Changed>),
         (status = 400, description = "A malformed id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the owner", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already dissolved", body = Problem, content_type = "application/problem+json"),
@@ -436,7 +431,6 @@ pub struct MuteAllRequest {
     responses(
         (status = 200, description = "Changed", body = Envelope<Changed>),
         (status = 400, description = "A malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the owner or an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Dissolved, or changed concurrently", body = Problem, content_type = "application/problem+json"),

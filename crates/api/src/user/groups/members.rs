@@ -80,7 +80,6 @@ pub struct AddRequest {
     responses(
         (status = 200, description = "A page of members", body = Envelope<MemberList>),
         (status = 400, description = "Invalid paging or id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a member", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
     ),
@@ -136,7 +135,6 @@ pub async fn members(
     responses(
         (status = 200, description = "Added", body = Envelope<Changed>),
         (status = 400, description = "An unknown user, or past the member cap", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the owner or an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Dissolved, or changed concurrently", body = Problem, content_type = "application/problem+json"),
@@ -185,7 +183,6 @@ pub async fn add_members(
     responses(
         (status = 200, description = "Removed", body = Envelope<Changed>),
         (status = 400, description = "A malformed id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not permitted (the owner cannot be removed)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Dissolved, or changed concurrently", body = Problem, content_type = "application/problem+json"),
@@ -217,7 +214,6 @@ pub async fn remove_member(
     responses(
         (status = 200, description = "Left", body = Envelope<Changed>),
         (status = 400, description = "A malformed id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a member", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The owner must transfer ownership first, or dissolved", body = Problem, content_type = "application/problem+json"),
@@ -279,7 +275,6 @@ pub struct RoleRequest {
     responses(
         (status = 200, description = "Changed", body = Envelope<Changed>),
         (status = 400, description = "An unknown role", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the owner, or not a member", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Dissolved, or changed concurrently", body = Problem, content_type = "application/problem+json"),
@@ -326,7 +321,6 @@ pub struct MuteRequest {
     responses(
         (status = 200, description = "Changed", body = Envelope<Changed>),
         (status = 400, description = "Minutes out of range", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not permitted (the owner cannot be muted)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Dissolved, or changed concurrently", body = Problem, content_type = "application/problem+json"),

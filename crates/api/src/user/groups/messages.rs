@@ -136,7 +136,6 @@ pub struct HistoryPage {
     responses(
         (status = 200, description = "A page of messages", body = Envelope<HistoryPage>),
         (status = 400, description = "A malformed cursor or a limit out of range", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a member", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
     ),
@@ -228,7 +227,6 @@ pub const MAX_MENTIONS: usize = 100;
     responses(
         (status = 200, description = "Stored", body = Envelope<Sent>),
         (status = 400, description = "An empty, oversized or invalid message, or a mention of a non-member", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a member, muted, or the group muted", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Dissolved", body = Problem, content_type = "application/problem+json"),
@@ -307,7 +305,6 @@ pub struct Stored {
     responses(
         (status = 200, description = "Recalled", body = Envelope<Stored>),
         (status = 400, description = "Past the recall window, or a malformed sequence", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a member, or someone else's message", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group or message", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Dissolved", body = Problem, content_type = "application/problem+json"),
@@ -367,7 +364,6 @@ pub struct ReadRequest {
     responses(
         (status = 200, description = "Stored", body = Envelope<Stored>),
         (status = 400, description = "A sequence that is not a message of the group", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a member", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Dissolved", body = Problem, content_type = "application/problem+json"),
@@ -461,7 +457,6 @@ fn like_pattern(q: &str) -> String {
     responses(
         (status = 200, description = "Matching messages", body = Envelope<SearchResults>),
         (status = 400, description = "An empty or too long query, or invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a member of group_id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group_id", body = Problem, content_type = "application/problem+json"),
     ),
@@ -543,7 +538,6 @@ pub struct MentionList {
     responses(
         (status = 200, description = "Mentions", body = Envelope<MentionList>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or an invalid token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -68,7 +68,6 @@ pub struct StatusRequest {
     responses(
         (status = 200, description = "`{code: 200, msg: \"order status updated\"}`", body = Message),
         (status = 400, description = "A status the counselor may not set, or a refused transition", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the order's counselor", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json")
     )
@@ -141,7 +140,6 @@ pub async fn set_status(
     responses(
         (status = 200, description = "Cancelled", body = Envelope<OrderCancelled>),
         (status = 400, description = "The order cannot be cancelled now", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json")
     )
@@ -219,7 +217,6 @@ pub struct OrderValidity {
     params(("id" = i64, Path, description = "The order's id")),
     responses(
         (status = 200, description = "What the caller may do", body = Envelope<OrderValidity>),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json")
     )
@@ -307,7 +304,6 @@ pub struct OrderTimeline {
     params(("id" = i64, Path, description = "The order's id")),
     responses(
         (status = 200, description = "The events, oldest first", body = Envelope<OrderTimeline>),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json")
     )
@@ -371,7 +367,6 @@ pub type CounselorOrdersQuery = OrderListQuery;
     responses(
         (status = 200, description = "A page of orders", body = Envelope<OrderList>),
         (status = 400, description = "A parameter is invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The caller is not a counselor", body = Problem, content_type = "application/problem+json")
     )
 )]

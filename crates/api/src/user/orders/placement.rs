@@ -120,7 +120,6 @@ pub struct OrderCreated {
     responses(
         (status = 200, description = "Placed, awaiting payment", body = Envelope<OrderCreated>),
         (status = 400, description = "A field is invalid, or the counselor is not available", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such counselor", body = Problem, content_type = "application/problem+json")
     )
 )]
@@ -311,7 +310,6 @@ impl OrderView {
     responses(
         (status = 200, description = "The order", body = Envelope<OrderView>),
         (status = 400, description = "The id is not a number", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json")
     )
@@ -380,7 +378,6 @@ pub struct OrderList {
     responses(
         (status = 200, description = "A page of orders", body = Envelope<OrderList>),
         (status = 400, description = "A parameter is invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn list(

@@ -138,7 +138,6 @@ fn native() -> String {
     responses(
         (status = 200, description = "The payment, awaiting the payer", body = Envelope<PaymentCreated>),
         (status = 400, description = "A field is invalid, the method is not offered, or the order is not awaiting payment", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json")
     )

@@ -145,7 +145,6 @@ impl PaymentView {
     responses(
         (status = 200, description = "The payment", body = Envelope<PaymentView>),
         (status = 400, description = "The id is not a number", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's payment", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json")
     )
@@ -221,7 +220,6 @@ pub struct PaymentList {
     responses(
         (status = 200, description = "A page of payments", body = Envelope<PaymentList>),
         (status = 400, description = "A parameter is invalid", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn list(
@@ -303,7 +301,6 @@ pub struct Refunded {
     responses(
         (status = 200, description = "Refunded", body = Envelope<Refunded>),
         (status = 400, description = "A field is invalid, the amount exceeds what is left, or the payment is not refundable", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's payment", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; retry", body = Problem, content_type = "application/problem+json")
