@@ -205,11 +205,11 @@ async fn bad_input_changes_nothing(up: &Up, demo: &Value) {
         ("a zero amount", Method::POST, format!("{api}/api/chat/counselor/withdraw"), Some(&counselor_token), Some(json!({ "amount": 0, "bank_name": "b", "bank_account": "1", "account_name": "n" }).to_string()), 400, "amount"),
         ("a negative amount", Method::POST, format!("{api}/api/chat/counselor/withdraw"), Some(&counselor_token), Some(json!({ "amount": -5, "bank_name": "b", "bank_account": "1", "account_name": "n" }).to_string()), 400, "amount"),
         ("paying someone else's order", Method::POST, format!("{api}/api/payment/create"), Some(&user_token), Some(json!({ "order_id": others, "payment_method": "sandbox" }).to_string()), 403, "not your order"),
-        ("paying twice", Method::POST, format!("{api}/api/payment/create"), Some(&other_token), Some(json!({ "order_id": others, "payment_method": "sandbox" }).to_string()), 400, "not awaiting payment"),
+        ("paying twice", Method::POST, format!("{api}/api/payment/create"), Some(&other_token), Some(json!({ "order_id": others, "payment_method": "sandbox" }).to_string()), 422, "not awaiting payment"),
         ("starting a chat on an unpaid order", Method::POST, format!("{api}/api/chat/start/{unpaid}"), Some(&user_token), Some("{}".into()), 422, "not paid"),
         ("withdrawing more than the balance", Method::POST, format!("{api}/api/chat/counselor/withdraw"), Some(&counselor_token), Some(json!({ "amount": 1_000_000, "bank_name": "b", "bank_account": "1", "account_name": "n" }).to_string()), 422, "insufficient balance"),
         ("approving a withdrawal with a user token", Method::POST, admin_url, Some(&user_token), Some(json!({ "approved": true }).to_string()), 403, "administrator"),
-        ("a bad path id", Method::GET, format!("{api}/api/order/abc"), Some(&user_token), None, 400, "path"),
+        ("a bad path id", Method::GET, format!("{api}/api/order/abc"), Some(&user_token), None, 404, "no such resource"),
         ("no token", Method::POST, format!("{api}/api/order/create"), None, Some("{}".into()), 401, "token"),
     ];
     for (what, method, url, token, body, status, needle) in cases {

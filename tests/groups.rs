@@ -213,7 +213,7 @@ async fn drive(up: &Up) {
     // --- creation: an unknown member id is refused and nothing is written ---
     let mut ctx = Ctx { up, group: 0 };
     ctx.refused(
-        400,
+        422,
         Method::POST,
         &format!("{api}/api/group/create"),
         &owner,
@@ -268,7 +268,7 @@ async fn drive(up: &Up) {
     )
     .await;
     ctx.refused(
-        400,
+        422,
         Method::POST,
         &ctx.url("/members"),
         &owner,
@@ -293,7 +293,7 @@ async fn drive(up: &Up) {
     .unwrap();
     let cap = ctx
         .refused(
-            400,
+            422,
             Method::POST,
             &ctx.url("/members"),
             &owner,
@@ -438,7 +438,7 @@ async fn drive(up: &Up) {
 
     // --- the HTTP fallback, bad messages ---
     for (status, bad) in [
-        (400, json!({ "content": "" })),
+        (422, json!({ "content": "" })),
         (400, json!({ "content": "x".repeat(5001) })),
         (422, json!({ "content": "a\u{0}b" })),
         (400, json!({ "content": "x", "content_type": "video" })),
@@ -522,14 +522,15 @@ async fn drive(up: &Up) {
         .await;
     assert_eq!(older["messages"][0]["seq"].as_u64(), Some(seq1));
     assert_eq!(older["messages"][0]["mentions"], json!([carol.id]));
-    for bad in [
-        "limit=0",
-        "limit=101",
-        "before_seq=abc",
-        "before_seq=1&after_seq=1",
+    for (status, bad) in [
+        (400, "limit=0"),
+        (400, "limit=101"),
+        (400, "before_seq=abc"),
+        // Each alone is of the documented shape; together, a rule across fields refuses them.
+        (422, "before_seq=1&after_seq=1"),
     ] {
         ctx.refused(
-            400,
+            status,
             Method::GET,
             &ctx.url(&format!("/messages?{bad}")),
             &carol,

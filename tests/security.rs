@@ -356,6 +356,7 @@ fn hostile_input_is_refused_or_stored_verbatim() {
         traversal_and_uploads(&up).await;
         injection(&up, &demo).await;
         odd_input(&up).await;
+        empty_query_values(&up).await;
         cors_and_headers(&up).await;
         brute_force(&up).await;
     });
@@ -1063,6 +1064,71 @@ async fn odd_input(up: &Up) {
     assert_eq!(
         doc["components"]["schemas"]["ApiError"]["properties"]["errors"]["type"],
         "array"
+    );
+}
+
+/// Every optional query parameter of a read is documented `allowEmptyValue`, and sent empty
+/// (`?status=`, as MyChat's clients send an unset filter, contract a.3) it means "absent": it is
+/// never the parameter a refusal names, and never a 5xx.
+async fn empty_query_values(up: &Up) {
+    let (username, password, _) = register(&up.api, "empty").await;
+    let (user_token, _, _) = login(&up.api, &username, &password).await;
+    let admin_token = admin_login(&up.admin, "admin123").await;
+    let mut checked = 0;
+    for (base, token) in [(&up.api, &user_token), (&up.admin, &admin_token)] {
+        let doc = get(&format!("{base}/api-docs/openapi.json"), None)
+            .await
+            .body;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let Some(params) = item["get"]["parameters"].as_array() else {
+                continue;
+            };
+            let mut url = path.clone();
+            let mut required = Vec::new();
+            for p in params {
+                let name = p["name"].as_str().unwrap();
+                match (
+                    p["in"].as_str().unwrap(),
+                    p["required"].as_bool() == Some(true),
+                ) {
+                    ("path", _) => url = url.replace(&format!("{{{name}}}"), "1"),
+                    ("query", true) => required.push(format!("{name}=x")),
+                    _ => {}
+                }
+            }
+            for p in params {
+                let name = p["name"].as_str().unwrap();
+                if p["in"] != "query" || p["required"].as_bool() == Some(true) {
+                    continue;
+                }
+                assert_eq!(
+                    p["allowEmptyValue"], true,
+                    "GET {path}: `{name}` is not documented as allowed empty"
+                );
+                let mut query = required.clone();
+                query.push(format!("{name}="));
+                let r = get(&format!("{base}{url}?{}", query.join("&")), Some(token)).await;
+                let named = r.body["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e["field"] == name)
+                    || r.body["msg"].as_str().is_some_and(|m| {
+                        m.contains(&format!("{name}:")) || m.contains(&format!("`{name}`"))
+                    });
+                assert!(
+                    r.status < 500 && !(r.status == 400 && named),
+                    "GET {url}?{name}= answered {}: {}",
+                    r.status,
+                    r.body
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked > 100,
+        "only {checked} optional query parameters found"
     );
 }
 

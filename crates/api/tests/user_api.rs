@@ -568,7 +568,7 @@ async fn accounts_refresh_rotation_revocation_and_login_limits() {
                 "/api/register".into(),
                 None,
                 Some(json!({"username": "alice", "password": "secret123"})),
-                400,
+                409,
                 "username",
             ),
             (
@@ -616,7 +616,7 @@ async fn accounts_refresh_rotation_revocation_and_login_limits() {
                 "/api/token/refresh".into(),
                 None,
                 Some(json!({})),
-                400,
+                422,
                 "refresh_token",
             ),
             (
@@ -681,7 +681,7 @@ async fn accounts_refresh_rotation_revocation_and_login_limits() {
                 "/api/user/password".into(),
                 t,
                 Some(json!({"old_password": "bad", "new_password": "secret456"})),
-                400,
+                422,
                 "old_password",
             ),
             (
@@ -764,7 +764,7 @@ async fn accounts_refresh_rotation_revocation_and_login_limits() {
                 404,
                 "counselor",
             ),
-            ("GET", "/api/counselor/abc".into(), None, None, 400, ""),
+            ("GET", "/api/counselor/abc".into(), None, None, 404, ""),
         ],
     )
     .await;
@@ -1023,7 +1023,7 @@ async fn orders_payments_cancel_and_refunds() {
             ("GET", "/api/order/99999".into(), t, None, 404, "order"),
             ("GET", "/api/order/list?status=9".into(), t, None, 400, "status"),
             ("PUT", format!("/api/order/{pending}/status"), t, Some(json!({"status": 2})), 403, "counselor"),
-            ("PUT", format!("/api/order/{pending}/status"), c, Some(json!({"status": 1})), 400, "status"),
+            ("PUT", format!("/api/order/{pending}/status"), c, Some(json!({"status": 1})), 422, "status"),
             ("PUT", format!("/api/order/{pending}/status"), c, Some(json!({"status": 7})), 400, "status"),
             ("PUT", format!("/api/order/{pending}/status"), c, Some(json!({})), 400, "status"),
             ("POST", format!("/api/order/{pending}/cancel"), o, None, 403, "not your order"),
@@ -1037,7 +1037,7 @@ async fn orders_payments_cancel_and_refunds() {
             ("POST", "/api/payment/create".into(), t, Some(json!({"order_id": pending, "payment_method": "paypal", "trade_type": "NATIVE"})), 400, "payment_method"),
             ("POST", "/api/payment/create".into(), t, Some(json!({"order_id": pending, "payment_method": "wechat", "trade_type": "POS"})), 400, "trade_type"),
             ("POST", "/api/payment/create".into(), o, Some(json!({"order_id": pending, "payment_method": "wechat", "trade_type": "NATIVE"})), 403, "not your order"),
-            ("POST", "/api/payment/create".into(), t, Some(json!({"order_id": paid3, "payment_method": "wechat", "trade_type": "NATIVE"})), 400, "not awaiting payment"),
+            ("POST", "/api/payment/create".into(), t, Some(json!({"order_id": paid3, "payment_method": "wechat", "trade_type": "NATIVE"})), 422, "not awaiting payment"),
             ("GET", format!("/api/payment/{payment_id}"), o, None, 403, "not your payment"),
             ("GET", "/api/payment/99999".into(), t, None, 404, "payment"),
             ("GET", "/api/payment/list?status=8".into(), t, None, 400, "status"),
@@ -1733,7 +1733,7 @@ async fn chat_billing_reviews_and_notifications() {
             ("POST", "/api/counselor/review".into(), o, Some(json!({"order_id": order, "rating": 4, "comment": "not mine"})), 403, "not your order"),
             ("POST", "/api/counselor/review".into(), t, Some(json!({"order_id": order, "rating": 6, "comment": "x"})), 400, "rating"),
             ("POST", "/api/counselor/review".into(), t, Some(json!({"order_id": order, "rating": 5, "comment": "  "})), 400, "comment"),
-            ("POST", "/api/counselor/review".into(), t, Some(json!({"order_id": order, "counselor_id": 999, "rating": 5, "comment": "x"})), 400, "counselor_id"),
+            ("POST", "/api/counselor/review".into(), t, Some(json!({"order_id": order, "counselor_id": 999, "rating": 5, "comment": "x"})), 422, "counselor_id"),
             ("GET", "/api/counselor/999/reviews".into(), None, None, 404, "counselor"),
             ("POST", format!("/api/notification/{first}/read"), o, None, 403, "not your notification"),
             ("DELETE", format!("/api/notification/{first}"), o, None, 403, "not your notification"),
@@ -1747,7 +1747,7 @@ async fn chat_billing_reviews_and_notifications() {
             ("POST", format!("/api/chat/session/{other_order}/start"), o, None, 403, "participant"),
             ("GET", format!("/api/chat/session/{session}/messages"), o, None, 403, "participant"),
             ("POST", format!("/api/chat/session/{session}/end"), t, None, 422, "ended"),
-            ("GET", "/api/counselor/abc/reviews".into(), None, None, 400, ""),
+            ("GET", "/api/counselor/abc/reviews".into(), None, None, 404, ""),
             ("GET", format!("/api/counselor/{counselor}/reviews?page_size=0"), None, None, 400, "page_size"),
         ],
     )
@@ -2060,13 +2060,13 @@ async fn files_avatars_and_counselor_applications() {
     let r = upload(&app, "/api/upload/avatar", &token, "evil.png", script, &[]).await;
     assert_eq!(
         (r.status, r.body["msg"].as_str().unwrap().contains("file")),
-        (400, true),
+        (422, true),
         "{}",
         r.body
     );
     let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
     let r = upload(&app, "/api/upload/avatar", &token, "a.gif", gif, &[]).await;
-    assert_eq!(r.status, 400, "a GIF is not a JPEG/PNG avatar");
+    assert_eq!(r.status, 422, "a GIF is not a JPEG/PNG avatar");
     let mut big = PNG.to_vec();
     big.resize(2 * 1024 * 1024 + 10, 0);
     let r = upload(&app, "/api/upload/avatar", &token, "big.png", &big, &[]).await;
@@ -2296,7 +2296,7 @@ async fn files_avatars_and_counselor_applications() {
                 "/api/counselor/application".into(),
                 a,
                 with("certificate_img1", json!("")),
-                400,
+                422,
                 "certificate",
             ),
             (

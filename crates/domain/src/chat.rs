@@ -10,8 +10,8 @@ use crate::session::{ChatSession, SessionStatus};
 
 /// The longest message text, in characters.
 pub const MAX_CONTENT_CHARS: usize = 5000;
-/// The longest client message id (the deduplication key of a resend), in bytes.
-pub const MAX_CLIENT_MSG_ID_BYTES: usize = 100;
+/// The longest client message id (the deduplication key of a resend), in characters.
+pub const MAX_CLIENT_MSG_ID_CHARS: usize = 100;
 /// The content types a message may have (contract a.6); an empty one means `text`.
 pub const CONTENT_TYPES: [&str; 3] = ["text", "image", "file"];
 
@@ -58,6 +58,10 @@ pub enum MessageRefusal {
         field: &'static str,
         reason: &'static str,
     },
+    /// Neither text (not blank) nor an attachment: each field is well-formed, the pair is
+    /// refused (a rule across fields).
+    #[error("content: must not be empty")]
+    Empty,
 }
 
 impl MessageDraft {
@@ -65,7 +69,8 @@ impl MessageDraft {
     /// content type (returned, `""` read as `text`), text or file present, lengths.
     ///
     /// # Errors
-    /// [`MessageRefusal::Invalid`] naming `content_type`, `content` or `client_msg_id`.
+    /// [`MessageRefusal::Invalid`] naming `content_type`, `content` or `client_msg_id`;
+    /// [`MessageRefusal::Empty`] for neither text nor a file.
     pub fn validate(&self) -> Result<&'static str, MessageRefusal> {
         let content_type = match self.content_type.as_str() {
             "" | "text" => "text",
@@ -79,10 +84,7 @@ impl MessageDraft {
             }
         };
         if self.content.trim().is_empty() && self.file_url.is_empty() {
-            return Err(MessageRefusal::Invalid {
-                field: "content",
-                reason: "must not be empty",
-            });
+            return Err(MessageRefusal::Empty);
         }
         if self.content.chars().count() > MAX_CONTENT_CHARS {
             return Err(MessageRefusal::Invalid {
@@ -90,7 +92,7 @@ impl MessageDraft {
                 reason: "at most 5000 characters",
             });
         }
-        if self.client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
+        if self.client_msg_id.chars().count() > MAX_CLIENT_MSG_ID_CHARS {
             return Err(MessageRefusal::Invalid {
                 field: "client_msg_id",
                 reason: "at most 100 characters",
@@ -106,7 +108,7 @@ impl ChatSession {
     /// # Errors
     /// [`MessageRefusal`]: not a participant, the session is not active, or an invalid field (a
     /// content type other than [`CONTENT_TYPES`], no text and no file, more than
-    /// [`MAX_CONTENT_CHARS`] characters, a client id longer than [`MAX_CLIENT_MSG_ID_BYTES`]).
+    /// [`MAX_CONTENT_CHARS`] characters, a client id longer than [`MAX_CLIENT_MSG_ID_CHARS`]).
     pub fn accept_message(
         &self,
         sender_id: i64,

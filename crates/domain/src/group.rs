@@ -264,6 +264,13 @@ pub enum GroupError {
         field: &'static str,
         reason: &'static str,
     },
+    /// A well-formed request the group's state refuses (a recall past its window, the owner
+    /// changing its own role): `field` on the wire, and why.
+    #[error("{field}: {reason}")]
+    Refused {
+        field: &'static str,
+        reason: &'static str,
+    },
 }
 
 /// A group message the group accepts: the draft with a known content type and its mentions
@@ -293,9 +300,13 @@ pub enum GroupMessageRefusal {
     Muted { until: Timestamp },
     #[error("the group is muted")]
     GroupMuted,
-    /// A field of the draft (or a mention) is invalid.
+    /// A field of the draft is invalid.
     #[error("{0}")]
     Invalid(MessageRefusal),
+    /// A mentioned user is not a member of the group (well-formed, refused by the group's
+    /// membership).
+    #[error("mentions: every mentioned user must be a member of the group")]
+    MentionsNonMember,
 }
 
 impl Group {
@@ -342,10 +353,7 @@ impl Group {
         let mut unique = Vec::with_capacity(mentions.len());
         for id in mentions {
             if !self.members.contains_key(id) {
-                return Err(GroupMessageRefusal::Invalid(MessageRefusal::Invalid {
-                    field: "mentions",
-                    reason: "every mentioned user must be a member of the group",
-                }));
+                return Err(GroupMessageRefusal::MentionsNonMember);
             }
             if !unique.contains(id) {
                 unique.push(*id);
@@ -383,7 +391,7 @@ impl Group {
             return Err(GroupError::NotPermitted("message's sender"));
         }
         if (now - sent_at).num_seconds() >= RECALL_WINDOW_SECONDS {
-            return Err(GroupError::Invalid {
+            return Err(GroupError::Refused {
                 field: "seq",
                 reason: "a message can be recalled within 2 minutes of sending",
             });
@@ -619,7 +627,7 @@ impl Aggregate for Group {
                 }
                 if user_id == actor_id {
                     // The owner's own role changes only by transferring ownership to another.
-                    return Err(GroupError::Invalid {
+                    return Err(GroupError::Refused {
                         field: "user_id",
                         reason: "the owner transfers ownership to another member",
                     });

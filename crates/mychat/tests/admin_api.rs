@@ -625,7 +625,7 @@ async fn admin_flows() {
             Some(json!({"status": 1})),
         )
         .await;
-    assert_eq!(s, 400, "{b}");
+    assert_eq!(s, 422, "{b}");
     assert_eq!(b["errors"][0]["field"], "payment_method", "{b}");
     assert_eq!(app.fingerprint().await, before, "a refusal changes nothing");
     let (s, b) = app
@@ -637,11 +637,12 @@ async fn admin_flows() {
         )
         .await;
     assert_eq!((s, b["data"]["status"].clone()), (200, json!(1)), "{b}");
-    for body in [json!({"status": 0}), json!({"status": 5})] {
+    // Back to awaiting payment: a rule of the order's state (422); status 5: no such status (400).
+    for (body, status) in [(json!({"status": 0}), 422), (json!({"status": 5}), 400)] {
         let (s, _) = app
             .call(Method::PUT, "/api/admin/orders/501/status", t, Some(body))
             .await;
-        assert_eq!(s, 400);
+        assert_eq!(s, status);
     }
     let (s, _) = app
         .call(
@@ -774,7 +775,7 @@ async fn admin_flows() {
             Some(json!({"parent_id": a})),
         )
         .await;
-    assert_eq!(s, 400, "{b}");
+    assert_eq!(s, 422, "{b}");
     assert!(b["msg"].as_str().unwrap().contains("parent_id"));
     let (_, c) = app.call(Method::POST, "/api/admin/permissions", t, Some(json!({"name": "报表导出", "code": "report:export", "type": "button", "parent_id": a}))).await;
     let c = c["data"]["id"].as_i64().unwrap();
@@ -786,7 +787,7 @@ async fn admin_flows() {
             Some(json!({"parent_id": c})),
         )
         .await;
-    assert_eq!(s, 400, "a cycle is refused");
+    assert_eq!(s, 422, "a cycle is refused");
     let (s, _) = app
         .call(
             Method::DELETE,
@@ -795,7 +796,7 @@ async fn admin_flows() {
             None,
         )
         .await;
-    assert_eq!(s, 400, "a permission with children");
+    assert_eq!(s, 422, "a permission with children");
     let (_, tree) = app
         .call(Method::GET, "/api/admin/permissions/tree", t, None)
         .await;
@@ -821,7 +822,7 @@ async fn admin_flows() {
     let (s, _) = app
         .call(Method::DELETE, &format!("/api/admin/menus/{m1}"), t, None)
         .await;
-    assert_eq!(s, 400, "a menu with children");
+    assert_eq!(s, 422, "a menu with children");
     let (s, _) = app
         .call(
             Method::PUT,
@@ -830,7 +831,7 @@ async fn admin_flows() {
             Some(json!({"parent_id": m1})),
         )
         .await;
-    assert_eq!(s, 400);
+    assert_eq!(s, 422);
     let (_, menus) = app.call(Method::GET, "/api/admin/menus", t, None).await;
     assert_eq!(
         menus["data"]["list"][0]["children"][0]["type"], 2,
@@ -882,7 +883,7 @@ async fn admin_flows() {
             Some(json!({"permission_ids": [123456]})),
         )
         .await;
-    assert_eq!(s, 400);
+    assert_eq!(s, 422);
 
     // Chat redaction: the text leaves the read model; the message and the redaction stay in CHAT.
     let msg = ChatMessage {
@@ -981,7 +982,16 @@ async fn admin_flows() {
             Some(json!({"name": ""})),
         )
         .await;
-    assert_eq!(s, 400, "a required field");
+    assert_eq!(s, 422, "a required field (of the stored form)");
+    let (s, _) = app
+        .call(
+            Method::POST,
+            &format!("/api/admin/lowcode/forms/{fid}/data"),
+            t,
+            Some(json!({"name": {"nested": 1}})),
+        )
+        .await;
+    assert_eq!(s, 400, "a value that is not a field value");
     let (s, d) = app
         .call(
             Method::POST,
@@ -1116,7 +1126,7 @@ async fn admin_flows() {
         .await;
     assert_eq!(b["data"]["list"][0]["id"], app_id);
 
-    // A 3 MB file is accepted by the file upload (≤ 10 MB), refused by the image upload (≤ 2 MB).
+    // A 3 MB file is accepted by the file upload (≤ 10 MB); the image upload refuses a PDF.
     let big = || {
         reqwest::multipart::Form::new().part(
             "file",
@@ -1140,7 +1150,7 @@ async fn admin_flows() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.status(), 422, "a PDF is not an image");
 
     // Configs: root list, duplicate key, system config protected.
     let (_, cfg) = app
@@ -1676,49 +1686,58 @@ async fn refused_order_status_changes_name_the_field_and_change_nothing() {
         )
         .await;
     assert_eq!(s, 200, "{b}");
-    let cases: Vec<(i64, Value, &str)> = vec![
-        (601, json!({"status": 1}), "payment_method"),
+    // Of the documented shape but refused by a rule (a field required for status 1, an amount
+    // that is not the order's, an order in another state) is a 422; not of it, a 400.
+    let cases: Vec<(i64, Value, &str, u16)> = vec![
+        (601, json!({"status": 1}), "payment_method", 422),
         (
             601,
             json!({"status": 1, "payment_method": "card_skimming", "amount": 50, "note": "x"}),
             "payment_method",
+            400,
         ),
         (
             601,
             json!({"status": 1, "payment_method": "cash", "note": "x"}),
             "amount",
+            422,
         ),
         (
             601,
             json!({"status": 1, "payment_method": "cash", "amount": 49.99, "note": "x"}),
             "amount",
+            422,
         ),
         (
             601,
             json!({"status": 1, "payment_method": "cash", "amount": 50.001, "note": "x"}),
             "amount",
+            400,
         ),
         (
             601,
             json!({"status": 1, "payment_method": "cash", "amount": 50}),
             "note",
+            422,
         ),
         (
             601,
             json!({"status": 1, "payment_method": "cash", "amount": 50, "note": "   "}),
             "note",
+            422,
         ),
-        (601, json!({"status": 4}), "status"),
-        (601, json!({"status": 9}), "status"),
-        (601, json!({}), "status"),
+        (601, json!({"status": 4}), "status", 422),
+        (601, json!({"status": 9}), "status", 400),
+        (601, json!({}), "status", 400),
         (
             602,
             json!({"status": 1, "payment_method": "cash", "amount": 100, "note": "twice"}),
             "status",
+            422,
         ),
-        (602, json!({"status": 0}), "status"),
+        (602, json!({"status": 0}), "status", 422),
     ];
-    for (id, body, field) in cases {
+    for (id, body, field, status) in cases {
         // Every table and both stream heads; not the projectors' own bookkeeping
         // (`projection_checkpoints`, `projection_status`), which they move on their own time.
         let data = |f: Vec<String>| -> Vec<String> {
@@ -1735,7 +1754,7 @@ async fn refused_order_status_changes_name_the_field_and_change_nothing() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 400, "{id} {body}");
+        assert_eq!(resp.status(), status, "{id} {body}");
         assert_eq!(
             resp.headers()["content-type"],
             "application/problem+json",

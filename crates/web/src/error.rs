@@ -94,13 +94,20 @@ impl ApiError {
             retry_after: None,
         }
     }
+    /// 422 naming one field: the input has the documented shape, and a rule the schema cannot
+    /// state refused it (a referenced row that does not exist, a rule across fields, the
+    /// current state of a row). `msg` is `"<field>: <message>"`.
+    pub fn unprocessable(field: &str, message: impl Into<String>) -> Self {
+        Self::field(field, message).with_status(StatusCode::UNPROCESSABLE_ENTITY)
+    }
     /// The same error answered with `status` (a field refused by a rule across fields is a 422).
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
     }
     /// 400 naming every invalid field of a validated body or query (`validator`'s errors, in
-    /// field order; nested fields as `items[2].label`): `msg` is `"<field>: <message>"` of the
+    /// field order; nested fields as `items[2].label`), or 422 when only rules across fields
+    /// (`__all__`) refused it: `msg` is `"<field>: <message>"` of the
     /// first, `errors` lists them all. A rule's `message` is what the client reads; without one,
     /// its code (`length`, `range`, …).
     pub fn validation(errors: &validator::ValidationErrors) -> Self {
@@ -111,8 +118,15 @@ impl ApiError {
             .first()
             .map(|f| format!("{}: {}", f.field, f.message))
             .unwrap_or_else(|| "invalid request".to_string());
+        // Only rules across fields (`#[validate(schema(..))]`, reported as `__all__`): the
+        // input has the documented shape, the combination is refused, a 422.
+        let status = if !fields.is_empty() && fields.iter().all(|f| f.field.ends_with("__all__")) {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::BAD_REQUEST
+        };
         Self {
-            status: StatusCode::BAD_REQUEST,
+            status,
             msg,
             errors: fields,
             source: None,
@@ -289,6 +303,8 @@ impl Rejection for domain::OrderError {
             | Self::ServiceStarted
             | Self::NotCompleted(_)
             | Self::AlreadyReviewed
+            | Self::AmountMismatch { .. }
+            | Self::InvalidStatus
             | Self::NotFunded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -301,6 +317,9 @@ impl Rejection for domain::PaymentError {
             Self::AlreadyCreated
             | Self::CapturedByAnotherTransaction
             | Self::NotCaptured
+            | Self::AmountMismatch { .. }
+            | Self::RechargeNotRefundable
+            | Self::OfflineDetailsMissing
             | Self::RefundExceedsCaptured { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -324,14 +343,16 @@ impl Rejection for domain::GroupError {
                 StatusCode::FORBIDDEN
             }
             Self::Dissolved | Self::OwnerMustTransfer => StatusCode::CONFLICT,
-            Self::AlreadyCreated | Self::CapExceeded(_) | Self::Invalid { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::AlreadyCreated => StatusCode::CONFLICT,
+            Self::CapExceeded(_) | Self::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Invalid { .. } => StatusCode::BAD_REQUEST,
         }
     }
     fn field(&self) -> Option<(&'static str, &'static str)> {
         match self {
-            Self::Invalid { field, reason } => Some((field, reason)),
+            Self::Invalid { field, reason } | Self::Refused { field, reason } => {
+                Some((field, reason))
+            }
             _ => None,
         }
     }
@@ -369,6 +390,10 @@ impl From<domain::GroupMessageRefusal> for ApiError {
         match e {
             R::NotFound => Self::not_found("group"),
             R::Invalid(refusal) => refusal.into(),
+            R::MentionsNonMember => Self::unprocessable(
+                "mentions",
+                "every mentioned user must be a member of the group",
+            ),
             R::Dissolved => Self::conflict(e.to_string()),
             R::NotMember | R::Muted { .. } | R::GroupMuted => Self::forbidden(e.to_string()),
         }
@@ -379,6 +404,9 @@ impl From<domain::MessageRefusal> for ApiError {
     fn from(e: domain::MessageRefusal) -> Self {
         match e {
             domain::MessageRefusal::Invalid { field, reason } => Self::field(field, reason),
+            domain::MessageRefusal::Empty => {
+                Self::unprocessable("content", "must not be blank unless file_url is set")
+            }
             other => Self::forbidden(other.to_string()),
         }
     }

@@ -1,5 +1,5 @@
 //! The extractors every handler uses, whose rejections are [`ApiError`]s (so a bad request gets
-//! the same `{code, msg}` problem body as any other refusal): [`Json`], [`Query`], [`Path`],
+//! the same `{code, msg}` problem body as any other refusal; a path that does not parse is a 404): [`Json`], [`Query`], [`Path`],
 //! [`Multipart`].
 //!
 //! They carry axum's names on purpose: `#[utoipa::path]` recognises `Json<T>`, `Query<T>` and
@@ -68,10 +68,16 @@ fn field_error(path: String, inner: &serde_json::Error) -> FieldError {
 
 /// Parses a JSON body like [`Json`] does: a 400 naming the field on any mismatch.
 ///
+/// Every body the APIs read is a JSON object (or `null` where a body is optional): a top-level
+/// array is refused before serde, which would otherwise read it as the struct's fields in order.
+///
 /// # Errors
-/// 400 for malformed JSON, a wrong type, a missing field, a refused value, or a NUL character in
-/// a string ([`has_nul_escape`]).
+/// 400 for malformed JSON, an array, a wrong type, a missing field, a refused value, or a NUL
+/// character in a string ([`has_nul_escape`]).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::bad_request("request body must be a JSON object"));
+    }
     if has_nul_escape(bytes) {
         // Well-formed JSON of the documented shape, refused for what it holds: a 422.
         return Err(ApiError::new(
@@ -160,14 +166,131 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// Path parameters; a bad one (e.g. `/api/order/abc`) is a 400.
-#[derive(Debug, Clone, Copy, FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
+/// Path parameters; one that does not parse (e.g. `/api/order/abc`) is a 404: the path names no
+/// resource.
+///
+/// An integer written with a zero fraction (`/api/order/3.0`) is read as that integer: the
+/// documents type ids as JSON Schema integers, and JSON Schema counts `3.0` as one (as
+/// [`parse_json`] does for bodies).
+#[derive(Debug, Clone, Copy)]
 pub struct Path<T>(pub T);
 
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) => {
+                let raw = axum::extract::RawPathParams::from_request_parts(parts, state)
+                    .await
+                    .ok();
+                raw.and_then(|raw| integral_path_params(&raw))
+                    .map(Path)
+                    .ok_or_else(|| rejection.into())
+            }
+        }
+    }
+}
+
+/// `raw` read as `T` with every value that is an integer written with a zero fraction (`3.0`)
+/// taken as that integer; `None` when there is no such value or `T` still refuses them.
+///
+/// axum's own path deserializer (which parses text into numbers) is private, so the values are
+/// tried as JSON: a zero-fraction value or a plain integer as a number or as text (whichever `T`
+/// takes), anything else as text; at most 2^n shapes for n ≤ 4 parameters.
+fn integral_path_params<T: DeserializeOwned>(raw: &axum::extract::RawPathParams) -> Option<T> {
+    let mut any = false;
+    let choices: Vec<(String, Vec<serde_json::Value>)> = raw
+        .iter()
+        .map(|(name, value)| {
+            let number = |whole: &str| {
+                whole
+                    .parse::<i64>()
+                    .map(serde_json::Value::from)
+                    .or_else(|_| whole.parse::<u64>().map(serde_json::Value::from))
+                    .ok()
+            };
+            let zero_fraction = value
+                .split_once('.')
+                .filter(|(_, f)| !f.is_empty() && f.bytes().all(|b| b == b'0'))
+                .and_then(|(whole, _)| number(whole));
+            let options = match (zero_fraction, number(value)) {
+                (Some(n), _) => {
+                    any = true;
+                    vec![n, value.into()]
+                }
+                (None, Some(n)) => vec![n, value.into()],
+                (None, None) => vec![value.into()],
+            };
+            (name.to_string(), options)
+        })
+        .collect();
+    if !any || choices.len() > 4 {
+        return None;
+    }
+    let mut picks = vec![0usize; choices.len()];
+    loop {
+        let values: Vec<(String, serde_json::Value)> = choices
+            .iter()
+            .zip(&picks)
+            .map(|((name, options), &i)| (name.clone(), options[i].clone()))
+            .collect();
+        if let Some(v) = read_params(values) {
+            return Some(v);
+        }
+        // The next combination, as an odometer over each parameter's options.
+        let mut i = 0;
+        loop {
+            if i == picks.len() {
+                return None;
+            }
+            picks[i] += 1;
+            if picks[i] < choices[i].1.len() {
+                break;
+            }
+            picks[i] = 0;
+            i += 1;
+        }
+    }
+}
+
+/// Path parameters as `T`: one as a value, several as a tuple or a struct.
+fn read_params<T: DeserializeOwned>(values: Vec<(String, serde_json::Value)>) -> Option<T> {
+    if let [(_, one)] = values.as_slice() {
+        if let Ok(v) = serde_json::from_value(one.clone()) {
+            return Some(v);
+        }
+    }
+    let list = serde_json::Value::Array(values.iter().map(|(_, v)| v.clone()).collect());
+    if let Ok(v) = serde_json::from_value(list) {
+        return Some(v);
+    }
+    serde_json::from_value(serde_json::Value::Object(values.into_iter().collect())).ok()
+}
+
+/// A path whose parameter does not parse (`/api/order/abc`) names no resource: a 404. (A route
+/// declared without the parameter its handler reads is a bug: a 500.)
 impl From<PathRejection> for ApiError {
     fn from(e: PathRejection) -> Self {
-        ApiError::bad_request(format!("invalid path parameter: {}", e.body_text()))
+        use axum::extract::path::ErrorKind;
+        match e {
+            PathRejection::FailedToDeserializePathParams(e)
+                if !matches!(
+                    e.kind(),
+                    ErrorKind::WrongNumberOfParameters { .. } | ErrorKind::UnsupportedType { .. }
+                ) =>
+            {
+                ApiError::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    format!("no such resource: {}", e.body_text()),
+                )
+            }
+            other => ApiError::internal(anyhow::anyhow!("path parameters: {}", other.body_text())),
+        }
     }
 }
 
@@ -183,6 +306,22 @@ mod tests {
         assert!(!has_nul_escape(br#"{"a":"\u00001"}"#.split_at(9).0));
         assert!(!has_nul_escape(br#"{"a":"\u0001"}"#));
         assert!(!has_nul_escape(b"\\"));
+    }
+
+    #[test]
+    fn an_array_is_not_a_body() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Body {
+            a: Option<i64>,
+            b: Option<i64>,
+        }
+        let e = parse_json::<Body>(b" [null, 1]").unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.msg.as_str()),
+            (400, "request body must be a JSON object")
+        );
+        assert!(parse_json::<Body>(br#"{"b": 1}"#).is_ok());
     }
 
     #[test]

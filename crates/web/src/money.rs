@@ -25,8 +25,12 @@ pub fn positive_fen(field: &str, yuan: f64) -> Result<Fen, ApiError> {
     if !yuan.is_finite() {
         return Err(ApiError::field(field, "must be a number"));
     }
-    let fen = (yuan * 100.0).round();
-    if (yuan * 100.0 - fen).abs() > 1e-6 {
+    let cents = yuan * 100.0;
+    let fen = cents.round();
+    // Two decimals at most, up to the rounding of binary floating point: a few units in the last
+    // place of `yuan * 100` (relative, so 323158185.46 passes as 0.1 + 0.2 does; an absolute
+    // tolerance refused large amounts for the product's rounding).
+    if (cents - fen).abs() > 8.0 * f64::EPSILON * cents.abs().max(1.0) {
         return Err(ApiError::field(field, "at most two decimals (fen)"));
     }
     if fen <= 0.0 {
@@ -56,6 +60,16 @@ mod tests {
         assert!(positive_fen("amount", 0.0).is_err());
         assert!(positive_fen("amount", -1.0).is_err());
         assert!(positive_fen("amount", 1.234).is_err());
+        assert_eq!(
+            positive_fen("amount", 323_158_185.46).unwrap(),
+            32_315_818_546
+        );
+        assert_eq!(
+            positive_fen("amount", 99_999_999.99).unwrap(),
+            9_999_999_999
+        );
+        assert!(positive_fen("amount", 99_999_999.999).is_err());
+        assert!(positive_fen("amount", 50.001).is_err());
         assert!(positive_fen("amount", f64::NAN).is_err());
     }
 }

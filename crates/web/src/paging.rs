@@ -29,6 +29,20 @@ pub fn paging(
     Ok((size, (page - 1) * size))
 }
 
+/// Checks `pageSize`, the admin client's spelling of `page_size`, on its own: a list reads
+/// `page_size` when both are sent, yet a `pageSize` out of 1..=100 is still refused.
+///
+/// # Errors
+/// 400 naming `pageSize`.
+pub fn check_page_size_alias(alias: Option<i64>) -> Result<(), ApiError> {
+    match alias {
+        Some(size) if !(1..=100).contains(&size) => {
+            Err(ApiError::field("pageSize", "must be between 1 and 100"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// MyChat's paged list query: `page` (1-based), `page_size` and an optional `status` filter;
 /// each may be sent as `""`, meaning "default" / "no filter" (contract a.3).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -42,7 +56,8 @@ pub struct PageQuery {
 }
 
 /// Deserialises an optional value that MyChat's clients may send as `""` (meaning "no filter")
-/// from its text.
+/// from its text. Only the empty text is absent: the documents state the parameter's type or
+/// `""` (`allowEmptyValue`), so `" 8"` or `"8\r"` is refused like any other text.
 ///
 /// # Errors
 /// The value's own parse error.
@@ -53,15 +68,59 @@ where
     T::Err: std::fmt::Display,
 {
     let s: Option<String> = serde::Deserialize::deserialize(d)?;
-    match s.as_deref().map(str::trim) {
+    match s.as_deref() {
         None | Some("") => Ok(None),
         Some(v) => v.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// States in `doc` what [`empty_as_none`] and the list handlers do with a query parameter sent
+/// empty (`?status=`, contract a.3): every optional query parameter gets `allowEmptyValue: true`
+/// (OpenAPI 3.1 §4.8.12.2: "sending a parameter with an empty value"), which clients and
+/// generators read as "the schema, or the empty string". utoipa has no field for it, so it is
+/// written as a raw member beside the parameter's extensions.
+pub fn document_empty_query_values(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::Required;
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for param in op.parameters.iter_mut().flatten() {
+                if param.parameter_in == ParameterIn::Query && param.required == Required::False {
+                    param
+                        .extensions
+                        .get_or_insert_with(Default::default)
+                        .insert("allowEmptyValue".into(), true.into());
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_empty_value_is_absent() {
+        let read = |q: &str| {
+            let uri: axum::http::Uri = format!("/x?{q}").parse().unwrap();
+            axum::extract::Query::<PageQuery>::try_from_uri(&uri).map(|q| q.0)
+        };
+        let q = read("page=&page_size=&status=").unwrap();
+        assert_eq!((q.page, q.page_size, q.status), (None, None, None));
+        assert_eq!(read("page=8").unwrap().page, Some(8));
+        assert!(read("page=8%0D").is_err());
+        assert!(read("page=%208").is_err());
+    }
 
     #[test]
     fn a_huge_page_is_a_400_not_an_overflow() {

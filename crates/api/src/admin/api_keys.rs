@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use domain::{ApiKey, ApiKeyCommand, ApiKeyError};
 use eventstore::CommandError;
@@ -138,17 +138,11 @@ async fn view(state: &AppState, id: i64) -> Result<KeyView, ApiError> {
         .ok_or_else(|| ApiError::not_found("api key"))
 }
 
-fn unprocessable(field: &str, message: impl Into<String>) -> ApiError {
-    let mut e = ApiError::field(field, message);
-    e.status = StatusCode::UNPROCESSABLE_ENTITY;
-    e
-}
-
 /// A refused key command as HTTP (see the module docs).
 fn refused(e: CommandError<ApiKeyError>) -> ApiError {
     match e {
         CommandError::Rejected(ApiKeyError::Invalid { field, reason }) => {
-            unprocessable(field, reason)
+            ApiError::unprocessable(field, reason)
         }
         CommandError::Rejected(ApiKeyError::NotFound) => ApiError::not_found("api key"),
         CommandError::Rejected(e) => ApiError::conflict(e.to_string()),
@@ -187,7 +181,10 @@ pub async fn create_key(
 ) -> ApiResult<Evented<Envelope<IssuedKey>>> {
     let scopes: Vec<String> = req.scopes.into_iter().map(|s| s.0).collect();
     if scopes.is_empty() || scopes.len() > domain::api_key::MAX_SCOPES {
-        return Err(unprocessable("scopes", "1 to 64 permission codes"));
+        return Err(ApiError::unprocessable(
+            "scopes",
+            "1 to 64 permission codes",
+        ));
     }
     let known: Vec<String> =
         sqlx::query_scalar("SELECT code FROM permissions WHERE code = ANY($1)")
@@ -195,7 +192,7 @@ pub async fn create_key(
             .fetch_all(&state.db)
             .await?;
     if let Some(unknown) = scopes.iter().find(|s| !known.contains(s)) {
-        return Err(unprocessable(
+        return Err(ApiError::unprocessable(
             "scopes",
             format!("unknown permission code `{unknown}`"),
         ));
@@ -315,7 +312,10 @@ pub async fn rotate_key(
         return Err(ApiError::not_found("api key"));
     }
     if !(0..=domain::api_key::MAX_GRACE_SECONDS).contains(&req.grace_seconds) {
-        return Err(unprocessable("grace_seconds", "0 to 604800 seconds"));
+        return Err(ApiError::unprocessable(
+            "grace_seconds",
+            "0 to 604800 seconds",
+        ));
     }
     let new = new_key().await?;
     let command = ApiKeyCommand::Rotate {

@@ -347,6 +347,7 @@ impl ListQuery {
     /// 400 naming `page` or `page_size`.
     pub fn paging(&self, default_size: i64) -> Result<(i64, i64, i64, i64), ApiError> {
         validator::Validate::validate(self)?;
+        web::paging::check_page_size_alias(self.page_size_alias)?;
         let (limit, offset) = crate::paging(
             self.page,
             self.page_size.or(self.page_size_alias),
@@ -373,7 +374,8 @@ pub mod lenient {
     use serde::{Deserialize, Deserializer};
     use serde_json::Value;
 
-    /// Text, trimmed; a number is taken as its text.
+    /// Text, trimmed. (A number is refused like any other non-string, as the documents type
+    /// these fields `string`, and as MyChat's Go backend refused it.)
     ///
     /// # Errors
     /// "must be a string" on any other type.
@@ -381,13 +383,12 @@ pub mod lenient {
         match Option::<Value>::deserialize(d)? {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
             Some(_) => Err(D::Error::custom("must be a string")),
         }
     }
 
-    /// An integer; a numeric string (a select's value) is accepted, `""` is absent, `true`/`false`
-    /// are 1/0.
+    /// An integer; a numeric string (a select's value) is accepted, `""` is absent; a boolean is
+    /// refused (the documents type these fields `integer`).
     ///
     /// # Errors
     /// "must be an integer" otherwise.
@@ -402,7 +403,6 @@ pub mod lenient {
                 .ok_or_else(bad),
             Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
             Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad()),
-            Some(Value::Bool(b)) => Ok(Some(i64::from(b))),
             Some(_) => Err(bad()),
         }
     }
@@ -512,7 +512,7 @@ mod tests {
     #[test]
     fn request_fields_read_as_the_client_sends_them() {
         let f: Fields =
-            serde_json::from_value(json!({"text": 12, "int": "3", "num": "1.5"})).unwrap();
+            serde_json::from_value(json!({"text": "12", "int": "3", "num": "1.5"})).unwrap();
         assert_eq!(
             (f.text.as_deref(), f.int, f.num),
             (Some("12"), Some(3), Some(1.5))
@@ -525,6 +525,8 @@ mod tests {
         );
         let f: Fields = serde_json::from_value(json!({"int": null})).unwrap();
         assert_eq!((f.text, f.int, f.num), (None, None, None));
+        // Text is a string, as documented: a number is refused.
+        assert!(serde_json::from_value::<Fields>(json!({"text": 12})).is_err());
         let e = web::extract::parse_json::<Fields>(br#"{"int": "x"}"#).unwrap_err();
         assert!(
             e.msg.contains("int") && e.msg.contains("must be an integer"),

@@ -195,11 +195,13 @@ impl DateRange {
         let end = parse(&self.end_date).unwrap_or_else(|| calendar.today());
         let start = parse(&self.start_date).unwrap_or(end - Duration::days(default_days - 1));
         if start > end {
-            return Err(ApiError::field("start_date", "must not be after end_date")
-                .with_status(axum::http::StatusCode::UNPROCESSABLE_ENTITY));
+            return Err(ApiError::unprocessable(
+                "start_date",
+                "must not be after end_date",
+            ));
         }
         if (end - start).num_days() > 3660 {
-            return Err(ApiError::field(
+            return Err(ApiError::unprocessable(
                 "start_date",
                 "range must be at most 10 years",
             ));

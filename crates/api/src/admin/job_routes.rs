@@ -34,12 +34,6 @@ use crate::{empty_as_none, paging, ApiError, ApiResult, AppState};
 #[serde(transparent)]
 pub struct Point(pub String);
 
-fn unprocessable(field: &str, message: impl Into<String>) -> ApiError {
-    let mut e = ApiError::field(field, message);
-    e.status = StatusCode::UNPROCESSABLE_ENTITY;
-    e
-}
-
 /// A job's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -100,10 +94,10 @@ fn point(field: &str, value: &str) -> Result<AuditPoint, ApiError> {
     let p = value
         .trim()
         .parse()
-        .map_err(|_| unprocessable(field, "an RFC 3339 time or a stream sequence"))?;
+        .map_err(|_| ApiError::unprocessable(field, "an RFC 3339 time or a stream sequence"))?;
     if let AuditPoint::Time(t) = p {
         if t.timestamp_nanos_opt().is_none() {
-            return Err(unprocessable(
+            return Err(ApiError::unprocessable(
                 field,
                 "a time between the years 1678 and 2261",
             ));
@@ -185,7 +179,7 @@ pub async fn create_reconciliation(
             (f, t) => sequence(&state, f).await? > sequence(&state, t).await?,
         };
         if after {
-            return Err(unprocessable("from", "must not be after `to`"));
+            return Err(ApiError::unprocessable("from", "must not be after `to`"));
         }
     }
     let params = serde_json::to_value(ReconcileParams {
@@ -270,12 +264,24 @@ pub enum ReportFormat {
     Csv,
 }
 
+impl std::str::FromStr for ReportFormat {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(Self::Json),
+            "csv" => Ok(Self::Csv),
+            _ => Err("expected `json` or `csv`"),
+        }
+    }
+}
+
 /// `GET …/reconciliations/{id}` parameters.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReportQuery {
-    /// `json` (default) or `csv`.
-    #[serde(default)]
+    /// `json` (default, also when sent empty) or `csv`.
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub format: Option<ReportFormat>,
 }
 
@@ -386,14 +392,14 @@ pub async fn create_replay(
     if let AuditPoint::Sequence(s) = at {
         let head = head(&state).await?;
         if s > head {
-            return Err(unprocessable(
+            return Err(ApiError::unprocessable(
                 "at",
                 format!("stream sequence {s} is past the head ({head})"),
             ));
         }
     }
     if let Err(unknown) = pick(jobs.read_models(), &req.projections) {
-        return Err(unprocessable(
+        return Err(ApiError::unprocessable(
             "projections",
             format!("unknown projection `{unknown}`"),
         ));
@@ -609,11 +615,11 @@ async fn finished_replay(
 ) -> ApiResult<(String, ReplayParams)> {
     let row = match (jobs.get(JobKind::Replay, id).await?, field) {
         (Some(row), _) => row,
-        (None, Some(f)) => return Err(unprocessable(f, format!("no replay {id}"))),
+        (None, Some(f)) => return Err(ApiError::unprocessable(f, format!("no replay {id}"))),
         (None, None) => return Err(ApiError::not_found("job")),
     };
     let refuse = |msg: String| match field {
-        Some(f) => unprocessable(f, msg),
+        Some(f) => ApiError::unprocessable(f, msg),
         None => ApiError::conflict(msg),
     };
     if row.dropped_at.is_some() {
@@ -651,7 +657,7 @@ pub async fn replay_diff(
         Some(other) => {
             let other: i64 = other
                 .parse()
-                .map_err(|_| unprocessable("against", "`live` or a replay's id"))?;
+                .map_err(|_| ApiError::unprocessable("against", "`live` or a replay's id"))?;
             finished_replay(&jobs, other, Some("against")).await?.0
         }
     };

@@ -24,7 +24,7 @@ pub struct PageParams {
     pub page_size: Option<i64>,
     /// Same as `page_size` (the admin client's spelling); `page_size` wins when both are sent.
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    // Checked by `paging` as `page_size` (the name the client reads in a refusal).
+    // Checked by `web::paging::check_page_size_alias`, named `pageSize` in a refusal.
     #[param(minimum = 1, maximum = 100)]
     pub page_size_alias: Option<i64>,
 }
@@ -36,6 +36,7 @@ impl PageParams {
     /// 400 naming `page` or `page_size`.
     pub fn limits(&self, default_size: i64) -> Result<(i64, i64), ApiError> {
         self.validate()?;
+        web::paging::check_page_size_alias(self.page_size_alias)?;
         crate::paging(
             self.page,
             self.page_size.or(self.page_size_alias),
@@ -66,7 +67,11 @@ mod tests {
         );
         assert_eq!(
             page(None, None, Some(101)).limits(20).unwrap_err().msg,
-            "page_size: must be between 1 and 100"
+            "pageSize: must be between 1 and 100"
+        );
+        assert_eq!(
+            page(None, Some(10), Some(-3)).limits(20).unwrap_err().msg,
+            "pageSize: must be between 1 and 100"
         );
         assert_eq!(page(Some(2), None, Some(10)).limits(20).unwrap(), (10, 10));
         assert_eq!(page(None, None, None).limits(20).unwrap(), (20, 0));

@@ -205,15 +205,34 @@ async fn list<T: serde::de::DeserializeOwned + Serialize>(
 /// options…), kept as sent.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(transparent)]
-#[schema(value_type = Object)]
+#[schema(value_type = FormItemShape)]
 pub struct FormItem(pub Map<String, Value>);
+
+/// The documented shape of a [`FormItem`]: `type` and `field` required, any other member kept.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct FormItemShape {
+    /// The item's kind (`input`, `select`, …), as the designer names it.
+    r#type: String,
+    /// The key its value is submitted under; not empty.
+    #[schema(min_length = 1)]
+    field: String,
+}
 
 /// A page item of the designer: an object with a `type`, plus whatever else the designer stores,
 /// kept as sent.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(transparent)]
-#[schema(value_type = Object)]
+#[schema(value_type = PageItemShape)]
 pub struct PageItem(pub Map<String, Value>);
+
+/// The documented shape of a [`PageItem`]: `type` required, any other member kept.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct PageItemShape {
+    /// The item's kind, as the designer names it.
+    r#type: String,
+}
 
 /// `type` must be a string; with `field_required`, `field` a non-empty string.
 fn check_item(item: &Map<String, Value>, field_required: bool) -> Result<(), ValidationErrors> {
@@ -313,13 +332,17 @@ pub struct PageSave {
     pub status: Option<i64>,
 }
 
-/// What creating a form or a page needs beyond the rules of its fields.
+/// What creating a form or a page needs beyond the rules of its fields: whether `title` and
+/// `items` are required depends on `id` (a rule across fields), so their absence is a 422.
 fn creation_needs(title: &Option<String>, has_items: bool) -> Result<(), ApiError> {
     if title.is_none() {
-        return Err(ApiError::field("title", "required"));
+        return Err(ApiError::unprocessable("title", "required when creating"));
     }
     if !has_items {
-        return Err(ApiError::field("items", "required (an array)"));
+        return Err(ApiError::unprocessable(
+            "items",
+            "required when creating (an array)",
+        ));
     }
     Ok(())
 }
@@ -549,8 +572,8 @@ pub async fn list_form_data(
     }))
 }
 
-/// A submission: the form's fields, field → value (the fields are the form's own). Stored as
-/// sent, as JSON text.
+/// A submission: the form's fields, field → value (a [`FieldValue`] or `null`; the fields are
+/// the form's own). Stored as sent, as JSON text.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(transparent)]
 #[schema(value_type = HashMap<String, FieldValue>)]
@@ -558,7 +581,7 @@ pub struct FormSubmission(pub Map<String, Value>);
 
 /// The value of a form field as the designer's inputs produce it (documentation of
 /// `FormSubmission`; the server stores each value as sent).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum FieldValue {
     /// Text inputs, selects, dates.
@@ -569,16 +592,27 @@ pub enum FieldValue {
     Flag(bool),
     /// Checkbox groups, multi-selects, uploads.
     Choices(Vec<String>),
+    /// An empty field (`null`).
+    Empty,
 }
 
-/// Stores a submission after checking that every `required` item of the form is present and
-/// non-empty.
+/// Stores a submission after checking that every value is a [`FieldValue`] or `null` (a 400
+/// naming the field) and that every `required` item of the form is present and non-empty (a 422:
+/// a rule of the stored form).
 async fn submit(
     state: &AppState,
     caller: &Caller,
     id: i64,
     fields: Map<String, Value>,
 ) -> Reply<FormRecord> {
+    for (name, value) in &fields {
+        if serde_json::from_value::<FieldValue>(value.clone()).is_err() {
+            return Err(ApiError::field(
+                name,
+                "must be text, a number, true/false, a list of text or null",
+            ));
+        }
+    }
     let form: Option<String> =
         sqlx::query_scalar("SELECT form_json FROM lowcode_forms WHERE id = $1")
             .bind(id)
@@ -596,7 +630,7 @@ async fn submit(
                 Some(_) => false,
             };
             if missing {
-                return Err(ApiError::field(field, "required"));
+                return Err(ApiError::unprocessable(field, "required"));
             }
         }
     }

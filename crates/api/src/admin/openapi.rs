@@ -86,7 +86,7 @@ fn decorate(op: &mut Operation, rule: &Rule) {
         );
     }
     if rule.path.contains('{') {
-        add("404", "no such row");
+        add("404", "no such row, or a path id that does not parse");
     }
     if reads_input {
         add(
@@ -149,7 +149,7 @@ pub fn document(reg: &Reg) -> OpenApi {
     if let Some(c) = &reg.typed.components {
         schemas.extend(c.schemas.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
-    OpenApiBuilder::new()
+    let mut doc = OpenApiBuilder::new()
         .info(
             InfoBuilder::new()
                 .title("mychat admin API")
@@ -180,7 +180,9 @@ pub fn document(reg: &Reg) -> OpenApi {
                 )
                 .build(),
         ))
-        .build()
+        .build();
+    web::paging::document_empty_query_values(&mut doc);
+    doc
 }
 
 #[cfg(test)]

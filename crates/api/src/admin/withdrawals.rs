@@ -81,7 +81,7 @@ async fn withdrawal_record(state: &AppState, id: i64) -> Result<WithdrawalRecord
 }
 
 /// A withdrawal review: `{approved: true}` approves (0 → 1); `{approved: false,
-/// rejected_reason}` rejects (0 → 2) and releases the funds. No body at all approves.
+/// rejected_reason}` rejects (0 → 2) and releases the funds. No body at all (or `null`) approves.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ApproveRequest {
     /// Approve (default) or reject.
@@ -137,21 +137,22 @@ pub async fn approve(
     Path(id): Path<i64>,
     body: axum::body::Bytes,
 ) -> ApiResult<Evented<Envelope<WithdrawalRecord>>> {
-    // The body is optional: none means "approve".
+    // The body is optional: none (or JSON `null`) means "approve".
+    let approve = ApproveRequest {
+        approved: true,
+        rejected_reason: String::new(),
+    };
     let req = if body.iter().all(u8::is_ascii_whitespace) {
-        ApproveRequest {
-            approved: true,
-            rejected_reason: String::new(),
-        }
+        approve
     } else {
-        web::extract::parse_json::<ApproveRequest>(&body)?
+        web::extract::parse_json::<Option<ApproveRequest>>(&body)?.unwrap_or(approve)
     };
     if !req.approved && req.rejected_reason.trim().is_empty() {
         // A rule across fields: a 422 naming the field.
-        return Err(
-            ApiError::field("rejected_reason", "required when rejecting")
-                .with_status(axum::http::StatusCode::UNPROCESSABLE_ENTITY),
-        );
+        return Err(ApiError::unprocessable(
+            "rejected_reason",
+            "required when rejecting",
+        ));
     }
     let counselor_id = withdrawal_owner(&state, id).await?;
     let command = if req.approved {

@@ -34,7 +34,8 @@ use crate::{paging, ApiError, ApiJson, ApiQuery, ApiResult, AppState, AuthUser};
 
 /// A password: 6 characters at least, 128 bytes at most.
 pub(crate) fn password_rule(password: &str) -> Result<(), ValidationError> {
-    if password.chars().count() < 6 || password.len() > 128 {
+    // Characters, as the documents' `minLength`/`maxLength` count them (argon2 takes any length).
+    if !(6..=128).contains(&password.chars().count()) {
         return Err(refusal("length", "6 to 128 characters"));
     }
     Ok(())
@@ -119,7 +120,7 @@ pub struct TokenPair {
     request_body = RefreshRequest,
     responses(
         (status = 200, description = "A fresh pair", body = Envelope<TokenPair>),
-        (status = 400, description = "No refresh token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No refresh token (neither `refresh_token` nor `token`)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Unknown, expired or revoked refresh token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The account is disabled", body = Problem, content_type = "application/problem+json")
     )
@@ -135,7 +136,11 @@ pub async fn refresh(
         req.refresh_token
     };
     if presented.is_empty() {
-        return Err(ApiError::field("refresh_token", "required"));
+        // One of two fields is required: a rule across fields.
+        return Err(ApiError::unprocessable(
+            "refresh_token",
+            "required (or `token`)",
+        ));
     }
     let hash = sha256_hex(&presented);
     let mut tx = state.db.begin().await?;
@@ -244,9 +249,12 @@ pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<
 #[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct ProfileRequest {
-    /// An email address (one `@`, a dotted domain, no spaces, at most 254 bytes), or empty.
+    /// An email address (one `@`, a dotted domain, no spaces, at most 254 characters), or empty.
     #[serde(default)]
-    #[schema(max_length = 254)]
+    #[schema(
+        max_length = 254,
+        pattern = r"^(?:|[^@\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+@[^@\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*\.[^@\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*)$"
+    )]
     #[validate(custom(function = "email_rule"))]
     pub email: String,
     /// A mainland mobile number (`1[3-9]` and 9 digits), or empty.
@@ -285,7 +293,13 @@ fn avatar_rule(avatar: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Checks an email address's shape (one `@`, a dotted domain, ≤ 254 bytes).
+/// An email address as the documents state it (`pattern` of every email field, checked equal by
+/// a test; empty allowed there): one `@` after at least one character, a domain with a `.`, no
+/// white space (Unicode White_Space, as `char::is_whitespace`). [`check_email`] is this rule.
+pub const EMAIL_PATTERN: &str = r"^(?:|[^@\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+@[^@\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*\.[^@\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*)$";
+
+/// Checks an email address's shape (one `@`, a dotted domain, no white space, ≤ 254
+/// characters): [`EMAIL_PATTERN`] for a non-empty address.
 ///
 /// # Errors
 /// 400 naming `field`.
@@ -295,7 +309,7 @@ pub fn check_email(field: &str, email: &str) -> Result<(), ApiError> {
         || domain.is_empty()
         || !domain.contains('.')
         || domain.contains('@')
-        || email.len() > 254
+        || email.chars().count() > 254
         || email.chars().any(char::is_whitespace)
     {
         return Err(ApiError::field(field, "not an email address"));
@@ -408,7 +422,8 @@ pub async fn password(
         .fetch_one(&state.db)
         .await?;
     if !verify_password(&req.old_password, &hash).await {
-        return Err(ApiError::field("old_password", "wrong password"));
+        // Of the documented shape, refused by the stored password.
+        return Err(ApiError::unprocessable("old_password", "wrong password"));
     }
     let new_hash = hash_password(&req.new_password).await?;
     // Tokens carry `iat` in whole seconds: every token issued at or before this second is
@@ -493,12 +508,7 @@ fn recharge_amount_rule(amount: f64) -> Result<(), ValidationError> {
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct RechargeRequest {
     /// Yuan: greater than 0, at most 50 000, two decimals at most.
-    #[schema(
-        exclusive_minimum = 0,
-        maximum = 50000,
-        multiple_of = 0.01,
-        example = 100.5
-    )]
+    #[schema(minimum = 0.01, maximum = 50000, multiple_of = 0.01, example = 100.5)]
     #[validate(custom(function = "recharge_amount_rule"))]
     pub amount: f64,
     /// `sandbox` (default when empty), `wechat` or `alipay`, as offered by this server.
@@ -726,4 +736,44 @@ pub async fn transactions(
         transactions,
         total,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_email_pattern_is_the_rule_checked() {
+        let re = regex::Regex::new(EMAIL_PATTERN).unwrap();
+        for email in [
+            "a@b.c",
+            "陈@例子.中国",
+            "a@b@c.d",
+            "@b.c",
+            "a@bc",
+            "a@.",
+            "a b@c.d",
+            "a@c.d\u{3000}",
+            "a\u{1c}@c.d",
+            "a@c.d\n",
+        ] {
+            assert_eq!(
+                re.is_match(email),
+                check_email("email", email).is_ok(),
+                "{email:?}"
+            );
+        }
+        let doc = serde_json::to_value(crate::user::openapi::document(true)).unwrap();
+        let mut documented = 0;
+        for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+            if let Some(pattern) = schema["properties"]["email"]["pattern"].as_str() {
+                assert_eq!(pattern, EMAIL_PATTERN, "{name}.email");
+                documented += 1;
+            }
+        }
+        assert!(
+            documented >= 3,
+            "{documented} email fields state the pattern"
+        );
+    }
 }

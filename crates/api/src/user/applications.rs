@@ -36,13 +36,13 @@ fn invalid(code: &'static str, message: impl Into<String>) -> ValidationError {
     ValidationError::new(code).with_message(message.into().into())
 }
 
-/// A required text of at most `max` characters once trimmed.
+/// A required text: not blank, at most `max` characters (counted as sent, as the document's
+/// `maxLength` counts them).
 fn required(value: &str, max: usize) -> Result<(), ValidationError> {
-    let v = value.trim();
-    if v.is_empty() {
+    if value.trim().is_empty() {
         return Err(invalid("required", "required"));
     }
-    if v.chars().count() > max {
+    if value.chars().count() > max {
         return Err(invalid("length", format!("at most {max} characters")));
     }
     Ok(())
@@ -99,7 +99,11 @@ fn certificate_url(url: &str) -> Result<(), ValidationError> {
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct ApplicationRequest {
     /// The applicant's real name (not blank, at most 50 characters).
-    #[schema(min_length = 1, max_length = 50)]
+    #[schema(
+        min_length = 1,
+        max_length = 50,
+        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     #[validate(custom(function = "required_50"))]
     pub name: String,
     /// `男`, `女` or empty.
@@ -108,16 +112,25 @@ pub struct ApplicationRequest {
     #[validate(custom(function = "gender"))]
     pub gender: String,
     /// A mainland mobile number: `1[3-9]` and 9 digits.
-    #[schema(pattern = "^\\s*1[3-9][0-9]{9}\\s*$")]
+    #[schema(
+        pattern = r"^[\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*1[3-9][0-9]{9}[\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$"
+    )]
     #[validate(custom(function = "mobile"))]
     pub phone: String,
     /// An email address, or empty.
     #[serde(default)]
-    #[schema(max_length = 254)]
+    #[schema(
+        max_length = 254,
+        pattern = r"^(?:|[^@\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+@[^@\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*\.[^@\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*)$"
+    )]
     #[validate(custom(function = "optional_email"))]
     pub email: String,
     /// The professional title (not blank, at most 50 characters).
-    #[schema(min_length = 1, max_length = 50)]
+    #[schema(
+        min_length = 1,
+        max_length = 50,
+        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     #[validate(custom(function = "required_50"))]
     pub title: String,
     /// Years of experience, 0 to 70.
@@ -129,7 +142,11 @@ pub struct ApplicationRequest {
     #[validate(length(max = 2000, message = "at most 2000 characters"))]
     pub bio: String,
     /// Specialties, comma-separated (not blank, at most 200 characters).
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     #[validate(custom(function = "required_200"))]
     pub specialty: String,
     /// A certificate image URL (from `/api/counselor/upload-certificate`; at most 500 bytes). At
@@ -170,7 +187,8 @@ pub struct ApplicationCreated {
     request_body = ApplicationRequest,
     responses(
         (status = 200, description = "The application (pending)", body = Envelope<ApplicationCreated>),
-        (status = 400, description = "An invalid field, or no certificate", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is not of the documented shape", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No certificate", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Already a counselor, or an application is pending or approved", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -189,7 +207,7 @@ pub async fn apply(
     .iter()
     .all(|u| u.trim().is_empty())
     {
-        return Err(ApiError::field(
+        return Err(ApiError::unprocessable(
             "certificate_img1",
             "at least one certificate is required",
         ));
@@ -512,8 +530,10 @@ pub async fn review(
     let reason = req.reject_reason.trim().to_string();
     // Whether a reason is needed depends on the decision: a rule across two fields.
     if req.status == 2 && reason.is_empty() {
-        return Err(ApiError::field("reject_reason", "required when rejecting")
-            .with_status(axum::http::StatusCode::UNPROCESSABLE_ENTITY));
+        return Err(ApiError::unprocessable(
+            "reject_reason",
+            "required when rejecting",
+        ));
     }
     require_admin(&state, &user).await?;
     let mut tx = state.db.begin().await?;

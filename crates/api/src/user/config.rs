@@ -103,8 +103,8 @@ impl UserApi {
     /// Whether payment `method` may be used on this server.
     ///
     /// # Errors
-    /// 400 naming `payment_method` when the method is unknown, not offered, or offered without
-    /// credentials while the sandbox is off (payments fail closed).
+    /// 400 naming `payment_method` when the method is unknown; 422 when it is not offered, or
+    /// offered without credentials while the sandbox is off (payments fail closed).
     pub fn check_method(&self, method: &str) -> Result<(), crate::ApiError> {
         let c = &self.config;
         let available = match method {
@@ -121,7 +121,8 @@ impl UserApi {
         if available {
             Ok(())
         } else {
-            Err(crate::ApiError::field(
+            // A documented method this server does not offer: its configuration refuses it.
+            Err(crate::ApiError::unprocessable(
                 "payment_method",
                 format!("{method} payments are not available on this server"),
             ))

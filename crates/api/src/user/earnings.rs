@@ -166,13 +166,13 @@ impl Withdrawal {
 /// The longest bank field, in characters.
 const MAX_BANK_FIELD_CHARS: usize = 100;
 
-/// A bank field: not blank, at most [`MAX_BANK_FIELD_CHARS`] characters once trimmed.
+/// A bank field: not blank, at most [`MAX_BANK_FIELD_CHARS`] characters.
 fn bank_field(value: &str) -> Result<(), ValidationError> {
-    let v = value.trim();
-    if v.is_empty() {
+    if value.trim().is_empty() {
         return Err(ValidationError::new("required").with_message("required".into()));
     }
-    if v.chars().count() > MAX_BANK_FIELD_CHARS {
+    // Counted as sent, as the document's `maxLength` counts.
+    if value.chars().count() > MAX_BANK_FIELD_CHARS {
         return Err(ValidationError::new("length").with_message("at most 100 characters".into()));
     }
     Ok(())
@@ -191,19 +191,31 @@ fn withdrawal_amount(yuan: f64) -> Result<(), ValidationError> {
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct WithdrawRequest {
     /// The amount, yuan: greater than 0, two decimals at most (whole fen), at most 10^10.
-    #[schema(exclusive_minimum = 0, maximum = 10000000000_f64)]
+    #[schema(minimum = 0.01, maximum = 10000000000_f64, multiple_of = 0.01)]
     #[validate(custom(function = "withdrawal_amount"))]
     pub amount: f64,
     /// The bank's name (not blank, at most 100 characters; trimmed).
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     #[validate(custom(function = "bank_field"))]
     pub bank_name: String,
     /// The account number (not blank, at most 100 characters; trimmed).
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     #[validate(custom(function = "bank_field"))]
     pub bank_account: String,
     /// The account holder's name (not blank, at most 100 characters; trimmed).
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     #[validate(custom(function = "bank_field"))]
     pub account_name: String,
 }

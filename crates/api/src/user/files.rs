@@ -50,7 +50,10 @@ struct Received {
     fields: Vec<(String, String)>,
 }
 
-async fn receive(mut multipart: Multipart) -> Result<Received, ApiError> {
+/// Reads an upload's parts: `file` and the text fields named in `known` (its form's other
+/// fields); any other part is refused, as the form's schema states (`additionalProperties:
+/// false`).
+async fn receive(mut multipart: Multipart, known: &[&str]) -> Result<Received, ApiError> {
     let mut bytes = None;
     let mut original_name = String::new();
     let mut fields = Vec::new();
@@ -67,6 +70,8 @@ async fn receive(mut multipart: Multipart) -> Result<Received, ApiError> {
                 .await
                 .map_err(|e| multipart_error(Some("file"), e))?;
             bytes = Some(data.to_vec());
+        } else if !known.contains(&name.as_str()) {
+            return Err(ApiError::field(&name, "is not a field of this form"));
         } else {
             let text = field
                 .text()
@@ -78,7 +83,7 @@ async fn receive(mut multipart: Multipart) -> Result<Received, ApiError> {
     let bytes =
         bytes.ok_or_else(|| ApiError::field("file", "required (multipart field `file`)"))?;
     if bytes.is_empty() {
-        return Err(ApiError::field("file", "is empty"));
+        return Err(ApiError::unprocessable("file", "is empty"));
     }
     Ok(Received {
         bytes,
@@ -108,10 +113,11 @@ fn multipart_error(field: Option<&str>, e: axum::extract::multipart::MultipartEr
 
 /// The sniffed MIME type and extension of `bytes`, if it is one of `allowed`.
 fn sniff(bytes: &[u8], allowed: &[&str]) -> Result<(String, String), ApiError> {
-    let kind =
-        infer::get(bytes).ok_or_else(|| ApiError::field("file", "unrecognised file type"))?;
+    // The bytes' type is beyond what a schema states (`format: binary`): a refusal is a 422.
+    let kind = infer::get(bytes)
+        .ok_or_else(|| ApiError::unprocessable("file", "unrecognised file type"))?;
     if !allowed.contains(&kind.mime_type()) {
-        return Err(ApiError::field(
+        return Err(ApiError::unprocessable(
             "file",
             format!(
                 "type {} is not allowed here (allowed: {})",
@@ -223,24 +229,26 @@ pub enum FileKind {
 /// `POST /api/upload`'s multipart body (documentation of the form; the fields are read from
 /// the multipart stream).
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UploadForm {
     /// The file: at most 10 MB, of an allowed type by content (JPEG, PNG, GIF, WebP, PDF, MP3,
     /// WAV, OGG, M4A, MP4, WebM, DOCX, XLSX, DOC).
     #[schema(value_type = String, format = Binary)]
     pub file: Vec<u8>,
     /// The kind (default `other`).
-    #[schema(value_type = Option<FileKind>)]
+    #[schema(value_type = FileKind, required = false)]
     pub file_type: Option<String>,
     /// What the file belongs to: a positive id.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, nullable = false)]
     pub relation_id: Option<i64>,
     /// What kind of thing `relation_id` is (at most 50 characters).
-    #[schema(max_length = 50)]
+    #[schema(max_length = 50, nullable = false)]
     pub relation_type: Option<String>,
 }
 
 /// An image upload's multipart body (documentation of the form).
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ImageForm {
     /// The image: JPEG or PNG by content (avatars at most 2 MB, certificates at most 5 MB).
     #[schema(value_type = String, format = Binary)]
@@ -327,7 +335,7 @@ pub async fn upload(
     user: AuthUser,
     web::Multipart(multipart): web::Multipart,
 ) -> Reply<Uploaded> {
-    let received = receive(multipart).await?;
+    let received = receive(multipart, &["file_type", "relation_id", "relation_type"]).await?;
     let field = |n: &str| {
         received
             .fields
@@ -409,7 +417,7 @@ pub async fn avatar(
     user: AuthUser,
     web::Multipart(multipart): web::Multipart,
 ) -> Reply<UploadedImage> {
-    let received = receive(multipart).await?;
+    let received = receive(multipart, &[]).await?;
     if received.bytes.len() > MAX_AVATAR {
         return Err(ApiError::too_large("file", "2 MB"));
     }
@@ -460,7 +468,7 @@ pub async fn certificate(
     user: AuthUser,
     web::Multipart(multipart): web::Multipart,
 ) -> Reply<UploadedImage> {
-    let received = receive(multipart).await?;
+    let received = receive(multipart, &[]).await?;
     if received.bytes.len() > MAX_CERTIFICATE {
         return Err(ApiError::too_large("file", "5 MB"));
     }

@@ -113,12 +113,13 @@ fn uploaded_file() {}
 
 /// The complete document from the generated part (the routes registered through utoipa-axum):
 /// the frame of [`UserApiDoc`] merged in, and on every state-changing operation the `Idempotency-Key` header that the user API's
-/// idempotency layer honours.
+/// idempotency layer honours; the shared refusals; optional query parameters that may be sent empty.
 pub fn complete(generated: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     let mut doc = UserApiDoc::openapi();
     doc.merge(generated);
     document_idempotency(&mut doc);
     document_refusals(&mut doc);
+    web::paging::document_empty_query_values(&mut doc);
     doc
 }
 
@@ -176,7 +177,7 @@ fn document_refusals(doc: &mut utoipa::openapi::OpenApi) {
                 );
             }
             if names_a_row {
-                add("404", "No such row");
+                add("404", "No such row, or a path id that does not parse");
             }
         }
     }

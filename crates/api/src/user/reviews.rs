@@ -176,13 +176,13 @@ pub async fn list(
 /// The longest review text, in characters (once trimmed).
 const MAX_COMMENT_CHARS: usize = 1000;
 
-/// A review's text: not blank, at most [`MAX_COMMENT_CHARS`] characters once trimmed.
+/// A review's text: not blank, at most [`MAX_COMMENT_CHARS`] characters.
 fn comment_text(comment: &str) -> Result<(), ValidationError> {
-    let c = comment.trim();
-    if c.is_empty() {
+    if comment.trim().is_empty() {
         return Err(ValidationError::new("required").with_message("must not be empty".into()));
     }
-    if c.chars().count() > MAX_COMMENT_CHARS {
+    // Counted as sent, as the document's `maxLength` counts.
+    if comment.chars().count() > MAX_COMMENT_CHARS {
         return Err(ValidationError::new("length").with_message("at most 1000 characters".into()));
     }
     Ok(())
@@ -203,7 +203,11 @@ pub struct ReviewRequest {
     #[validate(range(min = 1, max = 5, message = "must be 1 to 5"))]
     pub rating: i16,
     /// The text: not blank, at most 1000 characters (trimmed).
-    #[schema(min_length = 1, max_length = 1000)]
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     #[validate(custom(function = "comment_text"))]
     pub comment: String,
     /// Hide the author from the counselor's public list.
@@ -233,7 +237,8 @@ pub struct Reviewed {
     request_body = ReviewRequest,
     responses(
         (status = 200, description = "The review was recorded", body = Envelope<Reviewed>),
-        (status = 400, description = "An invalid field, an order not completed, or already reviewed", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is not of the documented shape", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not the order's counselor, an order not completed, or already reviewed", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; retry", body = Problem, content_type = "application/problem+json"),
@@ -255,7 +260,7 @@ pub async fn create(
         return Err(ApiError::forbidden("not your order"));
     }
     if req.counselor_id != 0 && req.counselor_id != order.counselor_id {
-        return Err(ApiError::field(
+        return Err(ApiError::unprocessable(
             "counselor_id",
             "is not the order's counselor",
         ));

@@ -1,6 +1,7 @@
 //! Accounts and counselors: register, login, user info, the counselor list and detail.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -39,14 +40,10 @@ fn username_rule(username: &str) -> Result<(), ValidationError> {
 }
 
 fn register_email_rule(email: &str) -> Result<(), ValidationError> {
-    if email.is_empty() {
+    if email.is_empty() || crate::user::account::check_email("email", email).is_ok() {
         return Ok(());
     }
-    let (local, domain) = email.split_once('@').unwrap_or(("", ""));
-    if local.is_empty() || !domain.contains('.') || email.len() > 254 {
-        return Err(refusal("email", "not an email address"));
-    }
-    Ok(())
+    Err(refusal("email", "not an email address"))
 }
 
 fn register_phone_rule(phone: &str) -> Result<(), ValidationError> {
@@ -60,17 +57,25 @@ fn register_phone_rule(phone: &str) -> Result<(), ValidationError> {
 #[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct RegisterRequest {
-    /// 3 to 50 characters, no surrounding spaces; unique.
-    #[schema(min_length = 3, max_length = 50, example = "alice")]
+    /// 3 to 50 characters, no surrounding spaces (Unicode White_Space); unique.
+    #[schema(
+        min_length = 3,
+        max_length = 50,
+        example = "alice",
+        pattern = r"^[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000](?:[\s\S]*[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000])?$"
+    )]
     #[validate(custom(function = "username_rule"))]
     pub username: String,
-    /// 6 characters to 128 bytes.
+    /// 6 to 128 characters.
     #[schema(min_length = 6, max_length = 128)]
     #[validate(custom(function = "password_rule"))]
     pub password: String,
-    /// An email address (`local@domain.tld`, at most 254 bytes), or empty.
+    /// An email address (`local@domain.tld`, no spaces, at most 254 characters), or empty.
     #[serde(default)]
-    #[schema(max_length = 254)]
+    #[schema(
+        max_length = 254,
+        pattern = r"^(?:|[^@\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+@[^@\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*\.[^@\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*)$"
+    )]
     #[validate(custom(function = "register_email_rule"))]
     pub email: String,
     /// 11 digits, or empty.
@@ -98,7 +103,8 @@ pub struct Registered {
     request_body = RegisterRequest,
     responses(
         (status = 200, description = "Registered", body = Envelope<Registered>),
-        (status = 400, description = "A field is invalid, or the username is taken", body = Problem, content_type = "application/problem+json")
+        (status = 400, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The username is taken", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn register(
@@ -117,7 +123,9 @@ pub async fn register(
     .bind(&req.phone)
     .fetch_optional(&state.db)
     .await?;
-    let id = id.ok_or_else(|| ApiError::field("username", "already taken"))?;
+    let id = id.ok_or_else(|| {
+        ApiError::field("username", "already taken").with_status(StatusCode::CONFLICT)
+    })?;
     Ok(reply(Registered {
         user_id: id,
         username: req.username,
@@ -483,7 +491,6 @@ pub async fn counselor_list(
     params(("id" = i64, Path, description = "The counselor's id")),
     responses(
         (status = 200, description = "The counselor", body = Envelope<Counselor>),
-        (status = 400, description = "The id is not a number", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such counselor", body = Problem, content_type = "application/problem+json")
     )
 )]

@@ -282,7 +282,7 @@ pub struct OrderStatusChange {
     pub payment_method: Option<String>,
     /// Status 1: the amount received, yuan — exactly the order's amount, at most two decimals.
     #[serde(default, deserialize_with = "lenient::num")]
-    #[schema(exclusive_minimum = 0)]
+    #[schema(minimum = 0.01, maximum = 10000000000_f64, multiple_of = 0.01)]
     pub amount: Option<f64>,
     /// Status 1: where the money came from; 1–500 characters.
     #[serde(default, deserialize_with = "lenient::text")]
@@ -345,7 +345,7 @@ pub async fn change_order_status(
         OrderStatus::Paid => {
             let (channel, amount, note, reference) = offline.expect("checked above");
             if order.status != OrderStatus::Pending {
-                return Err(ApiError::field(
+                return Err(ApiError::unprocessable(
                     "status",
                     format!(
                         "only an order awaiting payment can be marked paid (status {})",
@@ -354,7 +354,7 @@ pub async fn change_order_status(
                 ));
             }
             if amount != order.amount {
-                return Err(ApiError::field(
+                return Err(ApiError::unprocessable(
                     "amount",
                     format!(
                         "must be the order's amount, {}",
@@ -444,7 +444,7 @@ pub async fn change_order_status(
         }
         OrderStatus::Refunded => {
             let payment_id = order.payment_id.ok_or_else(|| {
-                ApiError::field("status", "the order has no captured payment to refund")
+                ApiError::unprocessable("status", "the order has no captured payment to refund")
             })?;
             state
                 .bus
@@ -468,7 +468,7 @@ pub async fn change_order_status(
         }
         OrderStatus::Pending | OrderStatus::Absent => {
             if order.status != OrderStatus::Pending {
-                return Err(ApiError::field(
+                return Err(ApiError::unprocessable(
                     "status",
                     "an order never returns to awaiting payment",
                 ));
@@ -504,16 +504,15 @@ fn offline_payment(b: &OrderStatusChange) -> Result<(String, i64, String, String
         .payment_method
         .clone()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::field("payment_method", NEED))?;
-    let amount = b
-        .amount
-        .ok_or_else(|| ApiError::field("amount", "required: the amount received, in yuan"))?;
+        .ok_or_else(|| ApiError::unprocessable("payment_method", NEED))?;
+    let amount = b.amount.ok_or_else(|| {
+        ApiError::unprocessable("amount", "required: the amount received, in yuan")
+    })?;
     let amount = crate::money::positive_fen("amount", amount)?;
-    let note = b
-        .note
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::field("note", "required: where the money came from"))?;
+    let note =
+        b.note.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
+            ApiError::unprocessable("note", "required: where the money came from")
+        })?;
     let reference = b.reference.clone().unwrap_or_default();
     Ok((channel, amount, note, reference))
 }

@@ -141,10 +141,10 @@ async fn grantable_role(state: &AppState, caller: &Caller, code: &str) -> Result
         .await?;
     found
         .map(|_| ())
-        .ok_or_else(|| ApiError::field("role", "unknown role code"))
+        .ok_or_else(|| ApiError::unprocessable("role", "unknown role code"))
 }
 
-/// `POST /api/admin2/administrators` body. Text is trimmed; a number is taken as its text.
+/// `POST /api/admin2/administrators` body. Text is trimmed.
 #[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct NewAdministrator {
@@ -156,7 +156,7 @@ pub struct NewAdministrator {
     )]
     pub username: Option<String>,
     /// Password, 6 to 64 characters.
-    #[serde(default, deserialize_with = "lenient::text")]
+    #[serde(default)]
     #[validate(
         required(message = "required"),
         length(min = 6, max = 64, message = "must be 6 to 64 characters")
@@ -199,7 +199,9 @@ pub struct NewAdministrator {
     request_body = NewAdministrator,
     responses(
         (status = 200, description = "the new administrator", body = Envelope<AdministratorRecord>),
-        (status = 400, description = "an invalid field, a duplicate username or an unknown role", body = Problem),
+        (status = 400, description = "a field is not of the documented shape", body = Problem),
+        (status = 409, description = "a duplicate username", body = Problem),
+        (status = 422, description = "an unknown role", body = Problem),
         (status = 403, description = "granting super_admin without being one", body = Problem)))]
 pub async fn create_admin(
     State(state): State<AppState>,
@@ -325,8 +327,10 @@ pub(crate) async fn apply_change(
     request_body = AdministratorChange,
     responses(
         (status = 200, description = "the changed administrator", body = Envelope<AdministratorRecord>),
-        (status = 400, description = "an invalid field, a duplicate username, an unknown role or the caller's own account", body = Problem),
-        (status = 403, description = "changing a super_admin or granting super_admin without being one", body = Problem)))]
+        (status = 400, description = "a field is not of the documented shape", body = Problem),
+        (status = 403, description = "the caller's own account, a super_admin changed by another, or super_admin granted by one who is not", body = Problem),
+        (status = 409, description = "a duplicate username", body = Problem),
+        (status = 422, description = "an unknown role", body = Problem)))]
 pub async fn update_admin(
     State(state): State<AppState>,
     caller: Caller,
@@ -351,7 +355,7 @@ pub async fn update_admin(
     params(("id" = i64, Path, description = "administrator id")),
     responses(
         (status = 200, description = "`deleted`", body = Message),
-        (status = 400, description = "the caller's own account or a super_admin", body = Problem)))]
+        (status = 403, description = "the caller's own account or a super_admin", body = Problem)))]
 pub async fn delete_admin(
     State(state): State<AppState>,
     caller: Caller,
@@ -359,7 +363,7 @@ pub async fn delete_admin(
 ) -> ApiResult<Json<Message>> {
     let role = admin_target(&state, &caller, id, false).await?;
     if role == SUPER_ADMIN {
-        return Err(ApiError::bad_request("a super_admin cannot be deleted"));
+        return Err(ApiError::forbidden("a super_admin cannot be deleted"));
     }
     sqlx::query("DELETE FROM administrators WHERE id = $1")
         .bind(id)
@@ -373,7 +377,7 @@ pub async fn delete_admin(
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct PasswordReset {
     /// The new password, 6 to 64 characters.
-    #[serde(default, deserialize_with = "lenient::text")]
+    #[serde(default)]
     #[validate(
         required(message = "required"),
         length(min = 6, max = 64, message = "must be 6 to 64 characters")
@@ -383,13 +387,14 @@ pub struct PasswordReset {
 
 /// Reset an administrator's password
 ///
-/// 400 for a `super_admin` other than the caller.
+/// 403 for a `super_admin` other than the caller.
 #[utoipa::path(post, path = "/api/admin2/administrators/{id}/password", tag = "administrators",
     params(("id" = i64, Path, description = "administrator id")),
     request_body = PasswordReset,
     responses(
         (status = 200, description = "`password reset`", body = Message),
-        (status = 400, description = "an invalid password or another super_admin", body = Problem)))]
+        (status = 400, description = "an invalid password", body = Problem),
+        (status = 403, description = "another super_admin", body = Problem)))]
 pub async fn reset_admin_password(
     State(state): State<AppState>,
     caller: Caller,
@@ -398,7 +403,7 @@ pub async fn reset_admin_password(
 ) -> ApiResult<Json<Message>> {
     let role = admin_target(&state, &caller, id, true).await?;
     if role == SUPER_ADMIN && id != caller.admin_id {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::forbidden(
             "a super_admin's password cannot be reset",
         ));
     }
@@ -432,7 +437,8 @@ pub struct StatusChange {
     request_body = StatusChange,
     responses(
         (status = 200, description = "`status changed`", body = Message),
-        (status = 400, description = "an invalid status, the caller's own account or a super_admin", body = Problem)))]
+        (status = 400, description = "an invalid status", body = Problem),
+        (status = 403, description = "the caller's own account or a super_admin", body = Problem)))]
 pub async fn admin_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -441,7 +447,7 @@ pub async fn admin_status(
 ) -> ApiResult<Json<Message>> {
     let role = admin_target(&state, &caller, id, false).await?;
     if role == SUPER_ADMIN {
-        return Err(ApiError::bad_request("a super_admin cannot be disabled"));
+        return Err(ApiError::forbidden("a super_admin cannot be disabled"));
     }
     req.validate()?;
     sqlx::query("UPDATE administrators SET status = $2, updated_at = now() WHERE id = $1")

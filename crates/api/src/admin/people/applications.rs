@@ -197,8 +197,10 @@ pub async fn review_application(
     let status = req.status.unwrap_or_default();
     let reason = req.reject_reason.unwrap_or_default();
     if status == 2 && reason.is_empty() {
-        return Err(ApiError::field("reject_reason", "required when rejecting")
-            .with_status(axum::http::StatusCode::UNPROCESSABLE_ENTITY));
+        return Err(ApiError::unprocessable(
+            "reject_reason",
+            "required when rejecting",
+        ));
     }
     let mut tx = state.db.begin().await?;
     let row: Option<(i16, i64, String, String, String, String, i32)> = sqlx::query_as(

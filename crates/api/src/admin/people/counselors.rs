@@ -187,7 +187,7 @@ pub struct CounselorFields {
     pub specialty: Option<String>,
     /// Price per minute in yuan: greater than 0, at most two decimals (fen).
     #[serde(default, deserialize_with = "lenient::num")]
-    #[schema(exclusive_minimum = 0, multiple_of = 0.01)]
+    #[schema(minimum = 0.01, maximum = 10000000000_f64, multiple_of = 0.01)]
     pub price: Option<f64>,
     /// Years of experience, 0 to 80.
     #[serde(default, deserialize_with = "lenient::int")]
@@ -210,11 +210,26 @@ impl CounselorFields {
     }
 }
 
+/// The documented body of `POST /api/admin/counselors`: [`CounselorFields`] with `name` and
+/// `price` required (the handler reads `CounselorFields` and checks both).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct NewCounselor {
+    /// Display name, 2 to 50 characters.
+    #[schema(min_length = 2, max_length = 50)]
+    name: String,
+    /// Price per minute in yuan: greater than 0, at most two decimals (fen).
+    #[schema(minimum = 0.01, maximum = 10000000000_f64, multiple_of = 0.01)]
+    price: f64,
+    #[serde(flatten)]
+    fields: CounselorFields,
+}
+
 /// Create a counselor
 ///
 /// `name` and `price` are required.
 #[utoipa::path(post, path = "/api/admin/counselors", tag = "counselors",
-    request_body = CounselorFields,
+    request_body = NewCounselor,
     responses(
         (status = 200, description = "the new counselor", body = Envelope<Counselor>),
         (status = 400, description = "an invalid or missing field", body = Problem)))]

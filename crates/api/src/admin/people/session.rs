@@ -157,7 +157,8 @@ async fn change_own_password(
         .fetch_one(&state.db)
         .await?;
     if !verify_password(req.old_password.as_deref().unwrap_or_default(), &hash).await {
-        return Err(ApiError::field("old_password", "wrong password"));
+        // Of the documented shape, refused by the stored password.
+        return Err(ApiError::unprocessable("old_password", "wrong password"));
     }
     let hash = hash_password(req.new_password.as_deref().unwrap_or_default()).await?;
     // Every token issued at or before this second is revoked (tokens carry `iat` in

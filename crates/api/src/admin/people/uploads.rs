@@ -21,6 +21,7 @@ const MAX_FILE: usize = 10 * 1024 * 1024;
 /// An upload's multipart form.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)] // documents the multipart form; the handler reads the stream
+#[serde(deny_unknown_fields)]
 pub struct UploadForm {
     /// The file: an image (jpg, jpeg, png, webp, gif; ≤ 2 MB) for the image and avatar uploads,
     /// any file ≤ 10 MB for the file upload.
@@ -60,78 +61,94 @@ async fn store_upload(
     mut multipart: Multipart,
     images_only: bool,
 ) -> Result<UploadedFile, ApiError> {
+    let mut file = None;
     while let Some(field) = multipart
         .next_field()
         .await
         .map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?
     {
-        if field.name() != Some("file") {
-            continue;
-        }
-        let original = field.file_name().unwrap_or("file").to_string();
-        let ext = original
-            .rsplit_once('.')
-            .map(|(_, e)| e.to_ascii_lowercase())
-            .unwrap_or_default();
-        let mime = match ext.as_str() {
-            "jpg" | "jpeg" => "image/jpeg",
-            "png" => "image/png",
-            "webp" => "image/webp",
-            "gif" => "image/gif",
-            "pdf" if !images_only => "application/pdf",
-            "txt" if !images_only => "text/plain",
-            _ if !images_only => "application/octet-stream",
-            _ => {
+        // The form has one field, `file`; anything else is refused, as the form's schema states
+        // (MyChat's Go backend also read `file_type`, `relation_id` and `relation_type` on the
+        // file upload, which no client sends and the admin uploads table has no column for).
+        // Every part is read before the file is stored.
+        match field.name() {
+            Some("file") => {
+                let original = field.file_name().unwrap_or("file").to_string();
+                let bytes: Bytes = field
+                    .bytes()
+                    .await
+                    .map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?;
+                file = Some((original, bytes));
+            }
+            other => {
                 return Err(ApiError::field(
-                    "file",
-                    "must be a jpg, jpeg, png, webp or gif image",
+                    other.unwrap_or_default(),
+                    "is not a field of this form",
                 ))
             }
-        };
-        let bytes: Bytes = field
-            .bytes()
-            .await
-            .map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?;
-        let max = if images_only { MAX_IMAGE } else { MAX_FILE };
-        if bytes.is_empty() || bytes.len() > max {
-            let mut e = ApiError::field("file", format!("must be 1 byte to {max} bytes"));
-            if !bytes.is_empty() {
-                // Oversize is 413 Payload Too Large.
-                e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
-            }
-            return Err(e);
         }
-        let safe: String = original
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO admin_uploads (admin_id, file_name, mime_type, bytes) VALUES ($1,$2,$3,$4) RETURNING id",
-        )
-        .bind(admin_id)
-        .bind(&safe)
-        .bind(mime)
-        .bind(bytes.to_vec())
-        .fetch_one(&state.db)
-        .await?;
-        let url = format!("/uploads/{id}/{safe}");
-        return Ok(UploadedFile {
-            id,
-            url: url.clone(),
-            file_url: url,
-            file_name: safe,
-            original_name: original,
-            file_size: bytes.len(),
-            mime_type: mime.to_string(),
-        });
     }
-    Err(ApiError::field("file", "required (multipart field `file`)"))
+    let (original, bytes) =
+        file.ok_or_else(|| ApiError::field("file", "required (multipart field `file`)"))?;
+    let ext = original
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    let mime = match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "pdf" if !images_only => "application/pdf",
+        "txt" if !images_only => "text/plain",
+        _ if !images_only => "application/octet-stream",
+        _ => {
+            return Err(ApiError::unprocessable(
+                "file",
+                "must be a jpg, jpeg, png, webp or gif image",
+            ))
+        }
+    };
+    let max = if images_only { MAX_IMAGE } else { MAX_FILE };
+    if bytes.is_empty() {
+        // An empty file is of the documented shape (`format: binary`), refused by a rule.
+        return Err(ApiError::unprocessable("file", "is empty"));
+    }
+    if bytes.len() > max {
+        return Err(
+            ApiError::field("file", format!("must be 1 byte to {max} bytes"))
+                .with_status(axum::http::StatusCode::PAYLOAD_TOO_LARGE),
+        );
+    }
+    let safe: String = original
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO admin_uploads (admin_id, file_name, mime_type, bytes) VALUES ($1,$2,$3,$4) RETURNING id",
+    )
+    .bind(admin_id)
+    .bind(&safe)
+    .bind(mime)
+    .bind(bytes.to_vec())
+    .fetch_one(&state.db)
+    .await?;
+    let url = format!("/uploads/{id}/{safe}");
+    Ok(UploadedFile {
+        id,
+        url: url.clone(),
+        file_url: url,
+        file_name: safe,
+        original_name: original,
+        file_size: bytes.len(),
+        mime_type: mime.to_string(),
+    })
 }
 
 /// The image upload's answer: the envelope with the URL also at the root (contract c.2 #20).
@@ -157,7 +174,8 @@ pub struct ImageUploaded {
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "the stored image", body = ImageUploaded),
-        (status = 400, description = "no file, an empty file or not an image", body = Problem),
+        (status = 400, description = "no file, or a field the form does not have", body = Problem),
+        (status = 422, description = "an empty file, or not an image (by its name's extension)", body = Problem),
         (status = 413, description = "larger than 2 MB", body = Problem)))]
 pub async fn upload_image(
     State(state): State<AppState>,
@@ -181,7 +199,8 @@ pub async fn upload_image(
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "the stored file", body = Envelope<UploadedFile>),
-        (status = 400, description = "no file or an empty file", body = Problem),
+        (status = 400, description = "no file, or a field the form does not have", body = Problem),
+        (status = 422, description = "an empty file", body = Problem),
         (status = 413, description = "larger than 10 MB", body = Problem)))]
 pub async fn upload_file(
     State(state): State<AppState>,
@@ -215,7 +234,8 @@ pub struct AvatarUploaded {
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "the stored image", body = AvatarUploaded),
-        (status = 400, description = "no file, an empty file or not an image", body = Problem),
+        (status = 400, description = "no file, or a field the form does not have", body = Problem),
+        (status = 422, description = "an empty file, or not an image (by its name's extension)", body = Problem),
         (status = 413, description = "larger than 2 MB", body = Problem)))]
 pub async fn upload_public(
     State(state): State<AppState>,

@@ -111,7 +111,7 @@ pub async fn list_users(
     }))
 }
 
-/// `POST /api/admin/users` body. Text is trimmed; a number is taken as its text.
+/// `POST /api/admin/users` body. Text is trimmed.
 #[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct NewUser {
@@ -123,7 +123,7 @@ pub struct NewUser {
     )]
     pub username: Option<String>,
     /// Password, 6 to 64 characters.
-    #[serde(default, deserialize_with = "lenient::text")]
+    #[serde(default)]
     #[validate(
         required(message = "required"),
         length(min = 6, max = 64, message = "must be 6 to 64 characters")

@@ -76,7 +76,7 @@ pub struct AuditQuery {
     pub page_size: Option<i64>,
     /// Alias of `page_size` (the admin client's name).
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    // Checked by `paging` as `page_size` (the name the client reads in a refusal).
+    // Checked by `web::paging::check_page_size_alias`, named `pageSize` in a refusal.
     #[param(minimum = 1, maximum = 100)]
     pub page_size_alias: Option<i64>,
     /// Operators whose username contains this text (literally).
@@ -124,6 +124,7 @@ pub async fn logs(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<axum::Json<AuditLog>> {
     validator::Validate::validate(&q)?;
+    web::paging::check_page_size_alias(q.page_size_alias)?;
     let (limit, offset) = paging(q.page, q.page_size.or(q.page_size_alias), 20)?;
     let operator = q.operator.as_deref().map(contains_pattern);
     let action = q.action.as_deref().map(contains_pattern);

@@ -64,7 +64,7 @@ pub struct ConfigQuery {
     pub page_size: Option<i64>,
     /// Alias of `page_size` (the admin client's name).
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    // Checked by `paging` as `page_size` (the name the client reads in a refusal).
+    // Checked by `web::paging::check_page_size_alias`, named `pageSize` in a refusal.
     #[param(minimum = 1, maximum = 100)]
     pub page_size_alias: Option<i64>,
     /// Only this category.
@@ -235,6 +235,7 @@ pub async fn list_configs(
     Query(q): Query<ConfigQuery>,
 ) -> ApiResult<axum::Json<ConfigList>> {
     validator::Validate::validate(&q)?;
+    web::paging::check_page_size_alias(q.page_size_alias)?;
     let (limit, offset) = paging(q.page, q.page_size.or(q.page_size_alias), 100)?;
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
         qb.push(" WHERE TRUE");
@@ -265,7 +266,8 @@ pub async fn list_configs(
     request_body = NewConfig,
     responses(
         (status = 200, description = "The new config", body = ConfigCreated),
-        (status = 400, description = "An invalid field or a duplicate key", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is not of the documented shape", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A duplicate key", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -311,7 +313,9 @@ pub async fn create_config(
     request_body = ConfigUpdate,
     responses(
         (status = 200, description = "The config", body = Envelope<Config>),
-        (status = 400, description = "An invalid field, a duplicate key, or a system config's key", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is not of the documented shape", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A system config's key cannot change", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A duplicate key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such config", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -330,10 +334,11 @@ pub async fn update_config(
     let (key, is_system) = current.ok_or_else(|| ApiError::not_found("config"))?;
     let new_key = body.key.filter(|k| *k != key);
     if new_key.is_some() && is_system {
-        return Err(ApiError::field(
-            "key",
-            "a system config's key cannot change",
-        ));
+        // A permanent refusal for this row, as deleting a system config is.
+        return Err(
+            ApiError::field("key", "a system config's key cannot change")
+                .with_status(axum::http::StatusCode::FORBIDDEN),
+        );
     }
     let text: Option<String> = sqlx::query_scalar(
         "UPDATE system_configs t SET updated_at = now(), key = COALESCE($2, key), \
@@ -403,7 +408,7 @@ pub async fn batch_configs(
     params(("id" = i64, Path, description = "The config's id")),
     responses(
         (status = 200, description = "`msg` is `deleted`", body = Message),
-        (status = 400, description = "A system config", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A system config", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such config", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

@@ -1,5 +1,5 @@
 //! How the admin client sends values, read leniently where it always has been: text may arrive
-//! as a number, integers as numeric strings (select boxes) or booleans, booleans as `0`/`1`;
+//! as a number, integers as numeric strings (select boxes), booleans as `0`/`1`;
 //! `null` (and, for numbers, `""`) means "not given". Used with `#[serde(default,
 //! deserialize_with = ...)]` on `Option` fields, so a missing key and `null` are both `None`
 //! (an update leaves that column as it is) while a zero value (`status: 0`, `sort: 0`) is applied.
@@ -21,8 +21,9 @@ pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
     }
 }
 
-/// An integer field: a JSON integer (or a float without a fraction), a numeric string, or a
-/// boolean (`false` = 0, `true` = 1); `""` is "not given".
+/// An integer field: a JSON integer (or a float without a fraction) or a numeric string (a
+/// select's value); `""` is "not given". A boolean is refused, as the documents type these
+/// fields `integer`.
 ///
 /// # Errors
 /// "must be an integer" for anything else or a value out of the column's range.
@@ -38,7 +39,6 @@ where
             .as_i64()
             .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
         Some(Value::String(s)) => s.trim().parse().ok(),
-        Some(Value::Bool(b)) => Some(i64::from(b)),
         Some(_) => None,
     };
     v.and_then(|v| T::try_from(v).ok())
@@ -101,7 +101,7 @@ pub fn json_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
     })
 }
 
-/// An RBAC code: a role's (`^[a-z][a-z0-9_]*$`) or a permission's (`^[a-z:]+[a-z0-9:_]*$`, the
+/// An RBAC code: a role's (`^[a-z][a-z0-9_]*$`) or a permission's (`^[a-z][a-z0-9:_]*$`, the
 /// colon separating its parts), at most 100 characters.
 fn code(code: &str, perm: bool, message: &'static str) -> Result<(), validator::ValidationError> {
     let first_ok = code.chars().next().is_some_and(|c| c.is_ascii_lowercase());
@@ -123,12 +123,12 @@ pub fn role_code(c: &str) -> Result<(), validator::ValidationError> {
     code(c, false, "must match ^[a-z][a-z0-9_]*$")
 }
 
-/// A permission's code: `^[a-z:]+[a-z0-9:_]*$` starting with a letter, at most 100 characters.
+/// A permission's code: `^[a-z][a-z0-9:_]*$` (`role:view`), at most 100 characters.
 ///
 /// # Errors
-/// "must match ^[a-z:]+[a-z0-9:_]*$".
+/// "must match ^[a-z][a-z0-9:_]*$".
 pub fn permission_code(c: &str) -> Result<(), validator::ValidationError> {
-    code(c, true, "must match ^[a-z:]+[a-z0-9:_]*$")
+    code(c, true, "must match ^[a-z][a-z0-9:_]*$")
 }
 
 #[cfg(test)]

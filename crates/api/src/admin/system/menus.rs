@@ -257,7 +257,8 @@ pub async fn list_menus(
     request_body = NewMenu,
     responses(
         (status = 200, description = "The new menu", body = Envelope<Menu>),
-        (status = 400, description = "An invalid field or no such parent", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is not of the documented shape", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No such parent", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -305,7 +306,8 @@ async fn exists(state: &AppState, id: i64) -> Result<(), ApiError> {
     request_body = MenuUpdate,
     responses(
         (status = 200, description = "The menu", body = Envelope<Menu>),
-        (status = 400, description = "An invalid field, or a parent that would make a cycle", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is not of the documented shape", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No such parent, or one that would make a cycle", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such menu", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -356,7 +358,7 @@ pub async fn update_menu(
     params(("id" = i64, Path, description = "The menu's id")),
     responses(
         (status = 200, description = "`msg` is `deleted`", body = Message),
-        (status = 400, description = "The menu has children", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The menu has children", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such menu", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -367,7 +369,10 @@ pub async fn delete_menu(
 ) -> ApiResult<axum::Json<Message>> {
     exists(&state, id).await?;
     if has_children(&state, Tree::Menus, id).await? {
-        return Err(ApiError::bad_request("delete the menu's children first"));
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "delete the menu's children first",
+        ));
     }
     sqlx::query("DELETE FROM menus WHERE id = $1")
         .bind(id)

@@ -20,7 +20,7 @@ use crate::{empty_as_none, paging, ApiError, ApiResult, AppState};
 pub struct Permission {
     /// The permission's id.
     pub id: i64,
-    /// Unique, `^[a-z:]+[a-z0-9:_]*$` (`role:view`).
+    /// Unique, `^[a-z][a-z0-9:_]*$` (`role:view`).
     pub code: String,
     /// The icon's name (a `menu` permission).
     pub icon: String,
@@ -92,7 +92,7 @@ pub struct PermissionQuery {
     pub page_size: Option<i64>,
     /// Alias of `page_size` (the admin client's name).
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    // Checked by `paging` as `page_size` (the name the client reads in a refusal).
+    // Checked by `web::paging::check_page_size_alias`, named `pageSize` in a refusal.
     #[param(minimum = 1, maximum = 100)]
     pub page_size_alias: Option<i64>,
     /// Permissions whose name or code contains this text (literally).
@@ -138,9 +138,9 @@ pub struct NewPermission {
         length(min = 2, max = 50, message = "must be 2 to 50 characters")
     )]
     pub name: Option<String>,
-    /// Unique, `^[a-z:]+[a-z0-9:_]*$`, at most 100 characters.
+    /// Unique, `^[a-z][a-z0-9:_]*$`, at most 100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(pattern = "^[a-z:]+[a-z0-9:_]*$", max_length = 100)]
+    #[schema(pattern = "^[a-z][a-z0-9:_]*$", max_length = 100)]
     #[validate(
         required(message = "required"),
         custom(function = "input::permission_code")
@@ -184,9 +184,9 @@ pub struct PermissionUpdate {
     #[serde(default, deserialize_with = "input::text")]
     #[validate(length(min = 2, max = 50, message = "must be 2 to 50 characters"))]
     pub name: Option<String>,
-    /// Unique, `^[a-z:]+[a-z0-9:_]*$`, at most 100 characters.
+    /// Unique, `^[a-z][a-z0-9:_]*$`, at most 100 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[schema(pattern = "^[a-z:]+[a-z0-9:_]*$", max_length = 100)]
+    #[schema(pattern = "^[a-z][a-z0-9:_]*$", max_length = 100)]
     #[validate(custom(function = "input::permission_code"))]
     pub code: Option<String>,
     /// What the permission guards (default `api`).
@@ -259,6 +259,7 @@ pub async fn list_permissions(
     Query(q): Query<PermissionQuery>,
 ) -> ApiResult<axum::Json<PermissionList>> {
     validator::Validate::validate(&q)?;
+    web::paging::check_page_size_alias(q.page_size_alias)?;
     let (limit, offset) = paging(q.page, q.page_size.or(q.page_size_alias), 20)?;
     let name = q.name.as_deref().map(contains_pattern);
     let filter = |qb: &mut QueryBuilder<'_, Postgres>| {
@@ -291,7 +292,9 @@ pub async fn list_permissions(
     request_body = NewPermission,
     responses(
         (status = 200, description = "The new permission", body = Envelope<Permission>),
-        (status = 400, description = "An invalid field, a duplicate code or no such parent", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is not of the documented shape", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A duplicate code", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No such parent", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -345,7 +348,9 @@ async fn exists(state: &AppState, id: i64) -> Result<(), ApiError> {
     request_body = PermissionUpdate,
     responses(
         (status = 200, description = "The permission", body = Envelope<Permission>),
-        (status = 400, description = "An invalid field, a duplicate code, or a parent that would make a cycle", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is not of the documented shape", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A duplicate code", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No such parent, or one that would make a cycle", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such permission", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -394,7 +399,7 @@ pub async fn update_permission(
     params(("id" = i64, Path, description = "The permission's id")),
     responses(
         (status = 200, description = "`msg` is `deleted`", body = Message),
-        (status = 400, description = "The permission has children", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The permission has children", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such permission", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -405,7 +410,8 @@ pub async fn delete_permission(
 ) -> ApiResult<axum::Json<Message>> {
     exists(&state, id).await?;
     if has_children(&state, Tree::Permissions, id).await? {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             "delete the permission's children first",
         ));
     }

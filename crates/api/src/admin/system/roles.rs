@@ -111,7 +111,7 @@ pub struct RoleQuery {
     pub page_size: Option<i64>,
     /// Alias of `page_size` (the admin client's name).
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    // Checked by `paging` as `page_size` (the name the client reads in a refusal).
+    // Checked by `web::paging::check_page_size_alias`, named `pageSize` in a refusal.
     #[param(minimum = 1, maximum = 100)]
     pub page_size_alias: Option<i64>,
     /// Roles whose name contains this text (literally).
@@ -138,7 +138,7 @@ pub struct RoleUsersQuery {
     pub page_size: Option<i64>,
     /// Alias of `page_size` (the admin client's name).
     #[serde(default, rename = "pageSize", deserialize_with = "empty_as_none")]
-    // Checked by `paging` as `page_size` (the name the client reads in a refusal).
+    // Checked by `web::paging::check_page_size_alias`, named `pageSize` in a refusal.
     #[param(minimum = 1, maximum = 100)]
     pub page_size_alias: Option<i64>,
 }
@@ -236,6 +236,7 @@ pub async fn list_roles(
     Query(q): Query<RoleQuery>,
 ) -> ApiResult<axum::Json<RoleList>> {
     validator::Validate::validate(&q)?;
+    web::paging::check_page_size_alias(q.page_size_alias)?;
     let (limit, offset) = paging(q.page, q.page_size.or(q.page_size_alias), 20)?;
     let name = q.name.as_deref().map(contains_pattern);
     let status = q.status.filter(|s| *s >= 0);
@@ -314,7 +315,9 @@ async fn role_code(state: &AppState, id: i64) -> Result<String, ApiError> {
     request_body = RoleUpdate,
     responses(
         (status = 200, description = "The role", body = Envelope<Role>),
-        (status = 400, description = "An invalid field, a duplicate name or code, or super_admin's code", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is not of the documented shape", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "super_admin's code cannot change", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A duplicate name or code", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -328,10 +331,10 @@ pub async fn update_role(
     let current = role_code(&state, id).await?;
     let new_code = body.code.filter(|c| *c != current);
     if new_code.is_some() && current == SUPER_ADMIN {
-        return Err(ApiError::field(
-            "code",
-            "the super_admin role's code cannot change",
-        ));
+        return Err(
+            ApiError::field("code", "the super_admin role's code cannot change")
+                .with_status(axum::http::StatusCode::FORBIDDEN),
+        );
     }
     let mut tx = state.db.begin().await?;
     if let Some(code) = &new_code {
@@ -371,7 +374,8 @@ pub async fn update_role(
     params(("id" = i64, Path, description = "The role's id")),
     responses(
         (status = 200, description = "`msg` is `deleted`", body = Message),
-        (status = 400, description = "super_admin, or a role administrators hold", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The super_admin role", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A role administrators hold", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -391,7 +395,8 @@ pub async fn delete_role(
         .fetch_one(&state.db)
         .await?;
     if users > 0 {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             "the role is assigned to administrators",
         ));
     }
@@ -442,7 +447,8 @@ pub async fn role_permissions(
     request_body = PermissionIds,
     responses(
         (status = 200, description = "The permissions the role now holds", body = Envelope<RolePermissions>),
-        (status = 400, description = "super_admin, or an unknown permission id", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The super_admin role (it holds every permission)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown permission id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -466,7 +472,8 @@ pub async fn set_role_permissions(
     request_body = PermissionIds,
     responses(
         (status = 200, description = "The permissions the role now holds", body = Envelope<RolePermissions>),
-        (status = 400, description = "super_admin, or an unknown permission id", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The super_admin role (it holds every permission)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown permission id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -497,7 +504,7 @@ async fn replace_permissions(
     distinct.sort_unstable();
     distinct.dedup();
     if known != distinct.len() as i64 {
-        return Err(ApiError::field(
+        return Err(ApiError::unprocessable(
             "permission_ids",
             "contains an unknown permission id",
         ));
@@ -543,6 +550,7 @@ pub async fn role_users(
 ) -> ApiResult<axum::Json<RoleUserList>> {
     let code = role_code(&state, id).await?;
     validator::Validate::validate(&q)?;
+    web::paging::check_page_size_alias(q.page_size_alias)?;
     let (limit, offset) = paging(q.page, q.page_size.or(q.page_size_alias), 10)?;
     let mut qb = QueryBuilder::new(
         "SELECT to_jsonb(t)::text FROM (SELECT id, username, real_name AS nickname, email, status, created_at FROM administrators WHERE role = ",

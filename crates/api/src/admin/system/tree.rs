@@ -74,7 +74,8 @@ impl Tree {
 /// cycle (`parent` is neither `id` nor a descendant of `id`); 0 is the root and always fine.
 ///
 /// # Errors
-/// 400 naming `parent_id`, or a database error.
+/// 422 naming `parent_id` (no such parent, a cycle, too deep: the tree's current state), or a
+/// database error.
 pub async fn check_parent(
     state: &AppState,
     tree: Tree,
@@ -85,7 +86,7 @@ pub async fn check_parent(
         return Ok(());
     }
     if Some(parent) == id {
-        return Err(ApiError::field(
+        return Err(ApiError::unprocessable(
             "parent_id",
             "a node cannot be its own parent",
         ));
@@ -98,10 +99,12 @@ pub async fn check_parent(
             .fetch_optional(&state.db)
             .await?;
         match up {
-            None if cursor == parent => return Err(ApiError::field("parent_id", "no such parent")),
+            None if cursor == parent => {
+                return Err(ApiError::unprocessable("parent_id", "no such parent"))
+            }
             None | Some(0) => return Ok(()),
             Some(p) if Some(p) == id => {
-                return Err(ApiError::field(
+                return Err(ApiError::unprocessable(
                     "parent_id",
                     "would make a node its own ancestor",
                 ))
@@ -109,7 +112,7 @@ pub async fn check_parent(
             Some(p) => cursor = p,
         }
     }
-    Err(ApiError::field("parent_id", "tree too deep"))
+    Err(ApiError::unprocessable("parent_id", "tree too deep"))
 }
 
 /// Whether node `id` of `tree` has children.

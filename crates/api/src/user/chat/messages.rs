@@ -312,6 +312,7 @@ pub struct SentMessage {
     responses(
         (status = 200, description = "The stored message", body = Envelope<SentMessage>),
         (status = 400, description = "An invalid field", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Neither text (not blank) nor an attachment", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a participant, or the session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The session's chat stream is unavailable; retry with the same client_msg_id", body = Problem, content_type = "application/problem+json"),

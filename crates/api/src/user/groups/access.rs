@@ -22,7 +22,7 @@ pub struct Changed {
 /// Refuses ids that are not users (400 naming `field`).
 ///
 /// # Errors
-/// 400 for an unknown id; 5xx on a database error.
+/// 422 for an unknown id; 5xx on a database error.
 pub async fn known_users(state: &AppState, field: &str, ids: &[i64]) -> Result<(), ApiError> {
     if ids.is_empty() {
         return Ok(());
@@ -32,7 +32,7 @@ pub async fn known_users(state: &AppState, field: &str, ids: &[i64]) -> Result<(
         .fetch_all(&state.db)
         .await?;
     if let Some(unknown) = ids.iter().find(|id| !known.contains(id)) {
-        return Err(ApiError::field(
+        return Err(ApiError::unprocessable(
             field,
             format!("user {unknown} does not exist"),
         ));

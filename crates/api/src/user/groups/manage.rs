@@ -37,8 +37,11 @@ pub const MAX_ADD: usize = 2_000;
 #[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct CreateRequest {
-    /// 1 to 50 characters.
+    /// 1 to 50 characters, not blank.
     #[validate(length(min = 1, max = 50, message = "must be 1 to 50 characters"))]
+    #[schema(
+        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     pub name: String,
     /// At most 1,000 characters.
     #[serde(default)]
@@ -72,7 +75,8 @@ pub struct Created {
     request_body = CreateRequest,
     responses(
         (status = 200, description = "The group was created", body = Envelope<Created>),
-        (status = 400, description = "An invalid field, an unknown user, or more members than the cap", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is not of the documented shape", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown user, or more members than the cap", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -134,7 +134,7 @@ pub async fn members(
     request_body = AddRequest,
     responses(
         (status = 200, description = "Added", body = Envelope<Changed>),
-        (status = 400, description = "An unknown user, or past the member cap", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown user, or past the member cap", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the owner or an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Dissolved, or changed concurrently", body = Problem, content_type = "application/problem+json"),

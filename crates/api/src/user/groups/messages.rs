@@ -176,9 +176,9 @@ pub async fn history(
 /// `POST /api/group/{id}/messages` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SendRequest {
-    /// `text` (default), `image` or `file`.
+    /// `text` (default, also when empty), `image` or `file`.
     #[serde(default)]
-    #[schema(example = "text")]
+    #[schema(example = "text", pattern = "^(|text|image|file)$")]
     pub content_type: String,
     /// The text: at most 5,000 characters, no NUL (may be empty when `file_url` is set).
     #[serde(default)]
@@ -226,7 +226,8 @@ pub const MAX_MENTIONS: usize = 100;
     request_body = SendRequest,
     responses(
         (status = 200, description = "Stored", body = Envelope<Sent>),
-        (status = 400, description = "An empty, oversized or invalid message, or a mention of a non-member", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "An oversized or invalid message", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Neither text (not blank) nor an attachment, or a mention of a non-member", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a member, muted, or the group muted", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Dissolved", body = Problem, content_type = "application/problem+json"),
@@ -363,7 +364,7 @@ pub struct ReadRequest {
     request_body = ReadRequest,
     responses(
         (status = 200, description = "Stored", body = Envelope<Stored>),
-        (status = 400, description = "A sequence that is not a message of the group", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A sequence that is not a message of the group", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a member", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Dissolved", body = Problem, content_type = "application/problem+json"),
@@ -385,7 +386,10 @@ pub async fn read(
         .await?
         .is_none()
     {
-        return Err(ApiError::field("seq", "is not a message of this group"));
+        return Err(ApiError::unprocessable(
+            "seq",
+            "is not a message of this group",
+        ));
     }
     let record = GroupRecord::GroupRead(GroupRead {
         group_id: id,
@@ -405,8 +409,12 @@ pub async fn read(
 #[derive(Debug, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
-    /// The text to find (1 to 100 characters, case-insensitive substring).
+    /// The text to find (1 to 100 characters, not blank, case-insensitive substring). The
+    /// pattern is "a character that is not white space" (Unicode White_Space, as `str::trim`).
     #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    #[param(
+        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     pub q: String,
     /// Only this group (one the caller belongs to).
     #[serde(default, deserialize_with = "crate::empty_as_none")]

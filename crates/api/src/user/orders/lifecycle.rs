@@ -98,19 +98,19 @@ pub async fn set_status(
             cancelled_at: now,
         },
         1 => {
-            return Err(ApiError::field(
+            return Err(ApiError::unprocessable(
                 "status",
                 "an order becomes paid only through its payment",
             ))
         }
         4 => {
-            return Err(ApiError::field(
+            return Err(ApiError::unprocessable(
                 "status",
                 "an order is refunded through POST /api/payment/refund",
             ))
         }
         _ => {
-            return Err(ApiError::field(
+            return Err(ApiError::unprocessable(
                 "status",
                 "an order cannot return to pending payment",
             ))

@@ -28,44 +28,55 @@ pub fn router() -> OpenApiRouter<UserState> {
 
 pub use web::command::request_meta;
 
+/// The forms [`parse_schedule_time`] reads, as the document states them (`CreateOrder`'s
+/// `schedule_time` pattern, checked equal by a test): RFC 3339 (with `T`, `t` or a space, any
+/// fraction, `Z` or an offset), `YYYY-MM-DDTHH:mm:ss`, `YYYY-MM-DD HH:mm:ss`, `YYYY-MM-DD`.
+pub const SCHEDULE_TIME_PATTERN: &str = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}:[0-9]{2}|[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2}))?$";
+
 /// Parses MyChat's `schedule_time` forms (contract b.1 #21): RFC 3339
 /// (`2026-01-20T15:00:00+08:00`, the web client's form), `YYYY-MM-DDTHH:mm:ss`,
 /// `YYYY-MM-DD HH:mm:ss` and `YYYY-MM-DD`. Times without an offset are China time (UTC+8).
 ///
 /// # Errors
-/// 400 naming `schedule_time`.
+/// 400 naming `schedule_time` for text of none of these forms ([`SCHEDULE_TIME_PATTERN`]); 422
+/// for one of them that names no instant (`2026-02-30`, `25:00:00`, an offset of 99 hours).
 pub fn parse_schedule_time(s: &str) -> Result<DateTime<Utc>, ApiError> {
-    let s = s.trim();
+    if !SCHEDULE_TIME_FORMS.is_match(s) {
+        return Err(ApiError::field("schedule_time", SCHEDULE_TIME_FORMS_TEXT));
+    }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
     let china = FixedOffset::east_opt(8 * 3600).expect("UTC+8");
     let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S")
         .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S"))
-        .or_else(|_| NaiveDate::parse_from_str(s, "%Y-%m-%d").map(|d| d.and_hms_opt(0, 0, 0).expect("midnight")))
-        .map_err(|_| {
-            ApiError::field(
-                "schedule_time",
-                "expected YYYY-MM-DDTHH:mm:ss+08:00, YYYY-MM-DDTHH:mm:ss, YYYY-MM-DD HH:mm:ss or YYYY-MM-DD",
-            )
-        })?;
+        .or_else(|_| {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight"))
+        })
+        .map_err(|_| ApiError::unprocessable("schedule_time", "names no date and time"))?;
     china
         .from_local_datetime(&naive)
         .single()
         .map(|t| t.with_timezone(&Utc))
-        .ok_or_else(|| ApiError::field("schedule_time", "not a valid local time"))
+        .ok_or_else(|| ApiError::unprocessable("schedule_time", "not a valid local time"))
 }
 
+static SCHEDULE_TIME_FORMS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(SCHEDULE_TIME_PATTERN).expect("SCHEDULE_TIME_PATTERN compiles")
+});
+
+const SCHEDULE_TIME_FORMS_TEXT: &str =
+    "expected YYYY-MM-DDTHH:mm:ss+08:00, YYYY-MM-DDTHH:mm:ss, YYYY-MM-DD HH:mm:ss or YYYY-MM-DD";
+
+/// The shape of `schedule_time` (a 400 when it is none of the forms); whether it names an
+/// instant is [`parse_schedule_time`]'s (a 422).
 fn schedule_time_rule(s: &str) -> Result<(), ValidationError> {
-    parse_schedule_time(s).map(|_| ()).map_err(|e| {
-        ValidationError::new("schedule_time").with_message(
-            e.errors
-                .first()
-                .map(|f| f.message.clone())
-                .unwrap_or(e.msg)
-                .into(),
-        )
-    })
+    if SCHEDULE_TIME_FORMS.is_match(s) {
+        Ok(())
+    } else {
+        Err(ValidationError::new("schedule_time").with_message(SCHEDULE_TIME_FORMS_TEXT.into()))
+    }
 }
 
 /// `POST /api/order/create` body. The duration's bounds are the `Order` aggregate's
@@ -81,7 +92,10 @@ pub struct CreateOrder {
     pub duration: i64,
     /// `YYYY-MM-DDTHH:mm:ss+08:00` (RFC 3339), `YYYY-MM-DDTHH:mm:ss`, `YYYY-MM-DD HH:mm:ss` or
     /// `YYYY-MM-DD`; without an offset, China time (UTC+8).
-    #[schema(example = "2026-01-20T15:00:00+08:00")]
+    #[schema(
+        example = "2026-01-20T15:00:00+08:00",
+        pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}:[0-9]{2}|[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2}))?$"
+    )]
     #[validate(custom(function = "schedule_time_rule"))]
     pub schedule_time: String,
     /// At most 500 characters.
@@ -119,7 +133,7 @@ pub struct OrderCreated {
     request_body = CreateOrder,
     responses(
         (status = 200, description = "Placed, awaiting payment", body = Envelope<OrderCreated>),
-        (status = 400, description = "A field is invalid, or the counselor is not available", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is not of the documented shape", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such counselor", body = Problem, content_type = "application/problem+json")
     )
 )]
@@ -138,10 +152,14 @@ pub async fn create(
         .await?
         .ok_or_else(|| ApiError::not_found("counselor"))?;
     if counselor.status != 1 {
-        return Err(ApiError::bad_request("counselor is not available"));
+        return Err(ApiError::unprocessable(
+            "counselor_id",
+            "counselor is not available",
+        ));
     }
     if counselor.user_id == Some(user.user_id) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::unprocessable(
+            "counselor_id",
             "a counselor cannot order a session with themself",
         ));
     }
@@ -309,7 +327,6 @@ impl OrderView {
     params(("id" = i64, Path, description = "The order's id")),
     responses(
         (status = 200, description = "The order", body = Envelope<OrderView>),
-        (status = 400, description = "The id is not a number", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json")
     )
@@ -429,6 +446,24 @@ mod tests {
         );
         assert!(parse_schedule_time("\"2026-01-20\"").is_err());
         assert!(parse_schedule_time("tomorrow").is_err());
+        assert_eq!(parse_schedule_time("tomorrow").unwrap_err().status, 400);
+        // Of the documented shape, yet no instant: a 422.
+        for s in [
+            "2026-02-30",
+            "2026-01-20T25:00:00",
+            "2026-01-20T15:00:00+99:00",
+        ] {
+            assert_eq!(parse_schedule_time(s).unwrap_err().status, 422, "{s}");
+        }
+    }
+
+    #[test]
+    fn the_documented_schedule_time_pattern_is_the_one_checked() {
+        let doc = serde_json::to_value(crate::user::openapi::document(true)).unwrap();
+        assert_eq!(
+            doc["components"]["schemas"]["CreateOrder"]["properties"]["schedule_time"]["pattern"],
+            SCHEDULE_TIME_PATTERN
+        );
     }
 
     #[test]

@@ -57,14 +57,15 @@ pub fn router(sandbox: bool) -> OpenApiRouter<UserState> {
 /// without it nothing is available (fail closed).
 ///
 /// # Errors
-/// 400 naming `payment_method`.
+/// 422 naming `payment_method` (a documented method this server does not offer), 400 for one
+/// no server offers.
 pub fn check_method(
     api: Option<&std::sync::Arc<crate::user::config::UserApi>>,
     method: &str,
 ) -> Result<(), ApiError> {
     match api {
         Some(api) => api.check_method(method),
-        None => Err(ApiError::field(
+        None => Err(ApiError::unprocessable(
             "payment_method",
             "no payment provider is configured on this server",
         )),
@@ -137,7 +138,8 @@ fn native() -> String {
     request_body = CreatePayment,
     responses(
         (status = 200, description = "The payment, awaiting the payer", body = Envelope<PaymentCreated>),
-        (status = 400, description = "A field is invalid, the method is not offered, or the order is not awaiting payment", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is invalid, or the method is not offered", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The order is not awaiting payment", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's order", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json")
     )
@@ -160,10 +162,13 @@ pub async fn create(
         return Err(ApiError::forbidden("not your order"));
     }
     if order.status != OrderStatus::Pending {
-        return Err(ApiError::bad_request(format!(
-            "order is not awaiting payment (status {})",
-            order.status.code()
-        )));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "order is not awaiting payment (status {})",
+                order.status.code()
+            ),
+        ));
     }
     let id = state
         .ids

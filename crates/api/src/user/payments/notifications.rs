@@ -17,7 +17,9 @@ use crate::user::payments::providers::{
 };
 
 /// `POST /api/payment/alipay/callback` (contract §e, Alipay RSA2). Answers `text/plain`
-/// `success` (applied or ignored; Alipay stops retrying) or `fail`.
+/// `success` (applied or ignored; Alipay stops retrying) or `fail`: 400 for a body that is not a
+/// notification (a parameter missing or malformed), 401 for a signature or app refused, 200
+/// otherwise (Alipay reads only the text).
 #[utoipa::path(
     post,
     path = "/api/payment/alipay/callback",
@@ -26,7 +28,9 @@ use crate::user::payments::providers::{
     summary = "Alipay async notification (RSA2); replies text success / fail",
     request_body(content = alipay::Notification, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, description = "`success` or `fail`", body = String, content_type = "text/plain")
+        (status = 200, description = "`success` or `fail`", body = String, content_type = "text/plain"),
+        (status = 400, description = "`fail`: a parameter is missing or malformed", body = String, content_type = "text/plain"),
+        (status = 401, description = "`fail`: the signature or the app id is refused", body = String, content_type = "text/plain")
     )
 )]
 pub async fn alipay(
@@ -34,6 +38,10 @@ pub async fn alipay(
     State(api): State<Arc<UserApi>>,
     body: Bytes,
 ) -> Response {
+    if let Err(e) = alipay::parse(&body) {
+        tracing::warn!(error = %e, "Alipay notification malformed");
+        return alipay::text_with(StatusCode::BAD_REQUEST, "fail");
+    }
     let Some(config) = api.config.alipay.as_ref() else {
         tracing::warn!("Alipay notification while Alipay is not configured");
         return alipay::text("fail");
@@ -42,7 +50,12 @@ pub async fn alipay(
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(error = %e, "Alipay notification refused");
-            return alipay::text("fail");
+            let status = if e.is_malformed() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            return alipay::text_with(status, "fail");
         }
     };
     if !matches!(
@@ -80,6 +93,12 @@ pub async fn alipay(
     tag = "providers",
     operation_id = "wechat_callback",
     summary = "WeChat Pay v3 notification (signed, AES-256-GCM resource); replies {code, message}",
+    params(
+        ("Wechatpay-Timestamp" = String, Header, description = "Unix seconds the notification was signed at (within 5 minutes of now)", pattern = "^[0-9]{1,12}$"),
+        ("Wechatpay-Nonce" = String, Header, description = "The signature's nonce", min_length = 1),
+        ("Wechatpay-Signature" = String, Header, description = "Base64 SHA256withRSA over `timestamp\\nnonce\\nbody\\n`", min_length = 1),
+        ("Wechatpay-Serial" = String, Header, description = "The WeChat Pay platform certificate's serial", min_length = 1)
+    ),
     request_body = wechat::Notification,
     responses(
         (status = 200, description = "Applied, or acknowledged and ignored", body = ProviderReply),

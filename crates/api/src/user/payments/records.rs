@@ -144,7 +144,6 @@ impl PaymentView {
     params(("id" = i64, Path, description = "The payment's id")),
     responses(
         (status = 200, description = "The payment", body = Envelope<PaymentView>),
-        (status = 400, description = "The id is not a number", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's payment", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json")
     )
@@ -258,7 +257,12 @@ pub struct RefundRequest {
     #[validate(range(min = 1, message = "must be a positive id"))]
     pub payment_id: i64,
     /// Yuan, greater than 0, two decimals at most; at most what is left to refund.
-    #[schema(exclusive_minimum = 0, multiple_of = 0.01, example = 10.5)]
+    #[schema(
+        minimum = 0.01,
+        maximum = 10000000000_f64,
+        multiple_of = 0.01,
+        example = 10.5
+    )]
     #[validate(custom(function = "yuan_rule"))]
     pub refund_amount: f64,
     /// At most 200 characters.
@@ -300,7 +304,8 @@ pub struct Refunded {
     request_body = RefundRequest,
     responses(
         (status = 200, description = "Refunded", body = Envelope<Refunded>),
-        (status = 400, description = "A field is invalid, the amount exceeds what is left, or the payment is not refundable", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A field is not of the documented shape", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The amount exceeds what is left, or the payment is not refundable (a recharge, not captured)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the caller's payment", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; retry", body = Problem, content_type = "application/problem+json")
@@ -332,13 +337,13 @@ pub async fn refund(
     );
     let meta = request_meta(&headers, Actor::user(user.user_id));
     if payment.recharge {
-        return Err(ApiError::field(
+        return Err(ApiError::unprocessable(
             "payment_id",
             domain::PaymentError::RechargeNotRefundable.to_string(),
         ));
     }
     if payment.status == domain::PaymentStatus::Pending {
-        return Err(ApiError::field(
+        return Err(ApiError::unprocessable(
             "payment_id",
             domain::PaymentError::NotCaptured.to_string(),
         ));

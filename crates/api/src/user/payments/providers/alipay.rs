@@ -83,7 +83,12 @@ pub enum VerifyError {
 /// Parses `"12.34"` yuan into fen (at most two decimals).
 pub fn yuan_to_fen(s: &str) -> Option<i64> {
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 2 {
+    // At most 15 digits of yuan (the documented pattern): fen fit an `i64` with room to spare.
+    if whole.is_empty()
+        || whole.len() > 15
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 2
+    {
         return None;
     }
     if !frac.bytes().all(|b| b.is_ascii_digit()) {
@@ -93,11 +98,20 @@ pub fn yuan_to_fen(s: &str) -> Option<i64> {
     Some(whole.parse::<i64>().ok()?.checked_mul(100)? + frac.parse::<i64>().ok()?)
 }
 
-/// Verifies a notification body (form-encoded) and returns its trade.
+impl VerifyError {
+    /// Whether the notification is not of the documented shape (a parameter missing or
+    /// malformed), rather than refused by its signature or app.
+    pub fn is_malformed(&self) -> bool {
+        matches!(self, Self::Missing(_) | Self::SignType | Self::BadAmount)
+    }
+}
+
+/// A notification body (form-encoded) of the documented shape: its parameters and its trade.
+/// Nothing is verified yet.
 ///
 /// # Errors
-/// [`VerifyError`].
-pub fn verify(config: &AlipayConfig, body: &[u8]) -> Result<Trade, VerifyError> {
+/// [`VerifyError::Missing`], [`VerifyError::SignType`], [`VerifyError::BadAmount`].
+pub fn parse(body: &[u8]) -> Result<(Vec<(String, String)>, Trade), VerifyError> {
     let params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
     let get = |k: &'static str| {
         params
@@ -110,8 +124,31 @@ pub fn verify(config: &AlipayConfig, body: &[u8]) -> Result<Trade, VerifyError> 
     if get("sign_type")? != "RSA2" {
         return Err(VerifyError::SignType);
     }
+    get("sign")?;
+    get("app_id")?;
+    let trade = Trade {
+        out_trade_no: get("out_trade_no")?.to_string(),
+        trade_no: get("trade_no")?.to_string(),
+        trade_status: get("trade_status")?.to_string(),
+        total_amount: yuan_to_fen(get("total_amount")?).ok_or(VerifyError::BadAmount)?,
+    };
+    Ok((params, trade))
+}
+
+/// Verifies a notification body (form-encoded) and returns its trade.
+///
+/// # Errors
+/// [`VerifyError`].
+pub fn verify(config: &AlipayConfig, body: &[u8]) -> Result<Trade, VerifyError> {
+    let (params, trade) = parse(body)?;
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == k)
+            .map_or("", |(_, v)| v.as_str())
+    };
     let signature = B64
-        .decode(get("sign")?)
+        .decode(get("sign"))
         .ok()
         .and_then(|s| Signature::try_from(s.as_slice()).ok())
         .ok_or(VerifyError::BadSignature)?;
@@ -119,15 +156,10 @@ pub fn verify(config: &AlipayConfig, body: &[u8]) -> Result<Trade, VerifyError> 
         .alipay_key
         .verify(signing_string(&params).as_bytes(), &signature)
         .map_err(|_| VerifyError::BadSignature)?;
-    if get("app_id")? != config.app_id {
+    if get("app_id") != config.app_id {
         return Err(VerifyError::WrongApp);
     }
-    Ok(Trade {
-        out_trade_no: get("out_trade_no")?.to_string(),
-        trade_no: get("trade_no")?.to_string(),
-        trade_status: get("trade_status")?.to_string(),
-        total_amount: yuan_to_fen(get("total_amount")?).ok_or(VerifyError::BadAmount)?,
-    })
+    Ok(trade)
 }
 
 /// An Alipay asynchronous notification (`application/x-www-form-urlencoded`; the fields mychat
@@ -137,28 +169,38 @@ pub fn verify(config: &AlipayConfig, body: &[u8]) -> Result<Trade, VerifyError> 
 #[allow(dead_code)]
 pub struct Notification {
     /// mychat's `payment_no`.
+    #[schema(min_length = 1)]
     out_trade_no: String,
     /// Alipay's trade number.
+    #[schema(min_length = 1)]
     trade_no: String,
     /// `TRADE_SUCCESS` or `TRADE_FINISHED` for a payment; others are acknowledged and ignored.
-    #[schema(example = "TRADE_SUCCESS")]
+    #[schema(example = "TRADE_SUCCESS", min_length = 1)]
     trade_status: String,
     /// Yuan, two decimals at most.
-    #[schema(example = "12.34")]
+    #[schema(example = "12.34", pattern = r"^[0-9]{1,15}(?:\.[0-9]{0,2})?$")]
     total_amount: String,
     /// mychat's Alipay app id.
+    #[schema(min_length = 1)]
     app_id: String,
     /// Base64 SHA256withRSA signature over the sorted parameters.
+    #[schema(min_length = 1)]
     sign: String,
     /// `RSA2`.
-    #[schema(example = "RSA2")]
+    #[schema(example = "RSA2", pattern = "^RSA2$")]
     sign_type: String,
 }
 
 /// A `text/plain` reply (Alipay reads `success` or `fail`).
 pub fn text(body: &'static str) -> Response {
+    text_with(StatusCode::OK, body)
+}
+
+/// A `text/plain` reply with `status` (Alipay reads only the body; the status tells a person or
+/// a monitor why it was refused).
+pub fn text_with(status: StatusCode, body: &'static str) -> Response {
     (
-        StatusCode::OK,
+        status,
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; charset=utf-8",
