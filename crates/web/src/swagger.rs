@@ -4,6 +4,7 @@
 //!
 //! [`swagger_ui`] serves the page at `/swagger` (redirecting to `/swagger/`) and its assets below
 //! it; the OpenAPI document itself is served by the API that owns it, at the URL given here.
+//! [`operations_mut`] walks a document's operations for the passes that complete both documents.
 
 use axum::Router;
 use utoipa_swagger_ui::{Config, SwaggerUi};
@@ -13,4 +14,20 @@ pub fn swagger_ui<S: Clone + Send + Sync + 'static>(spec_url: &'static str) -> R
     SwaggerUi::new("/swagger")
         .config(Config::from(spec_url))
         .into()
+}
+
+/// The operations of a path item that the APIs serve (`GET`, `POST`, `PUT`, `PATCH`, `DELETE`),
+/// for the passes that add what shared layers answer to every operation of a document.
+pub fn operations_mut(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.post,
+        &mut item.put,
+        &mut item.patch,
+        &mut item.delete,
+    ]
+    .into_iter()
+    .flatten()
 }

@@ -135,16 +135,7 @@ fn document_refusals(doc: &mut utoipa::openapi::OpenApi) {
             continue;
         }
         let names_a_row = path.contains('{');
-        for op in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for op in web::swagger::operations_mut(item) {
             let needs_token = op.security.as_ref().is_some_and(|s| !s.is_empty());
             let has_body = op.request_body.is_some();
             let reads_input = has_body || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
