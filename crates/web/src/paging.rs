@@ -83,7 +83,7 @@ pub fn document_empty_query_values(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::ParameterIn;
     use utoipa::openapi::Required;
     for item in doc.paths.paths.values_mut() {
-        for op in crate::swagger::operations_mut(item) {
+        for (_, op) in crate::swagger::operations_mut(item) {
             for param in op.parameters.iter_mut().flatten() {
                 if param.parameter_in == ParameterIn::Query && param.required == Required::False {
                     param

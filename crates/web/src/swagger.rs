@@ -17,17 +17,24 @@ pub fn swagger_ui<S: Clone + Send + Sync + 'static>(spec_url: &'static str) -> R
 }
 
 /// The operations of a path item that the APIs serve (`GET`, `POST`, `PUT`, `PATCH`, `DELETE`),
-/// for the passes that add what shared layers answer to every operation of a document.
+/// each with its method, for the passes that add what shared layers answer to every operation
+/// of a document.
 pub fn operations_mut(
     item: &mut utoipa::openapi::PathItem,
-) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+) -> impl Iterator<
+    Item = (
+        utoipa::openapi::HttpMethod,
+        &mut utoipa::openapi::path::Operation,
+    ),
+> {
+    use utoipa::openapi::HttpMethod;
     [
-        &mut item.get,
-        &mut item.post,
-        &mut item.put,
-        &mut item.patch,
-        &mut item.delete,
+        (HttpMethod::Get, &mut item.get),
+        (HttpMethod::Post, &mut item.post),
+        (HttpMethod::Put, &mut item.put),
+        (HttpMethod::Patch, &mut item.patch),
+        (HttpMethod::Delete, &mut item.delete),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(method, op)| op.as_mut().map(|op| (method, op)))
 }

@@ -135,7 +135,7 @@ fn document_refusals(doc: &mut utoipa::openapi::OpenApi) {
             continue;
         }
         let names_a_row = path.contains('{');
-        for op in web::swagger::operations_mut(item) {
+        for (_, op) in web::swagger::operations_mut(item) {
             let needs_token = op.security.as_ref().is_some_and(|s| !s.is_empty());
             let has_body = op.request_body.is_some();
             let reads_input = has_body || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
@@ -200,15 +200,9 @@ fn document_idempotency(doc: &mut utoipa::openapi::OpenApi) {
         if crate::app::idempotency::is_provider_notification(path) {
             continue;
         }
-        for op in [
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        let changing = web::swagger::operations_mut(item)
+            .filter(|(method, _)| *method != utoipa::openapi::HttpMethod::Get);
+        for (_, op) in changing {
             op.parameters
                 .get_or_insert_with(Vec::new)
                 .push(header.clone());
