@@ -38,26 +38,22 @@ pub async fn alipay(
     State(api): State<Arc<UserApi>>,
     body: Bytes,
 ) -> Response {
-    if let Err(e) = alipay::parse(&body) {
-        tracing::warn!(error = %e, "Alipay notification malformed");
-        return alipay::text_with(StatusCode::BAD_REQUEST, "fail");
-    }
+    // The body is read once: its shape (400), then its signature and app (401).
+    let (params, trade) = match alipay::parse(&body) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            tracing::warn!(error = %e, "Alipay notification malformed");
+            return alipay::text_with(StatusCode::BAD_REQUEST, "fail");
+        }
+    };
     let Some(config) = api.config.alipay.as_ref() else {
         tracing::warn!("Alipay notification while Alipay is not configured");
         return alipay::text("fail");
     };
-    let trade = match alipay::verify(config, &body) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(error = %e, "Alipay notification refused");
-            let status = if e.is_malformed() {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::UNAUTHORIZED
-            };
-            return alipay::text_with(status, "fail");
-        }
-    };
+    if let Err(e) = alipay::verify(config, &params) {
+        tracing::warn!(error = %e, "Alipay notification refused");
+        return alipay::text_with(StatusCode::UNAUTHORIZED, "fail");
+    }
     if !matches!(
         trade.trade_status.as_str(),
         "TRADE_SUCCESS" | "TRADE_FINISHED"

@@ -98,14 +98,6 @@ pub fn yuan_to_fen(s: &str) -> Option<i64> {
     Some(whole.parse::<i64>().ok()?.checked_mul(100)? + frac.parse::<i64>().ok()?)
 }
 
-impl VerifyError {
-    /// Whether the notification is not of the documented shape (a parameter missing or
-    /// malformed), rather than refused by its signature or app.
-    pub fn is_malformed(&self) -> bool {
-        matches!(self, Self::Missing(_) | Self::SignType | Self::BadAmount)
-    }
-}
-
 /// A notification body (form-encoded) of the documented shape: its parameters and its trade.
 /// Nothing is verified yet.
 ///
@@ -135,12 +127,11 @@ pub fn parse(body: &[u8]) -> Result<(Vec<(String, String)>, Trade), VerifyError>
     Ok((params, trade))
 }
 
-/// Verifies a notification body (form-encoded) and returns its trade.
+/// Verifies the parameters [`parse`] read from a notification: its signature and app id.
 ///
 /// # Errors
-/// [`VerifyError`].
-pub fn verify(config: &AlipayConfig, body: &[u8]) -> Result<Trade, VerifyError> {
-    let (params, trade) = parse(body)?;
+/// [`VerifyError::BadSignature`], [`VerifyError::WrongApp`].
+pub fn verify(config: &AlipayConfig, params: &[(String, String)]) -> Result<(), VerifyError> {
     let get = |k: &str| {
         params
             .iter()
@@ -154,12 +145,12 @@ pub fn verify(config: &AlipayConfig, body: &[u8]) -> Result<Trade, VerifyError> 
         .ok_or(VerifyError::BadSignature)?;
     config
         .alipay_key
-        .verify(signing_string(&params).as_bytes(), &signature)
+        .verify(signing_string(params).as_bytes(), &signature)
         .map_err(|_| VerifyError::BadSignature)?;
     if get("app_id") != config.app_id {
         return Err(VerifyError::WrongApp);
     }
-    Ok(trade)
+    Ok(())
 }
 
 /// An Alipay asynchronous notification (`application/x-www-form-urlencoded`; the fields mychat
