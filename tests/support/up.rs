@@ -65,7 +65,7 @@ pub fn start_up_with(env: &[(&str, &str)]) -> Up {
         .stderr(log)
         .spawn()
         .unwrap();
-    let up = Up {
+    let mut up = Up {
         child,
         api: format!("http://127.0.0.1:{user}"),
         admin: format!("http://127.0.0.1:{admin}"),
@@ -81,6 +81,9 @@ pub fn start_up_with(env: &[(&str, &str)]) -> Up {
     let deadline = Instant::now() + Duration::from_secs(60);
     for p in [user, admin, ws, metrics] {
         while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            if let Ok(Some(status)) = up.child.try_wait() {
+                panic!("mychat up exited ({status}) before it listened on {p}; log: {}", log_of(&up));
+            }
             assert!(
                 Instant::now() < deadline,
                 "mychat up did not listen on {p}; log: {}",

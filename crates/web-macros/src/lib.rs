@@ -16,8 +16,9 @@
 //! | `length(min = a, max = b)` / `length(equal = n)` on text | `minLength`, `maxLength` |
 //! | the same on a list (`Vec`, `HashSet`, `BTreeSet`) | `minItems`, `maxItems` |
 //! | `required` | listed in `required`, not nullable |
+//! | `custom(function = "web::text::not_blank")` (any path ending in `not_blank`) | `pattern`: a character that is not white space |
 //!
-//! Rules the document cannot state (`custom(..)`, `nested`, cross-field rules) are skipped; their
+//! Other rules the document cannot state (`custom(..)`, `nested`, cross-field rules) are skipped; their
 //! fields say their rule in a doc comment or a `value_type`. A bound must be a number literal (the
 //! form utoipa accepts); anything else is a compile error naming the field.
 
@@ -115,7 +116,13 @@ struct Rules {
     min_length: Option<Expr>,
     max_length: Option<Expr>,
     required: bool,
+    not_blank: bool,
 }
+
+/// The pattern of `web::text::not_blank` (`web::text::NOT_BLANK_PATTERN`, which a test in `web`
+/// compares with what this attribute writes; utoipa takes a pattern only as a literal).
+const NOT_BLANK_PATTERN: &str =
+    r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
 
 impl Rules {
     fn of(attrs: &[Attribute]) -> syn::Result<Self> {
@@ -156,6 +163,23 @@ impl Rules {
                 } else if rule.path.is_ident("required") {
                     rules.required = true;
                     skip(&rule)
+                } else if rule.path.is_ident("custom") {
+                    rule.parse_nested_meta(|arg| {
+                        if arg.path.is_ident("function") {
+                            let function = match arg.value()?.parse::<Expr>()? {
+                                Expr::Lit(syn::ExprLit {
+                                    lit: Lit::Str(path), ..
+                                }) => path.value(),
+                                other => quote!(#other).to_string(),
+                            };
+                            if function.rsplit("::").next().map(str::trim) == Some("not_blank") {
+                                rules.not_blank = true;
+                            }
+                            Ok(())
+                        } else {
+                            skip(&arg)
+                        }
+                    })
                 } else {
                     skip(&rule)
                 }
@@ -184,6 +208,9 @@ impl Rules {
         } else {
             put("min_length", &self.min_length);
             put("max_length", &self.max_length);
+        }
+        if self.not_blank {
+            out.push(quote!(pattern = #NOT_BLANK_PATTERN));
         }
         if self.required {
             out.push(quote!(required = true));

@@ -10,7 +10,8 @@
 //!   (revocations announced over NATS) and the login rate limits.
 //! - [`observe`]: request ids as correlation ids, HTTP metrics and `/metrics`, security headers;
 //!   [`command`]: the command metadata of a request (correlation, `Idempotency-Key`).
-//! - [`cors`], [`paging`], [`money`] (the yuan ↔ fen edge), [`swagger`] (Swagger UI, vendored).
+//! - [`cors`], [`paging`], [`money`] (the yuan ↔ fen edge), [`swagger`] (Swagger UI, vendored),
+//!   [`text`] (rules on request text that `validator` lacks, documented by [`limits`]).
 //! - [`gateway_bus`]: the subjects and bodies the admin API and the gateway exchange over NATS.
 //! - [`registry`]: every process registered as a NATS micro service, and the live list of them.
 
@@ -26,6 +27,7 @@ pub mod observe;
 pub mod paging;
 pub mod registry;
 pub mod swagger;
+pub mod text;
 
 pub use error::{ApiError, ApiResult, FieldError, Problem};
 pub use extract::{Json, Multipart, Path, Query};

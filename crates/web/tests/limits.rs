@@ -21,6 +21,8 @@ struct Body {
     /// A rule the document cannot state is left to the doc comment.
     #[validate(custom(function = "anything"))]
     free: String,
+    #[validate(custom(function = "web::text::not_blank"), length(max = 100))]
+    title: String,
 }
 
 fn anything(_: &str) -> Result<(), validator::ValidationError> {
@@ -59,6 +61,9 @@ fn validation_limits_become_the_schema_limits() {
     assert_eq!(p["code"]["minLength"], json!(3));
     assert_eq!(p["code"]["maxLength"], json!(3));
     assert!(p["free"].get("minLength").is_none());
+    assert!(p["free"].get("pattern").is_none());
+    assert_eq!(p["title"]["pattern"], json!(web::text::NOT_BLANK_PATTERN));
+    assert_eq!(p["title"]["maxLength"], json!(100));
     let required: Vec<&str> = schema["required"]
         .as_array()
         .unwrap()
@@ -105,10 +110,11 @@ fn what_is_validated_is_what_is_documented() {
         scopes: vec![],
         code: "ab".into(),
         free: String::new(),
+        title: " \u{3000}".into(),
     };
     let errors = bad.validate().unwrap_err();
     let fields = errors.field_errors();
-    for field in ["duration", "amount", "name", "scopes", "code"] {
+    for field in ["duration", "amount", "name", "scopes", "code", "title"] {
         assert!(fields.contains_key(field), "{field} is validated");
         assert!(props()["properties"][field].is_object());
     }

@@ -374,15 +374,17 @@ pub mod lenient {
     use serde::{Deserialize, Deserializer};
     use serde_json::Value;
 
-    /// Text, trimmed. (A number is refused like any other non-string, as the documents type
-    /// these fields `string`, and as MyChat's Go backend refused it.)
+    /// Text, as sent: not trimmed, so the limits the documents state (`maxLength`, `pattern`)
+    /// hold for exactly what was sent and what is stored. (A number is refused like any other
+    /// non-string, as the documents type these fields `string`, and as MyChat's Go backend
+    /// refused it.)
     ///
     /// # Errors
     /// "must be a string" on any other type.
     pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         match Option::<Value>::deserialize(d)? {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+            Some(Value::String(s)) => Ok(Some(s)),
             Some(_) => Err(D::Error::custom("must be a string")),
         }
     }
@@ -521,7 +523,8 @@ mod tests {
             serde_json::from_value(json!({"text": " a ", "int": 0, "num": ""})).unwrap();
         assert_eq!(
             (f.text.as_deref(), f.int, f.num),
-            (Some("a"), Some(0), None)
+            (Some(" a "), Some(0), None),
+            "text is taken as sent, not trimmed"
         );
         let f: Fields = serde_json::from_value(json!({"int": null})).unwrap();
         assert_eq!((f.text, f.int, f.num), (None, None, None));

@@ -750,7 +750,7 @@ mod tests {
         )
         .unwrap();
         assert!(b.validate().is_ok());
-        assert_eq!(b.title.as_deref(), Some("回访"));
+        assert_eq!(b.title.as_deref(), Some(" 回访 "), "text is stored as sent");
         assert_eq!(
             items_text(&b.items).unwrap().unwrap(),
             r#"[{"id":1,"type":"input","label":"姓名","field":"name","required":true}]"#

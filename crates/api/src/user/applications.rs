@@ -36,26 +36,6 @@ fn invalid(code: &'static str, message: impl Into<String>) -> ValidationError {
     ValidationError::new(code).with_message(message.into().into())
 }
 
-/// A required text: not blank, at most `max` characters (counted as sent, as the document's
-/// `maxLength` counts them).
-fn required(value: &str, max: usize) -> Result<(), ValidationError> {
-    if value.trim().is_empty() {
-        return Err(invalid("required", "required"));
-    }
-    if value.chars().count() > max {
-        return Err(invalid("length", format!("at most {max} characters")));
-    }
-    Ok(())
-}
-
-fn required_50(value: &str) -> Result<(), ValidationError> {
-    required(value, 50)
-}
-
-fn required_200(value: &str) -> Result<(), ValidationError> {
-    required(value, 200)
-}
-
 /// A field refused by one of the account's checks, as a validation error with its message.
 fn refused(e: ApiError) -> ValidationError {
     let message = e.errors.first().map(|f| f.message.clone()).unwrap_or(e.msg);
@@ -99,12 +79,10 @@ fn certificate_url(url: &str) -> Result<(), ValidationError> {
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct ApplicationRequest {
     /// The applicant's real name (not blank, at most 50 characters).
-    #[schema(
-        min_length = 1,
-        max_length = 50,
-        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    #[validate(
+        custom(function = "web::text::not_blank"),
+        length(max = 50, message = "at most 50 characters")
     )]
-    #[validate(custom(function = "required_50"))]
     pub name: String,
     /// `男`, `女` or empty.
     #[serde(default)]
@@ -126,12 +104,10 @@ pub struct ApplicationRequest {
     #[validate(custom(function = "optional_email"))]
     pub email: String,
     /// The professional title (not blank, at most 50 characters).
-    #[schema(
-        min_length = 1,
-        max_length = 50,
-        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    #[validate(
+        custom(function = "web::text::not_blank"),
+        length(max = 50, message = "at most 50 characters")
     )]
-    #[validate(custom(function = "required_50"))]
     pub title: String,
     /// Years of experience, 0 to 70.
     #[serde(default)]
@@ -142,12 +118,10 @@ pub struct ApplicationRequest {
     #[validate(length(max = 2000, message = "at most 2000 characters"))]
     pub bio: String,
     /// Specialties, comma-separated (not blank, at most 200 characters).
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    #[validate(
+        custom(function = "web::text::not_blank"),
+        length(max = 200, message = "at most 200 characters")
     )]
-    #[validate(custom(function = "required_200"))]
     pub specialty: String,
     /// A certificate image URL (from `/api/counselor/upload-certificate`; at most 500 bytes). At
     /// least one of the three certificates is required.

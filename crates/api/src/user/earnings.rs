@@ -163,21 +163,6 @@ impl Withdrawal {
     }
 }
 
-/// The longest bank field, in characters.
-const MAX_BANK_FIELD_CHARS: usize = 100;
-
-/// A bank field: not blank, at most [`MAX_BANK_FIELD_CHARS`] characters.
-fn bank_field(value: &str) -> Result<(), ValidationError> {
-    if value.trim().is_empty() {
-        return Err(ValidationError::new("required").with_message("required".into()));
-    }
-    // Counted as sent, as the document's `maxLength` counts.
-    if value.chars().count() > MAX_BANK_FIELD_CHARS {
-        return Err(ValidationError::new("length").with_message("at most 100 characters".into()));
-    }
-    Ok(())
-}
-
 /// A yuan amount a counselor may ask for: positive, two decimals at most, below 10^10.
 fn withdrawal_amount(yuan: f64) -> Result<(), ValidationError> {
     positive_fen("amount", yuan).map(drop).map_err(|e| {
@@ -195,28 +180,22 @@ pub struct WithdrawRequest {
     #[validate(custom(function = "withdrawal_amount"))]
     pub amount: f64,
     /// The bank's name (not blank, at most 100 characters; trimmed).
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    #[validate(
+        custom(function = "web::text::not_blank"),
+        length(max = 100, message = "at most 100 characters")
     )]
-    #[validate(custom(function = "bank_field"))]
     pub bank_name: String,
     /// The account number (not blank, at most 100 characters; trimmed).
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    #[validate(
+        custom(function = "web::text::not_blank"),
+        length(max = 100, message = "at most 100 characters")
     )]
-    #[validate(custom(function = "bank_field"))]
     pub bank_account: String,
     /// The account holder's name (not blank, at most 100 characters; trimmed).
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    #[validate(
+        custom(function = "web::text::not_blank"),
+        length(max = 100, message = "at most 100 characters")
     )]
-    #[validate(custom(function = "bank_field"))]
     pub account_name: String,
 }
 

@@ -241,10 +241,25 @@ pub struct UploadForm {
     /// What the file belongs to: a positive id.
     #[schema(minimum = 1, nullable = false)]
     pub relation_id: Option<i64>,
-    /// What kind of thing `relation_id` is (at most 50 characters).
-    #[schema(max_length = 50, nullable = false)]
+    /// What kind of record `relation_id` is (`chat`, `order`, …): a name, at most 50
+    /// characters ([`RELATION_TYPE_PATTERN`]).
+    #[schema(
+        max_length = 50,
+        nullable = false,
+        pattern = "^(?:|[a-z][a-z0-9_.:-]*)$"
+    )]
     pub relation_type: Option<String>,
 }
+
+/// The form of an upload's `relation_type`: empty, or the name of a kind of record in lower case
+/// (a letter, then letters, digits, `_`, `.`, `:` or `-`), never a bare number (that is
+/// `relation_id`).
+/// The upload form documents it (a test compares the two).
+pub const RELATION_TYPE_PATTERN: &str = "^(?:|[a-z][a-z0-9_.:-]*)$";
+
+static RELATION_TYPE_FORM: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(RELATION_TYPE_PATTERN).expect("RELATION_TYPE_PATTERN compiles")
+});
 
 /// An image upload's multipart body (documentation of the form).
 #[derive(Debug, ToSchema)]
@@ -282,7 +297,13 @@ struct UploadFields {
     file_type: String,
     #[validate(custom(function = "relation_id"))]
     relation_id: String,
-    #[validate(length(max = 50, message = "at most 50 characters"))]
+    #[validate(
+        length(max = 50, message = "at most 50 characters"),
+        regex(
+            path = *RELATION_TYPE_FORM,
+            message = "a kind of record: a lower-case letter, then lower-case letters, digits, _ . : or -"
+        )
+    )]
     relation_type: String,
 }
 
@@ -662,4 +683,29 @@ pub async fn uploads_guard(
         return ApiError::not_found("file").into_response();
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_relation_type_pattern_is_the_one_checked() {
+        let doc = serde_json::to_value(crate::user::openapi::document(true)).unwrap();
+        assert_eq!(
+            doc["components"]["schemas"]["UploadForm"]["properties"]["relation_type"]["pattern"],
+            RELATION_TYPE_PATTERN
+        );
+        let fields = |relation_type: &str| UploadFields {
+            file_type: String::new(),
+            relation_id: String::new(),
+            relation_type: relation_type.into(),
+        };
+        for ok in ["", "chat", "order_item", "group.message", "x-1"] {
+            assert!(fields(ok).validate().is_ok(), "{ok:?}");
+        }
+        for bad in ["5", "-1", "1.5", "True", "None", "chat room", "_x"] {
+            assert!(fields(bad).validate().is_err(), "{bad:?}");
+        }
+    }
 }

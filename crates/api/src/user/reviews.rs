@@ -11,7 +11,7 @@ use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use validator::{Validate, ValidationError};
+use validator::Validate;
 use web::envelope::{reply, Envelope, Reply};
 use web::error::Problem;
 
@@ -173,21 +173,6 @@ pub async fn list(
     Ok(reply(ReviewList { reviews, total }))
 }
 
-/// The longest review text, in characters (once trimmed).
-const MAX_COMMENT_CHARS: usize = 1000;
-
-/// A review's text: not blank, at most [`MAX_COMMENT_CHARS`] characters.
-fn comment_text(comment: &str) -> Result<(), ValidationError> {
-    if comment.trim().is_empty() {
-        return Err(ValidationError::new("required").with_message("must not be empty".into()));
-    }
-    // Counted as sent, as the document's `maxLength` counts.
-    if comment.chars().count() > MAX_COMMENT_CHARS {
-        return Err(ValidationError::new("length").with_message("at most 1000 characters".into()));
-    }
-    Ok(())
-}
-
 /// `POST /api/counselor/review` body (contract b.1 #15).
 #[web::limits]
 #[derive(Debug, Deserialize, ToSchema, Validate)]
@@ -203,12 +188,10 @@ pub struct ReviewRequest {
     #[validate(range(min = 1, max = 5, message = "must be 1 to 5"))]
     pub rating: i16,
     /// The text: not blank, at most 1000 characters (trimmed).
-    #[schema(
-        min_length = 1,
-        max_length = 1000,
-        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    #[validate(
+        custom(function = "web::text::not_blank"),
+        length(max = 1000, message = "at most 1000 characters")
     )]
-    #[validate(custom(function = "comment_text"))]
     pub comment: String,
     /// Hide the author from the counselor's public list.
     #[serde(default)]

@@ -18,7 +18,7 @@ use crate::admin::common::{
     contains_pattern, count, listed, typed_one, typed_row, typed_rows, BusinessDays, Caller,
     Evented, Listed,
 };
-use crate::admin::listing::{invalid, PageParams};
+use crate::admin::listing::PageParams;
 use crate::{empty_as_none, ApiError, ApiPath, ApiQuery, ApiResult, AppState};
 
 const SESSION_SELECT: &str = "SELECT to_jsonb(t)::text FROM (SELECT s.id, s.order_id, s.user_id, s.counselor_id, s.status, \
@@ -355,14 +355,6 @@ pub struct FoundMessages {
     pub total: i64,
 }
 
-fn not_blank(text: &str) -> Result<(), validator::ValidationError> {
-    if text.trim().is_empty() {
-        Err(invalid("required", "required"))
-    } else {
-        Ok(())
-    }
-}
-
 /// What to search for.
 #[web::limits]
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, Validate)]
@@ -373,9 +365,8 @@ pub struct MessageSearchQuery {
     #[param(ignore)]
     #[validate(skip)]
     pub paging: PageParams,
-    /// The text to find (words, or any substring); required.
-    #[param(min_length = 1)]
-    #[validate(required(message = "required"), custom(function = "not_blank"))]
+    /// The text to find (words, or any substring); required, not blank.
+    #[validate(required(message = "required"), custom(function = "web::text::not_blank"))]
     pub keyword: Option<String>,
 }
 

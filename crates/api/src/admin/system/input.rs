@@ -8,14 +8,15 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-/// A text field, trimmed; a number is taken as its decimal text.
+/// A text field, as sent (not trimmed: the documented `maxLength` and `pattern` hold for what
+/// was sent and what is stored); a number is taken as its decimal text.
 ///
 /// # Errors
 /// "must be a string" for any other JSON type.
 pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(_) => Err(D::Error::custom("must be a string")),
     }
@@ -161,7 +162,8 @@ mod tests {
         let b = parse(r#"{"n": null, "s": " x ", "b": false, "p": null}"#).unwrap();
         assert_eq!(
             (b.n, b.s.as_deref(), b.b, b.p),
-            (None, Some("x"), Some(false), None)
+            (None, Some(" x "), Some(false), None),
+            "text is taken as sent, not trimmed"
         );
         let b = parse(r#"{"n": 0, "p": "3"}"#).unwrap();
         assert_eq!((b.n, b.p, b.s), (Some(0), Some(3), None));

@@ -38,9 +38,9 @@ pub const MAX_ADD: usize = 2_000;
 #[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct CreateRequest {
     /// 1 to 50 characters, not blank.
-    #[validate(length(min = 1, max = 50, message = "must be 1 to 50 characters"))]
-    #[schema(
-        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    #[validate(
+        custom(function = "web::text::not_blank"),
+        length(max = 50, message = "must be 1 to 50 characters")
     )]
     pub name: String,
     /// At most 1,000 characters.

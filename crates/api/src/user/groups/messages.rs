@@ -409,11 +409,10 @@ pub async fn read(
 #[derive(Debug, Deserialize, IntoParams, Validate)]
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
-    /// The text to find (1 to 100 characters, not blank, case-insensitive substring). The
-    /// pattern is "a character that is not white space" (Unicode White_Space, as `str::trim`).
-    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
-    #[param(
-        pattern = r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    /// The text to find (1 to 100 characters, not blank, case-insensitive substring).
+    #[validate(
+        custom(function = "web::text::not_blank"),
+        length(max = 100, message = "must be 1 to 100 characters")
     )]
     pub q: String,
     /// Only this group (one the caller belongs to).
