@@ -82,7 +82,10 @@ pub fn start_up_with(env: &[(&str, &str)]) -> Up {
     for p in [user, admin, ws, metrics] {
         while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
             if let Ok(Some(status)) = up.child.try_wait() {
-                panic!("mychat up exited ({status}) before it listened on {p}; log: {}", log_of(&up));
+                panic!(
+                    "mychat up exited ({status}) before it listened on {p}; log: {}",
+                    log_of(&up)
+                );
             }
             assert!(
                 Instant::now() < deadline,

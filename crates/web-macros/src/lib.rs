@@ -17,6 +17,7 @@
 //! | the same on a list (`Vec`, `HashSet`, `BTreeSet`) | `minItems`, `maxItems` |
 //! | `required` | listed in `required`, not nullable |
 //! | `custom(function = "web::text::not_blank")` (any path ending in `not_blank`) | `pattern`: a character that is not white space |
+//! | `custom(function = "web::text::trimmed")` (any path ending in `trimmed`) | `pattern`: no surrounding white space, not empty |
 //!
 //! Other rules the document cannot state (`custom(..)`, `nested`, cross-field rules) are skipped; their
 //! fields say their rule in a doc comment or a `value_type`. A bound must be a number literal (the
@@ -116,13 +117,17 @@ struct Rules {
     min_length: Option<Expr>,
     max_length: Option<Expr>,
     required: bool,
-    not_blank: bool,
+    /// The text pattern a `custom` rule states (`not_blank`, `trimmed`).
+    pattern: Option<&'static str>,
 }
 
 /// The pattern of `web::text::not_blank` (`web::text::NOT_BLANK_PATTERN`, which a test in `web`
 /// compares with what this attribute writes; utoipa takes a pattern only as a literal).
 const NOT_BLANK_PATTERN: &str =
     r"[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
+
+/// The pattern of `web::text::trimmed` (`web::text::TRIMMED_PATTERN`, compared as above).
+const TRIMMED_PATTERN: &str = r"^[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000](?:[\s\S]*[^\t\n\x0B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000])?$";
 
 impl Rules {
     fn of(attrs: &[Attribute]) -> syn::Result<Self> {
@@ -168,12 +173,15 @@ impl Rules {
                         if arg.path.is_ident("function") {
                             let function = match arg.value()?.parse::<Expr>()? {
                                 Expr::Lit(syn::ExprLit {
-                                    lit: Lit::Str(path), ..
+                                    lit: Lit::Str(path),
+                                    ..
                                 }) => path.value(),
                                 other => quote!(#other).to_string(),
                             };
-                            if function.rsplit("::").next().map(str::trim) == Some("not_blank") {
-                                rules.not_blank = true;
+                            match function.rsplit("::").next().map(str::trim) {
+                                Some("not_blank") => rules.pattern = Some(NOT_BLANK_PATTERN),
+                                Some("trimmed") => rules.pattern = Some(TRIMMED_PATTERN),
+                                _ => {}
                             }
                             Ok(())
                         } else {
@@ -209,8 +217,8 @@ impl Rules {
             put("min_length", &self.min_length);
             put("max_length", &self.max_length);
         }
-        if self.not_blank {
-            out.push(quote!(pattern = #NOT_BLANK_PATTERN));
+        if let Some(pattern) = self.pattern {
+            out.push(quote!(pattern = #pattern));
         }
         if self.required {
             out.push(quote!(required = true));

@@ -23,6 +23,8 @@ struct Body {
     free: String,
     #[validate(custom(function = "web::text::not_blank"), length(max = 100))]
     title: String,
+    #[validate(custom(function = "web::text::trimmed"))]
+    key: String,
 }
 
 fn anything(_: &str) -> Result<(), validator::ValidationError> {
@@ -64,6 +66,7 @@ fn validation_limits_become_the_schema_limits() {
     assert!(p["free"].get("pattern").is_none());
     assert_eq!(p["title"]["pattern"], json!(web::text::NOT_BLANK_PATTERN));
     assert_eq!(p["title"]["maxLength"], json!(100));
+    assert_eq!(p["key"]["pattern"], json!(web::text::TRIMMED_PATTERN));
     let required: Vec<&str> = schema["required"]
         .as_array()
         .unwrap()
@@ -111,10 +114,13 @@ fn what_is_validated_is_what_is_documented() {
         code: "ab".into(),
         free: String::new(),
         title: " \u{3000}".into(),
+        key: "key ".into(),
     };
     let errors = bad.validate().unwrap_err();
     let fields = errors.field_errors();
-    for field in ["duration", "amount", "name", "scopes", "code", "title"] {
+    for field in [
+        "duration", "amount", "name", "scopes", "code", "title", "key",
+    ] {
         assert!(fields.contains_key(field), "{field} is validated");
         assert!(props()["properties"][field].is_object());
     }

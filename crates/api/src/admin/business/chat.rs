@@ -366,7 +366,10 @@ pub struct MessageSearchQuery {
     #[validate(skip)]
     pub paging: PageParams,
     /// The text to find (words, or any substring); required, not blank.
-    #[validate(required(message = "required"), custom(function = "web::text::not_blank"))]
+    #[validate(
+        required(message = "required"),
+        custom(function = "web::text::not_blank")
+    )]
     pub keyword: Option<String>,
 }
 

@@ -431,7 +431,7 @@ pub async fn change_order_status(
                     &id.to_string(),
                     OrderCommand::Cancel {
                         cancelled_by: 0,
-                        reason: if reason.is_empty() {
+                        reason: if reason.trim().is_empty() {
                             format!("cancelled by administrator {}", caller.username)
                         } else {
                             reason
@@ -454,7 +454,7 @@ pub async fn change_order_status(
                         payment_id,
                         refund_no: format!("admin-{id}-{}", now.timestamp_millis()),
                         amount: order.funded(),
-                        reason: if reason.is_empty() {
+                        reason: if reason.trim().is_empty() {
                             format!("refunded by administrator {}", caller.username)
                         } else {
                             reason
@@ -509,10 +509,11 @@ fn offline_payment(b: &OrderStatusChange) -> Result<(String, i64, String, String
         ApiError::unprocessable("amount", "required: the amount received, in yuan")
     })?;
     let amount = crate::money::positive_fen("amount", amount)?;
-    let note =
-        b.note.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
-            ApiError::unprocessable("note", "required: where the money came from")
-        })?;
+    let note = b
+        .note
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| ApiError::unprocessable("note", "required: where the money came from"))?;
     let reference = b.reference.clone().unwrap_or_default();
     Ok((channel, amount, note, reference))
 }

@@ -151,6 +151,7 @@ pub struct NewAdministrator {
     /// Login name, 3 to 50 characters, unique.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(
+        custom(function = "web::text::trimmed"),
         required(message = "required"),
         length(min = 3, max = 50, message = "must be 3 to 50 characters")
     )]
@@ -165,6 +166,7 @@ pub struct NewAdministrator {
     /// Display name, 1 to 50 characters.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(
+        custom(function = "web::text::trimmed"),
         required(message = "required"),
         length(min = 1, max = 50, message = "must be 1 to 50 characters")
     )]
@@ -264,7 +266,10 @@ async fn admin_target(
 pub struct AdministratorChange {
     /// Login name, 3 to 50 characters, unique.
     #[serde(default, deserialize_with = "lenient::text")]
-    #[validate(length(min = 3, max = 50, message = "must be 3 to 50 characters"))]
+    #[validate(
+        custom(function = "web::text::trimmed"),
+        length(min = 3, max = 50, message = "must be 3 to 50 characters")
+    )]
     pub username: Option<String>,
     /// Display name, at most 50 characters.
     #[serde(default, deserialize_with = "lenient::text")]

@@ -196,7 +196,7 @@ pub async fn review_application(
     req.validate()?;
     let status = req.status.unwrap_or_default();
     let reason = req.reject_reason.unwrap_or_default();
-    if status == 2 && reason.is_empty() {
+    if status == 2 && reason.trim().is_empty() {
         return Err(ApiError::unprocessable(
             "reject_reason",
             "required when rejecting",

@@ -167,7 +167,10 @@ pub async fn legacy_get_counselor(
 pub struct CounselorFields {
     /// Display name, 2 to 50 characters.
     #[serde(default, deserialize_with = "lenient::text")]
-    #[validate(length(min = 2, max = 50, message = "must be 2 to 50 characters"))]
+    #[validate(
+        custom(function = "web::text::trimmed"),
+        length(min = 2, max = 50, message = "must be 2 to 50 characters")
+    )]
     pub name: Option<String>,
     /// Professional title, at most 100 characters.
     #[serde(default, deserialize_with = "lenient::text")]

@@ -118,6 +118,7 @@ pub struct NewUser {
     /// Login name, 3 to 50 characters, unique.
     #[serde(default, deserialize_with = "lenient::text")]
     #[validate(
+        custom(function = "web::text::trimmed"),
         required(message = "required"),
         length(min = 3, max = 50, message = "must be 3 to 50 characters")
     )]

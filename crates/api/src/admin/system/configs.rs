@@ -108,6 +108,7 @@ pub struct NewConfig {
     /// Unique key, 1–100 characters.
     #[serde(default, deserialize_with = "input::text")]
     #[validate(
+        custom(function = "web::text::trimmed"),
         required(message = "required"),
         length(min = 1, max = 100, message = "must be 1 to 100 characters")
     )]
@@ -145,7 +146,10 @@ pub struct NewConfig {
 pub struct ConfigUpdate {
     /// 1–100 characters; a system config's key cannot change.
     #[serde(default, deserialize_with = "input::text")]
-    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    #[validate(
+        custom(function = "web::text::trimmed"),
+        length(min = 1, max = 100, message = "must be 1 to 100 characters")
+    )]
     pub key: Option<String>,
     /// The value as JSON text; any other JSON value is stored as its JSON text.
     #[serde(default, deserialize_with = "input::json_text")]
@@ -186,7 +190,11 @@ pub struct BatchConfigs {
 pub struct BatchConfig {
     /// The config's key (required, non-empty).
     #[serde(default, deserialize_with = "input::text")]
-    #[validate(required(message = "required"), length(min = 1, message = "required"))]
+    #[validate(
+        custom(function = "web::text::trimmed"),
+        required(message = "required"),
+        length(min = 1, message = "required")
+    )]
     pub key: Option<String>,
     /// The value as JSON text (default `""`); any other JSON value is stored as its JSON text.
     #[serde(default, deserialize_with = "input::json_text")]

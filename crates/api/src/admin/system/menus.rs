@@ -111,6 +111,7 @@ pub struct NewMenu {
     /// 1–50 characters.
     #[serde(default, deserialize_with = "input::text")]
     #[validate(
+        custom(function = "web::text::trimmed"),
         required(message = "required"),
         length(min = 1, max = 50, message = "must be 1 to 50 characters")
     )]
@@ -156,7 +157,10 @@ pub struct MenuUpdate {
     pub parent_id: Option<i64>,
     /// 1–50 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[validate(length(min = 1, max = 50, message = "must be 1 to 50 characters"))]
+    #[validate(
+        custom(function = "web::text::trimmed"),
+        length(min = 1, max = 50, message = "must be 1 to 50 characters")
+    )]
     pub name: Option<String>,
     /// 1 directory, 2 menu, 3 button; 0 means 2.
     #[serde(default, rename = "type", deserialize_with = "input::menu_type")]

@@ -134,6 +134,7 @@ pub struct NewPermission {
     /// 2–50 characters.
     #[serde(default, deserialize_with = "input::text")]
     #[validate(
+        custom(function = "web::text::trimmed"),
         required(message = "required"),
         length(min = 2, max = 50, message = "must be 2 to 50 characters")
     )]
@@ -182,7 +183,10 @@ pub struct PermissionUpdate {
     pub parent_id: Option<i64>,
     /// 2–50 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[validate(length(min = 2, max = 50, message = "must be 2 to 50 characters"))]
+    #[validate(
+        custom(function = "web::text::trimmed"),
+        length(min = 2, max = 50, message = "must be 2 to 50 characters")
+    )]
     pub name: Option<String>,
     /// Unique, `^[a-z][a-z0-9:_]*$`, at most 100 characters.
     #[serde(default, deserialize_with = "input::text")]

@@ -150,6 +150,7 @@ pub struct NewRole {
     /// Unique display name, 2–50 characters.
     #[serde(default, deserialize_with = "input::text")]
     #[validate(
+        custom(function = "web::text::trimmed"),
         required(message = "required"),
         length(min = 2, max = 50, message = "must be 2 to 50 characters")
     )]
@@ -179,7 +180,10 @@ pub struct NewRole {
 pub struct RoleUpdate {
     /// Unique display name, 2–50 characters.
     #[serde(default, deserialize_with = "input::text")]
-    #[validate(length(min = 2, max = 50, message = "must be 2 to 50 characters"))]
+    #[validate(
+        custom(function = "web::text::trimmed"),
+        length(min = 2, max = 50, message = "must be 2 to 50 characters")
+    )]
     pub name: Option<String>,
     /// Unique, `^[a-z][a-z0-9_]*$`, at most 100 characters; the role's administrators follow.
     /// `super_admin`'s code cannot change.
