@@ -71,16 +71,36 @@ fn load_average() -> String {
 
 const BODY_BYTES: usize = 200;
 
+/// The most streams a raw baseline spreads its batches over.
+const RAW_STREAMS: usize = 4;
+
+/// The subject root of raw stream `k` (`raw` is `RAWBENCH`, `raw1`… `RAWBENCH1`…).
+fn raw_root(k: usize) -> String {
+    if k == 0 {
+        "raw".into()
+    } else {
+        format!("raw{k}")
+    }
+}
+
+/// `RAWBENCH` and `RAWBENCH1`… `RAWBENCH3`: file streams like `EVENTS`, atomic publish allowed.
 async fn raw_stream(js: &jetstream::Context) -> anyhow::Result<()> {
-    js.create_stream(stream::Config {
-        name: "RAWBENCH".into(),
-        subjects: vec!["raw.>".into()],
-        storage: stream::StorageType::File,
-        allow_atomic_publish: true,
-        ..Default::default()
-    })
-    .await
-    .context("creating the RAWBENCH stream")?;
+    for k in 0..RAW_STREAMS {
+        let name = if k == 0 {
+            "RAWBENCH".to_string()
+        } else {
+            format!("RAWBENCH{k}")
+        };
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{}.>", raw_root(k))],
+            storage: stream::StorageType::File,
+            allow_atomic_publish: true,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating the {name} stream"))?;
+    }
     Ok(())
 }
 
@@ -121,12 +141,13 @@ async fn raw_pipelined(js: &jetstream::Context, d: Duration) -> anyhow::Result<f
 }
 
 /// Atomic batches of `size` messages, `loops` loops each sending one batch after the other
-/// (so at most `loops` batches in flight): messages/s. Plain messages (no dedup id, no expected
-/// sequence): the server's batch path alone.
+/// (so at most `loops` batches in flight), loop `l` to stream `l % streams` (1 to
+/// [`RAW_STREAMS`]): messages/s. Plain messages (no dedup id, no expected sequence): the
+/// server's batch path alone.
 async fn raw_batches(
     client: &async_nats::Client,
     size: u64,
-    loops: usize,
+    (loops, streams): (usize, usize),
     d: Duration,
 ) -> anyhow::Result<f64> {
     let body = bytes::Bytes::from(vec![b'x'; BODY_BYTES]);
@@ -135,6 +156,7 @@ async fn raw_batches(
     let tasks: Vec<_> = (0..loops.max(1))
         .map(|l| {
             let (client, body, prefix) = (client.clone(), body.clone(), prefix.clone());
+            let root = raw_root(l % streams.clamp(1, RAW_STREAMS));
             tokio::spawn(async move {
                 let mut n = 0u64;
                 let mut batch = 0u64;
@@ -145,7 +167,7 @@ async fn raw_batches(
                         let mut h = HeaderMap::new();
                         h.insert(NATS_BATCH_ID, id.as_str());
                         h.insert(NATS_BATCH_SEQUENCE, i.to_string().as_str());
-                        let subject = format!("raw.batch.{}", i % 64);
+                        let subject = format!("{}.batch.{}", root, i % 64);
                         if i < size {
                             client
                                 .publish_with_headers(subject, h, body.clone())
@@ -487,22 +509,34 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     println!("raw sequential publish-and-await   {raw_seq:>9.0}/s");
     let raw_pipe = raw_pipelined(&raw_js, d).await?;
     println!("raw pipelined (256 in flight)      {raw_pipe:>9.0}/s");
-    let raw_batch = raw_batches(&raw_client, 100, 1, d).await?;
+    let raw_batch = raw_batches(&raw_client, 100, (1, 1), d).await?;
     println!(
         "raw atomic batches of 100          {raw_batch:>9.0} msg/s  ({:.2} ms per batch)",
         100_000.0 / raw_batch
     );
     // The ceiling of 64 closed-loop committers: batches of 64 (what they can fill), one or two
     // in flight.
-    let raw_b64_1 = raw_batches(&raw_client, 64, 1, d).await?;
+    let raw_b64_1 = raw_batches(&raw_client, 64, (1, 1), d).await?;
     println!(
         "raw atomic batches of 64, 1 loop   {raw_b64_1:>9.0} msg/s  ({:.2} ms per batch)",
         64_000.0 / raw_b64_1
     );
-    let raw_b64_2 = raw_batches(&raw_client, 64, 2, d).await?;
+    let raw_b64_2 = raw_batches(&raw_client, 64, (2, 1), d).await?;
     println!(
         "raw atomic batches of 64, 2 loops  {raw_b64_2:>9.0} msg/s  ({:.2} ms per batch)",
         2.0 * 64_000.0 / raw_b64_2
+    );
+    // Per-stream parallelism: the same loops, each on a stream of its own (a command store
+    // sharded by aggregate would commit this way).
+    let raw_b64_2s = raw_batches(&raw_client, 64, (2, 2), d).await?;
+    println!(
+        "raw atomic batches of 64, 2 loops on 2 streams {raw_b64_2s:>9.0} msg/s  ({:.2} ms per batch)",
+        2.0 * 64_000.0 / raw_b64_2s
+    );
+    let raw_b64_4s = raw_batches(&raw_client, 64, (4, 4), d).await?;
+    println!(
+        "raw atomic batches of 64, 4 loops on 4 streams {raw_b64_4s:>9.0} msg/s  ({:.2} ms per batch)",
+        4.0 * 64_000.0 / raw_b64_4s
     );
 
     // 2. The event store.
@@ -636,6 +670,8 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             "raw_batch100_ps": raw_batch.round(),
             "raw_batch64_ps_1": raw_b64_1.round(),
             "raw_batch64_ps_2": raw_b64_2.round(),
+            "raw_batch64_ps_2_streams": raw_b64_2s.round(),
+            "raw_batch64_ps_4_streams": raw_b64_4s.round(),
             "store_ps_64": store_64.per_second.round(),
             "store_p99_ms_64": store_64.p99_ms,
             "store_p50_ms_64": store_64.p50_ms,

@@ -349,6 +349,12 @@ mod tests {
         let b =
             parse_json::<Body>(br#"{"ids": [1.0, -2.0], "seconds": 30.0, "yuan": 2.0}"#).unwrap();
         assert_eq!((b.ids, b.seconds, b.yuan), (vec![1, -2], 30, 2.0));
+        // Large integral values too: they parse exactly (serde_json's `float_roundtrip`).
+        let b = parse_json::<Body>(
+            br#"{"ids": [3983910292165230.0, -2157477004811073.0], "seconds": 1, "yuan": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(b.ids, vec![3_983_910_292_165_230, -2_157_477_004_811_073]);
         let e = parse_json::<Body>(br#"{"ids": [1.5], "seconds": 1, "yuan": 1}"#).unwrap_err();
         assert_eq!(e.errors[0].field, "ids[0]");
         let e = parse_json::<Body>(br#"{"ids": [], "seconds": -1.0, "yuan": 1}"#).unwrap_err();

@@ -115,6 +115,7 @@ pub struct NewConfig {
     pub key: Option<String>,
     /// The value as JSON text; any other JSON value is stored as its JSON text.
     #[serde(default, deserialize_with = "input::json_text")]
+    #[schema(value_type = Value)]
     pub value: Option<String>,
     /// At most 50 characters.
     #[serde(default, deserialize_with = "input::text")]
@@ -153,6 +154,7 @@ pub struct ConfigUpdate {
     pub key: Option<String>,
     /// The value as JSON text; any other JSON value is stored as its JSON text.
     #[serde(default, deserialize_with = "input::json_text")]
+    #[schema(value_type = Value)]
     pub value: Option<String>,
     /// At most 50 characters.
     #[serde(default, deserialize_with = "input::text")]
@@ -198,6 +200,7 @@ pub struct BatchConfig {
     pub key: Option<String>,
     /// The value as JSON text (default `""`); any other JSON value is stored as its JSON text.
     #[serde(default, deserialize_with = "input::json_text")]
+    #[schema(value_type = Value)]
     pub value: Option<String>,
     /// The category of a new config (default `basic`; an existing config keeps its own).
     #[serde(default, deserialize_with = "input::text")]
