@@ -403,8 +403,8 @@ pub mod lenient {
                 .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
                 .map(Some)
                 .ok_or_else(bad),
-            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad()),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| bad()),
             Some(_) => Err(bad()),
         }
     }
@@ -418,8 +418,8 @@ pub mod lenient {
         match Option::<Value>::deserialize(d)? {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(bad),
-            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad()),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| bad()),
             Some(_) => Err(bad()),
         }
     }
@@ -530,6 +530,9 @@ mod tests {
         assert_eq!((f.text, f.int, f.num), (None, None, None));
         // Text is a string, as documented: a number is refused.
         assert!(serde_json::from_value::<Fields>(json!({"text": 12})).is_err());
+        // Only "" is "not given"; other white space is not a number.
+        assert!(serde_json::from_value::<Fields>(json!({"int": "\t"})).is_err());
+        assert!(serde_json::from_value::<Fields>(json!({"num": " "})).is_err());
         let e = web::extract::parse_json::<Fields>(br#"{"int": "x"}"#).unwrap_err();
         assert!(
             e.msg.contains("int") && e.msg.contains("must be an integer"),

@@ -1,6 +1,7 @@
-//! How the admin client sends values, read leniently where it always has been: text may arrive
-//! as a number, integers as numeric strings (select boxes), booleans as `0`/`1`;
-//! `null` (and, for numbers, `""`) means "not given". Used with `#[serde(default,
+//! How the admin client sends values, read leniently where it always has been: integers as
+//! numeric strings (select boxes), booleans as `0`/`1`; `null` (and, for numbers, `""`) means
+//! "not given". Text is a string, as the documents type it (MyChat's Go backend refused a
+//! number there too), taken as sent. Used with `#[serde(default,
 //! deserialize_with = ...)]` on `Option` fields, so a missing key and `null` are both `None`
 //! (an update leaves that column as it is) while a zero value (`status: 0`, `sort: 0`) is applied.
 
@@ -9,7 +10,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 /// A text field, as sent (not trimmed: the documented `maxLength` and `pattern` hold for what
-/// was sent and what is stored); a number is taken as its decimal text.
+/// was sent and what is stored). A number is refused like any other non-string.
 ///
 /// # Errors
 /// "must be a string" for any other JSON type.
@@ -17,7 +18,6 @@ pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(_) => Err(D::Error::custom("must be a string")),
     }
 }
@@ -35,11 +35,11 @@ where
 {
     let v = match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
+        Some(Value::String(s)) if s.is_empty() => return Ok(None),
         Some(Value::Number(n)) => n
             .as_i64()
             .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
-        Some(Value::String(s)) => s.trim().parse().ok(),
+        Some(Value::String(s)) => s.parse().ok(),
         Some(_) => None,
     };
     v.and_then(|v| T::try_from(v).ok())
@@ -54,7 +54,7 @@ where
 /// "must be an integer".
 pub fn parent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     match Option::<Value>::deserialize(d)? {
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(Some(0)),
+        Some(Value::String(s)) if s.is_empty() => Ok(Some(0)),
         other => int(other.unwrap_or(Value::Null)).map_err(D::Error::custom),
     }
 }
@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn values_are_read_as_the_admin_client_sends_them() {
-        let b = parse(r#"{"n": "7", "s": 12, "b": 1, "p": ""}"#).unwrap();
+        let b = parse(r#"{"n": "7", "s": "12", "b": 1, "p": ""}"#).unwrap();
         assert_eq!(
             (b.n, b.s.as_deref(), b.b, b.p),
             (Some(7), Some("12"), Some(true), Some(0))
@@ -170,6 +170,9 @@ mod tests {
         assert!(parse(r#"{"n": "x"}"#).is_err());
         assert!(parse(r#"{"n": 3000000000}"#).is_err());
         assert!(parse(r#"{"s": []}"#).is_err());
+        assert!(parse(r#"{"s": 12}"#).is_err(), "text is a string");
+        assert!(parse(r#"{"n": "\t"}"#).is_err(), "only \"\" is not given");
+        assert!(parse(r#"{"n": " 7"}"#).is_err(), "a numeric string is the number alone");
         assert!(parse(r#"{"b": 2}"#).is_err());
     }
 
