@@ -172,7 +172,10 @@ mod tests {
         assert!(parse(r#"{"s": []}"#).is_err());
         assert!(parse(r#"{"s": 12}"#).is_err(), "text is a string");
         assert!(parse(r#"{"n": "\t"}"#).is_err(), "only \"\" is not given");
-        assert!(parse(r#"{"n": " 7"}"#).is_err(), "a numeric string is the number alone");
+        assert!(
+            parse(r#"{"n": " 7"}"#).is_err(),
+            "a numeric string is the number alone"
+        );
         assert!(parse(r#"{"b": 2}"#).is_err());
     }
 
