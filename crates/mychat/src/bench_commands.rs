@@ -13,7 +13,10 @@ use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use domain::{AccountCommand, CounselorAccount};
 use eventstore::envelope::Upcasters;
-use eventstore::{ensure_streams, Actor, BusSettings, CommandBus, CommandMeta, StreamSettings};
+use eventstore::{
+    ensure_streams, Actor, BusSettings, CommandBus, CommandMeta, CommitOutcome,
+    GroupCommitSettings, GroupCommitter, PendingCommit, StreamSettings,
+};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -192,6 +195,96 @@ async fn raw_batches(
         n += t.await??;
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The group committer alone, 64 closed-loop committers each appending to its own subject with
+/// the expected-last-subject-sequence check (what a command's commit is), their aggregates placed
+/// on `streams` streams (`SHARDBENCH<k>`, subjects `sb<k>.>`) by aggregate, one
+/// [`GroupCommitter`] per stream with the bus's settings: commits/s. With `streams` 1 it is the
+/// store's write path as built; with 2 it is that of a command store sharded by aggregate.
+async fn sharded_committers(
+    client: &async_nats::Client,
+    settings: &GroupCommitSettings,
+    (committers, streams): (usize, usize),
+    d: Duration,
+) -> anyhow::Result<Figures> {
+    let js = jetstream::new(client.clone());
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let mut lanes = Vec::new();
+    for k in 0..streams.max(1) {
+        let name = format!("SHARDBENCH{k}_{tag}");
+        // Configured as `EVENTS` is (direct get, dedup window, atomic batches), under its own
+        // name and subjects.
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("sb{k}{tag}.>")],
+            ..eventstore::streams::events_config(&StreamSettings::default())
+        })
+        .await
+        .with_context(|| format!("creating {name}"))?;
+        let stream = js.get_stream_no_info(&name).await?;
+        lanes.push((
+            format!("sb{k}{tag}"),
+            GroupCommitter::start(client.clone(), stream, &name, settings.clone()),
+        ));
+    }
+    let lanes = Arc::new(lanes);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let body = bytes::Bytes::from(vec![b'x'; BODY_BYTES]);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..committers)
+        .map(|c| {
+            let (lanes, stop, errors, body) =
+                (lanes.clone(), stop.clone(), errors.clone(), body.clone());
+            tokio::spawn(async move {
+                let (root, committer) = &lanes[c % lanes.len()];
+                let subject = format!("{root}.agg.{c}");
+                let mut last = 0u64;
+                let mut micros = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let command_id = uuid::Uuid::now_v7().to_string();
+                    let mut headers = HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", command_id.as_str());
+                    let t = Instant::now();
+                    match committer
+                        .commit(PendingCommit {
+                            subject: subject.clone(),
+                            headers,
+                            body: body.clone(),
+                            command_id,
+                            expected_last_sequence: Some(last),
+                        })
+                        .await
+                    {
+                        Ok(CommitOutcome::Stored { sequence }) => {
+                            last = sequence;
+                            micros.push(t.elapsed().as_micros() as u64);
+                        }
+                        other => {
+                            if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                                eprintln!("first refused commit on {subject}: {other:?}");
+                            }
+                        }
+                    }
+                }
+                micros
+            })
+        })
+        .collect();
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let n = all.len() as u64;
+    Ok(figures(
+        n,
+        start.elapsed(),
+        all,
+        errors.load(Ordering::Relaxed),
+    ))
 }
 
 fn credit(account: i64, session: i64) -> AccountCommand {
@@ -574,6 +667,21 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         cache.misses.load(Ordering::Relaxed),
         cache.stale.load(Ordering::Relaxed)
     );
+    // The write path alone, as built (one stream) and sharded by aggregate over two streams.
+    let group = bus.settings().group_commit.clone().unwrap_or_default();
+    let group = &group;
+    let sharded_1 = sharded_committers(&raw_client, group, (64, 1), d).await?;
+    line(
+        "group committer, 64 committers, 1 stream",
+        &sharded_1,
+        raw_seq,
+    );
+    let sharded_2 = sharded_committers(&raw_client, group, (64, 2), d).await?;
+    line(
+        "group committer, 64 committers, 2 streams",
+        &sharded_2,
+        raw_seq,
+    );
 
     // 3. HTTP: the whole service (user API, projectors, process manager) in this process, on a
     // nats-server and a PostgreSQL of its own. A fresh log: the store stages above left about a
@@ -678,6 +786,8 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             "store_ps_64_contended": contended.per_second.round(),
             "store_p99_ms_64_half_load": half.p99_ms,
             "store_ps_64_over_raw_seq": (store_64.per_second / raw_seq * 100.0).round() / 100.0,
+            "committer_ps_64_1_stream": sharded_1.per_second.round(),
+            "committer_ps_64_2_streams": sharded_2.per_second.round(),
             "http_p50_ms_1": one.p50_ms,
             "http_p99_ms_1": one.p99_ms,
             "http_ps_1": one.per_second.round(),
