@@ -1,0 +1,233 @@
+//! The baselines `mychat bench commands` prints its figures against: raw JetStream publishes
+//! and atomic batches on streams of their own (one or several), and the store's group committer
+//! alone, on one stream or sharded by aggregate over two.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::header::{NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE};
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use eventstore::{
+    CommitOutcome, GroupCommitSettings, GroupCommitter, PendingCommit, StreamSettings,
+};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use serde_json::Value;
+
+use super::{figures, Figures, BODY_BYTES};
+
+/// The most streams a raw baseline spreads its batches over.
+const RAW_STREAMS: usize = 4;
+
+/// The subject root of raw stream `k` (`raw` is `RAWBENCH`, `raw1`… `RAWBENCH1`…).
+fn raw_root(k: usize) -> String {
+    if k == 0 {
+        "raw".into()
+    } else {
+        format!("raw{k}")
+    }
+}
+
+/// `RAWBENCH` and `RAWBENCH1`… `RAWBENCH3`: file streams like `EVENTS`, atomic publish allowed.
+pub(super) async fn raw_stream(js: &jetstream::Context) -> anyhow::Result<()> {
+    for k in 0..RAW_STREAMS {
+        let name = if k == 0 {
+            "RAWBENCH".to_string()
+        } else {
+            format!("RAWBENCH{k}")
+        };
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{}.>", raw_root(k))],
+            storage: stream::StorageType::File,
+            allow_atomic_publish: true,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating the {name} stream"))?;
+    }
+    Ok(())
+}
+
+/// Sequential publish-and-await: messages/s.
+pub(super) async fn raw_sequential(js: &jetstream::Context, d: Duration) -> anyhow::Result<f64> {
+    let body = bytes::Bytes::from(vec![b'x'; BODY_BYTES]);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < d {
+        js.publish(format!("raw.seq.{}", n % 64), body.clone())
+            .await?
+            .await?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Pipelined publishes, up to 256 acks outstanding: messages/s.
+pub(super) async fn raw_pipelined(js: &jetstream::Context, d: Duration) -> anyhow::Result<f64> {
+    let body = bytes::Bytes::from(vec![b'x'; BODY_BYTES]);
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut acks = FuturesUnordered::new();
+    while start.elapsed() < d {
+        while acks.len() < 256 {
+            let ack = js
+                .publish(format!("raw.pipe.{}", n % 64), body.clone())
+                .await?;
+            acks.push(async move { ack.await });
+            n += 1;
+        }
+        acks.next().await.context("an ack")??;
+    }
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Atomic batches of `size` messages, `loops` loops each sending one batch after the other
+/// (so at most `loops` batches in flight), loop `l` to stream `l % streams` (1 to
+/// [`RAW_STREAMS`]): messages/s. Plain messages (no dedup id, no expected sequence): the
+/// server's batch path alone.
+pub(super) async fn raw_batches(
+    client: &async_nats::Client,
+    size: u64,
+    (loops, streams): (usize, usize),
+    d: Duration,
+) -> anyhow::Result<f64> {
+    let body = bytes::Bytes::from(vec![b'x'; BODY_BYTES]);
+    let start = Instant::now();
+    let prefix = uuid::Uuid::now_v7().simple().to_string();
+    let tasks: Vec<_> = (0..loops.max(1))
+        .map(|l| {
+            let (client, body, prefix) = (client.clone(), body.clone(), prefix.clone());
+            let root = raw_root(l % streams.clamp(1, RAW_STREAMS));
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                let mut batch = 0u64;
+                while start.elapsed() < d {
+                    batch += 1;
+                    let id = format!("bench-{prefix}-{l}-{batch}");
+                    for i in 1..=size {
+                        let mut h = HeaderMap::new();
+                        h.insert(NATS_BATCH_ID, id.as_str());
+                        h.insert(NATS_BATCH_SEQUENCE, i.to_string().as_str());
+                        let subject = format!("{}.batch.{}", root, i % 64);
+                        if i < size {
+                            client
+                                .publish_with_headers(subject, h, body.clone())
+                                .await?;
+                        } else {
+                            h.insert(NATS_BATCH_COMMIT, "1");
+                            let reply = client
+                                .request_with_headers(subject, h, body.clone())
+                                .await?;
+                            let ack: Value = serde_json::from_slice(&reply.payload)?;
+                            anyhow::ensure!(ack.get("error").is_none(), "batch failed: {ack}");
+                        }
+                    }
+                    n += size;
+                }
+                anyhow::Ok(n)
+            })
+        })
+        .collect();
+    let mut n = 0;
+    for t in tasks {
+        n += t.await??;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The group committer alone, 64 closed-loop committers each appending to its own subject with
+/// the expected-last-subject-sequence check (what a command's commit is), their aggregates placed
+/// on `streams` streams (`SHARDBENCH<k>`, subjects `sb<k>.>`) by aggregate, one
+/// [`GroupCommitter`] per stream with the bus's settings: commits/s. With `streams` 1 it is the
+/// store's write path as built; with 2 it is that of a command store sharded by aggregate.
+pub(super) async fn sharded_committers(
+    client: &async_nats::Client,
+    settings: &GroupCommitSettings,
+    (committers, streams): (usize, usize),
+    d: Duration,
+) -> anyhow::Result<Figures> {
+    let js = jetstream::new(client.clone());
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let mut lanes = Vec::new();
+    for k in 0..streams.max(1) {
+        let name = format!("SHARDBENCH{k}_{tag}");
+        // Configured as `EVENTS` is (direct get, dedup window, atomic batches), under its own
+        // name and subjects.
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("sb{k}{tag}.>")],
+            ..eventstore::streams::events_config(&StreamSettings::default())
+        })
+        .await
+        .with_context(|| format!("creating {name}"))?;
+        let stream = js.get_stream_no_info(&name).await?;
+        lanes.push((
+            format!("sb{k}{tag}"),
+            GroupCommitter::start(client.clone(), stream, &name, settings.clone()),
+        ));
+    }
+    let lanes = Arc::new(lanes);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let body = bytes::Bytes::from(vec![b'x'; BODY_BYTES]);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..committers)
+        .map(|c| {
+            let (lanes, stop, errors, body) =
+                (lanes.clone(), stop.clone(), errors.clone(), body.clone());
+            tokio::spawn(async move {
+                let (root, committer) = &lanes[c % lanes.len()];
+                let subject = format!("{root}.agg.{c}");
+                let mut last = 0u64;
+                let mut micros = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let command_id = uuid::Uuid::now_v7().to_string();
+                    let mut headers = HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", command_id.as_str());
+                    let t = Instant::now();
+                    match committer
+                        .commit(PendingCommit {
+                            subject: subject.clone(),
+                            headers,
+                            body: body.clone(),
+                            command_id,
+                            expected_last_sequence: Some(last),
+                        })
+                        .await
+                    {
+                        Ok(CommitOutcome::Stored { sequence }) => {
+                            last = sequence;
+                            micros.push(t.elapsed().as_micros() as u64);
+                        }
+                        other => {
+                            if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                                eprintln!("first refused commit on {subject}: {other:?}");
+                            }
+                        }
+                    }
+                }
+                micros
+            })
+        })
+        .collect();
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let n = all.len() as u64;
+    Ok(figures(
+        n,
+        start.elapsed(),
+        all,
+        errors.load(Ordering::Relaxed),
+    ))
+}
