@@ -2073,6 +2073,12 @@ async fn files_avatars_and_counselor_applications() {
     // An oversize upload is 413 Payload Too Large (naming `file`).
     assert_eq!(r.status, 413, "{}", r.body);
     assert!(r.body["msg"].as_str().unwrap().contains("2 MB"));
+    // The form is one `file` part: none, or a part it does not have, is refused.
+    let r = upload(&app, "/api/upload/avatar", &token, "", PNG, &[]).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["msg"].as_str().unwrap().contains("file"));
+    let r = upload(&app, "/api/upload/avatar", &token, "me.png", PNG, &[("x", "1")]).await;
+    assert_eq!(r.status, 400, "{}", r.body);
     let r = upload(&app, "/api/upload", &token, "", PNG, &[]).await;
     assert_eq!(r.status, 400);
     assert!(r.body["msg"].as_str().unwrap().contains("file"));

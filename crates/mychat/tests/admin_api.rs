@@ -1151,6 +1151,22 @@ async fn admin_flows() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 422, "a PDF is not an image");
+    // The forms are one `file` part: none, or a part they do not have, is refused.
+    for path in ["/api/admin/upload/image", "/api/admin/upload/file", "/api/admin/upload"] {
+        let no_file = reqwest::multipart::Form::new().text("note", "x");
+        let extra = big().text("file_type", "image");
+        for (form, what) in [(no_file, "no file"), (extra, "an extra part")] {
+            let resp = app
+                .http
+                .post(format!("{}{path}", app.admin))
+                .bearer_auth(&token)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 400, "{path}: {what}");
+        }
+    }
 
     // Configs: root list, duplicate key, system config protected.
     let (_, cfg) = app
