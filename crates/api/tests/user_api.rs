@@ -2077,7 +2077,15 @@ async fn files_avatars_and_counselor_applications() {
     let r = upload(&app, "/api/upload/avatar", &token, "", PNG, &[]).await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body["msg"].as_str().unwrap().contains("file"));
-    let r = upload(&app, "/api/upload/avatar", &token, "me.png", PNG, &[("x", "1")]).await;
+    let r = upload(
+        &app,
+        "/api/upload/avatar",
+        &token,
+        "me.png",
+        PNG,
+        &[("x", "1")],
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.body);
     let r = upload(&app, "/api/upload", &token, "", PNG, &[]).await;
     assert_eq!(r.status, 400);

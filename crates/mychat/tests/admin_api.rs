@@ -1152,7 +1152,11 @@ async fn admin_flows() {
         .unwrap();
     assert_eq!(resp.status(), 422, "a PDF is not an image");
     // The forms are one `file` part: none, or a part they do not have, is refused.
-    for path in ["/api/admin/upload/image", "/api/admin/upload/file", "/api/admin/upload"] {
+    for path in [
+        "/api/admin/upload/image",
+        "/api/admin/upload/file",
+        "/api/admin/upload",
+    ] {
         let no_file = reqwest::multipart::Form::new().text("note", "x");
         let extra = big().text("file_type", "image");
         for (form, what) in [(no_file, "no file"), (extra, "an extra part")] {
