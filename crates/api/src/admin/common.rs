@@ -389,24 +389,29 @@ pub mod lenient {
         }
     }
 
-    /// An integer; a numeric string (a select's value) is accepted, `""` is absent; a boolean is
-    /// refused (the documents type these fields `integer`).
+    /// An integer: a JSON integer (or a float without a fraction) or a numeric string (a
+    /// select's value); `""` is "not given". A boolean is refused (the documents type these
+    /// fields `integer`). `T` is the field's integer type, whose range is checked.
     ///
     /// # Errors
-    /// "must be an integer" otherwise.
-    pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-        let bad = || D::Error::custom("must be an integer");
-        match Option::<Value>::deserialize(d)? {
-            None | Some(Value::Null) => Ok(None),
+    /// "must be an integer" otherwise, or for a value out of `T`'s range.
+    pub fn int<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i64>,
+    {
+        let v = match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(s)) if s.is_empty() => return Ok(None),
             Some(Value::Number(n)) => n
                 .as_i64()
-                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-                .map(Some)
-                .ok_or_else(bad),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| bad()),
-            Some(_) => Err(bad()),
-        }
+                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+            Some(Value::String(s)) => s.parse().ok(),
+            Some(_) => None,
+        };
+        v.and_then(|v| T::try_from(v).ok())
+            .map(Some)
+            .ok_or_else(|| D::Error::custom("must be an integer"))
     }
 
     /// A number; a numeric string is accepted, `""` is absent.

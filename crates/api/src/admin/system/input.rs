@@ -9,43 +9,8 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-/// A text field, as sent (not trimmed: the documented `maxLength` and `pattern` hold for what
-/// was sent and what is stored). A number is refused like any other non-string.
-///
-/// # Errors
-/// "must be a string" for any other JSON type.
-pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    match Option::<Value>::deserialize(d)? {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(D::Error::custom("must be a string")),
-    }
-}
-
-/// An integer field: a JSON integer (or a float without a fraction) or a numeric string (a
-/// select's value); `""` is "not given". A boolean is refused, as the documents type these
-/// fields `integer`.
-///
-/// # Errors
-/// "must be an integer" for anything else or a value out of the column's range.
-pub fn int<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: TryFrom<i64>,
-{
-    let v = match Option::<Value>::deserialize(d)? {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) if s.is_empty() => return Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
-        Some(Value::String(s)) => s.parse().ok(),
-        Some(_) => None,
-    };
-    v.and_then(|v| T::try_from(v).ok())
-        .map(Some)
-        .ok_or_else(|| D::Error::custom("must be an integer"))
-}
+/// Text and integer fields are read as everywhere in the admin API.
+pub use crate::admin::common::lenient::{int, text};
 
 /// A tree node's `parent_id`: like [`int`], except that `""` is given and means the root (0),
 /// as the client's "no parent" choice sends it.
