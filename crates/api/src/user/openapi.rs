@@ -217,6 +217,14 @@ fn document_idempotency(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// The `pattern` the served document states for property `property` of component schema
+/// `schema` (`null` when none): tests compare it with the rule that checks the field.
+#[cfg(test)]
+pub(crate) fn documented_pattern(schema: &str, property: &str) -> serde_json::Value {
+    let doc = serde_json::to_value(document(true)).expect("the document serializes");
+    doc["components"]["schemas"][schema]["properties"][property]["pattern"].clone()
+}
+
 /// The document of the user API as [`crate::user::router`] serves it (`sandbox`: whether the
 /// sandbox provider's routes are mounted).
 pub fn document(sandbox: bool) -> utoipa::openapi::OpenApi {
