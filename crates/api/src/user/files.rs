@@ -40,27 +40,43 @@ pub fn router() -> OpenApiRouter<UserState> {
         .routes(routes!(avatar))
         .routes(routes!(certificate))
         .routes(routes!(get_one, remove))
-        .layer(DefaultBodyLimit::max(MAX_FILE + 2 * 1024 * 1024))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
 }
+
+/// The largest upload body, bytes: the largest file and room for the form's other parts.
+const MAX_BODY: usize = MAX_FILE + 2 * 1024 * 1024;
 
 /// A received upload: the bytes of `file`, its client name, and the other text fields.
-struct Received {
-    bytes: Vec<u8>,
-    original_name: String,
-    fields: Vec<(String, String)>,
+pub(crate) struct Received {
+    /// The file's bytes (never empty).
+    pub(crate) bytes: Vec<u8>,
+    /// The client's name for it: control characters removed, at most 200 characters, possibly
+    /// empty.
+    pub(crate) original_name: String,
+    /// The form's other (text) parts, as `(name, text)`.
+    pub(crate) fields: Vec<(String, String)>,
 }
 
-/// Reads an upload's parts: `file` and the text fields named in `known` (its form's other
-/// fields); any other part is refused, as the form's schema states (`additionalProperties:
-/// false`).
-async fn receive(mut multipart: Multipart, known: &[&str]) -> Result<Received, ApiError> {
+/// Reads an upload's parts (the user API's uploads and the admin API's alike): `file` and the
+/// text fields named in `known` (its form's other fields); any other part is refused, as the
+/// form's schema states (`additionalProperties: false`), and every part is read before the
+/// caller stores anything. `max_body`: the route's body limit in bytes, named in a 413.
+///
+/// # Errors
+/// 400 for a malformed body, an unknown part or no `file`; 413 over `max_body`; 422 for an empty
+/// file.
+pub(crate) async fn receive(
+    mut multipart: Multipart,
+    known: &[&str],
+    max_body: usize,
+) -> Result<Received, ApiError> {
     let mut bytes = None;
     let mut original_name = String::new();
     let mut fields = Vec::new();
     while let Some(field) = multipart
         .next_field()
         .await
-        .map_err(|e| multipart_error(None, e))?
+        .map_err(|e| multipart_error(None, max_body, e))?
     {
         let name = field.name().unwrap_or_default().to_string();
         if name == "file" {
@@ -68,7 +84,7 @@ async fn receive(mut multipart: Multipart, known: &[&str]) -> Result<Received, A
             let data = field
                 .bytes()
                 .await
-                .map_err(|e| multipart_error(Some("file"), e))?;
+                .map_err(|e| multipart_error(Some("file"), max_body, e))?;
             bytes = Some(data.to_vec());
         } else if !known.contains(&name.as_str()) {
             return Err(ApiError::field(&name, "is not a field of this form"));
@@ -96,14 +112,15 @@ async fn receive(mut multipart: Multipart, known: &[&str]) -> Result<Received, A
     })
 }
 
-/// A multipart body that could not be read: 413 when it is over the body limit, else
-/// 400 (naming `field` when given).
-fn multipart_error(field: Option<&str>, e: axum::extract::multipart::MultipartError) -> ApiError {
+/// A multipart body that could not be read: 413 when it is over the body limit (`max_body`
+/// bytes), else 400 (naming `field` when given).
+fn multipart_error(
+    field: Option<&str>,
+    max_body: usize,
+    e: axum::extract::multipart::MultipartError,
+) -> ApiError {
     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::too_large(
-            "file",
-            &format!("{} MB in all", (MAX_FILE + 2 * 1024 * 1024) / (1024 * 1024)),
-        );
+        return ApiError::too_large("file", &format!("{} MB in all", max_body / (1024 * 1024)));
     }
     match field {
         Some(f) => ApiError::field(f, format!("could not be read: {e}")),
@@ -356,7 +373,12 @@ pub async fn upload(
     user: AuthUser,
     web::Multipart(multipart): web::Multipart,
 ) -> Reply<Uploaded> {
-    let received = receive(multipart, &["file_type", "relation_id", "relation_type"]).await?;
+    let received = receive(
+        multipart,
+        &["file_type", "relation_id", "relation_type"],
+        MAX_BODY,
+    )
+    .await?;
     let field = |n: &str| {
         received
             .fields
@@ -438,7 +460,7 @@ pub async fn avatar(
     user: AuthUser,
     web::Multipart(multipart): web::Multipart,
 ) -> Reply<UploadedImage> {
-    let received = receive(multipart, &[]).await?;
+    let received = receive(multipart, &[], MAX_BODY).await?;
     if received.bytes.len() > MAX_AVATAR {
         return Err(ApiError::too_large("file", "2 MB"));
     }
@@ -489,7 +511,7 @@ pub async fn certificate(
     user: AuthUser,
     web::Multipart(multipart): web::Multipart,
 ) -> Reply<UploadedImage> {
-    let received = receive(multipart, &[]).await?;
+    let received = receive(multipart, &[], MAX_BODY).await?;
     if received.bytes.len() > MAX_CERTIFICATE {
         return Err(ApiError::too_large("file", "5 MB"));
     }

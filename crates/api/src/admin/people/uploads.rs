@@ -1,7 +1,6 @@
 //! Admin uploads (contract c.2): images (≤ 2 MB) and files (≤ 10 MB), stored in Postgres so that
 //! every admin node serves them at `/uploads/{id}/{name}`.
 
-use axum::body::Bytes;
 use axum::extract::{Multipart, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -58,38 +57,20 @@ pub struct UploadedFile {
 async fn store_upload(
     state: &AppState,
     admin_id: Option<i64>,
-    mut multipart: Multipart,
+    multipart: Multipart,
     images_only: bool,
 ) -> Result<UploadedFile, ApiError> {
-    let mut file = None;
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?
-    {
-        // The form has one field, `file`; anything else is refused, as the form's schema states
-        // (MyChat's Go backend also read `file_type`, `relation_id` and `relation_type` on the
-        // file upload, which no client sends and the admin uploads table has no column for).
-        // Every part is read before the file is stored.
-        match field.name() {
-            Some("file") => {
-                let original = field.file_name().unwrap_or("file").to_string();
-                let bytes: Bytes = field
-                    .bytes()
-                    .await
-                    .map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?;
-                file = Some((original, bytes));
-            }
-            other => {
-                return Err(ApiError::field(
-                    other.unwrap_or_default(),
-                    "is not a field of this form",
-                ))
-            }
-        }
-    }
-    let (original, bytes) =
-        file.ok_or_else(|| ApiError::field("file", "required (multipart field `file`)"))?;
+    // The form has one field, `file`; anything else is refused, as the form's schema states
+    // (MyChat's Go backend also read `file_type`, `relation_id` and `relation_type` on the
+    // file upload, which no client sends and the admin uploads table has no column for).
+    let received =
+        crate::user::files::receive(multipart, &[], crate::admin::guard::MAX_BODY).await?;
+    let original = if received.original_name.is_empty() {
+        "file".to_string()
+    } else {
+        received.original_name
+    };
+    let bytes = received.bytes;
     let ext = original
         .rsplit_once('.')
         .map(|(_, e)| e.to_ascii_lowercase())
@@ -110,10 +91,6 @@ async fn store_upload(
         }
     };
     let max = if images_only { MAX_IMAGE } else { MAX_FILE };
-    if bytes.is_empty() {
-        // An empty file is of the documented shape (`format: binary`), refused by a rule.
-        return Err(ApiError::unprocessable("file", "is empty"));
-    }
     if bytes.len() > max {
         return Err(
             ApiError::field("file", format!("must be 1 byte to {max} bytes"))
@@ -136,7 +113,7 @@ async fn store_upload(
     .bind(admin_id)
     .bind(&safe)
     .bind(mime)
-    .bind(bytes.to_vec())
+    .bind(&bytes)
     .fetch_one(&state.db)
     .await?;
     let url = format!("/uploads/{id}/{safe}");
