@@ -160,6 +160,11 @@ impl ApiError {
     pub fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, format!("{what} not found"))
     }
+    /// 422 without a field: a well-formed request refused by the state it meets (a menu that
+    /// still has children, a user who is not online, an order not awaiting payment).
+    pub fn refused(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, msg)
+    }
     /// 409.
     pub fn conflict(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, msg)

@@ -254,10 +254,7 @@ async fn kick_user(state: &AppState, caller: &Caller, user_id: i64) -> Reply<Use
         scatter_gather(&state.nats, kick_subject(user_id), &req, COLLECT_WINDOW).await?;
     let n = delivered(&replies);
     if n == 0 {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "user is not online",
-        ));
+        return Err(ApiError::refused("user is not online"));
     }
     Ok(reply(UserDelivery {
         user_id,
@@ -440,10 +437,7 @@ pub async fn message(
         scatter_gather(&state.nats, message_subject(user_id), &req, COLLECT_WINDOW).await?;
     let n = delivered(&replies);
     if n == 0 {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "user is not online",
-        ));
+        return Err(ApiError::refused("user is not online"));
     }
     Ok(reply(UserDelivery {
         user_id,

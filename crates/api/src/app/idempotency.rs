@@ -185,8 +185,7 @@ async fn run(
         .fetch_one(&state.db)
         .await?;
         if stored_hash != hash {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(ApiError::refused(
                 "Idempotency-Key was already used for a different request",
             ));
         }

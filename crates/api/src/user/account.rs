@@ -355,8 +355,7 @@ pub async fn profile(
     ApiJson(req): ApiJson<ProfileRequest>,
 ) -> ApiResult<Json<Message>> {
     if req.email.is_empty() && req.phone.is_empty() && req.avatar.is_empty() {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        return Err(ApiError::refused(
             "nothing to update: email, phone or avatar",
         ));
     }

@@ -517,10 +517,7 @@ pub async fn review(
         .await?
         .ok_or_else(|| ApiError::not_found("application"))?;
     if app.get::<i16, _>("status") != 0 {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "application is not pending",
-        ));
+        return Err(ApiError::refused("application is not pending"));
     }
     let applicant: i64 = app.get("user_id");
     let mut counselor_id: Option<i64> = None;

@@ -212,10 +212,7 @@ pub async fn review_application(
     let (current, user_id, name, title, specialty, bio, years) =
         row.ok_or_else(|| ApiError::not_found("application"))?;
     if current != 0 {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "application is not pending",
-        ));
+        return Err(ApiError::refused("application is not pending"));
     }
     sqlx::query(
         "UPDATE counselor_applications SET status = $2, reject_reason = $3, reviewed_by = $4, \

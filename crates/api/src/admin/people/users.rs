@@ -242,10 +242,7 @@ pub async fn update_user(
 ) -> Reply<AdminUserRecord> {
     req.validate()?;
     if req.email.is_none() && req.phone.is_none() && req.avatar.is_none() && req.status.is_none() {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "nothing to change",
-        ));
+        return Err(ApiError::refused("nothing to change"));
     }
     live_user(&state, id).await?;
     let row: Option<String> = sqlx::query_scalar(

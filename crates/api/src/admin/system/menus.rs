@@ -373,10 +373,7 @@ pub async fn delete_menu(
 ) -> ApiResult<axum::Json<Message>> {
     exists(&state, id).await?;
     if has_children(&state, Tree::Menus, id).await? {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "delete the menu's children first",
-        ));
+        return Err(ApiError::refused("delete the menu's children first"));
     }
     sqlx::query("DELETE FROM menus WHERE id = $1")
         .bind(id)

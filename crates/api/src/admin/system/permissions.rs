@@ -414,10 +414,7 @@ pub async fn delete_permission(
 ) -> ApiResult<axum::Json<Message>> {
     exists(&state, id).await?;
     if has_children(&state, Tree::Permissions, id).await? {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "delete the permission's children first",
-        ));
+        return Err(ApiError::refused("delete the permission's children first"));
     }
     sqlx::query("DELETE FROM permissions WHERE id = $1")
         .bind(id)

@@ -399,10 +399,7 @@ pub async fn delete_role(
         .fetch_one(&state.db)
         .await?;
     if users > 0 {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "the role is assigned to administrators",
-        ));
+        return Err(ApiError::refused("the role is assigned to administrators"));
     }
     sqlx::query("DELETE FROM roles WHERE id = $1")
         .bind(id)

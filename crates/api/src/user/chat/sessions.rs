@@ -83,10 +83,10 @@ async fn start_session(
         return Err(ApiError::forbidden("not a participant of this order"));
     }
     if order.status != OrderStatus::Paid {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            format!("order is not paid (status {})", order.status.code()),
-        ));
+        return Err(ApiError::refused(format!(
+            "order is not paid (status {})",
+            order.status.code()
+        )));
     }
     let now = Utc::now();
     let meta = request_meta(headers, Actor::user(user.user_id));

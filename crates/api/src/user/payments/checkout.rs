@@ -162,13 +162,10 @@ pub async fn create(
         return Err(ApiError::forbidden("not your order"));
     }
     if order.status != OrderStatus::Pending {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "order is not awaiting payment (status {})",
-                order.status.code()
-            ),
-        ));
+        return Err(ApiError::refused(format!(
+            "order is not awaiting payment (status {})",
+            order.status.code()
+        )));
     }
     let id = state
         .ids
