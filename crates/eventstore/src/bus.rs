@@ -170,11 +170,12 @@ impl Default for BusSettings {
     }
 }
 
-/// An aggregate kept in memory: its state (serialized with serde_json, the same form cqrs-es
-/// snapshots use, so that `execute` needs no `Clone` or `'static` bound), the aggregate sequence
-/// of its last event, and the stream sequence of its last commit (what the next commit expects).
+/// An aggregate kept in memory: its state (the aggregate value itself, of the type its key
+/// names: a command takes it out, decides on it and puts it back, with no decoding), the
+/// aggregate sequence of its last event, and the stream sequence of its last commit (what the
+/// next commit expects).
 struct CachedAggregate {
-    state: Vec<u8>,
+    state: Box<dyn std::any::Any + Send + Sync>,
     version: usize,
     last_stream_sequence: u64,
 }
@@ -336,22 +337,24 @@ impl CommandBus {
     }
 
     /// Takes aggregate `A` `id` out of the cache (concurrent commands on it load from the log
-    /// meanwhile; the newest version goes back after a commit): `(serialized state, aggregate
-    /// sequence, stream sequence of the last commit)`.
-    fn take_cached<A: Aggregate>(&self, id: &str) -> Option<(Vec<u8>, usize, u64)> {
+    /// meanwhile; the newest version goes back after a commit): `(state, aggregate sequence,
+    /// stream sequence of the last commit)`.
+    fn take_cached<A: Aggregate + 'static>(&self, id: &str) -> Option<(A, usize, u64)> {
         let cache = self.inner.cache.as_ref()?;
         let entry = cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop(&(A::TYPE, id.to_string()))?;
-        Some((entry.state, entry.version, entry.last_stream_sequence))
+        // The key's type names the value's: a mismatch would be two aggregates with one `TYPE`.
+        let state = entry.state.downcast::<A>().ok()?;
+        Some((*state, entry.version, entry.last_stream_sequence))
     }
 
-    /// Puts aggregate `A` `id` (serialized) in the cache unless a newer version is there.
-    fn put_cached<A: Aggregate>(
+    /// Puts aggregate `A` `id` in the cache unless a newer version is there.
+    fn put_cached<A: Aggregate + 'static>(
         &self,
         id: &str,
-        state: Vec<u8>,
+        state: A,
         version: usize,
         last_stream_sequence: u64,
     ) {
@@ -368,7 +371,7 @@ impl CommandBus {
         cache.put(
             key,
             CachedAggregate {
-                state,
+                state: Box::new(state),
                 version,
                 last_stream_sequence,
             },
@@ -410,7 +413,7 @@ impl CommandBus {
         meta: &CommandMeta,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>>
     where
-        A: Aggregate<Services = ()>,
+        A: Aggregate<Services = ()> + Clone + 'static,
         A::Command: Clone,
     {
         let result = self.execute_once::<A>(id, command, meta, false).await;
@@ -435,7 +438,7 @@ impl CommandBus {
         meta: &CommandMeta,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>>
     where
-        A: Aggregate<Services = ()>,
+        A: Aggregate<Services = ()> + Clone + 'static,
         A::Command: Clone,
     {
         let result = self.execute_once::<A>(id, command, meta, true).await;
@@ -468,7 +471,7 @@ impl CommandBus {
         fresh: bool,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>>
     where
-        A: Aggregate<Services = ()>,
+        A: Aggregate<Services = ()> + Clone + 'static,
         A::Command: Clone,
     {
         use std::sync::atomic::Ordering::Relaxed;
@@ -480,8 +483,8 @@ impl CommandBus {
         let stats = &self.inner.cache_stats;
         let max_attempts = self.inner.settings.max_attempts.max(1);
         let mut attempt = 0;
-        // The state to start from: (serialized aggregate, aggregate sequence, stream sequence),
-        // and whether it comes straight from the cache (unverified).
+        // The state to start from: (aggregate, aggregate sequence, stream sequence), and whether
+        // it comes straight from the cache (unverified).
         let mut base = self.take_cached::<A>(id);
         let mut base_is_cached = base.is_some();
         if base_is_cached {
@@ -489,26 +492,18 @@ impl CommandBus {
         } else if fresh {
             // A new aggregate: start empty, unverified like a cache entry (a non-empty subject
             // fails the expected-sequence check and the aggregate is then read from the log).
-            base = serde_json::to_vec(&A::default())
-                .ok()
-                .map(|state| (state, 0, 0));
-            base_is_cached = base.is_some();
+            base = Some((A::default(), 0, 0));
+            base_is_cached = true;
         } else {
             stats.misses.fetch_add(1, Relaxed);
         }
         loop {
-            let decoded = base.take().and_then(|(bytes, version, last)| {
-                let aggregate = serde_json::from_slice::<A>(&bytes).ok()?;
-                Some((bytes, version, last, aggregate))
-            });
-            let (pre_state, mut aggregate, version, last_stream_sequence) = match decoded {
-                Some((bytes, version, last, aggregate)) if base_is_cached => {
-                    (bytes, aggregate, version, last)
-                }
+            let (mut aggregate, version, last_stream_sequence) = match base.take() {
+                Some(cached) if base_is_cached => cached,
                 other => {
                     attempt += 1;
                     let context = match other {
-                        Some((_, version, last, aggregate)) => {
+                        Some((aggregate, version, last)) => {
                             store
                                 .catch_up(JetStreamAggregateContext {
                                     aggregate_id: id.to_string(),
@@ -520,16 +515,15 @@ impl CommandBus {
                         }
                         None => store.load_aggregate(id).await?,
                     };
-                    let bytes = serde_json::to_vec(&context.aggregate)
-                        .map_err(|e| CommandError::Store(e.to_string()))?;
                     (
-                        bytes,
                         context.aggregate,
                         context.version,
                         context.last_stream_sequence,
                     )
                 }
             };
+            // `handle` may change the aggregate before it refuses: the state before it is kept.
+            let pre_state = aggregate.clone();
             let sink = cqrs_es::event_sink::EventSink::default();
             // `EventSink::write` applies each event to the aggregate as it is emitted.
             let handled = aggregate.handle(command.clone(), &(), &sink).await;
@@ -552,9 +546,7 @@ impl CommandBus {
             let pending = pending_commit::<A::Error>(&commit, last_stream_sequence)?;
             match store.write(pending).await {
                 Ok(CommitOutcome::Stored { sequence }) => {
-                    if let Ok(bytes) = serde_json::to_vec(&aggregate) {
-                        self.put_cached::<A>(id, bytes, version + events.len(), sequence);
-                    }
+                    self.put_cached::<A>(id, aggregate, version + events.len(), sequence);
                     return Ok(Committed {
                         aggregate_id: id.to_string(),
                         stream_sequence: Some(sequence),

@@ -17,7 +17,7 @@ use testkit::NatsServer;
 
 /// A counter: the test's aggregate. Every event carries the running total and count, so a lost
 /// update (a stale cache committing over a newer state) shows in the log.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Counter {
     total: i64,
     count: u64,
@@ -464,4 +464,60 @@ async fn a_stale_cached_aggregate_is_reloaded_and_the_command_retried() {
     );
     let (state, version) = b.load::<Counter>("x").await.unwrap();
     assert_eq!((state.total, version), (1111, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_loop_round_goes_out_as_one_batch() {
+    let server = NatsServer::start().unwrap();
+    let client = server.connect().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_streams(&js, &StreamSettings::default())
+        .await
+        .unwrap();
+    let stream = js.get_stream_no_info("EVENTS").await.unwrap();
+    // A linger far longer than a round: had the committer waited for more appends than its
+    // clients hold, rounds would take that long (at the end, clients a round ahead of the others
+    // are gone and the last batch may wait it out once).
+    let committer = Arc::new(GroupCommitter::start(
+        client,
+        stream,
+        "EVENTS",
+        GroupCommitSettings {
+            linger: std::time::Duration::from_millis(500),
+            ..Default::default()
+        },
+    ));
+    const CLIENTS: usize = 16;
+    const ROUNDS: usize = 6;
+    // Each client sends its next commit when its last is acknowledged.
+    let clients = (0..CLIENTS).map(|c| {
+        let committer = committer.clone();
+        async move {
+            let mut last = 0;
+            for r in 0..ROUNDS {
+                let commit = raw(&format!("ev.t.loop{c}"), &format!("loop{c}-{r}"), last);
+                match committer.commit(commit).await.unwrap() {
+                    CommitOutcome::Stored { sequence } => last = sequence,
+                    other => panic!("client {c} round {r}: {other:?}"),
+                }
+            }
+        }
+    });
+    tokio::time::timeout(
+        std::time::Duration::from_millis(1_900),
+        futures::future::join_all(clients),
+    )
+    .await
+    .expect("a round waited out the linger");
+    let (singles, batches, batched, failed, _) = committer.stats().snapshot();
+    // The first commits find the committer idle and go out alone (a few, as the clients start);
+    // the rest of the first round goes as one batch, and from then on every client is back
+    // before the next batch leaves: one batch a round. (Without the linger, each round splits
+    // into a batch and plain publishes: 15-22 of them in this test.)
+    assert_eq!(failed, 0);
+    assert_eq!(singles + batched, (CLIENTS * ROUNDS) as u64);
+    assert!(
+        singles <= CLIENTS as u64 / 2 && batches <= ROUNDS as u64 + 1,
+        "{singles} plain publishes, {batches} batches carrying {batched}"
+    );
 }

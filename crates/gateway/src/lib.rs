@@ -101,6 +101,9 @@ impl Default for GatewayConfig {
                 // where this setting holds 46 ms).
                 min_batch: 16,
                 max_in_flight: 16,
+                // Chat is open loop (messages arrive at their senders' pace, not on acks): no
+                // waiting for answered senders to come back.
+                linger: Duration::ZERO,
                 ..Default::default()
             },
             kv_replicas: 1,

@@ -9,8 +9,8 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde::Deserialize;
 
-/// How commits are grouped. Defaults: batches of 8 to 256 commits, 1 write in flight, no
-/// linger, a queue of 65 536 commits, the last sequence of 65 536 subjects remembered.
+/// How commits are grouped. Defaults: batches of 8 to 256 commits, 1 write in flight, a linger
+/// of 1 ms, a queue of 65 536 commits, the last sequence of 65 536 subjects remembered.
 ///
 /// One write in flight, measured (`mychat bench commands`, 2-core machine, nats-server 2.15.1,
 /// `sync_interval: always`): nats-server stages each atomic batch of an R1 file stream in a
@@ -29,8 +29,14 @@ pub struct GroupCommitSettings {
     pub min_batch: usize,
     /// Most writes (batches or single publishes) awaiting their ack at once.
     pub max_in_flight: usize,
-    /// How long a busy committer (writes in flight, or its last write an atomic batch) waits
-    /// for a batch to fill before sending it (0 = never waits; an idle committer never waits).
+    /// How long a busy committer (writes in flight, or its last write an atomic batch) with a
+    /// free slot waits for the appends its last atomic batch answered to come back before it
+    /// sends the next write: until the queue holds what it held when the batch settled plus
+    /// those the batch answered (at most `max_batch`), or this long (0 = never waits; an idle committer never
+    /// waits). Under closed-loop clients (each sends its next command when its last is
+    /// acknowledged) this turns alternating half batches into one batch per round, each atomic
+    /// batch paying its fixed cost once (`mychat bench commands`, 64 committers: 12.2k/s with
+    /// 0, 16.4k/s with 1 ms).
     #[serde(with = "micros")]
     pub linger: Duration,
     /// Commits that may wait for the committer before `commit` itself waits (back-pressure).
@@ -61,7 +67,7 @@ impl Default for GroupCommitSettings {
             max_batch: 256,
             min_batch: 8,
             max_in_flight: 1,
-            linger: Duration::ZERO,
+            linger: Duration::from_millis(1),
             queue: 65_536,
             known_subjects: 65_536,
             ack_timeout: Duration::from_secs(10),

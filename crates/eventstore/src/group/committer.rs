@@ -121,6 +121,12 @@ impl Worker {
         // Subjects and command ids of the writes in flight.
         let mut busy_subjects: HashSet<String> = HashSet::new();
         let mut busy_ids: HashSet<String> = HashSet::new();
+        // How many appends the queue can expect before the next write: when an atomic batch
+        // settles, those it held plus those it answered (under a closed loop, a client sends its
+        // next command when its last is acknowledged, so each answered append is about to come
+        // back). Plain publishes settle one by one, and a client answered by one may already be
+        // back in the queue when the next settles, so they set no expectation.
+        let mut expected = 0usize;
         let mut open = true;
         loop {
             if !open && queue.is_empty() && in_flight.is_empty() {
@@ -144,6 +150,9 @@ impl Worker {
                         slots -= 1;
                     }
                     let WriteResult::Done { settled, retry } = result;
+                    if settled.len() + retry.len() > 1 {
+                        expected = expected.max(queue.len() + retry.len() + settled.len());
+                    }
                     for (job, outcome) in settled {
                         busy_subjects.remove(&job.commit.subject);
                         busy_ids.remove(&job.commit.command_id);
@@ -174,16 +183,19 @@ impl Worker {
                 }
             }
             // Linger: a busy committer (writes in flight, or its last write was a batch) with a
-            // small batch waits a little for more. An idle one never waits.
+            // free slot waits a little for the appends its last batch answered to come back, so
+            // that a closed loop's next round goes out as one batch instead of two halves each
+            // paying the batch's fixed cost: until the queue holds `expected` (at most
+            // `max_batch`), or `linger` passed. An idle committer never waits.
             if !self.settings.linger.is_zero()
                 && (slots > 0 || busy)
                 && slots < self.settings.max_in_flight
                 && !queue.is_empty()
-                && queue.len() < self.settings.max_batch
                 && open
             {
+                let target = expected.min(self.settings.max_batch);
                 let deadline = tokio::time::Instant::now() + self.settings.linger;
-                while queue.len() < self.settings.max_batch {
+                while queue.len() < target {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
                         Ok(Some(job)) => queue.push_back(job),
                         Ok(None) => {
@@ -247,6 +259,7 @@ impl Worker {
                     busy_ids.insert(job.commit.command_id.clone());
                 }
                 slots += 1;
+                expected = 0;
                 busy = batch.len() >= self.settings.min_batch.max(2);
                 in_flight.extend(self.write(batch));
             }
