@@ -7,7 +7,7 @@
 //! Withdrawal lifecycle (contract c.5, the two-step flow the admin client supports):
 //! 0 pending review → 1 approved → 3 transferred, or 0 → 2 rejected (funds released).
 
-use std::collections::{BTreeMap, BTreeSet};
+use imbl::{OrdMap, OrdSet};
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -53,8 +53,11 @@ pub struct CounselorAccount {
     pub frozen: Fen,
     /// Transferred out.
     pub withdrawn: Fen,
-    pub credited_sessions: BTreeSet<i64>,
-    pub withdrawals: BTreeMap<i64, Withdrawal>,
+    /// Sessions already credited (a persistent set: the command bus clones the aggregate before
+    /// each command, in O(1)).
+    pub credited_sessions: OrdSet<i64>,
+    /// Withdrawals by id (persistent, as `credited_sessions`).
+    pub withdrawals: OrdMap<i64, Withdrawal>,
 }
 
 /// Commands on a `CounselorAccount`.

@@ -11,7 +11,7 @@
 //! transferring ownership. Commands whose effect already holds (adding members who all belong,
 //! muting an already muted group) write nothing, so a retried command is harmless.
 
-use std::collections::BTreeMap;
+use imbl::OrdMap;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -72,8 +72,9 @@ pub struct Group {
     pub notice: String,
     pub avatar: String,
     pub owner_id: i64,
-    /// Members by user id, owner included.
-    pub members: BTreeMap<i64, GroupMember>,
+    /// Members by user id, owner included (a persistent map: the command bus clones the
+    /// aggregate before each command, in O(1)).
+    pub members: OrdMap<i64, GroupMember>,
     /// Whole group muted: only the owner and admins speak.
     pub all_muted: bool,
     pub member_cap: usize,

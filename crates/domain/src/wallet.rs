@@ -3,7 +3,7 @@
 //! Each credit names its source (`reference`), and a source is credited at most once, so a process
 //! manager may repeat its command safely.
 
-use std::collections::BTreeSet;
+use imbl::OrdSet;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -35,7 +35,9 @@ impl CreditReason {
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserWallet {
     pub balance: Fen,
-    pub credited: BTreeSet<String>,
+    /// References of the credits already applied (a persistent set: the command bus clones the
+    /// aggregate before each command, in O(1)).
+    pub credited: OrdSet<String>,
 }
 
 /// Commands on a `UserWallet`.
