@@ -15,10 +15,11 @@
 //!   `min_batch` above `max_batch` never batches).
 //! - **Gathering.** While up to [`GroupCommitSettings::max_in_flight`] writes are in flight, new
 //!   appends queue; each free slot takes everything queued (up to
-//!   [`GroupCommitSettings::max_batch`] messages) as one atomic batch. If
-//!   [`GroupCommitSettings::linger`] is non-zero, a busy committer waits up to that long for a
-//!   batch to fill. Each message keeps its own `Nats-Msg-Id` and, when it has one,
-//!   `Nats-Expected-Last-Subject-Sequence`.
+//!   [`GroupCommitSettings::max_batch`] messages) as one atomic batch. When a batch settles, a
+//!   busy committer waits up to [`GroupCommitSettings::linger`] for the appends it answered to
+//!   come back (closed-loop clients send their next command on the ack), so that their next
+//!   round is one batch rather than two halves. Each message keeps its own `Nats-Msg-Id` and,
+//!   when it has one, `Nats-Expected-Last-Subject-Sequence`.
 //! - **Never two appends that could fail each other in flight at once:** at most one append per
 //!   dedup id, and one per subject among those with an expected sequence; a later one waits for
 //!   the earlier to settle. The committer also remembers the last stream sequence it stored per
