@@ -475,15 +475,15 @@ async fn a_closed_loop_round_goes_out_as_one_batch() {
         .await
         .unwrap();
     let stream = js.get_stream_no_info("EVENTS").await.unwrap();
-    // A linger far longer than a round: had the committer waited for more appends than its
-    // clients hold, rounds would take that long (at the end, clients a round ahead of the others
-    // are gone and the last batch may wait it out once).
+    // A linger (and its quiet gap, a quarter of it) far longer than a round: had the committer
+    // waited for more appends than its clients hold, every round would wait out the gap (at the
+    // end, clients a round ahead of the others are gone and the last batch may wait once).
     let committer = Arc::new(GroupCommitter::start(
         client,
         stream,
         "EVENTS",
         GroupCommitSettings {
-            linger: std::time::Duration::from_millis(500),
+            linger: std::time::Duration::from_secs(2),
             ..Default::default()
         },
     ));

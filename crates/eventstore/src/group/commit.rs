@@ -32,7 +32,8 @@ pub struct GroupCommitSettings {
     /// How long a busy committer (writes in flight, or its last write an atomic batch) with a
     /// free slot waits for the appends its last atomic batch answered to come back before it
     /// sends the next write: until the queue holds what it held when the batch settled plus
-    /// those the batch answered (at most `max_batch`), or this long (0 = never waits; an idle committer never
+    /// those the batch answered (at most `max_batch`), or this long, or until nothing arrived
+    /// for a quarter of this (the answered are not coming back at once: an open loop) (0 = never waits; an idle committer never
     /// waits). Under closed-loop clients (each sends its next command when its last is
     /// acknowledged) this turns alternating half batches into one batch per round, each atomic
     /// batch paying its fixed cost once (`mychat bench commands`, 64 committers: 12.2k/s with

@@ -186,7 +186,9 @@ impl Worker {
             // free slot waits a little for the appends its last batch answered to come back, so
             // that a closed loop's next round goes out as one batch instead of two halves each
             // paying the batch's fixed cost: until the queue holds `expected` (at most
-            // `max_batch`), or `linger` passed. An idle committer never waits.
+            // `max_batch`), or `linger` passed, or nothing arrived for a quarter of it (the
+            // answered are not coming back at once: an open loop). An idle committer never
+            // waits.
             if !self.settings.linger.is_zero()
                 && (slots > 0 || busy)
                 && slots < self.settings.max_in_flight
@@ -195,8 +197,10 @@ impl Worker {
             {
                 let target = expected.min(self.settings.max_batch);
                 let deadline = tokio::time::Instant::now() + self.settings.linger;
+                let gap = self.settings.linger / 4;
                 while queue.len() < target {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    let until = deadline.min(tokio::time::Instant::now() + gap);
+                    match tokio::time::timeout_at(until, rx.recv()).await {
                         Ok(Some(job)) => queue.push_back(job),
                         Ok(None) => {
                             open = false;
