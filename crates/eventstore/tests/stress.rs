@@ -348,14 +348,24 @@ fn raw(subject: &str, command_id: &str, expected: u64) -> PendingCommit {
     }
 }
 
-#[tokio::test]
-async fn a_failed_check_in_a_batch_fails_only_its_own_commit() {
+/// A fresh nats-server with the project's streams, a client on it and its JetStream context.
+async fn with_streams() -> (
+    NatsServer,
+    async_nats::Client,
+    async_nats::jetstream::Context,
+) {
     let server = NatsServer::start().unwrap();
     let client = server.connect().await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     ensure_streams(&js, &StreamSettings::default())
         .await
         .unwrap();
+    (server, client, js)
+}
+
+#[tokio::test]
+async fn a_failed_check_in_a_batch_fails_only_its_own_commit() {
+    let (_server, client, js) = with_streams().await;
     // Written behind the committer's back: it cannot know these subjects moved.
     let mut h = HeaderMap::new();
     h.insert("Nats-Msg-Id", "stored-1");
@@ -468,12 +478,7 @@ async fn a_stale_cached_aggregate_is_reloaded_and_the_command_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_loop_round_goes_out_as_one_batch() {
-    let server = NatsServer::start().unwrap();
-    let client = server.connect().await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    ensure_streams(&js, &StreamSettings::default())
-        .await
-        .unwrap();
+    let (_server, client, js) = with_streams().await;
     let stream = js.get_stream_no_info("EVENTS").await.unwrap();
     // A linger (and its quiet gap, a quarter of it) far longer than a round: had the committer
     // waited for more appends than its clients hold, every round would wait out the gap (at the
