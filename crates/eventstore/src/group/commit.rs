@@ -30,14 +30,14 @@ pub struct GroupCommitSettings {
     /// Most writes (batches or single publishes) awaiting their ack at once.
     pub max_in_flight: usize,
     /// How long a busy committer (writes in flight, or its last write an atomic batch) with a
-    /// free slot waits for the appends its last atomic batch answered to come back before it
-    /// sends the next write: until the queue holds what it held when the batch settled plus
-    /// those the batch answered (at most `max_batch`), or this long, or until nothing arrived
-    /// for a quarter of this (the answered are not coming back at once: an open loop) (0 = never waits; an idle committer never
-    /// waits). Under closed-loop clients (each sends its next command when its last is
-    /// acknowledged) this turns alternating half batches into one batch per round, each atomic
-    /// batch paying its fixed cost once (`mychat bench commands`, 64 committers: 12.2k/s with
-    /// 0, 16.4k/s with 1 ms).
+    /// free slot waits, when an atomic batch settles, for the appends that batch answered to
+    /// come back before it sends the next write: until the queue holds what it held plus those
+    /// answered (at most `max_batch`), or this long, or until nothing arrived for a quarter of
+    /// this (an open loop, whose answered do not come back at once). 0 never waits; an idle
+    /// committer never waits. Under closed-loop clients (each sends its next command when its
+    /// last is acknowledged) this turns alternating half batches into one batch a round, each
+    /// atomic batch paying its fixed cost once (`mychat bench commands`, 64 committers: 12.2k/s
+    /// with 0, 16.4k/s with 1 ms).
     #[serde(with = "micros")]
     pub linger: Duration,
     /// Commits that may wait for the committer before `commit` itself waits (back-pressure).

@@ -106,8 +106,17 @@ struct Worker {
     batch_prefix: String,
 }
 
-/// One write's future: what it settled, and whether it was the last of its slot.
-type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (WriteResult, bool)> + Send>>;
+/// What one write's future settled, and what kind of write it was.
+struct Written {
+    result: WriteResult,
+    /// It was the last write of its slot.
+    releases_slot: bool,
+    /// It was an atomic batch (its appends settled together), not a plain publish.
+    atomic_batch: bool,
+}
+
+/// One write's future.
+type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Written> + Send>>;
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
@@ -145,12 +154,12 @@ impl Worker {
                     }
                     None => open = false,
                 },
-                Some((result, releases)) = in_flight.next(), if !in_flight.is_empty() => {
-                    if releases {
+                Some(written) = in_flight.next(), if !in_flight.is_empty() => {
+                    if written.releases_slot {
                         slots -= 1;
                     }
-                    let WriteResult::Done { settled, retry } = result;
-                    if settled.len() + retry.len() > 1 {
+                    let WriteResult::Done { settled, retry } = written.result;
+                    if written.atomic_batch {
                         expected = expected.max(queue.len() + retry.len() + settled.len());
                     }
                     for (job, outcome) in settled {
@@ -305,12 +314,17 @@ impl Worker {
         let finish = |stats: Arc<GroupCommitStats>,
                       left: Arc<std::sync::atomic::AtomicUsize>,
                       started: std::time::Instant,
-                      result: WriteResult| {
+                      result: WriteResult,
+                      atomic_batch: bool| {
             stats.writes.fetch_add(1, Ordering::Relaxed);
             stats
                 .write_micros
                 .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            (result, left.fetch_sub(1, Ordering::AcqRel) == 1)
+            Written {
+                result,
+                releases_slot: left.fetch_sub(1, Ordering::AcqRel) == 1,
+                atomic_batch,
+            }
         };
         for job in singles {
             let (client, stream, name, stats, left) = (
@@ -323,7 +337,7 @@ impl Worker {
             writes.push(Box::pin(async move {
                 let started = std::time::Instant::now();
                 let result = write_singles(client, stream, name, vec![job], timeout).await;
-                finish(stats, left, started, result)
+                finish(stats, left, started, result, false)
             }));
         }
         if !batched.is_empty() {
@@ -346,7 +360,7 @@ impl Worker {
                     timeout,
                 )
                 .await;
-                finish(stats, left, started, result)
+                finish(stats, left, started, result, true)
             }));
         }
         writes
