@@ -216,6 +216,8 @@ class Env:
             "MYCHAT_LOG_FORMAT": "json",
             "MYCHAT_JWT_SECRET": self.jwt_secret,
             "MYCHAT_SANDBOX_SECRET": "chaos-sandbox-secret",
+            # The load pays with the sandbox provider; `serve api` fails closed without it.
+            "MYCHAT_PAYMENTS__SANDBOX": "true",
             "MYCHAT_PUBLIC_URL": f"http://127.0.0.1:{self.ports['api_a']}",
             "RUST_LOG": "info,sqlx=warn,async_nats=warn,tower_http=warn",
         })
