@@ -528,6 +528,15 @@ impl CommandBus {
             // `EventSink::write` applies each event to the aggregate as it is emitted.
             let handled = aggregate.handle(command.clone(), &(), &sink).await;
             let events = sink.collect().await;
+            if (handled.is_err() || events.is_empty()) && base_is_cached {
+                // A refusal or a no-op commits nothing, so no expected-sequence check tells
+                // whether the cached state was current (another process may have moved the
+                // aggregate: a payment marking an order paid): decide again on the state caught
+                // up with the log (a read of the newer commits only).
+                base = Some((pre_state, version, last_stream_sequence));
+                base_is_cached = false;
+                continue;
+            }
             if let Err(e) = handled {
                 // The state before handling is still good: keep it cached.
                 self.put_cached::<A>(id, pre_state, version, last_stream_sequence);

@@ -60,6 +60,10 @@ impl Aggregate for Counter {
         sink: &cqrs_es::event_sink::EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let CounterCommand::Add(n) = command;
+        // A counter never goes below zero.
+        if self.total + n < 0 {
+            return Err(CounterError);
+        }
         sink.write(
             CounterEvent::Added {
                 n,
@@ -524,5 +528,46 @@ async fn a_closed_loop_round_goes_out_as_one_batch() {
     assert!(
         singles <= CLIENTS as u64 / 2 && batches <= ROUNDS as u64 + 1,
         "{singles} plain publishes, {batches} batches carrying {batched}"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_is_never_decided_on_a_stale_cached_aggregate() {
+    let server = NatsServer::start().unwrap();
+    let a = bus(&server, BusSettings::default()).await;
+    let b = bus(&server, BusSettings::default()).await;
+    let meta = || CommandMeta::new(Actor::system());
+    a.execute::<Counter>("y", CounterCommand::Add(1), &meta())
+        .await
+        .unwrap();
+    // b raises the counter behind a's cache, where it is still 1.
+    b.execute::<Counter>("y", CounterCommand::Add(10), &meta())
+        .await
+        .unwrap();
+    // On a's cached state (1) taking 5 would be refused; on the log's (11) it is allowed.
+    let c = a
+        .execute::<Counter>("y", CounterCommand::Add(-5), &meta())
+        .await
+        .unwrap();
+    assert_eq!(
+        c.events,
+        vec![CounterEvent::Added {
+            n: -5,
+            total: 6,
+            count: 3
+        }]
+    );
+    // A refusal on a current state is still a refusal, and changes nothing.
+    let refused = a
+        .execute::<Counter>("y", CounterCommand::Add(-7), &meta())
+        .await;
+    assert!(
+        matches!(refused, Err(CommandError::Rejected(_))),
+        "{refused:?}"
+    );
+    let log = read_log(&server.url()).await;
+    assert_eq!(
+        log.iter().filter(|(_, s, _)| s == "ev.counter.y").count(),
+        3
     );
 }
