@@ -106,9 +106,29 @@ async fn main() -> anyhow::Result<()> {
                 },
             ),
             (
+                "batches ≥ 2, 1 in flight",
+                GroupCommitSettings {
+                    max_batch: 1000,
+                    min_batch: 2,
+                    linger: Duration::ZERO,
+                    ..Default::default()
+                },
+            ),
+            (
+                "batches ≥ 2, 2 in flight",
+                GroupCommitSettings {
+                    max_batch: 1000,
+                    min_batch: 2,
+                    max_in_flight: 2,
+                    linger: Duration::ZERO,
+                    ..Default::default()
+                },
+            ),
+            (
                 "batches ≥ 8, 1 in flight",
                 GroupCommitSettings {
                     max_batch: 1000,
+                    linger: Duration::ZERO,
                     ..Default::default()
                 },
             ),
@@ -117,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
                 GroupCommitSettings {
                     max_batch: 1000,
                     max_in_flight: 2,
+                    linger: Duration::ZERO,
                     ..Default::default()
                 },
             ),
@@ -126,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
                     max_batch: 1000,
                     min_batch: 16,
                     max_in_flight: 16,
+                    linger: Duration::ZERO,
                     ..Default::default()
                 },
             ),

@@ -4,7 +4,7 @@
 //! `{type, payload}` (no `session_id`: the socket's bound session is meant). Server frames carry
 //! their object under both `data` and `payload`, so either client reads them.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// Largest client frame accepted, in bytes.
@@ -95,14 +95,57 @@ impl ClientFrame {
     }
 }
 
-/// A server frame: `{type, session_id, data, payload}`.
-pub fn frame(kind: &str, session_id: i64, data: Value) -> String {
-    json!({ "type": kind, "session_id": session_id, "data": data, "payload": data }).to_string()
+/// A server frame: `{type, session_id, data, payload}`, `data` and `payload` the same object.
+/// Written straight to text (no `Value` tree is built or copied on the way).
+pub fn frame(kind: &str, session_id: i64, data: impl Serialize) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a, D> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        session_id: i64,
+        data: &'a D,
+        payload: &'a D,
+    }
+    encode(
+        kind,
+        &Frame {
+            kind,
+            session_id,
+            data: &data,
+            payload: &data,
+        },
+    )
 }
 
-/// A group's server frame: `{type, group_id, data, payload}`.
-pub fn group_frame(kind: &str, group_id: i64, data: Value) -> String {
-    json!({ "type": kind, "group_id": group_id, "data": data, "payload": data }).to_string()
+/// A group's server frame: `{type, group_id, data, payload}` (as [`frame`]).
+pub fn group_frame(kind: &str, group_id: i64, data: impl Serialize) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a, D> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        group_id: i64,
+        data: &'a D,
+        payload: &'a D,
+    }
+    encode(
+        kind,
+        &Frame {
+            kind,
+            group_id,
+            data: &data,
+            payload: &data,
+        },
+    )
+}
+
+/// The JSON text of a server frame. The frames' bodies are plain records and `Value`s, which
+/// always encode; should one not, the client gets an `error` frame instead of nothing.
+fn encode(kind: &str, frame: &impl Serialize) -> String {
+    serde_json::to_string(frame).unwrap_or_else(|e| {
+        tracing::error!(kind, error = %e, "a server frame could not be encoded");
+        r#"{"type":"error","session_id":0,"data":{"error":"internal error"},"payload":{"error":"internal error"}}"#
+            .to_string()
+    })
 }
 
 /// An `error` frame about a group (the socket stays open).
@@ -169,5 +212,17 @@ mod tests {
         assert!(ClientFrame::parse(r#"{"type":"message","data":{"content":"a\u0000b"}}"#).is_err());
         // An escaped backslash before `u0000` is literal text, not a NUL.
         assert!(ClientFrame::parse(r#"{"type":"message","data":{"content":"a\\u0000b"}}"#).is_ok());
+    }
+
+    #[test]
+    fn a_server_frame_carries_its_body_under_data_and_payload_in_envelope_order() {
+        assert_eq!(
+            frame("ack", 7, json!({ "client_msg_id": "m1", "seq": 3 })),
+            r#"{"type":"ack","session_id":7,"data":{"client_msg_id":"m1","seq":3},"payload":{"client_msg_id":"m1","seq":3}}"#
+        );
+        assert_eq!(
+            group_error_frame(9, "not a member"),
+            r#"{"type":"error","group_id":9,"data":{"error":"not a member"},"payload":{"error":"not a member"}}"#
+        );
     }
 }

@@ -19,6 +19,24 @@ use super::state::{Hub, Part};
 /// between batches, so that a burst does not fill a fast socket's queue before it can write.
 pub const FANOUT_BATCH: usize = 64;
 
+/// The body of a `message` frame (contract d.4), borrowed from its record: `id` and `message_id`
+/// are its id across the chat streams ([`message_id`]), `seq` its stream sequence in its shard,
+/// `created_at` when the gateway accepted it (RFC 3339, UTC).
+#[derive(serde::Serialize)]
+struct MessageData<'a> {
+    id: i64,
+    seq: u64,
+    message_id: i64,
+    session_id: i64,
+    sender_id: i64,
+    sender_type: &'a str,
+    content_type: &'a str,
+    content: &'a str,
+    file_url: &'a str,
+    client_msg_id: &'a str,
+    created_at: &'a DateTime<Utc>,
+}
+
 impl Hub {
     /// The frame of a chat record at stream sequence `seq` of shard `shard`, and its own-message
     /// id (for messages). `seq` is the record's position in its session's stream (resumes);
@@ -28,19 +46,19 @@ impl Hub {
         let of = |message_seq: u64| message_id(shard, message_seq);
         match record {
             ChatRecord::Message(m) => {
-                let data = json!({
-                    "id": id,
-                    "seq": seq,
-                    "message_id": id,
-                    "session_id": m.session_id,
-                    "sender_id": m.sender_id,
-                    "sender_type": m.sender_type,
-                    "content_type": m.content_type,
-                    "content": m.content,
-                    "file_url": m.file_url,
-                    "client_msg_id": m.client_msg_id,
-                    "created_at": m.sent_at,
-                });
+                let data = MessageData {
+                    id,
+                    seq,
+                    message_id: id,
+                    session_id: m.session_id,
+                    sender_id: m.sender_id,
+                    sender_type: &m.sender_type,
+                    content_type: &m.content_type,
+                    content: &m.content,
+                    file_url: &m.file_url,
+                    client_msg_id: &m.client_msg_id,
+                    created_at: &m.sent_at,
+                };
                 (
                     frame("message", m.session_id, data),
                     Some(own_key(m.sender_id, &m.client_msg_id)),
@@ -215,4 +233,36 @@ pub fn own_key(sender_id: i64, client_msg_id: &str) -> String {
 pub(super) fn record_fanout(stream: &'static str, published: DateTime<Utc>) {
     let seconds = (Utc::now() - published).num_microseconds().unwrap_or(0) as f64 / 1e6;
     metrics::histogram!(crate::METRIC_FANOUT_SECONDS, "stream" => stream).record(seconds.max(0.0));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_frame_has_the_contract_fields_in_order() {
+        let sent_at = DateTime::parse_from_rfc3339("2026-12-05T02:30:00.123Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let record = ChatRecord::Message(eventstore::chat::ChatMessage {
+            session_id: 42,
+            sender_id: 1001,
+            sender_type: "user".into(),
+            content_type: "text".into(),
+            content: "你好 \"quoted\"".into(),
+            file_url: String::new(),
+            client_msg_id: "c-1".into(),
+            sent_at,
+        });
+        let (text, own) = Hub::record_frame(3, 17, &record);
+        let id = message_id(3, 17);
+        let data = format!(
+            r#"{{"id":{id},"seq":17,"message_id":{id},"session_id":42,"sender_id":1001,"sender_type":"user","content_type":"text","content":"你好 \"quoted\"","file_url":"","client_msg_id":"c-1","created_at":"2026-12-05T02:30:00.123Z"}}"#
+        );
+        assert_eq!(
+            text,
+            format!(r#"{{"type":"message","session_id":42,"data":{data},"payload":{data}}}"#)
+        );
+        assert_eq!(own.as_deref(), Some(own_key(1001, "c-1").as_str()));
+    }
 }
