@@ -98,51 +98,50 @@ impl ClientFrame {
 /// A server frame: `{type, session_id, data, payload}`, `data` and `payload` the same object.
 /// Written straight to text (no `Value` tree is built or copied on the way).
 pub fn frame(kind: &str, session_id: i64, data: impl Serialize) -> String {
-    #[derive(Serialize)]
-    struct Frame<'a, D> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-        session_id: i64,
-        data: &'a D,
-        payload: &'a D,
-    }
-    encode(
+    encode(&Envelope {
         kind,
-        &Frame {
-            kind,
-            session_id,
-            data: &data,
-            payload: &data,
-        },
-    )
+        id_key: "session_id",
+        id: session_id,
+        data: &data,
+    })
 }
 
 /// A group's server frame: `{type, group_id, data, payload}` (as [`frame`]).
 pub fn group_frame(kind: &str, group_id: i64, data: impl Serialize) -> String {
-    #[derive(Serialize)]
-    struct Frame<'a, D> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-        group_id: i64,
-        data: &'a D,
-        payload: &'a D,
-    }
-    encode(
+    encode(&Envelope {
         kind,
-        &Frame {
-            kind,
-            group_id,
-            data: &data,
-            payload: &data,
-        },
-    )
+        id_key: "group_id",
+        id: group_id,
+        data: &data,
+    })
+}
+
+/// A server frame's envelope (contract d.2), in this key order: `type`, the id (`session_id`
+/// or `group_id`), `data`, `payload`; the body goes under both of the last two.
+struct Envelope<'a, D> {
+    kind: &'a str,
+    id_key: &'static str,
+    id: i64,
+    data: &'a D,
+}
+
+impl<D: Serialize> Serialize for Envelope<'_, D> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("type", self.kind)?;
+        map.serialize_entry(self.id_key, &self.id)?;
+        map.serialize_entry("data", self.data)?;
+        map.serialize_entry("payload", self.data)?;
+        map.end()
+    }
 }
 
 /// The JSON text of a server frame. The frames' bodies are plain records and `Value`s, which
 /// always encode; should one not, the client gets an `error` frame instead of nothing.
-fn encode(kind: &str, frame: &impl Serialize) -> String {
-    serde_json::to_string(frame).unwrap_or_else(|e| {
-        tracing::error!(kind, error = %e, "a server frame could not be encoded");
+fn encode<D: Serialize>(envelope: &Envelope<'_, D>) -> String {
+    serde_json::to_string(envelope).unwrap_or_else(|e| {
+        tracing::error!(kind = envelope.kind, error = %e, "a server frame could not be encoded");
         r#"{"type":"error","session_id":0,"data":{"error":"internal error"},"payload":{"error":"internal error"}}"#
             .to_string()
     })
