@@ -142,8 +142,10 @@ impl<D: Serialize> Serialize for Envelope<'_, D> {
 fn encode<D: Serialize>(envelope: &Envelope<'_, D>) -> String {
     serde_json::to_string(envelope).unwrap_or_else(|e| {
         tracing::error!(kind = envelope.kind, error = %e, "a server frame could not be encoded");
-        r#"{"type":"error","session_id":0,"data":{"error":"internal error"},"payload":{"error":"internal error"}}"#
-            .to_string()
+        let (key, id) = (envelope.id_key, envelope.id);
+        format!(
+            r#"{{"type":"error","{key}":{id},"data":{{"error":"internal error"}},"payload":{{"error":"internal error"}}}}"#
+        )
     })
 }
 
