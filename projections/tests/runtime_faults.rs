@@ -150,6 +150,64 @@ async fn a_poison_event_stops_the_projection_until_an_operator_skips_it() {
     shutdown.cancel();
 }
 
+/// Two workers on one projection, both at the same checkpoint: the checkpoint's
+/// compare-and-set opens each batch's transaction and takes the row's lock before any read-model
+/// write, so the second waits for the first, then finds the checkpoint moved and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_at_a_moved_checkpoint_applies_nothing() {
+    let env = env().await;
+    sqlx::query("CREATE TABLE picked (seq BIGINT PRIMARY KEY)")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    for id in 1..=3 {
+        place(&env, id).await;
+    }
+    let picky = Picky { poison: 0 };
+    assert_eq!(checkpoint(&env.pool, "picky").await.unwrap(), 0);
+    let js = async_nats::jetstream::new(env.client.clone());
+    let mut reader =
+        projections::runtime::spawn_reader(js, "EVENTS", picky.subjects(), 0, None, 10);
+    let batch = reader.recv().await.unwrap().unwrap();
+    assert_eq!(batch.len(), 3);
+    let none = std::collections::BTreeSet::new();
+
+    let mut first = env.pool.begin().await.unwrap();
+    let at = projections::runtime::apply_in_tx(&mut first, &picky, "public", 0, &batch[..2], &none)
+        .await
+        .unwrap();
+    assert_eq!(at, 2);
+    // The second worker's batch waits on the checkpoint row while the first is open.
+    let second = tokio::spawn({
+        let (pool, batch) = (env.pool.clone(), batch.clone());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let picky = Picky { poison: 0 };
+            let none = std::collections::BTreeSet::new();
+            projections::runtime::apply_in_tx(&mut tx, &picky, "public", 0, &batch, &none)
+                .await
+                .map(|_| ())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second worker waits for the first"
+    );
+    first.commit().await.unwrap();
+    let refused = second.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&refused, projections::runtime::BatchError::Transient(e) if e.to_string().contains("checkpoint moved")),
+        "{refused}"
+    );
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM picked ORDER BY seq")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(seqs, vec![1, 2]);
+    assert_eq!(checkpoint(&env.pool, "picky").await.unwrap(), 2);
+}
+
 #[tokio::test]
 async fn one_worker_is_active_and_a_standby_takes_over_when_it_dies() {
     let env = env().await;

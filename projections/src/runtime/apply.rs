@@ -79,7 +79,8 @@ pub fn is_transient(e: &anyhow::Error) -> bool {
 ///
 /// # Errors
 /// [`BatchError::Poison`] naming the message that fails to apply (the transaction is then
-/// unusable: roll it back); [`BatchError::Transient`] otherwise.
+/// unusable: roll it back); [`BatchError::Transient`] otherwise, also when the checkpoint is no
+/// longer at `position` (another worker moved it).
 pub async fn apply_in_tx(
     tx: &mut PgConnection,
     projection: &dyn Projection,
@@ -88,11 +89,51 @@ pub async fn apply_in_tx(
     batch: &[LogMessage],
     skips: &std::collections::BTreeSet<u64>,
 ) -> Result<u64, BatchError> {
+    apply_opening(tx, "", projection, schema, position, batch, skips).await
+}
+
+/// [`apply_in_tx`] whose first round trip also carries `opening` (statements ending in `;`,
+/// e.g. `BEGIN; SET LOCAL synchronous_commit TO off;`): the live projector opens its
+/// transaction with it, so a batch costs three round trips (opening and checkpoint, the
+/// projection's statements, `COMMIT`).
+///
+/// The checkpoint's compare-and-set runs first, in that round trip: it takes the checkpoint
+/// row's lock before any read-model write, so a second worker on the same projection waits for
+/// the first and then finds the checkpoint moved (nothing applied twice). The savepoint the
+/// message-by-message retry rolls back to comes after it.
+///
+/// # Errors
+/// As [`apply_in_tx`].
+pub(crate) async fn apply_opening(
+    tx: &mut PgConnection,
+    opening: &str,
+    projection: &dyn Projection,
+    schema: &str,
+    position: u64,
+    batch: &[LogMessage],
+    skips: &std::collections::BTreeSet<u64>,
+) -> Result<u64, BatchError> {
     let name = projection.name();
     let s = schema_ident(schema).map_err(BatchError::Transient)?;
-    // One round trip for both (a simple query may hold several statements).
-    let prepare = format!("SET LOCAL search_path TO {s}, public; SAVEPOINT mychat_batch");
-    sqlx::Executor::execute(&mut *tx, prepare.as_str()).await?;
+    let last = batch.last().map_or(position, |m| m.stream_sequence);
+    // One round trip (a simple query may hold several statements); a simple query takes no
+    // parameters, so the values are inlined: a checked identifier and numbers.
+    schema_ident(name).map_err(BatchError::Transient)?;
+    let open = format!(
+        "{opening}SET LOCAL search_path TO {s}, public; \
+         UPDATE {s}.projection_checkpoints SET position = {last}, version = {version}, \
+         updated_at = now() WHERE name = '{name}' AND position = {position}; \
+         SAVEPOINT mychat_batch",
+        version = projection.version()
+    );
+    let moved = sqlx::Executor::execute(&mut *tx, open.as_str())
+        .await?
+        .rows_affected();
+    if moved != 1 {
+        return Err(BatchError::Transient(anyhow::anyhow!(
+            "projection {name}: checkpoint moved under this worker (another worker is active)"
+        )));
+    }
     let dropped = |m: &LogMessage| skips.contains(&m.stream_sequence) || m.ignored_by(projection);
     let kept: std::borrow::Cow<'_, [LogMessage]> = if batch.iter().any(dropped) {
         for m in batch.iter().filter(|m| skips.contains(&m.stream_sequence)) {
@@ -113,23 +154,6 @@ pub async fn apply_in_tx(
     };
     if !kept.is_empty() {
         apply_messages(tx, projection, &kept).await?;
-    }
-    let last = batch.last().map_or(position, |m| m.stream_sequence);
-    let moved = sqlx::query(&format!(
-        "UPDATE {s}.projection_checkpoints SET position = $2, version = $4, updated_at = now() \
-         WHERE name = $1 AND position = $3"
-    ))
-    .bind(name)
-    .bind(last as i64)
-    .bind(position as i64)
-    .bind(projection.version())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved != 1 {
-        return Err(BatchError::Transient(anyhow::anyhow!(
-            "projection {name}: checkpoint moved under this worker (another worker is active)"
-        )));
     }
     Ok(last)
 }

@@ -10,7 +10,7 @@ use backon::BackoffBuilder;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{apply_in_tx, load_skips, BatchError};
+use super::apply::{apply_opening, load_skips, BatchError};
 use super::checkpoint::{checkpoint_in, checkpoint_subject, IGNORED_CHECKPOINT_EVERY};
 use super::projection::{LogMessage, Projection};
 use super::reader::follow;
@@ -378,6 +378,11 @@ impl Projector {
         Ok(to)
     }
 
+    /// Applies `batch` in one transaction on a pooled connection, in three round trips: the
+    /// opening (`BEGIN`, `synchronous_commit` off unless configured on, the checkpoint's
+    /// compare-and-set; [`apply_opening`]), the projection's statements, `COMMIT`. A connection
+    /// whose transaction did not commit (an error, or this future dropped) is closed rather than
+    /// returned to the pool: PostgreSQL rolls the transaction back when the session ends.
     #[tracing::instrument(skip_all, fields(projection = self.projection.name(), from = position, count = batch.len()))]
     async fn apply_batch(
         &self,
@@ -385,16 +390,15 @@ impl Projector {
         batch: &[LogMessage],
         skips: &std::collections::BTreeSet<u64>,
     ) -> Result<u64, BatchError> {
-        let mut tx = if self.settings.synchronous_commit {
-            self.pool.begin().await?
+        let opening = if self.settings.synchronous_commit {
+            "BEGIN; "
         } else {
-            // One round trip for both (a simple query may hold several statements).
-            self.pool
-                .begin_with("BEGIN; SET LOCAL synchronous_commit TO off")
-                .await?
+            "BEGIN; SET LOCAL synchronous_commit TO off; "
         };
-        let last = apply_in_tx(
-            &mut tx,
+        let mut tx = OpenTransaction::new(self.pool.acquire().await?);
+        let last = apply_opening(
+            tx.connection(),
+            opening,
             self.projection.as_ref(),
             &self.settings.schema,
             position,
@@ -404,5 +408,41 @@ impl Projector {
         .await?;
         tx.commit().await?;
         Ok(last)
+    }
+}
+
+/// A transaction opened by a statement on a pooled connection (not sqlx's `Transaction`, whose
+/// `BEGIN` is a round trip of its own). Dropped before [`OpenTransaction::commit`] returns, the
+/// connection is closed instead of going back to the pool, which ends the transaction.
+struct OpenTransaction {
+    connection: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    committed: bool,
+}
+
+impl OpenTransaction {
+    fn new(connection: sqlx::pool::PoolConnection<sqlx::Postgres>) -> Self {
+        Self {
+            connection,
+            committed: false,
+        }
+    }
+
+    fn connection(&mut self) -> &mut PgConnection {
+        &mut self.connection
+    }
+
+    /// `COMMIT` (as sqlx's `Transaction::commit` sends it).
+    async fn commit(&mut self) -> Result<(), BatchError> {
+        sqlx::Executor::execute(&mut *self.connection, "COMMIT").await?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.connection.close_on_drop();
+        }
     }
 }
