@@ -310,7 +310,7 @@ impl Projector {
                 }
                 continue;
             }
-            position = match self.apply_batch(position, &batch, &skips).await {
+            position = match self.apply_batch(&mut lock, position, &batch, &skips).await {
                 Ok(p) => p,
                 Err(BatchError::Poison { .. })
                     if checkpoint_in(&self.pool, &schema, name).await.ok() != Some(position) =>
@@ -334,7 +334,8 @@ impl Projector {
                         .cloned()
                         .collect();
                     if !before.is_empty() {
-                        self.apply_batch(position, &before, &skips).await?;
+                        self.apply_batch(&mut lock, position, &before, &skips)
+                            .await?;
                     }
                     return Err(BatchError::Poison {
                         stream_sequence,
@@ -378,14 +379,18 @@ impl Projector {
         Ok(to)
     }
 
-    /// Applies `batch` in one transaction on a pooled connection, in three round trips: the
-    /// opening (`BEGIN`, `synchronous_commit` off unless configured on, the checkpoint's
-    /// compare-and-set; [`apply_opening`]), the projection's statements, `COMMIT`. A connection
-    /// whose transaction did not commit (an error, or this future dropped) is closed rather than
-    /// returned to the pool: PostgreSQL rolls the transaction back when the session ends.
+    /// Applies `batch` in one transaction on `lock`, the connection that holds the projection's
+    /// advisory lock, in three round trips: the opening (`BEGIN`, `synchronous_commit` off unless
+    /// configured on, the checkpoint's compare-and-set; [`apply_opening`]), the projection's
+    /// statements, `COMMIT`. Writing on the lock's own session means no pool checkout per batch,
+    /// and a worker whose session (and so its lock) is gone cannot write at all. A batch that
+    /// fails is rolled back on the spot, so the connection is idle again for the heartbeat and
+    /// the next batch; if this future is dropped instead, so is `run_active` with the
+    /// connection, which ends the transaction.
     #[tracing::instrument(skip_all, fields(projection = self.projection.name(), from = position, count = batch.len()))]
     async fn apply_batch(
         &self,
+        lock: &mut PgConnection,
         position: u64,
         batch: &[LogMessage],
         skips: &std::collections::BTreeSet<u64>,
@@ -395,9 +400,8 @@ impl Projector {
         } else {
             "BEGIN; SET LOCAL synchronous_commit TO off; "
         };
-        let mut tx = OpenTransaction::new(self.pool.acquire().await?);
-        let last = apply_opening(
-            tx.connection(),
+        let applied = apply_opening(
+            &mut *lock,
             opening,
             self.projection.as_ref(),
             &self.settings.schema,
@@ -405,44 +409,17 @@ impl Projector {
             batch,
             skips,
         )
-        .await?;
-        tx.commit().await?;
-        Ok(last)
-    }
-}
-
-/// A transaction opened by a statement on a pooled connection (not sqlx's `Transaction`, whose
-/// `BEGIN` is a round trip of its own). Dropped before [`OpenTransaction::commit`] returns, the
-/// connection is closed instead of going back to the pool, which ends the transaction.
-struct OpenTransaction {
-    connection: sqlx::pool::PoolConnection<sqlx::Postgres>,
-    committed: bool,
-}
-
-impl OpenTransaction {
-    fn new(connection: sqlx::pool::PoolConnection<sqlx::Postgres>) -> Self {
-        Self {
-            connection,
-            committed: false,
-        }
-    }
-
-    fn connection(&mut self) -> &mut PgConnection {
-        &mut self.connection
-    }
-
-    /// `COMMIT` (as sqlx's `Transaction::commit` sends it).
-    async fn commit(&mut self) -> Result<(), BatchError> {
-        sqlx::Executor::execute(&mut *self.connection, "COMMIT").await?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for OpenTransaction {
-    fn drop(&mut self) {
-        if !self.committed {
-            self.connection.close_on_drop();
+        .await;
+        match applied {
+            Ok(last) => {
+                sqlx::Executor::execute(&mut *lock, "COMMIT").await?;
+                Ok(last)
+            }
+            Err(e) => {
+                // A broken connection fails this too, and the next statement on it.
+                let _ = sqlx::Executor::execute(&mut *lock, "ROLLBACK").await;
+                Err(e)
+            }
         }
     }
 }
