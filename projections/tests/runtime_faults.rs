@@ -189,7 +189,19 @@ async fn a_second_worker_at_a_moved_checkpoint_applies_nothing() {
                 .map(|_| ())
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(
+        "the second worker to wait on the checkpoint row",
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%projection_checkpoints%')",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
     assert!(
         !second.is_finished(),
         "the second worker waits for the first"

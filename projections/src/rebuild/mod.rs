@@ -7,7 +7,8 @@
 //! for word.
 //!
 //! - **Rebuild** (`shadow_<name>`): replays to the head while the live tables keep serving, then
-//!   in one transaction locks the live tables and checkpoint row, applies what arrived
+//!   in one transaction locks the live checkpoint rows and then the live tables (the order a
+//!   live batch takes them in), applies what arrived
 //!   meanwhile, drops the live tables, moves the shadow tables into `public` and sets the live
 //!   checkpoint (and version) to the shadow's. A live worker blocked on the lock finds its
 //!   checkpoint moved and resumes from the new one.

@@ -100,17 +100,20 @@ pub async fn rebuild(
             sqlx::query("SET LOCAL lock_timeout = '10s'")
                 .execute(&mut *tx)
                 .await?;
+            // The checkpoint rows first, then the tables: the order a live batch takes them in
+            // (its compare-and-set opens the batch, its writes follow), so the two never wait
+            // on each other in a cycle.
+            sqlx::query(
+                "SELECT position FROM public.projection_checkpoints WHERE name = ANY($1) FOR UPDATE",
+            )
+            .bind(&names)
+            .execute(&mut *tx)
+            .await?;
             let live: Vec<String> = tables.iter().map(|t| format!("public.{t}")).collect();
             sqlx::query(&format!(
                 "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
                 live.join(", ")
             ))
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "SELECT position FROM public.projection_checkpoints WHERE name = ANY($1) FOR UPDATE",
-            )
-            .bind(&names)
             .execute(&mut *tx)
             .await?;
             // Catch up with what arrived during the replay, inside the swap.

@@ -174,6 +174,10 @@ pub trait Projection: Send + Sync + 'static {
     }
     /// Applies one message inside the batch's transaction. An error aborts the whole batch (and
     /// its checkpoint); the projection stops at that message until the cause is fixed.
+    ///
+    /// `tx` is already inside the batch's transaction, which the live projector opens with a
+    /// `BEGIN` statement (not sqlx's `begin`): statements only; no `begin`, `COMMIT` or
+    /// `ROLLBACK` of its own.
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()>;
     /// Applies a whole batch of messages, in stream order, inside the batch's transaction, with
     /// the same result as [`Projection::apply`] on each message in turn (the default does

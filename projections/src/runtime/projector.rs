@@ -415,11 +415,14 @@ impl Projector {
                 sqlx::Executor::execute(&mut *lock, "COMMIT").await?;
                 Ok(last)
             }
-            Err(e) => {
-                // A broken connection fails this too, and the next statement on it.
-                let _ = sqlx::Executor::execute(&mut *lock, "ROLLBACK").await;
-                Err(e)
-            }
+            Err(e) => match sqlx::Executor::execute(&mut *lock, "ROLLBACK").await {
+                Ok(_) => Err(e),
+                // The connection cannot be trusted to be idle: end this worker's turn (the
+                // connection is dropped with it, and the transaction with the connection).
+                Err(rollback) => Err(BatchError::Transient(anyhow::anyhow!(
+                    "rolling back a failed batch ({e}): {rollback}"
+                ))),
+            },
         }
     }
 }
