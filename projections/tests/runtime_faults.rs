@@ -73,16 +73,22 @@ impl Projection for Picky {
     }
 }
 
-#[tokio::test]
-async fn a_poison_event_stops_the_projection_until_an_operator_skips_it() {
+/// An environment with [`Picky`]'s `picked` table and `orders` orders placed (ids 1..=orders).
+async fn picked_after_orders(orders: i64) -> Env {
     let env = env().await;
     sqlx::query("CREATE TABLE picked (seq BIGINT PRIMARY KEY)")
         .execute(&env.pool)
         .await
         .unwrap();
-    for id in 1..=10 {
+    for id in 1..=orders {
         place(&env, id).await;
     }
+    env
+}
+
+#[tokio::test]
+async fn a_poison_event_stops_the_projection_until_an_operator_skips_it() {
+    let env = picked_after_orders(10).await;
     let shutdown = CancellationToken::new();
     start(&env, Arc::new(Picky { poison: 4 }), &shutdown);
     wait_for("the projection to stop", || async {
@@ -155,14 +161,7 @@ async fn a_poison_event_stops_the_projection_until_an_operator_skips_it() {
 /// write, so the second waits for the first, then finds the checkpoint moved and writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_worker_at_a_moved_checkpoint_applies_nothing() {
-    let env = env().await;
-    sqlx::query("CREATE TABLE picked (seq BIGINT PRIMARY KEY)")
-        .execute(&env.pool)
-        .await
-        .unwrap();
-    for id in 1..=3 {
-        place(&env, id).await;
-    }
+    let env = picked_after_orders(3).await;
     let picky = Picky { poison: 0 };
     assert_eq!(checkpoint(&env.pool, "picky").await.unwrap(), 0);
     let js = async_nats::jetstream::new(env.client.clone());

@@ -5,6 +5,7 @@
 use async_nats::jetstream::{self};
 use sqlx::PgConnection;
 
+use super::checkpoint::{checkpoint_cas, moved_under_worker};
 use super::projection::{correlation_of, FailedAt, LogMessage, Projection};
 use super::schema::schema_ident;
 
@@ -116,23 +117,16 @@ pub(crate) async fn apply_opening(
     let name = projection.name();
     let s = schema_ident(schema).map_err(BatchError::Transient)?;
     let last = batch.last().map_or(position, |m| m.stream_sequence);
-    // One round trip (a simple query may hold several statements); a simple query takes no
-    // parameters, so the values are inlined: a checked identifier and numbers.
-    schema_ident(name).map_err(BatchError::Transient)?;
+    // One round trip (a simple query may hold several statements).
     let open = format!(
-        "{opening}SET LOCAL search_path TO {s}, public; \
-         UPDATE {s}.projection_checkpoints SET position = {last}, version = {version}, \
-         updated_at = now() WHERE name = '{name}' AND position = {position}; \
-         SAVEPOINT mychat_batch",
-        version = projection.version()
+        "{opening}SET LOCAL search_path TO {s}, public; {cas}; SAVEPOINT mychat_batch",
+        cas = checkpoint_cas(schema, projection, position, last)?
     );
     let moved = sqlx::Executor::execute(&mut *tx, open.as_str())
         .await?
         .rows_affected();
-    if moved != 1 {
-        return Err(BatchError::Transient(anyhow::anyhow!(
-            "projection {name}: checkpoint moved under this worker (another worker is active)"
-        )));
+    if let Some(e) = moved_under_worker(name, moved) {
+        return Err(e);
     }
     let dropped = |m: &LogMessage| skips.contains(&m.stream_sequence) || m.ignored_by(projection);
     let kept: std::borrow::Cow<'_, [LogMessage]> = if batch.iter().any(dropped) {

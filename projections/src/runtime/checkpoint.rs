@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use super::apply::BatchError;
 use super::schema::{schema_ident, LIVE_SCHEMA};
 
 /// The core-NATS subject on which a projector announces its checkpoint after each batch
@@ -49,4 +50,36 @@ pub async fn checkpoint_in(pool: &PgPool, schema: &str, name: &str) -> anyhow::R
     .fetch_one(pool)
     .await?;
     Ok(position as u64)
+}
+
+/// The compare-and-set that moves `projection`'s checkpoint in `schema` from `from` to `to`
+/// (stream sequences), as a statement for a simple query (which takes no parameters, so the
+/// values are inlined: checked identifiers and numbers). It updates one row when the checkpoint
+/// is still at `from`, none when another worker moved it ([`moved_under_worker`]).
+///
+/// # Errors
+/// [`BatchError::Transient`] for a schema or projection name that is not an identifier.
+pub(crate) fn checkpoint_cas(
+    schema: &str,
+    projection: &dyn super::projection::Projection,
+    from: u64,
+    to: u64,
+) -> Result<String, BatchError> {
+    let s = schema_ident(schema).map_err(BatchError::Transient)?;
+    let name = projection.name();
+    schema_ident(name).map_err(BatchError::Transient)?;
+    Ok(format!(
+        "UPDATE {s}.projection_checkpoints SET position = {to}, version = {version}, \
+         updated_at = now() WHERE name = '{name}' AND position = {from}",
+        version = projection.version()
+    ))
+}
+
+/// The error of a [`checkpoint_cas`] that updated `rows` rows: `None` for one (it moved).
+pub(crate) fn moved_under_worker(name: &str, rows: u64) -> Option<BatchError> {
+    (rows != 1).then(|| {
+        BatchError::Transient(anyhow::anyhow!(
+            "projection {name}: checkpoint moved under this worker (another worker is active)"
+        ))
+    })
 }

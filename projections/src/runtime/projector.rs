@@ -11,10 +11,12 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{apply_opening, load_skips, BatchError};
-use super::checkpoint::{checkpoint_in, checkpoint_subject, IGNORED_CHECKPOINT_EVERY};
+use super::checkpoint::{
+    checkpoint_cas, checkpoint_in, checkpoint_subject, moved_under_worker, IGNORED_CHECKPOINT_EVERY,
+};
 use super::projection::{LogMessage, Projection};
 use super::reader::follow;
-use super::schema::{schema_ident, LIVE_SCHEMA};
+use super::schema::LIVE_SCHEMA;
 
 /// Runtime settings.
 #[derive(Debug, Clone)]
@@ -358,23 +360,18 @@ impl Projector {
     /// implicit transaction, with `synchronous_commit` off as the batches' (a lost update is
     /// only a few ignored messages read again).
     async fn move_checkpoint(&self, position: u64, to: u64) -> Result<u64, BatchError> {
-        let s = schema_ident(&self.settings.schema).map_err(BatchError::Transient)?;
-        let name = self.projection.name();
-        // Inlined (a simple query takes no parameters): a checked identifier and numbers.
-        schema_ident(name).map_err(BatchError::Transient)?;
-        let sql = format!(
-            "SET LOCAL synchronous_commit TO off; \
-             UPDATE {s}.projection_checkpoints SET position = {to}, version = {version}, \
-             updated_at = now() WHERE name = '{name}' AND position = {position}",
-            version = self.projection.version()
-        );
+        let cas = checkpoint_cas(
+            &self.settings.schema,
+            self.projection.as_ref(),
+            position,
+            to,
+        )?;
+        let sql = format!("SET LOCAL synchronous_commit TO off; {cas}");
         let moved = sqlx::Executor::execute(&self.pool, sql.as_str())
             .await?
             .rows_affected();
-        if moved != 1 {
-            return Err(BatchError::Transient(anyhow::anyhow!(
-                "projection {name}: checkpoint moved under this worker (another worker is active)"
-            )));
+        if let Some(e) = moved_under_worker(self.projection.name(), moved) {
+            return Err(e);
         }
         Ok(to)
     }
