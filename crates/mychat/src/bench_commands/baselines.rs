@@ -1,6 +1,7 @@
 //! The baselines `mychat bench commands` prints its figures against: raw JetStream publishes
 //! and atomic batches on streams of their own (one or several), and the store's group committer
-//! alone, on one stream or sharded by aggregate over two.
+//! alone, on one stream or sharded by aggregate over two; and the floors of the HTTP stage: an
+//! HTTP server that answers at once, and one that answers once one durable append is stored.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::{figures, Figures, BODY_BYTES};
+use super::{drive_http, figures, Figures, BODY_BYTES};
 
 /// The most streams a raw baseline spreads its batches over.
 const RAW_STREAMS: usize = 4;
@@ -230,4 +231,77 @@ pub(super) async fn sharded_committers(
         all,
         errors.load(Ordering::Relaxed),
     ))
+}
+
+/// The floors of the HTTP stage, in this process, with the HTTP stage's own client and
+/// connections: an axum server on loopback whose `POST /answer` answers the envelope at once
+/// (HTTP alone: server and client), and whose `POST /commit` answers once the request's body is
+/// stored as a new aggregate's first commit (expected last subject sequence 0, a dedup id) on a
+/// stream configured as `EVENTS` is, through a [`GroupCommitter`] with the bus's `settings` (the
+/// least any design that answers after a durable append can do: no token, no aggregate, no read
+/// model). Returns (answer, commit) at `clients` connections.
+pub(super) async fn http_floors(
+    client: &async_nats::Client,
+    settings: &GroupCommitSettings,
+    clients: usize,
+    d: Duration,
+) -> anyhow::Result<(Figures, Figures)> {
+    use axum::routing::post;
+
+    let js = jetstream::new(client.clone());
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let name = format!("HTTPBENCH_{tag}");
+    js.create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("hb{tag}.>")],
+        ..eventstore::streams::events_config(&StreamSettings::default())
+    })
+    .await
+    .with_context(|| format!("creating {name}"))?;
+    let stream = js.get_stream_no_info(&name).await?;
+    let committer = GroupCommitter::start(client.clone(), stream, &name, settings.clone());
+    let next = Arc::new(AtomicU64::new(0));
+    const ANSWER: &str = r#"{"code":200,"msg":"success","data":null}"#;
+    let commit = move |body: bytes::Bytes| {
+        let (committer, next, tag) = (committer.clone(), next.clone(), tag.clone());
+        async move {
+            let command_id = uuid::Uuid::now_v7().to_string();
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", command_id.as_str());
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            match committer
+                .commit(PendingCommit {
+                    subject: format!("hb{tag}.agg.{n}"),
+                    headers,
+                    body,
+                    command_id,
+                    expected_last_sequence: Some(0),
+                })
+                .await
+            {
+                Ok(CommitOutcome::Stored { .. }) => (axum::http::StatusCode::OK, ANSWER),
+                _ => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "{}"),
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/answer", post(|| async { ANSWER }))
+        .route("/commit", post(commit));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        })
+    };
+    let body = serde_json::json!({ "counselor_id": 1, "duration": 30, "notes": "bench" });
+    let answer = drive_http(&format!("http://{addr}/answer"), None, &body, clients, d).await;
+    let commit = drive_http(&format!("http://{addr}/commit"), None, &body, clients, d).await;
+    shutdown.cancel();
+    let _ = server.await;
+    Ok((answer?, commit?))
 }
