@@ -1,7 +1,8 @@
 //! Read-your-writes: wait until a projection has applied a given stream sequence.
 //!
 //! Projectors announce each checkpoint on core NATS ([`crate::runtime::checkpoint_subject`]); one
-//! [`CheckpointWatch`] per process follows those announcements and keeps, per projection, the
+//! [`CheckpointWatch`] per process follows those announcements (and is handed its own process's
+//! live checkpoints directly, `ProjectorSettings::watch`, without the trip through nats-server) and keeps, per projection, the
 //! highest position announced. A waiter sleeps until an announcement reaches its sequence: it is
 //! woken by the announcement itself, and a wake-up costs a comparison, not a query.
 //!
@@ -36,6 +37,12 @@ struct Known {
 pub struct CheckpointWatch {
     pool: PgPool,
     known: Arc<Mutex<HashMap<String, Arc<Known>>>>,
+}
+
+impl std::fmt::Debug for CheckpointWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointWatch").finish_non_exhaustive()
+    }
 }
 
 impl CheckpointWatch {

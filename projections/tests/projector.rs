@@ -163,3 +163,74 @@ async fn two_workers_on_one_projection_build_the_same_read_model_as_one() {
             .unwrap();
     assert_eq!((count, amount), (100, 100 * 5_000));
 }
+
+/// A projector given its process's read-your-writes registry wakes that process's waiters
+/// itself: here the registry follows announcements on another nats-server, which never hears
+/// them, and reads its checkpoints from another database, where they never move, so only the
+/// direct hand-over can wake it.
+#[tokio::test]
+async fn a_projector_wakes_its_own_processs_waiters_without_nats() {
+    let nats = NatsServer::start().unwrap();
+    let elsewhere = NatsServer::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    MIGRATOR.run(&pool).await.unwrap();
+    let client = nats.connect().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_streams(&js, &StreamSettings::default())
+        .await
+        .unwrap();
+    let bus = CommandBus::new(js, Upcasters::default());
+    pg.ensure_database("elsewhere").await.unwrap();
+    let elsewhere_pool = sqlx::PgPool::connect(&pg.url_for("elsewhere"))
+        .await
+        .unwrap();
+    MIGRATOR.run(&elsewhere_pool).await.unwrap();
+    let watch =
+        projections::CheckpointWatch::start(elsewhere.connect().await.unwrap(), elsewhere_pool)
+            .await
+            .unwrap();
+    let short = Duration::from_millis(300);
+
+    // Without the registry: the order is applied, and the waiter is not told.
+    place(&bus, 1).await;
+    let run = |watch: Option<projections::CheckpointWatch>, shutdown: CancellationToken| {
+        let projector = Projector {
+            pool: pool.clone(),
+            nats: client.clone(),
+            projection: Arc::new(projections::read_models::Orders),
+            settings: ProjectorSettings {
+                watch,
+                ..Default::default()
+            },
+        };
+        tokio::spawn(projector.run(shutdown))
+    };
+    let shutdown = CancellationToken::new();
+    let worker = run(None, shutdown.clone());
+    wait_for_checkpoint(&pool, "orders", 1).await;
+    assert!(
+        !watch.wait_for("orders", 1, short).await,
+        "nothing but the projector's own hand-over can reach this registry"
+    );
+    shutdown.cancel();
+    worker.await.unwrap();
+
+    // With it: the next order's checkpoint wakes the waiter.
+    let shutdown = CancellationToken::new();
+    let worker = run(Some(watch.clone()), shutdown.clone());
+    place(&bus, 2).await;
+    let mut woken = false;
+    for _ in 0..50 {
+        if watch.wait_for("orders", 2, short).await {
+            woken = true;
+            break;
+        }
+    }
+    assert!(
+        woken,
+        "the projector handed its checkpoint to its process's registry"
+    );
+    shutdown.cancel();
+    worker.await.unwrap();
+}

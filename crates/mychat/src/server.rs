@@ -425,7 +425,10 @@ pub(crate) async fn run_parts(
                 pool: infra.pool.clone(),
                 nats: infra.nats.clone(),
                 projection,
-                settings: ProjectorSettings::default(),
+                settings: ProjectorSettings {
+                    watch: Some(state.watch.clone()),
+                    ..ProjectorSettings::default()
+                },
             };
             let token = shutdown.clone();
             tasks.spawn(async move {

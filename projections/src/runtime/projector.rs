@@ -32,6 +32,12 @@ pub struct ProjectorSettings {
     /// The Postgres schema the projection writes into (`public` for the live read models).
     /// Each batch's transaction runs with `SET LOCAL search_path TO <schema>, public`.
     pub schema: String,
+    /// The read-your-writes registry of this process, when the API runs in it: each checkpoint
+    /// of the live read models is handed to it directly as well as announced on NATS, so that
+    /// a waiter in this process is woken without the announcement's trip through nats-server
+    /// (the NATS announcement still reaches every other process, and this one's again: an
+    /// advance is idempotent). Only a projector writing the live schema advances it.
+    pub watch: Option<crate::watch::CheckpointWatch>,
 }
 
 impl Default for ProjectorSettings {
@@ -40,6 +46,7 @@ impl Default for ProjectorSettings {
             batch_size: 500,
             synchronous_commit: false,
             schema: LIVE_SCHEMA.to_string(),
+            watch: None,
         }
     }
 }
@@ -300,10 +307,7 @@ impl Projector {
             }) {
                 // Nothing to write: no batch transaction. The read model already shows `last`.
                 read_to = last;
-                let _ = self
-                    .nats
-                    .publish(checkpoint_subject(name), read_to.to_string().into())
-                    .await;
+                self.announce(read_to).await;
                 // The checkpoint follows in one statement, at most once a second (and on the
                 // heartbeat, and on shutdown).
                 if carried.is_none() && persisted.elapsed() >= IGNORED_CHECKPOINT_EVERY {
@@ -348,11 +352,26 @@ impl Projector {
                 Err(e) => return Err(e),
             };
             read_to = position;
-            let _ = self
-                .nats
-                .publish(checkpoint_subject(name), position.to_string().into())
-                .await;
+            self.announce(position).await;
         }
+    }
+
+    /// Tells read-your-writes waiters that the read model reflects everything up to stream
+    /// sequence `position`: this process's registry directly (live schema only, see
+    /// [`ProjectorSettings::watch`]), every process's on core NATS
+    /// ([`checkpoint_subject`]; at most once, a lost announcement is made up by the waiters'
+    /// table reads).
+    async fn announce(&self, position: u64) {
+        let name = self.projection.name();
+        if let Some(watch) = &self.settings.watch {
+            if self.settings.schema == LIVE_SCHEMA {
+                watch.advance(name, position);
+            }
+        }
+        let _ = self
+            .nats
+            .publish(checkpoint_subject(name), position.to_string().into())
+            .await;
     }
 
     /// Stores the checkpoint `to` (from `position`, compare-and-set) for messages the projection
