@@ -13,6 +13,8 @@ use sqlx::PgConnection;
 use testkit::{NatsServer, Postgres};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 /// Records every message it applies (slowly, so a batch is in flight when the worker dies).
 struct Recorder;
 
@@ -170,17 +172,15 @@ async fn two_workers_on_one_projection_build_the_same_read_model_as_one() {
 /// direct hand-over can wake it.
 #[tokio::test]
 async fn a_projector_wakes_its_own_processs_waiters_without_nats() {
-    let nats = NatsServer::start().unwrap();
+    // Every part is bound: an unbound one (the nats-server) would be dropped, and stopped, here.
+    let common::Env {
+        nats: _nats,
+        pg,
+        pool,
+        client,
+        bus,
+    } = common::env().await;
     let elsewhere = NatsServer::start().unwrap();
-    let pg = Postgres::start().unwrap();
-    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
-    MIGRATOR.run(&pool).await.unwrap();
-    let client = nats.connect().await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    ensure_streams(&js, &StreamSettings::default())
-        .await
-        .unwrap();
-    let bus = CommandBus::new(js, Upcasters::default());
     pg.ensure_database("elsewhere").await.unwrap();
     let elsewhere_pool = sqlx::PgPool::connect(&pg.url_for("elsewhere"))
         .await
