@@ -2,9 +2,10 @@
 //!
 //! Projectors announce each checkpoint on core NATS ([`crate::runtime::checkpoint_subject`]); one
 //! [`CheckpointWatch`] per process follows those announcements (and is handed its own process's
-//! live checkpoints directly, `ProjectorSettings::watch`, without the trip through nats-server) and keeps, per projection, the
-//! highest position announced. A waiter sleeps until an announcement reaches its sequence: it is
-//! woken by the announcement itself, and a wake-up costs a comparison, not a query.
+//! live checkpoints directly, [`crate::ProjectorSettings::watch`], without the trip through
+//! nats-server) and keeps, per projection, the highest position announced. A waiter sleeps until
+//! an announcement reaches its sequence: it is woken by the announcement itself, and a wake-up
+//! costs a comparison, not a query.
 //!
 //! The table `projection_checkpoints` is read only (a) the first time a projection is asked
 //! about, to learn where it already is, and (b) when a waiter has waited [`REFRESH_AFTER`] without
