@@ -334,10 +334,13 @@ async fn drive_http(
         .timeout(Duration::from_secs(30))
         .build()?;
     let body = bytes::Bytes::from(serde_json::to_vec(body)?);
-    let auth = token.map(|t| format!("Bearer {t}"));
+    // Built once; cloning a header value is a reference count, not a copy.
+    let auth = token
+        .map(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")))
+        .transpose()?;
     let send = {
         let (http, url) = (http.clone(), url.to_string());
-        move |auth: Option<String>, body: bytes::Bytes| {
+        move |auth: Option<reqwest::header::HeaderValue>, body: bytes::Bytes| {
             let mut req = http
                 .post(&url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")

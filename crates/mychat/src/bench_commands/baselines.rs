@@ -143,6 +143,31 @@ pub(super) async fn raw_batches(
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// A stream configured as `EVENTS` is (direct get, dedup window, atomic batches), under its own
+/// `name` and subjects `<root>.>`, and a [`GroupCommitter`] on it with `settings`.
+async fn events_like(
+    client: &async_nats::Client,
+    name: &str,
+    root: &str,
+    settings: &GroupCommitSettings,
+) -> anyhow::Result<GroupCommitter> {
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: name.to_string(),
+        subjects: vec![format!("{root}.>")],
+        ..eventstore::streams::events_config(&StreamSettings::default())
+    })
+    .await
+    .with_context(|| format!("creating {name}"))?;
+    let stream = js.get_stream_no_info(name).await?;
+    Ok(GroupCommitter::start(
+        client.clone(),
+        stream,
+        name,
+        settings.clone(),
+    ))
+}
+
 /// The group committer alone, 64 closed-loop committers each appending to its own subject with
 /// the expected-last-subject-sequence check (what a command's commit is), their aggregates placed
 /// on `streams` streams (`SHARDBENCH<k>`, subjects `sb<k>.>`) by aggregate, one
@@ -154,25 +179,13 @@ pub(super) async fn sharded_committers(
     (committers, streams): (usize, usize),
     d: Duration,
 ) -> anyhow::Result<Figures> {
-    let js = jetstream::new(client.clone());
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut lanes = Vec::new();
     for k in 0..streams.max(1) {
-        let name = format!("SHARDBENCH{k}_{tag}");
-        // Configured as `EVENTS` is (direct get, dedup window, atomic batches), under its own
-        // name and subjects.
-        js.create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("sb{k}{tag}.>")],
-            ..eventstore::streams::events_config(&StreamSettings::default())
-        })
-        .await
-        .with_context(|| format!("creating {name}"))?;
-        let stream = js.get_stream_no_info(&name).await?;
-        lanes.push((
-            format!("sb{k}{tag}"),
-            GroupCommitter::start(client.clone(), stream, &name, settings.clone()),
-        ));
+        let root = format!("sb{k}{tag}");
+        let committer =
+            events_like(client, &format!("SHARDBENCH{k}_{tag}"), &root, settings).await?;
+        lanes.push((root, committer));
     }
     let lanes = Arc::new(lanes);
     let stop = Arc::new(AtomicBool::new(false));
@@ -248,18 +261,14 @@ pub(super) async fn http_floors(
 ) -> anyhow::Result<(Figures, Figures)> {
     use axum::routing::post;
 
-    let js = jetstream::new(client.clone());
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let name = format!("HTTPBENCH_{tag}");
-    js.create_stream(stream::Config {
-        name: name.clone(),
-        subjects: vec![format!("hb{tag}.>")],
-        ..eventstore::streams::events_config(&StreamSettings::default())
-    })
-    .await
-    .with_context(|| format!("creating {name}"))?;
-    let stream = js.get_stream_no_info(&name).await?;
-    let committer = GroupCommitter::start(client.clone(), stream, &name, settings.clone());
+    let committer = events_like(
+        client,
+        &format!("HTTPBENCH_{tag}"),
+        &format!("hb{tag}"),
+        settings,
+    )
+    .await?;
     let next = Arc::new(AtomicU64::new(0));
     const ANSWER: &str = r#"{"code":200,"msg":"success","data":null}"#;
     let commit = move |body: bytes::Bytes| {
