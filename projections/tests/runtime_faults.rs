@@ -499,3 +499,48 @@ async fn a_reader_whose_consumer_is_deleted_reads_on_without_gaps_or_repeats() {
     }
     assert_eq!(sequences, (1..=n).collect::<Vec<_>>());
 }
+
+/// A projection's lag counts its own subjects after the checkpoint and dates the oldest of
+/// them, and reading it leaves no consumer on the stream: the service registry reads every read
+/// model's lag every 2 s, so a consumer left behind per reading (each kept up to date by the
+/// server on every append until it expired) would pile up under load.
+#[tokio::test]
+async fn reading_a_projections_lag_leaves_no_consumer_behind() {
+    let env = picked_after_orders(5).await;
+    let js = async_nats::jetstream::new(env.client.clone());
+    // Not on the projection's subjects: not counted.
+    js.publish("ev.account.9", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let picky = Picky { poison: 0 };
+    let consumers = || async {
+        js.get_stream(eventstore::EVENTS_STREAM)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .consumer_count
+    };
+
+    let (events, seconds) = projections::rebuild::lag(&js, &picky, 0).await.unwrap();
+    assert_eq!(events, 5);
+    assert!(
+        seconds >= 0.02,
+        "the oldest unapplied order waited {seconds} s"
+    );
+    assert_eq!(consumers().await, 0);
+
+    let (events, _) = projections::rebuild::lag(&js, &picky, 3).await.unwrap();
+    assert_eq!(events, 2);
+    assert_eq!(consumers().await, 0);
+
+    // Past the last order, only the account's message follows: no lag.
+    let (events, seconds) = projections::rebuild::lag(&js, &picky, 5).await.unwrap();
+    assert_eq!((events, seconds), (0, 0.0));
+    assert_eq!(consumers().await, 0);
+}
