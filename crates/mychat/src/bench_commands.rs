@@ -69,6 +69,7 @@ fn load_average() -> String {
 const BODY_BYTES: usize = 200;
 
 mod baselines;
+mod postgres_es;
 use baselines::{
     http_floors, raw_batches, raw_pipelined, raw_sequential, raw_stream, sharded_committers,
 };
@@ -531,6 +532,7 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     // still be applying while the HTTP stage runs.
     let mut http: Vec<(usize, Figures)> = Vec::new();
     let mut floors = (Figures::default(), Figures::default());
+    let mut pg_es: Vec<(usize, Figures)> = Vec::new();
     if !args.skip_http {
         // The floors under it: what HTTP alone, and HTTP answering after one durable append,
         // give at the same client count with the same client.
@@ -546,6 +548,18 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             &floors.1,
             raw_seq,
         );
+        // The other data path at the same client counts: cqrs-es + postgres-es, the view
+        // updated before `execute` returns, on a durable PostgreSQL of its own.
+        let mut pg_levels = vec![1, top];
+        pg_levels.dedup();
+        pg_es = postgres_es::postgres_es_stage(&pg_levels, d).await?;
+        for (clients, f) in &pg_es {
+            line(
+                &format!("other design: cqrs-es + postgres-es order/create, {clients} clients"),
+                f,
+                raw_seq,
+            );
+        }
         let nats = testkit::NatsServer::start().context("starting nats-server")?;
         let pg = testkit::Postgres::start().context("starting PostgreSQL")?;
         pg.ensure_database("mychat").await?;
@@ -626,6 +640,14 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     let one = at(1).unwrap_or_default();
     let eight = at((top / 8).max(1)).unwrap_or_default();
     let many = at(top).unwrap_or_default();
+    let pg_at = |n: usize| {
+        pg_es
+            .iter()
+            .find(|(c, _)| *c == n)
+            .map(|(_, f)| *f)
+            .unwrap_or_default()
+    };
+    let (pg_one, pg_many) = (pg_at(1), pg_at(top));
     println!(
         "{}",
         json!({
@@ -658,6 +680,10 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             "http_floor_answer_ps_64": floors.0.per_second.round(),
             "http_floor_commit_ps_64": floors.1.per_second.round(),
             "http_floor_commit_p50_ms_64": floors.1.p50_ms,
+            "pg_es_p50_ms_1": pg_one.p50_ms,
+            "pg_es_ps_1": pg_one.per_second.round(),
+            "pg_es_p50_ms_64": pg_many.p50_ms,
+            "pg_es_ps_64": pg_many.per_second.round(),
             "load_average": load_average(),
         })
     );
