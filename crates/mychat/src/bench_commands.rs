@@ -316,6 +316,43 @@ async fn http_stage(api: &str, clients: usize, d: Duration) -> anyhow::Result<Fi
     .await
 }
 
+/// An axum app served in this process on a free loopback port, for a stage whose server is part
+/// of the bench (the HTTP floors, the other data path). Stopped (gracefully) by [`Served::stop`].
+struct Served {
+    /// Where it listens.
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    /// Binds 127.0.0.1 on a free port and serves `app` there.
+    async fn start(app: axum::Router) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+        });
+        Ok(Self {
+            addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Stops serving and waits for the server to end.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// `clients` closed-loop keep-alive connections, each posting `body` to `url` (with `token` as
 /// a bearer token) again as soon as its last request is answered, for `d`. A request counts
 /// when it is answered 2xx with the envelope's success code (`"code":200` or `"code":0`).

@@ -18,7 +18,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::{drive_http, figures, Figures, BODY_BYTES};
+use super::{drive_http, figures, Figures, Served, BODY_BYTES};
 
 /// The most streams a raw baseline spreads its batches over.
 const RAW_STREAMS: usize = 4;
@@ -296,21 +296,11 @@ pub(super) async fn http_floors(
     let app = axum::Router::new()
         .route("/answer", post(|| async { ANSWER }))
         .route("/commit", post(commit));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        })
-    };
+    let server = Served::start(app).await?;
+    let addr = server.addr;
     let body = serde_json::json!({ "counselor_id": 1, "duration": 30, "notes": "bench" });
     let answer = drive_http(&format!("http://{addr}/answer"), None, &body, clients, d).await;
     let commit = drive_http(&format!("http://{addr}/commit"), None, &body, clients, d).await;
-    shutdown.cancel();
-    let _ = server.await;
+    server.stop().await;
     Ok((answer?, commit?))
 }

@@ -17,7 +17,7 @@ use domain::{Order, OrderCommand, OrderEvent};
 use postgres_es::{PostgresCqrs, PostgresViewRepository};
 use serde::{Deserialize, Serialize};
 
-use super::{drive_http, Figures};
+use super::{drive_http, Figures, Served};
 
 /// postgres-es's schema (its `db/init.sql`): the events table, and one table per view.
 const SCHEMA: [&str; 2] = [
@@ -140,24 +140,14 @@ pub(super) async fn postgres_es_stage(
         }
     };
     let app = axum::Router::new().route("/api/order/create", post(create));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/api/order/create", listener.local_addr()?);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        })
-    };
+    let server = Served::start(app).await?;
+    let url = format!("http://{}/api/order/create", server.addr);
     let body = serde_json::json!({ "counselor_id": 1, "duration": 30, "notes": "bench" });
     let mut out = Vec::new();
     for &clients in levels {
         out.push((clients, drive_http(&url, None, &body, clients, d).await?));
     }
-    shutdown.cancel();
-    let _ = server.await;
+    server.stop().await;
     // Every answered order is in the view, as `execute` promised.
     let (events, views): (i64, i64) =
         sqlx::query_as("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM order_view)")
