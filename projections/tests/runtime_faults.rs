@@ -516,15 +516,10 @@ async fn reading_a_projections_lag_leaves_no_consumer_behind() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let picky = Picky { poison: 0 };
+    // `get_stream` answers with the stream's info, consumer count included.
     let consumers = || async {
-        js.get_stream(eventstore::EVENTS_STREAM)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .consumer_count
+        let stream = js.get_stream(eventstore::EVENTS_STREAM).await.unwrap();
+        stream.cached_info().state.consumer_count
     };
 
     let (events, seconds) = projections::rebuild::lag(&js, &picky, 0).await.unwrap();

@@ -225,6 +225,32 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
     }
 }
 
+/// The consumer the log is read with: ephemeral, unacknowledged, in memory, one replica, on
+/// `filter_subjects` (none: the whole stream), delivering the messages after stream sequence
+/// `after`, and removed by the server once unused for `inactive_threshold`. A reader creates one
+/// per attempt; a projection's lag reading creates one for its pending count and deletes it.
+pub fn log_consumer(
+    filter_subjects: Vec<String>,
+    after: u64,
+    inactive_threshold: Duration,
+) -> pull::Config {
+    pull::Config {
+        filter_subjects,
+        deliver_policy: if after == 0 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            }
+        },
+        ack_policy: AckPolicy::None,
+        memory_storage: true,
+        num_replicas: 1,
+        inactive_threshold,
+        ..Default::default()
+    }
+}
+
 /// How a consumer's read ended.
 enum Read {
     /// At the end the reader was asked for, or nobody listens any more.
@@ -286,22 +312,13 @@ async fn read(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            let create = stream.create_consumer(pull::Config {
-                filter_subjects: filter_subjects.clone(),
-                deliver_policy: if last == 0 {
-                    DeliverPolicy::All
-                } else {
-                    DeliverPolicy::ByStartSequence {
-                        start_sequence: last + 1,
-                    }
-                },
-                ack_policy: AckPolicy::None,
-                memory_storage: true,
-                num_replicas: 1,
-                // Long enough for a reader whose user is slow to take its batches.
-                inactive_threshold: Duration::from_secs(120),
-                ..Default::default()
-            });
+            // The inactivity threshold is long enough for a reader whose user is slow to take
+            // its batches.
+            let create = stream.create_consumer(log_consumer(
+                filter_subjects.clone(),
+                last,
+                Duration::from_secs(120),
+            ));
             let consumer = tokio::time::timeout(CREATE_TIMEOUT, create)
                 .await
                 .map_err(|_| "creating a consumer: no answer".to_string())?

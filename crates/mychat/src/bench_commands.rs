@@ -316,6 +316,15 @@ async fn http_stage(api: &str, clients: usize, d: Duration) -> anyhow::Result<Fi
     .await
 }
 
+/// The figures of the stage run at `clients` clients (zeros when it did not run).
+fn figures_at(stages: &[(usize, Figures)], clients: usize) -> Figures {
+    stages
+        .iter()
+        .find(|(c, _)| *c == clients)
+        .map(|(_, f)| *f)
+        .unwrap_or_default()
+}
+
 /// An axum app served in this process on a free loopback port, for a stage whose server is part
 /// of the bench (the HTTP floors, the other data path). Stopped (gracefully) by [`Served::stop`].
 struct Served {
@@ -672,19 +681,11 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             raw_seq,
         );
     }
-    let at = |n: usize| http.iter().find(|(c, _)| *c == n).map(|(_, f)| *f);
     let top = args.http_clients.max(1);
-    let one = at(1).unwrap_or_default();
-    let eight = at((top / 8).max(1)).unwrap_or_default();
-    let many = at(top).unwrap_or_default();
-    let pg_at = |n: usize| {
-        pg_es
-            .iter()
-            .find(|(c, _)| *c == n)
-            .map(|(_, f)| *f)
-            .unwrap_or_default()
-    };
-    let (pg_one, pg_many) = (pg_at(1), pg_at(top));
+    let one = figures_at(&http, 1);
+    let eight = figures_at(&http, (top / 8).max(1));
+    let many = figures_at(&http, top);
+    let (pg_one, pg_many) = (figures_at(&pg_es, 1), figures_at(&pg_es, top));
     println!(
         "{}",
         json!({

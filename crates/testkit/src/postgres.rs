@@ -162,6 +162,20 @@ impl Postgres {
     /// # Errors
     /// When PostgreSQL cannot be initialised or started.
     pub fn start() -> anyhow::Result<Self> {
+        Self::throwaway(true)
+    }
+
+    /// Starts a fresh, throwaway server on a free port that keeps PostgreSQL's durability (fsync
+    /// and `synchronous_commit` on): for measuring a design whose tables are the record.
+    ///
+    /// # Errors
+    /// When PostgreSQL cannot be initialised or started.
+    pub fn start_durable() -> anyhow::Result<Self> {
+        Self::throwaway(false)
+    }
+
+    /// A copy of the template cluster in a temporary directory, started (`ephemeral`: fsync off).
+    fn throwaway(ephemeral: bool) -> anyhow::Result<Self> {
         let temp = tempfile::Builder::new().prefix("mychat-pg").tempdir()?;
         let data_dir = temp.path().join("data");
         let status = Command::new("cp")
@@ -176,7 +190,7 @@ impl Postgres {
         let mut pg = Self::start_with(PostgresOptions {
             port: 0,
             data_dir,
-            ephemeral: true,
+            ephemeral,
         })?;
         pg._temp = Some(temp);
         Ok(pg)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
+use async_nats::jetstream;
 use chrono::Utc;
 use futures::StreamExt;
 use sqlx::PgPool;
@@ -73,19 +73,13 @@ pub async fn lag(
     from: u64,
 ) -> anyhow::Result<(u64, f64)> {
     let stream = js.get_stream_no_info(projection.stream()).await?;
+    // Deleted below; the inactivity threshold only bounds a consumer whose deletion was lost.
     let consumer = stream
-        .create_consumer(pull::Config {
-            filter_subjects: projection.subjects(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: from + 1,
-            },
-            ack_policy: AckPolicy::None,
-            memory_storage: true,
-            num_replicas: 1,
-            // Deleted below; this only bounds a consumer whose deletion was lost.
-            inactive_threshold: std::time::Duration::from_secs(5),
-            ..Default::default()
-        })
+        .create_consumer(eventstore::reader::log_consumer(
+            projection.subjects(),
+            from,
+            std::time::Duration::from_secs(5),
+        ))
         .await?;
     let pending = consumer.cached_info().num_pending;
     let oldest = async {

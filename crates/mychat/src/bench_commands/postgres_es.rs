@@ -90,19 +90,8 @@ pub(super) async fn postgres_es_stage(
     d: Duration,
 ) -> anyhow::Result<Vec<(usize, Figures)>> {
     use axum::routing::post;
-    use std::os::unix::fs::PermissionsExt as _;
 
-    let dir = tempfile::Builder::new()
-        .prefix("mychat-bench-pg-es")
-        .tempdir()?;
-    // The server runs as the `postgres` user, which must reach its data directory.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    let pg = testkit::Postgres::start_with(testkit::postgres::PostgresOptions {
-        port: 0,
-        data_dir: dir.path().join("data"),
-        ephemeral: false,
-    })
-    .context("starting a durable PostgreSQL")?;
+    let pg = testkit::Postgres::start_durable().context("starting a durable PostgreSQL")?;
     pg.ensure_database("cqrs").await?;
     let top = levels.iter().copied().max().unwrap_or(1);
     let pool = sqlx::postgres::PgPoolOptions::new()
