@@ -2,6 +2,12 @@
 //! started with the project's `nats.conf` (`sync_interval: always`), next to the raw JetStream
 //! baselines measured in the same run. Prints one line per stage and, last, one JSON
 //! object with the figures.
+//!
+//! The ratios' denominator, raw sequential publish-and-await (`raw_seq`), moves with the disk's
+//! fsync within minutes (677/s and 2,233/s two minutes apart on the project's machine), so it is
+//! sampled four times through the run: at the start, after the store stages, and just before
+//! and just after the HTTP `order/create` stages. The ratios use the median of the samples, and
+//! the two headline ratios are also given against the samples taken beside their own stage.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -457,6 +463,70 @@ async fn drive_http(
     ))
 }
 
+/// The raw sequential baseline's samples through the run, in messages/s.
+#[derive(Debug, Default)]
+struct RawSeqSamples(Vec<(&'static str, f64)>);
+
+impl RawSeqSamples {
+    /// Measures one sample of `d` on the raw stream and prints it.
+    async fn sample(
+        &mut self,
+        js: &jetstream::Context,
+        when: &'static str,
+        d: Duration,
+    ) -> anyhow::Result<f64> {
+        let ps = raw_sequential(js, d).await?;
+        println!("raw sequential publish-and-await, {when:<22} {ps:>9.0}/s");
+        self.0.push((when, ps));
+        Ok(ps)
+    }
+
+    /// The median of the samples (the mean of the middle two for an even count); 0 when none.
+    fn median(&self) -> f64 {
+        let mut v: Vec<f64> = self.0.iter().map(|(_, ps)| *ps).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    /// The mean of the samples named `whens` (those taken beside one stage); 0 when none.
+    fn beside(&self, whens: &[&str]) -> f64 {
+        let v: Vec<f64> = self
+            .0
+            .iter()
+            .filter(|(w, _)| whens.contains(w))
+            .map(|(_, ps)| *ps)
+            .collect();
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    }
+
+    /// `{when: messages/s}` for the JSON line.
+    fn to_json(&self) -> Value {
+        Value::Object(
+            self.0
+                .iter()
+                .map(|(w, ps)| (w.to_string(), json!(ps.round())))
+                .collect(),
+        )
+    }
+}
+
+/// `figure / baseline` to two decimals; 0 when the baseline is 0.
+fn ratio(figure: f64, baseline: f64) -> f64 {
+    if baseline > 0.0 {
+        (figure / baseline * 100.0).round() / 100.0
+    } else {
+        0.0
+    }
+}
+
 fn line(name: &str, f: &Figures, raw_seq: f64) {
     println!(
         "{name:<34} {:>9.0}/s  ({:>5.1}× raw_seq)  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
@@ -487,8 +557,9 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     let raw_client = nats.connect().await?;
     let raw_js = jetstream::new(raw_client.clone());
     raw_stream(&raw_js).await?;
-    let raw_seq = raw_sequential(&raw_js, d).await?;
-    println!("raw sequential publish-and-await   {raw_seq:>9.0}/s");
+    let mut raw_seqs = RawSeqSamples::default();
+    // The stages' lines are printed against this first sample; the summary at the end uses all.
+    let raw_seq = raw_seqs.sample(&raw_js, "at the start", d).await?;
     let raw_pipe = raw_pipelined(&raw_js, d).await?;
     println!("raw pipelined (256 in flight)      {raw_pipe:>9.0}/s");
     let raw_batch = raw_batches(&raw_client, 100, (1, 1), d).await?;
@@ -541,6 +612,9 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     line("store, 64 committers, 10% contended", &contended, raw_seq);
     let half = store_stage(&bus, 6, 64, 0.0, Some(store_64.per_second / 2.0), d).await;
     line("store, 64 committers at half max", &half, raw_seq);
+    raw_seqs
+        .sample(&raw_js, "after the store stages", d)
+        .await?;
     if let Some(c) = bus.committer().await? {
         let (single, batches, batched, failed, stale) = c.stats().snapshot();
         println!(
@@ -649,15 +723,18 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         let top = args.http_clients.max(1);
         let mut levels = vec![1, (top / 8).max(1), top];
         levels.dedup();
+        // These lines against the sample taken just before them.
+        let raw_before = raw_seqs.sample(&raw_js, "before order/create", d).await?;
         for clients in levels {
             let f = http_stage(&api_url, clients, d).await?;
             line(
                 &format!("HTTP order/create, {clients} clients"),
                 &f,
-                raw_seq,
+                raw_before,
             );
             http.push((clients, f));
         }
+        raw_seqs.sample(&raw_js, "after order/create", d).await?;
         shutdown.cancel();
         let _ = runner.await;
         // Where an order/create spends its time, stage by stage (after the API stopped, so that
@@ -686,11 +763,25 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     let eight = figures_at(&http, (top / 8).max(1));
     let many = figures_at(&http, top);
     let (pg_one, pg_many) = (figures_at(&pg_es, 1), figures_at(&pg_es, top));
+    let raw_median = raw_seqs.median();
+    let store_beside = raw_seqs.beside(&["at the start", "after the store stages"]);
+    let http_beside = raw_seqs.beside(&["before order/create", "after order/create"]);
+    println!(
+        "raw_seq over the run: median {raw_median:.0}/s of {} samples; store, 64 committers \
+         {:.2}× the median, {:.2}× the samples beside it; order/create, {top} clients {:.2}× the \
+         median, {:.2}× the samples beside it",
+        raw_seqs.0.len(),
+        ratio(store_64.per_second, raw_median),
+        ratio(store_64.per_second, store_beside),
+        ratio(many.per_second, raw_median),
+        ratio(many.per_second, http_beside),
+    );
     println!(
         "{}",
         json!({
             "bench": "commands",
-            "raw_seq_ps": raw_seq.round(),
+            "raw_seq_ps": raw_median.round(),
+            "raw_seq_samples_ps": raw_seqs.to_json(),
             "raw_pipelined_ps": raw_pipe.round(),
             "raw_batch100_ps": raw_batch.round(),
             "raw_batch64_ps_1": raw_b64_1.round(),
@@ -702,7 +793,8 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             "store_p50_ms_64": store_64.p50_ms,
             "store_ps_64_contended": contended.per_second.round(),
             "store_p99_ms_64_half_load": half.p99_ms,
-            "store_ps_64_over_raw_seq": (store_64.per_second / raw_seq * 100.0).round() / 100.0,
+            "store_ps_64_over_raw_seq": ratio(store_64.per_second, raw_median),
+            "store_ps_64_over_raw_seq_beside": ratio(store_64.per_second, store_beside),
             "committer_ps_64_1_stream": sharded_1.per_second.round(),
             "committer_ps_64_2_streams": sharded_2.per_second.round(),
             "http_p50_ms_1": one.p50_ms,
@@ -714,7 +806,8 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             "http_p50_ms_64": many.p50_ms,
             "http_p99_ms_64": many.p99_ms,
             "http_ps_64": many.per_second.round(),
-            "http_ps_64_over_raw_seq": (many.per_second / raw_seq * 100.0).round() / 100.0,
+            "http_ps_64_over_raw_seq": ratio(many.per_second, raw_median),
+            "http_ps_64_over_raw_seq_beside": ratio(many.per_second, http_beside),
             "http_floor_answer_ps_64": floors.0.per_second.round(),
             "http_floor_commit_ps_64": floors.1.per_second.round(),
             "http_floor_commit_p50_ms_64": floors.1.p50_ms,
@@ -726,4 +819,29 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ratio, RawSeqSamples};
+
+    #[test]
+    fn the_baselines_median_and_the_samples_beside_a_stage() {
+        let mut s = RawSeqSamples::default();
+        assert_eq!(s.median(), 0.0);
+        s.0.push(("at the start", 677.0));
+        s.0.push(("after the store stages", 2_233.0));
+        s.0.push(("before order/create", 2_071.0));
+        assert_eq!(s.median(), 2_071.0);
+        s.0.push(("after order/create", 1_900.0));
+        assert_eq!(s.median(), (1_900.0 + 2_071.0) / 2.0);
+        assert_eq!(
+            s.beside(&["before order/create", "after order/create"]),
+            (2_071.0 + 1_900.0) / 2.0
+        );
+        assert_eq!(s.beside(&["never taken"]), 0.0);
+        assert_eq!(s.to_json()["at the start"], 677.0);
+        assert_eq!(ratio(2_077.0, 2_071.0), 1.0);
+        assert_eq!(ratio(1.0, 0.0), 0.0);
+    }
 }
