@@ -78,7 +78,7 @@ mod baselines;
 mod postgres_es;
 mod raw_seq;
 use baselines::{http_floors, raw_batches, raw_pipelined, raw_stream, sharded_committers};
-use raw_seq::{ratio, RawSeqSamples};
+use raw_seq::{mean, ratio, RawSeqSamples};
 
 fn credit(account: i64, session: i64) -> AccountCommand {
     AccountCommand::CreditEarnings {
@@ -548,7 +548,7 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     line("store, 64 committers, 10% contended", &contended, raw_seq);
     let half = store_stage(&bus, 6, 64, 0.0, Some(store_64.per_second / 2.0), d).await;
     line("store, 64 committers at half max", &half, raw_seq);
-    raw_seqs
+    let raw_after_store = raw_seqs
         .sample(&raw_js, "after the store stages", d)
         .await?;
     if let Some(c) = bus.committer().await? {
@@ -589,6 +589,8 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     let mut http: Vec<(usize, Figures)> = Vec::new();
     let mut floors = (Figures::default(), Figures::default());
     let mut pg_es: Vec<(usize, Figures)> = Vec::new();
+    // The mean of the samples taken just before and just after the HTTP order/create stages.
+    let mut http_beside = 0.0;
     if !args.skip_http {
         // The floors under it: what HTTP alone, and HTTP answering after one durable append,
         // give at the same client count with the same client.
@@ -670,7 +672,8 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             );
             http.push((clients, f));
         }
-        raw_seqs.sample(&raw_js, "after order/create", d).await?;
+        let raw_after = raw_seqs.sample(&raw_js, "after order/create", d).await?;
+        http_beside = mean(&[raw_before, raw_after]);
         shutdown.cancel();
         let _ = runner.await;
         // Where an order/create spends its time, stage by stage (after the API stopped, so that
@@ -700,8 +703,7 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     let many = figures_at(&http, top);
     let (pg_one, pg_many) = (figures_at(&pg_es, 1), figures_at(&pg_es, top));
     let raw_median = raw_seqs.median();
-    let store_beside = raw_seqs.beside(&["at the start", "after the store stages"]);
-    let http_beside = raw_seqs.beside(&["before order/create", "after order/create"]);
+    let store_beside = mean(&[raw_seq, raw_after_store]);
     println!(
         "raw_seq over the run: median {raw_median:.0}/s of {} samples; store, 64 committers \
          {:.2}× the median, {:.2}× the samples beside it; order/create, {top} clients {:.2}× the \

@@ -124,7 +124,11 @@ pub(super) async fn postgres_es_stage(
             };
             match cqrs.execute(&id, command).await {
                 Ok(()) => (axum::http::StatusCode::OK, ANSWER),
-                Err(_) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "{}"),
+                Err(e) => {
+                    // Counted as an error in the figures; `RUST_LOG=warn` shows why.
+                    tracing::warn!(error = %e, "postgres-es: execute failed");
+                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "{}")
+                }
             }
         }
     };

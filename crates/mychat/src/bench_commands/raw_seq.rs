@@ -37,21 +37,6 @@ impl RawSeqSamples {
         }
     }
 
-    /// The mean of the samples named `whens` (those taken beside one stage); 0 when none.
-    pub(super) fn beside(&self, whens: &[&str]) -> f64 {
-        let v: Vec<f64> = self
-            .0
-            .iter()
-            .filter(|(w, _)| whens.contains(w))
-            .map(|(_, ps)| *ps)
-            .collect();
-        if v.is_empty() {
-            0.0
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        }
-    }
-
     /// `{when: messages/s}` for the JSON line.
     pub(super) fn to_json(&self) -> Value {
         Value::Object(
@@ -60,6 +45,15 @@ impl RawSeqSamples {
                 .map(|(w, ps)| (w.to_string(), json!(ps.round())))
                 .collect(),
         )
+    }
+}
+
+/// The mean of `samples` (those taken beside one stage); 0 when none.
+pub(super) fn mean(samples: &[f64]) -> f64 {
+    if samples.is_empty() {
+        0.0
+    } else {
+        samples.iter().sum::<f64>() / samples.len() as f64
     }
 }
 
@@ -74,7 +68,7 @@ pub(super) fn ratio(figure: f64, baseline: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{ratio, RawSeqSamples};
+    use super::{mean, ratio, RawSeqSamples};
 
     #[test]
     fn the_baselines_median_and_the_samples_beside_a_stage() {
@@ -86,11 +80,8 @@ mod tests {
         assert_eq!(s.median(), 2_071.0);
         s.0.push(("after order/create", 1_900.0));
         assert_eq!(s.median(), (1_900.0 + 2_071.0) / 2.0);
-        assert_eq!(
-            s.beside(&["before order/create", "after order/create"]),
-            (2_071.0 + 1_900.0) / 2.0
-        );
-        assert_eq!(s.beside(&["never taken"]), 0.0);
+        assert_eq!(mean(&[2_071.0, 1_900.0]), (2_071.0 + 1_900.0) / 2.0);
+        assert_eq!(mean(&[]), 0.0);
         assert_eq!(s.to_json()["at the start"], 677.0);
         assert_eq!(ratio(2_077.0, 2_071.0), 1.0);
         assert_eq!(ratio(1.0, 0.0), 0.0);
