@@ -1192,3 +1192,104 @@ async fn a_node_whose_readers_are_down_answers_503_until_they_recover() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A chat stream that refuses writes concerns only the sessions it holds. One counselor socket
+/// (the Go dialect, several sessions on one socket) in two sessions on two shards: while the first
+/// session's stream refuses new messages (full, discarding new ones), a message there is answered
+/// with an error frame naming that session and telling to retry with the same id, the socket
+/// stays open, and a message to the other session on the same socket is acked and delivered. Once
+/// the stream takes writes again, the resend with the same client id is stored and delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_stream_that_refuses_writes_fails_only_its_own_sessions() {
+    let c = cluster().await;
+    let node = c.node(&[]).await;
+    let (s1, s2) = (601i64, 602i64);
+    assert_ne!(place(s1).stream, place(s2).stream, "two shards");
+    c.session(s1, 31, 41, 30).await;
+    c.session(s2, 32, 41, 30).await;
+    let mut counselor = connect(&format!("{}/ws?token={}", node.ws(), c.token(41))).await;
+    for sid in [s1, s2] {
+        send(&mut counselor, json!({"type":"join","session_id":sid})).await;
+        expect(&mut counselor, "join_success").await;
+    }
+    let mut user1 = connect(&format!("{}/ws/chat/{s1}?token={}", node.ws(), c.token(31))).await;
+    expect(&mut user1, "join_success").await;
+    let mut user2 = connect(&format!("{}/ws/chat/{s2}?token={}", node.ws(), c.token(32))).await;
+    expect(&mut user2, "join_success").await;
+    let say = |sid: i64, id: &str| json!({"type":"message","session_id":sid,"data":{"content":format!("to {sid}"),"id":id}});
+    // One message stored in the first session's stream while it takes writes.
+    send(&mut counselor, say(s1, "before")).await;
+    let ack = expect(&mut counselor, "ack").await;
+    assert_eq!(ack["session_id"], s1);
+    assert_eq!(
+        expect(&mut user1, "message").await["data"]["seq"],
+        ack["data"]["seq"]
+    );
+
+    // The first session's stream refuses new messages: full, discarding new ones.
+    let js = async_nats::jetstream::new(c.nats.connect().await.unwrap());
+    let mut stream = js.get_stream(place(s1).stream).await.unwrap();
+    let info = stream.info().await.unwrap().clone();
+    let original = info.config.clone();
+    let mut full = original.clone();
+    full.max_messages = i64::try_from(info.state.messages).unwrap();
+    full.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    js.update_stream(&full).await.unwrap();
+
+    send(&mut counselor, say(s1, "during")).await;
+    let refused = expect(&mut counselor, "error").await;
+    assert_eq!(refused["session_id"], s1, "the error names its session");
+    let why = refused["data"]["error"].as_str().unwrap();
+    assert!(why.contains("retry with the same id"), "{why}");
+    // The same socket, the other shard's session: acked and delivered as usual.
+    send(&mut counselor, say(s2, "other")).await;
+    let other = expect(&mut counselor, "ack").await;
+    assert_eq!(other["session_id"], s2);
+    assert_eq!(other["data"]["duplicate"], false);
+    let got = expect(&mut user2, "message").await;
+    assert_eq!(got["data"]["seq"], other["data"]["seq"]);
+    // Nothing of the refused message reached the first session's user.
+    let mut seen = Vec::new();
+    while let Some(f) = next(&mut user1, Duration::from_millis(500)).await {
+        seen.push(f);
+    }
+    assert!(
+        seen.iter().all(|f| f["type"] != "message"),
+        "a refused message is not delivered: {seen:?}"
+    );
+
+    // The stream takes writes again: the resend is stored once, delivered once.
+    js.update_stream(&original).await.unwrap();
+    send(&mut counselor, say(s1, "during")).await;
+    let stored = expect(&mut counselor, "ack").await;
+    assert_eq!(stored["session_id"], s1);
+    assert_eq!(
+        stored["data"]["duplicate"], false,
+        "the refused copy was not stored"
+    );
+    let seq = stored["data"]["seq"].as_u64().unwrap();
+    assert_eq!(
+        expect(&mut user1, "message").await["data"]["seq"].as_u64(),
+        Some(seq)
+    );
+    send(&mut counselor, say(s1, "during")).await;
+    let again = expect(&mut counselor, "ack").await;
+    assert_eq!(again["data"]["duplicate"], true);
+    assert_eq!(again["data"]["seq"].as_u64(), Some(seq));
+    let ids: Vec<String> = c
+        .chat_records(s1)
+        .await
+        .iter()
+        .filter(|r| r["kind"] == "message")
+        .map(|r| r["client_msg_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        ["before", "during"],
+        "each message stored once, in order"
+    );
+    assert!(next(&mut user1, Duration::from_millis(300))
+        .await
+        .is_none_or(|f| f["type"] != "message"));
+    drop(node);
+}

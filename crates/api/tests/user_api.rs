@@ -2578,3 +2578,102 @@ async fn in_sandbox_mode_the_cashier_pays_wechat_and_alipay_with_provider_format
     );
     assert_eq!(post_alipay(&app, form).await, "fail");
 }
+
+/// A chat stream that refuses writes fails only its own sessions over HTTP too: a message to a
+/// session of that shard is a 503 with `Retry-After` and a problem naming the retry, and changes
+/// nothing; a message to a session of another shard is stored as usual; once the stream takes
+/// writes again, the resend with the same `client_msg_id` is stored, once.
+#[tokio::test]
+async fn a_chat_stream_that_refuses_writes_is_a_503_for_its_own_sessions_only() {
+    let app = spawn_app().await;
+    let (counselor, _) = app.counselor("carol").await;
+    let (_, token, _) = app.user("bob").await;
+    let layout = eventstore::ChatLayout::default();
+    // Two active sessions whose chat records live in two streams.
+    let mut sessions: Vec<i64> = Vec::new();
+    while sessions.len() < 2 {
+        let order = app.paid_order(&token, counselor).await;
+        let r = app
+            .post(&format!("/api/chat/start/{order}"), &token, json!({}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let s = r.data()["session_id"].as_i64().unwrap();
+        if sessions
+            .iter()
+            .all(|&o| layout.place(o).stream != layout.place(s).stream)
+        {
+            sessions.push(s);
+        }
+    }
+    let (s1, s2) = (sessions[0], sessions[1]);
+    let say = |sid: i64, id: &str| {
+        let url = format!("{}/api/chat/session/{sid}/message", app.url);
+        app.http
+            .post(url)
+            .bearer_auth(&token)
+            .json(&json!({"content": format!("to {sid}"), "client_msg_id": id}))
+    };
+    let r = say(s1, "before").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The first session's stream refuses new messages: full, discarding new ones.
+    let mut stream = app.js.get_stream(layout.place(s1).stream).await.unwrap();
+    let info = stream.info().await.unwrap().clone();
+    let original = info.config.clone();
+    let mut full = original.clone();
+    full.max_messages = i64::try_from(info.state.messages).unwrap();
+    full.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    app.js.update_stream(&full).await.unwrap();
+
+    let r = say(s1, "during").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/problem+json",
+        "a problem document"
+    );
+    let problem: Value = r.json().await.unwrap();
+    let detail = problem.to_string();
+    assert!(
+        detail.contains("retry with the same client_msg_id"),
+        "{detail}"
+    );
+    let r = say(s2, "other").send().await.unwrap();
+    assert_eq!(r.status(), 200, "the other shard's session is served");
+    let count = |sid: i64| {
+        let path = format!("/api/chat/session/{sid}/messages");
+        let app = &app;
+        let token = &token;
+        async move {
+            app.get(&path, token).await.data()["total"]
+                .as_i64()
+                .unwrap()
+        }
+    };
+    assert_eq!(count(s1).await, 1, "the refused message changed nothing");
+
+    // The stream takes writes again: the resend is stored, and only once.
+    app.js.update_stream(&original).await.unwrap();
+    let first: Value = say(s1, "during")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["code"], 200, "{first}");
+    let again: Value = say(s1, "during")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        again["data"]["seq"], first["data"]["seq"],
+        "a resend is the same message"
+    );
+    assert_eq!(count(s1).await, 2);
+    assert_eq!(count(s2).await, 1);
+}
