@@ -2655,21 +2655,13 @@ async fn a_chat_stream_that_refuses_writes_is_a_503_for_its_own_sessions_only() 
 
     // The stream takes writes again: the resend is stored, and only once.
     app.js.update_stream(&original).await.unwrap();
-    let first: Value = say(s1, "during")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored = |sid: i64, id: &'static str| {
+        let request = say(sid, id);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let first = stored(s1, "during").await;
     assert_eq!(first["code"], 200, "{first}");
-    let again: Value = say(s1, "during")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = stored(s1, "during").await;
     assert_eq!(
         again["data"]["seq"], first["data"]["seq"],
         "a resend is the same message"
