@@ -1228,13 +1228,9 @@ async fn a_chat_stream_that_refuses_writes_fails_only_its_own_sessions() {
 
     // The first session's stream refuses new messages: full, discarding new ones.
     let js = async_nats::jetstream::new(c.nats.connect().await.unwrap());
-    let mut stream = js.get_stream(place(s1).stream).await.unwrap();
-    let info = stream.info().await.unwrap().clone();
-    let original = info.config.clone();
-    let mut full = original.clone();
-    full.max_messages = i64::try_from(info.state.messages).unwrap();
-    full.discard = async_nats::jetstream::stream::DiscardPolicy::New;
-    js.update_stream(&full).await.unwrap();
+    let original = testkit::refuse_new_messages(&js, place(s1).stream)
+        .await
+        .unwrap();
 
     send(&mut counselor, say(s1, "during")).await;
     let refused = expect(&mut counselor, "error").await;

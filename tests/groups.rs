@@ -1017,3 +1017,124 @@ async fn last_group_seq(ws: &mut Ws, group: i64) -> u64 {
     }
     last
 }
+
+/// A chat stream that refuses writes concerns only the groups it holds. Two groups on two
+/// shards: while the first one's stream refuses new messages, the owner's message there gets an
+/// error frame naming that group and telling to retry with the same id; the same socket, bound to
+/// the other group next, has its message there acked and delivered; the REST send to the refused
+/// group is a 503 with `Retry-After`, and nothing reaches the refused group's members. Once the
+/// stream takes writes again, the resend with the same id is stored and delivered once.
+#[test]
+fn a_chat_stream_that_refuses_writes_fails_only_its_own_groups() {
+    let up = start_up();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), refused_shard(&up))
+            .await
+            .unwrap_or_else(|_| panic!("timed out; log:\n{}", log_of(&up)));
+    });
+}
+
+async fn refused_shard(up: &Up) {
+    let api = up.api.as_str();
+    let (owner, bob) = (user(api, "shard_owner").await, user(api, "shard_bob").await);
+    let layout = eventstore::ChatLayout::default();
+    // Two groups whose records live in two streams.
+    let mut groups: Vec<i64> = Vec::new();
+    while groups.len() < 2 {
+        let (status, v) = call(
+            Method::POST,
+            &format!("{api}/api/group/create"),
+            Some(&owner.token),
+            Some(json!({ "name": "分片", "member_ids": [bob.id] })),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        let g = v["data"]["group_id"].as_i64().unwrap();
+        if groups
+            .iter()
+            .all(|&o| layout.place_group(o).stream != layout.place_group(g).stream)
+        {
+            groups.push(g);
+        }
+    }
+    let (g1, g2) = (groups[0], groups[1]);
+    // Bob reads each group on a socket bound to it; the owner writes on one socket, bound to
+    // one group at a time (`join_group`).
+    let mut bob1 = connect(&format!("{}/ws/group/{g1}?token={}", up.ws, bob.token)).await;
+    expect(&mut bob1, "group_joined").await;
+    let mut bob2 = connect(&format!("{}/ws/group/{g2}?token={}", up.ws, bob.token)).await;
+    expect(&mut bob2, "group_joined").await;
+    let mut owner_ws = connect(&format!("{}/ws?token={}", up.ws, owner.token)).await;
+    let join = |g: i64| json!({ "type": "join_group", "group_id": g });
+    let say = |g: i64, id: &str| json!({ "type": "group_message", "group_id": g, "data": { "content": format!("to {g}"), "client_msg_id": id } });
+    send(&mut owner_ws, join(g1)).await;
+    expect(&mut owner_ws, "group_joined").await;
+    send(&mut owner_ws, say(g1, "before")).await;
+    let before = expect(&mut owner_ws, "ack").await;
+    assert_eq!(
+        expect(&mut bob1, "group_message").await["data"]["seq"],
+        before["data"]["seq"]
+    );
+
+    // The first group's stream refuses new messages: full, discarding new ones.
+    let js = async_nats::jetstream::new(async_nats::connect(&up.nats_url).await.unwrap());
+    let original = testkit::refuse_new_messages(&js, layout.place_group(g1).stream)
+        .await
+        .unwrap();
+
+    send(&mut owner_ws, say(g1, "during")).await;
+    let refused = expect_error(&mut owner_ws).await;
+    assert_eq!(
+        refused["group_id"], g1,
+        "the error names its group: {refused}"
+    );
+    let why = refused["data"]["error"].as_str().unwrap();
+    assert!(why.contains("retry with the same id"), "{why}");
+    // The same socket, the other shard's group: acked and delivered as usual.
+    send(&mut owner_ws, join(g2)).await;
+    expect(&mut owner_ws, "group_joined").await;
+    send(&mut owner_ws, say(g2, "other")).await;
+    let other = expect(&mut owner_ws, "ack").await;
+    assert_eq!(other["group_id"], g2, "{other}");
+    assert_eq!(
+        expect(&mut bob2, "group_message").await["data"]["seq"],
+        other["data"]["seq"]
+    );
+    let rest = reqwest::Client::new()
+        .post(format!("{api}/api/group/{g1}/messages"))
+        .bearer_auth(&owner.token)
+        .json(&json!({ "content": "over REST", "client_msg_id": "rest" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), 503);
+    assert_eq!(rest.headers()["retry-after"], "1");
+    silent(&mut bob1, "group_message", Duration::from_millis(500)).await;
+
+    // The stream takes writes again: the resend is stored, delivered once.
+    js.update_stream(&original).await.unwrap();
+    send(&mut owner_ws, join(g1)).await;
+    expect(&mut owner_ws, "group_joined").await;
+    send(&mut owner_ws, say(g1, "during")).await;
+    let stored = expect(&mut owner_ws, "ack").await;
+    assert_eq!(
+        stored["data"]["duplicate"], false,
+        "the refused copy was not stored"
+    );
+    let seq = stored["data"]["seq"].as_u64();
+    assert_eq!(
+        expect(&mut bob1, "group_message").await["data"]["seq"].as_u64(),
+        seq
+    );
+    send(&mut owner_ws, say(g1, "during")).await;
+    let again = expect(&mut owner_ws, "ack").await;
+    assert_eq!(
+        (
+            again["data"]["seq"].as_u64(),
+            again["data"]["duplicate"].as_bool()
+        ),
+        (seq, Some(true))
+    );
+    silent(&mut bob1, "group_message", Duration::from_millis(500)).await;
+}

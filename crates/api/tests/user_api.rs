@@ -2617,13 +2617,9 @@ async fn a_chat_stream_that_refuses_writes_is_a_503_for_its_own_sessions_only() 
     assert_eq!(r.status(), 200);
 
     // The first session's stream refuses new messages: full, discarding new ones.
-    let mut stream = app.js.get_stream(layout.place(s1).stream).await.unwrap();
-    let info = stream.info().await.unwrap().clone();
-    let original = info.config.clone();
-    let mut full = original.clone();
-    full.max_messages = i64::try_from(info.state.messages).unwrap();
-    full.discard = async_nats::jetstream::stream::DiscardPolicy::New;
-    app.js.update_stream(&full).await.unwrap();
+    let original = testkit::refuse_new_messages(&app.js, layout.place(s1).stream)
+        .await
+        .unwrap();
 
     let r = say(s1, "during").send().await.unwrap();
     assert_eq!(r.status(), 503);

@@ -11,7 +11,7 @@
 pub mod nats;
 pub mod postgres;
 
-pub use nats::{NatsOptions, NatsServer};
+pub use nats::{refuse_new_messages, NatsOptions, NatsServer};
 pub use postgres::{Postgres, PostgresOptions};
 
 use std::net::TcpListener;

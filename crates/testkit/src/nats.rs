@@ -198,3 +198,24 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// A write fault on one JetStream stream, the others unaffected: stream `name` is made to refuse
+/// new messages (its `max_messages` becomes the count it holds, with `discard: new`, so
+/// nats-server answers every publish to it with an error, "maximum messages exceeded") while
+/// reads go on. Returns the stream's configuration before, to put back with `update_stream`.
+///
+/// # Errors
+/// When the stream cannot be read or updated.
+pub async fn refuse_new_messages(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> anyhow::Result<async_nats::jetstream::stream::Config> {
+    let mut stream = js.get_stream(name).await?;
+    let info = stream.info().await?;
+    let original = info.config.clone();
+    let mut full = original.clone();
+    full.max_messages = i64::try_from(info.state.messages)?;
+    full.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    js.update_stream(&full).await?;
+    Ok(original)
+}
