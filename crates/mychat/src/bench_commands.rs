@@ -708,7 +708,7 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         "raw_seq over the run: median {raw_median:.0}/s of {} samples; store, 64 committers \
          {:.2}× the median, {:.2}× the samples beside it; order/create, {top} clients {:.2}× the \
          median, {:.2}× the samples beside it",
-        raw_seqs.0.len(),
+        raw_seqs.len(),
         ratio(store_64.per_second, raw_median),
         ratio(store_64.per_second, store_beside),
         ratio(many.per_second, raw_median),

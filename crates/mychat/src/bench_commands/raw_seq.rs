@@ -10,7 +10,7 @@ use super::baselines::raw_sequential;
 
 /// The raw sequential baseline's samples through the run, in messages/s.
 #[derive(Debug, Default)]
-pub(super) struct RawSeqSamples(pub(super) Vec<(&'static str, f64)>);
+pub(super) struct RawSeqSamples(Vec<(&'static str, f64)>);
 
 impl RawSeqSamples {
     /// Measures one sample of `d` on the raw stream and prints it.
@@ -35,6 +35,11 @@ impl RawSeqSamples {
             n if n % 2 == 1 => v[n / 2],
             n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
         }
+    }
+
+    /// How many samples were taken.
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// `{when: messages/s}` for the JSON line.
