@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use domain::{AccountCommand, CounselorAccount};
 use eventstore::envelope::Upcasters;
 use eventstore::{ensure_streams, Actor, BusSettings, CommandBus, CommandMeta, StreamSettings};
 use serde_json::{json, Value};
@@ -77,98 +76,12 @@ const BODY_BYTES: usize = 200;
 mod baselines;
 mod postgres_es;
 mod raw_seq;
-use baselines::{http_floors, raw_batches, raw_pipelined, raw_stream, sharded_committers};
+mod store;
+use baselines::{
+    http_floors, raw_batches, raw_checked_batches, raw_pipelined, raw_stream, sharded_committers,
+};
 use raw_seq::{mean, ratio, RawSeqSamples};
-
-fn credit(account: i64, session: i64) -> AccountCommand {
-    AccountCommand::CreditEarnings {
-        counselor_id: account,
-        session_id: session,
-        order_id: session,
-        amount: 700,
-        at: chrono::Utc::now(),
-    }
-}
-
-/// `committers` tasks, each crediting its own counselor account (a distinct aggregate); with
-/// `contention` (0..1) of the commands going to one of 4 shared accounts instead. With
-/// `rate_per_second`, commands are issued open-loop at that total rate.
-async fn store_stage(
-    bus: &CommandBus,
-    run: u64,
-    committers: usize,
-    contention: f64,
-    rate_per_second: Option<f64>,
-    d: Duration,
-) -> Figures {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..committers {
-        let bus = bus.clone();
-        let stop = stop.clone();
-        let count = count.clone();
-        let errors = errors.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut micros = Vec::new();
-            let mut i = 0i64;
-            let mut interval = rate_per_second.map(|r| {
-                let mut t = tokio::time::interval(Duration::from_secs_f64(committers as f64 / r));
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(t) = &mut interval {
-                    t.tick().await;
-                }
-                i += 1;
-                // A cheap deterministic spread: every 10th step of a per-task counter is shared.
-                let shared = contention > 0.0
-                    && ((i as u64 * 7919 + c as u64 * 104_729) % 1000)
-                        < (contention * 1000.0) as u64;
-                let account = if shared {
-                    format!("{run}00{}", i % 4)
-                } else {
-                    format!("{run}{c:04}")
-                };
-                let session = (c as i64) * 10_000_000 + i;
-                let t = Instant::now();
-                match bus
-                    .execute::<CounselorAccount>(
-                        &account,
-                        credit(account.parse().unwrap_or(0), session),
-                        &CommandMeta::new(Actor::system()),
-                    )
-                    .await
-                {
-                    Ok(_) => {
-                        micros.push(t.elapsed().as_micros() as u64);
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            micros
-        }));
-    }
-    tokio::time::sleep(d).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap_or_default());
-    }
-    let elapsed = start.elapsed();
-    figures(
-        count.load(Ordering::Relaxed),
-        elapsed,
-        all,
-        errors.load(Ordering::Relaxed),
-    )
-}
+use store::{header_bytes, store_message, store_stage, Cycle};
 
 /// `committers` tasks placing new orders (`Order::Place` on a fresh aggregate each time, with
 /// [`CommandBus::execute_new`]: no load, a commit expecting an empty subject), the command
@@ -515,6 +428,22 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         "raw atomic batches of 64, 2 loops  {raw_b64_2:>9.0} msg/s  ({:.2} ms per batch)",
         2.0 * 64_000.0 / raw_b64_2
     );
+    // The same batches with the checks a commit carries (a dedup id, an expected last subject
+    // sequence), bare and shaped as the store's commits: the floor of the store's write.
+    let raw_checked = raw_checked_batches(&raw_client, None, d).await?;
+    println!(
+        "raw atomic batches of 64, checked  {raw_checked:>9.0} msg/s  ({:.2} ms per batch)",
+        64_000.0 / raw_checked
+    );
+    let template = store_message()?;
+    let raw_shaped = raw_checked_batches(&raw_client, Some(&template), d).await?;
+    println!(
+        "raw atomic batches of 64, checked, shaped as the store's ({} B headers, {} B body) \
+         {raw_shaped:>9.0} msg/s  ({:.2} ms per batch)",
+        header_bytes(&template.0),
+        template.1.len(),
+        64_000.0 / raw_shaped
+    );
     // Per-stream parallelism: the same loops, each on a stream of its own (a command store
     // sharded by aggregate would commit this way).
     let raw_b64_2s = raw_batches(&raw_client, 64, (2, 2), d).await?;
@@ -527,6 +456,18 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         "raw atomic batches of 64, 4 loops on 4 streams {raw_b64_4s:>9.0} msg/s  ({:.2} ms per batch)",
         4.0 * 64_000.0 / raw_b64_4s
     );
+    // What 64 closed-loop committers can fill when their aggregates are split over 2 or 4
+    // streams: batches of 32 on 2 streams, of 16 on 4, all in flight at once.
+    let raw_b32_2s = raw_batches(&raw_client, 32, (2, 2), d).await?;
+    println!(
+        "raw atomic batches of 32, 2 loops on 2 streams {raw_b32_2s:>9.0} msg/s  ({:.2} ms per batch)",
+        2.0 * 32_000.0 / raw_b32_2s
+    );
+    let raw_b16_4s = raw_batches(&raw_client, 16, (4, 4), d).await?;
+    println!(
+        "raw atomic batches of 16, 4 loops on 4 streams {raw_b16_4s:>9.0} msg/s  ({:.2} ms per batch)",
+        4.0 * 16_000.0 / raw_b16_4s
+    );
 
     // 2. The event store.
     let client = nats.connect().await?;
@@ -536,12 +477,24 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     let bus_settings: BusSettings = Settings::load()?.bus;
     println!("bus settings: {}", serde_json::to_string(&bus_settings)?);
     let bus = CommandBus::with_settings(js.clone(), Upcasters::default(), bus_settings);
+    let committer = bus.committer().await?;
+    let cycle_reading = || {
+        committer
+            .as_ref()
+            .map(|c| c.stats().cycle())
+            .unwrap_or_default()
+    };
     let mut store_64 = Figures::default();
+    let mut store_cycle_64 = Cycle::default();
     for (run, committers) in [(1u64, 1usize), (2, 16), (3, 64), (4, 256)] {
+        let before = cycle_reading();
         let f = store_stage(&bus, run, committers, 0.0, None, d).await;
         line(&format!("store, {committers} committers"), &f, raw_seq);
+        let cycle = Cycle::between(before, cycle_reading());
+        cycle.print();
         if committers == 64 {
             store_64 = f;
+            store_cycle_64 = cycle;
         }
     }
     let contended = store_stage(&bus, 5, 64, 0.10, None, d).await;
@@ -569,18 +522,21 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     // The write path alone, as built (one stream) and sharded by aggregate over two streams.
     let group = bus.settings().group_commit.clone().unwrap_or_default();
     let group = &group;
-    let sharded_1 = sharded_committers(&raw_client, group, (64, 1), d).await?;
+    let (sharded_1, committer_cycle_64) =
+        sharded_committers(&raw_client, group, (64, 1), d).await?;
     line(
         "group committer, 64 committers, 1 stream",
         &sharded_1,
         raw_seq,
     );
-    let sharded_2 = sharded_committers(&raw_client, group, (64, 2), d).await?;
+    committer_cycle_64.print();
+    let (sharded_2, cycle_2) = sharded_committers(&raw_client, group, (64, 2), d).await?;
     line(
         "group committer, 64 committers, 2 streams",
         &sharded_2,
         raw_seq,
     );
+    cycle_2.print();
 
     // 3. HTTP: the whole service (user API, projectors, process manager) in this process, on a
     // nats-server and a PostgreSQL of its own. A fresh log: the store stages above left about a
@@ -715,8 +671,18 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         ratio(many.per_second, http_beside),
     );
     println!(
-        "{}",
-        json!({
+        "the store's floor: raw checked batches of 64 shaped as its commits {raw_shaped:.0} msg/s \
+         = {:.2}× the raw_seq median; the store, 64 committers, is {:.0} % of it (cycle: write \
+         {:.2} ms + turnaround {:.2} ms; the committer alone: {:.2} + {:.2} ms)",
+        ratio(raw_shaped, raw_median),
+        100.0 * ratio(store_64.per_second, raw_shaped),
+        store_cycle_64.write_ms,
+        store_cycle_64.turnaround_ms,
+        committer_cycle_64.write_ms,
+        committer_cycle_64.turnaround_ms,
+    );
+    // Two objects merged: one `json!` of every key is past the macro's recursion limit.
+    let mut summary = json!({
             "bench": "commands",
             "raw_seq_ps": raw_median.round(),
             "raw_seq_samples_ps": raw_seqs.to_json(),
@@ -726,9 +692,21 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             "raw_batch64_ps_2": raw_b64_2.round(),
             "raw_batch64_ps_2_streams": raw_b64_2s.round(),
             "raw_batch64_ps_4_streams": raw_b64_4s.round(),
+            "raw_batch32_ps_2_streams": raw_b32_2s.round(),
+            "raw_batch16_ps_4_streams": raw_b16_4s.round(),
+            "raw_checked64_ps": raw_checked.round(),
+            "raw_shaped64_ps": raw_shaped.round(),
+            "raw_shaped64_over_raw_seq": ratio(raw_shaped, raw_median),
+            "store_ps_64_over_raw_shaped": ratio(store_64.per_second, raw_shaped),
+    });
+    let rest = json!({
             "store_ps_64": store_64.per_second.round(),
             "store_p99_ms_64": store_64.p99_ms,
             "store_p50_ms_64": store_64.p50_ms,
+            "store_write_ms_64": store_cycle_64.write_ms,
+            "store_turnaround_ms_64": store_cycle_64.turnaround_ms,
+            "committer_write_ms_64": committer_cycle_64.write_ms,
+            "committer_turnaround_ms_64": committer_cycle_64.turnaround_ms,
             "store_ps_64_contended": contended.per_second.round(),
             "store_p99_ms_64_half_load": half.p99_ms,
             "store_ps_64_over_raw_seq": ratio(store_64.per_second, raw_median),
@@ -754,7 +732,10 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             "pg_es_p50_ms_64": pg_many.p50_ms,
             "pg_es_ps_64": pg_many.per_second.round(),
             "load_average": load_average(),
-        })
-    );
+    });
+    if let (Some(all), Value::Object(rest)) = (summary.as_object_mut(), rest) {
+        all.extend(rest);
+    }
+    println!("{summary}");
     Ok(())
 }

@@ -133,6 +133,13 @@ pub struct GroupCommitStats {
     pub writes: AtomicU64,
     /// Their summed round trips (send → ack), microseconds.
     pub write_micros: AtomicU64,
+    /// Writes sent after the committer had none in flight (each ends one turnaround).
+    pub turnarounds: AtomicU64,
+    /// Their summed turnarounds, microseconds: from the moment the committer's last write in
+    /// flight settled (its appends answered) to the next write's send. Under closed-loop clients
+    /// this is the time the clients take to come back with their next appends, plus the
+    /// linger; under an open loop it also counts the idle time between bursts.
+    pub turnaround_micros: AtomicU64,
 }
 
 impl GroupCommitStats {
@@ -140,6 +147,23 @@ impl GroupCommitStats {
     pub fn mean_write_ms(&self) -> f64 {
         let n = self.writes.load(Ordering::Relaxed).max(1);
         self.write_micros.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0
+    }
+
+    /// The mean turnaround (see [`GroupCommitStats::turnaround_micros`]), milliseconds.
+    pub fn mean_turnaround_ms(&self) -> f64 {
+        let n = self.turnarounds.load(Ordering::Relaxed).max(1);
+        self.turnaround_micros.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0
+    }
+
+    /// `(writes, write_micros, turnarounds, turnaround_micros)`: the counters of the write cycle
+    /// (subtract two readings for the cycle of a stretch of time).
+    pub fn cycle(&self) -> (u64, u64, u64, u64) {
+        (
+            self.writes.load(Ordering::Relaxed),
+            self.write_micros.load(Ordering::Relaxed),
+            self.turnarounds.load(Ordering::Relaxed),
+            self.turnaround_micros.load(Ordering::Relaxed),
+        )
     }
 
     /// `(single_writes, batches, batched_commits, failed_batches, known_stale)`.

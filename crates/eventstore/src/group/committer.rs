@@ -136,6 +136,8 @@ impl Worker {
         // back). Plain publishes settle one by one, and a client answered by one may already be
         // back in the queue when the next settles, so they set no expectation.
         let mut expected = 0usize;
+        // When the last write in flight settled (the start of a turnaround).
+        let mut idle_since: Option<std::time::Instant> = None;
         let mut open = true;
         loop {
             if !open && queue.is_empty() && in_flight.is_empty() {
@@ -188,6 +190,9 @@ impl Worker {
                     // Pick up whatever arrived meanwhile.
                     while let Ok(job) = rx.try_recv() {
                         queue.push_back(job);
+                    }
+                    if in_flight.is_empty() {
+                        idle_since = Some(std::time::Instant::now());
                     }
                 }
             }
@@ -273,6 +278,12 @@ impl Worker {
                 }
                 slots += 1;
                 expected = 0;
+                if let Some(since) = idle_since.take() {
+                    self.stats.turnarounds.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .turnaround_micros
+                        .fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
                 busy = batch.len() >= self.settings.min_batch.max(2);
                 in_flight.extend(self.write(batch));
             }

@@ -18,7 +18,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::{drive_http, figures, Figures, Served, BODY_BYTES};
+use super::{drive_http, figures, Cycle, Figures, Served, BODY_BYTES};
 
 /// The most streams a raw baseline spreads its batches over.
 const RAW_STREAMS: usize = 4;
@@ -143,6 +143,67 @@ pub(super) async fn raw_batches(
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Atomic batches of 64 messages on one loop, each message carrying what a command's commit
+/// carries for JetStream to check: a fresh dedup id (`Nats-Msg-Id`) and the expected last
+/// sequence of its subject (64 subjects, one per position in the batch, their last sequences
+/// taken from the previous batch's ack). With `template` (headers, body) every message is shaped
+/// as that message (the store's commit of a command); without, a bare 200-byte body. The
+/// server's batch path with the checks a commit needs, with no committer or command bus around
+/// it: messages/s.
+pub(super) async fn raw_checked_batches(
+    client: &async_nats::Client,
+    template: Option<&(HeaderMap, bytes::Bytes)>,
+    d: Duration,
+) -> anyhow::Result<f64> {
+    const SIZE: u64 = 64;
+    let (base_headers, body) = match template {
+        Some((h, b)) => (h.clone(), b.clone()),
+        None => (HeaderMap::new(), bytes::Bytes::from(vec![b'x'; BODY_BYTES])),
+    };
+    let prefix = uuid::Uuid::now_v7().simple().to_string();
+    let root = raw_root(0);
+    let mut last = [0u64; SIZE as usize];
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut batch = 0u64;
+    while start.elapsed() < d {
+        batch += 1;
+        let id = format!("checked-{prefix}-{batch}");
+        for i in 1..=SIZE {
+            let mut h = base_headers.clone();
+            h.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                uuid::Uuid::now_v7().to_string().as_str(),
+            );
+            h.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                last[(i - 1) as usize].to_string().as_str(),
+            );
+            h.insert(NATS_BATCH_ID, id.as_str());
+            h.insert(NATS_BATCH_SEQUENCE, i.to_string().as_str());
+            let subject = format!("{root}.checked.{prefix}.{i}");
+            if i < SIZE {
+                client
+                    .publish_with_headers(subject, h, body.clone())
+                    .await?;
+            } else {
+                h.insert(NATS_BATCH_COMMIT, "1");
+                let reply = client
+                    .request_with_headers(subject, h, body.clone())
+                    .await?;
+                let ack: Value = serde_json::from_slice(&reply.payload)?;
+                anyhow::ensure!(ack.get("error").is_none(), "batch failed: {ack}");
+                let seq = ack.get("seq").and_then(Value::as_u64).context("ack seq")?;
+                for (k, l) in last.iter_mut().enumerate() {
+                    *l = seq + 1 - SIZE + k as u64;
+                }
+            }
+        }
+        n += SIZE;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
 /// A stream configured as `EVENTS` is (direct get, dedup window, atomic batches), under its own
 /// `name` and subjects `<root>.>`, and a [`GroupCommitter`] on it with `settings`.
 async fn events_like(
@@ -173,12 +234,13 @@ async fn events_like(
 /// on `streams` streams (`SHARDBENCH<k>`, subjects `sb<k>.>`) by aggregate, one
 /// [`GroupCommitter`] per stream with the bus's settings: commits/s. With `streams` 1 it is the
 /// store's write path as built; with 2 it is that of a command store sharded by aggregate.
+/// Returns the figures and the committers' mean write cycle.
 pub(super) async fn sharded_committers(
     client: &async_nats::Client,
     settings: &GroupCommitSettings,
     (committers, streams): (usize, usize),
     d: Duration,
-) -> anyhow::Result<Figures> {
+) -> anyhow::Result<(Figures, Cycle)> {
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut lanes = Vec::new();
     for k in 0..streams.max(1) {
@@ -238,11 +300,15 @@ pub(super) async fn sharded_committers(
         all.extend(t.await?);
     }
     let n = all.len() as u64;
-    Ok(figures(
-        n,
-        start.elapsed(),
-        all,
-        errors.load(Ordering::Relaxed),
+    let elapsed = start.elapsed();
+    // Every lane's counters summed: the committers started with this stage.
+    let cycle = lanes.iter().fold((0, 0, 0, 0), |sum, (_, c)| {
+        let (a, b, e, f) = c.stats().cycle();
+        (sum.0 + a, sum.1 + b, sum.2 + e, sum.3 + f)
+    });
+    Ok((
+        figures(n, elapsed, all, errors.load(Ordering::Relaxed)),
+        Cycle::between((0, 0, 0, 0), cycle),
     ))
 }
 
