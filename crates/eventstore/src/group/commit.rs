@@ -133,12 +133,13 @@ pub struct GroupCommitStats {
     pub writes: AtomicU64,
     /// Their summed round trips (send → ack), microseconds.
     pub write_micros: AtomicU64,
-    /// Writes sent after the committer had none in flight (each ends one turnaround).
+    /// Writes sent after the committer had none in flight whose first append came within the
+    /// linger (at least 1 ms) of the last write settling: each ends one turnaround. (A write
+    /// whose appends came later ends an idle stretch, not counted.)
     pub turnarounds: AtomicU64,
     /// Their summed turnarounds, microseconds: from the moment the committer's last write in
     /// flight settled (its appends answered) to the next write's send. Under closed-loop clients
-    /// this is the time the clients take to come back with their next appends, plus the
-    /// linger; under an open loop it also counts the idle time between bursts.
+    /// this is the time the clients take to come back with their next appends, plus the linger.
     pub turnaround_micros: AtomicU64,
 }
 

@@ -83,6 +83,7 @@ impl GroupCommitter {
                 commit,
                 reply,
                 failures: 0,
+                queued: std::time::Instant::now(),
             })
             .await
             .map_err(|_| CommitError("the group committer stopped".into()))?;
@@ -279,10 +280,17 @@ impl Worker {
                 slots += 1;
                 expected = 0;
                 if let Some(since) = idle_since.take() {
-                    self.stats.turnarounds.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .turnaround_micros
-                        .fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    // A turnaround when the writers came back at once (an append of this write
+                    // was queued within the linger, at least 1 ms, of the settle); a later first
+                    // append means the committer sat idle.
+                    let window = self.settings.linger.max(std::time::Duration::from_millis(1));
+                    let first = batch.iter().map(|job| job.queued).min();
+                    if first.is_some_and(|first| first <= since + window) {
+                        self.stats.turnarounds.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .turnaround_micros
+                            .fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    }
                 }
                 busy = batch.len() >= self.settings.min_batch.max(2);
                 in_flight.extend(self.write(batch));

@@ -21,6 +21,8 @@ pub(super) struct Job {
     pub(super) reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
     /// Batches this commit was part of that failed (at 2, it goes out as a plain publish).
     pub(super) failures: u32,
+    /// When it was handed to the committer.
+    pub(super) queued: std::time::Instant,
 }
 
 pub(super) enum WriteResult {
