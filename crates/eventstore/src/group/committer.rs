@@ -283,7 +283,10 @@ impl Worker {
                     // A turnaround when the writers came back at once (an append of this write
                     // was queued within the linger, at least 1 ms, of the settle); a later first
                     // append means the committer sat idle.
-                    let window = self.settings.linger.max(std::time::Duration::from_millis(1));
+                    let window = self
+                        .settings
+                        .linger
+                        .max(std::time::Duration::from_millis(1));
                     let first = batch.iter().map(|job| job.queued).min();
                     if first.is_some_and(|first| first <= since + window) {
                         self.stats.turnarounds.fetch_add(1, Ordering::Relaxed);
