@@ -64,6 +64,22 @@ fn figures(count: u64, elapsed: Duration, mut micros: Vec<u64>, errors: u64) -> 
     }
 }
 
+/// Lets the stage's closed-loop `tasks` run for `d`, then raises `stop` and gathers the
+/// latencies (µs) they recorded.
+async fn stop_after(
+    d: Duration,
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<Vec<u64>>>,
+) -> Vec<u64> {
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    all
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -361,12 +377,7 @@ async fn drive_http(
             micros
         }));
     }
-    tokio::time::sleep(d).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap_or_default());
-    }
+    let all = stop_after(d, &stop, tasks).await;
     let n = all.len() as u64;
     Ok(figures(
         n,

@@ -53,6 +53,38 @@ pub(super) async fn raw_stream(js: &jetstream::Context) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Publishes `messages` (subject, headers; at least one) with `body` as atomic batch `batch_id`
+/// (the batch headers added here, the last message committing it) and returns its ack.
+///
+/// # Errors
+/// When a publish fails, the ack is not JSON, or the batch was refused.
+async fn send_atomic_batch(
+    client: &async_nats::Client,
+    messages: impl ExactSizeIterator<Item = (String, HeaderMap)>,
+    body: &bytes::Bytes,
+    batch_id: &str,
+) -> anyhow::Result<Value> {
+    let size = messages.len();
+    for (i, (subject, mut h)) in messages.enumerate() {
+        h.insert(NATS_BATCH_ID, batch_id);
+        h.insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+        if i + 1 < size {
+            client
+                .publish_with_headers(subject, h, body.clone())
+                .await?;
+        } else {
+            h.insert(NATS_BATCH_COMMIT, "1");
+            let reply = client
+                .request_with_headers(subject, h, body.clone())
+                .await?;
+            let ack: Value = serde_json::from_slice(&reply.payload)?;
+            anyhow::ensure!(ack.get("error").is_none(), "batch failed: {ack}");
+            return Ok(ack);
+        }
+    }
+    anyhow::bail!("an atomic batch needs at least one message")
+}
+
 /// Sequential publish-and-await: messages/s.
 pub(super) async fn raw_sequential(js: &jetstream::Context, d: Duration) -> anyhow::Result<f64> {
     let body = bytes::Bytes::from(vec![b'x'; BODY_BYTES]);
@@ -112,24 +144,9 @@ pub(super) async fn raw_batches(
                 while start.elapsed() < d {
                     batch += 1;
                     let id = format!("bench-{prefix}-{l}-{batch}");
-                    for i in 1..=size {
-                        let mut h = HeaderMap::new();
-                        h.insert(NATS_BATCH_ID, id.as_str());
-                        h.insert(NATS_BATCH_SEQUENCE, i.to_string().as_str());
-                        let subject = format!("{}.batch.{}", root, i % 64);
-                        if i < size {
-                            client
-                                .publish_with_headers(subject, h, body.clone())
-                                .await?;
-                        } else {
-                            h.insert(NATS_BATCH_COMMIT, "1");
-                            let reply = client
-                                .request_with_headers(subject, h, body.clone())
-                                .await?;
-                            let ack: Value = serde_json::from_slice(&reply.payload)?;
-                            anyhow::ensure!(ack.get("error").is_none(), "batch failed: {ack}");
-                        }
-                    }
+                    let messages = (1..size as usize + 1)
+                        .map(|i| (format!("{root}.batch.{}", i % 64), HeaderMap::new()));
+                    send_atomic_batch(&client, messages, &body, &id).await?;
                     n += size;
                 }
                 anyhow::Ok(n)
@@ -169,7 +186,7 @@ pub(super) async fn raw_checked_batches(
     while start.elapsed() < d {
         batch += 1;
         let id = format!("checked-{prefix}-{batch}");
-        for i in 1..=SIZE {
+        let messages = last.iter().enumerate().map(|(k, last)| {
             let mut h = base_headers.clone();
             h.insert(
                 async_nats::header::NATS_MESSAGE_ID,
@@ -177,27 +194,14 @@ pub(super) async fn raw_checked_batches(
             );
             h.insert(
                 async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                last[(i - 1) as usize].to_string().as_str(),
+                last.to_string().as_str(),
             );
-            h.insert(NATS_BATCH_ID, id.as_str());
-            h.insert(NATS_BATCH_SEQUENCE, i.to_string().as_str());
-            let subject = format!("{root}.checked.{prefix}.{i}");
-            if i < SIZE {
-                client
-                    .publish_with_headers(subject, h, body.clone())
-                    .await?;
-            } else {
-                h.insert(NATS_BATCH_COMMIT, "1");
-                let reply = client
-                    .request_with_headers(subject, h, body.clone())
-                    .await?;
-                let ack: Value = serde_json::from_slice(&reply.payload)?;
-                anyhow::ensure!(ack.get("error").is_none(), "batch failed: {ack}");
-                let seq = ack.get("seq").and_then(Value::as_u64).context("ack seq")?;
-                for (k, l) in last.iter_mut().enumerate() {
-                    *l = seq + 1 - SIZE + k as u64;
-                }
-            }
+            (format!("{root}.checked.{prefix}.{k}"), h)
+        });
+        let ack = send_atomic_batch(client, messages, &body, &id).await?;
+        let seq = ack.get("seq").and_then(Value::as_u64).context("ack seq")?;
+        for (k, l) in last.iter_mut().enumerate() {
+            *l = seq + 1 - SIZE + k as u64;
         }
         n += SIZE;
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use domain::{AccountCommand, CounselorAccount};
 use eventstore::{Actor, CommandBus, CommandMeta};
 
-use super::{figures, Figures};
+use super::{figures, stop_after, Figures};
 
 /// A group committer's write cycle over one stage: the mean round trip of a write and the mean
 /// turnaround (from the last write in flight settling to the next write's send), milliseconds.
@@ -146,12 +146,7 @@ pub(super) async fn store_stage(
             micros
         }));
     }
-    tokio::time::sleep(d).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap_or_default());
-    }
+    let all = stop_after(d, &stop, tasks).await;
     let elapsed = start.elapsed();
     figures(
         count.load(Ordering::Relaxed),
