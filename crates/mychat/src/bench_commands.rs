@@ -94,7 +94,8 @@ mod postgres_es;
 mod raw_seq;
 mod store;
 use baselines::{
-    http_floors, raw_batches, raw_checked_batches, raw_pipelined, raw_stream, sharded_committers,
+    checked_floor_beside, http_floors, raw_batches, raw_checked_batches, raw_pipelined, raw_stream,
+    sharded_committers,
 };
 use raw_seq::{mean, ratio, RawSeqSamples};
 use store::{header_bytes, store_message, store_stage, Cycle};
@@ -497,32 +498,31 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     };
     let mut store_64 = Figures::default();
     let mut store_cycle_64 = Cycle::default();
-    // The store's floor sampled just before and just after its 64-committer stage (the disk's
-    // speed moves within minutes): the ratio of the stage to the mean of the two.
-    let mut shaped_beside = Vec::new();
+    let mut shaped_beside = 0.0;
     for (run, committers) in [(1u64, 1usize), (2, 16), (3, 64), (4, 256)] {
+        let stage = async {
+            let before = cycle_reading();
+            let f = store_stage(&bus, run, committers, 0.0, None, d).await;
+            line(&format!("store, {committers} committers"), &f, raw_seq);
+            let cycle = Cycle::between(before, cycle_reading());
+            cycle.print();
+            anyhow::Ok((f, cycle))
+        };
         if committers == 64 {
-            shaped_beside.push(raw_checked_batches(&raw_client, Some(&template), d).await?);
-        }
-        let before = cycle_reading();
-        let f = store_stage(&bus, run, committers, 0.0, None, d).await;
-        line(&format!("store, {committers} committers"), &f, raw_seq);
-        let cycle = Cycle::between(before, cycle_reading());
-        cycle.print();
-        if committers == 64 {
-            store_64 = f;
-            store_cycle_64 = cycle;
-            shaped_beside.push(raw_checked_batches(&raw_client, Some(&template), d).await?);
-            println!(
-                "  raw checked batches of 64 shaped as its commits, before and after: {:.0} and \
-                 {:.0} msg/s; the store is {:.0} % of their mean",
-                shaped_beside[0],
-                shaped_beside[1],
-                100.0 * ratio(f.per_second, mean(&shaped_beside))
-            );
+            // The stage against its floor sampled beside it.
+            ((store_64, store_cycle_64), shaped_beside) = checked_floor_beside(
+                &raw_client,
+                Some(&template),
+                d,
+                "the store",
+                stage,
+                |(f, _)| f.per_second,
+            )
+            .await?;
+        } else {
+            stage.await?;
         }
     }
-    let shaped_beside = mean(&shaped_beside);
     let contended = store_stage(&bus, 5, 64, 0.10, None, d).await;
     line("store, 64 committers, 10% contended", &contended, raw_seq);
     let half = store_stage(&bus, 6, 64, 0.0, Some(store_64.per_second / 2.0), d).await;
@@ -548,24 +548,20 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     // The write path alone, as built (one stream) and sharded by aggregate over two streams.
     let group = bus.settings().group_commit.clone().unwrap_or_default();
     let group = &group;
-    let checked_before = raw_checked_batches(&raw_client, None, d).await?;
-    let (sharded_1, committer_cycle_64) =
-        sharded_committers(&raw_client, group, (64, 1), d).await?;
-    line(
-        "group committer, 64 committers, 1 stream",
-        &sharded_1,
-        raw_seq,
-    );
-    committer_cycle_64.print();
-    let checked_beside = mean(&[
-        checked_before,
-        raw_checked_batches(&raw_client, None, d).await?,
-    ]);
-    println!(
-        "  raw checked batches of 64 (its messages' shape) beside it: {checked_beside:.0} msg/s; \
-         the committer is {:.0} % of it",
-        100.0 * ratio(sharded_1.per_second, checked_beside)
-    );
+    let ((sharded_1, committer_cycle_64), checked_beside) = checked_floor_beside(
+        &raw_client,
+        None,
+        d,
+        "the committer",
+        async {
+            let (f, cycle) = sharded_committers(&raw_client, group, (64, 1), d).await?;
+            line("group committer, 64 committers, 1 stream", &f, raw_seq);
+            cycle.print();
+            anyhow::Ok((f, cycle))
+        },
+        |(f, _)| f.per_second,
+    )
+    .await?;
     let (sharded_2, cycle_2) = sharded_committers(&raw_client, group, (64, 2), d).await?;
     line(
         "group committer, 64 committers, 2 streams",

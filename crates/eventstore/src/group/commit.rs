@@ -150,12 +150,6 @@ impl GroupCommitStats {
         self.write_micros.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0
     }
 
-    /// The mean turnaround (see [`GroupCommitStats::turnaround_micros`]), milliseconds.
-    pub fn mean_turnaround_ms(&self) -> f64 {
-        let n = self.turnarounds.load(Ordering::Relaxed).max(1);
-        self.turnaround_micros.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0
-    }
-
     /// `(writes, write_micros, turnarounds, turnaround_micros)`: the counters of the write cycle
     /// (subtract two readings for the cycle of a stretch of time).
     pub fn cycle(&self) -> (u64, u64, u64, u64) {

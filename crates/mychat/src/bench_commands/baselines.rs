@@ -208,6 +208,33 @@ pub(super) async fn raw_checked_batches(
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Runs `stage` between two samples of [`raw_checked_batches`] (shaped as `template`; the
+/// disk's speed moves within minutes, so a floor is taken beside the stage it is compared with),
+/// prints the samples and `what`'s throughput (`per_second` of the stage's output) as a share of
+/// their mean, and returns the stage's output and that mean, msg/s.
+///
+/// # Errors
+/// When a sample or the stage fails.
+pub(super) async fn checked_floor_beside<T>(
+    client: &async_nats::Client,
+    template: Option<&(HeaderMap, bytes::Bytes)>,
+    d: Duration,
+    what: &str,
+    stage: impl std::future::Future<Output = anyhow::Result<T>>,
+    per_second: impl Fn(&T) -> f64,
+) -> anyhow::Result<(T, f64)> {
+    let before = raw_checked_batches(client, template, d).await?;
+    let out = stage.await?;
+    let after = raw_checked_batches(client, template, d).await?;
+    let floor = (before + after) / 2.0;
+    println!(
+        "  raw checked batches of 64 shaped as its messages, before and after: {before:.0} and \
+         {after:.0} msg/s; {what} is {:.0} % of their mean",
+        100.0 * per_second(&out) / floor.max(f64::MIN_POSITIVE)
+    );
+    Ok((out, floor))
+}
+
 /// A stream configured as `EVENTS` is (direct get, dedup window, atomic batches), under its own
 /// `name` and subjects `<root>.>`, and a [`GroupCommitter`] on it with `settings`.
 async fn events_like(
