@@ -151,6 +151,26 @@ async fn main() -> anyhow::Result<()> {
                     ..Default::default()
                 },
             ),
+            (
+                "batches ≥ 16, 64 in flight",
+                GroupCommitSettings {
+                    max_batch: 1000,
+                    min_batch: 16,
+                    max_in_flight: 64,
+                    linger: Duration::ZERO,
+                    ..Default::default()
+                },
+            ),
+            (
+                "batches ≥ 64, 64 in flight",
+                GroupCommitSettings {
+                    max_batch: 1000,
+                    min_batch: 64,
+                    max_in_flight: 64,
+                    linger: Duration::ZERO,
+                    ..Default::default()
+                },
+            ),
         ]
         .into_iter()
         .enumerate()
