@@ -24,7 +24,7 @@
 //! over what it has as soon as the consumer has nothing more pending: at the head a message is
 //! delivered on its own, without waiting for company.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,11 +104,6 @@ pub struct ReadOptions {
     pub until: ReadUntil,
     /// Most messages in one batch handed to the user.
     pub batch_size: usize,
-    /// Event types whose commits are passed over: a message whose `Mychat-Event-Types` header
-    /// lists only these is read (and its sequence counted) but not handed to the user; how far
-    /// such messages go is [`LogReader::passed_over`]. Empty (the default): every message kept
-    /// by `subjects` is handed over.
-    pub pass_over: &'static [&'static str],
 }
 
 impl ReadOptions {
@@ -121,19 +116,12 @@ impl ReadOptions {
             after,
             until,
             batch_size: 500,
-            pass_over: &[],
         }
     }
 
     /// Only the messages on these subject filters.
     pub fn subjects(mut self, subjects: Vec<String>) -> Self {
         self.subjects = subjects;
-        self
-    }
-
-    /// Pass over the commits made only of these event types ([`ReadOptions::pass_over`]).
-    pub fn pass_over(mut self, event_types: &'static [&'static str]) -> Self {
-        self.pass_over = event_types;
         self
     }
 
@@ -160,9 +148,6 @@ struct Status {
     caught_up: AtomicBool,
     /// Its last attempt to create a consumer or pull failed (it is retrying).
     failing: AtomicBool,
-    /// The highest stream sequence passed over ([`ReadOptions::pass_over`]) at a moment when
-    /// every message kept before it had been sent into the channel (0: none yet).
-    passed_over: AtomicU64,
 }
 
 impl Drop for LogReader {
@@ -222,38 +207,6 @@ impl LogReader {
     /// Whether no batch is waiting to be taken.
     pub fn is_idle(&self) -> bool {
         self.rx.is_empty()
-    }
-
-    /// The highest stream sequence of a message passed over ([`ReadOptions::pass_over`]), 0 when
-    /// none was. It is published only once every message kept before it has been sent into the
-    /// channel, so a user who reads it *first* and then finds the reader [idle](Self::is_idle),
-    /// having applied every batch it took, has accounted for every message up to it. (Read in
-    /// the other order, a batch sent in between could hold a message below it.)
-    pub fn passed_over(&self) -> u64 {
-        self.status.passed_over.load(Ordering::Acquire)
-    }
-}
-
-/// Whether a message with these headers is a commit made only of `event_types` (its
-/// `Mychat-Event-Types` header; a message without one, or with an empty one, is never passed
-/// over).
-fn passes_over(event_types: &[&str], headers: Option<&HeaderMap>) -> bool {
-    if event_types.is_empty() {
-        return false;
-    }
-    match headers.and_then(|h| h.get(crate::envelope::HDR_EVENT_TYPES)) {
-        Some(types) if !types.as_str().is_empty() => {
-            types.as_str().split(',').all(|t| event_types.contains(&t))
-        }
-        _ => false,
-    }
-}
-
-/// Publishes `passed` as [`LogReader::passed_over`] if the reader's unsent batch is empty (every
-/// message kept before it has gone into the channel).
-fn publish_passed(status: &Status, batch: &[LogEntry], passed: u64) {
-    if batch.is_empty() && passed > status.passed_over.load(Ordering::Relaxed) {
-        status.passed_over.store(passed, Ordering::Release);
     }
 }
 
@@ -337,8 +290,6 @@ async fn read(
     let batch_size = options.batch_size.max(1);
     // The last stream sequence read: a re-created consumer starts after it.
     let mut last = options.after;
-    // The last stream sequence passed over (published once the unsent batch is empty).
-    let mut passed = 0u64;
     let mut batch: Vec<LogEntry> = Vec::with_capacity(batch_size.min(PULL_BATCH));
     // Consumers re-created in a row without reading anything.
     let mut retries = 0u32;
@@ -378,14 +329,10 @@ async fn read(
                 &consumer,
                 follow,
                 until,
-                Position {
-                    last: &mut last,
-                    passed: &mut passed,
-                },
+                &mut last,
                 &mut batch,
                 batch_size,
                 &keeps,
-                options.pass_over,
                 tx,
                 status,
                 &js.client(),
@@ -424,7 +371,6 @@ async fn read(
         if !batch.is_empty() && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
             return Ok(());
         }
-        publish_passed(status, &batch, passed);
         if follow {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -465,22 +411,15 @@ async fn wait_next(
     }
 }
 
-/// Where a reader is: the last stream sequence read, and the last one passed over.
-struct Position<'a> {
-    last: &'a mut u64,
-    passed: &'a mut u64,
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn read_consumer(
     consumer: &jetstream::consumer::Consumer<pull::Config>,
     follow: bool,
     until: ReadUntil,
-    position: Position<'_>,
+    last: &mut u64,
     batch: &mut Vec<LogEntry>,
     batch_size: usize,
     keeps: &impl Fn(&str) -> bool,
-    pass_over: &[&str],
     tx: &mpsc::Sender<Result<Vec<LogEntry>, ReadError>>,
     status: &Status,
     client: &async_nats::Client,
@@ -491,7 +430,6 @@ async fn read_consumer(
             return Read::Done;
         }
     }
-    let Position { last, passed } = position;
     // The consumer sequence of the last message this consumer delivered.
     let mut delivered = 0u64;
     loop {
@@ -521,7 +459,6 @@ async fn read_consumer(
                     {
                         return Read::Done;
                     }
-                    publish_passed(status, batch, *passed);
                     match wait_next(&mut messages, client).await {
                         Ok(next) => next,
                         Err(why) => {
@@ -563,12 +500,7 @@ async fn read_consumer(
             .unwrap_or_default();
             *last = stream_sequence;
             let message = m.message;
-            // An unfiltered consumer also reads other subjects: not the user's.
-            let kept = keeps(message.subject.as_str());
-            if kept && passes_over(pass_over, message.headers.as_ref()) {
-                *passed = stream_sequence;
-                publish_passed(status, batch, *passed);
-            } else if kept {
+            if keeps(message.subject.as_str()) {
                 batch.push(LogEntry {
                     stream_sequence,
                     subject: message.subject.to_string(),
@@ -581,7 +513,6 @@ async fn read_consumer(
                 {
                     return Read::Done;
                 }
-                publish_passed(status, batch, *passed);
             }
             if pending == 0 {
                 status.caught_up.store(true, Ordering::Relaxed);

@@ -15,7 +15,7 @@ use super::checkpoint::{
     checkpoint_cas, checkpoint_in, checkpoint_subject, moved_under_worker, IGNORED_CHECKPOINT_EVERY,
 };
 use super::projection::{LogMessage, Projection};
-use super::reader::{follow, ProjectionReader};
+use super::reader::follow;
 use super::schema::LIVE_SCHEMA;
 
 /// Runtime settings.
@@ -58,19 +58,6 @@ pub struct Projector {
     pub nats: async_nats::Client,
     pub projection: Arc<dyn Projection>,
     pub settings: ProjectorSettings,
-}
-
-/// Moves `read_to` past the messages `reader` passed over (all of their event types ignored),
-/// when every batch it handed over before them has been applied: called between batches, with
-/// no batch carried. Returns whether it moved.
-fn catch_up_passed_over(reader: &ProjectionReader, read_to: &mut u64) -> bool {
-    // First the position, then the channel (see `eventstore::LogReader::passed_over`).
-    let passed = reader.passed_over();
-    if passed > *read_to && reader.is_idle() {
-        *read_to = passed;
-        return true;
-    }
-    false
 }
 
 /// The advisory-lock key of `name` in `schema`: `hashtextextended('mychat.projection:<name>@<schema>', 0)`.
@@ -256,15 +243,12 @@ impl Projector {
             .await
             .map_err(BatchError::Transient)?;
         let skips = load_skips(&js, name).await.map_err(BatchError::Transient)?;
-        // The reader passes over the commits this projection ignores (no wake-up, no batch, no
-        // announcement each); the heartbeat moves the checkpoint past them.
         let mut reader = follow(
             js.clone(),
             self.projection.stream(),
             self.projection.subjects(),
             position,
             self.settings.batch_size,
-            self.projection.ignores(),
         );
         let _ = self.set_status("running", None, None).await;
         tracing::info!(projection = name, position, schema, "projector started");
@@ -287,9 +271,6 @@ impl Projector {
                     _ = heartbeat.tick() => {
                         // Still the active worker? (The lock dies with its connection.)
                         sqlx::query("SELECT 1").execute(&mut lock).await?;
-                        if catch_up_passed_over(&reader, &mut read_to) {
-                            self.announce(read_to).await;
-                        }
                         if read_to > position {
                             position = self.move_checkpoint(position, read_to).await?;
                             persisted = tokio::time::Instant::now();
@@ -298,7 +279,6 @@ impl Projector {
                     }
                     _ = shutdown.cancelled() => {
                         // Best effort: ignored messages need not be read again.
-                        catch_up_passed_over(&reader, &mut read_to);
                         if read_to > position {
                             let _ = self.move_checkpoint(position, read_to).await;
                         }

@@ -30,12 +30,6 @@ impl ProjectionReader {
     pub fn is_idle(&self) -> bool {
         self.inner.is_idle()
     }
-
-    /// How far the messages the reader passed over go (stream sequence, 0: none); see
-    /// [`eventstore::LogReader::passed_over`] for the order to read it in.
-    pub fn passed_over(&self) -> u64 {
-        self.inner.passed_over()
-    }
 }
 
 fn convert(
@@ -84,24 +78,20 @@ pub fn spawn_reader(
 }
 
 /// A reader that follows `subjects` of `stream` from `from + 1` forever: the live projectors'.
-/// At the head a message is handed over as soon as it is read. Commits made only of the event
-/// types in `pass_over` (the projection's [ignored](super::Projection::ignores) ones) are not
-/// handed over at all: [`ProjectionReader::passed_over`] tells how far they go.
+/// At the head a message is handed over as soon as it is read.
 pub fn follow(
     js: jetstream::Context,
     stream: &'static str,
     subjects: Vec<String>,
     from: u64,
     batch_size: usize,
-    pass_over: &'static [&'static str],
 ) -> ProjectionReader {
     ProjectionReader {
         inner: eventstore::LogReader::spawn(
             js,
             ReadOptions::new(stream, from, ReadUntil::Follow)
                 .subjects(subjects)
-                .batch_size(batch_size)
-                .pass_over(pass_over),
+                .batch_size(batch_size),
         ),
     }
 }
