@@ -123,6 +123,127 @@ async fn a_worker_killed_mid_batch_applies_no_event_twice() {
     );
 }
 
+/// Records the order cancellations it applies and ignores placements. It reads two subjects, so
+/// its consumer is unfiltered and its reader keeps its subjects client side.
+struct Cancellations;
+
+#[async_trait]
+impl Projection for Cancellations {
+    fn name(&self) -> &'static str {
+        "cancellations"
+    }
+    fn subjects(&self) -> Vec<String> {
+        vec!["ev.order.>".into(), "ev.wallet.>".into()]
+    }
+    fn ignores(&self) -> &'static [&'static str] {
+        &["OrderPlaced"]
+    }
+    async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            message.event_types.as_deref() == Some("OrderCancelled"),
+            "handed a commit it ignores: {:?} at {}",
+            message.event_types,
+            message.stream_sequence
+        );
+        sqlx::query("INSERT INTO cancelled (seq) VALUES ($1)")
+            .bind(message.stream_sequence as i64)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A live projector applies every commit it does not ignore once, in order, never hands an
+/// ignored one to the projection, and its checkpoint still reaches a head made of ignored
+/// commits: nothing after them would carry it there.
+#[tokio::test]
+async fn a_live_projector_applies_what_it_does_not_ignore_once_and_passes_the_rest() {
+    let nats = NatsServer::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    MIGRATOR.run(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE cancelled (seq BIGINT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let client = nats.connect().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_streams(&js, &StreamSettings::default())
+        .await
+        .unwrap();
+    let bus = CommandBus::new(js, Upcasters::default());
+    // Some history before the projector starts, the rest while it follows the head.
+    let mut cancellations = Vec::new();
+    let commit = |id: i64| {
+        let bus = bus.clone();
+        // A command id of its own.
+        let meta = CommandMeta::new(Actor::user(7));
+        async move {
+            place(&bus, id).await;
+            if id % 10 == 0 {
+                let cancel = OrderCommand::Cancel {
+                    cancelled_by: 7,
+                    reason: "changed my mind".into(),
+                    cancelled_at: chrono::Utc::now(),
+                };
+                let committed = bus
+                    .execute::<Order>(&id.to_string(), cancel, &meta)
+                    .await
+                    .unwrap();
+                return committed.stream_sequence;
+            }
+            None
+        }
+    };
+    for id in 1..=50 {
+        cancellations.extend(commit(id).await);
+    }
+    let shutdown = CancellationToken::new();
+    let projector = Projector {
+        pool: pool.clone(),
+        nats: client.clone(),
+        projection: Arc::new(Cancellations),
+        settings: ProjectorSettings {
+            batch_size: 7,
+            synchronous_commit: false,
+            ..Default::default()
+        },
+    };
+    let worker = tokio::spawn(projector.run(shutdown.clone()));
+    for id in 51..=205 {
+        cancellations.extend(commit(id).await);
+        if id % 25 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The log ends with placements 201..=205, which the projection ignores.
+    let head = js_head(&client).await;
+    assert!(head > *cancellations.last().unwrap());
+    wait_for_checkpoint(&pool, "cancellations", head).await;
+    shutdown.cancel();
+    worker.await.unwrap();
+
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT seq FROM cancelled ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let expected: Vec<i64> = cancellations.iter().map(|&s| s as i64).collect();
+    assert_eq!(cancellations.len(), 20, "cancellations committed");
+    assert_eq!(applied.len(), 20);
+    assert_eq!(
+        applied, expected,
+        "every cancellation applied once, no placement"
+    );
+    assert_eq!(checkpoint(&pool, "cancellations").await.unwrap(), head);
+}
+
+/// The last stream sequence of `EVENTS`.
+async fn js_head(client: &async_nats::Client) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream(eventstore::EVENTS_STREAM).await.unwrap();
+    stream.info().await.unwrap().state.last_sequence
+}
+
 #[tokio::test]
 async fn two_workers_on_one_projection_build_the_same_read_model_as_one() {
     let nats = NatsServer::start().unwrap();
