@@ -158,20 +158,12 @@ impl Projection for Cancellations {
 /// commits: nothing after them would carry it there.
 #[tokio::test]
 async fn a_live_projector_applies_what_it_does_not_ignore_once_and_passes_the_rest() {
-    let nats = NatsServer::start().unwrap();
-    let pg = Postgres::start().unwrap();
-    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
-    MIGRATOR.run(&pool).await.unwrap();
+    let env = common::env().await;
+    let (pool, client, bus) = (&env.pool, &env.client, &env.bus);
     sqlx::query("CREATE TABLE cancelled (seq BIGINT NOT NULL)")
-        .execute(&pool)
+        .execute(pool)
         .await
         .unwrap();
-    let client = nats.connect().await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    ensure_streams(&js, &StreamSettings::default())
-        .await
-        .unwrap();
-    let bus = CommandBus::new(js, Upcasters::default());
     // Some history before the projector starts, the rest while it follows the head.
     let mut cancellations = Vec::new();
     let commit = |id: i64| {
@@ -217,14 +209,14 @@ async fn a_live_projector_applies_what_it_does_not_ignore_once_and_passes_the_re
         }
     }
     // The log ends with placements 201..=205, which the projection ignores.
-    let head = js_head(&client).await;
+    let head = js_head(client).await;
     assert!(head > *cancellations.last().unwrap());
-    wait_for_checkpoint(&pool, "cancellations", head).await;
+    wait_for_checkpoint(pool, "cancellations", head).await;
     shutdown.cancel();
     worker.await.unwrap();
 
     let applied: Vec<i64> = sqlx::query_scalar("SELECT seq FROM cancelled ORDER BY seq")
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await
         .unwrap();
     let expected: Vec<i64> = cancellations.iter().map(|&s| s as i64).collect();
@@ -234,7 +226,7 @@ async fn a_live_projector_applies_what_it_does_not_ignore_once_and_passes_the_re
         applied, expected,
         "every cancellation applied once, no placement"
     );
-    assert_eq!(checkpoint(&pool, "cancellations").await.unwrap(), head);
+    assert_eq!(checkpoint(pool, "cancellations").await.unwrap(), head);
 }
 
 /// The last stream sequence of `EVENTS`.
