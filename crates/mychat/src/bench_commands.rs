@@ -98,7 +98,7 @@ use baselines::{
     sharded_committers,
 };
 use raw_seq::{mean, ratio, RawSeqSamples};
-use store::{header_bytes, store_message, store_stage, Cycle};
+use store::{header_bytes, print_cycle, store_message, store_stage};
 
 /// `committers` tasks placing new orders (`Order::Place` on a fresh aggregate each time, with
 /// [`CommandBus::execute_new`]: no load, a commit expecting an empty subject), the command
@@ -424,22 +424,10 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     let raw_pipe = raw_pipelined(&raw_js, d).await?;
     println!("raw pipelined (256 in flight)      {raw_pipe:>9.0}/s");
     let raw_batch = raw_batches(&raw_client, 100, (1, 1), d).await?;
-    println!(
-        "raw atomic batches of 100          {raw_batch:>9.0} msg/s  ({:.2} ms per batch)",
-        100_000.0 / raw_batch
-    );
     // The ceiling of 64 closed-loop committers: batches of 64 (what they can fill), one or two
     // in flight.
     let raw_b64_1 = raw_batches(&raw_client, 64, (1, 1), d).await?;
-    println!(
-        "raw atomic batches of 64, 1 loop   {raw_b64_1:>9.0} msg/s  ({:.2} ms per batch)",
-        64_000.0 / raw_b64_1
-    );
     let raw_b64_2 = raw_batches(&raw_client, 64, (2, 1), d).await?;
-    println!(
-        "raw atomic batches of 64, 2 loops  {raw_b64_2:>9.0} msg/s  ({:.2} ms per batch)",
-        2.0 * 64_000.0 / raw_b64_2
-    );
     // The same batches with the checks a commit carries (a dedup id, an expected last subject
     // sequence), bare and shaped as the store's commits: the floor of the store's write.
     let raw_checked = raw_checked_batches(&raw_client, None, d).await?;
@@ -459,27 +447,11 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
     // Per-stream parallelism: the same loops, each on a stream of its own (a command store
     // sharded by aggregate would commit this way).
     let raw_b64_2s = raw_batches(&raw_client, 64, (2, 2), d).await?;
-    println!(
-        "raw atomic batches of 64, 2 loops on 2 streams {raw_b64_2s:>9.0} msg/s  ({:.2} ms per batch)",
-        2.0 * 64_000.0 / raw_b64_2s
-    );
     let raw_b64_4s = raw_batches(&raw_client, 64, (4, 4), d).await?;
-    println!(
-        "raw atomic batches of 64, 4 loops on 4 streams {raw_b64_4s:>9.0} msg/s  ({:.2} ms per batch)",
-        4.0 * 64_000.0 / raw_b64_4s
-    );
     // What 64 closed-loop committers can fill when their aggregates are split over 2 or 4
     // streams: batches of 32 on 2 streams, of 16 on 4, all in flight at once.
     let raw_b32_2s = raw_batches(&raw_client, 32, (2, 2), d).await?;
-    println!(
-        "raw atomic batches of 32, 2 loops on 2 streams {raw_b32_2s:>9.0} msg/s  ({:.2} ms per batch)",
-        2.0 * 32_000.0 / raw_b32_2s
-    );
     let raw_b16_4s = raw_batches(&raw_client, 16, (4, 4), d).await?;
-    println!(
-        "raw atomic batches of 16, 4 loops on 4 streams {raw_b16_4s:>9.0} msg/s  ({:.2} ms per batch)",
-        4.0 * 16_000.0 / raw_b16_4s
-    );
 
     // 2. The event store.
     let client = nats.connect().await?;
@@ -497,15 +469,15 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     };
     let mut store_64 = Figures::default();
-    let mut store_cycle_64 = Cycle::default();
+    let mut store_cycle_64 = eventstore::WriteCycle::default();
     let mut shaped_beside = 0.0;
     for (run, committers) in [(1u64, 1usize), (2, 16), (3, 64), (4, 256)] {
         let stage = async {
             let before = cycle_reading();
             let f = store_stage(&bus, run, committers, 0.0, None, d).await;
             line(&format!("store, {committers} committers"), &f, raw_seq);
-            let cycle = Cycle::between(before, cycle_reading());
-            cycle.print();
+            let cycle = cycle_reading() - before;
+            print_cycle(&cycle);
             anyhow::Ok((f, cycle))
         };
         if committers == 64 {
@@ -556,7 +528,7 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         async {
             let (f, cycle) = sharded_committers(&raw_client, group, (64, 1), d).await?;
             line("group committer, 64 committers, 1 stream", &f, raw_seq);
-            cycle.print();
+            print_cycle(&cycle);
             anyhow::Ok((f, cycle))
         },
         |(f, _)| f.per_second,
@@ -568,7 +540,7 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         &sharded_2,
         raw_seq,
     );
-    cycle_2.print();
+    print_cycle(&cycle_2);
 
     // 3. HTTP: the whole service (user API, projectors, process manager) in this process, on a
     // nats-server and a PostgreSQL of its own. A fresh log: the store stages above left about a
@@ -708,10 +680,10 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
          of it (cycle: write {:.2} ms + turnaround {:.2} ms; the committer alone: {:.2} + {:.2} ms)",
         ratio(shaped_beside, raw_median),
         100.0 * ratio(store_64.per_second, shaped_beside),
-        store_cycle_64.write_ms,
-        store_cycle_64.turnaround_ms,
-        committer_cycle_64.write_ms,
-        committer_cycle_64.turnaround_ms,
+        store_cycle_64.mean_write_ms(),
+        store_cycle_64.mean_turnaround_ms(),
+        committer_cycle_64.mean_write_ms(),
+        committer_cycle_64.mean_turnaround_ms(),
     );
     // Two objects merged: one `json!` of every key is past the macro's recursion limit.
     let mut summary = json!({
@@ -739,10 +711,10 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
             "store_ps_64": store_64.per_second.round(),
             "store_p99_ms_64": store_64.p99_ms,
             "store_p50_ms_64": store_64.p50_ms,
-            "store_write_ms_64": store_cycle_64.write_ms,
-            "store_turnaround_ms_64": store_cycle_64.turnaround_ms,
-            "committer_write_ms_64": committer_cycle_64.write_ms,
-            "committer_turnaround_ms_64": committer_cycle_64.turnaround_ms,
+            "store_write_ms_64": store_cycle_64.mean_write_ms(),
+            "store_turnaround_ms_64": store_cycle_64.mean_turnaround_ms(),
+            "committer_write_ms_64": committer_cycle_64.mean_write_ms(),
+            "committer_turnaround_ms_64": committer_cycle_64.mean_turnaround_ms(),
             "store_ps_64_contended": contended.per_second.round(),
             "store_p99_ms_64_half_load": half.p99_ms,
             "store_ps_64_over_raw_seq": ratio(store_64.per_second, raw_median),

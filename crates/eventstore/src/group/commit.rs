@@ -143,22 +143,73 @@ pub struct GroupCommitStats {
     pub turnaround_micros: AtomicU64,
 }
 
-impl GroupCommitStats {
-    /// The mean round trip of a write (a batch or a group of plain publishes), milliseconds.
+/// A reading of a committer's write-cycle counters ([`GroupCommitStats::cycle`]); the difference
+/// of two readings is the cycle of the stretch between them, their sum that of two committers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCycle {
+    /// Writes completed.
+    pub writes: u64,
+    /// Their summed round trips (send → ack), microseconds.
+    pub write_micros: u64,
+    /// Turnarounds counted ([`GroupCommitStats::turnarounds`]).
+    pub turnarounds: u64,
+    /// Their summed durations, microseconds.
+    pub turnaround_micros: u64,
+}
+
+impl WriteCycle {
+    /// The mean round trip of a write, milliseconds (0 without writes).
     pub fn mean_write_ms(&self) -> f64 {
-        let n = self.writes.load(Ordering::Relaxed).max(1);
-        self.write_micros.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0
+        self.write_micros as f64 / self.writes.max(1) as f64 / 1000.0
     }
 
-    /// `(writes, write_micros, turnarounds, turnaround_micros)`: the counters of the write cycle
-    /// (subtract two readings for the cycle of a stretch of time).
-    pub fn cycle(&self) -> (u64, u64, u64, u64) {
-        (
-            self.writes.load(Ordering::Relaxed),
-            self.write_micros.load(Ordering::Relaxed),
-            self.turnarounds.load(Ordering::Relaxed),
-            self.turnaround_micros.load(Ordering::Relaxed),
-        )
+    /// The mean turnaround, milliseconds (0 without turnarounds).
+    pub fn mean_turnaround_ms(&self) -> f64 {
+        self.turnaround_micros as f64 / self.turnarounds.max(1) as f64 / 1000.0
+    }
+}
+
+impl std::ops::Sub for WriteCycle {
+    type Output = WriteCycle;
+    fn sub(self, earlier: WriteCycle) -> WriteCycle {
+        WriteCycle {
+            writes: self.writes.saturating_sub(earlier.writes),
+            write_micros: self.write_micros.saturating_sub(earlier.write_micros),
+            turnarounds: self.turnarounds.saturating_sub(earlier.turnarounds),
+            turnaround_micros: self
+                .turnaround_micros
+                .saturating_sub(earlier.turnaround_micros),
+        }
+    }
+}
+
+impl std::ops::Add for WriteCycle {
+    type Output = WriteCycle;
+    fn add(self, other: WriteCycle) -> WriteCycle {
+        WriteCycle {
+            writes: self.writes + other.writes,
+            write_micros: self.write_micros + other.write_micros,
+            turnarounds: self.turnarounds + other.turnarounds,
+            turnaround_micros: self.turnaround_micros + other.turnaround_micros,
+        }
+    }
+}
+
+impl GroupCommitStats {
+    /// The mean round trip of a write (a batch or a group of plain publishes) since the
+    /// committer started, milliseconds.
+    pub fn mean_write_ms(&self) -> f64 {
+        self.cycle().mean_write_ms()
+    }
+
+    /// The write-cycle counters now (subtract two readings for the cycle of a stretch of time).
+    pub fn cycle(&self) -> WriteCycle {
+        WriteCycle {
+            writes: self.writes.load(Ordering::Relaxed),
+            write_micros: self.write_micros.load(Ordering::Relaxed),
+            turnarounds: self.turnarounds.load(Ordering::Relaxed),
+            turnaround_micros: self.turnaround_micros.load(Ordering::Relaxed),
+        }
     }
 
     /// `(single_writes, batches, batched_commits, failed_batches, known_stale)`.
@@ -170,5 +221,29 @@ impl GroupCommitStats {
             self.failed_batches.load(Ordering::Relaxed),
             self.known_stale.load(Ordering::Relaxed),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stretchs_write_cycle_is_the_difference_of_two_readings() {
+        let stats = GroupCommitStats::default();
+        stats.writes.store(10, Ordering::Relaxed);
+        stats.write_micros.store(50_000, Ordering::Relaxed);
+        let before = stats.cycle();
+        stats.writes.store(14, Ordering::Relaxed);
+        stats.write_micros.store(78_000, Ordering::Relaxed);
+        stats.turnarounds.store(2, Ordering::Relaxed);
+        stats.turnaround_micros.store(3_000, Ordering::Relaxed);
+        let stretch = stats.cycle() - before;
+        assert_eq!(stretch.writes, 4);
+        assert_eq!(stretch.mean_write_ms(), 7.0);
+        assert_eq!(stretch.mean_turnaround_ms(), 1.5);
+        assert_eq!((stretch + stretch).mean_write_ms(), 7.0);
+        assert_eq!(WriteCycle::default().mean_write_ms(), 0.0);
+        assert_eq!(stats.mean_write_ms(), 78.0 / 14.0);
     }
 }

@@ -46,7 +46,7 @@ mod wire;
 mod write;
 
 pub use commit::{
-    CommitError, CommitOutcome, GroupCommitSettings, GroupCommitStats, PendingCommit,
+    CommitError, CommitOutcome, GroupCommitSettings, GroupCommitStats, PendingCommit, WriteCycle,
 };
 pub use committer::GroupCommitter;
 pub use wire::{

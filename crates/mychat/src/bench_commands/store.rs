@@ -1,5 +1,5 @@
 //! The event store's stage of the command benchmark: closed-loop committers crediting counselor
-//! accounts through the [`CommandBus`], the committer's write cycle over a stage ([`Cycle`]),
+//! accounts through the [`CommandBus`], the committer's write cycle over a stage ([`print_cycle`]),
 //! and the shape of the message the store commits for that command ([`store_message`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,34 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain::{AccountCommand, CounselorAccount};
-use eventstore::{Actor, CommandBus, CommandMeta};
+use eventstore::{Actor, CommandBus, CommandMeta, WriteCycle};
 
 use super::{figures, stop_after, Figures};
 
-/// A group committer's write cycle over one stage: the mean round trip of a write and the mean
-/// turnaround (from the last write in flight settling to the next write's send), milliseconds.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Cycle {
-    pub(super) write_ms: f64,
-    pub(super) turnaround_ms: f64,
-}
-
-impl Cycle {
-    /// The cycle between two readings of [`eventstore::GroupCommitStats::cycle`].
-    pub(super) fn between(before: (u64, u64, u64, u64), after: (u64, u64, u64, u64)) -> Self {
-        let mean = |n: u64, micros: u64| micros as f64 / n.max(1) as f64 / 1000.0;
-        Self {
-            write_ms: mean(after.0 - before.0, after.1 - before.1),
-            turnaround_ms: mean(after.2 - before.2, after.3 - before.3),
-        }
-    }
-
-    pub(super) fn print(&self) {
-        println!(
-            "{:<34} write {:>5.2} ms + turnaround {:>5.2} ms",
-            "  its commit cycle:", self.write_ms, self.turnaround_ms
-        );
-    }
+/// Prints a committer's write cycle over one stage (the difference of two
+/// [`eventstore::GroupCommitStats::cycle`] readings): the mean round trip of a write and the mean
+/// turnaround (from the last write in flight settling to the next write's send).
+pub(super) fn print_cycle(cycle: &WriteCycle) {
+    println!(
+        "{:<34} write {:>5.2} ms + turnaround {:>5.2} ms",
+        "  its commit cycle:",
+        cycle.mean_write_ms(),
+        cycle.mean_turnaround_ms()
+    );
 }
 
 fn credit(account: i64, session: i64) -> AccountCommand {
