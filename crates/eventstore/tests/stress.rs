@@ -531,6 +531,73 @@ async fn a_closed_loop_round_goes_out_as_one_batch() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linger_that_waits_in_vain_is_not_tried_again_at_once() {
+    let (_server, client, js) = with_streams().await;
+    let stream = js.get_stream_no_info("EVENTS").await.unwrap();
+    // Clients that come back long after the linger (an HTTP client comes back only once the read
+    // model shows its write), while another writer trickles in faster than the linger's quiet
+    // gap: a linger after each round's batch would run its whole 200 ms, holding the trickle's
+    // commit that waits in the queue.
+    const LINGER: std::time::Duration = std::time::Duration::from_millis(200);
+    let committer = Arc::new(GroupCommitter::start(
+        client,
+        stream,
+        "EVENTS",
+        GroupCommitSettings {
+            linger: LINGER,
+            ..Default::default()
+        },
+    ));
+    const CLIENTS: usize = 16;
+    const ROUNDS: usize = 4;
+    let clients = (0..CLIENTS).map(|c| {
+        let committer = committer.clone();
+        async move {
+            let mut last = 0;
+            for r in 0..ROUNDS {
+                let commit = raw(&format!("ev.t.late{c}"), &format!("late{c}-{r}"), last);
+                match committer.commit(commit).await.unwrap() {
+                    CommitOutcome::Stored { sequence } => last = sequence,
+                    other => panic!("client {c} round {r}: {other:?}"),
+                }
+                tokio::time::sleep(LINGER + std::time::Duration::from_millis(100)).await;
+            }
+        }
+    });
+    // The trickle: one commit every 40 ms (more often than the linger's quiet gap, a quarter of
+    // it), each on its own (an open loop).
+    let trickle = {
+        let committer = committer.clone();
+        async move {
+            let mut sent = Vec::new();
+            for i in 0..30 {
+                let committer = committer.clone();
+                sent.push(tokio::spawn(async move {
+                    let start = std::time::Instant::now();
+                    let commit = raw(&format!("ev.t.trickle{i}"), &format!("trickle-{i}"), 0);
+                    match committer.commit(commit).await.unwrap() {
+                        CommitOutcome::Stored { .. } => start.elapsed(),
+                        other => panic!("trickle {i}: {other:?}"),
+                    }
+                }));
+                tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+            }
+            futures::future::try_join_all(sent).await.unwrap()
+        }
+    };
+    let (_, waits) = tokio::join!(futures::future::join_all(clients), trickle);
+    // The first linger waits in vain (it holds the commits that arrived in its first 50 ms for
+    // 150 ms or more); the batches after it go without one. (Without the back-off, a linger
+    // follows every round's batch: 6-8 of the trickle's commits are held.)
+    let held = waits.iter().filter(|w| **w >= LINGER * 3 / 4).count();
+    assert!(
+        held <= 4,
+        "{held} of the trickle's {} commits were held by a linger: {waits:?}",
+        waits.len()
+    );
+}
+
 #[tokio::test]
 async fn a_refusal_is_never_decided_on_a_stale_cached_aggregate() {
     let server = NatsServer::start().unwrap();
