@@ -480,22 +480,24 @@ async fn a_stale_cached_aggregate_is_reloaded_and_the_command_retried() {
     assert_eq!((state.total, version), (1111, 4));
 }
 
+/// A committer on a fresh nats-server's `EVENTS` with the default settings but `linger`.
+async fn lingering_committer(linger: std::time::Duration) -> (NatsServer, Arc<GroupCommitter>) {
+    let (server, client, js) = with_streams().await;
+    let stream = js.get_stream_no_info("EVENTS").await.unwrap();
+    let settings = GroupCommitSettings {
+        linger,
+        ..Default::default()
+    };
+    let committer = GroupCommitter::start(client, stream, "EVENTS", settings);
+    (server, Arc::new(committer))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_loop_round_goes_out_as_one_batch() {
-    let (_server, client, js) = with_streams().await;
-    let stream = js.get_stream_no_info("EVENTS").await.unwrap();
     // A linger (and its quiet gap, a quarter of it) far longer than a round: had the committer
     // waited for more appends than its clients hold, every round would wait out the gap (at the
     // end, clients a round ahead of the others are gone and the last batch may wait once).
-    let committer = Arc::new(GroupCommitter::start(
-        client,
-        stream,
-        "EVENTS",
-        GroupCommitSettings {
-            linger: std::time::Duration::from_secs(2),
-            ..Default::default()
-        },
-    ));
+    let (_server, committer) = lingering_committer(std::time::Duration::from_secs(2)).await;
     const CLIENTS: usize = 16;
     const ROUNDS: usize = 6;
     // Each client sends its next commit when its last is acknowledged.
@@ -533,22 +535,12 @@ async fn a_closed_loop_round_goes_out_as_one_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linger_that_waits_in_vain_is_not_tried_again_at_once() {
-    let (_server, client, js) = with_streams().await;
-    let stream = js.get_stream_no_info("EVENTS").await.unwrap();
     // Clients that come back long after the linger (an HTTP client comes back only once the read
     // model shows its write), while another writer trickles in faster than the linger's quiet
     // gap: a linger after each round's batch would run its whole 200 ms, holding the trickle's
     // commit that waits in the queue.
     const LINGER: std::time::Duration = std::time::Duration::from_millis(200);
-    let committer = Arc::new(GroupCommitter::start(
-        client,
-        stream,
-        "EVENTS",
-        GroupCommitSettings {
-            linger: LINGER,
-            ..Default::default()
-        },
-    ));
+    let (_server, committer) = lingering_committer(LINGER).await;
     const CLIENTS: usize = 16;
     const ROUNDS: usize = 4;
     let clients = (0..CLIENTS).map(|c| {
