@@ -119,8 +119,8 @@ struct Written {
 /// One write's future.
 type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Written> + Send>>;
 
-/// Writes sent without a linger after a linger that waited in vain (fewer than half of the
-/// appends it waited for came back within it). Measured (`wrk`, HTTP `order/create` at 64
+/// Times the committer sends without lingering after a linger that waited in vain (it ended
+/// with the queue holding less than half of what it waited for). Measured (`wrk`, HTTP `order/create` at 64
 /// connections against `mychat up`, 2-core machine): HTTP clients come back ~3 ms after their
 /// batch settles (the read-your-writes wait, the answer, the next request), so every linger ran
 /// its whole millisecond (tokio's timer counts whole milliseconds) and gathered a few
@@ -214,10 +214,10 @@ impl Worker {
             // paying the batch's fixed cost: until the queue holds `expected` (at most
             // `max_batch`), or `linger` passed, or nothing arrived for a quarter of it (the
             // answered are not coming back at once: an open loop). An idle committer never
-            // waits. A linger that saw fewer than half of the appends it waited for come back
+            // waits. After a linger that ended with the queue under half of what it waited for
             // (clients that return later than the linger: HTTP clients, answered only once the
-            // read model shows their write) is not tried again for the next
-            // [`LINGER_BACKOFF_WRITES`] writes.
+            // read model shows their write), the next [`LINGER_BACKOFF_WRITES`] writes that
+            // would linger go without.
             if !self.settings.linger.is_zero()
                 && (slots > 0 || busy)
                 && slots < self.settings.max_in_flight
