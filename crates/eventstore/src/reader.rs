@@ -22,7 +22,11 @@
 //! created (a rebuild or an audit replay's catch-up), past a given stream sequence (an audit
 //! replay "as of"), or never (a live path, which follows the head). A following reader hands
 //! over what it has as soon as the consumer has nothing more pending: at the head a message is
-//! delivered on its own, without waiting for company.
+//! delivered on its own, without waiting for company. Inside an atomic batch "nothing pending"
+//! comes mid-batch (nats-server delivers while it still stores the rest), so there the reader
+//! first takes what has already arrived ([`inside_atomic_batch`]): a live projector then applies
+//! a batch of commits in one transaction instead of three (measured: PostgreSQL's CPU an HTTP
+//! `order/create` 45–49 → 36–37 µs, 64 connections 4.6–4.9k → 4.9–5.2k/s).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -223,6 +227,19 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
             _ => return false,
         }
     }
+}
+
+/// Whether a stored message is inside an atomic batch and not its last: it carries
+/// `Nats-Batch-Id` but not `Nats-Batch-Commit` (ADR-50; nats-server keeps both headers on the
+/// stored messages). A following reader does not hand over on such a message just because the
+/// consumer reports nothing pending: nats-server delivers a batch's messages while it is still
+/// storing the rest, so "nothing pending" comes mid-batch; the reader first takes what has
+/// already arrived (it never waits for it).
+pub fn inside_atomic_batch(headers: Option<&HeaderMap>) -> bool {
+    headers.is_some_and(|h| {
+        h.get(async_nats::header::NATS_BATCH_ID).is_some()
+            && h.get(async_nats::header::NATS_BATCH_COMMIT).is_none()
+    })
 }
 
 /// The consumer the log is read with: ephemeral, unacknowledged, in memory, one replica, on
@@ -501,6 +518,7 @@ async fn read_consumer(
             *last = stream_sequence;
             let message = m.message;
             if keeps(message.subject.as_str()) {
+                let mid_batch = inside_atomic_batch(message.headers.as_ref());
                 batch.push(LogEntry {
                     stream_sequence,
                     subject: message.subject.to_string(),
@@ -508,7 +526,7 @@ async fn read_consumer(
                     headers: message.headers,
                     payload: message.payload,
                 });
-                if (batch.len() >= batch_size || (follow && pending == 0))
+                if (batch.len() >= batch_size || (follow && pending == 0 && !mid_batch))
                     && tx.send(Ok(std::mem::take(batch))).await.is_err()
                 {
                     return Read::Done;
@@ -537,5 +555,32 @@ async fn read_consumer(
             // A request that expired with nothing for it: nothing was pending.
             status.caught_up.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_batch_message_before_its_commit_is_inside_an_atomic_batch() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, *v);
+            }
+            h
+        };
+        let first = headers(&[("Nats-Batch-Id", "b-1"), ("Nats-Batch-Sequence", "1")]);
+        let last = headers(&[
+            ("Nats-Batch-Id", "b-1"),
+            ("Nats-Batch-Sequence", "2"),
+            ("Nats-Batch-Commit", "1"),
+        ]);
+        let plain = headers(&[("Nats-Msg-Id", "c-1")]);
+        assert!(inside_atomic_batch(Some(&first)));
+        assert!(!inside_atomic_batch(Some(&last)));
+        assert!(!inside_atomic_batch(Some(&plain)));
+        assert!(!inside_atomic_batch(None));
     }
 }
