@@ -518,7 +518,6 @@ async fn read_consumer(
             *last = stream_sequence;
             let message = m.message;
             if keeps(message.subject.as_str()) {
-                let mid_batch = inside_atomic_batch(message.headers.as_ref());
                 batch.push(LogEntry {
                     stream_sequence,
                     subject: message.subject.to_string(),
@@ -526,7 +525,14 @@ async fn read_consumer(
                     headers: message.headers,
                     payload: message.payload,
                 });
-                if (batch.len() >= batch_size || (follow && pending == 0 && !mid_batch))
+                // A follower hands over at the head, unless mid-way through an atomic batch
+                // (the headers are looked at only there, not on every message of a catch-up).
+                let at_head = follow
+                    && pending == 0
+                    && !batch
+                        .last()
+                        .is_some_and(|e| inside_atomic_batch(e.headers.as_ref()));
+                if (batch.len() >= batch_size || at_head)
                     && tx.send(Ok(std::mem::take(batch))).await.is_err()
                 {
                     return Read::Done;

@@ -492,6 +492,27 @@ async fn lingering_committer(linger: std::time::Duration) -> (NatsServer, Arc<Gr
     (server, Arc::new(committer))
 }
 
+/// A client of `committer` on subject `ev.t.<name>`: `rounds` commits, each sent when the last
+/// is acknowledged (after `pause`, if any), each expected stored.
+async fn closed_loop_client(
+    committer: Arc<GroupCommitter>,
+    name: String,
+    rounds: usize,
+    pause: Option<std::time::Duration>,
+) {
+    let mut last = 0;
+    for r in 0..rounds {
+        let commit = raw(&format!("ev.t.{name}"), &format!("{name}-{r}"), last);
+        match committer.commit(commit).await.unwrap() {
+            CommitOutcome::Stored { sequence } => last = sequence,
+            other => panic!("client {name} round {r}: {other:?}"),
+        }
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_loop_round_goes_out_as_one_batch() {
     // A linger (and its quiet gap, a quarter of it) far longer than a round: had the committer
@@ -501,19 +522,8 @@ async fn a_closed_loop_round_goes_out_as_one_batch() {
     const CLIENTS: usize = 16;
     const ROUNDS: usize = 6;
     // Each client sends its next commit when its last is acknowledged.
-    let clients = (0..CLIENTS).map(|c| {
-        let committer = committer.clone();
-        async move {
-            let mut last = 0;
-            for r in 0..ROUNDS {
-                let commit = raw(&format!("ev.t.loop{c}"), &format!("loop{c}-{r}"), last);
-                match committer.commit(commit).await.unwrap() {
-                    CommitOutcome::Stored { sequence } => last = sequence,
-                    other => panic!("client {c} round {r}: {other:?}"),
-                }
-            }
-        }
-    });
+    let clients = (0..CLIENTS)
+        .map(|c| closed_loop_client(committer.clone(), format!("loop{c}"), ROUNDS, None));
     tokio::time::timeout(
         std::time::Duration::from_millis(1_900),
         futures::future::join_all(clients),
@@ -543,19 +553,14 @@ async fn a_linger_that_waits_in_vain_is_not_tried_again_at_once() {
     let (_server, committer) = lingering_committer(LINGER).await;
     const CLIENTS: usize = 16;
     const ROUNDS: usize = 4;
+    let back_after = LINGER + std::time::Duration::from_millis(100);
     let clients = (0..CLIENTS).map(|c| {
-        let committer = committer.clone();
-        async move {
-            let mut last = 0;
-            for r in 0..ROUNDS {
-                let commit = raw(&format!("ev.t.late{c}"), &format!("late{c}-{r}"), last);
-                match committer.commit(commit).await.unwrap() {
-                    CommitOutcome::Stored { sequence } => last = sequence,
-                    other => panic!("client {c} round {r}: {other:?}"),
-                }
-                tokio::time::sleep(LINGER + std::time::Duration::from_millis(100)).await;
-            }
-        }
+        closed_loop_client(
+            committer.clone(),
+            format!("late{c}"),
+            ROUNDS,
+            Some(back_after),
+        )
     });
     // The trickle: one commit every 40 ms (more often than the linger's quiet gap, a quarter of
     // it), each on its own (an open loop).

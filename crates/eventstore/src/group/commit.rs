@@ -38,9 +38,9 @@ pub struct GroupCommitSettings {
     /// last is acknowledged) this turns alternating half batches into one batch a round, each
     /// atomic batch paying its fixed cost once (`mychat bench commands`, 64 committers: 12.2k/s
     /// with 0, 16.4k/s with 1 ms). A linger that waits in vain (it ends with the queue under
-    /// half of what it waited for) is not tried for the next 16 writes that would linger: clients that come back later than
-    /// the linger (HTTP clients, answered once the read model shows their write) would only be
-    /// held by it.
+    /// half of what it waited for) is not tried for the next 16 writes that would linger:
+    /// clients that come back later than the linger (HTTP clients, answered once the read model
+    /// shows their write) would only be held by it.
     #[serde(with = "micros")]
     pub linger: Duration,
     /// Commits that may wait for the committer before `commit` itself waits (back-pressure).

@@ -120,12 +120,13 @@ struct Written {
 type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Written> + Send>>;
 
 /// Times the committer sends without lingering after a linger that waited in vain (it ended
-/// with the queue holding less than half of what it waited for). Measured (`wrk`, HTTP `order/create` at 64
-/// connections against `mychat up`, 2-core machine): HTTP clients come back ~3 ms after their
-/// batch settles (the read-your-writes wait, the answer, the next request), so every linger ran
-/// its whole millisecond (tokio's timer counts whole milliseconds) and gathered a few
-/// stragglers: 4.5–4.8k orders/s with a 1 ms linger, 5.0–5.1k with none. A closed loop in the
-/// process (the store's benchmark stage) comes back within the linger and keeps lingering.
+/// with the queue holding less than half of what it waited for). Measured (`wrk`, HTTP
+/// `order/create` at 64 connections against `mychat up`, 2-core machine): HTTP clients come back
+/// ~3 ms after their batch settles (the read-your-writes wait, the answer, the next request), so
+/// every linger ran its whole millisecond (tokio's timer counts whole milliseconds) and gathered
+/// a few stragglers: 4.6–4.8k orders/s with a 1 ms linger every time, 4.8–5.1k with this
+/// back-off, 5.0–5.1k with none. A closed loop in the process (the store's benchmark stage) comes
+/// back within the linger and keeps lingering.
 const LINGER_BACKOFF_WRITES: u32 = 16;
 
 impl Worker {
