@@ -973,7 +973,7 @@ async fn resends_through_the_batched_chat_path_are_stored_once() {
 }
 
 /// The live paths survive their consumer's deletion and a nats-server restart mid-stream: the
-/// node's fan-out reader and the `chat_messages` projector (the log's gap-checking reader) re-create
+/// node's fan-out reader and the `chat_messages` projector's live feed (the log's gap-checking reader) re-create
 /// their consumers after the last sequence they had and catch up within 2 s of the server being
 /// back. A message the sender could not store meanwhile (an error frame) is resent with the same
 /// client id. In the end the other participant has received every acknowledged message exactly
@@ -995,12 +995,17 @@ async fn the_live_paths_catch_up_after_their_consumers_are_deleted_and_nats_rest
         .connect(c.nats.url())
         .await
         .unwrap();
+    // They read through their process's live feeds, as in a service process.
+    let feeds = projections::LiveFeeds::new(projector_nats.clone(), 500);
     for projection in projections::read_models::Messages::all(&eventstore::ChatLayout::default()) {
         let projector = projections::Projector {
             pool: c.db.clone(),
             nats: projector_nats.clone(),
             projection,
-            settings: Default::default(),
+            settings: projections::ProjectorSettings {
+                feeds: Some(feeds.clone()),
+                ..Default::default()
+            },
         };
         tokio::spawn(projector.run(shutdown.clone()));
     }

@@ -22,7 +22,7 @@ pub mod watch;
 
 use std::sync::Arc;
 
-pub use runtime::{EventRef, LogMessage, Projection, Projector, ProjectorSettings};
+pub use runtime::{EventRef, LiveFeeds, LogMessage, Projection, Projector, ProjectorSettings};
 pub use watch::CheckpointWatch;
 
 /// The migrations of every read-model and reference table (`migrations/`).

@@ -292,6 +292,7 @@ async fn a_projector_wakes_its_own_processs_waiters_without_nats() {
         pool,
         client,
         bus,
+        feeds: _,
     } = common::env().await;
     let elsewhere = NatsServer::start().unwrap();
     pg.ensure_database("elsewhere").await.unwrap();

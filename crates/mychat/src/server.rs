@@ -420,6 +420,11 @@ pub(crate) async fn run_parts(
         all.push(Arc::new(projections::process_manager::ProcessManager {
             bus: infra.bus.clone(),
         }));
+        // One shared reader per stream for every projector of this process (`runtime::feed`).
+        let feeds = projections::LiveFeeds::new(
+            infra.nats.clone(),
+            ProjectorSettings::default().batch_size,
+        );
         for projection in all {
             let projector = Projector {
                 pool: infra.pool.clone(),
@@ -427,6 +432,7 @@ pub(crate) async fn run_parts(
                 projection,
                 settings: ProjectorSettings {
                     watch: Some(state.watch.clone()),
+                    feeds: Some(feeds.clone()),
                     ..ProjectorSettings::default()
                 },
             };

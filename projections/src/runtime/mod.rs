@@ -3,6 +3,7 @@
 
 mod apply;
 mod checkpoint;
+pub mod feed;
 mod projection;
 mod projector;
 mod reader;
@@ -10,6 +11,7 @@ mod schema;
 
 pub use apply::{apply_in_tx, is_transient, load_skips, BatchError};
 pub use checkpoint::{checkpoint, checkpoint_in, checkpoint_subject, IGNORED_CHECKPOINT_EVERY};
+pub use feed::{LiveFeed, LiveFeeds};
 pub use projection::{
     correlation_of, decode, upcasters, EventRef, FailedAt, LogMessage, Projection,
 };

@@ -14,8 +14,8 @@ use super::apply::{apply_opening, load_skips, BatchError};
 use super::checkpoint::{
     checkpoint_cas, checkpoint_in, checkpoint_subject, moved_under_worker, IGNORED_CHECKPOINT_EVERY,
 };
+use super::feed::LiveSource;
 use super::projection::{LogMessage, Projection};
-use super::reader::follow;
 use super::schema::LIVE_SCHEMA;
 
 /// Runtime settings.
@@ -38,6 +38,10 @@ pub struct ProjectorSettings {
     /// (the NATS announcement still reaches every other process, and this one's again: an
     /// advance is idempotent). Only a projector writing the live schema advances it.
     pub watch: Option<crate::watch::CheckpointWatch>,
+    /// The live feeds of this process ([`super::feed`]): a projector writing the live schema reads
+    /// its stream through the stream's shared reader once it has caught up with it, instead of
+    /// with a consumer of its own. `None`: it always reads with its own.
+    pub feeds: Option<super::feed::LiveFeeds>,
 }
 
 impl Default for ProjectorSettings {
@@ -47,6 +51,7 @@ impl Default for ProjectorSettings {
             synchronous_commit: false,
             schema: LIVE_SCHEMA.to_string(),
             watch: None,
+            feeds: None,
         }
     }
 }
@@ -243,12 +248,17 @@ impl Projector {
             .await
             .map_err(BatchError::Transient)?;
         let skips = load_skips(&js, name).await.map_err(BatchError::Transient)?;
-        let mut reader = follow(
+        let feed = match &self.settings.feeds {
+            Some(feeds) if schema == LIVE_SCHEMA => Some(feeds.feed(self.projection.stream())),
+            _ => None,
+        };
+        let mut reader = LiveSource::new(
             js.clone(),
             self.projection.stream(),
             self.projection.subjects(),
             position,
             self.settings.batch_size,
+            feed,
         );
         let _ = self.set_status("running", None, None).await;
         tracing::info!(projection = name, position, schema, "projector started");
@@ -264,10 +274,7 @@ impl Projector {
             let mut batch = match carried.take() {
                 Some(batch) => batch,
                 None => tokio::select! {
-                    b = reader.recv() => match b {
-                        Some(b) => b.map_err(BatchError::Transient)?,
-                        None => return Err(BatchError::Transient(anyhow::anyhow!("reader ended"))),
-                    },
+                    b = reader.recv(read_to) => b.map_err(BatchError::Transient)?,
                     _ = heartbeat.tick() => {
                         // Still the active worker? (The lock dies with its connection.)
                         sqlx::query("SELECT 1").execute(&mut lock).await?;

@@ -18,12 +18,12 @@ impl ProjectionReader {
     /// # Errors
     /// When the stream cannot be read ([`eventstore::reader::ReadError`]).
     pub async fn recv(&mut self) -> Option<anyhow::Result<Vec<LogMessage>>> {
-        self.inner.next().await.map(convert)
+        self.inner.next().await.map(|b| Ok(log_messages(b?)))
     }
 
     /// A batch already read, if there is one (never waits).
     pub fn try_recv(&mut self) -> Option<anyhow::Result<Vec<LogMessage>>> {
-        self.inner.try_next().map(convert)
+        self.inner.try_next().map(|b| Ok(log_messages(b?)))
     }
 
     /// Whether no batch is waiting to be taken.
@@ -32,10 +32,10 @@ impl ProjectionReader {
     }
 }
 
-fn convert(
-    batch: Result<Vec<eventstore::LogEntry>, eventstore::reader::ReadError>,
-) -> anyhow::Result<Vec<LogMessage>> {
-    Ok(batch?
+/// The log's entries as [`LogMessage`]s, with their commits' event types from the
+/// `Mychat-Event-Types` header.
+pub(crate) fn log_messages(entries: Vec<eventstore::LogEntry>) -> Vec<LogMessage> {
+    entries
         .into_iter()
         .map(|e| {
             let types = e
@@ -46,7 +46,7 @@ fn convert(
             LogMessage::new(e.stream_sequence, e.subject, e.published, e.payload)
                 .with_event_types(types.as_deref())
         })
-        .collect())
+        .collect()
 }
 
 /// Reads `subjects` of `stream` from `from + 1` in a background task, in batches of at most

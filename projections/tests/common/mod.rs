@@ -14,7 +14,7 @@ use domain::{
 use eventstore::envelope::Upcasters;
 use eventstore::{ensure_streams, Actor, CommandBus, CommandMeta, StreamSettings};
 use projections::process_manager::ProcessManager;
-use projections::{Projection, Projector, ProjectorSettings, MIGRATOR};
+use projections::{LiveFeeds, Projection, Projector, ProjectorSettings, MIGRATOR};
 use testkit::{NatsServer, Postgres};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,8 @@ pub struct Env {
     pub pool: sqlx::PgPool,
     pub client: async_nats::Client,
     pub bus: CommandBus,
+    /// The live feeds every projector started by [`start`] shares, as in a service process.
+    pub feeds: LiveFeeds,
 }
 
 pub async fn env() -> Env {
@@ -41,12 +43,14 @@ pub async fn env() -> Env {
         .await
         .unwrap();
     let bus = CommandBus::new(js, Upcasters::default());
+    let feeds = LiveFeeds::new(client.clone(), ProjectorSettings::default().batch_size);
     Env {
         nats,
         pg,
         pool,
         client,
         bus,
+        feeds,
     }
 }
 
@@ -70,7 +74,10 @@ pub fn start(
         pool: env.pool.clone(),
         nats: env.client.clone(),
         projection,
-        settings: ProjectorSettings::default(),
+        settings: ProjectorSettings {
+            feeds: Some(env.feeds.clone()),
+            ..ProjectorSettings::default()
+        },
     };
     tokio::spawn(projector.run(shutdown.clone()))
 }
