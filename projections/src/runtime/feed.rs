@@ -17,7 +17,7 @@
 //! its own ([`super::spawn_reader`]) and joins again there, which the history then covers. The
 //! first join starts the feed's reader at the stream's head (so a projector far behind, a new
 //! one, catches up by itself instead of holding up those at the head); the reader stops when
-//! the last subscriber has gone (a standby process reads nothing).
+//! no subscriber has been left for [`FEED_IDLE`] (a standby process reads nothing).
 //!
 //! **A subscriber that falls behind** (its channel of [`SUBSCRIBER_BATCHES`] batches full: a
 //! projector catching up through large transactions, a stalled PostgreSQL) is dropped from the
@@ -28,6 +28,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use eventstore::reader::subject_matches;
@@ -44,6 +45,10 @@ pub const FEED_HISTORY: usize = 4096;
 
 /// How many batches may wait for one subscriber before the feed drops it (see the module doc).
 pub const SUBSCRIBER_BATCHES: usize = 64;
+
+/// How long a feed keeps reading with no subscriber before it stops: a projector told
+/// [`Joined::Behind`] catches up by itself and joins again, usually well within it.
+pub const FEED_IDLE: Duration = Duration::from_secs(10);
 
 /// The answer to [`LiveFeed::join`].
 pub enum Joined {
@@ -220,12 +225,16 @@ struct Dispatcher {
 
 impl Dispatcher {
     async fn run(mut self, mut joins: mpsc::Receiver<Join>) {
+        // Since when the reader has run with no subscriber.
+        let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
+            let idle_until = idle_since.map(|t| t + FEED_IDLE);
             tokio::select! {
                 join = joins.recv() => match join {
                     Some(join) => self.join(join).await,
                     None => return,
                 },
+                _ = sleep_until(idle_until) => self.stop(),
                 batch = next_batch(&mut self.reader) => match batch {
                     Some(Ok(entries)) => self.dispatch(log_messages(entries)),
                     Some(Err(e)) => {
@@ -236,9 +245,14 @@ impl Dispatcher {
                 },
             }
             self.subscribers.retain(|s| !s.tx.is_closed());
-            if self.subscribers.is_empty() && self.reader.is_some() {
-                self.stop();
-            }
+            idle_since = match (
+                self.reader.is_some() && self.subscribers.is_empty(),
+                idle_since,
+            ) {
+                (false, _) => None,
+                (true, None) => Some(tokio::time::Instant::now()),
+                (true, since) => since,
+            };
         }
     }
 
@@ -329,6 +343,13 @@ impl Dispatcher {
         self.reader = None;
         self.subscribers.clear();
         self.history.clear();
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
