@@ -38,9 +38,15 @@ pub struct WsArgs {
     /// Messages per second over all sessions (0: idle sockets only, memory measurement).
     #[arg(long, default_value_t = 5_000)]
     pub rate: u64,
-    /// Seconds of sending.
+    /// Seconds of sending that are measured.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
+    /// Seconds of sending at the same rate before the measured ones: their messages must be
+    /// delivered too, but their latencies are left out of the percentiles (printed apart). A
+    /// fresh gateway and nats-server stall ~85–130 ms in the first 100 ms of sending, with and
+    /// without fsync.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u64,
     /// Loopback source addresses to spread the client sockets over (127.0.0.1 .. 127.0.0.N).
     #[arg(long, default_value_t = 8)]
     pub sources: u8,
@@ -157,10 +163,11 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "bench ws: {} sockets, {} msg/s, {} s; open-files limit {nofile}; load average {}",
+        "bench ws: {} sockets, {} msg/s, {} s measured after {} s of warm-up; open-files limit {nofile}; load average {}",
         args.sockets,
         args.rate,
         args.duration,
+        args.warmup,
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
@@ -323,10 +330,13 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     // Open the sockets.
     let epoch = Instant::now();
     let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+    // (sent at, latency) in µs of every delivery: where in the run the tail is.
+    let timeline: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
     // Sender side: when message `b{i}` was sent, and how long until its `ack` (stored).
-    let slots = (args.rate * (args.duration + 1)) as usize + 1;
+    let slots = (args.rate * (args.warmup + args.duration + 1)) as usize + 1;
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..slots).map(|_| AtomicU64::new(0)).collect());
-    let ack_latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+    // (sent at, latency) in µs of every ack.
+    let ack_latencies: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
     let delivered = Arc::new(AtomicU64::new(0));
     let opened = Instant::now();
     let sources = args.sources.max(1);
@@ -401,6 +411,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             let token = jwt.issue(user, "bench", "user");
             let port = ports[i % ports.len()];
             let latencies = latencies.clone();
+            let timeline = timeline.clone();
             let delivered = delivered.clone();
             let sent_at = sent_at.clone();
             let ack_latencies = ack_latencies.clone();
@@ -445,13 +456,14 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                                             let slot = v["data"]["client_msg_id"].as_str().and_then(|s| s.strip_prefix('b')).and_then(|s| s.parse::<usize>().ok());
                                             if let Some(at) = slot.and_then(|i| sent_at.get(i)).map(|a| a.load(Ordering::Relaxed)) {
                                                 let now = epoch.elapsed().as_micros() as u64;
-                                                ack_latencies.lock().expect("lock").push(now.saturating_sub(at));
+                                                ack_latencies.lock().expect("lock").push((at, now.saturating_sub(at)));
                                             }
                                         }
                                         if v["type"] == "message" {
                                             if let Some(at) = v["data"]["content"].as_str().and_then(|s| s.parse::<u64>().ok()) {
                                                 let now = epoch.elapsed().as_micros() as u64;
                                                 latencies.lock().expect("lock").push(now.saturating_sub(at));
+                                                timeline.lock().expect("lock").push((at, now.saturating_sub(at)));
                                                 delivered.fetch_add(1, Ordering::Relaxed);
                                             }
                                         }
@@ -496,9 +508,10 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         nats_pid.map_or(0.0, cpu_secs),
     );
     let sending = Instant::now();
+    let sending_at_us = epoch.elapsed().as_micros() as u64;
     if args.rate > 0 && !senders.is_empty() {
         let n = senders.len();
-        sent = paced(args.rate, Duration::from_secs(args.duration), |i| {
+        sent = paced(args.rate, Duration::from_secs(args.warmup + args.duration), |i| {
             let at = epoch.elapsed().as_micros() as u64;
             if let Some(slot) = sent_at.get(i as usize) {
                 slot.store(at, Ordering::Relaxed);
@@ -524,10 +537,28 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     let cpu_bench = cpu(cpu_secs(std::process::id()), cpu_at_start.0);
     let cpu_gateway = cpu(cpu_all(), cpu_at_start.1);
     let cpu_nats = cpu(nats_pid.map_or(0.0, cpu_secs), cpu_at_start.2);
-    let mut lat = std::mem::take(&mut *latencies.lock().expect("lock"));
-    lat.sort_unstable();
-    let mut acks = std::mem::take(&mut *ack_latencies.lock().expect("lock"));
-    acks.sort_unstable();
+    // Every latency (the warm-up's included), and those of the messages sent after the warm-up
+    // (the percentiles reported); client worker processes report no send times, so with them
+    // every latency counts.
+    let mut all = std::mem::take(&mut *latencies.lock().expect("lock"));
+    all.sort_unstable();
+    let measured_from = sending_at_us + args.warmup * 1_000_000;
+    let measured = |pairs: &[(u64, u64)]| -> Vec<u64> {
+        let mut v: Vec<u64> = pairs
+            .iter()
+            .filter(|(at, _)| *at >= measured_from)
+            .map(|(_, l)| *l)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let timeline_all = timeline.lock().expect("lock").clone();
+    let lat = if timeline_all.is_empty() {
+        all.clone()
+    } else {
+        measured(&timeline_all)
+    };
+    let acks = measured(&ack_latencies.lock().expect("lock"));
     let mut commit_stats = Vec::new();
     for port in &ports {
         let v: Value = match reqwest::get(format!("http://127.0.0.1:{port}/ws/stats")).await {
@@ -545,13 +576,63 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     };
     if args.rate > 0 {
         println!(
-            "gateway end to end: sent {sent} (client queue full: {rejected}), delivered {got} ({:.4}); p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms; RSS at end {rss_end} KiB",
+            "gateway end to end: sent {sent} (client queue full: {rejected}), delivered {got} ({:.4}); after the warm-up ({} deliveries): p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms; RSS at end {rss_end} KiB",
             ratio,
+            lat.len(),
             percentile(&lat, 0.5),
             percentile(&lat, 0.95),
             percentile(&lat, 0.99),
             lat.last().copied().unwrap_or(0) as f64 / 1000.0,
         );
+        println!(
+            "gateway end to end, the warm-up's {} s included ({} deliveries): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            args.warmup,
+            all.len(),
+            percentile(&all, 0.5),
+            percentile(&all, 0.99),
+            all.last().copied().unwrap_or(0) as f64 / 1000.0,
+        );
+        let timeline = timeline_all;
+        if let Some(first) = timeline.iter().map(|(at, _)| *at).min() {
+            // Per second of sending (the warm-up's first): deliveries over 10 ms, and the slowest.
+            let mut seconds = vec![(0u64, 0u64); (args.warmup + args.duration) as usize + 2];
+            for (at, l) in &timeline {
+                let k = (((at - first) / 1_000_000) as usize).min(seconds.len() - 1);
+                seconds[k].0 += u64::from(*l > 10_000);
+                seconds[k].1 = seconds[k].1.max(*l);
+            }
+            let line: Vec<String> = seconds
+                .iter()
+                .enumerate()
+                .map(|(k, (over, max))| format!("{k}s:{over}/{:.0}", *max as f64 / 1000.0))
+                .collect();
+            println!(
+                "the tail by second of sending (deliveries over 10 ms / slowest ms): {}",
+                line.join(" ")
+            );
+            if std::env::var_os("MYCHAT_BENCH_PROFILE").is_some() {
+                let mut tenths = vec![(0u64, 0u64, 0u64); 20];
+                for (at, l) in &timeline {
+                    let k = ((at - first) / 100_000) as usize;
+                    if k < tenths.len() {
+                        tenths[k].0 += 1;
+                        tenths[k].1 += u64::from(*l > 10_000);
+                        tenths[k].2 = tenths[k].2.max(*l);
+                    }
+                }
+                let line: Vec<String> = tenths
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (n, over, max))| {
+                        format!("{}ms:{n}/{over}/{:.0}", k * 100, *max as f64 / 1000.0)
+                    })
+                    .collect();
+                println!(
+                    "first 2 s by 100 ms (sent / over 10 ms / slowest ms): {}",
+                    line.join(" ")
+                );
+            }
+        }
         println!(
             "sender → ack (stored in CHAT): {} acks; p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms",
             acks.len(),
@@ -590,6 +671,8 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             "p50_ms": round(percentile(&lat, 0.5)),
             "p95_ms": round(percentile(&lat, 0.95)),
             "p99_ms": round(percentile(&lat, 0.99)),
+            "warmup_s": args.warmup,
+            "p99_ms_with_warmup": round(percentile(&all, 0.99)),
             "baseline_p50_ms": round(percentile(&core, 0.5)),
             "baseline_p99_ms": round(percentile(&core, 0.99)),
             "js_baseline_p50_ms": round(percentile(&jsl, 0.5)),
