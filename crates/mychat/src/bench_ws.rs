@@ -610,6 +610,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                 "the tail by second of sending (deliveries over 10 ms / slowest ms): {}",
                 line.join(" ")
             );
+            // With MYCHAT_BENCH_PROFILE set: the first 2 s in tenths (where the start-up stall is).
             if std::env::var_os("MYCHAT_BENCH_PROFILE").is_some() {
                 let mut tenths = vec![(0u64, 0u64, 0u64); 20];
                 for (at, l) in &timeline {
