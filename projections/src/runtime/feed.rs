@@ -19,14 +19,14 @@
 //! one, catches up by itself instead of holding up those at the head); the reader stops when
 //! no subscriber has been left for [`FEED_IDLE`] (a standby process reads nothing).
 //!
-//! **A subscriber that falls behind** (its channel of [`SUBSCRIBER_BATCHES`] batches full: a
-//! projector catching up through large transactions, a stalled PostgreSQL) is dropped from the
-//! feed: its receiver ends, and the projector catches up by itself and joins again. The feed never
+//! **A subscriber that falls behind** ([`SUBSCRIBER_MESSAGES`] messages handed over and not yet
+//! taken: a projector catching up through large transactions, a stalled PostgreSQL) is dropped
+//! from the feed: its receiver ends, and the projector catches up by itself and joins again. The feed never
 //! waits for one projector, so a slow one does not hold up the others or the read-your-writes
 //! waits on them.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,11 +40,13 @@ use super::reader::log_messages;
 
 /// How many of the last messages read a feed keeps for projectors that join (all subjects): a
 /// projector whose own catch-up reached the feed's head joins from this history while the head
-/// moves on (at 5,000 commits/s, ~0.8 s of the log).
+/// moves on (at 5,000 single-message commits a second, ~0.8 s of the log).
 pub const FEED_HISTORY: usize = 4096;
 
-/// How many batches may wait for one subscriber before the feed drops it (see the module doc).
-pub const SUBSCRIBER_BATCHES: usize = 64;
+/// How many messages may wait for one subscriber before the feed drops it (see the module doc):
+/// ~1.6 s of the log at 5,000 messages a second, far more than a live projector's transaction
+/// (a count of messages, not of batches: at the head a batch is often one message).
+pub const SUBSCRIBER_MESSAGES: usize = 8192;
 
 /// How long a feed keeps reading with no subscriber before it stops: a projector told
 /// [`Joined::Behind`] catches up by itself and joins again, usually well within it.
@@ -54,14 +56,17 @@ pub const FEED_IDLE: Duration = Duration::from_secs(10);
 pub enum Joined {
     /// Subscribed: the messages on the subjects after the joining position, in stream order.
     Following(FeedReceiver),
-    /// The feed's history starts after the joining position: read up to this stream sequence
-    /// (the feed's head) by other means, then join again there.
+    /// The feed's history starts after the joining position (or holds more of the joiner's
+    /// messages than a subscriber may have waiting): read up to this stream sequence (the feed's
+    /// head) by other means, then join again there.
     Behind(u64),
 }
 
 /// A subscriber's end of a [`LiveFeed`]: batches (never empty) in stream order.
 pub struct FeedReceiver {
-    rx: mpsc::Receiver<Vec<LogMessage>>,
+    rx: mpsc::UnboundedReceiver<Vec<LogMessage>>,
+    /// Messages handed over and not yet taken (bounded by the feed: [`SUBSCRIBER_MESSAGES`]).
+    waiting: Arc<AtomicUsize>,
 }
 
 impl FeedReceiver {
@@ -69,12 +74,16 @@ impl FeedReceiver {
     /// feed stopped): the projector then reads by itself from what it last received.
     /// Cancel-safe.
     pub async fn recv(&mut self) -> Option<Vec<LogMessage>> {
-        self.rx.recv().await
+        let batch = self.rx.recv().await?;
+        self.waiting.fetch_sub(batch.len(), Ordering::Relaxed);
+        Some(batch)
     }
 
     /// A batch already handed over, if there is one (never waits).
     pub fn try_recv(&mut self) -> Option<Vec<LogMessage>> {
-        self.rx.try_recv().ok()
+        let batch = self.rx.try_recv().ok()?;
+        self.waiting.fetch_sub(batch.len(), Ordering::Relaxed);
+        Some(batch)
     }
 }
 
@@ -93,9 +102,15 @@ pub struct LiveFeed {
 }
 
 impl LiveFeed {
-    /// A feed of `stream` on `js`, handing over batches of at most `batch_size` messages. Its task
+    /// A feed of `stream` on `js`, handing over batches of at most `batch_size` messages and
+    /// dropping a subscriber with more than `max_waiting` messages not taken. Its task
     /// starts at once; its reader with the first join.
-    pub fn spawn(js: jetstream::Context, stream: &str, batch_size: usize) -> Self {
+    pub fn spawn(
+        js: jetstream::Context,
+        stream: &str,
+        batch_size: usize,
+        max_waiting: usize,
+    ) -> Self {
         let (joins, rx) = mpsc::channel(16);
         let dropped = Arc::new(AtomicU64::new(0));
         let dispatcher = Dispatcher {
@@ -103,6 +118,7 @@ impl LiveFeed {
             dropped: dropped.clone(),
             stream: stream.to_string(),
             batch_size: batch_size.max(1),
+            max_waiting: max_waiting.max(1),
             reader: None,
             subscribers: Vec::new(),
             history: VecDeque::with_capacity(FEED_HISTORY),
@@ -145,6 +161,7 @@ impl LiveFeed {
 pub struct LiveFeeds {
     js: jetstream::Context,
     batch_size: usize,
+    max_waiting: usize,
     feeds: Arc<Mutex<HashMap<String, LiveFeed>>>,
 }
 
@@ -152,19 +169,29 @@ impl std::fmt::Debug for LiveFeeds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LiveFeeds")
             .field("batch_size", &self.batch_size)
+            .field("max_waiting", &self.max_waiting)
             .finish_non_exhaustive()
     }
 }
 
 impl LiveFeeds {
-    /// The feeds on `nats`, handing over batches of at most `batch_size` messages (a live
+    /// The feeds on `nats`, dropping a subscriber with [`SUBSCRIBER_MESSAGES`] messages not taken,
+    /// handing over batches of at most `batch_size` messages (a live
     /// projector's transaction size).
     pub fn new(nats: async_nats::Client, batch_size: usize) -> Self {
         Self {
             js: jetstream::new(nats),
             batch_size,
+            max_waiting: SUBSCRIBER_MESSAGES,
             feeds: Arc::default(),
         }
+    }
+
+    /// The same feeds dropping a subscriber with more than `n` messages not taken (instead of
+    /// [`SUBSCRIBER_MESSAGES`]); for feeds not yet created.
+    pub fn with_max_waiting(mut self, n: usize) -> Self {
+        self.max_waiting = n.max(1);
+        self
     }
 
     /// The feed of `stream`.
@@ -172,7 +199,9 @@ impl LiveFeeds {
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
         feeds
             .entry(stream.to_string())
-            .or_insert_with(|| LiveFeed::spawn(self.js.clone(), stream, self.batch_size))
+            .or_insert_with(|| {
+                LiveFeed::spawn(self.js.clone(), stream, self.batch_size, self.max_waiting)
+            })
             .clone()
     }
 }
@@ -181,7 +210,10 @@ struct Subscriber {
     subjects: Vec<String>,
     /// Messages up to this stream sequence are not handed over (the joiner has them).
     after: u64,
-    tx: mpsc::Sender<Vec<LogMessage>>,
+    tx: mpsc::UnboundedSender<Vec<LogMessage>>,
+    /// Messages handed over and not yet taken.
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
 }
 
 impl Subscriber {
@@ -191,7 +223,7 @@ impl Subscriber {
     }
 
     /// Hands over the messages it wants, in batches of at most `batch_size`; false when it
-    /// cannot take them (its channel full or closed).
+    /// cannot take them (it would have more than [`SUBSCRIBER_MESSAGES`] waiting, or it is gone).
     fn hand_over<'a>(
         &self,
         messages: impl Iterator<Item = &'a LogMessage>,
@@ -200,11 +232,19 @@ impl Subscriber {
         let mut batch = Vec::new();
         for m in messages.filter(|m| self.wants(m)) {
             batch.push(m.clone());
-            if batch.len() == batch_size && self.tx.try_send(std::mem::take(&mut batch)).is_err() {
+            if batch.len() == batch_size && !self.send(std::mem::take(&mut batch)) {
                 return false;
             }
         }
-        batch.is_empty() || self.tx.try_send(batch).is_ok()
+        batch.is_empty() || self.send(batch)
+    }
+
+    fn send(&self, batch: Vec<LogMessage>) -> bool {
+        let n = batch.len();
+        if self.waiting.fetch_add(n, Ordering::Relaxed) + n > self.max_waiting {
+            return false;
+        }
+        self.tx.send(batch).is_ok()
     }
 }
 
@@ -213,6 +253,7 @@ struct Dispatcher {
     dropped: Arc<AtomicU64>,
     stream: String,
     batch_size: usize,
+    max_waiting: usize,
     reader: Option<LogReader>,
     subscribers: Vec<Subscriber>,
     /// The last messages read, in stream order (at most [`FEED_HISTORY`]).
@@ -291,11 +332,14 @@ impl Dispatcher {
             let _ = join.answer.send(Ok(Joined::Behind(self.head)));
             return;
         }
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_BATCHES);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
         let subscriber = Subscriber {
             subjects: join.subjects,
             after: join.after,
             tx,
+            waiting: waiting.clone(),
+            max_waiting: self.max_waiting,
         };
         if !subscriber.hand_over(self.history.iter(), self.batch_size) {
             let _ = join.answer.send(Ok(Joined::Behind(self.head)));
@@ -303,7 +347,7 @@ impl Dispatcher {
         }
         if join
             .answer
-            .send(Ok(Joined::Following(FeedReceiver { rx })))
+            .send(Ok(Joined::Following(FeedReceiver { rx, waiting })))
             .is_ok()
         {
             self.subscribers.push(subscriber);
@@ -312,15 +356,17 @@ impl Dispatcher {
 
     fn dispatch(&mut self, messages: Vec<LogMessage>) {
         let batch_size = self.batch_size;
-        let (dropped, stream) = (&self.dropped, &self.stream);
+        let (dropped, stream, max_waiting) = (&self.dropped, &self.stream, self.max_waiting);
         self.subscribers.retain(|s| {
             let kept = s.hand_over(messages.iter(), batch_size);
-            if !kept {
+            // (A subscriber that has gone is not one that fell behind.)
+            if !kept && !s.tx.is_closed() {
                 dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     stream,
-                    "live feed: a subscriber fell {SUBSCRIBER_BATCHES} batches behind; it reads \
-                     by itself and joins again"
+                    max_waiting,
+                    "live feed: a subscriber has too many messages waiting; it reads by itself \
+                     and joins again"
                 );
             }
             kept
