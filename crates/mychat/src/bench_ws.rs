@@ -558,7 +558,8 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     } else {
         measured(&timeline_all)
     };
-    let acks = measured(&ack_latencies.lock().expect("lock"));
+    let ack_pairs = ack_latencies.lock().expect("lock").clone();
+    let acks = measured(&ack_pairs);
     let mut commit_stats = Vec::new();
     for port in &ports {
         let v: Value = match reqwest::get(format!("http://127.0.0.1:{port}/ws/stats")).await {
@@ -610,7 +611,8 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                 "the tail by second of sending (deliveries over 10 ms / slowest ms): {}",
                 line.join(" ")
             );
-            // With MYCHAT_BENCH_PROFILE set: the first 2 s in tenths (where the start-up stall is).
+            // With MYCHAT_BENCH_PROFILE set: the first 2 s in tenths (where the start-up stall is),
+            // deliveries and the senders' acks.
             if std::env::var_os("MYCHAT_BENCH_PROFILE").is_some() {
                 let mut tenths = vec![(0u64, 0u64, 0u64); 20];
                 for (at, l) in &timeline {
@@ -630,6 +632,26 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                     .collect();
                 println!(
                     "first 2 s by 100 ms (sent / over 10 ms / slowest ms): {}",
+                    line.join(" ")
+                );
+                let mut tenths = vec![(0u64, 0u64, 0u64); 20];
+                for (at, l) in &ack_pairs {
+                    let k = (at.saturating_sub(first) / 100_000) as usize;
+                    if k < tenths.len() {
+                        tenths[k].0 += 1;
+                        tenths[k].1 += u64::from(*l > 10_000);
+                        tenths[k].2 = tenths[k].2.max(*l);
+                    }
+                }
+                let line: Vec<String> = tenths
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (n, over, max))| {
+                        format!("{}ms:{n}/{over}/{:.0}", k * 100, *max as f64 / 1000.0)
+                    })
+                    .collect();
+                println!(
+                    "their acks (acked / over 10 ms / slowest ms): {}",
                     line.join(" ")
                 );
             }
