@@ -329,9 +329,8 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
 
     // Open the sockets.
     let epoch = Instant::now();
-    let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
-    // (sent at, latency) in µs of every delivery: where in the run the tail is.
-    let timeline: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    // (sent at, latency) in µs of every delivery.
+    let deliveries: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
     // Sender side: when message `b{i}` was sent, and how long until its `ack` (stored).
     let slots = (args.rate * (args.warmup + args.duration + 1)) as usize + 1;
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..slots).map(|_| AtomicU64::new(0)).collect());
@@ -410,8 +409,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         .map(|(i, user, sid)| {
             let token = jwt.issue(user, "bench", "user");
             let port = ports[i % ports.len()];
-            let latencies = latencies.clone();
-            let timeline = timeline.clone();
+            let deliveries = deliveries.clone();
             let delivered = delivered.clone();
             let sent_at = sent_at.clone();
             let ack_latencies = ack_latencies.clone();
@@ -462,8 +460,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                                         if v["type"] == "message" {
                                             if let Some(at) = v["data"]["content"].as_str().and_then(|s| s.parse::<u64>().ok()) {
                                                 let now = epoch.elapsed().as_micros() as u64;
-                                                latencies.lock().expect("lock").push(now.saturating_sub(at));
-                                                timeline.lock().expect("lock").push((at, now.saturating_sub(at)));
+                                                deliveries.lock().expect("lock").push((at, now.saturating_sub(at)));
                                                 delivered.fetch_add(1, Ordering::Relaxed);
                                             }
                                         }
@@ -537,29 +534,23 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     let cpu_bench = cpu(cpu_secs(std::process::id()), cpu_at_start.0);
     let cpu_gateway = cpu(cpu_all(), cpu_at_start.1);
     let cpu_nats = cpu(nats_pid.map_or(0.0, cpu_secs), cpu_at_start.2);
-    // Every latency (the warm-up's included), and those of the messages sent after the warm-up
-    // (the percentiles reported); client worker processes report no send times, so with them
-    // every latency counts.
-    let mut all = std::mem::take(&mut *latencies.lock().expect("lock"));
-    all.sort_unstable();
+    // The deliveries' and acks' (sent at, latency) pairs; the percentiles reported are those of
+    // the messages sent after the warm-up, and beside them every delivery's.
+    let deliveries = std::mem::take(&mut *deliveries.lock().expect("lock"));
+    let ack_pairs = std::mem::take(&mut *ack_latencies.lock().expect("lock"));
     let measured_from = sending_at_us + args.warmup * 1_000_000;
-    let measured = |pairs: &[(u64, u64)]| -> Vec<u64> {
+    let sorted = |pairs: &[(u64, u64)], from: u64| -> Vec<u64> {
         let mut v: Vec<u64> = pairs
             .iter()
-            .filter(|(at, _)| *at >= measured_from)
+            .filter(|(at, _)| *at >= from)
             .map(|(_, l)| *l)
             .collect();
         v.sort_unstable();
         v
     };
-    let timeline_all = timeline.lock().expect("lock").clone();
-    let lat = if timeline_all.is_empty() {
-        all.clone()
-    } else {
-        measured(&timeline_all)
-    };
-    let ack_pairs = ack_latencies.lock().expect("lock").clone();
-    let acks = measured(&ack_pairs);
+    let all = sorted(&deliveries, 0);
+    let lat = sorted(&deliveries, measured_from);
+    let acks = sorted(&ack_pairs, measured_from);
     let mut commit_stats = Vec::new();
     for port in &ports {
         let v: Value = match reqwest::get(format!("http://127.0.0.1:{port}/ws/stats")).await {
@@ -593,65 +584,36 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             percentile(&all, 0.99),
             all.last().copied().unwrap_or(0) as f64 / 1000.0,
         );
-        let timeline = timeline_all;
-        if let Some(first) = timeline.iter().map(|(at, _)| *at).min() {
-            // Per second of sending (the warm-up's first): deliveries over 10 ms, and the slowest.
-            let mut seconds = vec![(0u64, 0u64); (args.warmup + args.duration) as usize + 2];
-            for (at, l) in &timeline {
-                let k = (((at - first) / 1_000_000) as usize).min(seconds.len() - 1);
-                seconds[k].0 += u64::from(*l > 10_000);
-                seconds[k].1 = seconds[k].1.max(*l);
-            }
-            let line: Vec<String> = seconds
-                .iter()
-                .enumerate()
-                .map(|(k, (over, max))| format!("{k}s:{over}/{:.0}", *max as f64 / 1000.0))
-                .collect();
-            println!(
-                "the tail by second of sending (deliveries over 10 ms / slowest ms): {}",
-                line.join(" ")
-            );
-            // With MYCHAT_BENCH_PROFILE set: the first 2 s in tenths (where the start-up stall is),
-            // deliveries and the senders' acks.
-            if std::env::var_os("MYCHAT_BENCH_PROFILE").is_some() {
-                let mut tenths = vec![(0u64, 0u64, 0u64); 20];
-                for (at, l) in &timeline {
-                    let k = ((at - first) / 100_000) as usize;
-                    if k < tenths.len() {
-                        tenths[k].0 += 1;
-                        tenths[k].1 += u64::from(*l > 10_000);
-                        tenths[k].2 = tenths[k].2.max(*l);
-                    }
-                }
-                let line: Vec<String> = tenths
+        // Per second of sending (the warm-up's first): deliveries over 10 ms, and the slowest;
+        // with MYCHAT_BENCH_PROFILE set, the first 2 s in tenths (where the start-up stall is),
+        // deliveries and the senders' acks.
+        let seconds = tail_buckets(
+            &deliveries,
+            sending_at_us,
+            1_000_000,
+            (args.warmup + args.duration) as usize + 2,
+        );
+        let line: Vec<String> = seconds
+            .iter()
+            .enumerate()
+            .map(|(k, b)| format!("{k}s:{}/{:.0}", b.over, b.slowest as f64 / 1000.0))
+            .collect();
+        println!(
+            "the tail by second of sending (deliveries over 10 ms / slowest ms): {}",
+            line.join(" ")
+        );
+        if std::env::var_os("MYCHAT_BENCH_PROFILE").is_some() {
+            for (what, pairs) in [("deliveries", &deliveries), ("their acks", &ack_pairs)] {
+                let line: Vec<String> = tail_buckets(pairs, sending_at_us, 100_000, 20)
                     .iter()
                     .enumerate()
-                    .map(|(k, (n, over, max))| {
-                        format!("{}ms:{n}/{over}/{:.0}", k * 100, *max as f64 / 1000.0)
+                    .map(|(k, b)| {
+                        let slowest = b.slowest as f64 / 1000.0;
+                        format!("{}ms:{}/{}/{slowest:.0}", k * 100, b.count, b.over)
                     })
                     .collect();
                 println!(
-                    "first 2 s by 100 ms (sent / over 10 ms / slowest ms): {}",
-                    line.join(" ")
-                );
-                let mut tenths = vec![(0u64, 0u64, 0u64); 20];
-                for (at, l) in &ack_pairs {
-                    let k = (at.saturating_sub(first) / 100_000) as usize;
-                    if k < tenths.len() {
-                        tenths[k].0 += 1;
-                        tenths[k].1 += u64::from(*l > 10_000);
-                        tenths[k].2 = tenths[k].2.max(*l);
-                    }
-                }
-                let line: Vec<String> = tenths
-                    .iter()
-                    .enumerate()
-                    .map(|(k, (n, over, max))| {
-                        format!("{}ms:{n}/{over}/{:.0}", k * 100, *max as f64 / 1000.0)
-                    })
-                    .collect();
-                println!(
-                    "their acks (acked / over 10 ms / slowest ms): {}",
+                    "first 2 s by 100 ms, {what} (count / over 10 ms / slowest ms): {}",
                     line.join(" ")
                 );
             }
@@ -722,4 +684,27 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     drop(workers);
     drop(gateways);
     Ok(())
+}
+
+/// Latencies of one stretch of a run (µs).
+#[derive(Default, Clone, Copy)]
+struct TailBucket {
+    count: u64,
+    /// Over 10 ms.
+    over: u64,
+    slowest: u64,
+}
+
+/// `(sent at, latency)` pairs (µs) in `n` stretches of `width` µs from `from`; later pairs are left
+/// out.
+fn tail_buckets(pairs: &[(u64, u64)], from: u64, width: u64, n: usize) -> Vec<TailBucket> {
+    let mut buckets = vec![TailBucket::default(); n];
+    for &(at, latency) in pairs {
+        if let Some(b) = buckets.get_mut((at.saturating_sub(from) / width) as usize) {
+            b.count += 1;
+            b.over += u64::from(latency > 10_000);
+            b.slowest = b.slowest.max(latency);
+        }
+    }
+    buckets
 }
