@@ -81,8 +81,37 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    disable_transparent_huge_pages();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("mychat: starting the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Turns transparent huge pages off for this process and the processes it starts (Linux
+/// `prctl(PR_SET_THP_DISABLE)`, checked by the kernel at each page fault, so it also covers what
+/// was mapped before). The allocator asks for huge pages on its segments (mimalloc's `allow_thp`
+/// option, on by default, `madvise(MADV_HUGEPAGE)`), and the first touch of one zeroes 2 MiB in
+/// one page fault: on the project's VM about 10 ms each, which stopped the gateway's runtime for
+/// 130–160 ms when a fresh node took its first 500 messages (its memory growing) and made every
+/// one of them late (docs/benchmarks.md, the gateway). With 4 KiB pages the same growth costs
+/// the same in total, but in slices too short to be seen. `MIMALLOC_ALLOW_THP=1` keeps them.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var("MIMALLOC_ALLOW_THP").as_deref() != Ok("1") {
+        // Without it (an old kernel, a sandbox refusing prctl) the process runs as before.
+        let _ = nix::sys::prctl::set_thp_disable(true);
+    }
+}
+
+async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     let settings = match settings::Settings::load() {
         Ok(s) => s,
