@@ -45,7 +45,8 @@ pub struct GroupCommitSettings {
     pub linger: Duration,
     /// Commits that may wait for the committer before `commit` itself waits (back-pressure).
     pub queue: usize,
-    /// Subjects whose last stored sequence the committer remembers (LRU).
+    /// Subjects whose last stored sequence the committer remembers (LRU), and dedup ids it
+    /// stored lately (LRU, as many): each entry ~100 bytes of the process's memory.
     pub known_subjects: usize,
     /// How long a write may wait for its ack.
     #[serde(with = "micros")]

@@ -97,7 +97,7 @@ struct Worker {
     stream: Stream<()>,
     /// The stream's name (metrics).
     stream_name: Arc<str>,
-    /// Per subject, the last stream sequence this committer stored there.
+    /// Per subject of a checked append, the last stream sequence this committer stored there.
     known: lru::LruCache<String, u64>,
     /// Dedup ids this committer stored lately.
     recent: lru::LruCache<String, ()>,
@@ -182,7 +182,11 @@ impl Worker {
                         busy_ids.remove(&job.commit.command_id);
                         match &outcome {
                             Ok(CommitOutcome::Stored { sequence }) => {
-                                self.learn(&job.commit.subject, *sequence);
+                                // Only checked appends (an aggregate's commits) are ever
+                                // compared with a subject's last sequence; chat records are not.
+                                if job.commit.expected_last_sequence.is_some() {
+                                    self.learn(&job.commit.subject, *sequence);
+                                }
                                 self.recent.put(job.commit.command_id.clone(), ());
                             }
                             Ok(CommitOutcome::Duplicate { .. }) => {
