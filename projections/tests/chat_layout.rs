@@ -96,7 +96,7 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
     let layout = ensure_streams(
         &js,
         &StreamSettings {
-            chat_shards: 4,
+            chat_shards: Some(4),
             ..Default::default()
         },
     )
@@ -115,29 +115,36 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
     assert_eq!(layout.place(9).subject, "chat.9");
     assert_eq!(layout.place(10).stream, "CHAT_3");
     assert_eq!(layout.place(10).subject, "chat.3.10");
-    // Idempotent; a different number of shards is refused (the sessions would move).
-    assert_eq!(
-        ensure_streams(
+    // Idempotent, with the same number or none set (the recorded layout is kept, though the
+    // default for a new deployment is another); a different number of shards is refused (the
+    // sessions would move), and so is one that is not a number of shards.
+    assert_ne!(eventstore::chat::DEFAULT_SHARDS, 4);
+    for chat_shards in [Some(4), None] {
+        assert_eq!(
+            ensure_streams(
+                &js,
+                &StreamSettings {
+                    chat_shards,
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap(),
+            layout
+        );
+    }
+    for (chat_shards, says) in [(8, "resharding"), (0, "1..=63"), (64, "1..=63")] {
+        let refused = ensure_streams(
             &js,
             &StreamSettings {
-                chat_shards: 4,
+                chat_shards: Some(chat_shards),
                 ..Default::default()
-            }
+            },
         )
         .await
-        .unwrap(),
-        layout
-    );
-    let refused = ensure_streams(
-        &js,
-        &StreamSettings {
-            chat_shards: 8,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
-    assert!(format!("{refused:#}").contains("resharding"), "{refused:#}");
+        .unwrap_err();
+        assert!(format!("{refused:#}").contains(says), "{refused:#}");
+    }
     assert_eq!(ChatLayout::load(&js).await.unwrap(), Some(layout));
 
     // After: session 9 goes on in `CHAT`, session 10 starts in its shard.
@@ -196,4 +203,30 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
     .unwrap();
     assert_eq!(version, 2, "rebuilt to the current version");
     shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_deployment_without_a_shard_setting_gets_the_default_and_keeps_what_it_recorded() {
+    let nats = testkit::NatsServer::start().unwrap();
+    let js = async_nats::jetstream::new(nats.connect().await.unwrap());
+    let unset = StreamSettings::default();
+    assert_eq!(unset.chat_shards, None);
+
+    let layout = ensure_streams(&js, &unset).await.unwrap();
+    assert_eq!(layout, ChatLayout::new(eventstore::chat::DEFAULT_SHARDS));
+    assert_eq!(layout.legacy_upto_session, None);
+    for (shard, stream) in layout.streams() {
+        let info = js.get_stream(stream).await.unwrap();
+        assert_eq!(info.cached_info().config.metadata, layout.metadata(shard));
+    }
+    assert!(js.get_stream(LEGACY_CHAT_STREAM).await.is_err());
+    // Read back from the streams, and kept by a later start with the number set or unset.
+    assert_eq!(ChatLayout::load(&js).await.unwrap(), Some(layout));
+    for chat_shards in [None, Some(eventstore::chat::DEFAULT_SHARDS)] {
+        let settings = StreamSettings {
+            chat_shards,
+            ..Default::default()
+        };
+        assert_eq!(ensure_streams(&js, &settings).await.unwrap(), layout);
+    }
 }

@@ -94,14 +94,14 @@ impl Default for ChatLayout {
     }
 }
 
-/// Shard streams of a new deployment: 4. Measured on the project's 2-core machine (nats-server
-/// 2.15.1, `sync_interval: always`, `cargo run --release -p eventstore --example
-/// chat_commit_probe`): raw plain publishes at 5,000/s, each awaited in its own task, p99 529 ms
-/// on 1 stream (saturated), 7.4 ms on 2, 4.6 ms on 4, 3.1 ms on 8; through the chat committers
-/// (batches of 8 or more, 2 in flight) p99 14.8 ms on 2, 2.7 ms on 4, 7.8 ms on 8, and at
-/// 10,000/s 27.7 ms on 4 against 48.5 ms on 8 (every shard is one more reader per gateway node
-/// and per projector). docs/benchmarks.md, the chat shards.
-pub const DEFAULT_SHARDS: u16 = 4;
+/// Shard streams of a new deployment (one whose chat streams do not exist yet and whose
+/// `chat_shards` is unset): 16. Measured end to end on the project's 2-core machine (nats-server
+/// 2.15.1, `sync_interval: always`, `mychat bench ws --sockets 10000 --rate 5000 --duration 20`,
+/// one gateway node, after a 1 s warm-up): p99 26.9 ms with 4 shards, 9.6 and 10.2 ms with 8,
+/// 8.5 and 9.2 ms with 16. One stream fsyncs its messages one after the other; more streams
+/// fsync side by side, and a burst queues on fewer. Every shard is one more reader on each
+/// gateway node and for the chat projections. docs/benchmarks.md, the gateway.
+pub const DEFAULT_SHARDS: u16 = 16;
 
 /// Where one session's records live.
 #[derive(Debug, Clone, PartialEq, Eq)]

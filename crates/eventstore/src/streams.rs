@@ -10,8 +10,8 @@ use async_nats::jetstream::{self, stream};
 pub const EVENTS_STREAM: &str = "EVENTS";
 
 /// How the streams are created. Defaults: one replica, a 10-minute duplicate window for command
-/// ids (`Nats-Msg-Id`), chat messages kept for 365 days, [`crate::chat::DEFAULT_SHARDS`] chat
-/// shards.
+/// ids (`Nats-Msg-Id`), chat messages kept for 365 days, the chat layout the streams record (a new
+/// deployment: [`crate::chat::DEFAULT_SHARDS`] shards).
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     /// Replicas of each stream (1 in dev, 3 in a cluster).
@@ -20,9 +20,11 @@ pub struct StreamSettings {
     pub duplicate_window: Duration,
     /// Age after which chat records leave the chat streams (`0` = forever).
     pub chat_max_age: Duration,
-    /// Chat shard streams of a new deployment (1..=63). An existing deployment keeps the number
-    /// its streams were created with.
-    pub chat_shards: u16,
+    /// Chat shard streams (1..=63). `None`: an existing deployment keeps the number its streams
+    /// were created with, a new one gets [`crate::chat::DEFAULT_SHARDS`]. `Some(n)`: a new
+    /// deployment gets `n`; an existing one with another number is refused (resharding is not
+    /// supported).
+    pub chat_shards: Option<u16>,
 }
 
 impl Default for StreamSettings {
@@ -31,7 +33,7 @@ impl Default for StreamSettings {
             replicas: 1,
             duplicate_window: Duration::from_secs(600),
             chat_max_age: Duration::from_secs(365 * 24 * 3600),
-            chat_shards: crate::chat::DEFAULT_SHARDS,
+            chat_shards: None,
         }
     }
 }
@@ -124,32 +126,45 @@ async fn legacy_upto_session(stream: &stream::Stream) -> anyhow::Result<Option<i
 /// layout. Idempotent.
 ///
 /// The chat layout is decided once: when the shard streams do not exist yet, they are created
-/// with `settings.chat_shards` shards, and a legacy `CHAT` stream (from before sharding) keeps
-/// the sessions it has records of (its subjects are narrowed to `chat.*`); afterwards the layout
-/// is read from the shards' metadata, and a different `settings.chat_shards` is refused.
+/// with `settings.chat_shards` shards (unset: [`crate::chat::DEFAULT_SHARDS`]), and a legacy
+/// `CHAT` stream (from before sharding) keeps the sessions it has records of (its subjects are
+/// narrowed to `chat.*`); afterwards the layout is read from the shards' metadata, and a
+/// `settings.chat_shards` set to another number is refused.
 ///
 /// # Errors
-/// When JetStream is not enabled, a stream's configuration cannot be applied, or the configured
-/// number of shards differs from the existing layout's.
+/// When JetStream is not enabled, a stream's configuration cannot be applied, the configured
+/// number of shards is outside 1..=[`crate::chat::MAX_SHARDS`], or it differs from the existing
+/// layout's.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> anyhow::Result<crate::chat::ChatLayout> {
+    if let Some(n) = settings.chat_shards {
+        anyhow::ensure!(
+            (1..=crate::chat::MAX_SHARDS).contains(&n),
+            "chat_shards: {n} is not a number of chat shards (1..={})",
+            crate::chat::MAX_SHARDS
+        );
+    }
     create_or_update(js, events_config(settings)).await?;
     let layout = match crate::chat::ChatLayout::load(js).await? {
         Some(layout) => {
-            anyhow::ensure!(
-                layout.shards == settings.chat_shards.clamp(1, crate::chat::MAX_SHARDS),
-                "the chat streams have {} shards, the configuration asks for {}: resharding \
-                 existing chat streams is not supported (set chat_shards to {})",
-                layout.shards,
-                settings.chat_shards,
-                layout.shards
-            );
+            if let Some(n) = settings.chat_shards {
+                anyhow::ensure!(
+                    layout.shards == n,
+                    "the chat streams have {} shards, the configuration asks for {n}: \
+                     resharding existing chat streams is not supported (set chat_shards to {}, \
+                     or leave it unset to keep the recorded layout)",
+                    layout.shards,
+                    layout.shards
+                );
+            }
             layout
         }
         None => {
-            let mut layout = crate::chat::ChatLayout::new(settings.chat_shards);
+            let mut layout = crate::chat::ChatLayout::new(
+                settings.chat_shards.unwrap_or(crate::chat::DEFAULT_SHARDS),
+            );
             if let Ok(legacy) = js.get_stream(crate::chat::LEGACY_CHAT_STREAM).await {
                 // Narrow the legacy stream's subjects first: the shards' may not overlap them.
                 create_or_update(js, chat_config(settings, &layout, 0)).await?;

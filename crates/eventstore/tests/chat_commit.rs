@@ -42,7 +42,7 @@ async fn one_shard(js: &async_nats::jetstream::Context) -> ChatLayout {
     ensure_streams(
         js,
         &StreamSettings {
-            chat_shards: 1,
+            chat_shards: Some(1),
             ..Default::default()
         },
     )

@@ -141,7 +141,7 @@ pub async fn run(args: &WsArgs) -> anyhow::Result<()> {
     eventstore::ensure_streams(
         &js,
         &eventstore::StreamSettings {
-            chat_shards: args.shards,
+            chat_shards: Some(args.shards),
             ..Default::default()
         },
     )

@@ -75,10 +75,12 @@ pub struct Settings {
     /// creates: 1 on a single nats-server, 3 on a cluster (R3; `MYCHAT_STREAM_REPLICAS=3`).
     /// Applied to existing streams too (JetStream can scale a stream's replicas up or down).
     pub stream_replicas: usize,
-    /// Chat shard streams (`CHAT_1` … `CHAT_<n>`, 1..=63) of a new deployment; an existing one
-    /// keeps the number its streams were created with (a different value is refused at start).
-    /// Default [`eventstore::chat::DEFAULT_SHARDS`] (4, measured: docs/benchmarks.md).
-    pub chat_shards: u16,
+    /// Chat shard streams (`CHAT_1` … `CHAT_<n>`, 1..=63). Unset (the default): an existing
+    /// deployment keeps the number its streams were created with, a new one gets
+    /// [`eventstore::chat::DEFAULT_SHARDS`] (measured: docs/benchmarks.md). Set: the number for a
+    /// new deployment, and a check for an existing one (another number is refused at start:
+    /// resharding is not supported).
+    pub chat_shards: Option<u16>,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
     /// Directory the user API stores and serves `/uploads/...` from; default
@@ -272,7 +274,7 @@ impl Default for Settings {
             token_ttl_seconds: 24 * 3600,
             sandbox_secret: None,
             stream_replicas: 1,
-            chat_shards: eventstore::chat::DEFAULT_SHARDS,
+            chat_shards: None,
             log_format: "auto".into(),
             upload_dir: None,
             cors_origins: String::new(),
@@ -374,6 +376,14 @@ impl Settings {
         let settings: Settings = figment.extract()?;
         settings.business_zone()?;
         settings.cors_origins()?;
+        if let Some(n) = settings.chat_shards {
+            anyhow::ensure!(
+                (1..=eventstore::chat::MAX_SHARDS).contains(&n),
+                "chat_shards: {n} is not a number of chat shards (1..={}); leave it unset to keep \
+                 the streams' layout",
+                eventstore::chat::MAX_SHARDS
+            );
+        }
         for method in &settings.payments.methods {
             anyhow::ensure!(
                 matches!(method.as_str(), "wechat" | "alipay"),
