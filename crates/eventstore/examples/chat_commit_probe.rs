@@ -4,7 +4,9 @@
 //! [`eventstore::ChatLog`] and reports the append latency (send → stored) and the committers'
 //! counters. Beside them, the raw floor of the same server: plain publishes spread over the same
 //! shard streams, each awaited in its own task.
-//! `cargo run --release -p eventstore --example chat_commit_probe -- [RATE] [SECONDS] [SHARDS,…]`
+//! `cargo run --release -p eventstore --example chat_commit_probe -- [RATE] [SECONDS] [SHARDS,…]
+//! [ROUNDS,…]` (ROUNDS: the settings' numbers in the order printed, 0 = plain publishes, each
+//! run as often as named, so that two settings can be alternated; default: each once)
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +63,9 @@ async fn main() -> anyhow::Result<()> {
         .next()
         .map(|a| a.split(',').filter_map(|s| s.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 2, 4, 8]);
+    let picked: Option<Vec<usize>> = args
+        .next()
+        .map(|a| a.split(',').filter_map(|s| s.parse().ok()).collect());
     println!(
         "load average {}; {rate} msg/s for {seconds} s",
         std::fs::read_to_string("/proc/loadavg")
@@ -74,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
         let layout = eventstore::ensure_streams(
             &js,
             &StreamSettings {
-                chat_shards: shards,
+                chat_shards: Some(shards),
                 ..Default::default()
             },
         )
@@ -96,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let (n, p50, p99) = percentiles(raw);
         println!("{shards} shards, raw publishes:           {n:>6} acked, p50 {p50:8.2} ms p99 {p99:8.2} ms");
-        for (round, (name, settings)) in [
+        let settings = [
             (
                 "plain publishes",
                 GroupCommitSettings {
@@ -171,10 +176,14 @@ async fn main() -> anyhow::Result<()> {
                     ..Default::default()
                 },
             ),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        ];
+        let rounds = picked
+            .clone()
+            .unwrap_or_else(|| (0..settings.len()).collect());
+        for (round, &k) in rounds.iter().enumerate() {
+            let Some((name, settings)) = settings.get(k).cloned() else {
+                continue;
+            };
             let log = ChatLog::new(js.clone(), layout, settings);
             let lat = {
                 let log = log.clone();

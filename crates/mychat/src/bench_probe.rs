@@ -199,3 +199,55 @@ pub(crate) async fn baselines(
     jsl.sort_unstable();
     Ok((core, jsl))
 }
+
+/// The disk under a benchmark: a thread appends 100 bytes to a file of its own in `dir` and
+/// fsyncs it every `every`, as nats-server does with each message under `sync_interval: always`,
+/// so that a run's slow deliveries can be laid beside the disk's slow fsyncs (a stall of the
+/// disk delays every stream's fsyncs at once, and no design above it can hide that).
+pub(crate) struct DiskProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(u64, u64)>>,
+}
+
+impl DiskProbe {
+    /// Starts probing in `dir`; times are µs since `epoch`.
+    ///
+    /// # Errors
+    /// When the probe's file cannot be created.
+    pub(crate) fn start(
+        dir: &std::path::Path,
+        epoch: Instant,
+        every: Duration,
+    ) -> anyhow::Result<Self> {
+        use std::io::Write as _;
+        let mut file = tempfile::tempfile_in(dir)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut fsyncs = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = epoch.elapsed();
+                if file
+                    .write_all(&[b'x'; 100])
+                    .and_then(|()| file.sync_all())
+                    .is_err()
+                {
+                    break;
+                }
+                fsyncs.push((
+                    at.as_micros() as u64,
+                    (epoch.elapsed() - at).as_micros() as u64,
+                ));
+                std::thread::sleep(every);
+            }
+            fsyncs
+        });
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops probing and returns each fsync's `(started at, latency)` (µs).
+    pub(crate) fn stop(self) -> Vec<(u64, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}

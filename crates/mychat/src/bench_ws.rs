@@ -7,7 +7,9 @@
 //! end-to-end latency (sender socket → gateway → `CHAT` (fsynced) → the node's consumer →
 //! recipient socket), delivered/sent, and the gateway's resident memory per socket. In the same
 //! run it measures the raw baselines: core NATS publish → subscriber, and JetStream publish
-//! (fsynced) → ordered consumer. `--rate 0` opens idle sockets only (memory per idle socket).
+//! (fsynced) → the log's reader; while sending, the disk's own fsync latency (a probe in
+//! nats-server's directory), by second beside the deliveries'. `--rate 0` opens idle sockets
+//! only (memory per idle socket).
 //! The last line printed is one JSON object with the figures. `MYCHAT_BENCH_DEBUG=1` prints
 //! every frame the bench sockets receive and the gateway's log (`MYCHAT_BENCH_GATEWAY_LOG` sets
 //! its `RUST_LOG`).
@@ -26,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::bench_probe::{
-    baselines, child_pid, cpu_secs, paced, percentile, raise_nofile, rss_kib, Gateway,
+    baselines, child_pid, cpu_secs, paced, percentile, raise_nofile, rss_kib, DiskProbe, Gateway,
 };
 
 /// `mychat bench ws` arguments.
@@ -42,9 +44,9 @@ pub struct WsArgs {
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
     /// Seconds of sending at the same rate before the measured ones: their messages must be
-    /// delivered too, but their latencies are left out of the percentiles (printed apart). A
-    /// fresh gateway and nats-server stall ~85–130 ms in the first 100 ms of sending, with and
-    /// without fsync.
+    /// delivered too, but their latencies are left out of the percentiles (printed apart, with
+    /// the p99 of all). A fresh node's first messages grow its memory (page faults; with
+    /// transparent huge pages, which mychat turns off, that stalled it 130–160 ms).
     #[arg(long, default_value_t = 1)]
     pub warmup: u64,
     /// Loopback source addresses to spread the client sockets over (127.0.0.1 .. 127.0.0.N).
@@ -210,7 +212,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     eventstore::ensure_streams(
         &js,
         &eventstore::StreamSettings {
-            chat_shards: args.shards,
+            chat_shards: Some(args.shards),
             ..Default::default()
         },
     )
@@ -506,6 +508,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     );
     let sending = Instant::now();
     let sending_at_us = epoch.elapsed().as_micros() as u64;
+    let disk = DiskProbe::start(nats_dir.path(), epoch, Duration::from_millis(10))?;
     if args.rate > 0 && !senders.is_empty() {
         let n = senders.len();
         sent = paced(args.rate, Duration::from_secs(args.warmup + args.duration), |i| {
@@ -528,6 +531,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    let disk = disk.stop();
     let rss_end = rss_all();
     let wall = sending.elapsed().as_secs_f64();
     let cpu = |now: f64, then: f64| (now - then) / wall.max(0.001);
@@ -551,6 +555,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     let all = sorted(&deliveries, 0);
     let lat = sorted(&deliveries, measured_from);
     let acks = sorted(&ack_pairs, measured_from);
+    let disk_sorted = sorted(&disk, measured_from);
     let mut commit_stats = Vec::new();
     for port in &ports {
         let v: Value = match reqwest::get(format!("http://127.0.0.1:{port}/ws/stats")).await {
@@ -601,6 +606,20 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         println!(
             "the tail by second of sending (deliveries over 10 ms / slowest ms): {}",
             line.join(" ")
+        );
+        let line: Vec<String> = tail_buckets(&disk, sending_at_us, 1_000_000, seconds.len())
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.over > 0)
+            .map(|(k, b)| format!("{k}s:{}/{:.0}", b.over, b.slowest as f64 / 1000.0))
+            .collect();
+        println!(
+            "the disk, by second of sending (a 100-byte append + fsync every 10 ms in nats-server's \
+             directory; fsyncs over 10 ms / slowest ms, seconds without any left out): {}; p99 \
+             {:.3} ms, max {:.3} ms",
+            if line.is_empty() { "none".to_string() } else { line.join(" ") },
+            percentile(&disk_sorted, 0.99),
+            disk_sorted.last().copied().unwrap_or(0) as f64 / 1000.0,
         );
         if std::env::var_os("MYCHAT_BENCH_PROFILE").is_some() {
             for (what, pairs) in [("deliveries", &deliveries), ("their acks", &ack_pairs)] {
@@ -672,6 +691,8 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             "chat_commit": commit_stats,
             "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
             "fsync": if args.lazy_fsync { "lazy" } else { "always" },
+            "disk_fsync_p99_ms": round(percentile(&disk_sorted, 0.99)),
+            "disk_fsync_max_ms": round(disk_sorted.last().copied().unwrap_or(0) as f64 / 1000.0),
         })
     );
     if std::env::var_os("MYCHAT_BENCH_DEBUG").is_some() {
