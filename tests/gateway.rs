@@ -840,8 +840,9 @@ async fn resends_through_the_batched_chat_path_are_stored_once() {
     )];
     let (a, b) = (c.node(&batched).await, c.node(&batched).await);
     let n = 8i64;
-    // Sessions 200, 208, …: one shard (id mod 8), so their appends meet in one committer.
-    let sid = |k: i64| 200 + 8 * k;
+    // Sessions 200, 200 + N, … (N shards): one shard, so their appends meet in one committer.
+    let stride = i64::from(eventstore::ChatLayout::default().shards);
+    let sid = |k: i64| 200 + stride * k;
     assert!((0..n).all(|k| place(sid(k)).stream == place(200).stream));
     for k in 0..n {
         c.session(sid(k), 11 + k, 21 + k, 30).await;

@@ -217,7 +217,10 @@ async fn a_new_deployment_without_a_shard_setting_gets_the_default_and_keeps_wha
     assert_eq!(layout.legacy_upto_session, None);
     for (shard, stream) in layout.streams() {
         let info = js.get_stream(stream).await.unwrap();
-        assert_eq!(info.cached_info().config.metadata, layout.metadata(shard));
+        let recorded = &info.cached_info().config.metadata;
+        for (key, value) in layout.metadata(shard) {
+            assert_eq!(recorded.get(&key), Some(&value), "{stream}: {key}");
+        }
     }
     assert!(js.get_stream(LEGACY_CHAT_STREAM).await.is_err());
     // Read back from the streams, and kept by a later start with the number set or unset.

@@ -167,6 +167,16 @@ async fn main() -> anyhow::Result<()> {
                 },
             ),
             (
+                "batches ≥ 4, 4 in flight",
+                GroupCommitSettings {
+                    max_batch: 1000,
+                    min_batch: 4,
+                    max_in_flight: 4,
+                    linger: Duration::ZERO,
+                    ..Default::default()
+                },
+            ),
+            (
                 "batches ≥ 64, 64 in flight",
                 GroupCommitSettings {
                     max_batch: 1000,
