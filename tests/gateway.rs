@@ -833,10 +833,10 @@ async fn an_inactive_session_is_ended_and_billed_once_after_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resends_through_the_batched_chat_path_are_stored_once() {
     let c = cluster().await;
-    // One write in flight and batches from 2 records: concurrent appends are batched.
+    // One write in flight and batches of 2 to 1000 records: concurrent appends are batched.
     let batched = [(
         "MYCHAT_GATEWAY_CHAT_COMMIT",
-        "{min_batch=2,max_in_flight=1}",
+        "{min_batch=2,max_batch=1000,max_in_flight=1}",
     )];
     let (a, b) = (c.node(&batched).await, c.node(&batched).await);
     let n = 8i64;

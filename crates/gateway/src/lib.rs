@@ -68,8 +68,9 @@ pub struct GatewayConfig {
     /// How long a shutting-down node waits for its sockets to drain.
     pub shutdown_grace: Duration,
     /// How the node's committer of each chat stream groups appends
-    /// ([`eventstore::GroupCommitter`]). Default: up to 16 writes in flight per stream; a group
-    /// of 16 or more records (when that many wait) goes as one atomic batch of at most 1000.
+    /// ([`eventstore::GroupCommitter`]). Default: plain publishes, every record its own publish
+    /// and fsync, up to 1,024 in flight per stream (measured for 16 shards, docs/architecture.md,
+    /// group commit).
     pub chat_commit: eventstore::GroupCommitSettings,
     /// Replicas of the presence KV bucket (1 on a single nats-server, 3 on a cluster).
     pub kv_replicas: usize,
@@ -91,16 +92,14 @@ impl Default for GatewayConfig {
             max_replay: 1000,
             shutdown_grace: Duration::from_secs(5),
             chat_commit: eventstore::GroupCommitSettings {
-                // nats-server's limit per atomic batch.
-                max_batch: 1000,
-                // Plain publishes while fewer than 16 are in flight on a shard (each settles on
-                // its own ack; every message costs an fsync, but an atomic batch of an R1 stream
-                // costs a staged file store of its own), batches of 16 or more beyond. Measured
-                // with `chat_commit_probe`, 4 shards: p99 2.6 ms at 5,000 msg/s (batches of 8 with
-                // 2 in flight: 2.7 ms; plain publishes only: 3.1 ms, but 925 ms at 10,000 msg/s,
-                // where this setting holds 46 ms).
-                min_batch: 16,
-                max_in_flight: 16,
+                // Plain publishes: with 16 shards an atomic batch's staged file store costs more
+                // than the fsyncs it saves, at 5,000 msg/s and at 10,000 (`chat_commit_probe`,
+                // 16 shards, p99: plain 2.1–3.2 ms and 6.8 ms; batches from 16 with 16 in flight
+                // 4.9–9.4 ms and 126 ms). A deployment that recorded 4 shards saturates near
+                // 10,000 msg/s with these (925 ms): `min_batch` 16, `max_in_flight` 16,
+                // `max_batch` 1000 is the setting measured there.
+                max_batch: 1,
+                max_in_flight: 1024,
                 // Chat is open loop (messages arrive at their senders' pace, not on acks): no
                 // waiting for answered senders to come back.
                 linger: Duration::ZERO,

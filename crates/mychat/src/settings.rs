@@ -117,7 +117,8 @@ pub struct Settings {
     /// is told `recovered: false` and reloads from REST.
     pub gateway_max_replay: usize,
     /// Gateway: group commit of chat appends (`[gateway_chat_commit]` in `mychat.toml`, fields
-    /// of `eventstore::GroupCommitSettings`; default: plain publishes while fewer than 16 are queued, atomic batches of 16 to 1000 beyond, 16 writes in flight per chat stream).
+    /// of `eventstore::GroupCommitSettings`; default: plain publishes, `max_batch` 1, up to
+    /// 1,024 in flight per chat stream; docs/architecture.md, group commit).
     pub gateway_chat_commit: eventstore::GroupCommitSettings,
     /// Where the projectors serve `/metrics` (projection lag; default 127.0.0.1:8083).
     pub metrics_addr: SocketAddr,
