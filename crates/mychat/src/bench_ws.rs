@@ -197,12 +197,13 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     let nats =
         tokio::task::spawn_blocking(move || testkit::NatsServer::start_with(options)).await??;
     println!(
-        "nats-server fsync: {}",
+        "nats-server fsync: {}; GOMAXPROCS {}",
         if args.lazy_fsync {
             "lazy (--lazy-fsync)"
         } else {
             "sync_interval: always (as in production)"
-        }
+        },
+        std::env::var("GOMAXPROCS").unwrap_or_else(|_| testkit::nats::NATS_GOMAXPROCS.into())
     );
     let pg = tokio::task::spawn_blocking(testkit::Postgres::start).await??;
     let db = sqlx::PgPool::connect(&pg.url()).await?;
