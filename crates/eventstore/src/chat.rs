@@ -36,6 +36,19 @@ use crate::group::{
 pub const LEGACY_CHAT_STREAM: &str = "CHAT";
 /// Most shard streams (shard numbers 1..=63; 0 is the legacy stream in message ids).
 pub const MAX_SHARDS: u16 = 63;
+
+/// Checks a configured number of shard streams (`chat_shards`).
+///
+/// # Errors
+/// When `n` is outside 1..=[`MAX_SHARDS`]; the message names the setting.
+pub fn check_shards(n: u16) -> anyhow::Result<u16> {
+    anyhow::ensure!(
+        (1..=MAX_SHARDS).contains(&n),
+        "chat_shards: {n} is not a number of chat shards (1..={MAX_SHARDS}); leave it unset to \
+         keep the streams' layout"
+    );
+    Ok(n)
+}
 /// Message ids carry the shard in their low 6 bits.
 pub const SHARD_SPAN: i64 = 64;
 /// Stream metadata keys of the layout.

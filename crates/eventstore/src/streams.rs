@@ -140,11 +140,7 @@ pub async fn ensure_streams(
     settings: &StreamSettings,
 ) -> anyhow::Result<crate::chat::ChatLayout> {
     if let Some(n) = settings.chat_shards {
-        anyhow::ensure!(
-            (1..=crate::chat::MAX_SHARDS).contains(&n),
-            "chat_shards: {n} is not a number of chat shards (1..={})",
-            crate::chat::MAX_SHARDS
-        );
+        crate::chat::check_shards(n)?;
     }
     create_or_update(js, events_config(settings)).await?;
     let layout = match crate::chat::ChatLayout::load(js).await? {

@@ -203,7 +203,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         } else {
             "sync_interval: always (as in production)"
         },
-        std::env::var("GOMAXPROCS").unwrap_or_else(|_| testkit::nats::NATS_GOMAXPROCS.into())
+        testkit::nats::gomaxprocs()
     );
     let pg = tokio::task::spawn_blocking(testkit::Postgres::start).await??;
     let db = sqlx::PgPool::connect(&pg.url()).await?;

@@ -378,12 +378,7 @@ impl Settings {
         settings.business_zone()?;
         settings.cors_origins()?;
         if let Some(n) = settings.chat_shards {
-            anyhow::ensure!(
-                (1..=eventstore::chat::MAX_SHARDS).contains(&n),
-                "chat_shards: {n} is not a number of chat shards (1..={}); leave it unset to keep \
-                 the streams' layout",
-                eventstore::chat::MAX_SHARDS
-            );
+            eventstore::chat::check_shards(n)?;
         }
         for method in &settings.payments.methods {
             anyhow::ensure!(

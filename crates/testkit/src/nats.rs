@@ -31,6 +31,12 @@ pub struct NatsOptions {
 /// docs/benchmarks.md, the gateway; compose.yaml sets the same.
 pub const NATS_GOMAXPROCS: &str = "8";
 
+/// The `GOMAXPROCS` a nats-server started here runs with: the environment's, else
+/// [`NATS_GOMAXPROCS`].
+pub fn gomaxprocs() -> String {
+    std::env::var("GOMAXPROCS").unwrap_or_else(|_| NATS_GOMAXPROCS.to_string())
+}
+
 /// A running nats-server child process; killed on drop.
 pub struct NatsServer {
     child: Option<Child>,
@@ -134,9 +140,7 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if std::env::var_os("GOMAXPROCS").is_none() {
-            cmd.env("GOMAXPROCS", NATS_GOMAXPROCS);
-        }
+        cmd.env("GOMAXPROCS", gomaxprocs());
         if self.embedded {
             crate::own_group_and_parent_death(&mut cmd, nix::sys::signal::Signal::SIGTERM);
         }
