@@ -970,6 +970,11 @@ async fn resends_through_the_batched_chat_path_are_stored_once() {
         .map(|s| s["batches"].as_u64().unwrap())
         .sum();
     assert!(batches >= 1, "concurrent appends shared a batch: {commit}");
+    // The fields set, laid over the default of the layout (16 shards: plain publishes).
+    assert_eq!(
+        stats["data"]["chat_commit_settings"],
+        json!({ "shards": stride, "max_batch": 1000, "min_batch": 2, "max_in_flight": 1 })
+    );
     drop((a, b));
 }
 

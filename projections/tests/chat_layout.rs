@@ -148,7 +148,18 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
     assert_eq!(ChatLayout::load(&js).await.unwrap(), Some(layout));
 
     // After: session 9 goes on in `CHAT`, session 10 starts in its shard.
+    // Nothing set: its committers group appends as measured for its 4 shards (atomic batches),
+    // not as for a new deployment's 16 (plain publishes).
     let log = ChatLog::new(js.clone(), layout, Default::default());
+    let grouping = log.commit_settings();
+    assert_eq!(
+        (
+            grouping.max_batch,
+            grouping.min_batch,
+            grouping.max_in_flight
+        ),
+        (1000, 16, 16)
+    );
     let c = log.append_message(&message(9, 4, "c")).await.unwrap();
     assert_eq!(c.seq, 4, "session 9's next record follows in CHAT");
     assert_eq!(c.id, message_id(0, 4));

@@ -194,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
             let Some((name, settings)) = settings.get(k).cloned() else {
                 continue;
             };
-            let log = ChatLog::new(js.clone(), layout, settings);
+            let log = ChatLog::new(js.clone(), layout, settings.into());
             let lat = {
                 let log = log.clone();
                 at_rate(rate, seconds, move |i| {

@@ -30,7 +30,10 @@ pub mod streams;
 pub use bus::{BusSettings, CommandBus, CommandError, CommandMeta, Committed};
 pub use chat::{ChatLayout, ChatLog};
 pub use envelope::{Actor, Commit, RecordedEvent, StoredEvent};
-pub use group::{CommitOutcome, GroupCommitSettings, GroupCommitter, PendingCommit, WriteCycle};
+pub use group::{
+    CommitOutcome, GroupCommitOverrides, GroupCommitSettings, GroupCommitter, PendingCommit,
+    WriteCycle,
+};
 pub use reader::{LogEntry, LogReader, ReadOptions, ReadUntil};
 pub use store::{JetStreamAggregateContext, JetStreamEventStore};
 pub use streams::{ensure_streams, StreamSettings, EVENTS_STREAM};

@@ -91,7 +91,7 @@ async fn chat_appends_share_batches_and_resends_are_stored_once() {
     let client = server.connect().await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     let layout = one_shard(&js).await;
-    let committer = ChatLog::new(js.clone(), layout, settings());
+    let committer = ChatLog::new(js.clone(), layout, settings().into());
 
     // 1. 60 concurrent appends over 6 sessions; 10 of them are sent twice at the same time.
     let mut appends = Vec::new();
@@ -167,7 +167,7 @@ async fn chat_appends_share_batches_and_resends_are_stored_once() {
     // 3. Resends through another process's committer (it has not seen the ids): its batch is
     //    refused (10201) and written record by record; every append gets the right answer.
     let other_js = async_nats::jetstream::new(server.connect().await.unwrap());
-    let other = ChatLog::new(other_js, layout, settings());
+    let other = ChatLog::new(other_js, layout, settings().into());
     let mut third = Vec::new();
     for i in 0..30i64 {
         third.push(message(8, 300, &format!("o{i}")));
@@ -223,7 +223,8 @@ async fn a_batch_of_a_thousand_records_is_accepted() {
             max_batch: 1000,
             max_in_flight: 1,
             ..Default::default()
-        },
+        }
+        .into(),
     );
     let appends: Vec<ChatMessage> = (0..1001i64)
         .map(|i| message(i % 50 + 1, 7, &format!("k{i}")))

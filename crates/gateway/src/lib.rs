@@ -67,11 +67,11 @@ pub struct GatewayConfig {
     pub max_replay: usize,
     /// How long a shutting-down node waits for its sockets to drain.
     pub shutdown_grace: Duration,
-    /// How the node's committer of each chat stream groups appends
-    /// ([`eventstore::GroupCommitter`]). Default: plain publishes, every record its own publish
-    /// and fsync, up to 1,024 in flight per stream (measured for 16 shards, docs/architecture.md,
-    /// group commit).
-    pub chat_commit: eventstore::GroupCommitSettings,
+    /// What the deployment set of how the node's committer of each chat stream groups appends
+    /// ([`eventstore::GroupCommitter`]), laid over the default of the recorded chat layout
+    /// ([`eventstore::chat::commit_settings`]: plain publishes from 16 shards on, atomic batches
+    /// below). Default: nothing set.
+    pub chat_commit: eventstore::GroupCommitOverrides,
     /// Replicas of the presence KV bucket (1 on a single nats-server, 3 on a cluster).
     pub kv_replicas: usize,
     /// The origins CORS allows on the node's HTTP routes (empty: any origin; [`api::cors`]).
@@ -91,25 +91,7 @@ impl Default for GatewayConfig {
             burst: 60.0,
             max_replay: 1000,
             shutdown_grace: Duration::from_secs(5),
-            chat_commit: eventstore::GroupCommitSettings {
-                // Plain publishes: with 16 shards an atomic batch's staged file store costs more
-                // than the fsyncs it saves, at 5,000 msg/s and at 10,000 (`chat_commit_probe`,
-                // 16 shards, p99: plain 2.1–3.2 ms and 6.8 ms; batches from 16 with 16 in flight
-                // 4.9–9.4 ms and 126 ms). A deployment that recorded 4 shards saturates near
-                // 10,000 msg/s with these (925 ms): `min_batch` 16, `max_in_flight` 16,
-                // `max_batch` 1000 is the setting measured there.
-                max_batch: 1,
-                max_in_flight: 1024,
-                // Chat is open loop (messages arrive at their senders' pace, not on acks): no
-                // waiting for answered senders to come back.
-                linger: Duration::ZERO,
-                // Chat appends are not checked against a subject's last sequence, so only the
-                // recent dedup ids are kept (a resend among them goes out on its own): the last
-                // 8,192 per chat stream, seconds of a busy shard, ~1 MB each, instead of growing
-                // to the default 65,536 per stream (~100 MB a node at 16 shards).
-                known_subjects: 8_192,
-                ..Default::default()
-            },
+            chat_commit: eventstore::GroupCommitOverrides::default(),
             kv_replicas: 1,
             cors_origins: Vec::new(),
         }
@@ -245,6 +227,15 @@ pub async fn start_node(
     let chat = eventstore::ChatLog::open(js.clone(), config.chat_commit.clone())
         .await
         .context("opening the chat log")?;
+    let commit = chat.commit_settings();
+    tracing::info!(
+        shards = chat.layout().shards,
+        max_batch = commit.max_batch,
+        min_batch = commit.min_batch,
+        max_in_flight = commit.max_in_flight,
+        overridden = !config.chat_commit.is_empty(),
+        "chat committers"
+    );
     let hub = Arc::new(Hub::new(config, bus.clone(), nats.clone(), chat));
     supervise(&hub, "chat fan-out", &shutdown, |hub, stop| {
         hub.run_chat_fanout(stop)
@@ -315,8 +306,9 @@ pub async fn start_node(
 
 /// `GET /ws/stats` → `{code:200, msg, data:{active_sessions, total_duration (minutes),
 /// total_amount (yuan)}}` from the `chat_sessions` read model (contract d.1); also this node's
-/// `online_users`, `node_sockets` and `chat_commit` (its group committer's counters: writes,
-/// batches, mean write round trip in ms).
+/// `online_users`, `node_sockets`, `chat_commit` (its group committers' counters per chat
+/// stream: writes, batches, mean write round trip in ms) and `chat_commit_settings` (`shards`,
+/// `max_batch`, `min_batch`, `max_in_flight`: how its committers group appends).
 pub async fn stats(State(state): State<GatewayState>) -> Json<Value> {
     let row: Result<(i64, i64, i64), _> = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 1), COALESCE(sum(duration), 0)::BIGINT, \
@@ -341,6 +333,13 @@ pub async fn stats(State(state): State<GatewayState>) -> Json<Value> {
             })
         })
         .collect();
+    let settings = state.hub.chat().commit_settings();
+    let chat_commit_settings = json!({
+        "shards": state.hub.chat().layout().shards,
+        "max_batch": settings.max_batch,
+        "min_batch": settings.min_batch,
+        "max_in_flight": settings.max_in_flight,
+    });
     match row {
         Ok((active, seconds, fen)) => Json(json!({
             "code": 200,
@@ -352,6 +351,7 @@ pub async fn stats(State(state): State<GatewayState>) -> Json<Value> {
                 "online_users": state.hub.online_users().len(),
                 "node_sockets": state.hub.socket_count(),
                 "chat_commit": chat_commit,
+                "chat_commit_settings": chat_commit_settings,
             }
         })),
         Err(e) => {

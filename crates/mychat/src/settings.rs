@@ -116,10 +116,12 @@ pub struct Settings {
     /// Gateway: at most this many records are replayed on a resume (1000); beyond it the client
     /// is told `recovered: false` and reloads from REST.
     pub gateway_max_replay: usize,
-    /// Gateway: group commit of chat appends (`[gateway_chat_commit]` in `mychat.toml`, fields
-    /// of `eventstore::GroupCommitSettings`; default: plain publishes, `max_batch` 1, up to
-    /// 1,024 in flight per chat stream; docs/architecture.md, group commit).
-    pub gateway_chat_commit: eventstore::GroupCommitSettings,
+    /// Gateway: group commit of chat appends (`[gateway_chat_commit]` in `mychat.toml`, the
+    /// fields of `eventstore::GroupCommitSettings`, each optional). A field left unset follows
+    /// the recorded chat layout (`eventstore::chat::commit_settings`: plain publishes from 16
+    /// shards on, atomic batches of 16 to 1,000 with 16 in flight below; docs/architecture.md,
+    /// group commit); default: nothing set.
+    pub gateway_chat_commit: eventstore::GroupCommitOverrides,
     /// Where the projectors serve `/metrics` (projection lag; default 127.0.0.1:8083).
     pub metrics_addr: SocketAddr,
     /// The command bus: group commit bounds and the aggregate cache (`[bus]` and
@@ -289,7 +291,7 @@ impl Default for Settings {
             gateway_send_queue: 256,
             gateway_frames_per_second: 20.0,
             gateway_max_replay: 1000,
-            gateway_chat_commit: gateway::GatewayConfig::default().chat_commit,
+            gateway_chat_commit: eventstore::GroupCommitOverrides::default(),
             metrics_addr: "127.0.0.1:8083".parse().expect("addr"),
             bus: eventstore::BusSettings::default(),
             order_expiry: projections::expiry::ExpirySettings::default(),
@@ -693,6 +695,35 @@ mod tests {
             let shown = s.redacted_toml().unwrap();
             assert!(!shown.contains("super-secret-jwt"), "{shown}");
             assert!(shown.contains(REDACTED), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_chat_committers_fields_are_set_one_by_one() {
+        Jail::expect_with(|jail| {
+            let s = Settings::from_figment(Settings::figment()).expect("settings");
+            assert!(s.gateway_chat_commit.is_empty(), "nothing set by default");
+            jail.set_env("MYCHAT_GATEWAY_CHAT_COMMIT__MAX_IN_FLIGHT", "4");
+            let s = Settings::from_figment(Settings::figment()).expect("settings");
+            let set = &s.gateway_chat_commit;
+            assert_eq!(set.max_in_flight, Some(4));
+            assert_eq!(
+                (set.max_batch, set.min_batch, set.linger),
+                (None, None, None)
+            );
+            let on_four = set.over(eventstore::chat::commit_settings(4));
+            assert_eq!((on_four.max_batch, on_four.max_in_flight), (1000, 4));
+            let on_sixteen = set.over(eventstore::chat::commit_settings(16));
+            assert_eq!((on_sixteen.max_batch, on_sixteen.max_in_flight), (1, 4));
+            jail.set_env(
+                "MYCHAT_GATEWAY_CHAT_COMMIT",
+                "{max_batch=1000,min_batch=2,linger=500}",
+            );
+            let s = Settings::from_figment(Settings::figment()).expect("settings");
+            let set = &s.gateway_chat_commit;
+            assert_eq!((set.max_batch, set.min_batch), (Some(1000), Some(2)));
+            assert_eq!(set.linger, Some(std::time::Duration::from_micros(500)));
             Ok(())
         });
     }

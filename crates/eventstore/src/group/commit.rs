@@ -1,6 +1,7 @@
 //! What a committer is given and what it answers: a [`PendingCommit`], its [`CommitOutcome`]
-//! or [`CommitError`], the [`GroupCommitSettings`] that shape the grouping, and the
-//! [`GroupCommitStats`] counters of what the committer did.
+//! or [`CommitError`], the [`GroupCommitSettings`] that shape the grouping (and the
+//! [`GroupCommitOverrides`] a deployment lays over a default), and the [`GroupCommitStats`]
+//! counters of what the committer did.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -77,6 +78,88 @@ impl Default for GroupCommitSettings {
             known_subjects: 65_536,
             ack_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// The fields of [`GroupCommitSettings`] a deployment set, each unset (`None`) or set: laid
+/// over a default chosen elsewhere ([`GroupCommitOverrides::over`]), so that an unset field
+/// keeps following that default (the chat committers' default follows the chat layout,
+/// [`crate::chat::commit_settings`]). The same field names as [`GroupCommitSettings`] in TOML
+/// and the environment (`linger` and `ack_timeout` in microseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(default)]
+pub struct GroupCommitOverrides {
+    /// [`GroupCommitSettings::max_batch`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<usize>,
+    /// [`GroupCommitSettings::min_batch`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_batch: Option<usize>,
+    /// [`GroupCommitSettings::max_in_flight`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
+    /// [`GroupCommitSettings::linger`] (microseconds).
+    #[serde(with = "micros_opt", skip_serializing_if = "Option::is_none")]
+    pub linger: Option<Duration>,
+    /// [`GroupCommitSettings::queue`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
+    /// [`GroupCommitSettings::known_subjects`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known_subjects: Option<usize>,
+    /// [`GroupCommitSettings::ack_timeout`] (microseconds).
+    #[serde(with = "micros_opt", skip_serializing_if = "Option::is_none")]
+    pub ack_timeout: Option<Duration>,
+}
+
+impl GroupCommitOverrides {
+    /// `base` with the fields set here replaced.
+    pub fn over(&self, base: GroupCommitSettings) -> GroupCommitSettings {
+        GroupCommitSettings {
+            max_batch: self.max_batch.unwrap_or(base.max_batch),
+            min_batch: self.min_batch.unwrap_or(base.min_batch),
+            max_in_flight: self.max_in_flight.unwrap_or(base.max_in_flight),
+            linger: self.linger.unwrap_or(base.linger),
+            queue: self.queue.unwrap_or(base.queue),
+            known_subjects: self.known_subjects.unwrap_or(base.known_subjects),
+            ack_timeout: self.ack_timeout.unwrap_or(base.ack_timeout),
+        }
+    }
+
+    /// Whether no field is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Every field set: these settings whatever the default.
+impl From<GroupCommitSettings> for GroupCommitOverrides {
+    fn from(s: GroupCommitSettings) -> Self {
+        Self {
+            max_batch: Some(s.max_batch),
+            min_batch: Some(s.min_batch),
+            max_in_flight: Some(s.max_in_flight),
+            linger: Some(s.linger),
+            queue: Some(s.queue),
+            known_subjects: Some(s.known_subjects),
+            ack_timeout: Some(s.ack_timeout),
+        }
+    }
+}
+
+mod micros_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_u64(d.as_micros() as u64),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_micros))
     }
 }
 
@@ -249,5 +332,23 @@ mod tests {
         assert_eq!((stretch + stretch).mean_write_ms(), 7.0);
         assert_eq!(WriteCycle::default().mean_write_ms(), 0.0);
         assert_eq!(stats.mean_write_ms(), 78.0 / 14.0);
+    }
+
+    #[test]
+    fn overrides_replace_only_the_fields_they_set() {
+        let base = GroupCommitSettings::default();
+        assert_eq!(GroupCommitOverrides::default().over(base.clone()), base);
+        assert!(GroupCommitOverrides::default().is_empty());
+        let some = GroupCommitOverrides {
+            max_in_flight: Some(4),
+            linger: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        let laid = some.over(base.clone());
+        assert_eq!((laid.max_in_flight, laid.linger), (4, Duration::ZERO));
+        assert_eq!((laid.max_batch, laid.queue), (base.max_batch, base.queue));
+        let every = GroupCommitOverrides::from(laid.clone());
+        assert_eq!(every.over(GroupCommitSettings::default()), laid);
+        assert!(!every.is_empty());
     }
 }

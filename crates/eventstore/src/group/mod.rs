@@ -46,7 +46,8 @@ mod wire;
 mod write;
 
 pub use commit::{
-    CommitError, CommitOutcome, GroupCommitSettings, GroupCommitStats, PendingCommit, WriteCycle,
+    CommitError, CommitOutcome, GroupCommitOverrides, GroupCommitSettings, GroupCommitStats,
+    PendingCommit, WriteCycle,
 };
 pub use committer::GroupCommitter;
 pub use wire::{
