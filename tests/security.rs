@@ -1497,6 +1497,12 @@ async fn correlation_and_metrics(up: &Up, demo: &Value) -> (Vec<String>, String)
     );
     assert!(projector_m.contains("mychat_projection_lag_seconds{"));
     assert!(value(&projector_m, "mychat_projection_checkpoint{") > 0.0);
+    for m in [&user_m, &admin_m, &gateway_m, &projector_m] {
+        assert!(
+            value(m, "mychat_runtime_lateness_seconds_count") > 0.0,
+            "every process probes its runtime: {m}"
+        );
+    }
 
     // Tokens end up revoked; the logout and refresh paths run too (their tokens must not be
     // logged either).

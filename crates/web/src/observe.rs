@@ -11,6 +11,10 @@
 //!   and `status`.
 //! - **`/metrics`** ([`metrics_router`]): the process's metrics in the Prometheus text format,
 //!   from one global recorder ([`install_recorder`]; until it is installed the page is empty).
+//! - **Runtime lateness** ([`METRIC_RUNTIME_LATENESS_SECONDS`]): how late a task that wakes every
+//!   [`LATENESS_PERIOD`] finds itself, a histogram; a wake-up later than [`STALL_WARNING`] is
+//!   also logged. Anything that stops the async runtime's workers (a blocking call on a worker,
+//!   page faults, CPU starvation) shows here before anywhere else.
 //! - **Security headers** ([`security_headers`]): `X-Content-Type-Options: nosniff`,
 //!   `X-Frame-Options: DENY`, `Content-Security-Policy: frame-ancestors 'none'`,
 //!   `Referrer-Policy: no-referrer`, `Strict-Transport-Security` (OWASP Secure Headers; browsers
@@ -34,6 +38,16 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Metric: HTTP request latency in seconds, by `service`, `method`, `route`, `status`.
 pub const METRIC_HTTP_SECONDS: &str = "mychat_http_request_duration_seconds";
+
+/// Metric: how late the runtime's probe task woke, in seconds (a histogram; see the module
+/// documentation).
+pub const METRIC_RUNTIME_LATENESS_SECONDS: &str = "mychat_runtime_lateness_seconds";
+
+/// How often the lateness probe wakes.
+pub const LATENESS_PERIOD: Duration = Duration::from_millis(10);
+
+/// A wake-up later than this is logged as a runtime stall.
+pub const STALL_WARNING: Duration = Duration::from_millis(100);
 
 static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -62,9 +76,29 @@ pub fn install_recorder() -> &'static PrometheusHandle {
                     upkeep.run_upkeep();
                 }
             });
+            rt.spawn(probe_lateness());
         }
         handle
     })
+}
+
+/// Sleeps [`LATENESS_PERIOD`] at a time, forever, recording how late each wake-up is
+/// ([`METRIC_RUNTIME_LATENESS_SECONDS`]; tokio's timer counts whole milliseconds, so up to
+/// ~1 ms is the timer's own). A wake-up later than [`STALL_WARNING`] is logged.
+async fn probe_lateness() {
+    let histogram = metrics::histogram!(METRIC_RUNTIME_LATENESS_SECONDS);
+    loop {
+        let due = Instant::now() + LATENESS_PERIOD;
+        tokio::time::sleep_until(due.into()).await;
+        let late = Instant::now().saturating_duration_since(due);
+        histogram.record(late.as_secs_f64());
+        if late > STALL_WARNING {
+            tracing::warn!(
+                late_ms = late.as_millis() as u64,
+                "the async runtime stalled: a timer woke late"
+            );
+        }
+    }
 }
 
 /// The metrics of this process in the Prometheus text format (empty before
