@@ -108,6 +108,11 @@ pub struct ReadOptions {
     pub until: ReadUntil,
     /// Most messages in one batch handed to the user.
     pub batch_size: usize,
+    /// For a reader that ends (at the head or at a sequence): how long it keeps re-creating its
+    /// consumer, with the following reader's backoff, while nothing is read (nats-server
+    /// restarting, say) before it fails. `None`: it fails after three consumers in a row read
+    /// nothing, without waiting (an interactive read, whose user would rather have the error).
+    pub patience: Option<Duration>,
 }
 
 impl ReadOptions {
@@ -120,6 +125,7 @@ impl ReadOptions {
             after,
             until,
             batch_size: 500,
+            patience: None,
         }
     }
 
@@ -132,6 +138,12 @@ impl ReadOptions {
     /// At most `n` messages per batch.
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
+        self
+    }
+
+    /// Outlive an outage of up to `d` (see [`ReadOptions::patience`]).
+    pub fn patience(mut self, d: Duration) -> Self {
+        self.patience = Some(d);
         self
     }
 }
@@ -164,9 +176,10 @@ impl LogReader {
     /// Starts reading on `js` as `options` say.
     ///
     /// A reader that ends at the head or at a sequence fails (one [`ReadError`], then `None`)
-    /// after three consumers in a row read nothing; a following reader never gives up: it
-    /// re-creates its consumer with a backoff of 50 ms doubling to 1 s, logging each attempt, until
-    /// the server answers again.
+    /// after three consumers in a row read nothing, or with [`ReadOptions::patience`] once
+    /// nothing has been read for that long; a following reader never gives up. Both re-create
+    /// their consumer with a backoff of 50 ms doubling to 1 s, logging each attempt, until the
+    /// server answers again (a reader without patience at once).
     pub fn spawn(js: jetstream::Context, options: ReadOptions) -> Self {
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         let status = Arc::new(Status::default());
@@ -295,6 +308,8 @@ async fn read(
         }
     }
     let follow = until == ReadUntil::Follow;
+    // Whether it waits for the server between attempts (a following or a patient reader).
+    let waits = follow || options.patience.is_some();
     let (filter_subjects, keep) = if options.subjects.len() > 1 {
         (Vec::new(), Some(options.subjects.clone()))
     } else {
@@ -310,25 +325,30 @@ async fn read(
     let mut batch: Vec<LogEntry> = Vec::with_capacity(batch_size.min(PULL_BATCH));
     // Consumers re-created in a row without reading anything.
     let mut retries = 0u32;
+    // Since when nothing has been read (for a patient reader's patience).
+    let mut stalled_since = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(50);
     loop {
         let before = last;
         let attempt: Result<Read, String> = async {
+            // A request sent while the connection is down waits for the JetStream timeout: wait
+            // for the connection first (a following or patient reader; it is failing meanwhile),
+            // then ask with a short timeout.
+            if waits {
+                let client = js.client();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while client.connection_state() != async_nats::connection::State::Connected {
+                    status.failing.store(true, Ordering::Relaxed);
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err("no connection to nats-server".to_string());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             let stream = js
                 .get_stream_no_info(name)
                 .await
                 .map_err(|e| format!("stream: {e}"))?;
-            // A request sent while the connection is down waits for the JetStream timeout: wait
-            // for the connection first (a following reader), then ask with a short timeout.
-            if follow {
-                let client = js.client();
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                while client.connection_state() != async_nats::connection::State::Connected
-                    && tokio::time::Instant::now() < deadline
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
             // The inactivity threshold is long enough for a reader whose user is slow to take
             // its batches.
             let create = stream.create_consumer(log_consumer(
@@ -369,13 +389,18 @@ async fn read(
             }
         };
         retries = if last > before { 1 } else { retries + 1 };
-        if !follow && retries > 3 {
-            return Err(failed(format!(
-                "{why} ({retries} consumers re-created in a row)"
-            )));
-        }
         if last > before {
             backoff = Duration::from_millis(50);
+            stalled_since = tokio::time::Instant::now();
+        }
+        let out_of_patience = options
+            .patience
+            .is_none_or(|p| stalled_since.elapsed() >= p);
+        if !follow && retries > 3 && out_of_patience {
+            return Err(failed(format!(
+                "{why} ({retries} consumers re-created in a row, nothing read for {:?})",
+                stalled_since.elapsed()
+            )));
         }
         tracing::warn!(
             stream = name,
@@ -388,7 +413,7 @@ async fn read(
         if !batch.is_empty() && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
             return Ok(());
         }
-        if follow {
+        if waits {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }

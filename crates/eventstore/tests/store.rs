@@ -213,3 +213,50 @@ async fn events_survive_a_nats_server_restart() {
     assert_eq!(order.order_no, "ORD5");
     assert_eq!(order.amount, 5_000);
 }
+
+/// A reader that ends at the head, with patience, outlives a nats-server that is down for 10 s
+/// when it starts: it re-creates its consumer with a backoff, says it is failing meanwhile, and
+/// once the server is back reads every message once and ends. One without patience fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_reader_outlives_a_nats_server_restart() {
+    use eventstore::{LogReader, ReadOptions, ReadUntil};
+    use std::time::Duration;
+    let mut server = NatsServer::start().unwrap();
+    let bus = bus(&server).await;
+    for n in 0..3 {
+        let meta = CommandMeta::new(Actor::user(7));
+        bus.execute::<Order>(&format!("p{n}"), place(&format!("ORDP{n}")), &meta)
+            .await
+            .unwrap();
+    }
+    server.kill();
+    let options = ReadOptions::new("EVENTS", 0, ReadUntil::Head);
+    let js = bus.jetstream().clone();
+    let patient = LogReader::spawn(
+        js.clone(),
+        options.clone().patience(Duration::from_secs(30)),
+    );
+    let impatient = LogReader::spawn(js, options);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(patient.is_failing(), "the server is down");
+    server.restart().unwrap();
+    let drain = |mut reader: LogReader| async move {
+        let mut read = Vec::new();
+        while let Some(batch) = tokio::time::timeout(Duration::from_secs(30), reader.next())
+            .await
+            .expect("the reader ends")
+        {
+            match batch {
+                Ok(batch) => read.extend(batch.into_iter().map(|e| e.subject)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(read)
+    };
+    assert_eq!(
+        drain(patient).await.expect("no error"),
+        vec!["ev.order.p0", "ev.order.p1", "ev.order.p2"]
+    );
+    let refused = drain(impatient).await.unwrap_err();
+    assert!(refused.to_string().contains("in a row"), "{refused}");
+}

@@ -49,12 +49,18 @@ pub(crate) fn log_messages(entries: Vec<eventstore::LogEntry>) -> Vec<LogMessage
         .collect()
 }
 
+/// How long a projection's reader that ends (a catch-up, a rebuild, a replay, a reconciliation)
+/// outlives a nats-server that does not answer before it fails: long enough for a restart or a
+/// leader election, short enough that a stream that is really gone is reported.
+pub const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads `subjects` of `stream` from `from + 1` in a background task, in batches of at most
 /// `batch_size`, until the head as it is when the reader starts, or until the next message is
 /// past `upto`; then [`ProjectionReader::recv`] answers `None`. Reading overlaps with applying
 /// (the reader keeps up to 4 batches ahead). The reader is [`eventstore::LogReader`]: explicit
 /// pull requests on a consumer of its own, consumer sequences checked, the consumer re-created
-/// after the last stream sequence read on a gap or a failed request.
+/// after the last stream sequence read on a gap or a failed request, with a backoff, for up to
+/// [`READ_PATIENCE`] without anything read.
 pub fn spawn_reader(
     js: jetstream::Context,
     stream: &'static str,
@@ -72,7 +78,8 @@ pub fn spawn_reader(
             js,
             ReadOptions::new(stream, from, until)
                 .subjects(subjects)
-                .batch_size(batch_size),
+                .batch_size(batch_size)
+                .patience(READ_PATIENCE),
         ),
     }
 }
