@@ -251,3 +251,121 @@ impl DiskProbe {
         self.thread.join().unwrap_or_default()
     }
 }
+
+/// The benchmark's own runtime, probed while it sends: a task sleeping `every` at a time records
+/// how late each wake-up is, so a tail the measuring process makes itself (its clients and
+/// timestamps run on this runtime) shows beside the tail it measures.
+pub(crate) struct TimerProbe {
+    task: tokio::task::JoinHandle<()>,
+    wakeups: Arc<Mutex<Vec<(u64, u64)>>>,
+}
+
+impl TimerProbe {
+    /// Starts probing on the current runtime; times are µs since `epoch`.
+    pub(crate) fn start(epoch: Instant, every: Duration) -> Self {
+        let wakeups = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let wakeups = wakeups.clone();
+            async move {
+                loop {
+                    let due = Instant::now() + every;
+                    tokio::time::sleep_until(due.into()).await;
+                    let late = Instant::now().saturating_duration_since(due);
+                    let at = (epoch.elapsed() - late).as_micros() as u64;
+                    wakeups
+                        .lock()
+                        .expect("lock")
+                        .push((at, late.as_micros() as u64));
+                }
+            }
+        });
+        Self { task, wakeups }
+    }
+
+    /// Stops probing and returns each wake-up's `(due at, lateness)` (µs).
+    pub(crate) fn stop(self) -> Vec<(u64, u64)> {
+        self.task.abort();
+        std::mem::take(&mut *self.wakeups.lock().expect("lock"))
+    }
+}
+
+/// Thresholds (seconds) of [`RuntimeLateness`]: buckets of the Prometheus histogram
+/// `mychat_runtime_lateness_seconds` (`web::observe`).
+pub(crate) const LATENESS_THRESHOLDS: [&str; 4] = ["0.0025", "0.01", "0.025", "0.1"];
+
+/// A process's runtime-lateness probe read from its `/metrics` (`web::observe`: a task waking
+/// every 10 ms): how many wake-ups, and how many later than each of [`LATENESS_THRESHOLDS`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RuntimeLateness {
+    pub wakeups: u64,
+    pub later_than: [u64; 4],
+}
+
+impl RuntimeLateness {
+    /// Scrapes `http://127.0.0.1:{port}/metrics` (all zero when it cannot).
+    pub(crate) async fn scrape(port: u16) -> Self {
+        let text = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => return Self::default(),
+        };
+        let value = |prefix: &str| -> u64 {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .map_or(0, |v| v as u64)
+        };
+        let wakeups = value("mychat_runtime_lateness_seconds_count");
+        let mut later_than = [0; 4];
+        for (k, le) in LATENESS_THRESHOLDS.iter().enumerate() {
+            let within = value(&format!(
+                "mychat_runtime_lateness_seconds_bucket{{le=\"{le}\"}}"
+            ));
+            later_than[k] = wakeups.saturating_sub(within);
+        }
+        Self {
+            wakeups,
+            later_than,
+        }
+    }
+
+    /// What happened between `before` and `self`.
+    pub(crate) fn since(&self, before: &Self) -> Self {
+        let mut later_than = [0; 4];
+        for (k, n) in later_than.iter_mut().enumerate() {
+            *n = self.later_than[k].saturating_sub(before.later_than[k]);
+        }
+        Self {
+            wakeups: self.wakeups.saturating_sub(before.wakeups),
+            later_than,
+        }
+    }
+}
+
+/// Latencies of one stretch of a run (µs).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct TailBucket {
+    pub count: u64,
+    /// Over 10 ms.
+    pub over: u64,
+    pub slowest: u64,
+}
+
+/// `(sent at, latency)` pairs (µs) in `n` stretches of `width` µs from `from`; later pairs are left
+/// out.
+pub(crate) fn tail_buckets(
+    pairs: &[(u64, u64)],
+    from: u64,
+    width: u64,
+    n: usize,
+) -> Vec<TailBucket> {
+    let mut buckets = vec![TailBucket::default(); n];
+    for &(at, latency) in pairs {
+        if let Some(b) = buckets.get_mut((at.saturating_sub(from) / width) as usize) {
+            b.count += 1;
+            b.over += u64::from(latency > 10_000);
+            b.slowest = b.slowest.max(latency);
+        }
+    }
+    buckets
+}

@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::bench_probe::{
-    baselines, child_pid, cpu_secs, paced, percentile, raise_nofile, rss_kib, DiskProbe, Gateway,
+    baselines, child_pid, cpu_secs, paced, percentile, raise_nofile, rss_kib, tail_buckets,
+    DiskProbe, Gateway, RuntimeLateness, TimerProbe, LATENESS_THRESHOLDS,
 };
 
 /// `mychat bench ws` arguments.
@@ -507,9 +508,15 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         cpu_all(),
         nats_pid.map_or(0.0, cpu_secs),
     );
+    let nats_rss_before = nats_pid.map_or(0, rss_kib);
+    let mut lateness_before = Vec::new();
+    for port in &ports {
+        lateness_before.push(RuntimeLateness::scrape(*port).await);
+    }
     let sending = Instant::now();
     let sending_at_us = epoch.elapsed().as_micros() as u64;
     let disk = DiskProbe::start(nats_dir.path(), epoch, Duration::from_millis(10))?;
+    let timer = TimerProbe::start(epoch, Duration::from_millis(10));
     if args.rate > 0 && !senders.is_empty() {
         let n = senders.len();
         sent = paced(args.rate, Duration::from_secs(args.warmup + args.duration), |i| {
@@ -533,7 +540,9 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         }
     }
     let disk = disk.stop();
+    let timer = timer.stop();
     let rss_end = rss_all();
+    let nats_rss_after = nats_pid.map_or(0, rss_kib);
     let wall = sending.elapsed().as_secs_f64();
     let cpu = |now: f64, then: f64| (now - then) / wall.max(0.001);
     let cpu_bench = cpu(cpu_secs(std::process::id()), cpu_at_start.0);
@@ -557,6 +566,15 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     let lat = sorted(&deliveries, measured_from);
     let acks = sorted(&ack_pairs, measured_from);
     let disk_sorted = sorted(&disk, measured_from);
+    // The gateways' runtimes while sending: wake-ups of their 10 ms timer, and how many were late.
+    let mut late = RuntimeLateness::default();
+    for (port, before) in ports.iter().zip(&lateness_before) {
+        let d = RuntimeLateness::scrape(*port).await.since(before);
+        late.wakeups += d.wakeups;
+        for (k, n) in late.later_than.iter_mut().enumerate() {
+            *n += d.later_than[k];
+        }
+    }
     let mut commit_stats = Vec::new();
     for port in &ports {
         let v: Value = match reqwest::get(format!("http://127.0.0.1:{port}/ws/stats")).await {
@@ -622,6 +640,17 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             percentile(&disk_sorted, 0.99),
             disk_sorted.last().copied().unwrap_or(0) as f64 / 1000.0,
         );
+        let line: Vec<String> = tail_buckets(&timer, sending_at_us, 1_000_000, seconds.len())
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.over > 0)
+            .map(|(k, b)| format!("{k}s:{}/{:.0}", b.over, b.slowest as f64 / 1000.0))
+            .collect();
+        println!(
+            "the bench's own runtime, by second of sending (a timer every 10 ms; wake-ups over 10 ms \
+             late / latest ms, seconds without any left out): {}",
+            if line.is_empty() { "none".to_string() } else { line.join(" ") },
+        );
         if std::env::var_os("MYCHAT_BENCH_PROFILE").is_some() {
             for (what, pairs) in [("deliveries", &deliveries), ("their acks", &ack_pairs)] {
                 let line: Vec<String> = tail_buckets(pairs, sending_at_us, 100_000, 20)
@@ -638,6 +667,17 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        println!(
+            "nats-server RSS while sending: {nats_rss_before} → {nats_rss_after} KiB ({:.0} bytes a message sent; the chat streams' duplicate windows hold every dedup id for {} s)",
+            (nats_rss_after as f64 - nats_rss_before as f64) * 1024.0 / sent.max(1) as f64,
+            eventstore::StreamSettings::default().duplicate_window.as_secs(),
+        );
+        println!(
+            "the gateway's runtime while sending (a timer every 10 ms): {} wake-ups; later than {} s: {}",
+            late.wakeups,
+            LATENESS_THRESHOLDS.join(" / "),
+            late.later_than.map(|n| n.to_string()).join(" / "),
+        );
         println!(
             "sender → ack (stored in CHAT): {} acks; p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms",
             acks.len(),
@@ -694,6 +734,9 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             "fsync": if args.lazy_fsync { "lazy" } else { "always" },
             "disk_fsync_p99_ms": round(percentile(&disk_sorted, 0.99)),
             "disk_fsync_max_ms": round(disk_sorted.last().copied().unwrap_or(0) as f64 / 1000.0),
+            "gateway_wakeups_late_10ms": late.later_than[1],
+            "bench_wakeups_late_10ms": timer.iter().filter(|(_, l)| *l > 10_000).count(),
+            "nats_rss_growth_kib": nats_rss_after as i64 - nats_rss_before as i64,
         })
     );
     if std::env::var_os("MYCHAT_BENCH_DEBUG").is_some() {
@@ -706,27 +749,4 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     drop(workers);
     drop(gateways);
     Ok(())
-}
-
-/// Latencies of one stretch of a run (µs).
-#[derive(Default, Clone, Copy)]
-struct TailBucket {
-    count: u64,
-    /// Over 10 ms.
-    over: u64,
-    slowest: u64,
-}
-
-/// `(sent at, latency)` pairs (µs) in `n` stretches of `width` µs from `from`; later pairs are left
-/// out.
-fn tail_buckets(pairs: &[(u64, u64)], from: u64, width: u64, n: usize) -> Vec<TailBucket> {
-    let mut buckets = vec![TailBucket::default(); n];
-    for &(at, latency) in pairs {
-        if let Some(b) = buckets.get_mut((at.saturating_sub(from) / width) as usize) {
-            b.count += 1;
-            b.over += u64::from(latency > 10_000);
-            b.slowest = b.slowest.max(latency);
-        }
-    }
-    buckets
 }
