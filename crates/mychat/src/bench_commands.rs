@@ -304,8 +304,36 @@ impl Served {
 ///
 /// The client does as little as a load tool does: the body is serialized once and the answer
 /// is checked on its bytes, not parsed (parsing every answer into a JSON tree cost the server
-/// about a fifth of its throughput at 64 clients, on the same two cores).
+/// about a fifth of its throughput at 64 clients, on the same two cores). And it runs as a load
+/// tool's process would, beside the server rather than inside it: on a thread of its own with a
+/// single-threaded runtime (as `wrk -t1`), so its tasks are not scheduled on the server's
+/// workers and do not wake them.
 async fn drive_http(
+    url: &str,
+    token: Option<&str>,
+    body: &Value,
+    clients: usize,
+    d: Duration,
+) -> anyhow::Result<Figures> {
+    let (url, token, body) = (url.to_string(), token.map(str::to_string), body.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-http-clients".into())
+        .spawn(move || {
+            let figures = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(drive_http_here(&url, token.as_deref(), &body, clients, d))
+                });
+            let _ = tx.send(figures);
+        })?;
+    rx.await.context("the HTTP clients' thread ended")?
+}
+
+/// [`drive_http`] on the current runtime.
+async fn drive_http_here(
     url: &str,
     token: Option<&str>,
     body: &Value,

@@ -83,16 +83,48 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     disable_transparent_huge_pages();
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime.block_on(run()),
+    let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = worker_threads(&cli.command) {
+        runtime.worker_threads(n);
+    }
+    match runtime.build() {
+        Ok(runtime) => runtime.block_on(run(cli)),
         Err(e) => {
             eprintln!("mychat: starting the async runtime: {e}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// How many worker threads the async runtime of `command` gets; `None`: tokio's default (one
+/// per core, or `TOKIO_WORKER_THREADS` when set, which always wins).
+///
+/// The API parts (`serve api`, `serve admin`, and `bench commands`, which hosts the user API)
+/// run one worker on a machine of two cores or fewer. Their work is short steps between other
+/// processes (an HTTP request, a publish to nats-server, the projector's PostgreSQL
+/// transaction, the answer), and on the project's 2-core VM, beside nats-server and PostgreSQL,
+/// a second worker mostly wakes and steals across cores (each wake-up a VM exit): measured
+/// (docs/benchmarks.md, the command path), `POST /api/order/create` at 64 clients did 6,150 and
+/// 6,388/s with one worker against 5,483 and 5,259/s with two (alternated), mychat's CPU an
+/// order 100–104 µs against 128–130 (`wrk` against `mychat up`). The gateway keeps one worker
+/// per core: with one, its p95 end to end at 5,000 msg/s went from 3.7–3.9 ms to 5.2–5.5 ms.
+/// `mychat up` serves the gateway in the same process, so it keeps tokio's default too. Not
+/// measured on more cores, where tokio's default stays.
+fn worker_threads(command: &Command) -> Option<usize> {
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        return None;
+    }
+    let api = matches!(
+        command,
+        Command::Serve {
+            part: server::Part::Api | server::Part::Admin,
+            ..
+        } | Command::Bench(bench::BenchCommand::Commands(_))
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (api && cores <= 2).then_some(1)
 }
 
 /// Turns transparent huge pages off for this process and the processes it starts (Linux
@@ -111,8 +143,7 @@ fn disable_transparent_huge_pages() {
     }
 }
 
-async fn run() -> std::process::ExitCode {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> std::process::ExitCode {
     let settings = match settings::Settings::load() {
         Ok(s) => s,
         Err(e) => {
