@@ -369,3 +369,19 @@ pub(crate) fn tail_buckets(
     }
     buckets
 }
+
+/// The seconds from `from` (of `n`) in which some of `pairs` (µs) took over 10 ms, as
+/// `<second>s:<how many>/<slowest ms>` joined by spaces; `none` when there are none.
+pub(crate) fn slow_seconds(pairs: &[(u64, u64)], from: u64, n: usize) -> String {
+    let line: Vec<String> = tail_buckets(pairs, from, 1_000_000, n)
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.over > 0)
+        .map(|(k, b)| format!("{k}s:{}/{:.0}", b.over, b.slowest as f64 / 1000.0))
+        .collect();
+    if line.is_empty() {
+        "none".to_string()
+    } else {
+        line.join(" ")
+    }
+}

@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::bench_probe::{
-    baselines, child_pid, cpu_secs, paced, percentile, raise_nofile, rss_kib, tail_buckets,
-    DiskProbe, Gateway, RuntimeLateness, TimerProbe, LATENESS_THRESHOLDS,
+    baselines, child_pid, cpu_secs, paced, percentile, raise_nofile, rss_kib, slow_seconds,
+    tail_buckets, DiskProbe, Gateway, RuntimeLateness, TimerProbe, LATENESS_THRESHOLDS,
 };
 
 /// `mychat bench ws` arguments.
@@ -626,30 +626,18 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             "the tail by second of sending (deliveries over 10 ms / slowest ms): {}",
             line.join(" ")
         );
-        let line: Vec<String> = tail_buckets(&disk, sending_at_us, 1_000_000, seconds.len())
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.over > 0)
-            .map(|(k, b)| format!("{k}s:{}/{:.0}", b.over, b.slowest as f64 / 1000.0))
-            .collect();
         println!(
             "the disk, by second of sending (a 100-byte append + fsync every 10 ms in nats-server's \
              directory; fsyncs over 10 ms / slowest ms, seconds without any left out): {}; p99 \
              {:.3} ms, max {:.3} ms",
-            if line.is_empty() { "none".to_string() } else { line.join(" ") },
+            slow_seconds(&disk, sending_at_us, seconds.len()),
             percentile(&disk_sorted, 0.99),
             disk_sorted.last().copied().unwrap_or(0) as f64 / 1000.0,
         );
-        let line: Vec<String> = tail_buckets(&timer, sending_at_us, 1_000_000, seconds.len())
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.over > 0)
-            .map(|(k, b)| format!("{k}s:{}/{:.0}", b.over, b.slowest as f64 / 1000.0))
-            .collect();
         println!(
             "the bench's own runtime, by second of sending (a timer every 10 ms; wake-ups over 10 ms \
              late / latest ms, seconds without any left out): {}",
-            if line.is_empty() { "none".to_string() } else { line.join(" ") },
+            slow_seconds(&timer, sending_at_us, seconds.len()),
         );
         if std::env::var_os("MYCHAT_BENCH_PROFILE").is_some() {
             for (what, pairs) in [("deliveries", &deliveries), ("their acks", &ack_pairs)] {
