@@ -253,7 +253,7 @@ impl DiskProbe {
 }
 
 /// The benchmark's own runtime, probed while it sends: a task sleeping `every` at a time records
-/// how late each wake-up is, so a tail the measuring process makes itself (its clients and
+/// how late each wake-up is (`web::observe::watch_lateness`, as every service's metric does), so a tail the measuring process makes itself (its clients and
 /// timestamps run on this runtime) shows beside the tail it measures.
 pub(crate) struct TimerProbe {
     task: tokio::task::JoinHandle<()>,
@@ -266,18 +266,13 @@ impl TimerProbe {
         let wakeups = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn({
             let wakeups = wakeups.clone();
-            async move {
-                loop {
-                    let due = Instant::now() + every;
-                    tokio::time::sleep_until(due.into()).await;
-                    let late = Instant::now().saturating_duration_since(due);
-                    let at = (epoch.elapsed() - late).as_micros() as u64;
-                    wakeups
-                        .lock()
-                        .expect("lock")
-                        .push((at, late.as_micros() as u64));
-                }
-            }
+            api::observe::watch_lateness(every, move |due, late| {
+                let at = due.saturating_duration_since(epoch).as_micros() as u64;
+                wakeups
+                    .lock()
+                    .expect("lock")
+                    .push((at, late.as_micros() as u64));
+            })
         });
         Self { task, wakeups }
     }

@@ -101,8 +101,8 @@ fn main() -> std::process::ExitCode {
 /// How many worker threads the async runtime of `command` gets; `None`: tokio's default (one
 /// per core, or `TOKIO_WORKER_THREADS` when set, which always wins).
 ///
-/// The API parts (`serve api`, `serve admin`, and `bench commands`, which hosts the user API)
-/// run one worker on a machine of two cores or fewer. Their work is short steps between other
+/// The user API (`serve api`, and `bench commands`, which hosts it) runs one worker on a
+/// machine of two cores or fewer. Their work is short steps between other
 /// processes (an HTTP request, a publish to nats-server, the projector's PostgreSQL
 /// transaction, the answer), and on the project's 2-core VM, beside nats-server and PostgreSQL,
 /// a second worker mostly wakes and steals across cores (each wake-up a VM exit): measured
@@ -110,8 +110,9 @@ fn main() -> std::process::ExitCode {
 /// 6,388/s with one worker against 5,483 and 5,259/s with two (alternated), mychat's CPU an
 /// order 100–104 µs against 128–130 (`wrk` against `mychat up`). The gateway keeps one worker
 /// per core: with one, its p95 end to end at 5,000 msg/s went from 3.7–3.9 ms to 5.2–5.5 ms.
-/// `mychat up` serves the gateway in the same process, so it keeps tokio's default too. Not
-/// measured on more cores, where tokio's default stays.
+/// `mychat up` serves the gateway in the same process, so it keeps tokio's default too; the
+/// admin API (heavier reads, fewer requests) was not measured and keeps it as well, and so does
+/// every part on more cores.
 fn worker_threads(command: &Command) -> Option<usize> {
     if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
         return None;
@@ -119,7 +120,7 @@ fn worker_threads(command: &Command) -> Option<usize> {
     let api = matches!(
         command,
         Command::Serve {
-            part: server::Part::Api | server::Part::Admin,
+            part: server::Part::Api,
             ..
         } | Command::Bench(bench::BenchCommand::Commands(_))
     );

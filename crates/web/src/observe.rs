@@ -87,10 +87,7 @@ pub fn install_recorder() -> &'static PrometheusHandle {
 /// ~1 ms is the timer's own). A wake-up later than [`STALL_WARNING`] is logged.
 async fn probe_lateness() {
     let histogram = metrics::histogram!(METRIC_RUNTIME_LATENESS_SECONDS);
-    loop {
-        let due = Instant::now() + LATENESS_PERIOD;
-        tokio::time::sleep_until(due.into()).await;
-        let late = Instant::now().saturating_duration_since(due);
+    watch_lateness(LATENESS_PERIOD, |_, late| {
         histogram.record(late.as_secs_f64());
         if late > STALL_WARNING {
             tracing::warn!(
@@ -98,6 +95,18 @@ async fn probe_lateness() {
                 "the async runtime stalled: a timer woke late"
             );
         }
+    })
+    .await;
+}
+
+/// The runtime's lateness, watched: sleeps `period` at a time on the current runtime, forever,
+/// and calls `wake(due, late)` after each sleep with when it was due and how late it woke. A
+/// late wake-up means the runtime's workers were busy, blocked or not scheduled.
+pub async fn watch_lateness(period: Duration, mut wake: impl FnMut(Instant, Duration)) {
+    loop {
+        let due = Instant::now() + period;
+        tokio::time::sleep_until(due.into()).await;
+        wake(due, Instant::now().saturating_duration_since(due));
     }
 }
 
