@@ -1,8 +1,10 @@
 //! What the gateway benchmarks share: the process probes (resident memory, CPU time, children),
 //! percentiles, a paced sender, the child processes they start, and the raw baselines (core
-//! NATS publish → subscriber, JetStream publish → reader over the chat shards' count of streams)
-//! measured in the same run as the figure they sit next to.
+//! NATS publish → subscriber, JetStream publish → reader over the chat shards' count of streams,
+//! and a JetStream publish → ack under the benchmark's own load) measured in the same run as the
+//! figure they sit next to.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -205,7 +207,7 @@ pub(crate) async fn baselines(
 /// so that a run's slow deliveries can be laid beside the disk's slow fsyncs (a stall of the
 /// disk delays every stream's fsyncs at once, and no design above it can hide that).
 pub(crate) struct DiskProbe {
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Vec<(u64, u64)>>,
 }
 
@@ -221,11 +223,11 @@ impl DiskProbe {
     ) -> anyhow::Result<Self> {
         use std::io::Write as _;
         let mut file = tempfile::tempfile_in(dir)?;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut fsyncs = Vec::new();
-            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stopped.load(Ordering::Relaxed) {
                 let at = epoch.elapsed();
                 if file
                     .write_all(&[b'x'; 100])
@@ -247,8 +249,84 @@ impl DiskProbe {
 
     /// Stops probing and returns each fsync's `(started at, latency)` (µs).
     pub(crate) fn stop(self) -> Vec<(u64, u64)> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
+    }
+}
+
+/// The raw JetStream floor *under the benchmark's load*: while the gateway's traffic runs, a task
+/// publishes to a file stream of its own (`BENCH_LOADED`, fsynced as nats.conf says) at one
+/// chat shard's share of the rate and records each publish → ack, so the append a chat message
+/// pays can be laid beside what a bare publish pays on the same server at the same moment (the
+/// quiet floor, [`baselines`], is measured before the sockets open).
+pub(crate) struct PublishProbe {
+    task: tokio::task::JoinHandle<()>,
+    acks: Arc<Mutex<Vec<(u64, u64)>>>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl PublishProbe {
+    /// Creates the probe's stream and starts publishing `rate` messages a second (at least one);
+    /// times are µs since `epoch`.
+    ///
+    /// # Errors
+    /// When the stream cannot be created.
+    pub(crate) async fn start(
+        js: &async_nats::jetstream::Context,
+        epoch: Instant,
+        rate: u64,
+    ) -> anyhow::Result<Self> {
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "BENCH_LOADED".into(),
+            subjects: vec!["bench.loaded".into()],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let (js, acks, in_flight) = (js.clone(), acks.clone(), in_flight.clone());
+            async move {
+                paced(rate.max(1), Duration::MAX, |_| {
+                    let (js, acks, in_flight) = (js.clone(), acks.clone(), in_flight.clone());
+                    let at = epoch.elapsed();
+                    in_flight.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        let published = js.publish("bench.loaded", "x".into()).await;
+                        if let Ok(ack) = published {
+                            if ack.await.is_ok() {
+                                let took = epoch.elapsed().saturating_sub(at);
+                                acks.lock()
+                                    .expect("lock")
+                                    .push((at.as_micros() as u64, took.as_micros() as u64));
+                            }
+                        }
+                        in_flight.fetch_sub(1, Ordering::Relaxed);
+                    });
+                    true
+                })
+                .await;
+            }
+        });
+        Ok(Self {
+            task,
+            acks,
+            in_flight,
+        })
+    }
+
+    /// Stops publishing, waits (at most 5 s) for the publishes in flight, and returns each acked
+    /// publish's `(sent at, publish → ack)` (µs).
+    pub(crate) async fn stop(self) -> Vec<(u64, u64)> {
+        self.task.abort();
+        let waited = Instant::now();
+        while self.in_flight.load(Ordering::Relaxed) > 0
+            && waited.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::mem::take(&mut *self.acks.lock().expect("lock"))
     }
 }
 

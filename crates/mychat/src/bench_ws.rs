@@ -29,7 +29,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::bench_probe::{
     baselines, child_pid, cpu_secs, paced, percentile, raise_nofile, rss_kib, slow_seconds,
-    tail_buckets, DiskProbe, Gateway, RuntimeLateness, TimerProbe, LATENESS_THRESHOLDS,
+    tail_buckets, DiskProbe, Gateway, PublishProbe, RuntimeLateness, TimerProbe,
+    LATENESS_THRESHOLDS,
 };
 
 /// `mychat bench ws` arguments.
@@ -219,6 +220,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let js_probe = js.clone();
     let bus = CommandBus::new(js, Upcasters::default());
     let jwt = api::JwtKeys::new(SECRET.as_bytes(), 3600);
     // The handshake checks that a token's account exists and is enabled: the bench's
@@ -517,6 +519,9 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     let sending_at_us = epoch.elapsed().as_micros() as u64;
     let disk = DiskProbe::start(nats_dir.path(), epoch, Duration::from_millis(10))?;
     let timer = TimerProbe::start(epoch, Duration::from_millis(10));
+    // The loaded floor publishes one chat shard's share of the rate.
+    let probe_rate = args.rate / u64::from(args.shards.max(1));
+    let loaded = PublishProbe::start(&js_probe, epoch, probe_rate).await?;
     if args.rate > 0 && !senders.is_empty() {
         let n = senders.len();
         sent = paced(args.rate, Duration::from_secs(args.warmup + args.duration), |i| {
@@ -541,6 +546,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     }
     let disk = disk.stop();
     let timer = timer.stop();
+    let loaded = loaded.stop().await;
     let rss_end = rss_all();
     let nats_rss_after = nats_pid.map_or(0, rss_kib);
     let wall = sending.elapsed().as_secs_f64();
@@ -566,6 +572,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     let lat = sorted(&deliveries, measured_from);
     let acks = sorted(&ack_pairs, measured_from);
     let disk_sorted = sorted(&disk, measured_from);
+    let loaded_sorted = sorted(&loaded, measured_from);
     // The gateways' runtimes while sending: wake-ups of their 10 ms timer, and how many were late.
     let mut late = RuntimeLateness::default();
     for (port, before) in ports.iter().zip(&lateness_before) {
@@ -679,10 +686,17 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             commit_stats
         );
         println!(
-            "baseline (same run, {base_rate} msg/s): core NATS p99 {:.3} ms, JetStream ({} streams) p99 {:.3} ms",
+            "baseline (same run, {base_rate} msg/s, before the sockets open): core NATS p99 {:.3} ms, JetStream ({} streams) p99 {:.3} ms",
             percentile(&core, 0.99),
             args.shards,
             percentile(&jsl, 0.99)
+        );
+        println!(
+            "baseline under the load (a stream of its own beside the chat shards, {probe_rate} msg/s while sending): JetStream publish → ack p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms ({} acks)",
+            percentile(&loaded_sorted, 0.5),
+            percentile(&loaded_sorted, 0.95),
+            percentile(&loaded_sorted, 0.99),
+            loaded_sorted.len(),
         );
     }
     let round = |x: f64| {
@@ -710,6 +724,8 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             "baseline_p99_ms": round(percentile(&core, 0.99)),
             "js_baseline_p50_ms": round(percentile(&jsl, 0.5)),
             "js_baseline_p99_ms": round(percentile(&jsl, 0.99)),
+            "js_loaded_p50_ms": round(percentile(&loaded_sorted, 0.5)),
+            "js_loaded_p99_ms": round(percentile(&loaded_sorted, 0.99)),
             "shards": args.shards,
             "delivered_ratio": (ratio * 10000.0).round() / 10000.0,
             "rss_kib_per_socket": (per_socket * 10.0).round() / 10.0,
