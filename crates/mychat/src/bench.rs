@@ -14,6 +14,8 @@
 
 use std::time::Instant;
 
+use crate::bench_probe::{flush_page_cache_before, load_average};
+
 use async_nats::jetstream;
 use chrono::Utc;
 use domain::{
@@ -324,16 +326,6 @@ async fn publish_atomic(
     Ok(())
 }
 
-/// The load average (`/proc/loadavg`'s first three fields).
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Records when each projection's lane of an audit replay finished, to show the critical path.
 #[derive(Default)]
 struct LaneTimes(std::sync::Mutex<Vec<(String, f64)>>);
@@ -383,6 +375,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let js = jetstream::new(nats.clone());
     eventstore::ensure_streams(&js, &eventstore::StreamSettings::default()).await?;
 
+    flush_page_cache_before("writing the log");
     let load_start = load_average();
     eprintln!(
         "bench projections: {target} events; {} cpus, load average {load_start}",

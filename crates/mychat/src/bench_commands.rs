@@ -20,6 +20,7 @@ use eventstore::{ensure_streams, Actor, BusSettings, CommandBus, CommandMeta, St
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::bench_probe::{flush_page_cache_before, load_average};
 use crate::server::{self, Part};
 use crate::settings::Settings;
 
@@ -78,12 +79,6 @@ async fn stop_after(
         all.extend(t.await.unwrap_or_default());
     }
     all
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 /// The body of every raw and store message, bytes.
@@ -442,6 +437,7 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         load_average()
     );
 
+    flush_page_cache_before("the first stage");
     // 1. Raw baselines, on their own stream, with their own connection.
     let raw_client = nats.connect().await?;
     let raw_js = jetstream::new(raw_client.clone());

@@ -22,7 +22,8 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::bench_probe::{
-    baselines, child_pid, cpu_secs, paced, percentile, raise_nofile, Gateway,
+    baselines, child_pid, cpu_secs, flush_page_cache_before, load_average, paced, percentile,
+    raise_nofile, Gateway,
 };
 use crate::bench_ws::{client_config, WsArgs, SECRET};
 
@@ -111,12 +112,7 @@ pub async fn run(args: &WsArgs) -> anyhow::Result<()> {
     println!(
         "bench ws (group): {members} members, {rate} msg/s, {} s; load average {}",
         args.duration,
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load_average()
     );
     let nats_dir = tempfile::Builder::new()
         .prefix("mychat-bench-nats")
@@ -260,6 +256,7 @@ pub async fn run(args: &WsArgs) -> anyhow::Result<()> {
         pair.clone(),
         pair_slowest.clone(),
     );
+    flush_page_cache_before("sending");
     let pair_sent = send_paced(&mut sender, rate, args.duration, epoch).await?;
     wait_for(&pair.delivered, pair_sent).await;
     reader.abort();

@@ -1,4 +1,5 @@
-//! What the gateway benchmarks share: the process probes (resident memory, CPU time, children),
+//! What the benchmarks share: the machine's state at the start (load average, the page cache's
+//! dirty pages written back), and for the gateway's: the process probes (resident memory, CPU time, children),
 //! percentiles, a paced sender, the child processes they start, and the raw baselines (core
 //! NATS publish → subscriber, JetStream publish → reader over the chat shards' count of streams,
 //! and a JetStream publish → ack under the benchmark's own load) measured in the same run as the
@@ -9,6 +10,46 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+
+/// The load average (`/proc/loadavg`'s first three fields; `?` when unreadable).
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Writes the page cache's dirty pages back (`sync(2)`) before a measurement and returns how
+/// many there were (KiB, `Dirty:` of `/proc/meminfo`) and how long the write-back took.
+///
+/// A build or a copy that just finished leaves its output dirty in memory, and the kernel writes
+/// it back only once it is 30 s old (`vm.dirty_expire_centisecs`), in the middle of the run that
+/// started next, where it queues in front of every fsync of nats-server and PostgreSQL. Measured
+/// on the 2-core machine: 220 MiB dirty after a release build of mychat; the seven runs of `bench
+/// ws` started within a minute of a build had an end-to-end p99 of 43–113 ms, the 31 others
+/// 8–17 ms but one (42 ms).
+pub(crate) fn flush_page_cache() -> (u64, Duration) {
+    let dirty_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("Dirty:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let started = Instant::now();
+    nix::unistd::sync();
+    (dirty_kib, started.elapsed())
+}
+
+/// [`flush_page_cache`], said on stdout (`before` names the measurement that follows).
+pub(crate) fn flush_page_cache_before(before: &str) {
+    let (dirty_kib, took) = flush_page_cache();
+    println!(
+        "page cache: {:.1} MiB dirty written back (sync) in {:.2} s before {before}",
+        dirty_kib as f64 / 1024.0,
+        took.as_secs_f64()
+    );
+}
 
 /// Raises the soft open-files limit to the hard limit; returns the new soft limit.
 pub(crate) fn raise_nofile() -> u64 {

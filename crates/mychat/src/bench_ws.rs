@@ -28,9 +28,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::bench_probe::{
-    baselines, child_pid, cpu_secs, paced, percentile, raise_nofile, rss_kib, slow_seconds,
-    tail_buckets, DiskProbe, Gateway, PublishProbe, RuntimeLateness, TimerProbe,
-    LATENESS_THRESHOLDS,
+    baselines, child_pid, cpu_secs, flush_page_cache_before, load_average, paced, percentile,
+    raise_nofile, rss_kib, slow_seconds, tail_buckets, DiskProbe, Gateway, PublishProbe,
+    RuntimeLateness, TimerProbe, LATENESS_THRESHOLDS,
 };
 
 /// `mychat bench ws` arguments.
@@ -165,17 +165,13 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             args.sockets
         );
     }
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "bench ws: {} sockets, {} msg/s, {} s measured after {} s of warm-up; open-files limit {nofile}; load average {}",
         args.sockets,
         args.rate,
         args.duration,
         args.warmup,
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load_average()
     );
 
     let nats_dir = tempfile::Builder::new()
@@ -238,7 +234,8 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     .await
     .context("adding the bench's users")?;
 
-    // Baselines first, at the same rate.
+    // Baselines first, at the same rate, on a disk with nothing else to write back.
+    flush_page_cache_before("the baselines");
     let base_rate = if args.rate == 0 { 1000 } else { args.rate };
     let (core, jsl) = baselines(&client, base_rate, Duration::from_secs(3), args.shards).await?;
     println!(
@@ -515,6 +512,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     for port in &ports {
         lateness_before.push(RuntimeLateness::scrape(*port).await);
     }
+    flush_page_cache_before("sending");
     let sending = Instant::now();
     let sending_at_us = epoch.elapsed().as_micros() as u64;
     let disk = DiskProbe::start(nats_dir.path(), epoch, Duration::from_millis(10))?;
@@ -734,7 +732,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             "cpu_cores": {"bench": round(cpu_bench), "gateway": round(cpu_gateway), "nats": round(cpu_nats)},
             "nodes": nodes,
             "chat_commit": commit_stats,
-            "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+            "load_average": load_average(),
             "fsync": if args.lazy_fsync { "lazy" } else { "always" },
             "disk_fsync_p99_ms": round(percentile(&disk_sorted, 0.99)),
             "disk_fsync_max_ms": round(disk_sorted.last().copied().unwrap_or(0) as f64 / 1000.0),
