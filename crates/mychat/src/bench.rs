@@ -14,8 +14,6 @@
 
 use std::time::Instant;
 
-use crate::bench_probe::{flush_page_cache_before, load_average};
-
 use async_nats::jetstream;
 use chrono::Utc;
 use domain::{
@@ -25,6 +23,8 @@ use domain::{
 use eventstore::{Actor, Commit, RecordedEvent};
 use serde::Serialize;
 use serde_json::json;
+
+use crate::bench_probe::{flush_page_cache, load_average};
 
 /// `mychat bench …`.
 #[derive(Debug, clap::Subcommand)]
@@ -375,7 +375,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let js = jetstream::new(nats.clone());
     eventstore::ensure_streams(&js, &eventstore::StreamSettings::default()).await?;
 
-    flush_page_cache_before("writing the log");
+    flush_page_cache("writing the log").await;
     let load_start = load_average();
     eprintln!(
         "bench projections: {target} events; {} cpus, load average {load_start}",

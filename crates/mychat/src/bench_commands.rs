@@ -20,7 +20,7 @@ use eventstore::{ensure_streams, Actor, BusSettings, CommandBus, CommandMeta, St
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::bench_probe::{flush_page_cache_before, load_average};
+use crate::bench_probe::{flush_page_cache, load_average};
 use crate::server::{self, Part};
 use crate::settings::Settings;
 
@@ -437,7 +437,7 @@ pub async fn commands(args: BenchArgs) -> anyhow::Result<()> {
         load_average()
     );
 
-    flush_page_cache_before("the first stage");
+    flush_page_cache("the first stage").await;
     // 1. Raw baselines, on their own stream, with their own connection.
     let raw_client = nats.connect().await?;
     let raw_js = jetstream::new(raw_client.clone());

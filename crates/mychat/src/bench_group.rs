@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::bench_probe::{
-    baselines, child_pid, cpu_secs, flush_page_cache_before, load_average, paced, percentile,
+    baselines, child_pid, cpu_secs, flush_page_cache, load_average, paced, percentile,
     raise_nofile, Gateway,
 };
 use crate::bench_ws::{client_config, WsArgs, SECRET};
@@ -256,7 +256,7 @@ pub async fn run(args: &WsArgs) -> anyhow::Result<()> {
         pair.clone(),
         pair_slowest.clone(),
     );
-    flush_page_cache_before("sending");
+    flush_page_cache("sending").await;
     let pair_sent = send_paced(&mut sender, rate, args.duration, epoch).await?;
     wait_for(&pair.delivered, pair_sent).await;
     reader.abort();

@@ -1,11 +1,11 @@
 //! What the benchmarks share: the machine's state at the start (load average, the page cache's
-//! dirty pages written back), and for the gateway's: the process probes (resident memory, CPU time, children),
-//! percentiles, a paced sender, the child processes they start, and the raw baselines (core
-//! NATS publish → subscriber, JetStream publish → reader over the chat shards' count of streams,
+//! dirty pages written back), and for the gateway's: the process probes (resident memory, CPU
+//! time, children), percentiles, a paced sender, the child processes they start, and the raw
+//! baselines (core NATS publish → subscriber, JetStream publish → reader over the chat shards' count of streams,
 //! and a JetStream publish → ack under the benchmark's own load) measured in the same run as the
 //! figure they sit next to.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,9 @@ pub(crate) fn load_average() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// Writes the page cache's dirty pages back (`sync(2)`) before a measurement and returns how
-/// many there were (KiB, `Dirty:` of `/proc/meminfo`) and how long the write-back took.
+/// Writes the page cache's dirty pages back (`sync(2)`, on tokio's blocking pool) before a
+/// measurement, and says on stdout how many there were (`Dirty:` of `/proc/meminfo`) and how long
+/// the write-back took (`before` names the measurement that follows).
 ///
 /// A build or a copy that just finished leaves its output dirty in memory, and the kernel writes
 /// it back only once it is 30 s old (`vm.dirty_expire_centisecs`), in the middle of the run that
@@ -27,8 +28,8 @@ pub(crate) fn load_average() -> String {
 /// on the 2-core machine: 220 MiB dirty after a release build of mychat; the seven runs of `bench
 /// ws` started within a minute of a build had an end-to-end p99 of 43–113 ms, the 31 others
 /// 8–17 ms but one (42 ms).
-pub(crate) fn flush_page_cache() -> (u64, Duration) {
-    let dirty_kib = std::fs::read_to_string("/proc/meminfo")
+pub(crate) async fn flush_page_cache(before: &str) {
+    let dirty_kib: u64 = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
             m.lines()
@@ -37,17 +38,11 @@ pub(crate) fn flush_page_cache() -> (u64, Duration) {
         })
         .unwrap_or(0);
     let started = Instant::now();
-    nix::unistd::sync();
-    (dirty_kib, started.elapsed())
-}
-
-/// [`flush_page_cache`], said on stdout (`before` names the measurement that follows).
-pub(crate) fn flush_page_cache_before(before: &str) {
-    let (dirty_kib, took) = flush_page_cache();
+    let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
     println!(
         "page cache: {:.1} MiB dirty written back (sync) in {:.2} s before {before}",
         dirty_kib as f64 / 1024.0,
-        took.as_secs_f64()
+        started.elapsed().as_secs_f64()
     );
 }
 
@@ -190,13 +185,7 @@ pub(crate) async fn baselines(
     let mut readers = Vec::new();
     for k in 0..shards.max(1) {
         let name = format!("BENCH_{k}");
-        js.get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("bench.js.{k}")],
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
+        file_stream(&js, &name, &format!("bench.js.{k}")).await?;
         let mut reader = eventstore::LogReader::spawn(
             js.clone(),
             eventstore::ReadOptions::new(name, 0, eventstore::ReadUntil::Follow),
@@ -241,6 +230,23 @@ pub(crate) async fn baselines(
     core.sort_unstable();
     jsl.sort_unstable();
     Ok((core, jsl))
+}
+
+/// Creates (or finds) the file stream `name` on `subject`, with the server's defaults (fsynced as
+/// its configuration says): the raw baselines' streams.
+async fn file_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    subject: &str,
+) -> anyhow::Result<()> {
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_string(),
+        subjects: vec![subject.to_string()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    Ok(())
 }
 
 /// The disk under a benchmark: a thread appends 100 bytes to a file of its own in `dir` and
@@ -301,9 +307,8 @@ impl DiskProbe {
 /// pays can be laid beside what a bare publish pays on the same server at the same moment (the
 /// quiet floor, [`baselines`], is measured before the sockets open).
 pub(crate) struct PublishProbe {
-    task: tokio::task::JoinHandle<()>,
-    acks: Arc<Mutex<Vec<(u64, u64)>>>,
-    in_flight: Arc<AtomicUsize>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Vec<(u64, u64)>>,
 }
 
 impl PublishProbe {
@@ -317,63 +322,56 @@ impl PublishProbe {
         epoch: Instant,
         rate: u64,
     ) -> anyhow::Result<Self> {
-        js.get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: "BENCH_LOADED".into(),
-            subjects: vec!["bench.loaded".into()],
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        file_stream(js, "BENCH_LOADED", "bench.loaded").await?;
+        let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn({
-            let (js, acks, in_flight) = (js.clone(), acks.clone(), in_flight.clone());
+            let (js, stop) = (js.clone(), stop.clone());
             async move {
-                paced(rate.max(1), Duration::MAX, |_| {
-                    let (js, acks, in_flight) = (js.clone(), acks.clone(), in_flight.clone());
+                let mut publishes = tokio::task::JoinSet::new();
+                let send = paced(rate.max(1), Duration::MAX, |_| {
+                    let js = js.clone();
                     let at = epoch.elapsed();
-                    in_flight.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(async move {
-                        let published = js.publish("bench.loaded", "x".into()).await;
-                        if let Ok(ack) = published {
-                            if ack.await.is_ok() {
-                                let took = epoch.elapsed().saturating_sub(at);
-                                acks.lock()
-                                    .expect("lock")
-                                    .push((at.as_micros() as u64, took.as_micros() as u64));
-                            }
-                        }
-                        in_flight.fetch_sub(1, Ordering::Relaxed);
+                    publishes.spawn(async move {
+                        js.publish("bench.loaded", "x".into())
+                            .await
+                            .ok()?
+                            .await
+                            .ok()?;
+                        let took = epoch.elapsed().saturating_sub(at);
+                        Some((at.as_micros() as u64, took.as_micros() as u64))
                     });
                     true
+                });
+                tokio::select! {
+                    _ = send => {}
+                    () = stop.cancelled() => {}
+                }
+                // The publishes in flight, for at most 5 s.
+                let mut acks = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Some(joined) = publishes.join_next().await {
+                        acks.extend(joined.ok().flatten());
+                    }
                 })
                 .await;
+                acks
             }
         });
-        Ok(Self {
-            task,
-            acks,
-            in_flight,
-        })
+        Ok(Self { stop, task })
     }
 
     /// Stops publishing, waits (at most 5 s) for the publishes in flight, and returns each acked
     /// publish's `(sent at, publish → ack)` (µs).
     pub(crate) async fn stop(self) -> Vec<(u64, u64)> {
-        self.task.abort();
-        let waited = Instant::now();
-        while self.in_flight.load(Ordering::Relaxed) > 0
-            && waited.elapsed() < Duration::from_secs(5)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        std::mem::take(&mut *self.acks.lock().expect("lock"))
+        self.stop.cancel();
+        self.task.await.unwrap_or_default()
     }
 }
 
 /// The benchmark's own runtime, probed while it sends: a task sleeping `every` at a time records
-/// how late each wake-up is (`web::observe::watch_lateness`, as every service's metric does), so a tail the measuring process makes itself (its clients and
-/// timestamps run on this runtime) shows beside the tail it measures.
+/// how late each wake-up is (`web::observe::watch_lateness`, as every service's metric does), so
+/// a tail the measuring process makes itself (its clients and timestamps run on this runtime)
+/// shows beside the tail it measures.
 pub(crate) struct TimerProbe {
     task: tokio::task::JoinHandle<()>,
     wakeups: Arc<Mutex<Vec<(u64, u64)>>>,
@@ -385,7 +383,7 @@ impl TimerProbe {
         let wakeups = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn({
             let wakeups = wakeups.clone();
-            api::observe::watch_lateness(every, move |due, late| {
+            web::observe::watch_lateness(every, move |due, late| {
                 let at = due.saturating_duration_since(epoch).as_micros() as u64;
                 wakeups
                     .lock()

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::bench_probe::{
-    baselines, child_pid, cpu_secs, flush_page_cache_before, load_average, paced, percentile,
+    baselines, child_pid, cpu_secs, flush_page_cache, load_average, paced, percentile,
     raise_nofile, rss_kib, slow_seconds, tail_buckets, DiskProbe, Gateway, PublishProbe,
     RuntimeLateness, TimerProbe, LATENESS_THRESHOLDS,
 };
@@ -216,7 +216,6 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let js_probe = js.clone();
     let bus = CommandBus::new(js, Upcasters::default());
     let jwt = api::JwtKeys::new(SECRET.as_bytes(), 3600);
     // The handshake checks that a token's account exists and is enabled: the bench's
@@ -235,7 +234,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     .context("adding the bench's users")?;
 
     // Baselines first, at the same rate, on a disk with nothing else to write back.
-    flush_page_cache_before("the baselines");
+    flush_page_cache("the baselines").await;
     let base_rate = if args.rate == 0 { 1000 } else { args.rate };
     let (core, jsl) = baselines(&client, base_rate, Duration::from_secs(3), args.shards).await?;
     println!(
@@ -512,14 +511,17 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     for port in &ports {
         lateness_before.push(RuntimeLateness::scrape(*port).await);
     }
-    flush_page_cache_before("sending");
+    flush_page_cache("sending").await;
     let sending = Instant::now();
     let sending_at_us = epoch.elapsed().as_micros() as u64;
     let disk = DiskProbe::start(nats_dir.path(), epoch, Duration::from_millis(10))?;
     let timer = TimerProbe::start(epoch, Duration::from_millis(10));
     // The loaded floor publishes one chat shard's share of the rate.
     let probe_rate = args.rate / u64::from(args.shards.max(1));
-    let loaded = PublishProbe::start(&js_probe, epoch, probe_rate).await?;
+    let loaded = match args.rate {
+        0 => None,
+        _ => Some(PublishProbe::start(bus.jetstream(), epoch, probe_rate).await?),
+    };
     if args.rate > 0 && !senders.is_empty() {
         let n = senders.len();
         sent = paced(args.rate, Duration::from_secs(args.warmup + args.duration), |i| {
@@ -544,7 +546,10 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     }
     let disk = disk.stop();
     let timer = timer.stop();
-    let loaded = loaded.stop().await;
+    let loaded = match loaded {
+        Some(probe) => probe.stop().await,
+        None => Vec::new(),
+    };
     let rss_end = rss_all();
     let nats_rss_after = nats_pid.map_or(0, rss_kib);
     let wall = sending.elapsed().as_secs_f64();
