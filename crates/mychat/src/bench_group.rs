@@ -38,6 +38,7 @@ async fn open(i: usize, port: u16, sources: u8, url: String, ready: &str) -> any
     let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % sources.max(1) as usize) as u8);
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind((source, 0).into())?;
+    socket.set_nodelay(true)?;
     let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(url, stream, Some(client_config())).await?;

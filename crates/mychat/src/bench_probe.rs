@@ -301,70 +301,59 @@ impl DiskProbe {
     }
 }
 
-/// The raw JetStream floor *under the benchmark's load*: while the gateway's traffic runs, a task
-/// publishes to a file stream of its own (`BENCH_LOADED`, fsynced as nats.conf says) at one
-/// chat shard's share of the rate and records each publish → ack, so the append a chat message
-/// pays can be laid beside what a bare publish pays on the same server at the same moment (the
-/// quiet floor, [`baselines`], is measured before the sockets open).
+/// The raw JetStream floor *under the benchmark's load*: while the gateway's traffic runs, the
+/// bench publishes to a file stream of its own (`BENCH_LOADED`, fsynced as nats.conf says) at
+/// the moments it sends the chat messages of one shard ([`PublishProbe::publish`] beside each
+/// of them), and records each publish → ack. A bare publish then meets the same arrivals as that
+/// shard's stream (two messages of one stream close together queue behind each other's fsync
+/// in nats-server), on the same server at the same moment, so the append a chat message pays can
+/// be laid beside it (the quiet floor, [`baselines`], is measured before the sockets open).
 pub(crate) struct PublishProbe {
-    stop: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<Vec<(u64, u64)>>,
+    js: async_nats::jetstream::Context,
+    epoch: Instant,
+    publishes: tokio_util::task::TaskTracker,
+    acks: Arc<Mutex<Vec<(u64, u64)>>>,
 }
 
 impl PublishProbe {
-    /// Creates the probe's stream and starts publishing `rate` messages a second (at least one);
-    /// times are µs since `epoch`.
+    /// Creates the probe's stream; times are µs since `epoch`.
     ///
     /// # Errors
     /// When the stream cannot be created.
     pub(crate) async fn start(
         js: &async_nats::jetstream::Context,
         epoch: Instant,
-        rate: u64,
     ) -> anyhow::Result<Self> {
         file_stream(js, "BENCH_LOADED", "bench.loaded").await?;
-        let stop = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn({
-            let (js, stop) = (js.clone(), stop.clone());
-            async move {
-                let mut publishes = tokio::task::JoinSet::new();
-                let send = paced(rate.max(1), Duration::MAX, |_| {
-                    let js = js.clone();
-                    let at = epoch.elapsed();
-                    publishes.spawn(async move {
-                        js.publish("bench.loaded", "x".into())
-                            .await
-                            .ok()?
-                            .await
-                            .ok()?;
-                        let took = epoch.elapsed().saturating_sub(at);
-                        Some((at.as_micros() as u64, took.as_micros() as u64))
-                    });
-                    true
-                });
-                tokio::select! {
-                    _ = send => {}
-                    () = stop.cancelled() => {}
-                }
-                // The publishes in flight, for at most 5 s.
-                let mut acks = Vec::new();
-                let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    while let Some(joined) = publishes.join_next().await {
-                        acks.extend(joined.ok().flatten());
-                    }
-                })
-                .await;
-                acks
-            }
-        });
-        Ok(Self { stop, task })
+        Ok(Self {
+            js: js.clone(),
+            epoch,
+            publishes: tokio_util::task::TaskTracker::new(),
+            acks: Arc::default(),
+        })
     }
 
-    /// Stops publishing, waits (at most 5 s) for the publishes in flight, and returns each acked
-    /// publish's `(sent at, publish → ack)` (µs).
+    /// Publishes one message now, timed from this call to its ack.
+    pub(crate) fn publish(&self) {
+        let (js, epoch, acks) = (self.js.clone(), self.epoch, self.acks.clone());
+        let at = epoch.elapsed();
+        self.publishes.spawn(async move {
+            let acked = async { js.publish("bench.loaded", "x".into()).await?.await };
+            if acked.await.is_ok() {
+                let took = epoch.elapsed().saturating_sub(at);
+                acks.lock()
+                    .expect("lock")
+                    .push((at.as_micros() as u64, took.as_micros() as u64));
+            }
+        });
+    }
+
+    /// Waits (at most 5 s) for the publishes in flight and returns each acked publish's
+    /// `(sent at, publish → ack)` (µs).
     pub(crate) async fn stop(self) -> Vec<(u64, u64)> {
-        self.stop.cancel();
-        self.task.await.unwrap_or_default()
+        self.publishes.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.publishes.wait()).await;
+        std::mem::take(&mut *self.acks.lock().expect("lock"))
     }
 }
 
