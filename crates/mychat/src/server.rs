@@ -628,9 +628,10 @@ pub(crate) async fn run_parts(
 ///
 /// Every accepted connection sends its writes at once (`TCP_NODELAY`): an answer or a chat frame
 /// is one small write, and under Nagle's algorithm a second small frame to a socket whose first
-/// is not yet acknowledged waits for the peer's ACK, which Linux may delay up to 40 ms (a
-/// group's fan-out sends frames to one socket back to back). `mychat bench ws` measured no
-/// change either way: its sockets rarely get two frames within an ACK's delay.
+/// is not yet acknowledged waits for the peer's ACK, which the peer may delay (40 ms on Linux,
+/// up to 200 ms on Windows): a sender's `ack` followed by a reply, a member of two busy groups.
+/// `mychat bench ws` (its clients on loopback, acking at once) measured no change either way
+/// (docs/benchmarks.md, the gateway).
 async fn serve_http(
     name: &'static str,
     addr: SocketAddr,
