@@ -349,7 +349,8 @@ impl PublishProbe {
     }
 
     /// Waits (at most 5 s) for the publishes in flight and returns each acked publish's
-    /// `(sent at, publish → ack)` (µs).
+    /// `(sent at, publish → ack)` (µs); a publish still unacked then is left to its ack timeout
+    /// and not counted.
     pub(crate) async fn stop(self) -> Vec<(u64, u64)> {
         self.publishes.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.publishes.wait()).await;

@@ -4,12 +4,14 @@
 //! node as a child process (`mychat serve gateway`), opens `--sockets` sockets from several
 //! `127.0.0.x` source addresses (one address has only ~28k ephemeral ports), pairs them into
 //! sessions, sends `--rate` messages per second for `--duration` seconds, and measures the
-//! end-to-end latency (sender socket → gateway → `CHAT` (fsynced) → the node's consumer →
-//! recipient socket), delivered/sent, and the gateway's resident memory per socket. In the same
-//! run it measures the raw baselines: core NATS publish → subscriber, and JetStream publish
-//! (fsynced) → the log's reader; while sending, the disk's own fsync latency (a probe in
-//! nats-server's directory), by second beside the deliveries'. `--rate 0` opens idle sockets
-//! only (memory per idle socket).
+//! end-to-end latency (sender socket → gateway → its chat shard's stream (fsynced) → the
+//! node's consumer → recipient socket), delivered/sent, and the gateway's resident memory per
+//! socket. In the same run it measures the raw baselines: core NATS publish → subscriber, and
+//! JetStream publish (fsynced) → the log's reader; while sending, the disk's own fsync latency
+//! (a probe in nats-server's directory), by second beside the deliveries'; and the raw floor
+//! under the load: a bare publish → ack to a stream of its own, sent beside each message to one
+//! chat shard (the arrivals that shard's stream meets). `--rate 0` opens idle sockets only
+//! (memory per idle socket).
 //! The last line printed is one JSON object with the figures. `MYCHAT_BENCH_DEBUG=1` prints
 //! every frame the bench sockets receive and the gateway's log (`MYCHAT_BENCH_GATEWAY_LOG` sets
 //! its `RUST_LOG`).
@@ -209,7 +211,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     projections::MIGRATOR.run(&db).await?;
     let client = nats.connect().await?;
     let js = async_nats::jetstream::new(client.clone());
-    eventstore::ensure_streams(
+    let layout = eventstore::ensure_streams(
         &js,
         &eventstore::StreamSettings {
             chat_shards: Some(args.shards),
@@ -495,12 +497,15 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
     );
 
     // Every socket keeps its queue (a closed queue ends its task); the users' sockets send. The
-    // loaded floor publishes beside each message of the sessions the first chat shard holds.
-    let layout = eventstore::chat::ChatLayout::new(args.shards);
-    let (senders, on_first_shard): (Vec<mpsc::Sender<String>>, Vec<bool>) = sockets
+    // loaded floor publishes beside each message sent to the shard of the first session.
+    let probed_shard = layout.place(1).shard;
+    let (senders, on_probed_shard): (Vec<mpsc::Sender<String>>, Vec<bool>) = sockets
         .iter()
         .filter(|(i, _)| *i % 2 == 0)
-        .map(|(i, tx)| (tx.clone(), layout.place((i / 2) as i64 + 1).shard == 1))
+        .map(|(i, tx)| {
+            let session = (i / 2) as i64 + 1;
+            (tx.clone(), layout.place(session).shard == probed_shard)
+        })
         .unzip();
     let mut sent = 0;
     let mut rejected = 0u64;
@@ -534,9 +539,10 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             let frame = json!({"type":"message","payload":{"content": at.to_string(), "client_msg_id": format!("b{i}")}}).to_string();
             if senders[(i as usize) % n].try_send(frame).is_err() {
                 rejected += 1;
-            }
-            if let Some(probe) = loaded.as_ref().filter(|_| on_first_shard[(i as usize) % n]) {
-                probe.publish();
+            } else if on_probed_shard[(i as usize) % n] {
+                if let Some(probe) = &loaded {
+                    probe.publish();
+                }
             }
             true
         })
@@ -700,7 +706,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             percentile(&jsl, 0.99)
         );
         println!(
-            "baseline under the load (a stream of its own beside the chat shards, a publish as each message to shard 1 is sent): JetStream publish → ack p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms ({} acks)",
+            "baseline under the load (a stream of its own beside the chat shards, a publish as each message to shard {probed_shard} is sent): JetStream publish → ack p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms ({} acks)",
             percentile(&loaded_sorted, 0.5),
             percentile(&loaded_sorted, 0.95),
             percentile(&loaded_sorted, 0.99),

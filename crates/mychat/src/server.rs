@@ -630,8 +630,9 @@ pub(crate) async fn run_parts(
 /// is one small write, and under Nagle's algorithm a second small frame to a socket whose first
 /// is not yet acknowledged waits for the peer's ACK, which the peer may delay (40 ms on Linux,
 /// up to 200 ms on Windows): a sender's `ack` followed by a reply, a member of two busy groups.
-/// `mychat bench ws` (its clients on loopback, acking at once) measured no change either way
-/// (docs/benchmarks.md, the gateway).
+/// `mychat bench ws` (its clients on loopback, acking at once) measured no change for sessions
+/// and a difference within the runs' spread for a group's fan-out (docs/benchmarks.md, the
+/// gateway).
 async fn serve_http(
     name: &'static str,
     addr: SocketAddr,
