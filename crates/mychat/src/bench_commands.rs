@@ -266,9 +266,11 @@ struct Served {
 }
 
 impl Served {
-    /// Binds 127.0.0.1 on a free port and serves `app` there.
+    /// Binds 127.0.0.1 on a free port as the services bind ([`server::bind_http`]) and serves
+    /// `app` there.
     async fn start(app: axum::Router) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        use axum::serve::Listener as _;
+        let listener = server::bind_http(([127, 0, 0, 1], 0).into()).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({

@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::bench_probe::{
-    baselines, child_pid, cpu_secs, flush_page_cache, load_average, paced, percentile,
-    raise_nofile, Gateway,
+    baselines, child_pid, connect_from, cpu_secs, flush_page_cache, load_average, paced,
+    percentile, raise_nofile, Gateway,
 };
 use crate::bench_ws::{client_config, WsArgs, SECRET};
 
@@ -35,11 +35,7 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 /// Opens socket `i` to `url` from `127.0.0.(1 + i mod sources)` and waits for `ready` (a frame
 /// type).
 async fn open(i: usize, port: u16, sources: u8, url: String, ready: &str) -> anyhow::Result<Ws> {
-    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % sources.max(1) as usize) as u8);
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind((source, 0).into())?;
-    socket.set_nodelay(true)?;
-    let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+    let stream = connect_from(i, sources, port).await?;
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(url, stream, Some(client_config())).await?;
     loop {

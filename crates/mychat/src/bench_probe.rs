@@ -1,9 +1,9 @@
 //! What the benchmarks share: the machine's state at the start (load average, the page cache's
 //! dirty pages written back), and for the gateway's: the process probes (resident memory, CPU
-//! time, children), percentiles, a paced sender, the child processes they start, and the raw
-//! baselines (core NATS publish → subscriber, JetStream publish → reader over the chat shards' count of streams,
-//! and a JetStream publish → ack under the benchmark's own load) measured in the same run as the
-//! figure they sit next to.
+//! time, children), percentiles, a paced sender, the client sockets, the child processes they
+//! start, and the raw baselines (core NATS publish → subscriber, JetStream publish → reader over
+//! the chat shards' count of streams, and a JetStream publish → ack under the benchmark's own
+//! load) measured in the same run as the figure they sit next to.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,24 @@ pub(crate) async fn flush_page_cache(before: &str) {
         dirty_kib as f64 / 1024.0,
         started.elapsed().as_secs_f64()
     );
+}
+
+/// A benchmark client's connection to the loopback `port`, from source address
+/// `127.0.0.(1 + i % sources)` (one address has only ~28k ephemeral ports), sending its writes
+/// at once (`TCP_NODELAY`, as the services' sockets do).
+///
+/// # Errors
+/// When the socket cannot be bound or connected.
+pub(crate) async fn connect_from(
+    i: usize,
+    sources: u8,
+    port: u16,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(sources.max(1))) as u8);
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    socket.set_nodelay(true)?;
+    socket.connect(([127, 0, 0, 1], port).into()).await
 }
 
 /// Raises the soft open-files limit to the hard limit; returns the new soft limit.

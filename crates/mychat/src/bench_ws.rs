@@ -30,9 +30,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::bench_probe::{
-    baselines, child_pid, cpu_secs, flush_page_cache, load_average, paced, percentile,
-    raise_nofile, rss_kib, slow_seconds, tail_buckets, DiskProbe, Gateway, PublishProbe,
-    RuntimeLateness, TimerProbe, LATENESS_THRESHOLDS,
+    baselines, child_pid, connect_from, cpu_secs, flush_page_cache, load_average, paced,
+    percentile, raise_nofile, rss_kib, slow_seconds, tail_buckets, DiskProbe, Gateway,
+    PublishProbe, RuntimeLateness, TimerProbe, LATENESS_THRESHOLDS,
 };
 
 /// `mychat bench ws` arguments.
@@ -100,11 +100,7 @@ async fn open_idle(
     sources: u8,
     token: String,
 ) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
-    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % sources.max(1) as usize) as u8);
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind((source, 0).into())?;
-    socket.set_nodelay(true)?;
-    let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+    let stream = connect_from(i, sources, port).await?;
     let url = format!("ws://127.0.0.1:{port}/ws?token={token}");
     let (ws, _) =
         tokio_tungstenite::client_async_with_config(url, stream, Some(client_config())).await?;
@@ -420,11 +416,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             let ack_latencies = ack_latencies.clone();
             async move {
                 let token = token?;
-                let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % sources as usize) as u8);
-                let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.bind((source, 0).into())?;
-                socket.set_nodelay(true)?;
-                let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+                let stream = connect_from(i, sources, port).await?;
                 let url = match sid {
                     Some(sid) => format!("ws://127.0.0.1:{port}/ws/chat/{sid}?token={token}"),
                     None => format!("ws://127.0.0.1:{port}/ws?token={token}"),

@@ -624,7 +624,13 @@ pub(crate) async fn run_parts(
     }
 }
 
-/// Serves `app` on `addr` until `shutdown`, then gives upgraded sockets 5 s to drain.
+/// A bound HTTP listener whose accepted connections send their writes at once (`TCP_NODELAY`):
+/// what every HTTP service of mychat serves on ([`bind_http`]).
+pub(crate) type HttpListener =
+    axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>;
+
+/// Binds `addr` for HTTP ([`HttpListener`]); the benchmarks' in-process servers bind with it
+/// too, so they serve as the services do.
 ///
 /// Every accepted connection sends its writes at once (`TCP_NODELAY`): an answer or a chat frame
 /// is one small write, and under Nagle's algorithm a second small frame to a socket whose first
@@ -633,20 +639,31 @@ pub(crate) async fn run_parts(
 /// `mychat bench ws` (its clients on loopback, acking at once) measured no change for sessions
 /// and a difference within the runs' spread for a group's fan-out (docs/benchmarks.md, the
 /// gateway).
+///
+/// # Errors
+/// When `addr` cannot be bound.
+pub(crate) async fn bind_http(addr: SocketAddr) -> std::io::Result<HttpListener> {
+    fn no_delay(socket: &mut tokio::net::TcpStream) {
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY on an accepted connection");
+        }
+    }
+    Ok(tokio::net::TcpListener::bind(addr)
+        .await?
+        .tap_io(no_delay as fn(&mut tokio::net::TcpStream)))
+}
+
+/// Serves `app` on `addr` ([`bind_http`]) until `shutdown`, then gives upgraded sockets 5 s to
+/// drain.
 async fn serve_http(
     name: &'static str,
     addr: SocketAddr,
     app: axum::Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = bind_http(addr)
         .await
-        .with_context(|| format!("{name}: binding {addr}"))?
-        .tap_io(|socket| {
-            if let Err(e) = socket.set_nodelay(true) {
-                tracing::debug!(error = %e, "setting TCP_NODELAY on an accepted connection");
-            }
-        });
+        .with_context(|| format!("{name}: binding {addr}"))?;
     tracing::info!(%addr, "{name} listening");
     let stop = shutdown.clone();
     let server = axum::serve(
