@@ -3,10 +3,13 @@
 //! committer setting, appends messages of 5,000 sessions at a fixed rate through a
 //! [`eventstore::ChatLog`] and reports the append latency (send → stored) and the committers'
 //! counters. Beside them, the raw floor of the same server: plain publishes spread over the same
-//! shard streams, each awaited in its own task.
+//! shard streams, each awaited in its own task; and the floor of another log format, several
+//! records per stream message (one publish in flight per stream, then two; records that arrive
+//! meanwhile wait and go out together in the next), with how many records a message carried.
 //! `cargo run --release -p eventstore --example chat_commit_probe -- [RATE] [SECONDS] [SHARDS,…]
 //! [ROUNDS,…]` (ROUNDS: the settings' numbers in the order printed, 0 = plain publishes, each
 //! run as often as named, so that two settings can be alternated; default: each once)
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +55,86 @@ where
     }
     let taken = std::mem::take(&mut *lat.lock().unwrap());
     taken
+}
+
+/// One record waiting for its stream message, and where to say whether it was stored.
+type Packed = (Vec<u8>, tokio::sync::oneshot::Sender<bool>);
+
+/// The floor of another log format, several records per stream message (not the chat log's):
+/// per shard stream, records queue while `in_flight` publishes are outstanding and go out
+/// together, concatenated, as one fsynced message of at most 1,000 records. Counts the stream
+/// messages sent and the records they carried.
+#[derive(Clone)]
+struct Packer {
+    layout: eventstore::ChatLayout,
+    queues: Arc<Vec<tokio::sync::mpsc::UnboundedSender<Packed>>>,
+    messages: Arc<AtomicU64>,
+    records: Arc<AtomicU64>,
+}
+
+impl Packer {
+    fn start(
+        js: &async_nats::jetstream::Context,
+        layout: eventstore::ChatLayout,
+        in_flight: usize,
+    ) -> Self {
+        let (messages, records) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut queues = vec![];
+        for shard in 0..=layout.shards {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Packed>();
+            queues.push(tx);
+            let (js, messages, records) = (js.clone(), messages.clone(), records.clone());
+            let subject = format!("chat.{shard}.packed");
+            let permits = Arc::new(tokio::sync::Semaphore::new(in_flight));
+            tokio::spawn(async move {
+                while let Ok(permit) = permits.clone().acquire_owned().await {
+                    let Some((mut body, reply)) = rx.recv().await else {
+                        break;
+                    };
+                    let mut replies = vec![reply];
+                    while replies.len() < 1000 {
+                        let Ok((more, reply)) = rx.try_recv() else {
+                            break;
+                        };
+                        body.extend_from_slice(&more);
+                        replies.push(reply);
+                    }
+                    messages.fetch_add(1, Ordering::Relaxed);
+                    records.fetch_add(replies.len() as u64, Ordering::Relaxed);
+                    let (js, subject) = (js.clone(), subject.clone());
+                    tokio::spawn(async move {
+                        let stored = match js.publish(subject, body.into()).await {
+                            Ok(ack) => ack.await.is_ok(),
+                            Err(_) => false,
+                        };
+                        drop(permit);
+                        for reply in replies {
+                            let _ = reply.send(stored);
+                        }
+                    });
+                }
+            });
+        }
+        Self {
+            layout,
+            queues: Arc::new(queues),
+            messages,
+            records,
+        }
+    }
+
+    /// Appends a 200-byte record of `session`; true once its stream message is stored.
+    async fn append(&self, session: i64) -> bool {
+        let shard = self.layout.place(session).shard;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.queues[usize::from(shard)]
+            .send((vec![b'x'; 200], tx))
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
 }
 
 #[tokio::main]
@@ -101,6 +184,27 @@ async fn main() -> anyhow::Result<()> {
         };
         let (n, p50, p99) = percentiles(raw);
         println!("{shards} shards, raw publishes:           {n:>6} acked, p50 {p50:8.2} ms p99 {p99:8.2} ms");
+        for in_flight in [1usize, 2] {
+            let packer = Packer::start(&js, layout, in_flight);
+            let lat = {
+                let packer = packer.clone();
+                at_rate(rate, seconds, move |i| {
+                    let packer = packer.clone();
+                    async move { packer.append((i % 5000) as i64).await }
+                })
+                .await
+            };
+            let (n, p50, p99) = percentiles(lat);
+            let (msgs, recs) = (
+                packer.messages.load(Ordering::Relaxed),
+                packer.records.load(Ordering::Relaxed),
+            );
+            println!(
+                "{shards} shards, packed, {in_flight} in flight:    {n:>6} acked, p50 {p50:8.2} ms \
+                 p99 {p99:8.2} ms; {msgs} stream messages (mean {:.2} records)",
+                recs as f64 / msgs.max(1) as f64
+            );
+        }
         let settings = [
             (
                 "plain publishes",
