@@ -62,8 +62,9 @@ type Packed = (Vec<u8>, tokio::sync::oneshot::Sender<bool>);
 
 /// The floor of another log format, several records per stream message (not the chat log's):
 /// per shard stream, records queue while `in_flight` publishes are outstanding and go out
-/// together, concatenated, as one fsynced message of at most 1,000 records. Counts the stream
-/// messages sent and the records they carried.
+/// together, concatenated, as one fsynced message of at most 1,000 records, on one subject per
+/// shard (`chat.<k>.packed`; the raw publishes beside it use the sessions' subjects). Counts the
+/// stream messages sent and the records they carried.
 #[derive(Clone)]
 struct Packer {
     layout: eventstore::ChatLayout,
@@ -80,6 +81,7 @@ impl Packer {
     ) -> Self {
         let (messages, records) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let mut queues = vec![];
+        // Indexed by shard number (1-based; 0, the legacy stream, is not in a fresh layout).
         for shard in 0..=layout.shards {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Packed>();
             queues.push(tx);
