@@ -406,7 +406,8 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         })
         .filter(|(i, _, _)| pairs == 0 || *i < pairs * 2)
         .collect();
-    let sockets: Vec<(usize, mpsc::Sender<String>)> = futures::stream::iter(specs)
+    // Each socket's number, session (none for idle ones) and queue.
+    let sockets: Vec<(usize, Option<i64>, mpsc::Sender<String>)> = futures::stream::iter(specs)
         .map(|(i, user, sid)| {
             let token = jwt.issue(user, "bench", "user");
             let port = ports[i % ports.len()];
@@ -470,7 +471,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
                         }
                     }
                 });
-                Ok::<_, anyhow::Error>((i, tx))
+                Ok::<_, anyhow::Error>((i, sid, tx))
             }
         })
         .buffer_unordered(args.connect_concurrency.max(1))
@@ -490,13 +491,14 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
 
     // Every socket keeps its queue (a closed queue ends its task); the users' sockets send. The
     // loaded floor publishes beside each message sent to the shard of the first session.
-    let probed_shard = layout.place(1).shard;
+    let first_session = sockets.iter().filter_map(|(_, sid, _)| *sid).min();
+    let probed_shard = layout.place(first_session.unwrap_or(1)).shard;
     let (senders, on_probed_shard): (Vec<mpsc::Sender<String>>, Vec<bool>) = sockets
         .iter()
-        .filter(|(i, _)| *i % 2 == 0)
-        .map(|(i, tx)| {
-            let session = (i / 2) as i64 + 1;
-            (tx.clone(), layout.place(session).shard == probed_shard)
+        .filter(|(i, _, _)| *i % 2 == 0)
+        .map(|(_, sid, tx)| {
+            let probed = sid.is_some_and(|sid| layout.place(sid).shard == probed_shard);
+            (tx.clone(), probed)
         })
         .unzip();
     let mut sent = 0;
