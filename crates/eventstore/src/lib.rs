@@ -23,6 +23,7 @@ pub mod chat;
 pub mod envelope;
 pub mod group;
 pub mod group_chat;
+pub mod pack;
 pub mod reader;
 pub mod store;
 pub mod streams;

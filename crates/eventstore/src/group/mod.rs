@@ -42,7 +42,7 @@
 
 mod commit;
 mod committer;
-mod wire;
+pub(crate) mod wire;
 mod write;
 
 pub use commit::{

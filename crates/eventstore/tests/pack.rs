@@ -1,0 +1,286 @@
+//! Packs (several records in one stream message) written by [`eventstore::pack::Packer`], against
+//! a real nats-server with the project's `nats.conf` (`sync_interval: always`): records that
+//! arrive while a pack is out share the next one, in order, at consecutive positions; a dedup
+//! id is stored once per window and a repeat is answered with the first copy's position —
+//! within one pack, from the writer's memory, through a second writer of the same stream (two
+//! processes, fenced by the stream's last sequence), and after a restart (the window read back);
+//! a stream that refuses new messages fails the append and stores nothing; an independent
+//! reader of the stream finds every acknowledged record exactly once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use eventstore::pack::{self, PackAppend, PackOutcome, PackSettings, Packer};
+use eventstore::{LogReader, ReadOptions, ReadUntil};
+use testkit::NatsServer;
+
+const STREAM: &str = "PACKED";
+const SUBJECT: &str = "packed.1";
+
+async fn packed_stream(js: &jetstream::Context) {
+    js.create_stream(stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["packed.*".into()],
+        storage: stream::StorageType::File,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+fn append(session: i64, id: &str) -> PackAppend {
+    PackAppend {
+        subject: format!("chat.1.{session}"),
+        kind: "message".into(),
+        dedup_id: format!("{session}:7:{id}"),
+        body: Bytes::from(format!(
+            r#"{{"session_id":{session},"content":"hello {id}"}}"#
+        )),
+    }
+}
+
+/// Every record in the stream, read independently: dedup id → positions, and the packs' sizes.
+async fn log(js: &jetstream::Context) -> (HashMap<String, Vec<u64>>, Vec<usize>) {
+    let mut reader = LogReader::spawn(js.clone(), ReadOptions::new(STREAM, 0, ReadUntil::Head));
+    let (mut ids, mut sizes) = (HashMap::<String, Vec<u64>>::new(), vec![]);
+    while let Some(batch) = reader.next().await {
+        for entry in batch.unwrap() {
+            let records = pack::unpack(&entry).unwrap();
+            sizes.push(records.len());
+            for r in records {
+                ids.entry(r.dedup_id).or_default().push(r.position);
+            }
+        }
+    }
+    (ids, sizes)
+}
+
+#[tokio::test]
+async fn concurrent_records_share_packs_in_order_and_each_is_stored_once() {
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    packed_stream(&js).await;
+    let packer = Packer::start(js.clone(), STREAM, SUBJECT, PackSettings::default());
+
+    // 300 concurrent appends, 20 of them repeats of earlier ids.
+    let mut tasks = vec![];
+    for i in 0..300 {
+        let packer = packer.clone();
+        let id = if i % 15 == 14 { i - 7 } else { i };
+        tasks.push(tokio::spawn(async move {
+            (
+                id,
+                packer.append(append(16, &format!("m{id}"))).await.unwrap(),
+            )
+        }));
+    }
+    let mut answers: HashMap<i32, Vec<PackOutcome>> = HashMap::new();
+    for t in tasks {
+        let (id, outcome) = t.await.unwrap();
+        answers.entry(id).or_default().push(outcome);
+    }
+    // Every id: exactly one Stored, its repeats Duplicate at the same position.
+    for (id, outcomes) in &answers {
+        let stored: Vec<_> = outcomes
+            .iter()
+            .filter(|o| matches!(o, PackOutcome::Stored { .. }))
+            .collect();
+        assert_eq!(stored.len(), 1, "m{id}: {outcomes:?}");
+        assert!(outcomes
+            .iter()
+            .all(|o| o.position() == stored[0].position()));
+    }
+    let (ids, sizes) = log(&js).await;
+    assert_eq!(ids.len(), 280);
+    for (id, positions) in &answers {
+        assert_eq!(
+            ids[&format!("16:7:m{id}")],
+            vec![positions[0].position()],
+            "m{id}"
+        );
+    }
+    assert!(
+        sizes.len() < 300,
+        "packs: {sizes:?} (records that wait share one)"
+    );
+    let (packs, records, duplicates, fenced, _) = packer.stats().snapshot();
+    assert_eq!(
+        (packs as usize, records, duplicates, fenced),
+        (sizes.len(), 280, 20, 0)
+    );
+
+    // A record appended alone goes out alone, after the others.
+    let lone = packer.append(append(16, "lone")).await.unwrap();
+    let (seq, index) = pack::split_position(lone.position());
+    assert_eq!(index, 0);
+    assert!(ids.values().all(|p| p[0] < lone.position()), "{seq}");
+    // Positions follow the order of appends from one task.
+    let mut previous = lone.position();
+    for i in 0..5 {
+        let p = packer
+            .append(append(17, &format!("seq{i}")))
+            .await
+            .unwrap()
+            .position();
+        assert!(p > previous);
+        previous = p;
+    }
+}
+
+#[tokio::test]
+async fn two_writers_of_one_stream_store_each_dedup_id_once() {
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    packed_stream(&js).await;
+    // Two processes' writers (each its own connection) appending the same ids concurrently.
+    let js2 = jetstream::new(server.connect().await.unwrap());
+    let a = Packer::start(js.clone(), STREAM, SUBJECT, PackSettings::default());
+    let b = Packer::start(js2, STREAM, SUBJECT, PackSettings::default());
+    let mut tasks = vec![];
+    for i in 0..200 {
+        for packer in [a.clone(), b.clone()] {
+            tasks.push(tokio::spawn(async move {
+                (i, packer.append(append(3, &format!("x{i}"))).await.unwrap())
+            }));
+        }
+    }
+    let mut answers: HashMap<i32, Vec<PackOutcome>> = HashMap::new();
+    for t in tasks {
+        let (i, o) = t.await.unwrap();
+        answers.entry(i).or_default().push(o);
+    }
+    let (ids, _) = log(&js).await;
+    assert_eq!(ids.len(), 200);
+    for (i, outcomes) in answers {
+        let positions = &ids[&format!("3:7:x{i}")];
+        assert_eq!(positions.len(), 1, "x{i} stored {positions:?}");
+        let stored = outcomes
+            .iter()
+            .filter(|o| matches!(o, PackOutcome::Stored { .. }))
+            .count();
+        assert_eq!(stored, 1, "x{i}: {outcomes:?}");
+        assert!(outcomes.iter().all(|o| o.position() == positions[0]));
+    }
+    let fenced = a.stats().snapshot().3 + b.stats().snapshot().3;
+    assert!(fenced > 0, "two writers at once meet each other's packs");
+}
+
+#[tokio::test]
+async fn a_restarted_writer_reads_the_window_back_and_answers_a_resend() {
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    packed_stream(&js).await;
+    let settings = PackSettings {
+        dedup_window: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let old = {
+        let first = Packer::start(js.clone(), STREAM, SUBJECT, settings.clone());
+        first.append(append(5, "old")).await.unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let recent = {
+        let second = Packer::start(js.clone(), STREAM, SUBJECT, settings.clone());
+        second.append(append(5, "recent")).await.unwrap()
+    };
+    // A writer of a restarted process: the resend within the window is answered with the first
+    // copy; the one from before the window is a new record (JetStream's duplicate window alike).
+    let third = Packer::start(js.clone(), STREAM, SUBJECT, settings);
+    assert_eq!(
+        third.append(append(5, "recent")).await.unwrap(),
+        PackOutcome::Duplicate {
+            position: recent.position()
+        }
+    );
+    let again = third.append(append(5, "old")).await.unwrap();
+    assert!(matches!(again, PackOutcome::Stored { .. }), "{again:?}");
+    assert!(again.position() > old.position());
+    let (ids, _) = log(&js).await;
+    assert_eq!(ids["5:7:old"].len(), 2);
+    assert_eq!(ids["5:7:recent"], vec![recent.position()]);
+}
+
+#[tokio::test]
+async fn a_refused_or_bad_record_fails_and_stores_nothing() {
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    packed_stream(&js).await;
+    let packer = Packer::start(js.clone(), STREAM, SUBJECT, PackSettings::default());
+    let stored = packer.append(append(9, "a")).await.unwrap();
+
+    let mut bad = append(9, "bad");
+    bad.body = Bytes::from_static(b"{\"unterminated\":");
+    let e = packer.append(bad).await.unwrap_err();
+    assert!(e.0.contains("not JSON"), "{e}");
+
+    let original = testkit::nats::refuse_new_messages(&js, STREAM)
+        .await
+        .unwrap();
+    let e = packer.append(append(9, "b")).await.unwrap_err();
+    assert!(e.0.contains("JetStream error"), "{e}");
+    js.update_stream(&original).await.unwrap();
+    // Once the stream takes messages again, the same record is stored, once.
+    let b = packer.append(append(9, "b")).await.unwrap();
+    assert!(matches!(b, PackOutcome::Stored { .. }));
+    let (ids, sizes) = log(&js).await;
+    assert_eq!(sizes, vec![1, 1]);
+    assert_eq!(ids["9:7:a"], vec![stored.position()]);
+    assert_eq!(ids["9:7:b"], vec![b.position()]);
+}
+
+#[tokio::test]
+async fn a_lost_ack_is_learned_from_the_stream_and_a_resend_stays_exact() {
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    packed_stream(&js).await;
+    // Acks given up on almost at once: most packs are stored but their ack "lost"; the writer
+    // finds its pack in the stream by its id (or sends it again, or reports an unknown outcome).
+    let hasty = Packer::start(
+        js.clone(),
+        STREAM,
+        SUBJECT,
+        PackSettings {
+            ack_timeout: Duration::ZERO,
+            ..Default::default()
+        },
+    );
+    let mut first: HashMap<String, u64> = HashMap::new();
+    let mut unknown = 0;
+    for i in 0..60 {
+        match hasty.append(append(11, &format!("h{i}"))).await {
+            Ok(PackOutcome::Stored { position }) => {
+                first.insert(format!("11:7:h{i}"), position);
+            }
+            Ok(other) => panic!("h{i}: {other:?}"),
+            Err(_) => unknown += 1,
+        }
+    }
+    // Every client resends through a writer with patience: each id is in the log once, where the
+    // first answer said.
+    let patient = Packer::start(js.clone(), STREAM, SUBJECT, PackSettings::default());
+    for i in 0..60 {
+        let resent = patient.append(append(11, &format!("h{i}"))).await.unwrap();
+        if let Some(&p) = first.get(&format!("11:7:h{i}")) {
+            assert_eq!(resent, PackOutcome::Duplicate { position: p }, "h{i}");
+        }
+    }
+    let (ids, _) = log(&js).await;
+    assert_eq!(ids.len(), 60, "{unknown} unknown outcomes");
+    for (id, positions) in &ids {
+        assert_eq!(positions.len(), 1, "{id}: {positions:?}");
+        if let Some(&p) = first.get(id) {
+            assert_eq!(positions[0], p, "{id}");
+        }
+    }
+    let catch_ups = hasty.stats().snapshot().4;
+    eprintln!(
+        "{} answered stored, {unknown} unknown, {catch_ups} reads of the stream",
+        first.len()
+    );
+    assert!(catch_ups > 1, "lost acks were looked for ({catch_ups})");
+}
