@@ -5,7 +5,8 @@
 //! counters. Beside them, the raw floor of the same server: plain publishes spread over the same
 //! shard streams, each awaited in its own task; and the floor of another log format, several
 //! records per stream message (one publish in flight per stream, then two; records that arrive
-//! meanwhile wait and go out together in the next), with how many records a message carried.
+//! meanwhile wait and go out together in the next), with how many records a message carried;
+//! and the same through the chat log's [`eventstore::pack::Packer`] (fenced, deduplicated).
 //! `cargo run --release -p eventstore --example chat_commit_probe -- [RATE] [SECONDS] [SHARDS,…]
 //! [ROUNDS,…]` (ROUNDS: the settings' numbers in the order printed, 0 = plain publishes, each
 //! run as often as named, so that two settings can be alternated; default: each once)
@@ -205,6 +206,64 @@ async fn main() -> anyhow::Result<()> {
                 "{shards} shards, packed, {in_flight} in flight:    {n:>6} acked, p50 {p50:8.2} ms \
                  p99 {p99:8.2} ms; {msgs} stream messages (mean {:.2} records)",
                 recs as f64 / msgs.max(1) as f64
+            );
+        }
+        // The chat log's packs as written: one `eventstore::pack::Packer` per shard stream
+        // (fenced on the stream's last sequence, every record's dedup id checked).
+        {
+            let packers: Arc<Vec<eventstore::pack::Packer>> = Arc::new(
+                (1..=layout.shards)
+                    .map(|k| {
+                        eventstore::pack::Packer::start(
+                            js.clone(),
+                            eventstore::chat::shard_stream(k),
+                            format!("chat.{k}.packs"),
+                            eventstore::pack::PackSettings::default(),
+                        )
+                    })
+                    .collect(),
+            );
+            // Each packer has read its stream's window once its first record is stored.
+            for (k, packer) in packers.iter().enumerate() {
+                packer
+                    .append(eventstore::pack::PackAppend {
+                        subject: format!("chat.{}.0", k + 1),
+                        kind: "warm-up".into(),
+                        dedup_id: format!("warm-up:{k}"),
+                        body: "0".into(),
+                    })
+                    .await?;
+            }
+            let lat = {
+                let packers = packers.clone();
+                at_rate(rate, seconds, move |i| {
+                    let packers = packers.clone();
+                    async move {
+                        let session = (i % 5000) as i64;
+                        let shard = layout.place(session).shard;
+                        let body = format!("\"{}\"", "x".repeat(200));
+                        packers[usize::from(shard) - 1]
+                            .append(eventstore::pack::PackAppend {
+                                subject: layout.place(session).subject,
+                                kind: "message".into(),
+                                dedup_id: format!("{session}:1:{i}"),
+                                body: body.into(),
+                            })
+                            .await
+                            .is_ok()
+                    }
+                })
+                .await
+            };
+            let (n, p50, p99) = percentiles(lat);
+            let (packs, records) = packers
+                .iter()
+                .map(|p| p.stats().snapshot())
+                .fold((0, 0), |(a, b), s| (a + s.0, b + s.1));
+            println!(
+                "{shards} shards, packer (fenced, dedup): {n:>6} acked, p50 {p50:8.2} ms \
+                 p99 {p99:8.2} ms; {packs} packs (mean {:.2} records)",
+                records as f64 / packs.max(1) as f64
             );
         }
         let settings = [

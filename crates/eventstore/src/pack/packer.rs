@@ -156,6 +156,7 @@ impl Packer {
             last: 0,
             behind: true,
             loaded: false,
+            head_hint: None,
             index: DedupIndex::default(),
         };
         tokio::spawn(writer.run(rx));
@@ -257,14 +258,25 @@ struct Writer {
     behind: bool,
     /// Whether the window has been read (at start).
     loaded: bool,
+    /// The stream's last sequence as a refused pack's error gave it: a few messages behind are
+    /// read by direct gets rather than a consumer.
+    head_hint: Option<u64>,
     index: DedupIndex,
 }
 
 /// Attempts at one group of records before they are answered with an error.
 const ATTEMPTS: usize = 4;
 
+/// Up to this many messages behind (another writer's packs), a writer reads them by direct gets.
+const DIRECT_GETS: u64 = 64;
+
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        // Read the window before the first record arrives (tried again before the first pack if
+        // the stream cannot be read now).
+        if let Err(e) = self.catch_up(&[]).await {
+            tracing::warn!(stream = self.stream, error = %e, "a packer could not read its stream yet");
+        }
         let mut carry: Option<Job> = None;
         loop {
             let first = match carry.take() {
@@ -388,6 +400,12 @@ impl Writer {
                         // Another writer moved the stream: read what it wrote, then again.
                         self.stats.fenced.fetch_add(1, Ordering::Relaxed);
                         self.behind = true;
+                        // nats-server: "wrong last sequence: <the stream's last>".
+                        self.head_hint = e
+                            .description
+                            .rsplit(' ')
+                            .next()
+                            .and_then(|n| n.parse().ok());
                         why = format!("the stream kept moving ({})", e.description);
                         jobs = requeue(pack, followers);
                         continue;
@@ -442,39 +460,29 @@ impl Writer {
         } else {
             self.window_start().await?
         };
-        let mut reader = LogReader::spawn(
-            self.js.clone(),
-            ReadOptions::new(self.stream.clone(), after, ReadUntil::Head),
-        );
-        let mut last = after;
         let mut own_seqs = Vec::new();
-        while let Some(batch) = reader.next().await {
-            let batch = batch.map_err(|e| CommitError(e.to_string()))?;
-            for entry in batch {
-                last = entry.stream_sequence;
-                let Some(headers) = entry.headers.as_ref() else {
-                    continue;
-                };
-                if headers.get(HDR_PACK).is_none() {
-                    continue;
-                }
-                if let Some(id) = headers.get(HDR_PACK_ID) {
-                    if own.iter().any(|o| o == id.as_str()) {
-                        own_seqs.push(entry.stream_sequence);
-                    }
-                }
-                match decode(entry.stream_sequence, &entry.payload) {
-                    Ok(records) => {
-                        for r in records {
-                            self.index.insert(&r.dedup_id, r.position, entry.published);
-                        }
-                    }
-                    Err(e) => tracing::warn!(
-                        stream = self.stream,
-                        seq = entry.stream_sequence,
-                        error = %e,
-                        "a pack that does not decode; its records are not deduplicated"
-                    ),
+        let mut last = after;
+        let hint = self.head_hint.take().filter(|&n| self.loaded && n > after);
+        let near = match hint {
+            Some(head) if head - after <= DIRECT_GETS => self.direct_gets(after, head).await.ok(),
+            _ => None,
+        };
+        if let Some(messages) = near {
+            for (seq, headers, payload, published) in messages {
+                last = seq;
+                self.index_pack(seq, Some(&headers), &payload, published, own, &mut own_seqs);
+            }
+        } else {
+            let mut reader = LogReader::spawn(
+                self.js.clone(),
+                ReadOptions::new(self.stream.clone(), after, ReadUntil::Head),
+            );
+            while let Some(batch) = reader.next().await {
+                let batch = batch.map_err(|e| CommitError(e.to_string()))?;
+                for e in batch {
+                    last = e.stream_sequence;
+                    let (seq, headers) = (e.stream_sequence, e.headers.as_ref());
+                    self.index_pack(seq, headers, &e.payload, e.published, own, &mut own_seqs);
                 }
             }
         }
@@ -483,6 +491,67 @@ impl Writer {
         self.behind = false;
         self.index.expire(Utc::now() - window(&self.settings));
         Ok(own_seqs)
+    }
+
+    /// Indexes the records of the pack at `seq` (a message that is not a pack is skipped), and
+    /// notes its sequence in `own_seqs` when it is one of the packs named in `own`.
+    fn index_pack(
+        &mut self,
+        seq: u64,
+        headers: Option<&HeaderMap>,
+        payload: &bytes::Bytes,
+        published: DateTime<Utc>,
+        own: &[String],
+        own_seqs: &mut Vec<u64>,
+    ) {
+        let Some(headers) = headers.filter(|h| h.get(HDR_PACK).is_some()) else {
+            return;
+        };
+        if let Some(id) = headers.get(HDR_PACK_ID) {
+            if own.iter().any(|o| o == id.as_str()) {
+                own_seqs.push(seq);
+            }
+        }
+        match decode(seq, payload) {
+            Ok(records) => {
+                for r in records {
+                    self.index.insert(&r.dedup_id, r.position, published);
+                }
+            }
+            Err(e) => tracing::warn!(
+                stream = self.stream,
+                seq,
+                error = %e,
+                "a pack that does not decode; its records are not deduplicated"
+            ),
+        }
+    }
+
+    /// The messages after `after` up to `head`, by concurrent direct gets, in order.
+    async fn direct_gets(
+        &self,
+        after: u64,
+        head: u64,
+    ) -> Result<Vec<(u64, HeaderMap, bytes::Bytes, DateTime<Utc>)>, CommitError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|e| CommitError(e.to_string()))?;
+        let gets = (after + 1..=head).map(|seq| {
+            let stream = &stream;
+            async move {
+                let m = stream
+                    .direct_get(seq)
+                    .await
+                    .map_err(|e| CommitError(format!("direct get {seq}: {e}")))?;
+                let t = m.time;
+                let published = DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond())
+                    .unwrap_or_else(Utc::now);
+                Ok::<_, CommitError>((m.sequence, m.headers, m.payload, published))
+            }
+        });
+        futures::future::try_join_all(gets).await
     }
 
     /// The stream sequence just before the first message stored within the window: asked of an
