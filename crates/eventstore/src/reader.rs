@@ -64,6 +64,10 @@ const CHANNEL_BATCHES: usize = 4;
 pub struct LogEntry {
     /// Its stream sequence.
     pub stream_sequence: u64,
+    /// The record's position in its stream: its stream sequence, or for a record read out of a
+    /// pack ([`crate::pack`]) `stream sequence × 1,024 + its index` (the records of a pack
+    /// share its stream sequence and are handed over in one batch).
+    pub position: u64,
     pub subject: String,
     /// When JetStream stored it (UTC).
     pub published: DateTime<Utc>,
@@ -542,14 +546,28 @@ async fn read_consumer(
             .unwrap_or_default();
             *last = stream_sequence;
             let message = m.message;
-            if keeps(message.subject.as_str()) {
+            let before = batch.len();
+            if crate::pack::is_pack(message.headers.as_ref()) {
+                // A pack is handed over as its records, all in one batch.
+                crate::pack::push_records(
+                    batch,
+                    stream_sequence,
+                    published,
+                    message.headers,
+                    message.payload,
+                    keeps,
+                );
+            } else if keeps(message.subject.as_str()) {
                 batch.push(LogEntry {
                     stream_sequence,
+                    position: stream_sequence,
                     subject: message.subject.to_string(),
                     published,
                     headers: message.headers,
                     payload: message.payload,
                 });
+            }
+            if batch.len() > before {
                 // A follower hands over at the head, unless mid-way through an atomic batch
                 // (the headers are looked at only there, not on every message of a catch-up).
                 let at_head = follow

@@ -13,7 +13,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use eventstore::pack::{self, PackAppend, PackOutcome, PackSettings, Packer};
-use eventstore::{LogReader, ReadOptions, ReadUntil};
 use testkit::NatsServer;
 
 const STREAM: &str = "PACKED";
@@ -44,17 +43,19 @@ fn append(session: i64, id: &str) -> PackAppend {
     }
 }
 
-/// Every record in the stream, read independently: dedup id → positions, and the packs' sizes.
+/// Every record in the stream, read independently (direct gets of every stream message, each
+/// decoded as a pack): dedup id → positions, and the packs' sizes.
 async fn log(js: &jetstream::Context) -> (HashMap<String, Vec<u64>>, Vec<usize>) {
-    let mut reader = LogReader::spawn(js.clone(), ReadOptions::new(STREAM, 0, ReadUntil::Head));
+    let mut stream = js.get_stream(STREAM).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
     let (mut ids, mut sizes) = (HashMap::<String, Vec<u64>>::new(), vec![]);
-    while let Some(batch) = reader.next().await {
-        for entry in batch.unwrap() {
-            let records = pack::unpack(&entry).unwrap();
-            sizes.push(records.len());
-            for r in records {
-                ids.entry(r.dedup_id).or_default().push(r.position);
-            }
+    for seq in 1..=last {
+        let m = stream.direct_get(seq).await.unwrap();
+        assert!(pack::is_pack(Some(&m.headers)), "{seq} is a pack");
+        let records = pack::decode(seq, &m.payload).unwrap();
+        sizes.push(records.len());
+        for r in records {
+            ids.entry(r.dedup_id).or_default().push(r.position);
         }
     }
     (ids, sizes)
@@ -296,4 +297,71 @@ async fn a_lost_ack_is_learned_from_the_stream_and_a_resend_stays_exact() {
         first.len()
     );
     assert!(catch_ups > 1, "lost acks were looked for ({catch_ups})");
+}
+
+#[tokio::test]
+async fn a_reader_hands_over_a_pack_as_its_records_whole_and_filtered_by_their_subjects() {
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    packed_stream(&js).await;
+    let packer = Packer::start(js.clone(), STREAM, SUBJECT, PackSettings::default());
+    packer.append(append(1, "first")).await.unwrap();
+    // Appended together while nothing is in flight: the first goes alone, the rest share packs.
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let packer = packer.clone();
+            tokio::spawn(async move { packer.append(append(i % 2, &format!("r{i}"))).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let read = |subjects: Vec<String>| {
+        let js = js.clone();
+        async move {
+            let mut reader = eventstore::LogReader::spawn(
+                js,
+                eventstore::ReadOptions::new(STREAM, 0, eventstore::ReadUntil::Head)
+                    .subjects(subjects)
+                    .batch_size(2),
+            );
+            let mut batches = vec![];
+            while let Some(batch) = reader.next().await {
+                batches.push(batch.unwrap());
+            }
+            batches
+        }
+    };
+    let (ids, sizes) = log(&js).await;
+    assert!(sizes.iter().any(|&n| n > 2), "{sizes:?}");
+    let batches = read(vec![]).await;
+    let entries: Vec<_> = batches.iter().flatten().collect();
+    assert_eq!(entries.len(), 41);
+    // In log order, each with its position, dedup id and kind; a pack's records share a batch.
+    for pair in entries.windows(2) {
+        assert!(pair[0].position < pair[1].position);
+    }
+    for e in &entries {
+        let headers = e.headers.as_ref().unwrap();
+        let id = headers.get("Nats-Msg-Id").unwrap().as_str();
+        assert_eq!(ids[id], vec![e.position]);
+        assert_eq!(headers.get("Mychat-Record").unwrap().as_str(), "message");
+        assert_eq!(pack::split_position(e.position).0, e.stream_sequence);
+    }
+    for batch in &batches {
+        let last = batch.last().unwrap().stream_sequence;
+        assert!(
+            batches
+                .iter()
+                .filter(|b| !std::ptr::eq(*b, batch))
+                .flatten()
+                .all(|e| e.stream_sequence != last),
+            "a pack split across batches"
+        );
+    }
+    // Subject filters apply to the records (the pack subject lets the packs through).
+    let session_1 = read(vec!["chat.1.1".into(), "packed.*".into()]).await;
+    let subjects: Vec<_> = session_1.iter().flatten().map(|e| &e.subject).collect();
+    assert_eq!(subjects.len(), 21);
+    assert!(subjects.iter().all(|s| *s == "chat.1.1"));
 }

@@ -175,6 +175,55 @@ pub fn unpack(entry: &LogEntry) -> Result<Vec<PackedRecord>, serde_json::Error> 
     decode(entry.stream_sequence, &entry.payload)
 }
 
+/// Whether a stream message is a pack (it has the [`HDR_PACK`] header).
+pub fn is_pack(headers: Option<&async_nats::HeaderMap>) -> bool {
+    headers.is_some_and(|h| h.get(HDR_PACK).is_some())
+}
+
+/// Pushes the records of the pack at stream sequence `seq` onto `batch`, those whose subject
+/// `keeps` accepts, each as a [`LogEntry`] of its own: the pack's stream sequence, time and
+/// headers ([`HDR_PACK`], [`HDR_PACK_ID`]), the record's position, subject and body, and the
+/// headers a one-record message would have (`Mychat-Record`: its kind, `Nats-Msg-Id`: its dedup
+/// id). A pack that does not decode is
+/// pushed as it is, at position `seq × 1,024`, so that its reader meets it (and reports it).
+pub fn push_records(
+    batch: &mut Vec<LogEntry>,
+    seq: u64,
+    published: chrono::DateTime<chrono::Utc>,
+    headers: Option<async_nats::HeaderMap>,
+    payload: Bytes,
+    keeps: &impl Fn(&str) -> bool,
+) {
+    match decode(seq, &payload) {
+        Ok(records) => {
+            for r in records.into_iter().filter(|r| keeps(&r.subject)) {
+                let mut h = headers.clone().unwrap_or_default();
+                h.insert(crate::chat::HDR_RECORD, r.kind.as_str());
+                h.insert(async_nats::header::NATS_MESSAGE_ID, r.dedup_id.as_str());
+                batch.push(LogEntry {
+                    stream_sequence: seq,
+                    position: r.position,
+                    subject: r.subject,
+                    published,
+                    headers: Some(h),
+                    payload: r.body,
+                });
+            }
+        }
+        Err(e) => {
+            tracing::warn!(seq, error = %e, "a pack that does not decode");
+            batch.push(LogEntry {
+                stream_sequence: seq,
+                position: position(seq, 0),
+                subject: String::new(),
+                published,
+                headers,
+                payload,
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

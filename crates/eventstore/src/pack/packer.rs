@@ -18,10 +18,10 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{decode, encode, position, PackAppend, HDR_PACK, HDR_PACK_ID};
+use super::{encode, is_pack, position, push_records, PackAppend, HDR_PACK, HDR_PACK_ID};
 use crate::group::wire::{request, ERR_WRONG_LAST_SEQUENCE};
 use crate::group::CommitError;
-use crate::reader::{LogReader, ReadOptions, ReadUntil};
+use crate::reader::{LogEntry, LogReader, ReadOptions, ReadUntil};
 
 /// How a [`Packer`] packs and deduplicates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -467,10 +467,10 @@ impl Writer {
             Some(head) if head - after <= DIRECT_GETS => self.direct_gets(after, head).await.ok(),
             _ => None,
         };
-        if let Some(messages) = near {
-            for (seq, headers, payload, published) in messages {
-                last = seq;
-                self.index_pack(seq, Some(&headers), &payload, published, own, &mut own_seqs);
+        if let Some(entries) = near {
+            for e in &entries {
+                last = e.stream_sequence;
+                self.index_entry(e, own, &mut own_seqs);
             }
         } else {
             let mut reader = LogReader::spawn(
@@ -479,10 +479,9 @@ impl Writer {
             );
             while let Some(batch) = reader.next().await {
                 let batch = batch.map_err(|e| CommitError(e.to_string()))?;
-                for e in batch {
+                for e in &batch {
                     last = e.stream_sequence;
-                    let (seq, headers) = (e.stream_sequence, e.headers.as_ref());
-                    self.index_pack(seq, headers, &e.payload, e.published, own, &mut own_seqs);
+                    self.index_entry(e, own, &mut own_seqs);
                 }
             }
         }
@@ -493,46 +492,26 @@ impl Writer {
         Ok(own_seqs)
     }
 
-    /// Indexes the records of the pack at `seq` (a message that is not a pack is skipped), and
-    /// notes its sequence in `own_seqs` when it is one of the packs named in `own`.
-    fn index_pack(
-        &mut self,
-        seq: u64,
-        headers: Option<&HeaderMap>,
-        payload: &bytes::Bytes,
-        published: DateTime<Utc>,
-        own: &[String],
-        own_seqs: &mut Vec<u64>,
-    ) {
-        let Some(headers) = headers.filter(|h| h.get(HDR_PACK).is_some()) else {
+    /// Indexes a record read from the stream (one of a pack's, or a one-record message's) by its
+    /// dedup id, and notes its stream sequence in `own_seqs` when it is in one of the packs
+    /// named in `own`.
+    fn index_entry(&mut self, e: &LogEntry, own: &[String], own_seqs: &mut Vec<u64>) {
+        let Some(headers) = e.headers.as_ref() else {
             return;
         };
         if let Some(id) = headers.get(HDR_PACK_ID) {
-            if own.iter().any(|o| o == id.as_str()) {
-                own_seqs.push(seq);
+            if own.iter().any(|o| o == id.as_str()) && own_seqs.last() != Some(&e.stream_sequence) {
+                own_seqs.push(e.stream_sequence);
             }
         }
-        match decode(seq, payload) {
-            Ok(records) => {
-                for r in records {
-                    self.index.insert(&r.dedup_id, r.position, published);
-                }
-            }
-            Err(e) => tracing::warn!(
-                stream = self.stream,
-                seq,
-                error = %e,
-                "a pack that does not decode; its records are not deduplicated"
-            ),
+        if let Some(id) = headers.get(async_nats::header::NATS_MESSAGE_ID) {
+            self.index.insert(id.as_str(), e.position, e.published);
         }
     }
 
-    /// The messages after `after` up to `head`, by concurrent direct gets, in order.
-    async fn direct_gets(
-        &self,
-        after: u64,
-        head: u64,
-    ) -> Result<Vec<(u64, HeaderMap, bytes::Bytes, DateTime<Utc>)>, CommitError> {
+    /// The records after stream sequence `after` up to `head`, by concurrent direct gets, in
+    /// order (as a reader hands them over).
+    async fn direct_gets(&self, after: u64, head: u64) -> Result<Vec<LogEntry>, CommitError> {
         let stream = self
             .js
             .get_stream_no_info(&self.stream)
@@ -541,17 +520,38 @@ impl Writer {
         let gets = (after + 1..=head).map(|seq| {
             let stream = &stream;
             async move {
-                let m = stream
+                stream
                     .direct_get(seq)
                     .await
-                    .map_err(|e| CommitError(format!("direct get {seq}: {e}")))?;
-                let t = m.time;
-                let published = DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond())
-                    .unwrap_or_else(Utc::now);
-                Ok::<_, CommitError>((m.sequence, m.headers, m.payload, published))
+                    .map_err(|e| CommitError(format!("direct get {seq}: {e}")))
             }
         });
-        futures::future::try_join_all(gets).await
+        let mut entries = Vec::new();
+        for m in futures::future::try_join_all(gets).await? {
+            let t = m.time;
+            let published =
+                DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()).unwrap_or_default();
+            if is_pack(Some(&m.headers)) {
+                push_records(
+                    &mut entries,
+                    m.sequence,
+                    published,
+                    Some(m.headers),
+                    m.payload,
+                    &|_| true,
+                );
+            } else {
+                entries.push(LogEntry {
+                    stream_sequence: m.sequence,
+                    position: m.sequence,
+                    subject: m.subject.to_string(),
+                    published,
+                    headers: Some(m.headers),
+                    payload: m.payload,
+                });
+            }
+        }
+        Ok(entries)
     }
 
     /// The stream sequence just before the first message stored within the window: asked of an
