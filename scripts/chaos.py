@@ -342,7 +342,10 @@ class Reader:
             await nc.close()
 
     async def header_counts(self, stream, subject, header):
-        """Reads the whole stream from sequence 1 and counts the messages per `header` value."""
+        """Reads the whole stream from sequence 1 and counts the records per `header` value: a
+        one-record message's header, and in a pack (a message with `Mychat-Pack`: a JSON array of
+        `{subject, kind, dedup_id, record}`) each entry's `dedup_id` (what the one-record format
+        puts in `Nats-Msg-Id`)."""
         nc = await self.connect()
         counts = {}
         try:
@@ -354,8 +357,12 @@ class Reader:
             done = asyncio.Event()
 
             async def on_msg(msg):
-                value = (msg.headers or {}).get(header)
-                if value is not None:
+                headers = msg.headers or {}
+                if "Mychat-Pack" in headers and header == "Nats-Msg-Id":
+                    values = [entry["dedup_id"] for entry in json.loads(msg.data)]
+                else:
+                    values = [headers[header]] if header in headers else []
+                for value in values:
                     counts[value] = counts.get(value, 0) + 1
                 if msg.metadata.sequence.stream >= last:
                     done.set()

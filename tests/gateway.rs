@@ -57,6 +57,11 @@ struct Cluster {
 }
 
 async fn cluster() -> Cluster {
+    cluster_with(Default::default()).await
+}
+
+/// A cluster whose streams are created with `settings` (the nodes keep the recorded layout).
+async fn cluster_with(settings: eventstore::StreamSettings) -> Cluster {
     let nats = tokio::task::spawn_blocking(testkit::NatsServer::start)
         .await
         .unwrap()
@@ -78,9 +83,7 @@ async fn cluster() -> Cluster {
     .unwrap();
     let client = nats.connect().await.unwrap();
     let js = async_nats::jetstream::new(client);
-    eventstore::ensure_streams(&js, &Default::default())
-        .await
-        .unwrap();
+    eventstore::ensure_streams(&js, &settings).await.unwrap();
     Cluster {
         bus: CommandBus::new(js, Upcasters::default()),
         jwt: api::JwtKeys::new(SECRET.as_bytes(), 3600),
@@ -169,17 +172,27 @@ impl Cluster {
             .collect()
     }
 
+    /// The session's records in its chat stream, read independently: every stream message by
+    /// direct get, a pack (`Mychat-Pack`: a JSON array of `{subject, kind, dedup_id, record}`)
+    /// as its entries on the session's subject.
     async fn chat_records(&self, sid: i64) -> Vec<Value> {
         let place = place(sid);
-        let stream = self.bus.jetstream().get_stream(place.stream).await.unwrap();
+        let mut stream = self.bus.jetstream().get_stream(place.stream).await.unwrap();
+        let last = stream.info().await.unwrap().state.last_sequence;
         let mut out = Vec::new();
-        let mut next = 1;
-        while let Ok(m) = stream
-            .direct_get_next_for_subject(place.subject.as_str(), Some(next))
-            .await
-        {
-            next = m.sequence + 1;
-            out.push(serde_json::from_slice(&m.payload).unwrap());
+        for seq in 1..=last {
+            let m = stream.direct_get(seq).await.unwrap();
+            if m.headers.get("Mychat-Pack").is_some() {
+                let entries: Vec<Value> = serde_json::from_slice(&m.payload).unwrap();
+                out.extend(
+                    entries
+                        .into_iter()
+                        .filter(|e| e["subject"] == place.subject.as_str())
+                        .map(|e| e["record"].clone()),
+                );
+            } else if m.subject.as_str() == place.subject {
+                out.push(serde_json::from_slice(&m.payload).unwrap());
+            }
         }
         out
     }
@@ -832,13 +845,72 @@ async fn an_inactive_session_is_ended_and_billed_once_after_the_timeout() {
 /// another socket of the same user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resends_through_the_batched_chat_path_are_stored_once() {
-    let c = cluster().await;
-    // One write in flight and batches of 2 to 1000 records: concurrent appends are batched.
+    // Shards written one record per message (a deployment from before packs), through
+    // committers with one write in flight and batches of 2 to 1000 records: concurrent appends
+    // are batched.
+    let c = cluster_with(eventstore::StreamSettings {
+        chat_packs: Some(false),
+        ..Default::default()
+    })
+    .await;
     let batched = [(
         "MYCHAT_GATEWAY_CHAT_COMMIT",
         "{min_batch=2,max_batch=1000,max_in_flight=1}",
     )];
-    let (a, b) = (c.node(&batched).await, c.node(&batched).await);
+    let stats = resends_are_stored_once(&c, &batched).await;
+    let commit = &stats["data"]["chat_commit"];
+    eprintln!("node A group commit: {commit}");
+    let batches: u64 = commit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["batches"].as_u64().unwrap())
+        .sum();
+    assert!(batches >= 1, "concurrent appends shared a batch: {commit}");
+    // The fields set, laid over the default of the layout (16 shards: plain publishes).
+    let stride = i64::from(eventstore::ChatLayout::default().shards);
+    assert_eq!(
+        stats["data"]["chat_commit_settings"],
+        json!({ "shards": stride, "max_batch": 1000, "min_batch": 2, "max_in_flight": 1 })
+    );
+}
+
+/// The same through packed shards (the default): two nodes' packers write the same shard, node
+/// A answering resends of what node B stored from reading the shard, and every dedup id is
+/// still stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resends_through_packed_shards_are_stored_once_across_nodes() {
+    let c = cluster().await;
+    let stats = resends_are_stored_once(&c, &[]).await;
+    assert_eq!(stats["data"]["chat_packed"], true);
+    let packs = &stats["data"]["chat_packs"];
+    eprintln!("node A packers: {packs}");
+    let sum = |k: &str| -> u64 {
+        packs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[k].as_u64().unwrap())
+            .sum()
+    };
+    assert!(
+        sum("duplicates") >= 1,
+        "resends answered by the packer: {packs}"
+    );
+    assert!(
+        sum("records") > sum("packs"),
+        "concurrent appends shared a pack: {packs}"
+    );
+    // Node A knew node B's packs from reading the shard (before its first pack, or after a
+    // pack of its own was fenced by one of B's).
+    assert!(sum("catch_ups") >= 1, "node A read the shard: {packs}");
+}
+
+/// Two nodes; originals through node B, then through node A at once new messages, resends of
+/// what B stored and of its own, and a second socket racing the same ids: each acked with the
+/// first copy's sequence, stored once. Returns node A's `/ws/stats`.
+async fn resends_are_stored_once(c: &Cluster, env: &[(&str, &str)]) -> Value {
+    let (a, b) = (c.node(env).await, c.node(env).await);
     let n = 8i64;
     // Sessions 200, 200 + N, … (N shards): one shard, so their appends meet in one committer.
     let stride = i64::from(eventstore::ChatLayout::default().shards);
@@ -961,21 +1033,8 @@ async fn resends_through_the_batched_chat_path_are_stored_once() {
         .json()
         .await
         .unwrap();
-    let commit = &stats["data"]["chat_commit"];
-    eprintln!("node A group commit: {commit}");
-    let batches: u64 = commit
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["batches"].as_u64().unwrap())
-        .sum();
-    assert!(batches >= 1, "concurrent appends shared a batch: {commit}");
-    // The fields set, laid over the default of the layout (16 shards: plain publishes).
-    assert_eq!(
-        stats["data"]["chat_commit_settings"],
-        json!({ "shards": stride, "max_batch": 1000, "min_batch": 2, "max_in_flight": 1 })
-    );
     drop((a, b));
+    stats
 }
 
 /// The live paths survive their consumer's deletion and a nats-server restart mid-stream: the

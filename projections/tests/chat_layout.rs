@@ -105,8 +105,8 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
     assert_eq!(
         layout,
         ChatLayout {
-            shards: 4,
-            legacy_upto_session: Some(9)
+            legacy_upto_session: Some(9),
+            ..ChatLayout::new(4)
         }
     );
     let legacy = js.get_stream(LEGACY_CHAT_STREAM).await.unwrap();
@@ -164,7 +164,9 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
     assert_eq!(c.seq, 4, "session 9's next record follows in CHAT");
     assert_eq!(c.id, message_id(0, 4));
     let d = log.append_message(&message(10, 6, "d")).await.unwrap();
-    assert_eq!((d.seq, d.id), (1, message_id(3, 1)));
+    // The new shards are written in packs: the first record is at position 1 × 1,024 + 0.
+    let first = eventstore::pack::position(1, 0);
+    assert_eq!((d.seq, d.id), (first, message_id(3, first)));
 
     // The projectors start: the old version of chat_messages is rebuilt with every stream's
     // projection; ids are message ids across the streams.
@@ -183,7 +185,7 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
         (message_id(0, a), 5i64, true),
         (message_id(0, b), 9, false),
         (message_id(0, 4), 9, false),
-        (message_id(3, 1), 10, false),
+        (message_id(3, first), 10, false),
     ];
     let mut rows = Vec::new();
     for _ in 0..200 {

@@ -32,6 +32,7 @@ use crate::group::{
     CommitError, CommitOutcome, GroupCommitOverrides, GroupCommitSettings, GroupCommitStats,
     GroupCommitter, PendingCommit,
 };
+use crate::pack::{PackAppend, PackOutcome, PackSettings, PackStats, Packer};
 
 /// The legacy single chat stream (subjects `chat.<session_id>`), kept for the sessions it had.
 pub const LEGACY_CHAT_STREAM: &str = "CHAT";
@@ -58,6 +59,9 @@ pub const META_SHARDS: &str = "mychat.chat.shards";
 pub const META_LEGACY_UPTO: &str = "mychat.chat.legacy_upto_session";
 /// See [`META_SHARDS`].
 pub const META_SHARD: &str = "mychat.chat.shard";
+/// See [`META_SHARDS`]: `packs` (records written in packs) or `records` (one per stream message;
+/// a stream without the key was created before packs).
+pub const META_FORMAT: &str = "mychat.chat.format";
 
 /// The name of shard stream `shard` (1-based): `CHAT_<shard>`; 0 is [`LEGACY_CHAT_STREAM`].
 pub fn shard_stream(shard: u16) -> &'static str {
@@ -97,6 +101,10 @@ pub struct ChatLayout {
     /// Sessions up to this id keep their records in the legacy `CHAT` stream (`None`: there is
     /// none).
     pub legacy_upto_session: Option<i64>,
+    /// Whether the shard streams' records are written in packs ([`crate::pack`], several records
+    /// per stream message, subject [`pack_subject`]) rather than one per stream message. The
+    /// legacy `CHAT` stream always has one record per message.
+    pub packed: bool,
 }
 
 impl Default for ChatLayout {
@@ -104,8 +112,17 @@ impl Default for ChatLayout {
         Self {
             shards: DEFAULT_SHARDS,
             legacy_upto_session: None,
+            packed: DEFAULT_PACKED,
         }
     }
+}
+
+/// Whether a new deployment's chat shards are written in packs (see [`ChatLayout::packed`]).
+pub const DEFAULT_PACKED: bool = true;
+
+/// The subject of shard `shard`'s packs: `chat.<shard>.packs`.
+pub fn pack_subject(shard: u16) -> String {
+    format!("chat.{shard}.packs")
 }
 
 /// Shard streams of a new deployment (one whose chat streams do not exist yet and whose
@@ -179,7 +196,13 @@ impl ChatLayout {
         Self {
             shards: shards.clamp(1, MAX_SHARDS),
             legacy_upto_session: None,
+            packed: DEFAULT_PACKED,
         }
+    }
+
+    /// Whether shard `shard`'s records are written in packs (never the legacy stream's).
+    pub fn packs(&self, shard: u16) -> bool {
+        self.packed && shard != 0
     }
 
     /// Where session `session_id`'s records live.
@@ -261,9 +284,15 @@ impl ChatLayout {
             Some(v) => Some(v.parse()?),
             None => None,
         };
+        let packed = match metadata.get(META_FORMAT).map(String::as_str) {
+            None | Some("records") => false,
+            Some("packs") => true,
+            Some(other) => anyhow::bail!("chat shard stream with {META_FORMAT} {other:?}"),
+        };
         Ok(Self {
             shards,
             legacy_upto_session,
+            packed,
         })
     }
 
@@ -275,6 +304,8 @@ impl ChatLayout {
         if let Some(upto) = self.legacy_upto_session {
             m.insert(META_LEGACY_UPTO.to_string(), upto.to_string());
         }
+        let format = if self.packed { "packs" } else { "records" };
+        m.insert(META_FORMAT.to_string(), format.to_string());
         m
     }
 }
@@ -419,8 +450,12 @@ pub enum AppendError {
 /// Where an appended record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
-    /// The record's stream sequence in its session's stream (the resume position).
+    /// The record's position in its session's stream (the resume position): its stream
+    /// sequence, or in a packed shard `stream sequence × 1,024 + its index in the pack`.
     pub seq: u64,
+    /// The stream sequence of the stream message holding it (what projection checkpoints and
+    /// read-your-writes waits count).
+    pub stream_sequence: u64,
     /// The record's id across the chat streams ([`message_id`]).
     pub id: i64,
     /// True when the dedup id was already stored (a resend): `seq` is the first copy's.
@@ -457,8 +492,11 @@ struct ChatLogInner {
     js: jetstream::Context,
     layout: ChatLayout,
     settings: GroupCommitSettings,
-    /// Per shard (0 = legacy), its committer once started.
+    /// Per shard (0 = legacy), its committer once started (a shard written one record per
+    /// stream message).
     committers: Vec<std::sync::OnceLock<GroupCommitter>>,
+    /// Per shard, its packer once started (a packed shard, [`ChatLayout::packed`]).
+    packers: Vec<tokio::sync::OnceCell<Packer>>,
 }
 
 impl std::fmt::Debug for ChatLog {
@@ -484,6 +522,9 @@ impl ChatLog {
                 settings: overrides.over(commit_settings(layout.shards)),
                 committers: (0..=layout.shards)
                     .map(|_| std::sync::OnceLock::new())
+                    .collect(),
+                packers: (0..=layout.shards)
+                    .map(|_| tokio::sync::OnceCell::new())
                     .collect(),
             }),
         }
@@ -549,6 +590,38 @@ impl ChatLog {
             .clone())
     }
 
+    /// The packer of packed shard `shard`, started on first use: its dedup window is the
+    /// stream's `duplicate_window` (the window JetStream keeps for one-record streams).
+    async fn packer(&self, shard: u16) -> Result<Packer, CommitError> {
+        self.inner.packers[usize::from(shard)]
+            .get_or_try_init(|| async {
+                let name = shard_stream(shard);
+                let mut stream = self
+                    .inner
+                    .js
+                    .get_stream(name)
+                    .await
+                    .map_err(|e| CommitError(e.to_string()))?;
+                let window = stream
+                    .info()
+                    .await
+                    .map_err(|e| CommitError(e.to_string()))?
+                    .config
+                    .duplicate_window;
+                Ok(Packer::start(
+                    self.inner.js.clone(),
+                    name,
+                    pack_subject(shard),
+                    PackSettings {
+                        dedup_window: window,
+                        ..Default::default()
+                    },
+                ))
+            })
+            .await
+            .cloned()
+    }
+
     /// Appends a message (dedup id [`message_dedup_id`]) and returns once it is durably stored.
     ///
     /// # Errors
@@ -602,13 +675,32 @@ impl ChatLog {
         body: Vec<u8>,
         dedup_id: &str,
     ) -> Result<Appended, AppendError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, dedup_id);
-        headers.insert(HDR_RECORD, kind);
         let failed = |source| AppendError::Commit {
             stream: place.stream,
             source,
         };
+        if self.inner.layout.packs(place.shard) {
+            let packer = self.packer(place.shard).await.map_err(failed)?;
+            let outcome = packer
+                .append(PackAppend {
+                    subject: place.subject,
+                    kind: kind.to_string(),
+                    dedup_id: dedup_id.to_string(),
+                    body: body.into(),
+                })
+                .await
+                .map_err(failed)?;
+            let position = outcome.position();
+            return Ok(Appended {
+                seq: position,
+                stream_sequence: crate::pack::split_position(position).0,
+                id: message_id(place.shard, position),
+                duplicate: matches!(outcome, PackOutcome::Duplicate { .. }),
+            });
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, dedup_id);
+        headers.insert(HDR_RECORD, kind);
         let committer = self.committer(place.shard).await.map_err(failed)?;
         let outcome = committer
             .commit(PendingCommit {
@@ -631,9 +723,20 @@ impl ChatLog {
         };
         Ok(Appended {
             seq,
+            stream_sequence: seq,
             id: message_id(place.shard, seq),
             duplicate,
         })
+    }
+
+    /// The counters of each started packer, as `(stream, stats)`.
+    pub fn pack_stats(&self) -> Vec<(&'static str, Arc<PackStats>)> {
+        self.inner
+            .packers
+            .iter()
+            .enumerate()
+            .filter_map(|(k, p)| p.get().map(|p| (shard_stream(k as u16), p.stats())))
+            .collect()
     }
 
     /// The counters of each started committer, as `(stream, stats)`.

@@ -178,10 +178,10 @@ pub fn group_subjects(shard: u16) -> Option<String> {
     (shard != 0).then(|| format!("group.{shard}.*"))
 }
 
-/// Reads group `group_id`'s records after stream sequence `after_seq` (direct gets on its
-/// subject), at most `max`, oldest first, as `(seq, record)`; undecodable records are skipped.
-/// Also answers whether the stream still held everything after `after_seq` (its first sequence
-/// is not past it) and nothing was left over `max`.
+/// Reads group `group_id`'s records after position `after_seq`
+/// ([`crate::chat_read::records_after`]), at most `max`, oldest first, as `(position, record)`;
+/// undecodable records are skipped. Also answers whether the stream still held everything after
+/// `after_seq` and nothing was left over `max`.
 ///
 /// # Errors
 /// When the stream cannot be read.
@@ -194,58 +194,38 @@ pub async fn read_group_after(
 ) -> anyhow::Result<(Vec<(u64, GroupRecord)>, bool)> {
     let place = layout.place_group(group_id);
     debug_assert_ne!(place.stream, LEGACY_CHAT_STREAM);
-    let mut stream = js.get_stream(place.stream).await?;
-    let first = stream.info().await?.state.first_sequence;
-    let mut complete = after_seq.saturating_add(1) >= first;
-    let mut next = after_seq.saturating_add(1);
-    let mut out = Vec::new();
-    loop {
-        let raw = match stream
-            .direct_get_next_for_subject(place.subject.as_str(), Some(next))
-            .await
-        {
-            Ok(raw) => raw,
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => break,
-            Err(e) => return Err(e.into()),
-        };
-        if out.len() >= max {
-            complete = false;
-            break;
-        }
-        next = raw.sequence + 1;
-        if let Ok(record) = serde_json::from_slice::<GroupRecord>(&raw.payload) {
-            out.push((raw.sequence, record));
-        }
-    }
+    let (records, complete) =
+        crate::chat_read::records_after(js, layout, place.shard, &place.subject, after_seq, max)
+            .await?;
+    let out = records
+        .into_iter()
+        .filter_map(|r| {
+            serde_json::from_slice::<GroupRecord>(&r.body)
+                .ok()
+                .map(|g| (r.position, g))
+        })
+        .collect();
     Ok((out, complete))
 }
 
-/// The group message at stream sequence `seq` of group `group_id`'s stream, if there is one.
+/// The group message at position `seq` of group `group_id`'s stream, if there is one.
 ///
 /// # Errors
-/// When the stream cannot be read (a missing sequence is `Ok(None)`).
+/// When the stream cannot be read (a missing position is `Ok(None)`).
 pub async fn group_message_at(
     js: &jetstream::Context,
     layout: &ChatLayout,
     group_id: i64,
     seq: u64,
 ) -> anyhow::Result<Option<GroupMessage>> {
-    // Stream sequences start at 1 (JetStream answers a direct get of 0 with an error, not "not
-    // found").
-    if seq == 0 {
-        return Ok(None);
-    }
     let place = layout.place_group(group_id);
-    let stream = js.get_stream_no_info(place.stream).await?;
-    let raw = match stream.direct_get(seq).await {
-        Ok(raw) => raw,
-        Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(record) = crate::chat_read::record_at(js, layout, place.shard, seq).await? else {
+        return Ok(None);
     };
-    if raw.subject.as_str() != place.subject {
+    if record.subject != place.subject {
         return Ok(None);
     }
-    Ok(match serde_json::from_slice::<GroupRecord>(&raw.payload) {
+    Ok(match serde_json::from_slice::<GroupRecord>(&record.body) {
         Ok(GroupRecord::GroupMessage(m)) if m.group_id == group_id => Some(m),
         _ => None,
     })
@@ -266,8 +246,8 @@ mod tests {
         assert_eq!(ChatLayout::group_of("chat.3.10"), None);
         // Even with a legacy stream, groups go to the shards.
         let legacy = ChatLayout {
-            shards: 4,
             legacy_upto_session: Some(1_000),
+            ..ChatLayout::new(4)
         };
         assert_eq!(legacy.place_group(10).stream, "CHAT_3");
     }

@@ -4,6 +4,8 @@
 //! - [`streams`]: the `EVENTS` stream and the chat streams (subjects, retention, `deny_delete`,
 //!   `deny_purge`, direct get, duplicate window).
 //! - [`chat`]: the chat log: records, the layout of the chat shards, [`ChatLog`] (appends).
+//! - [`chat_read`]: chat records by position, whichever way their shard is written.
+//! - [`pack`]: packs, several records in one stream message, and their writer ([`pack::Packer`]).
 //! - [`group_chat`]: group conversations' records in the chat shards (their own subject per group).
 //! - [`reader`]: [`LogReader`], the one reader of a stream for replays and live paths.
 //! - [`envelope`]: the stored form of a commit. One command's events are one JetStream message on
@@ -20,6 +22,7 @@
 
 pub mod bus;
 pub mod chat;
+pub mod chat_read;
 pub mod envelope;
 pub mod group;
 pub mod group_chat;

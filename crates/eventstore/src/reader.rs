@@ -323,6 +323,11 @@ async fn read(
         keep.as_ref()
             .is_none_or(|k| k.iter().any(|f| subject_matches(f, subject)))
     };
+    // A pack's records are kept by their own subjects (a filter that lets the pack through, on
+    // the server or here, says nothing about its records).
+    let keeps_record = |subject: &str| {
+        options.subjects.is_empty() || options.subjects.iter().any(|f| subject_matches(f, subject))
+    };
     let batch_size = options.batch_size.max(1);
     // The last stream sequence read: a re-created consumer starts after it.
     let mut last = options.after;
@@ -374,6 +379,7 @@ async fn read(
                 &mut batch,
                 batch_size,
                 &keeps,
+                &keeps_record,
                 tx,
                 status,
                 &js.client(),
@@ -466,6 +472,7 @@ async fn read_consumer(
     batch: &mut Vec<LogEntry>,
     batch_size: usize,
     keeps: &impl Fn(&str) -> bool,
+    keeps_record: &impl Fn(&str) -> bool,
     tx: &mpsc::Sender<Result<Vec<LogEntry>, ReadError>>,
     status: &Status,
     client: &async_nats::Client,
@@ -547,7 +554,7 @@ async fn read_consumer(
             *last = stream_sequence;
             let message = m.message;
             let before = batch.len();
-            if crate::pack::is_pack(message.headers.as_ref()) {
+            if crate::pack::is_pack(message.headers.as_ref()) && keeps(message.subject.as_str()) {
                 // A pack is handed over as its records, all in one batch.
                 crate::pack::push_records(
                     batch,
@@ -555,9 +562,11 @@ async fn read_consumer(
                     published,
                     message.headers,
                     message.payload,
-                    keeps,
+                    keeps_record,
                 );
-            } else if keeps(message.subject.as_str()) {
+            } else if !crate::pack::is_pack(message.headers.as_ref())
+                && keeps(message.subject.as_str())
+            {
                 batch.push(LogEntry {
                     stream_sequence,
                     position: stream_sequence,

@@ -25,6 +25,13 @@ pub struct StreamSettings {
     /// deployment gets `n`; an existing one with another number is refused (resharding is not
     /// supported).
     pub chat_shards: Option<u16>,
+    /// Whether the chat shards' records are written in packs ([`crate::chat::ChatLayout::packed`]).
+    /// `None`: an existing deployment keeps its recorded format, a new one gets
+    /// [`crate::chat::DEFAULT_PACKED`]. `Some(true)` on a deployment that writes one record per
+    /// message switches it to packs (positions stay increasing: every pack's follow the records
+    /// before it; stop the chat writers first, so that no record is written after a pack);
+    /// `Some(false)` on a packed deployment is refused (positions would go back).
+    pub chat_packs: Option<bool>,
 }
 
 impl Default for StreamSettings {
@@ -34,6 +41,7 @@ impl Default for StreamSettings {
             duplicate_window: Duration::from_secs(600),
             chat_max_age: Duration::from_secs(365 * 24 * 3600),
             chat_shards: None,
+            chat_packs: None,
         }
     }
 }
@@ -155,12 +163,25 @@ pub async fn ensure_streams(
                     layout.shards
                 );
             }
-            layout
+            match settings.chat_packs {
+                Some(false) if layout.packed => anyhow::bail!(
+                    "the chat shards are written in packs, the configuration asks for one record                      per message: going back is not supported (positions would decrease; leave                      chat_packs unset to keep the recorded format)"
+                ),
+                Some(true) if !layout.packed => {
+                    tracing::info!(shards = layout.shards, "chat: the shards switch to packs");
+                    crate::chat::ChatLayout {
+                        packed: true,
+                        ..layout
+                    }
+                }
+                _ => layout,
+            }
         }
         None => {
             let mut layout = crate::chat::ChatLayout::new(
                 settings.chat_shards.unwrap_or(crate::chat::DEFAULT_SHARDS),
             );
+            layout.packed = settings.chat_packs.unwrap_or(crate::chat::DEFAULT_PACKED);
             if let Ok(legacy) = js.get_stream(crate::chat::LEGACY_CHAT_STREAM).await {
                 // Narrow the legacy stream's subjects first: the shards' may not overlap them.
                 create_or_update(js, chat_config(settings, &layout, 0)).await?;

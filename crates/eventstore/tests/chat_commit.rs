@@ -43,6 +43,8 @@ async fn one_shard(js: &async_nats::jetstream::Context) -> ChatLayout {
         js,
         &StreamSettings {
             chat_shards: Some(1),
+            // The one-record format, written through the stream's committer.
+            chat_packs: Some(false),
             ..Default::default()
         },
     )

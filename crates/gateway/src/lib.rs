@@ -307,8 +307,11 @@ pub async fn start_node(
 /// `GET /ws/stats` → `{code:200, msg, data:{active_sessions, total_duration (minutes),
 /// total_amount (yuan)}}` from the `chat_sessions` read model (contract d.1); also this node's
 /// `online_users`, `node_sockets`, `chat_commit` (its group committers' counters per chat
-/// stream: writes, batches, mean write round trip in ms) and `chat_commit_settings` (`shards`,
-/// `max_batch`, `min_batch`, `max_in_flight`: how its committers group appends).
+/// stream: writes, batches, mean write round trip in ms), `chat_commit_settings` (`shards`,
+/// `max_batch`, `min_batch`, `max_in_flight`: how its committers group appends), `chat_packed`
+/// (whether the shards are written in packs) and `chat_packs` (its packers' counters per chat
+/// stream: packs, records, duplicates answered, packs fenced by another writer, reads of the
+/// stream).
 pub async fn stats(State(state): State<GatewayState>) -> Json<Value> {
     let row: Result<(i64, i64, i64), _> = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 1), COALESCE(sum(duration), 0)::BIGINT, \
@@ -333,6 +336,23 @@ pub async fn stats(State(state): State<GatewayState>) -> Json<Value> {
             })
         })
         .collect();
+    let chat_packs: Vec<Value> = state
+        .hub
+        .chat()
+        .pack_stats()
+        .into_iter()
+        .map(|(stream, packer)| {
+            let (packs, records, duplicates, fenced, catch_ups) = packer.snapshot();
+            json!({
+                "stream": stream,
+                "packs": packs,
+                "records": records,
+                "duplicates": duplicates,
+                "fenced": fenced,
+                "catch_ups": catch_ups,
+            })
+        })
+        .collect();
     let settings = state.hub.chat().commit_settings();
     let chat_commit_settings = json!({
         "shards": state.hub.chat().layout().shards,
@@ -352,6 +372,8 @@ pub async fn stats(State(state): State<GatewayState>) -> Json<Value> {
                 "node_sockets": state.hub.socket_count(),
                 "chat_commit": chat_commit,
                 "chat_commit_settings": chat_commit_settings,
+                "chat_packs": chat_packs,
+                "chat_packed": state.hub.chat().layout().packed,
             }
         })),
         Err(e) => {

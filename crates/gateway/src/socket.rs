@@ -544,25 +544,20 @@ impl Socket {
         }
     }
 
-    /// The stored message at stream sequence `seq` of `session_id`'s stream, if it is one.
+    /// The stored message at position `seq` of `session_id`'s stream, if it is one.
     async fn stored_message(
         &self,
         session_id: i64,
         seq: u64,
     ) -> Result<eventstore::chat::ChatMessage, String> {
-        let place = self.state.hub.chat().place(session_id);
-        let stream = self
-            .state
-            .bus
-            .jetstream()
-            .get_stream_no_info(place.stream)
-            .await
-            .map_err(|_| "temporarily unavailable".to_string())?;
-        let raw = stream
-            .direct_get(seq)
-            .await
-            .map_err(|_| format!("message {seq} not found"))?;
-        match serde_json::from_slice::<ChatRecord>(&raw.payload) {
+        let chat = self.state.hub.chat();
+        let place = chat.place(session_id);
+        let record =
+            eventstore::chat_read::record_at(chat.jetstream(), chat.layout(), place.shard, seq)
+                .await
+                .map_err(|_| "temporarily unavailable".to_string())?
+                .ok_or_else(|| format!("message {seq} not found"))?;
+        match serde_json::from_slice::<ChatRecord>(&record.body) {
             Ok(ChatRecord::Message(m)) if m.session_id == session_id => Ok(m),
             _ => Err(format!("message {seq} not found in this session")),
         }
@@ -692,8 +687,8 @@ impl Socket {
         }
     }
 
-    /// Replays `session_id`'s records after stream sequence `after_seq` from its chat stream
-    /// (direct gets on its subject), then the live tail: records arriving meanwhile are held and
+    /// Replays `session_id`'s records after position `after_seq` from its chat stream
+    /// ([`eventstore::chat_read::records_after`]), then the live tail: records arriving meanwhile are held and
     /// delivered after, each sequence once. Ends with `resumed {session_id, after_seq, replayed,
     /// last_seq, recovered}`; `recovered: false` when the stream no longer holds all of them (or
     /// more than the replay limit): the client reloads from REST.
@@ -728,36 +723,25 @@ impl Socket {
     }
 
     async fn replay(&self, session_id: i64, after_seq: u64) -> anyhow::Result<(usize, bool)> {
-        let place = self.state.hub.chat().place(session_id);
-        let mut stream = self.state.bus.jetstream().get_stream(place.stream).await?;
-        let first = stream.info().await?.state.first_sequence;
-        let mut recovered = after_seq.saturating_add(1) >= first;
+        let chat = self.state.hub.chat();
+        let place = chat.place(session_id);
         let max = self.state.hub.config().max_replay;
-        let mut next = after_seq.saturating_add(1);
+        let (records, recovered) = eventstore::chat_read::records_after(
+            chat.jetstream(),
+            chat.layout(),
+            place.shard,
+            &place.subject,
+            after_seq,
+            max,
+        )
+        .await?;
         let mut replayed = 0;
-        loop {
-            let raw = match stream
-                .direct_get_next_for_subject(place.subject.as_str(), Some(next))
-                .await
-            {
-                Ok(raw) => raw,
-                Err(e)
-                    if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound =>
-                {
-                    break
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if replayed >= max {
-                recovered = false;
-                break;
-            }
-            next = raw.sequence + 1;
-            let Ok(record) = serde_json::from_slice::<ChatRecord>(&raw.payload) else {
+        for r in records {
+            let Ok(record) = serde_json::from_slice::<ChatRecord>(&r.body) else {
                 continue;
             };
-            if self.conn.take_replayed(session_id, raw.sequence) {
-                let (text, _) = Hub::record_frame(place.shard, raw.sequence, &record);
+            if self.conn.take_replayed(session_id, r.position) {
+                let (text, _) = Hub::record_frame(place.shard, r.position, &record);
                 if !self.conn.send_wait(text).await {
                     anyhow::bail!("socket too slow during replay");
                 }

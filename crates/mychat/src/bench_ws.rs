@@ -72,6 +72,10 @@ pub struct WsArgs {
     /// spread over as many streams.
     #[arg(long, default_value_t = eventstore::chat::DEFAULT_SHARDS)]
     pub shards: u16,
+    /// Write the chat shards one record per stream message (the format before packs; the
+    /// deployment setting `chat_packs = false`) instead of the default.
+    #[arg(long)]
+    pub records: bool,
     /// Internal (the idle run's client child processes): `PORTS:FIRST:COUNT` opens sockets
     /// `FIRST..FIRST+COUNT` to the comma-separated ports, prints `opened`, and holds them until
     /// its stdin closes.
@@ -211,6 +215,7 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         &js,
         &eventstore::StreamSettings {
             chat_shards: Some(args.shards),
+            chat_packs: Some(!args.records && eventstore::chat::DEFAULT_PACKED),
             ..Default::default()
         },
     )
@@ -591,14 +596,36 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
         }
     }
     let mut commit_stats = Vec::new();
+    let mut pack_stats = Vec::new();
     for port in &ports {
         let v: Value = match reqwest::get(format!("http://127.0.0.1:{port}/ws/stats")).await {
             Ok(r) => r.json().await.unwrap_or(Value::Null),
             Err(_) => Value::Null,
         };
         commit_stats.push(v["data"]["chat_commit"].clone());
+        pack_stats.push(v["data"]["chat_packs"].clone());
     }
     let commit_stats = Value::Array(commit_stats);
+    // Per node: packs written and the records they carried, summed over its packers.
+    let packing: Vec<Value> = pack_stats
+        .iter()
+        .map(|node| {
+            let sum = |k: &str| -> u64 {
+                node.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s[k].as_u64())
+                    .sum()
+            };
+            let (packs, records) = (sum("packs"), sum("records"));
+            json!({
+                "packs": packs,
+                "records": records,
+                "records_per_pack": (records as f64 / packs.max(1) as f64 * 100.0).round() / 100.0,
+                "fenced": sum("fenced"),
+            })
+        })
+        .collect();
     let got = delivered.load(Ordering::Relaxed);
     let ratio = if sent == 0 {
         1.0
@@ -689,9 +716,10 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             percentile(&acks, 0.99),
         );
         println!(
-            "CPU while sending (cores, of {} on the machine): bench clients {cpu_bench:.2}, gateway {cpu_gateway:.2}, nats-server {cpu_nats:.2}; gateway group commit (per node): {}",
+            "CPU while sending (cores, of {} on the machine): bench clients {cpu_bench:.2}, gateway {cpu_gateway:.2}, nats-server {cpu_nats:.2}; gateway group commit (per node): {}; packs (per node): {}",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
-            commit_stats
+            commit_stats,
+            Value::Array(packing.clone())
         );
         println!(
             "baseline (same run, {base_rate} msg/s, before the sockets open): core NATS p99 {:.3} ms, JetStream ({} streams) p99 {:.3} ms",
@@ -742,6 +770,8 @@ pub async fn ws(args: WsArgs) -> anyhow::Result<()> {
             "cpu_cores": {"bench": round(cpu_bench), "gateway": round(cpu_gateway), "nats": round(cpu_nats)},
             "nodes": nodes,
             "chat_commit": commit_stats,
+            "packed": !args.records && eventstore::chat::DEFAULT_PACKED,
+            "packs": packing,
             "load_average": load_average(),
             "fsync": if args.lazy_fsync { "lazy" } else { "always" },
             "disk_fsync_p99_ms": round(percentile(&disk_sorted, 0.99)),

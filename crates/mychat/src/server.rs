@@ -173,6 +173,7 @@ pub(crate) async fn connect(
         &StreamSettings {
             replicas: settings.stream_replicas,
             chat_shards: settings.chat_shards,
+            chat_packs: settings.chat_packs,
             ..Default::default()
         },
     )

@@ -81,6 +81,13 @@ pub struct Settings {
     /// new deployment, and a check for an existing one (another number is refused at start:
     /// resharding is not supported).
     pub chat_shards: Option<u16>,
+    /// Whether the chat shards' records are written in packs, several per stream message
+    /// (`MYCHAT_CHAT_PACKS`; [`eventstore::chat::ChatLayout::packed`]). Unset (the default): an
+    /// existing deployment keeps its recorded format, a new one gets
+    /// [`eventstore::chat::DEFAULT_PACKED`]. `true` switches a deployment that writes one record
+    /// per message to packs (stop the gateway and API nodes first); `false` on a packed one is
+    /// refused at start.
+    pub chat_packs: Option<bool>,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, JSON otherwise).
     pub log_format: String,
     /// Directory the user API stores and serves `/uploads/...` from; default
@@ -278,6 +285,7 @@ impl Default for Settings {
             sandbox_secret: None,
             stream_replicas: 1,
             chat_shards: None,
+            chat_packs: None,
             log_format: "auto".into(),
             upload_dir: None,
             cors_origins: String::new(),

@@ -61,14 +61,18 @@ impl Projection for GroupMessages {
     fn stream(&self) -> &'static str {
         eventstore::chat::shard_stream(self.shard)
     }
+    /// The shard's groups, and its packs (whose group records the reader hands over).
     fn subjects(&self) -> Vec<String> {
-        vec![format!("group.{}.*", self.shard)]
+        vec![
+            format!("group.{}.*", self.shard),
+            eventstore::chat::pack_subject(self.shard),
+        ]
     }
     fn siblings(&self) -> Vec<Arc<dyn Projection>> {
         GroupMessages::all(&self.layout)
     }
     async fn apply(&self, tx: &mut PgConnection, message: &LogMessage) -> anyhow::Result<()> {
-        let seq = message.stream_sequence;
+        let seq = message.position;
         let record: GroupRecord = serde_json::from_slice(&message.payload)
             .with_context(|| format!("undecodable group record at {seq}"))?;
         match record {

@@ -138,7 +138,7 @@ impl Projection for Messages {
                 })?;
             match record {
                 ChatRecord::Message(m) => {
-                    run.id.push(self.id(message.stream_sequence));
+                    run.id.push(self.id(message.position));
                     run.session.push(m.session_id);
                     run.sender.push(m.sender_id);
                     run.sender_type.push(m.sender_type);
@@ -180,7 +180,7 @@ impl Messages {
                      file_url, client_msg_id, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
                      ON CONFLICT (id) DO NOTHING",
                 )
-                .bind(self.id(message.stream_sequence))
+                .bind(self.id(message.position))
                 .bind(m.session_id)
                 .bind(m.sender_id)
                 .bind(m.sender_type)
@@ -198,8 +198,7 @@ impl Messages {
                     "UPDATE chat_messages SET content = '', file_url = '', content_type = 'redacted' WHERE session_id = ",
                 );
                 q.push_bind(r.session_id);
-                q.push(" AND id < ")
-                    .push_bind(self.id(message.stream_sequence));
+                q.push(" AND id < ").push_bind(self.id(message.position));
                 if !r.message_ids.is_empty() {
                     let ids: Vec<i64> = r
                         .message_ids

@@ -36,6 +36,10 @@ pub fn upcasters() -> Upcasters {
 pub struct LogMessage {
     /// The stream sequence.
     pub stream_sequence: u64,
+    /// The record's position in its stream: the stream sequence, or for a chat record read out
+    /// of a pack `stream sequence × 1,024 + its index` ([`eventstore::pack`]; the records of a
+    /// pack share its stream sequence, the unit of checkpoints and skips).
+    pub position: u64,
     pub subject: String,
     /// When JetStream stored it.
     pub time: DateTime<Utc>,
@@ -67,12 +71,19 @@ impl LogMessage {
     pub fn new(stream_sequence: u64, subject: String, time: DateTime<Utc>, payload: Bytes) -> Self {
         Self {
             stream_sequence,
+            position: stream_sequence,
             subject,
             time,
             payload,
             event_types: None,
             decoded: Arc::default(),
         }
+    }
+
+    /// The same record at `position` (a pack's record; see [`LogMessage::position`]).
+    pub fn at_position(mut self, position: u64) -> Self {
+        self.position = position;
+        self
     }
 
     /// The same message with its commit's event types (the `Mychat-Event-Types` header:

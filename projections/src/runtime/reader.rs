@@ -44,6 +44,7 @@ pub(crate) fn log_messages(entries: Vec<eventstore::LogEntry>) -> Vec<LogMessage
                 .and_then(|h| h.get(eventstore::envelope::HDR_EVENT_TYPES))
                 .map(|v| v.as_str().to_string());
             LogMessage::new(e.stream_sequence, e.subject, e.published, e.payload)
+                .at_position(e.position)
                 .with_event_types(types.as_deref())
         })
         .collect()

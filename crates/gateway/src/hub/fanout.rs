@@ -171,7 +171,7 @@ impl Hub {
         if entry.subject.starts_with("group.") {
             return self.route_group_entry(shard, entry);
         }
-        let seq = entry.stream_sequence;
+        let seq = entry.position;
         match serde_json::from_slice::<ChatRecord>(&entry.payload) {
             Ok(record) => {
                 self.route_chat(shard, seq, record, entry.published.timestamp());

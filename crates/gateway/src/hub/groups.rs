@@ -119,7 +119,7 @@ impl Hub {
     /// Routes a group record from a chat stream to the group's local sockets, and a message's
     /// `group_mention` to the mentioned members' local sockets.
     pub(super) fn route_group_entry(&self, shard: u16, entry: &eventstore::LogEntry) {
-        let seq = entry.stream_sequence;
+        let seq = entry.position;
         let record = match serde_json::from_slice::<GroupRecord>(&entry.payload) {
             Ok(r) => r,
             Err(e) => return tracing::warn!(seq, error = %e, "undecodable group record"),

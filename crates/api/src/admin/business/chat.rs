@@ -422,15 +422,15 @@ pub async fn search_messages(
 }
 
 /// Appends a redaction of `message_ids` (message ids; empty = all) of `session_id` to the
-/// session's chat stream and waits for the read model; returns `(stream, sequence)` of the
-/// redaction record.
+/// session's chat stream and waits for the read model; returns the stream and where the
+/// redaction record landed.
 async fn redact(
     state: &AppState,
     caller: &Caller,
     session_id: i64,
     message_ids: Vec<i64>,
     reason: String,
-) -> Result<(&'static str, u64), ApiError> {
+) -> Result<(&'static str, eventstore::chat::Appended), ApiError> {
     let place = state.chat.place(session_id);
     // Records name messages by their stream sequence in the session's stream.
     let mut seqs = Vec::with_capacity(message_ids.len());
@@ -457,10 +457,10 @@ async fn redact(
     state
         .settle(
             projections::read_models::Messages::name_of(place.shard),
-            Some(appended.seq),
+            Some(appended.stream_sequence),
         )
         .await;
-    Ok((place.stream, appended.seq))
+    Ok((place.stream, appended))
 }
 
 /// A session's messages redacted.
@@ -468,7 +468,7 @@ async fn redact(
 pub struct SessionRedacted {
     /// The session.
     pub session_id: i64,
-    /// The redaction record's sequence in the session's chat stream.
+    /// The redaction record's position in the session's chat stream.
     pub redaction_seq: u64,
 }
 
@@ -492,7 +492,7 @@ pub async fn delete_session(
     if !exists {
         return Err(ApiError::not_found("chat session"));
     }
-    let (stream, seq) = redact(
+    let (stream, appended) = redact(
         &state,
         &caller,
         session_id,
@@ -503,10 +503,10 @@ pub async fn delete_session(
     Ok(Evented::new(
         reply(SessionRedacted {
             session_id,
-            redaction_seq: seq,
+            redaction_seq: appended.seq,
         }),
         stream,
-        Some(seq),
+        Some(appended.stream_sequence),
     ))
 }
 
@@ -515,7 +515,7 @@ pub async fn delete_session(
 pub struct MessageRedacted {
     /// The message.
     pub message_id: i64,
-    /// The redaction record's sequence in the session's chat stream.
+    /// The redaction record's position in the session's chat stream.
     pub redaction_seq: u64,
 }
 
@@ -536,7 +536,7 @@ pub async fn delete_message(
             .fetch_optional(&state.db)
             .await?;
     let session_id = session.ok_or_else(|| ApiError::not_found("chat message"))?;
-    let (stream, seq) = redact(
+    let (stream, appended) = redact(
         &state,
         &caller,
         session_id,
@@ -547,9 +547,9 @@ pub async fn delete_message(
     Ok(Evented::new(
         reply(MessageRedacted {
             message_id: id,
-            redaction_seq: seq,
+            redaction_seq: appended.seq,
         }),
         stream,
-        Some(seq),
+        Some(appended.stream_sequence),
     ))
 }

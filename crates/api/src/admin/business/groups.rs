@@ -309,7 +309,7 @@ pub async fn redact_group_message(
     state
         .settle(
             projections::read_models::GroupMessages::name_of(place.shard),
-            Some(appended.seq),
+            Some(appended.stream_sequence),
         )
         .await;
     Ok(Evented::new(
@@ -319,6 +319,6 @@ pub async fn redact_group_message(
             redaction_seq: appended.seq,
         }),
         place.stream,
-        Some(appended.seq),
+        Some(appended.stream_sequence),
     ))
 }

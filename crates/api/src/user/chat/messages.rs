@@ -348,7 +348,7 @@ pub async fn send_message(
     state
         .settle(
             projections::read_models::Messages::name_of(place.shard),
-            Some(appended.seq),
+            Some(appended.stream_sequence),
         )
         .await;
     Ok(reply(SentMessage {

@@ -276,7 +276,7 @@ async fn append(
     state
         .settle(
             projections::read_models::GroupMessages::name_of(shard),
-            Some(appended.seq),
+            Some(appended.stream_sequence),
         )
         .await;
     Ok(appended)
