@@ -96,7 +96,7 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
     let layout = ensure_streams(
         &js,
         &StreamSettings {
-            chat_shards: Some(4),
+            chat_shards: Some(8),
             ..Default::default()
         },
     )
@@ -106,7 +106,7 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
         layout,
         ChatLayout {
             legacy_upto_session: Some(9),
-            ..ChatLayout::new(4)
+            ..ChatLayout::new(8)
         }
     );
     let legacy = js.get_stream(LEGACY_CHAT_STREAM).await.unwrap();
@@ -118,8 +118,8 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
     // Idempotent, with the same number or none set (the recorded layout is kept, though the
     // default for a new deployment is another); a different number of shards is refused (the
     // sessions would move), and so is one that is not a number of shards.
-    assert_ne!(eventstore::chat::DEFAULT_SHARDS, 4);
-    for chat_shards in [Some(4), None] {
+    assert_ne!(eventstore::chat::DEFAULT_SHARDS, 8);
+    for chat_shards in [Some(8), None] {
         assert_eq!(
             ensure_streams(
                 &js,
@@ -133,7 +133,7 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
             layout
         );
     }
-    for (chat_shards, says) in [(8, "resharding"), (0, "1..=63"), (64, "1..=63")] {
+    for (chat_shards, says) in [(4, "resharding"), (0, "1..=63"), (64, "1..=63")] {
         let refused = ensure_streams(
             &js,
             &StreamSettings {
@@ -148,8 +148,8 @@ async fn an_upgraded_deployment_keeps_its_chat_history_readable() {
     assert_eq!(ChatLayout::load(&js).await.unwrap(), Some(layout));
 
     // After: session 9 goes on in `CHAT`, session 10 starts in its shard.
-    // Nothing set: its committers group appends as measured for its 4 shards (atomic batches),
-    // not as for a new deployment's 16 (plain publishes).
+    // Nothing set: the committers (the legacy stream's; the shards are packed) group appends as
+    // measured for 8 shards (atomic batches), not as for 16 or more (plain publishes).
     let log = ChatLog::new(js.clone(), layout, Default::default());
     let grouping = log.commit_settings();
     assert_eq!(

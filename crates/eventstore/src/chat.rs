@@ -117,7 +117,10 @@ impl Default for ChatLayout {
     }
 }
 
-/// Whether a new deployment's chat shards are written in packs (see [`ChatLayout::packed`]).
+/// Whether a new deployment's chat shards are written in packs (see [`ChatLayout::packed`]):
+/// yes. One record per stream message is one fsync per record, and a shard's records queue
+/// behind each other's fsyncs; a pack carries every record that arrived while the last one was
+/// written. Measured end to end on the project's 2-core machine ([`DEFAULT_SHARDS`]).
 pub const DEFAULT_PACKED: bool = true;
 
 /// The subject of shard `shard`'s packs: `chat.<shard>.packs`.
@@ -126,13 +129,14 @@ pub fn pack_subject(shard: u16) -> String {
 }
 
 /// Shard streams of a new deployment (one whose chat streams do not exist yet and whose
-/// `chat_shards` is unset): 16. Measured end to end on the project's 2-core machine (nats-server
-/// 2.15.1, `sync_interval: always`, `mychat bench ws --sockets 10000 --rate 5000 --duration 20`,
-/// one gateway node, after a 1 s warm-up): p99 26.9 ms with 4 shards, 9.6 and 10.2 ms with 8,
-/// 8.5 and 9.2 ms with 16. One stream fsyncs its messages one after the other; more streams
-/// fsync side by side, and a burst queues on fewer. Every shard is one more reader on each
-/// gateway node and for the chat projections. docs/benchmarks.md, the gateway.
-pub const DEFAULT_SHARDS: u16 = 16;
+/// `chat_shards` is unset): 4, written in packs. Measured end to end on the project's 2-core
+/// machine (nats-server 2.15.1, `sync_interval: always`, `mychat bench ws --sockets 10000 --rate
+/// 5000 --duration 20`, one gateway node, alternated rounds on a busy machine): p99 with packs
+/// on 4 shards 8.4–9.1 ms, on 2 shards 6.7–8.5 ms, on 16 shards 11.2–17.2 ms; one record per
+/// message on 16 shards 14.6–34.2 ms. At 10,000 msg/s 4 shards beat 2 (p99 29–32 against 39–57
+/// ms). Every shard is one more reader on each gateway node and for the chat projections.
+/// docs/benchmarks.md, the gateway.
+pub const DEFAULT_SHARDS: u16 = 4;
 
 /// From this many shard streams on, the chat committers send plain publishes by default
 /// ([`commit_settings`]).
