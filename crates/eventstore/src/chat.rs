@@ -12,13 +12,15 @@
 //! they are created, and read from there by every process; changing `N` afterwards is refused
 //! (the sessions would move).
 //!
-//! **Positions.** A record's *sequence* (`seq`) is its stream sequence in its session's stream
-//! (resumes use it). A message's *id*, unique across the streams, is
-//! `seq × 64 + shard` ([`message_id`]; shard 0 = the legacy `CHAT` stream).
+//! **Positions.** A record's *sequence* (`seq`) is its position in its session's stream
+//! (resumes use it): its stream sequence when its shard is written one record per stream
+//! message, `stream sequence × 1,024 + its index` in a pack ([`crate::pack`]). A message's
+//! *id*, unique across the streams, is `seq × 64 + shard` ([`message_id`]; shard 0 = the legacy
+//! `CHAT` stream).
 //!
-//! **Appends** ([`ChatLog`]) go through the one committer of their stream
-//! ([`crate::GroupCommitter`]), each with a dedup id (`Nats-Msg-Id`), and are acknowledged with
-//! their sequence only once stored.
+//! **Appends** ([`ChatLog`]) go through the one writer of their stream (a packed shard's
+//! [`crate::pack::Packer`], or the stream's [`crate::GroupCommitter`]), each with a dedup id,
+//! and are acknowledged with their position only once stored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,7 +81,7 @@ pub fn shard_stream(shard: u16) -> &'static str {
     })[usize::from(shard.min(MAX_SHARDS))]
 }
 
-/// The id of the message at stream sequence `seq` of shard `shard` (0 = legacy `CHAT`):
+/// The id of the message at position `seq` of shard `shard` (0 = legacy `CHAT`):
 /// `seq × 64 + shard`.
 pub fn message_id(shard: u16, seq: u64) -> i64 {
     seq as i64 * SHARD_SPAN + i64::from(shard)
@@ -358,12 +360,12 @@ impl ChatRecord {
     }
 }
 
-/// A read receipt: `read_by` has read message `message_seq` (the message's stream sequence in
+/// A read receipt: `read_by` has read message `message_seq` (the message's position in
 /// the session's chat stream) of session `session_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadReceipt {
     pub session_id: i64,
-    /// The read message's stream sequence in the session's chat stream.
+    /// The read message's position in the session's chat stream.
     pub message_seq: u64,
     /// The reader's users-table id (never the message's sender).
     pub read_by: i64,
@@ -374,7 +376,7 @@ pub struct ReadReceipt {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Revocation {
     pub session_id: i64,
-    /// The revoked message's stream sequence in the session's chat stream.
+    /// The revoked message's position in the session's chat stream.
     pub message_seq: u64,
     /// The message's sender (only the sender may revoke).
     pub revoked_by: i64,
@@ -385,7 +387,7 @@ pub struct Revocation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Redaction {
     pub session_id: i64,
-    /// The redacted messages' stream sequences in the session's chat stream; empty = every
+    /// The redacted messages' positions in the session's chat stream; empty = every
     /// message of the session up to this record.
     pub message_ids: Vec<i64>,
     /// The administrator (administrators-table id).

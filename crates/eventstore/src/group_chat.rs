@@ -5,7 +5,7 @@
 //! N + 1` ([`ChatLayout::place_group`]): next to the sessions' `chat.<k>.<session>`, so a shard's
 //! one committer (one fsync per batch) carries both, and a node's one reader per shard fans out
 //! both. Readers that want one kind filter by subject (`chat.<k>.*` or `group.<k>.*`). A group's
-//! records keep one order; its resume position is their stream sequence (`seq`), and a message's
+//! records keep one order; its resume position is their position (`seq`), and a message's
 //! id across the chat streams is [`crate::chat::message_id`] of it, like a session message's.
 //!
 //! **Dedup ids** (`Nats-Msg-Id`, within the stream's duplicate window): a message
@@ -125,7 +125,7 @@ impl GroupMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupRecall {
     pub group_id: i64,
-    /// The recalled message's stream sequence.
+    /// The recalled message's position.
     pub message_seq: u64,
     /// The message's sender (only the sender recalls).
     pub recalled_by: i64,
@@ -136,7 +136,7 @@ pub struct GroupRecall {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupRedaction {
     pub group_id: i64,
-    /// The redacted messages' stream sequences (at least one).
+    /// The redacted messages' positions (at least one).
     pub message_seqs: Vec<u64>,
     /// The administrator (administrators-table id).
     pub admin_id: i64,
@@ -149,7 +149,7 @@ pub struct GroupRedaction {
 pub struct GroupRead {
     pub group_id: i64,
     pub user_id: i64,
-    /// The member has read every message up to this stream sequence.
+    /// The member has read every message up to this position.
     pub seq: u64,
     pub read_at: DateTime<Utc>,
 }

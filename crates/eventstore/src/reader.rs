@@ -558,7 +558,7 @@ async fn read_consumer(
                 // A pack is handed over as its records, all in one batch.
                 crate::pack::push_records(
                     batch,
-                    stream_sequence,
+                    (stream_sequence, message.subject.as_str()),
                     published,
                     message.headers,
                     message.payload,

@@ -165,7 +165,9 @@ pub async fn ensure_streams(
             }
             match settings.chat_packs {
                 Some(false) if layout.packed => anyhow::bail!(
-                    "the chat shards are written in packs, the configuration asks for one record                      per message: going back is not supported (positions would decrease; leave                      chat_packs unset to keep the recorded format)"
+                    "the chat shards are written in packs, the configuration asks for one record \
+                     per message: going back is not supported (positions would decrease; leave \
+                     chat_packs unset to keep the recorded format)"
                 ),
                 Some(true) if !layout.packed => {
                     tracing::info!(shards = layout.shards, "chat: the shards switch to packs");

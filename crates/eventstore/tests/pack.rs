@@ -365,3 +365,81 @@ async fn a_reader_hands_over_a_pack_as_its_records_whole_and_filtered_by_their_s
     assert_eq!(subjects.len(), 21);
     assert!(subjects.iter().all(|s| *s == "chat.1.1"));
 }
+
+#[tokio::test]
+async fn a_deployment_switched_to_packs_keeps_its_records_and_their_positions() {
+    use eventstore::chat::{message_dedup_id, ChatMessage};
+    use eventstore::chat_read::{record_at, records_after};
+    use eventstore::{ensure_streams, ChatLog, StreamSettings};
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    let settings = |chat_packs| StreamSettings {
+        chat_shards: Some(1),
+        chat_packs,
+        ..Default::default()
+    };
+    let message = |id: &str| ChatMessage {
+        session_id: 5,
+        sender_id: 7,
+        sender_type: "user".into(),
+        content_type: "text".into(),
+        content: format!("hello {id}"),
+        file_url: String::new(),
+        client_msg_id: id.into(),
+        sent_at: chrono::Utc::now(),
+    };
+    // Before: one record per stream message.
+    let records = ensure_streams(&js, &settings(Some(false))).await.unwrap();
+    assert!(!records.packed);
+    let old = ChatLog::new(js.clone(), records, Default::default());
+    let a = old.append_message(&message("a")).await.unwrap();
+    let b = old.append_message(&message("b")).await.unwrap();
+    assert_eq!((a.seq, b.seq), (1, 2));
+    drop(old);
+
+    // The switch; a later start with nothing set keeps it; going back is refused.
+    let packed = ensure_streams(&js, &settings(Some(true))).await.unwrap();
+    assert!(packed.packed);
+    assert_eq!(ensure_streams(&js, &settings(None)).await.unwrap(), packed);
+    let refused = ensure_streams(&js, &settings(Some(false)))
+        .await
+        .unwrap_err();
+    assert!(format!("{refused:#}").contains("going back"), "{refused:#}");
+
+    // After: packs, above every earlier position; a resend of an earlier record is answered with
+    // its position (the packer read the records written before it).
+    let log = ChatLog::new(js.clone(), packed, Default::default());
+    let c = log.append_message(&message("c")).await.unwrap();
+    assert_eq!(c.seq, pack::position(3, 0));
+    assert_eq!(c.stream_sequence, 3);
+    let again = log.append_message(&message("a")).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.seq, a.seq);
+    // Read by position, either format; after a position, in order.
+    let shard = packed.place(5).shard;
+    for (at, id) in [(a.seq, "a"), (b.seq, "b"), (c.seq, "c")] {
+        let r = record_at(&js, &packed, shard, at).await.unwrap().unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(m["client_msg_id"], id);
+    }
+    let subject = packed.place(5).subject;
+    for (after, want) in [
+        (0, vec!["a", "b", "c"]),
+        (a.seq, vec!["b", "c"]),
+        (b.seq, vec!["c"]),
+    ] {
+        let (got, complete) = records_after(&js, &packed, shard, &subject, after, 10)
+            .await
+            .unwrap();
+        assert!(complete);
+        let ids: Vec<String> = got
+            .iter()
+            .map(|r| {
+                let m: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                m["client_msg_id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(ids, want, "after {after}");
+    }
+    assert_eq!(message_dedup_id(&message("a")), "5:7:a");
+}

@@ -5,9 +5,9 @@
 //!
 //! Every write is checked against the group's state before anything is appended
 //! ([`crate::hub::Hub::check_group_message`]); a refusal is an `error` frame with the
-//! `group_id`, the socket stays open and nothing is stored. Acks carry the record's stream
-//! sequence; a resume (`after_seq`) replays exactly the group's records after it, then the live
-//! tail, each sequence once.
+//! `group_id`, the socket stays open and nothing is stored. Acks carry the record's position
+//! in its shard; a resume (`after_seq`) replays exactly the group's records after it, then the
+//! live tail, each position once.
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, State};

@@ -1,10 +1,11 @@
 //! The WebSocket gateway (:8082): chat sockets, the MyChat frame protocol (both dialects), and
 //! the fan-out **from the stream**.
 //!
-//! - A message a participant sends is appended to `CHAT` (`chat.<session_id>`, `Nats-Msg-Id` =
-//!   the client's message id scoped to session and sender) and acknowledged to the sender with its
-//!   stream sequence only once JetStream has stored it. Read receipts and revocations are records
-//!   of the same stream.
+//! - A message a participant sends is appended to its session's chat shard (`CHAT_<k>`, record
+//!   subject `chat.<k>.<session_id>`, dedup id = the client's message id scoped to session and
+//!   sender; in a pack, [`eventstore::pack`]) and acknowledged to the sender with its position
+//!   only once JetStream has stored it. Read receipts and revocations are records of the same
+//!   stream.
 //! - Delivery never takes an in-process shortcut: each node runs **one** log reader
 //!   (`eventstore::reader::LogReader`, gap-checking explicit pulls) per chat stream (`CHAT_1` …
 //!   `CHAT_N`, and the legacy `CHAT` when present) and one of `ev.session.>` for the whole node,
@@ -12,8 +13,9 @@
 //!   `typing.>` and `notify.>`, and routes what they read to its local sockets. Any node can
 //!   serve any socket.
 //! - Resume: a socket that sends `resume {session_id, after_seq}` (or connects with
-//!   `?after_seq=`) gets exactly the records after that sequence, read from the session's chat stream with direct
-//!   gets, then the live tail (a per-socket high-water mark drops what it already has).
+//!   `?after_seq=`) gets exactly the records after that position, read from the session's chat
+//!   stream (`eventstore::chat_read::records_after`), then the live tail (a per-socket
+//!   high-water mark drops what it already has).
 //! - Presence ([`presence`]): each node keeps one key in the `presence` KV bucket, refreshed on
 //!   change and on a heartbeat; a crashed node's key goes stale after the presence timeout.
 //! - Session lifecycle ([`hub`]): `session_start` when both sides are present, `billing` then

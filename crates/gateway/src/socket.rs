@@ -485,7 +485,7 @@ impl Socket {
         }
     }
 
-    /// Stores a message in `CHAT`, then acks it to the sender with its stream sequence. Nothing is
+    /// Stores a message in its chat shard, then acks it to the sender with its position. Nothing is
     /// stored when the sender is muted, not a participant, or the session is not active.
     async fn message(&mut self, session_id: i64, f: &ClientFrame) {
         if self.state.hub.is_muted(self.conn.user_id) {
@@ -563,7 +563,7 @@ impl Socket {
         }
     }
 
-    /// The stream sequence a `read` / `revoke` frame names: its `seq`, or its `message_id` (a
+    /// The position a `read` / `revoke` frame names: its `seq`, or its `message_id` (a
     /// message id, [`eventstore::chat::message_id`], which must be of the session's stream).
     fn message_seq(&self, session_id: i64, f: &ClientFrame) -> Result<u64, String> {
         let body = f.body();

@@ -222,19 +222,27 @@ impl Subscriber {
             && self.subjects.iter().any(|f| subject_matches(f, &m.subject))
     }
 
-    /// Hands over the messages it wants, in batches of at most `batch_size`; false when it
-    /// cannot take them (it would have more than [`SUBSCRIBER_MESSAGES`] waiting, or it is gone).
+    /// Hands over the messages it wants, in batches of `batch_size` (more when a pack's records,
+    /// which share a stream sequence, would be cut: a batch ends between stream messages only,
+    /// since checkpoints count stream sequences); false when it cannot take them (it would have
+    /// more than [`SUBSCRIBER_MESSAGES`] waiting, or it is gone).
     fn hand_over<'a>(
         &self,
         messages: impl Iterator<Item = &'a LogMessage>,
         batch_size: usize,
     ) -> bool {
-        let mut batch = Vec::new();
+        let mut batch: Vec<LogMessage> = Vec::new();
         for m in messages.filter(|m| self.wants(m)) {
-            batch.push(m.clone());
-            if batch.len() == batch_size && !self.send(std::mem::take(&mut batch)) {
+            let between_messages = batch
+                .last()
+                .is_some_and(|last| last.stream_sequence != m.stream_sequence);
+            if batch.len() >= batch_size
+                && between_messages
+                && !self.send(std::mem::take(&mut batch))
+            {
                 return false;
             }
+            batch.push(m.clone());
         }
         batch.is_empty() || self.send(batch)
     }
@@ -511,5 +519,41 @@ impl LiveSource {
             SourceState::Feed(rx) => rx.try_recv().map(Ok),
             SourceState::Join(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_over_never_cuts_the_records_of_one_stream_message() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let subscriber = Subscriber {
+            subjects: vec!["chat.1.*".into()],
+            after: 0,
+            tx,
+            waiting: Arc::default(),
+            max_waiting: 1_000,
+        };
+        // Stream message 2 is a pack of three records; 4 is one record on another subject.
+        let message = |seq: u64, subject: &str| {
+            LogMessage::new(seq, subject.into(), chrono::Utc::now(), Default::default())
+        };
+        let messages = [
+            message(1, "chat.1.7"),
+            message(2, "chat.1.7"),
+            message(2, "chat.1.8"),
+            message(2, "chat.1.7"),
+            message(3, "chat.1.8"),
+            message(4, "group.1.3"),
+            message(5, "chat.1.7"),
+        ];
+        assert!(subscriber.hand_over(messages.iter(), 2));
+        let mut batches = vec![];
+        while let Ok(batch) = rx.try_recv() {
+            batches.push(batch.iter().map(|m| m.stream_sequence).collect::<Vec<_>>());
+        }
+        assert_eq!(batches, vec![vec![1, 2, 2, 2], vec![3, 5]]);
     }
 }

@@ -118,13 +118,15 @@ pub async fn count(state: &AppState, mut qb: QueryBuilder<'_, Postgres>) -> Resu
     Ok(qb.build_query_scalar().fetch_one(&state.db).await?)
 }
 
-/// The event an admin command committed: its stream and stream sequence. A handler attaches it
-/// to its response ([`with_event`]); the RBAC guard's audit row then points at that event (the
-/// event carries the actor in its envelope).
+/// The event an admin command committed: its stream and stream sequence (a chat record: its
+/// position in its chat stream, which `eventstore::chat_read::record_at` reads). A handler
+/// attaches it to its response ([`with_event`]); the RBAC guard's audit row then points at that
+/// event (the event carries the actor in its envelope).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventRef {
-    /// `EVENTS` or `CHAT`.
+    /// `EVENTS` or a chat stream (`CHAT_<k>`, the legacy `CHAT`).
     pub stream: &'static str,
+    /// Its stream sequence (`EVENTS`), or position (a chat stream).
     pub seq: u64,
 }
 

@@ -180,15 +180,16 @@ pub fn is_pack(headers: Option<&async_nats::HeaderMap>) -> bool {
     headers.is_some_and(|h| h.get(HDR_PACK).is_some())
 }
 
-/// Pushes the records of the pack at stream sequence `seq` onto `batch`, those whose subject
+/// Pushes the records of the pack at stream sequence `seq` (on `subject`) onto `batch`, those whose subject
 /// `keeps` accepts, each as a [`LogEntry`] of its own: the pack's stream sequence, time and
 /// headers ([`HDR_PACK`], [`HDR_PACK_ID`]), the record's position, subject and body, and the
 /// headers a one-record message would have (`Mychat-Record`: its kind, `Nats-Msg-Id`: its dedup
 /// id). A pack that does not decode is
-/// pushed as it is, at position `seq × 1,024`, so that its reader meets it (and reports it).
+/// pushed as it is (on the pack's subject), at position `seq × 1,024`, so that its reader meets
+/// it (and reports it).
 pub fn push_records(
     batch: &mut Vec<LogEntry>,
-    seq: u64,
+    (seq, subject): (u64, &str),
     published: chrono::DateTime<chrono::Utc>,
     headers: Option<async_nats::HeaderMap>,
     payload: Bytes,
@@ -215,7 +216,7 @@ pub fn push_records(
             batch.push(LogEntry {
                 stream_sequence: seq,
                 position: position(seq, 0),
-                subject: String::new(),
+                subject: subject.to_string(),
                 published,
                 headers,
                 payload,

@@ -264,7 +264,8 @@ struct Writer {
     index: DedupIndex,
 }
 
-/// Attempts at one group of records before they are answered with an error.
+/// Packs of one group whose ack is lost before its records are answered with an error (the
+/// outcome unknown; a retry with the same dedup ids is safe).
 const ATTEMPTS: usize = 4;
 
 /// Up to this many messages behind (another writer's packs), a writer reads them by direct gets.
@@ -309,11 +310,17 @@ impl Writer {
     /// Writes one group of records (as one pack, or fewer records once duplicates are answered),
     /// and answers each.
     async fn write(&mut self, mut jobs: Vec<Job>) {
-        let mut why = String::new();
         // This group's packs whose ack was lost (their ids), and those of them found stored.
         let mut sent: Vec<String> = Vec::new();
         let mut ours: HashSet<u64> = HashSet::new();
-        for _ in 0..ATTEMPTS {
+        // The dedup ids of this group already answered as stored (a repeat of one, after a
+        // lost ack, is a duplicate).
+        let mut answered: HashSet<String> = HashSet::new();
+        // Packs refused because another writer stored first are sent again for as long as an ack
+        // may take (each refusal means the stream moved: nothing is stuck); lost acks count.
+        let deadline = Instant::now() + self.settings.ack_timeout;
+        let mut lost = 0;
+        loop {
             if self.behind {
                 match self.catch_up(&sent).await {
                     Ok(found) => ours.extend(found),
@@ -328,7 +335,9 @@ impl Writer {
             for job in jobs.drain(..) {
                 if let Some(position) = self.index.get(&job.append.dedup_id) {
                     // In a pack of this group whose ack was lost: stored by this append.
-                    let outcome = if ours.contains(&super::split_position(position).0) {
+                    let outcome = if ours.contains(&super::split_position(position).0)
+                        && answered.insert(job.append.dedup_id.clone())
+                    {
                         self.stats.records.fetch_add(1, Ordering::Relaxed);
                         PackOutcome::Stored { position }
                     } else {
@@ -406,8 +415,11 @@ impl Writer {
                             .rsplit(' ')
                             .next()
                             .and_then(|n| n.parse().ok());
-                        why = format!("the stream kept moving ({})", e.description);
                         jobs = requeue(pack, followers);
+                        if Instant::now() >= deadline {
+                            let why = format!("the stream kept moving ({})", e.description);
+                            return fail(jobs, &CommitError(why));
+                        }
                         continue;
                     }
                     let e =
@@ -422,8 +434,11 @@ impl Writer {
                     // (before the next attempt, or by the next group if this was the last).
                     self.behind = true;
                     sent.push(pack_id);
-                    why = e.0;
                     jobs = requeue(pack, followers);
+                    lost += 1;
+                    if lost >= ATTEMPTS {
+                        return fail(jobs, &e);
+                    }
                     continue;
                 }
             };
@@ -448,7 +463,6 @@ impl Writer {
             self.index.expire(now - window(&self.settings));
             return;
         }
-        fail(jobs, &CommitError(why));
     }
 
     /// Reads the stream after `last` (at start: from the window's start) to its head, indexing
@@ -464,14 +478,19 @@ impl Writer {
         let mut last = after;
         let hint = self.head_hint.take().filter(|&n| self.loaded && n > after);
         let near = match hint {
-            Some(head) if head - after <= DIRECT_GETS => self.direct_gets(after, head).await.ok(),
+            Some(head) if head - after <= DIRECT_GETS => self
+                .direct_gets(after, head)
+                .await
+                .ok()
+                .map(|entries| (head, entries)),
             _ => None,
         };
-        if let Some(entries) = near {
+        if let Some((head, entries)) = near {
             for e in &entries {
-                last = e.stream_sequence;
                 self.index_entry(e, own, &mut own_seqs);
             }
+            // Every message up to the head was read (one without records included).
+            last = head;
         } else {
             let mut reader = LogReader::spawn(
                 self.js.clone(),
@@ -534,7 +553,7 @@ impl Writer {
             if is_pack(Some(&m.headers)) {
                 push_records(
                     &mut entries,
-                    m.sequence,
+                    (m.sequence, m.subject.as_str()),
                     published,
                     Some(m.headers),
                     m.payload,

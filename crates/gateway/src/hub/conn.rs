@@ -190,7 +190,7 @@ impl Conn {
         f(&mut cursors[i])
     }
 
-    /// Delivers a record of session `session_id` at stream sequence `seq`: at most once per
+    /// Delivers a record of session `session_id` at position `seq`: at most once per
     /// sequence (a high-water mark), held back while a resume replays, and not echoed to the
     /// socket that sent it (`own` = the record's client message id).
     pub fn deliver(&self, session_id: i64, seq: u64, text: &Utf8Bytes, own: Option<&str>) {

@@ -20,7 +20,7 @@ use super::state::{Hub, Part};
 pub const FANOUT_BATCH: usize = 64;
 
 /// The body of a `message` frame (contract d.4), borrowed from its record: `id` and `message_id`
-/// are its id across the chat streams ([`message_id`]), `seq` its stream sequence in its shard,
+/// are its id across the chat streams ([`message_id`]), `seq` its position in its shard,
 /// `created_at` when the gateway accepted it (RFC 3339, UTC).
 #[derive(serde::Serialize)]
 struct MessageData<'a> {
@@ -38,7 +38,7 @@ struct MessageData<'a> {
 }
 
 impl Hub {
-    /// The frame of a chat record at stream sequence `seq` of shard `shard`, and its own-message
+    /// The frame of a chat record at position `seq` of shard `shard`, and its own-message
     /// id (for messages). `seq` is the record's position in its session's stream (resumes);
     /// `id` / `message_id` its id across the chat streams ([`message_id`]).
     pub fn record_frame(shard: u16, seq: u64, record: &ChatRecord) -> (String, Option<String>) {

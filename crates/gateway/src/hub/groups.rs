@@ -51,7 +51,7 @@ pub fn group_own_key(group_id: i64, sender_id: i64, client_msg_id: &str) -> Stri
 }
 
 impl Hub {
-    /// The frame of a group record at stream sequence `seq` of shard `shard`, and its
+    /// The frame of a group record at position `seq` of shard `shard`, and its
     /// own-message key (messages).
     pub fn group_record_frame(
         shard: u16,

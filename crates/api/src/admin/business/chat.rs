@@ -506,7 +506,7 @@ pub async fn delete_session(
             redaction_seq: appended.seq,
         }),
         stream,
-        Some(appended.stream_sequence),
+        Some(appended.seq),
     ))
 }
 
@@ -550,6 +550,6 @@ pub async fn delete_message(
             redaction_seq: appended.seq,
         }),
         stream,
-        Some(appended.stream_sequence),
+        Some(appended.seq),
     ))
 }

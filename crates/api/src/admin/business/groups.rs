@@ -319,6 +319,6 @@ pub async fn redact_group_message(
             redaction_seq: appended.seq,
         }),
         place.stream,
-        Some(appended.stream_sequence),
+        Some(appended.seq),
     ))
 }
