@@ -699,7 +699,7 @@ impl ChatLog {
             let position = outcome.position();
             return Ok(Appended {
                 seq: position,
-                stream_sequence: crate::pack::split_position(position).0,
+                stream_sequence: outcome.stream_sequence(),
                 id: message_id(place.shard, position),
                 duplicate: matches!(outcome, PackOutcome::Duplicate { .. }),
             });

@@ -66,6 +66,9 @@ pub enum PackOutcome {
     Duplicate {
         /// The first copy's position.
         position: u64,
+        /// The stream sequence of the message holding the first copy (its pack's, or, for a
+        /// record written one per message before the stream was packed, its own).
+        stream_sequence: u64,
     },
 }
 
@@ -73,7 +76,17 @@ impl PackOutcome {
     /// The position of the record (or of its first copy).
     pub fn position(&self) -> u64 {
         match *self {
-            Self::Stored { position } | Self::Duplicate { position } => position,
+            Self::Stored { position } | Self::Duplicate { position, .. } => position,
+        }
+    }
+
+    /// The stream sequence of the message holding the record (or its first copy).
+    pub fn stream_sequence(&self) -> u64 {
+        match *self {
+            Self::Stored { position } => super::split_position(position).0,
+            Self::Duplicate {
+                stream_sequence, ..
+            } => stream_sequence,
         }
     }
 }
@@ -204,26 +217,27 @@ impl Packer {
     }
 }
 
-/// The dedup ids stored in the stream within the window: id → first position, and the order
-/// they expire in.
+/// The dedup ids stored in the stream within the window: id → the first copy's position and
+/// stream sequence, and the order they expire in.
 #[derive(Default)]
 struct DedupIndex {
-    ids: HashMap<Arc<str>, u64>,
+    ids: HashMap<Arc<str>, (u64, u64)>,
     order: VecDeque<(DateTime<Utc>, Arc<str>)>,
 }
 
 impl DedupIndex {
-    fn get(&self, id: &str) -> Option<u64> {
+    fn get(&self, id: &str) -> Option<(u64, u64)> {
         self.ids.get(id).copied()
     }
 
-    /// Records `id` at `position`, stored at `at` (the first copy wins).
-    fn insert(&mut self, id: &str, position: u64, at: DateTime<Utc>) {
+    /// Records `id` at `position`, in the message at `stream_sequence` stored at `at` (the first
+    /// copy wins).
+    fn insert(&mut self, id: &str, (position, stream_sequence): (u64, u64), at: DateTime<Utc>) {
         if self.ids.contains_key(id) {
             return;
         }
         let id: Arc<str> = Arc::from(id);
-        self.ids.insert(id.clone(), position);
+        self.ids.insert(id.clone(), (position, stream_sequence));
         self.order.push_back((at, id));
     }
 
@@ -333,16 +347,19 @@ impl Writer {
             let mut followers: Vec<(usize, Job)> = Vec::new();
             let mut in_pack: HashMap<String, usize> = HashMap::new();
             for job in jobs.drain(..) {
-                if let Some(position) = self.index.get(&job.append.dedup_id) {
+                if let Some((position, stream_sequence)) = self.index.get(&job.append.dedup_id) {
                     // In a pack of this group whose ack was lost: stored by this append.
-                    let outcome = if ours.contains(&super::split_position(position).0)
+                    let outcome = if ours.contains(&stream_sequence)
                         && answered.insert(job.append.dedup_id.clone())
                     {
                         self.stats.records.fetch_add(1, Ordering::Relaxed);
                         PackOutcome::Stored { position }
                     } else {
                         self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                        PackOutcome::Duplicate { position }
+                        PackOutcome::Duplicate {
+                            position,
+                            stream_sequence,
+                        }
                     };
                     let _ = job.reply.send(Ok(outcome));
                 } else if let Some(&i) = in_pack.get(&job.append.dedup_id) {
@@ -449,7 +466,7 @@ impl Writer {
                 .fetch_add(pack.len() as u64, Ordering::Relaxed);
             let positions: Vec<u64> = (0..pack.len()).map(|i| position(stored_at, i)).collect();
             for (job, &p) in pack.iter().zip(&positions) {
-                self.index.insert(&job.append.dedup_id, p, now);
+                self.index.insert(&job.append.dedup_id, (p, stored_at), now);
             }
             for (job, &p) in pack.into_iter().zip(&positions) {
                 let _ = job.reply.send(Ok(PackOutcome::Stored { position: p }));
@@ -458,6 +475,7 @@ impl Writer {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 let _ = job.reply.send(Ok(PackOutcome::Duplicate {
                     position: positions[i],
+                    stream_sequence: stored_at,
                 }));
             }
             self.index.expire(now - window(&self.settings));
@@ -524,7 +542,8 @@ impl Writer {
             }
         }
         if let Some(id) = headers.get(async_nats::header::NATS_MESSAGE_ID) {
-            self.index.insert(id.as_str(), e.position, e.published);
+            self.index
+                .insert(id.as_str(), (e.position, e.stream_sequence), e.published);
         }
     }
 
