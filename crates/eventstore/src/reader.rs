@@ -554,7 +554,9 @@ async fn read_consumer(
             *last = stream_sequence;
             let message = m.message;
             let before = batch.len();
-            if crate::pack::is_pack(message.headers.as_ref()) && keeps(message.subject.as_str()) {
+            if !keeps(message.subject.as_str()) {
+                // Not on the reader's subjects.
+            } else if crate::pack::is_pack(message.headers.as_ref()) {
                 // A pack is handed over as its records, all in one batch.
                 crate::pack::push_records(
                     batch,
@@ -564,9 +566,7 @@ async fn read_consumer(
                     message.payload,
                     keeps_record,
                 );
-            } else if !crate::pack::is_pack(message.headers.as_ref())
-                && keeps(message.subject.as_str())
-            {
+            } else {
                 batch.push(LogEntry {
                     stream_sequence,
                     position: stream_sequence,
